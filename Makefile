@@ -1,0 +1,40 @@
+# GatheRing: `make run` starts the server, `make test` runs the checks and the test suite.
+# Both create .venv when missing and install what is missing; a second run installs nothing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# llama.cpp (the `local` extra) must not be built for the build machine's own CPU features:
+# a native build crashed on these machines.
+export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX=OFF
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+
+.PHONY: run test lint pytest install clean
+
+run: $(VENV)/.installed-run
+	$(BIN)/gathering serve
+
+test: lint pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
+
+pytest: $(VENV)/.installed-dev
+	$(BIN)/pytest --cov=gathering --cov-report=term-missing:skip-covered --cov-fail-under=80
+
+install: $(VENV)/.installed-run $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[local]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev,local]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .coverage htmlcov .pytest_cache .mypy_cache .ruff_cache

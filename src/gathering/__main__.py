@@ -1,0 +1,5 @@
+"""`python -m gathering` runs the CLI."""
+
+from gathering.cli import main
+
+main()

@@ -1,0 +1,19 @@
+"""FastAPI dependencies shared by the routers."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from gathering.api.state import AppState
+from gathering.db import Database
+
+
+def app_state(request: Request) -> AppState:
+    """The `AppState` of the app serving this request."""
+    state: AppState = request.app.state.gathering
+    return state
+
+
+async def get_db(request: Request) -> Database:
+    """The app's connected database."""
+    return await app_state(request).database()

@@ -1,0 +1,215 @@
+"""The error hierarchy of GatheRing.
+
+Every error the framework raises on purpose is a `GatheringError`. Each class carries a
+machine-readable `code`, the HTTP status the API answers with, and an optional `hint` that
+tells the user what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatheringError(Exception):
+    """Base class of every error GatheRing raises on purpose."""
+
+    code: str = "gathering_error"
+    http_status: int = 500
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details: dict[str, Any] = details or {}
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description of the error, without any stack trace."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.hint:
+            body["hint"] = self.hint
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+# --- configuration and start-up -------------------------------------------------------------
+
+
+class ConfigurationError(GatheringError):
+    """Settings are missing or invalid; start-up cannot go on."""
+
+    code = "configuration_error"
+
+
+class StartupError(GatheringError):
+    """The process cannot start (port in use, data directory not writable, ...)."""
+
+    code = "startup_error"
+
+
+# --- database ---------------------------------------------------------------------------------
+
+
+class DatabaseError(GatheringError):
+    """A database operation failed."""
+
+    code = "database_error"
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The database cannot be reached."""
+
+    code = "database_unavailable"
+    http_status = 503
+
+
+class MigrationError(DatabaseError):
+    """A schema migration failed or the schema is not in the expected state."""
+
+    code = "migration_error"
+    http_status = 503
+
+
+class FeatureUnavailableError(GatheringError):
+    """A feature needs something this installation lacks (e.g. the pgvector extension)."""
+
+    code = "feature_unavailable"
+    http_status = 501
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class InvalidInputError(GatheringError):
+    """Input was rejected; the message says which part and why."""
+
+    code = "invalid_input"
+    http_status = 422
+
+
+class NotFoundError(GatheringError):
+    """The requested resource does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class ConflictError(GatheringError):
+    """The request conflicts with the current state of a resource."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class ShuttingDownError(GatheringError):
+    """The server is draining and accepts no new work."""
+
+    code = "shutting_down"
+    http_status = 503
+
+
+# --- security -------------------------------------------------------------------------------
+
+
+class AuthenticationError(GatheringError):
+    """Credentials are missing, invalid, expired or revoked."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class PermissionDeniedError(GatheringError):
+    """The caller is authenticated but may not do this."""
+
+    code = "permission_denied"
+    http_status = 403
+
+
+class RateLimitedError(GatheringError):
+    """Too many requests; `retry_after` says how many seconds to wait."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+class PathTraversalError(InvalidInputError):
+    """A user-supplied path tried to leave its workspace."""
+
+    code = "path_traversal"
+
+
+# --- LLM providers --------------------------------------------------------------------------
+
+
+class LLMError(GatheringError):
+    """A language-model provider call failed."""
+
+    code = "llm_error"
+    http_status = 502
+    retryable: bool = False
+
+
+class UnknownProviderError(LLMError, InvalidInputError):
+    """No provider has that name."""
+
+    code = "unknown_provider"
+    http_status = 422
+
+
+class ProviderNotConfiguredError(LLMError):
+    """The provider needs a setting (usually an API key) that is not set."""
+
+    code = "provider_not_configured"
+    http_status = 503
+
+
+class ProviderAuthenticationError(LLMError):
+    """The provider rejected the credentials."""
+
+    code = "provider_authentication_failed"
+
+
+class ProviderRateLimitError(LLMError):
+    """The provider asked us to slow down."""
+
+    code = "provider_rate_limited"
+    http_status = 503
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+class ContextTooLongError(LLMError):
+    """The prompt does not fit in the model's context window."""
+
+    code = "context_too_long"
+    http_status = 422
+
+
+class ProviderTimeoutError(LLMError):
+    """The provider did not answer in time."""
+
+    code = "provider_timeout"
+    http_status = 504
+    retryable = True
+
+
+class ProviderUnavailableError(LLMError):
+    """The provider could not be reached or answered with a server error."""
+
+    code = "provider_unavailable"
+    http_status = 503
+    retryable = True

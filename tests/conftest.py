@@ -1,0 +1,119 @@
+"""Shared fixtures.
+
+The whole session runs against a real PostgreSQL: the embedded one in a temporary data
+directory by default, or the server named by GATHERING_TEST_DATABASE_URL. The module-level
+`gathering.api.app.app` gets a database of its own, created here before any test imports it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+_DATA_DIR = Path(tempfile.mkdtemp(prefix="gathering-tests-"))
+atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)  # runs after the server stops
+os.environ["GATHERING_DATA_DIR"] = str(_DATA_DIR)
+os.environ.setdefault("GATHERING_LOG_LEVEL", "WARNING")
+os.environ.pop("DATABASE_URL", None)
+
+from gathering.config import get_settings  # noqa: E402
+from gathering.db import Database  # noqa: E402
+from gathering.db.embedded import start_embedded  # noqa: E402
+
+
+def _test_server_url() -> str:
+    settings = get_settings()
+    return settings.test_database_url or start_embedded(settings.embedded_pgdata)
+
+
+def _create_app_database() -> tuple[str, str]:
+    server = _test_server_url()
+    name = f"gathering_test_app_{secrets.token_hex(4)}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return server, name
+
+
+TEST_SERVER_URL, _APP_DATABASE = _create_app_database()
+os.environ["GATHERING_DATABASE_URL"] = make_conninfo(TEST_SERVER_URL, dbname=_APP_DATABASE)
+get_settings.cache_clear()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by folder: tests/integration -> integration, tests/e2e -> e2e."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    with psycopg.connect(TEST_SERVER_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(_APP_DATABASE))
+        )
+
+
+@pytest.fixture(scope="session")
+def test_server_url() -> str:
+    """The server on which this session's test databases live."""
+    return TEST_SERVER_URL
+
+
+@pytest.fixture
+def fresh_database_url(test_server_url: str) -> Iterator[str]:
+    """The URL of a new, empty (unmigrated) database, dropped after the test."""
+    name = f"gathering_test_{secrets.token_hex(6)}"
+    with psycopg.connect(test_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(test_server_url, dbname=name)
+    with psycopg.connect(test_server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[Database]:
+    """Create a test database connection."""
+    database = Database(test=True)
+    await database.connect()
+    yield database
+    await database.disconnect()
+
+
+@pytest.fixture(scope="function")
+async def clean_db(db: Database) -> AsyncIterator[Database]:
+    """Clean database before each test."""
+    await db.execute("TRUNCATE agent.agents CASCADE")
+    yield db
+
+
+@pytest.fixture(scope="session")
+async def test_db() -> AsyncIterator[Database]:
+    """Create test database (one per session, migrated)."""
+    database = Database(test=True)
+    await database.connect()
+    await database.run_migrations()
+    yield database
+    await database.disconnect()
+
+
+@pytest.fixture(scope="session")
+def app():  # type: ignore[no-untyped-def]
+    """Create app once per test session."""
+    from gathering.api.app import create_app
+
+    return create_app(testing=True)
