@@ -117,3 +117,40 @@ def app():  # type: ignore[no-untyped-def]
     from gathering.api.app import create_app
 
     return create_app(testing=True)
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of a test's own, which the test may stop and start again."""
+
+    def __init__(self, pgdata: Path) -> None:
+        from pgserver.postgres_server import get_server
+
+        self.pgdata = pgdata
+        self.server = get_server(pgdata, cleanup_mode="delete")
+        self.url = make_conninfo(str(self.server.get_uri()), connect_timeout="2")
+
+    def stop(self) -> None:
+        """Stop the server at once (as a crash or a restart would)."""
+        from pgserver import pg_ctl
+
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.pgdata, user=self.server.system_user)
+
+    def start(self) -> None:
+        """Start it again on the same data and socket."""
+        self.server.ensure_postgres_running()
+
+    def close(self) -> None:
+        self.server.cleanup()
+
+
+@pytest.fixture
+def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgres]:
+    """A server that only this test uses, so it can be stopped (see `PrivatePostgres`)."""
+    base = Path(tempfile.mkdtemp(prefix="gpg-", dir="/tmp"))  # short: unix socket path limit
+    server = PrivatePostgres(base / "pgdata")
+    yield server
+    try:
+        server.start()
+    finally:
+        server.close()
+        shutil.rmtree(base, ignore_errors=True)

@@ -123,18 +123,31 @@ def serve(
 
     import uvicorn
 
-    # uvicorn drains, then re-raises the signal it caught under the handler it found installed:
+    # uvicorn re-raises the exit signal it caught under the handler it found installed:
     # make that handler a clean exit, so a graceful SIGTERM shutdown exits 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        "gathering.api.app:create_app",
-        factory=True,
+    if reload:
+        uvicorn.run(
+            "gathering.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            reload=True,
+            log_config=None,
+        )
+        return
+    from gathering.api.app import create_app
+    from gathering.api.draining import DrainingServer
+
+    application = create_app(settings=settings)
+    config = uvicorn.Config(
+        application,
         host=host,
         port=port,
-        reload=reload,
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
     )
+    DrainingServer(config, application.state.gathering.drain, settings.shutdown_timeout).run()
 
 
 @db_app.command("migrate")

@@ -66,6 +66,21 @@ class Settings(BaseSettings):
         default="auto", validation_alias=_env("log_format")
     )
     shutdown_timeout: float = Field(default=30.0, gt=0, validation_alias=_env("shutdown_timeout"))
+    debug_endpoints: bool = Field(
+        default=False,
+        validation_alias=_env("debug_endpoints"),
+        description="Expose /_debug/* (slow-request helpers for shutdown tests). Never in prod.",
+    )
+
+    # --- observability --------------------------------------------------------------------
+    otel_endpoint: str | None = Field(
+        default=None,
+        validation_alias=_env("otel_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        description="OTLP/HTTP traces endpoint; unset means tracing is off.",
+    )
+    service_name: str = Field(
+        default="gathering", validation_alias=_env("service_name", "OTEL_SERVICE_NAME")
+    )
 
     # --- LLM providers --------------------------------------------------------------------
     anthropic_api_key: SecretStr | None = Field(

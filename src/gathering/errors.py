@@ -213,3 +213,12 @@ class ProviderUnavailableError(LLMError):
     code = "provider_unavailable"
     http_status = 503
     retryable = True
+
+
+# --- coordination ---------------------------------------------------------------------------
+
+
+class LockUnavailableError(DatabaseUnavailableError):
+    """An advisory lock could not be taken or checked; the guarded duty must not run."""
+
+    code = "lock_unavailable"

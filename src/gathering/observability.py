@@ -1,13 +1,25 @@
-"""Logging set-up: structlog, JSON lines by default, a readable renderer in a terminal."""
+"""Logs (structlog: JSON lines, or a readable renderer in a terminal), metrics and traces."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from gathering.config import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 
 def configure_logging(settings: Settings) -> None:
@@ -46,3 +58,71 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     for noisy in ("pgserver", "psycopg.pool", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+# --- metrics (Prometheus) ---------------------------------------------------------------------
+# Module-level, so every app in the process shares them and they register once.
+
+HTTP_REQUESTS = Counter(
+    "gathering_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "gathering_http_request_duration_seconds", "HTTP request latency", ["method", "route"]
+)
+LLM_TOKENS = Counter(
+    "gathering_llm_tokens_total", "LLM tokens used", ["provider", "model", "direction"]
+)
+LLM_COST = Counter(
+    "gathering_llm_cost_usd_total", "Estimated LLM cost in USD", ["provider", "model"]
+)
+JOBS = Counter("gathering_jobs_total", "Background jobs finished", ["task", "outcome"])
+EVENTS = Counter("gathering_events_total", "Events published", ["type", "durable"])
+DB_POOL = Gauge("gathering_db_pool_connections", "Database pool connections", ["state"])
+
+
+def record_pool_stats(stats: dict[str, int]) -> None:
+    """Copy a psycopg pool's `get_stats()` into the pool gauges."""
+    size = stats.get("pool_size", 0)
+    available = stats.get("pool_available", 0)
+    DB_POOL.labels("size").set(size)
+    DB_POOL.labels("idle").set(available)
+    DB_POOL.labels("in_use").set(size - available)
+    DB_POOL.labels("waiting").set(stats.get("requests_waiting", 0))
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    """The Prometheus exposition of this process's metrics, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# --- traces (OpenTelemetry) -----------------------------------------------------------------
+
+
+def configure_tracing(settings: Settings, exporter: SpanExporter | None = None) -> bool:
+    """Trace database and outgoing HTTP (LLM) calls when an OTLP endpoint is configured.
+
+    Off by default. `exporter` replaces the OTLP exporter (tests pass an in-memory one).
+    HTTP server spans come from `OpenTelemetryMiddleware`, added by the app when this is on.
+    """
+    if exporter is None and not settings.otel_endpoint:
+        return False
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel_endpoint))
+        )
+    else:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    PsycopgInstrumentor().instrument(skip_dep_check=True)
+    HTTPXClientInstrumentor().instrument()
+    return True

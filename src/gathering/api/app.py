@@ -9,35 +9,47 @@ from fastapi import FastAPI
 
 from gathering import __version__
 from gathering.api.errors import install_error_handlers
-from gathering.api.routers import health
+from gathering.api.middleware import RequestContextMiddleware
+from gathering.api.routers import debug, health, metrics
 from gathering.api.state import AppState
 from gathering.config import Settings, get_settings
 from gathering.db import Database
+from gathering.observability import configure_tracing
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.gathering
-    await state.database()
+    await state.lifecycle.start()
     try:
         yield
     finally:
-        await state.close()
+        await state.lifecycle.stop()
 
 
 def create_app(
     testing: bool = False, *, settings: Settings | None = None, database: Database | None = None
 ) -> FastAPI:
     """Build an app. `testing=True` gives it an isolated database of its own."""
+    settings = settings or get_settings()
     app = FastAPI(
         title="GatheRing",
         version=__version__,
         summary="Collaborative multi-agent AI framework and server",
         lifespan=_lifespan,
     )
-    app.state.gathering = AppState(settings or get_settings(), testing=testing, database=database)
+    state = AppState(settings, testing=testing, database=database)
+    app.state.gathering = state
     install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, drain=state.drain)
+    if configure_tracing(settings):
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        app.add_middleware(OpenTelemetryMiddleware)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    if settings.debug_endpoints:
+        app.include_router(debug.router)
     return app
 
 

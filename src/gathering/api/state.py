@@ -1,4 +1,4 @@
-"""Per-app resources: settings and the lazily connected database."""
+"""Per-app resources: settings, the lazily connected database, components, drain state."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import asyncio
 
 import structlog
 
+from gathering.api.draining import DrainState
+from gathering.api.lifecycle import DatabaseComponent, Lifecycle
 from gathering.config import Settings
 from gathering.db import Database
 
@@ -24,6 +26,8 @@ class AppState:
         self._owns_database = database is None
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.drain = DrainState()
+        self.lifecycle = Lifecycle([DatabaseComponent(self)])
 
     async def database(self) -> Database:
         """The connected, migrated database of this app."""
@@ -45,6 +49,12 @@ class AppState:
                     await self._database.run_migrations()
             self._loop = loop
             return self._database
+
+    def connected_database(self) -> Database | None:
+        """The database if it is connected now, without connecting it."""
+        return (
+            self._database if self._database is not None and self._database.is_connected else None
+        )
 
     async def close(self) -> None:
         """Release what this app opened."""

@@ -182,6 +182,10 @@ class Database(Queries):
     def is_connected(self) -> bool:
         return self._pool is not None
 
+    def pool_stats(self) -> dict[str, int]:
+        """The pool's counters (size, available, waiting requests, ...)."""
+        return self._pool.get_stats() if self._pool is not None else {}
+
     async def _server(self) -> str:
         if self._requested_url:
             return self._requested_url
@@ -230,6 +234,9 @@ class Database(Queries):
                 kwargs=_connection_kwargs(),
                 open=False,
                 timeout=self.settings.db_connect_timeout,
+                # Check each connection as it leaves the pool: after a server restart, dead
+                # connections are replaced instead of failing the next query.
+                check=AsyncConnectionPool.check_connection,
                 name="gathering",
             )
             try:
@@ -310,8 +317,10 @@ class Database(Queries):
                 yield conn
         except PoolTimeout as exc:
             raise DatabaseUnavailableError(
-                "no database connection became free in time",
-                hint="raise GATHERING_DB_POOL_MAX_SIZE or look for slow queries",
+                f"no database connection could be had within {self.settings.db_connect_timeout:g}s"
+                " (the database may be down, or every pooled connection busy)",
+                hint="check the database; if it is up, raise GATHERING_DB_POOL_MAX_SIZE"
+                " or look for slow queries",
             ) from exc
 
     @asynccontextmanager

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gathering import __version__
 from gathering.api.deps import app_state
-from gathering.errors import GatheringError
 
 router = APIRouter(tags=["health"])
 
@@ -21,23 +18,19 @@ async def health() -> dict[str, str]:
 
 @router.get(
     "/health/ready",
-    summary="Readiness: database reachable and migrations current",
+    summary="Readiness: not draining, database reachable, migrations current, components healthy",
     responses={503: {"description": "Not ready; `reason` says why"}},
 )
 async def ready(request: Request) -> JSONResponse:
-    checks: dict[str, Any] = {}
-    reason: str | None = None
-    try:
-        db = await app_state(request).database()
-        await db.fetch_val("SELECT 1")
-        checks["database"] = "ok"
-        status = await db.migration_status()
-        checks["migrations"] = "current" if status.is_current else "behind"
-        checks["vector"] = status.vector
-        reason = status.problem()
-    except GatheringError as exc:
-        checks.setdefault("database", "unavailable")
-        reason = str(exc)
-    if reason:
-        return JSONResponse({"status": "not_ready", "reason": reason, "checks": checks}, 503)
+    state = app_state(request)
+    if state.drain.draining:
+        body = {"status": "not_ready", "reason": "shutting down", "checks": {}}
+        return JSONResponse(body, 503, headers={"Retry-After": "1"})
+    report = await state.lifecycle.health()
+    checks = {name: {"ok": h.ok, "detail": h.detail} for name, h in report.items()}
+    problems = [f"{name}: {h.detail}" for name, h in report.items() if not h.ok]
+    if problems:
+        return JSONResponse(
+            {"status": "not_ready", "reason": "; ".join(problems), "checks": checks}, 503
+        )
     return JSONResponse({"status": "ready", "checks": checks})

@@ -1,0 +1,137 @@
+"""The app's components, started in order and stopped in reverse, each reporting its health."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from gathering.db.locks import SingletonDuty
+from gathering.errors import GatheringError
+
+if TYPE_CHECKING:
+    from gathering.api.state import AppState
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Health:
+    """A component's health: ok, and a short detail (the reason when not ok)."""
+
+    ok: bool
+    detail: str = "ok"
+
+
+class Component:
+    """One part of the running server (database, event bus, job worker, scheduler, ...)."""
+
+    name = "component"
+    stop_timeout = 10.0
+
+    async def start(self) -> None:
+        """Acquire resources; raise to abort start-up."""
+
+    async def stop(self) -> None:
+        """Release resources; must finish within `stop_timeout`."""
+
+    async def health(self) -> Health:
+        """How the component is doing now."""
+        return Health(True)
+
+
+class Lifecycle:
+    """Starts components in order, stops the started ones in reverse, each within its timeout."""
+
+    def __init__(self, components: list[Component] | None = None) -> None:
+        self.components: list[Component] = list(components or [])
+        self._started: list[Component] = []
+
+    def add(self, component: Component) -> None:
+        """Append a component; it starts after, and stops before, those added earlier."""
+        self.components.append(component)
+
+    async def start(self) -> None:
+        """Start every component; on failure stop those already started and re-raise."""
+        for component in self.components:
+            try:
+                await component.start()
+            except BaseException:
+                log.error("component failed to start", component=component.name)
+                await self.stop()
+                raise
+            self._started.append(component)
+            log.debug("component started", component=component.name)
+
+    async def stop(self) -> None:
+        """Stop the started components in reverse order; a slow or failing one is logged."""
+        while self._started:
+            component = self._started.pop()
+            try:
+                await asyncio.wait_for(component.stop(), timeout=component.stop_timeout)
+            except TimeoutError:
+                log.error(
+                    "component did not stop in time",
+                    component=component.name,
+                    timeout=component.stop_timeout,
+                )
+            except Exception:
+                log.exception("component failed to stop", component=component.name)
+
+    async def health(self) -> dict[str, Health]:
+        """The health of every component (started or not)."""
+        report = {}
+        for component in self.components:
+            try:
+                report[component.name] = await component.health()
+            except GatheringError as exc:
+                report[component.name] = Health(False, str(exc))
+        return report
+
+
+class DatabaseComponent(Component):
+    """The database pool: connected and migrated at start, closed last."""
+
+    name = "database"
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def start(self) -> None:
+        await self.state.database()
+
+    async def stop(self) -> None:
+        await self.state.close()
+
+    async def health(self) -> Health:
+        db = await self.state.database()
+        await db.fetch_val("SELECT 1")
+        status = await db.migration_status()
+        problem = status.problem()
+        if problem:
+            return Health(False, problem)
+        return Health(True, f"migrations current, pgvector {'on' if status.vector else 'off'}")
+
+
+class DutyComponent(Component):
+    """A `SingletonDuty` (leader-only work under an advisory lock) as a component.
+
+    Its health is not ok while the lock cannot be checked, so readiness says why the duty
+    is stopped.
+    """
+
+    def __init__(self, name: str, duty: SingletonDuty) -> None:
+        self.name = name
+        self.duty = duty
+
+    async def start(self) -> None:
+        await self.duty.start()
+
+    async def stop(self) -> None:
+        await self.duty.stop()
+
+    async def health(self) -> Health:
+        ok, detail = self.duty.health()
+        return Health(ok, detail)

@@ -1,0 +1,89 @@
+"""Per-request context: request id, draining gate, in-flight count and HTTP metrics.
+
+One small ASGI middleware rather than three, because all three wrap the same span of a request.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gathering.api.draining import DrainState
+from gathering.api.errors import problem
+from gathering.observability import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Probes and metrics stay reachable while draining and are not counted as work in flight.
+_OPERATIONAL_PATHS = ("/health", "/metrics")
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == REQUEST_ID_HEADER.encode():
+            candidate = bytes(value).decode("latin-1")
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Tags every request with an id, refuses new work while draining, measures requests."""
+
+    def __init__(self, app: ASGIApp, drain: DrainState) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        path: str = scope["path"]
+        operational = path.startswith(_OPERATIONAL_PATHS)
+        if self.drain.draining and not operational:
+            response = problem(
+                503,
+                "shutting_down",
+                "the server is shutting down; retry on another instance",
+                retry_after=1,
+            )
+            response.headers[REQUEST_ID_HEADER] = request_id
+            response.headers["connection"] = "close"
+            await response(scope, receive, send)
+            return
+
+        status = 500
+        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        started = time.perf_counter()
+        if not operational:
+            self.drain.request_started()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if not operational:
+                self.drain.request_finished()
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            HTTP_REQUEST_SECONDS.labels(method, template).observe(time.perf_counter() - started)
