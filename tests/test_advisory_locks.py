@@ -125,3 +125,37 @@ async def test_locks_fail_closed_when_the_database_stops(private_postgres):
     finally:
         await duty.stop()
         await database.disconnect()
+
+
+async def test_readiness_says_why_a_duty_is_stopped(private_postgres):
+    import httpx
+
+    from gathering.api.app import create_app
+    from gathering.api.lifecycle import DutyComponent
+
+    settings = load_settings(database_url=private_postgres.url, db_connect_timeout=1)
+    app = create_app(settings=settings)
+    state = app.state.gathering
+    database = await state.database()
+
+    async def work() -> None:
+        return None
+
+    duty = DutyComponent("scheduler", SingletonDuty(database, LockKey("test", "ready"), work,
+                                                    interval=0.05, retry_max=0.2))
+    state.lifecycle.add(duty)
+    await state.lifecycle.start()
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await _wait_for(lambda: duty.duty.holding)
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 200
+            assert ready.json()["checks"]["scheduler"] == {"ok": True, "detail": "leader"}
+            private_postgres.stop()
+            await _wait_for(lambda: duty.duty.problem is not None)
+            not_ready = await client.get("/health/ready")
+        assert not_ready.status_code == 503
+        assert "scheduler: cannot check advisory lock test:ready" in not_ready.json()["reason"]
+    finally:
+        await state.lifecycle.stop()
