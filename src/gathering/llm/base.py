@@ -15,7 +15,6 @@ import structlog
 
 from gathering.errors import InvalidInputError, LLMError
 from gathering.llm.pricing import Price, price_for
-from gathering.observability import record_llm_usage
 from gathering.llm.retry import RetryPolicy, retry_async
 from gathering.llm.types import (
     Completion,
@@ -31,6 +30,7 @@ from gathering.llm.types import (
     UsageEvent,
     parse_tool_arguments,
 )
+from gathering.observability import record_llm_usage
 
 T = TypeVar("T")
 
