@@ -85,8 +85,8 @@ class FeatureUnavailableError(GatheringError):
 # --- requests -------------------------------------------------------------------------------
 
 
-class InvalidInputError(GatheringError):
-    """Input was rejected; the message says which part and why."""
+class InvalidInputError(GatheringError, ValueError):
+    """Input was rejected; the message says which part and why. Also a `ValueError`."""
 
     code = "invalid_input"
     http_status = 422
@@ -222,3 +222,23 @@ class LockUnavailableError(DatabaseUnavailableError):
     """An advisory lock could not be taken or checked; the guarded duty must not run."""
 
     code = "lock_unavailable"
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+class EventBackpressureError(GatheringError):
+    """A subscriber with the `raise` policy stayed full; the event was not queued for it.
+
+    The event was still delivered to every other subscriber.
+    """
+
+    code = "event_backpressure"
+    http_status = 503
+
+
+class EventStreamClosedError(GatheringError):
+    """The stream was closed; no more events will come out of it."""
+
+    code = "event_stream_closed"
+    http_status = 410

@@ -13,6 +13,7 @@ with LISTEN/NOTIFY carries durable events to every instance, exactly once each.
 See docs/events.md.
 """
 
+from gathering.errors import EventBackpressureError, EventStreamClosedError
 from gathering.events.bus import EventBus, RecentIds
 from gathering.events.listener import OutboxListener
 from gathering.events.outbox import CHANNEL, OUTBOX_LOCK_KEY
@@ -22,11 +23,10 @@ from gathering.events.subscriptions import (
     BatchSubscription,
     EventHandler,
     EventStream,
-    EventStreamClosedError,
     HandlerSubscription,
     Subscription,
 )
-from gathering.events.types import Event, EventBackpressureError, OverflowPolicy
+from gathering.events.types import Event, OverflowPolicy
 
 __all__ = [
     "CHANNEL",

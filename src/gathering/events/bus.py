@@ -22,7 +22,12 @@ from uuid import UUID
 import structlog
 
 from gathering.db.database import Database, Queries, Transaction
-from gathering.errors import ConfigurationError, InvalidInputError, ShuttingDownError
+from gathering.errors import (
+    ConfigurationError,
+    EventBackpressureError,
+    InvalidInputError,
+    ShuttingDownError,
+)
 from gathering.events import outbox
 from gathering.events.listener import OutboxListener
 from gathering.events.patterns import Pattern, compile_pattern
@@ -34,7 +39,7 @@ from gathering.events.subscriptions import (
     HandlerSubscription,
     Subscription,
 )
-from gathering.events.types import Event, EventBackpressureError, OverflowPolicy
+from gathering.events.types import Event, OverflowPolicy
 
 log = structlog.get_logger(__name__)
 

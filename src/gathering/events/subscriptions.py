@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gathering.errors import GatheringError, InvalidInputError
+from gathering.errors import EventBackpressureError, EventStreamClosedError, InvalidInputError
 from gathering.events import outbox
 from gathering.events.patterns import Pattern
-from gathering.events.types import Event, EventBackpressureError, OverflowPolicy
+from gathering.events.types import Event, OverflowPolicy
 
 if TYPE_CHECKING:
     from gathering.db.database import Database
@@ -33,13 +33,6 @@ log = structlog.get_logger(__name__)
 
 EventHandler = Callable[[Event], Awaitable[None] | None]
 BatchHandler = Callable[[list[Event]], Awaitable[None] | None]
-
-
-class EventStreamClosedError(GatheringError):
-    """The stream was closed; no more events will come out of it."""
-
-    code = "event_stream_closed"
-    http_status = 410
 
 
 class Subscription:

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid4
 
-from gathering.errors import GatheringError, InvalidInputError
+from gathering.errors import InvalidInputError
 
 MAX_TYPE_LENGTH = 200
 MAX_SUBJECT_LENGTH = 200
@@ -119,13 +119,3 @@ class OverflowPolicy(StrEnum):
     """Drop the oldest queued event to make room, and count it in `dropped`."""
     RAISE = "raise"
     """Skip this subscriber, count it in `refused`, and raise `EventBackpressureError`."""
-
-
-class EventBackpressureError(GatheringError):
-    """A subscriber with the `raise` policy stayed full; the event was not queued for it.
-
-    The event was still delivered to every other subscriber.
-    """
-
-    code = "event_backpressure"
-    http_status = 503
