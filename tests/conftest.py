@@ -11,6 +11,7 @@ import atexit
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +26,19 @@ atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)  # runs after the 
 os.environ["GATHERING_DATA_DIR"] = str(_DATA_DIR)
 os.environ.setdefault("GATHERING_LOG_LEVEL", "WARNING")
 os.environ.pop("DATABASE_URL", None)
+# Security: the seed's clients send Host `test` (httpx) and `testserver` (TestClient); tests that
+# exercise auth or rate limits build their own apps with explicit settings.
+os.environ["GATHERING_ALLOWED_HOSTS"] = "test,testserver,localhost,127.0.0.1"
+os.environ["GATHERING_AUTH"] = "single-user"
+os.environ["GATHERING_RATE_LIMIT_ENABLED"] = "false"
+for _name in ("SECRET_KEY", "GATHERING_SECRET_KEY", "GATHERING_RATE_LIMIT_STORAGE"):
+    os.environ.pop(_name, None)
 
+sys.path.insert(0, str(Path(__file__).parent / "_support"))
+
+from llm_stub import LLMStubServer  # noqa: E402
+
+from gathering.agents import Agent  # noqa: E402
 from gathering.config import get_settings  # noqa: E402
 from gathering.db import Database  # noqa: E402
 from gathering.db.embedded import start_embedded  # noqa: E402
@@ -154,3 +167,43 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Priva
     finally:
         server.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def llm_stub() -> Iterator[LLMStubServer]:
+    """A local server answering like Anthropic, OpenAI and Ollama (see tests/_support)."""
+    server = LLMStubServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm_stub_env(llm_stub: LLMStubServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMStubServer]:
+    """Point every provider's key and address at the stub for this test."""
+    for name, value in llm_stub.environment().items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield llm_stub
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def agent(llm_stub_env: LLMStubServer) -> Agent:
+    """Create a test agent."""
+    return Agent(name="TestAgent", provider="ollama", model="llama3.2")
+
+
+@pytest.fixture
+def agent_factory(llm_stub_env: LLMStubServer):  # type: ignore[no-untyped-def]
+    """Factory for creating test agents."""
+    created = []
+
+    def _create(name="Test", provider="ollama", model="llama3.2", **kwargs):  # type: ignore[no-untyped-def]
+        agent = Agent(name=name, provider=provider, model=model, **kwargs)
+        created.append(agent)
+        return agent
+
+    yield _create
+    # Cleanup
+    for agent in created:
+        agent.cleanup()

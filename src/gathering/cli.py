@@ -16,9 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from gathering import __version__
+from gathering.agents import Agent, AgentRecord, PostgresAgentStore, ToolStarted, TurnResult
 from gathering.config import Settings, get_settings
 from gathering.db import Database, Migration, MigrationStatus, discover_migrations, redact_url
 from gathering.errors import GatheringError, StartupError
+from gathering.llm import TextDelta, default_provider_name
 from gathering.observability import configure_logging
 
 T = TypeVar("T")
@@ -115,10 +117,15 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     with reported_errors():
+        from gathering.api.security.hosts import ensure_bind_allowed
+
+        ensure_bind_allowed(settings, host)  # single-user mode (no login) stays on loopback
+        settings = settings.model_copy(update={"host": host})  # the Host allow-list follows
         check_port_free(host, port)
     with console.status("Preparing the database (first start initialises it)…"):
         url, applied = run_async(lambda: _migrate(settings))
     console.print(f"database [bold]{url}[/] ready ({len(applied)} migration(s) applied)")
+    _announce_first_admin(settings)
     console.print(f"GatheRing {__version__} on http://{host}:{port}  (docs: /docs)")
 
     import uvicorn
@@ -184,6 +191,264 @@ def db_status() -> None:
     console.print(table)
     console.print(f"pgvector: {'installed' if status.vector else 'not installed'}")
     console.print(status.problem() or "schema is current")
+
+
+# --- users: accounts of multi-user mode --------------------------------------------------------
+
+users_app = typer.Typer(help="Accounts (for GATHERING_AUTH=required).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+def _announce_first_admin(settings: Settings) -> None:
+    """On the first start without accounts, create the admin and show a generated password once."""
+    from gathering.api.security import admin
+
+    created = run_async(lambda: admin.ensure_first_admin(settings))
+    if created is None:
+        return
+    if created.generated_password is None:
+        console.print(f"created administrator [bold]{created.user.email}[/]")
+        return
+    console.print(
+        f"created administrator [bold]{created.user.email}[/] with password "
+        f"[bold]{created.generated_password}[/]\n"
+        "  (shown only now; change it with `gathering users reset-password`)",
+        highlight=False,
+    )
+
+
+def _new_password(password: str | None, generate: bool) -> tuple[str, bool]:
+    """The password to set: given, generated (then printed once), or typed at a hidden prompt."""
+    from gathering.api.security.passwords import check_password_policy, generate_password
+
+    if generate:
+        return generate_password(), True
+    if password is None:
+        password = str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+    with reported_errors():
+        check_password_policy(password)
+    return password, False
+
+
+PasswordOption = Annotated[
+    str | None,
+    typer.Option(help="The password (prompted, hidden, when omitted)", show_default=False),
+]
+GenerateOption = Annotated[
+    bool, typer.Option("--generate-password", help="Generate a password and print it once")
+]
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Argument(help="The account's email address")],
+    password: PasswordOption = None,
+    generate: GenerateOption = False,
+    is_admin: Annotated[bool, typer.Option("--admin", help="Make an administrator")] = False,
+) -> None:
+    """Create an account."""
+    from gathering.api.security import admin
+
+    settings = settings_or_exit()
+    secret, generated = _new_password(password, generate)
+    user = run_async(lambda: admin.create_user(settings, email, secret, is_admin=is_admin))
+    role = "administrator" if user.is_admin else "user"
+    console.print(f"created {role} [bold]{user.email}[/] (id {user.id})")
+    if generated:
+        console.print(f"password: [bold]{secret}[/]  (shown only now)", highlight=False)
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List the accounts."""
+    from gathering.api.security import admin
+
+    settings = settings_or_exit()
+    users = run_async(lambda: admin.list_users(settings))
+    table = Table(title="users")
+    for column in ("id", "email", "role", "state", "created", "last login"):
+        table.add_column(column)
+    for user in users:
+        table.add_row(
+            str(user.id),
+            user.email,
+            "admin" if user.is_admin else "user",
+            "active" if user.is_active else "[red]disabled[/]",
+            f"{user.created_at:%Y-%m-%d %H:%M}",
+            f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never",
+        )
+    console.print(table)
+
+
+@users_app.command("disable")
+def users_disable(email: Annotated[str, typer.Argument(help="The account's email")]) -> None:
+    """Disable an account and end its sessions."""
+    from gathering.api.security import admin
+
+    settings = settings_or_exit()
+    user, ended = run_async(lambda: admin.set_user_active(settings, email, active=False))
+    console.print(f"disabled [bold]{user.email}[/]; {ended} session(s) ended")
+
+
+@users_app.command("enable")
+def users_enable(email: Annotated[str, typer.Argument(help="The account's email")]) -> None:
+    """Enable a disabled account."""
+    from gathering.api.security import admin
+
+    settings = settings_or_exit()
+    user, _ = run_async(lambda: admin.set_user_active(settings, email, active=True))
+    console.print(f"enabled [bold]{user.email}[/]")
+
+
+@users_app.command("reset-password")
+def users_reset_password(
+    email: Annotated[str, typer.Argument(help="The account's email")],
+    password: PasswordOption = None,
+    generate: GenerateOption = False,
+) -> None:
+    """Set a new password; every session of the account ends."""
+    from gathering.api.security import admin
+
+    settings = settings_or_exit()
+    secret, generated = _new_password(password, generate)
+    user, ended = run_async(lambda: admin.reset_password(settings, email, secret))
+    console.print(f"password of [bold]{user.email}[/] changed; {ended} session(s) ended")
+    if generated:
+        console.print(f"password: [bold]{secret}[/]  (shown only now)", highlight=False)
+
+
+agents_app = typer.Typer(help="Agents: list, create, delete.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+
+
+async def _agent_store(settings: Settings) -> tuple[Database, PostgresAgentStore]:
+    db = Database(settings=settings, min_size=0, max_size=2)
+    await db.connect()
+    if settings.auto_migrate:
+        await db.run_migrations()
+    return db, PostgresAgentStore(db)
+
+
+@agents_app.command("list")
+def agents_list() -> None:
+    """List agents."""
+    settings = settings_or_exit()
+
+    async def work() -> list[AgentRecord]:
+        db, store = await _agent_store(settings)
+        try:
+            return await store.list_agents()
+        finally:
+            await db.disconnect()
+
+    records = run_async(work)
+    table = Table(title=f"{len(records)} agent(s)")
+    for column in ("id", "name", "provider", "model", "role"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(str(record.id), record.name, record.provider, record.model,
+                      str(record.persona.get("role", "")))
+    console.print(table)
+
+
+@agents_app.command("create")
+def agents_create(
+    name: Annotated[str, typer.Argument(help="The agent's name")],
+    provider: Annotated[str | None, typer.Option(help="LLM provider [default: local "
+                                                 "unless an API key is set]")] = None,
+    model: Annotated[str | None, typer.Option(help="Model [default: the provider's]")] = None,
+    role: Annotated[str, typer.Option(help="Persona role, e.g. 'code reviewer'")] = "",
+) -> None:
+    """Create an agent."""
+    settings = settings_or_exit()
+
+    async def work() -> AgentRecord:
+        agent = Agent(name, provider or default_provider_name(), model, persona={"role": role})
+        db, store = await _agent_store(settings)
+        try:
+            return await store.create_agent(agent.record())
+        finally:
+            await db.disconnect()
+
+    record = run_async(work)
+    console.print(f"created agent [bold]{record.name}[/] (id {record.id}, "
+                  f"{record.provider}/{record.model})")
+
+
+@agents_app.command("delete")
+def agents_delete(
+    agent: Annotated[str, typer.Argument(help="Agent id or name")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Delete an agent with its sessions and messages."""
+    settings = settings_or_exit()
+    if not yes and not typer.confirm(f"Delete agent {agent!r} and all its conversations?"):
+        raise typer.Exit(code=1)
+
+    async def work() -> AgentRecord:
+        db, store = await _agent_store(settings)
+        try:
+            record = await store.load_agent(agent)
+            assert record.id is not None
+            await store.delete_agent(record.id)
+            return record
+        finally:
+            await db.disconnect()
+
+    record = run_async(work)
+    console.print(f"deleted agent [bold]{record.name}[/] (id {record.id})")
+
+
+@app.command()
+def chat(
+    agent: Annotated[str, typer.Argument(help="Agent id or name")],
+    new_session: Annotated[bool, typer.Option(help="Start a fresh conversation")] = False,
+) -> None:
+    """Talk with an agent; replies stream as they are written. Ctrl-D or /exit quits."""
+    settings = settings_or_exit()
+
+    async def work() -> None:
+        db, store = await _agent_store(settings)
+        try:
+            talker = await Agent.load(agent, store=store)
+            if new_session:
+                await talker.new_session()
+            console.print(f"[bold]{talker.name}[/] ({talker.provider}/{talker.model}) — "
+                          "/exit to quit")
+            while True:
+                try:
+                    line = await asyncio.to_thread(console.input, "[bold cyan]you>[/] ")
+                except EOFError:
+                    break
+                if line.strip() in ("/exit", "/quit"):
+                    break
+                if line.strip():
+                    await _stream_reply(talker, line)
+        finally:
+            await db.disconnect()
+
+    run_async(work)
+
+
+async def _stream_reply(talker: Agent, line: str) -> None:
+    status = console.status(f"{talker.name} is thinking…")
+    status.start()
+    started = False
+    try:
+        async for event in talker.stream(line):
+            if not started:
+                status.stop()
+                console.print(f"[bold]{talker.name}>[/] ", end="")
+                started = True
+            if isinstance(event, TextDelta):
+                console.print(event.text, end="", highlight=False, soft_wrap=True)
+            elif isinstance(event, ToolStarted):
+                console.print(f"\n[dim]→ {event.call.name}({dict(event.call.arguments)})[/]")
+            elif isinstance(event, TurnResult) and event.outcome != "completed":
+                console.print(f"\n[yellow]{event.text}[/]", end="")
+        console.print()
+    finally:
+        status.stop()
 
 
 @app.command()

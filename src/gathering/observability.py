@@ -76,7 +76,7 @@ LLM_COST = Counter(
     "gathering_llm_cost_usd_total", "Estimated LLM cost in USD", ["provider", "model"]
 )
 JOBS = Counter("gathering_jobs_total", "Background jobs finished", ["task", "outcome"])
-EVENTS = Counter("gathering_events_total", "Events published", ["type", "durable"])
+EVENT_BUS = Gauge("gathering_event_bus", "Event bus counters of this process", ["stat"])
 DB_POOL = Gauge("gathering_db_pool_connections", "Database pool connections", ["state"])
 
 
@@ -88,6 +88,12 @@ def record_llm_usage(
     LLM_TOKENS.labels(provider, model, "output").inc(output_tokens)
     if cost_usd:
         LLM_COST.labels(provider, model).inc(cost_usd)
+
+
+def record_event_stats(stats: dict[str, int]) -> None:
+    """Copy an event bus's `stats()` into the event gauges."""
+    for name, value in stats.items():
+        EVENT_BUS.labels(name).set(value)
 
 
 def record_pool_stats(stats: dict[str, int]) -> None:

@@ -88,3 +88,24 @@ def test_lifespan_connects_and_closes(fresh_database_url):
         assert tc.get("/health/ready").status_code == 200
     assert application.state.gathering._database is not None
     assert not application.state.gathering._database.is_connected
+
+
+@pytest.mark.asyncio
+async def test_list_agents(client):
+    response = await client.get("/agents")
+    assert response.status_code == 200
+    assert isinstance(response.json(), list)
+
+
+@pytest.mark.asyncio
+async def test_create_agent(client):
+    response = await client.post(
+        "/agents",
+        json={
+            "name": "NewAgent",
+            "provider": "anthropic",
+            "model": "claude-sonnet-4-20250514"
+        },
+    )
+    assert response.status_code == 201
+    assert response.json()["name"] == "NewAgent"

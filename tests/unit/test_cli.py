@@ -84,3 +84,29 @@ def test_port_check_rejects_an_unusable_host():
 def test_no_arguments_prints_help():
     result = runner.invoke(app, [])
     assert "serve" in result.output and "db" in result.output
+
+
+def test_agents_create_list_chat_delete(use_database, llm_stub_env):
+    created = runner.invoke(app, ["agents", "create", "Echoer", "--provider", "openai",
+                                  "--role", "parrot"])
+    assert created.exit_code == 0, created.output
+    assert "created agent Echoer" in created.output
+    listed = runner.invoke(app, ["agents", "list"])
+    assert "Echoer" in listed.output and "parrot" in listed.output
+    talk = runner.invoke(app, ["chat", "echoer"], input="hello\n\n/exit\n")
+    assert talk.exit_code == 0, talk.output
+    assert "Echo: hello" in talk.output
+    again = runner.invoke(app, ["chat", "Echoer", "--new-session"], input="")
+    assert again.exit_code == 0
+    refused = runner.invoke(app, ["agents", "delete", "Echoer"], input="n\n")
+    assert refused.exit_code == 1
+    deleted = runner.invoke(app, ["agents", "delete", "Echoer", "--yes"])
+    assert deleted.exit_code == 0 and "deleted agent Echoer" in deleted.output
+    missing = runner.invoke(app, ["chat", "Echoer"])
+    assert missing.exit_code == 1 and "no agent 'Echoer'" in missing.output
+
+
+def test_agents_create_with_unknown_provider_is_a_clear_error(use_database):
+    result = runner.invoke(app, ["agents", "create", "X", "--provider", "skynet"])
+    assert result.exit_code == 1
+    assert "known providers" in result.output

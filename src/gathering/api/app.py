@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from gathering import __version__
 from gathering.api.errors import install_error_handlers
 from gathering.api.middleware import RequestContextMiddleware
-from gathering.api.routers import debug, health, metrics
+from gathering.api.routers import agents, audit, auth, debug, health, metrics
+from gathering.api.security import install_security
 from gathering.api.state import AppState
 from gathering.config import Settings, get_settings
 from gathering.db import Database
@@ -41,6 +42,7 @@ def create_app(
     state = AppState(settings, testing=testing, database=database)
     app.state.gathering = state
     install_error_handlers(app)
+    install_security(app, settings)  # before any include_router: routes get its gate
     app.add_middleware(RequestContextMiddleware, drain=state.drain)
     if configure_tracing(settings):
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -48,6 +50,9 @@ def create_app(
         app.add_middleware(OpenTelemetryMiddleware)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(auth.router)
+    app.include_router(audit.router)
+    app.include_router(agents.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)
     return app

@@ -38,7 +38,7 @@ async def _gathering_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GatheringError)
     if exc.http_status >= 500:
         log.error("request failed", path=request.url.path, error=exc.code, message=exc.message)
-    return problem(
+    response = problem(
         exc.http_status,
         exc.code,
         exc.message,
@@ -46,6 +46,9 @@ async def _gathering_error(request: Request, exc: Exception) -> JSONResponse:
         details=exc.details or None,
         retry_after=exc.details.get("retry_after"),
     )
+    if exc.http_status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="gathering"'
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -115,6 +115,30 @@ class DatabaseComponent(Component):
         return Health(True, f"migrations current, pgvector {'on' if status.vector else 'off'}")
 
 
+class EventBusComponent(Component):
+    """The event bus and its outbox listener: started after the database, stopped before it."""
+
+    name = "events"
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.stop_timeout = state.settings.shutdown_timeout + 5
+
+    async def start(self) -> None:
+        await self.state.event_bus()
+
+    async def stop(self) -> None:
+        await self.state.close_event_bus()
+
+    async def health(self) -> Health:
+        bus = self.state.running_event_bus()
+        if bus is None or bus.listener is None:
+            return Health(True, "not started")
+        if not bus.listener.connected:
+            return Health(False, "the outbox listener is not connected (reconnecting)")
+        return Health(True, f"listening, cursor {bus.cursor}")
+
+
 class DutyComponent(Component):
     """A `SingletonDuty` (leader-only work under an advisory lock) as a component.
 

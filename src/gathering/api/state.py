@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import structlog
 
+from gathering.agents import Agent
 from gathering.api.draining import DrainState
-from gathering.api.lifecycle import DatabaseComponent, Lifecycle
+from gathering.api.lifecycle import DatabaseComponent, EventBusComponent, Lifecycle
 from gathering.config import Settings
 from gathering.db import Database
+from gathering.events import EventBus
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +30,10 @@ class AppState:
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.drain = DrainState()
-        self.lifecycle = Lifecycle([DatabaseComponent(self)])
+        # Live agents by id, so concurrent messages to one agent queue on one lock.
+        self.agents: dict[int, Agent] = {}
+        self._events: EventBus | None = None
+        self.lifecycle = Lifecycle([DatabaseComponent(self), EventBusComponent(self)])
 
     async def database(self) -> Database:
         """The connected, migrated database of this app."""
@@ -50,6 +56,33 @@ class AppState:
             self._loop = loop
             return self._database
 
+    async def event_bus(self) -> EventBus:
+        """The app's event bus, listening for durable events of every instance."""
+        if self._events is not None and self._loop is asyncio.get_running_loop():
+            return self._events
+        database = await self.database()
+        async with self._lock:
+            if self._events is None or self._events.db is not database:
+                settings = self.settings
+                bus = EventBus(
+                    database,
+                    poll_interval=settings.events_poll_interval,
+                    retention=timedelta(days=settings.events_retention_days),
+                )
+                await bus.start()
+                self._events = bus
+            return self._events
+
+    def running_event_bus(self) -> EventBus | None:
+        """The event bus if it was started, without starting it."""
+        return self._events
+
+    async def close_event_bus(self) -> None:
+        """Stop the event bus: queued handlers get `shutdown_timeout` seconds to finish."""
+        bus, self._events = self._events, None
+        if bus is not None:
+            await bus.close(grace=self.settings.shutdown_timeout)
+
     def connected_database(self) -> Database | None:
         """The database if it is connected now, without connecting it."""
         return (
@@ -58,6 +91,7 @@ class AppState:
 
     async def close(self) -> None:
         """Release what this app opened."""
+        await self.close_event_bus()
         if self._database is not None and self._owns_database:
             await self._database.disconnect()
         self._loop = None

@@ -1,0 +1,71 @@
+"""Agents: personas with an LLM, tools, persisted sessions and memory.
+
+`llm_client` is the client every agent without its own `llm=` sends its conversation
+through; it is looked up at call time, so `patch("gathering.agents.llm_client")` replaces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gathering.agents.agent import (
+    Agent,
+    AgentEvent,
+    ToolFinished,
+    ToolStarted,
+    TurnResult,
+    as_completion,
+)
+from gathering.agents.memory import AgentMemory
+from gathering.agents.persona import Persona
+from gathering.agents.prompt import PromptBuilder
+from gathering.agents.store import (
+    AgentRecord,
+    AgentStore,
+    HistoryEntry,
+    InMemoryAgentStore,
+    PostgresAgentStore,
+    default_store,
+)
+from gathering.llm import Completion, LLMProvider, Message, ToolSpec
+
+
+class ProviderClient:
+    """The default `llm_client`: sends a conversation to the agent's own provider."""
+
+    async def generate(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec] | None = None,
+        *,
+        provider: LLMProvider,
+        **options: Any,
+    ) -> Completion:
+        """The provider's completion of `messages`."""
+        return await provider.generate(messages, tools, **options)
+
+
+DEFAULT_CLIENT = ProviderClient()
+llm_client: Any = DEFAULT_CLIENT
+
+__all__ = [
+    "DEFAULT_CLIENT",
+    "Agent",
+    "AgentEvent",
+    "AgentMemory",
+    "AgentRecord",
+    "AgentStore",
+    "HistoryEntry",
+    "InMemoryAgentStore",
+    "Persona",
+    "PostgresAgentStore",
+    "PromptBuilder",
+    "ProviderClient",
+    "ToolFinished",
+    "ToolStarted",
+    "TurnResult",
+    "as_completion",
+    "default_store",
+    "llm_client",
+]

@@ -1,0 +1,334 @@
+"""`/agents`: create, read, update, delete agents; chat with them (JSON or server-sent events)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gathering.agents import (
+    Agent,
+    AgentRecord,
+    Persona,
+    PostgresAgentStore,
+    ToolFinished,
+    ToolStarted,
+    TurnResult,
+)
+from gathering.api.deps import app_state, get_db
+from gathering.api.security import (
+    Principal,
+    current_principal,
+    ensure_owner,
+    not_found,
+    rate_limit,
+)
+from gathering.db import Database
+from gathering.errors import GatheringError, NotFoundError
+from gathering.llm import TextDelta, default_provider_name, known_providers
+
+router = APIRouter(prefix="/agents", tags=["agents"])
+
+AgentId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The agent's id")]
+
+
+def _check_provider(value: str | None) -> str | None:
+    if value is None:
+        return None
+    name = value.strip().lower()
+    if name not in known_providers():
+        raise ValueError(f"unknown provider {value!r}; known: {', '.join(known_providers())}")
+    return name
+
+
+class _ProviderChecked(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("provider", check_fields=False)
+    @classmethod
+    def _known_provider(cls, value: str | None) -> str | None:
+        return _check_provider(value)
+
+
+class AgentCreate(_ProviderChecked):
+    """A new agent. Without a provider, the default one is used (`local` when no key is set)."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"\S")
+    provider: str | None = Field(default=None, max_length=50)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    persona: Persona = Field(default_factory=Persona)
+    project: str | None = Field(default=None, max_length=4000)
+    max_iterations: int = Field(default=8, ge=1, le=50)
+
+
+class AgentUpdate(_ProviderChecked):
+    """Fields to change; those left out stay as they are."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"\S")
+    provider: str | None = Field(default=None, max_length=50)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    persona: Persona | None = None
+    project: str | None = Field(default=None, max_length=4000)
+    max_iterations: int | None = Field(default=None, ge=1, le=50)
+
+
+class AgentOut(BaseModel):
+    id: int
+    name: str
+    provider: str
+    model: str
+    persona: dict[str, Any]
+    config: dict[str, Any]
+    owner_id: int
+    created_at: datetime | None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1, max_length=100_000, pattern=r"\S")
+    new_session: bool = Field(default=False, description="Start a fresh conversation first")
+
+
+class UsageOut(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class ChatResponse(BaseModel):
+    reply: str
+    outcome: str
+    iterations: int
+    usage: UsageOut
+    cost_usd: float | None
+    session_id: str
+    tool_calls: list[dict[str, Any]]
+
+
+class HistoryMessage(BaseModel):
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] = []
+    tool_results: list[dict[str, Any]] = []
+    model: str | None = None
+    created_at: datetime | None = None
+
+
+def _out(record: AgentRecord) -> AgentOut:
+    assert record.id is not None and record.owner_id is not None
+    return AgentOut(
+        id=record.id,
+        name=record.name,
+        provider=record.provider,
+        model=record.model,
+        persona=dict(record.persona),
+        config=dict(record.config),
+        owner_id=record.owner_id,
+        created_at=record.created_at,
+    )
+
+
+async def _owned(
+    request: Request, principal: Principal, db: Database, agent_id: int
+) -> AgentRecord:
+    try:
+        record = await PostgresAgentStore(db).load_agent(agent_id)
+    except NotFoundError:
+        raise not_found("agent", agent_id) from None
+    await ensure_owner(request, principal, record.owner_id, resource="agent", resource_id=agent_id)
+    return record
+
+
+async def _live_agent(request: Request, record: AgentRecord, db: Database) -> Agent:
+    """The process-wide `Agent` for `record`, so its messages queue in one line."""
+    live = app_state(request).agents
+    assert record.id is not None
+    agent = live.get(record.id)
+    if agent is None or agent.record() != record:
+        agent = await Agent.load(record.id, store=PostgresAgentStore(db))
+        live[record.id] = agent
+    return agent
+
+
+@router.get("", summary="List agents", dependencies=[rate_limit("relaxed")])
+async def list_agents(
+    principal: Principal = Depends(current_principal), db: Database = Depends(get_db)
+) -> list[AgentOut]:
+    records = await PostgresAgentStore(db).list_agents(owner_id=principal.owner_filter)
+    return [_out(r) for r in records]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create an agent")
+async def create_agent(
+    body: AgentCreate,
+    principal: Principal = Depends(current_principal),
+    db: Database = Depends(get_db),
+) -> AgentOut:
+    provider = body.provider or default_provider_name()
+    agent = Agent(
+        body.name,
+        provider,
+        body.model,
+        persona=body.persona,
+        project=body.project,
+        max_iterations=body.max_iterations,
+        owner_id=principal.user_id,
+    )
+    record = await PostgresAgentStore(db).create_agent(agent.record())
+    return _out(record)
+
+
+@router.get("/{agent_id}", summary="One agent", dependencies=[rate_limit("relaxed")])
+async def get_agent(
+    request: Request,
+    agent_id: AgentId,
+    principal: Principal = Depends(current_principal),
+    db: Database = Depends(get_db),
+) -> AgentOut:
+    return _out(await _owned(request, principal, db, agent_id))
+
+
+@router.patch("/{agent_id}", summary="Change an agent")
+async def update_agent(
+    request: Request,
+    agent_id: AgentId,
+    body: AgentUpdate,
+    principal: Principal = Depends(current_principal),
+    db: Database = Depends(get_db),
+) -> AgentOut:
+    record = await _owned(request, principal, db, agent_id)
+    agent = Agent.from_record(record)
+    changes = body.model_dump(exclude_unset=True)
+    if "provider" in changes and changes["provider"] is not None and "model" not in changes:
+        changes["model"] = None  # a new provider without a model gets that provider's default
+    merged = Agent(
+        changes.get("name") or agent.name,
+        changes.get("provider") or agent.provider,
+        changes["model"] if "model" in changes else agent.model,
+        persona=changes.get("persona") or agent.persona,
+        project=changes.get("project", agent.project),
+        max_iterations=changes.get("max_iterations") or agent.max_iterations,
+        owner_id=record.owner_id,
+    )
+    merged.id = record.id
+    updated = await PostgresAgentStore(db).update_agent(merged.record())
+    app_state(request).agents.pop(agent_id, None)
+    return _out(updated)
+
+
+@router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an agent")
+async def delete_agent(
+    request: Request,
+    agent_id: AgentId,
+    principal: Principal = Depends(current_principal),
+    db: Database = Depends(get_db),
+) -> Response:
+    await _owned(request, principal, db, agent_id)
+    await PostgresAgentStore(db).delete_agent(agent_id)
+    app_state(request).agents.pop(agent_id, None)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _chat_response(agent: Agent, result: TurnResult) -> ChatResponse:
+    assert agent.session_id is not None
+    return ChatResponse(
+        reply=result.text,
+        outcome=result.outcome,
+        iterations=result.iterations,
+        usage=UsageOut(
+            input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens
+        ),
+        cost_usd=result.cost_usd,
+        session_id=agent.session_id,
+        tool_calls=[call.to_dict() for call in result.tool_calls],
+    )
+
+
+@router.post("/{agent_id}/chat", summary="Send a message; the reply comes back with its usage")
+async def chat(
+    request: Request,
+    agent_id: AgentId,
+    body: ChatRequest,
+    principal: Principal = Depends(current_principal),
+    db: Database = Depends(get_db),
+) -> ChatResponse:
+    agent = await _live_agent(request, await _owned(request, principal, db, agent_id), db)
+    if body.new_session:
+        await agent.new_session()
+    return _chat_response(agent, await agent.run(body.message))
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+@router.post(
+    "/{agent_id}/chat/stream",
+    summary="Send a message; the reply streams back as server-sent events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "events: delta, tool_call, tool_result, done, error",
+        }
+    },
+)
+async def chat_stream(
+    request: Request,
+    agent_id: AgentId,
+    body: ChatRequest,
+    principal: Principal = Depends(current_principal),
+    db: Database = Depends(get_db),
+) -> StreamingResponse:
+    agent = await _live_agent(request, await _owned(request, principal, db, agent_id), db)
+    if body.new_session:
+        await agent.new_session()
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for event in agent.stream(body.message):
+                if isinstance(event, TextDelta):
+                    yield _sse("delta", {"text": event.text})
+                elif isinstance(event, ToolStarted):
+                    yield _sse("tool_call", event.call.to_dict())
+                elif isinstance(event, ToolFinished):
+                    yield _sse("tool_result", event.result.to_dict())
+                else:
+                    yield _sse("done", _chat_response(agent, event).model_dump())
+        except GatheringError as exc:
+            yield _sse("error", exc.to_dict())
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/{agent_id}/history",
+    summary="The messages of the agent's current session",
+    dependencies=[rate_limit("relaxed")],
+)
+async def history(
+    request: Request,
+    agent_id: AgentId,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    principal: Principal = Depends(current_principal),
+    db: Database = Depends(get_db),
+) -> list[HistoryMessage]:
+    record = await _owned(request, principal, db, agent_id)
+    store = PostgresAgentStore(db)
+    assert record.id is not None
+    session_id = await store.latest_session(record.id)
+    if session_id is None:
+        return []
+    return [
+        HistoryMessage(**entry.message.to_dict(), model=entry.model, created_at=entry.created_at)
+        for entry in await store.history(session_id, limit=limit)
+    ]

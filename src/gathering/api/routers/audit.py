@@ -1,0 +1,65 @@
+"""`GET /audit`: the security audit log, for administrators."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+
+from gathering.api.security.audit import MAX_QUERY_LIMIT, AuditFilter
+from gathering.api.security.dependencies import require_admin, security_state
+from gathering.api.security.principal import Principal
+
+router = APIRouter(tags=["audit"])
+
+
+class AuditEntry(BaseModel):
+    id: int
+    occurred_at: datetime
+    event: str
+    outcome: str
+    actor_id: int | None
+    subject: str | None
+    target_type: str | None
+    target_id: str | None
+    ip: str | None
+    user_agent: str | None
+    request_id: str | None
+    details: dict[str, Any]
+
+
+@router.get("/audit", summary="Audit log entries, newest first (administrators only)")
+async def list_audit_entries(
+    request: Request,
+    _admin: Principal = Depends(require_admin),
+    event: Annotated[str | None, Query(max_length=100, examples=["auth.login"])] = None,
+    outcome: Literal["success", "failure", "denied"] | None = None,
+    actor_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    subject: Annotated[str | None, Query(max_length=254)] = None,
+    ip: Annotated[str | None, Query(max_length=100)] = None,
+    request_id: Annotated[str | None, Query(max_length=128)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before_id: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="Page: entries older than this id")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)] = 100,
+) -> list[AuditEntry]:
+    audit = await security_state(request).audit()
+    rows = await audit.query(
+        AuditFilter(
+            event=event,
+            outcome=outcome,
+            actor_id=actor_id,
+            subject=subject,
+            ip=ip,
+            request_id=request_id,
+            since=since,
+            until=until,
+            before_id=before_id,
+            limit=limit,
+        )
+    )
+    return [AuditEntry(**row) for row in rows]

@@ -1,0 +1,331 @@
+"""`/auth`: login, refresh rotation, logout, the caller, and service API keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import Path as PathParam
+from pydantic import AfterValidator, BaseModel, Field
+
+from gathering.api.security.api_keys import ApiKey
+from gathering.api.security.audit import AuditEvent, RequestOrigin
+from gathering.api.security.dependencies import (
+    audit_denial,
+    current_principal,
+    ensure_owner,
+    not_found,
+    public_route,
+    rate_limit,
+    security_state,
+)
+from gathering.api.security.passwords import needs_rehash, verify_password
+from gathering.api.security.principal import Principal
+from gathering.api.security.sessions import RefreshTokenReused, TokenPair
+from gathering.api.security.state import SecurityState
+from gathering.api.security.tokens import TokenClaims, invalid_credentials
+from gathering.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidInputError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+LOGIN_FAILED = "invalid email or password"
+
+
+def _printable(value: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+PlainText = Annotated[str, AfterValidator(_printable)]
+
+
+class LoginRequest(BaseModel):
+    email: str = Field(max_length=254, examples=["ada@example.com"])
+    password: str = Field(max_length=1024)
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(max_length=4096)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth 2 token type, not a secret
+    expires_in: int = Field(description="Seconds the access token lives")
+    refresh_expires_in: int = Field(description="Seconds the refresh token lives")
+
+
+class MeResponse(BaseModel):
+    id: int
+    email: str
+    is_admin: bool
+    auth_method: str
+    scopes: list[str]
+
+
+class ApiKeyCreateRequest(BaseModel):
+    name: PlainText = Field(min_length=1, max_length=100, examples=["nightly import"])
+    scopes: list[Annotated[str, Field(max_length=81)]] = Field(
+        min_length=1,
+        max_length=32,
+        examples=[["agents:read", "circles:*"]],
+        description="`*`, `admin`, `resource:action`, `resource:*` or `*:action`",
+    )
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class ApiKeyResponse(BaseModel):
+    id: int
+    user_id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ApiKeyResponse:
+        return cls(**{name: getattr(key, name) for name in cls.model_fields})
+
+
+class ApiKeyCreatedResponse(ApiKeyResponse):
+    key: str = Field(description="The full key; shown only in this response")
+
+
+def _accounts(request: Request) -> SecurityState:
+    security = security_state(request)
+    if not security.settings.auth_required:
+        raise ConflictError(
+            "single-user mode has no accounts or tokens: every request already acts as you",
+            hint="set GATHERING_AUTH=required to use logins and API keys",
+        )
+    return security
+
+
+def _token_response(security: SecurityState, pair: TokenPair) -> TokenResponse:
+    return TokenResponse(
+        access_token=pair.access.token,
+        refresh_token=pair.refresh.token,
+        expires_in=security.settings.access_token_ttl,
+        refresh_expires_in=security.settings.refresh_token_ttl,
+    )
+
+
+@router.post(
+    "/login",
+    summary="Exchange email and password for an access and a refresh token",
+    dependencies=[Depends(public_route), rate_limit("strict")],
+    responses={401: {"description": "Wrong email or password"}, 429: {"description": "Throttled"}},
+)
+async def login(body: LoginRequest, request: Request) -> TokenResponse:
+    security = _accounts(request)
+    origin = RequestOrigin.of(request)
+    email = body.email.strip().lower()
+    ip = origin.ip or "unknown"
+    limiter, audit = security.limiter(), await security.audit()
+    try:
+        await security.login_throttle.check(limiter, email, ip)
+    except RateLimitedError:
+        await audit.record(AuditEvent.LOGIN_THROTTLED, "denied", origin=origin, subject=email)
+        raise
+    users = await security.users()
+    user = await users.find_by_email(email)
+    verified = await verify_password(user.password_hash if user else None, body.password)
+    if user is None or not verified or not user.can_log_in:
+        await security.login_throttle.failed(limiter, email, ip)
+        await audit.record(
+            AuditEvent.LOGIN,
+            "failure",
+            origin=origin,
+            actor_id=user.id if user else None,
+            subject=email,
+            details={"reason": "unknown user" if user is None else "rejected"},
+        )
+        raise AuthenticationError(LOGIN_FAILED)
+    await security.login_throttle.succeeded(limiter, email)
+    if user.password_hash and needs_rehash(user.password_hash):
+        await users.set_password(user.id, body.password)
+    await users.record_login(user.id)
+    pair = await (await security.sessions()).start(user.id)
+    await audit.record(
+        AuditEvent.LOGIN,
+        "success",
+        origin=origin,
+        actor_id=user.id,
+        subject=user.email,
+        details={"family": pair.refresh.claims.family_id},
+    )
+    return _token_response(security, pair)
+
+
+@router.post(
+    "/refresh",
+    summary="Spend a refresh token for a new pair (a refresh token works once)",
+    dependencies=[Depends(public_route), rate_limit("strict")],
+    responses={401: {"description": "Invalid, expired, revoked or already used"}},
+)
+async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
+    security = _accounts(request)
+    origin, audit = RequestOrigin.of(request), await security.audit()
+    sessions = await security.sessions()
+    try:
+        claims, pair = await sessions.rotate(body.refresh_token)
+    except RefreshTokenReused as reuse:
+        await audit.record(
+            AuditEvent.TOKEN_REUSE,
+            "denied",
+            origin=origin,
+            actor_id=reuse.claims.user_id,
+            target_type="session",
+            target_id=reuse.claims.family_id,
+            details={"revoked": "family"},
+        )
+        raise invalid_credentials() from None
+    except AuthenticationError:
+        await audit.record(AuditEvent.REFRESH, "failure", origin=origin)
+        raise
+    user = await (await security.users()).get(claims.user_id)
+    if user is None or not user.is_active:
+        await sessions.revocations.revoke_family(claims.family_id, "user disabled")
+        await audit.record(AuditEvent.REFRESH, "failure", origin=origin, actor_id=claims.user_id)
+        raise invalid_credentials()
+    await audit.record(
+        AuditEvent.REFRESH,
+        "success",
+        origin=origin,
+        actor_id=user.id,
+        subject=user.email,
+        target_type="session",
+        target_id=claims.family_id,
+    )
+    return _token_response(security, pair)
+
+
+@router.post(
+    "/logout",
+    summary="End this session: the access token and its refresh tokens stop working",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+)
+async def logout(request: Request, principal: Principal = Depends(current_principal)) -> Response:
+    security = _accounts(request)
+    if (
+        principal.method != "token"
+        or principal.token_id is None
+        or principal.family_id is None
+        or principal.token_expires_at is None
+    ):
+        raise InvalidInputError(
+            "logout ends a token session", hint="revoke an API key with DELETE /auth/api-keys/{id}"
+        )
+    claims = TokenClaims(
+        jti=principal.token_id,
+        user_id=principal.user_id,
+        token_type="access",  # noqa: S106 - a token kind
+        family_id=principal.family_id,
+        issued_at=0,
+        expires_at=principal.token_expires_at,
+    )
+    await (await security.sessions()).end(claims, "logout")
+    await (await security.audit()).record(
+        AuditEvent.LOGOUT,
+        "success",
+        origin=RequestOrigin.of(request),
+        actor_id=principal.user_id,
+        subject=principal.email,
+        target_type="session",
+        target_id=principal.family_id,
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/me", summary="Who this request acts as", dependencies=[rate_limit("relaxed")])
+async def me(principal: Principal = Depends(current_principal)) -> MeResponse:
+    return MeResponse(
+        id=principal.user_id,
+        email=principal.email,
+        is_admin=principal.is_admin,
+        auth_method=principal.method,
+        scopes=sorted(principal.scopes),
+    )
+
+
+@router.post(
+    "/api-keys",
+    summary="Create a service API key (the full key is shown once)",
+    status_code=status.HTTP_201_CREATED,
+)
+async def create_api_key(
+    body: ApiKeyCreateRequest, request: Request, principal: Principal = Depends(current_principal)
+) -> ApiKeyCreatedResponse:
+    security = _accounts(request)
+    if principal.method == "api_key":
+        await audit_denial(request, principal, "API keys cannot create API keys")
+        raise PermissionDeniedError("an API key cannot create API keys; log in as the user")
+    if "admin" in body.scopes and not principal.is_admin:
+        await audit_denial(request, principal, "admin scope requested")
+        raise PermissionDeniedError("only administrators can grant the `admin` scope")
+    created = await (await security.api_keys()).create(
+        principal.user_id, body.name, body.scopes, expires_in_days=body.expires_in_days
+    )
+    await (await security.audit()).record(
+        AuditEvent.API_KEY_CREATED,
+        "success",
+        origin=RequestOrigin.of(request),
+        actor_id=principal.user_id,
+        subject=principal.email,
+        target_type="api_key",
+        target_id=created.key.id,
+        details={"name": created.key.name, "scopes": created.key.scopes},
+    )
+    return ApiKeyCreatedResponse(**ApiKeyResponse.of(created.key).model_dump(), key=created.secret)
+
+
+@router.get("/api-keys", summary="API keys (yours; an administrator sees every user's)")
+async def list_api_keys(
+    request: Request, principal: Principal = Depends(current_principal)
+) -> list[ApiKeyResponse]:
+    security = _accounts(request)
+    keys = await (await security.api_keys()).list_keys(principal.owner_filter)
+    return [ApiKeyResponse.of(key) for key in keys]
+
+
+@router.delete(
+    "/api-keys/{key_id}",
+    summary="Revoke an API key",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+)
+async def revoke_api_key(
+    key_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
+    request: Request,
+    principal: Principal = Depends(current_principal),
+) -> Response:
+    security = _accounts(request)
+    store = await security.api_keys()
+    key = await store.get(key_id)
+    if key is None:
+        raise not_found("API key", key_id)
+    await ensure_owner(request, principal, key.user_id, resource="API key", resource_id=key_id)
+    await store.revoke(key_id)
+    await (await security.audit()).record(
+        AuditEvent.API_KEY_REVOKED,
+        "success",
+        origin=RequestOrigin.of(request),
+        actor_id=principal.user_id,
+        subject=principal.email,
+        target_type="api_key",
+        target_id=key_id,
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

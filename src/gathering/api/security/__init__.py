@@ -1,0 +1,31 @@
+"""The security layer: modes, users, tokens, API keys, ownership, audit, rate limits, defenses.
+
+Routers use `current_principal`, `require_admin`, `require_scope`, `ensure_owner` /
+`not_found`, `rate_limit(tier)` and `public_route`; see docs/security.md.
+"""
+
+from gathering.api.security.dependencies import (
+    current_principal,
+    ensure_owner,
+    not_found,
+    optional_principal,
+    public_route,
+    rate_limit,
+    require_admin,
+    require_scope,
+)
+from gathering.api.security.install import install_security
+from gathering.api.security.principal import Principal
+
+__all__ = [
+    "Principal",
+    "current_principal",
+    "ensure_owner",
+    "install_security",
+    "not_found",
+    "optional_principal",
+    "public_route",
+    "rate_limit",
+    "require_admin",
+    "require_scope",
+]

@@ -1,0 +1,303 @@
+"""FastAPI dependencies: the principal of a request, admin and scope checks, ownership, tiers.
+
+Every route of the app sits behind `security_gate` (installed as an app-wide dependency by
+`install_security`): it authenticates the caller unless the route is public, and applies the
+default rate-limit tier unless the route declares its own with `rate_limit(...)`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, WebSocketException, status
+from fastapi.dependencies.models import Dependant
+from starlette.requests import HTTPConnection
+
+from gathering.api.security.api_keys import scope_allows
+from gathering.api.security.audit import AuditEvent, RequestOrigin, client_ip
+from gathering.api.security.principal import Principal
+from gathering.api.security.ratelimit import DEFAULT_TIER, TIERS, Tier, rate_limited
+from gathering.api.security.state import SecurityState
+from gathering.api.security.tokens import invalid_credentials
+from gathering.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+
+# Operational probes stay reachable without credentials (orchestrators and scrapers call them).
+PUBLIC_PATH_PREFIXES = ("/health", "/metrics")
+WEBSOCKET_TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name
+
+
+def security_state(conn: HTTPConnection) -> SecurityState:
+    """The `SecurityState` of the app serving `conn`."""
+    state: SecurityState = conn.app.state.security
+    return state
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+
+def _bearer_token(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+    if conn.scope["type"] == "websocket":
+        # Browsers cannot set headers on a WebSocket handshake.
+        return conn.query_params.get(WEBSOCKET_TOKEN_PARAM)
+    return None
+
+
+async def _from_token(security: SecurityState, token: str) -> Principal:
+    claims = (await security.tokens()).decode(token, "access")
+    if await (await security.revocations()).is_revoked(claims):
+        raise invalid_credentials()
+    user = await (await security.users()).get(claims.user_id)
+    if user is None or not user.is_active or user.is_local_owner:
+        raise invalid_credentials()
+    return Principal(
+        user_id=user.id,
+        email=user.email,
+        is_admin=user.is_admin,
+        method="token",
+        token_id=claims.jti,
+        family_id=claims.family_id,
+        token_expires_at=claims.expires_at,
+    )
+
+
+async def _from_api_key(security: SecurityState, presented: str) -> Principal:
+    key = await (await security.api_keys()).authenticate(presented)
+    if key is None:
+        raise invalid_credentials()
+    user = await (await security.users()).get(key.user_id)
+    if user is None or not user.is_active or user.is_local_owner:
+        raise invalid_credentials()
+    scopes = frozenset(key.scopes)
+    return Principal(
+        user_id=user.id,
+        email=user.email,
+        is_admin=user.is_admin and scope_allows(scopes, "admin"),
+        method="api_key",
+        scopes=scopes,
+        api_key_id=key.id,
+    )
+
+
+async def _authenticate(conn: HTTPConnection) -> Principal:
+    security = security_state(conn)
+    if not security.settings.auth_required:
+        return await security.local_owner()
+    token = _bearer_token(conn)
+    if token is not None:
+        return await _from_token(security, token)
+    api_key = conn.headers.get("x-api-key")
+    if api_key is not None:
+        return await _from_api_key(security, api_key)
+    raise AuthenticationError(
+        "authentication required",
+        hint="send `Authorization: Bearer <access token>` (POST /auth/login) or `X-API-Key`",
+    )
+
+
+async def resolve_principal(conn: HTTPConnection) -> Principal:
+    """The caller of `conn`, resolved once per request; raises `AuthenticationError`."""
+    cached = getattr(conn.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    failure = getattr(conn.state, "auth_error", None)
+    if isinstance(failure, AuthenticationError):
+        raise failure
+    try:
+        principal = await _authenticate(conn)
+    except AuthenticationError as exc:
+        conn.state.auth_error = exc
+        raise
+    conn.state.principal = principal
+    return principal
+
+
+async def current_principal(conn: HTTPConnection) -> Principal:
+    """Dependency: the authenticated caller (401 without valid credentials)."""
+    try:
+        return await resolve_principal(conn)
+    except AuthenticationError as exc:
+        if conn.scope["type"] == "websocket":
+            raise WebSocketException(status.WS_1008_POLICY_VIOLATION, exc.message) from None
+        raise
+
+
+async def optional_principal(conn: HTTPConnection) -> Principal | None:
+    """Dependency: the caller when valid credentials came with the request, else None."""
+    try:
+        return await resolve_principal(conn)
+    except AuthenticationError:
+        return None
+
+
+# --- authorization ----------------------------------------------------------------------------
+
+
+async def audit_denial(
+    conn: HTTPConnection, principal: Principal | None, reason: str, **details: Any
+) -> None:
+    """Record a permission denial in the audit log."""
+    audit = await security_state(conn).audit()
+    await audit.record(
+        AuditEvent.PERMISSION_DENIED,
+        "denied",
+        origin=RequestOrigin.of(conn),
+        actor_id=principal.user_id if principal else None,
+        subject=principal.email if principal else None,
+        details={"reason": reason, "path": conn.url.path, **details},
+    )
+
+
+async def require_admin(
+    conn: HTTPConnection, principal: Principal = Depends(current_principal)
+) -> Principal:
+    """Dependency: the caller, who must be an admin (403 otherwise, audited)."""
+    if not principal.is_admin:
+        await audit_denial(conn, principal, "admin required")
+        raise PermissionDeniedError("this needs an administrator")
+    return principal
+
+
+def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
+    """Dependency factory: the caller, whose credentials must grant `scope` (403, audited)."""
+
+    async def dependency(
+        conn: HTTPConnection, principal: Principal = Depends(current_principal)
+    ) -> Principal:
+        if not principal.has_scope(scope):
+            await audit_denial(conn, principal, "scope missing", scope=scope)
+            raise PermissionDeniedError(f"this API key lacks the scope {scope!r}")
+        return principal
+
+    return dependency
+
+
+def not_found(resource: str, resource_id: object) -> NotFoundError:
+    """The one error for a resource that is missing *or* belongs to someone else."""
+    return NotFoundError(f"{resource} {resource_id} not found")
+
+
+async def ensure_owner(
+    conn: HTTPConnection,
+    principal: Principal,
+    owner_id: int | None,
+    *,
+    resource: str,
+    resource_id: object,
+) -> None:
+    """Raise `not_found(...)` (audited) when `principal` may not see a resource of `owner_id`."""
+    if not principal.owns(owner_id):
+        await audit_denial(
+            conn, principal, "not the owner", resource=resource, resource_id=str(resource_id)
+        )
+        raise not_found(resource, resource_id)
+
+
+# --- rate limits and the gate -----------------------------------------------------------------
+
+
+def _subject(conn: HTTPConnection) -> str:
+    principal = getattr(conn.state, "principal", None)
+    if isinstance(principal, Principal):
+        return f"user:{principal.user_id}"
+    return f"ip:{client_ip(conn)}"
+
+
+def _endpoint(conn: HTTPConnection) -> str:
+    route = conn.scope.get("route")
+    path = getattr(route, "path", None) or conn.url.path
+    return f"{conn.scope.get('method', 'WS')} {path}"
+
+
+async def apply_tier(conn: HTTPConnection, tier: Tier) -> None:
+    """Count this request against `tier` for its endpoint and caller; 429 when exhausted."""
+    security = security_state(conn)
+    if not security.settings.rate_limit_enabled or conn.scope["type"] != "http":
+        return
+    status_ = await security.limiter().hit(
+        security.tiers[tier], "tier", tier, _endpoint(conn), _subject(conn)
+    )
+    if status_ is None:
+        return
+    conn.state.rate_limit = status_
+    if not status_.allowed:
+        raise rate_limited(status_)
+
+
+class RateLimit:
+    """The dependency `rate_limit(tier)` returns; the gate recognises it on a route."""
+
+    def __init__(self, tier: Tier) -> None:
+        if tier not in TIERS:
+            raise ValueError(f"unknown rate-limit tier {tier!r}; one of {', '.join(TIERS)}")
+        self.tier = tier
+
+    async def __call__(self, conn: HTTPConnection) -> None:
+        await apply_tier(conn, self.tier)
+
+
+def rate_limit(tier: Tier) -> Any:
+    """Declare a route's tier: `dependencies=[rate_limit("strict")]` (default: standard)."""
+    return Depends(RateLimit(tier))
+
+
+async def public_route() -> None:
+    """Marker: `dependencies=[Depends(public_route)]` makes a route answer without credentials."""
+
+
+@dataclass(frozen=True)
+class RoutePolicy:
+    public: bool
+    declares_tier: bool
+
+
+_policies: weakref.WeakKeyDictionary[object, RoutePolicy] = weakref.WeakKeyDictionary()
+
+
+def _calls(dependant: Dependant) -> list[Any]:
+    found = []
+    for sub in dependant.dependencies:
+        found.append(sub.call)
+        found.extend(_calls(sub))
+    return found
+
+
+def route_policy(route: object) -> RoutePolicy:
+    """Whether `route` is public and whether it declares its own rate-limit tier."""
+    try:
+        return _policies[route]
+    except (KeyError, TypeError):
+        pass
+    dependant = getattr(route, "dependant", None)
+    calls = _calls(dependant) if isinstance(dependant, Dependant) else []
+    path = str(getattr(route, "path", ""))
+    policy = RoutePolicy(
+        public=public_route in calls or path.startswith(PUBLIC_PATH_PREFIXES),
+        declares_tier=any(isinstance(call, RateLimit) for call in calls),
+    )
+    try:
+        _policies[route] = policy
+    except TypeError:  # pragma: no cover - a route type without weak references
+        pass
+    return policy
+
+
+async def security_gate(conn: HTTPConnection) -> None:
+    """App-wide dependency: authenticate unless public; default tier unless one is declared."""
+    policy = route_policy(conn.scope.get("route"))
+    tier: Tier | None = None if policy.declares_tier else DEFAULT_TIER
+    if not policy.public:
+        try:
+            await current_principal(conn)
+        except (AuthenticationError, WebSocketException):
+            # Failed attempts count against the caller's address: guessing is throttled too.
+            await apply_tier(conn, tier or "strict")
+            raise
+    if tier is not None:
+        await apply_tier(conn, tier)

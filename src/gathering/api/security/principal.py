@@ -1,0 +1,42 @@
+"""Who a request acts as: a user (by token), a service key, or the single-user local owner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gathering.api.security.api_keys import scope_allows
+
+AuthMethod = Literal["local", "token", "api_key"]
+ALL_SCOPES = frozenset({"*"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of a request."""
+
+    user_id: int
+    email: str
+    is_admin: bool
+    method: AuthMethod
+    scopes: frozenset[str] = ALL_SCOPES
+    token_id: str | None = None
+    family_id: str | None = None
+    token_expires_at: int | None = None
+    api_key_id: int | None = None
+
+    def has_scope(self, scope: str) -> bool:
+        """True when this caller may do `scope` (users by token or locally have every scope)."""
+        return scope_allows(self.scopes, scope)
+
+    def owns(self, owner_id: int | None) -> bool:
+        """True when a resource owned by `owner_id` is visible to this caller."""
+        return self.is_admin or owner_id == self.user_id
+
+    @property
+    def owner_filter(self) -> int | None:
+        """For list queries: None for admins (everything), else the caller's user id.
+
+        `WHERE ($1::bigint IS NULL OR owner_id = $1)` with this as `$1`.
+        """
+        return None if self.is_admin else self.user_id

@@ -1,0 +1,149 @@
+"""Token revocation: persisted in PostgreSQL, with a bounded in-memory cache in front.
+
+Revocation only ever goes one way (a revoked token or session never becomes valid again), so
+the cache holds known-revoked entries only and can never be stale; a miss asks the database,
+which every instance shares.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gathering.api.security.tokens import TokenClaims
+from gathering.db import Database
+
+
+class RevocationCache:
+    """A bounded LRU of revoked keys (`jti:...`, `fam:...`), each kept until it expires."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, key: str, expires_at: float) -> None:
+        """Remember that `key` is revoked until `expires_at` (epoch seconds)."""
+        if expires_at <= time.time():
+            return
+        self._entries[key] = expires_at
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def contains(self, key: str) -> bool:
+        """True when `key` is known to be revoked (and not yet expired)."""
+        expires_at = self._entries.get(key)
+        if expires_at is None:
+            return False
+        if expires_at <= time.time():
+            del self._entries[key]
+            return False
+        self._entries.move_to_end(key)
+        return True
+
+    def purge_expired(self) -> int:
+        """Drop expired entries; return how many."""
+        now = time.time()
+        expired = [key for key, expires_at in self._entries.items() if expires_at <= now]
+        for key in expired:
+            del self._entries[key]
+        return len(expired)
+
+
+@dataclass
+class PurgeResult:
+    """How many expired rows a purge removed."""
+
+    revoked_tokens: int
+    families: int
+
+
+def _timestamp(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+class RevocationStore:
+    """Revoke tokens and sessions, and check them, through the cache and the database."""
+
+    def __init__(self, db: Database, cache: RevocationCache) -> None:
+        self.db = db
+        self.cache = cache
+
+    async def is_revoked(self, claims: TokenClaims) -> bool:
+        """True when the token itself or its whole session (family) was revoked."""
+        jti_key, family_key = f"jti:{claims.jti}", f"fam:{claims.family_id}"
+        if self.cache.contains(jti_key) or self.cache.contains(family_key):
+            return True
+        row = await self.db.fetch_one(
+            "SELECT"
+            " EXISTS (SELECT 1 FROM auth.revoked_tokens WHERE jti = $1) AS token,"
+            " (SELECT expires_at FROM auth.token_families"
+            "   WHERE id = $2 AND revoked_at IS NOT NULL) AS family_expires",
+            claims.jti,
+            claims.family_id,
+        )
+        assert row is not None
+        if row["token"]:
+            self.cache.add(jti_key, claims.expires_at)
+            return True
+        if row["family_expires"] is not None:
+            self.cache.add(family_key, row["family_expires"].timestamp())
+            return True
+        return False
+
+    async def revoke_token(self, claims: TokenClaims, reason: str) -> None:
+        """Revoke one token until it would have expired."""
+        await self.db.execute(
+            "INSERT INTO auth.revoked_tokens (jti, user_id, token_type, expires_at, reason)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
+            claims.jti,
+            claims.user_id,
+            claims.token_type,
+            _timestamp(claims.expires_at),
+            reason,
+        )
+        self.cache.add(f"jti:{claims.jti}", claims.expires_at)
+
+    async def revoke_family(self, family_id: str, reason: str) -> bool:
+        """Revoke a whole session (every access and refresh token of it); True if it existed."""
+        row = await self.db.execute(
+            "UPDATE auth.token_families SET revoked_at = coalesce(revoked_at, now()),"
+            " revoke_reason = coalesce(revoke_reason, $2) WHERE id = $1 RETURNING expires_at",
+            family_id,
+            reason,
+        )
+        if row is None:
+            return False
+        self.cache.add(f"fam:{family_id}", row["expires_at"].timestamp())
+        return True
+
+    async def revoke_user_sessions(self, user_id: int, reason: str) -> int:
+        """Revoke every open session of a user (disable, password reset); return how many."""
+        rows = await self.db.fetch_all(
+            "UPDATE auth.token_families SET revoked_at = now(), revoke_reason = $2"
+            " WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()"
+            " RETURNING id, expires_at",
+            user_id,
+            reason,
+        )
+        for row in rows:
+            self.cache.add(f"fam:{row['id']}", row["expires_at"].timestamp())
+        return len(rows)
+
+    async def purge_expired(self) -> PurgeResult:
+        """Delete revocations and sessions past their expiry (their tokens are dead anyway)."""
+        self.cache.purge_expired()
+        tokens = await self.db.fetch_val(
+            "WITH gone AS (DELETE FROM auth.revoked_tokens WHERE expires_at < now() RETURNING 1)"
+            " SELECT count(*) FROM gone"
+        )
+        families = await self.db.fetch_val(
+            "WITH gone AS (DELETE FROM auth.token_families WHERE expires_at < now() RETURNING 1)"
+            " SELECT count(*) FROM gone"
+        )
+        return PurgeResult(int(tokens or 0), int(families or 0))

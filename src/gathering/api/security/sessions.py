@@ -1,0 +1,116 @@
+"""Login sessions: a token family per login, refresh rotation, and reuse detection.
+
+A refresh token works once. Presenting a spent one means it was copied: the whole family (every
+access and refresh token of that login) is revoked, so the thief's copy dies with the user's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gathering.api.security.revocation import RevocationStore
+from gathering.api.security.tokens import (
+    IssuedToken,
+    TokenClaims,
+    TokenService,
+    invalid_credentials,
+    new_token_id,
+)
+from gathering.db import Database
+
+REUSE_REASON = "refresh token reused"
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What a login or a refresh hands out."""
+
+    access: IssuedToken
+    refresh: IssuedToken
+
+
+class RefreshTokenReused(Exception):
+    """A spent refresh token came back; its family has been revoked."""
+
+    def __init__(self, claims: TokenClaims) -> None:
+        super().__init__("refresh token reused")
+        self.claims = claims
+
+
+def _timestamp(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+class SessionStore:
+    """Creates, rotates and ends login sessions."""
+
+    def __init__(self, db: Database, tokens: TokenService, revocations: RevocationStore) -> None:
+        self.db = db
+        self.tokens = tokens
+        self.revocations = revocations
+
+    async def _issue_pair(self, user_id: int, family_id: str) -> TokenPair:
+        refresh = self.tokens.issue(user_id, "refresh", family_id)
+        access = self.tokens.issue(user_id, "access", family_id, now=refresh.claims.issued_at)
+        await self.db.execute(
+            "INSERT INTO auth.refresh_tokens (jti, family_id, user_id, issued_at, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            refresh.claims.jti,
+            family_id,
+            user_id,
+            _timestamp(refresh.claims.issued_at),
+            _timestamp(refresh.claims.expires_at),
+        )
+        # A family lives as long as its newest refresh token (and so outlives every access token).
+        await self.db.execute(
+            "UPDATE auth.token_families SET expires_at = greatest(expires_at, $2) WHERE id = $1",
+            family_id,
+            _timestamp(refresh.claims.expires_at),
+        )
+        return TokenPair(access, refresh)
+
+    async def start(self, user_id: int) -> TokenPair:
+        """A new session for `user_id` with its first access and refresh tokens."""
+        family_id = new_token_id()
+        async with self.db.transaction():
+            await self.db.execute(
+                "INSERT INTO auth.token_families (id, user_id, expires_at) VALUES ($1, $2, now())",
+                family_id,
+                user_id,
+            )
+            return await self._issue_pair(user_id, family_id)
+
+    async def rotate(self, refresh_token: str) -> tuple[TokenClaims, TokenPair]:
+        """Spend `refresh_token` for a new pair; raise `RefreshTokenReused` on a second use."""
+        claims = self.tokens.decode(refresh_token, "refresh")
+        if await self.revocations.is_revoked(claims):
+            raise invalid_credentials()
+        reused = False
+        async with self.db.transaction():
+            row = await self.db.fetch_one(
+                "SELECT r.used_at, r.user_id, f.revoked_at"
+                " FROM auth.refresh_tokens r JOIN auth.token_families f ON f.id = r.family_id"
+                " WHERE r.jti = $1 AND r.family_id = $2 FOR UPDATE OF r",
+                claims.jti,
+                claims.family_id,
+            )
+            if row is None or row["revoked_at"] is not None or row["user_id"] != claims.user_id:
+                raise invalid_credentials()
+            if row["used_at"] is not None:
+                reused = True
+            else:
+                await self.db.execute(
+                    "UPDATE auth.refresh_tokens SET used_at = now() WHERE jti = $1", claims.jti
+                )
+                pair = await self._issue_pair(claims.user_id, claims.family_id)
+        if reused:
+            # Outside the transaction above: the revocation must stick although we answer 401.
+            await self.revocations.revoke_family(claims.family_id, REUSE_REASON)
+            raise RefreshTokenReused(claims)
+        return claims, pair
+
+    async def end(self, claims: TokenClaims, reason: str) -> None:
+        """End the session `claims` belongs to (logout): the token and its family."""
+        await self.revocations.revoke_token(claims, reason)
+        await self.revocations.revoke_family(claims.family_id, reason)

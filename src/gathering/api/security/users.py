@@ -1,0 +1,156 @@
+"""The user store: accounts in `auth.users`, the built-in local owner, first-admin creation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gathering.api.security.passwords import generate_password, hash_password
+from gathering.db import Database
+from gathering.db.locks import advisory_key
+from gathering.errors import ConflictError, InvalidInputError, NotFoundError
+
+LOCAL_OWNER_EMAIL = "local-owner@gathering.invalid"
+DEFAULT_ADMIN_EMAIL = "admin@localhost"
+MAX_EMAIL_LENGTH = 254
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
+_FIRST_ADMIN_LOCK = advisory_key("security", "first-admin")
+
+
+def normalize_email(email: str) -> str:
+    """`email` trimmed and lower-cased; `InvalidInputError` when it is not an address."""
+    normalized = email.strip().lower()
+    if len(normalized) > MAX_EMAIL_LENGTH or not _EMAIL.match(normalized):
+        raise InvalidInputError("not an email address", details={"field": "email"})
+    return normalized
+
+
+@dataclass(frozen=True)
+class User:
+    """An account."""
+
+    id: int
+    email: str
+    password_hash: str | None
+    is_admin: bool
+    is_active: bool
+    is_local_owner: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> User:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+    @property
+    def can_log_in(self) -> bool:
+        """Active, with a password, and not the built-in local owner."""
+        return self.is_active and not self.is_local_owner and self.password_hash is not None
+
+
+@dataclass(frozen=True)
+class CreatedAdmin:
+    """The admin created on first start; `password` is set only when it was generated."""
+
+    user: User
+    generated_password: str | None
+
+
+class UserStore:
+    """Queries on `auth.users`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, user_id: int) -> User | None:
+        row = await self.db.fetch_one("SELECT * FROM auth.users WHERE id = $1", user_id)
+        return User.from_row(row) if row else None
+
+    async def find_by_email(self, email: str) -> User | None:
+        try:
+            normalized = normalize_email(email)
+        except InvalidInputError:
+            return None
+        row = await self.db.fetch_one("SELECT * FROM auth.users WHERE email = $1", normalized)
+        return User.from_row(row) if row else None
+
+    async def require_by_email(self, email: str) -> User:
+        user = await self.find_by_email(email)
+        if user is None or user.is_local_owner:
+            raise NotFoundError(f"no user {email.strip().lower()!r}")
+        return user
+
+    async def list_users(self) -> list[User]:
+        """Every account except the built-in local owner, oldest first."""
+        rows = await self.db.fetch_all(
+            "SELECT * FROM auth.users WHERE NOT is_local_owner ORDER BY id"
+        )
+        return [User.from_row(row) for row in rows]
+
+    async def create(self, email: str, password: str, *, is_admin: bool = False) -> User:
+        """A new active account; `ConflictError` when the email is taken."""
+        normalized = normalize_email(email)
+        password_hash = await hash_password(password)
+        try:
+            row = await self.db.fetch_one(
+                "INSERT INTO auth.users (email, password_hash, is_admin) VALUES ($1, $2, $3)"
+                " RETURNING *",
+                normalized,
+                password_hash,
+                is_admin,
+            )
+        except ConflictError:
+            raise ConflictError(f"a user {normalized!r} already exists") from None
+        assert row is not None
+        return User.from_row(row)
+
+    async def set_active(self, user_id: int, active: bool) -> None:
+        await self.db.execute(
+            "UPDATE auth.users SET is_active = $2, updated_at = now() WHERE id = $1",
+            user_id,
+            active,
+        )
+
+    async def set_password(self, user_id: int, password: str) -> None:
+        password_hash = await hash_password(password)
+        await self.db.execute(
+            "UPDATE auth.users SET password_hash = $2, updated_at = now() WHERE id = $1",
+            user_id,
+            password_hash,
+        )
+
+    async def record_login(self, user_id: int) -> None:
+        await self.db.execute("UPDATE auth.users SET last_login_at = now() WHERE id = $1", user_id)
+
+    async def local_owner(self) -> User:
+        """The built-in local owner (created by the migration, re-created if deleted)."""
+        select = "SELECT * FROM auth.users WHERE is_local_owner"
+        row = await self.db.fetch_one(select)
+        if row is None:
+            await self.db.execute(
+                "INSERT INTO auth.users (email, is_admin, is_local_owner) VALUES ($1, true, true)"
+                " ON CONFLICT DO NOTHING",
+                LOCAL_OWNER_EMAIL,
+            )
+            row = await self.db.fetch_one(select)
+        assert row is not None
+        return User.from_row(row)
+
+    async def ensure_first_admin(
+        self, email: str | None, password: str | None
+    ) -> CreatedAdmin | None:
+        """Create an admin when no account exists yet (once, even with several instances)."""
+        async with self.db.transaction():
+            await self.db.execute("SELECT pg_advisory_xact_lock($1)", _FIRST_ADMIN_LOCK)
+            exists = await self.db.fetch_val(
+                "SELECT EXISTS (SELECT 1 FROM auth.users WHERE NOT is_local_owner)"
+            )
+            if exists:
+                return None
+            generated = None if password else generate_password()
+            user = await self.create(
+                email or DEFAULT_ADMIN_EMAIL, password or str(generated), is_admin=True
+            )
+            return CreatedAdmin(user, generated)

@@ -1,0 +1,5 @@
+"""Tools agents can call, and the workspace path safety every file access goes through."""
+
+from gathering.tools.workspace import resolve_in_workspace
+
+__all__ = ["resolve_in_workspace"]

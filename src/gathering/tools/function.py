@@ -1,0 +1,32 @@
+"""`FunctionTool`: a `ToolSpec` paired with the Python callable that runs it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gathering.llm import ToolSpec
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    """A tool an agent can call: `handler(**arguments)`, sync or async, returns its output."""
+
+    spec: ToolSpec
+    handler: Callable[..., Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def run(self, arguments: Mapping[str, Any]) -> str:
+        """Call the handler and render its result as text for the model."""
+        result = self.handler(**dict(arguments))
+        if inspect.isawaitable(result):
+            result = await result
+        if isinstance(result, str):
+            return result
+        return json.dumps(result, default=str)

@@ -1,0 +1,142 @@
+"""`/agents` over HTTP: CRUD, chat (JSON and SSE), history, validation and not-found."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from gathering.api.app import create_app
+from gathering.config import load_settings
+
+
+@pytest.fixture
+async def api(fresh_database_url, llm_stub_env):
+    app = create_app(settings=load_settings(database_url=fresh_database_url))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+    await app.state.gathering.close()
+
+
+async def _create(api, **body) -> dict:
+    response = await api.post("/agents", json={"name": "Ada", "provider": "openai", **body})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_crud_round_trip(api):
+    created = await _create(api, model="gpt-4o", persona={"role": "reviewer", "traits": ["terse"]})
+    assert created["persona"]["role"] == "reviewer"
+    agent_id = created["id"]
+    assert (await api.get(f"/agents/{agent_id}")).json()["model"] == "gpt-4o"
+    patched = await api.patch(f"/agents/{agent_id}", json={"provider": "ollama"})
+    assert patched.status_code == 200
+    assert (patched.json()["provider"], patched.json()["model"]) == ("ollama", "llama3.2")
+    names = [a["name"] for a in (await api.get("/agents")).json()]
+    assert names == ["Ada"]
+    assert (await api.delete(f"/agents/{agent_id}")).status_code == 204
+    assert (await api.get(f"/agents/{agent_id}")).status_code == 404
+
+
+async def test_default_provider_is_used_when_none_is_given(api, monkeypatch):
+    from gathering.config import get_settings
+
+    for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    response = await api.post("/agents", json={"name": "Offline"})
+    assert response.status_code == 201
+    assert response.json()["provider"] == "local"
+
+
+async def test_duplicate_name_is_a_conflict(api):
+    await _create(api)
+    again = await api.post("/agents", json={"name": "ada", "provider": "openai"})
+    assert again.status_code == 409
+    assert again.json()["code"] == "conflict"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"name": ""},
+        {"name": "   "},
+        {"name": "x", "provider": "skynet"},
+        {"name": "x", "max_iterations": 0},
+        {"name": "x", "persona": {"mood": "sunny"}},
+        {"name": "x" * 101},
+        {"name": "x", "surprise": True},
+    ],
+)
+async def test_invalid_bodies_are_422_with_field_errors(api, body):
+    response = await api.post("/agents", json=body)
+    assert response.status_code == 422
+    assert response.json()["errors"]
+
+
+@pytest.mark.parametrize("path", ["/agents/999999", "/agents/999999/history"])
+async def test_unknown_ids_are_404(api, path):
+    response = await api.get(path)
+    assert response.status_code == 404
+    assert response.json()["detail"] == "agent 999999 not found"
+
+
+async def test_out_of_range_ids_are_422(api):
+    assert (await api.get("/agents/0")).status_code == 422
+    assert (await api.get(f"/agents/{2**63}")).status_code == 422
+
+
+async def test_chat_returns_reply_with_usage_and_history(api, llm_stub):
+    agent = await _create(api)
+    response = await api.post(f"/agents/{agent['id']}/chat", json={"message": "hello there"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["reply"] == "Echo: hello there"
+    assert body["usage"]["input_tokens"] > 0 and body["usage"]["output_tokens"] > 0
+    assert body["outcome"] == "completed"
+    history = (await api.get(f"/agents/{agent['id']}/history")).json()
+    assert [(m["role"], m["content"]) for m in history] == [
+        ("user", "hello there"), ("assistant", "Echo: hello there")]
+    fresh = await api.post(f"/agents/{agent['id']}/chat",
+                           json={"message": "again", "new_session": True})
+    assert fresh.json()["session_id"] != body["session_id"]
+    assert len((await api.get(f"/agents/{agent['id']}/history")).json()) == 2
+
+
+async def test_chat_stream_is_server_sent_events(api):
+    agent = await _create(api)
+    async with api.stream("POST", f"/agents/{agent['id']}/chat/stream",
+                          json={"message": "stream me"}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = "".join([chunk async for chunk in response.aiter_text()])
+    events = []
+    for block in raw.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    deltas = "".join(data["text"] for kind, data in events if kind == "delta")
+    assert deltas == "Echo: stream me"
+    assert events[-1][0] == "done" and events[-1][1]["reply"] == "Echo: stream me"
+
+
+async def test_chat_errors_are_reported(api, monkeypatch):
+    from gathering.config import get_settings
+
+    agent = await _create(api, provider="anthropic")
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    get_settings.cache_clear()
+    response = await api.post(f"/agents/{agent['id']}/chat", json={"message": "hi"})
+    assert response.status_code == 503
+    assert "ANTHROPIC_API_KEY" in response.json()["detail"] + response.json().get("hint", "")
+    async with api.stream("POST", f"/agents/{agent['id']}/chat/stream",
+                          json={"message": "hi"}) as streamed:
+        raw = "".join([chunk async for chunk in streamed.aiter_text()])
+    assert raw.startswith("event: error")
+
+
+async def test_empty_message_is_422(api):
+    agent = await _create(api)
+    response = await api.post(f"/agents/{agent['id']}/chat", json={"message": " "})
+    assert response.status_code == 422
