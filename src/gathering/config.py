@@ -87,6 +87,26 @@ class Settings(BaseSettings):
         validation_alias=_env("events_retention_days"),
         description="Durable events older than this are pruned; clients cannot replay past it.",
     )
+    ws_auth_grace: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        validation_alias=_env("ws_auth_grace"),
+        description="Seconds a WebSocket may stay unauthenticated before it is closed (4401).",
+    )
+    ws_heartbeat: float = Field(
+        default=15.0,
+        gt=0,
+        validation_alias=_env("ws_heartbeat"),
+        description="Seconds between heartbeats sent to WebSocket clients.",
+    )
+    ws_queue_size: int = Field(
+        default=1000,
+        ge=10,
+        validation_alias=_env("ws_queue_size"),
+        description="Events buffered per WebSocket client; a client that falls further behind "
+        "is closed with code 4429.",
+    )
     debug_endpoints: bool = Field(
         default=False,
         validation_alias=_env("debug_endpoints"),

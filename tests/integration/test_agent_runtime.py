@@ -248,3 +248,28 @@ async def test_delete_and_load_unknown(store):
         await Agent.load(agent.id, store=store)
     with pytest.raises(NotFoundError):
         await store.delete_agent(agent.id)
+
+
+async def test_long_term_memories_are_recalled_into_the_prompt(store):
+    provider = ScriptedProvider(["noted", "Green tea, as you like it."])
+    agent = Agent("Barista", "scripted", llm=provider, store=store)
+    tea = await agent.memory.remember("The user prefers green tea", kind="preference",
+                                      importance=0.9, tags=["drinks"])
+    await agent.memory.remember("The user lives in Paris", kind="fact")
+    await agent.process_message("hello")
+    hits = await agent.memory.recall("what tea does the user prefer?")
+    assert hits[0].id == tea.id
+    await agent.process_message("What should I drink? I prefer tea.")
+    system = provider.last_call.messages[0].content
+    assert "## What you remember" in system and "green tea" in system
+    await agent.memory.forget(tea.id)
+    assert all(h.id != tea.id for h in await agent.memory.recall("green tea"))
+
+
+async def test_long_term_memory_needs_postgres():
+    from gathering.errors import FeatureUnavailableError
+
+    agent = Agent("Scratchy", "scripted", llm=ScriptedProvider(["a"]), store=InMemoryAgentStore())
+    with pytest.raises(FeatureUnavailableError):
+        await agent.memory.remember("x")
+    assert await agent.memory.recall_for_prompt("x") is None

@@ -17,7 +17,9 @@ from gathering.agents.agent import (
     TurnResult,
     as_completion,
 )
+from gathering.agents.knowledge import Document, KnowledgeBase, KnowledgeHit, chunk_text
 from gathering.agents.memory import AgentMemory
+from gathering.agents.memory_store import LongTermMemory, Memory, RecalledMemory
 from gathering.agents.persona import Persona
 from gathering.agents.prompt import PromptBuilder
 from gathering.agents.store import (
@@ -56,16 +58,23 @@ __all__ = [
     "AgentMemory",
     "AgentRecord",
     "AgentStore",
+    "Document",
     "HistoryEntry",
     "InMemoryAgentStore",
+    "KnowledgeBase",
+    "KnowledgeHit",
+    "LongTermMemory",
+    "Memory",
     "Persona",
     "PostgresAgentStore",
     "PromptBuilder",
     "ProviderClient",
+    "RecalledMemory",
     "ToolFinished",
     "ToolStarted",
     "TurnResult",
     "as_completion",
+    "chunk_text",
     "default_store",
     "llm_client",
 ]

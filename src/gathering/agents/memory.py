@@ -1,25 +1,40 @@
-"""`AgentMemory`: an agent's conversation history and, when configured, long-term memory."""
+"""`AgentMemory`: an agent's conversation history and its long-term memory."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from gathering.agents.memory_store import (
+    LongTermMemory,
+    Memory,
+    RecalledMemory,
+    embedder_from_settings,
+    format_memories_for_prompt,
+)
+from gathering.agents.store import PostgresAgentStore
 from gathering.agents.sync import maybe_sync
+from gathering.errors import FeatureUnavailableError
 from gathering.llm import Message
 
 if TYPE_CHECKING:
     from gathering.agents.agent import Agent
 
+RECALL_LIMIT = 5
+
 
 class AgentMemory:
     """What an agent remembers.
 
-    `get_history()` is plain (the session as loaded in this process); `clear()` follows the
-    same sync/async switch as `Agent.process_message`.
+    The conversation: `get_history()` is plain (the session as loaded in this process);
+    `clear()` follows the same sync/async switch as `Agent.process_message`.
+    Long-term memory (on PostgreSQL): `remember`, `recall`, `forget`, all async; what the
+    current message recalls goes into the system prompt.
     """
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
+        self._long_term: LongTermMemory | None = None
 
     def get_history(self) -> list[Message]:
         """The messages of the current session, oldest first."""
@@ -35,6 +50,51 @@ class AgentMemory:
             await (await agent.store()).clear(agent.session_id)
         agent.cleanup()
 
+    async def long_term(self) -> LongTermMemory:
+        """The agent's long-term memory (needs the agent stored in PostgreSQL)."""
+        agent = self._agent
+        store = await agent.store()
+        if not isinstance(store, PostgresAgentStore):
+            raise FeatureUnavailableError(
+                "long-term memory needs the PostgreSQL store",
+                hint="create the agent without store=InMemoryAgentStore()",
+            )
+        if agent.id is None:
+            await agent.save()
+        if self._long_term is None or self._long_term.db is not store.db:
+            self._long_term = LongTermMemory(
+                store.db,
+                agent_id=agent.id,
+                owner_id=agent.owner_id,
+                embedder=embedder_from_settings(),
+            )
+        return self._long_term
+
+    async def remember(
+        self,
+        content: str,
+        kind: str = "fact",
+        importance: float = 0.5,
+        tags: Sequence[str] = (),
+        **scope: Any,
+    ) -> Memory:
+        """Store a memory (scope="agent" by default; circle, project or global with scope_id)."""
+        return await (await self.long_term()).remember(content, kind, importance, tags, **scope)
+
+    async def recall(self, query: str, limit: int = RECALL_LIMIT) -> list[RecalledMemory]:
+        """The memories most relevant to `query`, best first."""
+        return await (await self.long_term()).recall(query, limit)
+
+    async def forget(self, memory_id: int) -> None:
+        """Delete one memory."""
+        await (await self.long_term()).forget(memory_id)
+
     async def recall_for_prompt(self, query: str) -> str | None:
-        """Recalled long-term memories for the prompt's memory section (None when off)."""
-        return None
+        """The prompt's memory section for `query` (None without PostgreSQL or memories)."""
+        if not query.strip() or not isinstance(await self._agent.store(), PostgresAgentStore):
+            return None
+        recalled = await self.recall(query)
+        if not recalled:
+            return None
+        budget = self._agent.prompt_budget  # tokens; about a quarter of the prompt for memories
+        return format_memories_for_prompt(recalled, budget_chars=budget, heading="") or None

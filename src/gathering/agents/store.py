@@ -111,20 +111,30 @@ def _entry(row: Row) -> HistoryEntry:
     return HistoryEntry(message, row["model"], usage, row["cost_usd"], row["created_at"])
 
 
+_INSERT_AGENT = (
+    "INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+    " RETURNING id, name, provider, model, persona, config, owner_id, created_at"
+)
+_UPSERT_AGENT = (
+    "INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+    " ON CONFLICT (owner_id, lower(name)) DO UPDATE SET provider = EXCLUDED.provider,"
+    " model = EXCLUDED.model, persona = EXCLUDED.persona, config = EXCLUDED.config,"
+    " updated_at = now()"
+    " RETURNING id, name, provider, model, persona, config, owner_id, created_at"
+)
+
+
 class PostgresAgentStore:
     """The store of record: every write is committed before the caller goes on."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def save_agent(self, record: AgentRecord) -> AgentRecord:
+    async def _insert_agent(self, record: AgentRecord, statement: str) -> AgentRecord:
         row = await self.db.fetch_one(
-            "INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6)"
-            " ON CONFLICT (owner_id, lower(name)) DO UPDATE SET provider = EXCLUDED.provider,"
-            " model = EXCLUDED.model, persona = EXCLUDED.persona, config = EXCLUDED.config,"
-            " updated_at = now()"
-            " RETURNING id, name, provider, model, persona, config, owner_id, created_at",
+            statement,
             record.name,
             record.provider,
             record.model,
@@ -135,21 +145,12 @@ class PostgresAgentStore:
         assert row is not None
         return _record(row)
 
+    async def save_agent(self, record: AgentRecord) -> AgentRecord:
+        return await self._insert_agent(record, _UPSERT_AGENT)
+
     async def create_agent(self, record: AgentRecord) -> AgentRecord:
         """Insert a new agent; `ConflictError` when its owner has one of that name."""
-        row = await self.db.fetch_one(
-            "INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6)"
-            " RETURNING id, name, provider, model, persona, config, owner_id, created_at",
-            record.name,
-            record.provider,
-            record.model,
-            Jsonb(dict(record.persona)),
-            Jsonb(dict(record.config)),
-            record.owner_id,
-        )
-        assert row is not None
-        return _record(row)
+        return await self._insert_agent(record, _INSERT_AGENT)
 
     async def update_agent(self, record: AgentRecord) -> AgentRecord:
         """Replace the definition of agent `record.id`; `NotFoundError` when it is gone."""

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from gathering import __version__
 from gathering.api.errors import install_error_handlers
 from gathering.api.middleware import RequestContextMiddleware
-from gathering.api.routers import agents, audit, auth, debug, health, metrics
+from gathering.api.routers import agents, audit, auth, debug, health, memories, metrics, ws
 from gathering.api.security import install_security
 from gathering.api.state import AppState
 from gathering.config import Settings, get_settings
@@ -53,6 +53,8 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(audit.router)
     app.include_router(agents.router)
+    app.include_router(memories.router)
+    app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)
     return app

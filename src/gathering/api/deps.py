@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from gathering.api.state import AppState
 from gathering.db import Database
 
 
-def app_state(request: Request) -> AppState:
-    """The `AppState` of the app serving this request."""
+def app_state(request: HTTPConnection) -> AppState:
+    """The `AppState` of the app serving this request (or WebSocket)."""
     state: AppState = request.app.state.gathering
     return state
 

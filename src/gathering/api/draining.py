@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
@@ -25,10 +26,21 @@ class DrainState:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._on_begin: set[Callable[[], None]] = set()
 
     def begin(self) -> None:
-        """Refuse new work from now on."""
+        """Refuse new work from now on, and tell long-lived connections to wind down."""
         self.draining = True
+        for callback in list(self._on_begin):
+            callback()
+
+    def on_begin(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when draining begins (e.g. to close a WebSocket with 1001).
+
+        Returns a function that removes the callback again.
+        """
+        self._on_begin.add(callback)
+        return lambda: self._on_begin.discard(callback)
 
     def request_started(self) -> None:
         self.in_flight += 1

@@ -30,6 +30,7 @@ from gathering.api.security import (
 )
 from gathering.db import Database
 from gathering.errors import GatheringError, NotFoundError
+from gathering.events import Event
 from gathering.llm import TextDelta, default_provider_name, known_providers
 
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -133,6 +134,23 @@ def _out(record: AgentRecord) -> AgentOut:
     )
 
 
+def _event(kind: str, record: AgentRecord, principal: Principal) -> Event:
+    """A durable event about an agent, for WebSocket subscribers of `agent:<id>`."""
+    return Event(
+        kind,
+        {
+            "id": record.id,
+            "name": record.name,
+            "provider": record.provider,
+            "model": record.model,
+            "owner_id": record.owner_id,
+            "by": principal.user_id,
+        },
+        subject=f"agent:{record.id}",
+        source="api",
+    )
+
+
 async def _owned(
     request: Request, principal: Principal, db: Database, agent_id: int
 ) -> AgentRecord:
@@ -165,6 +183,7 @@ async def list_agents(
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create an agent")
 async def create_agent(
+    request: Request,
     body: AgentCreate,
     principal: Principal = Depends(current_principal),
     db: Database = Depends(get_db),
@@ -179,7 +198,10 @@ async def create_agent(
         max_iterations=body.max_iterations,
         owner_id=principal.user_id,
     )
-    record = await PostgresAgentStore(db).create_agent(agent.record())
+    bus = await app_state(request).event_bus()
+    async with db.transaction() as tx:
+        record = await PostgresAgentStore(db).create_agent(agent.record())
+        await bus.publish(_event("agent.created", record, principal), tx=tx)
     return _out(record)
 
 
@@ -216,7 +238,10 @@ async def update_agent(
         owner_id=record.owner_id,
     )
     merged.id = record.id
-    updated = await PostgresAgentStore(db).update_agent(merged.record())
+    bus = await app_state(request).event_bus()
+    async with db.transaction() as tx:
+        updated = await PostgresAgentStore(db).update_agent(merged.record())
+        await bus.publish(_event("agent.updated", updated, principal), tx=tx)
     app_state(request).agents.pop(agent_id, None)
     return _out(updated)
 
@@ -228,8 +253,11 @@ async def delete_agent(
     principal: Principal = Depends(current_principal),
     db: Database = Depends(get_db),
 ) -> Response:
-    await _owned(request, principal, db, agent_id)
-    await PostgresAgentStore(db).delete_agent(agent_id)
+    record = await _owned(request, principal, db, agent_id)
+    bus = await app_state(request).event_bus()
+    async with db.transaction() as tx:
+        await PostgresAgentStore(db).delete_agent(agent_id)
+        await bus.publish(_event("agent.deleted", record, principal), tx=tx)
     app_state(request).agents.pop(agent_id, None)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -5,6 +5,7 @@ Routers use `current_principal`, `require_admin`, `require_scope`, `ensure_owner
 """
 
 from gathering.api.security.dependencies import (
+    authenticate_socket,
     current_principal,
     ensure_owner,
     not_found,
@@ -19,6 +20,7 @@ from gathering.api.security.principal import Principal
 
 __all__ = [
     "Principal",
+    "authenticate_socket",
     "current_principal",
     "ensure_owner",
     "install_security",

@@ -85,6 +85,18 @@ async def _from_api_key(security: SecurityState, presented: str) -> Principal:
     )
 
 
+async def authenticate_socket(conn: HTTPConnection, token: str | None) -> Principal:
+    """The caller of a WebSocket: the local owner in single-user mode, else the access
+    token's user (from the query string or a first `auth` message). Raises
+    `AuthenticationError` when there is no valid token."""
+    security = security_state(conn)
+    if not security.settings.auth_required:
+        return await security.local_owner()
+    if not token:
+        raise invalid_credentials()
+    return await _from_token(security, token)
+
+
 async def _authenticate(conn: HTTPConnection) -> Principal:
     security = security_state(conn)
     if not security.settings.auth_required:

@@ -1,0 +1,260 @@
+"""Real-time events over WebSocket: `/ws` and `/ws/circles/{name}`.
+
+Protocol (JSON text frames):
+  client {"type": "ping"}                          -> {"type": "pong"}   (even before auth)
+  client {"type": "auth", "token": "<access JWT>"} -> {"type": "authenticated", "user_id": ..}
+  client {"type": "subscribe", "patterns": ["agent.*"], "subjects": ["agent:7"], "since": 42}
+                                                   -> {"type": "subscribed", "cursor": ..}
+  server {"type": "event", "event": {...}}          one per matching event
+  server {"type": "heartbeat", "cursor": ..}        every GATHERING_WS_HEARTBEAT seconds
+  server {"type": "error", "code": .., "message": ..}
+
+A socket that has not authenticated within GATHERING_WS_AUTH_GRACE seconds (multi-user mode)
+closes with 4401; a subject the caller may not see is refused; a client too slow to keep up
+closes with 4429; a draining server closes every socket with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gathering.api.deps import app_state
+from gathering.api.security import Principal, authenticate_socket, public_route
+from gathering.errors import AuthenticationError, EventStreamClosedError, GatheringError
+from gathering.events import Event, EventStream
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter(tags=["events"], dependencies=[Depends(public_route)])
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TOO_SLOW = 4429
+SEND_TIMEOUT = 10.0
+
+
+class Subscribe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    patterns: list[str] = Field(default_factory=lambda: ["*"], min_length=1, max_length=20)
+    subjects: list[str] | None = Field(default=None, max_length=100)
+    since: int | None = Field(default=None, ge=0)
+
+
+class _Closed(Exception):
+    """The session ends with this close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> str | None:
+    """None when `principal` may see events about `subject`, else the reason it may not."""
+    if principal.is_admin:
+        return None
+    kind, _, ident = subject.partition(":")
+    if kind == "user" and ident == str(principal.user_id):
+        return None
+    if kind == "agent" and ident.isdigit():
+        db = await app_state(websocket).database()
+        owner = await db.fetch_val("SELECT owner_id FROM agent.agents WHERE id = $1", int(ident))
+        return None if owner == principal.user_id else f"no agent {ident}"
+    return f"subject {subject!r} is not one you may subscribe to"
+
+
+class SocketSession:
+    """One connected client: authentication, its subscription, and the two directions."""
+
+    def __init__(self, websocket: WebSocket, default_subjects: list[str] | None) -> None:
+        self.ws = websocket
+        self.state = app_state(websocket)
+        self.settings = self.state.settings
+        self.default_subjects = default_subjects
+        self.principal: Principal | None = None
+        self.stream: EventStream | None = None
+        self.forwarder: asyncio.Task[None] | None = None
+        self.closing: _Closed | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await self.ws.send_text(json.dumps(message, default=str))
+            except TimeoutError:
+                raise _Closed(CLOSE_TOO_SLOW, "client too slow to read its events") from None
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        token = self.ws.query_params.get("access_token")
+        stop_on_drain = self.state.drain.on_begin(self._on_drain)
+        try:
+            if token or not self.settings.auth_required:
+                await self._authenticate(token)
+            await self._loop()
+        except _Closed as closed:
+            await self._close(closed.code, closed.reason)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            stop_on_drain()
+            await self._stop_stream()
+
+    def _on_drain(self) -> None:
+        self.closing = _Closed(CLOSE_GOING_AWAY, "server shutting down")
+        asyncio.get_running_loop().create_task(
+            self._close(CLOSE_GOING_AWAY, "server shutting down")
+        )
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):  # the peer may already be gone
+            await self.ws.close(code=code, reason=reason)
+
+    async def _authenticate(self, token: str | None, *, answer: bool = False) -> None:
+        try:
+            self.principal = await authenticate_socket(self.ws, token)
+        except AuthenticationError as exc:
+            await self.send({"type": "error", "code": exc.code, "message": exc.message})
+            raise _Closed(CLOSE_UNAUTHENTICATED, "authentication failed") from None
+        if answer:
+            await self.send({"type": "authenticated", "user_id": self.principal.user_id})
+
+    async def _receive(self) -> dict[str, Any]:
+        grace = None if self.principal else self.settings.ws_auth_grace
+        try:
+            async with asyncio.timeout(grace):
+                raw = await self.ws.receive_text()
+        except TimeoutError:
+            raise _Closed(CLOSE_UNAUTHENTICATED, "no authentication in time") from None
+        try:
+            message = json.loads(raw)
+        except json.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            return {"type": "<invalid>"}
+        return message
+
+    async def _loop(self) -> None:
+        while True:
+            message = await self._receive()
+            kind = message["type"]
+            if kind == "ping":
+                await self.send({"type": "pong"})
+            elif kind == "auth":
+                token = message.get("token")
+                await self._authenticate(token if isinstance(token, str) else None, answer=True)
+            elif self.principal is None:
+                await self.send(
+                    {
+                        "type": "error",
+                        "code": "unauthenticated",
+                        "message": 'authenticate first: {"type": "auth", ...}',
+                    }
+                )
+                raise _Closed(CLOSE_UNAUTHENTICATED, "authentication required")
+            elif kind == "subscribe":
+                await self._subscribe(message)
+            elif kind == "unsubscribe":
+                await self._stop_stream()
+                await self.send({"type": "unsubscribed"})
+            else:
+                await self.send(
+                    {
+                        "type": "error",
+                        "code": "invalid_message",
+                        "message": f"unknown message type {kind!r}",
+                        "hint": "send ping, auth, subscribe or unsubscribe",
+                    }
+                )
+
+    async def _subscribe(self, message: dict[str, Any]) -> None:
+        assert self.principal is not None
+        try:
+            request = Subscribe.model_validate(message)
+        except ValidationError as exc:
+            await self.send(
+                {
+                    "type": "error",
+                    "code": "invalid_input",
+                    "message": "; ".join(e["msg"] for e in exc.errors()),
+                }
+            )
+            return
+        subjects = request.subjects if request.subjects is not None else self.default_subjects
+        if subjects is None and not self.principal.is_admin:
+            subjects = [f"user:{self.principal.user_id}"]
+        for subject in subjects or []:
+            reason = await _may_see(self.ws, self.principal, subject)
+            if reason is not None:
+                await self.send({"type": "error", "code": "not_found", "message": reason})
+                return
+        await self._stop_stream()
+        bus = await self.state.event_bus()
+        try:
+            self.stream = bus.stream(
+                request.patterns,
+                subjects=subjects,
+                since_cursor=request.since,
+                maxsize=self.settings.ws_queue_size,
+            )
+        except GatheringError as exc:
+            await self.send({"type": "error", "code": exc.code, "message": exc.message})
+            return
+        await self.send(
+            {
+                "type": "subscribed",
+                "patterns": request.patterns,
+                "subjects": subjects,
+                "cursor": bus.cursor,
+            }
+        )
+        self.forwarder = asyncio.create_task(self._forward(self.stream))
+
+    async def _forward(self, stream: EventStream) -> None:
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.settings.ws_heartbeat):
+                        event: Event = await stream.get()
+                except TimeoutError:
+                    await self.send({"type": "heartbeat", "cursor": stream.last_cursor})
+                    continue
+                if stream.dropped:
+                    raise _Closed(CLOSE_TOO_SLOW, "client too slow to keep up with its events")
+                await self.send({"type": "event", "event": event.to_dict()})
+        except EventStreamClosedError:
+            return
+        except _Closed as closed:
+            await self._close(closed.code, closed.reason)
+        except (WebSocketDisconnect, RuntimeError):
+            return
+
+    async def _stop_stream(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        if self.forwarder is not None:
+            self.forwarder.cancel()
+            await asyncio.gather(self.forwarder, return_exceptions=True)
+            self.forwarder = None
+
+
+@router.websocket("/ws")
+async def events_socket(websocket: WebSocket) -> None:
+    """Subscribe to events (see the module documentation for the protocol)."""
+    await SocketSession(websocket, default_subjects=None).run()
+
+
+@router.websocket("/ws/circles/{name}")
+async def circle_socket(websocket: WebSocket, name: str) -> None:
+    """The events of one circle (subject `circle:<name>`)."""
+    await SocketSession(websocket, default_subjects=[f"circle:{name}"]).run()
