@@ -648,6 +648,18 @@ async def test_failed_logins_throttle_the_account_even_for_the_right_password(ma
     )
 
 
+async def test_concurrent_wrong_passwords_cannot_slip_past_the_account_limit(make_app):
+    application = make_app(login_attempts_per_account="5/15 minutes")
+    victim = await new_user(application)
+    async with client_for(application) as ac:
+        answers = await asyncio.gather(*(
+            ac.post("/auth/login", json={"email": victim, "password": f"wrong guess {i}!!"})
+            for i in range(20)
+        ))
+    codes = [r.status_code for r in answers]
+    assert codes.count(401) <= 5 and codes.count(429) >= 15
+
+
 async def test_failed_logins_throttle_the_client_address_across_accounts(make_app):
     application = make_app(login_attempts_per_ip="4/15 minutes")
     async with client_for(application) as ac:

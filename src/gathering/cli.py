@@ -123,8 +123,12 @@ def serve(
         settings = settings.model_copy(update={"host": host})  # the Host allow-list follows
         check_port_free(host, port)
     with console.status("Preparing the database (first start initialises it)…"):
-        url, applied = run_async(lambda: _migrate(settings))
-    console.print(f"database [bold]{url}[/] ready ({len(applied)} migration(s) applied)")
+        if settings.auto_migrate:
+            url, applied = run_async(lambda: _migrate(settings))
+            console.print(f"database [bold]{url}[/] ready ({len(applied)} migration(s) applied)")
+        else:
+            url, status = run_async(lambda: _status(settings))
+            console.print(f"database [bold]{url}[/]: {status.problem() or 'schema is current'}")
     _announce_first_admin(settings)
     console.print(f"GatheRing {__version__} on http://{host}:{port}  (docs: /docs)")
 

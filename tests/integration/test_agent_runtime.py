@@ -273,3 +273,50 @@ async def test_long_term_memory_needs_postgres():
     with pytest.raises(FeatureUnavailableError):
         await agent.memory.remember("x")
     assert await agent.memory.recall_for_prompt("x") is None
+
+
+async def test_save_recovers_after_a_failed_new_session():
+    from gathering.errors import DatabaseUnavailableError
+
+    class FlakyStore(InMemoryAgentStore):
+        failures = 1
+
+        async def new_session(self, agent_id: int) -> str:
+            if self.failures:
+                self.failures -= 1
+                raise DatabaseUnavailableError("blip")
+            return await super().new_session(agent_id)
+
+    agent = Agent("Flaky", "scripted", llm=ScriptedProvider(["ok"]), store=FlakyStore())
+    with pytest.raises(DatabaseUnavailableError):
+        await agent.save()
+    assert await agent.process_message("again") == "ok"
+
+
+async def test_clearing_waits_for_the_turn_in_progress(store):
+    async def slow(messages):
+        await asyncio.sleep(0.1)
+        return "done"
+
+    agent = Agent("Patient", "scripted", llm=ScriptedProvider(slow), store=store)
+    turn = asyncio.create_task(agent.process_message("long task"))
+    await asyncio.sleep(0.02)
+    await agent.memory.clear()
+    assert await turn == "done"
+    assert agent.memory.get_history() == []
+
+
+async def test_blocking_tools_run_off_the_event_loop(store):
+    import threading
+
+    seen: list[str] = []
+
+    def blocking_tool() -> str:
+        seen.append(threading.current_thread().name)
+        return "ok"
+
+    provider = ScriptedProvider([tool_call("blocking_tool", {}), "fine"])
+    agent = Agent("Offloader", "scripted", llm=provider, store=store,
+                  tools=[(ToolSpec("blocking_tool"), blocking_tool)])
+    await agent.run("go")
+    assert seen and seen[0] != threading.main_thread().name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -140,3 +141,100 @@ async def test_empty_message_is_422(api):
     agent = await _create(api)
     response = await api.post(f"/agents/{agent['id']}/chat", json={"message": " "})
     assert response.status_code == 422
+
+
+class _SlowClient:
+    """A patched `llm_client` whose replies take a while, to overlap requests."""
+
+    async def generate(self, messages, tools=None, **options):
+        from gathering.llm import Completion
+
+        await asyncio.sleep(0.2)
+        return Completion(text="reply to " + messages[-1].content)
+
+
+async def test_concurrent_chats_to_one_agent_queue_in_order(api):
+    from unittest.mock import patch
+
+    agent = await _create(api)
+    await api.post(f"/agents/{agent['id']}/chat", json={"message": "warm up"})
+    with patch("gathering.agents.llm_client", _SlowClient()):
+        first = asyncio.create_task(
+            api.post(f"/agents/{agent['id']}/chat", json={"message": "one"}))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(
+            api.post(f"/agents/{agent['id']}/chat", json={"message": "two"}))
+        await asyncio.gather(first, second)
+    history = (await api.get(f"/agents/{agent['id']}/history")).json()
+    assert [(m["role"], m["content"]) for m in history][-4:] == [
+        ("user", "one"), ("assistant", "reply to one"),
+        ("user", "two"), ("assistant", "reply to two")]
+
+
+async def test_patch_keeps_the_settings_it_does_not_name(api):
+    agent = await _create(api, max_iterations=4, project="Apollo")
+    patched = (await api.patch(f"/agents/{agent['id']}", json={"name": "Renamed"})).json()
+    assert patched["name"] == "Renamed"
+    assert patched["config"]["max_iterations"] == 4
+    assert patched["config"]["project"] == "Apollo"
+    cleared = (await api.patch(f"/agents/{agent['id']}", json={"project": None})).json()
+    assert "project" not in cleared["config"]
+
+
+async def test_a_chat_in_flight_neither_reverts_a_patch_nor_revives_a_deleted_agent(api):
+    from unittest.mock import patch
+
+    agent = await _create(api)
+    with patch("gathering.agents.llm_client", _SlowClient()):
+        chat = asyncio.create_task(api.post(f"/agents/{agent['id']}/chat",
+                                            json={"message": "hi"}))
+        await asyncio.sleep(0.05)
+        patched = await api.patch(f"/agents/{agent['id']}", json={"provider": "ollama"})
+        assert (await chat).status_code == 200
+    assert patched.json()["provider"] == "ollama"
+    assert (await api.get(f"/agents/{agent['id']}")).json()["provider"] == "ollama"
+    with patch("gathering.agents.llm_client", _SlowClient()):
+        chat = asyncio.create_task(api.post(f"/agents/{agent['id']}/chat",
+                                            json={"message": "bye"}))
+        await asyncio.sleep(0.05)
+        assert (await api.delete(f"/agents/{agent['id']}")).status_code == 204
+        await chat
+    assert (await api.get("/agents")).json() == []
+
+
+async def test_api_keys_are_limited_to_their_scopes(fresh_database_url, llm_stub_env):
+    import secrets as _secrets
+
+    from gathering.api.security.users import UserStore
+
+    app = create_app(settings=load_settings(database_url=fresh_database_url, auth="required",
+                                            secret_key="s" * 64))
+    try:
+        email = f"k-{_secrets.token_hex(4)}@example.com"
+        await UserStore(await app.state.gathering.database()).create(email, "a long passphrase!")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            login = await client.post("/auth/login",
+                                      json={"email": email, "password": "a long passphrase!"})
+            bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+            async def key(*scopes: str) -> dict[str, str]:
+                made = await client.post("/auth/api-keys", headers=bearer,
+                                         json={"name": "k", "scopes": list(scopes)})
+                return {"X-API-Key": made.json()["key"]}
+
+            memories_only, reader = await key("memories:read"), await key("agents:read")
+            body = {"name": "Scoped", "provider": "openai"}
+            assert (await client.post("/agents", json=body, headers=memories_only)).status_code == 403
+            assert (await client.get("/agents", headers=memories_only)).status_code == 403
+            created = await client.post("/agents", json=body, headers=bearer)
+            agent_id = created.json()["id"]
+            assert (await client.get(f"/agents/{agent_id}", headers=reader)).status_code == 200
+            for method, path in [("POST", f"/agents/{agent_id}/chat"),
+                                 ("DELETE", f"/agents/{agent_id}")]:
+                refused = await client.request(method, path, headers=reader,
+                                               json={"message": "hi"} if method == "POST" else None)
+                assert refused.status_code == 403
+    finally:
+        await app.state.security.close()
+        await app.state.gathering.close()

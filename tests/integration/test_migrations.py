@@ -99,8 +99,13 @@ def test_duplicate_versions_are_refused(monkeypatch, tmp_path):
             return [Entry("0001_a.sql"), Entry("0001_b.sql"), Entry("README")]
 
     monkeypatch.setattr(migrations_runner.importlib.resources, "files", lambda _: Folder())
-    with pytest.raises(MigrationError, match="share version 0001"):
-        migrations_runner.discover_migrations()
+    migrations_runner._shipped_migrations.cache_clear()
+    try:
+        with pytest.raises(MigrationError, match="share version 0001"):
+            migrations_runner.discover_migrations()
+    finally:
+        monkeypatch.undo()
+        migrations_runner._shipped_migrations.cache_clear()
 
 
 async def test_server_without_pgvector_still_migrates(fresh_database_url, monkeypatch):

@@ -201,3 +201,32 @@ async def test_draining_closes_sockets_with_1001(single):
         await ws.receive_json()
         single.state.gathering.drain.begin()
         assert await ws.wait_closed() == 1001
+
+
+async def test_a_logged_out_socket_cannot_subscribe_again(multi):
+    _, token = await _user_token(multi)
+    async with ASGIWebSocket(multi, "/ws", query=f"access_token={token}") as ws:
+        await ws.send_json({"type": "subscribe", "patterns": ["*"]})
+        assert (await ws.receive_json())["type"] == "subscribed"
+        async with _http(multi) as client:
+            out = await client.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
+            assert out.status_code == 204
+        await ws.send_json({"type": "subscribe", "patterns": ["*"], "since": 0})
+        assert await ws.wait_closed() == 4401
+
+
+async def test_a_failed_replay_is_reported_and_closes_the_socket(single, monkeypatch):
+    from gathering.errors import DatabaseUnavailableError
+    from gathering.events import outbox
+
+    async def broken(*args, **kwargs):
+        raise DatabaseUnavailableError("lost the database connection to db.internal:5432")
+
+    monkeypatch.setattr(outbox, "read_since", broken)
+    async with ASGIWebSocket(single, "/ws") as ws:
+        await ws.send_json({"type": "subscribe", "patterns": ["*"], "since": 0})
+        assert (await ws.receive_json())["type"] == "subscribed"
+        error = await ws.receive_json()
+        assert error["type"] == "error" and error["code"] == "database_unavailable"
+        assert "db.internal" not in error["message"]
+        assert await ws.wait_closed() == 1011

@@ -216,13 +216,14 @@ class Agent:
         owner_id: int | None = None,
         **kwargs: Any,
     ) -> Agent:
-        """The stored agent `ref` (id or name), continuing its latest session."""
+        """The stored agent `ref` (id or name), continuing its latest session (of which the
+        last `history_window` messages are loaded)."""
         store = store or await default_store()
         record = await store.load_agent(ref, owner_id=owner_id)
         agent = cls.from_record(record, store=store, **kwargs)
         agent.session_id = await store.latest_session(record.id or 0)
         if agent.session_id is not None:
-            agent._history = await store.history(agent.session_id)
+            agent._history = await store.history(agent.session_id, limit=agent.history_window)
         return agent
 
     @classmethod
@@ -239,6 +240,7 @@ class Agent:
             **kwargs,
         )
         agent.id = record.id
+        agent._saved = agent.record()
         return agent
 
     def record(self) -> AgentRecord:
@@ -278,16 +280,23 @@ class Agent:
         return self._store
 
     async def save(self) -> None:
-        """Store the agent's definition (when it changed) and open a session if it has none."""
+        """Store the agent's definition (when it changed) and open a session if it has none.
+
+        A new agent is inserted (or takes over the stored agent of the same owner and name);
+        a stored one is updated by id, so a deleted agent is never brought back.
+        """
         store = await self.store()
         record = self.record()
-        if record != self._saved:
+        if self.id is None:
             saved = await store.save_agent(record)
             self.id, self.owner_id = saved.id, saved.owner_id
             self._saved = self.record()
+        elif record != self._saved:
+            await store.update_agent(record)
+            self._saved = record
         if self.session_id is None:
-            assert saved.id is not None
-            self.session_id = await store.new_session(saved.id)
+            assert self.id is not None
+            self.session_id = await store.new_session(self.id)
 
     async def new_session(self) -> str:
         """Start a fresh conversation (the old one stays stored)."""
@@ -319,6 +328,10 @@ class Agent:
         """Like `run`, yielding text deltas and tool events as they happen, then the result."""
         async for event in self._turn(text, streaming=True):
             yield event
+
+    def turn_lock(self) -> asyncio.Lock:
+        """The lock that queues this agent's turns (one per event loop)."""
+        return self._lock()
 
     def _lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -457,12 +470,15 @@ class Agent:
         builder.set("resume", self.resume_note)
         return builder.build()
 
+    def forget_history(self) -> None:
+        """Empty the history loaded in this process (after the stored one was cleared)."""
+        self._history = []
+
     def history(self) -> list[HistoryEntry]:
         """The current session's messages as loaded in this process."""
         return list(self._history)
 
     def cleanup(self) -> None:
-        """Drop the provider client and cached history; stored data is kept."""
+        """Drop the provider client and the history loaded in memory; stored data is kept."""
         self._provider = None
         self._history = []
-        self._locks = weakref.WeakKeyDictionary()

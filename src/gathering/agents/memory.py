@@ -46,9 +46,10 @@ class AgentMemory:
 
     async def _clear(self) -> None:
         agent = self._agent
-        if agent.session_id is not None:
-            await (await agent.store()).clear(agent.session_id)
-        agent.cleanup()
+        async with agent.turn_lock():  # never in the middle of a turn
+            if agent.session_id is not None:
+                await (await agent.store()).clear(agent.session_id)
+            agent.forget_history()
 
     async def long_term(self) -> LongTermMemory:
         """The agent's long-term memory (needs the agent stored in PostgreSQL)."""

@@ -50,6 +50,10 @@ class AgentStore(Protocol):
         """Insert, or update the agent with the same owner and name; return it with its id."""
         ...
 
+    async def update_agent(self, record: AgentRecord) -> AgentRecord:
+        """Replace the definition of agent `record.id`; `NotFoundError` when it is gone."""
+        ...
+
     async def load_agent(self, ref: int | str, *, owner_id: int | None = None) -> AgentRecord:
         """An agent by id or name; `NotFoundError` when there is none."""
         ...
@@ -284,6 +288,13 @@ class InMemoryAgentStore:
             self._next_id += 1
         assert saved.id is not None
         self._agents[saved.id] = saved
+        return saved
+
+    async def update_agent(self, record: AgentRecord) -> AgentRecord:
+        if record.id not in self._agents:
+            raise NotFoundError(f"no agent {record.id}")
+        saved = replace(record, created_at=self._agents[record.id].created_at)
+        self._agents[record.id] = saved
         return saved
 
     async def load_agent(self, ref: int | str, *, owner_id: int | None = None) -> AgentRecord:

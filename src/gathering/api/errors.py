@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gathering.errors import GatheringError
+from gathering.errors import DatabaseError, GatheringError, MigrationError
 
 log = structlog.get_logger(__name__)
 
@@ -34,16 +34,37 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# What a client is told about a database error: the driver's text (constraint and table
+# names, server addresses) is logged, never sent.
+_PUBLIC_DATABASE_ERRORS = {
+    409: "that conflicts with an existing record (a unique value is already taken)",
+    422: "the database refused these values",
+    503: "the database is unavailable; retry shortly",
+}
+
+
+def public_error(exc: GatheringError) -> dict[str, Any]:
+    """What a client may see of `exc`: code, message, hint and details."""
+    if isinstance(exc, DatabaseError) and not isinstance(exc, MigrationError):
+        log.warning("database error", error=exc.code, message=exc.message, **exc.details)
+        message = _PUBLIC_DATABASE_ERRORS.get(
+            exc.http_status, "a database error occurred; it has been logged"
+        )
+        return {"code": exc.code, "message": message}
+    return exc.to_dict()
+
+
 async def _gathering_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GatheringError)
     if exc.http_status >= 500:
         log.error("request failed", path=request.url.path, error=exc.code, message=exc.message)
+    public = public_error(exc)
     response = problem(
         exc.http_status,
         exc.code,
-        exc.message,
-        hint=exc.hint,
-        details=exc.details or None,
+        public["message"],
+        hint=public.get("hint"),
+        details=public.get("details"),
         retry_after=exc.details.get("retry_after"),
     )
     if exc.http_status == 401:

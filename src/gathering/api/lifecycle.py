@@ -88,6 +88,9 @@ class Lifecycle:
                 report[component.name] = await component.health()
             except GatheringError as exc:
                 report[component.name] = Health(False, str(exc))
+            except Exception as exc:  # a probe must answer 503 with a reason, never 500
+                log.warning("health check failed", component=component.name, error=repr(exc))
+                report[component.name] = Health(False, f"health check failed: {exc!r}"[:300])
         return report
 
 

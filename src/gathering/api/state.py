@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from datetime import timedelta
 
 import structlog
@@ -31,7 +32,7 @@ class AppState:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.drain = DrainState()
         # Live agents by id, so concurrent messages to one agent queue on one lock.
-        self.agents: dict[int, Agent] = {}
+        self.agents: OrderedDict[int, Agent] = OrderedDict()
         self._events: EventBus | None = None
         self.lifecycle = Lifecycle([DatabaseComponent(self), EventBusComponent(self)])
 
@@ -45,7 +46,9 @@ class AppState:
                 if self._database is not None and self._owns_database and self._loop is not loop:
                     # A pool belongs to the event loop that opened it; a new loop gets its own.
                     log.debug("event loop changed; opening a new database pool")
+                    await self._database.abandon()
                     self._database = None
+                    self._events = None  # its listener lived in the old loop too
                 if self._database is None:
                     self._database = Database(test=self.testing, settings=self.settings)
                     self._owns_database = True

@@ -262,6 +262,17 @@ class Database(Queries):
             await self._admin(self._server_url, drop)
             self._test_database = None
 
+    async def abandon(self) -> None:
+        """Forget a pool whose event loop is gone (it cannot be closed from another loop);
+        a test database is still dropped, which also ends its connections."""
+        self._pool = None
+        if self._test_database and self._server_url:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(self._test_database)
+            )
+            await self._admin(self._server_url, drop)
+            self._test_database = None
+
     async def __aenter__(self) -> Database:
         await self.connect()
         return self

@@ -7,6 +7,7 @@ Instances that start together serialize on one advisory lock and each migration 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import re
@@ -79,7 +80,12 @@ class MigrationStatus:
 
 
 def discover_migrations() -> list[Migration]:
-    """The migrations shipped with the package, in version order."""
+    """The migrations shipped with the package, in version order (read once per process)."""
+    return list(_shipped_migrations())
+
+
+@functools.cache
+def _shipped_migrations() -> tuple[Migration, ...]:
     found: dict[int, Migration] = {}
     for entry in importlib.resources.files(MIGRATIONS_PACKAGE).iterdir():
         match = _FILE_NAME.match(entry.name)
@@ -93,7 +99,7 @@ def discover_migrations() -> list[Migration]:
                 hint="renumber one of them",
             )
         found[version] = Migration(version, match["name"], entry.read_text(encoding="utf-8"))
-    return [found[v] for v in sorted(found)]
+    return tuple(found[v] for v in sorted(found))
 
 
 async def _has_vector(conn: psycopg.AsyncConnection[dict[str, object]]) -> bool:

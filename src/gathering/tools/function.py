@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from collections.abc import Callable, Mapping
@@ -24,9 +25,12 @@ class FunctionTool:
 
     async def run(self, arguments: Mapping[str, Any]) -> str:
         """Call the handler and render its result as text for the model."""
-        result = self.handler(**dict(arguments))
-        if inspect.isawaitable(result):
-            result = await result
+        if inspect.iscoroutinefunction(self.handler):
+            result = await self.handler(**dict(arguments))
+        else:  # a plain function may block: keep it off the event loop
+            result = await asyncio.to_thread(self.handler, **dict(arguments))
+            if inspect.isawaitable(result):
+                result = await result
         if isinstance(result, str):
             return result
         return json.dumps(result, default=str)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -21,20 +22,25 @@ from gathering.agents import (
     TurnResult,
 )
 from gathering.api.deps import app_state, get_db
+from gathering.api.errors import public_error
 from gathering.api.security import (
     Principal,
-    current_principal,
     ensure_owner,
     not_found,
     rate_limit,
+    require_scope,
 )
 from gathering.db import Database
 from gathering.errors import GatheringError, NotFoundError
 from gathering.events import Event
-from gathering.llm import TextDelta, default_provider_name, known_providers
+from gathering.llm import TextDelta, default_model, default_provider_name, known_providers
 
 router = APIRouter(prefix="/agents", tags=["agents"])
+# Users act with every scope; an API key only with those it was given.
+can_read = require_scope("agents:read")
+can_write = require_scope("agents:write")
 
+LIVE_AGENTS = 256  # agents kept in memory per process (least recently used leave first)
 AgentId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The agent's id")]
 
 
@@ -167,15 +173,18 @@ async def _live_agent(request: Request, record: AgentRecord, db: Database) -> Ag
     live = app_state(request).agents
     assert record.id is not None
     agent = live.get(record.id)
-    if agent is None or agent.record() != record:
+    if agent is None or agent.record() != replace(record, created_at=None):
         agent = await Agent.load(record.id, store=PostgresAgentStore(db))
         live[record.id] = agent
+    live.move_to_end(record.id)
+    while len(live) > LIVE_AGENTS:
+        live.popitem(last=False)
     return agent
 
 
 @router.get("", summary="List agents", dependencies=[rate_limit("relaxed")])
 async def list_agents(
-    principal: Principal = Depends(current_principal), db: Database = Depends(get_db)
+    principal: Principal = Depends(can_read), db: Database = Depends(get_db)
 ) -> list[AgentOut]:
     records = await PostgresAgentStore(db).list_agents(owner_id=principal.owner_filter)
     return [_out(r) for r in records]
@@ -185,7 +194,7 @@ async def list_agents(
 async def create_agent(
     request: Request,
     body: AgentCreate,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(can_write),
     db: Database = Depends(get_db),
 ) -> AgentOut:
     provider = body.provider or default_provider_name()
@@ -209,7 +218,7 @@ async def create_agent(
 async def get_agent(
     request: Request,
     agent_id: AgentId,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(can_read),
     db: Database = Depends(get_db),
 ) -> AgentOut:
     return _out(await _owned(request, principal, db, agent_id))
@@ -220,24 +229,26 @@ async def update_agent(
     request: Request,
     agent_id: AgentId,
     body: AgentUpdate,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(can_write),
     db: Database = Depends(get_db),
 ) -> AgentOut:
     record = await _owned(request, principal, db, agent_id)
-    agent = Agent.from_record(record)
-    changes = body.model_dump(exclude_unset=True)
-    if "provider" in changes and changes["provider"] is not None and "model" not in changes:
-        changes["model"] = None  # a new provider without a model gets that provider's default
-    merged = Agent(
-        changes.get("name") or agent.name,
-        changes.get("provider") or agent.provider,
-        changes["model"] if "model" in changes else agent.model,
-        persona=changes.get("persona") or agent.persona,
-        project=changes.get("project", agent.project),
-        max_iterations=changes.get("max_iterations") or agent.max_iterations,
-        owner_id=record.owner_id,
-    )
-    merged.id = record.id
+    agent = Agent.from_record(record)  # keeps every setting the body does not change
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    if "name" in changes:
+        agent.name = changes["name"].strip()
+    if "provider" in changes and changes["provider"] != agent.provider:
+        agent.provider = changes["provider"]
+        agent.model = changes.get("model") or default_model(agent.provider)
+    elif "model" in changes:
+        agent.model = changes["model"]
+    if "persona" in changes:
+        agent.persona = Persona.from_value(changes["persona"])
+    if "project" in body.model_fields_set:
+        agent.project = body.project
+    if "max_iterations" in changes:
+        agent.max_iterations = changes["max_iterations"]
+    merged = agent
     bus = await app_state(request).event_bus()
     async with db.transaction() as tx:
         updated = await PostgresAgentStore(db).update_agent(merged.record())
@@ -250,7 +261,7 @@ async def update_agent(
 async def delete_agent(
     request: Request,
     agent_id: AgentId,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(can_write),
     db: Database = Depends(get_db),
 ) -> Response:
     record = await _owned(request, principal, db, agent_id)
@@ -282,7 +293,7 @@ async def chat(
     request: Request,
     agent_id: AgentId,
     body: ChatRequest,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(can_write),
     db: Database = Depends(get_db),
 ) -> ChatResponse:
     agent = await _live_agent(request, await _owned(request, principal, db, agent_id), db)
@@ -310,7 +321,7 @@ async def chat_stream(
     request: Request,
     agent_id: AgentId,
     body: ChatRequest,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(can_write),
     db: Database = Depends(get_db),
 ) -> StreamingResponse:
     agent = await _live_agent(request, await _owned(request, principal, db, agent_id), db)
@@ -329,7 +340,7 @@ async def chat_stream(
                 else:
                     yield _sse("done", _chat_response(agent, event).model_dump())
         except GatheringError as exc:
-            yield _sse("error", exc.to_dict())
+            yield _sse("error", public_error(exc))
 
     return StreamingResponse(
         events(),
@@ -347,7 +358,7 @@ async def history(
     request: Request,
     agent_id: AgentId,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(can_read),
     db: Database = Depends(get_db),
 ) -> list[HistoryMessage]:
     record = await _owned(request, principal, db, agent_id)

@@ -135,7 +135,7 @@ async def login(body: LoginRequest, request: Request) -> TokenResponse:
     ip = origin.ip or "unknown"
     limiter, audit = security.limiter(), await security.audit()
     try:
-        await security.login_throttle.check(limiter, email, ip)
+        await security.login_throttle.attempt(limiter, email, ip)
     except RateLimitedError:
         await audit.record(AuditEvent.LOGIN_THROTTLED, "denied", origin=origin, subject=email)
         raise
@@ -143,7 +143,6 @@ async def login(body: LoginRequest, request: Request) -> TokenResponse:
     user = await users.find_by_email(email)
     verified = await verify_password(user.password_hash if user else None, body.password)
     if user is None or not verified or not user.can_log_in:
-        await security.login_throttle.failed(limiter, email, ip)
         await audit.record(
             AuditEvent.LOGIN,
             "failure",

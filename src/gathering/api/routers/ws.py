@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gathering.api.deps import app_state
+from gathering.api.errors import public_error
 from gathering.api.security import Principal, authenticate_socket, public_route
 from gathering.errors import AuthenticationError, EventStreamClosedError, GatheringError
 from gathering.events import Event, EventStream
@@ -35,9 +36,11 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["events"], dependencies=[Depends(public_route)])
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_SLOW = 4429
 SEND_TIMEOUT = 10.0
+RECHECK_SECONDS = 1.0  # a revoked or disabled account stops receiving within this delay
 
 
 class Subscribe(BaseModel):
@@ -80,9 +83,11 @@ class SocketSession:
         self.settings = self.state.settings
         self.default_subjects = default_subjects
         self.principal: Principal | None = None
+        self.token: str | None = None
+        self._checked_at = 0.0
         self.stream: EventStream | None = None
         self.forwarder: asyncio.Task[None] | None = None
-        self.closing: _Closed | None = None
+        self.closing: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -110,8 +115,7 @@ class SocketSession:
             await self._stop_stream()
 
     def _on_drain(self) -> None:
-        self.closing = _Closed(CLOSE_GOING_AWAY, "server shutting down")
-        asyncio.get_running_loop().create_task(
+        self.closing = asyncio.get_running_loop().create_task(
             self._close(CLOSE_GOING_AWAY, "server shutting down")
         )
 
@@ -122,6 +126,7 @@ class SocketSession:
     async def _authenticate(self, token: str | None, *, answer: bool = False) -> None:
         try:
             self.principal = await authenticate_socket(self.ws, token)
+            self.token = token
         except AuthenticationError as exc:
             await self.send({"type": "error", "code": exc.code, "message": exc.message})
             raise _Closed(CLOSE_UNAUTHENTICATED, "authentication failed") from None
@@ -176,7 +181,21 @@ class SocketSession:
                     }
                 )
 
+    async def _recheck(self, *, at_most_every: float = 0.0) -> None:
+        """Close with 4401 once the socket's credentials were revoked, disabled or expired."""
+        if not self.settings.auth_required:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._checked_at < at_most_every:
+            return
+        self._checked_at = now
+        try:
+            self.principal = await authenticate_socket(self.ws, self.token)
+        except AuthenticationError:
+            raise _Closed(CLOSE_UNAUTHENTICATED, "credentials no longer valid") from None
+
     async def _subscribe(self, message: dict[str, Any]) -> None:
+        await self._recheck()
         assert self.principal is not None
         try:
             request = Subscribe.model_validate(message)
@@ -226,15 +245,22 @@ class SocketSession:
                     async with asyncio.timeout(self.settings.ws_heartbeat):
                         event: Event = await stream.get()
                 except TimeoutError:
+                    await self._recheck()
                     await self.send({"type": "heartbeat", "cursor": stream.last_cursor})
                     continue
                 if stream.dropped:
                     raise _Closed(CLOSE_TOO_SLOW, "client too slow to keep up with its events")
+                await self._recheck(at_most_every=RECHECK_SECONDS)
                 await self.send({"type": "event", "event": event.to_dict()})
         except EventStreamClosedError:
             return
         except _Closed as closed:
             await self._close(closed.code, closed.reason)
+        except GatheringError as exc:  # e.g. the database failed during a replay
+            log.warning("event stream failed", error=exc.code, message=exc.message)
+            with contextlib.suppress(Exception):
+                await self.send({"type": "error", **public_error(exc)})
+            await self._close(CLOSE_INTERNAL_ERROR, "event stream failed; reconnect with since")
         except (WebSocketDisconnect, RuntimeError):
             return
 

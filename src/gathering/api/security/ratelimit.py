@@ -150,19 +150,17 @@ class LoginThrottle:
         self.per_account = parse_many(settings.login_attempts_per_account)
         self.per_ip = parse_many(settings.login_attempts_per_ip)
 
-    async def check(self, limiter: RateLimiter, email: str, ip: str) -> None:
-        """Raise `RateLimitedError` when the account or the address has no attempts left."""
+    async def attempt(self, limiter: RateLimiter, email: str, ip: str) -> None:
+        """Count a login attempt against the account and the address before the password is
+        checked (so concurrent guesses cannot slip past); `RateLimitedError` when either has
+        no attempts left. A successful login clears the account's count."""
         for items, identifiers in (
             (self.per_account, ("login-failures", "account", email)),
             (self.per_ip, ("login-failures", "ip", ip)),
         ):
-            status = await limiter.peek(items, *identifiers)
+            status = await limiter.hit(items, *identifiers)
             if status is not None and not status.allowed:
                 raise rate_limited(status, "failed logins")
-
-    async def failed(self, limiter: RateLimiter, email: str, ip: str) -> None:
-        await limiter.hit(self.per_account, "login-failures", "account", email)
-        await limiter.hit(self.per_ip, "login-failures", "ip", ip)
 
     async def succeeded(self, limiter: RateLimiter, email: str) -> None:
         await limiter.clear(self.per_account, "login-failures", "account", email)
