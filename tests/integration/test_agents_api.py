@@ -238,3 +238,42 @@ async def test_api_keys_are_limited_to_their_scopes(fresh_database_url, llm_stub
     finally:
         await app.state.security.close()
         await app.state.gathering.close()
+
+
+async def test_a_streamed_turn_finishes_even_when_the_client_leaves(fresh_database_url,
+                                                                      llm_stub_env):
+    from unittest.mock import patch
+
+    app = create_app(settings=load_settings(database_url=fresh_database_url))
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            agent = (await client.post("/agents", json={"name": "Leaver",
+                                                        "provider": "openai"})).json()
+        body = json.dumps({"message": "are you there?"}).encode()
+        messages = [{"type": "http.request", "body": body, "more_body": False},
+                    {"type": "http.disconnect"}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": f"/agents/{agent['id']}/chat/stream",
+            "raw_path": b"", "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 5000), "server": ("test", 80),
+        }
+        with patch("gathering.agents.llm_client", _SlowClient()):
+            await app(scope, receive, send)  # the client is gone before the reply exists
+            await asyncio.wait_for(asyncio.gather(*app.state.gathering.background), 10)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            history = (await client.get(f"/agents/{agent['id']}/history")).json()
+        assert [m["content"] for m in history] == ["are you there?", "reply to are you there?"]
+    finally:
+        await app.state.gathering.close()

@@ -33,6 +33,8 @@ class AppState:
         self.drain = DrainState()
         # Live agents by id, so concurrent messages to one agent queue on one lock.
         self.agents: OrderedDict[int, Agent] = OrderedDict()
+        # Work that outlives its request (e.g. a streamed turn whose client left).
+        self.background: set[asyncio.Task[None]] = set()
         self._events: EventBus | None = None
         self.lifecycle = Lifecycle([DatabaseComponent(self), EventBusComponent(self)])
 
@@ -93,7 +95,9 @@ class AppState:
         )
 
     async def close(self) -> None:
-        """Release what this app opened."""
+        """Release what this app opened (after work still running has had its chance)."""
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=self.settings.shutdown_timeout)
         await self.close_event_bus()
         if self._database is not None and self._owns_database:
             await self._database.disconnect()

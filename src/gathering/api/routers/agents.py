@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -35,6 +37,7 @@ from gathering.errors import GatheringError, NotFoundError
 from gathering.events import Event
 from gathering.llm import TextDelta, default_model, default_provider_name, known_providers
 
+log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/agents", tags=["agents"])
 # Users act with every scope; an API key only with those it was given.
 can_read = require_scope("agents:read")
@@ -328,19 +331,45 @@ async def chat_stream(
     if body.new_session:
         await agent.new_session()
 
-    async def events() -> AsyncIterator[str]:
+    # The turn runs in its own task: a client that disconnects mid-stream does not cut it
+    # short, so the reply is still stored and the next message finds a whole conversation.
+    frames: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def turn() -> None:
         try:
             async for event in agent.stream(body.message):
                 if isinstance(event, TextDelta):
-                    yield _sse("delta", {"text": event.text})
+                    frames.put_nowait(_sse("delta", {"text": event.text}))
                 elif isinstance(event, ToolStarted):
-                    yield _sse("tool_call", event.call.to_dict())
+                    frames.put_nowait(_sse("tool_call", event.call.to_dict()))
                 elif isinstance(event, ToolFinished):
-                    yield _sse("tool_result", event.result.to_dict())
+                    frames.put_nowait(_sse("tool_result", event.result.to_dict()))
                 else:
-                    yield _sse("done", _chat_response(agent, event).model_dump())
+                    frames.put_nowait(_sse("done", _chat_response(agent, event).model_dump()))
         except GatheringError as exc:
-            yield _sse("error", public_error(exc))
+            frames.put_nowait(_sse("error", public_error(exc)))
+        except Exception:
+            log.exception("chat stream failed", agent_id=agent_id)
+            frames.put_nowait(
+                _sse(
+                    "error",
+                    {
+                        "code": "internal_error",
+                        "message": "an unexpected error occurred; it has been logged",
+                    },
+                )
+            )
+        finally:
+            frames.put_nowait(None)
+
+    task = asyncio.create_task(turn(), name=f"chat-stream:{agent_id}")
+    running = app_state(request).background
+    running.add(task)
+    task.add_done_callback(running.discard)
+
+    async def events() -> AsyncIterator[str]:
+        while (frame := await frames.get()) is not None:
+            yield frame
 
     return StreamingResponse(
         events(),

@@ -167,7 +167,10 @@ class SocketSession:
                 )
                 raise _Closed(CLOSE_UNAUTHENTICATED, "authentication required")
             elif kind == "subscribe":
-                await self._subscribe(message)
+                try:
+                    await self._subscribe(message)
+                except GatheringError as exc:  # e.g. the database failed checking a subject
+                    await self.send({"type": "error", **public_error(exc)})
             elif kind == "unsubscribe":
                 await self._stop_stream()
                 await self.send({"type": "unsubscribed"})
