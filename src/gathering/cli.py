@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import signal
 import socket
 import sys
@@ -55,10 +56,16 @@ def reported_errors() -> Iterator[None]:
         fail(exc)
 
 
-def settings_or_exit() -> Settings:
-    """The settings, or a clear message per invalid one and exit code 1."""
+def settings_or_exit(*, server: bool = False) -> Settings:
+    """The settings, or a clear message per invalid one and exit code 1.
+
+    Commands other than `serve` log warnings and errors only, unless GATHERING_LOG_LEVEL
+    asks for more: their own output says what they did.
+    """
     with reported_errors():
         settings = get_settings()
+    if not server and "GATHERING_LOG_LEVEL" not in os.environ:
+        settings = settings.model_copy(update={"log_level": "WARNING"})
     configure_logging(settings)
     return settings
 
@@ -113,7 +120,7 @@ def serve(
     reload: Annotated[bool, typer.Option(help="Restart when the code changes")] = False,
 ) -> None:
     """Run the API server (with the embedded database unless DATABASE_URL is set)."""
-    settings = settings_or_exit()
+    settings = settings_or_exit(server=True)
     host = host or settings.host
     port = port or settings.port
     with reported_errors():
