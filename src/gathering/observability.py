@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import structlog
+from opentelemetry import trace
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -113,9 +114,43 @@ def metrics_payload() -> tuple[bytes, str]:
 
 # --- traces (OpenTelemetry) -----------------------------------------------------------------
 
+_llm_tracer = trace.get_tracer("gathering.llm")
+_tracing = False  # set by configure_tracing; LLM spans cost nothing while it is off
+
+
+def start_llm_span(operation: str, provider: str, model: str) -> trace.Span | None:
+    """A span for one LLM call, or None while tracing is off; end it with `end_llm_span`.
+    Not made current, so it is safe across the yields of a stream."""
+    if not _tracing:
+        return None
+    return _llm_tracer.start_span(
+        f"llm.{operation}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"gen_ai.system": provider, "gen_ai.request.model": model},
+    )
+
+
+def end_llm_span(
+    span: trace.Span | None,
+    *,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    error: BaseException | None = None,
+) -> None:
+    """Record the call's usage (or its error) on `span` and end it."""
+    if span is None:
+        return
+    if error is not None:
+        span.record_exception(error)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+    else:
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    span.end()
+
 
 def configure_tracing(settings: Settings, exporter: SpanExporter | None = None) -> bool:
-    """Trace database and outgoing HTTP (LLM) calls when an OTLP endpoint is configured.
+    """Trace database calls, outgoing HTTP and LLM calls when an OTLP endpoint is configured.
 
     Off by default. `exporter` replaces the OTLP exporter (tests pass an in-memory one).
     HTTP server spans come from `OpenTelemetryMiddleware`, added by the app when this is on.
@@ -139,6 +174,8 @@ def configure_tracing(settings: Settings, exporter: SpanExporter | None = None) 
     else:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    global _tracing
+    _tracing = True
     PsycopgInstrumentor().instrument(skip_dep_check=True)
     HTTPXClientInstrumentor().instrument()
     return True

@@ -120,7 +120,18 @@ def test_traces_cover_http_and_database(fresh_database_url):
                 assert (await c.get("/health/ready")).status_code == 200
             await app.state.gathering.close()
         asyncio.run(main())
-        print(sorted({{s.name for s in exporter.get_finished_spans()}}))
+        from gathering.llm import Message, ScriptedProvider
+        async def llm():
+            provider = ScriptedProvider(["traced reply", "streamed reply"])
+            await provider.generate([Message.user("hi")])
+            async for _ in provider.stream([Message.user("hi")]):
+                pass
+        asyncio.run(llm())
+        spans = exporter.get_finished_spans()
+        generate = next(s for s in spans if s.name == "llm.generate")
+        assert generate.attributes["gen_ai.system"] == "scripted"
+        assert generate.attributes["gen_ai.usage.output_tokens"] > 0
+        print(sorted({{s.name for s in spans}}))
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -129,6 +140,7 @@ def test_traces_cover_http_and_database(fresh_database_url):
     names = result.stdout.strip().splitlines()[-1]
     assert "GET /health/ready" in names
     assert "SELECT" in names
+    assert "llm.generate" in names and "llm.stream" in names
 
 
 def test_console_format_in_a_terminal_and_json_otherwise(monkeypatch):

@@ -30,7 +30,7 @@ from gathering.llm.types import (
     UsageEvent,
     parse_tool_arguments,
 )
-from gathering.observability import record_llm_usage
+from gathering.observability import end_llm_span, record_llm_usage, start_llm_span
 
 T = TypeVar("T")
 
@@ -276,8 +276,20 @@ class BaseProvider(ABC):
         async def attempt() -> Completion:
             return await self._translated(self._complete(request))
 
-        completion = await retry_async(attempt, self.retry, what=f"{self._name} generate")
-        return self._finish(completion, started)
+        span = start_llm_span("generate", self._name, self._model)
+        try:
+            completion = self._finish(
+                await retry_async(attempt, self.retry, what=f"{self._name} generate"), started
+            )
+        except BaseException as exc:
+            end_llm_span(span, error=exc)
+            raise
+        end_llm_span(
+            span,
+            input_tokens=completion.usage.input_tokens,
+            output_tokens=completion.usage.output_tokens,
+        )
+        return completion
 
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] | None = None, **options: Any
@@ -288,6 +300,22 @@ class BaseProvider(ABC):
         """
         request = self._request(messages, tools, options)
         started = time.perf_counter()
+        span = start_llm_span("stream", self._name, self._model)
+        try:
+            async for event in self._stream_attempts(request, started):
+                if isinstance(event, StreamDone):
+                    usage = event.completion.usage
+                    end_llm_span(
+                        span, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+                    )
+                yield event
+        except BaseException as exc:
+            end_llm_span(span, error=exc)
+            raise
+
+    async def _stream_attempts(
+        self, request: Request, started: float
+    ) -> AsyncIterator[StreamEvent]:
         attempt = 1
         while True:
             assembler = StreamAssembler(self._model)
