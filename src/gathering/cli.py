@@ -8,8 +8,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
@@ -332,12 +332,12 @@ agents_app = typer.Typer(help="Agents: list, create, delete.", no_args_is_help=T
 app.add_typer(agents_app, name="agents")
 
 
-async def _agent_store(settings: Settings) -> tuple[Database, PostgresAgentStore]:
-    db = Database(settings=settings, min_size=0, max_size=2)
-    await db.connect()
-    if settings.auto_migrate:
-        await db.run_migrations()
-    return db, PostgresAgentStore(db)
+@asynccontextmanager
+async def _agent_store(settings: Settings) -> AsyncIterator[PostgresAgentStore]:
+    async with Database(settings=settings, min_size=0, max_size=2) as db:
+        if settings.auto_migrate:
+            await db.run_migrations()
+        yield PostgresAgentStore(db)
 
 
 @agents_app.command("list")
@@ -346,27 +346,30 @@ def agents_list() -> None:
     settings = settings_or_exit()
 
     async def work() -> list[AgentRecord]:
-        db, store = await _agent_store(settings)
-        try:
+        async with _agent_store(settings) as store:
             return await store.list_agents()
-        finally:
-            await db.disconnect()
 
     records = run_async(work)
     table = Table(title=f"{len(records)} agent(s)")
     for column in ("id", "name", "provider", "model", "role"):
         table.add_column(column)
     for record in records:
-        table.add_row(str(record.id), record.name, record.provider, record.model,
-                      str(record.persona.get("role", "")))
+        table.add_row(
+            str(record.id),
+            record.name,
+            record.provider,
+            record.model,
+            str(record.persona.get("role", "")),
+        )
     console.print(table)
 
 
 @agents_app.command("create")
 def agents_create(
     name: Annotated[str, typer.Argument(help="The agent's name")],
-    provider: Annotated[str | None, typer.Option(help="LLM provider [default: local "
-                                                 "unless an API key is set]")] = None,
+    provider: Annotated[
+        str | None, typer.Option(help="LLM provider [default: local unless an API key is set]")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model [default: the provider's]")] = None,
     role: Annotated[str, typer.Option(help="Persona role, e.g. 'code reviewer'")] = "",
 ) -> None:
@@ -375,15 +378,13 @@ def agents_create(
 
     async def work() -> AgentRecord:
         agent = Agent(name, provider or default_provider_name(), model, persona={"role": role})
-        db, store = await _agent_store(settings)
-        try:
+        async with _agent_store(settings) as store:
             return await store.create_agent(agent.record())
-        finally:
-            await db.disconnect()
 
     record = run_async(work)
-    console.print(f"created agent [bold]{record.name}[/] (id {record.id}, "
-                  f"{record.provider}/{record.model})")
+    console.print(
+        f"created agent [bold]{record.name}[/] (id {record.id}, {record.provider}/{record.model})"
+    )
 
 
 @agents_app.command("delete")
@@ -397,14 +398,11 @@ def agents_delete(
         raise typer.Exit(code=1)
 
     async def work() -> AgentRecord:
-        db, store = await _agent_store(settings)
-        try:
+        async with _agent_store(settings) as store:
             record = await store.load_agent(agent)
             assert record.id is not None
             await store.delete_agent(record.id)
             return record
-        finally:
-            await db.disconnect()
 
     record = run_async(work)
     console.print(f"deleted agent [bold]{record.name}[/] (id {record.id})")
@@ -419,13 +417,13 @@ def chat(
     settings = settings_or_exit()
 
     async def work() -> None:
-        db, store = await _agent_store(settings)
-        try:
+        async with _agent_store(settings) as store:
             talker = await Agent.load(agent, store=store)
             if new_session:
                 await talker.new_session()
-            console.print(f"[bold]{talker.name}[/] ({talker.provider}/{talker.model}) — "
-                          "/exit to quit")
+            console.print(
+                f"[bold]{talker.name}[/] ({talker.provider}/{talker.model}) — /exit to quit"
+            )
             while True:
                 try:
                     line = await asyncio.to_thread(console.input, "[bold cyan]you>[/] ")
@@ -435,8 +433,6 @@ def chat(
                     break
                 if line.strip():
                     await _stream_reply(talker, line)
-        finally:
-            await db.disconnect()
 
     run_async(work)
 

@@ -15,7 +15,7 @@ from gathering.agents.persona import Persona
 from gathering.agents.prompt import PromptBuilder
 from gathering.agents.store import AgentRecord, AgentStore, HistoryEntry, default_store
 from gathering.agents.sync import maybe_sync
-from gathering.errors import GatheringError, InvalidInputError
+from gathering.errors import InvalidInputError
 from gathering.llm import (
     Completion,
     LLMProvider,
@@ -440,7 +440,7 @@ class Agent:
             )
         try:
             output = await tool.run(call.arguments)
-        except (GatheringError, Exception) as exc:  # the model hears about it and may retry
+        except Exception as exc:  # the model hears about it and may retry
             log.info("tool failed", tool=call.name, error=repr(exc))
             return ToolResult(
                 call.id, f"error: {type(exc).__name__}: {exc}", is_error=True, name=call.name

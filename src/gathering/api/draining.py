@@ -67,13 +67,13 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.drain = drain
         self.timeout = timeout
-        self._drain_task: asyncio.Future[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None  # held so it is not collected
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.started:
             super().handle_exit(sig, frame)
             return
-        if self._drain_task is not None:  # a second signal: stop now, cutting requests off
+        if self.drain.draining:  # a second signal: stop now, cutting requests off
             log.warning("second exit signal: stopping without waiting")
             super().handle_exit(sig, frame)
             self.force_exit = True
@@ -81,9 +81,7 @@ class DrainingServer(uvicorn.Server):
         self.drain.begin()
         log.info("draining", in_flight=self.drain.in_flight, timeout=self.timeout)
         # We run inside a signal handler: schedule through the loop's self-pipe so it wakes now.
-        loop = asyncio.get_event_loop()
-        self._drain_task = asyncio.Future()  # marks "drain requested" until the task exists
-        loop.call_soon_threadsafe(self._spawn_drain, sig)
+        asyncio.get_event_loop().call_soon_threadsafe(self._spawn_drain, sig)
 
     def _spawn_drain(self, sig: int) -> None:
         self._drain_task = asyncio.ensure_future(self._drain_then_exit(sig))

@@ -18,8 +18,9 @@ from gathering.observability import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
 
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Probes and metrics stay reachable while draining and are not counted as work in flight.
-_OPERATIONAL_PATHS = ("/health", "/metrics")
+# Probes and metrics: reachable without credentials and while draining, never counted as
+# work in flight.
+OPERATIONAL_PATH_PREFIXES = ("/health", "/metrics")
 
 
 def _request_id(scope: Scope) -> str:
@@ -51,7 +52,7 @@ class RequestContextMiddleware:
             return
 
         path: str = scope["path"]
-        operational = path.startswith(_OPERATIONAL_PATHS)
+        operational = path.startswith(OPERATIONAL_PATH_PREFIXES)
         if self.drain.draining and not operational:
             response = problem(
                 503,

@@ -251,10 +251,9 @@ async def update_agent(
         agent.project = body.project
     if "max_iterations" in changes:
         agent.max_iterations = changes["max_iterations"]
-    merged = agent
     bus = await app_state(request).event_bus()
     async with db.transaction() as tx:
-        updated = await PostgresAgentStore(db).update_agent(merged.record())
+        updated = await PostgresAgentStore(db).update_agent(agent.record())
         await bus.publish(_event("agent.updated", updated, principal), tx=tx)
     app_state(request).agents.pop(agent_id, None)
     return _out(updated)
@@ -274,6 +273,16 @@ async def delete_agent(
         await bus.publish(_event("agent.deleted", record, principal), tx=tx)
     app_state(request).agents.pop(agent_id, None)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _chatting(
+    request: Request, principal: Principal, db: Database, agent_id: int, body: ChatRequest
+) -> Agent:
+    """The live agent a chat request talks to, in a new session when the body asks for one."""
+    agent = await _live_agent(request, await _owned(request, principal, db, agent_id), db)
+    if body.new_session:
+        await agent.new_session()
+    return agent
 
 
 def _chat_response(agent: Agent, result: TurnResult) -> ChatResponse:
@@ -299,9 +308,7 @@ async def chat(
     principal: Principal = Depends(can_write),
     db: Database = Depends(get_db),
 ) -> ChatResponse:
-    agent = await _live_agent(request, await _owned(request, principal, db, agent_id), db)
-    if body.new_session:
-        await agent.new_session()
+    agent = await _chatting(request, principal, db, agent_id, body)
     return _chat_response(agent, await agent.run(body.message))
 
 
@@ -327,9 +334,7 @@ async def chat_stream(
     principal: Principal = Depends(can_write),
     db: Database = Depends(get_db),
 ) -> StreamingResponse:
-    agent = await _live_agent(request, await _owned(request, principal, db, agent_id), db)
-    if body.new_session:
-        await agent.new_session()
+    agent = await _chatting(request, principal, db, agent_id, body)
 
     # The turn runs in its own task: a client that disconnects mid-stream does not cut it
     # short, so the reply is still stored and the next message finds a whole conversation.

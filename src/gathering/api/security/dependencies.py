@@ -16,6 +16,7 @@ from fastapi import Depends, WebSocketException, status
 from fastapi.dependencies.models import Dependant
 from starlette.requests import HTTPConnection
 
+from gathering.api.middleware import OPERATIONAL_PATH_PREFIXES
 from gathering.api.security.api_keys import scope_allows
 from gathering.api.security.audit import AuditEvent, RequestOrigin, client_ip
 from gathering.api.security.principal import Principal
@@ -24,8 +25,6 @@ from gathering.api.security.state import SecurityState
 from gathering.api.security.tokens import invalid_credentials
 from gathering.errors import AuthenticationError, NotFoundError, PermissionDeniedError
 
-# Operational probes stay reachable without credentials (orchestrators and scrapers call them).
-PUBLIC_PATH_PREFIXES = ("/health", "/metrics")
 WEBSOCKET_TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name
 
 
@@ -290,7 +289,7 @@ def route_policy(route: object) -> RoutePolicy:
     calls = _calls(dependant) if isinstance(dependant, Dependant) else []
     path = str(getattr(route, "path", ""))
     policy = RoutePolicy(
-        public=public_route in calls or path.startswith(PUBLIC_PATH_PREFIXES),
+        public=public_route in calls or path.startswith(OPERATIONAL_PATH_PREFIXES),
         declares_tier=any(isinstance(call, RateLimit) for call in calls),
     )
     try:
