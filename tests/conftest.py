@@ -49,15 +49,24 @@ def _test_server_url() -> str:
     return settings.test_database_url or start_embedded(settings.embedded_pgdata)
 
 
-def _create_app_database() -> tuple[str, str]:
-    server = _test_server_url()
-    name = f"gathering_test_app_{secrets.token_hex(4)}"
+def create_database(server: str, prefix: str) -> str:
+    """Create an empty database named `prefix` + a random suffix on `server`; return its name."""
+    name = f"{prefix}{secrets.token_hex(6)}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return server, name
+    return name
 
 
-TEST_SERVER_URL, _APP_DATABASE = _create_app_database()
+def drop_database(server: str, name: str) -> None:
+    """Drop database `name` on `server`, ending its connections."""
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+TEST_SERVER_URL = _test_server_url()
+_APP_DATABASE = create_database(TEST_SERVER_URL, "gathering_test_app_")
 os.environ["GATHERING_DATABASE_URL"] = make_conninfo(TEST_SERVER_URL, dbname=_APP_DATABASE)
 get_settings.cache_clear()
 
@@ -73,10 +82,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    with psycopg.connect(TEST_SERVER_URL, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(_APP_DATABASE))
-        )
+    drop_database(TEST_SERVER_URL, _APP_DATABASE)
 
 
 @pytest.fixture(scope="session")
@@ -88,14 +94,9 @@ def test_server_url() -> str:
 @pytest.fixture
 def fresh_database_url(test_server_url: str) -> Iterator[str]:
     """The URL of a new, empty (unmigrated) database, dropped after the test."""
-    name = f"gathering_test_{secrets.token_hex(6)}"
-    with psycopg.connect(test_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    name = create_database(test_server_url, "gathering_test_")
     yield make_conninfo(test_server_url, dbname=name)
-    with psycopg.connect(test_server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    drop_database(test_server_url, name)
 
 
 @pytest.fixture

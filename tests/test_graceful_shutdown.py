@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
+from live_server import LiveServer
 
 from gathering.api.draining import DrainState
 from gathering.api.lifecycle import Component, Health, Lifecycle
@@ -19,39 +16,15 @@ from gathering.api.lifecycle import Component, Health, Lifecycle
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server():
     """A real `gathering serve` with the debug endpoints, on its own port."""
-    port = _free_port()
-    env = dict(os.environ, GATHERING_DEBUG_ENDPOINTS="true", GATHERING_SHUTDOWN_TIMEOUT="20")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gathering", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited early:\n{process.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("server did not become ready")
-    yield process, base
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=10)
+    live = LiveServer(GATHERING_DEBUG_ENDPOINTS="true", GATHERING_SHUTDOWN_TIMEOUT="20")
+    live.wait_ready()
+    yield live.process, live.base
+    if live.process.poll() is None:
+        live.process.kill()
+        live.process.wait(timeout=10)
 
 
 def _slow_requests(base: str, count: int, seconds: float) -> tuple[list, list[threading.Thread]]:

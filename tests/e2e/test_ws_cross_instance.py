@@ -4,54 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 import websockets
+from live_server import LiveServer
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(database_url: str) -> tuple[subprocess.Popen[str], int]:
-    port = _free_port()
-    env = dict(os.environ, GATHERING_DATABASE_URL=database_url)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gathering", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-    )
-    return process, port
-
-
-def _wait_ready(port: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "server exited during start-up"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"server on port {port} did not become ready")
-
-
 def test_an_event_published_in_one_server_reaches_a_socket_of_the_other(fresh_database_url):
-    first, first_port = _start(fresh_database_url)
-    second, second_port = _start(fresh_database_url)
+    first = LiveServer(GATHERING_DATABASE_URL=fresh_database_url)
+    second = LiveServer(GATHERING_DATABASE_URL=fresh_database_url)
+    first_port, second_port = first.port, second.port
     try:
-        _wait_ready(first_port, first)
-        _wait_ready(second_port, second)
+        first.wait_ready()
+        second.wait_ready()
 
         async def scenario() -> dict:
             uri = f"ws://127.0.0.1:{second_port}/ws"
@@ -71,7 +39,5 @@ def test_an_event_published_in_one_server_reaches_a_socket_of_the_other(fresh_da
         assert event["type"] == "agent.created"
         assert event["data"]["name"] == "Hop"
     finally:
-        for process in (first, second):
-            process.terminate()
-        for process in (first, second):
-            process.wait(timeout=30)
+        for server in (first, second):
+            server.stop()

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import secrets
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
+from asgi_ws import ASGIWebSocket  # tests/_support, on the path via conftest
 from starlette.testclient import TestClient
 
 from gathering.api.app import app, create_app
 from gathering.api.security.users import UserStore
 from gathering.config import load_settings
 from gathering.events import Event
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "_support"))
-from asgi_ws import ASGIWebSocket
 
 KEY = "w" * 64
 PASSWORD = "correct horse battery staple"
