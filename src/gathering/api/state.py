@@ -44,16 +44,15 @@ class AppState:
         if self._database is not None and self._database.is_connected and self._loop is loop:
             return self._database
         async with self._lock:
-            if self._database is None or self._loop is not loop:
-                if self._database is not None and self._owns_database and self._loop is not loop:
-                    # A pool belongs to the event loop that opened it; a new loop gets its own.
-                    log.debug("event loop changed; opening a new database pool")
-                    await self._database.abandon()
-                    self._database = None
-                    self._events = None  # its listener lived in the old loop too
-                if self._database is None:
-                    self._database = Database(test=self.testing, settings=self.settings)
-                    self._owns_database = True
+            if self._database is not None and self._owns_database and self._loop is not loop:
+                # A pool belongs to the event loop that opened it; a new loop gets its own.
+                log.debug("event loop changed; opening a new database pool")
+                await self._database.abandon()
+                self._database = None
+                self._events = None  # its listener lived in the old loop too
+            if self._database is None:
+                self._database = Database(test=self.testing, settings=self.settings)
+                self._owns_database = True
             if not self._database.is_connected:
                 await self._database.connect()
                 if self.settings.auto_migrate:
