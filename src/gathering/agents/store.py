@@ -195,6 +195,11 @@ class PostgresAgentStore:
             )
         return _record(rows[0])
 
+    async def owner_of(self, agent_id: int) -> int | None:
+        """The owner of agent `agent_id`, or None when there is no such agent."""
+        owner = await self.db.fetch_val("SELECT owner_id FROM agent.agents WHERE id = $1", agent_id)
+        return int(owner) if owner is not None else None
+
     async def list_agents(self, *, owner_id: int | None = None) -> list[AgentRecord]:
         rows = await self.db.fetch_all(
             "SELECT id, name, provider, model, persona, config, owner_id, created_at"

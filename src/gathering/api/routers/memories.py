@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gathering.agents import PostgresAgentStore
 from gathering.agents.knowledge import (
     MAX_CATEGORY_CHARS,
     MAX_DOCUMENT_CHARS,
@@ -272,11 +273,11 @@ class KnowledgeSearchResponse(BaseModel):
 
 async def _agent_owner(request: Request, principal: Principal, db: Database, agent_id: int) -> int:
     """The owner of agent `agent_id`; 404 when it does not exist or is not the caller's."""
-    owner = await db.fetch_val("SELECT owner_id FROM agent.agents WHERE id = $1", agent_id)
+    owner = await PostgresAgentStore(db).owner_of(agent_id)
     if owner is None:
         raise not_found("agent", agent_id)
-    await ensure_owner(request, principal, int(owner), resource="agent", resource_id=agent_id)
-    return int(owner)
+    await ensure_owner(request, principal, owner, resource="agent", resource_id=agent_id)
+    return owner
 
 
 async def _agent_memory(

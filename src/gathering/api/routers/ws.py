@@ -25,6 +25,7 @@ import structlog
 from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gathering.agents import PostgresAgentStore
 from gathering.api.deps import app_state
 from gathering.api.errors import public_error
 from gathering.api.security import Principal, authenticate_socket, public_route
@@ -68,8 +69,8 @@ async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> 
     if kind == "user" and ident == str(principal.user_id):
         return None
     if kind == "agent" and ident.isdigit():
-        db = await app_state(websocket).database()
-        owner = await db.fetch_val("SELECT owner_id FROM agent.agents WHERE id = $1", int(ident))
+        store = PostgresAgentStore(await app_state(websocket).database())
+        owner = await store.owner_of(int(ident))
         return None if owner == principal.user_id else f"no agent {ident}"
     return f"subject {subject!r} is not one you may subscribe to"
 
