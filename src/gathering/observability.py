@@ -77,6 +77,8 @@ LLM_COST = Counter(
     "gathering_llm_cost_usd_total", "Estimated LLM cost in USD", ["provider", "model"]
 )
 JOBS = Counter("gathering_jobs_total", "Background jobs finished", ["task", "outcome"])
+TURNS = Counter("gathering_turns_total", "Agent turns finished", ["outcome"])
+TOOL_CALLS = Counter("gathering_tool_calls_total", "Tool calls finished", ["tool", "outcome"])
 EVENT_BUS = Gauge("gathering_event_bus", "Event bus counters of this process", ["stat"])
 DB_POOL = Gauge("gathering_db_pool_connections", "Database pool connections", ["state"])
 
@@ -89,6 +91,16 @@ def record_llm_usage(
     LLM_TOKENS.labels(provider, model, "output").inc(output_tokens)
     if cost_usd:
         LLM_COST.labels(provider, model).inc(cost_usd)
+
+
+def record_turn(outcome: str) -> None:
+    """Count one finished turn ("completed", "max_iterations", "failed", "replayed")."""
+    TURNS.labels(outcome).inc()
+
+
+def record_tool_call(tool: str, outcome: str) -> None:
+    """Count one tool call ("ok", "retry", "failed", "timeout", "unknown_tool")."""
+    TOOL_CALLS.labels(tool, outcome).inc()
 
 
 def record_event_stats(stats: dict[str, int]) -> None:

@@ -281,11 +281,11 @@ async def test_save_recovers_after_a_failed_new_session():
     class FlakyStore(InMemoryAgentStore):
         failures = 1
 
-        async def new_session(self, agent_id: int) -> str:
+        def conversation(self, agent_id: int, *, wait: float):
             if self.failures:
                 self.failures -= 1
                 raise DatabaseUnavailableError("blip")
-            return await super().new_session(agent_id)
+            return super().conversation(agent_id, wait=wait)
 
     agent = Agent("Flaky", "scripted", llm=ScriptedProvider(["ok"]), store=FlakyStore())
     with pytest.raises(DatabaseUnavailableError):

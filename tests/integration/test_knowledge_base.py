@@ -1,5 +1,6 @@
-"""The knowledge base: chunking (examples and properties), documents on a real PostgreSQL, and
-hybrid search by words and by meaning."""
+"""The knowledge base: chunking (examples and properties), documents on a real PostgreSQL,
+hybrid search by words and by meaning (by words alone while embeddings are down), selections
+of categories and documents, and an agent's view of the knowledge."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 import math
 import re
 import secrets
+import socket
 from collections.abc import Sequence
 
 import psycopg
@@ -20,11 +22,12 @@ from gathering.agents.knowledge import (
     KnowledgeBase,
     TextChunk,
     chunk_text,
-    format_knowledge_for_prompt,
 )
 from gathering.agents.retrieval import RankingWeights, ScopeRef
+from gathering.agents.system_prompt import format_knowledge_for_prompt
 from gathering.db import Database
-from gathering.errors import FeatureUnavailableError, InvalidInputError, NotFoundError
+from gathering.errors import FeatureUnavailableError, InvalidInputError, LLMError, NotFoundError
+from gathering.llm import OpenAIEmbeddingProvider, RetryPolicy
 
 SYSTEM_POSTGRES = "postgresql://127.0.0.1:5432/postgres"
 
@@ -377,6 +380,90 @@ async def test_semantic_search_and_batched_embeddings(db):
     assert hits and hits[0].document_id == runbook.id
     assert hits[0].parts.match == "semantic" and "rollback" in hits[0].content
     assert all(h.parts.semantic is not None for h in hits)
+
+
+async def test_categories_and_document_ids_select_documents(kb):
+    runbook = await kb.add_document("Deployment runbook", RUNBOOK, category="ops")
+    vacation = await kb.add_document("Vacation policy", VACATION, category="hr")
+    notes = await kb.add_document("Release notes", "The release of May added dark mode.",
+                                  category="product")
+
+    async def found(**selection):
+        return {h.document_id for h in await kb.search("release days", limit=20, **selection)}
+
+    assert await found() == {runbook.id, vacation.id, notes.id}
+    assert await found(categories=["HR", " ops "]) == {runbook.id, vacation.id}
+    assert await found(document_ids=[notes.id]) == {notes.id}
+    # Given both, a document needs to be in one of the categories or among the ids.
+    assert await found(categories=["hr"], document_ids=[notes.id]) == {vacation.id, notes.id}
+    assert await found(categories=["hr"], category="ops") == set()  # `category` still applies
+    assert await found(categories=[]) == set() and await found(document_ids=[]) == set()
+    for bad in ({"categories": "ops"}, {"categories": [""]}, {"document_ids": [0]},
+                {"document_ids": [True]}, {"document_ids": ["3"]}, {"document_ids": 3}):
+        with pytest.raises(InvalidInputError):
+            await kb.search("release", **bad)
+
+
+async def test_an_agents_knowledge_base_sees_its_owners_global_and_its_own_documents(db, kb):
+    agent, other_agent = await new_agent(db), await new_agent(db)
+    shared = await kb.add_document("Shared runbook", "Rollback with deploy rollback.")
+    mine = await kb.add_document("Agent notes", "Rollback notes.", scope="agent",
+                                 scope_id=str(agent))
+    theirs = await kb.add_document("Other notes", "Rollback notes.", scope="agent",
+                                   scope_id=str(other_agent))
+    circle = await kb.add_document("Circle notes", "Rollback notes.", scope="circle",
+                                   scope_id="research")
+    stranger = await new_user(db)
+    foreign = await KnowledgeBase(db, owner_id=stranger).add_document("Foreign", "Rollback.")
+
+    view = KnowledgeBase(db, agent_id=agent)
+    assert {h.document_id for h in await view.search("rollback")} == {shared.id, mine.id}
+    assert {d.id for d in await view.list_documents()} == {shared.id, mine.id}
+    assert (await view.get_document(mine.id)).id == mine.id
+    for hidden in (theirs, circle, foreign):
+        with pytest.raises(NotFoundError):
+            await view.get_document(hidden.id)
+        with pytest.raises(NotFoundError):
+            await view.delete_document(hidden.id)
+    # An agent-scoped document it adds is its own; another agent's scope is refused.
+    added = await view.add_document("More notes", "Rollback again.", scope="agent")
+    assert (added.scope_id, added.owner_id) == (str(agent), shared.owner_id)
+    with pytest.raises(InvalidInputError, match="belongs to agent"):
+        await view.add_document("x", "y", scope="agent", scope_id=str(other_agent))
+    # An agent of another owner, or no agent at all, is not found.
+    with pytest.raises(NotFoundError, match=f"agent {agent} not found"):
+        await KnowledgeBase(db, owner_id=stranger, agent_id=agent).search("rollback")
+    with pytest.raises(NotFoundError, match="agent 999999 not found"):
+        await KnowledgeBase(db, agent_id=999999).list_documents()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_search_falls_back_to_full_text_while_embeddings_are_down(db, kb):
+    runbook = await kb.add_document("Deployment runbook", RUNBOOK)
+    reasons: list[str] = []
+
+    async def on_degraded(reason: str) -> None:
+        reasons.append(reason)
+
+    down = OpenAIEmbeddingProvider(
+        api_key="sk-test",
+        base_url=f"http://127.0.0.1:{closed_port()}/v1",
+        retry=RetryPolicy(max_attempts=1),
+    )
+    offline = KnowledgeBase(db, embedder=down, on_degraded=on_degraded)
+    hits = await offline.search("how do I roll back a release?")
+    assert hits[0].document_id == runbook.id and hits[0].parts.semantic is None
+    assert reasons == ["embeddings unavailable (provider_unavailable): full-text search only"]
+    # Adding a document still needs the embeddings, and stores nothing without them.
+    with pytest.raises(LLMError):
+        await offline.add_document("Vacation policy", VACATION)
+    assert [d.id for d in await kb.list_documents()] == [runbook.id]
 
 
 async def test_knowledge_without_pgvector(db):

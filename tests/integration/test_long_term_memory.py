@@ -1,5 +1,6 @@
 """Long-term memory on a real PostgreSQL: remember, recall (full text, and by meaning through a
-deterministic embedder or OpenAI at the HTTP wire), scopes, ranking, forget, pgvector absent."""
+deterministic embedder or OpenAI at the HTTP wire), scopes, ranking, forget, pgvector absent,
+and recall by full text alone while the embedding provider is down."""
 
 from __future__ import annotations
 
@@ -9,20 +10,21 @@ import json
 import math
 import re
 import secrets
+import socket
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
-from gathering.agents.memory_store import (
+from gathering.agents.long_term_memory import (
     LongTermMemory,
     Memory,
     RecalledMemory,
     delete_memory,
     embedder_from_settings,
-    format_memories_for_prompt,
     get_memory,
 )
 from gathering.agents.retrieval import (
@@ -31,6 +33,7 @@ from gathering.agents.retrieval import (
     scope_refs,
     vector_support,
 )
+from gathering.agents.system_prompt import format_memories_for_prompt
 from gathering.config import load_settings
 from gathering.db import Database
 from gathering.errors import (
@@ -39,7 +42,7 @@ from gathering.errors import (
     LLMError,
     NotFoundError,
 )
-from gathering.llm import OpenAIEmbeddingProvider, RetryPolicy
+from gathering.llm import OllamaEmbeddingProvider, OpenAIEmbeddingProvider, RetryPolicy
 
 SYSTEM_POSTGRES = "postgresql://127.0.0.1:5432/postgres"
 
@@ -700,6 +703,130 @@ async def test_openai_failure_stores_nothing(db, agent_id, openai_wire):
         await memory.remember("x")
     assert len(openai_wire.requests) == 1
     assert await db.fetch_val("SELECT count(*) FROM agent.memories") == 0
+
+
+# --- while the embedding provider is down -------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class DegradedReasons(list[str]):
+    """An `on_degraded` callback that keeps what it is told."""
+
+    async def __call__(self, reason: str) -> None:
+        self.append(reason)
+
+
+async def remember_without_vectors(db: Database, agent_id: int) -> dict[str, Memory]:
+    return await remember_facts(LongTermMemory(db, agent_id=agent_id))
+
+
+def single_attempt() -> RetryPolicy:
+    return RetryPolicy(max_attempts=1)
+
+
+async def test_recall_falls_back_to_full_text_while_the_provider_is_down(db, agent_id):
+    facts = await remember_without_vectors(db, agent_id)
+    reasons = DegradedReasons()
+    down = OpenAIEmbeddingProvider(
+        api_key="sk-test-secret",
+        base_url=f"http://127.0.0.1:{closed_port()}/v1",
+        retry=single_attempt(),
+    )
+    memory = LongTermMemory(db, agent_id=agent_id, embedder=down, on_degraded=reasons)
+    with capture_logs() as logs:
+        results = await memory.recall("green tea")
+    assert [r.id for r in results] == [facts["tea"].id]
+    assert results[0].parts.semantic is None and results[0].parts.match == "strict"
+    assert reasons == ["embeddings unavailable (provider_unavailable): full-text recall only"]
+    warnings = [entry for entry in logs if entry["event"] == "embeddings_degraded"]
+    assert len(warnings) == 1
+    assert warnings[0]["log_level"] == "warning"
+    assert warnings[0]["error"] == "provider_unavailable"
+    assert "sk-test-secret" not in repr(logs)
+
+    # Each recall tries again, and says so again; writes still fail and store nothing.
+    assert await memory.recall("what does the user like to drink?")
+    assert len(reasons) == 2
+    with pytest.raises(LLMError):
+        await memory.remember("User is allergic to nuts")
+    assert await db.fetch_val("SELECT count(*) FROM agent.memories") == len(facts)
+
+
+async def test_an_agent_without_memories_still_recalls_while_the_provider_is_down(db, agent_id):
+    reasons = DegradedReasons()
+    down = OllamaEmbeddingProvider(host=f"http://127.0.0.1:{closed_port()}", retry=single_attempt())
+    memory = LongTermMemory(db, agent_id=agent_id, embedder=down, on_degraded=reasons)
+    assert await memory.recall("anything at all?") == []
+    assert reasons == ["embeddings unavailable (provider_unavailable): full-text recall only"]
+
+
+async def test_recall_degrades_on_a_provider_error_and_recovers(db, agent_id, openai_wire):
+    reasons = DegradedReasons()
+    memory = LongTermMemory(
+        db, agent_id=agent_id, embedder=openai_provider(openai_wire), on_degraded=reasons
+    )
+    tea = await memory.remember("User prefers green tea")
+    openai_wire.errors.append((503, {"error": {"message": "overloaded", "type": "server_error"}}))
+    [by_words] = await memory.recall("green tea")
+    assert by_words.id == tea.id and by_words.parts.semantic is None
+    assert reasons == ["embeddings unavailable (provider_unavailable): full-text recall only"]
+    # The provider is back: recall by meaning again, with no new report.
+    [by_meaning] = await memory.recall("favourite beverage?")
+    assert by_meaning.id == tea.id and by_meaning.parts.semantic is not None
+    assert len(reasons) == 1
+
+
+async def test_a_provider_that_does_not_answer_is_given_up_on(db, agent_id):
+    facts = await remember_without_vectors(db, agent_id)
+    reasons = DegradedReasons()
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        host, port = silent.getsockname()
+        slow = OpenAIEmbeddingProvider(api_key="sk-test", base_url=f"http://{host}:{port}/v1")
+        memory = LongTermMemory(
+            db, agent_id=agent_id, embedder=slow, embed_timeout=0.2, on_degraded=reasons
+        )
+        results = await memory.recall("green tea")
+    assert [r.id for r in results] == [facts["tea"].id]
+    assert reasons == ["embeddings unavailable (timeout): full-text recall only"]
+
+
+class HangingEmbedder(BagOfWordsEmbedder):
+    """An embedder that never answers; `started` is set once it is asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_cancelling_a_recall_is_not_taken_for_an_outage(db, agent_id):
+    reasons = DegradedReasons()
+    embedder = HangingEmbedder()
+    memory = LongTermMemory(db, agent_id=agent_id, embedder=embedder, on_degraded=reasons)
+    recall = asyncio.create_task(memory.recall("green tea"))
+    await embedder.started.wait()
+    recall.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await recall
+    assert reasons == []
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), True, "10"])
+async def test_invalid_embed_timeouts_are_refused(db, agent_id, timeout):
+    with pytest.raises(InvalidInputError, match="embed_timeout"):
+        LongTermMemory(db, agent_id=agent_id, embed_timeout=timeout)
 
 
 def test_embedder_from_settings():

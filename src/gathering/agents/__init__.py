@@ -1,7 +1,8 @@
 """Agents: personas with an LLM, tools, persisted sessions and memory.
 
 `llm_client` is the client every agent without its own `llm=` sends its conversation
-through; it is looked up at call time, so `patch("gathering.agents.llm_client")` replaces it.
+through; it is looked up at each turn, so `patch("gathering.agents.llm_client")` replaces it
+(the turn loop then sees it wrapped as a provider, see `model_adapter`).
 """
 
 from __future__ import annotations
@@ -9,27 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gathering.agents.agent import (
-    Agent,
-    AgentEvent,
-    ToolFinished,
-    ToolStarted,
-    TurnResult,
-    as_completion,
-)
-from gathering.agents.knowledge import Document, KnowledgeBase, KnowledgeHit, chunk_text
-from gathering.agents.memory import AgentMemory
-from gathering.agents.memory_store import LongTermMemory, Memory, RecalledMemory
-from gathering.agents.persona import Persona
-from gathering.agents.prompt import PromptBuilder
-from gathering.agents.store import (
+from gathering.agents.agent import Agent
+from gathering.agents.agent_memory import AgentMemory
+from gathering.agents.agent_store import (
     AgentRecord,
     AgentStore,
-    HistoryEntry,
     InMemoryAgentStore,
     PostgresAgentStore,
     default_store,
 )
+from gathering.agents.conversation_store import HistoryEntry
+from gathering.agents.knowledge import Document, KnowledgeBase, KnowledgeHit, chunk_text
+from gathering.agents.long_term_memory import LongTermMemory, Memory, RecalledMemory
+from gathering.agents.model_adapter import as_completion
+from gathering.agents.persona import Persona
+from gathering.agents.system_prompt import PromptBuilder
+from gathering.agents.turn_loop import AgentEvent, ToolFinished, ToolStarted, TurnResult, run_turn
 from gathering.llm import Completion, LLMProvider, Message, ToolSpec
 
 
@@ -77,4 +73,5 @@ __all__ = [
     "chunk_text",
     "default_store",
     "llm_client",
+    "run_turn",
 ]

@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from gathering.agents.agent_store import AgentRecord, AgentStore, default_store
+from gathering.agents.conversation_store import HistoryEntry
+from gathering.agents.model_adapter import ClientProvider, is_provider
 from gathering.agents.persona import Persona
-from gathering.agents.prompt import PromptBuilder
-from gathering.agents.store import AgentRecord, AgentStore, HistoryEntry, default_store
 from gathering.agents.sync import maybe_sync
+from gathering.agents.system_prompt import PromptBuilder
+from gathering.agents.turn_lock import local_turn_lock
+from gathering.agents.turn_loop import AgentEvent, TurnLimits, TurnResult, run_turn
 from gathering.errors import InvalidInputError
-from gathering.llm import (
-    Completion,
-    LLMProvider,
-    Message,
-    StreamDone,
-    TextDelta,
-    ToolCall,
-    ToolResult,
-    ToolSpec,
-    Usage,
-    default_model,
-    get_provider,
-    known_providers,
-)
+from gathering.llm import LLMProvider, ToolSpec, default_model, get_provider, known_providers
 from gathering.tools.function import FunctionTool
 
 if TYPE_CHECKING:
-    from gathering.agents.memory import AgentMemory
+    from gathering.agents.agent_memory import AgentMemory
+    from gathering.events import EventBus
 
 log = structlog.get_logger(__name__)
 
@@ -54,37 +42,7 @@ _CONFIG_KEYS = frozenset(
     }
 )
 
-Outcome = Literal["completed", "max_iterations"]
 ToolLike = FunctionTool | tuple[ToolSpec, Callable[..., Any]]
-
-
-@dataclass
-class TurnResult:
-    """What one `run` produced: the reply, how it ended, and what it cost."""
-
-    text: str
-    outcome: Outcome = "completed"
-    iterations: int = 0
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float | None = None
-    tool_calls: list[ToolCall] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ToolStarted:
-    """Stream event: the model asked for a tool and it is running."""
-
-    call: ToolCall
-
-
-@dataclass(frozen=True)
-class ToolFinished:
-    """Stream event: a tool returned (or failed; `result.is_error`)."""
-
-    result: ToolResult
-
-
-AgentEvent = TextDelta | ToolStarted | ToolFinished | TurnResult
 
 
 def _as_tool(tool: ToolLike) -> FunctionTool:
@@ -92,38 +50,6 @@ def _as_tool(tool: ToolLike) -> FunctionTool:
         return tool
     spec, handler = tool
     return FunctionTool(spec, handler)
-
-
-def as_completion(reply: Any) -> Completion:
-    """Read a `generate()` reply: a `Completion`, a `str`, or an Anthropic-style message
-    whose `content` blocks carry `.text` (and `tool_use` blocks)."""
-    if isinstance(reply, Completion):
-        return reply
-    if isinstance(reply, str):
-        return Completion(text=reply)
-    content = getattr(reply, "content", None)
-    if isinstance(content, str):
-        return Completion(text=content)
-    if isinstance(content, Sequence):
-        texts, calls = [], []
-        for block in content:
-            if getattr(block, "type", None) == "tool_use":
-                calls.append(
-                    ToolCall(
-                        id=str(block.id), name=str(block.name), arguments=dict(block.input or {})
-                    )
-                )
-            elif isinstance(getattr(block, "text", None), str):
-                texts.append(block.text)
-        return Completion(
-            text="".join(texts),
-            tool_calls=tuple(calls),
-            stop_reason="tool_calls" if calls else "end",
-        )
-    raise InvalidInputError(
-        f"the LLM client returned {type(reply).__name__}, which is not a reply",
-        hint="return a str, a gathering.llm.Completion, or a message with content blocks",
-    )
 
 
 class Agent:
@@ -183,10 +109,11 @@ class Agent:
         self._store = store
         self._history: list[HistoryEntry] = []
         self._saved: AgentRecord | None = None
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
-        from gathering.agents.memory import AgentMemory
+        # Built by its constructor, an agent starts a conversation of its own at its first
+        # turn; loaded or built from a record, it continues the stored current session.
+        self._fresh_session = True
+        self.event_bus: EventBus | None = None  # turn events go here when set (the API sets it)
+        from gathering.agents.agent_memory import AgentMemory
 
         self.memory: AgentMemory = AgentMemory(self)
 
@@ -223,7 +150,7 @@ class Agent:
         agent = cls.from_record(record, store=store, **kwargs)
         agent.session_id = await store.latest_session(record.id or 0)
         if agent.session_id is not None:
-            agent._history = await store.history(agent.session_id, limit=agent.history_window)
+            agent._history = await store.window(agent.session_id, agent.history_window)
         return agent
 
     @classmethod
@@ -241,6 +168,7 @@ class Agent:
         )
         agent.id = record.id
         agent._saved = agent.record()
+        agent._fresh_session = False
         return agent
 
     def record(self) -> AgentRecord:
@@ -273,6 +201,22 @@ class Agent:
             self._provider = get_provider(self.provider, self.model, **self._provider_config)
         return self._provider
 
+    def model_provider(self) -> LLMProvider:
+        """What the turn loop calls: a provider, with any other `llm=` object or a replaced
+        `gathering.agents.llm_client` wrapped into one (see `model_adapter`)."""
+        from gathering import agents as package  # looked up per turn: tests patch it
+
+        if self._llm is not None:
+            if is_provider(self._llm):
+                return self._llm  # type: ignore[no-any-return]
+            return ClientProvider(self._llm, name=self.provider, model=self.model)
+        provider: LLMProvider = self.llm_provider
+        if package.llm_client is not package.DEFAULT_CLIENT:
+            return ClientProvider(
+                package.llm_client, name=self.provider, model=self.model, provider=provider
+            )
+        return provider
+
     async def store(self) -> AgentStore:
         """The store this agent writes to (the configured database unless one was given)."""
         if self._store is None:
@@ -280,7 +224,7 @@ class Agent:
         return self._store
 
     async def save(self) -> None:
-        """Store the agent's definition (when it changed) and open a session if it has none.
+        """Store the agent's definition (when it changed); a new agent opens its session.
 
         A new agent is inserted (or takes over the stored agent of the same owner and name);
         a stored one is updated by id, so a deleted agent is never brought back.
@@ -294,17 +238,34 @@ class Agent:
         elif record != self._saved:
             await store.update_agent(record)
             self._saved = record
-        if self.session_id is None:
-            assert self.id is not None
-            self.session_id = await store.new_session(self.id)
+        if self._fresh_session:
+            await self.new_session()
+
+    async def ensure_saved(self) -> None:
+        """`save()` when something is to be saved, one call at a time for this object (in call
+        order, so concurrent first messages keep their order)."""
+        if self.id is not None and not self._fresh_session and self.record() == self._saved:
+            return
+        wait = TurnLimits.from_settings().busy_wait
+        async with local_turn_lock(("agent-object", id(self)), self.id or 0, wait=wait):
+            await self.save()
 
     async def new_session(self) -> str:
-        """Start a fresh conversation (the old one stays stored)."""
-        await self.save()
+        """Start a fresh conversation (the old one stays stored); waits for a running turn."""
+        if self.id is None:
+            self._fresh_session = False  # save() opens the session below, once
+            await self.save()
         assert self.id is not None
-        self.session_id = await (await self.store()).new_session(self.id)
+        store = await self.store()
+        async with store.conversation(self.id, wait=TurnLimits.from_settings().busy_wait) as conv:
+            self.session_id = await conv.new_session()
+        self._fresh_session = False
         self._history = []
         return self.session_id
+
+    def wants_new_session(self) -> bool:
+        """Whether the next turn must open a session first (checked under the turn lock)."""
+        return self._fresh_session
 
     # --- conversation -------------------------------------------------------------------
 
@@ -315,149 +276,39 @@ class Agent:
     async def _reply_text(self, text: str) -> str:
         return (await self.run(text)).text
 
-    async def run(self, text: str) -> TurnResult:
-        """One turn: store `text`, call the model (and tools) until it answers, store all."""
+    async def run(
+        self, text: str, *, idempotency_key: str | None = None, new_session: bool = False
+    ) -> TurnResult:
+        """One turn: store `text`, call the model (and tools) until it answers, store all.
+
+        With `idempotency_key`, a repeated call returns the stored result of the first one.
+        """
         result: TurnResult | None = None
-        async for event in self._turn(text, streaming=False):
+        async for event in self.stream(
+            text, idempotency_key=idempotency_key, new_session=new_session, _streaming=False
+        ):
             if isinstance(event, TurnResult):
                 result = event
         assert result is not None
         return result
 
-    async def stream(self, text: str) -> AsyncIterator[AgentEvent]:
+    async def stream(
+        self,
+        text: str,
+        *,
+        idempotency_key: str | None = None,
+        new_session: bool = False,
+        _streaming: bool = True,
+    ) -> AsyncIterator[AgentEvent]:
         """Like `run`, yielding text deltas and tool events as they happen, then the result."""
-        async for event in self._turn(text, streaming=True):
+        async for event in run_turn(
+            self,
+            text,
+            streaming=_streaming,
+            idempotency_key=idempotency_key,
+            new_session=new_session,
+        ):
             yield event
-
-    def turn_lock(self) -> asyncio.Lock:
-        """The lock that queues this agent's turns (one per event loop)."""
-        return self._lock()
-
-    def _lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = self._locks[loop] = asyncio.Lock()
-        return lock
-
-    async def _turn(self, text: str, *, streaming: bool) -> AsyncIterator[AgentEvent]:
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInputError("the message is empty")
-        # Messages to one agent are queued in arrival order (asyncio.Lock is FIFO).
-        async with self._lock():
-            await self.save()
-            await self._append([HistoryEntry(Message.user(text))])
-            system = await self.system_prompt(text)
-            specs = [tool.spec for tool in self.tools.values()]
-            usage, cost = Usage(), None
-            calls: list[ToolCall] = []
-            for iteration in range(1, self.max_iterations + 1):
-                messages = [Message.system(system), *self._window()]
-                completion: Completion | None = None
-                async for event in self._complete(messages, specs, streaming):
-                    if isinstance(event, Completion):
-                        completion = event
-                    else:
-                        yield event
-                assert completion is not None
-                usage = usage + completion.usage
-                if completion.cost_usd is not None:
-                    cost = (cost or 0.0) + completion.cost_usd
-                await self._append(
-                    [
-                        HistoryEntry(
-                            completion.message,
-                            completion.model or self.model,
-                            completion.usage,
-                            completion.cost_usd,
-                        )
-                    ]
-                )
-                if not completion.tool_calls:
-                    yield TurnResult(completion.text, "completed", iteration, usage, cost, calls)
-                    return
-                results = []
-                for call in completion.tool_calls:
-                    calls.append(call)
-                    yield ToolStarted(call)
-                    result = await self._run_tool(call)
-                    results.append(result)
-                    yield ToolFinished(result)
-                await self._append([HistoryEntry(Message.tool_outputs(results))])
-            note = (
-                f"Stopped after {self.max_iterations} model calls without a final answer "
-                "(max iterations reached)."
-            )
-            log.warning("agent reached max iterations", agent=self.name, limit=self.max_iterations)
-            yield TurnResult(note, "max_iterations", self.max_iterations, usage, cost, calls)
-
-    async def _complete(
-        self, messages: list[Message], specs: list[ToolSpec], streaming: bool
-    ) -> AsyncIterator[TextDelta | Completion]:
-        from gathering import agents as package  # looked up per call: tests patch it
-
-        tools = specs or None
-        options = self.options
-        if self._llm is None and package.llm_client is package.DEFAULT_CLIENT:
-            provider = self.llm_provider
-            if streaming:
-                async for event in provider.stream(messages, tools, **options):
-                    if isinstance(event, TextDelta):
-                        yield event
-                    elif isinstance(event, StreamDone):
-                        yield event.completion
-                return
-            yield await provider.generate(messages, tools, **options)
-            return
-        client = self._llm if self._llm is not None else package.llm_client
-        if self._llm is None:
-            reply = client.generate(messages, tools=tools, provider=self.llm_provider, **options)
-        else:
-            reply = client.generate(messages, tools=tools, **options)
-        if inspect.isawaitable(reply):
-            reply = await reply
-        completion = as_completion(reply)
-        if streaming and completion.text:
-            yield TextDelta(completion.text)
-        yield completion
-
-    async def _run_tool(self, call: ToolCall) -> ToolResult:
-        tool = self.tools.get(call.name)
-        if tool is None:
-            known = ", ".join(sorted(self.tools)) or "none"
-            return ToolResult(
-                call.id,
-                f"error: no tool named {call.name!r} (tools: {known})",
-                is_error=True,
-                name=call.name,
-            )
-        if call.invalid_arguments is not None:
-            return ToolResult(
-                call.id,
-                f"error: the arguments are not a JSON object: {call.invalid_arguments[:200]}",
-                is_error=True,
-                name=call.name,
-            )
-        try:
-            output = await tool.run(call.arguments)
-        except Exception as exc:  # the model hears about it and may retry
-            log.info("tool failed", tool=call.name, error=repr(exc))
-            return ToolResult(
-                call.id, f"error: {type(exc).__name__}: {exc}", is_error=True, name=call.name
-            )
-        return ToolResult(call.id, output, name=call.name)
-
-    async def _append(self, entries: list[HistoryEntry]) -> None:
-        assert self.session_id is not None
-        await (await self.store()).append(self.session_id, entries)
-        self._history.extend(entries)
-
-    def _window(self) -> list[Message]:
-        recent = self._history[-self.history_window :]
-        # Never start the window on a tool result: its call would be cut off.
-        while recent and recent[0].message.role == "tool":
-            recent = recent[1:]
-        return [entry.message for entry in recent]
 
     async def system_prompt(self, query: str | None = None) -> str:
         """The system prompt for the next call: persona, project, task, memories, resume note."""
@@ -470,12 +321,17 @@ class Agent:
         builder.set("resume", self.resume_note)
         return builder.build()
 
+    def remember_window(self, entries: list[HistoryEntry]) -> None:
+        """Keep `entries` (the session's window after a turn) as this object's history."""
+        self._history = entries
+        self._fresh_session = False
+
     def forget_history(self) -> None:
         """Empty the history loaded in this process (after the stored one was cleared)."""
         self._history = []
 
     def history(self) -> list[HistoryEntry]:
-        """The current session's messages as loaded in this process."""
+        """The current session's messages as this process last saw them (at most the window)."""
         return list(self._history)
 
     def cleanup(self) -> None:

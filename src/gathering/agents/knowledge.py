@@ -9,7 +9,18 @@ for hit in await kb.search("how do I roll back a release?", category="ops"):
 
 A document has a category and a scope ("global" by default; "agent", "circle" or "project"
 with a scope id). `owner_id` is whose knowledge it is: writes go to that owner (the local owner
-when None), reads see that owner's documents (everyone's when None).
+when None), reads see that owner's documents (everyone's when None). With `agent_id`, the
+knowledge base is that agent's view: its owner's global documents and those scoped to it.
+
+An agent's prompt draws on the part of that view its `KnowledgeScope` selects:
+
+```python
+scope = KnowledgeScope.from_value({"categories": ["ops"], "documents": [12]})  # or "all"
+section = await knowledge_for_prompt(
+    KnowledgeBase(db, agent_id=agent.id, embedder=embedder), scope, user_message,
+    budget_chars=2_000,
+)
+```
 """
 
 from __future__ import annotations
@@ -17,25 +28,30 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 from psycopg import sql
 
 from gathering.agents.retrieval import (
+    DEFAULT_EMBED_TIMEOUT,
+    MAX_QUERY_CHARS,
     CandidateSearch,
+    DegradedCallback,
     QueryParams,
     RankingWeights,
     Scope,
     ScopeLike,
+    ScopeRef,
     ScoreParts,
-    SemanticQuery,
+    check_embed_timeout,
     check_language,
     check_limit,
     check_text,
+    embed_query,
     embed_texts,
     embedding_model_name,
     ensure_language,
@@ -47,6 +63,7 @@ from gathering.agents.retrieval import (
     score_candidates,
     vector_literal,
 )
+from gathering.agents.system_prompt import format_knowledge_for_prompt
 from gathering.db.database import Database, Queries, Row
 from gathering.errors import InvalidInputError, NotFoundError
 from gathering.llm.embeddings import EmbeddingProvider
@@ -58,6 +75,8 @@ MAX_TITLE_CHARS = 500
 MAX_CATEGORY_CHARS = 100
 MAX_SOURCE_CHARS = 2_000
 MAX_METADATA_BYTES = 64_000
+MAX_SCOPE_ITEMS = 50  # categories, and documents, a `KnowledgeScope` may name
+_MAX_BIGINT = 2**63 - 1
 
 # Knowledge does not go stale the way memories do, and documents carry no importance.
 DEFAULT_KNOWLEDGE_WEIGHTS = RankingWeights(relevance=1.0, importance=0.0, recency=0.0)
@@ -244,6 +263,104 @@ def _check_category(category: str) -> str:
     return " ".join(category.split()).lower()
 
 
+def _check_categories(categories: Iterable[str], *, maximum: int | None) -> tuple[str, ...]:
+    """Category names as stored (lower-case, whitespace collapsed), without duplicates."""
+    if isinstance(categories, str) or not isinstance(categories, Iterable):
+        raise InvalidInputError(
+            "categories must be a list of category names", hint='e.g. ["ops", "hr"]'
+        )
+    items = list(categories)
+    if maximum is not None and len(items) > maximum:
+        raise InvalidInputError(f"at most {maximum} categories", hint='use "all" instead')
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidInputError(f"category {item!r:.80} is not text", hint='e.g. ["ops", "hr"]')
+    return tuple(dict.fromkeys(_check_category(category) for category in items))
+
+
+def _check_document_ids(document_ids: Iterable[int], *, maximum: int | None) -> tuple[int, ...]:
+    """Document ids (positive integers), without duplicates."""
+    if isinstance(document_ids, str | bytes) or not isinstance(document_ids, Iterable):
+        raise InvalidInputError("documents must be a list of document ids", hint="e.g. [12, 40]")
+    items = list(document_ids)
+    if maximum is not None and len(items) > maximum:
+        raise InvalidInputError(
+            f"at most {maximum} documents", hint="put them in a category and name it instead"
+        )
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 < item <= _MAX_BIGINT:
+            raise InvalidInputError(
+                f"document id {item!r} is not a positive integer", hint="e.g. [12, 40]"
+            )
+    return tuple(dict.fromkeys(items))
+
+
+KnowledgeScopeValue: TypeAlias = str | dict[str, list[str] | list[int]]
+_SCOPE_HINT = 'use "all", {"categories": ["ops"], "documents": [12]}, or null for no knowledge'
+
+
+@dataclass(frozen=True)
+class KnowledgeScope:
+    """The knowledge an agent's prompt draws on: documents in one of `categories` or among
+    `document_ids` (either may be empty); both empty means every document the agent sees.
+
+    Stored in the agent's settings as its JSON form (`to_value()`): "all", or
+    `{"categories": [...], "documents": [...]}`. Categories are stored lower-case.
+    """
+
+    categories: tuple[str, ...] = ()
+    document_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        categories = _check_categories(self.categories, maximum=MAX_SCOPE_ITEMS)
+        document_ids = _check_document_ids(self.document_ids, maximum=MAX_SCOPE_ITEMS)
+        object.__setattr__(self, "categories", categories)
+        object.__setattr__(self, "document_ids", document_ids)
+
+    @property
+    def is_all(self) -> bool:
+        """Whether this is every document the agent sees."""
+        return not self.categories and not self.document_ids
+
+    @classmethod
+    def from_value(cls, value: object) -> KnowledgeScope | None:
+        """The scope from its JSON form: None (no knowledge: returns None), "all", or a mapping
+        with "categories" and/or "documents" (not both empty); `InvalidInputError` otherwise."""
+        if value is None or isinstance(value, KnowledgeScope):
+            return value
+        if value == "all":
+            return cls()
+        if not isinstance(value, Mapping):
+            raise InvalidInputError(
+                f"knowledge {value!r:.80} is not a knowledge scope", hint=_SCOPE_HINT
+            )
+        unknown = sorted(str(key) for key in value if key not in ("categories", "documents"))
+        if unknown:
+            raise InvalidInputError(
+                f"unknown knowledge settings: {', '.join(unknown)}", hint=_SCOPE_HINT
+            )
+        categories, documents = value.get("categories"), value.get("documents")
+        try:
+            scope = cls(
+                categories=() if categories is None else categories,
+                document_ids=() if documents is None else documents,
+            )
+        except InvalidInputError as error:
+            error.hint = error.hint or _SCOPE_HINT
+            raise
+        if scope.is_all:
+            raise InvalidInputError(
+                "knowledge names no categories and no documents", hint=_SCOPE_HINT
+            )
+        return scope
+
+    def to_value(self) -> KnowledgeScopeValue:
+        """The JSON form `from_value` reads back."""
+        if self.is_all:
+            return "all"
+        return {"categories": list(self.categories), "documents": list(self.document_ids)}
+
+
 def _check_metadata(metadata: Mapping[str, Any] | None) -> str:
     if metadata is None:
         return "{}"
@@ -261,32 +378,60 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> str:
 
 
 class KnowledgeBase:
-    """Documents, chunked and searched by full text (and by meaning with an `embedder`)."""
+    """Documents, chunked and searched by full text (and by meaning with an `embedder`).
+
+    With `agent_id`, this is that agent's knowledge: reads see only its owner's global
+    documents and those scoped to the agent (an agent of another `owner_id` is not found), and
+    an agent-scoped document added without a scope id is the agent's. `search` gives the
+    query's embedding `embed_timeout` seconds; when the provider fails or is slower, it ranks
+    by full text alone and awaits `on_degraded(reason)`.
+    """
 
     def __init__(
         self,
         db: Queries,
         *,
         owner_id: int | None = None,
+        agent_id: int | None = None,
         embedder: EmbeddingProvider | None = None,
         language: str = "english",
         weights: RankingWeights = DEFAULT_KNOWLEDGE_WEIGHTS,
         target_chars: int = DEFAULT_TARGET_CHARS,
         overlap_chars: int = DEFAULT_OVERLAP_CHARS,
+        embed_timeout: float = DEFAULT_EMBED_TIMEOUT,
+        on_degraded: DegradedCallback | None = None,
     ) -> None:
         self.db = db
         self.owner_id = owner_id
+        self.agent_id = agent_id
         self.embedder = embedder
         self.language = check_language(language)
         self.weights = weights
         chunk_text("x", target_chars, overlap_chars)  # validates the sizes
         self.target_chars = target_chars
         self.overlap_chars = overlap_chars
+        self.embed_timeout = check_embed_timeout(embed_timeout)
+        self.on_degraded = on_degraded
+        self._agent_owner: int | None = None
         self._checked_language = False
         self._checked_vectors = False
 
     def __repr__(self) -> str:
-        return f"<KnowledgeBase owner={self.owner_id}>"
+        agent = f" agent={self.agent_id}" if self.agent_id is not None else ""
+        return f"<KnowledgeBase owner={self._agent_owner or self.owner_id}{agent}>"
+
+    async def _reader_owner(self) -> int | None:
+        """Whose documents this sees: the agent's owner with `agent_id`, else `owner_id`."""
+        if self.agent_id is None:
+            return self.owner_id
+        if self._agent_owner is None:
+            owner = await self.db.fetch_val(
+                "SELECT owner_id FROM agent.agents WHERE id = $1", self.agent_id
+            )
+            if owner is None or (self.owner_id is not None and int(owner) != self.owner_id):
+                raise NotFoundError(f"agent {self.agent_id} not found")
+            self._agent_owner = int(owner)
+        return self._agent_owner
 
     async def _prepare(self) -> EmbeddingProvider | None:
         if not self._checked_language:
@@ -311,12 +456,18 @@ class KnowledgeBase:
         title = " ".join(check_text(title, "the title", max_chars=MAX_TITLE_CHARS).split())
         check_text(content, "the document content", max_chars=MAX_DOCUMENT_CHARS)
         category = _check_category(category)
-        target_scope, target_id, agent_id = scope_target(scope, scope_id)
+        target_scope, target_id, agent_id = scope_target(
+            scope, scope_id, default_agent_id=self.agent_id
+        )
+        if self.agent_id is not None and target_scope == "agent" and agent_id != self.agent_id:
+            raise InvalidInputError(
+                f"this knowledge base belongs to agent {self.agent_id}, not agent {agent_id}"
+            )
         if source is not None:
             source = check_text(source, "the source", max_chars=MAX_SOURCE_CHARS).strip()
         encoded_metadata = _check_metadata(metadata)
         embedder = await self._prepare()
-        owner = self.owner_id
+        owner = await self._reader_owner()
         if agent_id is not None:
             agent_owner = await self.db.fetch_val(
                 "SELECT owner_id FROM agent.agents WHERE id = $1", agent_id
@@ -390,27 +541,28 @@ class KnowledgeBase:
             yield self.db
 
     async def get_document(self, document_id: int, *, include_content: bool = True) -> Document:
-        """One document; `NotFoundError` when it does not exist or belongs to someone else."""
+        """One document; `NotFoundError` when it does not exist or this cannot see it."""
+        params = QueryParams()
         select = sql.SQL(
-            "SELECT {columns}{content} FROM agent.documents d"
-            " WHERE d.id = $1 AND ($2::bigint IS NULL OR d.owner_id = $2)"
+            "SELECT {columns}{content} FROM agent.documents d WHERE d.id = {id} AND {where}"
         ).format(
             columns=_DOCUMENT_COLUMNS,
             content=sql.SQL(", d.content" if include_content else ""),
+            id=params(document_id),
+            where=self._where(params, await self._reader_owner()),
         )
-        row = await self.db.fetch_one(select.as_string(), document_id, self.owner_id)
+        row = await self.db.fetch_one(select.as_string(), *params.values)
         if row is None:
             raise NotFoundError(f"document {document_id} not found")
         return Document.from_row(row)
 
     async def delete_document(self, document_id: int) -> None:
         """Delete a document and its chunks; `NotFoundError` when there is none."""
-        deleted = await self.db.fetch_val(
-            "DELETE FROM agent.documents WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)"
-            " RETURNING id",
-            document_id,
-            self.owner_id,
-        )
+        params = QueryParams()
+        delete = sql.SQL(
+            "DELETE FROM agent.documents AS d WHERE d.id = {id} AND {where} RETURNING d.id"
+        ).format(id=params(document_id), where=self._where(params, await self._reader_owner()))
+        deleted = await self.db.fetch_val(delete.as_string(), *params.values)
         if deleted is None:
             raise NotFoundError(f"document {document_id} not found")
 
@@ -432,7 +584,7 @@ class KnowledgeBase:
             " ORDER BY d.created_at DESC, d.id DESC LIMIT {limit} OFFSET {offset}"
         ).format(
             columns=_DOCUMENT_COLUMNS,
-            where=self._where(params, category, scopes),
+            where=self._where(params, await self._reader_owner(), category=category, scopes=scopes),
             limit=params(limit),
             offset=params(offset),
         )
@@ -440,14 +592,33 @@ class KnowledgeBase:
         return [Document.from_row(row) for row in rows]
 
     def _where(
-        self, params: QueryParams, category: str | None, scopes: Iterable[ScopeLike] | None
+        self,
+        params: QueryParams,
+        owner: int | None,
+        *,
+        category: str | None = None,
+        scopes: Iterable[ScopeLike] | None = None,
+        categories: tuple[str, ...] | None = None,
+        document_ids: tuple[int, ...] | None = None,
     ) -> sql.Composed:
-        """Conditions on the documents `d` of this owner, category and scopes."""
+        """Conditions on the documents `d` this sees, of `owner` (None: anyone's), in
+        `category` and `scopes`, and in one of `categories` or among `document_ids`."""
         conditions: list[sql.Composable] = [
             sql.SQL("({owner}::bigint IS NULL OR d.owner_id = {owner})").format(
-                owner=params(self.owner_id)
-            )
+                owner=params(owner)
+            ),
+            sql.SQL(
+                "(({categories}::text[] IS NULL AND {ids}::bigint[] IS NULL)"
+                " OR coalesce(d.category = ANY({categories}::text[]), false)"
+                " OR coalesce(d.id = ANY({ids}::bigint[]), false))"
+            ).format(
+                categories=params(None if categories is None else list(categories)),
+                ids=params(None if document_ids is None else list(document_ids)),
+            ),
         ]
+        if self.agent_id is not None:
+            visible = [ScopeRef("global"), ScopeRef("agent", str(self.agent_id))]
+            conditions.append(scope_filter(params, visible, alias="d"))
         if category is not None:
             conditions.append(
                 sql.SQL("d.category = {category}").format(
@@ -467,26 +638,51 @@ class KnowledgeBase:
         category: str | None = None,
         scopes: Iterable[ScopeLike] | None = None,
         *,
+        categories: Iterable[str] | None = None,
+        document_ids: Iterable[int] | None = None,
         min_score: float = 0.0,
     ) -> list[KnowledgeHit]:
         """The chunks that best answer `query`, best first.
 
         `scopes` (e.g. `["global", ("circle", "c-1"), ScopeRef("agent", "7")]`) keeps only
-        documents in those scopes; None searches every scope of the owner.
+        documents in those scopes; None searches every scope of the owner. `categories` and
+        `document_ids` select documents: those in one of the categories or among the ids
+        (None: no selection; an empty list selects nothing). An embedding failure or timeout
+        does not fail the search: it ranks by full text alone (see `embed_query`).
         """
-        query = check_text(query, "the query", max_chars=4_000)
+        query = check_text(query, "the query", max_chars=MAX_QUERY_CHARS)
         limit = check_limit(limit)
         if not isinstance(min_score, int | float) or not 0 <= min_score <= 1:
             raise InvalidInputError("min_score must be a number from 0 to 1")
+        selected_categories = (
+            None if categories is None else _check_categories(categories, maximum=None)
+        )
+        selected_ids = (
+            None if document_ids is None else _check_document_ids(document_ids, maximum=None)
+        )
         embedder = await self._prepare()
+        owner = await self._reader_owner()
         semantic = None
         if embedder is not None:
-            (vector,) = await embed_texts(embedder, [query])
-            semantic = SemanticQuery(vector, embedding_model_name(embedder))
+            semantic = await embed_query(
+                embedder,
+                query,
+                time_limit=self.embed_timeout,
+                on_degraded=self.on_degraded,
+                fallback="full-text search only",
+            )
         params = QueryParams()
+        where = self._where(
+            params,
+            owner,
+            category=category,
+            scopes=scopes,
+            categories=selected_categories,
+            document_ids=selected_ids,
+        )
         search = CandidateSearch(
             source=sql.SQL("agent.chunks t JOIN agent.documents d ON d.id = t.document_id"),
-            where=self._where(params, category, scopes),
+            where=where,
             select=_HIT_COLUMNS,
             created_column=sql.SQL("d.created_at"),
             params=params,
@@ -523,31 +719,36 @@ class KnowledgeBase:
         return hits
 
 
-def format_knowledge_for_prompt(
-    hits: Sequence[KnowledgeHit],
-    budget_chars: int = 4_000,
+# --- in an agent's prompt -------------------------------------------------------------------
+
+
+async def knowledge_for_prompt(
+    kb: KnowledgeBase,
+    scope: KnowledgeScope,
+    query: str,
     *,
-    heading: str = "Relevant knowledge (most relevant first):",
-) -> str:
-    """Search hits as a prompt section of at most `budget_chars` characters: a `heading` line
-    (none when empty), then each passage quoted after its document title and part number;
-    "" when nothing fits."""
-    if budget_chars < 0:
-        raise InvalidInputError("budget_chars must be >= 0")
-    parts = [heading] if heading else []
-    used = len(heading)
-    for hit in hits:
-        text = " ".join(hit.content.split())
-        block = f'\n[{hit.document_title}, part {hit.seq + 1}]\n"{text}"'
-        if used + len(block) <= budget_chars:
-            parts.append(block)
-            used += len(block)
-            continue
-        room = budget_chars - used
-        header = f'\n[{hit.document_title}, part {hit.seq + 1}]\n"'
-        if room - len(header) >= 80:
-            parts.append(header + text[: room - len(header) - 2].rstrip() + '…"')
-        break
-    if len(parts) <= (1 if heading else 0):
-        return ""
-    return "".join(parts) if heading else "".join(parts).removeprefix("\n")
+    budget_chars: int,
+    limit: int = 5,
+) -> str | None:
+    """The passages of `scope` that best answer `query`, as a prompt section of at most
+    `budget_chars` characters (each quoted after its document title and part, no heading); None
+    when the query is blank or nothing matches.
+
+    `kb` decides what may be seen (pass `agent_id` for an agent: its owner's global documents
+    and its own). Only the first 4,000 characters of the query are searched. While embeddings
+    are down this searches by full text alone (and `kb.on_degraded` hears why).
+    """
+    if not isinstance(query, str):
+        raise InvalidInputError("the query must be text")
+    if isinstance(budget_chars, bool) or not isinstance(budget_chars, int) or budget_chars < 0:
+        raise InvalidInputError("budget_chars must be an integer >= 0")
+    text = " ".join(query.replace("\x00", " ").split())[:MAX_QUERY_CHARS]
+    if not text or budget_chars == 0:
+        return None
+    hits = await kb.search(
+        text,
+        limit,
+        categories=scope.categories or None,
+        document_ids=scope.document_ids or None,
+    )
+    return format_knowledge_for_prompt(hits, budget_chars, heading="") or None

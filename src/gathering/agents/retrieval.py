@@ -5,7 +5,8 @@ Candidates come from two channels over the rows a caller may see:
 - **full text** (always): the query through `websearch_to_tsquery` (safe with any input); when
   that strict query matches nothing, a loose OR of the query's words;
 - **semantic** (when an embedding provider is configured): the nearest vectors by cosine
-  distance (pgvector), comparing only vectors made by the same model.
+  distance (pgvector), comparing only vectors made by the same model. When the provider fails
+  or is slow, a search runs on full text alone (`embed_query`).
 
 Each candidate then gets a score in [0, 1], a weighted sum of relevance, importance and recency
 (see `RankingWeights` and docs/memory.md).
@@ -13,12 +14,14 @@ Each candidate then gets a score in [0, 1], a weighted sum of relevance, importa
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, get_args
 
+import structlog
 from psycopg import sql
 
 from gathering.db.database import Queries, Row
@@ -32,7 +35,14 @@ MatchKind: TypeAlias = Literal["strict", "loose", "semantic"]
 MAX_QUERY_CHARS = 4_000
 MAX_SCOPE_ID_CHARS = 200
 EMBEDDING_BATCH_SIZE = 64
+DEFAULT_EMBED_TIMEOUT = 10.0
 _CONFIG_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# Told why a search ran on full text alone, e.g.
+# "embeddings unavailable (provider_unavailable): full-text recall only".
+DegradedCallback: TypeAlias = Callable[[str], Awaitable[None]]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -433,6 +443,54 @@ async def embed_texts(
     if not all(math.isfinite(x) for vector in vectors for x in vector):
         raise LLMError(f"{embedder.name} returned a vector with non-finite values")
     return vectors
+
+
+def check_embed_timeout(timeout: float) -> float:
+    """`timeout` when it is a usable number of seconds (finite and > 0)."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise InvalidInputError("embed_timeout must be a number of seconds > 0")
+    return float(timeout)
+
+
+async def embed_query(
+    embedder: EmbeddingProvider,
+    query: str,
+    *,
+    time_limit: float,
+    on_degraded: DegradedCallback | None,
+    fallback: str,
+) -> SemanticQuery | None:
+    """The query's vector, or None when the provider fails (`LLMError`) or takes longer than
+    `time_limit` seconds (its retries included): the search then runs on full text alone.
+
+    That degradation is logged once (a warning with the error code, never the message, which
+    may quote a key) and reported to `on_degraded` as
+    "embeddings unavailable (<code>): <fallback>". Cancellation propagates.
+    """
+    try:
+        async with asyncio.timeout(time_limit):
+            (vector,) = await embed_texts(embedder, [query])
+    except LLMError as error:
+        code = error.code
+    except TimeoutError:
+        code = "timeout"
+    else:
+        return SemanticQuery(vector, embedding_model_name(embedder))
+    log.warning(
+        "embeddings_degraded",
+        provider=embedder.name,
+        model=embedder.model,
+        error=code,
+        fallback=fallback,
+    )
+    if on_degraded is not None:
+        await on_degraded(f"embeddings unavailable ({code}): {fallback}")
+    return None
 
 
 @dataclass(frozen=True)

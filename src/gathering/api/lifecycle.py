@@ -142,6 +142,34 @@ class EventBusComponent(Component):
         return Health(True, f"listening, cursor {bus.cursor}")
 
 
+class BackgroundWorkComponent(Component):
+    """Work that outlives its request (a streamed turn whose client left): stopped first, it
+    gets the whole shutdown timeout to finish before the event bus and the database close."""
+
+    name = "background"
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.stop_timeout = state.settings.shutdown_timeout + 5
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        running = set(self.state.background)
+        if not running:
+            return
+        _, pending = await asyncio.wait(running, timeout=self.state.settings.shutdown_timeout)
+        if pending:
+            log.warning("background work cut off at shutdown", tasks=len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
+
+    async def health(self) -> Health:
+        return Health(True, f"{len(self.state.background)} running")
+
+
 class DutyComponent(Component):
     """A `SingletonDuty` (leader-only work under an advisory lock) as a component.
 

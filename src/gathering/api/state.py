@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 
 import structlog
 
 from gathering.agents import Agent
 from gathering.api.draining import DrainState
-from gathering.api.lifecycle import DatabaseComponent, EventBusComponent, Lifecycle
+from gathering.api.lifecycle import (
+    BackgroundWorkComponent,
+    DatabaseComponent,
+    EventBusComponent,
+    Lifecycle,
+)
 from gathering.config import Settings
 from gathering.db import Database
 from gathering.events import EventBus
@@ -33,10 +40,13 @@ class AppState:
         self.drain = DrainState()
         # Live agents by id, so concurrent messages to one agent queue on one lock.
         self.agents: OrderedDict[int, Agent] = OrderedDict()
-        # Work that outlives its request (e.g. a streamed turn whose client left).
+        # Work that outlives its request (e.g. a streamed turn whose client left); drain
+        # counts it as in flight.
         self.background: set[asyncio.Task[None]] = set()
         self._events: EventBus | None = None
-        self.lifecycle = Lifecycle([DatabaseComponent(self), EventBusComponent(self)])
+        self.lifecycle = Lifecycle(
+            [DatabaseComponent(self), EventBusComponent(self), BackgroundWorkComponent(self)]
+        )
 
     async def database(self) -> Database:
         """The connected, migrated database of this app."""
@@ -93,10 +103,20 @@ class AppState:
             self._database if self._database is not None and self._database.is_connected else None
         )
 
+    def run_in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` past the end of its request; drain and shutdown wait for it."""
+        task = asyncio.create_task(work, name=name)
+        self.background.add(task)
+        self.drain.request_started()
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self.background.discard(done)
+            self.drain.request_finished()
+
+        task.add_done_callback(finished)
+
     async def close(self) -> None:
-        """Release what this app opened (after work still running has had its chance)."""
-        if self.background:
-            await asyncio.wait(set(self.background), timeout=self.settings.shutdown_timeout)
+        """Release what this app opened (background work was given its time before)."""
         await self.close_event_bus()
         if self._database is not None and self._owns_database:
             await self._database.disconnect()

@@ -118,17 +118,24 @@ class Queries:
         return next(iter(row.values())) if row else None
 
 
-class Transaction(Queries):
-    """Queries run on one connection inside one transaction (see `Database.transaction`)."""
+class OnConnection(Queries):
+    """Queries run on one borrowed connection; in autocommit, each is its own transaction."""
 
     def __init__(self, conn: Connection) -> None:
         self.connection = conn
-        # Tasks spawned inside the block inherit the context; only the owner uses this connection.
-        self.owner = asyncio.current_task()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
         yield self.connection
+
+
+class Transaction(OnConnection):
+    """Queries run on one connection inside one transaction (see `Database.transaction`)."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        # Tasks spawned inside the block inherit the context; only the owner uses this connection.
+        self.owner = asyncio.current_task()
 
 
 class Database(Queries):

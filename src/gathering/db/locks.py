@@ -56,31 +56,73 @@ def _unavailable(key: LockKey, exc: BaseException) -> LockUnavailableError:
 
 @asynccontextmanager
 async def session_lock(
-    db: Database, key: LockKey, *, wait: bool = False
+    db: Database, key: LockKey, *, wait: bool = False, wait_at_most: float | None = None
 ) -> AsyncIterator[Connection | None]:
     """Hold `key` for the block on a dedicated connection; yield it, or None when busy.
 
-    With `wait=True` it blocks until the lock is free. Raises `LockUnavailableError` when the
-    database cannot be reached.
+    With `wait=True` it blocks until the lock is free, or for at most `wait_at_most` seconds (then
+    it yields None). Raises `LockUnavailableError` when the database cannot be reached.
     """
+    body_failed = False  # errors of the guarded block pass through unchanged
     try:
         async with db.connection() as conn:
-            function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
-            cur = await conn.execute(f"SELECT {function}($1) AS ok", (key.value,))
-            row = await cur.fetchone()
-            acquired = wait or bool(row and row["ok"])
+            acquired = await _acquire(conn, key, wait=wait, wait_at_most=wait_at_most)
             try:
                 yield conn if acquired else None
+            except BaseException:
+                body_failed = True
+                raise
             finally:
-                if acquired and not conn.closed and not conn.broken:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", (key.value,))
+                if acquired:
+                    await _release(conn, key)
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        if body_failed:
+            raise
         raise _unavailable(key, exc) from exc
     except LockUnavailableError:
         raise
     except GatheringError as exc:
-        if exc.http_status == 503:
+        if exc.http_status == 503 and not body_failed:
             raise _unavailable(key, exc) from exc
+        raise
+
+
+async def _acquire(
+    conn: Connection, key: LockKey, *, wait: bool, wait_at_most: float | None
+) -> bool:
+    cur = await conn.execute("SELECT pg_try_advisory_lock($1) AS ok", (key.value,))
+    row = await cur.fetchone()
+    if (row and row["ok"]) or not wait:
+        return bool(row and row["ok"])
+    if wait_at_most is not None and wait_at_most <= 0:
+        return False
+    try:
+        if wait_at_most is None:
+            await conn.execute("SELECT pg_advisory_lock($1)", (key.value,))
+            return True
+        # lock_timeout bounds the wait inside the server; the session keeps no setting after.
+        milliseconds = f"{wait_at_most * 1000:.0f}"
+        await conn.execute("SELECT set_config('lock_timeout', $1, false)", (milliseconds,))
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", (key.value,))
+        except psycopg.errors.LockNotAvailable:
+            return False
+        finally:
+            if not conn.closed and not conn.broken:
+                await conn.execute("SELECT set_config('lock_timeout', '0', false)")
+        return True
+    except BaseException:
+        await conn.close()  # a wait cut short: a closed session holds no lock
+        raise
+
+
+async def _release(conn: Connection, key: LockKey) -> None:
+    if conn.closed or conn.broken:
+        return  # the server released the lock with the session
+    try:
+        await conn.execute("SELECT pg_advisory_unlock($1)", (key.value,))
+    except BaseException:
+        await conn.close()
         raise
 
 
@@ -155,7 +197,10 @@ class SingletonDuty:
         while True:
             # A session lock lives as long as its connection: a live connection proves the
             # lock is still ours, a dead one raises and stops the duty.
-            await conn.execute("SELECT 1")
+            try:
+                await conn.execute("SELECT 1")
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise _unavailable(self.key, exc) from exc
             self.holding = True
             await self.work()
             self.runs += 1

@@ -10,13 +10,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gathering.agents import (
     Agent,
     AgentRecord,
+    HistoryEntry,
     Persona,
     PostgresAgentStore,
     ToolFinished,
@@ -33,7 +34,7 @@ from gathering.api.security import (
     require_scope,
 )
 from gathering.db import Database
-from gathering.errors import GatheringError, NotFoundError
+from gathering.errors import GatheringError, InvalidInputError, NotFoundError
 from gathering.events import Event
 from gathering.llm import TextDelta, default_model, default_provider_name, known_providers
 
@@ -45,6 +46,18 @@ can_write = require_scope("agents:write")
 
 LIVE_AGENTS = 256  # agents kept in memory per process (least recently used leave first)
 AgentId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The agent's id")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Send the same key again (e.g. after a timeout) to get the stored reply "
+        "of the first request instead of a second turn.",
+    ),
+]
+TEST_PROVIDERS = frozenset({"scripted"})  # accepted only with GATHERING_ENV=development
 
 
 def _check_provider(value: str | None) -> str | None:
@@ -117,11 +130,15 @@ class ChatResponse(BaseModel):
     usage: UsageOut
     cost_usd: float | None
     session_id: str
+    turn_id: str | None = None
+    replayed: bool = Field(
+        default=False, description="True when this is the stored reply to a repeated key"
+    )
     tool_calls: list[dict[str, Any]]
 
 
 class HistoryMessage(BaseModel):
-    role: str
+    role: str = Field(description="system, user, assistant, tool, or error (a failed turn)")
     content: str
     tool_calls: list[dict[str, Any]] = []
     tool_results: list[dict[str, Any]] = []
@@ -171,13 +188,24 @@ async def _owned(
     return record
 
 
+def _check_test_provider(request: Request, provider: str | None) -> None:
+    if provider in TEST_PROVIDERS and app_state(request).settings.env != "development":
+        raise InvalidInputError(
+            f"the {provider} provider is for tests and demos only",
+            hint="set GATHERING_ENV=development to use it through the API",
+        )
+
+
 async def _live_agent(request: Request, record: AgentRecord, db: Database) -> Agent:
-    """The process-wide `Agent` for `record`, so its messages queue in one line."""
-    live = app_state(request).agents
+    """This process's `Agent` for `record` (kept so its provider client is reused). Turns are
+    serialised by agent id, so replacing or evicting this object never lets two run at once."""
+    state = app_state(request)
+    live = state.agents
     assert record.id is not None
     agent = live.get(record.id)
     if agent is None or agent.record() != replace(record, created_at=None):
-        agent = await Agent.load(record.id, store=PostgresAgentStore(db))
+        agent = Agent.from_record(record, store=PostgresAgentStore(db))
+        agent.event_bus = await state.event_bus()
         live[record.id] = agent
     live.move_to_end(record.id)
     while len(live) > LIVE_AGENTS:
@@ -201,6 +229,7 @@ async def create_agent(
     db: Database = Depends(get_db),
 ) -> AgentOut:
     provider = body.provider or default_provider_name()
+    _check_test_provider(request, provider)
     agent = Agent(
         body.name,
         provider,
@@ -238,6 +267,7 @@ async def update_agent(
     record = await _owned(request, principal, db, agent_id)
     agent = Agent.from_record(record)  # keeps every setting the body does not change
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    _check_test_provider(request, changes.get("provider"))
     if "name" in changes:
         agent.name = changes["name"].strip()
     if "provider" in changes and changes["provider"] != agent.provider:
@@ -275,18 +305,13 @@ async def delete_agent(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def _chatting(
-    request: Request, principal: Principal, db: Database, agent_id: int, body: ChatRequest
-) -> Agent:
-    """The live agent a chat request talks to, in a new session when the body asks for one."""
-    agent = await _live_agent(request, await _owned(request, principal, db, agent_id), db)
-    if body.new_session:
-        await agent.new_session()
-    return agent
+async def _chatting(request: Request, principal: Principal, db: Database, agent_id: int) -> Agent:
+    """The live agent a chat request talks to."""
+    return await _live_agent(request, await _owned(request, principal, db, agent_id), db)
 
 
-def _chat_response(agent: Agent, result: TurnResult) -> ChatResponse:
-    assert agent.session_id is not None
+def _chat_response(result: TurnResult) -> ChatResponse:
+    assert result.session_id is not None
     return ChatResponse(
         reply=result.text,
         outcome=result.outcome,
@@ -295,21 +320,37 @@ def _chat_response(agent: Agent, result: TurnResult) -> ChatResponse:
             input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens
         ),
         cost_usd=result.cost_usd,
-        session_id=agent.session_id,
+        session_id=result.session_id,
+        turn_id=result.turn_id,
+        replayed=result.replayed,
         tool_calls=[call.to_dict() for call in result.tool_calls],
     )
 
 
-@router.post("/{agent_id}/chat", summary="Send a message; the reply comes back with its usage")
+_CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {"description": "agent_busy (with Retry-After), or a reused idempotency key"},
+    503: {"description": "the model or the database is unavailable (provider_busy: Retry-After)"},
+}
+
+
+@router.post(
+    "/{agent_id}/chat",
+    summary="Send a message; the reply comes back with its usage",
+    responses=_CHAT_ERRORS,
+)
 async def chat(
     request: Request,
     agent_id: AgentId,
     body: ChatRequest,
+    idempotency_key: IdempotencyKey = None,
     principal: Principal = Depends(can_write),
     db: Database = Depends(get_db),
 ) -> ChatResponse:
-    agent = await _chatting(request, principal, db, agent_id, body)
-    return _chat_response(agent, await agent.run(body.message))
+    agent = await _chatting(request, principal, db, agent_id)
+    result = await agent.run(
+        body.message, idempotency_key=idempotency_key, new_session=body.new_session
+    )
+    return _chat_response(result)
 
 
 def _sse(event: str, data: Any) -> str:
@@ -324,17 +365,19 @@ def _sse(event: str, data: Any) -> str:
         200: {
             "content": {"text/event-stream": {}},
             "description": "events: delta, tool_call, tool_result, done, error",
-        }
+        },
+        **_CHAT_ERRORS,
     },
 )
 async def chat_stream(
     request: Request,
     agent_id: AgentId,
     body: ChatRequest,
+    idempotency_key: IdempotencyKey = None,
     principal: Principal = Depends(can_write),
     db: Database = Depends(get_db),
 ) -> StreamingResponse:
-    agent = await _chatting(request, principal, db, agent_id, body)
+    agent = await _chatting(request, principal, db, agent_id)
 
     # The turn runs in its own task: a client that disconnects mid-stream does not cut it
     # short, so the reply is still stored and the next message finds a whole conversation.
@@ -342,7 +385,9 @@ async def chat_stream(
 
     async def turn() -> None:
         try:
-            async for event in agent.stream(body.message):
+            async for event in agent.stream(
+                body.message, idempotency_key=idempotency_key, new_session=body.new_session
+            ):
                 if isinstance(event, TextDelta):
                     frames.put_nowait(_sse("delta", {"text": event.text}))
                 elif isinstance(event, ToolStarted):
@@ -350,7 +395,7 @@ async def chat_stream(
                 elif isinstance(event, ToolFinished):
                     frames.put_nowait(_sse("tool_result", event.result.to_dict()))
                 else:
-                    frames.put_nowait(_sse("done", _chat_response(agent, event).model_dump()))
+                    frames.put_nowait(_sse("done", _chat_response(event).model_dump()))
         except GatheringError as exc:
             frames.put_nowait(_sse("error", public_error(exc)))
         except Exception:
@@ -367,10 +412,7 @@ async def chat_stream(
         finally:
             frames.put_nowait(None)
 
-    task = asyncio.create_task(turn(), name=f"chat-stream:{agent_id}")
-    running = app_state(request).background
-    running.add(task)
-    task.add_done_callback(running.discard)
+    app_state(request).run_in_background(turn(), name=f"chat-stream:{agent_id}")
 
     async def events() -> AsyncIterator[str]:
         while (frame := await frames.get()) is not None:
@@ -401,7 +443,12 @@ async def history(
     session_id = await store.latest_session(record.id)
     if session_id is None:
         return []
-    return [
-        HistoryMessage(**entry.message.to_dict(), model=entry.model, created_at=entry.created_at)
-        for entry in await store.history(session_id, limit=limit)
-    ]
+    return [_history_message(entry) for entry in await store.history(session_id, limit=limit)]
+
+
+def _history_message(entry: HistoryEntry) -> HistoryMessage:
+    body = entry.message.to_dict()
+    body["role"] = entry.role
+    if entry.error is not None:
+        body["content"] = entry.error
+    return HistoryMessage(**body, model=entry.model, created_at=entry.created_at)

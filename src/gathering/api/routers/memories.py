@@ -24,7 +24,7 @@ from gathering.agents.knowledge import (
     KnowledgeBase,
     KnowledgeHit,
 )
-from gathering.agents.memory_store import (
+from gathering.agents.long_term_memory import (
     MAX_MEMORY_CHARS,
     MAX_TAG_CHARS,
     MAX_TAGS,

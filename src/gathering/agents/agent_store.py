@@ -1,21 +1,34 @@
-"""Where agents, their sessions and every message live: PostgreSQL, or memory for scratch use."""
+"""Where agents live: their definitions, and access to their conversations (PostgreSQL, or
+memory for scratch use)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from psycopg.types.json import Jsonb
 
+from gathering.agents.conversation_store import (
+    Conversation,
+    HistoryEntry,
+    InMemoryConversation,
+    MemorySession,
+    MemoryTurn,
+    PostgresConversation,
+    WindowCache,
+    stored_history,
+    stored_window,
+)
+from gathering.agents.turn_lock import busy, local_turn_lock
 from gathering.db import Database, Row
-from gathering.db.database import Queries
+from gathering.db.database import OnConnection
+from gathering.db.locks import LockKey, session_lock
 from gathering.errors import NotFoundError
-from gathering.llm import Message, Usage
 
 
 @dataclass(frozen=True)
@@ -29,17 +42,6 @@ class AgentRecord:
     config: Mapping[str, Any] = field(default_factory=dict)
     id: int | None = None
     owner_id: int | None = None
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One stored message, with what it cost when it came from a model."""
-
-    message: Message
-    model: str | None = None
-    usage: Usage | None = None
-    cost_usd: float | None = None
     created_at: datetime | None = None
 
 
@@ -66,24 +68,23 @@ class AgentStore(Protocol):
         """Delete an agent with its sessions and messages."""
         ...
 
-    async def new_session(self, agent_id: int) -> str:
-        """Open a new session; return its id."""
+    def conversation(
+        self, agent_id: int, *, wait: float
+    ) -> AbstractAsyncContextManager[Conversation]:
+        """Hold the agent's turn lock (waiting at most `wait` seconds, else `AgentBusyError`)
+        and give its current session."""
         ...
 
     async def latest_session(self, agent_id: int) -> str | None:
-        """The most recently active session, if any."""
-        ...
-
-    async def append(self, session_id: str, entries: Sequence[HistoryEntry]) -> None:
-        """Append entries, in order, atomically."""
+        """The current (newest) session, if any."""
         ...
 
     async def history(self, session_id: str, *, limit: int | None = None) -> list[HistoryEntry]:
-        """The session's messages in order (the last `limit` ones, when given)."""
+        """The session's stored entries in order (the last `limit` ones, when given)."""
         ...
 
-    async def clear(self, session_id: str) -> None:
-        """Remove every message of the session."""
+    async def window(self, session_id: str, limit: int) -> list[HistoryEntry]:
+        """The last `limit` messages of the session a model may see (no failed turns)."""
         ...
 
 
@@ -98,21 +99,6 @@ def _record(row: Row) -> AgentRecord:
         owner_id=row["owner_id"],
         created_at=row["created_at"],
     )
-
-
-def _entry(row: Row) -> HistoryEntry:
-    message = Message.from_dict(
-        {
-            "role": row["role"],
-            "content": row["content"],
-            "tool_calls": row["tool_calls"],
-            "tool_results": row["tool_results"],
-        }
-    )
-    usage = None
-    if row["input_tokens"] is not None or row["output_tokens"] is not None:
-        usage = Usage(row["input_tokens"] or 0, row["output_tokens"] or 0)
-    return HistoryEntry(message, row["model"], usage, row["cost_usd"], row["created_at"])
 
 
 _INSERT_AGENT = (
@@ -213,63 +199,40 @@ class PostgresAgentStore:
         if row is None:
             raise NotFoundError(f"no agent {agent_id}")
 
-    async def new_session(self, agent_id: int) -> str:
-        session_id = await self.db.fetch_val(
-            "INSERT INTO agent.sessions (agent_id) VALUES ($1) RETURNING id", agent_id
-        )
-        return str(session_id)
+    @asynccontextmanager
+    async def conversation(self, agent_id: int, *, wait: float) -> AsyncIterator[Conversation]:
+        async with local_turn_lock(self.db.url, agent_id, wait=wait) as left:
+            key = LockKey("agent-turn", str(agent_id))
+            async with session_lock(self.db, key, wait=True, wait_at_most=left) as conn:
+                if conn is None:
+                    raise busy(agent_id, wait)
+                # Every statement of the turn runs on the connection that holds the lock: if
+                # it is lost, the turn's writes fail rather than race another holder.
+                conversation = PostgresConversation(OnConnection(conn), agent_id, _cache(self.db))
+                yield await conversation.open()
 
     async def latest_session(self, agent_id: int) -> str | None:
         session_id = await self.db.fetch_val(
-            "SELECT id FROM agent.sessions WHERE agent_id = $1"
-            " ORDER BY updated_at DESC, created_at DESC LIMIT 1",
+            "SELECT id FROM agent.sessions WHERE agent_id = $1 ORDER BY created_at DESC LIMIT 1",
             agent_id,
         )
         return str(session_id) if session_id is not None else None
 
-    async def append(self, session_id: str, entries: Sequence[HistoryEntry]) -> None:
-        if len(entries) == 1:
-            await self._insert(self.db, session_id, entries[0])
-            return
-        async with self.db.transaction() as tx:
-            for entry in entries:
-                await self._insert(tx, session_id, entry)
-
-    @staticmethod
-    async def _insert(target: Queries, session_id: str, entry: HistoryEntry) -> None:
-        # One statement: bumping the session's counter takes its row lock, so writers from
-        # several processes number the messages of a session without gaps or duplicates.
-        body = entry.message.to_dict()
-        row = await target.execute(
-            "WITH s AS (UPDATE agent.sessions SET last_seq = last_seq + 1, updated_at = now()"
-            " WHERE id = $1 RETURNING last_seq)"
-            " INSERT INTO agent.messages (session_id, seq, role, content, tool_calls,"
-            " tool_results, model, input_tokens, output_tokens, cost_usd)"
-            " SELECT $1, s.last_seq, $2, $3, $4, $5, $6, $7, $8, $9 FROM s RETURNING seq",
-            session_id,
-            body["role"],
-            body["content"],
-            Jsonb(body.get("tool_calls", [])),
-            Jsonb(body.get("tool_results", [])),
-            entry.model,
-            entry.usage.input_tokens if entry.usage else None,
-            entry.usage.output_tokens if entry.usage else None,
-            entry.cost_usd,
-        )
-        if row is None:
-            raise NotFoundError(f"no session {session_id}")
-
     async def history(self, session_id: str, *, limit: int | None = None) -> list[HistoryEntry]:
-        rows = await self.db.fetch_all(
-            "SELECT * FROM (SELECT * FROM agent.messages WHERE session_id = $1"
-            " ORDER BY seq DESC LIMIT $2) recent ORDER BY seq",
-            session_id,
-            limit,
-        )
-        return [_entry(row) for row in rows]
+        return await stored_history(self.db, session_id, limit)
 
-    async def clear(self, session_id: str) -> None:
-        await self.db.execute("DELETE FROM agent.messages WHERE session_id = $1", session_id)
+    async def window(self, session_id: str, limit: int) -> list[HistoryEntry]:
+        return await stored_window(self.db, session_id, limit)
+
+
+_caches: weakref.WeakKeyDictionary[Database, WindowCache] = weakref.WeakKeyDictionary()
+
+
+def _cache(db: Database) -> WindowCache:
+    cache = _caches.get(db)
+    if cache is None:
+        cache = _caches[db] = WindowCache()
+    return cache
 
 
 class InMemoryAgentStore:
@@ -277,7 +240,8 @@ class InMemoryAgentStore:
 
     def __init__(self) -> None:
         self._agents: dict[int, AgentRecord] = {}
-        self._sessions: dict[str, tuple[int, list[HistoryEntry]]] = {}
+        self._sessions: dict[str, MemorySession] = {}
+        self._turns: dict[str, MemoryTurn] = {}
         self._next_id = 1
 
     async def save_agent(self, record: AgentRecord) -> AgentRecord:
@@ -320,27 +284,29 @@ class InMemoryAgentStore:
     async def delete_agent(self, agent_id: int) -> None:
         if self._agents.pop(agent_id, None) is None:
             raise NotFoundError(f"no agent {agent_id}")
-        for session_id in [s for s, (a, _) in self._sessions.items() if a == agent_id]:
+        for session_id in [k for k, s in self._sessions.items() if s.agent_id == agent_id]:
             del self._sessions[session_id]
 
-    async def new_session(self, agent_id: int) -> str:
-        session_id = str(uuid.uuid4())
-        self._sessions[session_id] = (agent_id, [])
-        return session_id
+    @asynccontextmanager
+    async def conversation(self, agent_id: int, *, wait: float) -> AsyncIterator[Conversation]:
+        if agent_id not in self._agents:
+            raise NotFoundError(f"no agent {agent_id}")
+        async with local_turn_lock(id(self), agent_id, wait=wait):
+            yield InMemoryConversation(self._sessions, self._turns, agent_id).open()
 
     async def latest_session(self, agent_id: int) -> str | None:
-        owned = [s for s, (a, _) in self._sessions.items() if a == agent_id]
-        return owned[-1] if owned else None
-
-    async def append(self, session_id: str, entries: Sequence[HistoryEntry]) -> None:
-        self._sessions[session_id][1].extend(entries)
+        owned = [(s.created_at, k) for k, s in self._sessions.items() if s.agent_id == agent_id]
+        return max(owned)[1] if owned else None
 
     async def history(self, session_id: str, *, limit: int | None = None) -> list[HistoryEntry]:
-        entries = self._sessions[session_id][1]
+        entries = self._sessions[session_id].entries
         return list(entries[-limit:] if limit else entries)
 
-    async def clear(self, session_id: str) -> None:
-        self._sessions[session_id][1].clear()
+    async def window(self, session_id: str, limit: int) -> list[HistoryEntry]:
+        agent_id = self._sessions[session_id].agent_id
+        conversation = InMemoryConversation(self._sessions, self._turns, agent_id)
+        conversation.session_id = session_id
+        return await conversation.window(limit)
 
 
 _default_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PostgresAgentStore] = (

@@ -10,7 +10,8 @@ prompt_section = format_memories_for_prompt(recalled, budget_chars=1500)
 
 An agent sees its own memories (scope "agent"), and its owner's memories shared with the
 circles and projects it is given (`circle_ids`, `project_ids`) and with everyone ("global").
-Ranking: see `gathering.agents.retrieval` and docs/memory.md.
+Ranking: see `gathering.agents.retrieval` and docs/memory.md. While the embedding provider is
+down, `recall` ranks by full text alone and tells `on_degraded` why.
 """
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ from typing import Literal, TypeAlias, get_args
 from psycopg import sql
 
 from gathering.agents.retrieval import (
+    DEFAULT_EMBED_TIMEOUT,
     CandidateSearch,
+    DegradedCallback,
     QueryParams,
     RankingWeights,
     Scope,
     ScopeRef,
     ScoreParts,
-    SemanticQuery,
+    check_embed_timeout,
     check_language,
     check_limit,
     check_scope_id,
     check_text,
+    embed_query,
     embed_texts,
     embedding_model_name,
     ensure_language,
@@ -180,7 +184,9 @@ class LongTermMemory:
     of another owner is reported as not found. `circle_ids` and `project_ids` are the circles and
     projects whose shared memories this agent may read (the caller vouches for membership).
     With an `embedder`, memories are stored with a vector and recalled by meaning as well as by
-    words; that needs pgvector (`FeatureUnavailableError` otherwise).
+    words; that needs pgvector (`FeatureUnavailableError` otherwise). `recall` gives the query's
+    embedding `embed_timeout` seconds; when the provider fails or is slower, it ranks by full
+    text alone and awaits `on_degraded(reason)`.
     """
 
     def __init__(
@@ -194,10 +200,14 @@ class LongTermMemory:
         project_ids: Iterable[str] = (),
         language: str = "english",
         weights: RankingWeights = DEFAULT_MEMORY_WEIGHTS,
+        embed_timeout: float = DEFAULT_EMBED_TIMEOUT,
+        on_degraded: DegradedCallback | None = None,
     ) -> None:
         self.db = db
         self.agent_id = agent_id
         self.embedder = embedder
+        self.embed_timeout = check_embed_timeout(embed_timeout)
+        self.on_degraded = on_degraded
         self.circle_ids = tuple(check_scope_id(i) for i in circle_ids)
         self.project_ids = tuple(check_scope_id(i) for i in project_ids)
         self.language = check_language(language)
@@ -381,7 +391,9 @@ class LongTermMemory:
 
         `scopes` keeps only memories of those scope kinds ("agent", "circle", ...); `kinds` and
         `tags` (all of them) filter further; results scoring below `min_score` are dropped.
-        Each recalled memory's `last_accessed_at` and `access_count` are updated.
+        Each recalled memory's `last_accessed_at` and `access_count` are updated. An embedding
+        failure or timeout does not fail the recall: it ranks by full text alone (see
+        `embed_query`).
         """
         query = check_text(query, "the query", max_chars=4_000)
         limit = check_limit(limit)
@@ -396,8 +408,13 @@ class LongTermMemory:
             return []
         semantic = None
         if embedder is not None:
-            (vector,) = await embed_texts(embedder, [query])
-            semantic = SemanticQuery(vector, embedding_model_name(embedder))
+            semantic = await embed_query(
+                embedder,
+                query,
+                time_limit=self.embed_timeout,
+                on_degraded=self.on_degraded,
+                fallback="full-text recall only",
+            )
         params = QueryParams()
         where = sql.SQL("t.owner_id = {owner} AND {visible} AND {filters}").format(
             owner=params(owner),
@@ -512,39 +529,7 @@ async def delete_memory(db: Queries, memory_id: int, *, owner_id: int | None) ->
         raise NotFoundError(f"memory {memory_id} not found")
 
 
-# --- prompts and configuration ------------------------------------------------------------
-
-
-def format_memories_for_prompt(
-    memories: Sequence[Memory],
-    budget_chars: int = 2_000,
-    *,
-    heading: str = "Relevant long-term memories (most relevant first):",
-) -> str:
-    """Recalled memories as a compact prompt section of at most `budget_chars` characters.
-
-    A `heading` line (none when empty), then one line per memory,
-    `- [kind, YYYY-MM-DD] content`, in the given order; whitespace in a memory is collapsed.
-    The line that would overflow the budget is cut with "…" when at least 40 characters of it
-    fit, and nothing after it is shown. Returns "" when nothing fits.
-    """
-    if budget_chars < 0:
-        raise InvalidInputError("budget_chars must be >= 0")
-    lines = [heading] if heading else []
-    used = len(heading) if heading else -1  # -1: the first line has no newline before it
-    for memory in memories:
-        text = " ".join(memory.content.split())
-        line = f"- [{memory.kind}, {memory.created_at:%Y-%m-%d}] {text}"
-        cost = len(line) + 1  # with the newline before it
-        if used + cost <= budget_chars:
-            lines.append(line)
-            used += cost
-            continue
-        room = budget_chars - used - 1
-        if room >= 40:
-            lines.append(line[: room - 1].rstrip() + "…")
-        break
-    return "\n".join(lines) if len(lines) > (1 if heading else 0) else ""
+# --- configuration ------------------------------------------------------------------------
 
 
 def embedder_from_settings(settings: Settings | None = None) -> EmbeddingProvider | None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gathering.agents.memory_store import (
+from gathering.agents.agent_store import PostgresAgentStore
+from gathering.agents.long_term_memory import (
     LongTermMemory,
     Memory,
     RecalledMemory,
     embedder_from_settings,
-    format_memories_for_prompt,
 )
-from gathering.agents.store import PostgresAgentStore
 from gathering.agents.sync import maybe_sync
+from gathering.agents.system_prompt import format_memories_for_prompt
+from gathering.agents.turn_loop import TurnLimits
 from gathering.errors import FeatureUnavailableError
 from gathering.llm import Message
 
@@ -46,10 +47,12 @@ class AgentMemory:
 
     async def _clear(self) -> None:
         agent = self._agent
-        async with agent.turn_lock():  # never in the middle of a turn
-            if agent.session_id is not None:
-                await (await agent.store()).clear(agent.session_id)
-            agent.forget_history()
+        if agent.id is not None:
+            store = await agent.store()
+            wait = TurnLimits.from_settings().busy_wait
+            async with store.conversation(agent.id, wait=wait) as conversation:  # between turns
+                await conversation.clear()
+        agent.forget_history()
 
     async def long_term(self) -> LongTermMemory:
         """The agent's long-term memory (needs the agent stored in PostgreSQL)."""

@@ -1,0 +1,557 @@
+"""A conversation as stored: sessions, their numbered messages, turns and tool calls.
+
+Every method of a `Conversation` runs while its holder has the agent's turn lock (see
+`turn_lock.py`), so the messages of a session are written by one turn at a time, on any
+instance. PostgreSQL is the one truth; `WindowCache` keeps the tail of each session this
+process has seen, and a cheap check of the stored `last_seq` decides whether it is still
+current.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from psycopg.types.json import Jsonb
+
+from gathering.db.database import Queries, Row
+from gathering.errors import NotFoundError
+from gathering.llm import Message, ToolResult, Usage
+
+TurnStatus = Literal["running", "completed", "failed", "interrupted"]
+CACHED_AGENTS = 1024  # sessions whose tail one process keeps in memory (least recent leave)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One stored message, with what it cost when it came from a model.
+
+    An `error` entry records why a turn failed: it is shown in the history and never sent to
+    a model (its `message` is an empty assistant message).
+    """
+
+    message: Message
+    model: str | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    created_at: datetime | None = None
+    seq: int | None = None
+    turn_id: str | None = None
+    error: str | None = None
+
+    @property
+    def role(self) -> str:
+        """The message's role, or "error" for an error entry."""
+        return "error" if self.error is not None else self.message.role
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """A turn found by its idempotency key."""
+
+    id: str
+    status: TurnStatus
+    request_text: str | None
+    result: Mapping[str, Any] | None
+    error: Mapping[str, Any] | None
+
+
+class Conversation(Protocol):
+    """The current session of one agent, held under its turn lock."""
+
+    session_id: str
+    interrupted: tuple[str, ...]  # turns found running from a holder that died, now closed
+
+    async def window(self, limit: int) -> list[HistoryEntry]:
+        """The last `limit` messages a model may see, oldest first (no failed turns)."""
+        ...
+
+    async def new_session(self) -> str:
+        """Open a fresh session and make it the current one."""
+        ...
+
+    async def clear(self) -> None:
+        """Delete every message of the current session."""
+        ...
+
+    async def find_turn(self, idempotency_key: str) -> StoredTurn | None:
+        """The turn of this agent started with `idempotency_key`, if any."""
+        ...
+
+    async def start_turn(self, text: str, idempotency_key: str | None) -> str:
+        """Store the user message of a new running turn; return the turn's id."""
+        ...
+
+    async def append(self, turn_id: str, entries: Sequence[HistoryEntry]) -> None:
+        """Store messages of a running turn, in order, atomically."""
+        ...
+
+    async def tools_started(self, turn_id: str, entry: HistoryEntry) -> None:
+        """Store the assistant message asking for tools and mark each call started."""
+        ...
+
+    async def tool_finished(self, turn_id: str, result: ToolResult) -> None:
+        """Mark one tool call finished (or failed), with its result."""
+        ...
+
+    async def finish_turn(
+        self, turn_id: str, entries: Sequence[HistoryEntry], result: Mapping[str, Any] | None
+    ) -> None:
+        """Store the last messages and mark the turn completed (with `result` to replay)."""
+        ...
+
+    async def fail_turn(self, turn_id: str, error: Mapping[str, Any]) -> None:
+        """Mark the turn failed and store an error entry; its messages leave the window."""
+        ...
+
+
+# --- the process-wide cache of session tails ---------------------------------------------------
+
+
+@dataclass
+class _Tail:
+    session_id: str
+    last_seq: int
+    entries: deque[HistoryEntry]
+
+    def fits(self, session_id: str, last_seq: int, limit: int) -> bool:
+        return (
+            self.session_id == session_id
+            and self.last_seq == last_seq
+            and (self.entries.maxlen or 0) >= limit
+        )
+
+
+class WindowCache:
+    """The tail of the current session of the agents this process served recently."""
+
+    def __init__(self, size: int = CACHED_AGENTS) -> None:
+        self.size = size
+        self._tails: OrderedDict[int, _Tail] = OrderedDict()
+
+    def get(self, agent_id: int) -> _Tail | None:
+        tail = self._tails.get(agent_id)
+        if tail is not None:
+            self._tails.move_to_end(agent_id)
+        return tail
+
+    def put(self, agent_id: int, tail: _Tail) -> None:
+        self._tails[agent_id] = tail
+        self._tails.move_to_end(agent_id)
+        while len(self._tails) > self.size:
+            self._tails.popitem(last=False)
+
+    def drop(self, agent_id: int) -> None:
+        self._tails.pop(agent_id, None)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+_CURRENT_SESSION = (
+    "SELECT s.id::text AS id, s.last_seq,"
+    " ARRAY(SELECT t.id::text FROM agent.turns t"
+    "       WHERE t.agent_id = $1 AND t.status = 'running') AS running"
+    " FROM agent.sessions s WHERE s.agent_id = $1 ORDER BY s.created_at DESC LIMIT 1"
+)
+_NEW_SESSION = "INSERT INTO agent.sessions (agent_id) VALUES ($1) RETURNING id::text AS id"
+_CLOSE_INTERRUPTED = (
+    "WITH t AS (UPDATE agent.turns SET status = 'interrupted', finished_at = now(), error = $2"
+    "           WHERE id = ANY($1::uuid[]) AND status = 'running' RETURNING id)"
+    " UPDATE agent.tool_calls c SET status = 'interrupted', finished_at = now()"
+    " FROM t WHERE c.turn_id = t.id AND c.status = 'started'"
+)
+_WINDOW = (
+    "SELECT * FROM (SELECT m.seq, m.role, m.content, m.tool_calls, m.tool_results, m.model,"
+    " m.input_tokens, m.output_tokens, m.cost_usd, m.created_at, m.turn_id::text AS turn_id"
+    " FROM agent.messages m LEFT JOIN agent.turns t ON t.id = m.turn_id"
+    " WHERE m.session_id = $1 AND m.role <> 'error' AND t.status IS DISTINCT FROM 'failed'"
+    " ORDER BY m.seq DESC LIMIT $2) w ORDER BY seq"
+)
+# Clearing moves the counter on, so no process mistakes its cached tail for the current one.
+_CLEAR = (
+    "WITH d AS (DELETE FROM agent.messages WHERE session_id = $1)"
+    " UPDATE agent.sessions SET last_seq = last_seq + 1, updated_at = now() WHERE id = $1"
+    " RETURNING last_seq"
+)
+_HISTORY = (
+    "SELECT * FROM (SELECT seq, role, content, tool_calls, tool_results, model, input_tokens,"
+    " output_tokens, cost_usd, created_at, turn_id::text AS turn_id"
+    " FROM agent.messages WHERE session_id = $1 ORDER BY seq DESC LIMIT $2) w ORDER BY seq"
+)
+# Appending numbers the messages by bumping the session's counter in the same statement: the
+# row lock it takes orders writers, so seqs have no gaps or duplicates on any instance.
+_APPEND = """
+WITH s AS (
+    UPDATE agent.sessions SET last_seq = last_seq + jsonb_array_length($2::jsonb),
+        updated_at = now()
+    WHERE id = $1 RETURNING last_seq
+), m AS (
+    INSERT INTO agent.messages (session_id, turn_id, seq, role, content, tool_calls,
+        tool_results, model, input_tokens, output_tokens, cost_usd)
+    SELECT $1, $3::uuid, s.last_seq - jsonb_array_length($2::jsonb) + e.ord, e.v->>'role',
+        e.v->>'content', e.v->'tool_calls', e.v->'tool_results', e.v->>'model',
+        (e.v->>'input_tokens')::integer, (e.v->>'output_tokens')::integer,
+        (e.v->>'cost_usd')::double precision
+    FROM s, jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(v, ord)
+    RETURNING seq
+)
+"""
+# The statements below share the text of `_APPEND` (constants only, never input).
+_LAST_SEQ = " SELECT (SELECT last_seq FROM s) AS last_seq"
+_START_TURN = (
+    "WITH t AS (INSERT INTO agent.turns (id, session_id, agent_id, idempotency_key, request_text)"
+    " VALUES ($3::uuid, $1, $4, $5, $6) RETURNING id)"
+    + _APPEND.replace("WITH s AS", ", s AS", 1)
+    + _LAST_SEQ
+    + ", (SELECT count(*) FROM t) AS turns"
+)
+_APPEND_ONLY = _APPEND + _LAST_SEQ + ", (SELECT count(*) FROM m) AS added"
+_TOOLS_STARTED = (
+    _APPEND
+    + ", c AS (INSERT INTO agent.tool_calls (turn_id, call_id, name, arguments)"
+    " SELECT $3::uuid, x->>'id', x->>'name', coalesce(x->'arguments', '{}'::jsonb)"
+    " FROM jsonb_array_elements($4::jsonb) AS x RETURNING 1)"
+    + _LAST_SEQ
+    + ", (SELECT count(*) FROM c) AS calls"
+)
+_TOOL_FINISHED = (
+    "UPDATE agent.tool_calls SET status = $3, result = $4, finished_at = now()"
+    " WHERE turn_id = $1::uuid AND call_id = $2"
+)
+_FINISH_TURN = (
+    _APPEND
+    + ", t AS (UPDATE agent.turns SET status = 'completed', result = $4, finished_at = now()"
+    " WHERE id = $3::uuid RETURNING id)"
+    + _LAST_SEQ
+    + ", (SELECT count(*) FROM t) AS turns"
+)
+_FAIL_TURN = (
+    _APPEND
+    + ", t AS (UPDATE agent.turns SET status = 'failed', error = $4, finished_at = now()"
+    " WHERE id = $3::uuid RETURNING id)"
+    + _LAST_SEQ
+    + ", (SELECT count(*) FROM t) AS turns"
+)
+_FIND_TURN = (
+    "SELECT id::text AS id, status, request_text, result, error FROM agent.turns"
+    " WHERE agent_id = $1 AND idempotency_key = $2"
+)
+
+
+def entry_to_json(entry: HistoryEntry) -> dict[str, Any]:
+    """The JSON form of an entry that `_APPEND` stores."""
+    if entry.error is not None:
+        return {"role": "error", "content": entry.error, "tool_calls": [], "tool_results": []}
+    body = entry.message.to_dict()
+    usage = entry.usage
+    return {
+        "role": body["role"],
+        "content": body["content"],
+        "tool_calls": body.get("tool_calls", []),
+        "tool_results": body.get("tool_results", []),
+        "model": entry.model,
+        "input_tokens": usage.input_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+        "cost_usd": entry.cost_usd,
+    }
+
+
+def entry_from_row(row: Row) -> HistoryEntry:
+    """A stored message row as a `HistoryEntry`."""
+    turn_id = row.get("turn_id")
+    if row["role"] == "error":
+        return HistoryEntry(
+            Message.assistant(),
+            created_at=row["created_at"],
+            seq=row["seq"],
+            turn_id=turn_id,
+            error=row["content"],
+        )
+    message = Message.from_dict(
+        {
+            "role": row["role"],
+            "content": row["content"],
+            "tool_calls": row["tool_calls"],
+            "tool_results": row["tool_results"],
+        }
+    )
+    usage = None
+    if row["input_tokens"] is not None or row["output_tokens"] is not None:
+        usage = Usage(row["input_tokens"] or 0, row["output_tokens"] or 0)
+    return HistoryEntry(
+        message, row["model"], usage, row["cost_usd"], row["created_at"], row["seq"], turn_id
+    )
+
+
+class PostgresConversation:
+    """A `Conversation` on the connection that holds the agent's turn lock."""
+
+    def __init__(self, queries: Queries, agent_id: int, cache: WindowCache) -> None:
+        self.queries = queries
+        self.agent_id = agent_id
+        self.session_id = ""
+        self.interrupted: tuple[str, ...] = ()
+        self._cache = cache
+        self._last_seq = 0
+
+    async def open(self) -> PostgresConversation:
+        """Find the current session (opening one if there is none); close interrupted turns."""
+        row = await self.queries.fetch_one(_CURRENT_SESSION, self.agent_id)
+        if row is None:
+            await self.new_session()
+            return self
+        self.session_id, self._last_seq = row["id"], row["last_seq"]
+        if row["running"]:
+            self.interrupted = tuple(row["running"])
+            await self.queries.execute(
+                _CLOSE_INTERRUPTED,
+                list(self.interrupted),
+                Jsonb(
+                    {
+                        "code": "interrupted",
+                        "message": "the turn was interrupted (crash, cancel or deploy); "
+                        "the outcome of a tool that had started is unknown",
+                    }
+                ),
+            )
+        return self
+
+    async def new_session(self) -> str:
+        session_id = await self.queries.fetch_val(_NEW_SESSION, self.agent_id)
+        if session_id is None:
+            raise NotFoundError(f"no agent {self.agent_id}")
+        self.session_id, self._last_seq = str(session_id), 0
+        self._cache.put(self.agent_id, _Tail(self.session_id, 0, deque(maxlen=0)))
+        return self.session_id
+
+    async def window(self, limit: int) -> list[HistoryEntry]:
+        tail = self._cache.get(self.agent_id)
+        if tail is None or not tail.fits(self.session_id, self._last_seq, limit):
+            entries = await stored_window(self.queries, self.session_id, limit)
+            tail = _Tail(self.session_id, self._last_seq, deque(entries, maxlen=limit))
+            self._cache.put(self.agent_id, tail)
+        return list(tail.entries)[-limit:] if limit else []
+
+    async def clear(self) -> None:
+        self._last_seq = int(await self.queries.fetch_val(_CLEAR, self.session_id) or 0)
+        self._cache.put(self.agent_id, _Tail(self.session_id, self._last_seq, deque(maxlen=0)))
+
+    async def find_turn(self, idempotency_key: str) -> StoredTurn | None:
+        row = await self.queries.fetch_one(_FIND_TURN, self.agent_id, idempotency_key)
+        if row is None:
+            return None
+        return StoredTurn(
+            row["id"], row["status"], row["request_text"], row["result"], row["error"]
+        )
+
+    async def start_turn(self, text: str, idempotency_key: str | None) -> str:
+        turn_id = str(uuid.uuid4())
+        entry = HistoryEntry(Message.user(text), turn_id=turn_id)
+        row = await self.queries.fetch_one(
+            _START_TURN,
+            self.session_id,
+            Jsonb([entry_to_json(entry)]),
+            turn_id,
+            self.agent_id,
+            idempotency_key,
+            text if idempotency_key is not None else None,
+        )
+        self._appended(row, [entry])
+        return turn_id
+
+    async def append(self, turn_id: str, entries: Sequence[HistoryEntry]) -> None:
+        row = await self.queries.fetch_one(
+            _APPEND_ONLY, self.session_id, Jsonb([entry_to_json(e) for e in entries]), turn_id
+        )
+        self._appended(row, entries)
+
+    async def tools_started(self, turn_id: str, entry: HistoryEntry) -> None:
+        calls = [call.to_dict() for call in entry.message.tool_calls]
+        row = await self.queries.fetch_one(
+            _TOOLS_STARTED,
+            self.session_id,
+            Jsonb([entry_to_json(entry)]),
+            turn_id,
+            Jsonb(calls),
+        )
+        self._appended(row, [entry])
+
+    async def tool_finished(self, turn_id: str, result: ToolResult) -> None:
+        status = "failed" if result.is_error else "finished"
+        await self.queries.execute(_TOOL_FINISHED, turn_id, result.call_id, status, result.content)
+
+    async def finish_turn(
+        self, turn_id: str, entries: Sequence[HistoryEntry], result: Mapping[str, Any] | None
+    ) -> None:
+        row = await self.queries.fetch_one(
+            _FINISH_TURN,
+            self.session_id,
+            Jsonb([entry_to_json(e) for e in entries]),
+            turn_id,
+            Jsonb(dict(result)) if result is not None else None,
+        )
+        self._appended(row, entries)
+
+    async def fail_turn(self, turn_id: str, error: Mapping[str, Any]) -> None:
+        entry = HistoryEntry(Message.assistant(), turn_id=turn_id, error=str(error["message"]))
+        await self.queries.fetch_one(
+            _FAIL_TURN, self.session_id, Jsonb([entry_to_json(entry)]), turn_id, Jsonb(dict(error))
+        )
+        self._cache.drop(self.agent_id)  # the failed turn's messages leave the window
+
+    def _appended(self, row: Row | None, entries: Sequence[HistoryEntry]) -> None:
+        if row is None or row["last_seq"] is None:
+            raise NotFoundError(
+                f"session {self.session_id} is gone", hint="the agent may have been deleted"
+            )
+        first = row["last_seq"] - len(entries) + 1
+        numbered = [
+            HistoryEntry(
+                e.message, e.model, e.usage, e.cost_usd, e.created_at, first + i, e.turn_id, e.error
+            )
+            for i, e in enumerate(entries)
+        ]
+        tail = self._cache.get(self.agent_id)
+        if tail is not None and tail.session_id == self.session_id and (
+            tail.last_seq == self._last_seq
+        ):
+            tail.entries.extend(e for e in numbered if e.error is None)
+            tail.last_seq = row["last_seq"]
+        else:
+            self._cache.drop(self.agent_id)
+        self._last_seq = row["last_seq"]
+
+
+async def stored_window(queries: Queries, session_id: str, limit: int) -> list[HistoryEntry]:
+    """The last `limit` messages of a session a model may see (no failed turns)."""
+    return [entry_from_row(row) for row in await queries.fetch_all(_WINDOW, session_id, limit)]
+
+
+async def stored_history(
+    queries: Queries, session_id: str, limit: int | None
+) -> list[HistoryEntry]:
+    """Every stored entry of a session (error entries included), the last `limit` ones."""
+    rows = await queries.fetch_all(_HISTORY, session_id, limit)
+    return [entry_from_row(row) for row in rows]
+
+
+# --- in memory -----------------------------------------------------------------------------------
+
+
+@dataclass
+class MemorySession:
+    """A session kept by `InMemoryAgentStore`."""
+
+    agent_id: int
+    entries: list[HistoryEntry] = field(default_factory=list)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class MemoryTurn:
+    """A turn kept by `InMemoryAgentStore`."""
+
+    id: str
+    agent_id: int
+    status: TurnStatus = "running"
+    idempotency_key: str | None = None
+    request_text: str | None = None
+    result: Mapping[str, Any] | None = None
+    error: Mapping[str, Any] | None = None
+    tool_calls: dict[str, str] = field(default_factory=dict)
+
+
+class InMemoryConversation:
+    """A `Conversation` in this process only (scratch scripts and benchmarks)."""
+
+    def __init__(
+        self,
+        sessions: dict[str, MemorySession],
+        turns: dict[str, MemoryTurn],
+        agent_id: int,
+    ) -> None:
+        self._sessions = sessions
+        self._turns = turns
+        self.agent_id = agent_id
+        self.session_id = ""
+        self.interrupted: tuple[str, ...] = ()
+
+    def open(self) -> InMemoryConversation:
+        agent_id = self.agent_id
+        owned = [(s.created_at, k) for k, s in self._sessions.items() if s.agent_id == agent_id]
+        if owned:
+            self.session_id = max(owned)[1]
+        else:
+            self.session_id = str(uuid.uuid4())
+            self._sessions[self.session_id] = MemorySession(self.agent_id)
+        running = [t for t in self._turns.values() if t.agent_id == self.agent_id]
+        self.interrupted = tuple(t.id for t in running if t.status == "running")
+        for turn_id in self.interrupted:
+            self._turns[turn_id].status = "interrupted"
+        return self
+
+    async def new_session(self) -> str:
+        self.session_id = str(uuid.uuid4())
+        self._sessions[self.session_id] = MemorySession(self.agent_id)
+        return self.session_id
+
+    async def window(self, limit: int) -> list[HistoryEntry]:
+        entries = [
+            e
+            for e in self._sessions[self.session_id].entries
+            if e.error is None
+            and (e.turn_id is None or self._turns[e.turn_id].status != "failed")
+        ]
+        return entries[-limit:] if limit else []
+
+    async def clear(self) -> None:
+        self._sessions[self.session_id].entries.clear()
+
+    async def find_turn(self, idempotency_key: str) -> StoredTurn | None:
+        for turn in self._turns.values():
+            if turn.agent_id == self.agent_id and turn.idempotency_key == idempotency_key:
+                return StoredTurn(turn.id, turn.status, turn.request_text, turn.result, turn.error)
+        return None
+
+    async def start_turn(self, text: str, idempotency_key: str | None) -> str:
+        turn_id = str(uuid.uuid4())
+        self._turns[turn_id] = MemoryTurn(
+            turn_id, self.agent_id, idempotency_key=idempotency_key, request_text=text
+        )
+        await self.append(turn_id, [HistoryEntry(Message.user(text))])
+        return turn_id
+
+    async def append(self, turn_id: str, entries: Sequence[HistoryEntry]) -> None:
+        stored = self._sessions[self.session_id].entries
+        now = datetime.now(UTC)
+        stored.extend(
+            HistoryEntry(
+                e.message, e.model, e.usage, e.cost_usd, now, len(stored) + i + 1, turn_id, e.error
+            )
+            for i, e in enumerate(entries)
+        )
+
+    async def tools_started(self, turn_id: str, entry: HistoryEntry) -> None:
+        await self.append(turn_id, [entry])
+        for call in entry.message.tool_calls:
+            self._turns[turn_id].tool_calls[call.id] = "started"
+
+    async def tool_finished(self, turn_id: str, result: ToolResult) -> None:
+        status = "failed" if result.is_error else "finished"
+        self._turns[turn_id].tool_calls[result.call_id] = status
+
+    async def finish_turn(
+        self, turn_id: str, entries: Sequence[HistoryEntry], result: Mapping[str, Any] | None
+    ) -> None:
+        await self.append(turn_id, entries)
+        turn = self._turns[turn_id]
+        turn.status, turn.result = "completed", result
+
+    async def fail_turn(self, turn_id: str, error: Mapping[str, Any]) -> None:
+        turn = self._turns[turn_id]
+        turn.status, turn.error = "failed", error
+        await self.append(turn_id, [HistoryEntry(Message.assistant(), error=str(error["message"]))])

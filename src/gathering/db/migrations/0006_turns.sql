@@ -1,0 +1,45 @@
+-- Turns: each exchange (a user message, the model calls and tools it caused, the reply) is a
+-- row with a status, so a failed, interrupted or retried turn leaves a clear record. Tool calls
+-- record whether their side effect may have happened.
+
+CREATE TABLE agent.turns (
+    id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    session_id       uuid        NOT NULL REFERENCES agent.sessions (id) ON DELETE CASCADE,
+    agent_id         bigint      NOT NULL REFERENCES agent.agents (id) ON DELETE CASCADE,
+    status           text        NOT NULL DEFAULT 'running'
+                                 CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+    idempotency_key  text        CHECK (length(idempotency_key) BETWEEN 1 AND 255),
+    request_text     text,       -- kept only with an idempotency key, to refuse a reused key
+    result           jsonb,      -- the reply as returned, kept only with an idempotency key
+    error            jsonb,      -- {code, message} of a failed or interrupted turn
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz
+);
+
+CREATE UNIQUE INDEX turns_idempotency_key ON agent.turns (agent_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX turns_running_idx ON agent.turns (agent_id) WHERE status = 'running';
+
+ALTER TABLE agent.messages ADD COLUMN turn_id uuid REFERENCES agent.turns (id) ON DELETE CASCADE;
+CREATE INDEX messages_turn_idx ON agent.messages (turn_id);
+
+-- An `error` entry records why a turn failed; it is shown in the history, never sent to a model.
+ALTER TABLE agent.messages DROP CONSTRAINT messages_role_check;
+ALTER TABLE agent.messages ADD CONSTRAINT messages_role_check
+    CHECK (role IN ('system', 'user', 'assistant', 'tool', 'error'));
+
+CREATE TABLE agent.tool_calls (
+    turn_id      uuid        NOT NULL REFERENCES agent.turns (id) ON DELETE CASCADE,
+    call_id      text        NOT NULL,
+    name         text        NOT NULL,
+    arguments    jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    status       text        NOT NULL DEFAULT 'started'
+                             CHECK (status IN ('started', 'finished', 'failed', 'interrupted')),
+    result       text,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    PRIMARY KEY (turn_id, call_id)
+);
+
+-- The current session of an agent is its newest one.
+CREATE INDEX sessions_agent_created_idx ON agent.sessions (agent_id, created_at DESC);
