@@ -20,7 +20,13 @@ from gathering.agents.agent_store import (
     default_store,
 )
 from gathering.agents.conversation_store import HistoryEntry
-from gathering.agents.knowledge import Document, KnowledgeBase, KnowledgeHit, chunk_text
+from gathering.agents.knowledge import (
+    Document,
+    KnowledgeBase,
+    KnowledgeHit,
+    KnowledgeScope,
+    chunk_text,
+)
 from gathering.agents.long_term_memory import LongTermMemory, Memory, RecalledMemory
 from gathering.agents.model_adapter import as_completion
 from gathering.agents.persona import Persona
@@ -59,6 +65,7 @@ __all__ = [
     "InMemoryAgentStore",
     "KnowledgeBase",
     "KnowledgeHit",
+    "KnowledgeScope",
     "LongTermMemory",
     "Memory",
     "Persona",

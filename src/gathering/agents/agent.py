@@ -9,6 +9,7 @@ import structlog
 
 from gathering.agents.agent_store import AgentRecord, AgentStore, default_store
 from gathering.agents.conversation_store import HistoryEntry
+from gathering.agents.knowledge import KnowledgeScope
 from gathering.agents.model_adapter import ClientProvider, is_provider
 from gathering.agents.persona import Persona
 from gathering.agents.sync import maybe_sync
@@ -39,6 +40,7 @@ _CONFIG_KEYS = frozenset(
         "prompt_budget",
         "options",
         "project",
+        "knowledge",
     }
 )
 
@@ -75,6 +77,7 @@ class Agent:
         prompt_budget: int = 2000,
         options: Mapping[str, Any] | None = None,
         project: str | None = None,
+        knowledge: KnowledgeScope | str | Mapping[str, Any] | None = None,
         owner_id: int | None = None,
         **provider_config: Any,
     ) -> None:
@@ -98,6 +101,7 @@ class Agent:
         self.prompt_budget = prompt_budget
         self.options = dict(options or {})
         self.project = project
+        self.knowledge = KnowledgeScope.from_value(knowledge)
         self.owner_id = owner_id
         self.id: int | None = None
         self.session_id: str | None = None
@@ -182,6 +186,8 @@ class Agent:
             config["options"] = self.options
         if self.project:
             config["project"] = self.project
+        if self.knowledge is not None:
+            config["knowledge"] = self.knowledge.to_value()
         return AgentRecord(
             name=self.name,
             provider=self.provider,
@@ -311,13 +317,15 @@ class Agent:
             yield event
 
     async def system_prompt(self, query: str | None = None) -> str:
-        """The system prompt for the next call: persona, project, task, memories, resume note."""
+        """The system prompt for the next call: persona, project, task, memories, knowledge
+        passages (with `knowledge`) and the resume note."""
         builder = PromptBuilder(self.prompt_budget)
         builder.set("persona", self.persona.render(self.name))
         builder.set("project", self.project)
         builder.set("task", self.task)
         if query:
             builder.set("memories", await self.memory.recall_for_prompt(query))
+            builder.set("knowledge", await self.memory.knowledge_for_prompt(query))
         builder.set("resume", self.resume_note)
         return builder.build()
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from gathering.agents.agent_store import PostgresAgentStore
+from gathering.agents.knowledge import KnowledgeBase, knowledge_for_prompt
 from gathering.agents.long_term_memory import (
     LongTermMemory,
     Memory,
@@ -13,13 +16,16 @@ from gathering.agents.long_term_memory import (
     embedder_from_settings,
 )
 from gathering.agents.sync import maybe_sync
-from gathering.agents.system_prompt import format_memories_for_prompt
+from gathering.agents.system_prompt import CHARS_PER_TOKEN, format_memories_for_prompt
 from gathering.agents.turn_loop import TurnLimits
 from gathering.errors import FeatureUnavailableError
+from gathering.events import Event
 from gathering.llm import Message
 
 if TYPE_CHECKING:
     from gathering.agents.agent import Agent
+
+log = structlog.get_logger(__name__)
 
 RECALL_LIMIT = 5
 
@@ -71,8 +77,25 @@ class AgentMemory:
                 agent_id=agent.id,
                 owner_id=agent.owner_id,
                 embedder=embedder_from_settings(),
+                on_degraded=self._degraded,
             )
         return self._long_term
+
+    async def _degraded(self, reason: str) -> None:
+        """Recall went on without embeddings: tell whoever watches the agent."""
+        agent = self._agent
+        if agent.event_bus is None:
+            return
+        event = Event(
+            "memory.degraded",
+            {"agent_id": agent.id, "reason": reason},
+            subject=f"agent:{agent.id}",
+            source="agent",
+        )
+        try:
+            await agent.event_bus.publish(event, durable=True)
+        except Exception:  # a report about a degraded mode must not fail the turn
+            log.warning("could not publish memory.degraded", exc_info=True)
 
     async def remember(
         self,
@@ -102,3 +125,22 @@ class AgentMemory:
             return None
         budget = self._agent.prompt_budget  # tokens; about a quarter of the prompt for memories
         return format_memories_for_prompt(recalled, budget_chars=budget, heading="") or None
+
+    async def knowledge_for_prompt(self, query: str) -> str | None:
+        """The prompt's knowledge section for `query`: the top passages of the documents in
+        the agent's knowledge scope, with their source (None when it has no scope)."""
+        agent = self._agent
+        store = await agent.store()
+        if agent.knowledge is None or not isinstance(store, PostgresAgentStore):
+            return None
+        if agent.id is None:
+            await agent.save()
+        kb = KnowledgeBase(
+            store.db,
+            owner_id=agent.owner_id,
+            agent_id=agent.id,
+            embedder=embedder_from_settings(),
+            on_degraded=self._degraded,
+        )
+        budget = agent.prompt_budget * CHARS_PER_TOKEN // 2  # at most half of the prompt
+        return await knowledge_for_prompt(kb, agent.knowledge, query, budget_chars=budget)

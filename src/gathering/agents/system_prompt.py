@@ -14,12 +14,13 @@ if TYPE_CHECKING:
     from gathering.agents.long_term_memory import Memory
 
 # Sections in the order they appear; earlier ones win when the budget is short.
-SECTION_ORDER = ("persona", "project", "task", "memories", "resume")
+SECTION_ORDER = ("persona", "project", "task", "memories", "knowledge", "resume")
 SECTION_TITLES = {
     "persona": "",
     "project": "## Project",
     "task": "## Current task",
     "memories": "## What you remember",
+    "knowledge": "## From the knowledge base (quote the source when you use it)",
     "resume": "## Where you left off",
 }
 CHARS_PER_TOKEN = 4  # a conservative estimate that needs no tokenizer

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
@@ -18,6 +18,7 @@ from gathering.agents import (
     Agent,
     AgentRecord,
     HistoryEntry,
+    KnowledgeScope,
     Persona,
     PostgresAgentStore,
     ToolFinished,
@@ -78,6 +79,30 @@ class _ProviderChecked(BaseModel):
         return _check_provider(value)
 
 
+KNOWLEDGE_DESCRIPTION = (
+    'Knowledge-base passages in the prompt: "all" (every document the agent may see), '
+    '{"categories": [...], "documents": [ids]} (either list), or null for none.'
+)
+
+
+class KnowledgeSelection(BaseModel):
+    """Some categories and/or documents of the knowledge base."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    categories: list[str] = Field(default_factory=list, max_length=50)
+    documents: list[int] = Field(default_factory=list, max_length=50)
+
+
+KnowledgeField = Literal["all"] | KnowledgeSelection | None
+
+
+def _knowledge(value: KnowledgeField) -> KnowledgeScope | None:
+    if isinstance(value, KnowledgeSelection):
+        return KnowledgeScope.from_value(value.model_dump())
+    return KnowledgeScope.from_value(value)
+
+
 class AgentCreate(_ProviderChecked):
     """A new agent. Without a provider, the default one is used (`local` when no key is set)."""
 
@@ -87,6 +112,7 @@ class AgentCreate(_ProviderChecked):
     persona: Persona = Field(default_factory=Persona)
     project: str | None = Field(default=None, max_length=4000)
     max_iterations: int = Field(default=8, ge=1, le=50)
+    knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
 
 
 class AgentUpdate(_ProviderChecked):
@@ -98,6 +124,7 @@ class AgentUpdate(_ProviderChecked):
     persona: Persona | None = None
     project: str | None = Field(default=None, max_length=4000)
     max_iterations: int | None = Field(default=None, ge=1, le=50)
+    knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
 
 
 class AgentOut(BaseModel):
@@ -237,6 +264,7 @@ async def create_agent(
         persona=body.persona,
         project=body.project,
         max_iterations=body.max_iterations,
+        knowledge=_knowledge(body.knowledge),
         owner_id=principal.user_id,
     )
     bus = await app_state(request).event_bus()
@@ -281,6 +309,8 @@ async def update_agent(
         agent.project = body.project
     if "max_iterations" in changes:
         agent.max_iterations = changes["max_iterations"]
+    if "knowledge" in body.model_fields_set:
+        agent.knowledge = _knowledge(body.knowledge)
     bus = await app_state(request).event_bus()
     async with db.transaction() as tx:
         updated = await PostgresAgentStore(db).update_agent(agent.record())
