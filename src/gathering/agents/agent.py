@@ -16,6 +16,7 @@ from gathering.agents.sync import maybe_sync
 from gathering.agents.system_prompt import PromptBuilder
 from gathering.agents.turn_lock import local_turn_lock
 from gathering.agents.turn_loop import AgentEvent, TurnLimits, TurnResult, run_turn
+from gathering.db.database import Queries
 from gathering.errors import InvalidInputError
 from gathering.llm import LLMProvider, ToolSpec, default_model, get_provider, known_providers
 from gathering.tools.function import FunctionTool
@@ -316,15 +317,15 @@ class Agent:
         ):
             yield event
 
-    async def system_prompt(self, query: str | None = None) -> str:
+    async def system_prompt(self, query: str | None = None, using: Queries | None = None) -> str:
         """The system prompt for the next call: persona, project, task, memories, knowledge
-        passages (with `knowledge`) and the resume note."""
+        passages (with `knowledge`) and the resume note. `using`: the connection to recall on."""
         builder = PromptBuilder(self.prompt_budget)
         builder.set("persona", self.persona.render(self.name))
         builder.set("project", self.project)
         builder.set("task", self.task)
         if query:
-            builder.set("memories", await self.memory.recall_for_prompt(query))
+            builder.set("memories", await self.memory.recall_for_prompt(query, using))
             builder.set("knowledge", await self.memory.knowledge_for_prompt(query))
         builder.set("resume", self.resume_note)
         return builder.build()

@@ -18,6 +18,7 @@ from gathering.agents.long_term_memory import (
 from gathering.agents.sync import maybe_sync
 from gathering.agents.system_prompt import CHARS_PER_TOKEN, format_memories_for_prompt
 from gathering.agents.turn_loop import TurnLimits
+from gathering.db.database import Queries
 from gathering.errors import FeatureUnavailableError
 from gathering.events import Event
 from gathering.llm import Message
@@ -108,19 +109,21 @@ class AgentMemory:
         """Store a memory (scope="agent" by default; circle, project or global with scope_id)."""
         return await (await self.long_term()).remember(content, kind, importance, tags, **scope)
 
-    async def recall(self, query: str, limit: int = RECALL_LIMIT) -> list[RecalledMemory]:
+    async def recall(
+        self, query: str, limit: int = RECALL_LIMIT, *, using: Queries | None = None
+    ) -> list[RecalledMemory]:
         """The memories most relevant to `query`, best first."""
-        return await (await self.long_term()).recall(query, limit)
+        return await (await self.long_term()).recall(query, limit, using=using)
 
     async def forget(self, memory_id: int) -> None:
         """Delete one memory."""
         await (await self.long_term()).forget(memory_id)
 
-    async def recall_for_prompt(self, query: str) -> str | None:
+    async def recall_for_prompt(self, query: str, using: Queries | None = None) -> str | None:
         """The prompt's memory section for `query` (None without PostgreSQL or memories)."""
         if not query.strip() or not isinstance(await self._agent.store(), PostgresAgentStore):
             return None
-        recalled = await self.recall(query)
+        recalled = await self.recall(query, using=using)
         if not recalled:
             return None
         budget = self._agent.prompt_budget  # tokens; about a quarter of the prompt for memories

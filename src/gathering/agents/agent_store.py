@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from gathering.agents.conversation_store import (
@@ -27,8 +28,8 @@ from gathering.agents.conversation_store import (
 from gathering.agents.turn_lock import busy, local_turn_lock
 from gathering.db import Database, Row
 from gathering.db.database import OnConnection
-from gathering.db.locks import LockKey, session_lock
-from gathering.errors import NotFoundError
+from gathering.db.locks import LockKey, release_lock, wait_for_lock
+from gathering.errors import DatabaseUnavailableError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -201,15 +202,27 @@ class PostgresAgentStore:
 
     @asynccontextmanager
     async def conversation(self, agent_id: int, *, wait: float) -> AsyncIterator[Conversation]:
-        async with local_turn_lock(self.db.url, agent_id, wait=wait) as left:
-            key = LockKey("agent-turn", str(agent_id))
-            async with session_lock(self.db, key, wait=True, wait_at_most=left) as conn:
-                if conn is None:
+        key = LockKey("agent-turn", str(agent_id))
+        async with (
+            local_turn_lock(self.db.url, agent_id, wait=wait) as left,
+            self.db.connection() as conn,
+        ):
+            # Every statement of the turn runs on the connection that holds the lock: if it
+            # is lost, the turn's writes fail rather than race another holder.
+            conversation = PostgresConversation(OnConnection(conn), agent_id, _cache(self.db))
+            begun = await conversation.queries.fetch_one(_TRY_BEGIN_TURN, agent_id, key.value)
+            if not (begun and begun["locked"]):
+                try:
+                    locked = await wait_for_lock(conn, key, left)
+                except psycopg.Error as exc:
+                    raise DatabaseUnavailableError(f"lost the database connection: {exc}") from exc
+                if not locked:
                     raise busy(agent_id, wait)
-                # Every statement of the turn runs on the connection that holds the lock: if
-                # it is lost, the turn's writes fail rather than race another holder.
-                conversation = PostgresConversation(OnConnection(conn), agent_id, _cache(self.db))
-                yield await conversation.open()
+                begun = None
+            try:
+                yield await conversation.open(begun)
+            finally:
+                await release_lock(conn, key)
 
     async def latest_session(self, agent_id: int) -> str | None:
         session_id = await self.db.fetch_val(
@@ -225,6 +238,8 @@ class PostgresAgentStore:
         return await stored_window(self.db, session_id, limit)
 
 
+# Takes the lock without waiting and reads the current session after it, in one round trip.
+_TRY_BEGIN_TURN = "SELECT * FROM agent.try_begin_turn($1, $2)"
 _caches: weakref.WeakKeyDictionary[Database, WindowCache] = weakref.WeakKeyDictionary()
 
 

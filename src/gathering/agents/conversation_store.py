@@ -65,6 +65,7 @@ class Conversation(Protocol):
 
     session_id: str
     interrupted: tuple[str, ...]  # turns found running from a holder that died, now closed
+    queries: Queries | None  # the connection holding the lock, for the turn's other reads
 
     async def window(self, limit: int) -> list[HistoryEntry]:
         """The last `limit` messages a model may see, oldest first (no failed turns)."""
@@ -152,7 +153,7 @@ class WindowCache:
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 _CURRENT_SESSION = (
-    "SELECT s.id::text AS id, s.last_seq,"
+    "SELECT s.id::text AS session_id, s.last_seq,"
     " ARRAY(SELECT t.id::text FROM agent.turns t"
     "       WHERE t.agent_id = $1 AND t.status = 'running') AS running"
     " FROM agent.sessions s WHERE s.agent_id = $1 ORDER BY s.created_at DESC LIMIT 1"
@@ -298,13 +299,18 @@ class PostgresConversation:
         self._cache = cache
         self._last_seq = 0
 
-    async def open(self) -> PostgresConversation:
-        """Find the current session (opening one if there is none); close interrupted turns."""
-        row = await self.queries.fetch_one(_CURRENT_SESSION, self.agent_id)
-        if row is None:
+    async def open(self, current: Row | None = None) -> PostgresConversation:
+        """Find the current session (opening one if there is none); close interrupted turns.
+
+        `current` is the session as read right after the lock was taken, when it was.
+        """
+        row = current if current is not None else await self.queries.fetch_one(
+            _CURRENT_SESSION, self.agent_id
+        )
+        if row is None or row["session_id"] is None:
             await self.new_session()
             return self
-        self.session_id, self._last_seq = row["id"], row["last_seq"]
+        self.session_id, self._last_seq = row["session_id"], row["last_seq"]
         if row["running"]:
             self.interrupted = tuple(row["running"])
             await self.queries.execute(
@@ -479,6 +485,7 @@ class InMemoryConversation:
         self.agent_id = agent_id
         self.session_id = ""
         self.interrupted: tuple[str, ...] = ()
+        self.queries: Queries | None = None
 
     def open(self) -> InMemoryConversation:
         agent_id = self.agent_id

@@ -386,12 +386,14 @@ class LongTermMemory:
         kinds: Collection[str] | None = None,
         tags: Iterable[str] | None = None,
         min_score: float = 0.0,
+        using: Queries | None = None,
     ) -> builtins.list[RecalledMemory]:
         """The memories that best answer `query`, best first, at most `limit`.
 
         `scopes` keeps only memories of those scope kinds ("agent", "circle", ...); `kinds` and
         `tags` (all of them) filter further; results scoring below `min_score` are dropped.
-        Each recalled memory's `last_accessed_at` and `access_count` are updated. An embedding
+        Each recalled memory's `last_accessed_at` and `access_count` are updated. `using` runs
+        the queries on another connection of the same database (e.g. a turn's own). An embedding
         failure or timeout does not fail the recall: it ranks by full text alone (see
         `embed_query`).
         """
@@ -432,11 +434,11 @@ class LongTermMemory:
             weights=self.weights,
             importance_column=sql.SQL("t.importance"),
         )
-        ranked = score_candidates(await search.run(self.db), self.weights)
+        ranked = score_candidates(await search.run(using or self.db), self.weights)
         chosen = [(c, parts) for c, parts in ranked if parts.score >= min_score][:limit]
         if not chosen:
             return []
-        touched = await self.db.fetch_all(
+        touched = await (using or self.db).fetch_all(
             "UPDATE agent.memories SET last_accessed_at = now(), access_count = access_count + 1"
             " WHERE id = ANY($1::bigint[]) RETURNING id, last_accessed_at, access_count",
             [candidate.row["id"] for candidate, _ in chosen],

@@ -317,7 +317,7 @@ async def _exchange(
     events: _Publisher,
 ) -> AsyncIterator[AgentEvent | _Finished]:
     provider = agent.model_provider()
-    system = await agent.system_prompt(text)
+    system = await agent.system_prompt(text, conversation.queries)
     specs = [tool.spec for tool in agent.tools.values()]
     usage, cost = Usage(), None
     calls: list[ToolCall] = []

@@ -74,7 +74,7 @@ async def session_lock(
                 raise
             finally:
                 if acquired:
-                    await _release(conn, key)
+                    await release_lock(conn, key)
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         if body_failed:
             raise
@@ -94,6 +94,12 @@ async def _acquire(
     row = await cur.fetchone()
     if (row and row["ok"]) or not wait:
         return bool(row and row["ok"])
+    return await wait_for_lock(conn, key, wait_at_most)
+
+
+async def wait_for_lock(conn: Connection, key: LockKey, wait_at_most: float | None) -> bool:
+    """Block on `conn` until it holds `key`, or `wait_at_most` seconds; False when they ran
+    out. A wait cut short (cancelled, failed) closes `conn`, so it holds nothing after."""
     if wait_at_most is not None and wait_at_most <= 0:
         return False
     try:
@@ -112,11 +118,12 @@ async def _acquire(
                 await conn.execute("SELECT set_config('lock_timeout', '0', false)")
         return True
     except BaseException:
-        await conn.close()  # a wait cut short: a closed session holds no lock
+        await conn.close()
         raise
 
 
-async def _release(conn: Connection, key: LockKey) -> None:
+async def release_lock(conn: Connection, key: LockKey) -> None:
+    """Release `key` held by `conn` (closing `conn` if that fails: the server then frees it)."""
     if conn.closed or conn.broken:
         return  # the server released the lock with the session
     try:

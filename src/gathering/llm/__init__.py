@@ -2,21 +2,26 @@
 Anthropic, OpenAI (and OpenAI-compatible), Ollama, local and scripted providers, and
 embeddings.
 
-The SDK client factories `anthropic_client`, `openai_client` and `ollama_client` are looked
-up here when a provider builds its client, so patching them (e.g.
+A provider given `client=` (an SDK client built by the caller) uses it as-is. Otherwise the
+SDK client factories `anthropic_client`, `openai_client` and `ollama_client` are looked up
+here when a provider builds its client, so patching them (e.g.
 ``patch("gathering.llm.anthropic_client")``) swaps the client every provider uses.
+
+Every provider reports its `context_window` and can `count_tokens`; `estimate_tokens` gives
+the same estimate with no provider at hand.
 """
 
 from gathering.llm.anthropic import AnthropicProvider
 from gathering.llm.anthropic import create_anthropic_client as anthropic_client
 from gathering.llm.base import BaseProvider, GenerationOptions, LLMProvider
+from gathering.llm.context_windows import default_context_window
 from gathering.llm.embeddings import (
     EmbeddingProvider,
     LocalEmbeddingProvider,
     OllamaEmbeddingProvider,
     OpenAIEmbeddingProvider,
 )
-from gathering.llm.local import LocalProvider, local_model_available
+from gathering.llm.local import LocalProvider, close_models, local_model_available
 from gathering.llm.ollama import OllamaProvider
 from gathering.llm.ollama import create_ollama_client as ollama_client
 from gathering.llm.openai import OpenAIProvider
@@ -32,6 +37,7 @@ from gathering.llm.registry import (
 )
 from gathering.llm.retry import RetryPolicy
 from gathering.llm.scripted import ScriptedCall, ScriptedProvider, tool_call
+from gathering.llm.token_estimate import estimate_tokens
 from gathering.llm.types import (
     Completion,
     Message,
@@ -75,9 +81,12 @@ __all__ = [
     "UsageEvent",
     "UsageLedger",
     "anthropic_client",
+    "close_models",
+    "default_context_window",
     "default_model",
     "default_provider_name",
     "estimate_cost",
+    "estimate_tokens",
     "get_embedding_provider",
     "get_provider",
     "known_providers",

@@ -123,7 +123,8 @@ def _input_tokens(usage: Any) -> int:
 
 
 class AnthropicProvider(BaseProvider):
-    """Anthropic's Messages API. Needs `ANTHROPIC_API_KEY` (or `api_key=`) at the first call."""
+    """Anthropic's Messages API. Needs `ANTHROPIC_API_KEY` (or `api_key=`) at the first call,
+    unless given `client=`: an `anthropic.AsyncAnthropic` built by the caller, used as-is."""
 
     provider_name = "anthropic"
 
@@ -133,15 +134,17 @@ class AnthropicProvider(BaseProvider):
         *,
         api_key: str | None = None,
         base_url: str | None = None,
+        client: AsyncAnthropic | None = None,
         **options: Unpack[ProviderOptions],
     ) -> None:
         super().__init__(model, **options)
         self._api_key = api_key
         self._base_url = base_url
+        self._inject_client(client)
 
     @property
     def client(self) -> AsyncAnthropic:
-        """The SDK client, built at first use; raises if no API key is configured."""
+        """The injected SDK client, or one built at first use (raises if no key is set)."""
         return self._client_for_this_loop(self._build_client)
 
     def _build_client(self) -> AsyncAnthropic:

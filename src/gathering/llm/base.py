@@ -14,8 +14,10 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
 import structlog
 
 from gathering.errors import InvalidInputError, LLMError
+from gathering.llm.context_windows import default_context_window
 from gathering.llm.pricing import Price, price_for
 from gathering.llm.retry import RetryPolicy, retry_async
+from gathering.llm.token_estimate import estimate_tokens
 from gathering.llm.types import (
     Completion,
     Message,
@@ -52,6 +54,15 @@ class LLMProvider(Protocol):
     @property
     def model(self) -> str:
         """The model this provider calls."""
+        ...
+
+    @property
+    def context_window(self) -> int:
+        """The most tokens (prompt plus reply) one call can take."""
+        ...
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """The tokens each text costs as one message of a prompt (framing included)."""
         ...
 
     async def generate(
@@ -150,6 +161,13 @@ class Request:
     options: GenerationOptions
 
 
+def check_texts(texts: Sequence[str], what: str) -> list[str]:
+    """`texts` as a list, or `InvalidInputError` unless it is a sequence of strings."""
+    if isinstance(texts, (str, bytes)) or not all(isinstance(text, str) for text in texts):
+        raise InvalidInputError(f"{what}() takes a list of strings")
+    return list(texts)
+
+
 def check_conversation(
     messages: Sequence[Message], tools: Sequence[ToolSpec] | None
 ) -> tuple[tuple[Message, ...], tuple[ToolSpec, ...]]:
@@ -224,7 +242,8 @@ class BaseProvider(ABC):
 
     Subclasses implement `_complete` (one attempt of `generate`), `_stream_events` (one
     attempt of `stream`, feeding stop reason and model into the assembler) and
-    `_translate_error` (SDK exception to `LLMError`).
+    `_translate_error` (SDK exception to `LLMError`). A wire provider given `client=` calls
+    `_inject_client` and then always uses that SDK client.
     """
 
     provider_name: ClassVar[str]
@@ -237,11 +256,18 @@ class BaseProvider(ABC):
         timeout: float = DEFAULT_TIMEOUT,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float | None = None,
+        context_window: int | None = None,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InvalidInputError(f"{self.provider_name}: model must be a non-empty string")
         if timeout <= 0:
             raise InvalidInputError(f"timeout must be positive, got {timeout!r}")
+        if context_window is not None and not (
+            _is_number(context_window, integer=True) and context_window > 0
+        ):
+            raise InvalidInputError(
+                f"context_window must be a positive number of tokens, got {context_window!r}"
+            )
         self._name = self.provider_name
         self._model = model
         self.retry = RetryPolicy.coerce(retry)
@@ -250,8 +276,10 @@ class BaseProvider(ABC):
         self.defaults.check()
         self._price = price_for(self.provider_name, model)
         self._reported_prices: dict[str, Price | None] = {}
+        self._context_window = context_window
         self._sdk_client: Any = None
         self._sdk_client_loop: asyncio.AbstractEventLoop | None = None
+        self._injected_client: Any = None
 
     @property
     def name(self) -> str:
@@ -262,6 +290,19 @@ class BaseProvider(ABC):
     def model(self) -> str:
         """The model this provider calls."""
         return self._model
+
+    @property
+    def context_window(self) -> int:
+        """The most tokens (prompt plus reply) one call can take: `context_window=` when
+        given, else the model's published window (`gathering.llm.context_windows`)."""
+        if self._context_window is not None:
+            return self._context_window
+        return default_context_window(self.provider_name, self._model)
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """The tokens each text costs as one message of a prompt; without a tokenizer this is
+        `estimate_tokens` (characters / 4, rounded up, plus the message framing)."""
+        return [estimate_tokens(text) for text in check_texts(texts, "count_tokens")]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self._model!r})"
@@ -396,9 +437,16 @@ class BaseProvider(ABC):
                 raise
             raise error from exc
 
+    def _inject_client(self, client: object | None) -> None:
+        """Use `client` (an SDK client built by the caller) as-is for every call."""
+        self._injected_client = client
+
     def _client_for_this_loop(self, build: Callable[[], T]) -> T:
-        """The SDK client, built by `build` at first use and again in each new event loop:
-        an async HTTP client's pooled connections belong to the loop that opened them."""
+        """The injected SDK client; else the one built by `build` at first use and again in
+        each new event loop (an async HTTP client's pooled connections belong to the loop
+        that opened them)."""
+        if self._injected_client is not None:
+            return cast(T, self._injected_client)
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:

@@ -16,6 +16,7 @@ class ProviderOptions(TypedDict, total=False):
     timeout: float
     max_tokens: int
     temperature: float | None
+    context_window: int | None
 
 
 def configured_secret(field: str) -> str | None:

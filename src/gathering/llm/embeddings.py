@@ -7,28 +7,30 @@ coarser than a dedicated embedding model's.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Unpack, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 
 from gathering.errors import InvalidInputError, LLMError
 from gathering.llm.base import BaseProvider
 from gathering.llm.common import ProviderOptions
-from gathering.llm.local import (
-    DEFAULT_CONTEXT,
-    DEFAULT_THREADS,
-    LocalProvider,
-    load_model,
-)
+from gathering.llm.local import DEFAULT_THREADS, LocalProvider
 from gathering.llm.ollama import OllamaProvider
 from gathering.llm.openai import OpenAIProvider
 from gathering.llm.retry import retry_async
 
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+    from ollama import AsyncClient
+    from openai import AsyncOpenAI
+
 OPENAI_DEFAULT_EMBEDDING_MODEL = "text-embedding-3-small"
 OLLAMA_DEFAULT_EMBEDDING_MODEL = "nomic-embed-text"
 LOCAL_EMBEDDING_MODEL = "smollm2-135m-instruct"
+# Embedding inputs are chunks, and llama.cpp embeds a whole input in one batch of n_ctx
+# tokens: a smaller context than chat's keeps that batch's memory small.
+LOCAL_EMBEDDING_CONTEXT = 2048
 
 KNOWN_DIMENSIONS = {
     "text-embedding-3-small": 1536,
@@ -121,9 +123,12 @@ class OpenAIEmbeddingProvider(_Embeddings):
         api_key: str | None = None,
         base_url: str | None = None,
         dimensions: int | None = None,
+        client: AsyncOpenAI | None = None,
         **options: Unpack[ProviderOptions],
     ) -> None:
-        self._openai = OpenAIProvider(model, api_key=api_key, base_url=base_url, **options)
+        self._openai = OpenAIProvider(
+            model, api_key=api_key, base_url=base_url, client=client, **options
+        )
         self._requested_dimensions = dimensions
         super().__init__(self._openai, dimensions)
 
@@ -151,9 +156,10 @@ class OllamaEmbeddingProvider(_Embeddings):
         *,
         host: str | None = None,
         dimensions: int | None = None,
+        client: AsyncClient | None = None,
         **options: Unpack[ProviderOptions],
     ) -> None:
-        self._ollama = OllamaProvider(model, host=host, **options)
+        self._ollama = OllamaProvider(model, host=host, client=client, **options)
         super().__init__(self._ollama, dimensions)
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
@@ -162,14 +168,15 @@ class OllamaEmbeddingProvider(_Embeddings):
 
 
 class LocalEmbeddingProvider(_Embeddings):
-    """Embeddings from the bundled SmolLM2 model (or another GGUF file), run in-process."""
+    """Embeddings from the bundled SmolLM2 model (or another GGUF file), run in-process on
+    the embedding model's own thread, behind the same bounded queue as local chat."""
 
     def __init__(
         self,
         model: str = LOCAL_EMBEDDING_MODEL,
         *,
         model_path: str | Path | None = None,
-        n_ctx: int = DEFAULT_CONTEXT,
+        n_ctx: int = LOCAL_EMBEDDING_CONTEXT,
         n_threads: int = DEFAULT_THREADS,
         **options: Unpack[ProviderOptions],
     ) -> None:
@@ -179,14 +186,9 @@ class LocalEmbeddingProvider(_Embeddings):
         super().__init__(self._local, None)
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
-        path = self._local.model_path
-        local = self._local
-
-        def run() -> list[list[float]]:
-            model = load_model(path, n_ctx=local.n_ctx, n_threads=local.n_threads, embedding=True)
-            with model.lock:
-                self._dimension = model.llama.n_embd()
-                vectors = model.llama.embed(texts, normalize=True, truncate=True)
+        def embed(llama: Llama) -> list[list[float]]:
+            self._dimension = llama.n_embd()
+            vectors = llama.embed(texts, normalize=True, truncate=True)
             return [[float(x) for x in vector] for vector in vectors]
 
-        return await asyncio.to_thread(run)
+        return await self._local.local_model(embedding=True).run(embed)

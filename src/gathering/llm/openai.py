@@ -34,6 +34,7 @@ ENV_VAR = "OPENAI_API_KEY"
 DEFAULT_MODEL = "gpt-6-luna"
 # Sent as the bearer token to OpenAI-compatible servers that need none.
 NO_KEY = "not-needed"
+OPENAI_URL = "https://api.openai.com/v1"
 
 _STOP_REASONS: dict[str | None, StopReason] = {
     "stop": "end",
@@ -106,7 +107,11 @@ def _json(value: Any) -> str:
 
 
 class OpenAIProvider(BaseProvider):
-    """OpenAI Chat Completions, or an OpenAI-compatible server given by `base_url`."""
+    """OpenAI Chat Completions, or an OpenAI-compatible server given by `base_url`.
+
+    `client=` takes an `openai.AsyncOpenAI` built by the caller, used as-is (its own
+    `base_url` then decides where requests go).
+    """
 
     provider_name = "openai"
 
@@ -116,20 +121,27 @@ class OpenAIProvider(BaseProvider):
         *,
         api_key: str | None = None,
         base_url: str | None = None,
+        client: AsyncOpenAI | None = None,
         **options: Unpack[ProviderOptions],
     ) -> None:
         super().__init__(model, **options)
         self._api_key = api_key
         self._base_url = base_url
+        self._inject_client(client)
 
     @property
     def base_url(self) -> str | None:
-        """The server this provider talks to (None: OpenAI itself, or `OPENAI_BASE_URL`)."""
+        """The server this provider talks to (None: OpenAI itself, or `OPENAI_BASE_URL`);
+        with an injected client, that client's."""
+        if self._injected_client is not None:
+            url = str(self._injected_client.base_url).rstrip("/")
+            return None if url == OPENAI_URL else url
         return self._base_url or configured_value("openai_base_url")
 
     @property
     def client(self) -> AsyncOpenAI:
-        """The SDK client, built at first use; raises if OpenAI itself is used without a key."""
+        """The injected SDK client, or one built at first use (raises if OpenAI itself is
+        used without a key)."""
         return self._client_for_this_loop(self._build_client)
 
     def _build_client(self) -> AsyncOpenAI:

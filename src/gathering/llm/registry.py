@@ -82,11 +82,15 @@ def default_model(provider: str) -> str:
     raise InvalidInputError(f"no default model for provider {provider!r}; pass model=...")
 
 
-def get_provider(name: str, model: str | None = None, **config: Any) -> LLMProvider:
+def get_provider(
+    name: str, model: str | None = None, *, client: Any = None, **config: Any
+) -> LLMProvider:
     """The provider called `name`, for `model` (default: `default_model(name)`).
 
-    `config` goes to the provider's constructor (api_key, base_url, host, timeout, retry,
-    max_tokens, temperature, ...). An unknown name raises `UnknownProviderError`.
+    `client` is an SDK client built by the caller (anthropic.AsyncAnthropic,
+    openai.AsyncOpenAI, ollama.AsyncClient), used as-is. `config` goes to the provider's
+    constructor (api_key, base_url, host, timeout, retry, max_tokens, temperature,
+    context_window, ...). An unknown name raises `UnknownProviderError`.
     """
     key = _normalise(name)
     factory = _providers.get(key)
@@ -96,6 +100,8 @@ def get_provider(name: str, model: str | None = None, **config: Any) -> LLMProvi
             hint=f"known providers: {', '.join(known_providers())}",
             details={"provider": name, "known": known_providers()},
         )
+    if client is not None:
+        config["client"] = client
     try:
         return factory(model or default_model(key), **config)
     except TypeError as exc:

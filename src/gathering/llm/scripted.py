@@ -48,7 +48,7 @@ def tool_call(
     return ToolCall(id=call_id or new_call_id(), name=name, arguments=dict(arguments or {}))
 
 
-def count_tokens(text: str) -> int:
+def word_count(text: str) -> int:
     """A rough token count (words and whitespace runs), used for scripted usage."""
     return len(_TOKEN.findall(text))
 
@@ -69,7 +69,8 @@ class ScriptedProvider(BaseProvider):
     >>> provider = ScriptedProvider(["Hello!", tool_call("search", {"q": "cats"}), "Done."])
 
     Every call is appended to `calls`. Unless `retry=` is given, nothing is retried, so a
-    scripted exception reaches the caller at once.
+    scripted exception reaches the caller at once. `context_window=` sets the window it
+    reports (default 128_000); `count_tokens` is the estimate every provider has.
     """
 
     provider_name = "scripted"
@@ -134,14 +135,14 @@ class ScriptedProvider(BaseProvider):
         if isinstance(reply, Completion):
             return reply
         input_tokens = sum(
-            count_tokens(message.content)
-            + sum(count_tokens(result.content) for result in message.tool_results)
+            word_count(message.content)
+            + sum(word_count(result.content) for result in message.tool_results)
             for message in request.messages
         )
         if isinstance(reply, str):
             return Completion(
                 text=reply,
-                usage=Usage(input_tokens, count_tokens(reply)),
+                usage=Usage(input_tokens, word_count(reply)),
                 model=self.model,
             )
         calls = (reply,) if isinstance(reply, ToolCall) else tuple(reply)

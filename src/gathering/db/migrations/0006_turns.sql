@@ -43,3 +43,22 @@ CREATE TABLE agent.tool_calls (
 
 -- The current session of an agent is its newest one.
 CREATE INDEX sessions_agent_created_idx ON agent.sessions (agent_id, created_at DESC);
+
+-- Take an agent's turn lock without waiting and read its current session, in one round trip.
+-- VOLATILE: the session is read with a snapshot taken after the lock is held, so it sees the
+-- last holder's final commit.
+CREATE FUNCTION agent.try_begin_turn(
+    p_agent_id bigint, p_lock_key bigint,
+    OUT locked boolean, OUT session_id text, OUT last_seq integer, OUT running text[]
+) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    locked := pg_try_advisory_lock(p_lock_key);
+    IF NOT locked THEN
+        RETURN;
+    END IF;
+    SELECT s.id::text, s.last_seq INTO session_id, last_seq
+        FROM agent.sessions s WHERE s.agent_id = p_agent_id ORDER BY s.created_at DESC LIMIT 1;
+    running := ARRAY(SELECT t.id::text FROM agent.turns t
+                     WHERE t.agent_id = p_agent_id AND t.status = 'running');
+END
+$$;
