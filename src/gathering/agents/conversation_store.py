@@ -65,7 +65,11 @@ class Conversation(Protocol):
 
     session_id: str
     interrupted: tuple[str, ...]  # turns found running from a holder that died, now closed
-    queries: Queries | None  # the connection holding the lock, for the turn's other reads
+
+    @property
+    def queries(self) -> Queries | None:
+        """The connection holding the lock, for the turn's other reads (None in memory)."""
+        ...
 
     async def window(self, limit: int) -> list[HistoryEntry]:
         """The last `limit` messages a model may see, oldest first (no failed turns)."""
