@@ -2,9 +2,12 @@
 
 Three measurements in one run, same machine, same process:
   * baseline: PydanticAI's `Agent` with its `TestModel` (history carried between turns);
-  * GatheRing in memory (`InMemoryAgentStore`): target no slower than the baseline;
-  * GatheRing persisted to PostgreSQL (every message committed before the reply returns):
-    target under 2 ms per turn here.
+  * GatheRing in memory (`InMemoryAgentStore`): target <= 0.10x the baseline;
+  * GatheRing persisted to PostgreSQL, as a server runs it: the turn lock taken across
+    processes, the session read from the database at each turn (the cross-process reload
+    check), the user message committed before the model call, memory recall on, the reply
+    committed before it returns: target <= 1.0 ms per turn here (the floor is about two
+    commits).
 
 Run: .venv/bin/python benchmarks/agent_turn.py [--turns N]
 """
@@ -83,9 +86,10 @@ async def main(turns: int, persisted_turns: int, window: int) -> None:
 
     print(f"PydanticAI Agent + TestModel : {baseline:9.1f} us/turn (baseline)")
     print(f"GatheRing in memory          : {in_memory:9.1f} us/turn  "
-          f"ratio {in_memory / baseline:.2f}x  (target <= 1.00x)")
+          f"ratio {in_memory / baseline:.2f}x  (target <= 0.10x)")
     print(f"GatheRing persisted          : {persisted:9.1f} us/turn  "
-          f"ratio {persisted / baseline:.2f}x  ({persisted / 1000:.2f} ms; target < 2 ms)")
+          f"ratio {persisted / baseline:.2f}x  ({persisted / 1000:.2f} ms; target <= 1.0 ms,"
+          " reload check on)")
 
 
 if __name__ == "__main__":

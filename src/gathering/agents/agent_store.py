@@ -257,6 +257,7 @@ class InMemoryAgentStore:
         self._agents: dict[int, AgentRecord] = {}
         self._sessions: dict[str, MemorySession] = {}
         self._turns: dict[str, MemoryTurn] = {}
+        self._running: dict[int, set[str]] = {}
         self._next_id = 1
 
     async def save_agent(self, record: AgentRecord) -> AgentRecord:
@@ -307,7 +308,10 @@ class InMemoryAgentStore:
         if agent_id not in self._agents:
             raise NotFoundError(f"no agent {agent_id}")
         async with local_turn_lock(id(self), agent_id, wait=wait):
-            yield InMemoryConversation(self._sessions, self._turns, agent_id).open()
+            yield self._conversation(agent_id).open()
+
+    def _conversation(self, agent_id: int) -> InMemoryConversation:
+        return InMemoryConversation(self._sessions, self._turns, self._running, agent_id)
 
     async def latest_session(self, agent_id: int) -> str | None:
         owned = [(s.created_at, k) for k, s in self._sessions.items() if s.agent_id == agent_id]
@@ -319,7 +323,7 @@ class InMemoryAgentStore:
 
     async def window(self, session_id: str, limit: int) -> list[HistoryEntry]:
         agent_id = self._sessions[session_id].agent_id
-        conversation = InMemoryConversation(self._sessions, self._turns, agent_id)
+        conversation = self._conversation(agent_id)
         conversation.session_id = session_id
         return await conversation.window(limit)
 

@@ -482,10 +482,12 @@ class InMemoryConversation:
         self,
         sessions: dict[str, MemorySession],
         turns: dict[str, MemoryTurn],
+        running: dict[int, set[str]],
         agent_id: int,
     ) -> None:
         self._sessions = sessions
         self._turns = turns
+        self._running = running.setdefault(agent_id, set())
         self.agent_id = agent_id
         self.session_id = ""
         self.interrupted: tuple[str, ...] = ()
@@ -499,10 +501,10 @@ class InMemoryConversation:
         else:
             self.session_id = str(uuid.uuid4())
             self._sessions[self.session_id] = MemorySession(self.agent_id)
-        running = [t for t in self._turns.values() if t.agent_id == self.agent_id]
-        self.interrupted = tuple(t.id for t in running if t.status == "running")
+        self.interrupted = tuple(self._running)
         for turn_id in self.interrupted:
             self._turns[turn_id].status = "interrupted"
+        self._running.clear()
         return self
 
     async def new_session(self) -> str:
@@ -511,13 +513,16 @@ class InMemoryConversation:
         return self.session_id
 
     async def window(self, limit: int) -> list[HistoryEntry]:
-        entries = [
-            e
-            for e in self._sessions[self.session_id].entries
-            if e.error is None
-            and (e.turn_id is None or self._turns[e.turn_id].status != "failed")
-        ]
-        return entries[-limit:] if limit else []
+        kept: list[HistoryEntry] = []
+        for entry in reversed(self._sessions[self.session_id].entries):
+            if len(kept) >= limit:
+                break
+            if entry.error is None and (
+                entry.turn_id is None or self._turns[entry.turn_id].status != "failed"
+            ):
+                kept.append(entry)
+        kept.reverse()
+        return kept
 
     async def clear(self) -> None:
         self._sessions[self.session_id].entries.clear()
@@ -533,6 +538,7 @@ class InMemoryConversation:
         self._turns[turn_id] = MemoryTurn(
             turn_id, self.agent_id, idempotency_key=idempotency_key, request_text=text
         )
+        self._running.add(turn_id)
         await self.append(turn_id, [HistoryEntry(Message.user(text))])
         return turn_id
 
@@ -561,8 +567,10 @@ class InMemoryConversation:
         await self.append(turn_id, entries)
         turn = self._turns[turn_id]
         turn.status, turn.result = "completed", result
+        self._running.discard(turn_id)
 
     async def fail_turn(self, turn_id: str, error: Mapping[str, Any]) -> None:
         turn = self._turns[turn_id]
         turn.status, turn.error = "failed", error
+        self._running.discard(turn_id)
         await self.append(turn_id, [HistoryEntry(Message.assistant(), error=str(error["message"]))])
