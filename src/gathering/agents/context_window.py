@@ -15,7 +15,7 @@ from typing import Any
 
 from gathering.agents.conversation_store import HistoryEntry
 from gathering.errors import ContextTooLongError
-from gathering.llm import LLMProvider, Message, ToolResult, ToolSpec
+from gathering.llm import LLMProvider, Message, ToolResult, ToolSpec, estimate_tokens
 from gathering.llm.base import DEFAULT_MAX_TOKENS
 
 INTERRUPTED_RESULT = (
@@ -120,7 +120,9 @@ async def build_messages(
         len(texts) + len(fixed_texts)
     ) <= budget:
         return [Message.system(system), *repair_tool_calls(messages)]
-    counts = await provider.count_tokens([*fixed_texts, *texts])
+    counter = getattr(provider, "count_tokens", None)  # a user's own provider may lack it
+    all_texts = [*fixed_texts, *texts]
+    counts = await counter(all_texts) if counter else [estimate_tokens(t) for t in all_texts]
     room = budget - sum(counts[: len(fixed_texts)])
     message_counts = counts[len(fixed_texts) :]
     # The current exchange (from the last user message on) must fit; older ones fill the rest.

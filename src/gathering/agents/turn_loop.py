@@ -325,7 +325,9 @@ async def _exchange(
     for iteration in range(1, agent.max_iterations + 1):
         if loop.time() >= until:
             raise _turn_timeout(limits)
-        entries = await conversation.window(agent.history_window)
+        # The window always holds the whole current turn (its user message and every model
+        # call and tool result since), whatever `history_window` is.
+        entries = await conversation.window(agent.history_window + 2 * iteration)
         completion: Completion | None = None
         call_until = min(until, loop.time() + limits.model_call_timeout)
         calling = _call_model(provider, system, entries, specs, agent.options, streaming)
