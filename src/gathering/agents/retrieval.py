@@ -26,7 +26,7 @@ from psycopg import sql
 
 from gathering.db.database import Queries, Row
 from gathering.errors import FeatureUnavailableError, InvalidInputError, LLMError
-from gathering.llm.embeddings import EmbeddingProvider
+from gathering.llm.embeddings import BaseEmbeddingProvider, EmbeddingProvider
 
 Scope: TypeAlias = Literal["agent", "circle", "project", "global"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -428,13 +428,21 @@ def embedding_model_name(embedder: EmbeddingProvider) -> str:
 
 
 async def embed_texts(
-    embedder: EmbeddingProvider, texts: Sequence[str], *, batch_size: int = EMBEDDING_BATCH_SIZE
+    embedder: EmbeddingProvider,
+    texts: Sequence[str],
+    *,
+    batch_size: int = EMBEDDING_BATCH_SIZE,
+    retry: bool = True,
 ) -> list[list[float]]:
     """Vectors for `texts`, asked for in batches; every vector checked to be finite and of one
-    length."""
+    length. `retry=False` makes one attempt (for providers that support it, ours do)."""
     vectors: list[list[float]] = []
     for start in range(0, len(texts), batch_size):
-        vectors.extend(await embedder.embed(list(texts[start : start + batch_size])))
+        batch = list(texts[start : start + batch_size])
+        if retry or not isinstance(embedder, BaseEmbeddingProvider):
+            vectors.extend(await embedder.embed(batch))
+        else:
+            vectors.extend(await embedder.embed(batch, retry=False))
     if len(vectors) != len(texts):
         raise LLMError(f"{embedder.name} returned {len(vectors)} vectors for {len(texts)} texts")
     lengths = {len(vector) for vector in vectors}
@@ -474,7 +482,7 @@ async def embed_query(
     """
     try:
         async with asyncio.timeout(time_limit):
-            (vector,) = await embed_texts(embedder, [query])
+            (vector,) = await embed_texts(embedder, [query], retry=False)
     except LLMError as error:
         code = error.code
     except TimeoutError:

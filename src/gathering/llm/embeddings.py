@@ -18,7 +18,7 @@ from gathering.llm.common import ProviderOptions
 from gathering.llm.local import DEFAULT_THREADS, LocalProvider
 from gathering.llm.ollama import OllamaProvider
 from gathering.llm.openai import OpenAIProvider
-from gathering.llm.retry import retry_async
+from gathering.llm.retry import RetryPolicy, retry_async
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -44,6 +44,9 @@ KNOWN_DIMENSIONS = {
 }
 
 
+SINGLE_ATTEMPT = RetryPolicy(max_attempts=1)
+
+
 @runtime_checkable
 class EmbeddingProvider(Protocol):
     """Anything that turns texts into vectors of a fixed dimension."""
@@ -67,7 +70,7 @@ class EmbeddingProvider(Protocol):
         ...
 
 
-class _Embeddings(ABC):
+class BaseEmbeddingProvider(ABC):
     """Input checks, retries and dimension tracking shared by the embedding providers."""
 
     def __init__(self, provider: BaseProvider, dimension: int | None) -> None:
@@ -84,8 +87,9 @@ class _Embeddings(ABC):
         """The embedding model."""
         return self._provider.model
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One vector per text, in order; transient failures are retried."""
+    async def embed(self, texts: Sequence[str], *, retry: bool = True) -> list[list[float]]:
+        """One vector per text, in order; transient failures are retried unless `retry` is
+        False (a query on a hot path that has a fallback)."""
         if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
             raise InvalidInputError("embed() takes a list of strings")
         if not texts:
@@ -95,7 +99,8 @@ class _Embeddings(ABC):
         async def attempt() -> list[list[float]]:
             return await self._provider._translated(self._embed(batch))
 
-        vectors = await retry_async(attempt, self._provider.retry, what=f"{self.name} embed")
+        policy = self._provider.retry if retry else SINGLE_ATTEMPT
+        vectors = await retry_async(attempt, policy, what=f"{self.name} embed")
         if len(vectors) != len(batch):
             raise LLMError(f"{self.name} returned {len(vectors)} vectors for {len(batch)} texts")
         self._dimension = self._dimension or len(vectors[0])
@@ -113,7 +118,7 @@ class _Embeddings(ABC):
         """One attempt at embedding `texts`."""
 
 
-class OpenAIEmbeddingProvider(_Embeddings):
+class OpenAIEmbeddingProvider(BaseEmbeddingProvider):
     """OpenAI's embeddings endpoint, or that of an OpenAI-compatible server (`base_url`)."""
 
     def __init__(
@@ -147,7 +152,7 @@ class OpenAIEmbeddingProvider(_Embeddings):
         return [list(item.embedding) for item in ordered]
 
 
-class OllamaEmbeddingProvider(_Embeddings):
+class OllamaEmbeddingProvider(BaseEmbeddingProvider):
     """An embedding model served by Ollama (`/api/embed`)."""
 
     def __init__(
@@ -167,7 +172,7 @@ class OllamaEmbeddingProvider(_Embeddings):
         return [list(vector) for vector in reply.embeddings]
 
 
-class LocalEmbeddingProvider(_Embeddings):
+class LocalEmbeddingProvider(BaseEmbeddingProvider):
     """Embeddings from the bundled SmolLM2 model (or another GGUF file), run in-process on
     the embedding model's own thread, behind the same bounded queue as local chat."""
 
