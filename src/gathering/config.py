@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         description="Where the embedded database and local state live.",
     )
     db_pool_min_size: int = Field(default=1, ge=0, validation_alias=_env("db_pool_min_size"))
-    db_pool_max_size: int = Field(default=10, ge=1, validation_alias=_env("db_pool_max_size"))
+    db_pool_max_size: int = Field(default=20, ge=1, validation_alias=_env("db_pool_max_size"))
     db_connect_timeout: float = Field(
         default=10.0, gt=0, validation_alias=_env("db_connect_timeout")
     )
