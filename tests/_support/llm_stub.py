@@ -137,8 +137,17 @@ def _halves(text: str) -> list[str]:
 # --- the real APIs' validation ------------------------------------------------------------
 
 
-def anthropic_problem(messages: list[dict[str, Any]]) -> str | None:
-    """Anthropic's 400 message for tool_use / tool_result blocks that do not pair up."""
+def anthropic_problem(
+    messages: list[dict[str, Any]], tools: list[Any] | None = None
+) -> str | None:
+    """Anthropic's 400 message for tool_use / tool_result blocks that do not pair up, or that
+    come in a request defining no tools."""
+    if not tools and any(
+        b.get("type") in ("tool_use", "tool_result")
+        for message in messages
+        for b in _blocks(message.get("content"))
+    ):
+        return "Requests which include `tool_use` or `tool_result` blocks must define tools."
     for index, message in enumerate(messages):
         blocks = _blocks(message.get("content"))
         if message.get("role") == "assistant":
@@ -271,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _anthropic(
         self, body: Body, text: str, words: list[str], too_long: int, limit: int | None
     ) -> None:
-        problem = anthropic_problem(body.get("messages") or [])
+        problem = anthropic_problem(body.get("messages") or [], body.get("tools"))
         if problem:
             self._anthropic_error(problem)
             return

@@ -320,3 +320,15 @@ async def test_blocking_tools_run_off_the_event_loop(store):
                   tools=[(ToolSpec("blocking_tool"), blocking_tool)])
     await agent.run("go")
     assert seen and seen[0] != threading.main_thread().name
+
+
+@pytest.mark.parametrize("provider,model", [("anthropic", "claude-sonnet-4-20250514"), ("openai", "gpt-4o")])
+async def test_a_conversation_with_tool_calls_goes_on_without_the_tools(store, llm_stub_env, provider, model):
+    # The API and the CLI rebuild agents from their stored record, without Python tools: the
+    # history's tool traffic must still be accepted by the (strict) wire stub.
+    agent = Agent(f"Toolful-{provider}", provider, model, store=store, tools=[(ADD, _add)])
+    result = await agent.run('CALL add {"a": 2, "b": 3}')
+    assert result.tool_calls and result.tool_calls[0].name == "add"
+    again = await Agent.load(agent.id, store=store)
+    reply = await again.run("and now?")
+    assert reply.text == "Echo: and now?"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -59,11 +60,15 @@ def create_anthropic_client(
     return AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
 
 
-def anthropic_messages(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
+def anthropic_messages(
+    messages: Sequence[Message], *, with_tools: bool = True
+) -> tuple[str | None, list[dict[str, Any]]]:
     """Neutral messages as Anthropic's `system` prompt and `messages` list.
 
     Tool results become `tool_result` blocks of a user turn; consecutive turns of one role
-    are merged, as the API expects alternating roles.
+    are merged, as the API expects alternating roles. Without tools in the request
+    (`with_tools=False`), earlier tool calls and results are told as text: the API refuses
+    `tool_use` and `tool_result` blocks in a request that defines no tools.
     """
     system_parts: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -81,6 +86,8 @@ def anthropic_messages(messages: Sequence[Message]) -> tuple[str | None, list[di
                     "content": result.content,
                     **({"is_error": True} if result.is_error else {}),
                 }
+                if with_tools
+                else {"type": "text", "text": f"[tool result {result.call_id}] {result.content}"}
                 for result in message.tool_results
             ]
         elif message.role == "assistant":
@@ -92,6 +99,12 @@ def anthropic_messages(messages: Sequence[Message]) -> tuple[str | None, list[di
                     "id": call.id,
                     "name": call.name,
                     "input": dict(call.arguments),
+                }
+                if with_tools
+                else {
+                    "type": "text",
+                    "text": f"[called tool {call.name} ({call.id}) with "
+                    f"{json.dumps(dict(call.arguments), ensure_ascii=False)}]",
                 }
                 for call in message.tool_calls
             )
@@ -156,7 +169,7 @@ class AnthropicProvider(BaseProvider):
         return llm.anthropic_client(api_key=api_key, base_url=self._base_url, timeout=self.timeout)
 
     def _params(self, request: Request) -> dict[str, Any]:
-        system, turns = anthropic_messages(request.messages)
+        system, turns = anthropic_messages(request.messages, with_tools=bool(request.tools))
         options = request.options
         params: dict[str, Any] = {
             "model": self.model,

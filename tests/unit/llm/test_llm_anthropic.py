@@ -326,3 +326,22 @@ async def test_key_from_settings(stub, recorded, no_keys, monkeypatch):
     await provider.generate([Message.user("Hi")])
 
     assert sent_key(stub.last) == "sk-ant-from-env"
+
+
+def test_tool_traffic_is_told_as_text_when_the_request_has_no_tools():
+    from gathering.llm import Message, ToolCall, ToolResult
+    from gathering.llm.anthropic import anthropic_messages
+
+    messages = [
+        Message.user("add"),
+        Message.assistant("", [ToolCall("toolu_1", "add", {"a": 1})]),
+        Message.tool_outputs([ToolResult("toolu_1", "2")]),
+        Message.user("thanks"),
+    ]
+    _, with_tools = anthropic_messages(messages)
+    assert with_tools[1]["content"][0]["type"] == "tool_use"
+    _, without = anthropic_messages(messages, with_tools=False)
+    kinds = {block["type"] for turn in without for block in turn["content"]}
+    assert kinds == {"text"}
+    assert "called tool add (toolu_1)" in without[1]["content"][0]["text"]
+    assert without[2]["content"][0]["text"] == "[tool result toolu_1] 2"
