@@ -245,11 +245,6 @@ class TurnFailedError(ConflictError):
     code = "turn_failed"
 
 
-class ToolRetry(Exception):
-    """Raised by a tool to ask the model to try again: the message is sent to the model as the
-    tool's result, and the call does not count as a failure."""
-
-
 # --- coordination ---------------------------------------------------------------------------
 
 

@@ -29,7 +29,6 @@ from gathering.errors import (
     GatheringError,
     InvalidInputError,
     ProviderTimeoutError,
-    ToolRetry,
     TurnFailedError,
     TurnTimeoutError,
 )
@@ -46,6 +45,7 @@ from gathering.llm import (
     Usage,
 )
 from gathering.observability import record_tool_call, record_turn
+from gathering.tools.function import ToolRetry
 
 if TYPE_CHECKING:
     from gathering.agents.agent import Agent

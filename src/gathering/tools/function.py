@@ -12,6 +12,11 @@ from typing import Any
 from gathering.llm import ToolSpec
 
 
+class ToolRetry(Exception):
+    """Raised by a tool to ask the model to try again: the message is sent to the model as the
+    tool's result, and the call does not count as a failure."""
+
+
 @dataclass(frozen=True)
 class FunctionTool:
     """A tool an agent can call: `handler(**arguments)`, sync or async, returns its output."""
