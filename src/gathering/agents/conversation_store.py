@@ -237,7 +237,7 @@ _FINISH_TURN = (
 _FAIL_TURN = (
     _APPEND
     + ", t AS (UPDATE agent.turns SET status = 'failed', error = $4, finished_at = now()"
-    " WHERE id = $3::uuid RETURNING id)"
+    " WHERE id = $3::uuid AND status = 'running' RETURNING id)"
     + _LAST_SEQ
     + ", (SELECT count(*) FROM t) AS turns"
 )

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 
 from gathering.agents.context_window import build_messages
-from gathering.agents.conversation_store import Conversation, HistoryEntry
+from gathering.agents.conversation_store import Conversation, HistoryEntry, StoredTurn
 from gathering.config import get_settings
 from gathering.errors import (
     ConflictError,
@@ -245,6 +245,7 @@ async def run_turn(
         # limit and what is left of the turn's. A cancelled turn (shutdown, a dropped caller)
         # stays `running`, and the next turn of the agent, on any instance, closes it as
         # interrupted.
+        finished = False
         try:
             async for event in _exchange(
                 agent, conversation, turn_id, text, streaming, limits, until, events
@@ -256,6 +257,7 @@ async def run_turn(
                 await conversation.finish_turn(
                     turn_id, event.entries, result.to_dict() if idempotency_key else None
                 )
+                finished = True  # stored as completed: nothing after this may undo it
                 agent.remember_window(await conversation.window(agent.history_window))
                 record_turn(result.outcome)
                 await events.emit(
@@ -269,11 +271,12 @@ async def run_turn(
                 )
                 yield result
         except Exception as exc:
-            await _fail(conversation, turn_id, exc, events)
+            if not finished:
+                await _fail(conversation, turn_id, exc, events)
             raise
 
 
-def _replay(stored: Any, text: str) -> TurnResult:
+def _replay(stored: StoredTurn, text: str) -> TurnResult:
     if stored.request_text is not None and stored.request_text != text:
         raise ConflictError(
             "this idempotency key was used for another message",
