@@ -326,7 +326,7 @@ class Agent:
         builder.set("task", self.task)
         if query:
             builder.set("memories", await self.memory.recall_for_prompt(query, using))
-            builder.set("knowledge", await self.memory.knowledge_for_prompt(query))
+            builder.set("knowledge", await self.memory.knowledge_for_prompt(query, using))
         builder.set("resume", self.resume_note)
         return builder.build()
 

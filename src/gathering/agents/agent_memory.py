@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from gathering.agents.agent_store import PostgresAgentStore
+from gathering.agents.conversation_store import storable_text
 from gathering.agents.knowledge import KnowledgeBase, knowledge_for_prompt
 from gathering.agents.long_term_memory import (
     LongTermMemory,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 RECALL_LIMIT = 5
+RECALL_QUERY_CHARS = 4_000
 
 
 class AgentMemory:
@@ -123,13 +125,14 @@ class AgentMemory:
         """The prompt's memory section for `query` (None without PostgreSQL or memories)."""
         if not query.strip() or not isinstance(await self._agent.store(), PostgresAgentStore):
             return None
-        recalled = await self.recall(query, using=using)
+        # A long message recalls by its beginning: the query has a length limit.
+        recalled = await self.recall(storable_text(query)[:RECALL_QUERY_CHARS], using=using)
         if not recalled:
             return None
         budget = self._agent.prompt_budget  # tokens; about a quarter of the prompt for memories
         return format_memories_for_prompt(recalled, budget_chars=budget, heading="") or None
 
-    async def knowledge_for_prompt(self, query: str) -> str | None:
+    async def knowledge_for_prompt(self, query: str, using: Queries | None = None) -> str | None:
         """The prompt's knowledge section for `query`: the top passages of the documents in
         the agent's knowledge scope, with their source (None when it has no scope)."""
         agent = self._agent
@@ -139,7 +142,7 @@ class AgentMemory:
         if agent.id is None:
             await agent.save()
         kb = KnowledgeBase(
-            store.db,
+            using or store.db,
             owner_id=agent.owner_id,
             agent_id=agent.id,
             embedder=embedder_from_settings(),

@@ -210,7 +210,11 @@ class PostgresAgentStore:
             # Every statement of the turn runs on the connection that holds the lock: if it
             # is lost, the turn's writes fail rather than race another holder.
             conversation = PostgresConversation(OnConnection(conn), agent_id, _cache(self.db))
-            begun = await conversation.queries.fetch_one(_TRY_BEGIN_TURN, agent_id, key.value)
+            try:
+                begun = await conversation.queries.fetch_one(_TRY_BEGIN_TURN, agent_id, key.value)
+            except BaseException:
+                await conn.close()  # cut short, it may hold the lock: a closed session does not
+                raise
             if not (begun and begun["locked"]):
                 try:
                     locked = await wait_for_lock(conn, key, left)

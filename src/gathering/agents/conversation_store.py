@@ -162,7 +162,10 @@ _CURRENT_SESSION = (
     "       WHERE t.agent_id = $1 AND t.status = 'running') AS running"
     " FROM agent.sessions s WHERE s.agent_id = $1 ORDER BY s.created_at DESC LIMIT 1"
 )
-_NEW_SESSION = "INSERT INTO agent.sessions (agent_id) VALUES ($1) RETURNING id::text AS id"
+_NEW_SESSION = (
+    "INSERT INTO agent.sessions (agent_id)"
+    " SELECT id FROM agent.agents WHERE id = $1 RETURNING id::text AS id"
+)
 _CLOSE_INTERRUPTED = (
     "WITH t AS (UPDATE agent.turns SET status = 'interrupted', finished_at = now(), error = $2"
     "           WHERE id = ANY($1::uuid[]) AND status = 'running' RETURNING id)"
@@ -238,6 +241,8 @@ _FAIL_TURN = (
     _APPEND
     + ", t AS (UPDATE agent.turns SET status = 'failed', error = $4, finished_at = now()"
     " WHERE id = $3::uuid AND status = 'running' RETURNING id)"
+    ", c AS (UPDATE agent.tool_calls SET status = 'interrupted', finished_at = now()"
+    " WHERE turn_id = $3::uuid AND status = 'started' RETURNING 1)"
     + _LAST_SEQ
     + ", (SELECT count(*) FROM t) AS turns"
 )
@@ -247,11 +252,45 @@ _FIND_TURN = (
 )
 
 
+def storable_text(text: str) -> str:
+    """`text` as PostgreSQL can store it: NUL characters and lone surrogates (which a model or
+    a tool may produce) become U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable_text(str(k)): _storable(v) for k, v in value.items()}
+    return value
+
+
+def storable_message(message: Message) -> Message:
+    """`message` with every text made storable (see `storable_text`)."""
+    body = message.to_dict()
+    cleaned = _storable(body)
+    return message if cleaned == body else Message.from_dict(cleaned)
+
+
 def entry_to_json(entry: HistoryEntry) -> dict[str, Any]:
-    """The JSON form of an entry that `_APPEND` stores."""
+    """The JSON form of an entry that `_APPEND` stores (text made storable)."""
     if entry.error is not None:
-        return {"role": "error", "content": entry.error, "tool_calls": [], "tool_results": []}
-    body = entry.message.to_dict()
+        return {
+            "role": "error",
+            "content": storable_text(entry.error),
+            "tool_calls": [],
+            "tool_results": [],
+        }
+    body = _storable(entry.message.to_dict())
     usage = entry.usage
     return {
         "role": body["role"],
@@ -386,13 +425,14 @@ class PostgresConversation:
             self.session_id,
             Jsonb([entry_to_json(entry)]),
             turn_id,
-            Jsonb(calls),
+            Jsonb(_storable(calls)),
         )
         self._appended(row, [entry])
 
     async def tool_finished(self, turn_id: str, result: ToolResult) -> None:
         status = "failed" if result.is_error else "finished"
-        await self.queries.execute(_TOOL_FINISHED, turn_id, result.call_id, status, result.content)
+        content = storable_text(result.content)
+        await self.queries.execute(_TOOL_FINISHED, turn_id, result.call_id, status, content)
 
     async def finish_turn(
         self, turn_id: str, entries: Sequence[HistoryEntry], result: Mapping[str, Any] | None

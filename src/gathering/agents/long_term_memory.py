@@ -222,19 +222,19 @@ class LongTermMemory:
 
     # --- set-up -------------------------------------------------------------------------------
 
-    async def owner_id(self) -> int:
-        """The owner whose memories these are (resolved once)."""
+    async def owner_id(self, using: Queries | None = None) -> int:
+        """The owner whose memories these are (resolved once, on `using` when given)."""
         if self._owner is None:
-            self._owner = await self._resolve_owner()
+            self._owner = await self._resolve_owner(using or self.db)
         return self._owner
 
-    async def _resolve_owner(self) -> int:
-        await ensure_language(self.db, self.language)
+    async def _resolve_owner(self, db: Queries) -> int:
+        await ensure_language(db, self.language)
         if self.agent_id is None:
             if self._requested_owner is not None:
                 return self._requested_owner
-            return await local_owner_id(self.db)
-        owner = await self.db.fetch_val(
+            return await local_owner_id(db)
+        owner = await db.fetch_val(
             "SELECT owner_id FROM agent.agents WHERE id = $1", self.agent_id
         )
         if owner is None or (
@@ -243,9 +243,9 @@ class LongTermMemory:
             raise NotFoundError(f"agent {self.agent_id} not found")
         return int(owner)
 
-    async def _vectors_ready(self) -> EmbeddingProvider | None:
+    async def _vectors_ready(self, using: Queries | None = None) -> EmbeddingProvider | None:
         if self.embedder is not None and not self._checked_vectors:
-            await require_vectors(self.db)
+            await require_vectors(using or self.db)
             self._checked_vectors = True
         return self.embedder
 
@@ -404,8 +404,8 @@ class LongTermMemory:
         refs = self.visible_scopes(scopes)
         kind_list = _check_kinds(kinds)
         tag_list = None if tags is None else builtins.list(normalize_tags(tags))
-        owner = await self.owner_id()
-        embedder = await self._vectors_ready()
+        owner = await self.owner_id(using)
+        embedder = await self._vectors_ready(using)
         if not refs:
             return []
         semantic = None

@@ -13,14 +13,21 @@ agent is bounded by `GATHERING_AGENT_BUSY_WAIT` (then `AgentBusyError`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
 from gathering.agents.context_window import build_messages
-from gathering.agents.conversation_store import Conversation, HistoryEntry, StoredTurn
+from gathering.agents.conversation_store import (
+    Conversation,
+    HistoryEntry,
+    StoredTurn,
+    storable_message,
+    storable_text,
+)
 from gathering.config import get_settings
 from gathering.errors import (
     ConflictError,
@@ -28,6 +35,7 @@ from gathering.errors import (
     DatabaseError,
     GatheringError,
     InvalidInputError,
+    NotFoundError,
     ProviderTimeoutError,
     TurnFailedError,
     TurnTimeoutError,
@@ -44,6 +52,7 @@ from gathering.llm import (
     ToolSpec,
     Usage,
 )
+from gathering.llm.types import new_call_id
 from gathering.observability import record_tool_call, record_turn
 from gathering.tools.function import ToolRetry
 
@@ -53,6 +62,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["completed", "max_iterations"]
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+NOT_RUN_RESULT = "error: not run: the turn's deadline had passed"
 DELTA_FLUSH_SECONDS = 0.1  # `turn.delta` events are coalesced over this long
 EVENT_PREVIEW_CHARS = 2_000  # a tool result in a `tool.finished` event is cut to this
 
@@ -168,8 +179,14 @@ class _Publisher:
     are coalesced. A failure to publish is logged and never fails the turn.
     """
 
-    def __init__(self, bus: EventBus | None, agent: Agent, turn_id: str, session_id: str):
+    def __init__(
+        self, bus: EventBus | None, agent: Agent, turn_id: str, conversation: Conversation
+    ) -> None:
         self.bus = bus
+        # Durable events are written on the turn's own connection: a turn never needs a
+        # second pooled connection while it holds one (a full pool would stall every turn).
+        self.queries = conversation.queries
+        session_id = conversation.session_id
         self.subjects = [f"agent:{agent.id}"]
         if agent.owner_id is not None:
             self.subjects.append(f"user:{agent.owner_id}")
@@ -183,11 +200,14 @@ class _Publisher:
         body = {**self.base, **data}
         events = [Event(kind, body, subject=s, source="agent") for s in self.subjects]
         try:
-            await self.bus.publish_many(events, durable=durable)
+            if durable:
+                await self.bus.publish_many(events, tx=self.queries, durable=True)
+            else:
+                await self.bus.publish_many(events)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.warning("could not publish a turn event", event=kind, exc_info=True)
+            log.warning("could not publish a turn event", event_type=kind, exc_info=True)
 
     async def delta(self, text: str) -> None:
         if self.bus is None:
@@ -217,14 +237,16 @@ async def run_turn(
     before it is yielded; a failed turn is stored as failed (its messages leave the window)."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidInputError("the message is empty")
+    text = storable_text(text)
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise InvalidInputError(
+            "an idempotency key is 1 to 255 printable ASCII characters without spaces"
+        )
     limits = TurnLimits.from_settings()
     await agent.ensure_saved()
     assert agent.id is not None
     store = await agent.store()
     async with store.conversation(agent.id, wait=limits.busy_wait) as conversation:
-        if new_session or agent.wants_new_session():
-            await conversation.new_session()
-        agent.session_id = conversation.session_id
         if conversation.interrupted:
             log.warning(
                 "closed turns left running by a stopped process",
@@ -232,13 +254,17 @@ async def run_turn(
                 turns=list(conversation.interrupted),
             )
         if idempotency_key is not None:
+            # Before anything changes: a replay or a refused key leaves the conversation as is.
             stored = await conversation.find_turn(idempotency_key)
             if stored is not None:
                 yield _replay(stored, text)
                 record_turn("replayed")
                 return
+        if new_session or agent.wants_new_session():
+            await conversation.new_session()
+        agent.session_id = conversation.session_id
         turn_id = await conversation.start_turn(text, idempotency_key)
-        events = _Publisher(agent.event_bus, agent, turn_id, conversation.session_id)
+        events = _Publisher(agent.event_bus, agent, turn_id, conversation)
         await events.emit("turn.started", {"text": text[:EVENT_PREVIEW_CHARS]})
         until = asyncio.get_running_loop().time() + limits.turn_deadline
         # No timeout scope spans a `yield`: each model and tool call is bounded by its own
@@ -331,6 +357,11 @@ async def _exchange(
         # The window always holds the whole current turn (its user message and every model
         # call and tool result since), whatever `history_window` is.
         entries = await conversation.window(agent.history_window + 2 * iteration)
+        if not any(entry.message.role == "user" for entry in entries):
+            raise NotFoundError(
+                f"agent {agent.id}'s conversation is gone (the agent was deleted)",
+                hint="create the agent again to talk to it",
+            )
         completion: Completion | None = None
         call_until = min(until, loop.time() + limits.model_call_timeout)
         calling = _call_model(provider, system, entries, specs, agent.options, streaming)
@@ -342,11 +373,13 @@ async def _exchange(
                 yield event
         await events.flush()
         assert completion is not None
+        completion = _unique_call_ids(completion, entries)
         usage = usage + completion.usage
         if completion.cost_usd is not None:
             cost = (cost or 0.0) + completion.cost_usd
         model = completion.model or agent.model
-        entry = HistoryEntry(completion.message, model, completion.usage, completion.cost_usd)
+        message = storable_message(completion.message)  # as stored, so as cached
+        entry = HistoryEntry(message, model, completion.usage, completion.cost_usd)
         if not completion.tool_calls:
             reply = TurnResult(
                 completion.text,
@@ -368,7 +401,10 @@ async def _exchange(
             calls.append(call)
             yield ToolStarted(call)
             await events.emit("tool.started", {"call": call.to_dict()})
-            result = await run_tool(agent, call, min(limits.tool_timeout, until - loop.time()))
+            if loop.time() >= until:  # never start a side effect past the turn's deadline
+                result = ToolResult(call.id, NOT_RUN_RESULT, True, call.name)
+            else:
+                result = await run_tool(agent, call, min(limits.tool_timeout, until - loop.time()))
             await conversation.tool_finished(turn_id, result)
             results.append(result)
             yield ToolFinished(result)
@@ -381,7 +417,8 @@ async def _exchange(
                     "content": result.content[:EVENT_PREVIEW_CHARS],
                 },
             )
-        await conversation.append(turn_id, [HistoryEntry(Message.tool_outputs(results))])
+        outputs = storable_message(Message.tool_outputs(results))
+        await conversation.append(turn_id, [HistoryEntry(outputs)])
     note = (
         f"Stopped after {agent.max_iterations} model calls without a final answer "
         "(max iterations reached)."
@@ -398,6 +435,21 @@ async def _exchange(
         turn_id,
     )
     yield _Finished(stopped, [])
+
+
+def _unique_call_ids(completion: Completion, entries: Sequence[HistoryEntry]) -> Completion:
+    """`completion` with fresh ids for calls whose id is empty or already used in the window
+    or in the same reply (some OpenAI-compatible servers number calls per reply)."""
+    seen = {call.id for entry in entries for call in entry.message.tool_calls}
+    calls = []
+    for call in completion.tool_calls:
+        if not call.id or call.id in seen:
+            call = replace(call, id=new_call_id())
+        seen.add(call.id)
+        calls.append(call)
+    if calls == list(completion.tool_calls):
+        return completion
+    return replace(completion, tool_calls=tuple(calls))
 
 
 def _turn_timeout(limits: TurnLimits) -> TurnTimeoutError:
@@ -417,10 +469,13 @@ async def _bounded(
     end = object()
     try:
         while True:
+            timer = asyncio.timeout_at(call_until)
             try:
-                async with asyncio.timeout_at(call_until):
+                async with timer:
                     event = await anext(events, end)
             except TimeoutError:
+                if not timer.expired():
+                    raise  # the provider's own, not ours
                 if call_until >= until:
                     raise _turn_timeout(limits) from None
                 raise ProviderTimeoutError(
@@ -483,13 +538,16 @@ async def run_tool(agent: Agent, call: ToolCall, seconds: float) -> ToolResult:
             True,
             call.name,
         )
+    timer = asyncio.timeout(max(seconds, 0.0))
     try:
-        async with asyncio.timeout(max(seconds, 0.0)):
+        async with timer:
             output = await tool.run(call.arguments)
     except ToolRetry as retry:
         record_tool_call(call.name, "retry")
         return ToolResult(call.id, f"error: {retry}", True, call.name)
-    except TimeoutError:
+    except TimeoutError as exc:
+        if not timer.expired():  # the tool's own timeout (a socket, ...): a plain failure
+            return _tool_failed(call, exc)
         record_tool_call(call.name, "timeout")
         log.warning("tool timed out", tool=call.name, seconds=seconds)
         return ToolResult(
@@ -499,8 +557,12 @@ async def run_tool(agent: Agent, call: ToolCall, seconds: float) -> ToolResult:
             call.name,
         )
     except Exception as exc:
-        record_tool_call(call.name, "failed")
-        log.exception("tool failed", tool=call.name)
-        return ToolResult(call.id, f"error: {type(exc).__name__}: {exc}", True, call.name)
+        return _tool_failed(call, exc)
     record_tool_call(call.name, "ok")
-    return ToolResult(call.id, output, name=call.name)
+    return ToolResult(call.id, storable_text(output), name=call.name)
+
+
+def _tool_failed(call: ToolCall, exc: Exception) -> ToolResult:
+    record_tool_call(call.name, "failed")
+    log.error("tool failed", tool=call.name, exc_info=exc)
+    return ToolResult(call.id, f"error: {type(exc).__name__}: {exc}", True, call.name)

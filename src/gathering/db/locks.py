@@ -128,6 +128,9 @@ async def release_lock(conn: Connection, key: LockKey) -> None:
         return  # the server released the lock with the session
     try:
         await conn.execute("SELECT pg_advisory_unlock($1)", (key.value,))
+    except psycopg.Error:
+        await conn.close()  # the server frees the lock with the session; the caller's error,
+        # if any, is the one worth raising
     except BaseException:
         await conn.close()
         raise

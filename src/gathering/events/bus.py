@@ -21,7 +21,7 @@ from uuid import UUID
 
 import structlog
 
-from gathering.db.database import Database, Queries, Transaction
+from gathering.db.database import Database, Queries
 from gathering.errors import (
     ConfigurationError,
     EventBackpressureError,
@@ -338,15 +338,16 @@ class EventBus:
         return True
 
     async def publish(
-        self, event: Event, *, durable: bool = False, tx: Transaction | None = None
+        self, event: Event, *, durable: bool = False, tx: Queries | None = None
     ) -> bool:
         """Publish `event`; return False when it was a duplicate and was ignored.
 
         In-process (the default), it is queued for every matching subscriber here, waiting
         when one is full (see `subscribe`); an id already seen in the dedup window is ignored.
 
-        Durable (`durable=True`, or given `tx`), it is written to the outbox with `tx`, or
-        inside the caller's open `db.transaction()` of this task, or else on its own; every
+        Durable (`durable=True`, or given `tx`), it is written to the outbox with `tx` (a
+        transaction, or any connection of the same database, where it commits on its own),
+        or inside the caller's open `db.transaction()` of this task, or else on its own; every
         instance's listener delivers it once it commits, this instance's included, with the
         cursor it got at commit. An id already in the outbox is ignored.
         """
@@ -356,7 +357,7 @@ class EventBus:
         return await self._dispatch(event)
 
     async def publish_many(
-        self, events: Sequence[Event], *, durable: bool = False, tx: Transaction | None = None
+        self, events: Sequence[Event], *, durable: bool = False, tx: Queries | None = None
     ) -> int:
         """Publish `events` in order (durable ones in one statement); return how many were
         not duplicates."""
@@ -368,7 +369,7 @@ class EventBus:
             accepted += await self._dispatch(event)
         return accepted
 
-    async def _write(self, events: Sequence[Event], tx: Transaction | None) -> list[Event]:
+    async def _write(self, events: Sequence[Event], tx: Queries | None) -> list[Event]:
         queries: Queries = tx if tx is not None else self._require_db()
         stored = await outbox.write(queries, events)
         self.written += len(stored)
