@@ -76,7 +76,7 @@ class Conversation(Protocol):
         ...
 
     async def new_session(self) -> str:
-        """Open a fresh session and make it the current one."""
+        """Make a fresh session the current one (the current one if it was never used)."""
         ...
 
     async def clear(self) -> None:
@@ -370,6 +370,8 @@ class PostgresConversation:
         return self
 
     async def new_session(self) -> str:
+        if self.session_id and self._last_seq == 0:
+            return self.session_id  # the current one has never been used: it is new
         session_id = await self.queries.fetch_val(_NEW_SESSION, self.agent_id)
         if session_id is None:
             raise NotFoundError(f"no agent {self.agent_id}")
@@ -548,6 +550,8 @@ class InMemoryConversation:
         return self
 
     async def new_session(self) -> str:
+        if self.session_id and not self._sessions[self.session_id].entries:
+            return self.session_id  # the current one has never been used: it is new
         self.session_id = str(uuid.uuid4())
         self._sessions[self.session_id] = MemorySession(self.agent_id)
         return self.session_id
