@@ -103,39 +103,53 @@ async def build_messages(
 ) -> list[Message]:
     """The messages of the next call: the system prompt and the newest entries that fit.
 
-    `shrink` (0 < shrink <= 1) uses that share of the budget, after the provider said the
-    last attempt was too long. The last entry (the user's message, or the latest tool results)
-    is always kept; when even that does not fit, `ContextTooLongError` says so.
+    `shrink` (0 < shrink <= 1) keeps only that share of the earlier messages that fit, after
+    the provider said the last attempt was too long. The current exchange (from the last user
+    message on) is always kept; when even that does not fit, `ContextTooLongError` says so.
     """
     window = int(getattr(provider, "context_window", 0) or 0)
     entries = _starts_clean(entries)
     messages = [entry.message for entry in entries]
-    if window <= 0:
-        return [Message.system(system), *repair_tool_calls(messages)]
+    current = max((i for i, m in enumerate(messages) if m.role == "user"), default=0)
+    start = 0
+    if window > 0:
+        start = await _first_that_fits(provider, system, messages, current, tools, options, window)
+    start = current - int((current - start) * shrink)
+    kept = _starts_clean(entries[start:])
+    return [Message.system(system), *repair_tool_calls([e.message for e in kept])]
+
+
+async def _first_that_fits(
+    provider: LLMProvider,
+    system: str,
+    messages: list[Message],
+    current: int,
+    tools: Sequence[ToolSpec],
+    options: dict[str, Any],
+    window: int,
+) -> int:
+    """The index of the oldest message that fits with everything after it."""
     fixed_texts = [system, *(_tool_text(tool) for tool in tools)]
     texts = [message_text(m) for m in messages]
-    budget = int(window * (1 - SAFETY_MARGIN) * shrink) - reply_budget(provider, options)
+    budget = int(window * (1 - SAFETY_MARGIN)) - reply_budget(provider, options)
     # Upper bound without a tokenizer: a byte-level token never covers less than one byte.
-    if shrink >= 1.0 and sum(len(t.encode()) for t in (*fixed_texts, *texts)) + 8 * (
-        len(texts) + len(fixed_texts)
-    ) <= budget:
-        return [Message.system(system), *repair_tool_calls(messages)]
-    counter = getattr(provider, "count_tokens", None)  # a user's own provider may lack it
     all_texts = [*fixed_texts, *texts]
+    if sum(len(t.encode()) for t in all_texts) + 8 * len(all_texts) <= budget:
+        return 0
+    counter = getattr(provider, "count_tokens", None)  # a user's own provider may lack it
     counts = await counter(all_texts) if counter else [estimate_tokens(t) for t in all_texts]
     room = budget - sum(counts[: len(fixed_texts)])
     message_counts = counts[len(fixed_texts) :]
     # The current exchange (from the last user message on) must fit; older ones fill the rest.
-    start = max((i for i, m in enumerate(messages) if m.role == "user"), default=0)
-    room -= sum(message_counts[start:])
+    room -= sum(message_counts[current:])
     if room < 0:
         raise ContextTooLongError(
             f"the message does not fit the model's {window}-token context"
             " with the system prompt, the tools and the reply's max_tokens",
             hint="send a shorter message, lower max_tokens, or use a model with a larger context",
         )
+    start = current
     while start > 0 and message_counts[start - 1] <= room:
         start -= 1
         room -= message_counts[start]
-    kept = _starts_clean(entries[start:])
-    return [Message.system(system), *repair_tool_calls([e.message for e in kept])]
+    return start

@@ -394,9 +394,9 @@ def _sse(event: str, data: Any) -> str:
     responses={
         200: {
             "content": {"text/event-stream": {}},
-            "description": "events: delta, tool_call, tool_result, done, error",
+            "description": "events: delta, tool_call, tool_result, done, error (a busy "
+            "agent, a reused key or a failed turn come as an `error` event)",
         },
-        **_CHAT_ERRORS,
     },
 )
 async def chat_stream(
