@@ -189,6 +189,22 @@ def llm_stub_env(llm_stub: LLMStubServer, monkeypatch: pytest.MonkeyPatch) -> It
 
 
 @pytest.fixture
+def settings_env():  # type: ignore[no-untyped-def]
+    """`settings_env(tool_timeout=0.2, ...)` sets `GATHERING_<NAME>` (or NAME when upper-case)
+    for this test and refreshes the cached settings; all is undone after it."""
+    with pytest.MonkeyPatch.context() as patch:
+
+        def apply(**values: object) -> None:
+            for key, value in values.items():
+                name = key if key.isupper() else f"GATHERING_{key.upper()}"
+                patch.setenv(name, str(value))
+            get_settings.cache_clear()
+
+        yield apply
+    get_settings.cache_clear()
+
+
+@pytest.fixture
 def agent(llm_stub_env: LLMStubServer) -> Agent:
     """Create a test agent."""
     return Agent(name="TestAgent", provider="ollama", model="llama3.2")

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from unittest.mock import patch
 
@@ -21,7 +20,7 @@ import pytest
 from fastapi import FastAPI
 
 from gathering.agents.knowledge import KnowledgeBase
-from gathering.config import get_settings, load_settings
+from gathering.config import load_settings
 from gathering.db import Database
 from gathering.errors import ProviderUnavailableError
 from gathering.llm import Completion, Message
@@ -79,27 +78,6 @@ class Gate:
 
     def open(self) -> None:
         self.released.set()
-
-
-@pytest.fixture
-def settings_env() -> Iterator[Callable[..., None]]:
-    """Set `GATHERING_*` settings for this test; restored and caches cleared after."""
-    saved: dict[str, str | None] = {}
-
-    def apply(**values: Any) -> None:
-        for key, value in values.items():
-            name = f"GATHERING_{key.upper()}"
-            saved.setdefault(name, os.environ.get(name))
-            os.environ[name] = str(value)
-        get_settings.cache_clear()
-
-    yield apply
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    get_settings.cache_clear()
 
 
 @pytest.fixture

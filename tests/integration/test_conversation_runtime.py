@@ -9,7 +9,6 @@ sees); slow steps wait on events the test sets, never on the clock.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -19,7 +18,6 @@ import pytest
 from gathering.agents import Agent, PostgresAgentStore, TurnResult
 from gathering.agents.knowledge import KnowledgeBase
 from gathering.agents.long_term_memory import LongTermMemory
-from gathering.config import get_settings
 from gathering.db import Database
 from gathering.errors import (
     AgentBusyError,
@@ -47,28 +45,6 @@ NUMBER = ToolSpec(
 @pytest.fixture
 def store(db: Database) -> PostgresAgentStore:
     return PostgresAgentStore(db)
-
-
-@pytest.fixture
-def settings_env() -> Iterator[Callable[..., None]]:
-    """Set `GATHERING_*` settings for this test: `settings_env(tool_timeout=0.2)`; any other
-    variable by its full name (`OPENAI_BASE_URL=...`). Restored, caches cleared, after."""
-    saved: dict[str, str | None] = {}
-
-    def apply(**values: Any) -> None:
-        for key, value in values.items():
-            name = key if key.isupper() else f"GATHERING_{key.upper()}"
-            saved.setdefault(name, os.environ.get(name))
-            os.environ[name] = str(value)
-        get_settings.cache_clear()
-
-    yield apply
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    get_settings.cache_clear()
 
 
 class Overlap:

@@ -12,7 +12,7 @@ import pytest
 
 from gathering.agents import Agent, PostgresAgentStore
 from gathering.api.app import create_app
-from gathering.config import get_settings, load_settings
+from gathering.config import load_settings
 from gathering.db import Database
 from gathering.errors import NotFoundError, TurnTimeoutError
 from gathering.events import EventBus
@@ -22,17 +22,6 @@ from gathering.llm import Completion, ScriptedProvider, ToolCall, ToolSpec, tool
 @pytest.fixture
 def store(db):
     return PostgresAgentStore(db)
-
-
-@pytest.fixture
-def settings_env(monkeypatch):
-    def set_env(**values: str) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(f"GATHERING_{name.upper()}", value)
-        get_settings.cache_clear()
-
-    yield set_env
-    get_settings.cache_clear()
 
 
 async def _advisory_locks(db: Database) -> int:
