@@ -428,9 +428,10 @@ async def test_chat_goes_on_while_embeddings_are_down(store, db, bus, embeddings
     assert result.text == "noted"
     system = provider.last_call.messages[0].content
     assert ("green tea" in system.lower()) is (stored != "nothing")  # found by full text
-    await until(lambda: bool(degraded))
-    assert degraded[0].data["agent_id"] == agent.id
-    assert "embeddings unavailable" in degraded[0].data["reason"]
+    if stored != "nothing":  # with no memories and no knowledge, nothing is searched at all
+        await until(lambda: bool(degraded))
+        assert degraded[0].data["agent_id"] == agent.id
+        assert "embeddings unavailable" in degraded[0].data["reason"]
     assert (await agent.run("and after that?")).text == "noted"
 
 

@@ -317,15 +317,19 @@ class Agent:
         ):
             yield event
 
-    async def system_prompt(self, query: str | None = None, using: Queries | None = None) -> str:
+    async def system_prompt(
+        self, query: str | None = None, using: Queries | None = None, *, recall: bool = True
+    ) -> str:
         """The system prompt for the next call: persona, project, task, memories, knowledge
-        passages (with `knowledge`) and the resume note. `using`: the connection to recall on."""
+        passages (with `knowledge`) and the resume note. `using`: the connection to recall on;
+        `recall=False` skips memory recall (the owner has no memories)."""
         builder = PromptBuilder(self.prompt_budget)
         builder.set("persona", self.persona.render(self.name))
         builder.set("project", self.project)
         builder.set("task", self.task)
         if query:
-            builder.set("memories", await self.memory.recall_for_prompt(query, using))
+            if recall:
+                builder.set("memories", await self.memory.recall_for_prompt(query, using))
             builder.set("knowledge", await self.memory.knowledge_for_prompt(query, using))
         builder.set("resume", self.resume_note)
         return builder.build()

@@ -71,6 +71,11 @@ class Conversation(Protocol):
         """The connection holding the lock, for the turn's other reads (None in memory)."""
         ...
 
+    @property
+    def has_memories(self) -> bool:
+        """Whether the agent's owner has long-term memories (else recall is skipped)."""
+        ...
+
     async def window(self, limit: int) -> list[HistoryEntry]:
         """The last `limit` messages a model may see, oldest first (no failed turns)."""
         ...
@@ -156,12 +161,7 @@ class WindowCache:
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
-_CURRENT_SESSION = (
-    "SELECT s.id::text AS session_id, s.last_seq,"
-    " ARRAY(SELECT t.id::text FROM agent.turns t"
-    "       WHERE t.agent_id = $1 AND t.status = 'running') AS running"
-    " FROM agent.sessions s WHERE s.agent_id = $1 ORDER BY s.created_at DESC LIMIT 1"
-)
+_CURRENT_SESSION = "SELECT * FROM agent.turn_state($1)"
 _NEW_SESSION = (
     "INSERT INTO agent.sessions (agent_id)"
     " SELECT id FROM agent.agents WHERE id = $1 RETURNING id::text AS id"
@@ -339,6 +339,7 @@ class PostgresConversation:
         self.agent_id = agent_id
         self.session_id = ""
         self.interrupted: tuple[str, ...] = ()
+        self.has_memories = False
         self._cache = cache
         self._last_seq = 0
 
@@ -350,6 +351,7 @@ class PostgresConversation:
         row = current if current is not None else await self.queries.fetch_one(
             _CURRENT_SESSION, self.agent_id
         )
+        self.has_memories = bool(row and row["memories"])
         if row is None or row["session_id"] is None:
             await self.new_session()
             return self
@@ -534,6 +536,7 @@ class InMemoryConversation:
         self.session_id = ""
         self.interrupted: tuple[str, ...] = ()
         self.queries: Queries | None = None
+        self.has_memories = False  # long-term memory needs PostgreSQL
 
     def open(self) -> InMemoryConversation:
         agent_id = self.agent_id

@@ -346,7 +346,9 @@ async def _exchange(
     events: _Publisher,
 ) -> AsyncIterator[AgentEvent | _Finished]:
     provider = agent.model_provider()
-    system = await agent.system_prompt(text, conversation.queries)
+    system = await agent.system_prompt(
+        text, conversation.queries, recall=conversation.has_memories
+    )
     specs = [tool.spec for tool in agent.tools.values()]
     usage, cost = Usage(), None
     calls: list[ToolCall] = []

@@ -44,21 +44,36 @@ CREATE TABLE agent.tool_calls (
 -- The current session of an agent is its newest one.
 CREATE INDEX sessions_agent_created_idx ON agent.sessions (agent_id, created_at DESC);
 
--- Take an agent's turn lock without waiting and read its current session, in one round trip.
--- VOLATILE: the session is read with a snapshot taken after the lock is held, so it sees the
--- last holder's final commit.
-CREATE FUNCTION agent.try_begin_turn(
-    p_agent_id bigint, p_lock_key bigint,
-    OUT locked boolean, OUT session_id text, OUT last_seq integer, OUT running text[]
-) LANGUAGE plpgsql VOLATILE AS $$
+-- What a turn needs to know at its start, in one round trip: the agent's current session, its
+-- last sequence number, turns left running by a holder that died, and whether its owner has
+-- any memories to recall.
+-- plpgsql, not sql: its statements' plans are cached across calls.
+CREATE FUNCTION agent.turn_state(
+    p_agent_id bigint,
+    OUT session_id text, OUT last_seq integer, OUT running text[], OUT memories boolean
+) LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    locked := pg_try_advisory_lock(p_lock_key);
-    IF NOT locked THEN
-        RETURN;
-    END IF;
     SELECT s.id::text, s.last_seq INTO session_id, last_seq
         FROM agent.sessions s WHERE s.agent_id = p_agent_id ORDER BY s.created_at DESC LIMIT 1;
     running := ARRAY(SELECT t.id::text FROM agent.turns t
                      WHERE t.agent_id = p_agent_id AND t.status = 'running');
+    memories := EXISTS (SELECT 1 FROM agent.memories m JOIN agent.agents a ON a.owner_id = m.owner_id
+                        WHERE a.id = p_agent_id);
+END
+$$;
+
+-- Take an agent's turn lock without waiting and, when it is taken, read `turn_state`.
+-- VOLATILE: the state is read with a snapshot taken after the lock is held, so it sees the
+-- last holder's final commit.
+CREATE FUNCTION agent.try_begin_turn(
+    p_agent_id bigint, p_lock_key bigint,
+    OUT locked boolean, OUT session_id text, OUT last_seq integer, OUT running text[],
+    OUT memories boolean
+) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    locked := pg_try_advisory_lock(p_lock_key);
+    IF locked THEN
+        SELECT * INTO session_id, last_seq, running, memories FROM agent.turn_state(p_agent_id);
+    END IF;
 END
 $$;
