@@ -8,12 +8,12 @@ import hashlib
 import itertools
 import math
 import re
-import secrets
 import socket
 from collections.abc import Sequence
 
 import psycopg
 import pytest
+from db_rows import new_agent, new_user
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -179,23 +179,6 @@ def test_chunking_properties(text, target, data):
 
 
 # --- documents ------------------------------------------------------------------------------
-
-
-async def new_agent(db: Database, owner_id: int | None = None) -> int:
-    row = await db.execute(
-        "INSERT INTO agent.agents (name, model, owner_id) VALUES ($1, 'm', $2) RETURNING id",
-        f"agent-{secrets.token_hex(3)}",
-        owner_id,
-    )
-    return int(row["id"])
-
-
-async def new_user(db: Database) -> int:
-    row = await db.execute(
-        "INSERT INTO auth.users (email) VALUES ($1) RETURNING id",
-        f"u-{secrets.token_hex(4)}@example.com",
-    )
-    return int(row["id"])
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ agent may see, the character budget, and full-text search while embeddings are d
 
 from __future__ import annotations
 
-import secrets
 import socket
 
 import pytest
+from db_rows import new_agent, new_user
 
 from gathering.agents.knowledge import KnowledgeBase, KnowledgeScope, knowledge_for_prompt
 from gathering.db import Database
@@ -20,23 +20,6 @@ takes about two minutes; watch the error rate dashboard while it runs.
 """
 VACATION = "Everyone gets 25 days of paid leave a year; unused days carry over until March."
 RELEASE_NOTES = "The May release added dark mode and a faster rollback of failed imports."
-
-
-async def new_agent(db: Database, owner_id: int | None = None) -> int:
-    row = await db.execute(
-        "INSERT INTO agent.agents (name, model, owner_id) VALUES ($1, 'm', $2) RETURNING id",
-        f"agent-{secrets.token_hex(3)}",
-        owner_id,
-    )
-    return int(row["id"])
-
-
-async def new_user(db: Database) -> int:
-    row = await db.execute(
-        "INSERT INTO auth.users (email) VALUES ($1) RETURNING id",
-        f"u-{secrets.token_hex(4)}@example.com",
-    )
-    return int(row["id"])
 
 
 def closed_port() -> int:

@@ -9,7 +9,6 @@ import hashlib
 import json
 import math
 import re
-import secrets
 import socket
 import threading
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
 import pytest
+from db_rows import new_agent, new_user
 from structlog.testing import capture_logs
 
 from gathering.agents.long_term_memory import (
@@ -91,25 +91,6 @@ class BagOfWordsEmbedder:
 
     async def dimension(self) -> int:
         return self.dimensions
-
-
-async def new_agent(db: Database, name: str | None = None, owner_id: int | None = None) -> int:
-    row = await db.execute(
-        "INSERT INTO agent.agents (name, model, owner_id) VALUES ($1, 'm', $2) RETURNING id",
-        name or f"agent-{secrets.token_hex(3)}",
-        owner_id,
-    )
-    assert row is not None
-    return int(row["id"])
-
-
-async def new_user(db: Database) -> int:
-    row = await db.execute(
-        "INSERT INTO auth.users (email) VALUES ($1) RETURNING id",
-        f"u-{secrets.token_hex(4)}@example.com",
-    )
-    assert row is not None
-    return int(row["id"])
 
 
 async def local_owner(db: Database) -> int:

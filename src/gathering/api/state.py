@@ -116,7 +116,10 @@ class AppState:
         task.add_done_callback(finished)
 
     async def close(self) -> None:
-        """Release what this app opened (background work was given its time before)."""
+        """Release what this app opened, after background work has had its chance (the
+        lifecycle's `BackgroundWorkComponent` gives it that before the event bus stops)."""
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=self.settings.shutdown_timeout)
         await self.close_event_bus()
         if self._database is not None and self._owns_database:
             await self._database.disconnect()

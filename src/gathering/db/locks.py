@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import psycopg
 import structlog
 
+from gathering.cancellation import cancel_and_wait
 from gathering.errors import GatheringError, LockUnavailableError
 
 if TYPE_CHECKING:
@@ -171,13 +172,8 @@ class SingletonDuty:
         self._task = asyncio.create_task(self._loop(), name=f"duty:{self.key}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.holding = False
 
     def health(self) -> tuple[bool, str]:

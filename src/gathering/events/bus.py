@@ -21,6 +21,7 @@ from uuid import UUID
 
 import structlog
 
+from gathering.cancellation import cancel_and_wait
 from gathering.db.database import Database, Queries
 from gathering.errors import (
     ConfigurationError,
@@ -133,9 +134,7 @@ class EventBus:
         if self._closed:
             return
         self._closed = True
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
+        await cancel_and_wait(self._pruner)
         if self.listener is not None:
             await self.listener.stop()
         with contextlib.suppress(TimeoutError):

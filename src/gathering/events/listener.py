@@ -25,6 +25,7 @@ import structlog
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from gathering.cancellation import cancel_and_wait
 from gathering.db.database import Database, Row
 from gathering.errors import DatabaseUnavailableError
 from gathering.events import outbox
@@ -104,9 +105,7 @@ class OutboxListener:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
         await self._disconnect()
 
     async def _connect(self) -> psycopg.AsyncConnection[Row]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from gathering.cancellation import cancel_and_wait
 from gathering.errors import EventBackpressureError, EventStreamClosedError, InvalidInputError
 from gathering.events import outbox
 from gathering.events.patterns import Pattern
@@ -207,8 +208,7 @@ class Subscription:
             async with asyncio.timeout(grace):
                 await asyncio.shield(task)
         except TimeoutError:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
 
     async def join(self) -> None:
         """Wait until every queued event has been handled (handler subscriptions)."""
