@@ -228,3 +228,11 @@ async def test_a_queued_chat_to_a_deleted_agent_is_404(fresh_database_url, llm_s
     await app.state.gathering.close()
     assert responses[1].status_code == 404, responses[1].text
     assert responses[0].status_code in (200, 404)
+
+
+async def test_an_idempotent_turn_stores_and_replays_a_messy_reply(store):
+    agent = Agent("MessyKey", llm=ScriptedProvider(["bad\x00reply \udc80"]), store=store)
+    first = await agent.run("hello", idempotency_key="messy-1")
+    again = await agent.run("hello", idempotency_key="messy-1")
+    assert again.replayed and again.text.startswith("bad\ufffdreply")
+    assert first.turn_id == again.turn_id

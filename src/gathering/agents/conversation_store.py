@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -281,16 +281,19 @@ def storable_message(message: Message) -> Message:
     return message if cleaned == body else Message.from_dict(cleaned)
 
 
-def entry_to_json(entry: HistoryEntry) -> dict[str, Any]:
-    """The JSON form of an entry that `_APPEND` stores (text made storable)."""
+def storable_entry(entry: HistoryEntry) -> HistoryEntry:
+    """`entry` with every text made storable: what a store keeps, and so what it caches."""
     if entry.error is not None:
-        return {
-            "role": "error",
-            "content": storable_text(entry.error),
-            "tool_calls": [],
-            "tool_results": [],
-        }
-    body = _storable(entry.message.to_dict())
+        return replace(entry, error=storable_text(entry.error))
+    message = storable_message(entry.message)
+    return entry if message is entry.message else replace(entry, message=message)
+
+
+def entry_to_json(entry: HistoryEntry) -> dict[str, Any]:
+    """The JSON form of a (storable) entry that `_APPEND` stores."""
+    if entry.error is not None:
+        return {"role": "error", "content": entry.error, "tool_calls": [], "tool_results": []}
+    body = entry.message.to_dict()
     usage = entry.usage
     return {
         "role": body["role"],
@@ -403,6 +406,7 @@ class PostgresConversation:
 
     async def start_turn(self, text: str, idempotency_key: str | None) -> str:
         turn_id = str(uuid.uuid4())
+        text = storable_text(text)
         entry = HistoryEntry(Message.user(text), turn_id=turn_id)
         row = await self.queries.fetch_one(
             _START_TURN,
@@ -417,19 +421,17 @@ class PostgresConversation:
         return turn_id
 
     async def append(self, turn_id: str, entries: Sequence[HistoryEntry]) -> None:
+        entries = [storable_entry(e) for e in entries]
         row = await self.queries.fetch_one(
             _APPEND_ONLY, self.session_id, Jsonb([entry_to_json(e) for e in entries]), turn_id
         )
         self._appended(row, entries)
 
     async def tools_started(self, turn_id: str, entry: HistoryEntry) -> None:
+        entry = storable_entry(entry)
         calls = [call.to_dict() for call in entry.message.tool_calls]
         row = await self.queries.fetch_one(
-            _TOOLS_STARTED,
-            self.session_id,
-            Jsonb([entry_to_json(entry)]),
-            turn_id,
-            Jsonb(_storable(calls)),
+            _TOOLS_STARTED, self.session_id, Jsonb([entry_to_json(entry)]), turn_id, Jsonb(calls)
         )
         self._appended(row, [entry])
 
@@ -441,19 +443,21 @@ class PostgresConversation:
     async def finish_turn(
         self, turn_id: str, entries: Sequence[HistoryEntry], result: Mapping[str, Any] | None
     ) -> None:
+        entries = [storable_entry(e) for e in entries]
         row = await self.queries.fetch_one(
             _FINISH_TURN,
             self.session_id,
             Jsonb([entry_to_json(e) for e in entries]),
             turn_id,
-            Jsonb(dict(result)) if result is not None else None,
+            Jsonb(_storable(dict(result))) if result is not None else None,
         )
         self._appended(row, entries)
 
     async def fail_turn(self, turn_id: str, error: Mapping[str, Any]) -> None:
+        error = _storable(dict(error))
         entry = HistoryEntry(Message.assistant(), turn_id=turn_id, error=str(error["message"]))
         await self.queries.fetch_one(
-            _FAIL_TURN, self.session_id, Jsonb([entry_to_json(entry)]), turn_id, Jsonb(dict(error))
+            _FAIL_TURN, self.session_id, Jsonb([entry_to_json(entry)]), turn_id, Jsonb(error)
         )
         self._cache.drop(self.agent_id)  # the failed turn's messages leave the window
 
@@ -463,12 +467,7 @@ class PostgresConversation:
                 f"session {self.session_id} is gone", hint="the agent may have been deleted"
             )
         first = row["last_seq"] - len(entries) + 1
-        numbered = [
-            HistoryEntry(
-                e.message, e.model, e.usage, e.cost_usd, e.created_at, first + i, e.turn_id, e.error
-            )
-            for i, e in enumerate(entries)
-        ]
+        numbered = [replace(e, seq=first + i) for i, e in enumerate(entries)]
         tail = self._cache.get(self.agent_id)
         if tail is not None and tail.session_id == self.session_id and (
             tail.last_seq == self._last_seq
@@ -593,9 +592,7 @@ class InMemoryConversation:
         stored = self._sessions[self.session_id].entries
         now = datetime.now(UTC)
         stored.extend(
-            HistoryEntry(
-                e.message, e.model, e.usage, e.cost_usd, now, len(stored) + i + 1, turn_id, e.error
-            )
+            replace(storable_entry(e), created_at=now, seq=len(stored) + i + 1, turn_id=turn_id)
             for i, e in enumerate(entries)
         )
 

@@ -25,7 +25,6 @@ from gathering.agents.conversation_store import (
     Conversation,
     HistoryEntry,
     StoredTurn,
-    storable_message,
     storable_text,
 )
 from gathering.config import get_settings
@@ -62,7 +61,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["completed", "max_iterations"]
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+IDEMPOTENCY_KEY_PATTERN = r"[\x21-\x7e]{1,255}"  # printable ASCII, no spaces
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 NOT_RUN_RESULT = "error: not run: the turn's deadline had passed"
 DELTA_FLUSH_SECONDS = 0.1  # `turn.delta` events are coalesced over this long
 EVENT_PREVIEW_CHARS = 2_000  # a tool result in a `tool.finished` event is cut to this
@@ -204,9 +204,7 @@ class _Publisher:
                 await self.bus.publish_many(events, tx=self.queries, durable=True)
             else:
                 await self.bus.publish_many(events)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except Exception:  # never a cancellation: that is a BaseException
             log.warning("could not publish a turn event", event_type=kind, exc_info=True)
 
     async def delta(self, text: str) -> None:
@@ -380,8 +378,7 @@ async def _exchange(
         if completion.cost_usd is not None:
             cost = (cost or 0.0) + completion.cost_usd
         model = completion.model or agent.model
-        message = storable_message(completion.message)  # as stored, so as cached
-        entry = HistoryEntry(message, model, completion.usage, completion.cost_usd)
+        entry = HistoryEntry(completion.message, model, completion.usage, completion.cost_usd)
         if not completion.tool_calls:
             reply = TurnResult(
                 completion.text,
@@ -419,8 +416,7 @@ async def _exchange(
                     "content": result.content[:EVENT_PREVIEW_CHARS],
                 },
             )
-        outputs = storable_message(Message.tool_outputs(results))
-        await conversation.append(turn_id, [HistoryEntry(outputs)])
+        await conversation.append(turn_id, [HistoryEntry(Message.tool_outputs(results))])
     note = (
         f"Stopped after {agent.max_iterations} model calls without a final answer "
         "(max iterations reached)."
@@ -561,7 +557,7 @@ async def run_tool(agent: Agent, call: ToolCall, seconds: float) -> ToolResult:
     except Exception as exc:
         return _tool_failed(call, exc)
     record_tool_call(call.name, "ok")
-    return ToolResult(call.id, storable_text(output), name=call.name)
+    return ToolResult(call.id, output, name=call.name)
 
 
 def _tool_failed(call: ToolCall, exc: Exception) -> ToolResult:

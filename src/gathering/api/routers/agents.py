@@ -25,6 +25,7 @@ from gathering.agents import (
     ToolStarted,
     TurnResult,
 )
+from gathering.agents.turn_loop import IDEMPOTENCY_KEY_PATTERN
 from gathering.api.deps import app_state, get_db
 from gathering.api.errors import public_error
 from gathering.api.security import (
@@ -53,7 +54,7 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
+        pattern=f"^{IDEMPOTENCY_KEY_PATTERN}$",
         description="Send the same key again (e.g. after a timeout) to get the stored reply "
         "of the first request instead of a second turn.",
     ),
