@@ -17,13 +17,15 @@ from psycopg.types.json import Jsonb
 from gathering.agents.conversation_store import (
     Conversation,
     HistoryEntry,
-    InMemoryConversation,
-    MemorySession,
-    MemoryTurn,
     PostgresConversation,
     WindowCache,
     stored_history,
     stored_window,
+)
+from gathering.agents.in_memory_conversation import (
+    InMemoryConversation,
+    MemorySession,
+    MemoryTurn,
 )
 from gathering.agents.turn_lock import busy, local_turn_lock
 from gathering.db import Database, Row
