@@ -281,11 +281,11 @@ async def test_save_recovers_after_a_failed_new_session():
     class FlakyStore(InMemoryAgentStore):
         failures = 1
 
-        def conversation(self, agent_id: int, *, wait: float):
+        def conversation(self, agent_id: int, *, wait: float, turn=None):
             if self.failures:
                 self.failures -= 1
                 raise DatabaseUnavailableError("blip")
-            return super().conversation(agent_id, wait=wait)
+            return super().conversation(agent_id, wait=wait, turn=turn)
 
     agent = Agent("Flaky", "scripted", llm=ScriptedProvider(["ok"]), store=FlakyStore())
     with pytest.raises(DatabaseUnavailableError):

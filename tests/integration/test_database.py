@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from gathering.db import Database, redact_url
+from gathering.db.database import ALIVE_BYPASS_SECONDS
 from gathering.errors import (
     ConflictError,
     DatabaseError,
@@ -180,3 +181,20 @@ def test_redact_url_hides_the_password():
     )
     assert redact_url("host=/run/pg dbname=x user=y") == "postgresql://y@/x?host=/run/pg"
     assert redact_url("postgresql://a b") == "<invalid database URL>"
+
+
+async def test_a_connection_the_server_dropped_is_replaced(db):
+    pool = Database(url=db.url, min_size=1, max_size=1)
+    async with pool:
+        pid = await pool.fetch_val("SELECT pg_backend_pid()")
+        # Given back just now, the connection is trusted without a round trip: a query on it
+        # fails cleanly (503 at the API), and the pool replaces it.
+        await db.execute("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(DatabaseUnavailableError):
+            await pool.fetch_val("SELECT 1")
+        assert await pool.fetch_val("SELECT 1") == 1
+        # Idle for longer than the bypass window, it is checked as it leaves the pool.
+        pid = await pool.fetch_val("SELECT pg_backend_pid()")
+        await db.execute("SELECT pg_terminate_backend($1)", pid)
+        await asyncio.sleep(ALIVE_BYPASS_SECONDS + 0.1)
+        assert await pool.fetch_val("SELECT pg_backend_pid()") != pid

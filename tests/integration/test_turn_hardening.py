@@ -236,3 +236,58 @@ async def test_an_idempotent_turn_stores_and_replays_a_messy_reply(store):
     again = await agent.run("hello", idempotency_key="messy-1")
     assert again.replayed and again.text.startswith("bad\ufffdreply")
     assert first.turn_id == again.turn_id
+
+
+async def test_a_turn_waits_for_the_last_reply_of_the_turn_before_to_commit(store, db):
+    # A turn's last statement releases the lock before it commits: the next turn, from another
+    # process, must wait for that commit and see the reply.
+    from psycopg.conninfo import make_conninfo
+
+    from gathering.agents.conversation_store import HistoryEntry, TurnStart
+    from gathering.llm import Message
+
+    seen: list[list[str]] = []
+
+    def record(messages):
+        seen.append([m.content for m in messages])
+        return "second reply"
+
+    agent = Agent("Ordered", llm=ScriptedProvider(["first"]), store=store)
+    await agent.run("warm up")
+    async with store.conversation(agent.id, wait=5, turn=TurnStart("first question")) as conv:
+        conn = conv.queries.connection
+        await conn.execute("BEGIN")
+        await conv.finish_turn(conv.turn_id, [HistoryEntry(Message.assistant("first answer"))],
+                               None)
+        assert conv.released  # the lock is free, the reply not yet committed
+        # Another URL for the same database: its turns queue on PostgreSQL's lock only, as
+        # another process's would.
+        other_url = make_conninfo(db.url, application_name="other")
+        other_pool = Database(url=other_url, min_size=0, max_size=2)
+        async with other_pool:
+            other_store = PostgresAgentStore(other_pool)
+
+            async def window() -> list[str]:
+                async with other_store.conversation(agent.id, wait=5) as other_conv:
+                    return [e.message.content for e in await other_conv.window(10)]
+
+            opening = asyncio.create_task(window())
+            other = await Agent.load(agent.id, store=other_store, llm=ScriptedProvider(record))
+            turn = asyncio.create_task(other.run("second question"))
+            await asyncio.sleep(0.5)
+            assert not opening.done() and not turn.done() and seen == []
+            await conn.execute("COMMIT")
+            assert (await asyncio.wait_for(opening, 10))[-2:] == ["first question", "first answer"]
+            assert (await asyncio.wait_for(turn, 10)).text == "second reply"
+    assert seen[0][-3:] == ["first question", "first answer", "second question"]
+    rows = await db.fetch_all(
+        "SELECT m.role, m.content, t.status FROM agent.messages m JOIN agent.turns t"
+        " ON t.id = m.turn_id ORDER BY m.seq"
+    )
+    assert [(r["content"], r["status"]) for r in rows][-4:] == [
+        ("first question", "completed"),
+        ("first answer", "completed"),
+        ("second question", "completed"),
+        ("second reply", "completed"),
+    ]
+    assert await _advisory_locks(db) == 0

@@ -4,6 +4,7 @@ memory for scratch use)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -18,7 +19,9 @@ from gathering.agents.conversation_store import (
     Conversation,
     HistoryEntry,
     PostgresConversation,
+    TurnStart,
     WindowCache,
+    storable_text,
     stored_history,
     stored_window,
 )
@@ -72,10 +75,10 @@ class AgentStore(Protocol):
         ...
 
     def conversation(
-        self, agent_id: int, *, wait: float
+        self, agent_id: int, *, wait: float, turn: TurnStart | None = None
     ) -> AbstractAsyncContextManager[Conversation]:
         """Hold the agent's turn lock (waiting at most `wait` seconds, else `AgentBusyError`)
-        and give its current session."""
+        and give its current session, with `turn` begun in it when given."""
         ...
 
     async def latest_session(self, agent_id: int) -> str | None:
@@ -203,32 +206,50 @@ class PostgresAgentStore:
             raise NotFoundError(f"no agent {agent_id}")
 
     @asynccontextmanager
-    async def conversation(self, agent_id: int, *, wait: float) -> AsyncIterator[Conversation]:
+    async def conversation(
+        self, agent_id: int, *, wait: float, turn: TurnStart | None = None
+    ) -> AsyncIterator[Conversation]:
         key = LockKey("agent-turn", str(agent_id))
+        begin = None
+        if turn is not None:
+            begin = Jsonb(
+                {
+                    "id": str(uuid.uuid4()),
+                    "text": storable_text(turn.text),
+                    "key": turn.idempotency_key,
+                    "new_session": turn.new_session,
+                }
+            )
         async with (
             local_turn_lock(self.db.url, agent_id, wait=wait) as left,
             self.db.connection() as conn,
         ):
             # Every statement of the turn runs on the connection that holds the lock: if it
             # is lost, the turn's writes fail rather than race another holder.
-            conversation = PostgresConversation(OnConnection(conn), agent_id, _cache(self.db))
+            queries = OnConnection(conn)
+            conversation: PostgresConversation | None = None
             try:
-                begun = await conversation.queries.fetch_one(_TRY_BEGIN_TURN, agent_id, key.value)
+                begun = await queries.fetch_one(_BEGIN_TURN, agent_id, key.value, begin)
             except BaseException:
                 await conn.close()  # cut short, it may hold the lock: a closed session does not
                 raise
-            if not (begun and begun["locked"]):
-                try:
-                    locked = await wait_for_lock(conn, key, left)
-                except psycopg.Error as exc:
-                    raise DatabaseUnavailableError(f"lost the database connection: {exc}") from exc
-                if not locked:
-                    raise busy(agent_id, wait)
-                begun = None
             try:
-                yield await conversation.open(begun)
+                if not (begun and begun["locked"]):
+                    try:
+                        locked = await wait_for_lock(conn, key, left)
+                    except psycopg.Error as exc:
+                        raise DatabaseUnavailableError(
+                            f"lost the database connection: {exc}"
+                        ) from exc
+                    if not locked:
+                        raise busy(agent_id, wait)
+                    begun = await queries.fetch_one(_BEGIN_TURN, agent_id, None, begin)
+                assert begun is not None
+                conversation = PostgresConversation(queries, agent_id, key.value, _cache(self.db))
+                yield conversation.open(begun, turn)
             finally:
-                await release_lock(conn, key)
+                if conversation is None or not conversation.released:
+                    await release_lock(conn, key)
 
     async def latest_session(self, agent_id: int) -> str | None:
         session_id = await self.db.fetch_val(
@@ -244,8 +265,8 @@ class PostgresAgentStore:
         return await stored_window(self.db, session_id, limit)
 
 
-# Takes the lock without waiting and reads the current session after it, in one round trip.
-_TRY_BEGIN_TURN = "SELECT * FROM agent.try_begin_turn($1, $2)"
+# Takes the lock (unless it is held already) and begins the turn, in one round trip.
+_BEGIN_TURN = "SELECT * FROM agent.begin_turn($1, $2, $3)"
 _caches: weakref.WeakKeyDictionary[Database, WindowCache] = weakref.WeakKeyDictionary()
 
 
@@ -310,11 +331,13 @@ class InMemoryAgentStore:
             del self._sessions[session_id]
 
     @asynccontextmanager
-    async def conversation(self, agent_id: int, *, wait: float) -> AsyncIterator[Conversation]:
+    async def conversation(
+        self, agent_id: int, *, wait: float, turn: TurnStart | None = None
+    ) -> AsyncIterator[Conversation]:
         if agent_id not in self._agents:
             raise NotFoundError(f"no agent {agent_id}")
         async with local_turn_lock(id(self), agent_id, wait=wait):
-            yield self._conversation(agent_id).open()
+            yield await self._conversation(agent_id).open(turn)
 
     def _conversation(self, agent_id: int) -> InMemoryConversation:
         return InMemoryConversation(self._sessions, self._turns, self._running, agent_id)

@@ -9,7 +9,6 @@ current.
 
 from __future__ import annotations
 
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -18,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 from psycopg.types.json import Jsonb
 
-from gathering.db.database import Queries, Row
+from gathering.db.database import OnConnection, Queries, Row
 from gathering.errors import NotFoundError
 from gathering.llm import Message, ToolResult, Usage
 
@@ -60,11 +59,28 @@ class StoredTurn:
     error: Mapping[str, Any] | None
 
 
+@dataclass(frozen=True)
+class TurnStart:
+    """What begins a turn: the user's message, its idempotency key, and whether the turn
+    opens a fresh session."""
+
+    text: str
+    idempotency_key: str | None = None
+    new_session: bool = False
+
+
 class Conversation(Protocol):
-    """The current session of one agent, held under its turn lock."""
+    """The current session of one agent, held under its turn lock.
+
+    Opened with a `TurnStart`, the turn has begun: `turn_id` is the new running turn (its user
+    message stored), or `replay` is the turn its idempotency key started before (nothing was
+    written then).
+    """
 
     session_id: str
     interrupted: tuple[str, ...]  # turns found running from a holder that died, now closed
+    turn_id: str | None
+    replay: StoredTurn | None
 
     @property
     def queries(self) -> Queries | None:
@@ -86,14 +102,6 @@ class Conversation(Protocol):
 
     async def clear(self) -> None:
         """Delete every message of the current session."""
-        ...
-
-    async def find_turn(self, idempotency_key: str) -> StoredTurn | None:
-        """The turn of this agent started with `idempotency_key`, if any."""
-        ...
-
-    async def start_turn(self, text: str, idempotency_key: str | None) -> str:
-        """Store the user message of a new running turn; return the turn's id."""
         ...
 
     async def append(self, turn_id: str, entries: Sequence[HistoryEntry]) -> None:
@@ -161,16 +169,9 @@ class WindowCache:
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
-_CURRENT_SESSION = "SELECT * FROM agent.turn_state($1)"
 _NEW_SESSION = (
     "INSERT INTO agent.sessions (agent_id)"
     " SELECT id FROM agent.agents WHERE id = $1 RETURNING id::text AS id"
-)
-_CLOSE_INTERRUPTED = (
-    "WITH t AS (UPDATE agent.turns SET status = 'interrupted', finished_at = now(), error = $2"
-    "           WHERE id = ANY($1::uuid[]) AND status = 'running' RETURNING id)"
-    " UPDATE agent.tool_calls c SET status = 'interrupted', finished_at = now()"
-    " FROM t WHERE c.turn_id = t.id AND c.status = 'started'"
 )
 _WINDOW = (
     "SELECT * FROM (SELECT m.seq, m.role, m.content, m.tool_calls, m.tool_results, m.model,"
@@ -210,13 +211,10 @@ WITH s AS (
 """
 # The statements below share the text of `_APPEND` (constants only, never input).
 _LAST_SEQ = " SELECT (SELECT last_seq FROM s) AS last_seq"
-_START_TURN = (
-    "WITH t AS (INSERT INTO agent.turns (id, session_id, agent_id, idempotency_key, request_text)"
-    " VALUES ($3::uuid, $1, $4, $5, $6) RETURNING id)"
-    + _APPEND.replace("WITH s AS", ", s AS", 1)
-    + _LAST_SEQ
-    + ", (SELECT count(*) FROM t) AS turns"
-)
+# A turn's last statement also releases the turn lock ($5), once the session row is locked
+# (read from `s`): the next holder reads that row FOR UPDATE (see agent.begin_turn), so it
+# waits for this statement's commit and never sees the conversation without it.
+_RELEASE = ", (SELECT pg_advisory_unlock($5) FROM s) AS released"
 _APPEND_ONLY = _APPEND + _LAST_SEQ + ", (SELECT count(*) FROM m) AS added"
 _TOOLS_STARTED = (
     _APPEND
@@ -236,6 +234,7 @@ _FINISH_TURN = (
     " WHERE id = $3::uuid RETURNING id)"
     + _LAST_SEQ
     + ", (SELECT count(*) FROM t) AS turns"
+    + _RELEASE
 )
 _FAIL_TURN = (
     _APPEND
@@ -245,13 +244,8 @@ _FAIL_TURN = (
     " WHERE turn_id = $3::uuid AND status = 'started' RETURNING 1)"
     + _LAST_SEQ
     + ", (SELECT count(*) FROM t) AS turns"
+    + _RELEASE
 )
-_FIND_TURN = (
-    "SELECT id::text AS id, status, request_text, result, error FROM agent.turns"
-    " WHERE agent_id = $1 AND idempotency_key = $2"
-)
-
-
 def storable_text(text: str) -> str:
     """`text` as PostgreSQL can store it: NUL characters and lone surrogates (which a model or
     a tool may produce) become U+FFFD."""
@@ -337,41 +331,43 @@ def entry_from_row(row: Row) -> HistoryEntry:
 class PostgresConversation:
     """A `Conversation` on the connection that holds the agent's turn lock."""
 
-    def __init__(self, queries: Queries, agent_id: int, cache: WindowCache) -> None:
+    def __init__(
+        self, queries: OnConnection, agent_id: int, lock_key: int, cache: WindowCache
+    ) -> None:
         self.queries = queries
         self.agent_id = agent_id
+        self.lock_key = lock_key
+        self.released = False  # by the turn's last statement
         self.session_id = ""
         self.interrupted: tuple[str, ...] = ()
         self.has_memories = False
+        self.turn_id: str | None = None
+        self.replay: StoredTurn | None = None
         self._cache = cache
         self._last_seq = 0
 
-    async def open(self, current: Row | None = None) -> PostgresConversation:
-        """Find the current session (opening one if there is none); close interrupted turns.
-
-        `current` is the session as read right after the lock was taken, when it was.
-        """
-        row = current if current is not None else await self.queries.fetch_one(
-            _CURRENT_SESSION, self.agent_id
-        )
-        self.has_memories = bool(row and row["memories"])
-        if row is None or row["session_id"] is None:
-            await self.new_session()
-            return self
-        self.session_id, self._last_seq = row["session_id"], row["last_seq"]
-        if row["running"]:
-            self.interrupted = tuple(row["running"])
-            await self.queries.execute(
-                _CLOSE_INTERRUPTED,
-                list(self.interrupted),
-                Jsonb(
-                    {
-                        "code": "interrupted",
-                        "message": "the turn was interrupted (crash, cancel or deploy); "
-                        "the outcome of a tool that had started is unknown",
-                    }
-                ),
+    def open(self, begun: Row, turn: TurnStart | None) -> PostgresConversation:
+        """Take in what `agent.begin_turn` found and did right after the lock was taken."""
+        if begun["session_id"] is None:
+            raise NotFoundError(
+                f"no agent {self.agent_id}", hint="the agent may have been deleted"
             )
+        self.session_id, self._last_seq = str(begun["session_id"]), begun["last_seq"]
+        self.interrupted = tuple(begun["interrupted"] or ())
+        self.has_memories = bool(begun["memories"])
+        stored = begun["stored"]
+        if stored is not None:
+            self.replay = StoredTurn(
+                stored["id"], stored["status"], stored["request_text"], stored["result"],
+                stored["error"],
+            )
+        elif turn is not None:
+            self.turn_id = str(begun["new_turn_id"])
+            entry = HistoryEntry(Message.user(turn.text), seq=self._last_seq, turn_id=self.turn_id)
+            tail = self._cache.get(self.agent_id)
+            if tail is not None and tail.fits(self.session_id, self._last_seq - 1, 0):
+                tail.entries.append(entry)
+                tail.last_seq = self._last_seq
         return self
 
     async def new_session(self) -> str:
@@ -395,30 +391,6 @@ class PostgresConversation:
     async def clear(self) -> None:
         self._last_seq = int(await self.queries.fetch_val(_CLEAR, self.session_id) or 0)
         self._cache.put(self.agent_id, _Tail(self.session_id, self._last_seq, deque(maxlen=0)))
-
-    async def find_turn(self, idempotency_key: str) -> StoredTurn | None:
-        row = await self.queries.fetch_one(_FIND_TURN, self.agent_id, idempotency_key)
-        if row is None:
-            return None
-        return StoredTurn(
-            row["id"], row["status"], row["request_text"], row["result"], row["error"]
-        )
-
-    async def start_turn(self, text: str, idempotency_key: str | None) -> str:
-        turn_id = str(uuid.uuid4())
-        text = storable_text(text)
-        entry = HistoryEntry(Message.user(text), turn_id=turn_id)
-        row = await self.queries.fetch_one(
-            _START_TURN,
-            self.session_id,
-            Jsonb([entry_to_json(entry)]),
-            turn_id,
-            self.agent_id,
-            idempotency_key,
-            text if idempotency_key is not None else None,
-        )
-        self._appended(row, [entry])
-        return turn_id
 
     async def append(self, turn_id: str, entries: Sequence[HistoryEntry]) -> None:
         entries = [storable_entry(e) for e in entries]
@@ -444,7 +416,7 @@ class PostgresConversation:
         self, turn_id: str, entries: Sequence[HistoryEntry], result: Mapping[str, Any] | None
     ) -> None:
         entries = [storable_entry(e) for e in entries]
-        row = await self.queries.fetch_one(
+        row = await self._last_statement(
             _FINISH_TURN,
             self.session_id,
             Jsonb([entry_to_json(e) for e in entries]),
@@ -456,10 +428,24 @@ class PostgresConversation:
     async def fail_turn(self, turn_id: str, error: Mapping[str, Any]) -> None:
         error = _storable(dict(error))
         entry = HistoryEntry(Message.assistant(), turn_id=turn_id, error=str(error["message"]))
-        await self.queries.fetch_one(
+        await self._last_statement(
             _FAIL_TURN, self.session_id, Jsonb([entry_to_json(entry)]), turn_id, Jsonb(error)
         )
         self._cache.drop(self.agent_id)  # the failed turn's messages leave the window
+
+    async def _last_statement(self, query: str, *args: Any) -> Row | None:
+        """Run a turn's last statement, which releases the turn lock as it commits.
+
+        When it fails, whether the lock is still held is unknown: the connection is closed
+        (the server then frees the lock), and the next turn closes this one as interrupted.
+        """
+        try:
+            row = await self.queries.fetch_one(query, *args, self.lock_key)
+        except BaseException:
+            await self.queries.connection.close()
+            raise
+        self.released = bool(row and row["released"])
+        return row
 
     def _appended(self, row: Row | None, entries: Sequence[HistoryEntry]) -> None:
         if row is None or row["last_seq"] is None:

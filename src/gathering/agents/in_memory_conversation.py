@@ -12,6 +12,7 @@ from typing import Any
 from gathering.agents.conversation_store import (
     HistoryEntry,
     StoredTurn,
+    TurnStart,
     TurnStatus,
     storable_entry,
 )
@@ -60,8 +61,11 @@ class InMemoryConversation:
         self.interrupted: tuple[str, ...] = ()
         self.queries: Queries | None = None
         self.has_memories = False  # long-term memory needs PostgreSQL
+        self.turn_id: str | None = None
+        self.replay: StoredTurn | None = None
 
-    def open(self) -> InMemoryConversation:
+    async def open(self, turn: TurnStart | None) -> InMemoryConversation:
+        """Find the current session, close interrupted turns, and begin `turn` when given."""
         agent_id = self.agent_id
         owned = [(s.created_at, k) for k, s in self._sessions.items() if s.agent_id == agent_id]
         if owned:
@@ -73,6 +77,15 @@ class InMemoryConversation:
         for turn_id in self.interrupted:
             self._turns[turn_id].status = "interrupted"
         self._running.clear()
+        if turn is None:
+            return self
+        if turn.idempotency_key is not None:
+            self.replay = self._find_turn(turn.idempotency_key)
+            if self.replay is not None:
+                return self
+        if turn.new_session:
+            await self.new_session()
+        self.turn_id = self._start_turn(turn.text, turn.idempotency_key)
         return self
 
     async def new_session(self) -> str:
@@ -97,22 +110,25 @@ class InMemoryConversation:
     async def clear(self) -> None:
         self._sessions[self.session_id].entries.clear()
 
-    async def find_turn(self, idempotency_key: str) -> StoredTurn | None:
+    def _find_turn(self, idempotency_key: str) -> StoredTurn | None:
         for turn in self._turns.values():
             if turn.agent_id == self.agent_id and turn.idempotency_key == idempotency_key:
                 return StoredTurn(turn.id, turn.status, turn.request_text, turn.result, turn.error)
         return None
 
-    async def start_turn(self, text: str, idempotency_key: str | None) -> str:
+    def _start_turn(self, text: str, idempotency_key: str | None) -> str:
         turn_id = str(uuid.uuid4())
         self._turns[turn_id] = MemoryTurn(
             turn_id, self.agent_id, idempotency_key=idempotency_key, request_text=text
         )
         self._running.add(turn_id)
-        await self.append(turn_id, [HistoryEntry(Message.user(text))])
+        self._append(turn_id, [HistoryEntry(Message.user(text))])
         return turn_id
 
     async def append(self, turn_id: str, entries: Sequence[HistoryEntry]) -> None:
+        self._append(turn_id, entries)
+
+    def _append(self, turn_id: str, entries: Sequence[HistoryEntry]) -> None:
         stored = self._sessions[self.session_id].entries
         now = datetime.now(UTC)
         stored.extend(

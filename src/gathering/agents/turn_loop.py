@@ -25,6 +25,7 @@ from gathering.agents.conversation_store import (
     Conversation,
     HistoryEntry,
     StoredTurn,
+    TurnStart,
     storable_text,
 )
 from gathering.config import get_settings
@@ -244,24 +245,23 @@ async def run_turn(
     await agent.ensure_saved()
     assert agent.id is not None
     store = await agent.store()
-    async with store.conversation(agent.id, wait=limits.busy_wait) as conversation:
+    # The idempotency key is looked up before anything changes: a replay or a refused key
+    # leaves the conversation as it was.
+    start = TurnStart(text, idempotency_key, new_session or agent.wants_new_session())
+    async with store.conversation(agent.id, wait=limits.busy_wait, turn=start) as conversation:
         if conversation.interrupted:
             log.warning(
                 "closed turns left running by a stopped process",
                 agent=agent.name,
                 turns=list(conversation.interrupted),
             )
-        if idempotency_key is not None:
-            # Before anything changes: a replay or a refused key leaves the conversation as is.
-            stored = await conversation.find_turn(idempotency_key)
-            if stored is not None:
-                yield _replay(stored, text)
-                record_turn("replayed")
-                return
-        if new_session or agent.wants_new_session():
-            await conversation.new_session()
+        if conversation.replay is not None:
+            yield _replay(conversation.replay, text)
+            record_turn("replayed")
+            return
+        turn_id = conversation.turn_id
+        assert turn_id is not None
         agent.session_id = conversation.session_id
-        turn_id = await conversation.start_turn(text, idempotency_key)
         events = _Publisher(agent.event_bus, agent, turn_id, conversation)
         await events.emit("turn.started", {"text": text[:EVENT_PREVIEW_CHARS]})
         until = asyncio.get_running_loop().time() + limits.turn_deadline

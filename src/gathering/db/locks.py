@@ -8,6 +8,7 @@ lock cannot be checked, so the duty stops (fail closed) and `health()` says why.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
+@functools.lru_cache(maxsize=4096)
 def advisory_key(namespace: str, name: str = "") -> int:
     """A stable signed 64-bit lock key for `name` inside `namespace` (e.g. "migrations")."""
     digest = hashlib.blake2b(f"gathering:{namespace}:{name}".encode(), digest_size=8).digest()
