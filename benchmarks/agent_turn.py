@@ -7,9 +7,9 @@ Three measurements in one run, same machine, same process:
     processes, the session read from the database at each turn (the cross-process reload
     check), the user message committed before the model call, memory recall on, the reply
     committed before it returns: target <= 1.0 ms per turn here. That is two statements
-    (`agent.begin_turn`, then the reply with the lock's release) and one disk flush. Measured twice: an agent
-    whose owner has no memories (the start-of-turn check skips the search), and one with 20
-    memories searched at every turn.
+    (`agent.begin_turn`, then the reply with the lock's release) and one disk flush.
+    Measured twice: an agent whose owner has no memories (the start-of-turn check skips the
+    search), and one with 20 memories searched at every turn.
 
 Run: .venv/bin/python benchmarks/agent_turn.py [--turns N]
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import signal
 import socket
@@ -456,6 +457,30 @@ async def _stream_reply(talker: Agent, line: str) -> None:
         console.print()
     finally:
         status.stop()
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
+) -> None:
+    """Check this machine for what GatheRing needs; each problem comes with its fix.
+
+    Exits non-zero only for what stops `make run`: Python too old, no disk space, or a
+    database that cannot start or answer.
+    """
+    from gathering import doctor as checks
+
+    settings = settings_or_exit()
+    with err_console.status("checking…") as status:
+        results = checks.run_checks(
+            settings, on_start=lambda name: status.update(f"checking {name}…")
+        )
+    if as_json:
+        typer.echo(json.dumps(checks.as_json(results), indent=2))
+    else:
+        console.print(checks.report(results), highlight=False)
+    if checks.blocked(results):
+        raise typer.Exit(code=1)
 
 
 @app.command()

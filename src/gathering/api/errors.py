@@ -34,6 +34,10 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# Seconds a 503 asks the client to wait when the error does not say (the database restarting,
+# a dependency down): long enough not to hammer, short enough to feel live.
+UNAVAILABLE_RETRY_AFTER = 2
+
 # What a client is told about a database error: the driver's text (constraint and table
 # names, server addresses) is logged, never sent.
 _PUBLIC_DATABASE_ERRORS = {
@@ -65,7 +69,8 @@ async def _gathering_error(request: Request, exc: Exception) -> JSONResponse:
         public["message"],
         hint=public.get("hint"),
         details=public.get("details"),
-        retry_after=exc.details.get("retry_after"),
+        retry_after=exc.details.get("retry_after")
+        or (UNAVAILABLE_RETRY_AFTER if exc.http_status == 503 else None),
     )
     if exc.http_status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="gathering"'

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gathering.db.locks import SingletonDuty
+from gathering.db.supervisor import EmbeddedSupervisor
 from gathering.errors import GatheringError
 
 if TYPE_CHECKING:
@@ -116,6 +117,33 @@ class DatabaseComponent(Component):
         if problem:
             return Health(False, problem)
         return Health(True, f"migrations current, pgvector {'on' if status.vector else 'off'}")
+
+
+class EmbeddedDatabaseComponent(Component):
+    """Watches the embedded PostgreSQL this server started and restarts it when it dies
+    (nothing to do on an external database)."""
+
+    name = "embedded_database"
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.supervisor: EmbeddedSupervisor | None = None
+
+    async def start(self) -> None:
+        db = await self.state.database()
+        if db.embedded_pgdata is not None and not db.test:
+            self.supervisor = EmbeddedSupervisor(db.embedded_pgdata)
+            await self.supervisor.start()
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+
+    async def health(self) -> Health:
+        if self.supervisor is None:
+            return Health(True, "not embedded")
+        state = self.supervisor.state
+        return Health(state.ok, state.detail)
 
 
 class EventBusComponent(Component):

@@ -15,6 +15,7 @@ from gathering.api.draining import DrainState
 from gathering.api.lifecycle import (
     BackgroundWorkComponent,
     DatabaseComponent,
+    EmbeddedDatabaseComponent,
     EventBusComponent,
     Lifecycle,
 )
@@ -45,7 +46,12 @@ class AppState:
         self.background: set[asyncio.Task[None]] = set()
         self._events: EventBus | None = None
         self.lifecycle = Lifecycle(
-            [DatabaseComponent(self), EventBusComponent(self), BackgroundWorkComponent(self)]
+            [
+                DatabaseComponent(self),
+                EmbeddedDatabaseComponent(self),
+                EventBusComponent(self),
+                BackgroundWorkComponent(self),
+            ]
         )
 
     async def database(self) -> Database:

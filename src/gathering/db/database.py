@@ -9,6 +9,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import psycopg
@@ -188,6 +189,8 @@ class Database(Queries):
         self._url: str | None = None
         self._test_database: str | None = None
         self._server_url: str | None = None
+        # The data directory of the embedded server this pool started, if it did.
+        self.embedded_pgdata: Path | None = None
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._min_size = self.settings.db_pool_min_size if min_size is None else min_size
         self._max_size = self.settings.db_pool_max_size if max_size is None else max_size
@@ -227,6 +230,7 @@ class Database(Queries):
         if not self.test and self.settings.database_url:
             return self.settings.database_url
         server = await asyncio.to_thread(start_embedded, self.settings.embedded_pgdata)
+        self.embedded_pgdata = self.settings.embedded_pgdata
         if self.test:
             return server
         await self._ensure_database(server, EMBEDDED_DATABASE)

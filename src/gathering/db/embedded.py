@@ -11,7 +11,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import psutil
+import structlog
+
 from gathering.errors import DatabaseUnavailableError, StartupError
+
+log = structlog.get_logger(__name__)
 
 
 def ensure_writable_dir(path: Path) -> None:
@@ -28,10 +33,67 @@ def ensure_writable_dir(path: Path) -> None:
         ) from None
 
 
-def start_embedded(pgdata: Path) -> str:
+def _recorded_pid(lock_file: Path) -> int | None:
+    try:
+        return int(lock_file.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid recorded in `pgdata`'s postmaster.pid, if the file is there and readable."""
+    return _recorded_pid(pgdata / "postmaster.pid")
+
+
+def _serves(pid: int | None, pgdata: Path) -> bool:
+    """Whether `pid` is a live postgres of `pgdata` (a killed one whose parent never reaped
+    it is a zombie: dead; a pid now used by another program is not it)."""
+    if pid is None:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return str(pgdata) in process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def postmaster_alive(pgdata: Path) -> bool:
+    """Whether the postmaster recorded in `pgdata` is alive and serves that directory."""
+    return _serves(postmaster_pid(pgdata), pgdata)
+
+
+def _lock_files(pgdata: Path) -> list[Path]:
+    """postmaster.pid and the socket's lock file it names (PostgreSQL refuses to start while
+    either records a pid that still exists, even a zombie's)."""
+    files = [pgdata / "postmaster.pid"]
+    try:
+        lines = files[0].read_text().splitlines()
+    except OSError:
+        return files
+    if len(lines) > 4 and lines[3].strip() and lines[4].strip():
+        files.append(Path(lines[4].strip()) / f".s.PGSQL.{lines[3].strip()}.lock")
+    return files
+
+
+def clear_stale_lock_files(pgdata: Path) -> None:
+    """Remove the lock files of a dead postmaster of `pgdata` (never when it is alive, and
+    never anything else): call it holding pgserver's lock, before starting the server."""
+    if postmaster_alive(pgdata):
+        return
+    for lock_file in _lock_files(pgdata):
+        pid = _recorded_pid(lock_file)
+        if lock_file.exists() and not _serves(pid, pgdata):
+            log.warning("removing a stale lock file", path=str(lock_file), pid=pid)
+            lock_file.unlink(missing_ok=True)
+
+
+def start_embedded(pgdata: Path, *, restart: bool = False) -> str:
     """Start (or join) the embedded server whose cluster lives in `pgdata`; return its URL.
 
-    Blocking: call it through `asyncio.to_thread` from async code.
+    `restart`: this process already started it once; start it again if it is not running
+    (see `gathering.db.supervisor`). Blocking: call it through `asyncio.to_thread`.
     """
     ensure_writable_dir(pgdata.parent)
     with warnings.catch_warnings():
@@ -41,6 +103,10 @@ def start_embedded(pgdata: Path) -> str:
 
         try:
             server = get_server(pgdata)
+            if restart:
+                with server._lock:  # pgserver's own inter-process lock for starting servers
+                    clear_stale_lock_files(pgdata)
+                    server.ensure_postgres_running()
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             log = pgdata / "log"
             tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
