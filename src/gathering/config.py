@@ -317,6 +317,26 @@ class Settings(BaseSettings):
         validation_alias=_env("local_queue_size"),
         description="Calls that may wait for the local model; more are refused with 503.",
     )
+    local_max_tokens: int = Field(
+        default=384,
+        ge=1,
+        validation_alias=_env("local_max_tokens"),
+        description="Longest reply (tokens) of the local model, unless an agent sets max_tokens.",
+    )
+    local_repeat_penalty: float = Field(
+        default=1.1,
+        ge=1.0,
+        le=2.0,
+        validation_alias=_env("local_repeat_penalty"),
+        description="llama.cpp repeat penalty of the local model (1.0: none), unless an agent "
+        "sets extra.repeat_penalty.",
+    )
+    local_preload: bool = Field(
+        default=True,
+        validation_alias=_env("local_preload"),
+        description="Load the local model in the background when the server starts, when new "
+        "agents default to it (readiness does not wait for it).",
+    )
 
     # --- conversations ----------------------------------------------------------------------
     env: Literal["production", "development"] = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,8 @@ import structlog
 from gathering.db.locks import SingletonDuty
 from gathering.db.supervisor import EmbeddedSupervisor
 from gathering.errors import GatheringError
+from gathering.llm.local_models import preload_default_model
+from gathering.llm.registry import default_provider_name
 
 if TYPE_CHECKING:
     from gathering.api.state import AppState
@@ -144,6 +147,37 @@ class EmbeddedDatabaseComponent(Component):
             return Health(True, "not embedded")
         state = self.supervisor.state
         return Health(state.ok, state.detail)
+
+
+class LocalModelComponent(Component):
+    """Loads the local model in a worker thread at start-up, when new agents default to it,
+    so the first chat does not wait for it; readiness never waits for it."""
+
+    name = "local_model"
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._loading: asyncio.Task[bool] | None = None
+
+    async def start(self) -> None:
+        if not self.state.settings.local_preload or importlib.util.find_spec("llama_cpp") is None:
+            return
+        try:
+            if default_provider_name() != "local":
+                return
+        except GatheringError:
+            return  # a bad GATHERING_DEFAULT_PROVIDER: agents creation says so
+        self._loading = asyncio.create_task(
+            asyncio.to_thread(preload_default_model), name="local-model-preload"
+        )
+
+    async def health(self) -> Health:
+        if self._loading is None:
+            return Health(True, "not preloaded")
+        if not self._loading.done():
+            return Health(True, "loading in the background")
+        loaded = not self._loading.cancelled() and self._loading.result()
+        return Health(True, "loaded" if loaded else "not loaded (see the log); chats load it")
 
 
 class EventBusComponent(Component):

@@ -18,6 +18,7 @@ from gathering.api.lifecycle import (
     EmbeddedDatabaseComponent,
     EventBusComponent,
     Lifecycle,
+    LocalModelComponent,
 )
 from gathering.config import Settings
 from gathering.db import Database
@@ -51,6 +52,7 @@ class AppState:
                 EmbeddedDatabaseComponent(self),
                 EventBusComponent(self),
                 BackgroundWorkComponent(self),
+                LocalModelComponent(self),
             ]
         )
 

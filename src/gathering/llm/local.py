@@ -4,6 +4,11 @@ llama.cpp (`llama-cpp-python`). No key, no network, no download.
 Each model file is loaded once per process and shared; every llama.cpp call runs on that
 model's own thread, behind a bounded queue (`gathering.llm.local_models`), so the event loop
 and its default executor never wait on it.
+
+Replies are kept short and varied by default: `max_tokens` 384 and llama.cpp's
+`repeat_penalty` (see `DEFAULT_MAX_TOKENS`, `DEFAULT_REPEAT_PENALTY`). The model's own stop
+tokens need nothing from us: llama-cpp-python's chat handler, built from the GGUF's chat
+template, already stops at its end-of-sequence token (`<|im_end|>` for SmolLM2).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import re
 import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack, cast
 
@@ -59,6 +65,13 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_CONTEXT = 8192  # when the settings have no `local_context`
 DEFAULT_THREADS = 2
+# A reply's longest length when neither the call, the provider nor `local_max_tokens` sets
+# one: about 7 s on 2 cores for SmolLM2-135M, where the 1,024 of other providers took 20 s.
+DEFAULT_MAX_TOKENS = 384
+# llama.cpp's `repeat_penalty` (1.0 is none) when neither `extra`, the provider nor
+# `local_repeat_penalty` sets one; chosen with benchmarks/local_replies.py (docs/llm.md).
+DEFAULT_REPEAT_PENALTY = 1.1
+REPEAT_PENALTY_RANGE = (1.0, 2.0)
 
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _STOP_REASONS: dict[str | None, StopReason] = {"stop": "end", "length": "max_tokens"}
@@ -145,6 +158,19 @@ def extract_tool_calls(text: str, tools: Sequence[ToolSpec]) -> tuple[str, tuple
     return (remaining.strip() if calls else remaining), tuple(calls)
 
 
+def _checked_repeat_penalty(value: float | None) -> float:
+    """`value`, else the `local_repeat_penalty` setting, else `DEFAULT_REPEAT_PENALTY`, checked."""
+    if value is None:
+        value = configured_value("local_repeat_penalty") or DEFAULT_REPEAT_PENALTY
+    low, high = REPEAT_PENALTY_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InvalidInputError(
+            f"repeat_penalty must be in [{low:g}, {high:g}], got {value!r}",
+            hint=f"1.0 turns it off; the default is {DEFAULT_REPEAT_PENALTY:g}",
+        )
+    return float(value)
+
+
 def _sampling(options: GenerationOptions) -> dict[str, Any]:
     params: dict[str, Any] = {"max_tokens": options.max_tokens}
     if options.temperature is not None:
@@ -166,6 +192,10 @@ class LocalProvider(BaseProvider):
     (8192). Calls run one at a time on the model's own thread; when more than
     `GATHERING_LOCAL_QUEUE_SIZE` wait, a new one raises `ProviderBusyError`.
 
+    Replies are limited to `max_tokens=` (default `GATHERING_LOCAL_MAX_TOKENS`, 384) and
+    sampled with `repeat_penalty=` (default `GATHERING_LOCAL_REPEAT_PENALTY`, 1.1); a call's
+    own `max_tokens` and `extra={"repeat_penalty": ...}` (an agent's `options`) override both.
+
     Tool use is best-effort: tools are described in the system prompt and `<tool_call>` tags
     in the reply are parsed; a 135M-parameter model rarely uses them well. With tools, a
     stream delivers the text at the end rather than token by token.
@@ -180,6 +210,7 @@ class LocalProvider(BaseProvider):
         model_path: str | Path | None = None,
         n_ctx: int | None = None,
         n_threads: int = DEFAULT_THREADS,
+        repeat_penalty: float | None = None,
         **options: Unpack[ProviderOptions],
     ) -> None:
         context_window = options.get("context_window")
@@ -191,7 +222,12 @@ class LocalProvider(BaseProvider):
         if n_ctx is None:
             n_ctx = context_window or configured_value("local_context") or DEFAULT_CONTEXT
         options["context_window"] = n_ctx
+        if options.get("max_tokens") is None:
+            options["max_tokens"] = configured_value("local_max_tokens") or DEFAULT_MAX_TOKENS
         super().__init__(model, **options)
+        self.defaults = replace(
+            self.defaults, extra={"repeat_penalty": _checked_repeat_penalty(repeat_penalty)}
+        )
         if model_path is None and model.endswith(".gguf"):
             model_path = model
         if model_path is None and model != DEFAULT_MODEL:

@@ -6,6 +6,9 @@ generation, tokenizing and embeddings all run there, one after another, and neve
 thread of the event loop's default executor, which password hashing and sync tools need.
 At most `GATHERING_LOCAL_QUEUE_SIZE` calls wait behind the running one; a call beyond that
 is refused at once with `ProviderBusyError`.
+
+`preload_default_model()` loads the default model ahead of the first chat (from a worker
+thread: it blocks).
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
+
 from gathering.errors import (
+    GatheringError,
     ProviderBusyError,
     ProviderNotConfiguredError,
     ProviderUnavailableError,
@@ -32,6 +38,8 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 THREAD_NAME = "gathering-local-model"
 DEFAULT_QUEUE_SIZE = 8
@@ -82,28 +90,27 @@ class LocalModel:
         with self._lock:
             return self._in_flight
 
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the file is loaded (a call now does not wait for loading)."""
+        return self._llama is not None
+
     def submit(self, work: Callable[[Llama], T]) -> asyncio.Future[T]:
         """Queue `work(llama)` on the model's thread and return its future (loading the file
         first if needed). Raises `ProviderBusyError` when the queue is full; cancelling the
         future before the work starts takes it off the queue."""
-        waiting_allowed = queue_size()
-        with self._lock:
-            if self._in_flight > waiting_allowed:
-                raise self._busy_error(self._in_flight, waiting_allowed)
-            self._in_flight += 1
-        try:
-            # `loop.run_in_executor` minus the wrapper, so the slot can be released by the
-            # concurrent future's own completion (or cancellation), whoever awaits it.
-            job = self._executor.submit(self._timed, work)
-        except RuntimeError:
-            self._release()
-            raise ProviderUnavailableError("the local model was closed as the call began") from None
-        job.add_done_callback(self._release)
-        return asyncio.wrap_future(job)
+        # `loop.run_in_executor` minus the wrapper, so the slot can be released by the
+        # concurrent future's own completion (or cancellation), whoever awaits it.
+        return asyncio.wrap_future(self._queued(self._timed, work))
 
     async def run(self, work: Callable[[Llama], T]) -> T:
         """`work(llama)` run on the model's thread (see `submit`)."""
         return await self.submit(work)
+
+    def load(self) -> None:
+        """Load the file on the model's thread, if it is not yet, and wait for it. Blocking:
+        call it from a worker thread, never from the event loop. Counts as a queued call."""
+        self._queued(self._loaded).result()
 
     def close(self) -> None:
         """Cancel waiting calls, wait for the running one, free the model. Blocking."""
@@ -111,6 +118,21 @@ class LocalModel:
         if self._llama is not None:
             self._llama.close()
             self._llama = None
+
+    def _queued(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        """`function(*args)` queued on the model's thread, holding a slot until it is done."""
+        waiting_allowed = queue_size()
+        with self._lock:
+            if self._in_flight > waiting_allowed:
+                raise self._busy_error(self._in_flight, waiting_allowed)
+            self._in_flight += 1
+        try:
+            job = self._executor.submit(function, *args)
+        except RuntimeError:
+            self._release()
+            raise ProviderUnavailableError("the local model was closed as the call began") from None
+        job.add_done_callback(self._release)
+        return job
 
     def _release(self, _job: Future[Any] | None = None) -> None:
         with self._lock:
@@ -202,3 +224,31 @@ def close_models() -> None:
         _models.clear()
     for model in models:
         model.close()
+
+
+def preload_default_model() -> bool:
+    """Load the default local model (the one an agent of provider "local" runs when it names
+    no model) into the process-wide cache, so the first chat does not wait for it; True when
+    it is loaded. Blocking, for a worker thread; never raises: a missing `local` extra or
+    model file, or a file that does not load, is logged as a warning."""
+    from gathering.llm.local import DEFAULT_MODEL, LocalProvider  # local.py builds on this module
+
+    started = time.perf_counter()
+    try:
+        model = LocalProvider(configured_value("local_model") or DEFAULT_MODEL).local_model()
+        model.load()
+    except GatheringError as exc:  # not installed, no such file, bad settings, closed
+        log.warning("local_model_not_preloaded", error=exc.code, detail=exc.message, hint=exc.hint)
+        return False
+    except Exception as exc:  # e.g. a file llama.cpp cannot load: the chats will report it
+        log.warning(
+            "local_model_not_preloaded", error=type(exc).__name__, detail=str(exc), exc_info=True
+        )
+        return False
+    log.info(
+        "local_model_preloaded",
+        model=model.spec.path.name,
+        n_ctx=model.spec.n_ctx,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    return True
