@@ -1,13 +1,24 @@
-"""Logs (structlog: JSON lines, or a readable renderer in a terminal), metrics and traces."""
+"""Logs (structlog: JSON lines, or a readable renderer in a terminal), metrics and traces.
+
+Credentials passed in a query string (`/ws?access_token=...`) are blanked in logs and spans:
+`redact_query` blanks their values wherever a URL is written.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.util import types as otel_types
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -23,6 +34,88 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 
+# --- redaction of credentials in query strings ------------------------------------------------
+
+REDACTED = "REDACTED"
+# Compared after decoding, lower-cased, with "-" read as "_"; names ending with a suffix below
+# count too (csrf_token, client_secret, x_amz_signature, ...).
+SENSITIVE_QUERY_PARAMS = frozenset(
+    {
+        "access_token", "refresh_token", "id_token", "token", "jwt",
+        "api_key", "apikey", "key", "access_key", "secret_key", "private_key",
+        "password", "passwd", "pwd", "secret", "client_secret",
+        "code", "signature", "sig", "auth", "authorization", "credential", "credentials",
+        "session", "sessionid", "awsaccesskeyid",
+    }
+)  # fmt: skip
+_SENSITIVE_SUFFIXES = ("token", "secret", "password", "passwd", "signature", "api_key", "apikey")
+# One `name=value` pair that starts the text or follows "?" or "&". The value runs to the next
+# "&" or whitespace (servers accept a raw '"' inside it), so a pair is found in a bare query
+# string, in a URL and in a log line ('"GET /ws?access_token=... HTTP/1.1" 101'); closing
+# quotes and brackets just before that end are kept, as the text around the URL.
+_QUERY_PAIR = re.compile(
+    r"(?P<lead>^|[?&])(?P<name>[^=&?#\s]+)="
+    r"(?P<value>[^&\s]*?)(?P<tail>[\"'>)\]},;]*)(?=[&\s]|$)"
+)
+
+
+def _is_sensitive(name: str) -> bool:
+    normal = unquote_plus(name).strip().lower().replace("-", "_")
+    return normal in SENSITIVE_QUERY_PARAMS or normal.endswith(_SENSITIVE_SUFFIXES)
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    if not match["value"] or not _is_sensitive(match["name"]):
+        return match[0]
+    return f"{match['lead']}{match['name']}={REDACTED}{match['tail']}"
+
+
+def redact_query(text: str) -> str:
+    """`text` (a query string, a URL or a log line) with credential parameter values blanked."""
+    if "=" not in text:
+        return text
+    return _QUERY_PAIR.sub(_redact_pair, text)
+
+
+def _redact_log_arg(arg: object) -> object:
+    if arg is None or isinstance(arg, int | float):
+        return arg
+    text = arg if isinstance(arg, str) else str(arg)  # an httpx.URL, for instance
+    redacted = redact_query(text)
+    return arg if redacted == text else redacted
+
+
+class RedactQueryFilter(logging.Filter):
+    """Blanks query-string credentials in a stdlib record's message and arguments, in place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record (never drops it)."""
+        if isinstance(record.msg, str):
+            record.msg = redact_query(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_log_arg(arg) for arg in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {key: _redact_log_arg(arg) for key, arg in record.args.items()}
+        return True
+
+
+_REDACT_FILTER = RedactQueryFilter()
+# The loggers that write request URLs: uvicorn's access log, its WebSocket handshake lines
+# ("WebSocket /ws?..." [accepted]) and httpx's request lines. A filter on the logger itself
+# rewrites the record before any handler (ours, or a test's) sees it.
+URL_LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn.asgi", "httpx", "httpcore")
+
+
+def redact_event(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: blank query-string credentials in every string value of the event."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact_query(value)
+    return event_dict
+
+
 def configure_logging(settings: Settings) -> None:
     """Route stdlib and structlog logging through one structlog pipeline."""
     fmt = settings.log_format
@@ -36,6 +129,7 @@ def configure_logging(settings: Settings) -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_event,  # before any handler sees the event, ours or another
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -50,6 +144,7 @@ def configure_logging(settings: Settings) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact_event,  # again, for the traceback text just formatted
                 renderer,
             ],
         )
@@ -59,6 +154,8 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     for noisy in ("pgserver", "psycopg.pool", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    for name in URL_LOGGERS:
+        logging.getLogger(name).addFilter(_REDACT_FILTER)  # a no-op when already there
 
 
 # --- metrics (Prometheus) ---------------------------------------------------------------------
@@ -161,11 +258,91 @@ def end_llm_span(
     span.end()
 
 
+def _redact_attributes(attributes: otel_types.Attributes) -> otel_types.Attributes:
+    """`attributes` with query-string credentials blanked, or the same object when none."""
+    if not attributes:
+        return attributes
+    changed: dict[str, otel_types.AttributeValue] = {}
+    for key, value in attributes.items():
+        if isinstance(value, str):
+            if (redacted := redact_query(value)) != value:
+                changed[key] = redacted
+        elif isinstance(value, tuple | list) and any(isinstance(v, str) for v in value):
+            items = tuple(redact_query(v) if isinstance(v, str) else v for v in value)
+            if items != tuple(value):
+                changed[key] = items
+    if not changed:
+        return attributes
+    copy = BoundedAttributes(maxlen=None, attributes={**attributes, **changed}, immutable=True)
+    copy.dropped = getattr(attributes, "dropped", 0)
+    return copy
+
+
+def _redacted_span(span: ReadableSpan) -> ReadableSpan:
+    """`span` with credentials blanked in its name and (event) attributes; itself when clean."""
+    name = redact_query(span.name)
+    attributes = _redact_attributes(span.attributes)
+    events = [
+        event
+        if (clean := _redact_attributes(event.attributes)) is event.attributes
+        else Event(event.name, clean, event.timestamp)
+        for event in span.events
+    ]
+    if (
+        name == span.name
+        and attributes is span.attributes
+        and all(new is old for new, old in zip(events, span.events, strict=True))
+    ):
+        return span
+    return ReadableSpan(
+        name=name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class RedactingSpanProcessor(SpanProcessor):
+    """Hands `processor` each finished span with query-string credentials blanked.
+
+    Ended spans are read-only and the ASGI middleware sets `http.url` (with the query) after
+    any start hook, so the copy is made at the end, before export.
+    """
+
+    def __init__(self, processor: SpanProcessor) -> None:
+        self.processor = processor
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        """Pass the start on."""
+        self.processor.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Pass on a redacted copy of the span."""
+        self.processor.on_end(_redacted_span(span))
+
+    def shutdown(self) -> None:
+        """Shut the wrapped processor down."""
+        self.processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the wrapped processor."""
+        return self.processor.force_flush(timeout_millis)
+
+
 def configure_tracing(settings: Settings, exporter: SpanExporter | None = None) -> bool:
     """Trace database calls, outgoing HTTP and LLM calls when an OTLP endpoint is configured.
 
     Off by default. `exporter` replaces the OTLP exporter (tests pass an in-memory one).
     HTTP server spans come from `OpenTelemetryMiddleware`, added by the app when this is on.
+    Every span is exported with query-string credentials blanked (`RedactingSpanProcessor`).
     """
     if exporter is None and not settings.otel_endpoint:
         return False
@@ -177,14 +354,14 @@ def configure_tracing(settings: Settings, exporter: SpanExporter | None = None) 
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+    processor: SpanProcessor
     if exporter is None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel_endpoint))
-        )
+        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel_endpoint))
     else:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(RedactingSpanProcessor(processor))
     trace.set_tracer_provider(provider)
     global _tracing
     _tracing = True

@@ -21,6 +21,23 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Probes and metrics: reachable without credentials and while draining, never counted as
 # work in flight.
 OPERATIONAL_PATH_PREFIXES = ("/health", "/metrics")
+# Metric labels come from this closed set, never from the request line: any other method is
+# "OTHER" and every path no route matched is one "unmatched" route (bounded cardinality).
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+OTHER_METHOD = "OTHER"
+UNMATCHED_ROUTE = "unmatched"
+
+
+def metric_labels(scope: Scope) -> tuple[str, str]:
+    """The (method, route) labels of a request: standard methods and route templates only."""
+    method = scope.get("method", "GET")
+    route = getattr(scope.get("route"), "path", None)
+    return (
+        method if method in STANDARD_METHODS else OTHER_METHOD,
+        route if isinstance(route, str) and route else UNMATCHED_ROUTE,
+    )
 
 
 def _request_id(scope: Scope) -> str:
@@ -83,8 +100,6 @@ class RequestContextMiddleware:
         finally:
             if not operational:
                 self.drain.request_finished()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
+            method, template = metric_labels(scope)
             HTTP_REQUESTS.labels(method, template, str(status)).inc()
             HTTP_REQUEST_SECONDS.labels(method, template).observe(time.perf_counter() - started)
