@@ -159,6 +159,22 @@ class Settings(BaseSettings):
         validation_alias=_env("cors_origins"),
         description="Origins allowed to call the API from a browser (comma-separated).",
     )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        validation_alias=_env("max_body_bytes"),
+        description="Largest request body in bytes (1 MiB); a larger one gets 413 before it "
+        "is read or parsed.",
+    )
+    max_upload_bytes: int = Field(
+        default=25 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        validation_alias=_env("max_upload_bytes"),
+        description="Largest request body in bytes (25 MiB) on upload routes (knowledge "
+        "documents, see UPLOAD_PATH_PREFIXES in gathering.api.body_limit).",
+    )
     rate_limit_enabled: bool = Field(default=True, validation_alias=_env("rate_limit_enabled"))
     rate_limit_storage: str = Field(
         default="memory://",

@@ -68,6 +68,14 @@ class DatabaseUnavailableError(DatabaseError):
     http_status = 503
 
 
+class DatabaseBusyError(DatabaseError):
+    """A transient conflict in the database (a deadlock, a serialization failure): the same
+    request again succeeds."""
+
+    code = "database_busy"
+    http_status = 503
+
+
 class MigrationError(DatabaseError):
     """A schema migration failed or the schema is not in the expected state."""
 

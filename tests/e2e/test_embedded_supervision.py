@@ -105,16 +105,21 @@ def test_a_killed_embedded_postgres_comes_back_by_itself(data_dir: Path,
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         deadline = killed_at + 15
+        not_ready = []
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{server.base}/health/ready", timeout=2).status_code == 200:
-                    break
+                ready = httpx.get(f"{server.base}/health/ready", timeout=2)
             except httpx.TransportError:
-                pass
+                ready = None
+            if ready is not None and ready.status_code == 200:
+                break
+            if ready is not None:
+                not_ready.append(ready)
             time.sleep(0.2)
         else:
             pytest.fail(f"not ready 15 s after the kill:\n{server.output()[-4000:]}")
         back_at = time.monotonic()
+        assert not_ready and all(r.headers.get("retry-after") for r in not_ready)
         acknowledged_before = len(load.turns)
         time.sleep(2)  # writes go on after the restart
         load.stop.set()

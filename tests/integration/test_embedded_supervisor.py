@@ -57,6 +57,27 @@ def test_alive_means_this_directorys_postgres(tmp_path: Path, pgdata: Path, url:
     zombie.wait()
 
 
+def test_alive_whatever_the_spelling_of_the_directory(tmp_path: Path, pgdata: Path, url: str):
+    link = tmp_path / "link"
+    link.symlink_to(pgdata.parent)
+    assert postmaster_alive(link / pgdata.name)
+
+
+def test_a_first_start_clears_a_pid_file_naming_a_live_stranger(pgdata: Path, url: str):
+    _kill(pgdata)
+    stale = (pgdata / "postmaster.pid").read_text().splitlines()
+    (pgdata / "postmaster.pid").write_text("\n".join([str(os.getpid()), *stale[1:]]) + "\n")
+    started = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from gathering.db.embedded import start_embedded;"
+         " print(start_embedded(Path(sys.argv[1])))", str(pgdata)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert postmaster_alive(pgdata)
+    assert restart_embedded(pgdata) is True  # this process adopts the new postmaster
+
+
 def test_a_restart_keeps_the_data_and_a_stale_pid_file_whose_pid_lives_on(
     pgdata: Path, url: str
 ):

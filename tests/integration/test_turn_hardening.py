@@ -291,3 +291,26 @@ async def test_a_turn_waits_for_the_last_reply_of_the_turn_before_to_commit(stor
         ("second reply", "completed"),
     ]
     assert await _advisory_locks(db) == 0
+
+
+async def test_deleting_an_agent_as_its_turn_begins_never_deadlocks(store, db):
+    # A turn beginning waits for the session row (held here as by the last turn's final
+    # statement while it commits) while the agent is deleted: both must finish, neither fail.
+    agent = Agent("Doomed", llm=ScriptedProvider(lambda m: "ok"), store=store)
+    await agent.run("warm up")
+    async with db.connection() as holder:
+        await holder.execute("BEGIN")
+        await holder.execute(
+            "SELECT 1 FROM agent.sessions WHERE agent_id = $1 FOR UPDATE", (agent.id,)
+        )
+        turn = asyncio.create_task(agent.run("one more"))
+        await asyncio.sleep(0.3)
+        deletion = asyncio.create_task(
+            db.execute("DELETE FROM agent.agents WHERE id = $1", agent.id)
+        )
+        await asyncio.sleep(0.3)
+        await holder.execute("COMMIT")
+    done = await asyncio.wait_for(asyncio.gather(turn, deletion, return_exceptions=True), 20)
+    assert not isinstance(done[1], Exception), done[1]
+    assert not isinstance(done[0], Exception) or isinstance(done[0], NotFoundError), done[0]
+    assert await db.fetch_val("SELECT count(*) FROM agent.agents WHERE id = $1", agent.id) == 0

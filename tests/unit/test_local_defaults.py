@@ -9,12 +9,13 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from gathering.agents import Agent, InMemoryAgentStore
 from gathering.config import Settings, get_settings
 from gathering.errors import ConfigurationError, InvalidInputError
-from gathering.llm import LocalProvider, Message, close_models, local_model_available
+from gathering.llm import LocalProvider, Message, close_models, local_model_available, local_models
 from gathering.llm.local import DEFAULT_MAX_TOKENS, DEFAULT_REPEAT_PENALTY
 from gathering.llm.local_models import preload_default_model
 
@@ -157,6 +158,14 @@ class TestDefaultsReachTheModel:
         assert await reply(LocalProvider()) == strong
 
 
+@pytest.fixture
+def uncached_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A logger not yet cached by structlog (the app caches each on first use), so that
+    `capture_logs` sees what preloading logs whatever ran before."""
+    monkeypatch.setattr(local_models, "log", structlog.get_logger(local_models.__name__))
+
+
+@pytest.mark.usefixtures("uncached_log")
 class TestPreload:
     @pytest.mark.slow
     @pytest.mark.usefixtures("model_installed")

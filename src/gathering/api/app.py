@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gathering import __version__
+from gathering.api.body_limit import BodyLimitMiddleware
 from gathering.api.errors import install_error_handlers
 from gathering.api.middleware import RequestContextMiddleware
 from gathering.api.routers import agents, audit, auth, debug, health, memories, metrics, ws
@@ -42,6 +43,14 @@ def create_app(
     state = AppState(settings, testing=testing, database=database)
     app.state.gathering = state
     install_error_handlers(app)
+    # Added first, so innermost of our middleware: it refuses an oversized body before routing
+    # reads it, after the Host/Origin guard, and its 413 gets the request id, the security
+    # headers and CORS like any other response.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     install_security(app, settings)  # before any include_router: routes get its gate
     app.add_middleware(RequestContextMiddleware, drain=state.drain)
     if configure_tracing(settings):

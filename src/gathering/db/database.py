@@ -24,6 +24,7 @@ from gathering.db.embedded import start_embedded
 from gathering.db.migrations_runner import Migration, MigrationStatus, apply_migrations, read_status
 from gathering.errors import (
     ConflictError,
+    DatabaseBusyError,
     DatabaseError,
     DatabaseUnavailableError,
     InvalidInputError,
@@ -89,6 +90,8 @@ def _translate(exc: psycopg.Error) -> DatabaseError:
         exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
     ):
         error = DatabaseUnavailableError(f"lost the database connection: {text}", details=details)
+    elif isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
+        error = DatabaseBusyError(text, details=details)
     else:
         error = DatabaseError(text, details=details)
     error.__cause__ = exc

@@ -47,14 +47,15 @@ def postmaster_pid(pgdata: Path) -> int | None:
 
 def _serves(pid: int | None, pgdata: Path) -> bool:
     """Whether `pid` is a live postgres of `pgdata` (a killed one whose parent never reaped
-    it is a zombie: dead; a pid now used by another program is not it)."""
+    it is a zombie: dead; a pid now used by another program is not it). pgserver starts
+    postgres on the resolved path, so `pgdata` is compared resolved (symlinks, `..`)."""
     if pid is None:
         return False
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        return str(pgdata) in process.cmdline()
+        return str(pgdata.resolve()) in process.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
@@ -89,31 +90,38 @@ def clear_stale_lock_files(pgdata: Path) -> None:
             lock_file.unlink(missing_ok=True)
 
 
-def start_embedded(pgdata: Path, *, restart: bool = False) -> str:
+def start_embedded(pgdata: Path) -> str:
     """Start (or join) the embedded server whose cluster lives in `pgdata`; return its URL.
 
-    `restart`: this process already started it once; start it again if it is not running
-    (see `gathering.db.supervisor`). Blocking: call it through `asyncio.to_thread`.
+    Starts it again if it died (see `gathering.db.supervisor`), after removing the lock files
+    a crash left. Blocking: call it through `asyncio.to_thread`.
     """
+    pgdata = pgdata.resolve()
     ensure_writable_dir(pgdata.parent)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver then uses /tmp.
         warnings.simplefilter("ignore")
-        from pgserver.postgres_server import get_server
+        from pgserver.postgres_server import PostgresServer, get_server
 
         try:
+            # pgserver's own inter-process lock, which every start of a server takes.
+            with PostgresServer._lock:
+                clear_stale_lock_files(pgdata)
+                known = PostgresServer._instances.get(pgdata)
+                if known is not None:  # started by this process before: start it again
+                    known.ensure_postgres_running()
             server = get_server(pgdata)
-            if restart:
-                with server._lock:  # pgserver's own inter-process lock for starting servers
-                    clear_stale_lock_files(pgdata)
-                    server.ensure_postgres_running()
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            log = pgdata / "log"
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            log_file = pgdata / "log"
+            tail = (
+                log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                if log_file.exists()
+                else []
+            )
             raise DatabaseUnavailableError(
                 f"the embedded PostgreSQL in {pgdata} failed to start: "
                 + (" | ".join(tail) or str(exc)),
-                hint=f"see {log}; if the directory is corrupt, move it away and start again",
+                hint=f"see {log_file}; if the directory is corrupt, move it away and start again",
             ) from None
         except OSError as exc:
             raise StartupError(

@@ -65,7 +65,7 @@ def restart_embedded(pgdata: Path) -> bool:
     with supervision_lock(pgdata) as mine:
         if not mine:
             return False
-        start_embedded(pgdata, restart=True)
+        start_embedded(pgdata)
         return True
 
 
@@ -73,7 +73,7 @@ class EmbeddedSupervisor:
     """Watches the embedded server of `pgdata` and restarts it when it dies."""
 
     def __init__(self, pgdata: Path, *, interval: float = CHECK_INTERVAL) -> None:
-        self.pgdata = pgdata
+        self.pgdata = pgdata.resolve()
         self.interval = interval
         self.restarts = 0
         self.state = SupervisorState(True, "watching the embedded PostgreSQL")
@@ -110,10 +110,11 @@ class EmbeddedSupervisor:
                 log.warning("the embedded PostgreSQL did not start", attempt=attempt,
                             error=str(exc)[:500], retry_in=backoff)
             else:
-                if await asyncio.to_thread(postmaster_alive, self.pgdata):
+                # Done only once this process has started it, or adopted it from the one that
+                # did: pgserver must know the new postmaster to stop it when this process exits.
+                if mine and await asyncio.to_thread(postmaster_alive, self.pgdata):
                     self.restarts += 1
                     log.warning("the embedded PostgreSQL is back", attempt=attempt,
-                                by="this process" if mine else "another process",
                                 seconds=round(time.monotonic() - started, 2))
                     self.state = SupervisorState(
                         True, f"watching the embedded PostgreSQL (restarted {self.restarts}x)"

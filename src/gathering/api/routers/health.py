@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from gathering import __version__
 from gathering.api.deps import app_state
+from gathering.api.errors import UNAVAILABLE_RETRY_AFTER
 
 router = APIRouter(tags=["health"])
 
@@ -31,6 +32,8 @@ async def ready(request: Request) -> JSONResponse:
     problems = [f"{name}: {h.detail}" for name, h in report.items() if not h.ok]
     if problems:
         return JSONResponse(
-            {"status": "not_ready", "reason": "; ".join(problems), "checks": checks}, 503
+            {"status": "not_ready", "reason": "; ".join(problems), "checks": checks},
+            503,
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
         )
     return JSONResponse({"status": "ready", "checks": checks})

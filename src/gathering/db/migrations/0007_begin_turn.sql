@@ -25,6 +25,9 @@ BEGIN
     IF NOT locked THEN
         RETURN;
     END IF;
+    -- Rows are locked in the order a deletion of the agent locks them (the agent, then its
+    -- session), so the two never deadlock.
+    PERFORM 1 FROM agent.agents a WHERE a.id = p_agent_id FOR KEY SHARE;
     -- FOR UPDATE: the last holder releases the lock in its last statement, before that
     -- statement commits; it has the session row locked by then, so this waits for the commit.
     SELECT s.id, s.last_seq INTO session_id, last_seq
