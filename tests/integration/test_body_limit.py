@@ -73,19 +73,13 @@ def assert_too_large(response: httpx.Response, limit: int, setting: str) -> None
 
 
 @pytest.fixture
-async def single(fresh_database_url):
-    application = create_app(settings=load_settings(database_url=fresh_database_url))
-    yield application
-    await application.state.gathering.close()
+def single(app_for):
+    return app_for()
 
 
 @pytest.fixture
-async def multi(fresh_database_url):
-    application = create_app(
-        settings=load_settings(database_url=fresh_database_url, auth="required", secret_key=KEY)
-    )
-    yield application
-    await application.state.gathering.close()
+def multi(app_for):
+    return app_for(auth="required", secret_key=KEY)
 
 
 def test_the_defaults_are_one_and_twenty_five_mib(monkeypatch):

@@ -55,10 +55,8 @@ def client_for(app) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def single(fresh_database_url):
-    app = create_app(settings=load_settings(database_url=fresh_database_url))
-    yield app
-    await app.state.gathering.close()
+def single(app_for):
+    return app_for()
 
 
 @pytest.fixture
@@ -392,12 +390,8 @@ async def test_embeddings_without_pgvector_are_501(plain_database_url):
 
 
 @pytest.fixture
-async def multi(fresh_database_url):
-    app = create_app(
-        settings=load_settings(database_url=fresh_database_url, auth="required", secret_key=KEY)
-    )
-    yield app
-    await app.state.gathering.close()
+def multi(app_for):
+    return app_for(auth="required", secret_key=KEY)
 
 
 async def account(app, client, *, is_admin: bool = False) -> dict[str, str]:
