@@ -120,9 +120,11 @@ class EmbeddedSupervisor:
                         True, f"watching the embedded PostgreSQL (restarted {self.restarts}x)"
                     )
                     return
-                if not mine:
+                if not mine:  # look again soon: adopting it is quick once the other is done
                     self.state = SupervisorState(
                         False, f"restarting (attempt {attempt}, by another process)"
                     )
+                    await asyncio.sleep(FIRST_BACKOFF)
+                    continue
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
