@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -225,3 +226,16 @@ def agent_factory(llm_stub_env: LLMStubServer):  # type: ignore[no-untyped-def]
     # Cleanup
     for agent in created:
         agent.cleanup()
+
+
+@pytest.fixture
+def uncached_logs(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """`uncached_logs(module, ...)` gives each module's `log` a logger structlog has not
+    cached yet: the app caches a logger on its first use, after which `capture_logs` no longer
+    sees it, whichever test used it first."""
+
+    def apply(*modules: object) -> None:
+        for module in modules:
+            monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))  # type: ignore[attr-defined]
+
+    return apply

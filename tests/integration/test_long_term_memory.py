@@ -19,6 +19,7 @@ import pytest
 from db_rows import new_agent, new_user
 from structlog.testing import capture_logs
 
+from gathering.agents import retrieval
 from gathering.agents.long_term_memory import (
     LongTermMemory,
     Memory,
@@ -711,7 +712,10 @@ def single_attempt() -> RetryPolicy:
     return RetryPolicy(max_attempts=1)
 
 
-async def test_recall_falls_back_to_full_text_while_the_provider_is_down(db, agent_id):
+async def test_recall_falls_back_to_full_text_while_the_provider_is_down(
+    db, agent_id, uncached_logs
+):
+    uncached_logs(retrieval)
     facts = await remember_without_vectors(db, agent_id)
     reasons = DegradedReasons()
     down = OpenAIEmbeddingProvider(

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from gathering.agents import Agent, InMemoryAgentStore
@@ -159,10 +158,8 @@ class TestDefaultsReachTheModel:
 
 
 @pytest.fixture
-def uncached_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A logger not yet cached by structlog (the app caches each on first use), so that
-    `capture_logs` sees what preloading logs whatever ran before."""
-    monkeypatch.setattr(local_models, "log", structlog.get_logger(local_models.__name__))
+def uncached_log(uncached_logs) -> None:
+    uncached_logs(local_models)
 
 
 @pytest.mark.usefixtures("uncached_log")
