@@ -6,6 +6,7 @@ import asyncio
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from gathering.db import Database, discover_migrations, migrations_runner
 from gathering.db.migrations_runner import Migration
@@ -137,3 +138,20 @@ async def test_system_postgres_without_pgvector_if_present():
     async with database:
         status = await database.migration_status()
         assert status.is_current and status.vector is False
+
+
+async def test_a_held_migration_lock_is_waited_for_a_bounded_time(fresh_database_url):
+    async with await psycopg.AsyncConnection.connect(fresh_database_url, autocommit=True) as holder:
+        await holder.execute("SELECT pg_advisory_lock(%s)", (migrations_runner.MIGRATION_LOCK_KEY,))
+        async with await psycopg.AsyncConnection.connect(
+            fresh_database_url, autocommit=True, cursor_factory=psycopg.AsyncRawCursor,
+            row_factory=dict_row,
+        ) as conn:
+            with pytest.raises(MigrationError, match="migration lock"):
+                await migrations_runner.apply_migrations(conn, wait=0.3)
+        await holder.execute("SELECT pg_advisory_unlock(%s)", (migrations_runner.MIGRATION_LOCK_KEY,))
+        async with await psycopg.AsyncConnection.connect(
+            fresh_database_url, autocommit=True, cursor_factory=psycopg.AsyncRawCursor,
+            row_factory=dict_row,
+        ) as conn:
+            assert await migrations_runner.apply_migrations(conn, wait=0.3)  # all of them, now

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import psycopg
 import structlog
 
-from gathering.db.locks import advisory_key
+from gathering.db.locks import LockKey, advisory_key, wait_for_lock
 from gathering.errors import MigrationError
 
 log = structlog.get_logger(__name__)
 
 MIGRATIONS_PACKAGE = "gathering.db.migrations"
 MIGRATION_LOCK_KEY = advisory_key("migrations")
+MIGRATION_LOCK_WAIT = 600.0  # seconds to wait for another process applying migrations
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 
 _CREATE_TABLE = """
@@ -133,9 +134,19 @@ async def read_status(conn: psycopg.AsyncConnection[dict[str, object]]) -> Migra
     return status
 
 
-async def apply_migrations(conn: psycopg.AsyncConnection[dict[str, object]]) -> list[Migration]:
-    """Apply every pending migration on `conn` (an autocommit connection); return those applied."""
-    await conn.execute("SELECT pg_advisory_lock($1)", (MIGRATION_LOCK_KEY,))
+async def apply_migrations(
+    conn: psycopg.AsyncConnection[dict[str, object]], *, wait: float = MIGRATION_LOCK_WAIT
+) -> list[Migration]:
+    """Apply every pending migration on `conn` (an autocommit connection); return those applied.
+
+    Waits at most `wait` seconds for another process applying migrations, else `MigrationError`.
+    """
+    if not await wait_for_lock(conn, LockKey("migrations"), wait):
+        raise MigrationError(
+            f"another process has held the migration lock for more than {wait:g}s",
+            hint="wait for the other instance to finish migrating, or find the session holding"
+            " it: SELECT pid FROM pg_locks WHERE locktype = 'advisory'",
+        )
     try:
         await conn.execute(_CREATE_TABLE)
         status = await read_status(conn)
