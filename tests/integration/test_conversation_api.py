@@ -20,7 +20,6 @@ import pytest
 from fastapi import FastAPI
 
 from gathering.agents.knowledge import KnowledgeBase
-from gathering.config import load_settings
 from gathering.db import Database
 from gathering.errors import ProviderUnavailableError
 from gathering.llm import Completion, Message
@@ -81,20 +80,9 @@ class Gate:
 
 
 @pytest.fixture
-async def make_app(fresh_database_url, llm_stub_env) -> AsyncIterator[Callable[..., FastAPI]]:
-    """Apps on one fresh database, `make_app(**settings)`; closed after the test."""
-    from gathering.api.app import create_app
-
-    apps: list[FastAPI] = []
-
-    def build(**settings: Any) -> FastAPI:
-        app = create_app(settings=load_settings(database_url=fresh_database_url, **settings))
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        await app.state.gathering.close()
+def make_app(llm_stub_env, app_for) -> Callable[..., FastAPI]:
+    """Apps on one fresh database, `make_app(**settings)`, every provider at the LLM stub."""
+    return app_for
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 again on the same data directory, with backoff, by one process at a time.
 
 Only a server GatheRing started itself is watched (never one named by DATABASE_URL). A
-restart only ever removes a stale `postmaster.pid` (one whose process is gone, a zombie, or
-not this data directory's postgres); the data is never touched.
+restart only ever removes stale lock files (`postmaster.pid` and the socket's lock, whose
+process is gone, a zombie, or not this data directory's postgres; see
+`embedded.clear_stale_lock_files`); the data is never touched.
 """
 
 from __future__ import annotations
