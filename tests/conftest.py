@@ -181,7 +181,9 @@ def llm_stub() -> Iterator[LLMStubServer]:
 
 
 @pytest.fixture
-def llm_stub_env(llm_stub: LLMStubServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMStubServer]:
+def llm_stub_env(
+    llm_stub: LLMStubServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LLMStubServer]:
     """Point every provider's key and address at the stub for this test."""
     for name, value in llm_stub.environment().items():
         monkeypatch.setenv(name, value)

@@ -106,7 +106,9 @@ async def test_locks_fail_closed_when_the_database_stops(private_postgres):
         nonlocal runs
         runs += 1
 
-    duty = SingletonDuty(database, LockKey("test", "fail-closed"), work, interval=0.05, retry_max=0.2)
+    duty = SingletonDuty(
+        database, LockKey("test", "fail-closed"), work, interval=0.05, retry_max=0.2
+    )
     try:
         await duty.start()
         await _wait_for(lambda: duty.holding and runs > 0)
@@ -141,8 +143,10 @@ async def test_readiness_says_why_a_duty_is_stopped(private_postgres):
     async def work() -> None:
         return None
 
-    duty = DutyComponent("scheduler", SingletonDuty(database, LockKey("test", "ready"), work,
-                                                    interval=0.05, retry_max=0.2))
+    duty = DutyComponent(
+        "scheduler",
+        SingletonDuty(database, LockKey("test", "ready"), work, interval=0.05, retry_max=0.2),
+    )
     state.lifecycle.add(duty)
     await state.lifecycle.start()
     transport = httpx.ASGITransport(app=app)

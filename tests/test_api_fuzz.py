@@ -13,9 +13,7 @@ from schemathesis.checks import not_a_server_error
 
 from gathering.api.app import app
 
-schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(
-    path_regex=r"/chat"
-)
+schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path_regex=r"/chat")
 
 
 @schema.parametrize()

@@ -31,8 +31,9 @@ async def _max_concurrent_sleepers(db: Database, until: asyncio.Task) -> int:
 
 
 async def test_concurrent_requests_wait_in_sql_side_by_side(test_server_url, fresh_database_url):
-    settings = load_settings(database_url=fresh_database_url, debug_endpoints=True,
-                             db_pool_max_size=CONCURRENT + 2)
+    settings = load_settings(
+        database_url=fresh_database_url, debug_endpoints=True, db_pool_max_size=CONCURRENT + 2
+    )
     app = create_app(settings=settings)
     transport = httpx.ASGITransport(app=app)
     observer = Database(url=fresh_database_url, min_size=0, max_size=1)
@@ -43,8 +44,10 @@ async def test_concurrent_requests_wait_in_sql_side_by_side(test_server_url, fre
 
             async def requests() -> list[int]:
                 responses = await asyncio.gather(
-                    *(client.get("/_debug/db-sleep", params={"seconds": 1.5})
-                      for _ in range(CONCURRENT))
+                    *(
+                        client.get("/_debug/db-sleep", params={"seconds": 1.5})
+                        for _ in range(CONCURRENT)
+                    )
                 )
                 return [r.status_code for r in responses]
 

@@ -24,11 +24,11 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from gathering.api.app import create_app
-from gathering.api.security import passwords
-from gathering.api.security.revocation import RevocationCache, RevocationStore
-from gathering.api.security.signing_key import key_file, load_signing_key
-from gathering.api.security.tokens import INVALID_CREDENTIALS, TokenClaims
-from gathering.api.security.users import UserStore
+from gathering.auth import passwords
+from gathering.auth.revocation import RevocationCache, RevocationStore
+from gathering.auth.signing_key import key_file, load_signing_key
+from gathering.auth.tokens import INVALID_CREDENTIALS, TokenClaims
+from gathering.auth.users import UserStore
 from gathering.config import load_settings
 from gathering.db import Database
 from gathering.errors import ConfigurationError
@@ -612,7 +612,7 @@ async def test_password_policy_is_enforced_when_hashing():
 async def test_api_keys_are_compared_with_compare_digest(client, email, monkeypatch):
     import hmac
 
-    from gathering.api.security import api_keys
+    from gathering.auth import api_keys
 
     calls = []
     real = hmac.compare_digest
@@ -652,10 +652,12 @@ async def test_concurrent_wrong_passwords_cannot_slip_past_the_account_limit(mak
     application = make_app(login_attempts_per_account="5/15 minutes")
     victim = await new_user(application)
     async with client_for(application) as ac:
-        answers = await asyncio.gather(*(
-            ac.post("/auth/login", json={"email": victim, "password": f"wrong guess {i}!!"})
-            for i in range(20)
-        ))
+        answers = await asyncio.gather(
+            *(
+                ac.post("/auth/login", json={"email": victim, "password": f"wrong guess {i}!!"})
+                for i in range(20)
+            )
+        )
     codes = [r.status_code for r in answers]
     assert codes.count(401) <= 5 and codes.count(429) >= 15
 

@@ -81,8 +81,9 @@ def test_second_signal_during_drain_stops_at_once(server):
 
 
 class _Recorder(Component):
-    def __init__(self, name: str, log: list[str], *, fail_start: bool = False,
-                 hang_stop: bool = False) -> None:
+    def __init__(
+        self, name: str, log: list[str], *, fail_start: bool = False, hang_stop: bool = False
+    ) -> None:
         self.name, self.log = name, log
         self.fail_start, self.hang_stop = fail_start, hang_stop
         self.stop_timeout = 0.2
@@ -110,15 +111,24 @@ async def test_components_start_in_order_and_stop_in_reverse():
     await lifecycle.start()
     await lifecycle.stop()
     assert log == [
-        "start database", "start events", "start scheduler",
-        "stop scheduler", "stop events", "stop database",
+        "start database",
+        "start events",
+        "start scheduler",
+        "stop scheduler",
+        "stop events",
+        "stop database",
     ]
 
 
 async def test_failed_start_stops_what_already_started():
     log: list[str] = []
-    lifecycle = Lifecycle([_Recorder("database", log), _Recorder("events", log, fail_start=True),
-                           _Recorder("scheduler", log)])
+    lifecycle = Lifecycle(
+        [
+            _Recorder("database", log),
+            _Recorder("events", log, fail_start=True),
+            _Recorder("scheduler", log),
+        ]
+    )
     with pytest.raises(RuntimeError, match="events cannot start"):
         await lifecycle.start()
     assert log == ["start database", "stop database"]

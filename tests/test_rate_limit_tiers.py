@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends
 
 from gathering.api.app import create_app
 from gathering.api.security import public_route, rate_limit
-from gathering.api.security.users import UserStore
+from gathering.auth.users import UserStore
 from gathering.config import load_settings
 
 KEY = "k" * 64

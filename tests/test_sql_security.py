@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from gathering.api.app import create_app
-from gathering.api.security.users import UserStore
+from gathering.auth.users import UserStore
 from gathering.config import load_settings
 from gathering.db import Database
 

@@ -213,7 +213,7 @@ app.add_typer(users_app, name="users")
 
 def _announce_first_admin(settings: Settings) -> None:
     """On the first start without accounts, create the admin and show a generated password once."""
-    from gathering.api.security import admin
+    from gathering.auth import admin
 
     created = run_async(lambda: admin.ensure_first_admin(settings))
     if created is None:
@@ -231,7 +231,7 @@ def _announce_first_admin(settings: Settings) -> None:
 
 def _new_password(password: str | None, generate: bool) -> tuple[str, bool]:
     """The password to set: given, generated (then printed once), or typed at a hidden prompt."""
-    from gathering.api.security.passwords import check_password_policy, generate_password
+    from gathering.auth.passwords import check_password_policy, generate_password
 
     if generate:
         return generate_password(), True
@@ -259,7 +259,7 @@ def users_create(
     is_admin: Annotated[bool, typer.Option("--admin", help="Make an administrator")] = False,
 ) -> None:
     """Create an account."""
-    from gathering.api.security import admin
+    from gathering.auth import admin
 
     settings = settings_or_exit()
     secret, generated = _new_password(password, generate)
@@ -273,7 +273,7 @@ def users_create(
 @users_app.command("list")
 def users_list() -> None:
     """List the accounts."""
-    from gathering.api.security import admin
+    from gathering.auth import admin
 
     settings = settings_or_exit()
     users = run_async(lambda: admin.list_users(settings))
@@ -295,7 +295,7 @@ def users_list() -> None:
 @users_app.command("disable")
 def users_disable(email: Annotated[str, typer.Argument(help="The account's email")]) -> None:
     """Disable an account and end its sessions."""
-    from gathering.api.security import admin
+    from gathering.auth import admin
 
     settings = settings_or_exit()
     user, ended = run_async(lambda: admin.set_user_active(settings, email, active=False))
@@ -305,7 +305,7 @@ def users_disable(email: Annotated[str, typer.Argument(help="The account's email
 @users_app.command("enable")
 def users_enable(email: Annotated[str, typer.Argument(help="The account's email")]) -> None:
     """Enable a disabled account."""
-    from gathering.api.security import admin
+    from gathering.auth import admin
 
     settings = settings_or_exit()
     user, _ = run_async(lambda: admin.set_user_active(settings, email, active=True))
@@ -319,7 +319,7 @@ def users_reset_password(
     generate: GenerateOption = False,
 ) -> None:
     """Set a new password; every session of the account ends."""
-    from gathering.api.security import admin
+    from gathering.auth import admin
 
     settings = settings_or_exit()
     secret, generated = _new_password(password, generate)

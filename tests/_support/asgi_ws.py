@@ -21,10 +21,17 @@ class ASGIWebSocket:
 
     async def __aenter__(self) -> ASGIWebSocket:
         scope = {
-            "type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws",
-            "path": self.path, "raw_path": self.path.encode(), "root_path": "",
-            "query_string": self.query.encode(), "headers": [(b"host", self.host.encode())],
-            "server": (self.host, 80), "client": ("127.0.0.1", 50000), "subprotocols": [],
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "scheme": "ws",
+            "path": self.path,
+            "raw_path": self.path.encode(),
+            "root_path": "",
+            "query_string": self.query.encode(),
+            "headers": [(b"host", self.host.encode())],
+            "server": (self.host, 80),
+            "client": ("127.0.0.1", 50000),
+            "subprotocols": [],
         }
         self.task = asyncio.create_task(self.app(scope, self.to_app.get, self.from_app.put))
         await self.to_app.put({"type": "websocket.connect"})

@@ -137,9 +137,7 @@ def _halves(text: str) -> list[str]:
 # --- the real APIs' validation ------------------------------------------------------------
 
 
-def anthropic_problem(
-    messages: list[dict[str, Any]], tools: list[Any] | None = None
-) -> str | None:
+def anthropic_problem(messages: list[dict[str, Any]], tools: list[Any] | None = None) -> str | None:
     """Anthropic's 400 message for tool_use / tool_result blocks that do not pair up, or that
     come in a request defining no tools."""
     if not tools and any(
@@ -173,7 +171,10 @@ def anthropic_problem(
                 if previous.get("role") == "assistant" and b.get("type") == "tool_use"
             }
             for position, block in enumerate(blocks):
-                if block.get("type") == "tool_result" and block.get("tool_use_id") not in used_before:
+                if (
+                    block.get("type") == "tool_result"
+                    and block.get("tool_use_id") not in used_before
+                ):
                     return (
                         f"messages.{index}.content.{position}: unexpected `tool_use_id` found in "
                         f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
@@ -271,11 +272,14 @@ class _Handler(BaseHTTPRequestHandler):
     # Anthropic Messages API
 
     def _anthropic_error(self, message: str) -> None:
-        self._send_json(400, {
-            "type": "error",
-            "error": {"type": "invalid_request_error", "message": message},
-            "request_id": _new_id("req_"),
-        })
+        self._send_json(
+            400,
+            {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": message},
+                "request_id": _new_id("req_"),
+            },
+        )
 
     def _anthropic(
         self, body: Body, text: str, words: list[str], too_long: int, limit: int | None
@@ -292,54 +296,126 @@ class _Handler(BaseHTTPRequestHandler):
         calls = _object_arguments(requested) if requested else None
         blocks: list[dict[str, Any]]
         if calls:
-            blocks = [{"type": "tool_use", "id": _new_id("toolu_"), "name": name, "input": args}
-                      for name, args in calls]
+            blocks = [
+                {"type": "tool_use", "id": _new_id("toolu_"), "name": name, "input": args}
+                for name, args in calls
+            ]
             stop_reason, output_tokens = "tool_use", 10 * len(blocks)
         else:
             blocks = [{"type": "text", "text": text}]
             stop_reason, output_tokens = "end_turn", len(words)
         if not body.get("stream"):
-            self._send_json(200, {
-                "id": _new_id("msg_"), "type": "message", "role": "assistant", "model": model,
-                "content": blocks, "stop_reason": stop_reason, "stop_sequence": None,
-                "usage": {"input_tokens": 12, "output_tokens": output_tokens},
-            })
+            self._send_json(
+                200,
+                {
+                    "id": _new_id("msg_"),
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": blocks,
+                    "stop_reason": stop_reason,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 12, "output_tokens": output_tokens},
+                },
+            )
             return
-        events: list[tuple[str, dict[str, Any]]] = [("message_start", {
-            "type": "message_start", "message": {
-                "id": _new_id("msg_"), "type": "message", "role": "assistant", "model": model,
-                "content": [], "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": 12, "output_tokens": 1}}})]
+        events: list[tuple[str, dict[str, Any]]] = [
+            (
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": _new_id("msg_"),
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 12, "output_tokens": 1},
+                    },
+                },
+            )
+        ]
         if calls:
             for index, block in enumerate(blocks):
-                events.append(("content_block_start", {
-                    "type": "content_block_start", "index": index,
-                    "content_block": {**block, "input": {}}}))
-                events += [("content_block_delta", {
-                    "type": "content_block_delta", "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": part}})
-                    for part in _halves(json.dumps(block["input"]))]
-                events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+                events.append(
+                    (
+                        "content_block_start",
+                        {
+                            "type": "content_block_start",
+                            "index": index,
+                            "content_block": {**block, "input": {}},
+                        },
+                    )
+                )
+                events += [
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": part},
+                        },
+                    )
+                    for part in _halves(json.dumps(block["input"]))
+                ]
+                events.append(
+                    ("content_block_stop", {"type": "content_block_stop", "index": index})
+                )
         else:
-            events.append(("content_block_start", {
-                "type": "content_block_start", "index": 0,
-                "content_block": {"type": "text", "text": ""}}))
-            events += [("content_block_delta", {
-                "type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": w}}) for w in words]
+            events.append(
+                (
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+            )
+            events += [
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": w},
+                    },
+                )
+                for w in words
+            ]
             events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        events += [("message_delta", {"type": "message_delta",
-                                      "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                                      "usage": {"output_tokens": output_tokens}}),
-                   ("message_stop", {"type": "message_stop"})]
-        self._send_stream("text/event-stream",
-                          [f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events])
+        events += [
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": output_tokens},
+                },
+            ),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        self._send_stream(
+            "text/event-stream",
+            [f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events],
+        )
 
     # OpenAI Chat Completions
 
     def _openai_error(self, message: str, param: str | None, code: str | None) -> None:
-        self._send_json(400, {"error": {
-            "message": message, "type": "invalid_request_error", "param": param, "code": code}})
+        self._send_json(
+            400,
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": param,
+                    "code": code,
+                }
+            },
+        )
 
     def _openai(
         self, body: Body, text: str, words: list[str], too_long: int, limit: int | None
@@ -352,23 +428,45 @@ class _Handler(BaseHTTPRequestHandler):
             self._openai_error(
                 f"This model's maximum context length is {limit} tokens. However, your "
                 f"messages resulted in {too_long} tokens. Please reduce the length of the "
-                "messages.", "messages", "context_length_exceeded")
+                "messages.",
+                "messages",
+                "context_length_exceeded",
+            )
             return
         model = body.get("model", "gpt")
-        calls = [{"id": _new_id("call_"), "type": "function",
-                  "function": {"name": name, "arguments": arguments}}
-                 for name, arguments in scripted_calls(body) or ()]
+        calls = [
+            {
+                "id": _new_id("call_"),
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+            for name, arguments in scripted_calls(body) or ()
+        ]
         output_tokens = 10 * len(calls) if calls else len(words)
-        usage = {"prompt_tokens": 12, "completion_tokens": output_tokens,
-                 "total_tokens": 12 + output_tokens}
+        usage = {
+            "prompt_tokens": 12,
+            "completion_tokens": output_tokens,
+            "total_tokens": 12 + output_tokens,
+        }
         finish = "tool_calls" if calls else "stop"
         base = {"id": _new_id("chatcmpl-"), "created": int(time.time()), "model": model}
         if not body.get("stream"):
-            message: dict[str, Any] = ({"role": "assistant", "content": None, "tool_calls": calls}
-                                       if calls else {"role": "assistant", "content": text})
-            self._send_json(200, {**base, "object": "chat.completion", "choices": [{
-                "index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-                "usage": usage})
+            message: dict[str, Any] = (
+                {"role": "assistant", "content": None, "tool_calls": calls}
+                if calls
+                else {"role": "assistant", "content": text}
+            )
+            self._send_json(
+                200,
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+                    ],
+                    "usage": usage,
+                },
+            )
             return
         chunk = {**base, "object": "chat.completion.chunk"}
 
@@ -378,13 +476,19 @@ class _Handler(BaseHTTPRequestHandler):
         if calls:
             chunks = []
             for index, call in enumerate(calls):
-                opening = {**call, "index": index,
-                           "function": {"name": call["function"]["name"], "arguments": ""}}
+                opening = {
+                    **call,
+                    "index": index,
+                    "function": {"name": call["function"]["name"], "arguments": ""},
+                }
                 first = {"tool_calls": [opening]}
-                chunks.append(delta({"role": "assistant", "content": None, **first} if index == 0
-                                    else first))
-                chunks += [delta({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
-                           for part in _halves(call["function"]["arguments"])]
+                chunks.append(
+                    delta({"role": "assistant", "content": None, **first} if index == 0 else first)
+                )
+                chunks += [
+                    delta({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+                    for part in _halves(call["function"]["arguments"])
+                ]
         else:
             chunks = [delta({"role": "assistant", "content": w}) for w in words]
         chunks.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
@@ -403,24 +507,49 @@ class _Handler(BaseHTTPRequestHandler):
         stamp = "2026-01-01T00:00:00.000000Z"
         requested = scripted_calls(body)
         calls = _object_arguments(requested) if requested else None
-        final = {"model": model, "created_at": stamp, "done": True, "done_reason": "stop",
-                 "total_duration": 1000, "load_duration": 10, "prompt_eval_count": 12,
-                 "prompt_eval_duration": 100, "eval_count": len(words), "eval_duration": 500}
+        final = {
+            "model": model,
+            "created_at": stamp,
+            "done": True,
+            "done_reason": "stop",
+            "total_duration": 1000,
+            "load_duration": 10,
+            "prompt_eval_count": 12,
+            "prompt_eval_duration": 100,
+            "eval_count": len(words),
+            "eval_duration": 500,
+        }
         if calls:
-            message = {"role": "assistant", "content": "", "tool_calls": [
-                {"function": {"name": name, "arguments": args}} for name, args in calls]}
+            message = {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"function": {"name": name, "arguments": args}} for name, args in calls
+                ],
+            }
             if body.get("stream") is False:
                 self._send_json(200, {**final, "message": message})
                 return
-            lines = [json.dumps({"model": model, "created_at": stamp, "message": message,
-                                 "done": False}) + "\n"]
+            lines = [
+                json.dumps({"model": model, "created_at": stamp, "message": message, "done": False})
+                + "\n"
+            ]
         else:
             if body.get("stream") is False:
                 self._send_json(200, {**final, "message": {"role": "assistant", "content": text}})
                 return
-            lines = [json.dumps({"model": model, "created_at": stamp,
-                                 "message": {"role": "assistant", "content": w}, "done": False})
-                     + "\n" for w in words]
+            lines = [
+                json.dumps(
+                    {
+                        "model": model,
+                        "created_at": stamp,
+                        "message": {"role": "assistant", "content": w},
+                        "done": False,
+                    }
+                )
+                + "\n"
+                for w in words
+            ]
         lines.append(json.dumps({**final, "message": {"role": "assistant", "content": ""}}) + "\n")
         self._send_stream("application/x-ndjson", lines)
 
@@ -466,7 +595,9 @@ class LLMStubServer:
     def environment(self) -> dict[str, str]:
         """Environment variables that point every provider at this stub."""
         return {
-            "ANTHROPIC_API_KEY": "sk-ant-stub", "ANTHROPIC_BASE_URL": self.url,
-            "OPENAI_API_KEY": "sk-stub", "OPENAI_BASE_URL": f"{self.url}/v1",
+            "ANTHROPIC_API_KEY": "sk-ant-stub",
+            "ANTHROPIC_BASE_URL": self.url,
+            "OPENAI_API_KEY": "sk-stub",
+            "OPENAI_BASE_URL": f"{self.url}/v1",
             "OLLAMA_HOST": self.url,
         }

@@ -44,16 +44,20 @@ class Load:
                 n += 1
                 if agent_id is None or n % 3 == 0:
                     name = f"w{worker}-{n}-{secrets.token_hex(2)}"
-                    response = self._send(client.post, "/agents", json={
-                        "name": name, "provider": "openai", "model": "gpt-4o"})
+                    response = self._send(
+                        client.post,
+                        "/agents",
+                        json={"name": name, "provider": "openai", "model": "gpt-4o"},
+                    )
                     if response is not None and response.status_code == 201:
                         with self.lock:
                             self.agents.append(name)
                         agent_id = response.json()["id"]
                     continue
                 text = f"message {worker}-{n}"
-                response = self._send(client.post, f"/agents/{agent_id}/chat",
-                                      json={"message": text})
+                response = self._send(
+                    client.post, f"/agents/{agent_id}/chat", json={"message": text}
+                )
                 if response is not None and response.status_code == 200:
                     with self.lock:
                         self.turns.append((agent_id, text, response.json()["reply"]))
@@ -81,8 +85,7 @@ def data_dir() -> Iterator[Path]:
         yield Path(path)
 
 
-def test_a_killed_embedded_postgres_comes_back_by_itself(data_dir: Path,
-                                                         llm_stub: LLMStubServer):
+def test_a_killed_embedded_postgres_comes_back_by_itself(data_dir: Path, llm_stub: LLMStubServer):
     server = LiveServer(
         DATABASE_URL=None,
         GATHERING_DATABASE_URL=None,
@@ -135,11 +138,11 @@ def test_a_killed_embedded_postgres_comes_back_by_itself(data_dir: Path,
                 history = client.get(f"/agents/{agent_id}/history?limit=1000").json()
                 lines = [(m["role"], m["content"]) for m in history]
                 assert ("user", text) in lines and ("assistant", reply) in lines
-        assert all(status == 503 and retry for status, retry, _ in load.failures), (
-            load.failures[:5]
-        )
+        assert all(status == 503 and retry for status, retry, _ in load.failures), load.failures[:5]
         assert "restart" in server.output().lower()
-        print(f"back after {back_at - killed_at:.1f} s; {len(load.failures)} requests failed "
-              f"with 503 meanwhile; {len(load.turns)} turns acknowledged")
+        print(
+            f"back after {back_at - killed_at:.1f} s; {len(load.failures)} requests failed "
+            f"with 503 meanwhile; {len(load.turns)} turns acknowledged"
+        )
     finally:
         server.stop()

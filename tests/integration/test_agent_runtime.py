@@ -25,8 +25,11 @@ from gathering.tools.function import FunctionTool
 ADD = ToolSpec(
     "add",
     "Add two integers",
-    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-     "required": ["a", "b"]},
+    {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+    },
 )
 
 
@@ -45,14 +48,23 @@ async def test_every_message_is_stored_before_the_reply_returns(store, db):
     rows = await db.fetch_all(
         "SELECT m.seq, m.role, m.content FROM agent.messages m"
         " JOIN agent.sessions s ON s.id = m.session_id JOIN agent.agents a ON a.id = s.agent_id"
-        " WHERE a.name = $1 ORDER BY m.seq", "Scribe")
+        " WHERE a.name = $1 ORDER BY m.seq",
+        "Scribe",
+    )
     assert [(r["seq"], r["role"], r["content"]) for r in rows] == [
-        (1, "user", "Hello"), (2, "assistant", "Hi there")]
+        (1, "user", "Hello"),
+        (2, "assistant", "Hi there"),
+    ]
 
 
 async def test_agent_loaded_again_continues_its_session(store, db):
-    first = Agent("Keeper", "scripted", llm=ScriptedProvider(["one", "two"]), store=store,
-                  persona={"role": "archivist", "traits": ["careful"]})
+    first = Agent(
+        "Keeper",
+        "scripted",
+        llm=ScriptedProvider(["one", "two"]),
+        store=store,
+        persona={"role": "archivist", "traits": ["careful"]},
+    )
     await first.process_message("remember 42")
     # A new process: a fresh pool on the same database, nothing shared in memory.
     from gathering.db import Database
@@ -79,10 +91,12 @@ async def test_same_name_is_the_same_agent_with_a_new_session(store):
 
 
 async def test_tool_loop_keeps_call_ids_and_returns_final_text(store):
-    provider = ScriptedProvider([
-        tool_call("add", {"a": 2, "b": 3}, call_id="call_1"),
-        "The sum is 5.",
-    ])
+    provider = ScriptedProvider(
+        [
+            tool_call("add", {"a": 2, "b": 3}, call_id="call_1"),
+            "The sum is 5.",
+        ]
+    )
     agent = Agent("Calc", "scripted", llm=provider, store=store, tools=[(ADD, _add)])
     result = await agent.run("What is 2 + 3?")
     assert (result.text, result.outcome, result.iterations) == ("The sum is 5.", "completed", 2)
@@ -98,12 +112,19 @@ async def test_tool_errors_go_back_to_the_model(store):
     def broken(**_: object) -> str:
         raise RuntimeError("disk on fire")
 
-    provider = ScriptedProvider([
-        [tool_call("add", {"a": 1}), tool_call("nope", {}), tool_call("broken", {})],
-        "I could not do it.",
-    ])
-    agent = Agent("Oops", "scripted", llm=provider, store=store,
-                  tools=[FunctionTool(ADD, _add), (ToolSpec("broken"), broken)])
+    provider = ScriptedProvider(
+        [
+            [tool_call("add", {"a": 1}), tool_call("nope", {}), tool_call("broken", {})],
+            "I could not do it.",
+        ]
+    )
+    agent = Agent(
+        "Oops",
+        "scripted",
+        llm=provider,
+        store=store,
+        tools=[FunctionTool(ADD, _add), (ToolSpec("broken"), broken)],
+    )
     result = await agent.run("try")
     results = provider.calls[1].messages[-1].tool_results
     assert all(r.is_error for r in results)
@@ -115,8 +136,9 @@ async def test_tool_errors_go_back_to_the_model(store):
 
 async def test_max_iterations_is_an_explicit_outcome(store):
     provider = ScriptedProvider(lambda messages: tool_call("add", {"a": 1, "b": 1}))
-    agent = Agent("Loopy", "scripted", llm=provider, store=store, tools=[(ADD, _add)],
-                  max_iterations=3)
+    agent = Agent(
+        "Loopy", "scripted", llm=provider, store=store, tools=[(ADD, _add)], max_iterations=3
+    )
     result = await agent.run("loop forever")
     assert result.outcome == "max_iterations"
     assert "max iterations reached" in result.text
@@ -134,7 +156,8 @@ async def test_concurrent_messages_are_queued_in_order(store, db):
     contents = [m.content for m in agent.memory.get_history()]
     assert contents == [x for i in range(5) for x in (f"m{i}", f"re: m{i}")]
     stored = await db.fetch_all(
-        "SELECT content FROM agent.messages WHERE session_id = $1 ORDER BY seq", agent.session_id)
+        "SELECT content FROM agent.messages WHERE session_id = $1 ORDER BY seq", agent.session_id
+    )
     assert [r["content"] for r in stored] == contents
 
 
@@ -158,8 +181,14 @@ async def test_stream_through_the_provider_path(store, llm_stub_env):
 
 async def test_system_prompt_sections_in_order_without_repeats(store):
     provider = ScriptedProvider(["ok"])
-    agent = Agent("Sophie", "scripted", llm=provider, store=store, project="GatheRing API",
-                  persona=Persona(role="lead architect", traits=("rigorous",), language="fr"))
+    agent = Agent(
+        "Sophie",
+        "scripted",
+        llm=provider,
+        store=store,
+        project="GatheRing API",
+        persona=Persona(role="lead architect", traits=("rigorous",), language="fr"),
+    )
     agent.task = "Review the migration runner"
     agent.resume_note = "You were halfway through the review."
     await agent.process_message("go")
@@ -203,10 +232,12 @@ def test_unknown_provider_is_a_clear_error():
 def test_replies_of_every_shape_are_understood():
     assert as_completion("plain").text == "plain"
     assert as_completion(Completion(text="c")).text == "c"
-    blocks = SimpleNamespace(content=[
-        SimpleNamespace(type="text", text="Let me check. "),
-        SimpleNamespace(type="tool_use", id="toolu_1", name="add", input={"a": 1, "b": 2}),
-    ])
+    blocks = SimpleNamespace(
+        content=[
+            SimpleNamespace(type="text", text="Let me check. "),
+            SimpleNamespace(type="tool_use", id="toolu_1", name="add", input={"a": 1, "b": 2}),
+        ]
+    )
     completion = as_completion(blocks)
     assert completion.text == "Let me check. "
     assert completion.tool_calls[0].id == "toolu_1"
@@ -230,8 +261,12 @@ async def test_clear_in_async_code_is_awaited(store, db):
     await agent.process_message("x")
     await agent.memory.clear()
     assert agent.memory.get_history() == []
-    assert await db.fetch_val(
-        "SELECT count(*) FROM agent.messages WHERE session_id = $1", agent.session_id) == 0
+    assert (
+        await db.fetch_val(
+            "SELECT count(*) FROM agent.messages WHERE session_id = $1", agent.session_id
+        )
+        == 0
+    )
 
 
 async def test_empty_message_is_refused(store):
@@ -253,8 +288,9 @@ async def test_delete_and_load_unknown(store):
 async def test_long_term_memories_are_recalled_into_the_prompt(store):
     provider = ScriptedProvider(["noted", "Green tea, as you like it."])
     agent = Agent("Barista", "scripted", llm=provider, store=store)
-    tea = await agent.memory.remember("The user prefers green tea", kind="preference",
-                                      importance=0.9, tags=["drinks"])
+    tea = await agent.memory.remember(
+        "The user prefers green tea", kind="preference", importance=0.9, tags=["drinks"]
+    )
     await agent.memory.remember("The user lives in Paris", kind="fact")
     await agent.process_message("hello")
     hits = await agent.memory.recall("what tea does the user prefer?")
@@ -316,14 +352,23 @@ async def test_blocking_tools_run_off_the_event_loop(store):
         return "ok"
 
     provider = ScriptedProvider([tool_call("blocking_tool", {}), "fine"])
-    agent = Agent("Offloader", "scripted", llm=provider, store=store,
-                  tools=[(ToolSpec("blocking_tool"), blocking_tool)])
+    agent = Agent(
+        "Offloader",
+        "scripted",
+        llm=provider,
+        store=store,
+        tools=[(ToolSpec("blocking_tool"), blocking_tool)],
+    )
     await agent.run("go")
     assert seen and seen[0] != threading.main_thread().name
 
 
-@pytest.mark.parametrize("provider,model", [("anthropic", "claude-sonnet-4-20250514"), ("openai", "gpt-4o")])
-async def test_a_conversation_with_tool_calls_goes_on_without_the_tools(store, llm_stub_env, provider, model):
+@pytest.mark.parametrize(
+    "provider,model", [("anthropic", "claude-sonnet-4-20250514"), ("openai", "gpt-4o")]
+)
+async def test_a_conversation_with_tool_calls_goes_on_without_the_tools(
+    store, llm_stub_env, provider, model
+):
     # The API and the CLI rebuild agents from their stored record, without Python tools: the
     # history's tool traffic must still be accepted by the (strict) wire stub.
     agent = Agent(f"Toolful-{provider}", provider, model, store=store, tools=[(ADD, _add)])

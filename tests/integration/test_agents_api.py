@@ -100,17 +100,21 @@ async def test_chat_returns_reply_with_usage_and_history(api, llm_stub):
     assert body["outcome"] == "completed"
     history = (await api.get(f"/agents/{agent['id']}/history")).json()
     assert [(m["role"], m["content"]) for m in history] == [
-        ("user", "hello there"), ("assistant", "Echo: hello there")]
-    fresh = await api.post(f"/agents/{agent['id']}/chat",
-                           json={"message": "again", "new_session": True})
+        ("user", "hello there"),
+        ("assistant", "Echo: hello there"),
+    ]
+    fresh = await api.post(
+        f"/agents/{agent['id']}/chat", json={"message": "again", "new_session": True}
+    )
     assert fresh.json()["session_id"] != body["session_id"]
     assert len((await api.get(f"/agents/{agent['id']}/history")).json()) == 2
 
 
 async def test_chat_stream_is_server_sent_events(api):
     agent = await _create(api)
-    async with api.stream("POST", f"/agents/{agent['id']}/chat/stream",
-                          json={"message": "stream me"}) as response:
+    async with api.stream(
+        "POST", f"/agents/{agent['id']}/chat/stream", json={"message": "stream me"}
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         raw = "".join([chunk async for chunk in response.aiter_text()])
     events = []
@@ -131,8 +135,9 @@ async def test_chat_errors_are_reported(api, monkeypatch):
     response = await api.post(f"/agents/{agent['id']}/chat", json={"message": "hi"})
     assert response.status_code == 503
     assert "ANTHROPIC_API_KEY" in response.json()["detail"] + response.json().get("hint", "")
-    async with api.stream("POST", f"/agents/{agent['id']}/chat/stream",
-                          json={"message": "hi"}) as streamed:
+    async with api.stream(
+        "POST", f"/agents/{agent['id']}/chat/stream", json={"message": "hi"}
+    ) as streamed:
         raw = "".join([chunk async for chunk in streamed.aiter_text()])
     assert raw.startswith("event: error")
 
@@ -160,15 +165,20 @@ async def test_concurrent_chats_to_one_agent_queue_in_order(api):
     await api.post(f"/agents/{agent['id']}/chat", json={"message": "warm up"})
     with patch("gathering.agents.llm_client", _SlowClient()):
         first = asyncio.create_task(
-            api.post(f"/agents/{agent['id']}/chat", json={"message": "one"}))
+            api.post(f"/agents/{agent['id']}/chat", json={"message": "one"})
+        )
         await asyncio.sleep(0.05)
         second = asyncio.create_task(
-            api.post(f"/agents/{agent['id']}/chat", json={"message": "two"}))
+            api.post(f"/agents/{agent['id']}/chat", json={"message": "two"})
+        )
         await asyncio.gather(first, second)
     history = (await api.get(f"/agents/{agent['id']}/history")).json()
     assert [(m["role"], m["content"]) for m in history][-4:] == [
-        ("user", "one"), ("assistant", "reply to one"),
-        ("user", "two"), ("assistant", "reply to two")]
+        ("user", "one"),
+        ("assistant", "reply to one"),
+        ("user", "two"),
+        ("assistant", "reply to two"),
+    ]
 
 
 async def test_patch_keeps_the_settings_it_does_not_name(api):
@@ -186,16 +196,14 @@ async def test_a_chat_in_flight_neither_reverts_a_patch_nor_revives_a_deleted_ag
 
     agent = await _create(api)
     with patch("gathering.agents.llm_client", _SlowClient()):
-        chat = asyncio.create_task(api.post(f"/agents/{agent['id']}/chat",
-                                            json={"message": "hi"}))
+        chat = asyncio.create_task(api.post(f"/agents/{agent['id']}/chat", json={"message": "hi"}))
         await asyncio.sleep(0.05)
         patched = await api.patch(f"/agents/{agent['id']}", json={"provider": "ollama"})
         assert (await chat).status_code == 200
     assert patched.json()["provider"] == "ollama"
     assert (await api.get(f"/agents/{agent['id']}")).json()["provider"] == "ollama"
     with patch("gathering.agents.llm_client", _SlowClient()):
-        chat = asyncio.create_task(api.post(f"/agents/{agent['id']}/chat",
-                                            json={"message": "bye"}))
+        chat = asyncio.create_task(api.post(f"/agents/{agent['id']}/chat", json={"message": "bye"}))
         await asyncio.sleep(0.05)
         assert (await api.delete(f"/agents/{agent['id']}")).status_code == 204
         await chat
@@ -205,54 +213,71 @@ async def test_a_chat_in_flight_neither_reverts_a_patch_nor_revives_a_deleted_ag
 async def test_api_keys_are_limited_to_their_scopes(fresh_database_url, llm_stub_env):
     import secrets as _secrets
 
-    from gathering.api.security.users import UserStore
+    from gathering.auth.users import UserStore
 
-    app = create_app(settings=load_settings(database_url=fresh_database_url, auth="required",
-                                            secret_key="s" * 64))
+    app = create_app(
+        settings=load_settings(
+            database_url=fresh_database_url, auth="required", secret_key="s" * 64
+        )
+    )
     try:
         email = f"k-{_secrets.token_hex(4)}@example.com"
         await UserStore(await app.state.gathering.database()).create(email, "a long passphrase!")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            login = await client.post("/auth/login",
-                                      json={"email": email, "password": "a long passphrase!"})
+            login = await client.post(
+                "/auth/login", json={"email": email, "password": "a long passphrase!"}
+            )
             bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
 
             async def key(*scopes: str) -> dict[str, str]:
-                made = await client.post("/auth/api-keys", headers=bearer,
-                                         json={"name": "k", "scopes": list(scopes)})
+                made = await client.post(
+                    "/auth/api-keys", headers=bearer, json={"name": "k", "scopes": list(scopes)}
+                )
                 return {"X-API-Key": made.json()["key"]}
 
             memories_only, reader = await key("memories:read"), await key("agents:read")
             body = {"name": "Scoped", "provider": "openai"}
-            assert (await client.post("/agents", json=body, headers=memories_only)).status_code == 403
+            assert (
+                await client.post("/agents", json=body, headers=memories_only)
+            ).status_code == 403
             assert (await client.get("/agents", headers=memories_only)).status_code == 403
             created = await client.post("/agents", json=body, headers=bearer)
             agent_id = created.json()["id"]
             assert (await client.get(f"/agents/{agent_id}", headers=reader)).status_code == 200
-            for method, path in [("POST", f"/agents/{agent_id}/chat"),
-                                 ("DELETE", f"/agents/{agent_id}")]:
-                refused = await client.request(method, path, headers=reader,
-                                               json={"message": "hi"} if method == "POST" else None)
+            for method, path in [
+                ("POST", f"/agents/{agent_id}/chat"),
+                ("DELETE", f"/agents/{agent_id}"),
+            ]:
+                refused = await client.request(
+                    method,
+                    path,
+                    headers=reader,
+                    json={"message": "hi"} if method == "POST" else None,
+                )
                 assert refused.status_code == 403
     finally:
         await app.state.security.close()
         await app.state.gathering.close()
 
 
-async def test_a_streamed_turn_finishes_even_when_the_client_leaves(fresh_database_url,
-                                                                      llm_stub_env):
+async def test_a_streamed_turn_finishes_even_when_the_client_leaves(
+    fresh_database_url, llm_stub_env
+):
     from unittest.mock import patch
 
     app = create_app(settings=load_settings(database_url=fresh_database_url))
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            agent = (await client.post("/agents", json={"name": "Leaver",
-                                                        "provider": "openai"})).json()
+            agent = (
+                await client.post("/agents", json={"name": "Leaver", "provider": "openai"})
+            ).json()
         body = json.dumps({"message": "are you there?"}).encode()
-        messages = [{"type": "http.request", "body": body, "more_body": False},
-                    {"type": "http.disconnect"}]
+        messages = [
+            {"type": "http.request", "body": body, "more_body": False},
+            {"type": "http.disconnect"},
+        ]
 
         async def receive():
             return messages.pop(0) if messages else {"type": "http.disconnect"}
@@ -263,11 +288,18 @@ async def test_a_streamed_turn_finishes_even_when_the_client_leaves(fresh_databa
             sent.append(message)
 
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": "POST", "scheme": "http", "path": f"/agents/{agent['id']}/chat/stream",
-            "raw_path": b"", "query_string": b"", "root_path": "",
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": f"/agents/{agent['id']}/chat/stream",
+            "raw_path": b"",
+            "query_string": b"",
+            "root_path": "",
             "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 5000), "server": ("test", 80),
+            "client": ("127.0.0.1", 5000),
+            "server": ("test", 80),
         }
         with patch("gathering.agents.llm_client", _SlowClient()):
             await app(scope, receive, send)  # the client is gone before the reply exists

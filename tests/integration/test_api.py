@@ -101,11 +101,7 @@ async def test_list_agents(client):
 async def test_create_agent(client):
     response = await client.post(
         "/agents",
-        json={
-            "name": "NewAgent",
-            "provider": "anthropic",
-            "model": "claude-sonnet-4-20250514"
-        },
+        json={"name": "NewAgent", "provider": "anthropic", "model": "claude-sonnet-4-20250514"},
     )
     assert response.status_code == 201
     assert response.json()["name"] == "NewAgent"

@@ -136,20 +136,20 @@ async def test_patch_mid_turn_does_not_let_turns_overlap(api, first_kind):
     with patch("gathering.agents.llm_client", model):
         if first_kind == "plain":
             first = asyncio.create_task(
-                api.post(f"/agents/{agent['id']}/chat", json={"message": "one"}))
+                api.post(f"/agents/{agent['id']}/chat", json={"message": "one"})
+            )
         else:
             first = asyncio.create_task(stream_chat(api, agent["id"], "one"))
         await asyncio.wait_for(gate.started.wait(), WAIT)
-        patched = await api.patch(f"/agents/{agent['id']}",
-                                  json={"persona": {"role": "reviewer"}})
+        patched = await api.patch(f"/agents/{agent['id']}", json={"persona": {"role": "reviewer"}})
         assert patched.status_code == 200
         second = asyncio.create_task(
-            api.post(f"/agents/{agent['id']}/chat", json={"message": "two"}))
+            api.post(f"/agents/{agent['id']}/chat", json={"message": "two"})
+        )
         await asyncio.sleep(0.05)
         assert not second.done()
         gate.open()
-        first_result, second_result = await asyncio.wait_for(
-            asyncio.gather(first, second), WAIT)
+        first_result, second_result = await asyncio.wait_for(asyncio.gather(first, second), WAIT)
     assert second_result.status_code == 200 and second_result.json()["reply"] == "re: two"
     if first_kind == "plain":
         assert first_result.json()["reply"] == "re: one"
@@ -157,10 +157,13 @@ async def test_patch_mid_turn_does_not_let_turns_overlap(api, first_kind):
         assert first_result[-1][0] == "done" and first_result[-1][1]["reply"] == "re: one"
     assert model.most == 1
     assert await history(api, agent["id"]) == [
-        ("user", "one"), ("assistant", "re: one"), ("user", "two"), ("assistant", "re: two")]
+        ("user", "one"),
+        ("assistant", "re: one"),
+        ("user", "two"),
+        ("assistant", "re: two"),
+    ]
     # The second turn saw the first whole, and the persona of the patch.
-    assert [m.content for m in model.calls[1] if m.role != "system"] == [
-        "one", "re: one", "two"]
+    assert [m.content for m in model.calls[1] if m.role != "system"] == ["one", "re: one", "two"]
     assert "reviewer" in model.calls[1][0].content
 
 
@@ -172,7 +175,8 @@ async def test_delete_and_recreate_mid_turn_keeps_one_turn_per_agent(api, web):
     async def reply(messages: Sequence[Message]) -> str:
         rows = await db.fetch_all(
             "SELECT agent_id, count(*) AS n FROM agent.turns WHERE status = 'running'"
-            " GROUP BY agent_id HAVING count(*) > 1")
+            " GROUP BY agent_id HAVING count(*) > 1"
+        )
         if rows:
             overlapping.append(rows)
         return await gate(messages)
@@ -180,7 +184,8 @@ async def test_delete_and_recreate_mid_turn_keeps_one_turn_per_agent(api, web):
     old = await create(api, "Phoenix")
     with patch("gathering.agents.llm_client", ScriptModel(reply)):
         first = asyncio.create_task(
-            api.post(f"/agents/{old['id']}/chat", json={"message": "first"}))
+            api.post(f"/agents/{old['id']}/chat", json={"message": "first"})
+        )
         await asyncio.wait_for(gate.started.wait(), WAIT)
         assert (await api.delete(f"/agents/{old['id']}")).status_code == 204
         new = await create(api, "Phoenix")
@@ -215,8 +220,11 @@ async def test_a_failed_turn_shows_as_an_error_in_the_history(api):
         ok = await api.post(f"/agents/{agent['id']}/chat", json={"message": "again"})
     assert ok.status_code == 200
     assert await history(api, agent["id"]) == [
-        ("user", "boom"), ("error", "the model is down"), ("user", "again"),
-        ("assistant", "re: again")]
+        ("user", "boom"),
+        ("error", "the model is down"),
+        ("user", "again"),
+        ("assistant", "re: again"),
+    ]
     assert [m.content for m in model.calls[-1] if m.role != "system"] == ["again"]
 
 
@@ -307,7 +315,9 @@ async def test_replaying_a_new_session_request_opens_no_other_session(api):
     assert again.json()["replayed"] is True
     # A retry must have no effect: the session of the turn stays the current one.
     assert await history(api, agent["id"]) == [
-        ("user", "start over"), ("assistant", "re: start over")]
+        ("user", "start over"),
+        ("assistant", "re: start over"),
+    ]
     assert again.json()["session_id"] == first.json()["session_id"]
 
 
@@ -322,15 +332,17 @@ async def test_a_chat_to_a_busy_agent_is_409_with_retry_after(api, settings_env)
     with patch("gathering.agents.llm_client", ScriptModel(gate)):
         running = asyncio.create_task(api.post(url, json={"message": "long job"}))
         await asyncio.wait_for(gate.started.wait(), WAIT)
-        busy = await api.post(url, json={"message": "me too"},
-                              headers={"Idempotency-Key": "busy-key"})
+        busy = await api.post(
+            url, json={"message": "me too"}, headers={"Idempotency-Key": "busy-key"}
+        )
         async with api.stream("POST", f"{url}/stream", json={"message": "me too"}) as streamed:
             streamed_events = sse_events("".join([c async for c in streamed.aiter_text()]))
         gate.open()
         assert (await asyncio.wait_for(running, WAIT)).status_code == 200
         # Refused before it started, the request may be sent again with its key.
-        retried = await api.post(url, json={"message": "me too"},
-                                 headers={"Idempotency-Key": "busy-key"})
+        retried = await api.post(
+            url, json={"message": "me too"}, headers={"Idempotency-Key": "busy-key"}
+        )
     assert busy.status_code == 409
     assert busy.json()["code"] == "agent_busy"
     assert int(busy.headers["Retry-After"]) >= 1
@@ -345,8 +357,10 @@ async def test_a_chat_to_a_busy_agent_is_409_with_retry_after(api, settings_env)
 async def disconnected_stream(app: FastAPI, agent_id: int, message: str) -> None:
     """POST a streamed chat whose client is gone before the reply exists."""
     body = json.dumps({"message": message}).encode()
-    messages = [{"type": "http.request", "body": body, "more_body": False},
-                {"type": "http.disconnect"}]
+    messages = [
+        {"type": "http.request", "body": body, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
@@ -355,11 +369,18 @@ async def disconnected_stream(app: FastAPI, agent_id: int, message: str) -> None
         pass
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": f"/agents/{agent_id}/chat/stream",
-        "raw_path": b"", "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/agents/{agent_id}/chat/stream",
+        "raw_path": b"",
+        "query_string": b"",
+        "root_path": "",
         "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 5000), "server": ("test", 80),
+        "client": ("127.0.0.1", 5000),
+        "server": ("test", 80),
     }
     await app(scope, receive, send)
 
@@ -367,7 +388,8 @@ async def disconnected_stream(app: FastAPI, agent_id: int, message: str) -> None
 async def stored_turns(url: str) -> list[tuple[str, str]]:
     async with Database(url=url) as db:
         rows = await db.fetch_all(
-            "SELECT m.role, m.content FROM agent.messages m ORDER BY m.created_at, m.seq")
+            "SELECT m.role, m.content FROM agent.messages m ORDER BY m.created_at, m.seq"
+        )
         statuses = await db.fetch_all("SELECT status FROM agent.turns")
     return [(r["role"], r["content"]) for r in rows] + [("turn", s["status"]) for s in statuses]
 
@@ -392,11 +414,13 @@ async def test_a_background_turn_finishes_during_shutdown(make_app, fresh_databa
             # leaving the block drives the shutdown, with the turn still running
     assert not app.state.gathering.background
     assert await stored_turns(fresh_database_url) == [
-        ("user", "are you there?"), ("assistant", "re: are you there?"), ("turn", "completed")]
+        ("user", "are you there?"),
+        ("assistant", "re: are you there?"),
+        ("turn", "completed"),
+    ]
 
 
-async def test_a_background_turn_past_the_shutdown_timeout_is_cut_off(make_app,
-                                                                        fresh_database_url):
+async def test_a_background_turn_past_the_shutdown_timeout_is_cut_off(make_app, fresh_database_url):
     app = make_app(shutdown_timeout=0.3)
     started = asyncio.Event()
 
@@ -431,8 +455,9 @@ RUNBOOK = (
 async def test_knowledge_categories_reach_the_system_prompt(api, web):
     kb = KnowledgeBase(await web.state.gathering.database())
     await kb.add_document("Deployment runbook", RUNBOOK, category="ops")
-    await kb.add_document("Release notes", "The May release added a faster rollback.",
-                          category="product")
+    await kb.add_document(
+        "Release notes", "The May release added a faster rollback.", category="product"
+    )
     agent = await create(api, "Ops", knowledge={"categories": ["ops"]})
     assert agent["config"]["knowledge"]["categories"] == ["ops"]
     plain = await create(api, "Plain")
@@ -452,12 +477,20 @@ async def test_knowledge_categories_reach_the_system_prompt(api, web):
 
 @pytest.mark.parametrize(
     "knowledge",
-    ["everything", 5, ["ops"], {"categories": "ops"}, {"tags": ["ops"]},
-     {"documents": ["one"]}, {"categories": [""]}],
+    [
+        "everything",
+        5,
+        ["ops"],
+        {"categories": "ops"},
+        {"tags": ["ops"]},
+        {"documents": ["one"]},
+        {"categories": [""]},
+    ],
 )
 async def test_invalid_knowledge_is_422(api, knowledge):
-    response = await api.post("/agents", json={"name": "K", "provider": "openai",
-                                               "knowledge": knowledge})
+    response = await api.post(
+        "/agents", json={"name": "K", "provider": "openai", "knowledge": knowledge}
+    )
     assert response.status_code == 422, response.text
     agent = await create(api, "Valid")
     patched = await api.patch(f"/agents/{agent['id']}", json={"knowledge": knowledge})

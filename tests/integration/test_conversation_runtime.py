@@ -121,7 +121,11 @@ async def test_new_session_waits_for_the_running_turn(store, db):
     new = await asyncio.wait_for(renewing, WAIT)
     assert slow.session_id == old and new != old
     assert [e.message.content for e in await store.history(old)] == [
-        "first", "re: first", "slow", "re: slow"]
+        "first",
+        "re: first",
+        "slow",
+        "re: slow",
+    ]
     assert await store.history(new) == []
 
     after = await agent.run("next")
@@ -232,9 +236,7 @@ async def test_a_too_long_prompt_is_retried_once_with_fewer_messages(store, db):
     await _retry_after_too_long(store, db, 8_000)
 
 
-async def test_a_too_long_prompt_is_retried_even_when_max_tokens_is_over_half_the_window(
-    store, db
-):
+async def test_a_too_long_prompt_is_retried_even_when_max_tokens_is_over_half_the_window(store, db):
     # 2,000 tokens with the default max_tokens of 1,024: the first call fits, so a retry
     # with less history must fit too (halving the history, not the reply's reserve).
     await _retry_after_too_long(store, db, 2_000)
@@ -249,8 +251,9 @@ async def test_a_prompt_refused_twice_fails_the_turn_after_one_retry(store, db):
             return ContextTooLongError("prompt is too long")
         return "y" * 1_000
 
-    agent = Agent("Refused", "scripted", llm=ScriptedProvider(reply, context_window=8_000),
-                  store=store)
+    agent = Agent(
+        "Refused", "scripted", llm=ScriptedProvider(reply, context_window=8_000), store=store
+    )
     await _history_of_long_turns(agent, 12)
     calls.clear()
     with pytest.raises(ContextTooLongError):
@@ -293,7 +296,9 @@ async def test_a_failed_turn_is_stored_and_leaves_the_window(store, db):
     assert stored[1]["error"]["code"] == "provider_unavailable"
     rows = await stored_rows(db, agent.id)
     assert [(r["role"], r["content"]) for r in rows if r["turn_id"] == stored[1]["id"]] == [
-        ("user", "boom"), ("error", "the model is down")]
+        ("user", "boom"),
+        ("error", "the model is down"),
+    ]
     assert sum(r["content"] == "boom" for r in rows) == 1
     assert seen[-1] == ["before", "re: before", "after"]
     assert "boom" not in [m.content for m in agent.memory.get_history()]
@@ -310,14 +315,22 @@ async def test_a_turn_failed_mid_tool_loop_leaves_no_tool_messages_in_the_window
             return tool_call("number", {"n": 7})
         return f"re: {last_user(messages)}"
 
-    agent = Agent("ToolFail", "scripted", llm=ScriptedProvider(reply), store=store,
-                  tools=[(NUMBER, lambda n: str(n))])
+    agent = Agent(
+        "ToolFail",
+        "scripted",
+        llm=ScriptedProvider(reply),
+        store=store,
+        tools=[(NUMBER, lambda n: str(n))],
+    )
     await agent.run("hello")
     with pytest.raises(ProviderUnavailableError):
         await agent.run("use the tool")
     await agent.run("next")
     assert [(m.role, m.content) for m in seen[-1]] == [
-        ("user", "hello"), ("assistant", "re: hello"), ("user", "next")]
+        ("user", "hello"),
+        ("assistant", "re: hello"),
+        ("user", "next"),
+    ]
     assert all(not m.tool_calls and not m.tool_results for m in seen[-1])
 
 
@@ -333,8 +346,9 @@ async def test_a_turn_failed_on_another_instance_leaves_this_ones_window(store, 
     here = Agent("TwoPlaces", "scripted", llm=ScriptedProvider(reply), store=store)
     await here.run("one")
     async with Database(url=db.url, min_size=1, max_size=2) as other_db:
-        there = await Agent.load(here.id, store=PostgresAgentStore(other_db),
-                                 llm=ScriptedProvider(reply))
+        there = await Agent.load(
+            here.id, store=PostgresAgentStore(other_db), llm=ScriptedProvider(reply)
+        )
         with pytest.raises(ProviderUnavailableError):
             await there.run("boom")
         await there.run("two")
@@ -352,7 +366,10 @@ async def test_a_repeated_idempotency_key_replays_the_stored_reply(store, db):
     again = await agent.run("pay the invoice", idempotency_key="key-1")
     assert (first.replayed, again.replayed) == (False, True)
     assert (again.text, again.turn_id, again.session_id) == (
-        first.text, first.turn_id, first.session_id)
+        first.text,
+        first.turn_id,
+        first.session_id,
+    )
     assert len(provider.calls) == 1
     with pytest.raises(ConflictError) as conflict:
         await agent.run("pay another invoice", idempotency_key="key-1")
@@ -413,8 +430,13 @@ async def bus(db: Database) -> AsyncIterator[EventBus]:
 @pytest.mark.parametrize("stored", ["nothing", "memories", "knowledge"])
 async def test_chat_goes_on_while_embeddings_are_down(store, db, bus, embeddings_down, stored):
     provider = ScriptedProvider(lambda messages: "noted")
-    agent = Agent("Degraded", "scripted", llm=provider, store=store,
-                  knowledge="all" if stored == "knowledge" else None)
+    agent = Agent(
+        "Degraded",
+        "scripted",
+        llm=provider,
+        store=store,
+        knowledge="all" if stored == "knowledge" else None,
+    )
     await agent.save()
     if stored == "memories":  # written before the outage: no embedder here
         await LongTermMemory(db, agent_id=agent.id).remember("User prefers green tea")
@@ -453,7 +475,9 @@ async def test_a_hanging_tool_is_stopped_and_reported_to_the_model(store, db, se
     assert tool_result.is_error and "did not finish" in tool_result.content
     status = await db.fetch_val(
         "SELECT c.status FROM agent.tool_calls c JOIN agent.turns t ON t.id = c.turn_id"
-        " WHERE t.agent_id = $1", agent.id)
+        " WHERE t.agent_id = $1",
+        agent.id,
+    )
     assert status == "failed"
 
 
@@ -501,8 +525,9 @@ async def test_the_turn_deadline_stops_a_tool_loop(store, db, settings_env):
         return str(n)
 
     provider = ScriptedProvider(lambda messages: tool_call("number", {"n": 1}))
-    agent = Agent("Deadline", "scripted", llm=provider, store=store, tools=[(NUMBER, slow)],
-                  max_iterations=50)
+    agent = Agent(
+        "Deadline", "scripted", llm=provider, store=store, tools=[(NUMBER, slow)], max_iterations=50
+    )
     with pytest.raises(TurnTimeoutError) as timeout:
         await asyncio.wait_for(agent.run("loop"), WAIT)
     assert timeout.value.code == "turn_timeout"
@@ -548,8 +573,9 @@ async def test_tool_retry_goes_back_to_the_model_and_the_turn_goes_on(store):
             raise ToolRetry("use a positive number")
         return f"used {n}"
 
-    provider = ScriptedProvider([
-        tool_call("number", {"n": -1}), tool_call("number", {"n": 3}), "used 3"])
+    provider = ScriptedProvider(
+        [tool_call("number", {"n": -1}), tool_call("number", {"n": 3}), "used 3"]
+    )
     agent = Agent("Retrying", "scripted", llm=provider, store=store, tools=[(NUMBER, positive)])
     result = await agent.run("pick a number")
     assert result.text == "used 3" and result.iterations == 3
@@ -614,8 +640,9 @@ async def test_cancelling_a_turn_during_a_tool_cancels_it(store, db):
 async def test_history_in_memory_stays_within_the_window_over_300_turns(store):
     from gathering.agents import turn_lock
 
-    agent = Agent("Chatty", "scripted", llm=ScriptedProvider(lambda m: "ok"), store=store,
-                  history_window=20)
+    agent = Agent(
+        "Chatty", "scripted", llm=ScriptedProvider(lambda m: "ok"), store=store, history_window=20
+    )
     most = 0
     for i in range(300):
         await agent.run(f"m{i}")
@@ -689,8 +716,9 @@ async def test_a_turn_publishes_its_events(store, db, bus):
 
 
 async def test_a_failed_turn_publishes_turn_finished_failed(store, bus):
-    agent = Agent("Sad", "scripted", llm=ScriptedProvider([ProviderUnavailableError("down")]),
-                  store=store)
+    agent = Agent(
+        "Sad", "scripted", llm=ScriptedProvider([ProviderUnavailableError("down")]), store=store
+    )
     await agent.save()
     agent.event_bus = bus
     seen: list[Event] = []

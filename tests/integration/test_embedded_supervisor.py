@@ -68,19 +68,24 @@ def test_a_first_start_clears_a_pid_file_naming_a_live_stranger(pgdata: Path, ur
     stale = (pgdata / "postmaster.pid").read_text().splitlines()
     (pgdata / "postmaster.pid").write_text("\n".join([str(os.getpid()), *stale[1:]]) + "\n")
     started = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from pathlib import Path; from gathering.db.embedded import start_embedded;"
-         " print(start_embedded(Path(sys.argv[1])))", str(pgdata)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from gathering.db.embedded import start_embedded;"
+            " print(start_embedded(Path(sys.argv[1])))",
+            str(pgdata),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert started.returncode == 0, started.stderr[-2000:]
     assert postmaster_alive(pgdata)
     assert restart_embedded(pgdata) is True  # this process adopts the new postmaster
 
 
-def test_a_restart_keeps_the_data_and_a_stale_pid_file_whose_pid_lives_on(
-    pgdata: Path, url: str
-):
+def test_a_restart_keeps_the_data_and_a_stale_pid_file_whose_pid_lives_on(pgdata: Path, url: str):
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS kept (v text)")
         conn.execute("INSERT INTO kept VALUES ('before the kill')")
@@ -102,13 +107,17 @@ def test_a_running_server_is_left_alone(pgdata: Path, url: str):
 
 def test_only_one_process_restarts(pgdata: Path, url: str):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path;"
-         " from gathering.db.supervisor import supervision_lock\n"
-         "with supervision_lock(Path(sys.argv[1])) as mine:\n"
-         "    print(mine, flush=True); time.sleep(30)",
-         str(pgdata)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path;"
+            " from gathering.db.supervisor import supervision_lock\n"
+            "with supervision_lock(Path(sys.argv[1])) as mine:\n"
+            "    print(mine, flush=True); time.sleep(30)",
+            str(pgdata),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "True"

@@ -113,7 +113,11 @@ def test_paragraphs_are_packed_up_to_the_target():
 def test_long_paragraphs_are_split_by_sentences_then_words():
     text = "One two three. Four five six! Seven eight nine? " + "word " * 12
     chunks = chunk_text(text, target_chars=20, overlap_chars=0)
-    assert [c.content for c in chunks][:3] == ["One two three.", "Four five six!", "Seven eight nine?"]
+    assert [c.content for c in chunks][:3] == [
+        "One two three.",
+        "Four five six!",
+        "Seven eight nine?",
+    ]
     assert all(len(c.content) <= 20 for c in chunks)
     assert " ".join(c.content for c in chunks[3:]).split() == ["word"] * 12
 
@@ -138,7 +142,12 @@ def test_chunks_overlap_by_whole_sentences():
 def test_quotes_and_brackets_stay_with_their_sentence():
     text = 'He said "stop." Then (after a pause.) she left.'
     chunks = chunk_text(text, target_chars=16, overlap_chars=0)
-    assert [c.content for c in chunks] == ['He said "stop."', "Then (after a", "pause.)", "she left."]
+    assert [c.content for c in chunks] == [
+        'He said "stop."',
+        "Then (after a",
+        "pause.)",
+        "she left.",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -188,21 +197,28 @@ async def kb(db: Database) -> KnowledgeBase:
 
 async def test_add_get_list_and_delete_a_document(db, kb):
     document = await kb.add_document(
-        "  Deployment   runbook ", RUNBOOK, category=" Ops ", source="wiki://ops/deploy",
+        "  Deployment   runbook ",
+        RUNBOOK,
+        category=" Ops ",
+        source="wiki://ops/deploy",
         metadata={"team": "platform", "version": 3},
     )
     assert isinstance(document, Document)
-    assert (document.title, document.category, document.scope) == ("Deployment runbook", "ops",
-                                                                   "global")
+    assert (document.title, document.category, document.scope) == (
+        "Deployment runbook",
+        "ops",
+        "global",
+    )
     assert document.source == "wiki://ops/deploy"
     assert document.metadata == {"team": "platform", "version": 3}
     assert document.size_chars == len(RUNBOOK) and document.content is None
     assert document.chunk_count == len(chunk_text(RUNBOOK, 300, 60)) > 1
-    assert document.owner_id == await db.fetch_val(
-        "SELECT id FROM auth.users WHERE is_local_owner")
+    assert document.owner_id == await db.fetch_val("SELECT id FROM auth.users WHERE is_local_owner")
     rows = await db.fetch_all(
         "SELECT seq, start_char, end_char, content FROM agent.chunks WHERE document_id = $1"
-        " ORDER BY seq", document.id)
+        " ORDER BY seq",
+        document.id,
+    )
     for row in rows:
         assert RUNBOOK[row["start_char"] : row["end_char"]] == row["content"]
 
@@ -214,8 +230,10 @@ async def test_add_get_list_and_delete_a_document(db, kb):
     assert [d.id for d in await kb.list_documents(limit=1, offset=1)] == [document.id]
 
     await kb.delete_document(document.id)
-    assert await db.fetch_val(
-        "SELECT count(*) FROM agent.chunks WHERE document_id = $1", document.id) == 0
+    assert (
+        await db.fetch_val("SELECT count(*) FROM agent.chunks WHERE document_id = $1", document.id)
+        == 0
+    )
     with pytest.raises(NotFoundError, match=f"document {document.id} not found"):
         await kb.get_document(document.id)
     with pytest.raises(NotFoundError):
@@ -260,10 +278,15 @@ async def test_invalid_settings_are_refused(db):
 
 async def test_scopes_and_agent_documents(db, kb):
     agent = await new_agent(db)
-    private = await kb.add_document("Agent notes", "Rollback notes for this agent only.",
-                                    scope="agent", scope_id=str(agent))
-    circle = await kb.add_document("Circle notes", "Rollback notes for the research circle.",
-                                   scope="circle", scope_id="research")
+    private = await kb.add_document(
+        "Agent notes", "Rollback notes for this agent only.", scope="agent", scope_id=str(agent)
+    )
+    circle = await kb.add_document(
+        "Circle notes",
+        "Rollback notes for the research circle.",
+        scope="circle",
+        scope_id="research",
+    )
     everyone = await kb.add_document("Shared notes", "Rollback notes for everyone.")
     assert (private.scope, private.scope_id) == ("agent", str(agent))
 
@@ -274,10 +297,13 @@ async def test_scopes_and_agent_documents(db, kb):
     assert ids(await kb.search("rollback notes", scopes=["global"])) == {everyone.id}
     assert ids(await kb.search("rollback notes", scopes="global")) == {everyone.id}
     assert ids(await kb.search("rollback notes", scopes=[("circle", "research"), "global"])) == {
-        circle.id, everyone.id}
+        circle.id,
+        everyone.id,
+    }
     assert ids(await kb.search("rollback notes", scopes=[ScopeRef("circle", "other")])) == set()
     assert ids(await kb.search("rollback notes", scopes=[ScopeRef("agent", str(agent))])) == {
-        private.id}
+        private.id
+    }
     assert await kb.search("rollback notes", scopes=[]) == []
     assert [d.id for d in await kb.list_documents(scopes=["circle"])] == [circle.id]
 
@@ -288,8 +314,9 @@ async def test_scopes_and_agent_documents(db, kb):
 
 async def test_owners_are_kept_apart(db):
     stranger = await new_user(db)
-    mine = KnowledgeBase(db, owner_id=await db.fetch_val(
-        "SELECT id FROM auth.users WHERE is_local_owner"))
+    mine = KnowledgeBase(
+        db, owner_id=await db.fetch_val("SELECT id FROM auth.users WHERE is_local_owner")
+    )
     theirs = KnowledgeBase(db, owner_id=stranger)
     everyone = KnowledgeBase(db)  # owner None: every owner's, for admins
     my_doc = await mine.add_document("Rollback guide", "How to roll back a release.")
@@ -345,7 +372,9 @@ async def test_category_limit_and_min_score(kb):
     assert await kb.search("release", category="hr") == []
     assert len(await kb.search("release", limit=1)) == 1
     every = await kb.search("release", limit=100)
-    assert all(h.score >= every[0].score for h in await kb.search("release", min_score=every[0].score))
+    assert all(
+        h.score >= every[0].score for h in await kb.search("release", min_score=every[0].score)
+    )
     for bad in ({"query": ""}, {"query": "x", "limit": 0}, {"query": "x", "min_score": -1}):
         with pytest.raises(InvalidInputError):
             await kb.search(**bad)
@@ -368,8 +397,9 @@ async def test_semantic_search_and_batched_embeddings(db):
 async def test_categories_and_document_ids_select_documents(kb):
     runbook = await kb.add_document("Deployment runbook", RUNBOOK, category="ops")
     vacation = await kb.add_document("Vacation policy", VACATION, category="hr")
-    notes = await kb.add_document("Release notes", "The release of May added dark mode.",
-                                  category="product")
+    notes = await kb.add_document(
+        "Release notes", "The release of May added dark mode.", category="product"
+    )
 
     async def found(**selection):
         return {h.document_id for h in await kb.search("release days", limit=20, **selection)}
@@ -381,8 +411,14 @@ async def test_categories_and_document_ids_select_documents(kb):
     assert await found(categories=["hr"], document_ids=[notes.id]) == {vacation.id, notes.id}
     assert await found(categories=["hr"], category="ops") == set()  # `category` still applies
     assert await found(categories=[]) == set() and await found(document_ids=[]) == set()
-    for bad in ({"categories": "ops"}, {"categories": [""]}, {"document_ids": [0]},
-                {"document_ids": [True]}, {"document_ids": ["3"]}, {"document_ids": 3}):
+    for bad in (
+        {"categories": "ops"},
+        {"categories": [""]},
+        {"document_ids": [0]},
+        {"document_ids": [True]},
+        {"document_ids": ["3"]},
+        {"document_ids": 3},
+    ):
         with pytest.raises(InvalidInputError):
             await kb.search("release", **bad)
 
@@ -390,12 +426,15 @@ async def test_categories_and_document_ids_select_documents(kb):
 async def test_an_agents_knowledge_base_sees_its_owners_global_and_its_own_documents(db, kb):
     agent, other_agent = await new_agent(db), await new_agent(db)
     shared = await kb.add_document("Shared runbook", "Rollback with deploy rollback.")
-    mine = await kb.add_document("Agent notes", "Rollback notes.", scope="agent",
-                                 scope_id=str(agent))
-    theirs = await kb.add_document("Other notes", "Rollback notes.", scope="agent",
-                                   scope_id=str(other_agent))
-    circle = await kb.add_document("Circle notes", "Rollback notes.", scope="circle",
-                                   scope_id="research")
+    mine = await kb.add_document(
+        "Agent notes", "Rollback notes.", scope="agent", scope_id=str(agent)
+    )
+    theirs = await kb.add_document(
+        "Other notes", "Rollback notes.", scope="agent", scope_id=str(other_agent)
+    )
+    circle = await kb.add_document(
+        "Circle notes", "Rollback notes.", scope="circle", scope_id="research"
+    )
     stranger = await new_user(db)
     foreign = await KnowledgeBase(db, owner_id=stranger).add_document("Foreign", "Rollback.")
 
@@ -481,7 +520,8 @@ async def test_weights_can_favour_recent_documents(db):
     old = await kb.add_document("Old rollback guide", "Rollback steps.")
     new = await kb.add_document("New rollback guide", "Rollback steps.")
     await db.execute(
-        "UPDATE agent.documents SET created_at = now() - interval '90 days' WHERE id = $1", old.id)
+        "UPDATE agent.documents SET created_at = now() - interval '90 days' WHERE id = $1", old.id
+    )
     hits = await kb.search("rollback steps")
     assert [h.document_id for h in hits] == [new.id, old.id]
     assert hits[1].parts.recency == pytest.approx(0.125, abs=1e-3)
@@ -491,7 +531,9 @@ async def test_format_knowledge_for_prompt(kb):
     await kb.add_document("Deployment runbook", RUNBOOK)
     hits = await kb.search("roll back a release")
     section = format_knowledge_for_prompt(hits, budget_chars=2000)
-    assert section.startswith("Relevant knowledge (most relevant first):\n[Deployment runbook, part")
+    assert section.startswith(
+        "Relevant knowledge (most relevant first):\n[Deployment runbook, part"
+    )
     assert "deploy rollback --to previous" in section and len(section) <= 2000
     cut = format_knowledge_for_prompt(hits, budget_chars=160)
     assert len(cut) <= 160 and cut.endswith('…"')

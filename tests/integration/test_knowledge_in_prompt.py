@@ -118,14 +118,20 @@ async def library(db: Database) -> dict[str, int]:
         "notes": (await kb.add_document("Release notes", RELEASE_NOTES, category="product")).id,
         "own": (
             await kb.add_document(
-                "Agent checklist", "Before a rollback, tell the channel.", category="ops",
-                scope="agent", scope_id=str(agent),
+                "Agent checklist",
+                "Before a rollback, tell the channel.",
+                category="ops",
+                scope="agent",
+                scope_id=str(agent),
             )
         ).id,
         "other_agent": (
             await kb.add_document(
-                "Other checklist", "Rollback secrets of another agent.", category="ops",
-                scope="agent", scope_id=str(other_agent),
+                "Other checklist",
+                "Rollback secrets of another agent.",
+                category="ops",
+                scope="agent",
+                scope_id=str(other_agent),
             )
         ).id,
     }
@@ -157,7 +163,8 @@ async def test_a_category_selection(db, library):
     assert titles(section) == {"Deployment runbook", "Agent checklist"}
     hr = KnowledgeScope(categories=("hr",))
     assert titles(await knowledge_for_prompt(kb, hr, "paid leave days", budget_chars=4000)) == {
-        "Vacation policy"}
+        "Vacation policy"
+    }
     assert await knowledge_for_prompt(kb, hr, "rollback", budget_chars=4000) is None
 
 

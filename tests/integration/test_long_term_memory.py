@@ -49,8 +49,15 @@ SYSTEM_POSTGRES = "postgresql://127.0.0.1:5432/postgres"
 
 # Words that mean much the same share a heavily weighted "concept" feature besides their own.
 CONCEPTS = {
-    "tea": "beverage", "coffee": "beverage", "drink": "beverage", "beverage": "beverage",
-    "juice": "beverage", "paris": "city", "berlin": "city", "city": "city", "town": "city",
+    "tea": "beverage",
+    "coffee": "beverage",
+    "drink": "beverage",
+    "beverage": "beverage",
+    "juice": "beverage",
+    "paris": "city",
+    "berlin": "city",
+    "city": "city",
+    "town": "city",
 }
 CONCEPT_WEIGHT = 3.0
 
@@ -141,8 +148,7 @@ async def test_remember_stores_a_memory_for_the_agent_and_its_owner(db, memory, 
 
 async def test_remember_defaults(memory):
     stored = await memory.remember("The sky is blue")
-    assert (stored.kind, stored.importance, stored.scope, stored.tags) == (
-        "fact", 0.5, "agent", ())
+    assert (stored.kind, stored.importance, stored.scope, stored.tags) == ("fact", 0.5, "agent", ())
 
 
 @pytest.mark.parametrize(
@@ -391,10 +397,12 @@ async def test_scopes_decide_what_an_agent_sees(db):
     ada, bob = await new_agent(db, "Ada"), await new_agent(db, "Bob")
     ada_memory = LongTermMemory(db, agent_id=ada, circle_ids=["research"], project_ids=["apollo"])
     private = await ada_memory.remember("Ada's private note about tea")
-    circle = await ada_memory.remember("Research circle tea budget", scope="circle",
-                                       scope_id="research")
-    project = await ada_memory.remember("Apollo project tea supplier", scope="project",
-                                        scope_id="apollo")
+    circle = await ada_memory.remember(
+        "Research circle tea budget", scope="circle", scope_id="research"
+    )
+    project = await ada_memory.remember(
+        "Apollo project tea supplier", scope="project", scope_id="apollo"
+    )
     shared = await ada_memory.remember("Everyone gets tea on Mondays", scope="global")
 
     seen_by_ada = {r.id for r in await ada_memory.recall("tea", limit=10)}
@@ -408,7 +416,9 @@ async def test_scopes_decide_what_an_agent_sees(db):
     only_global = await ada_memory.recall("tea", scopes=["global"])
     assert [r.id for r in only_global] == [shared.id]
     assert {r.id for r in await ada_memory.recall("tea", scopes=["agent", "project"])} == {
-        private.id, project.id}
+        private.id,
+        project.id,
+    }
     assert await LongTermMemory(db, agent_id=bob).recall("tea", scopes=["circle"]) == []
 
     listed = await ada_memory.list()
@@ -416,8 +426,7 @@ async def test_scopes_decide_what_an_agent_sees(db):
     assert [m.id for m in await bob_alone.list()] == [shared.id]
     assert [m.id for m in await ada_memory.list(scopes=["circle"])] == [circle.id]
     assert len(await ada_memory.list(limit=2, offset=1)) == 2
-    assert [m.id for m in await ada_memory.list(kinds=["fact"], tags=[])] == [
-        m.id for m in listed]
+    assert [m.id for m in await ada_memory.list(kinds=["fact"], tags=[])] == [m.id for m in listed]
 
 
 async def test_owners_never_see_each_others_memories(db):
@@ -474,17 +483,32 @@ async def test_the_schema_enforces_owner_and_scope_rules(db, agent_id):
     with pytest.raises(InvalidInputError, match="belongs to another owner"):
         await db.execute(
             "INSERT INTO agent.memories (owner_id, agent_id, scope, scope_id, content)"
-            " VALUES ($1, $2, 'agent', $3, 'x')", stranger, agent_id, str(agent_id))
+            " VALUES ($1, $2, 'agent', $3, 'x')",
+            stranger,
+            agent_id,
+            str(agent_id),
+        )
     row = await db.execute(
         "INSERT INTO agent.memories (agent_id, scope, scope_id, content)"
-        " VALUES ($1, 'agent', $2, 'x') RETURNING owner_id", agent_id, str(agent_id))
+        " VALUES ($1, 'agent', $2, 'x') RETURNING owner_id",
+        agent_id,
+        str(agent_id),
+    )
     assert row["owner_id"] == await local_owner(db)
-    for scope, scope_id, agent in [("global", "x", None), ("circle", None, None),
-                                   ("agent", "1", None), ("global", None, agent_id)]:
+    for scope, scope_id, agent in [
+        ("global", "x", None),
+        ("circle", None, None),
+        ("agent", "1", None),
+        ("global", None, agent_id),
+    ]:
         with pytest.raises(InvalidInputError, match="memories_scope_target"):
             await db.execute(
                 "INSERT INTO agent.memories (agent_id, scope, scope_id, content)"
-                " VALUES ($1, $2, $3, 'x')", agent, scope, scope_id)
+                " VALUES ($1, $2, $3, 'x')",
+                agent,
+                scope,
+                scope_id,
+            )
     with pytest.raises(InvalidInputError):
         await db.execute("INSERT INTO agent.memories (scope, content) VALUES ('global', ' ')")
 
@@ -507,13 +531,17 @@ async def test_concurrent_recalls_and_remembers(db, memory):
     )
     assert all(isinstance(r, list) and r for r in results[:8])
     counts = await db.fetch_val(
-        "SELECT max(access_count) FROM agent.memories WHERE content LIKE '%coffee%'")
+        "SELECT max(access_count) FROM agent.memories WHERE content LIKE '%coffee%'"
+    )
     assert counts == 8
 
 
 def test_scope_refs_accept_names_pairs_and_refs():
     assert scope_refs(["global", ("circle", "c1"), ScopeRef("agent", "7")]) == [
-        ScopeRef("global"), ScopeRef("circle", "c1"), ScopeRef("agent", "7")]
+        ScopeRef("global"),
+        ScopeRef("circle", "c1"),
+        ScopeRef("agent", "7"),
+    ]
     with pytest.raises(InvalidInputError):
         scope_refs([42])  # type: ignore[list-item]
     with pytest.raises(InvalidInputError):

@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 
 from gathering.api.app import create_app
 from gathering.api.routers.memories import get_embedder
-from gathering.api.security.users import UserStore
+from gathering.auth.users import UserStore
 from gathering.config import load_settings
 
 KEY = "k" * 64
@@ -80,8 +80,12 @@ async def test_remember_list_recall_and_forget(api):
     agent = await create_agent(api)
     created = await api.post(
         f"/memories/agents/{agent}",
-        json={"content": "User prefers green tea", "kind": "preference", "importance": 0.8,
-              "tags": ["Drinks"]},
+        json={
+            "content": "User prefers green tea",
+            "kind": "preference",
+            "importance": 0.8,
+            "tags": ["Drinks"],
+        },
     )
     assert created.status_code == 201, created.text
     memory = created.json()
@@ -89,31 +93,44 @@ async def test_remember_list_recall_and_forget(api):
     assert memory["scope_id"] == str(agent) and memory["tags"] == ["drinks"]
     assert memory["importance"] == pytest.approx(0.8) and memory["access_count"] == 0
     await api.post(f"/memories/agents/{agent}", json={"content": "User lives in Paris"})
-    await api.post(f"/memories/agents/{agent}",
-                   json={"content": "Standup is at 9:30", "scope": "global"})
+    await api.post(
+        f"/memories/agents/{agent}", json={"content": "Standup is at 9:30", "scope": "global"}
+    )
 
     listed = await api.get(f"/memories/agents/{agent}")
     assert [m["content"] for m in listed.json()] == [
-        "Standup is at 9:30", "User lives in Paris", "User prefers green tea"]
+        "Standup is at 9:30",
+        "User lives in Paris",
+        "User prefers green tea",
+    ]
     only_global = await api.get(f"/memories/agents/{agent}", params={"scope": "global"})
     assert [m["content"] for m in only_global.json()] == ["Standup is at 9:30"]
     tagged = await api.get(f"/memories/agents/{agent}", params={"tag": "drinks", "limit": 5})
     assert [m["id"] for m in tagged.json()] == [memory["id"]]
 
-    recalled = await api.post(f"/memories/agents/{agent}/recall",
-                              json={"query": "what does the user prefer to drink?"})
+    recalled = await api.post(
+        f"/memories/agents/{agent}/recall", json={"query": "what does the user prefer to drink?"}
+    )
     assert recalled.status_code == 200, recalled.text
     body = recalled.json()
     assert body["semantic"] is False
     assert body["results"][0]["id"] == memory["id"]
     top = body["results"][0]
     assert top["access_count"] == 1 and 0 < top["score"] <= 1
-    assert set(top["parts"]) == {"score", "relevance", "text", "semantic", "importance",
-                                 "recency", "match"}
+    assert set(top["parts"]) == {
+        "score",
+        "relevance",
+        "text",
+        "semantic",
+        "importance",
+        "recency",
+        "match",
+    }
     assert top["parts"]["match"] == "loose"
 
     assert (await api.get(f"/memories/{memory['id']}")).json()["content"] == (
-        "User prefers green tea")
+        "User prefers green tea"
+    )
     assert (await api.delete(f"/memories/{memory['id']}")).status_code == 204
     assert (await api.get(f"/memories/{memory['id']}")).status_code == 404
     assert (await api.delete(f"/memories/{memory['id']}")).status_code == 404
@@ -121,14 +138,21 @@ async def test_remember_list_recall_and_forget(api):
 
 async def test_shared_scopes_through_the_api(api):
     ada, bob = await create_agent(api, name="Ada"), await create_agent(api, name="Bob")
-    shared = await api.post(f"/memories/agents/{ada}", json={
-        "content": "Research circle budget is 10k", "scope": "circle", "scope_id": "research"})
+    shared = await api.post(
+        f"/memories/agents/{ada}",
+        json={
+            "content": "Research circle budget is 10k",
+            "scope": "circle",
+            "scope_id": "research",
+        },
+    )
     assert shared.status_code == 201 and shared.json()["agent_id"] is None
     assert shared.json()["source_agent_id"] == ada
     outsider = await api.post(f"/memories/agents/{bob}/recall", json={"query": "budget"})
     assert outsider.json()["results"] == []
-    member = await api.post(f"/memories/agents/{bob}/recall",
-                            json={"query": "budget", "circle_ids": ["research"]})
+    member = await api.post(
+        f"/memories/agents/{bob}/recall", json={"query": "budget", "circle_ids": ["research"]}
+    )
     assert [m["id"] for m in member.json()["results"]] == [shared.json()["id"]]
     listed = await api.get(f"/memories/agents/{bob}", params={"circle_id": "research"})
     assert [m["id"] for m in listed.json()] == [shared.json()["id"]]
@@ -201,16 +225,30 @@ async def test_unknown_ids_are_404(api, method, path, body):
     assert response.json()["code"] == "not_found"
 
 
-@pytest.mark.parametrize("path", ["/memories/0", "/memories/agents/0", f"/memories/{2**63}",
-                                  "/memories/knowledge/0", "/memories/abc"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/memories/0",
+        "/memories/agents/0",
+        f"/memories/{2**63}",
+        "/memories/knowledge/0",
+        "/memories/abc",
+    ],
+)
 async def test_out_of_range_ids_are_422(api, path):
     assert (await api.get(path)).status_code == 422
 
 
 async def test_bad_list_parameters_are_422(api):
     agent = await create_agent(api)
-    for params in ({"limit": 0}, {"offset": -1}, {"scope": "galaxy"}, {"kind": "gossip"},
-                   {"tag": "x" * 65}, {"circle_id": "x" * 201}):
+    for params in (
+        {"limit": 0},
+        {"offset": -1},
+        {"scope": "galaxy"},
+        {"kind": "gossip"},
+        {"tag": "x" * 65},
+        {"circle_id": "x" * 201},
+    ):
         response = await api.get(f"/memories/agents/{agent}", params=params)
         assert response.status_code == 422, params
 
@@ -225,15 +263,23 @@ RUNBOOK = (
 
 
 async def test_knowledge_round_trip(api):
-    created = await api.post("/memories/knowledge", json={
-        "title": "Deployment runbook", "content": RUNBOOK, "category": "ops",
-        "source": "wiki://ops", "metadata": {"team": "platform"}})
+    created = await api.post(
+        "/memories/knowledge",
+        json={
+            "title": "Deployment runbook",
+            "content": RUNBOOK,
+            "category": "ops",
+            "source": "wiki://ops",
+            "metadata": {"team": "platform"},
+        },
+    )
     assert created.status_code == 201, created.text
     document = created.json()
     assert document["chunk_count"] == 1 and document["size_chars"] == len(RUNBOOK)
     assert document["content"] is None and document["scope"] == "global"
-    await api.post("/memories/knowledge", json={"title": "Vacation", "content": "25 days.",
-                                                "category": "hr"})
+    await api.post(
+        "/memories/knowledge", json={"title": "Vacation", "content": "25 days.", "category": "hr"}
+    )
 
     listed = await api.get("/memories/knowledge")
     assert [d["title"] for d in listed.json()] == ["Vacation", "Deployment runbook"]
@@ -245,17 +291,21 @@ async def test_knowledge_round_trip(api):
     full = await api.get(f"/memories/knowledge/{document['id']}")
     assert full.json()["content"] == RUNBOOK and full.json()["metadata"] == {"team": "platform"}
 
-    found = await api.post("/memories/knowledge/search",
-                           json={"query": "how do I roll back a release?"})
+    found = await api.post(
+        "/memories/knowledge/search", json={"query": "how do I roll back a release?"}
+    )
     assert found.status_code == 200, found.text
     hit = found.json()["results"][0]
     assert hit["document_id"] == document["id"] and "deploy rollback" in hit["content"]
     assert hit["document_title"] == "Deployment runbook" and found.json()["semantic"] is False
-    scoped_search = await api.post("/memories/knowledge/search", json={
-        "query": "rollback", "scopes": [{"scope": "circle", "scope_id": "research"}]})
+    scoped_search = await api.post(
+        "/memories/knowledge/search",
+        json={"query": "rollback", "scopes": [{"scope": "circle", "scope_id": "research"}]},
+    )
     assert scoped_search.json()["results"] == []
-    in_hr = await api.post("/memories/knowledge/search", json={"query": "rollback",
-                                                               "category": "hr"})
+    in_hr = await api.post(
+        "/memories/knowledge/search", json={"query": "rollback", "category": "hr"}
+    )
     assert in_hr.json()["results"] == []
 
     assert (await api.delete(f"/memories/knowledge/{document['id']}")).status_code == 204
@@ -264,16 +314,26 @@ async def test_knowledge_round_trip(api):
 
 async def test_agent_scoped_documents(api):
     agent = await create_agent(api)
-    created = await api.post("/memories/knowledge", json={
-        "title": "Notes", "content": "Agent only rollback notes.", "scope": "agent",
-        "scope_id": str(agent)})
+    created = await api.post(
+        "/memories/knowledge",
+        json={
+            "title": "Notes",
+            "content": "Agent only rollback notes.",
+            "scope": "agent",
+            "scope_id": str(agent),
+        },
+    )
     assert created.status_code == 201, created.text
     assert created.json()["scope_id"] == str(agent)
-    missing = await api.post("/memories/knowledge", json={
-        "title": "Notes", "content": "x", "scope": "agent", "scope_id": "999999"})
+    missing = await api.post(
+        "/memories/knowledge",
+        json={"title": "Notes", "content": "x", "scope": "agent", "scope_id": "999999"},
+    )
     assert missing.status_code == 404
-    found = await api.post("/memories/knowledge/search", json={
-        "query": "rollback", "scopes": [{"scope": "agent", "scope_id": str(agent)}]})
+    found = await api.post(
+        "/memories/knowledge/search",
+        json={"query": "rollback", "scopes": [{"scope": "agent", "scope_id": str(agent)}]},
+    )
     assert len(found.json()["results"]) == 1
 
 
@@ -317,8 +377,10 @@ async def test_invalid_search_bodies_are_422(api, body):
 
 
 async def test_oversized_metadata_is_422(api):
-    response = await api.post("/memories/knowledge", json={
-        "title": "t", "content": "c", "metadata": {"big": "x" * 70_000}})
+    response = await api.post(
+        "/memories/knowledge",
+        json={"title": "t", "content": "c", "metadata": {"big": "x" * 70_000}},
+    )
     assert response.status_code == 422
     assert response.json()["code"] == "invalid_input"
 
@@ -329,11 +391,13 @@ async def test_oversized_metadata_is_422(api):
 async def test_semantic_recall_and_search_with_an_embedder(single, api):
     single.dependency_overrides[get_embedder] = BagOfWordsEmbedder
     agent = await create_agent(api)
-    tea = (await api.post(f"/memories/agents/{agent}",
-                          json={"content": "User prefers green tea"})).json()
+    tea = (
+        await api.post(f"/memories/agents/{agent}", json={"content": "User prefers green tea"})
+    ).json()
     assert tea["embedding_model"] == "fake/bow-32"
-    recalled = (await api.post(f"/memories/agents/{agent}/recall",
-                               json={"query": "favourite beverage"})).json()
+    recalled = (
+        await api.post(f"/memories/agents/{agent}/recall", json={"query": "favourite beverage"})
+    ).json()
     assert recalled["semantic"] is True
     assert [m["id"] for m in recalled["results"]] == [tea["id"]]
     assert recalled["results"][0]["parts"]["match"] == "semantic"
@@ -343,8 +407,9 @@ async def test_semantic_recall_and_search_with_an_embedder(single, api):
 
 
 def test_get_embedder_follows_the_settings(fresh_database_url):
-    app = create_app(settings=load_settings(database_url=fresh_database_url,
-                                            embedding_provider="none"))
+    app = create_app(
+        settings=load_settings(database_url=fresh_database_url, embedding_provider="none")
+    )
 
     class FakeRequest:
         pass
@@ -365,8 +430,9 @@ def plain_database_url():
         pytest.skip("no PostgreSQL without pgvector at 127.0.0.1:5432")
     yield make_conninfo(SYSTEM_POSTGRES, dbname=name)
     with psycopg.connect(SYSTEM_POSTGRES, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 async def test_embeddings_without_pgvector_are_501(plain_database_url):
@@ -396,8 +462,7 @@ def multi(app_for):
 
 async def account(app, client, *, is_admin: bool = False) -> dict[str, str]:
     email = f"u-{secrets.token_hex(4)}@example.com"
-    await UserStore(await app.state.gathering.database()).create(
-        email, PASSWORD, is_admin=is_admin)
+    await UserStore(await app.state.gathering.database()).create(email, PASSWORD, is_admin=is_admin)
     response = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
@@ -410,11 +475,18 @@ async def test_someone_elses_resources_are_404_and_admins_see_all(multi):
         assert (await client.get("/memories/knowledge")).status_code == 401
 
         agent = await create_agent(client, alice)
-        memory = (await client.post(f"/memories/agents/{agent}", headers=alice,
-                                    json={"content": "Alice likes tea"})).json()
-        document = (await client.post("/memories/knowledge", headers=alice,
-                                      json={"title": "Alice's runbook", "content": "Rollback."})
-                    ).json()
+        memory = (
+            await client.post(
+                f"/memories/agents/{agent}", headers=alice, json={"content": "Alice likes tea"}
+            )
+        ).json()
+        document = (
+            await client.post(
+                "/memories/knowledge",
+                headers=alice,
+                json={"title": "Alice's runbook", "content": "Rollback."},
+            )
+        ).json()
 
         for method, path, body in [
             ("post", f"/memories/agents/{agent}", {"content": "x"}),
@@ -424,39 +496,56 @@ async def test_someone_elses_resources_are_404_and_admins_see_all(multi):
             ("delete", f"/memories/{memory['id']}", None),
             ("get", f"/memories/knowledge/{document['id']}", None),
             ("delete", f"/memories/knowledge/{document['id']}", None),
-            ("post", "/memories/knowledge", {"title": "t", "content": "c", "scope": "agent",
-                                             "scope_id": str(agent)}),
+            (
+                "post",
+                "/memories/knowledge",
+                {"title": "t", "content": "c", "scope": "agent", "scope_id": str(agent)},
+            ),
         ]:
             response = await client.request(method, path, json=body, headers=mallory)
             assert response.status_code == 404, (method, path, response.text)
         assert (await client.get("/memories/knowledge", headers=mallory)).json() == []
-        search = await client.post("/memories/knowledge/search", headers=mallory,
-                                   json={"query": "rollback"})
+        search = await client.post(
+            "/memories/knowledge/search", headers=mallory, json={"query": "rollback"}
+        )
         assert search.json()["results"] == []
 
         # Mallory's own knowledge is hers alone.
-        own = await client.post("/memories/knowledge", headers=mallory,
-                                json={"title": "Mallory's", "content": "Rollback tricks."})
+        own = await client.post(
+            "/memories/knowledge",
+            headers=mallory,
+            json={"title": "Mallory's", "content": "Rollback tricks."},
+        )
         assert own.status_code == 201
-        assert [d["id"] for d in (await client.get("/memories/knowledge", headers=alice)).json()
-                ] == [document["id"]]
+        assert [
+            d["id"] for d in (await client.get("/memories/knowledge", headers=alice)).json()
+        ] == [document["id"]]
 
         # Admins see and manage everyone's.
         assert len((await client.get("/memories/knowledge", headers=admin)).json()) == 2
-        recalled = await client.post(f"/memories/agents/{agent}/recall", headers=admin,
-                                     json={"query": "tea"})
+        recalled = await client.post(
+            f"/memories/agents/{agent}/recall", headers=admin, json={"query": "tea"}
+        )
         assert [m["id"] for m in recalled.json()["results"]] == [memory["id"]]
         assert (await client.get(f"/memories/{memory['id']}", headers=admin)).status_code == 200
-        by_admin = await client.post("/memories/knowledge", headers=admin, json={
-            "title": "For Alice's agent", "content": "c", "scope": "agent",
-            "scope_id": str(agent)})
+        by_admin = await client.post(
+            "/memories/knowledge",
+            headers=admin,
+            json={
+                "title": "For Alice's agent",
+                "content": "c",
+                "scope": "agent",
+                "scope_id": str(agent),
+            },
+        )
         assert by_admin.status_code == 201
         assert by_admin.json()["owner_id"] == memory["owner_id"]
         assert (await client.delete(f"/memories/{memory['id']}", headers=admin)).status_code == 204
 
         db = await multi.state.gathering.database()
         denials = await db.fetch_val(
-            "SELECT count(*) FROM auth.audit_log WHERE event = 'permission.denied'")
+            "SELECT count(*) FROM auth.audit_log WHERE event = 'permission.denied'"
+        )
         assert denials >= 5
 
 
@@ -464,13 +553,16 @@ async def test_api_key_scopes_are_enforced(multi):
     async with client_for(multi) as client:
         alice = await account(multi, client)
         agent = await create_agent(client, alice)
-        created = await client.post("/auth/api-keys", headers=alice,
-                                    json={"name": "reader", "scopes": ["memories:read"]})
+        created = await client.post(
+            "/auth/api-keys", headers=alice, json={"name": "reader", "scopes": ["memories:read"]}
+        )
         assert created.status_code == 201, created.text
         key = {"X-API-Key": created.json()["key"]}
         assert (await client.get(f"/memories/agents/{agent}", headers=key)).status_code == 200
-        denied = await client.post(f"/memories/agents/{agent}", headers=key,
-                                   json={"content": "x"})
+        denied = await client.post(f"/memories/agents/{agent}", headers=key, json={"content": "x"})
         assert denied.status_code == 403
-        assert (await client.post("/memories/knowledge", headers=key,
-                                  json={"title": "t", "content": "c"})).status_code == 403
+        assert (
+            await client.post(
+                "/memories/knowledge", headers=key, json={"title": "t", "content": "c"}
+            )
+        ).status_code == 403

@@ -144,14 +144,20 @@ async def test_a_held_migration_lock_is_waited_for_a_bounded_time(fresh_database
     async with await psycopg.AsyncConnection.connect(fresh_database_url, autocommit=True) as holder:
         await holder.execute("SELECT pg_advisory_lock(%s)", (migrations_runner.MIGRATION_LOCK_KEY,))
         async with await psycopg.AsyncConnection.connect(
-            fresh_database_url, autocommit=True, cursor_factory=psycopg.AsyncRawCursor,
+            fresh_database_url,
+            autocommit=True,
+            cursor_factory=psycopg.AsyncRawCursor,
             row_factory=dict_row,
         ) as conn:
             with pytest.raises(MigrationError, match="migration lock"):
                 await migrations_runner.apply_migrations(conn, wait=0.3)
-        await holder.execute("SELECT pg_advisory_unlock(%s)", (migrations_runner.MIGRATION_LOCK_KEY,))
+        await holder.execute(
+            "SELECT pg_advisory_unlock(%s)", (migrations_runner.MIGRATION_LOCK_KEY,)
+        )
         async with await psycopg.AsyncConnection.connect(
-            fresh_database_url, autocommit=True, cursor_factory=psycopg.AsyncRawCursor,
+            fresh_database_url,
+            autocommit=True,
+            cursor_factory=psycopg.AsyncRawCursor,
             row_factory=dict_row,
         ) as conn:
             assert await migrations_runner.apply_migrations(conn, wait=0.3)  # all of them, now

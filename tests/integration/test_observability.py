@@ -82,7 +82,11 @@ async def test_unexpected_errors_are_500_without_stack_trace_and_logged(probe_ap
         assert "secret internal detail" not in response.text
         assert "Traceback" not in response.text
         assert response.json()["code"] == "internal_error"
-        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        lines = [
+            json.loads(line)
+            for line in capsys.readouterr().err.splitlines()
+            if line.startswith("{")
+        ]
         logged = [entry for entry in lines if entry.get("event") == "unhandled error"]
         assert logged and logged[0]["request_id"] == "req-500"
         assert "secret internal detail" in logged[0]["exception"]
@@ -134,8 +138,9 @@ def test_traces_cover_http_and_database(fresh_database_url):
         print(sorted({{s.name for s in spans}}))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     names = result.stdout.strip().splitlines()[-1]
     assert "GET /health/ready" in names
@@ -159,8 +164,10 @@ async def test_llm_calls_are_counted_in_metrics(probe_app):
     async with _client(probe_app) as client:
         text = (await client.get("/metrics")).text
     line = next(
-        row for row in text.splitlines()
+        row
+        for row in text.splitlines()
         if row.startswith("gathering_llm_tokens_total{")
-        and 'model="metrics-probe"' in row and 'direction="output"' in row
+        and 'model="metrics-probe"' in row
+        and 'direction="output"' in row
     )
     assert float(line.rsplit(" ", 1)[1]) >= 4

@@ -20,7 +20,7 @@ from gathering.api.security import (
     require_admin,
     require_scope,
 )
-from gathering.api.security.users import UserStore
+from gathering.auth.users import UserStore
 from gathering.config import load_settings
 
 KEY = "k" * 64

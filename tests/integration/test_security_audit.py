@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from gathering.api.app import create_app
-from gathering.api.security.audit import AuditLog, RequestOrigin
-from gathering.api.security.users import UserStore
+from gathering.auth.audit import AuditLog, RequestOrigin
+from gathering.auth.users import UserStore
 from gathering.config import load_settings
 
 PASSWORD = "correct horse battery staple"

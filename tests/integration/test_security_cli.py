@@ -8,8 +8,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from gathering.api.security.passwords import verify_password
-from gathering.api.security.users import UserStore
+from gathering.auth.passwords import verify_password
+from gathering.auth.users import UserStore
 from gathering.cli import app
 from gathering.config import get_settings
 from gathering.db import Database

@@ -68,8 +68,9 @@ async def test_a_cancel_around_the_lock_never_leaves_the_agent_locked(store, db,
     assert await _advisory_locks(db) == 0
     other_pool = Database(url=db.url, min_size=0, max_size=2)
     async with other_pool:
-        other = await Agent.load(agent.id, store=PostgresAgentStore(other_pool),
-                                 llm=ScriptedProvider(["from elsewhere"]))
+        other = await Agent.load(
+            agent.id, store=PostgresAgentStore(other_pool), llm=ScriptedProvider(["from elsewhere"])
+        )
         assert (await other.run("still there?")).text == "from elsewhere"
 
 
@@ -97,7 +98,9 @@ async def test_a_replayed_key_with_new_session_changes_nothing(store, db):
     for _ in range(3):
         again = await agent.run("fresh", idempotency_key="k-1", new_session=True)
         assert again.replayed and again.session_id == first.session_id
-    sessions = await db.fetch_val("SELECT count(*) FROM agent.sessions WHERE agent_id = $1", agent.id)
+    sessions = await db.fetch_val(
+        "SELECT count(*) FROM agent.sessions WHERE agent_id = $1", agent.id
+    )
     assert sessions == 1  # opened for the first turn; `new_session` on it had nothing to end
 
 
@@ -110,7 +113,9 @@ async def test_no_tool_starts_after_the_turn_deadline(store, db, settings_env):
         await asyncio.sleep(0.3)
         return f"transferred {n}"
 
-    spec = ToolSpec("transfer", "Move money", {"type": "object", "properties": {"n": {"type": "integer"}}})
+    spec = ToolSpec(
+        "transfer", "Move money", {"type": "object", "properties": {"n": {"type": "integer"}}}
+    )
     provider = ScriptedProvider([[tool_call("transfer", {"n": i}) for i in range(5)], "never"])
     agent = Agent("Banker", llm=provider, store=store, tools=[(spec, transfer)])
     with pytest.raises(TurnTimeoutError):
@@ -118,7 +123,9 @@ async def test_no_tool_starts_after_the_turn_deadline(store, db, settings_env):
     assert ran == [0, 1]  # the third would have started at 0.6 s, past the deadline
     rows = await db.fetch_all(
         "SELECT c.status, c.result FROM agent.tool_calls c JOIN agent.turns t ON t.id = c.turn_id"
-        " WHERE t.agent_id = $1", agent.id)
+        " WHERE t.agent_id = $1",
+        agent.id,
+    )
     not_run = [r for r in rows if "not run" in (r["result"] or "")]
     assert len(not_run) == 3 and all(r["status"] == "failed" for r in not_run)
 
@@ -133,9 +140,14 @@ async def test_hung_plain_tools_do_not_starve_the_process(store, settings_env):
         gate.wait(30)
         return "late"
 
-    agent = Agent("Hanger", llm=ScriptedProvider(lambda m: tool_call("hang", {})
-                  if m[-1].role == "user" else "gave up"), store=store,
-                  tools=[(ToolSpec("hang"), hang)])
+    agent = Agent(
+        "Hanger",
+        llm=ScriptedProvider(
+            lambda m: tool_call("hang", {}) if m[-1].role == "user" else "gave up"
+        ),
+        store=store,
+        tools=[(ToolSpec("hang"), hang)],
+    )
     try:
         for i in range(TOOL_THREADS):
             await agent.run(f"hang {i}")
@@ -169,34 +181,54 @@ async def test_text_postgres_cannot_store_is_replaced_not_refused(store, db):
     def tool() -> str:
         return "out\x00put \udc80"
 
-    provider = ScriptedProvider([
-        Completion(text="", tool_calls=(ToolCall("c1", "tool", {"x": "a\x00b"}),),
-                   stop_reason="tool_calls"),
-        "bad\x00reply \udc80",
-        "next",
-    ])
+    provider = ScriptedProvider(
+        [
+            Completion(
+                text="",
+                tool_calls=(ToolCall("c1", "tool", {"x": "a\x00b"}),),
+                stop_reason="tool_calls",
+            ),
+            "bad\x00reply \udc80",
+            "next",
+        ]
+    )
     agent = Agent("Messy", llm=provider, store=store, tools=[(ToolSpec("tool"), tool)])
     await agent.run("hello\x00there")
     assert (await agent.run("again")).text == "next"
-    contents = [r["content"] for r in await db.fetch_all(
-        "SELECT content FROM agent.messages m JOIN agent.sessions s ON s.id = m.session_id"
-        " WHERE s.agent_id = $1 AND m.role IN ('user', 'assistant') ORDER BY seq", agent.id)]
+    contents = [
+        r["content"]
+        for r in await db.fetch_all(
+            "SELECT content FROM agent.messages m JOIN agent.sessions s ON s.id = m.session_id"
+            " WHERE s.agent_id = $1 AND m.role IN ('user', 'assistant') ORDER BY seq",
+            agent.id,
+        )
+    ]
     assert contents[0] == "hello\ufffdthere"
     assert contents[2].startswith("bad\ufffdreply")
 
 
 async def test_repeated_tool_call_ids_are_renamed(store, db):
-    provider = ScriptedProvider([
-        [tool_call("add", {"a": 1}, call_id="call_0"), tool_call("add", {"a": 2}, call_id="call_0")],
-        tool_call("add", {"a": 3}, call_id="call_0"),
-        "sum done",
-    ])
+    provider = ScriptedProvider(
+        [
+            [
+                tool_call("add", {"a": 1}, call_id="call_0"),
+                tool_call("add", {"a": 2}, call_id="call_0"),
+            ],
+            tool_call("add", {"a": 3}, call_id="call_0"),
+            "sum done",
+        ]
+    )
     spec = ToolSpec("add", "", {"type": "object", "properties": {"a": {"type": "integer"}}})
     agent = Agent("Counter", llm=provider, store=store, tools=[(spec, lambda a: a)])
     assert (await agent.run("add them")).text == "sum done"
-    ids = [r["call_id"] for r in await db.fetch_all(
-        "SELECT c.call_id FROM agent.tool_calls c JOIN agent.turns t ON t.id = c.turn_id"
-        " WHERE t.agent_id = $1", agent.id)]
+    ids = [
+        r["call_id"]
+        for r in await db.fetch_all(
+            "SELECT c.call_id FROM agent.tool_calls c JOIN agent.turns t ON t.id = c.turn_id"
+            " WHERE t.agent_id = $1",
+            agent.id,
+        )
+    ]
     assert len(ids) == 3 and len(set(ids)) == 3
 
 
@@ -218,9 +250,13 @@ async def test_a_queued_chat_to_a_deleted_agent_is_404(fresh_database_url, llm_s
     with patch("gathering.agents.llm_client", Client()):
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as api:
             agent = (await api.post("/agents", json={"name": "Gone", "provider": "openai"})).json()
-            first = asyncio.create_task(api.post(f"/agents/{agent['id']}/chat", json={"message": "a"}))
+            first = asyncio.create_task(
+                api.post(f"/agents/{agent['id']}/chat", json={"message": "a"})
+            )
             await asyncio.sleep(0.3)
-            queued = asyncio.create_task(api.post(f"/agents/{agent['id']}/chat", json={"message": "b"}))
+            queued = asyncio.create_task(
+                api.post(f"/agents/{agent['id']}/chat", json={"message": "b"})
+            )
             await asyncio.sleep(0.2)
             assert (await api.delete(f"/agents/{agent['id']}")).status_code == 204
             release.set()
@@ -257,8 +293,9 @@ async def test_a_turn_waits_for_the_last_reply_of_the_turn_before_to_commit(stor
     async with store.conversation(agent.id, wait=5, turn=TurnStart("first question")) as conv:
         conn = conv.queries.connection
         await conn.execute("BEGIN")
-        await conv.finish_turn(conv.turn_id, [HistoryEntry(Message.assistant("first answer"))],
-                               None)
+        await conv.finish_turn(
+            conv.turn_id, [HistoryEntry(Message.assistant("first answer"))], None
+        )
         assert conv.released  # the lock is free, the reply not yet committed
         # Another URL for the same database: its turns queue on PostgreSQL's lock only, as
         # another process's would.

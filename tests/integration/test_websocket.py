@@ -10,7 +10,7 @@ from asgi_ws import ASGIWebSocket  # tests/_support, on the path via conftest
 from starlette.testclient import TestClient
 
 from gathering.api.app import app, create_app
-from gathering.api.security.users import UserStore
+from gathering.auth.users import UserStore
 from gathering.config import load_settings
 from gathering.events import Event
 
@@ -35,8 +35,11 @@ async def single(fresh_database_url):
 
 @pytest.fixture
 async def multi(fresh_database_url):
-    application = create_app(settings=load_settings(
-        database_url=fresh_database_url, auth="required", secret_key=KEY, ws_auth_grace=0.3))
+    application = create_app(
+        settings=load_settings(
+            database_url=fresh_database_url, auth="required", secret_key=KEY, ws_auth_grace=0.3
+        )
+    )
     yield application
     await application.state.security.close()
     await application.state.gathering.close()
@@ -49,7 +52,8 @@ def _http(application) -> httpx.AsyncClient:
 async def _user_token(application, *, is_admin: bool = False) -> tuple[int, str]:
     email = f"ws-{secrets.token_hex(4)}@example.com"
     user = await UserStore(await application.state.gathering.database()).create(
-        email, PASSWORD, is_admin=is_admin)
+        email, PASSWORD, is_admin=is_admin
+    )
     async with _http(application) as client:
         response = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
     return user.id, response.json()["access_token"]
@@ -68,7 +72,7 @@ async def test_state_changes_reach_subscribers(single):
         subscribed = await ws.receive_json()
         assert subscribed["type"] == "subscribed"
         async with _http(single) as client:
-            created = (await client.post("/agents", json={"name": "Wsy", "provider": "openai"}))
+            created = await client.post("/agents", json={"name": "Wsy", "provider": "openai"})
             agent_id = created.json()["id"]
             await client.delete(f"/agents/{agent_id}")
         first, second = await _next_event(ws), await _next_event(ws)
@@ -87,15 +91,17 @@ async def test_reconnecting_with_since_replays_missed_events(single):
         replayed = [await _next_event(ws), await _next_event(ws)]
     assert [e["data"]["name"] for e in replayed] == ["One", "Two"]
     async with ASGIWebSocket(single, "/ws") as ws:
-        await ws.send_json({"type": "subscribe", "patterns": ["agent.created"],
-                            "since": replayed[0]["cursor"]})
+        await ws.send_json(
+            {"type": "subscribe", "patterns": ["agent.created"], "since": replayed[0]["cursor"]}
+        )
         await ws.receive_json()
         assert (await _next_event(ws))["data"]["name"] == "Two"
 
 
 async def test_heartbeats_carry_the_cursor(fresh_database_url):
-    application = create_app(settings=load_settings(database_url=fresh_database_url,
-                                                    ws_heartbeat=0.1))
+    application = create_app(
+        settings=load_settings(database_url=fresh_database_url, ws_heartbeat=0.1)
+    )
     try:
         async with ASGIWebSocket(application, "/ws") as ws:
             await ws.send_json({"type": "subscribe", "patterns": ["nothing.*"]})
@@ -151,8 +157,11 @@ async def test_subjects_are_checked_against_ownership(multi):
     _, owner_token = await _user_token(multi)
     _, other_token = await _user_token(multi)
     async with _http(multi) as client:
-        created = await client.post("/agents", json={"name": "Mine", "provider": "openai"},
-                                    headers={"Authorization": f"Bearer {owner_token}"})
+        created = await client.post(
+            "/agents",
+            json={"name": "Mine", "provider": "openai"},
+            headers={"Authorization": f"Bearer {owner_token}"},
+        )
     subject = f"agent:{created.json()['id']}"
     async with ASGIWebSocket(multi, "/ws", query=f"access_token={other_token}") as ws:
         await ws.send_json({"type": "subscribe", "subjects": [subject]})
@@ -177,8 +186,9 @@ async def test_invalid_messages_get_clear_errors(single):
 
 
 async def test_a_client_too_slow_is_closed_4429(fresh_database_url):
-    application = create_app(settings=load_settings(database_url=fresh_database_url,
-                                                    ws_queue_size=10))
+    application = create_app(
+        settings=load_settings(database_url=fresh_database_url, ws_queue_size=10)
+    )
     try:
         async with ASGIWebSocket(application, "/ws") as ws:
             await ws.send_json({"type": "subscribe", "patterns": ["flood.*"]})

@@ -30,11 +30,14 @@ async def test_agent_process_message():
     assert len(response) > 0
 
 
-@pytest.mark.parametrize("provider,model,expected_class", [
-    ("openai", "gpt-4o", "OpenAIProvider"),
-    ("anthropic", "claude-sonnet-4-20250514", "AnthropicProvider"),
-    ("ollama", "llama3.2", "OllamaProvider"),
-])
+@pytest.mark.parametrize(
+    "provider,model,expected_class",
+    [
+        ("openai", "gpt-4o", "OpenAIProvider"),
+        ("anthropic", "claude-sonnet-4-20250514", "AnthropicProvider"),
+        ("ollama", "llama3.2", "OllamaProvider"),
+    ],
+)
 def test_provider_initialization(provider, model, expected_class):
     """Test provider initialization."""
     agent = Agent(name="Test", provider=provider, model=model)
@@ -59,9 +62,7 @@ def test_with_mock():
 
 @patch("gathering.agents.llm_client")
 def test_with_patch(mock_client):
-    mock_client.generate.return_value = Mock(
-        content=[Mock(text="Response")]
-    )
+    mock_client.generate.return_value = Mock(content=[Mock(text="Response")])
     agent = Agent(name="Test", provider="anthropic", model="claude-sonnet-4-20250514")
     response = agent.process_message("Hello")
     assert response == "Response"

@@ -87,8 +87,9 @@ def test_no_arguments_prints_help():
 
 
 def test_agents_create_list_chat_delete(use_database, llm_stub_env):
-    created = runner.invoke(app, ["agents", "create", "Echoer", "--provider", "openai",
-                                  "--role", "parrot"])
+    created = runner.invoke(
+        app, ["agents", "create", "Echoer", "--provider", "openai", "--role", "parrot"]
+    )
     assert created.exit_code == 0, created.output
     assert "created agent Echoer" in created.output
     listed = runner.invoke(app, ["agents", "list"])

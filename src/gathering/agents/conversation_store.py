@@ -217,8 +217,7 @@ _LAST_SEQ = " SELECT (SELECT last_seq FROM s) AS last_seq"
 _RELEASE = ", (SELECT pg_advisory_unlock($5) FROM s) AS released"
 _APPEND_ONLY = _APPEND + _LAST_SEQ + ", (SELECT count(*) FROM m) AS added"
 _TOOLS_STARTED = (
-    _APPEND
-    + ", c AS (INSERT INTO agent.tool_calls (turn_id, call_id, name, arguments)"
+    _APPEND + ", c AS (INSERT INTO agent.tool_calls (turn_id, call_id, name, arguments)"
     " SELECT $3::uuid, x->>'id', x->>'name', coalesce(x->'arguments', '{}'::jsonb)"
     " FROM jsonb_array_elements($4::jsonb) AS x RETURNING 1)"
     + _LAST_SEQ
@@ -237,8 +236,7 @@ _FINISH_TURN = (
     + _RELEASE
 )
 _FAIL_TURN = (
-    _APPEND
-    + ", t AS (UPDATE agent.turns SET status = 'failed', error = $4, finished_at = now()"
+    _APPEND + ", t AS (UPDATE agent.turns SET status = 'failed', error = $4, finished_at = now()"
     " WHERE id = $3::uuid AND status = 'running' RETURNING id)"
     ", c AS (UPDATE agent.tool_calls SET status = 'interrupted', finished_at = now()"
     " WHERE turn_id = $3::uuid AND status = 'started' RETURNING 1)"
@@ -246,6 +244,8 @@ _FAIL_TURN = (
     + ", (SELECT count(*) FROM t) AS turns"
     + _RELEASE
 )
+
+
 def storable_text(text: str) -> str:
     """`text` as PostgreSQL can store it: NUL characters and lone surrogates (which a model or
     a tool may produce) become U+FFFD."""
@@ -349,16 +349,17 @@ class PostgresConversation:
     def open(self, begun: Row, turn: TurnStart | None) -> PostgresConversation:
         """Take in what `agent.begin_turn` found and did right after the lock was taken."""
         if begun["session_id"] is None:
-            raise NotFoundError(
-                f"no agent {self.agent_id}", hint="the agent may have been deleted"
-            )
+            raise NotFoundError(f"no agent {self.agent_id}", hint="the agent may have been deleted")
         self.session_id, self._last_seq = str(begun["session_id"]), begun["last_seq"]
         self.interrupted = tuple(begun["interrupted"] or ())
         self.has_memories = bool(begun["memories"])
         stored = begun["stored"]
         if stored is not None:
             self.replay = StoredTurn(
-                stored["id"], stored["status"], stored["request_text"], stored["result"],
+                stored["id"],
+                stored["status"],
+                stored["request_text"],
+                stored["result"],
                 stored["error"],
             )
         elif turn is not None:
@@ -455,8 +456,10 @@ class PostgresConversation:
         first = row["last_seq"] - len(entries) + 1
         numbered = [replace(e, seq=first + i) for i, e in enumerate(entries)]
         tail = self._cache.get(self.agent_id)
-        if tail is not None and tail.session_id == self.session_id and (
-            tail.last_seq == self._last_seq
+        if (
+            tail is not None
+            and tail.session_id == self.session_id
+            and (tail.last_seq == self._last_seq)
         ):
             tail.entries.extend(e for e in numbered if e.error is None)
             tail.last_seq = row["last_seq"]

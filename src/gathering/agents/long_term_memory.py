@@ -234,9 +234,7 @@ class LongTermMemory:
             if self._requested_owner is not None:
                 return self._requested_owner
             return await local_owner_id(db)
-        owner = await db.fetch_val(
-            "SELECT owner_id FROM agent.agents WHERE id = $1", self.agent_id
-        )
+        owner = await db.fetch_val("SELECT owner_id FROM agent.agents WHERE id = $1", self.agent_id)
         if owner is None or (
             self._requested_owner is not None and int(owner) != self._requested_owner
         ):

@@ -118,9 +118,7 @@ class ClientProvider:
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] | None = None, **options: Any
     ) -> Completion:
         if self._provider is not None:
-            reply = self.client.generate(
-                messages, tools=tools, provider=self._provider, **options
-            )
+            reply = self.client.generate(messages, tools=tools, provider=self._provider, **options)
         else:
             reply = self.client.generate(messages, tools=tools, **options)
         if inspect.isawaitable(reply):

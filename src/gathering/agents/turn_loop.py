@@ -344,9 +344,7 @@ async def _exchange(
     events: _Publisher,
 ) -> AsyncIterator[AgentEvent | _Finished]:
     provider = agent.model_provider()
-    system = await agent.system_prompt(
-        text, conversation.queries, recall=conversation.has_memories
-    )
+    system = await agent.system_prompt(text, conversation.queries, recall=conversation.has_memories)
     specs = [tool.spec for tool in agent.tools.values()]
     usage, cost = Usage(), None
     calls: list[ToolCall] = []

@@ -11,7 +11,17 @@ from gathering import __version__
 from gathering.api.body_limit import BodyLimitMiddleware
 from gathering.api.errors import install_error_handlers
 from gathering.api.middleware import RequestContextMiddleware
-from gathering.api.routers import agents, audit, auth, debug, health, memories, metrics, ws
+from gathering.api.routers import (
+    agents,
+    api_keys,
+    audit,
+    auth,
+    debug,
+    health,
+    memories,
+    metrics,
+    ws,
+)
 from gathering.api.security import install_security
 from gathering.api.state import AppState
 from gathering.config import Settings, get_settings
@@ -60,6 +70,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(auth.router)
+    app.include_router(api_keys.router)
     app.include_router(audit.router)
     app.include_router(agents.router)
     app.include_router(memories.router)

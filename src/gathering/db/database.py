@@ -64,9 +64,7 @@ class _AliveCheck:
     `aliveBypassWindowMs` does), which saves a busy server a query per checkout."""
 
     def __init__(self) -> None:
-        self._returned: weakref.WeakKeyDictionary[Connection, float] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._returned: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
 
     async def returned(self, conn: Connection) -> None:
         self._returned[conn] = time.monotonic()

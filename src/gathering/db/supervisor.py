@@ -108,15 +108,22 @@ class EmbeddedSupervisor:
             try:
                 mine = await asyncio.to_thread(restart_embedded, self.pgdata)
             except Exception as exc:  # a start that failed: try again later
-                log.warning("the embedded PostgreSQL did not start", attempt=attempt,
-                            error=str(exc)[:500], retry_in=backoff)
+                log.warning(
+                    "the embedded PostgreSQL did not start",
+                    attempt=attempt,
+                    error=str(exc)[:500],
+                    retry_in=backoff,
+                )
             else:
                 # Done only once this process has started it, or adopted it from the one that
                 # did: pgserver must know the new postmaster to stop it when this process exits.
                 if mine and await asyncio.to_thread(postmaster_alive, self.pgdata):
                     self.restarts += 1
-                    log.warning("the embedded PostgreSQL is back", attempt=attempt,
-                                seconds=round(time.monotonic() - started, 2))
+                    log.warning(
+                        "the embedded PostgreSQL is back",
+                        attempt=attempt,
+                        seconds=round(time.monotonic() - started, 2),
+                    )
                     self.state = SupervisorState(
                         True, f"watching the embedded PostgreSQL (restarted {self.restarts}x)"
                     )

@@ -121,12 +121,14 @@ async def test_openai_compatible_client_gets_max_tokens(strict_stub, no_keys):
 
 
 async def test_embedding_providers_use_the_injected_client(stub, no_keys):
-    stub.add_json({
-        "object": "list",
-        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.5]}],
-        "model": "text-embedding-3-small",
-        "usage": {"prompt_tokens": 1, "total_tokens": 1},
-    })
+    stub.add_json(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.5]}],
+            "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 1, "total_tokens": 1},
+        }
+    )
     stub.add_json({"model": "nomic-embed-text", "embeddings": [[0.25, 0.75]]})
     openai = AsyncOpenAI(api_key="sk-dummy", base_url=f"{stub.base_url}/v1", max_retries=0)
 

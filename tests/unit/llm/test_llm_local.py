@@ -409,7 +409,9 @@ class TestModelThread:
             finally:
                 vocab.close()
 
-        assert counts == [n + MESSAGE_FRAMING_TOKENS for n in await asyncio.to_thread(tokenizer_counts)]
+        assert counts == [
+            n + MESSAGE_FRAMING_TOKENS for n in await asyncio.to_thread(tokenizer_counts)
+        ]
         assert counts != [estimate_tokens(text) for text in texts]
         assert all(count > MESSAGE_FRAMING_TOKENS for count in counts)
         assert await provider.count_tokens(texts) == counts

@@ -119,9 +119,17 @@ class TestToolPairing:
             "model": "gpt-4o",
             "messages": [
                 {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_x", "type": "function",
-                     "function": {"name": "get_weather", "arguments": "{}"}}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_x",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{}"},
+                        }
+                    ],
+                },
             ],
         }
         async with httpx.AsyncClient() as client:

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
-from gathering.api.security.audit import MAX_QUERY_LIMIT, AuditFilter
 from gathering.api.security.dependencies import require_admin, security_state
-from gathering.api.security.principal import Principal
+from gathering.auth.audit import MAX_QUERY_LIMIT, AuditFilter
+from gathering.auth.principal import Principal
 
 router = APIRouter(tags=["audit"])
 

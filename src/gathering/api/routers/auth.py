@@ -1,35 +1,29 @@
-"""`/auth`: login, refresh rotation, logout, the caller, and service API keys."""
+"""`/auth`: login, refresh rotation, logout and the caller (API keys: `api_keys.py`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
-from fastapi import Path as PathParam
 from pydantic import AfterValidator, BaseModel, Field
 
-from gathering.api.security.api_keys import ApiKey
-from gathering.api.security.audit import AuditEvent, RequestOrigin
 from gathering.api.security.dependencies import (
-    audit_denial,
     current_principal,
-    ensure_owner,
-    not_found,
     public_route,
     rate_limit,
     security_state,
 )
-from gathering.api.security.passwords import needs_rehash, verify_password
-from gathering.api.security.principal import Principal
-from gathering.api.security.sessions import RefreshTokenReused, TokenPair
+from gathering.api.security.origin import request_origin
 from gathering.api.security.state import SecurityState
-from gathering.api.security.tokens import TokenClaims, invalid_credentials
+from gathering.auth.audit import AuditEvent
+from gathering.auth.passwords import needs_rehash, verify_password
+from gathering.auth.principal import Principal
+from gathering.auth.sessions import RefreshTokenReused, TokenPair
+from gathering.auth.tokens import TokenClaims, invalid_credentials
 from gathering.errors import (
     AuthenticationError,
     ConflictError,
     InvalidInputError,
-    PermissionDeniedError,
     RateLimitedError,
 )
 
@@ -72,38 +66,8 @@ class MeResponse(BaseModel):
     scopes: list[str]
 
 
-class ApiKeyCreateRequest(BaseModel):
-    name: PlainText = Field(min_length=1, max_length=100, examples=["nightly import"])
-    scopes: list[Annotated[str, Field(max_length=81)]] = Field(
-        min_length=1,
-        max_length=32,
-        examples=[["agents:read", "circles:*"]],
-        description="`*`, `admin`, `resource:action`, `resource:*` or `*:action`",
-    )
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
-
-
-class ApiKeyResponse(BaseModel):
-    id: int
-    user_id: int
-    name: str
-    prefix: str
-    scopes: list[str]
-    created_at: datetime
-    expires_at: datetime | None
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, key: ApiKey) -> ApiKeyResponse:
-        return cls(**{name: getattr(key, name) for name in cls.model_fields})
-
-
-class ApiKeyCreatedResponse(ApiKeyResponse):
-    key: str = Field(description="The full key; shown only in this response")
-
-
-def _accounts(request: Request) -> SecurityState:
+def accounts(request: Request) -> SecurityState:
+    """The security state, or a 409 in single-user mode (it has no accounts)."""
     security = security_state(request)
     if not security.settings.auth_required:
         raise ConflictError(
@@ -129,8 +93,8 @@ def _token_response(security: SecurityState, pair: TokenPair) -> TokenResponse:
     responses={401: {"description": "Wrong email or password"}, 429: {"description": "Throttled"}},
 )
 async def login(body: LoginRequest, request: Request) -> TokenResponse:
-    security = _accounts(request)
-    origin = RequestOrigin.of(request)
+    security = accounts(request)
+    origin = request_origin(request)
     email = body.email.strip().lower()
     ip = origin.ip or "unknown"
     limiter, audit = security.limiter(), await security.audit()
@@ -175,8 +139,8 @@ async def login(body: LoginRequest, request: Request) -> TokenResponse:
     responses={401: {"description": "Invalid, expired, revoked or already used"}},
 )
 async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
-    security = _accounts(request)
-    origin, audit = RequestOrigin.of(request), await security.audit()
+    security = accounts(request)
+    origin, audit = request_origin(request), await security.audit()
     sessions = await security.sessions()
     try:
         claims, pair = await sessions.rotate(body.refresh_token)
@@ -218,7 +182,7 @@ async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
     response_class=Response,
 )
 async def logout(request: Request, principal: Principal = Depends(current_principal)) -> Response:
-    security = _accounts(request)
+    security = accounts(request)
     if (
         principal.method != "token"
         or principal.token_id is None
@@ -240,7 +204,7 @@ async def logout(request: Request, principal: Principal = Depends(current_princi
     await (await security.audit()).record(
         AuditEvent.LOGOUT,
         "success",
-        origin=RequestOrigin.of(request),
+        origin=request_origin(request),
         actor_id=principal.user_id,
         subject=principal.email,
         target_type="session",
@@ -258,73 +222,3 @@ async def me(principal: Principal = Depends(current_principal)) -> MeResponse:
         auth_method=principal.method,
         scopes=sorted(principal.scopes),
     )
-
-
-@router.post(
-    "/api-keys",
-    summary="Create a service API key (the full key is shown once)",
-    status_code=status.HTTP_201_CREATED,
-)
-async def create_api_key(
-    body: ApiKeyCreateRequest, request: Request, principal: Principal = Depends(current_principal)
-) -> ApiKeyCreatedResponse:
-    security = _accounts(request)
-    if principal.method == "api_key":
-        await audit_denial(request, principal, "API keys cannot create API keys")
-        raise PermissionDeniedError("an API key cannot create API keys; log in as the user")
-    if "admin" in body.scopes and not principal.is_admin:
-        await audit_denial(request, principal, "admin scope requested")
-        raise PermissionDeniedError("only administrators can grant the `admin` scope")
-    created = await (await security.api_keys()).create(
-        principal.user_id, body.name, body.scopes, expires_in_days=body.expires_in_days
-    )
-    await (await security.audit()).record(
-        AuditEvent.API_KEY_CREATED,
-        "success",
-        origin=RequestOrigin.of(request),
-        actor_id=principal.user_id,
-        subject=principal.email,
-        target_type="api_key",
-        target_id=created.key.id,
-        details={"name": created.key.name, "scopes": created.key.scopes},
-    )
-    return ApiKeyCreatedResponse(**ApiKeyResponse.of(created.key).model_dump(), key=created.secret)
-
-
-@router.get("/api-keys", summary="API keys (yours; an administrator sees every user's)")
-async def list_api_keys(
-    request: Request, principal: Principal = Depends(current_principal)
-) -> list[ApiKeyResponse]:
-    security = _accounts(request)
-    keys = await (await security.api_keys()).list_keys(principal.owner_filter)
-    return [ApiKeyResponse.of(key) for key in keys]
-
-
-@router.delete(
-    "/api-keys/{key_id}",
-    summary="Revoke an API key",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
-)
-async def revoke_api_key(
-    key_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
-    request: Request,
-    principal: Principal = Depends(current_principal),
-) -> Response:
-    security = _accounts(request)
-    store = await security.api_keys()
-    key = await store.get(key_id)
-    if key is None:
-        raise not_found("API key", key_id)
-    await ensure_owner(request, principal, key.user_id, resource="API key", resource_id=key_id)
-    await store.revoke(key_id)
-    await (await security.audit()).record(
-        AuditEvent.API_KEY_REVOKED,
-        "success",
-        origin=RequestOrigin.of(request),
-        actor_id=principal.user_id,
-        subject=principal.email,
-        target_type="api_key",
-        target_id=key_id,
-    )
-    return Response(status_code=status.HTTP_204_NO_CONTENT)

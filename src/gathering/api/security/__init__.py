@@ -16,7 +16,7 @@ from gathering.api.security.dependencies import (
     require_scope,
 )
 from gathering.api.security.install import install_security
-from gathering.api.security.principal import Principal
+from gathering.auth.principal import Principal
 
 __all__ = [
     "Principal",

@@ -17,12 +17,13 @@ from fastapi.dependencies.models import Dependant
 from starlette.requests import HTTPConnection
 
 from gathering.api.middleware import OPERATIONAL_PATH_PREFIXES
-from gathering.api.security.api_keys import scope_allows
-from gathering.api.security.audit import AuditEvent, RequestOrigin, client_ip
-from gathering.api.security.principal import Principal
+from gathering.api.security.origin import client_ip, request_origin
 from gathering.api.security.ratelimit import DEFAULT_TIER, TIERS, Tier, rate_limited
 from gathering.api.security.state import SecurityState
-from gathering.api.security.tokens import invalid_credentials
+from gathering.auth.api_keys import scope_allows
+from gathering.auth.audit import AuditEvent
+from gathering.auth.principal import Principal
+from gathering.auth.tokens import invalid_credentials
 from gathering.errors import AuthenticationError, NotFoundError, PermissionDeniedError
 
 WEBSOCKET_TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name
@@ -158,7 +159,7 @@ async def audit_denial(
     await audit.record(
         AuditEvent.PERMISSION_DENIED,
         "denied",
-        origin=RequestOrigin.of(conn),
+        origin=request_origin(conn),
         actor_id=principal.user_id if principal else None,
         subject=principal.email if principal else None,
         details={"reason": reason, "path": conn.url.path, **details},

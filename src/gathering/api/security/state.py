@@ -6,16 +6,16 @@ import asyncio
 
 from limits import RateLimitItem
 
-from gathering.api.security.api_keys import ApiKeyStore
-from gathering.api.security.audit import AuditLog
-from gathering.api.security.principal import Principal
 from gathering.api.security.ratelimit import LoginThrottle, RateLimiter, Tier, tier_limits
-from gathering.api.security.revocation import RevocationCache, RevocationStore
-from gathering.api.security.sessions import SessionStore
-from gathering.api.security.signing_key import load_signing_key
-from gathering.api.security.tokens import TokenService
-from gathering.api.security.users import UserStore
 from gathering.api.state import AppState
+from gathering.auth.api_keys import ApiKeyStore
+from gathering.auth.audit import AuditLog
+from gathering.auth.principal import Principal
+from gathering.auth.revocation import RevocationCache, RevocationStore
+from gathering.auth.sessions import SessionStore
+from gathering.auth.signing_key import load_signing_key
+from gathering.auth.tokens import TokenService
+from gathering.auth.users import UserStore
 from gathering.config import Settings
 from gathering.db import Database
 

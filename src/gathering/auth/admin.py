@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from gathering.api.security.audit import AuditEvent, AuditLog
-from gathering.api.security.revocation import RevocationCache, RevocationStore
-from gathering.api.security.users import CreatedAdmin, User, UserStore
+from gathering.auth.audit import AuditEvent, AuditLog
+from gathering.auth.revocation import RevocationCache, RevocationStore
+from gathering.auth.users import CreatedAdmin, User, UserStore
 from gathering.config import Settings
 from gathering.db import Database
 

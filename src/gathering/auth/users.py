@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gathering.api.security.passwords import generate_password, hash_password
+from gathering.auth.passwords import generate_password, hash_password
 from gathering.db import Database
 from gathering.db.locks import advisory_key
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError

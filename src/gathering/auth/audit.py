@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import structlog
-from starlette.requests import HTTPConnection
 
 from gathering.db import Database
 
@@ -46,20 +45,6 @@ class RequestOrigin:
     ip: str | None = None
     user_agent: str | None = None
     request_id: str | None = None
-
-    @classmethod
-    def of(cls, conn: HTTPConnection) -> RequestOrigin:
-        agent = conn.headers.get("user-agent")
-        return cls(
-            ip=client_ip(conn),
-            user_agent=agent[:MAX_USER_AGENT] if agent else None,
-            request_id=getattr(conn.state, "request_id", None),
-        )
-
-
-def client_ip(conn: HTTPConnection) -> str:
-    """The peer address (behind a proxy, run uvicorn with --proxy-headers to get the client's)."""
-    return conn.client.host if conn.client else "unknown"
 
 
 def _printable(text: str | None) -> str | None:

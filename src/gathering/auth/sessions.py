@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gathering.api.security.revocation import RevocationStore
-from gathering.api.security.tokens import (
+from gathering.auth.revocation import RevocationStore
+from gathering.auth.tokens import (
     IssuedToken,
     TokenClaims,
     TokenService,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gathering.api.security.api_keys import scope_allows
+from gathering.auth.api_keys import scope_allows
 
 AuthMethod = Literal["local", "token", "api_key"]
 ALL_SCOPES = frozenset({"*"})

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gathering.api.security.tokens import TokenClaims
+from gathering.auth.tokens import TokenClaims
 from gathering.db import Database
 
 

@@ -1,0 +1,126 @@
+"""`/auth/api-keys`: service API keys (create, list, revoke)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
+
+from gathering.api.routers.auth import PlainText, accounts
+from gathering.api.security.dependencies import (
+    audit_denial,
+    current_principal,
+    ensure_owner,
+    not_found,
+)
+from gathering.api.security.origin import request_origin
+from gathering.auth.api_keys import ApiKey
+from gathering.auth.audit import AuditEvent
+from gathering.auth.principal import Principal
+from gathering.errors import PermissionDeniedError
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+class ApiKeyCreateRequest(BaseModel):
+    name: PlainText = Field(min_length=1, max_length=100, examples=["nightly import"])
+    scopes: list[Annotated[str, Field(max_length=81)]] = Field(
+        min_length=1,
+        max_length=32,
+        examples=[["agents:read", "circles:*"]],
+        description="`*`, `admin`, `resource:action`, `resource:*` or `*:action`",
+    )
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class ApiKeyResponse(BaseModel):
+    id: int
+    user_id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ApiKeyResponse:
+        return cls(**{name: getattr(key, name) for name in cls.model_fields})
+
+
+class ApiKeyCreatedResponse(ApiKeyResponse):
+    key: str = Field(description="The full key; shown only in this response")
+
+
+@router.post(
+    "/api-keys",
+    summary="Create a service API key (the full key is shown once)",
+    status_code=status.HTTP_201_CREATED,
+)
+async def create_api_key(
+    body: ApiKeyCreateRequest, request: Request, principal: Principal = Depends(current_principal)
+) -> ApiKeyCreatedResponse:
+    security = accounts(request)
+    if principal.method == "api_key":
+        await audit_denial(request, principal, "API keys cannot create API keys")
+        raise PermissionDeniedError("an API key cannot create API keys; log in as the user")
+    if "admin" in body.scopes and not principal.is_admin:
+        await audit_denial(request, principal, "admin scope requested")
+        raise PermissionDeniedError("only administrators can grant the `admin` scope")
+    created = await (await security.api_keys()).create(
+        principal.user_id, body.name, body.scopes, expires_in_days=body.expires_in_days
+    )
+    await (await security.audit()).record(
+        AuditEvent.API_KEY_CREATED,
+        "success",
+        origin=request_origin(request),
+        actor_id=principal.user_id,
+        subject=principal.email,
+        target_type="api_key",
+        target_id=created.key.id,
+        details={"name": created.key.name, "scopes": created.key.scopes},
+    )
+    return ApiKeyCreatedResponse(**ApiKeyResponse.of(created.key).model_dump(), key=created.secret)
+
+
+@router.get("/api-keys", summary="API keys (yours; an administrator sees every user's)")
+async def list_api_keys(
+    request: Request, principal: Principal = Depends(current_principal)
+) -> list[ApiKeyResponse]:
+    security = accounts(request)
+    keys = await (await security.api_keys()).list_keys(principal.owner_filter)
+    return [ApiKeyResponse.of(key) for key in keys]
+
+
+@router.delete(
+    "/api-keys/{key_id}",
+    summary="Revoke an API key",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+)
+async def revoke_api_key(
+    key_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
+    request: Request,
+    principal: Principal = Depends(current_principal),
+) -> Response:
+    security = accounts(request)
+    store = await security.api_keys()
+    key = await store.get(key_id)
+    if key is None:
+        raise not_found("API key", key_id)
+    await ensure_owner(request, principal, key.user_id, resource="API key", resource_id=key_id)
+    await store.revoke(key_id)
+    await (await security.audit()).record(
+        AuditEvent.API_KEY_REVOKED,
+        "success",
+        origin=request_origin(request),
+        actor_id=principal.user_id,
+        subject=principal.email,
+        target_type="api_key",
+        target_id=key_id,
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
