@@ -27,9 +27,9 @@ atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)  # runs after the 
 os.environ["GATHERING_DATA_DIR"] = str(_DATA_DIR)
 os.environ.setdefault("GATHERING_LOG_LEVEL", "WARNING")
 os.environ.pop("DATABASE_URL", None)
-# Security: the seed's clients send Host `test` (httpx) and `testserver` (TestClient); tests that
-# exercise auth or rate limits build their own apps with explicit settings.
-os.environ["GATHERING_ALLOWED_HOSTS"] = "test,testserver,localhost,127.0.0.1"
+# Security: the seed's in-process clients (Host `test`, `testserver`) pass the Host check as
+# in-process calls; tests that exercise auth or rate limits build their own apps with settings.
+os.environ.pop("GATHERING_ALLOWED_HOSTS", None)
 os.environ["GATHERING_AUTH"] = "single-user"
 os.environ["GATHERING_RATE_LIMIT_ENABLED"] = "false"
 os.environ["GATHERING_LOCAL_PRELOAD"] = "false"  # each app would load the model; one test does

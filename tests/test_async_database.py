@@ -32,7 +32,10 @@ async def _max_concurrent_sleepers(db: Database, until: asyncio.Task) -> int:
 
 async def test_concurrent_requests_wait_in_sql_side_by_side(test_server_url, fresh_database_url):
     settings = load_settings(
-        database_url=fresh_database_url, debug_endpoints=True, db_pool_max_size=CONCURRENT + 2
+        database_url=fresh_database_url,
+        debug_endpoints=True,
+        env="development",
+        db_pool_max_size=CONCURRENT + 2,
     )
     app = create_app(settings=settings)
     transport = httpx.ASGITransport(app=app)

@@ -499,7 +499,7 @@ async def test_purge_deletes_expired_revocations_and_sessions_only(app, email):
 async def test_lifespan_start_loads_the_key_and_purges(make_app, email):
     from starlette.testclient import TestClient
 
-    application = make_app(allowed_hosts=["testserver"])
+    application = make_app()
     with TestClient(application) as tc:
         assert application.state.security._tokens is not None
         assert tc.get("/health").status_code == 200
@@ -544,8 +544,8 @@ def test_a_short_secret_key_is_refused_without_echoing_it():
 
 
 def test_the_conventional_secret_key_variable_is_read(monkeypatch):
-    monkeypatch.setenv("SECRET_KEY", "s" * 40)
-    assert load_settings().secret_key.get_secret_value() == "s" * 40
+    monkeypatch.setenv("SECRET_KEY", "s" * 64)
+    assert load_settings().secret_key.get_secret_value() == "s" * 64
 
 
 def test_the_refresh_token_must_outlive_the_access_token():

@@ -19,7 +19,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def server():
     """A real `gathering serve` with the debug endpoints, on its own port."""
-    live = LiveServer(GATHERING_DEBUG_ENDPOINTS="true", GATHERING_SHUTDOWN_TIMEOUT="20")
+    live = LiveServer(
+        GATHERING_DEBUG_ENDPOINTS="true",
+        GATHERING_ENV="development",
+        GATHERING_SHUTDOWN_TIMEOUT="20",
+    )
     live.wait_ready()
     yield live.process, live.base
     if live.process.poll() is None:

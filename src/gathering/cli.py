@@ -125,7 +125,7 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     with reported_errors():
-        from gathering.api.security.hosts import ensure_bind_allowed
+        from gathering.config import ensure_bind_allowed
 
         ensure_bind_allowed(settings, host)  # single-user mode (no login) stays on loopback
         settings = settings.model_copy(update={"host": host})  # the Host allow-list follows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -18,12 +19,38 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gathering.errors import ConfigurationError
+from gathering.errors import ConfigurationError, StartupError
 
 ENV_PREFIX = "GATHERING_"
+PRODUCTION_SECRET_KEY_LENGTH = 64
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` (and `*.localhost`) and loopback IP addresses, not for 0.0.0.0."""
+    host = host.strip().lower().strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def ensure_bind_allowed(settings: Settings, host: str) -> None:
+    """Refuse to serve single-user mode (no login) on an address other machines can reach."""
+    if not settings.auth_required and not is_loopback(host):
+        raise StartupError(
+            f"single-user mode has no login, so it only listens on this machine, not on {host}",
+            hint="use --host 127.0.0.1, or set GATHERING_AUTH=required (and SECRET_KEY) "
+            "to serve other machines with accounts",
+        )
 
 
 def _env(name: str, *conventional: str) -> Any:
@@ -92,7 +119,8 @@ class Settings(BaseSettings):
         gt=0,
         le=60,
         validation_alias=_env("ws_auth_grace"),
-        description="Seconds a WebSocket may stay unauthenticated before it is closed (4401).",
+        description="Seconds from accept() a WebSocket may stay unauthenticated; then 4401 "
+        "(an absolute deadline: pings do not extend it).",
     )
     ws_heartbeat: float = Field(
         default=15.0,
@@ -106,6 +134,32 @@ class Settings(BaseSettings):
         validation_alias=_env("ws_queue_size"),
         description="Events buffered per WebSocket client; a client that falls further behind "
         "is closed with code 4429.",
+    )
+    ws_max_per_address: int = Field(
+        default=50,
+        ge=1,
+        validation_alias=_env("ws_max_per_address"),
+        description="Open WebSockets per client address on one instance; more close with 4430.",
+    )
+    ws_max_per_user: int = Field(
+        default=20,
+        ge=1,
+        validation_alias=_env("ws_max_per_user"),
+        description="Open WebSockets per user on one instance (multi-user mode); more close "
+        "with 4430.",
+    )
+    ws_message_rate: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=_env("ws_message_rate"),
+        description="Messages per second a WebSocket client may send, sustained; past the "
+        "burst it gets an error and 4429.",
+    )
+    ws_message_burst: int = Field(
+        default=30,
+        ge=1,
+        validation_alias=_env("ws_message_burst"),
+        description="Messages a WebSocket client may send at once before the rate applies.",
     )
     debug_endpoints: bool = Field(
         default=False,
@@ -287,6 +341,41 @@ class Settings(BaseSettings):
             raise ValueError("must be a rate like `10/minute` or `5 per 15 minutes`")
         return value
 
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Settings:
+        """Single-user mode answers to loopback names only; production refuses unsafe set-ups."""
+        if not self.auth_required:
+            foreign = [host for host in self.allowed_hosts if not is_loopback(host)]
+            if foreign:
+                raise ValueError(
+                    f"GATHERING_ALLOWED_HOSTS: {', '.join(foreign)} refused in single-user mode, "
+                    "which has no login: a web page could drive the API as you through that name "
+                    "(DNS rebinding). List loopback names only, or set GATHERING_AUTH=required"
+                )
+        if self.env == "production":
+            problems = self._production_problems()
+            if problems:
+                raise ValueError(
+                    "GATHERING_ENV=production (the default) refuses: "
+                    + "; ".join(problems)
+                    + ". Fix these, or set GATHERING_ENV=development on a development machine"
+                )
+        return self
+
+    def _production_problems(self) -> list[str]:
+        problems = []
+        if not self.auth_required and not is_loopback(self.host):
+            problems.append(f"single-user mode (no login) bound to {self.host}")
+        key = self.secret_key.get_secret_value() if self.secret_key else None
+        if key is not None and len(key) < PRODUCTION_SECRET_KEY_LENGTH:
+            problems.append(
+                f"a SECRET_KEY shorter than {PRODUCTION_SECRET_KEY_LENGTH} characters "
+                "(`python -c 'import secrets; print(secrets.token_urlsafe(48))'` gives one)"
+            )
+        if self.debug_endpoints:
+            problems.append("GATHERING_DEBUG_ENDPOINTS=true")
+        return problems
+
     @property
     def auth_required(self) -> bool:
         """True in multi-user mode (`GATHERING_AUTH=required`)."""
@@ -358,7 +447,9 @@ class Settings(BaseSettings):
     env: Literal["production", "development"] = Field(
         default="production",
         validation_alias=_env("env"),
-        description="development: the API also accepts the scripted (test) provider.",
+        description="production (the default) refuses to start with single-user mode on a "
+        "non-loopback host, a SECRET_KEY shorter than 64 characters, or debug endpoints; "
+        "development allows them, and the scripted (test) provider through the API.",
     )
     tool_timeout: float = Field(
         default=60.0,

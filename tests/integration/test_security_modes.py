@@ -7,19 +7,15 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi import Depends, WebSocket
+from live_server import free_port
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from gathering.api.app import create_app
 from gathering.api.security import Principal, current_principal, public_route
-from gathering.api.security.hosts import (
-    allowed_hosts,
-    ensure_bind_allowed,
-    host_name,
-    is_loopback,
-)
-from gathering.config import load_settings
-from gathering.errors import StartupError
+from gathering.api.security.hosts import allowed_hosts, host_name
+from gathering.config import ensure_bind_allowed, is_loopback, load_settings
+from gathering.errors import ConfigurationError, StartupError
 
 KEY = "k" * 64
 PASSWORD = "correct horse battery staple"
@@ -124,15 +120,82 @@ async def test_loopback_and_configured_hosts_are_accepted(single, host):
         assert (await ac.get("/health", headers={"Host": host})).status_code == 200
 
 
-async def test_a_star_turns_the_host_check_off(fresh_database_url):
-    application = build(fresh_database_url, allowed_hosts="*")
+async def test_the_refusal_names_the_host_and_how_to_allow_it(single, fresh_database_url):
+    async with client_for(single) as ac:
+        body = (await ac.get("/health", headers={"Host": "evil.example\x1b[2J"})).json()
+    assert (
+        "'evil.example\\x1b[2J'" in body["detail"] and "GATHERING_AUTH=required" in body["detail"]
+    )
+    multi = build(fresh_database_url, auth="required", secret_key=KEY)
+    async with client_for(multi) as ac:
+        body = (await ac.get("/health", headers={"Host": "api.example.com"})).json()
+    assert "'api.example.com'" in body["detail"] and "GATHERING_ALLOWED_HOSTS" in body["detail"]
+
+
+async def test_a_star_turns_the_host_check_off_in_multi_user_mode(fresh_database_url):
+    application = build(fresh_database_url, auth="required", secret_key=KEY, allowed_hosts="*")
     async with client_for(application) as ac:
         response = await ac.get("/health", headers={"Host": "anything.example"})
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize("hosts", ["*", "api.example.com", "localhost,gathering.lan"])
+def test_single_user_mode_refuses_a_star_or_foreign_names_at_start_up(hosts):
+    # A page at evil.example that rebinds to 127.0.0.1 would drive the API as the owner.
+    with pytest.raises(ConfigurationError, match="DNS rebinding") as refused:
+        load_settings(allowed_hosts=hosts)
+    assert "GATHERING_AUTH=required" in refused.value.message
+    assert load_settings(auth="required", secret_key=KEY, allowed_hosts=hosts).allowed_hosts
+    assert load_settings(allowed_hosts="localhost,127.0.0.1,[::1],app.localhost").allowed_hosts
+
+
+async def test_an_in_process_clients_name_is_accepted_but_not_over_a_socket(fresh_database_url):
+    # TestClient and ASGITransport name the server "testserver" / "test"; no browser can do that.
+    # Over a real socket, the same Host is an ordinary foreign name and is refused.
+    import asyncio
+
+    import uvicorn
+
+    application = build(fresh_database_url)
+    async with client_for(application) as ac:
+        assert (await ac.get("/health", headers={"Host": "test"})).status_code == 200
+        assert (await ac.get("/health", headers={"Host": "testserver"})).status_code == 400
+    port = free_port()
+    config = uvicorn.Config(application, host="127.0.0.1", port=port, log_config=None)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/health")).status_code == 200
+            for host in ("test", "testserver", "127.0.0.1.nip.io"):
+                refused = await client.get("/health", headers={"Host": host})
+                assert refused.status_code == 400, host
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def test_production_the_default_refuses_unsafe_set_ups():
+    assert load_settings().env == "production"
+    with pytest.raises(ConfigurationError, match="single-user mode") as refused:
+        load_settings(host="0.0.0.0")
+    assert "bound to 0.0.0.0" in refused.value.message
+    with pytest.raises(ConfigurationError, match="shorter than 64") as refused:
+        load_settings(auth="required", secret_key="k" * 40)
+    assert "k" * 40 not in refused.value.message
+    with pytest.raises(ConfigurationError, match="GATHERING_DEBUG_ENDPOINTS=true"):
+        load_settings(debug_endpoints=True)
+    development = load_settings(env="development", host="0.0.0.0", debug_endpoints=True)
+    assert development.debug_endpoints
+    assert load_settings(auth="required", secret_key=KEY, host="0.0.0.0").auth_required
+
+
 def test_allowed_hosts_include_loopback_and_the_bind_host():
-    hosts = allowed_hosts(load_settings(host="::1", allowed_hosts="api.example.com"))
+    hosts = allowed_hosts(
+        load_settings(host="::1", allowed_hosts="api.example.com", auth="required", secret_key=KEY)
+    )
     assert hosts is not None
     assert {"localhost", "127.0.0.1", "[::1]", "api.example.com"} <= hosts
     assert host_name("[::1]:8000") == "[::1]" and host_name("Example.COM:80") == "example.com"
@@ -217,11 +280,9 @@ def test_websocket_from_a_foreign_origin_is_refused(single_sync):
 
 
 def test_websocket_with_a_foreign_host_is_refused(single_sync):
-    # TestClient joins a relative WebSocket path to ws://testserver, whatever its base_url:
-    # give the foreign host in the URL itself.
     with TestClient(single_sync) as client:
         with pytest.raises(WebSocketDisconnect) as refused:
-            with client.websocket_connect("ws://attacker.example/ws/circles/test"):
+            with client.websocket_connect("/ws/circles/test", headers={"Host": "attacker.example"}):
                 pass
     assert refused.value.code == 1008
 

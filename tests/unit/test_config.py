@@ -22,9 +22,9 @@ def test_conventional_names_are_read(monkeypatch):
 
 def test_prefixed_names_are_read(monkeypatch):
     monkeypatch.setenv("GATHERING_PORT", "9001")
-    monkeypatch.setenv("GATHERING_HOST", "0.0.0.0")
+    monkeypatch.setenv("GATHERING_HOST", "::1")
     settings = load_settings()
-    assert (settings.host, settings.port) == ("0.0.0.0", 9001)
+    assert (settings.host, settings.port) == ("::1", 9001)
 
 
 def test_defaults_bind_loopback(monkeypatch):

@@ -7,6 +7,7 @@ and cross-site requests from a browser (a foreign Origin, or `Sec-Fetch-Site: cr
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -14,34 +15,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 from gathering.api.errors import problem
-from gathering.config import Settings
-from gathering.errors import StartupError
+from gathering.config import Settings, is_loopback
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-
-
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and loopback IP addresses (not for 0.0.0.0 or other names)."""
-    host = host.strip().lower().strip("[]")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def ensure_bind_allowed(settings: Settings, host: str) -> None:
-    """Refuse to serve single-user mode (no login) on an address other machines can reach."""
-    if not settings.auth_required and not is_loopback(host):
-        raise StartupError(
-            f"single-user mode has no login, so it only listens on this machine, not on {host}",
-            hint="use --host 127.0.0.1, or set GATHERING_AUTH=required (and SECRET_KEY) "
-            "to serve other machines with accounts",
-        )
 
 
 def _bracketed(host: str) -> str:
@@ -81,8 +57,8 @@ class HostOriginGuard:
         if not self.settings.auth_required and server and _is_non_loopback_ip(str(server[0])):
             return 403, "loopback_only", "single-user mode only answers on this machine"
         host = headers.get("host", "")
-        if self.hosts is not None and host_name(host) not in self.hosts:
-            return 400, "host_not_allowed", "this server does not answer to that Host name"
+        if self.hosts is not None and not self._host_allowed(host_name(host), server):
+            return 400, "host_not_allowed", _host_refusal(host, self.settings)
         if b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", ""):
             return 400, "invalid_input", "NUL characters are not allowed in a URL"
         origin = headers.get("origin")
@@ -92,6 +68,19 @@ class HostOriginGuard:
         elif headers.get("sec-fetch-site") == "cross-site" and not _is_navigation(scope, headers):
             return 403, "origin_not_allowed", "cross-site requests are refused"
         return None
+
+    def _host_allowed(self, name: str, server: Any) -> bool:
+        """Allowed names, and an in-process call's own server name.
+
+        A request from the network has the socket's address as `server` (an IP, or a unix
+        socket's path); TestClient and httpx's ASGITransport put the URL's name there instead,
+        and no browser can make such a call, so that name is accepted for it.
+        """
+        assert self.hosts is not None
+        if name in self.hosts:
+            return True
+        in_process = server is not None and not _is_ip(str(server[0])) and "/" not in str(server[0])
+        return in_process and name == str(server[0]).lower()
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         normalized = origin.strip().lower()
@@ -115,12 +104,33 @@ class HostOriginGuard:
         await problem(status, code, detail)(scope, receive, send)
 
 
-def _is_non_loopback_ip(host: str) -> bool:
+def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False  # a name (e.g. a test client's "testserver"), or a unix socket
-    return not is_loopback(host)
+        return False
+    return True
+
+
+def _is_non_loopback_ip(host: str) -> bool:
+    # a name is an in-process call (e.g. a test client's "testserver"), or a unix socket
+    return _is_ip(host) and not is_loopback(host)
+
+
+def _host_refusal(host: str, settings: Settings) -> str:
+    """What was refused and how to allow it (the Host is shown escaped and cut short)."""
+    shown = ascii(host[:100])
+    if settings.auth_required:
+        how = (
+            "add it to GATHERING_ALLOWED_HOSTS (comma-separated) if this server should answer to it"
+        )
+    else:
+        how = (
+            "single-user mode answers to loopback names only (localhost, 127.0.0.1, [::1]); "
+            "to serve other names, set GATHERING_AUTH=required and list them in "
+            "GATHERING_ALLOWED_HOSTS"
+        )
+    return f"this server does not answer to the Host {shown}: {how}"
 
 
 def _is_navigation(scope: Scope, headers: Headers) -> bool:
