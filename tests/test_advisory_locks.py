@@ -97,6 +97,32 @@ async def test_singleton_duty_runs_on_one_instance_only(db):
         await second.stop()
 
 
+async def test_a_failing_run_is_counted_reported_and_retried_not_fatal(db):
+    from gathering.observability import DUTY_FAILURES
+
+    attempts = 0
+
+    async def flaky() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 3:
+            raise RuntimeError(f"boom {attempts}\nsecond line")
+
+    counted = DUTY_FAILURES.labels(duty="flaky")._value.get()
+    duty = SingletonDuty(db, LockKey("flaky"), flaky, interval=0.01, retry_max=0.05)
+    await duty.start()
+    try:
+        await _wait_for(lambda: duty.failures == 3)
+        ok, detail = duty.health()
+        assert ok and "3 run(s) failed in a row: RuntimeError: boom 3" in detail
+        assert "second line" not in detail
+        await _wait_for(lambda: duty.runs >= 2)  # it came back and runs again
+        assert duty.health() == (True, "leader") and duty.last_failure is None
+        assert DUTY_FAILURES.labels(duty="flaky")._value.get() - counted == 3
+    finally:
+        await duty.stop()
+
+
 async def test_locks_fail_closed_when_the_database_stops(private_postgres):
     database = Database(url=private_postgres.url, settings=FAST_FAIL, min_size=0, max_size=2)
     await database.connect()

@@ -175,6 +175,9 @@ LLM_COST = Counter(
 )
 JOBS = Counter("gathering_jobs_total", "Background jobs finished", ["task", "outcome"])
 TURNS = Counter("gathering_turns_total", "Agent turns finished", ["outcome"])
+DUTY_FAILURES = Counter(
+    "gathering_duty_failures_total", "Singleton duty runs that raised", ["duty"]
+)
 TOOL_CALLS = Counter("gathering_tool_calls_total", "Tool calls finished", ["tool", "outcome"])
 EVENT_BUS = Gauge("gathering_event_bus", "Event bus counters of this process", ["stat"])
 DB_POOL = Gauge("gathering_db_pool_connections", "Database pool connections", ["state"])

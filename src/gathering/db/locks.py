@@ -20,6 +20,7 @@ import structlog
 
 from gathering.cancellation import cancel_and_wait
 from gathering.errors import GatheringError, LockUnavailableError
+from gathering.observability import DUTY_FAILURES
 
 if TYPE_CHECKING:
     from gathering.db.database import Connection, Database, Transaction
@@ -152,6 +153,9 @@ class SingletonDuty:
 
     Fail closed: before each run the held lock's connection is checked; if that fails the duty
     stops at once, `health()` reports the reason, and acquisition is retried with backoff.
+    A run that raises is logged and counted (`gathering_duty_failures_total`); the lock is let
+    go (another instance may do better) and the duty tries again with backoff, saying so in
+    `health()` until a run succeeds.
     """
 
     def __init__(
@@ -167,6 +171,8 @@ class SingletonDuty:
         self.interval, self.retry_max = interval, retry_max
         self.holding = False
         self.runs = 0
+        self.failures = 0  # consecutive failed runs
+        self.last_failure: str | None = None
         self.problem: str | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -179,10 +185,13 @@ class SingletonDuty:
         self.holding = False
 
     def health(self) -> tuple[bool, str]:
-        """(ok, detail): not ok while the lock cannot be checked."""
+        """(ok, detail): not ok while the lock cannot be checked; failing runs are reported."""
         if self.problem:
             return False, self.problem
-        return True, "leader" if self.holding else "standby"
+        role = "leader" if self.holding else "standby"
+        if self.failures:
+            return True, f"{role}; {self.failures} run(s) failed in a row: {self.last_failure}"
+        return True, role
 
     async def _loop(self) -> None:
         delay = self.interval
@@ -199,6 +208,15 @@ class SingletonDuty:
                 self.problem = exc.message
                 log.warning("singleton duty stopped: lock unavailable", duty=str(self.key))
                 delay = min(self.retry_max, max(self.interval, delay * 2))
+            except Exception as exc:  # one failing run must not end the duty for good
+                self.holding = False
+                self.failures += 1
+                self.last_failure = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:300]
+                DUTY_FAILURES.labels(duty=self.key.namespace).inc()
+                log.exception(
+                    "singleton duty run failed", duty=str(self.key), failures=self.failures
+                )
+                delay = min(self.retry_max, max(self.interval, delay * 2))
             await asyncio.sleep(delay)
 
     async def _lead(self, conn: Connection) -> None:
@@ -212,4 +230,5 @@ class SingletonDuty:
             self.holding = True
             await self.work()
             self.runs += 1
+            self.failures, self.last_failure = 0, None
             await asyncio.sleep(self.interval)
