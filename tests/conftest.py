@@ -88,6 +88,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
+def _app_database_connection() -> Iterator[psycopg.Connection]:
+    with psycopg.connect(os.environ["GATHERING_DATABASE_URL"], autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(autouse=True)
+def _no_agents_left_behind(_app_database_connection: psycopg.Connection) -> Iterator[None]:
+    """Each test starts with no agents in the shared app database (where `Agent(...)` saves by
+    default): a new `Agent(name=...)` refuses to take over a namesake defined differently, and
+    the seed's examples reuse names such as "Test" with other providers."""
+    yield
+    try:
+        _app_database_connection.execute("DELETE FROM agent.agents")
+    except psycopg.errors.UndefinedTable:
+        pass  # nothing has migrated the app database yet
+
+
+@pytest.fixture(scope="session")
 def test_server_url() -> str:
     """The server on which this session's test databases live."""
     return TEST_SERVER_URL

@@ -84,6 +84,32 @@ def test_second_signal_during_drain_stops_at_once(server):
     assert results and results[0] != 200  # cut off rather than waited for 15 s
 
 
+def test_reload_keeps_the_bind_host_and_drains(tmp_path):
+    # `serve --reload` builds the app in a child process from the environment: it must still
+    # accept its bind host as Host, and drain in-flight requests on SIGTERM like `serve`.
+    live = LiveServer(
+        "--reload",
+        "--host",
+        "127.0.0.2",
+        cwd=str(tmp_path),  # what it watches for changes
+        GATHERING_DEBUG_ENDPOINTS="true",
+        GATHERING_ENV="development",
+        GATHERING_SHUTDOWN_TIMEOUT="20",
+    )
+    live.base = f"http://127.0.0.2:{live.port}"
+    try:
+        live.wait_ready()  # its Host is 127.0.0.2:port, the bind host
+        results, threads = _slow_requests(live.base, count=2, seconds=3)
+        time.sleep(1.0)
+        live.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=30)
+        assert results == [200, 200], live.output()
+        assert live.process.wait(timeout=25) == 0
+    finally:
+        live.stop()
+
+
 class _Recorder(Component):
     def __init__(
         self, name: str, log: list[str], *, fail_start: bool = False, hang_stop: bool = False

@@ -11,17 +11,18 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gathering import __version__
 from gathering.agents import Agent, AgentRecord, PostgresAgentStore, ToolStarted, TurnResult
-from gathering.config import Settings, get_settings
+from gathering.config import Settings, get_settings, redact_credentials
 from gathering.db import Database, Migration, MigrationStatus, discover_migrations, redact_url
-from gathering.errors import GatheringError, StartupError
+from gathering.errors import GatheringError, InvalidInputError, StartupError
 from gathering.llm import TextDelta, default_provider_name
 from gathering.observability import configure_logging
 
@@ -41,10 +42,13 @@ err_console = Console(stderr=True)
 
 
 def fail(error: GatheringError) -> NoReturn:
-    """Print `error` as one clear message (and its hint) and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
+    """Print `error` as one clear message (and its hint) and exit non-zero. URL passwords are
+    blanked (the message may quote a setting), and brackets print as written, not as markup."""
+    message = escape(redact_credentials(error.message))
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     if error.hint:
-        err_console.print(f"[dim]hint:[/] {error.hint}", highlight=False, soft_wrap=True)
+        hint = escape(redact_credentials(error.hint))
+        err_console.print(f"[dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -145,18 +149,12 @@ def serve(
     # uvicorn re-raises the exit signal it caught under the handler it found installed:
     # make that handler a clean exit, so a graceful SIGTERM shutdown exits 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    from gathering.api.draining import DrainingServer
+
     if reload:
-        uvicorn.run(
-            "gathering.api.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            reload=True,
-            log_config=None,
-        )
+        _serve_reloading(settings, host, port)
         return
     from gathering.api.app import create_app
-    from gathering.api.draining import DrainingServer
 
     application = create_app(settings=settings)
     config = uvicorn.Config(
@@ -167,6 +165,29 @@ def serve(
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
     )
     DrainingServer(config, application.state.gathering.drain, settings.shutdown_timeout).run()
+
+
+def _serve_reloading(settings: Settings, host: str, port: int) -> None:
+    """`serve --reload`: uvicorn rebuilds the app in a subprocess on every change. The child
+    reads its settings from the environment, so the bind host and port go there (the Host
+    allow-list includes the bind host), and its server drains on the signal like `serve`."""
+    import uvicorn
+    from uvicorn.supervisors import ChangeReload
+
+    from gathering.api.draining import DrainingServer
+
+    os.environ["GATHERING_HOST"], os.environ["GATHERING_PORT"] = host, str(port)
+    config = uvicorn.Config(
+        "gathering.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        reload=True,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+    )
+    server = DrainingServer(config, None, settings.shutdown_timeout)
+    ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
 
 
 @db_app.command("migrate")
@@ -249,6 +270,8 @@ PasswordOption = Annotated[
 GenerateOption = Annotated[
     bool, typer.Option("--generate-password", help="Generate a password and print it once")
 ]
+RoleChoice = Literal["admin", "member", "viewer"]  # gathering.auth.users.Role, imported lazily
+RoleOption = Annotated[RoleChoice, typer.Option(help="admin, member, or viewer (read-only)")]
 
 
 @users_app.command("create")
@@ -256,16 +279,18 @@ def users_create(
     email: Annotated[str, typer.Argument(help="The account's email address")],
     password: PasswordOption = None,
     generate: GenerateOption = False,
-    is_admin: Annotated[bool, typer.Option("--admin", help="Make an administrator")] = False,
+    is_admin: Annotated[bool, typer.Option("--admin", help="Short for --role admin")] = False,
+    role: RoleOption = "member",
 ) -> None:
     """Create an account."""
     from gathering.auth import admin
 
     settings = settings_or_exit()
     secret, generated = _new_password(password, generate)
-    user = run_async(lambda: admin.create_user(settings, email, secret, is_admin=is_admin))
-    role = "administrator" if user.is_admin else "user"
-    console.print(f"created {role} [bold]{user.email}[/] (id {user.id})")
+    chosen = "admin" if is_admin else role
+    user = run_async(lambda: admin.create_user(settings, email, secret, role=chosen))
+    kind = "administrator" if user.role == "admin" else user.role
+    console.print(f"created {kind} [bold]{user.email}[/] (id {user.id})")
     if generated:
         console.print(f"password: [bold]{secret}[/]  (shown only now)", highlight=False)
 
@@ -284,7 +309,7 @@ def users_list() -> None:
         table.add_row(
             str(user.id),
             user.email,
-            "admin" if user.is_admin else "user",
+            user.role,
             "active" if user.is_active else "[red]disabled[/]",
             f"{user.created_at:%Y-%m-%d %H:%M}",
             f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never",
@@ -294,12 +319,15 @@ def users_list() -> None:
 
 @users_app.command("disable")
 def users_disable(email: Annotated[str, typer.Argument(help="The account's email")]) -> None:
-    """Disable an account and end its sessions."""
+    """Disable an account: its sessions end and its API keys are revoked."""
     from gathering.auth import admin
 
     settings = settings_or_exit()
-    user, ended = run_async(lambda: admin.set_user_active(settings, email, active=False))
-    console.print(f"disabled [bold]{user.email}[/]; {ended} session(s) ended")
+    change = run_async(lambda: admin.set_user_active(settings, email, active=False))
+    console.print(
+        f"disabled [bold]{change.user.email}[/]; {change.sessions_revoked} session(s) ended,"
+        f" {change.api_keys_revoked} API key(s) revoked"
+    )
 
 
 @users_app.command("enable")
@@ -308,8 +336,8 @@ def users_enable(email: Annotated[str, typer.Argument(help="The account's email"
     from gathering.auth import admin
 
     settings = settings_or_exit()
-    user, _ = run_async(lambda: admin.set_user_active(settings, email, active=True))
-    console.print(f"enabled [bold]{user.email}[/]")
+    change = run_async(lambda: admin.set_user_active(settings, email, active=True))
+    console.print(f"enabled [bold]{change.user.email}[/]")
 
 
 @users_app.command("reset-password")
@@ -318,15 +346,31 @@ def users_reset_password(
     password: PasswordOption = None,
     generate: GenerateOption = False,
 ) -> None:
-    """Set a new password; every session of the account ends."""
+    """Set a new password; every session of the account ends, its API keys are revoked."""
     from gathering.auth import admin
 
     settings = settings_or_exit()
     secret, generated = _new_password(password, generate)
-    user, ended = run_async(lambda: admin.reset_password(settings, email, secret))
-    console.print(f"password of [bold]{user.email}[/] changed; {ended} session(s) ended")
+    change = run_async(lambda: admin.reset_password(settings, email, secret))
+    console.print(
+        f"password of [bold]{change.user.email}[/] changed; {change.sessions_revoked}"
+        f" session(s) ended, {change.api_keys_revoked} API key(s) revoked"
+    )
     if generated:
         console.print(f"password: [bold]{secret}[/]  (shown only now)", highlight=False)
+
+
+@users_app.command("role")
+def users_role(
+    email: Annotated[str, typer.Argument(help="The account's email")],
+    role: Annotated[RoleChoice, typer.Argument(help="admin, member, or viewer (read-only)")],
+) -> None:
+    """Change an account's role (admin, member, viewer); it applies to the next request."""
+    from gathering.auth import admin
+
+    settings = settings_or_exit()
+    change = run_async(lambda: admin.set_user_role(settings, email, role))
+    console.print(f"[bold]{change.user.email}[/] is now {change.user.role}")
 
 
 agents_app = typer.Typer(help="Agents: list, create, delete.", no_args_is_help=True)
@@ -341,26 +385,58 @@ async def _agent_store(settings: Settings) -> AsyncIterator[PostgresAgentStore]:
         yield PostgresAgentStore(db)
 
 
+OwnerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--owner",
+        help="Email of the agent's owner; multi-user mode needs it to name or create an agent",
+    ),
+]
+
+
+async def _owner_id(
+    settings: Settings, store: PostgresAgentStore, owner: str | None, ref: str | None
+) -> int | None:
+    """The owner to act for (None: any owner). In multi-user mode names are per owner, so an
+    agent named (not numbered) or created without `--owner` is refused, never guessed."""
+    from gathering.auth.users import UserStore
+
+    if owner is not None:
+        return (await UserStore(store.db).require_by_email(owner)).id
+    if not settings.auth_required or (ref is not None and ref.isdigit()):
+        return None
+    what = f"agent {ref!r}" if ref is not None else "a new agent"
+    raise InvalidInputError(
+        f"multi-user mode: whose {what}? Agent names are per owner",
+        hint="add --owner EMAIL (`gathering users list` shows them), or give the agent's id",
+    )
+
+
 @agents_app.command("list")
-def agents_list() -> None:
-    """List agents."""
+def agents_list(owner: OwnerOption = None) -> None:
+    """List agents (every owner's, or one owner's with --owner)."""
     settings = settings_or_exit()
 
-    async def work() -> list[AgentRecord]:
-        async with _agent_store(settings) as store:
-            return await store.list_agents()
+    async def work() -> tuple[list[AgentRecord], dict[int, str]]:
+        from gathering.auth.users import UserStore
 
-    records = run_async(work)
+        async with _agent_store(settings) as store:
+            owner_id = await _owner_id(settings, store, owner, "") if owner else None
+            users = await UserStore(store.db).list_users()
+            return await store.list_agents(owner_id=owner_id), {u.id: u.email for u in users}
+
+    records, emails = run_async(work)
     table = Table(title=f"{len(records)} agent(s)")
-    for column in ("id", "name", "provider", "model", "role"):
+    for column in ("id", "name", "provider", "model", "role", "owner"):
         table.add_column(column)
     for record in records:
         table.add_row(
             str(record.id),
-            record.name,
+            escape(record.name),
             record.provider,
             record.model,
-            str(record.persona.get("role", "")),
+            escape(str(record.persona.get("role", ""))),
+            escape(emails.get(record.owner_id or 0, "")) if settings.auth_required else "you",
         )
     console.print(table)
 
@@ -373,6 +449,7 @@ def agents_create(
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model [default: the provider's]")] = None,
     role: Annotated[str, typer.Option(help="Persona role, e.g. 'code reviewer'")] = "",
+    owner: OwnerOption = None,
 ) -> None:
     """Create an agent."""
     settings = settings_or_exit()
@@ -380,6 +457,7 @@ def agents_create(
     async def work() -> AgentRecord:
         agent = Agent(name, provider or default_provider_name(), model, persona={"role": role})
         async with _agent_store(settings) as store:
+            agent.owner_id = await _owner_id(settings, store, owner, None)
             return await store.create_agent(agent.record())
 
     record = run_async(work)
@@ -392,6 +470,7 @@ def agents_create(
 def agents_delete(
     agent: Annotated[str, typer.Argument(help="Agent id or name")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    owner: OwnerOption = None,
 ) -> None:
     """Delete an agent with its sessions and messages."""
     settings = settings_or_exit()
@@ -400,7 +479,8 @@ def agents_delete(
 
     async def work() -> AgentRecord:
         async with _agent_store(settings) as store:
-            record = await store.load_agent(agent)
+            owner_id = await _owner_id(settings, store, owner, agent)
+            record = await store.load_agent(agent, owner_id=owner_id)
             assert record.id is not None
             await store.delete_agent(record.id)
             return record
@@ -413,13 +493,15 @@ def agents_delete(
 def chat(
     agent: Annotated[str, typer.Argument(help="Agent id or name")],
     new_session: Annotated[bool, typer.Option(help="Start a fresh conversation")] = False,
+    owner: OwnerOption = None,
 ) -> None:
     """Talk with an agent; replies stream as they are written. Ctrl-D or /exit quits."""
     settings = settings_or_exit()
 
     async def work() -> None:
         async with _agent_store(settings) as store:
-            talker = await Agent.load(agent, store=store)
+            owner_id = await _owner_id(settings, store, owner, agent)
+            talker = await Agent.load(agent, store=store, owner_id=owner_id)
             if new_session:
                 await talker.new_session()
             console.print(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import limits
 import platformdirs
@@ -26,6 +27,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from gathering.errors import ConfigurationError, StartupError
 
 ENV_PREFIX = "GATHERING_"
+METRICS_TOKEN_MIN_LENGTH = 32
 PRODUCTION_SECRET_KEY_LENGTH = 64
 
 
@@ -89,6 +91,13 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=20, ge=1, validation_alias=_env("db_pool_max_size"))
     db_connect_timeout: float = Field(
         default=10.0, gt=0, validation_alias=_env("db_connect_timeout")
+    )
+    db_statement_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        validation_alias=_env("db_statement_timeout"),
+        description="Seconds one statement on a pooled connection may run before PostgreSQL "
+        "cancels it (503 database_busy); 0 turns it off. Lock waits and migrations are exempt.",
     )
     auto_migrate: bool = Field(default=True, validation_alias=_env("auto_migrate"))
 
@@ -246,6 +255,18 @@ class Settings(BaseSettings):
         default="600/minute", validation_alias=_env("rate_limit_relaxed")
     )
     rate_limit_bulk: str = Field(default="20/minute", validation_alias=_env("rate_limit_bulk"))
+    rate_limit_chat: str = Field(
+        default="30/minute",
+        validation_alias=_env("rate_limit_chat"),
+        description="Chat turns per user and route (each may call a paid model).",
+    )
+    chat_max_concurrent_per_user: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        validation_alias=_env("chat_max_concurrent_per_user"),
+        description="Chat turns one user may have running at once on one instance (429 past it).",
+    )
     login_attempts_per_account: str = Field(
         default="5/15 minutes", validation_alias=_env("login_attempts_per_account")
     )
@@ -254,6 +275,37 @@ class Settings(BaseSettings):
     )
     revocation_cache_size: int = Field(
         default=10_000, ge=1, validation_alias=_env("revocation_cache_size")
+    )
+    audit_retention_days: int = Field(
+        default=365,
+        ge=1,
+        le=36_500,
+        validation_alias=_env("audit_retention_days"),
+        description="Audit log entries older than this many days are pruned (by one instance).",
+    )
+    auth_throttle_fail: Literal["closed", "open"] = Field(
+        default="closed",
+        validation_alias=_env("auth_throttle_fail"),
+        description="When the rate-limit storage cannot be reached, login answers 503 (closed) "
+        "or runs without counting failed attempts (open). The API tiers always stay open.",
+    )
+    docs_access: Literal["authenticated", "public"] = Field(
+        default="authenticated",
+        validation_alias=_env("docs_access"),
+        description="Who may read /docs, /redoc and /openapi.json: any caller with credentials "
+        "(in single-user mode, every local caller) or anyone.",
+    )
+    metrics_access: Literal["admin", "public"] = Field(
+        default="admin",
+        validation_alias=_env("metrics_access"),
+        description="Who may read /metrics: admins and holders of GATHERING_METRICS_TOKEN (in "
+        "single-user mode, every local caller), or anyone.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("metrics_token"),
+        description="A bearer token a Prometheus scraper sends to read /metrics "
+        "(`Authorization: Bearer <token>`), at least 32 characters.",
     )
 
     @field_validator("secret_key")
@@ -272,6 +324,18 @@ class Settings(BaseSettings):
                 "(every instance must sign tokens with the same key)"
             )
         return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().strip()) < METRICS_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {METRICS_TOKEN_MIN_LENGTH} characters; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("refresh_token_ttl")
     @classmethod
@@ -319,15 +383,32 @@ class Settings(BaseSettings):
     @classmethod
     def _check_rate_limit_storage(cls, value: str) -> str:
         value = value.strip().removeprefix("async+")
-        if value.rstrip("/") == "memory:" or value.startswith(("redis://", "rediss://")):
+        if value.rstrip("/") == "memory:":
             return value
-        raise ValueError("must be memory:// or a redis:// (rediss://) URL")
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be memory:// or a redis:// (rediss://) URL")
+        # The messages never quote the URL: it may carry a password.
+        try:
+            parts = urlsplit(value)
+            host, _ = parts.hostname, parts.port  # a port that is not a number raises
+        except ValueError:
+            raise ValueError(
+                "is not a valid redis:// URL (is the port a number?); write it like "
+                "redis://host:6379/0"
+            ) from None
+        if not host:
+            raise ValueError("names no host; write it like redis://host:6379/0")
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError("its path must be a database number, as in redis://host:6379/0")
+        return value
 
     @field_validator(
         "rate_limit_strict",
         "rate_limit_standard",
         "rate_limit_relaxed",
         "rate_limit_bulk",
+        "rate_limit_chat",
         "login_attempts_per_account",
         "login_attempts_per_ip",
     )
@@ -519,6 +600,65 @@ def _env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+# --- passwords in messages ---------------------------------------------------------------------
+
+REDACTED = "REDACTED"
+# The settings that hold URLs; a URL's userinfo (`user:password@`) may carry a password.
+URL_SETTINGS = (
+    "database_url",
+    "test_database_url",
+    "rate_limit_storage",
+    "otel_endpoint",
+    "openai_base_url",
+    "ollama_host",
+)
+# `scheme://user:password@` in any text. The password runs to the last "@" before a "/", "?",
+# "#", a quote or whitespace (RFC 3986 allows none of them unencoded in the userinfo).
+_URL_PASSWORD = re.compile(
+    r"(?P<lead>\b[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#\s'\"]*:)(?P<password>[^/?#\s'\"]+)@"
+)
+# `password=...` in a libpq key/value conninfo (`host=db password='s3 cret' dbname=app`).
+_CONNINFO_PASSWORD = re.compile(r"(?P<lead>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s'&]+)")
+
+
+def _passwords_in(value: str) -> set[str]:
+    """The passwords a URL or conninfo `value` carries, as written and percent-decoded; read
+    loosely, so that a value too malformed to parse still gives its secret away to redaction."""
+    found: set[str] = set()
+    _, separator, rest = value.partition("://")
+    if separator and "@" in rest:
+        userinfo = rest.rpartition("@")[0]
+        found.add(userinfo.partition(":")[2])
+    for match in _CONNINFO_PASSWORD.finditer(value):
+        found.add(match["value"].strip("'"))
+    try:
+        found.add(str(conninfo_to_dict(value).get("password") or ""))
+    except psycopg.Error:
+        pass
+    decoded = found | {unquote(secret) for secret in found}
+    return {text for secret in decoded for text in (secret, repr(secret)[1:-1]) if text}
+
+
+def redact_credentials(text: str, *sources: str | None) -> str:
+    """`text` with passwords blanked: the password of every URL in it
+    (`postgresql://user:REDACTED@host/db`), `password=` in a conninfo, and every password that
+    one of `sources` (the URL settings the text may quote) carries, wherever it appears."""
+    for source in sources:
+        if source:
+            for secret in sorted(_passwords_in(source), key=len, reverse=True):
+                text = text.replace(secret, REDACTED)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m['lead']}{REDACTED}@", text)
+    if "password" in text:
+        text = _CONNINFO_PASSWORD.sub(lambda m: f"{m['lead']}{REDACTED}", text)
+    return text
+
+
+def url_setting_values(settings: Settings) -> list[str]:
+    """The values of the URL settings of `settings` (the sources for `redact_credentials`)."""
+    return [str(value) for name in URL_SETTINGS if (value := getattr(settings, name, None))]
+
+
 def describe_validation_error(error: ValidationError) -> list[str]:
     """One readable line per invalid setting, naming the environment variable to fix."""
     lines = []
@@ -531,7 +671,8 @@ def describe_validation_error(error: ValidationError) -> list[str]:
         info = Settings.model_fields.get(field.lower())
         secret = info is not None and "SecretStr" in str(info.annotation)
         shown = "" if isinstance(given, dict) or given is None or secret else f" (got {given!r})"
-        lines.append(f"{_env_name(field)}: {message}{shown}")
+        source = given if isinstance(given, str) else None
+        lines.append(redact_credentials(f"{_env_name(field)}: {message}{shown}", source))
     return lines
 
 

@@ -30,7 +30,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from gathering.config import Settings
+from gathering.config import Settings, redact_credentials, url_setting_values
 from gathering.db import Database, MigrationStatus, redact_url
 from gathering.errors import GatheringError
 from gathering.llm.local import DEFAULT_MODEL, LocalProvider
@@ -208,8 +208,9 @@ def check_database(settings: Settings) -> list[CheckResult]:
             fix = exc.hint or f"see {settings.embedded_pgdata / 'log'}"
         else:
             fix = exc.hint or "check that the server is running and DATABASE_URL is right"
+        message = redact_credentials(exc.message, *url_setting_values(settings))
         return [
-            CheckResult("database", "missing", exc.message, fix=fix, blocking=True),
+            CheckResult("database", "missing", message, fix=fix, blocking=True),
             CheckResult(
                 "pgvector", "warn", "not checked: no database", fix="fix the database first"
             ),
@@ -378,10 +379,11 @@ def check_redis(settings: Settings) -> CheckResult | None:
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:
+        reason = redact_credentials(str(exc), url)
         return CheckResult(
             "redis",
             "warn",
-            f"{shown} does not answer ({exc}): rate limits cannot be counted",
+            f"{shown} does not answer ({reason}): rate limits cannot be counted",
             fix=f"start Redis at {shown}, or unset GATHERING_RATE_LIMIT_STORAGE to count in memory",
         )
     finally:
@@ -476,6 +478,7 @@ def run_check(check: Check, settings: Settings) -> list[CheckResult]:
         outcome = check.run(settings)
     except Exception as exc:
         text = " ".join(str(exc).split()) or "no message"
+        text = redact_credentials(text, *url_setting_values(settings))
         return [
             CheckResult(
                 check.name,

@@ -165,11 +165,16 @@ class PathTraversalError(InvalidInputError):
 
 
 class LLMError(GatheringError):
-    """A language-model provider call failed."""
+    """A language-model provider call failed.
+
+    `message` may name internal endpoints (an Ollama host, a `base_url`) or quote the
+    provider's answer: it is for logs. Clients get `public_message`, fixed per class.
+    """
 
     code = "llm_error"
     http_status = 502
     retryable: bool = False
+    public_message: str | None = "the model provider failed"
 
 
 class UnknownProviderError(LLMError, InvalidInputError):
@@ -177,6 +182,7 @@ class UnknownProviderError(LLMError, InvalidInputError):
 
     code = "unknown_provider"
     http_status = 422
+    public_message = None  # the message only quotes the caller's input: it is shown as it is
 
 
 class ProviderNotConfiguredError(LLMError):
@@ -184,12 +190,14 @@ class ProviderNotConfiguredError(LLMError):
 
     code = "provider_not_configured"
     http_status = 503
+    public_message = "the model provider is not configured on this server"
 
 
 class ProviderAuthenticationError(LLMError):
     """The provider rejected the credentials."""
 
     code = "provider_authentication_failed"
+    public_message = "the model provider refused this server's credentials"
 
 
 class ProviderRateLimitError(LLMError, _RetryAfter):
@@ -198,6 +206,7 @@ class ProviderRateLimitError(LLMError, _RetryAfter):
     code = "provider_rate_limited"
     http_status = 503
     retryable = True
+    public_message = "the model provider asked us to slow down"
 
 
 class ProviderBusyError(LLMError, _RetryAfter):
@@ -205,6 +214,7 @@ class ProviderBusyError(LLMError, _RetryAfter):
 
     code = "provider_busy"
     http_status = 503
+    public_message = "the model is busy with other calls"
 
 
 class ContextTooLongError(LLMError):
@@ -212,6 +222,7 @@ class ContextTooLongError(LLMError):
 
     code = "context_too_long"
     http_status = 422
+    public_message = "the conversation does not fit in the model's context window"
 
 
 class ProviderTimeoutError(LLMError):
@@ -220,6 +231,7 @@ class ProviderTimeoutError(LLMError):
     code = "provider_timeout"
     http_status = 504
     retryable = True
+    public_message = "the model provider did not answer in time"
 
 
 class ProviderUnavailableError(LLMError):
@@ -228,6 +240,7 @@ class ProviderUnavailableError(LLMError):
     code = "provider_unavailable"
     http_status = 503
     retryable = True
+    public_message = "the model provider could not be reached or failed"
 
 
 # --- conversations ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Logs (structlog: JSON lines, or a readable renderer in a terminal), metrics and traces.
 
 Credentials passed in a query string (`/ws?access_token=...`) are blanked in logs and spans:
-`redact_query` blanks their values wherever a URL is written.
+`redact_query` blanks their values wherever a URL is written. Log lines also lose the password
+of any URL they quote (`gathering.config.redact_credentials`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from gathering.config import Settings
+from gathering.config import Settings, redact_credentials
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -41,7 +42,7 @@ REDACTED = "REDACTED"
 # count too (csrf_token, client_secret, x_amz_signature, ...).
 SENSITIVE_QUERY_PARAMS = frozenset(
     {
-        "access_token", "refresh_token", "id_token", "token", "jwt",
+        "access_token", "refresh_token", "id_token", "token", "jwt", "ticket",
         "api_key", "apikey", "key", "access_key", "secret_key", "private_key",
         "password", "passwd", "pwd", "secret", "client_secret",
         "code", "signature", "sig", "auth", "authorization", "credential", "credentials",
@@ -77,11 +78,16 @@ def redact_query(text: str) -> str:
     return _QUERY_PAIR.sub(_redact_pair, text)
 
 
+def redact_log_text(text: str) -> str:
+    """`text` without query-string credentials and without URL passwords."""
+    return redact_credentials(redact_query(text))
+
+
 def _redact_log_arg(arg: object) -> object:
     if arg is None or isinstance(arg, int | float):
         return arg
     text = arg if isinstance(arg, str) else str(arg)  # an httpx.URL, for instance
-    redacted = redact_query(text)
+    redacted = redact_log_text(text)
     return arg if redacted == text else redacted
 
 
@@ -91,7 +97,7 @@ class RedactQueryFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record (never drops it)."""
         if isinstance(record.msg, str):
-            record.msg = redact_query(record.msg)
+            record.msg = redact_log_text(record.msg)
         if isinstance(record.args, tuple):
             record.args = tuple(_redact_log_arg(arg) for arg in record.args)
         elif isinstance(record.args, Mapping):
@@ -109,10 +115,11 @@ URL_LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn.asgi", "httpx", "http
 def redact_event(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: blank query-string credentials in every string value of the event."""
+    """structlog processor: blank query-string credentials and URL passwords in every string
+    value of the event."""
     for key, value in event_dict.items():
         if isinstance(value, str):
-            event_dict[key] = redact_query(value)
+            event_dict[key] = redact_log_text(value)
     return event_dict
 
 

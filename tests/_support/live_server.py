@@ -32,14 +32,15 @@ def environment(**overrides: str | None) -> dict[str, str]:
 
 
 class LiveServer:
-    """`gathering serve --port P` in a subprocess; its output goes to a temporary file."""
+    """`gathering serve --port P [args]` in a subprocess; its output goes to a temporary file."""
 
-    def __init__(self, **env: str | None) -> None:
+    def __init__(self, *args: str, cwd: str | None = None, **env: str | None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self._output = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gathering", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "gathering", "serve", "--port", str(self.port), *args],
+            cwd=cwd,
             env=environment(**env),
             stdout=self._output,
             stderr=subprocess.STDOUT,

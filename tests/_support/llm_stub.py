@@ -15,6 +15,9 @@ and no key.
 
 Every request is logged in `requests` as ``(path, body)``; `reset()` clears the log and the
 context limit.
+
+`hold(text)` keeps the answer to a last user message ``text`` until the returned `Hold` is
+released (its `arrived` is set when such a request came in), so a test can keep a turn running.
 """
 
 from __future__ import annotations
@@ -226,6 +229,17 @@ def openai_problem(messages: list[dict[str, Any]]) -> tuple[str, str] | None:
 # --- answering ----------------------------------------------------------------------------
 
 
+class Hold:
+    """A held answer: `arrived` is set when the request came; `release()` lets it answer."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _StubHTTPServer
@@ -238,6 +252,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         stub = self.server.stub
         stub.requests.append((self.path, body))
+        hold = stub.holds.get(_last_user_text(body.get("messages") or []))
+        if hold is not None:
+            hold.arrived.set()
+            hold.released.wait(60)
         text = reply_text(body)
         words = [w + " " for w in text.split(" ")]
         words[-1] = words[-1].rstrip()
@@ -564,6 +582,7 @@ class LLMStubServer:
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.context_limit_chars: int | None = None
+        self.holds: dict[str, Hold] = {}
         self._server = _StubHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.stub = self
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -574,9 +593,17 @@ class LLMStubServer:
         return f"http://{host}:{port}"
 
     def reset(self) -> None:
-        """Forget the logged requests and lift the context limit."""
+        """Forget the logged requests, lift the context limit and release every hold."""
         self.requests.clear()
         self.context_limit_chars = None
+        for hold in self.holds.values():
+            hold.release()
+        self.holds.clear()
+
+    def hold(self, text: str) -> Hold:
+        """Keep the answer to a last user message `text` until the hold is released."""
+        self.holds[text] = hold = Hold()
+        return hold
 
     def start(self) -> LLMStubServer:
         self._thread.start()

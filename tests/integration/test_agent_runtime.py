@@ -18,7 +18,7 @@ from gathering.agents import (
     TurnResult,
     as_completion,
 )
-from gathering.errors import InvalidInputError, NotFoundError
+from gathering.errors import ConflictError, InvalidInputError, NotFoundError
 from gathering.llm import Completion, ScriptedProvider, TextDelta, ToolSpec, tool_call
 from gathering.tools.function import FunctionTool
 
@@ -377,3 +377,32 @@ async def test_a_conversation_with_tool_calls_goes_on_without_the_tools(
     again = await Agent.load(agent.id, store=store)
     reply = await again.run("and now?")
     assert reply.text == "Echo: and now?"
+
+
+@pytest.mark.parametrize("stored_in", ["postgres", "memory"])
+async def test_a_new_agent_object_never_overwrites_a_stored_namesake(db, stored_in):
+    store = PostgresAgentStore(db) if stored_in == "postgres" else InMemoryAgentStore()
+    first = Agent(
+        "Ada",
+        "scripted",
+        "m1",
+        persona={"role": "reviewer"},
+        store=store,
+        llm=ScriptedProvider(["first reply"]),
+    )
+    await first.process_message("hello")
+    # The same definition takes over the stored agent (a script run twice continues it).
+    again = Agent("ada", "scripted", "m1", persona={"role": "reviewer"}, store=store)
+    await again.save()
+    assert again.id == first.id
+    # Another definition under the same name is refused, with the way out.
+    other = Agent("Ada", "scripted", "m2", store=store)
+    with pytest.raises(ConflictError, match="defined differently") as refused:
+        await other.save()
+    assert "Agent.load('Ada')" in (refused.value.hint or "")
+    stored = await store.load_agent(first.id or 0)
+    assert (stored.model, stored.persona["role"]) == ("m1", "reviewer")
+    loaded = await Agent.load("Ada", store=store)
+    loaded.model = "m2"  # the explicit way to change it
+    await loaded.save()
+    assert (await store.load_agent(first.id or 0)).model == "m2"

@@ -105,3 +105,12 @@ async def test_create_agent(client):
     )
     assert response.status_code == 201
     assert response.json()["name"] == "NewAgent"
+
+
+def test_operation_ids_are_stable_tag_function_names():
+    # A generated client names its methods after these: they must not drift with the path.
+    spec = create_app().openapi()
+    ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+    assert {"agents-chat", "agents-create_agent", "auth-login", "health-ready"} <= set(ids)
+    assert all(op_id.count("-") == 1 and "/" not in op_id for op_id in ids)

@@ -297,7 +297,7 @@ async def test_a_failed_turn_is_stored_and_leaves_the_window(store, db):
     rows = await stored_rows(db, agent.id)
     assert [(r["role"], r["content"]) for r in rows if r["turn_id"] == stored[1]["id"]] == [
         ("user", "boom"),
-        ("error", "the model is down"),
+        ("error", "the model provider could not be reached or failed"),  # its text is logged
     ]
     assert sum(r["content"] == "boom" for r in rows) == 1
     assert seen[-1] == ["before", "re: before", "after"]

@@ -10,6 +10,7 @@ from gathering.db import Database, redact_url
 from gathering.db.database import ALIVE_BYPASS_SECONDS
 from gathering.errors import (
     ConflictError,
+    DatabaseBusyError,
     DatabaseError,
     DatabaseUnavailableError,
     InvalidInputError,
@@ -198,3 +199,31 @@ async def test_a_connection_the_server_dropped_is_replaced(db):
         await db.execute("SELECT pg_terminate_backend($1)", pid)
         await asyncio.sleep(ALIVE_BYPASS_SECONDS + 0.1)
         assert await pool.fetch_val("SELECT pg_backend_pid()") != pid
+
+
+async def test_pooled_statements_have_a_timeout_lock_waits_and_migrations_do_not(db):
+    from gathering.config import load_settings
+    from gathering.db.locks import LockKey, session_lock
+
+    settings = load_settings(db_statement_timeout=0.3)
+    slow = Database(url=db.url, settings=settings, min_size=0, max_size=2)
+    async with slow:
+        assert await slow.fetch_val("SHOW statement_timeout") == "300ms"
+        with pytest.raises(DatabaseBusyError, match="GATHERING_DB_STATEMENT_TIMEOUT"):
+            await slow.fetch_val("SELECT pg_sleep(2)")
+        # A lock wait longer than the timeout is not cut, and the session gets its timeout back.
+        key = LockKey("test", "statement-timeout")
+        async with session_lock(db, key):
+
+            async def waiter() -> str:
+                async with session_lock(slow, key, wait=True) as conn:
+                    assert conn is not None
+                    return str(await (await conn.execute("SHOW statement_timeout")).fetchone())
+
+            waiting = asyncio.create_task(waiter())
+            await asyncio.sleep(1.0)
+            assert not waiting.done()
+        assert "300ms" in await asyncio.wait_for(waiting, 10)
+        off = Database(url=db.url, settings=load_settings(db_statement_timeout=0), max_size=1)
+        async with off:
+            assert await off.fetch_val("SHOW statement_timeout") == "0"

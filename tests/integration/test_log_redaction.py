@@ -60,6 +60,10 @@ def _secret(label: str) -> str:
             '- "WebSocket /ws?access_token=S" [accepted]',
             '- "WebSocket /ws?access_token=REDACTED" [accepted]',
         ),
+        (
+            '- "WebSocket /ws?ticket=S" [accepted]',
+            '- "WebSocket /ws?ticket=REDACTED" [accepted]',
+        ),
         ('"GET /h?api_key=S"S&x=1 HTTP/1.1"', '"GET /h?api_key=REDACTED&x=1 HTTP/1.1"'),
         ("URL('http://x?key=S')", "URL('http://x?key=REDACTED')"),
         ("?page=2&sort=name&monkey=3", "?page=2&sort=name&monkey=3"),

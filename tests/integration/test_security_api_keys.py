@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 
@@ -105,6 +106,7 @@ async def test_an_api_key_authenticates_as_its_owner_with_its_scopes(app, client
         "id": user_id,
         "email": me.json()["email"],
         "is_admin": False,
+        "role": "member",
         "auth_method": "api_key",
         "scopes": ["agents:read", "agents:write"],
     }
@@ -278,3 +280,40 @@ async def test_public_routes_can_use_the_caller_when_there_is_one(app, client):
     assert (await client.get("/probe/maybe")).json() == {"user": None}
     forged = {"Authorization": "Bearer forged"}
     assert (await client.get("/probe/maybe", headers=forged)).json() == {"user": None}
+
+
+async def test_a_proxys_basic_credentials_do_not_hide_the_api_key(app, client):
+    _user_id, headers = await account(app, client)
+    created = await new_key(client, headers, ["agents:read"])
+    basic = {"Authorization": "Basic cHJveHk6cGFzcw==", "X-API-Key": created["key"]}
+    me = await client.get("/auth/me", headers=basic)
+    assert me.status_code == 200 and me.json()["auth_method"] == "api_key"
+    assert (
+        await client.get("/auth/me", headers={"Authorization": "Basic eDp5"})
+    ).status_code == 401
+    forged = {"Authorization": "Basic eDp5", "X-API-Key": created["key"] + "x"}
+    assert (await client.get("/auth/me", headers=forged)).status_code == 401
+
+
+async def test_someone_elses_key_answers_without_waiting_for_the_audit_write(app, client):
+    # Waiting for the denial's audit row made "someone else's" slower than "missing": an
+    # existence oracle. With the audit table locked, the 404 must still come; the row follows.
+    _, alice = await account(app, client)
+    _, bob = await account(app, client)
+    bob_key = await new_key(client, bob, ["*"])
+    db = await app.state.gathering.database()
+    async with db.connection() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE auth.audit_log IN EXCLUSIVE MODE")
+        theirs = await asyncio.wait_for(
+            client.delete(f"/auth/api-keys/{bob_key['id']}", headers=alice), timeout=30
+        )
+        assert theirs.status_code == 404
+    query = (
+        "SELECT count(*) FROM auth.audit_log WHERE outcome = 'denied'"
+        " AND details->>'resource_id' = $1"
+    )
+    for _ in range(200):
+        if await db.fetch_val(query, str(bob_key["id"])) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await db.fetch_val(query, str(bob_key["id"])) == 1

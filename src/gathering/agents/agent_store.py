@@ -4,6 +4,7 @@ memory for scratch use)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Mapping
@@ -34,7 +35,7 @@ from gathering.agents.turn_lock import busy, local_turn_lock
 from gathering.db import Database, Row
 from gathering.db.database import OnConnection
 from gathering.db.locks import LockKey, release_lock, wait_for_lock
-from gathering.errors import DatabaseUnavailableError, NotFoundError
+from gathering.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class AgentStore(Protocol):
     """Persistence of agents, sessions and messages."""
 
     async def save_agent(self, record: AgentRecord) -> AgentRecord:
-        """Insert, or update the agent with the same owner and name; return it with its id."""
+        """Insert a new agent and return it with its id; when its owner has one of that name
+        with the same definition, return that one; with another definition, `ConflictError`."""
         ...
 
     async def update_agent(self, record: AgentRecord) -> AgentRecord:
@@ -107,18 +109,37 @@ def _record(row: Row) -> AgentRecord:
     )
 
 
+def _definition(record: AgentRecord) -> tuple[str, str, Any, Any]:
+    """What makes two records the same agent, with persona and config as stored (JSON)."""
+    stored = json.loads(json.dumps([record.persona, record.config], default=str))
+    return record.provider, record.model, stored[0], stored[1]
+
+
+def ensure_same_definition(stored: AgentRecord, new: AgentRecord) -> None:
+    """A new `Agent(...)` takes over a stored agent of its name only when it defines the same
+    agent; otherwise `ConflictError`, so a script never overwrites an agent by accident."""
+    if _definition(stored) != _definition(new):
+        raise ConflictError(
+            f"an agent named {stored.name!r} is stored already, defined differently "
+            f"({stored.provider}/{stored.model}, this one {new.provider}/{new.model})",
+            hint=f"continue it with `await Agent.load({stored.name!r})` (change it there and "
+            f"`await agent.save()`), pick another name, or delete it first "
+            f"(`gathering agents delete {stored.name}`)",
+        )
+
+
 _INSERT_AGENT = (
     "INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)"
     " VALUES ($1, $2, $3, $4, $5, $6)"
     " RETURNING id, name, provider, model, persona, config, owner_id, created_at"
 )
-_UPSERT_AGENT = (
+# Insert, or return (and lock) the stored agent of that owner and name: `inserted` tells which.
+_INSERT_OR_FIND_AGENT = (
     "INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)"
     " VALUES ($1, $2, $3, $4, $5, $6)"
-    " ON CONFLICT (owner_id, lower(name)) DO UPDATE SET provider = EXCLUDED.provider,"
-    " model = EXCLUDED.model, persona = EXCLUDED.persona, config = EXCLUDED.config,"
-    " updated_at = now()"
-    " RETURNING id, name, provider, model, persona, config, owner_id, created_at"
+    " ON CONFLICT (owner_id, lower(name)) DO UPDATE SET name = agent.agents.name"
+    " RETURNING id, name, provider, model, persona, config, owner_id, created_at,"
+    " (xmax = 0) AS inserted"
 )
 
 
@@ -142,7 +163,20 @@ class PostgresAgentStore:
         return _record(row)
 
     async def save_agent(self, record: AgentRecord) -> AgentRecord:
-        return await self._insert_agent(record, _UPSERT_AGENT)
+        row = await self.db.fetch_one(
+            _INSERT_OR_FIND_AGENT,
+            record.name,
+            record.provider,
+            record.model,
+            Jsonb(dict(record.persona)),
+            Jsonb(dict(record.config)),
+            record.owner_id,
+        )
+        assert row is not None
+        stored = _record(row)
+        if not row["inserted"]:
+            ensure_same_definition(stored, record)
+        return stored
 
     async def create_agent(self, record: AgentRecord) -> AgentRecord:
         """Insert a new agent; `ConflictError` when its owner has one of that name."""
@@ -293,7 +327,8 @@ class InMemoryAgentStore:
                 existing.name.lower() == record.name.lower()
                 and existing.owner_id == record.owner_id
             ):
-                saved = replace(record, id=existing.id, created_at=existing.created_at)
+                ensure_same_definition(existing, record)
+                saved = existing
                 break
         else:
             saved = replace(record, id=self._next_id, created_at=datetime.now(UTC))

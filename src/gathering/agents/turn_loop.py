@@ -35,6 +35,7 @@ from gathering.errors import (
     DatabaseError,
     GatheringError,
     InvalidInputError,
+    LLMError,
     NotFoundError,
     ProviderTimeoutError,
     TurnFailedError,
@@ -161,6 +162,9 @@ def failure_body(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, GatheringError):
         if isinstance(exc, DatabaseError):
             return {"code": exc.code, "message": "a database error stopped the turn"}
+        if isinstance(exc, LLMError) and exc.public_message is not None:
+            # The provider's own text may name internal endpoints: that goes to the log only.
+            return {"code": exc.code, "message": exc.public_message}
         return {"code": exc.code, "message": exc.message}
     return {"code": "internal_error", "message": "an unexpected error stopped the turn"}
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from gathering import __version__
 from gathering.api.body_limit import BodyLimitMiddleware
@@ -13,6 +14,7 @@ from gathering.api.errors import install_error_handlers
 from gathering.api.middleware import RequestContextMiddleware
 from gathering.api.routers import (
     agents,
+    api_docs,
     api_keys,
     audit,
     auth,
@@ -20,9 +22,11 @@ from gathering.api.routers import (
     health,
     memories,
     metrics,
+    users,
     ws,
 )
 from gathering.api.security import install_security
+from gathering.api.security.audit_retention import AuditRetentionComponent
 from gathering.api.state import AppState
 from gathering.config import Settings, get_settings
 from gathering.db import Database
@@ -39,6 +43,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.lifecycle.stop()
 
 
+def operation_id(route: APIRoute) -> str:
+    """A stable operation id, `<tag>-<function>` (e.g. `agents-chat`), for generated clients."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
 def create_app(
     testing: bool = False, *, settings: Settings | None = None, database: Database | None = None
 ) -> FastAPI:
@@ -49,6 +58,12 @@ def create_app(
         version=__version__,
         summary="Collaborative multi-agent AI framework and server",
         lifespan=_lifespan,
+        # FastAPI's own documentation routes would bypass the security gate: `api_docs` serves
+        # them behind it instead.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     state = AppState(settings, testing=testing, database=database)
     app.state.gathering = state
@@ -62,16 +77,19 @@ def create_app(
         max_upload_bytes=settings.max_upload_bytes,
     )
     install_security(app, settings)  # before any include_router: routes get its gate
+    state.lifecycle.add(AuditRetentionComponent(app.state.security))
     app.add_middleware(RequestContextMiddleware, drain=state.drain)
     if configure_tracing(settings):
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
         app.add_middleware(OpenTelemetryMiddleware)
     app.include_router(health.router)
+    app.include_router(api_docs.docs_router(settings))
     app.include_router(metrics.router)
     app.include_router(auth.router)
     app.include_router(api_keys.router)
     app.include_router(audit.router)
+    app.include_router(users.router)
     app.include_router(agents.router)
     app.include_router(memories.router)
     app.include_router(ws.router)

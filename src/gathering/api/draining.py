@@ -61,16 +61,32 @@ class DrainState:
 
 
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server whose first exit signal drains the app before shutting down."""
+    """A uvicorn server whose first exit signal drains the app before shutting down.
 
-    def __init__(self, config: uvicorn.Config, drain: DrainState, timeout: float) -> None:
+    `drain` may be None when uvicorn builds the app itself (`serve --reload` runs the server
+    in a subprocess, from an import string): the loaded app's drain state is used then.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: DrainState | None, timeout: float) -> None:
         super().__init__(config)
         self.drain = drain
         self.timeout = timeout
         self._drain_task: asyncio.Task[None] | None = None  # held so it is not collected
 
+    def _app_drain(self) -> DrainState | None:
+        """The drain state of the app uvicorn loaded, under its middleware wrappers."""
+        app = getattr(self.config, "loaded_app", None)
+        while app is not None:
+            drain = getattr(getattr(getattr(app, "state", None), "gathering", None), "drain", None)
+            if isinstance(drain, DrainState):
+                return drain
+            app = getattr(app, "app", None)
+        return None
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.started:
+        if self.drain is None:
+            self.drain = self._app_drain()
+        if not self.started or self.drain is None:
             super().handle_exit(sig, frame)
             return
         if self.drain.draining:  # a second signal: stop now, cutting requests off
@@ -87,6 +103,7 @@ class DrainingServer(uvicorn.Server):
         self._drain_task = asyncio.ensure_future(self._drain_then_exit(sig))
 
     async def _drain_then_exit(self, sig: int) -> None:
+        assert self.drain is not None
         started = time.monotonic()
         finished = await self.drain.wait_idle(self.timeout)
         if not finished:

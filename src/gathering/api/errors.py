@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gathering.errors import DatabaseError, GatheringError, MigrationError
+from gathering.errors import DatabaseError, GatheringError, LLMError, MigrationError
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +47,27 @@ _PUBLIC_DATABASE_ERRORS = {
 }
 
 
+# Of a model provider's failure, a client gets the class's fixed `public_message`, our hint
+# (what to do) and only these details; the provider's text is logged.
+_PUBLIC_LLM_DETAILS = ("provider", "status", "retry_after")
+
+
+def _public_llm_error(exc: LLMError, public_message: str) -> dict[str, Any]:
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    log.warning("model provider error", error=exc.code, message=exc.message, hint=exc.hint)
+    where = f" under request id {request_id}" if request_id else ""
+    body: dict[str, Any] = {
+        "code": exc.code,
+        "message": f"{public_message}; the server log has the details{where}",
+    }
+    if exc.hint:
+        body["hint"] = exc.hint
+    details = {key: exc.details[key] for key in _PUBLIC_LLM_DETAILS if key in exc.details}
+    if details:
+        body["details"] = details
+    return body
+
+
 def public_error(exc: GatheringError) -> dict[str, Any]:
     """What a client may see of `exc`: code, message, hint and details."""
     if isinstance(exc, DatabaseError) and not isinstance(exc, MigrationError):
@@ -55,6 +76,8 @@ def public_error(exc: GatheringError) -> dict[str, Any]:
             exc.http_status, "a database error occurred; it has been logged"
         )
         return {"code": exc.code, "message": message}
+    if isinstance(exc, LLMError) and exc.public_message is not None:
+        return _public_llm_error(exc, exc.public_message)
     return exc.to_dict()
 
 

@@ -142,8 +142,20 @@ class ApiKeyStore:
         row = await self.db.fetch_one("SELECT * FROM auth.api_keys WHERE id = $1", key_id)
         return ApiKey.from_row(row) if row else None
 
-    async def revoke(self, key_id: int) -> None:
-        await self.db.execute(
-            "UPDATE auth.api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1",
+    async def revoke(self, key_id: int) -> bool:
+        """Revoke a key; False when it was revoked already (or does not exist)."""
+        row = await self.db.execute(
+            "UPDATE auth.api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
+            " RETURNING id",
             key_id,
         )
+        return row is not None
+
+    async def revoke_user_keys(self, user_id: int) -> int:
+        """Revoke every live key of `user_id` (disable, password reset); return how many."""
+        count = await self.db.fetch_val(
+            "WITH gone AS (UPDATE auth.api_keys SET revoked_at = now()"
+            " WHERE user_id = $1 AND revoked_at IS NULL RETURNING 1) SELECT count(*) FROM gone",
+            user_id,
+        )
+        return int(count or 0)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
 
-from gathering.db import Database
+from gathering.db import Database, Transaction
+from gathering.errors import DatabaseError, GatheringError
 
 log = structlog.get_logger(__name__)
 
@@ -18,7 +19,15 @@ Outcome = Literal["success", "failure", "denied"]
 MAX_USER_AGENT = 512
 MAX_QUERY_LIMIT = 500
 MAX_SUBJECT = 320
+PRUNE_BATCH = 5000  # rows deleted per statement, so pruning never holds long locks
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class AuditWriteError(GatheringError):
+    """The audit entry of a change could not be written, so the change was not made."""
+
+    code = "audit_write_failed"
+    http_status = 503
 
 
 class AuditEvent:
@@ -32,10 +41,14 @@ class AuditEvent:
     USER_DISABLED = "user.disabled"
     USER_ENABLED = "user.enabled"
     PASSWORD_RESET = "user.password_reset"  # noqa: S105 - an event name
+    PASSWORD_CHANGED = "user.password_changed"  # noqa: S105 - an event name
+    ROLE_CHANGED = "user.role_changed"
+    SESSION_REVOKED = "session.revoked"
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"
     PERMISSION_DENIED = "permission.denied"
     LOGIN_THROTTLED = "auth.login_throttled"
+    AUDIT_PRUNED = "audit.pruned"
 
 
 @dataclass(frozen=True)
@@ -54,11 +67,18 @@ def _printable(text: str | None) -> str | None:
     return _CONTROL.sub("\ufffd", text[:MAX_SUBJECT])
 
 
+def _like_prefix(text: str) -> str:
+    """A LIKE pattern matching what starts with `text` (its wildcards taken literally)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 @dataclass
 class AuditFilter:
-    """What `GET /audit` can filter on."""
+    """What `GET /audit` can filter on. `event` is a name, or a family such as `user.*`."""
 
     event: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
     outcome: str | None = None
     actor_id: int | None = None
     subject: str | None = None
@@ -87,25 +107,40 @@ class AuditLog:
         target_type: str | None = None,
         target_id: str | int | None = None,
         details: dict[str, Any] | None = None,
+        on: Transaction | None = None,
     ) -> None:
-        """Append one entry (and log it, so it also reaches the log pipeline)."""
+        """Append one entry (and log it, so it also reaches the log pipeline).
+
+        With `on` (a transaction), the entry is part of it: it commits with the change it
+        records, and when it cannot be written `AuditWriteError` rolls the change back.
+        """
         origin = origin or RequestOrigin()
         subject = _printable(subject)
-        await self.db.execute(
-            "INSERT INTO auth.audit_log (event, outcome, actor_id, subject, target_type,"
-            " target_id, ip, user_agent, request_id, details)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)",
-            event,
-            outcome,
-            actor_id,
-            subject,
-            target_type,
-            None if target_id is None else str(target_id),
-            origin.ip,
-            origin.user_agent,
-            origin.request_id,
-            json.dumps(details or {}),
-        )
+        try:
+            await (on or self.db).execute(
+                "INSERT INTO auth.audit_log (event, outcome, actor_id, subject, target_type,"
+                " target_id, ip, user_agent, request_id, details)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)",
+                event,
+                outcome,
+                actor_id,
+                subject,
+                target_type,
+                None if target_id is None else str(target_id),
+                origin.ip,
+                origin.user_agent,
+                origin.request_id,
+                json.dumps(details or {}),
+            )
+        except DatabaseError as exc:
+            if on is None:
+                raise
+            # The driver's text (table and constraint names) goes to the log, not the caller.
+            log.error("audit entry not written", audit_event=event, error=exc.message)
+            raise AuditWriteError(
+                f"the change was not made: its audit entry ({event}) could not be written",
+                hint="retry; if it persists, check the database and the server log",
+            ) from exc
         log.info(
             "audit",
             audit_event=event,
@@ -122,7 +157,7 @@ class AuditLog:
         return await self.db.fetch_all(
             "SELECT id, occurred_at, event, outcome, actor_id, subject, target_type, target_id,"
             " ip, user_agent, request_id, details FROM auth.audit_log"
-            " WHERE ($1::text IS NULL OR event = $1)"
+            " WHERE ($1::text IS NULL OR event = $1 OR event LIKE $11)"
             " AND ($2::text IS NULL OR outcome = $2)"
             " AND ($3::bigint IS NULL OR actor_id = $3)"
             " AND ($4::text IS NULL OR subject = $4)"
@@ -131,6 +166,8 @@ class AuditLog:
             " AND ($7::timestamptz IS NULL OR occurred_at >= $7)"
             " AND ($8::timestamptz IS NULL OR occurred_at < $8)"
             " AND ($9::bigint IS NULL OR id < $9)"
+            " AND ($12::text IS NULL OR target_type = $12)"
+            " AND ($13::text IS NULL OR target_id = $13)"
             " ORDER BY id DESC LIMIT $10",
             where.event,
             where.outcome,
@@ -142,4 +179,37 @@ class AuditLog:
             where.until,
             where.before_id,
             min(max(where.limit, 1), MAX_QUERY_LIMIT),
+            _like_prefix(where.event[:-1]) if where.event and where.event.endswith(".*") else None,
+            where.target_type,
+            where.target_id,
         )
+
+    async def apply_retention(self, days: int) -> int:
+        """Prune the entries older than `days` days, leaving one `audit.pruned` entry that
+        says how many went (when any did); return how many."""
+        deleted = await self.prune(timedelta(days=days))
+        if deleted:
+            await self.record(
+                AuditEvent.AUDIT_PRUNED,
+                "success",
+                subject="retention",
+                target_type="audit_log",
+                details={"deleted": deleted, "retention_days": days},
+            )
+        return deleted
+
+    async def prune(self, older_than: timedelta, *, batch_size: int = PRUNE_BATCH) -> int:
+        """Delete the entries older than `older_than`, in batches; return how many."""
+        deleted = 0
+        while True:
+            count = await self.db.fetch_val(
+                "WITH gone AS (DELETE FROM auth.audit_log WHERE id IN ("
+                "  SELECT id FROM auth.audit_log WHERE occurred_at < now() - $1::interval"
+                "  ORDER BY occurred_at LIMIT $2) RETURNING 1)"
+                " SELECT count(*) FROM gone",
+                older_than,
+                batch_size,
+            )
+            deleted += int(count or 0)
+            if not count or count < batch_size:
+                return deleted

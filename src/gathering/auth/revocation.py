@@ -55,6 +55,14 @@ class RevocationCache:
         return len(expired)
 
 
+@dataclass(frozen=True)
+class RevokedSession:
+    """A session a revocation ended: its family id and when it would have expired."""
+
+    family_id: str
+    expires_at: datetime
+
+
 @dataclass
 class PurgeResult:
     """How many expired rows a purge removed."""
@@ -122,18 +130,42 @@ class RevocationStore:
         self.cache.add(f"fam:{family_id}", row["expires_at"].timestamp())
         return True
 
-    async def revoke_user_sessions(self, user_id: int, reason: str) -> int:
-        """Revoke every open session of a user (disable, password reset); return how many."""
+    async def end_user_sessions(
+        self, user_id: int, reason: str, *, keep_family: str | None = None
+    ) -> list[RevokedSession]:
+        """Revoke the open sessions of a user but `keep_family`, in the database only.
+
+        Inside a transaction, call `remember(...)` with the result once it has committed: a
+        rolled-back revocation must not stay in the cache.
+        """
         rows = await self.db.fetch_all(
             "UPDATE auth.token_families SET revoked_at = now(), revoke_reason = $2"
             " WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()"
+            " AND ($3::text IS NULL OR id <> $3)"
             " RETURNING id, expires_at",
             user_id,
             reason,
+            keep_family,
         )
-        for row in rows:
-            self.cache.add(f"fam:{row['id']}", row["expires_at"].timestamp())
-        return len(rows)
+        return [RevokedSession(row["id"], row["expires_at"]) for row in rows]
+
+    async def end_session(self, user_id: int, family_id: str, reason: str) -> RevokedSession | None:
+        """Revoke the open session `family_id` of `user_id` in the database only (see
+        `end_user_sessions`); None when the user has no such open session."""
+        row = await self.db.fetch_one(
+            "UPDATE auth.token_families SET revoked_at = now(), revoke_reason = $3"
+            " WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > now()"
+            " RETURNING id, expires_at",
+            family_id,
+            user_id,
+            reason,
+        )
+        return RevokedSession(row["id"], row["expires_at"]) if row else None
+
+    def remember(self, sessions: list[RevokedSession]) -> None:
+        """Put committed session revocations in this instance's cache."""
+        for session in sessions:
+            self.cache.add(f"fam:{session.family_id}", session.expires_at.timestamp())
 
     async def purge_expired(self) -> PurgeResult:
         """Delete revocations and sessions past their expiry (their tokens are dead anyway)."""

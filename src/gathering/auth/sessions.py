@@ -6,6 +6,7 @@ access and refresh token of that login) is revoked, so the thief's copy dies wit
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,7 +18,7 @@ from gathering.auth.tokens import (
     invalid_credentials,
     new_token_id,
 )
-from gathering.db import Database
+from gathering.db import Database, Transaction
 
 REUSE_REASON = "refresh token reused"
 
@@ -30,12 +31,44 @@ class TokenPair:
     refresh: IssuedToken
 
 
+@dataclass(frozen=True)
+class SessionInfo:
+    """A login session (token family) as an administrator sees it."""
+
+    id: str
+    user_id: int
+    created_at: datetime
+    expires_at: datetime
+    last_refreshed_at: datetime | None
+    revoked_at: datetime | None
+    revoke_reason: str | None
+
+
+async def user_sessions(db: Database, user_id: int, *, ended: bool = False) -> list[SessionInfo]:
+    """The open sessions of `user_id`, newest first; with `ended`, revoked and expired too."""
+    rows = await db.fetch_all(
+        "SELECT f.id, f.user_id, f.created_at, f.expires_at, f.revoked_at, f.revoke_reason,"
+        " (SELECT max(r.issued_at) FROM auth.refresh_tokens r WHERE r.family_id = f.id"
+        "  AND r.used_at IS NOT NULL) AS last_refreshed_at"
+        " FROM auth.token_families f WHERE f.user_id = $1"
+        " AND ($2 OR (f.revoked_at IS NULL AND f.expires_at > now()))"
+        " ORDER BY f.created_at DESC, f.id",
+        user_id,
+        ended,
+    )
+    return [SessionInfo(**row) for row in rows]
+
+
 class RefreshTokenReused(Exception):
     """A spent refresh token came back; its family has been revoked."""
 
     def __init__(self, claims: TokenClaims) -> None:
         super().__init__("refresh token reused")
         self.claims = claims
+
+
+# Writes a session change's audit entry inside its transaction.
+PairAudit = Callable[[Transaction, TokenPair], Awaitable[None]]
 
 
 def _timestamp(epoch: int) -> datetime:
@@ -70,24 +103,33 @@ class SessionStore:
         )
         return TokenPair(access, refresh)
 
-    async def start(self, user_id: int) -> TokenPair:
-        """A new session for `user_id` with its first access and refresh tokens."""
+    async def start(self, user_id: int, *, audit: PairAudit | None = None) -> TokenPair:
+        """A new session for `user_id` with its first access and refresh tokens; `audit`
+        writes its entry in the same transaction (when it fails, there is no session)."""
         family_id = new_token_id()
-        async with self.db.transaction():
+        async with self.db.transaction() as tx:
             await self.db.execute(
                 "INSERT INTO auth.token_families (id, user_id, expires_at) VALUES ($1, $2, now())",
                 family_id,
                 user_id,
             )
-            return await self._issue_pair(user_id, family_id)
+            pair = await self._issue_pair(user_id, family_id)
+            if audit is not None:
+                await audit(tx, pair)
+            return pair
 
-    async def rotate(self, refresh_token: str) -> tuple[TokenClaims, TokenPair]:
-        """Spend `refresh_token` for a new pair; raise `RefreshTokenReused` on a second use."""
+    async def rotate(
+        self, refresh_token: str, *, audit: PairAudit | None = None
+    ) -> tuple[TokenClaims, TokenPair]:
+        """Spend `refresh_token` for a new pair; raise `RefreshTokenReused` on a second use.
+
+        `audit` runs in the transaction that spends the token: when it raises, nothing is spent.
+        """
         claims = self.tokens.decode(refresh_token, "refresh")
         if await self.revocations.is_revoked(claims):
             raise invalid_credentials()
         reused = False
-        async with self.db.transaction():
+        async with self.db.transaction() as tx:
             row = await self.db.fetch_one(
                 "SELECT r.used_at, r.user_id, f.revoked_at"
                 " FROM auth.refresh_tokens r JOIN auth.token_families f ON f.id = r.family_id"
@@ -104,13 +146,25 @@ class SessionStore:
                     "UPDATE auth.refresh_tokens SET used_at = now() WHERE jti = $1", claims.jti
                 )
                 pair = await self._issue_pair(claims.user_id, claims.family_id)
+                if audit is not None:
+                    await audit(tx, pair)
         if reused:
             # Outside the transaction above: the revocation must stick although we answer 401.
             await self.revocations.revoke_family(claims.family_id, REUSE_REASON)
             raise RefreshTokenReused(claims)
         return claims, pair
 
-    async def end(self, claims: TokenClaims, reason: str) -> None:
-        """End the session `claims` belongs to (logout): the token and its family."""
-        await self.revocations.revoke_token(claims, reason)
-        await self.revocations.revoke_family(claims.family_id, reason)
+    async def end(
+        self,
+        claims: TokenClaims,
+        reason: str,
+        *,
+        audit: Callable[[Transaction], Awaitable[None]] | None = None,
+    ) -> None:
+        """End the session `claims` belongs to (logout): the token and its family, with the
+        `audit` entry in the same transaction."""
+        async with self.db.transaction() as tx:
+            await self.revocations.revoke_token(claims, reason)
+            await self.revocations.revoke_family(claims.family_id, reason)
+            if audit is not None:
+                await audit(tx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from gathering.auth.passwords import generate_password, hash_password
 from gathering.db import Database
@@ -17,6 +17,9 @@ DEFAULT_ADMIN_EMAIL = "admin@localhost"
 MAX_EMAIL_LENGTH = 254
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
 _FIRST_ADMIN_LOCK = advisory_key("security", "first-admin")
+
+Role = Literal["admin", "member", "viewer"]
+ROLES: tuple[Role, ...] = get_args(Role)
 
 
 def normalize_email(email: str) -> str:
@@ -34,7 +37,8 @@ class User:
     id: int
     email: str
     password_hash: str | None
-    is_admin: bool
+    role: Role
+    is_admin: bool  # computed by the database from `role`
     is_active: bool
     is_local_owner: bool
     created_at: datetime
@@ -89,22 +93,44 @@ class UserStore:
         )
         return [User.from_row(row) for row in rows]
 
-    async def create(self, email: str, password: str, *, is_admin: bool = False) -> User:
-        """A new active account; `ConflictError` when the email is taken."""
+    async def create(
+        self, email: str, password: str, *, role: Role | None = None, is_admin: bool = False
+    ) -> User:
+        """A new active account; `ConflictError` when the email is taken.
+
+        `is_admin=True` is short for `role="admin"`; without either the account is a member.
+        """
+        if role is None:
+            role = "admin" if is_admin else "member"
+        elif is_admin and role != "admin":
+            raise InvalidInputError(f"is_admin=True contradicts role {role!r}")
         normalized = normalize_email(email)
         password_hash = await hash_password(password)
+        return await self.insert(normalized, password_hash, role)
+
+    async def insert(self, email: str, password_hash: str, role: Role) -> User:
+        """Store an account whose password is already hashed (see `create`)."""
+        normalized = normalize_email(email)
         try:
             row = await self.db.fetch_one(
-                "INSERT INTO auth.users (email, password_hash, is_admin) VALUES ($1, $2, $3)"
+                "INSERT INTO auth.users (email, password_hash, role) VALUES ($1, $2, $3)"
                 " RETURNING *",
                 normalized,
                 password_hash,
-                is_admin,
+                role,
             )
         except ConflictError:
             raise ConflictError(f"a user {normalized!r} already exists") from None
         assert row is not None
         return User.from_row(row)
+
+    async def lock(self, user_id: int) -> User | None:
+        """The account `user_id`, locked against other changes until the end of the current
+        transaction (not against foreign-key checks, such as an audit entry naming it)."""
+        row = await self.db.fetch_one(
+            "SELECT * FROM auth.users WHERE id = $1 FOR NO KEY UPDATE", user_id
+        )
+        return User.from_row(row) if row else None
 
     async def set_active(self, user_id: int, active: bool) -> None:
         await self.db.execute(
@@ -113,13 +139,29 @@ class UserStore:
             active,
         )
 
+    async def set_role(self, user_id: int, role: Role) -> None:
+        await self.db.execute(
+            "UPDATE auth.users SET role = $2, updated_at = now() WHERE id = $1", user_id, role
+        )
+
     async def set_password(self, user_id: int, password: str) -> None:
-        password_hash = await hash_password(password)
+        await self.set_password_hash(user_id, await hash_password(password))
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
         await self.db.execute(
             "UPDATE auth.users SET password_hash = $2, updated_at = now() WHERE id = $1",
             user_id,
             password_hash,
         )
+
+    async def other_active_admins(self, user_id: int) -> int:
+        """How many active administrators there are besides `user_id` (local owner excluded)."""
+        count = await self.db.fetch_val(
+            "SELECT count(*) FROM auth.users"
+            " WHERE role = 'admin' AND is_active AND NOT is_local_owner AND id <> $1",
+            user_id,
+        )
+        return int(count or 0)
 
     async def record_login(self, user_id: int) -> None:
         await self.db.execute("UPDATE auth.users SET last_login_at = now() WHERE id = $1", user_id)
@@ -130,7 +172,7 @@ class UserStore:
         row = await self.db.fetch_one(select)
         if row is None:
             await self.db.execute(
-                "INSERT INTO auth.users (email, is_admin, is_local_owner) VALUES ($1, true, true)"
+                "INSERT INTO auth.users (email, role, is_local_owner) VALUES ($1, 'admin', true)"
                 " ON CONFLICT DO NOTHING",
                 LOCAL_OWNER_EMAIL,
             )
@@ -151,6 +193,6 @@ class UserStore:
                 return None
             generated = None if password else generate_password()
             user = await self.create(
-                email or DEFAULT_ADMIN_EMAIL, password or str(generated), is_admin=True
+                email or DEFAULT_ADMIN_EMAIL, password or str(generated), role="admin"
             )
             return CreatedAdmin(user, generated)

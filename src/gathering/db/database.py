@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gathering.config import Settings, get_settings
+from gathering.config import Settings, get_settings, redact_credentials
 from gathering.db.embedded import start_embedded
 from gathering.db.migrations_runner import Migration, MigrationStatus, apply_migrations, read_status
 from gathering.errors import (
@@ -49,12 +49,24 @@ def redact_url(url: str) -> str:
     host = str(params.get("host") or "localhost")
     user, dbname = params.get("user") or "", params.get("dbname") or ""
     if host.startswith("/"):
-        return f"postgresql://{user}@/{dbname}?host={host}"
-    return f"postgresql://{user}@{host}:{params.get('port') or '5432'}/{dbname}"
+        shown = f"postgresql://{user}@/{dbname}?host={host}"
+    else:
+        shown = f"postgresql://{user}@{host}:{params.get('port') or '5432'}/{dbname}"
+    # A password with an unencoded "/" or "?" is parsed into the host or the database name.
+    return redact_credentials(shown, url)
 
 
 def _connection_kwargs() -> dict[str, Any]:
     return {"row_factory": dict_row, "cursor_factory": psycopg.AsyncRawCursor, "autocommit": True}
+
+
+def _session_options(url: str, statement_timeout: float) -> dict[str, str]:
+    """The pool's startup options: `statement_timeout` (kept by RESET) after the URL's own."""
+    if statement_timeout <= 0:
+        return {}
+    given = conninfo_to_dict(url).get("options") or ""
+    timeout = f"-c statement_timeout={statement_timeout * 1000:.0f}"
+    return {"options": f"{given} {timeout}".strip()}
 
 
 class _AliveCheck:
@@ -90,6 +102,11 @@ def _translate(exc: psycopg.Error) -> DatabaseError:
         error = DatabaseUnavailableError(f"lost the database connection: {text}", details=details)
     elif isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
         error = DatabaseBusyError(text, details=details)
+    elif isinstance(exc, psycopg.errors.QueryCanceled):
+        error = DatabaseBusyError(
+            f"{text} (longer than GATHERING_DB_STATEMENT_TIMEOUT, or cancelled by an operator)",
+            details=details,
+        )
     else:
         error = DatabaseError(text, details=details)
     error.__cause__ = exc
@@ -270,7 +287,8 @@ class Database(Queries):
                 url,
                 min_size=self._min_size,
                 max_size=self._max_size,
-                kwargs=_connection_kwargs(),
+                kwargs=_connection_kwargs()
+                | _session_options(url, self.settings.db_statement_timeout),
                 open=False,
                 timeout=self.settings.db_connect_timeout,
                 check=freshness.check,
@@ -327,6 +345,7 @@ class Database(Queries):
             )
         except psycopg.OperationalError as exc:
             reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            reason = redact_credentials(reason, url)  # the driver may quote the conninfo
             raise DatabaseUnavailableError(
                 f"could not connect to PostgreSQL at {redact_url(url)}: {reason}",
                 hint="check that the server is running and DATABASE_URL is right, "

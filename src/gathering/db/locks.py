@@ -107,19 +107,22 @@ async def wait_for_lock(conn: Connection, key: LockKey, wait_at_most: float | No
     if wait_at_most is not None and wait_at_most <= 0:
         return False
     try:
-        if wait_at_most is None:
-            await conn.execute("SELECT pg_advisory_lock($1)", (key.value,))
-            return True
-        # lock_timeout bounds the wait inside the server; the session keeps no setting after.
-        milliseconds = f"{wait_at_most * 1000:.0f}"
-        await conn.execute("SELECT set_config('lock_timeout', $1, false)", (milliseconds,))
+        # lock_timeout bounds the wait inside the server, and the wait is exempt from the
+        # pool's statement_timeout; RESET gives the session its own settings back after.
+        milliseconds = "0" if wait_at_most is None else f"{wait_at_most * 1000:.0f}"
+        await conn.execute(
+            "SELECT set_config('lock_timeout', $1, false),"
+            " set_config('statement_timeout', '0', false)",
+            (milliseconds,),
+        )
         try:
             await conn.execute("SELECT pg_advisory_lock($1)", (key.value,))
         except psycopg.errors.LockNotAvailable:
             return False
         finally:
             if not conn.closed and not conn.broken:
-                await conn.execute("SELECT set_config('lock_timeout', '0', false)")
+                await conn.execute("RESET lock_timeout")
+                await conn.execute("RESET statement_timeout")
         return True
     except BaseException:
         await conn.close()

@@ -165,6 +165,8 @@ async def apply_migrations(
             started = time.perf_counter()
             try:
                 async with conn.transaction():
+                    # A migration may rewrite big tables: no statement timeout for it.
+                    await conn.execute("SET LOCAL statement_timeout = 0")
                     await conn.execute(migration.sql)
                     await conn.execute(
                         "INSERT INTO public.schema_migrations"

@@ -35,6 +35,7 @@ from gathering.api.security import (
     rate_limit,
     require_scope,
 )
+from gathering.api.security.dependencies import security_state
 from gathering.db import Database
 from gathering.errors import GatheringError, InvalidInputError, NotFoundError
 from gathering.events import Event
@@ -360,6 +361,7 @@ def _chat_response(result: TurnResult) -> ChatResponse:
 
 _CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"description": "agent_busy (with Retry-After), or a reused idempotency key"},
+    429: {"description": "the chat rate tier, or too many of your turns running at once"},
     503: {"description": "the model or the database is unavailable (provider_busy: Retry-After)"},
 }
 
@@ -368,6 +370,7 @@ _CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
     "/{agent_id}/chat",
     summary="Send a message; the reply comes back with its usage",
     responses=_CHAT_ERRORS,
+    dependencies=[rate_limit("chat")],
 )
 async def chat(
     request: Request,
@@ -378,9 +381,10 @@ async def chat(
     db: Database = Depends(get_db),
 ) -> ChatResponse:
     agent = await _chatting(request, principal, db, agent_id)
-    result = await agent.run(
-        body.message, idempotency_key=idempotency_key, new_session=body.new_session
-    )
+    with security_state(request).turn_admission.admit(principal):
+        result = await agent.run(
+            body.message, idempotency_key=idempotency_key, new_session=body.new_session
+        )
     return _chat_response(result)
 
 
@@ -392,6 +396,7 @@ def _sse(event: str, data: Any) -> str:
     "/{agent_id}/chat/stream",
     summary="Send a message; the reply streams back as server-sent events",
     response_class=StreamingResponse,
+    dependencies=[rate_limit("chat")],
     responses={
         200: {
             "content": {"text/event-stream": {}},
@@ -409,6 +414,7 @@ async def chat_stream(
     db: Database = Depends(get_db),
 ) -> StreamingResponse:
     agent = await _chatting(request, principal, db, agent_id)
+    slot = security_state(request).turn_admission.admit(principal)  # held until the turn ends
 
     # The turn runs in its own task: a client that disconnects mid-stream does not cut it
     # short, so the reply is still stored and the next message finds a whole conversation.
@@ -441,6 +447,7 @@ async def chat_stream(
                 )
             )
         finally:
+            slot.release()
             frames.put_nowait(None)
 
     app_state(request).run_in_background(turn(), name=f"chat-stream:{agent_id}")

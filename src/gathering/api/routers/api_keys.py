@@ -1,4 +1,8 @@
-"""`/auth/api-keys`: service API keys (create, list, revoke)."""
+"""`/auth/api-keys`: service API keys (create, list, revoke).
+
+A token login manages keys; an API key needs the scope `keys:read` to list them and
+`keys:write` to revoke them, and never creates keys.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,31 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gathering.api.routers.auth import PlainText, accounts
 from gathering.api.security.dependencies import (
     audit_denial,
-    current_principal,
     ensure_owner,
     not_found,
+    require_scope,
 )
 from gathering.api.security.origin import request_origin
+from gathering.auth.accounts import Actor
 from gathering.auth.api_keys import ApiKey
-from gathering.auth.audit import AuditEvent
 from gathering.auth.principal import Principal
 from gathering.errors import PermissionDeniedError
+
+# Key management needs a token login, or an API key with these scopes (`*` covers them).
+KEYS_READ = "keys:read"
+KEYS_WRITE = "keys:write"
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 class ApiKeyCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: PlainText = Field(min_length=1, max_length=100, examples=["nightly import"])
     scopes: list[Annotated[str, Field(max_length=81)]] = Field(
         min_length=1,
@@ -62,7 +72,9 @@ class ApiKeyCreatedResponse(ApiKeyResponse):
     status_code=status.HTTP_201_CREATED,
 )
 async def create_api_key(
-    body: ApiKeyCreateRequest, request: Request, principal: Principal = Depends(current_principal)
+    body: ApiKeyCreateRequest,
+    request: Request,
+    principal: Principal = Depends(require_scope(KEYS_WRITE)),
 ) -> ApiKeyCreatedResponse:
     security = accounts(request)
     if principal.method == "api_key":
@@ -71,25 +83,24 @@ async def create_api_key(
     if "admin" in body.scopes and not principal.is_admin:
         await audit_denial(request, principal, "admin scope requested")
         raise PermissionDeniedError("only administrators can grant the `admin` scope")
-    created = await (await security.api_keys()).create(
-        principal.user_id, body.name, body.scopes, expires_in_days=body.expires_in_days
-    )
-    await (await security.audit()).record(
-        AuditEvent.API_KEY_CREATED,
-        "success",
-        origin=request_origin(request),
-        actor_id=principal.user_id,
-        subject=principal.email,
-        target_type="api_key",
-        target_id=created.key.id,
-        details={"name": created.key.name, "scopes": created.key.scopes},
+    created = await (await security.account_admin()).create_api_key(
+        actor_of(request, principal),
+        principal.user_id,
+        body.name,
+        body.scopes,
+        expires_in_days=body.expires_in_days,
     )
     return ApiKeyCreatedResponse(**ApiKeyResponse.of(created.key).model_dump(), key=created.secret)
 
 
+def actor_of(request: Request, principal: Principal) -> Actor:
+    """The audit actor of a request."""
+    return Actor(principal.user_id, principal.email, request_origin(request))
+
+
 @router.get("/api-keys", summary="API keys (yours; an administrator sees every user's)")
 async def list_api_keys(
-    request: Request, principal: Principal = Depends(current_principal)
+    request: Request, principal: Principal = Depends(require_scope(KEYS_READ))
 ) -> list[ApiKeyResponse]:
     security = accounts(request)
     keys = await (await security.api_keys()).list_keys(principal.owner_filter)
@@ -105,22 +116,12 @@ async def list_api_keys(
 async def revoke_api_key(
     key_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
     request: Request,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(require_scope(KEYS_WRITE)),
 ) -> Response:
     security = accounts(request)
-    store = await security.api_keys()
-    key = await store.get(key_id)
+    key = await (await security.api_keys()).get(key_id)
     if key is None:
         raise not_found("API key", key_id)
     await ensure_owner(request, principal, key.user_id, resource="API key", resource_id=key_id)
-    await store.revoke(key_id)
-    await (await security.audit()).record(
-        AuditEvent.API_KEY_REVOKED,
-        "success",
-        origin=request_origin(request),
-        actor_id=principal.user_id,
-        subject=principal.email,
-        target_type="api_key",
-        target_id=key_id,
-    )
+    await (await security.account_admin()).revoke_api_key(actor_of(request, principal), key)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

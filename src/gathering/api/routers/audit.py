@@ -1,4 +1,9 @@
-"""`GET /audit`: the security audit log, for administrators."""
+"""`GET /audit`: the security audit log, for administrators.
+
+Filters: who acted (`actor_id`, `subject`), what (`event`, or a family such as `user.*`), on
+what (`target_type`, `target_id`), when (`since`, `until`), and from where (`ip`,
+`request_id`). Entries older than `GATHERING_AUDIT_RETENTION_DAYS` are pruned.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +39,25 @@ class AuditEntry(BaseModel):
 async def list_audit_entries(
     request: Request,
     _admin: Principal = Depends(require_admin),
-    event: Annotated[str | None, Query(max_length=100, examples=["auth.login"])] = None,
+    event: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            examples=["auth.login", "user.*"],
+            description="An event (the action), or a family of them: `user.*`",
+        ),
+    ] = None,
     outcome: Literal["success", "failure", "denied"] | None = None,
-    actor_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    actor_id: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="Who acted (a user id)")
+    ] = None,
+    target_type: Annotated[
+        str | None,
+        Query(max_length=50, examples=["user", "api_key", "session"], description="Resource"),
+    ] = None,
+    target_id: Annotated[
+        str | None, Query(max_length=128, description="Resource id (with `target_type`)")
+    ] = None,
     subject: Annotated[str | None, Query(max_length=254)] = None,
     ip: Annotated[str | None, Query(max_length=100)] = None,
     request_id: Annotated[str | None, Query(max_length=128)] = None,
@@ -51,6 +72,8 @@ async def list_audit_entries(
     rows = await audit.query(
         AuditFilter(
             event=event,
+            target_type=target_type,
+            target_id=target_id,
             outcome=outcome,
             actor_id=actor_id,
             subject=subject,

@@ -1,4 +1,5 @@
-"""`/auth`: login, refresh rotation, logout and the caller (API keys: `api_keys.py`)."""
+"""`/auth`: login, refresh rotation, logout, the caller and WebSocket tickets (API keys:
+`api_keys.py`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from gathering.api.security.dependencies import (
     current_principal,
     public_route,
     rate_limit,
+    require_scope,
     security_state,
+    viewer_allowed,
 )
 from gathering.api.security.origin import request_origin
 from gathering.api.security.state import SecurityState
@@ -20,6 +23,9 @@ from gathering.auth.passwords import needs_rehash, verify_password
 from gathering.auth.principal import Principal
 from gathering.auth.sessions import RefreshTokenReused, TokenPair
 from gathering.auth.tokens import TokenClaims, invalid_credentials
+from gathering.auth.users import Role
+from gathering.auth.ws_tickets import WS_TICKET_TTL
+from gathering.db import Transaction
 from gathering.errors import (
     AuthenticationError,
     ConflictError,
@@ -58,12 +64,26 @@ class TokenResponse(BaseModel):
     refresh_expires_in: int = Field(description="Seconds the refresh token lives")
 
 
+class WsTicketResponse(BaseModel):
+    ticket: str = Field(description="Open `/ws?ticket=<ticket>` (or send it in an `auth` frame)")
+    expires_in: int = Field(description="Seconds the ticket stays valid; it works once")
+
+
 class MeResponse(BaseModel):
     id: int
     email: str
     is_admin: bool
+    role: Role = Field(description="`admin`, `member`, or `viewer` (read-only)")
     auth_method: str
     scopes: list[str]
+
+
+class _AccountGone(Exception):
+    """A refresh for an account deleted or disabled since the login."""
+
+    def __init__(self, claims: TokenClaims) -> None:
+        super().__init__("account gone")
+        self.claims = claims
 
 
 def accounts(request: Request) -> SecurityState:
@@ -120,15 +140,19 @@ async def login(body: LoginRequest, request: Request) -> TokenResponse:
     if user.password_hash and needs_rehash(user.password_hash):
         await users.set_password(user.id, body.password)
     await users.record_login(user.id)
-    pair = await (await security.sessions()).start(user.id)
-    await audit.record(
-        AuditEvent.LOGIN,
-        "success",
-        origin=origin,
-        actor_id=user.id,
-        subject=user.email,
-        details={"family": pair.refresh.claims.family_id},
-    )
+
+    async def audited(tx: Transaction, pair: TokenPair) -> None:
+        await audit.record(
+            AuditEvent.LOGIN,
+            "success",
+            origin=origin,
+            actor_id=user.id,
+            subject=user.email,
+            details={"family": pair.refresh.claims.family_id},
+            on=tx,
+        )
+
+    pair = await (await security.sessions()).start(user.id, audit=audited)
     return _token_response(security, pair)
 
 
@@ -141,9 +165,32 @@ async def login(body: LoginRequest, request: Request) -> TokenResponse:
 async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
     security = accounts(request)
     origin, audit = request_origin(request), await security.audit()
-    sessions = await security.sessions()
+    sessions, users = await security.sessions(), await security.users()
+
+    async def audited(tx: Transaction, pair: TokenPair) -> None:
+        claims = pair.refresh.claims
+        user = await users.get(claims.user_id)
+        if user is None or not user.is_active:
+            raise _AccountGone(claims)  # nothing is spent: the session is revoked below
+        await audit.record(
+            AuditEvent.REFRESH,
+            "success",
+            origin=origin,
+            actor_id=user.id,
+            subject=user.email,
+            target_type="session",
+            target_id=claims.family_id,
+            on=tx,
+        )
+
     try:
-        claims, pair = await sessions.rotate(body.refresh_token)
+        _claims, pair = await sessions.rotate(body.refresh_token, audit=audited)
+    except _AccountGone as gone:
+        await sessions.revocations.revoke_family(gone.claims.family_id, "user disabled")
+        await audit.record(
+            AuditEvent.REFRESH, "failure", origin=origin, actor_id=gone.claims.user_id
+        )
+        raise invalid_credentials() from None
     except RefreshTokenReused as reuse:
         await audit.record(
             AuditEvent.TOKEN_REUSE,
@@ -158,20 +205,6 @@ async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
     except AuthenticationError:
         await audit.record(AuditEvent.REFRESH, "failure", origin=origin)
         raise
-    user = await (await security.users()).get(claims.user_id)
-    if user is None or not user.is_active:
-        await sessions.revocations.revoke_family(claims.family_id, "user disabled")
-        await audit.record(AuditEvent.REFRESH, "failure", origin=origin, actor_id=claims.user_id)
-        raise invalid_credentials()
-    await audit.record(
-        AuditEvent.REFRESH,
-        "success",
-        origin=origin,
-        actor_id=user.id,
-        subject=user.email,
-        target_type="session",
-        target_id=claims.family_id,
-    )
     return _token_response(security, pair)
 
 
@@ -180,6 +213,7 @@ async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
     summary="End this session: the access token and its refresh tokens stop working",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
+    dependencies=[Depends(viewer_allowed)],  # a viewer may log out
 )
 async def logout(request: Request, principal: Principal = Depends(current_principal)) -> Response:
     security = accounts(request)
@@ -200,16 +234,21 @@ async def logout(request: Request, principal: Principal = Depends(current_princi
         issued_at=0,
         expires_at=principal.token_expires_at,
     )
-    await (await security.sessions()).end(claims, "logout")
-    await (await security.audit()).record(
-        AuditEvent.LOGOUT,
-        "success",
-        origin=request_origin(request),
-        actor_id=principal.user_id,
-        subject=principal.email,
-        target_type="session",
-        target_id=principal.family_id,
-    )
+    audit, origin = await security.audit(), request_origin(request)
+
+    async def audited(tx: Transaction) -> None:
+        await audit.record(
+            AuditEvent.LOGOUT,
+            "success",
+            origin=origin,
+            actor_id=principal.user_id,
+            subject=principal.email,
+            target_type="session",
+            target_id=principal.family_id,
+            on=tx,
+        )
+
+    await (await security.sessions()).end(claims, "logout", audit=audited)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -219,6 +258,25 @@ async def me(principal: Principal = Depends(current_principal)) -> MeResponse:
         id=principal.user_id,
         email=principal.email,
         is_admin=principal.is_admin,
+        role=principal.role,
         auth_method=principal.method,
         scopes=sorted(principal.scopes),
     )
+
+
+@router.post(
+    "/ws-ticket",
+    summary=f"A one-time ticket that opens one WebSocket within {WS_TICKET_TTL} seconds",
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "Single-user mode: sockets need no ticket"}},
+    dependencies=[Depends(viewer_allowed)],  # a viewer may subscribe (read-only)
+)
+async def ws_ticket(
+    request: Request, principal: Principal = Depends(require_scope("events:read"))
+) -> WsTicketResponse:
+    """For browsers, which cannot set headers on a WebSocket handshake: the ticket goes in the
+    URL instead of the access token. It acts as this request's token or API key (an API key
+    needs the scope `events:read`), with no more rights, and fails once that is revoked."""
+    security = accounts(request)
+    issued = await (await security.ws_tickets()).issue(principal)
+    return WsTicketResponse(ticket=issued.ticket, expires_in=issued.expires_in)

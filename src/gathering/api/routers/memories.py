@@ -44,6 +44,7 @@ from gathering.api.security import (
     not_found,
     rate_limit,
     require_scope,
+    viewer_allowed,
 )
 from gathering.db import Database
 from gathering.llm.embeddings import EmbeddingProvider
@@ -349,7 +350,11 @@ async def add_document(
     return DocumentOut.of(document)
 
 
-@router.post("/knowledge/search", summary="Search the knowledge base")
+@router.post(
+    "/knowledge/search",
+    summary="Search the knowledge base",
+    dependencies=[Depends(viewer_allowed)],  # a POST that only reads
+)
 async def search_knowledge(
     body: KnowledgeSearchRequest,
     principal: Principal = Depends(reader),
@@ -463,7 +468,11 @@ async def list_memories(
     return [MemoryOut.of(item) for item in memories]
 
 
-@router.post("/agents/{agent_id}/recall", summary="Recall the memories that answer a query")
+@router.post(
+    "/agents/{agent_id}/recall",
+    summary="Recall the memories that answer a query",
+    dependencies=[Depends(viewer_allowed)],  # a POST that only reads
+)
 async def recall(
     agent_id: AgentId,
     body: RecallRequest,

@@ -1,16 +1,50 @@
-"""Prometheus metrics at /metrics."""
+"""Prometheus metrics at /metrics: for admins and a scraper's token, or anyone when
+`GATHERING_METRICS_ACCESS=public`."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+import hmac
+
+from fastapi import APIRouter, Depends, Request, Response
 
 from gathering.api.deps import app_state
+from gathering.api.security import current_principal, require_admin
 from gathering.observability import metrics_payload, record_event_stats, record_pool_stats
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def _presents_metrics_token(request: Request) -> bool:
+    """Whether the request carries `Authorization: Bearer <GATHERING_METRICS_TOKEN>`."""
+    token = app_state(request).settings.metrics_token
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if token is None or scheme.lower() != "bearer":
+        return False
+    expected = token.get_secret_value().encode()
+    return hmac.compare_digest(presented.strip().encode(), expected)
+
+
+async def metrics_reader(request: Request) -> None:
+    """Dependency: anyone with `GATHERING_METRICS_ACCESS=public` or in single-user mode (every
+    caller is the local owner, an admin); else the scrape token or an admin (401 without
+    credentials, 403 for other users, audited)."""
+    settings = app_state(request).settings
+    if settings.metrics_access == "public" or not settings.auth_required:
+        return
+    if _presents_metrics_token(request):
+        return
+    await require_admin(request, await current_principal(request))
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="Admins, or a scraper sending `Authorization: Bearer <GATHERING_METRICS_TOKEN>`; "
+    "anyone when GATHERING_METRICS_ACCESS=public.",
+    response_class=Response,
+    dependencies=[Depends(metrics_reader)],
+    responses={401: {"description": "No credentials"}, 403: {"description": "Not an admin"}},
+)
 async def metrics(request: Request) -> Response:
     database = app_state(request).connected_database()
     if database is not None:

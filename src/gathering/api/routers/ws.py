@@ -3,15 +3,29 @@
 Protocol (JSON text frames):
   client {"type": "ping"}                          -> {"type": "pong"}   (even before auth)
   client {"type": "auth", "token": "<access JWT>"} -> {"type": "authenticated", "user_id": ..}
+  client {"type": "auth", "ticket": "<ticket>"}    -> the same, with a one-time ticket
   client {"type": "subscribe", "patterns": ["agent.*"], "subjects": ["agent:7"], "since": 42}
                                                    -> {"type": "subscribed", "cursor": ..}
+  client {"type": "unsubscribe"}                   -> {"type": "unsubscribed"}
   server {"type": "event", "event": {...}}          one per matching event
   server {"type": "heartbeat", "cursor": ..}        every GATHERING_WS_HEARTBEAT seconds
   server {"type": "error", "code": .., "message": ..}
 
-A socket that has not authenticated within GATHERING_WS_AUTH_GRACE seconds (multi-user mode)
-closes with 4401; a subject the caller may not see is refused; a client too slow to keep up
-closes with 4429; a draining server closes every socket with 1001.
+Authentication (multi-user mode), preferred first: an `auth` frame with an access token; a
+one-time ticket from `POST /auth/ws-ticket` (valid 30 s, for browsers), as `?ticket=` on the
+handshake or in an `auth` frame; `?access_token=` on the handshake. A socket that has not
+authenticated GATHERING_WS_AUTH_GRACE seconds after it was accepted closes with 4401 (pings do
+not extend the deadline); a subject the caller may not see is refused.
+
+Limits (counts are per instance): GATHERING_WS_MAX_PER_ADDRESS sockets per client address and
+GATHERING_WS_MAX_PER_USER per user (multi-user mode); the next one closes with 4430. A client
+may send GATHERING_WS_MESSAGE_BURST frames at once, then GATHERING_WS_MESSAGE_RATE per second;
+past that it gets an error `rate_limited` and 4429. A frame over 64 KiB gets an error and 1009.
+A subscribe names at most 20 patterns and 50 subjects (200 characters each). While a replay
+(`since`) runs, another subscribe is refused (`replay_in_progress`); a replay runs until the
+socket has received the events up to the cursor of the moment it subscribed, or a heartbeat
+finds it idle; `unsubscribe` ends it. A client too slow to keep up closes with 4429. A draining
+server closes every socket with 1001, and a socket opened while it drains at once.
 """
 
 from __future__ import annotations
@@ -19,16 +33,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.websockets import WebSocketDisconnected
 
 from gathering.agents import PostgresAgentStore
 from gathering.api.deps import app_state
 from gathering.api.errors import public_error
 from gathering.api.security import Principal, authenticate_socket, public_route
+from gathering.api.security.dependencies import recheck_socket, security_state
+from gathering.api.security.origin import client_ip
+from gathering.api.security.ws_limits import SocketLease, TokenBucket
 from gathering.errors import AuthenticationError, EventStreamClosedError, GatheringError
 from gathering.events import Event, EventStream
 
@@ -37,19 +55,31 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["events"], dependencies=[Depends(public_route)])
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_UNAUTHENTICATED = 4401
-CLOSE_TOO_SLOW = 4429
+CLOSE_TOO_SLOW = 4429  # also: too many messages
+CLOSE_TOO_MANY_SOCKETS = 4430
 SEND_TIMEOUT = 10.0
 RECHECK_SECONDS = 1.0  # a revoked or disabled account stops receiving within this delay
+TICKET_PARAM = "ticket"
+TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name
+MAX_FRAME_CHARS = 64 * 1024
+MAX_PATTERNS = 20
+# A subject other than the caller's own costs a query to check ownership.
+MAX_SUBJECTS = 50
+
+BoundedText = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class Subscribe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str
-    patterns: list[str] = Field(default_factory=lambda: ["*"], min_length=1, max_length=20)
-    subjects: list[str] | None = Field(default=None, max_length=100)
+    patterns: list[BoundedText] = Field(
+        default_factory=lambda: ["*"], min_length=1, max_length=MAX_PATTERNS
+    )
+    subjects: list[BoundedText] | None = Field(default=None, max_length=MAX_SUBJECTS)
     since: int | None = Field(default=None, ge=0)
 
 
@@ -75,8 +105,13 @@ async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> 
     return f"subject {subject!r} is not one you may subscribe to"
 
 
+def _string_field(message: dict[str, Any], key: str) -> str | None:
+    value = message.get(key)
+    return value if isinstance(value, str) else None
+
+
 class SocketSession:
-    """One connected client: authentication, its subscription, and the two directions."""
+    """One connected client: authentication, limits, its subscription, and both directions."""
 
     def __init__(self, websocket: WebSocket, default_subjects: list[str] | None) -> None:
         self.ws = websocket
@@ -84,10 +119,16 @@ class SocketSession:
         self.settings = self.state.settings
         self.default_subjects = default_subjects
         self.principal: Principal | None = None
-        self.token: str | None = None
         self._checked_at = 0.0
+        self._auth_deadline: float | None = None
+        limits = security_state(websocket).socket_limits
+        self.address_slot = SocketLease(limits.by_address)
+        self.user_slot = SocketLease(limits.by_user)
+        self.bucket = TokenBucket(self.settings.ws_message_rate, self.settings.ws_message_burst)
         self.stream: EventStream | None = None
         self.forwarder: asyncio.Task[None] | None = None
+        # While a replay runs: the cursor it ends at (the bus's cursor when it began).
+        self.replay_until: int | None = None
         self.closing: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
 
@@ -101,18 +142,27 @@ class SocketSession:
 
     async def run(self) -> None:
         await self.ws.accept()
-        token = self.ws.query_params.get("access_token")
+        loop = asyncio.get_running_loop()
+        self._auth_deadline = loop.time() + self.settings.ws_auth_grace
         stop_on_drain = self.state.drain.on_begin(self._on_drain)
         try:
-            if token or not self.settings.auth_required:
-                await self._authenticate(token)
+            if self.state.drain.draining:
+                raise _Closed(CLOSE_GOING_AWAY, "server shutting down")
+            if not self.address_slot.take(client_ip(self.ws)):
+                raise _Closed(CLOSE_TOO_MANY_SOCKETS, "too many sockets from this address")
+            token = self.ws.query_params.get(TOKEN_PARAM)
+            ticket = self.ws.query_params.get(TICKET_PARAM)
+            if token or ticket or not self.settings.auth_required:
+                await self._authenticate(token, ticket)
             await self._loop()
         except _Closed as closed:
             await self._close(closed.code, closed.reason)
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, WebSocketDisconnected):
             pass
         finally:
             stop_on_drain()
+            self.address_slot.release()
+            self.user_slot.release()
             await self._stop_stream()
 
     def _on_drain(self) -> None:
@@ -124,23 +174,51 @@ class SocketSession:
         with contextlib.suppress(Exception):  # the peer may already be gone
             await self.ws.close(code=code, reason=reason)
 
-    async def _authenticate(self, token: str | None, *, answer: bool = False) -> None:
+    async def _authenticate(
+        self, token: str | None, ticket: str | None, *, answer: bool = False
+    ) -> None:
         try:
-            self.principal = await authenticate_socket(self.ws, token)
-            self.token = token
+            principal = await authenticate_socket(self.ws, token, ticket=ticket)
         except AuthenticationError as exc:
             await self.send({"type": "error", "code": exc.code, "message": exc.message})
             raise _Closed(CLOSE_UNAUTHENTICATED, "authentication failed") from None
+        except GatheringError as exc:  # e.g. the database is unreachable
+            await self.send({"type": "error", **public_error(exc)})
+            raise _Closed(CLOSE_INTERNAL_ERROR, "authentication unavailable") from None
+        # Single-user mode: every socket is the local owner; the address cap bounds them.
+        if self.settings.auth_required and not self.user_slot.take(f"{principal.user_id}"):
+            raise _Closed(CLOSE_TOO_MANY_SOCKETS, "too many sockets for this user")
+        self.principal = principal
+        self._checked_at = asyncio.get_running_loop().time()
         if answer:
-            await self.send({"type": "authenticated", "user_id": self.principal.user_id})
+            await self.send({"type": "authenticated", "user_id": principal.user_id})
 
     async def _receive(self) -> dict[str, Any]:
-        grace = None if self.principal else self.settings.ws_auth_grace
+        deadline = None if self.principal else self._auth_deadline
         try:
-            async with asyncio.timeout(grace):
+            async with asyncio.timeout_at(deadline):
                 raw = await self.ws.receive_text()
         except TimeoutError:
             raise _Closed(CLOSE_UNAUTHENTICATED, "no authentication in time") from None
+        if not self.bucket.allow(asyncio.get_running_loop().time()):
+            await self.send(
+                {
+                    "type": "error",
+                    "code": "rate_limited",
+                    "message": f"more than {self.settings.ws_message_rate:g} messages a second",
+                    "hint": "send fewer messages; reconnect after a pause",
+                }
+            )
+            raise _Closed(CLOSE_TOO_SLOW, "too many messages")
+        if len(raw) > MAX_FRAME_CHARS:
+            await self.send(
+                {
+                    "type": "error",
+                    "code": "invalid_message",
+                    "message": f"a frame may hold at most {MAX_FRAME_CHARS} characters",
+                }
+            )
+            raise _Closed(CLOSE_TOO_BIG, "frame too big")
         try:
             message = json.loads(raw)
         except json.JSONDecodeError:
@@ -156,8 +234,9 @@ class SocketSession:
             if kind == "ping":
                 await self.send({"type": "pong"})
             elif kind == "auth":
-                token = message.get("token")
-                await self._authenticate(token if isinstance(token, str) else None, answer=True)
+                await self._authenticate(
+                    _string_field(message, "token"), _string_field(message, "ticket"), answer=True
+                )
             elif self.principal is None:
                 await self.send(
                     {
@@ -187,18 +266,28 @@ class SocketSession:
 
     async def _recheck(self, *, at_most_every: float = 0.0) -> None:
         """Close with 4401 once the socket's credentials were revoked, disabled or expired."""
-        if not self.settings.auth_required:
+        if not self.settings.auth_required or self.principal is None:
             return
         now = asyncio.get_running_loop().time()
         if now - self._checked_at < at_most_every:
             return
         self._checked_at = now
         try:
-            self.principal = await authenticate_socket(self.ws, self.token)
+            self.principal = await recheck_socket(self.ws, self.principal)
         except AuthenticationError:
             raise _Closed(CLOSE_UNAUTHENTICATED, "credentials no longer valid") from None
 
     async def _subscribe(self, message: dict[str, Any]) -> None:
+        if self.replay_until is not None:
+            await self.send(
+                {
+                    "type": "error",
+                    "code": "replay_in_progress",
+                    "message": "a replay (since) is still running on this socket",
+                    "hint": "wait for its events, or unsubscribe first",
+                }
+            )
+            return
         await self._recheck()
         assert self.principal is not None
         try:
@@ -215,6 +304,8 @@ class SocketSession:
         subjects = request.subjects if request.subjects is not None else self.default_subjects
         if subjects is None and not self.principal.is_admin:
             subjects = [f"user:{self.principal.user_id}"]
+        if subjects is not None:
+            subjects = list(dict.fromkeys(subjects))
         for subject in subjects or []:
             reason = await _may_see(self.ws, self.principal, subject)
             if reason is not None:
@@ -232,12 +323,15 @@ class SocketSession:
         except GatheringError as exc:
             await self.send({"type": "error", "code": exc.code, "message": exc.message})
             return
+        cursor = bus.cursor
+        if request.since is not None and cursor is not None and request.since < cursor:
+            self.replay_until = cursor
         await self.send(
             {
                 "type": "subscribed",
                 "patterns": request.patterns,
                 "subjects": subjects,
-                "cursor": bus.cursor,
+                "cursor": cursor,
             }
         )
         self.forwarder = asyncio.create_task(self._forward(self.stream))
@@ -249,12 +343,16 @@ class SocketSession:
                     async with asyncio.timeout(self.settings.ws_heartbeat):
                         event: Event = await stream.get()
                 except TimeoutError:
+                    self.replay_until = None  # nothing more came: caught up
                     await self._recheck()
                     await self.send({"type": "heartbeat", "cursor": stream.last_cursor})
                     continue
                 if stream.dropped:
                     raise _Closed(CLOSE_TOO_SLOW, "client too slow to keep up with its events")
                 await self._recheck(at_most_every=RECHECK_SECONDS)
+                end = self.replay_until
+                if end is not None and (event.cursor is None or event.cursor >= end):
+                    self.replay_until = None  # this event is the last of the replay, or live
                 await self.send({"type": "event", "event": event.to_dict()})
         except EventStreamClosedError:
             return
@@ -269,6 +367,7 @@ class SocketSession:
             return
 
     async def _stop_stream(self) -> None:
+        self.replay_until = None
         if self.stream is not None:
             self.stream.close()
             self.stream = None

@@ -1,7 +1,7 @@
 """The security layer: modes, users, tokens, API keys, ownership, audit, rate limits, defenses.
 
 Routers use `current_principal`, `require_admin`, `require_scope`, `ensure_owner` /
-`not_found`, `rate_limit(tier)` and `public_route`; see docs/security.md.
+`not_found`, `rate_limit(tier)`, `public_route` and `viewer_allowed`; see docs/security.md.
 """
 
 from gathering.api.security.dependencies import (
@@ -14,6 +14,7 @@ from gathering.api.security.dependencies import (
     rate_limit,
     require_admin,
     require_scope,
+    viewer_allowed,
 )
 from gathering.api.security.install import install_security
 from gathering.auth.principal import Principal
@@ -30,4 +31,5 @@ __all__ = [
     "rate_limit",
     "require_admin",
     "require_scope",
+    "viewer_allowed",
 ]

@@ -7,24 +7,32 @@ default rate-limit tier unless the route declares its own with `rate_limit(...)`
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Depends, WebSocketException, status
 from fastapi.dependencies.models import Dependant
 from starlette.requests import HTTPConnection
 
+from gathering.api.deps import app_state
 from gathering.api.middleware import OPERATIONAL_PATH_PREFIXES
 from gathering.api.security.origin import client_ip, request_origin
 from gathering.api.security.ratelimit import DEFAULT_TIER, TIERS, Tier, rate_limited
 from gathering.api.security.state import SecurityState
-from gathering.auth.api_keys import scope_allows
 from gathering.auth.audit import AuditEvent
-from gathering.auth.principal import Principal
-from gathering.auth.tokens import invalid_credentials
-from gathering.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from gathering.auth.principal import Principal, effective_role
+from gathering.auth.tokens import TokenClaims, invalid_credentials
+from gathering.auth.ws_tickets import TicketGrant
+from gathering.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 
 WEBSOCKET_TOKEN_PARAM = "access_token"  # noqa: S105 - a parameter name
 
@@ -42,7 +50,11 @@ def _bearer_token(conn: HTTPConnection) -> str | None:
     header = conn.headers.get("authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else ""
+        if scheme.lower() == "bearer":
+            return token.strip()
+        if conn.headers.get("x-api-key") is not None:
+            return None  # e.g. a proxy's `Basic` credentials: the API key authenticates
+        return ""
     if conn.scope["type"] == "websocket":
         # Browsers cannot set headers on a WebSocket handshake.
         return conn.query_params.get(WEBSOCKET_TOKEN_PARAM)
@@ -61,6 +73,7 @@ async def _from_token(security: SecurityState, token: str) -> Principal:
         email=user.email,
         is_admin=user.is_admin,
         method="token",
+        role=user.role,
         token_id=claims.jti,
         family_id=claims.family_id,
         token_expires_at=claims.expires_at,
@@ -75,26 +88,91 @@ async def _from_api_key(security: SecurityState, presented: str) -> Principal:
     if user is None or not user.is_active or user.is_local_owner:
         raise invalid_credentials()
     scopes = frozenset(key.scopes)
+    role = effective_role(user.role, scopes)
     return Principal(
         user_id=user.id,
         email=user.email,
-        is_admin=user.is_admin and scope_allows(scopes, "admin"),
+        is_admin=role == "admin",
         method="api_key",
+        role=role,
         scopes=scopes,
         api_key_id=key.id,
     )
 
 
-async def authenticate_socket(conn: HTTPConnection, token: str | None) -> Principal:
-    """The caller of a WebSocket: the local owner in single-user mode, else the access
-    token's user (from the query string or a first `auth` message). Raises
-    `AuthenticationError` when there is no valid token."""
+async def authenticate_socket(
+    conn: HTTPConnection, token: str | None, *, ticket: str | None = None
+) -> Principal:
+    """The caller of a WebSocket: the local owner in single-user mode, else the user of a
+    one-time `ticket` (`POST /auth/ws-ticket`; spent here, even when refused) or of an access
+    `token` (from the query string or an `auth` message). Raises `AuthenticationError` when
+    neither is valid."""
     security = security_state(conn)
     if not security.settings.auth_required:
         return await security.local_owner()
+    if ticket:
+        grant = await (await security.ws_tickets()).consume(ticket)
+        if grant is None:
+            raise invalid_credentials()
+        return await _from_grant(security, grant)
     if not token:
         raise invalid_credentials()
     return await _from_token(security, token)
+
+
+async def recheck_socket(conn: HTTPConnection, principal: Principal) -> Principal:
+    """`principal` with its account as it is now, while the access token or API key behind it
+    still holds (not expired, not revoked, its user active); else `AuthenticationError`."""
+    security = security_state(conn)
+    if principal.method == "local":
+        return await security.local_owner()
+    try:
+        grant = TicketGrant.of(principal)
+    except InvalidInputError:
+        raise invalid_credentials() from None
+    return await _from_grant(security, grant)
+
+
+async def _from_grant(security: SecurityState, grant: TicketGrant) -> Principal:
+    """The principal of an access token or API key verified before, if it still holds."""
+    if grant.method == "token":
+        assert grant.token_id is not None and grant.family_id is not None
+        expires_at = grant.token_expires_at or 0
+        if expires_at <= time.time():
+            raise invalid_credentials()
+        claims = TokenClaims(
+            jti=grant.token_id,
+            user_id=grant.user_id,
+            token_type="access",  # noqa: S106 - a token kind
+            family_id=grant.family_id,
+            issued_at=0,
+            expires_at=expires_at,
+        )
+        if await (await security.revocations()).is_revoked(claims):
+            raise invalid_credentials()
+    else:
+        assert grant.api_key_id is not None
+        key = await (await security.api_keys()).get(grant.api_key_id)
+        if key is None or key.revoked_at is not None or key.user_id != grant.user_id:
+            raise invalid_credentials()
+        if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+            raise invalid_credentials()
+    user = await (await security.users()).get(grant.user_id)
+    if user is None or not user.is_active or user.is_local_owner:
+        raise invalid_credentials()
+    role = effective_role(user.role, grant.scopes)
+    return Principal(
+        user_id=user.id,
+        email=user.email,
+        is_admin=role == "admin",
+        role=role,
+        method=grant.method,
+        scopes=grant.scopes,
+        token_id=grant.token_id,
+        family_id=grant.family_id,
+        token_expires_at=grant.token_expires_at,
+        api_key_id=grant.api_key_id,
+    )
 
 
 async def _authenticate(conn: HTTPConnection) -> Principal:
@@ -203,11 +281,16 @@ async def ensure_owner(
     resource: str,
     resource_id: object,
 ) -> None:
-    """Raise `not_found(...)` (audited) when `principal` may not see a resource of `owner_id`."""
+    """Raise `not_found(...)` (audited) when `principal` may not see a resource of `owner_id`.
+
+    The audit row is written after the answer: waiting for it would make "someone else's" slower
+    than "missing", and so tell the caller which ids exist.
+    """
     if not principal.owns(owner_id):
-        await audit_denial(
+        denial = audit_denial(
             conn, principal, "not the owner", resource=resource, resource_id=str(resource_id)
         )
+        app_state(conn).run_in_background(denial, name="audit-denial")
         raise not_found(resource, resource_id)
 
 
@@ -263,10 +346,20 @@ async def public_route() -> None:
     """Marker: `dependencies=[Depends(public_route)]` makes a route answer without credentials."""
 
 
+async def viewer_allowed() -> None:
+    """Marker: `dependencies=[Depends(viewer_allowed)]` lets a viewer (read-only) call this
+    route despite its unsafe method, because it only reads (a search sent as a POST) or acts on
+    the caller alone (its logout, its own password, a WebSocket ticket)."""
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 @dataclass(frozen=True)
 class RoutePolicy:
     public: bool
     declares_tier: bool
+    viewer_allowed: bool = False
 
 
 _policies: weakref.WeakKeyDictionary[object, RoutePolicy] = weakref.WeakKeyDictionary()
@@ -292,6 +385,7 @@ def route_policy(route: object) -> RoutePolicy:
     policy = RoutePolicy(
         public=public_route in calls or path.startswith(OPERATIONAL_PATH_PREFIXES),
         declares_tier=any(isinstance(call, RateLimit) for call in calls),
+        viewer_allowed=viewer_allowed in calls,
     )
     try:
         _policies[route] = policy
@@ -301,15 +395,36 @@ def route_policy(route: object) -> RoutePolicy:
 
 
 async def security_gate(conn: HTTPConnection) -> None:
-    """App-wide dependency: authenticate unless public; default tier unless one is declared."""
+    """App-wide dependency: authenticate unless public; default tier unless one is declared;
+    a viewer's unsafe request is refused (see `enforce_role`)."""
     policy = route_policy(conn.scope.get("route"))
     tier: Tier | None = None if policy.declares_tier else DEFAULT_TIER
+    principal = None
     if not policy.public:
         try:
-            await current_principal(conn)
+            principal = await current_principal(conn)
         except (AuthenticationError, WebSocketException):
             # Failed attempts count against the caller's address: guessing is throttled too.
             await apply_tier(conn, tier or "strict")
             raise
     if tier is not None:
         await apply_tier(conn, tier)
+    if principal is not None:
+        await enforce_role(conn, principal, policy)
+
+
+async def enforce_role(conn: HTTPConnection, principal: Principal, policy: RoutePolicy) -> None:
+    """A viewer reads only: an unsafe HTTP method is a 403 (audited) unless the route is
+    marked `viewer_allowed`. The one place roles are enforced for every route, present and
+    future."""
+    if not principal.read_only or conn.scope["type"] != "http" or policy.viewer_allowed:
+        return
+    if conn.scope["method"] in SAFE_METHODS:
+        return
+    if policy.declares_tier:  # its own tier counts after the gate; count the refusal here
+        await apply_tier(conn, "strict")
+    await audit_denial(conn, principal, "read-only role", method=conn.scope["method"])
+    raise PermissionDeniedError(
+        "a viewer has read-only access",
+        hint="ask an administrator for the member role (PUT /users/{id}/role)",
+    )

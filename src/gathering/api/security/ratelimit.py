@@ -2,7 +2,9 @@
 
 Counters live in memory (one process) or in Redis (shared by every instance). A storage that
 cannot be reached lets requests through and logs an error: an outage of the limiter must not
-become an outage of the API.
+become an outage of the API. Login is the exception: failed logins that cannot be counted
+could be guessed without limit, so by default (`GATHERING_AUTH_THROTTLE_FAIL=closed`) login
+answers 503 until the storage is back.
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ import structlog
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import ConfigurationError as LimitsConfigurationError
 from limits.errors import StorageError
 
-from gathering.config import Settings
-from gathering.errors import RateLimitedError
+from gathering.config import Settings, redact_credentials
+from gathering.errors import ConfigurationError, GatheringError, RateLimitedError
 
 log = structlog.get_logger(__name__)
 
-Tier = Literal["strict", "standard", "relaxed", "bulk"]
+Tier = Literal["strict", "standard", "relaxed", "bulk", "chat"]
 TIERS: tuple[Tier, ...] = get_args(Tier)
 DEFAULT_TIER: Tier = "standard"
 REDIS_TIMEOUT = 2.0
+# Seconds a refused login asks the client to wait while the storage is down.
+THROTTLE_UNAVAILABLE_RETRY_AFTER = 10
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ def tier_limits(settings: Settings) -> dict[Tier, list[RateLimitItem]]:
         "standard": parse_many(settings.rate_limit_standard),
         "relaxed": parse_many(settings.rate_limit_relaxed),
         "bulk": parse_many(settings.rate_limit_bulk),
+        "chat": parse_many(settings.rate_limit_chat),
     }
 
 
@@ -66,20 +72,29 @@ def _storage(settings: Settings) -> Storage:
     url = settings.rate_limit_storage
     if url.startswith("memory:"):
         return MemoryStorage()
-    return RedisStorage(
-        f"async+{url}",
-        implementation="redispy",
-        key_prefix=settings.rate_limit_key_prefix,
-        wrap_exceptions=True,
-        socket_connect_timeout=REDIS_TIMEOUT,
-        socket_timeout=REDIS_TIMEOUT,
-    )
+    try:
+        return RedisStorage(
+            f"async+{url}",
+            implementation="redispy",
+            key_prefix=settings.rate_limit_key_prefix,
+            wrap_exceptions=True,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+        )
+    except (LimitsConfigurationError, ValueError) as exc:
+        # Their text quotes the URL: the log gets it without the password, a client nothing.
+        log.error("rate-limit storage URL refused", error=redact_credentials(str(exc), url))
+        raise ConfigurationError(
+            "GATHERING_RATE_LIMIT_STORAGE is not a usable storage URL (the server log says why)",
+            hint="write it like redis://host:6379/0, percent-encoding / ? # @ in a password",
+        ) from None
 
 
 class RateLimiter:
     """A moving-window limiter over the configured storage (made per event loop)."""
 
     def __init__(self, settings: Settings) -> None:
+        self._url = settings.rate_limit_storage
         self.storage = _storage(settings)
         self._strategy = MovingWindowRateLimiter(self.storage)
         self.loop = asyncio.get_running_loop()
@@ -108,7 +123,11 @@ class RateLimiter:
                 ):
                     tightest = status
         except StorageError as exc:
-            log.error("rate-limit storage unavailable; request let through", error=str(exc))
+            log.error(
+                "rate-limit storage unavailable; request let through",
+                storage=redact_credentials(self._url, self._url),
+                error=redact_credentials(str(exc), self._url),
+            )
             return None
         return tightest
 
@@ -126,7 +145,11 @@ class RateLimiter:
             for item in items:
                 await self._strategy.clear(item, *identifiers)
         except StorageError as exc:
-            log.error("rate-limit storage unavailable; counter not cleared", error=str(exc))
+            log.error(
+                "rate-limit storage unavailable; counter not cleared",
+                storage=redact_credentials(self._url, self._url),
+                error=redact_credentials(str(exc), self._url),
+            )
 
     async def close(self) -> None:
         """Release the storage's connections."""
@@ -143,22 +166,45 @@ def rate_limited(status: RateLimitStatus, what: str = "requests") -> RateLimited
     )
 
 
+class LoginThrottleUnavailableError(GatheringError):
+    """Failed logins cannot be counted (the rate-limit storage does not answer), so login is
+    refused rather than left open to unlimited guessing (`GATHERING_AUTH_THROTTLE_FAIL`)."""
+
+    code = "login_unavailable"
+    http_status = 503
+
+    def __init__(self) -> None:
+        super().__init__(
+            "login is unavailable for now: failed attempts cannot be counted because the "
+            "rate-limit storage does not answer",
+            hint=f"retry in {THROTTLE_UNAVAILABLE_RETRY_AFTER} s; operators: bring back the "
+            "storage of GATHERING_RATE_LIMIT_STORAGE (the server log says why it fails), or set "
+            "GATHERING_AUTH_THROTTLE_FAIL=open to accept logins uncounted meanwhile",
+            details={"retry_after": THROTTLE_UNAVAILABLE_RETRY_AFTER},
+        )
+
+
 class LoginThrottle:
     """Failed logins counted per account and per client address."""
 
     def __init__(self, settings: Settings) -> None:
         self.per_account = parse_many(settings.login_attempts_per_account)
         self.per_ip = parse_many(settings.login_attempts_per_ip)
+        self.fail_closed = settings.auth_throttle_fail == "closed"
 
     async def attempt(self, limiter: RateLimiter, email: str, ip: str) -> None:
         """Count a login attempt against the account and the address before the password is
         checked (so concurrent guesses cannot slip past); `RateLimitedError` when either has
-        no attempts left. A successful login clears the account's count."""
+        no attempts left. A successful login clears the account's count. When the storage
+        cannot count, `LoginThrottleUnavailableError` (fail closed) or nothing (fail open)."""
         for items, identifiers in (
             (self.per_account, ("login-failures", "account", email)),
             (self.per_ip, ("login-failures", "ip", ip)),
         ):
             status = await limiter.hit(items, *identifiers)
+            if status is None and self.fail_closed:
+                log.error("login refused: failed logins cannot be counted", fail="closed")
+                raise LoginThrottleUnavailableError()
             if status is not None and not status.allowed:
                 raise rate_limited(status, "failed logins")
 

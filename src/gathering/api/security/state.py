@@ -7,7 +7,10 @@ import asyncio
 from limits import RateLimitItem
 
 from gathering.api.security.ratelimit import LoginThrottle, RateLimiter, Tier, tier_limits
+from gathering.api.security.spending import TurnAdmission
+from gathering.api.security.ws_limits import SocketLimits
 from gathering.api.state import AppState
+from gathering.auth.accounts import AccountAdmin
 from gathering.auth.api_keys import ApiKeyStore
 from gathering.auth.audit import AuditLog
 from gathering.auth.principal import Principal
@@ -16,6 +19,7 @@ from gathering.auth.sessions import SessionStore
 from gathering.auth.signing_key import load_signing_key
 from gathering.auth.tokens import TokenService
 from gathering.auth.users import UserStore
+from gathering.auth.ws_tickets import WsTicketStore
 from gathering.config import Settings
 from gathering.db import Database
 
@@ -29,6 +33,8 @@ class SecurityState:
         self.revocation_cache = RevocationCache(settings.revocation_cache_size)
         self.tiers: dict[Tier, list[RateLimitItem]] = tier_limits(settings)
         self.login_throttle = LoginThrottle(settings)
+        self.socket_limits = SocketLimits(settings)
+        self.turn_admission = TurnAdmission(settings.chat_max_concurrent_per_user)
         self._tokens: TokenService | None = None
         self._limiter: RateLimiter | None = None
         self._local_owner: tuple[int, Principal] | None = None
@@ -68,6 +74,13 @@ class SecurityState:
 
     async def audit(self) -> AuditLog:
         return AuditLog(await self.db())
+
+    async def ws_tickets(self) -> WsTicketStore:
+        return WsTicketStore(await self.db())
+
+    async def account_admin(self) -> AccountAdmin:
+        """Audited, transactional account changes (revocations reach this app's cache)."""
+        return AccountAdmin(await self.db(), self.revocation_cache)
 
     async def revocations(self) -> RevocationStore:
         return RevocationStore(await self.db(), self.revocation_cache)

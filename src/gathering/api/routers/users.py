@@ -1,0 +1,296 @@
+"""`/users`: user administration for administrators, and a user's own password.
+
+Multi-user mode only (single-user mode has no accounts: 409). Every change is audited in the
+transaction that makes it. The built-in local owner is not an account here: it is never listed
+and every route answers 404 for it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field
+
+from gathering.api.routers.api_keys import ApiKeyResponse, actor_of
+from gathering.api.routers.auth import accounts
+from gathering.api.security.dependencies import (
+    audit_denial,
+    current_principal,
+    not_found,
+    rate_limit,
+    require_admin,
+    viewer_allowed,
+)
+from gathering.auth.accounts import AccountChange
+from gathering.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from gathering.auth.principal import Principal
+from gathering.auth.sessions import SessionInfo, user_sessions
+from gathering.auth.users import MAX_EMAIL_LENGTH, Role, User
+from gathering.errors import PermissionDeniedError
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+UserId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
+SessionId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+NewPassword = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)]
+
+
+class UserCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(min_length=3, max_length=MAX_EMAIL_LENGTH, examples=["ada@example.com"])
+    password: NewPassword
+    role: Role = "member"
+
+
+class RoleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role = Field(description="`admin`, `member`, or `viewer` (read-only)")
+
+
+class PasswordResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: NewPassword
+
+
+class PasswordChangeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(max_length=MAX_PASSWORD_LENGTH)
+    new_password: NewPassword
+
+
+class UserResponse(BaseModel):
+    id: int
+    email: str
+    role: Role
+    is_active: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+    @classmethod
+    def of(cls, user: User) -> UserResponse:
+        return cls(**{name: getattr(user, name) for name in cls.model_fields})
+
+
+class UserChangeResponse(BaseModel):
+    user: UserResponse
+    sessions_revoked: int = Field(description="Login sessions this change ended")
+    api_keys_revoked: int = Field(description="API keys this change revoked")
+
+    @classmethod
+    def of(cls, change: AccountChange) -> UserChangeResponse:
+        return cls(
+            user=UserResponse.of(change.user),
+            sessions_revoked=change.sessions_revoked,
+            api_keys_revoked=change.api_keys_revoked,
+        )
+
+
+class PasswordChangedResponse(BaseModel):
+    sessions_revoked: int = Field(description="Your other login sessions, now ended")
+
+
+class SessionResponse(BaseModel):
+    id: str
+    created_at: datetime
+    expires_at: datetime
+    last_refreshed_at: datetime | None
+    revoked_at: datetime | None
+    revoke_reason: str | None
+
+    @classmethod
+    def of(cls, session: SessionInfo) -> SessionResponse:
+        return cls(**{name: getattr(session, name) for name in cls.model_fields})
+
+
+# --- the caller's own account (declared before /{user_id}, which would take "me") -------------
+
+
+@router.post(
+    "/me/password",
+    summary="Change your own password; your other sessions end (this one goes on)",
+    dependencies=[rate_limit("strict"), Depends(viewer_allowed)],
+    responses={422: {"description": "Wrong current password, or a weak new one"}},
+)
+async def change_own_password(
+    body: PasswordChangeRequest,
+    request: Request,
+    principal: Principal = Depends(current_principal),
+) -> PasswordChangedResponse:
+    security = accounts(request)
+    if principal.method != "token" or principal.family_id is None:
+        await audit_denial(request, principal, "password change without a token login")
+        raise PermissionDeniedError(
+            "changing a password needs a token login", hint="log in with POST /auth/login"
+        )
+    change = await (await security.account_admin()).change_own_password(
+        actor_of(request, principal),
+        body.current_password,
+        body.new_password,
+        keep_family=principal.family_id,
+    )
+    return PasswordChangedResponse(sessions_revoked=change.sessions_revoked)
+
+
+# --- administration -------------------------------------------------------------------------
+
+
+@router.get("", summary="Every account (administrators only)")
+async def list_users(
+    request: Request, _admin: Principal = Depends(require_admin)
+) -> list[UserResponse]:
+    security = accounts(request)
+    return [UserResponse.of(user) for user in await (await security.users()).list_users()]
+
+
+@router.post(
+    "",
+    summary="Create an account (administrators only)",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[rate_limit("strict")],
+)
+async def create_user(
+    body: UserCreateRequest, request: Request, admin: Principal = Depends(require_admin)
+) -> UserResponse:
+    security = accounts(request)
+    user = await (await security.account_admin()).create_user(
+        actor_of(request, admin), body.email, body.password, body.role
+    )
+    return UserResponse.of(user)
+
+
+@router.get("/{user_id}", summary="One account (administrators only)")
+async def get_user(
+    user_id: UserId, request: Request, _admin: Principal = Depends(require_admin)
+) -> UserResponse:
+    security = accounts(request)
+    return UserResponse.of(await (await security.account_admin()).get_user(user_id))
+
+
+@router.post(
+    "/{user_id}/disable",
+    summary="Disable an account: its sessions end and its API keys are revoked",
+    responses={409: {"description": "The last active administrator"}},
+)
+async def disable_user(
+    user_id: UserId, request: Request, admin: Principal = Depends(require_admin)
+) -> UserChangeResponse:
+    security = accounts(request)
+    change = await (await security.account_admin()).set_active(
+        actor_of(request, admin), user_id, active=False
+    )
+    return UserChangeResponse.of(change)
+
+
+@router.post("/{user_id}/enable", summary="Enable a disabled account (administrators only)")
+async def enable_user(
+    user_id: UserId, request: Request, admin: Principal = Depends(require_admin)
+) -> UserChangeResponse:
+    security = accounts(request)
+    change = await (await security.account_admin()).set_active(
+        actor_of(request, admin), user_id, active=True
+    )
+    return UserChangeResponse.of(change)
+
+
+@router.put(
+    "/{user_id}/role",
+    summary="Set an account's role; it applies to the account's next request",
+    responses={409: {"description": "The last active administrator"}},
+)
+async def set_role(
+    user_id: UserId, body: RoleRequest, request: Request, admin: Principal = Depends(require_admin)
+) -> UserChangeResponse:
+    security = accounts(request)
+    change = await (await security.account_admin()).set_role(
+        actor_of(request, admin), user_id, body.role
+    )
+    return UserChangeResponse.of(change)
+
+
+@router.post(
+    "/{user_id}/password",
+    summary="Reset an account's password: its sessions end and its API keys are revoked",
+    dependencies=[rate_limit("strict")],
+)
+async def reset_password(
+    user_id: UserId,
+    body: PasswordResetRequest,
+    request: Request,
+    admin: Principal = Depends(require_admin),
+) -> UserChangeResponse:
+    security = accounts(request)
+    change = await (await security.account_admin()).reset_password(
+        actor_of(request, admin), user_id, body.password
+    )
+    return UserChangeResponse.of(change)
+
+
+@router.get("/{user_id}/sessions", summary="An account's login sessions (administrators only)")
+async def list_sessions(
+    user_id: UserId,
+    request: Request,
+    _admin: Principal = Depends(require_admin),
+    ended: Annotated[bool, Query(description="Include revoked and expired sessions")] = False,
+) -> list[SessionResponse]:
+    security = accounts(request)
+    user = await (await security.account_admin()).get_user(user_id)
+    sessions = await user_sessions(await security.db(), user.id, ended=ended)
+    return [SessionResponse.of(session) for session in sessions]
+
+
+@router.delete(
+    "/{user_id}/sessions/{session_id}",
+    summary="End one login session of an account (administrators only)",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+)
+async def revoke_session(
+    user_id: UserId,
+    session_id: SessionId,
+    request: Request,
+    admin: Principal = Depends(require_admin),
+) -> Response:
+    security = accounts(request)
+    await (await security.account_admin()).revoke_session(
+        actor_of(request, admin), user_id, session_id
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{user_id}/api-keys", summary="An account's API keys (administrators only)")
+async def list_user_api_keys(
+    user_id: UserId, request: Request, _admin: Principal = Depends(require_admin)
+) -> list[ApiKeyResponse]:
+    security = accounts(request)
+    user = await (await security.account_admin()).get_user(user_id)
+    keys = await (await security.api_keys()).list_keys(user.id)
+    return [ApiKeyResponse.of(key) for key in keys]
+
+
+@router.delete(
+    "/{user_id}/api-keys/{key_id}",
+    summary="Revoke an API key of an account (administrators only)",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+)
+async def revoke_user_api_key(
+    user_id: UserId,
+    key_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
+    request: Request,
+    admin: Principal = Depends(require_admin),
+) -> Response:
+    security = accounts(request)
+    accounts_admin = await security.account_admin()
+    user = await accounts_admin.get_user(user_id)
+    key = await (await security.api_keys()).get(key_id)
+    if key is None or key.user_id != user.id:
+        raise not_found("API key", key_id)
+    await accounts_admin.revoke_api_key(actor_of(request, admin), key)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
