@@ -297,7 +297,7 @@ def test_websocket_from_the_same_origin_is_accepted(single_sync):
 def test_websockets_need_a_token_in_multi_user_mode(multi_sync):
     with TestClient(multi_sync) as client:
         assert client.portal is not None
-        store = client.portal.call(multi_sync.state.security.users)
+        store = client.portal.call(multi_sync.state.security.services).users
         client.portal.call(store.create, "ws@example.com", PASSWORD)
         token = client.post(
             "/auth/login", json={"email": "ws@example.com", "password": PASSWORD}

@@ -32,7 +32,7 @@ async def access_token(application) -> tuple[int, str]:
     user = await UserStore(await security.db()).create(
         f"lim-{secrets.token_hex(4)}@example.com", PASSWORD
     )
-    pair = await (await security.sessions()).start(user.id)
+    pair = await (await security.services()).sessions.start(user.id)
     return user.id, pair.access.token
 
 

@@ -36,7 +36,7 @@ async def new_user(application, *, is_admin: bool = False) -> tuple[int, str]:
     user = await UserStore(await security.db()).create(
         f"tk-{secrets.token_hex(4)}@example.com", PASSWORD, is_admin=is_admin
     )
-    pair = await (await security.sessions()).start(user.id)
+    pair = await (await security.services()).sessions.start(user.id)
     return user.id, pair.access.token
 
 

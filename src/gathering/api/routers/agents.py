@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,14 +26,13 @@ from gathering.agents import (
     TurnResult,
 )
 from gathering.agents.turn_loop import IDEMPOTENCY_KEY_PATTERN
-from gathering.api.deps import app_state, get_db
+from gathering.api.deps import AgentId, AgentsReader, AgentsWriter, BusDep, DbDep, app_state
 from gathering.api.errors import public_error
 from gathering.api.security import (
     Principal,
     ensure_owner,
     not_found,
     rate_limit,
-    require_scope,
 )
 from gathering.api.security.dependencies import security_state
 from gathering.db import Database
@@ -44,11 +43,8 @@ from gathering.llm import TextDelta, default_model, default_provider_name, known
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/agents", tags=["agents"])
 # Users act with every scope; an API key only with those it was given.
-can_read = require_scope("agents:read")
-can_write = require_scope("agents:write")
 
 LIVE_AGENTS = 256  # agents kept in memory per process (least recently used leave first)
-AgentId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The agent's id")]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -243,9 +239,7 @@ async def _live_agent(request: Request, record: AgentRecord, db: Database) -> Ag
 
 
 @router.get("", summary="List agents", dependencies=[rate_limit("relaxed")])
-async def list_agents(
-    principal: Principal = Depends(can_read), db: Database = Depends(get_db)
-) -> list[AgentOut]:
+async def list_agents(principal: AgentsReader, db: DbDep) -> list[AgentOut]:
     records = await PostgresAgentStore(db).list_agents(owner_id=principal.owner_filter)
     return [_out(r) for r in records]
 
@@ -254,8 +248,9 @@ async def list_agents(
 async def create_agent(
     request: Request,
     body: AgentCreate,
-    principal: Principal = Depends(can_write),
-    db: Database = Depends(get_db),
+    principal: AgentsWriter,
+    db: DbDep,
+    bus: BusDep,
 ) -> AgentOut:
     provider = body.provider or default_provider_name()
     _check_test_provider(request, provider)
@@ -269,7 +264,6 @@ async def create_agent(
         knowledge=_knowledge(body.knowledge),
         owner_id=principal.user_id,
     )
-    bus = await app_state(request).event_bus()
     async with db.transaction() as tx:
         record = await PostgresAgentStore(db).create_agent(agent.record())
         await bus.publish(_event("agent.created", record, principal), tx=tx)
@@ -280,8 +274,8 @@ async def create_agent(
 async def get_agent(
     request: Request,
     agent_id: AgentId,
-    principal: Principal = Depends(can_read),
-    db: Database = Depends(get_db),
+    principal: AgentsReader,
+    db: DbDep,
 ) -> AgentOut:
     return _out(await _owned(request, principal, db, agent_id))
 
@@ -291,8 +285,9 @@ async def update_agent(
     request: Request,
     agent_id: AgentId,
     body: AgentUpdate,
-    principal: Principal = Depends(can_write),
-    db: Database = Depends(get_db),
+    principal: AgentsWriter,
+    db: DbDep,
+    bus: BusDep,
 ) -> AgentOut:
     record = await _owned(request, principal, db, agent_id)
     agent = Agent.from_record(record)  # keeps every setting the body does not change
@@ -313,7 +308,6 @@ async def update_agent(
         agent.max_iterations = changes["max_iterations"]
     if "knowledge" in body.model_fields_set:
         agent.knowledge = _knowledge(body.knowledge)
-    bus = await app_state(request).event_bus()
     async with db.transaction() as tx:
         updated = await PostgresAgentStore(db).update_agent(agent.record())
         await bus.publish(_event("agent.updated", updated, principal), tx=tx)
@@ -325,11 +319,11 @@ async def update_agent(
 async def delete_agent(
     request: Request,
     agent_id: AgentId,
-    principal: Principal = Depends(can_write),
-    db: Database = Depends(get_db),
+    principal: AgentsWriter,
+    db: DbDep,
+    bus: BusDep,
 ) -> Response:
     record = await _owned(request, principal, db, agent_id)
-    bus = await app_state(request).event_bus()
     async with db.transaction() as tx:
         await PostgresAgentStore(db).delete_agent(agent_id)
         await bus.publish(_event("agent.deleted", record, principal), tx=tx)
@@ -376,9 +370,9 @@ async def chat(
     request: Request,
     agent_id: AgentId,
     body: ChatRequest,
+    principal: AgentsWriter,
+    db: DbDep,
     idempotency_key: IdempotencyKey = None,
-    principal: Principal = Depends(can_write),
-    db: Database = Depends(get_db),
 ) -> ChatResponse:
     agent = await _chatting(request, principal, db, agent_id)
     with security_state(request).turn_admission.admit(principal):
@@ -409,9 +403,9 @@ async def chat_stream(
     request: Request,
     agent_id: AgentId,
     body: ChatRequest,
+    principal: AgentsWriter,
+    db: DbDep,
     idempotency_key: IdempotencyKey = None,
-    principal: Principal = Depends(can_write),
-    db: Database = Depends(get_db),
 ) -> StreamingResponse:
     agent = await _chatting(request, principal, db, agent_id)
     slot = security_state(request).turn_admission.admit(principal)  # held until the turn ends
@@ -471,9 +465,9 @@ async def chat_stream(
 async def history(
     request: Request,
     agent_id: AgentId,
+    principal: AgentsReader,
+    db: DbDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    principal: Principal = Depends(can_read),
-    db: Database = Depends(get_db),
 ) -> list[HistoryMessage]:
     record = await _owned(request, principal, db, agent_id)
     store = PostgresAgentStore(db)

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from gathering.api.routers.auth import PlainText, accounts
+from gathering.api.deps import AccountsDep
+from gathering.api.routers.auth import PlainText
 from gathering.api.security.dependencies import (
     audit_denial,
     ensure_owner,
@@ -29,6 +30,8 @@ from gathering.errors import PermissionDeniedError
 # Key management needs a token login, or an API key with these scopes (`*` covers them).
 KEYS_READ = "keys:read"
 KEYS_WRITE = "keys:write"
+KeysReader = Annotated[Principal, Depends(require_scope(KEYS_READ))]
+KeysWriter = Annotated[Principal, Depends(require_scope(KEYS_WRITE))]
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -74,16 +77,16 @@ class ApiKeyCreatedResponse(ApiKeyResponse):
 async def create_api_key(
     body: ApiKeyCreateRequest,
     request: Request,
-    principal: Principal = Depends(require_scope(KEYS_WRITE)),
+    principal: KeysWriter,
+    auth: AccountsDep,
 ) -> ApiKeyCreatedResponse:
-    security = accounts(request)
     if principal.method == "api_key":
         await audit_denial(request, principal, "API keys cannot create API keys")
         raise PermissionDeniedError("an API key cannot create API keys; log in as the user")
     if "admin" in body.scopes and not principal.is_admin:
         await audit_denial(request, principal, "admin scope requested")
         raise PermissionDeniedError("only administrators can grant the `admin` scope")
-    created = await (await security.account_admin()).create_api_key(
+    created = await auth.accounts.create_api_key(
         actor_of(request, principal),
         principal.user_id,
         body.name,
@@ -100,10 +103,11 @@ def actor_of(request: Request, principal: Principal) -> Actor:
 
 @router.get("/api-keys", summary="API keys (yours; an administrator sees every user's)")
 async def list_api_keys(
-    request: Request, principal: Principal = Depends(require_scope(KEYS_READ))
+    request: Request,
+    principal: KeysReader,
+    auth: AccountsDep,
 ) -> list[ApiKeyResponse]:
-    security = accounts(request)
-    keys = await (await security.api_keys()).list_keys(principal.owner_filter)
+    keys = await auth.api_keys.list_keys(principal.owner_filter)
     return [ApiKeyResponse.of(key) for key in keys]
 
 
@@ -116,12 +120,12 @@ async def list_api_keys(
 async def revoke_api_key(
     key_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
     request: Request,
-    principal: Principal = Depends(require_scope(KEYS_WRITE)),
+    principal: KeysWriter,
+    auth: AccountsDep,
 ) -> Response:
-    security = accounts(request)
-    key = await (await security.api_keys()).get(key_id)
+    key = await auth.api_keys.get(key_id)
     if key is None:
         raise not_found("API key", key_id)
     await ensure_owner(request, principal, key.user_id, resource="API key", resource_id=key_id)
-    await (await security.account_admin()).revoke_api_key(actor_of(request, principal), key)
+    await auth.accounts.revoke_api_key(actor_of(request, principal), key)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

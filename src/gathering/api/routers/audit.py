@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
-from gathering.api.security.dependencies import require_admin, security_state
+from gathering.api.deps import AdminPrincipal
+from gathering.api.security.dependencies import security_state
 from gathering.auth.audit import MAX_QUERY_LIMIT, AuditFilter
-from gathering.auth.principal import Principal
 
 router = APIRouter(tags=["audit"])
 
@@ -38,7 +38,7 @@ class AuditEntry(BaseModel):
 @router.get("/audit", summary="Audit log entries, newest first (administrators only)")
 async def list_audit_entries(
     request: Request,
-    _admin: Principal = Depends(require_admin),
+    _admin: AdminPrincipal,
     event: Annotated[
         str | None,
         Query(
@@ -68,7 +68,7 @@ async def list_audit_entries(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)] = 100,
 ) -> list[AuditEntry]:
-    audit = await security_state(request).audit()
+    audit = (await security_state(request).services()).audit
     rows = await audit.query(
         AuditFilter(
             event=event,

@@ -8,11 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import AfterValidator, BaseModel, Field
 
+from gathering.api.deps import AccountsDep, CurrentPrincipal, EventsReader
 from gathering.api.security.dependencies import (
-    current_principal,
     public_route,
     rate_limit,
-    require_scope,
     security_state,
     viewer_allowed,
 )
@@ -20,7 +19,6 @@ from gathering.api.security.origin import request_origin
 from gathering.api.security.state import SecurityState
 from gathering.auth.audit import AuditEvent
 from gathering.auth.passwords import needs_rehash, verify_password
-from gathering.auth.principal import Principal
 from gathering.auth.sessions import RefreshTokenReused, TokenPair
 from gathering.auth.tokens import TokenClaims, invalid_credentials
 from gathering.auth.users import Role
@@ -28,7 +26,6 @@ from gathering.auth.ws_tickets import WS_TICKET_TTL
 from gathering.db import Transaction
 from gathering.errors import (
     AuthenticationError,
-    ConflictError,
     InvalidInputError,
     RateLimitedError,
 )
@@ -86,17 +83,6 @@ class _AccountGone(Exception):
         self.claims = claims
 
 
-def accounts(request: Request) -> SecurityState:
-    """The security state, or a 409 in single-user mode (it has no accounts)."""
-    security = security_state(request)
-    if not security.settings.auth_required:
-        raise ConflictError(
-            "single-user mode has no accounts or tokens: every request already acts as you",
-            hint="set GATHERING_AUTH=required to use logins and API keys",
-        )
-    return security
-
-
 def _token_response(security: SecurityState, pair: TokenPair) -> TokenResponse:
     return TokenResponse(
         access_token=pair.access.token,
@@ -112,18 +98,18 @@ def _token_response(security: SecurityState, pair: TokenPair) -> TokenResponse:
     dependencies=[Depends(public_route), rate_limit("strict")],
     responses={401: {"description": "Wrong email or password"}, 429: {"description": "Throttled"}},
 )
-async def login(body: LoginRequest, request: Request) -> TokenResponse:
-    security = accounts(request)
+async def login(body: LoginRequest, request: Request, auth: AccountsDep) -> TokenResponse:
+    security = security_state(request)
     origin = request_origin(request)
     email = body.email.strip().lower()
     ip = origin.ip or "unknown"
-    limiter, audit = security.limiter(), await security.audit()
+    limiter, audit = security.limiter(), auth.audit
     try:
         await security.login_throttle.attempt(limiter, email, ip)
     except RateLimitedError:
         await audit.record(AuditEvent.LOGIN_THROTTLED, "denied", origin=origin, subject=email)
         raise
-    users = await security.users()
+    users = auth.users
     user = await users.find_by_email(email)
     verified = await verify_password(user.password_hash if user else None, body.password)
     if user is None or not verified or not user.can_log_in:
@@ -152,7 +138,7 @@ async def login(body: LoginRequest, request: Request) -> TokenResponse:
             on=tx,
         )
 
-    pair = await (await security.sessions()).start(user.id, audit=audited)
+    pair = await auth.sessions.start(user.id, audit=audited)
     return _token_response(security, pair)
 
 
@@ -162,10 +148,10 @@ async def login(body: LoginRequest, request: Request) -> TokenResponse:
     dependencies=[Depends(public_route), rate_limit("strict")],
     responses={401: {"description": "Invalid, expired, revoked or already used"}},
 )
-async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
-    security = accounts(request)
-    origin, audit = request_origin(request), await security.audit()
-    sessions, users = await security.sessions(), await security.users()
+async def refresh(body: RefreshRequest, request: Request, auth: AccountsDep) -> TokenResponse:
+    security = security_state(request)
+    origin, audit = request_origin(request), auth.audit
+    sessions, users = auth.sessions, auth.users
 
     async def audited(tx: Transaction, pair: TokenPair) -> None:
         claims = pair.refresh.claims
@@ -215,8 +201,7 @@ async def refresh(body: RefreshRequest, request: Request) -> TokenResponse:
     response_class=Response,
     dependencies=[Depends(viewer_allowed)],  # a viewer may log out
 )
-async def logout(request: Request, principal: Principal = Depends(current_principal)) -> Response:
-    security = accounts(request)
+async def logout(request: Request, principal: CurrentPrincipal, auth: AccountsDep) -> Response:
     if (
         principal.method != "token"
         or principal.token_id is None
@@ -234,7 +219,7 @@ async def logout(request: Request, principal: Principal = Depends(current_princi
         issued_at=0,
         expires_at=principal.token_expires_at,
     )
-    audit, origin = await security.audit(), request_origin(request)
+    audit, origin = auth.audit, request_origin(request)
 
     async def audited(tx: Transaction) -> None:
         await audit.record(
@@ -248,12 +233,12 @@ async def logout(request: Request, principal: Principal = Depends(current_princi
             on=tx,
         )
 
-    await (await security.sessions()).end(claims, "logout", audit=audited)
+    await auth.sessions.end(claims, "logout", audit=audited)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/me", summary="Who this request acts as", dependencies=[rate_limit("relaxed")])
-async def me(principal: Principal = Depends(current_principal)) -> MeResponse:
+async def me(principal: CurrentPrincipal) -> MeResponse:
     return MeResponse(
         id=principal.user_id,
         email=principal.email,
@@ -272,11 +257,12 @@ async def me(principal: Principal = Depends(current_principal)) -> MeResponse:
     dependencies=[Depends(viewer_allowed)],  # a viewer may subscribe (read-only)
 )
 async def ws_ticket(
-    request: Request, principal: Principal = Depends(require_scope("events:read"))
+    request: Request,
+    principal: EventsReader,
+    auth: AccountsDep,
 ) -> WsTicketResponse:
     """For browsers, which cannot set headers on a WebSocket handshake: the ticket goes in the
     URL instead of the access token. It acts as this request's token or API key (an API key
     needs the scope `events:read`), with no more rights, and fails once that is revoked."""
-    security = accounts(request)
-    issued = await (await security.ws_tickets()).issue(principal)
+    issued = await auth.ws_tickets.issue(principal)
     return WsTicketResponse(ticket=issued.ticket, expires_in=issued.expires_in)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from gathering.api.deps import get_db
-from gathering.db import Database
+from gathering.api.deps import DbDep
 
 router = APIRouter(prefix="/_debug", tags=["debug"], include_in_schema=False)
 
@@ -20,9 +19,7 @@ async def sleep(seconds: float = Query(1.0, ge=0, le=60)) -> dict[str, float]:
 
 
 @router.get("/db-sleep")
-async def db_sleep(
-    seconds: float = Query(1.0, ge=0, le=60), db: Database = Depends(get_db)
-) -> dict[str, float]:
+async def db_sleep(db: DbDep, seconds: float = Query(1.0, ge=0, le=60)) -> dict[str, float]:
     """Answer after waiting `seconds` inside PostgreSQL (a handler blocked on SQL)."""
     await db.fetch_val("SELECT pg_sleep($1)", seconds)
     return {"slept": seconds}

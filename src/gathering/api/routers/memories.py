@@ -37,13 +37,19 @@ from gathering.agents.long_term_memory import (
     get_memory,
 )
 from gathering.agents.retrieval import MAX_QUERY_CHARS, MAX_SCOPE_ID_CHARS, Scope, ScopeRef
-from gathering.api.deps import app_state, get_db
+from gathering.api.deps import (
+    MAX_ID,
+    AgentId,
+    DbDep,
+    MemoriesReader,
+    MemoriesWriter,
+    app_state,
+)
 from gathering.api.security import (
     Principal,
     ensure_owner,
     not_found,
     rate_limit,
-    require_scope,
     viewer_allowed,
 )
 from gathering.db import Database
@@ -51,20 +57,18 @@ from gathering.llm.embeddings import EmbeddingProvider
 
 router = APIRouter(prefix="/memories", tags=["memories"])
 
-MAX_ID = 2**63 - 1
-AgentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The agent's id")]
 MemoryId = Annotated[int, Path(ge=1, le=MAX_ID, description="The memory's id")]
 DocumentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The document's id")]
 ScopeId = Annotated[str, Field(min_length=1, max_length=MAX_SCOPE_ID_CHARS, pattern=r"\S")]
 Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS, pattern=r"\S")]
 
-reader = require_scope("memories:read")
-writer = require_scope("memories:write")
-
 
 def get_embedder(request: Request) -> EmbeddingProvider | None:
     """The embedding provider from the settings (None: full-text search only)."""
     return embedder_from_settings(app_state(request).settings)
+
+
+Embedder = Annotated[EmbeddingProvider | None, Depends(get_embedder)]
 
 
 def _no_nul(value: str | None) -> str | None:
@@ -307,13 +311,13 @@ async def _agent_memory(
 
 @router.get("/knowledge", summary="List documents", dependencies=[rate_limit("relaxed")])
 async def list_documents(
+    principal: MemoriesReader,
+    db: DbDep,
     category: Annotated[str | None, Query(min_length=1, max_length=MAX_CATEGORY_CHARS)] = None,
     scope: Annotated[Scope | None, Query()] = None,
     scope_id: Annotated[str | None, Query(min_length=1, max_length=MAX_SCOPE_ID_CHARS)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-    principal: Principal = Depends(reader),
-    db: Database = Depends(get_db),
 ) -> list[DocumentOut]:
     scopes = None if scope is None else [ScopeRef(scope, scope_id)]
     documents = await KnowledgeBase(db, owner_id=principal.owner_filter).list_documents(
@@ -331,9 +335,9 @@ async def list_documents(
 async def add_document(
     body: DocumentCreate,
     request: Request,
-    principal: Principal = Depends(writer),
-    db: Database = Depends(get_db),
-    embedder: EmbeddingProvider | None = Depends(get_embedder),
+    principal: MemoriesWriter,
+    db: DbDep,
+    embedder: Embedder,
 ) -> DocumentOut:
     owner = principal.user_id
     if body.scope == "agent":
@@ -357,9 +361,9 @@ async def add_document(
 )
 async def search_knowledge(
     body: KnowledgeSearchRequest,
-    principal: Principal = Depends(reader),
-    db: Database = Depends(get_db),
-    embedder: EmbeddingProvider | None = Depends(get_embedder),
+    principal: MemoriesReader,
+    db: DbDep,
+    embedder: Embedder,
 ) -> KnowledgeSearchResponse:
     scopes = (
         None if body.scopes is None else [ScopeRef(ref.scope, ref.scope_id) for ref in body.scopes]
@@ -379,8 +383,8 @@ async def search_knowledge(
 async def get_document(
     document_id: DocumentId,
     request: Request,
-    principal: Principal = Depends(reader),
-    db: Database = Depends(get_db),
+    principal: MemoriesReader,
+    db: DbDep,
 ) -> DocumentOut:
     document = await KnowledgeBase(db).get_document(document_id)
     await ensure_owner(
@@ -397,8 +401,8 @@ async def get_document(
 async def delete_document(
     document_id: DocumentId,
     request: Request,
-    principal: Principal = Depends(writer),
-    db: Database = Depends(get_db),
+    principal: MemoriesWriter,
+    db: DbDep,
 ) -> Response:
     knowledge = KnowledgeBase(db)
     document = await knowledge.get_document(document_id, include_content=False)
@@ -421,9 +425,9 @@ async def remember(
     agent_id: AgentId,
     body: RememberRequest,
     request: Request,
-    principal: Principal = Depends(writer),
-    db: Database = Depends(get_db),
-    embedder: EmbeddingProvider | None = Depends(get_embedder),
+    principal: MemoriesWriter,
+    db: DbDep,
+    embedder: Embedder,
 ) -> MemoryOut:
     memory = await _agent_memory(request, principal, db, agent_id, embedder)
     stored = await memory.remember(
@@ -445,6 +449,8 @@ async def remember(
 async def list_memories(
     agent_id: AgentId,
     request: Request,
+    principal: MemoriesReader,
+    db: DbDep,
     scope: Annotated[list[Scope] | None, Query(max_length=4)] = None,
     kind: Annotated[list[MemoryKind] | None, Query(max_length=16)] = None,
     tag: Annotated[list[str] | None, Query(max_length=MAX_TAGS)] = None,
@@ -452,8 +458,6 @@ async def list_memories(
     project_id: Annotated[list[str] | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-    principal: Principal = Depends(reader),
-    db: Database = Depends(get_db),
 ) -> list[MemoryOut]:
     memory = await _agent_memory(
         request,
@@ -477,9 +481,9 @@ async def recall(
     agent_id: AgentId,
     body: RecallRequest,
     request: Request,
-    principal: Principal = Depends(reader),
-    db: Database = Depends(get_db),
-    embedder: EmbeddingProvider | None = Depends(get_embedder),
+    principal: MemoriesReader,
+    db: DbDep,
+    embedder: Embedder,
 ) -> RecallResponse:
     memory = await _agent_memory(
         request,
@@ -508,8 +512,8 @@ async def recall(
 async def read_memory(
     memory_id: MemoryId,
     request: Request,
-    principal: Principal = Depends(reader),
-    db: Database = Depends(get_db),
+    principal: MemoriesReader,
+    db: DbDep,
 ) -> MemoryOut:
     memory = await get_memory(db, memory_id, owner_id=None)
     await ensure_owner(
@@ -522,8 +526,8 @@ async def read_memory(
 async def forget(
     memory_id: MemoryId,
     request: Request,
-    principal: Principal = Depends(writer),
-    db: Database = Depends(get_db),
+    principal: MemoriesWriter,
+    db: DbDep,
 ) -> Response:
     memory = await get_memory(db, memory_id, owner_id=None)
     await ensure_owner(

@@ -14,19 +14,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
+from gathering.api.deps import AccountsDep, AdminPrincipal, CurrentPrincipal
 from gathering.api.routers.api_keys import ApiKeyResponse, actor_of
-from gathering.api.routers.auth import accounts
 from gathering.api.security.dependencies import (
     audit_denial,
-    current_principal,
     not_found,
     rate_limit,
-    require_admin,
     viewer_allowed,
 )
 from gathering.auth.accounts import AccountChange
 from gathering.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
-from gathering.auth.principal import Principal
 from gathering.auth.sessions import SessionInfo, user_sessions
 from gathering.auth.users import MAX_EMAIL_LENGTH, Role, User
 from gathering.errors import PermissionDeniedError
@@ -121,15 +118,15 @@ class SessionResponse(BaseModel):
 async def change_own_password(
     body: PasswordChangeRequest,
     request: Request,
-    principal: Principal = Depends(current_principal),
+    principal: CurrentPrincipal,
+    auth: AccountsDep,
 ) -> PasswordChangedResponse:
-    security = accounts(request)
     if principal.method != "token" or principal.family_id is None:
         await audit_denial(request, principal, "password change without a token login")
         raise PermissionDeniedError(
             "changing a password needs a token login", hint="log in with POST /auth/login"
         )
-    change = await (await security.account_admin()).change_own_password(
+    change = await auth.accounts.change_own_password(
         actor_of(request, principal),
         body.current_password,
         body.new_password,
@@ -143,10 +140,11 @@ async def change_own_password(
 
 @router.get("", summary="Every account (administrators only)")
 async def list_users(
-    request: Request, _admin: Principal = Depends(require_admin)
+    request: Request,
+    _admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> list[UserResponse]:
-    security = accounts(request)
-    return [UserResponse.of(user) for user in await (await security.users()).list_users()]
+    return [UserResponse.of(user) for user in await auth.users.list_users()]
 
 
 @router.post(
@@ -156,10 +154,12 @@ async def list_users(
     dependencies=[rate_limit("strict")],
 )
 async def create_user(
-    body: UserCreateRequest, request: Request, admin: Principal = Depends(require_admin)
+    body: UserCreateRequest,
+    request: Request,
+    admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> UserResponse:
-    security = accounts(request)
-    user = await (await security.account_admin()).create_user(
+    user = await auth.accounts.create_user(
         actor_of(request, admin), body.email, body.password, body.role
     )
     return UserResponse.of(user)
@@ -167,10 +167,12 @@ async def create_user(
 
 @router.get("/{user_id}", summary="One account (administrators only)")
 async def get_user(
-    user_id: UserId, request: Request, _admin: Principal = Depends(require_admin)
+    user_id: UserId,
+    request: Request,
+    _admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> UserResponse:
-    security = accounts(request)
-    return UserResponse.of(await (await security.account_admin()).get_user(user_id))
+    return UserResponse.of(await auth.accounts.get_user(user_id))
 
 
 @router.post(
@@ -179,23 +181,23 @@ async def get_user(
     responses={409: {"description": "The last active administrator"}},
 )
 async def disable_user(
-    user_id: UserId, request: Request, admin: Principal = Depends(require_admin)
+    user_id: UserId,
+    request: Request,
+    admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> UserChangeResponse:
-    security = accounts(request)
-    change = await (await security.account_admin()).set_active(
-        actor_of(request, admin), user_id, active=False
-    )
+    change = await auth.accounts.set_active(actor_of(request, admin), user_id, active=False)
     return UserChangeResponse.of(change)
 
 
 @router.post("/{user_id}/enable", summary="Enable a disabled account (administrators only)")
 async def enable_user(
-    user_id: UserId, request: Request, admin: Principal = Depends(require_admin)
+    user_id: UserId,
+    request: Request,
+    admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> UserChangeResponse:
-    security = accounts(request)
-    change = await (await security.account_admin()).set_active(
-        actor_of(request, admin), user_id, active=True
-    )
+    change = await auth.accounts.set_active(actor_of(request, admin), user_id, active=True)
     return UserChangeResponse.of(change)
 
 
@@ -205,12 +207,13 @@ async def enable_user(
     responses={409: {"description": "The last active administrator"}},
 )
 async def set_role(
-    user_id: UserId, body: RoleRequest, request: Request, admin: Principal = Depends(require_admin)
+    user_id: UserId,
+    body: RoleRequest,
+    request: Request,
+    admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> UserChangeResponse:
-    security = accounts(request)
-    change = await (await security.account_admin()).set_role(
-        actor_of(request, admin), user_id, body.role
-    )
+    change = await auth.accounts.set_role(actor_of(request, admin), user_id, body.role)
     return UserChangeResponse.of(change)
 
 
@@ -223,12 +226,10 @@ async def reset_password(
     user_id: UserId,
     body: PasswordResetRequest,
     request: Request,
-    admin: Principal = Depends(require_admin),
+    admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> UserChangeResponse:
-    security = accounts(request)
-    change = await (await security.account_admin()).reset_password(
-        actor_of(request, admin), user_id, body.password
-    )
+    change = await auth.accounts.reset_password(actor_of(request, admin), user_id, body.password)
     return UserChangeResponse.of(change)
 
 
@@ -236,12 +237,12 @@ async def reset_password(
 async def list_sessions(
     user_id: UserId,
     request: Request,
-    _admin: Principal = Depends(require_admin),
+    _admin: AdminPrincipal,
+    auth: AccountsDep,
     ended: Annotated[bool, Query(description="Include revoked and expired sessions")] = False,
 ) -> list[SessionResponse]:
-    security = accounts(request)
-    user = await (await security.account_admin()).get_user(user_id)
-    sessions = await user_sessions(await security.db(), user.id, ended=ended)
+    user = await auth.accounts.get_user(user_id)
+    sessions = await user_sessions(auth.db, user.id, ended=ended)
     return [SessionResponse.of(session) for session in sessions]
 
 
@@ -255,22 +256,22 @@ async def revoke_session(
     user_id: UserId,
     session_id: SessionId,
     request: Request,
-    admin: Principal = Depends(require_admin),
+    admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> Response:
-    security = accounts(request)
-    await (await security.account_admin()).revoke_session(
-        actor_of(request, admin), user_id, session_id
-    )
+    await auth.accounts.revoke_session(actor_of(request, admin), user_id, session_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{user_id}/api-keys", summary="An account's API keys (administrators only)")
 async def list_user_api_keys(
-    user_id: UserId, request: Request, _admin: Principal = Depends(require_admin)
+    user_id: UserId,
+    request: Request,
+    _admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> list[ApiKeyResponse]:
-    security = accounts(request)
-    user = await (await security.account_admin()).get_user(user_id)
-    keys = await (await security.api_keys()).list_keys(user.id)
+    user = await auth.accounts.get_user(user_id)
+    keys = await auth.api_keys.list_keys(user.id)
     return [ApiKeyResponse.of(key) for key in keys]
 
 
@@ -284,12 +285,12 @@ async def revoke_user_api_key(
     user_id: UserId,
     key_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
     request: Request,
-    admin: Principal = Depends(require_admin),
+    admin: AdminPrincipal,
+    auth: AccountsDep,
 ) -> Response:
-    security = accounts(request)
-    accounts_admin = await security.account_admin()
+    accounts_admin = auth.accounts
     user = await accounts_admin.get_user(user_id)
-    key = await (await security.api_keys()).get(key_id)
+    key = await auth.api_keys.get(key_id)
     if key is None or key.user_id != user.id:
         raise not_found("API key", key_id)
     await accounts_admin.revoke_api_key(actor_of(request, admin), key)

@@ -18,17 +18,17 @@ from fastapi import Depends, WebSocketException, status
 from fastapi.dependencies.models import Dependant
 from starlette.requests import HTTPConnection
 
-from gathering.api.deps import app_state
 from gathering.api.middleware import OPERATIONAL_PATH_PREFIXES
 from gathering.api.security.origin import client_ip, request_origin
 from gathering.api.security.ratelimit import DEFAULT_TIER, TIERS, Tier, rate_limited
-from gathering.api.security.state import SecurityState
+from gathering.api.security.state import AuthServices, SecurityState
 from gathering.auth.audit import AuditEvent
 from gathering.auth.principal import Principal, effective_role
 from gathering.auth.tokens import TokenClaims, invalid_credentials
 from gathering.auth.ws_tickets import TicketGrant
 from gathering.errors import (
     AuthenticationError,
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
@@ -41,6 +41,17 @@ def security_state(conn: HTTPConnection) -> SecurityState:
     """The `SecurityState` of the app serving `conn`."""
     state: SecurityState = conn.app.state.security
     return state
+
+
+async def account_services(conn: HTTPConnection) -> AuthServices:
+    """Dependency: the account stores; a 409 in single-user mode, which has no accounts."""
+    security = security_state(conn)
+    if not security.settings.auth_required:
+        raise ConflictError(
+            "single-user mode has no accounts or tokens: every request already acts as you",
+            hint="set GATHERING_AUTH=required to use logins and API keys",
+        )
+    return await security.services()
 
 
 # --- authentication ---------------------------------------------------------------------------
@@ -62,10 +73,11 @@ def _bearer_token(conn: HTTPConnection) -> str | None:
 
 
 async def _from_token(security: SecurityState, token: str) -> Principal:
+    auth = await security.services()
     claims = (await security.tokens()).decode(token, "access")
-    if await (await security.revocations()).is_revoked(claims):
+    if await auth.revocations.is_revoked(claims):
         raise invalid_credentials()
-    user = await (await security.users()).get(claims.user_id)
+    user = await auth.users.get(claims.user_id)
     if user is None or not user.is_active or user.is_local_owner:
         raise invalid_credentials()
     return Principal(
@@ -81,10 +93,11 @@ async def _from_token(security: SecurityState, token: str) -> Principal:
 
 
 async def _from_api_key(security: SecurityState, presented: str) -> Principal:
-    key = await (await security.api_keys()).authenticate(presented)
+    auth = await security.services()
+    key = await auth.api_keys.authenticate(presented)
     if key is None:
         raise invalid_credentials()
-    user = await (await security.users()).get(key.user_id)
+    user = await auth.users.get(key.user_id)
     if user is None or not user.is_active or user.is_local_owner:
         raise invalid_credentials()
     scopes = frozenset(key.scopes)
@@ -111,7 +124,7 @@ async def authenticate_socket(
     if not security.settings.auth_required:
         return await security.local_owner()
     if ticket:
-        grant = await (await security.ws_tickets()).consume(ticket)
+        grant = await (await security.services()).ws_tickets.consume(ticket)
         if grant is None:
             raise invalid_credentials()
         return await _from_grant(security, grant)
@@ -135,6 +148,7 @@ async def recheck_socket(conn: HTTPConnection, principal: Principal) -> Principa
 
 async def _from_grant(security: SecurityState, grant: TicketGrant) -> Principal:
     """The principal of an access token or API key verified before, if it still holds."""
+    auth = await security.services()
     if grant.method == "token":
         assert grant.token_id is not None and grant.family_id is not None
         expires_at = grant.token_expires_at or 0
@@ -148,16 +162,16 @@ async def _from_grant(security: SecurityState, grant: TicketGrant) -> Principal:
             issued_at=0,
             expires_at=expires_at,
         )
-        if await (await security.revocations()).is_revoked(claims):
+        if await auth.revocations.is_revoked(claims):
             raise invalid_credentials()
     else:
         assert grant.api_key_id is not None
-        key = await (await security.api_keys()).get(grant.api_key_id)
+        key = await auth.api_keys.get(grant.api_key_id)
         if key is None or key.revoked_at is not None or key.user_id != grant.user_id:
             raise invalid_credentials()
         if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
             raise invalid_credentials()
-    user = await (await security.users()).get(grant.user_id)
+    user = await auth.users.get(grant.user_id)
     if user is None or not user.is_active or user.is_local_owner:
         raise invalid_credentials()
     role = effective_role(user.role, grant.scopes)
@@ -233,7 +247,7 @@ async def audit_denial(
     conn: HTTPConnection, principal: Principal | None, reason: str, **details: Any
 ) -> None:
     """Record a permission denial in the audit log."""
-    audit = await security_state(conn).audit()
+    audit = (await security_state(conn).services()).audit
     await audit.record(
         AuditEvent.PERMISSION_DENIED,
         "denied",
@@ -290,7 +304,7 @@ async def ensure_owner(
         denial = audit_denial(
             conn, principal, "not the owner", resource=resource, resource_id=str(resource_id)
         )
-        app_state(conn).run_in_background(denial, name="audit-denial")
+        conn.app.state.gathering.run_in_background(denial, name="audit-denial")
         raise not_found(resource, resource_id)
 
 

@@ -45,7 +45,7 @@ class SecurityComponent(Component):
         self._purger = asyncio.create_task(self._purge_periodically(), name="security-purge")
 
     async def _purge(self) -> None:
-        purged = await (await self.security.revocations()).purge_expired()
+        purged = await (await self.security.services()).revocations.purge_expired()
         log.debug(
             "expired revocations purged", tokens=purged.revoked_tokens, sessions=purged.families
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from limits import RateLimitItem
 
@@ -24,6 +25,21 @@ from gathering.config import Settings
 from gathering.db import Database
 
 
+@dataclass(frozen=True)
+class AuthServices:
+    """The account stores of one database; `accounts` makes audited, transactional changes
+    whose revocations reach this app's cache."""
+
+    db: Database
+    users: UserStore
+    api_keys: ApiKeyStore
+    audit: AuditLog
+    ws_tickets: WsTicketStore
+    accounts: AccountAdmin
+    revocations: RevocationStore
+    sessions: SessionStore
+
+
 class SecurityState:
     """What the security layer of one app keeps between requests (`app.state.security`)."""
 
@@ -38,6 +54,7 @@ class SecurityState:
         self._tokens: TokenService | None = None
         self._limiter: RateLimiter | None = None
         self._local_owner: tuple[int, Principal] | None = None
+        self._services: AuthServices | None = None
 
     async def db(self) -> Database:
         return await self.app_state.database()
@@ -66,27 +83,23 @@ class SecurityState:
             await self._limiter.close()
             self._limiter = None
 
-    async def users(self) -> UserStore:
-        return UserStore(await self.db())
-
-    async def api_keys(self) -> ApiKeyStore:
-        return ApiKeyStore(await self.db())
-
-    async def audit(self) -> AuditLog:
-        return AuditLog(await self.db())
-
-    async def ws_tickets(self) -> WsTicketStore:
-        return WsTicketStore(await self.db())
-
-    async def account_admin(self) -> AccountAdmin:
-        """Audited, transactional account changes (revocations reach this app's cache)."""
-        return AccountAdmin(await self.db(), self.revocation_cache)
-
-    async def revocations(self) -> RevocationStore:
-        return RevocationStore(await self.db(), self.revocation_cache)
-
-    async def sessions(self) -> SessionStore:
-        return SessionStore(await self.db(), await self.tokens(), await self.revocations())
+    async def services(self) -> AuthServices:
+        """The account stores on the app's database, built once (again only if the database
+        object changes, as in tests that swap it)."""
+        db = await self.db()
+        if self._services is None or self._services.db is not db:
+            revocations = RevocationStore(db, self.revocation_cache)
+            self._services = AuthServices(
+                db=db,
+                users=UserStore(db),
+                api_keys=ApiKeyStore(db),
+                audit=AuditLog(db),
+                ws_tickets=WsTicketStore(db),
+                accounts=AccountAdmin(db, self.revocation_cache),
+                revocations=revocations,
+                sessions=SessionStore(db, await self.tokens(), revocations),
+            )
+        return self._services
 
     async def local_owner(self) -> Principal:
         """The principal every request acts as in single-user mode."""
