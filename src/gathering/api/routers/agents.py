@@ -25,7 +25,7 @@ from gathering.agents import (
     ToolStarted,
     TurnResult,
 )
-from gathering.agents.turn_loop import IDEMPOTENCY_KEY_PATTERN
+from gathering.agents.turn_loop import IDEMPOTENCY_KEY_PATTERN, Outcome
 from gathering.api.deps import AgentId, AgentsReader, AgentsWriter, BusDep, DbDep, app_state
 from gathering.api.errors import public_error
 from gathering.api.security import (
@@ -125,13 +125,30 @@ class AgentUpdate(_ProviderChecked):
     knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
 
 
+class AgentConfigOut(BaseModel):
+    """How an agent runs (stored with it)."""
+
+    max_iterations: int = Field(description="Model calls per turn at most")
+    history_window: int | None = Field(default=None, description="Messages sent per turn")
+    prompt_budget: int | None = Field(default=None, description="Prompt tokens at most")
+    project: str | None = None
+    knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Provider options (temperature, max_tokens, ...)"
+    )
+
+
 class AgentOut(BaseModel):
+    """An agent as the API shows it (built from its stored record)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     name: str
     provider: str
     model: str
-    persona: dict[str, Any]
-    config: dict[str, Any]
+    persona: Persona
+    config: AgentConfigOut
     owner_id: int
     created_at: datetime | None
 
@@ -148,9 +165,31 @@ class UsageOut(BaseModel):
     output_tokens: int
 
 
+class ToolCallOut(BaseModel):
+    """A tool call the model made."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    invalid_arguments: str | None = Field(
+        default=None, description="The arguments as sent, when they were not a JSON object"
+    )
+
+
+class ToolResultOut(BaseModel):
+    """What a tool answered to a call."""
+
+    call_id: str
+    content: str
+    is_error: bool = False
+    name: str | None = None
+
+
 class ChatResponse(BaseModel):
     reply: str
-    outcome: str
+    outcome: Outcome = Field(
+        description="completed, or max_iterations when the turn ran out of model calls"
+    )
     iterations: int
     usage: UsageOut
     cost_usd: float | None
@@ -159,30 +198,22 @@ class ChatResponse(BaseModel):
     replayed: bool = Field(
         default=False, description="True when this is the stored reply to a repeated key"
     )
-    tool_calls: list[dict[str, Any]]
+    tool_calls: list[ToolCallOut]
 
 
 class HistoryMessage(BaseModel):
-    role: str = Field(description="system, user, assistant, tool, or error (a failed turn)")
+    role: Literal["system", "user", "assistant", "tool", "error"] = Field(
+        description="error: a failed turn, with why in `content`"
+    )
     content: str
-    tool_calls: list[dict[str, Any]] = []
-    tool_results: list[dict[str, Any]] = []
+    tool_calls: list[ToolCallOut] = []
+    tool_results: list[ToolResultOut] = []
     model: str | None = None
     created_at: datetime | None = None
 
 
 def _out(record: AgentRecord) -> AgentOut:
-    assert record.id is not None and record.owner_id is not None
-    return AgentOut(
-        id=record.id,
-        name=record.name,
-        provider=record.provider,
-        model=record.model,
-        persona=dict(record.persona),
-        config=dict(record.config),
-        owner_id=record.owner_id,
-        created_at=record.created_at,
-    )
+    return AgentOut.model_validate(record)
 
 
 def _event(kind: str, record: AgentRecord, principal: Principal) -> Event:
