@@ -11,7 +11,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, Literal, NoReturn, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -157,14 +157,23 @@ def serve(
     from gathering.api.app import create_app
 
     application = create_app(settings=settings)
-    config = uvicorn.Config(
-        application,
-        host=host,
-        port=port,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
-    )
+    config = uvicorn.Config(application, **_server_options(settings, host, port))
     DrainingServer(config, application.state.gathering.drain, settings.shutdown_timeout).run()
+
+
+def _server_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
+    """uvicorn's options for `serve`, with or without --reload."""
+    from gathering.api.routers.ws import MAX_FRAME_CHARS
+
+    return {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout),
+        # uvicorn reads a whole frame before the app sees it: never more than the largest
+        # frame the app accepts (MAX_FRAME_CHARS characters, 4 bytes each at most in UTF-8).
+        "ws_max_size": 4 * MAX_FRAME_CHARS,
+    }
 
 
 def _serve_reloading(settings: Settings, host: str, port: int) -> None:
@@ -180,11 +189,8 @@ def _serve_reloading(settings: Settings, host: str, port: int) -> None:
     config = uvicorn.Config(
         "gathering.api.app:create_app",
         factory=True,
-        host=host,
-        port=port,
         reload=True,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        **_server_options(settings, host, port),
     )
     server = DrainingServer(config, None, settings.shutdown_timeout)
     ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()

@@ -612,41 +612,89 @@ URL_SETTINGS = (
     "openai_base_url",
     "ollama_host",
 )
-# `scheme://user:password@` in any text. The password runs to the last "@" before a "/", "?",
-# "#", a quote or whitespace (RFC 3986 allows none of them unencoded in the userinfo).
-_URL_PASSWORD = re.compile(
-    r"(?P<lead>\b[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#\s'\"]*:)(?P<password>[^/?#\s'\"]+)@"
+# `scheme://user:` opening a URL whose userinfo holds a password. The user stops at ":", "@",
+# "/", "?", "#" or a bracket (an IPv6 host), so `scheme://host:port/db` has no user; a URL
+# without a user is `scheme://:password@host`.
+_URL_USER = r"[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#\[\]\s'\"]*:"
+# `scheme://user:password@` in any text. A password may hold an unencoded "@", "/", "?", "#",
+# ":" or "%", and libpq then reads its tail as the host, port or database (`bob:a@b@host` is
+# password "a" at host "b@host"), so everything from the first ":" after the user to the LAST
+# "@" before whitespace or a quote is secret. (A URL with an "@" in its query loses a little
+# more than its password: safe.)
+_URL_PASSWORD = re.compile(rf"(?P<lead>\b{_URL_USER})(?P<password>[^\s'\"]+)@")
+# The same in a value known to be one URL (a setting): there spaces and quotes are secret too.
+_SOURCE_URL_PASSWORD = re.compile(rf"(?P<lead>{_URL_USER})(?P<password>.*)@", re.DOTALL)
+# `password=...` in a libpq key/value conninfo (`host=db password='s3 cret' dbname=app`) or a
+# URL query (`?password=...&`): a quoted value with `\'` escapes, or an unquoted one, where a
+# backslash escapes the next character (`password=a\ b` is "a b").
+_CONNINFO_PASSWORD = re.compile(
+    r"(?P<lead>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'?|(?:\\.|[^\s\"\\&])+)"
 )
-# `password=...` in a libpq key/value conninfo (`host=db password='s3 cret' dbname=app`).
-_CONNINFO_PASSWORD = re.compile(r"(?P<lead>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s'&]+)")
+# What a parser may split a spilled password on: libpq reads "host:port,host:port/db?k=v".
+_PASSWORD_SEPARATORS = re.compile(r"[@/?#:,&=\[\]\s]+")
+
+
+def _spellings(secret: str) -> set[str]:
+    """`secret` as written, percent-decoded, and as `repr` escapes it (a quoted message)."""
+    texts = {secret, unquote(secret)}
+    return {shown for text in texts for shown in (text, repr(text)[1:-1]) if shown}
+
+
+@functools.lru_cache(maxsize=64)
+def _secrets_of(value: str) -> tuple[frozenset[str], frozenset[str]]:
+    """What a URL or conninfo `value` gives away, as written, percent-decoded and escaped: the
+    passwords to blank wherever they appear, and those to blank where they stand alone (not
+    inside a longer word or address). The second are the short passwords and the fragments of
+    a URL password that a parser may show as a host, port or database: the password split on
+    "@", "/", "?", "#", ":", ",", "=", "&", brackets and spaces. Read loosely, so that a value
+    too malformed to parse still gives its secret away."""
+    value = value.strip()
+    region = split_url_password(value)[1] or ""
+    whole = {region} | {found["value"].strip("'") for found in _CONNINFO_PASSWORD.finditer(value)}
+    try:
+        parsed = str(conninfo_to_dict(value).get("password") or "")
+    except psycopg.Error:
+        parsed = ""
+    # libpq reads a URL password only up to its first "@" (or none at all before a "/").
+    fragments = {parsed} if region and unquote(region) != parsed else set()
+    whole |= {parsed} - fragments
+    fragments |= {part for text in _spellings(region) for part in _PASSWORD_SEPARATORS.split(text)}
+    anywhere = {text for secret in whole for text in _spellings(secret) if len(text) >= 4}
+    alone = {text for secret in whole | fragments for text in _spellings(secret)} - anywhere
+    return frozenset(anywhere), frozenset(alone)
 
 
 def _passwords_in(value: str) -> set[str]:
-    """The passwords a URL or conninfo `value` carries, as written and percent-decoded; read
-    loosely, so that a value too malformed to parse still gives its secret away to redaction."""
-    found: set[str] = set()
-    _, separator, rest = value.partition("://")
-    if separator and "@" in rest:
-        userinfo = rest.rpartition("@")[0]
-        found.add(userinfo.partition(":")[2])
-    for match in _CONNINFO_PASSWORD.finditer(value):
-        found.add(match["value"].strip("'"))
-    try:
-        found.add(str(conninfo_to_dict(value).get("password") or ""))
-    except psycopg.Error:
-        pass
-    decoded = found | {unquote(secret) for secret in found}
-    return {text for secret in decoded for text in (secret, repr(secret)[1:-1]) if text}
+    """Every password `value` (a URL or conninfo) carries, with the fragments of a URL password
+    that a parser may have read as a host, port or database (see `_secrets_of`)."""
+    anywhere, alone = _secrets_of(value)
+    return set(anywhere | alone)
+
+
+def split_url_password(url: str) -> tuple[str, str | None]:
+    """`url` without the password of its userinfo, and that password as written (None if it has
+    none): everything from the first ":" after the user to the last "@" of the URL, however many
+    "@", "/", "?" or "#" it holds (`scheme://bob:a@b/c@host/db` gives `scheme://bob@host/db`)."""
+    url = url.strip()
+    match = _SOURCE_URL_PASSWORD.match(url)
+    if match is None:
+        return url, None
+    return match["lead"][:-1] + url[match.end() - 1 :], match["password"]
 
 
 def redact_credentials(text: str, *sources: str | None) -> str:
     """`text` with passwords blanked: the password of every URL in it
-    (`postgresql://user:REDACTED@host/db`), `password=` in a conninfo, and every password that
-    one of `sources` (the URL settings the text may quote) carries, wherever it appears."""
+    (`postgresql://user:REDACTED@host/db`, up to the last "@"), `password=` in a conninfo, and
+    every password that one of `sources` (the URL settings the text may quote) carries, wherever
+    it appears, with each fragment of it a parser may show as a host, port or database (short
+    ones where they stand alone: a fragment "1" leaves "127.0.0.1" whole)."""
     for source in sources:
         if source:
-            for secret in sorted(_passwords_in(source), key=len, reverse=True):
+            anywhere, alone = _secrets_of(source)
+            for secret in sorted(anywhere, key=len, reverse=True):
                 text = text.replace(secret, REDACTED)
+            for secret in sorted(alone, key=len, reverse=True):
+                text = re.sub(rf"(?<![\w.\-]){re.escape(secret)}(?![\w.\-])", REDACTED, text)
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m['lead']}{REDACTED}@", text)
     if "password" in text:

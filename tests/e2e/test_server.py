@@ -106,3 +106,21 @@ def test_a_changed_migration_stops_migrate(fresh_database_url):
     assert result.returncode == 1
     assert "0001_initial.sql" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_oversized_websocket_frame_is_refused_before_it_is_read():
+    # uvicorn buffers a whole frame before the app sees it: its limit must be ours, or any
+    # client could make the server hold 16 MiB per socket before authenticating.
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    server = LiveServer()
+    try:
+        server.wait_ready()
+        with connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None, open_timeout=10) as ws:
+            ws.send("x" * (2 * 1024 * 1024))
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=20)  # no answer from the app: the frame never reached it
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    finally:
+        server.stop()

@@ -143,3 +143,17 @@ async def test_a_failed_audit_write_leaves_the_key_unrevoked_and_uncreated(app, 
     )
     assert created.status_code == 503
     assert await db.fetch_val("SELECT count(*) FROM auth.api_keys WHERE name = 'ghost'") == 0
+
+
+async def test_an_admin_key_needs_the_key_scopes_on_the_users_routes_too(app, client):
+    boss = await login_headers(app, client, "admin")
+    boss_id = (await client.get("/auth/me", headers=boss)).json()["id"]
+    other = await new_key(client, boss, ["agents:read"])
+    admin_only = with_key(await new_key(client, boss, ["admin"]))
+    listed = await client.get(f"/users/{boss_id}/api-keys", headers=admin_only)
+    revoked = await client.delete(f"/users/{boss_id}/api-keys/{other['id']}", headers=admin_only)
+    assert listed.status_code == revoked.status_code == 403
+    both = with_key(await new_key(client, boss, ["admin", "keys:read", "keys:write"]))
+    assert (await client.get(f"/users/{boss_id}/api-keys", headers=both)).status_code == 200
+    gone = await client.delete(f"/users/{boss_id}/api-keys/{other['id']}", headers=both)
+    assert gone.status_code == 204

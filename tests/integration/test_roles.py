@@ -106,7 +106,7 @@ async def test_a_viewer_reads(app, client):
     assert me["email"] == email and me["role"] == "viewer" and me["is_admin"] is False
 
 
-async def test_a_viewer_may_search_with_the_posts_that_only_read(app, client):
+async def test_a_viewer_may_search_knowledge_but_not_recall(app, client):
     _, _, tokens = await login(app, client, "viewer")
     search = await client.post(
         "/memories/knowledge/search", json={"query": "anything"}, headers=bearer(tokens)
@@ -118,6 +118,10 @@ async def test_a_viewer_may_search_with_the_posts_that_only_read(app, client):
         headers=bearer(tokens),
     )
     assert document.status_code == 403  # a write stays refused
+    recall = await client.post(
+        "/memories/agents/1/recall", json={"query": "anything"}, headers=bearer(tokens)
+    )
+    assert recall.status_code == 403  # a recall counts each memory's use: a write
 
 
 async def test_a_viewer_keeps_its_self_service(app, client):

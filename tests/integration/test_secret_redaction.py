@@ -9,8 +9,10 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -18,7 +20,13 @@ import structlog
 
 import gathering.api.security.ratelimit
 from gathering.api.security.ratelimit import RateLimiter
-from gathering.config import Settings, get_settings, load_settings, redact_credentials
+from gathering.config import (
+    Settings,
+    get_settings,
+    load_settings,
+    redact_credentials,
+    split_url_password,
+)
 from gathering.db import Database, redact_url
 from gathering.doctor import Check, check_database, run_check
 from gathering.errors import ConfigurationError, DatabaseUnavailableError
@@ -192,3 +200,178 @@ def test_redact_credentials_keeps_the_rest_of_the_url():
     assert redact_credentials(f"host=db password='{PASSWORD} x' dbname=app") == (
         "host=db password=REDACTED dbname=app"
     )
+
+
+# --- passwords with an unencoded "@", "/", "?", "#", "%", ":" or space --------------------------
+# libpq reads a URL password only up to its first "@" (and none at all when a "/" comes first):
+# the rest becomes the host, port or database name, which its errors and our messages quote.
+# Everything from the first ":" after the user to the last "@" is secret, wherever it lands.
+SPILLED_TAIL = "horsebatterystaple"
+SPILLED_URL = f"postgresql://bob:correct@{SPILLED_TAIL}@127.0.0.1:1/app"  # the review's case
+TRICKY_PASSWORDS = [
+    f"correct@{SPILLED_TAIL}",
+    "Tr0ub4dor/Xk9qVw@Zz8Lwp",  # libpq: host "bob", port "Tr0ub4dor", database "Xk9qVw@..."
+    "Pw7Lqz?Wq8Ze#Km3vRt@Jh4Nx",
+    "Bq3Vt#Hn6Wc/Ys2Dk?Fm9Gj",  # no "@": libpq reads no password at all
+    "Qz7%Rk@Vv9q%zz",  # "%" not encoded: libpq refuses the URL and quotes the password
+    "Mx4Tw%40Lp2Hs@Cj5Rf",  # an encoded "@", then an unencoded one
+    "two Wordz@Ql8xKb",  # a space: libpq refuses the URL and quotes the password
+    "Hx7Yb:Kc4Mw,Nd6Pq@Tg5Lz",  # ":" and ",": libpq reads hosts and ports
+    "@Lz6Xn/Rb3Wm@",  # leading and trailing "@"
+]
+POSTGRES_TEMPLATES = [
+    "postgresql://bob:{}@127.0.0.1:1/app",
+    "postgres://:{}@127.0.0.1:1/app",  # no user
+    "postgresql://bob:{}@[::1]:1/app",  # an IPv6 host
+]
+
+
+def fragments(password: str) -> list[str]:
+    """The pieces of `password` between its "@", "/", "?" and "#" (what a parser may split off)."""
+    pieces = re.split(r"[@/?#]", password)
+    return [piece for piece in pieces + [unquote(piece) for piece in pieces] if piece]
+
+
+def shown_fragments(password: str, *texts: str) -> list[str]:
+    return [piece for piece in fragments(password) for text in texts if piece in text]
+
+
+def test_the_reviewers_url_is_shown_without_the_password_tail():
+    assert redact_url(SPILLED_URL) == "postgresql://bob@127.0.0.1:1/app"  # host: after the last @
+    assert redact_credentials(f"using {SPILLED_URL} now") == (
+        "using postgresql://bob:REDACTED@127.0.0.1:1/app now"
+    )
+    assert split_url_password(SPILLED_URL) == (
+        "postgresql://bob@127.0.0.1:1/app",
+        f"correct@{SPILLED_TAIL}",
+    )
+
+
+async def test_the_reviewers_url_is_not_shown_by_the_connection_error_nor_its_log_line(logs):
+    database = Database(url=SPILLED_URL, settings=load_settings(db_connect_timeout=2))
+    with pytest.raises(DatabaseUnavailableError) as failed:
+        await database.connect()
+    structlog.get_logger("gathering.test_secret_redaction").error(
+        "database down", error=failed.value.message
+    )
+    message = str(failed.value)
+    assert "could not connect to PostgreSQL at postgresql://bob@127.0.0.1:1/app" in message
+    for text in (message, logs(), repr(database)):
+        assert SPILLED_TAIL not in text and not re.search(r"\bcorrect\b", text), text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"mysql://bob:correct@{SPILLED_TAIL}@db.internal/app",  # not PostgreSQL
+        f"postgresql://bob:correct@{SPILLED_TAIL}%zz@127.0.0.1/app",  # psycopg quotes the host
+        f"postgresql://bob:correct@{SPILLED_TAIL}@127.0.0.1:1/app?x=1",  # a bad parameter
+    ],
+)
+def test_settings_errors_do_not_show_the_reviewers_password(url):
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(database_url=url)
+    shown = str(refused.value) + repr(refused.value.details)
+    assert "DATABASE_URL" in shown
+    assert SPILLED_TAIL not in shown and not re.search(r"\bcorrect\b", shown), shown
+
+
+def test_the_cli_does_not_show_the_reviewers_password():
+    done = run_cli("db", "status", DATABASE_URL=SPILLED_URL)
+    assert done.returncode == 1
+    assert "DATABASE_URL" in done.stderr and "Traceback" not in done.stderr
+    shown = done.stdout + done.stderr
+    assert SPILLED_TAIL not in shown and not re.search(r"\bcorrect\b", shown), shown
+
+
+def test_doctor_does_not_show_the_reviewers_password():
+    settings = load_settings(database_url=SPILLED_URL, db_connect_timeout=2)
+    database, _ = check_database(settings)
+    assert database.status == "missing"
+    shown = f"{database.detail} {database.fix}"
+    assert SPILLED_TAIL not in shown and "correct" not in shown, shown
+
+
+@pytest.mark.parametrize("template", POSTGRES_TEMPLATES)
+@pytest.mark.parametrize("password", TRICKY_PASSWORDS)
+async def test_no_fragment_of_a_tricky_database_password_is_shown(password, template):
+    url = template.format(password)
+    texts = []
+    try:
+        settings = load_settings(database_url=url, db_connect_timeout=2)
+    except ConfigurationError as refused:  # libpq refuses it (and quotes the password)
+        texts += [str(refused), repr(refused.details)]
+    else:
+        database = Database(url=url, settings=settings)
+        with pytest.raises(DatabaseUnavailableError) as failed:
+            await database.connect()
+        texts += [str(failed.value), repr(database)]
+    texts += [
+        redact_url(url),
+        redact_credentials(f"could not use {url} (host {url.rpartition('@')[2]})", url),
+    ]
+    if not re.search(r"\s", password):  # in free text such a URL ends at its first space
+        texts.append(redact_credentials(f"could not use {url}: refused"))
+    assert not shown_fragments(password, *texts), texts
+    shown = redact_url(url)
+    assert shown == "<invalid database URL>" or shown.endswith(("@127.0.0.1:1/app", "@[::1]:1/app"))
+
+
+@pytest.mark.parametrize("password", TRICKY_PASSWORDS)
+def test_no_fragment_of_a_tricky_password_is_shown_by_settings_errors(password):
+    for setting, url in (
+        ("database_url", f"mysql://bob:{password}@db.internal/app"),
+        ("rate_limit_storage", f"memcached://bob:{password}@cache.internal:11211"),
+        ("rate_limit_storage", f"redis://bob:{password}@cache.internal:6379/zero"),
+    ):
+        with pytest.raises(ConfigurationError) as refused:
+            load_settings(**{setting: url})
+        shown = str(refused.value) + repr(refused.value.details)
+        assert not shown_fragments(password, shown), shown
+
+
+@pytest.mark.parametrize("password", TRICKY_PASSWORDS)
+def test_no_fragment_of_a_tricky_redis_password_is_shown(password):
+    url = f"redis://:{password}@127.0.0.1:1/0"
+    shown = redact_credentials(url, url)  # how the limiter logs its storage
+    assert shown == "redis://:REDACTED@127.0.0.1:1/0"
+    if not re.search(r"\s", password):
+        assert redact_credentials(f'storage="{url}"') == 'storage="redis://:REDACTED@127.0.0.1:1/0"'
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("host=db password='Vk4 Lw\\'Ps/Qm@Zr' dbname=app", "Vk4 Lw'Ps/Qm@Zr"),
+        ("host=db password=Vk4\\ LwPs dbname=app", "Vk4 LwPs"),
+        ("host=db password = Vk4'Lw@Ps dbname=app", "Vk4'Lw@Ps"),
+        ("postgresql://db/app?password=Vk4%2FLw@Ps&sslmode=require", "Vk4/Lw@Ps"),
+    ],
+)
+def test_conninfo_passwords_with_quotes_and_escapes_are_blanked(text, secret):
+    for shown in (redact_credentials(text), redact_credentials(f"failed: {text}", text)):
+        assert "REDACTED" in shown and ("dbname=app" in shown or "sslmode=require" in shown)
+        assert not [piece for piece in re.split(r"[@/' ]", secret) if piece in shown], shown
+
+
+def test_urls_without_a_password_keep_their_host_and_port():
+    for url in (
+        "postgresql://[::1]:5432/app",
+        "postgresql://db.internal:5432/app",
+        "redis://cache.internal:6379/0",
+        "postgresql://bob@db.internal:5432/app",
+    ):
+        assert redact_credentials(f"at {url}", url) == f"at {url}"
+    assert redact_url("postgresql://bob:pw@[::1]:5433/app") == "postgresql://bob@[::1]:5433/app"
+    # A fragment of a short password counts only standing alone: addresses stay readable.
+    assert redact_credentials("at 127.0.0.1:1", "postgresql://bob:1/x@127.0.0.1:1/app") == (
+        "at 127.0.0.1:REDACTED"
+    )
+
+
+async def test_a_url_libpq_cannot_read_is_a_clear_error_without_the_password():
+    database = Database(url="postgresql://bob:two Wordz@127.0.0.1:1/app", min_size=0, max_size=1)
+    with pytest.raises(ConfigurationError) as refused:
+        await database.connect()
+    shown = f"{refused.value.message} {refused.value.hint}"
+    assert "Wordz" not in shown and "two" not in shown and "%20" in shown

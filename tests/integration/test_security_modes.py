@@ -176,6 +176,31 @@ async def test_an_in_process_clients_name_is_accepted_but_not_over_a_socket(fres
         await serving
 
 
+async def test_a_unix_sockets_name_is_not_taken_for_an_in_process_call(
+    fresh_database_url, tmp_path, monkeypatch
+):
+    # Over a unix socket the scope's server is (path, None): a relative path looks like a name.
+    import asyncio
+
+    import uvicorn
+
+    monkeypatch.chdir(tmp_path)
+    application = build(fresh_database_url)
+    server = uvicorn.Server(uvicorn.Config(application, uds="gathering.sock", log_config=None))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        transport = httpx.AsyncHTTPTransport(uds=str(tmp_path / "gathering.sock"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            assert (await client.get("/health")).status_code == 200
+            refused = await client.get("/health", headers={"Host": "gathering.sock"})
+            assert refused.status_code == 400
+    finally:
+        server.should_exit = True
+        await serving
+
+
 def test_production_the_default_refuses_unsafe_set_ups():
     assert load_settings().env == "production"
     with pytest.raises(ConfigurationError, match="single-user mode") as refused:

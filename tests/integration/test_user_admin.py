@@ -603,3 +603,126 @@ async def test_login_refresh_and_logout_are_undone_when_their_audit_entry_fails(
     assert await db.fetch_val(open_sessions, ada.id) == before
     await db.execute("DROP TRIGGER reject_audit ON auth.audit_log")
     assert await audit_rows(db, "auth.logout") == []
+    # Nor does this instance's cache go on refusing the token that was not logged out.
+    assert (await client.get("/auth/me", headers=headers)).status_code == 200
+
+
+async def test_a_login_checked_before_a_reset_gets_no_session(app, client, monkeypatch):
+    # The password is verified against the old hash; the admin's reset commits before the
+    # session is created: the login must be refused, never leave a session the reset missed.
+    import gathering.api.routers.auth as auth_router
+
+    victim = await account(app, client)
+    boss = await account(app, client, "admin")
+    real_verify = auth_router.verify_password
+    verified, reset_done = asyncio.Event(), asyncio.Event()
+
+    async def verify_then_wait(stored_hash, password):
+        ok = await real_verify(stored_hash, password)
+        if password == PASSWORD:
+            verified.set()
+            await reset_done.wait()
+        return ok
+
+    monkeypatch.setattr(auth_router, "verify_password", verify_then_wait)
+    attempt = asyncio.create_task(login(client, victim.email))
+    await asyncio.wait_for(verified.wait(), 30)
+    reset = await client.post(
+        f"/users/{victim.id}/password", json={"password": NEW_PASSWORD}, headers=boss.headers
+    )
+    assert reset.status_code == 200, reset.text
+    reset_done.set()
+    assert (await asyncio.wait_for(attempt, 30)).status_code == 401
+    db = await app.state.gathering.database()
+    open_sessions = await db.fetch_val(
+        "SELECT count(*) FROM auth.token_families WHERE user_id = $1 AND revoked_at IS NULL",
+        victim.id,
+    )
+    assert open_sessions == 0
+
+
+async def test_racing_logins_never_outlive_a_reset(app, client):
+    # Unforced: logins with the old password fired a few ms after each reset (bounded).
+    boss = await account(app, client, "admin")
+    db = await app.state.gathering.database()
+    for attempt in range(8):
+        victim = await account(app, client)
+        reset = asyncio.create_task(
+            client.post(
+                f"/users/{victim.id}/password",
+                json={"password": NEW_PASSWORD},
+                headers=boss.headers,
+            )
+        )
+        await asyncio.sleep(0.002 * (attempt % 4))
+        raced = await login(client, victim.email)
+        assert (await reset).status_code == 200
+        if raced.status_code == 200:
+            headers = {"Authorization": f"Bearer {raced.json()['access_token']}"}
+            assert (await client.get("/auth/me", headers=headers)).status_code == 401
+        open_sessions = await db.fetch_val(
+            "SELECT count(*) FROM auth.token_families WHERE user_id = $1 AND revoked_at IS NULL",
+            victim.id,
+        )
+        assert open_sessions == 0
+
+
+async def test_an_api_key_created_during_a_disable_does_not_survive_it(app, client, monkeypatch):
+    from gathering.auth.api_keys import ApiKeyStore
+
+    victim = await account(app, client)
+    boss = await account(app, client, "admin")
+    real_create = ApiKeyStore.create
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def create_later(self, *args, **kwargs):
+        entered.set()
+        await go.wait()
+        return await real_create(self, *args, **kwargs)
+
+    monkeypatch.setattr(ApiKeyStore, "create", create_later)
+    creating = asyncio.create_task(
+        client.post(
+            "/auth/api-keys", json={"name": "persist", "scopes": ["*"]}, headers=victim.headers
+        )
+    )
+    await asyncio.wait_for(entered.wait(), 30)
+    disabling = asyncio.create_task(
+        client.post(f"/users/{victim.id}/disable", headers=boss.headers)
+    )
+    await asyncio.sleep(0.3)  # the disable waits on the key's transaction
+    go.set()
+    created = await asyncio.wait_for(creating, 30)
+    assert (await asyncio.wait_for(disabling, 30)).status_code == 200
+    assert (
+        await client.post(f"/users/{victim.id}/enable", headers=boss.headers)
+    ).status_code == 200
+    if created.status_code == 201:  # it was made first: the disable revoked it
+        key = {"X-API-Key": created.json()["key"]}
+        assert (await client.get("/auth/me", headers=key)).status_code == 401
+    else:
+        assert created.status_code in (401, 404), created.text
+
+
+async def test_current_password_guesses_count_against_the_login_throttle(app_for):
+    # A stolen access token must not give unlimited guesses at the password.
+    app = app_for(
+        auth="required",
+        secret_key=KEY,
+        rate_limit_enabled=True,
+        login_attempts_per_account="3/15 minutes",
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        victim = await account(app, client)
+        statuses = []
+        for guess in range(5):
+            response = await client.post(
+                "/users/me/password",
+                json={"current_password": f"guess {guess}", "new_password": NEW_PASSWORD},
+                headers=victim.headers,
+            )
+            statuses.append(response.status_code)
+        assert statuses[:2] == [422, 422] and statuses[-1] == 429, statuses
+        assert (await login(client, victim.email)).status_code == 429  # the same count

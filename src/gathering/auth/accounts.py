@@ -16,6 +16,7 @@ from gathering.auth.api_keys import ApiKey, ApiKeyStore, CreatedApiKey
 from gathering.auth.audit import AuditEvent, AuditLog, RequestOrigin
 from gathering.auth.passwords import hash_password, verify_password
 from gathering.auth.revocation import RevocationCache, RevocationStore, RevokedSession
+from gathering.auth.tokens import invalid_credentials
 from gathering.auth.users import Role, User, UserStore, normalize_email
 from gathering.db import Database, Transaction
 from gathering.db.locks import LockKey, transaction_lock
@@ -39,6 +40,7 @@ class Actor:
     origin: RequestOrigin = field(default_factory=RequestOrigin)
     via: str = "http"
     operator: bool = False
+    session: str | None = None  # the login session (token family) the change is made with
 
 
 CLI_ACTOR = Actor(None, CLI_SUBJECT, via=CLI_SUBJECT, operator=True)
@@ -67,6 +69,23 @@ class AccountAdmin:
         self.revocations = RevocationStore(db, cache)
         self.audit = AuditLog(db)
 
+    async def _confirm_actor(self, actor: Actor) -> None:
+        """Inside a change's transaction: the session the change is made with is still open.
+
+        A reset or a disable that committed meanwhile has ended it, and the change is refused;
+        one that comes later waits for this transaction (the row is share-locked), then sees
+        what it made (a new API key) and revokes that too.
+        """
+        if actor.session is None:
+            return
+        still_open = await self.db.fetch_val(
+            "SELECT revoked_at IS NULL AND expires_at > now() FROM auth.token_families"
+            " WHERE id = $1 FOR SHARE",
+            actor.session,
+        )
+        if not still_open:
+            raise invalid_credentials()
+
     async def _record(
         self,
         tx: Transaction,
@@ -75,6 +94,7 @@ class AccountAdmin:
         user: User,
         **details: Any,
     ) -> None:
+        await self._confirm_actor(actor)
         await self.audit.record(
             event,
             "success",
@@ -257,6 +277,12 @@ class AccountAdmin:
         expires_in_days: int | None = None,
     ) -> CreatedApiKey:
         async with self.db.transaction() as tx:
+            # A disable or reset of the owner either comes first (and the key is refused) or
+            # waits for this transaction, and then revokes the new key with the others.
+            owner = await self.users.lock_for_share(user_id)
+            if owner is None or not owner.is_active:
+                raise user_not_found(user_id)
+            await self._confirm_actor(actor)
             created = await self.api_keys.create(
                 user_id, name, scopes, expires_in_days=expires_in_days
             )
@@ -276,6 +302,7 @@ class AccountAdmin:
     async def revoke_api_key(self, actor: Actor, key: ApiKey) -> None:
         """Revoke `key` (a key revoked already stays as it was; the call is still audited)."""
         async with self.db.transaction() as tx:
+            await self._confirm_actor(actor)
             revoked = await self.api_keys.revoke(key.id)
             await self.audit.record(
                 AuditEvent.API_KEY_REVOKED,

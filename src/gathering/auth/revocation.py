@@ -106,6 +106,12 @@ class RevocationStore:
 
     async def revoke_token(self, claims: TokenClaims, reason: str) -> None:
         """Revoke one token until it would have expired."""
+        await self.store_token_revocation(claims, reason)
+        self.remember_token(claims)
+
+    async def store_token_revocation(self, claims: TokenClaims, reason: str) -> None:
+        """Revoke one token in the database only (inside a transaction: `remember_token` once
+        it has committed)."""
         await self.db.execute(
             "INSERT INTO auth.revoked_tokens (jti, user_id, token_type, expires_at, reason)"
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
@@ -115,6 +121,9 @@ class RevocationStore:
             _timestamp(claims.expires_at),
             reason,
         )
+
+    def remember_token(self, claims: TokenClaims) -> None:
+        """Put a committed token revocation in this instance's cache."""
         self.cache.add(f"jti:{claims.jti}", claims.expires_at)
 
     async def revoke_family(self, family_id: str, reason: str) -> bool:

@@ -162,9 +162,12 @@ class SessionStore:
         audit: Callable[[Transaction], Awaitable[None]] | None = None,
     ) -> None:
         """End the session `claims` belongs to (logout): the token and its family, with the
-        `audit` entry in the same transaction."""
+        `audit` entry in the same transaction; this instance's cache learns it after the commit
+        (a rolled-back logout must not go on refusing the token here alone)."""
         async with self.db.transaction() as tx:
-            await self.revocations.revoke_token(claims, reason)
-            await self.revocations.revoke_family(claims.family_id, reason)
+            await self.revocations.store_token_revocation(claims, reason)
+            session = await self.revocations.end_session(claims.user_id, claims.family_id, reason)
             if audit is not None:
                 await audit(tx)
+        self.revocations.remember_token(claims)
+        self.revocations.remember([session] if session else [])

@@ -132,6 +132,22 @@ class UserStore:
         )
         return User.from_row(row) if row else None
 
+    async def lock_for_share(self, user_id: int) -> User | None:
+        """The account `user_id`, kept from changing until the end of the current transaction:
+        a password reset or a disable waits for it (and then sees what it made)."""
+        row = await self.db.fetch_one("SELECT * FROM auth.users WHERE id = $1 FOR SHARE", user_id)
+        return User.from_row(row) if row else None
+
+    async def upgrade_password_hash(self, user_id: int, old: str, new: str) -> None:
+        """Store `new` (the same password, hashed with today's parameters) unless the password
+        changed since `old` was read."""
+        await self.db.execute(
+            "UPDATE auth.users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+            user_id,
+            old,
+            new,
+        )
+
     async def set_active(self, user_id: int, active: bool) -> None:
         await self.db.execute(
             "UPDATE auth.users SET is_active = $2, updated_at = now() WHERE id = $1",

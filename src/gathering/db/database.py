@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
+from urllib.parse import unquote
 
 import psycopg
 import structlog
@@ -19,10 +20,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gathering.config import Settings, get_settings, redact_credentials
+from gathering.config import Settings, get_settings, redact_credentials, split_url_password
 from gathering.db.embedded import start_embedded
 from gathering.db.migrations_runner import Migration, MigrationStatus, apply_migrations, read_status
 from gathering.errors import (
+    ConfigurationError,
     ConflictError,
     DatabaseBusyError,
     DatabaseError,
@@ -41,18 +43,30 @@ EMBEDDED_DATABASE = "gathering"
 
 
 def redact_url(url: str) -> str:
-    """`url` with its password hidden, fit for messages and logs."""
+    """`url` with its password hidden, fit for messages and logs.
+
+    A password with an unencoded "@", "/" or ":" spills into what libpq reads as the host, port
+    or database (`bob:a@b@host` is password "a" at host "b@host"), so a URL whose password libpq
+    does not read whole is shown as it would be without its userinfo password: everything from
+    the first ":" after the user to the last "@" is dropped."""
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "<invalid database URL>"
+    without_password, password = split_url_password(url)
+    if password is not None and unquote(password) != params.get("password"):
+        try:
+            params = conninfo_to_dict(without_password)
+        except psycopg.ProgrammingError:
+            return "<invalid database URL>"
     host = str(params.get("host") or "localhost")
     user, dbname = params.get("user") or "", params.get("dbname") or ""
     if host.startswith("/"):
         shown = f"postgresql://{user}@/{dbname}?host={host}"
     else:
+        host = f"[{host}]" if ":" in host and "," not in host else host  # IPv6
         shown = f"postgresql://{user}@{host}:{params.get('port') or '5432'}/{dbname}"
-    # A password with an unencoded "/" or "?" is parsed into the host or the database name.
+    # Belt and braces: no password, nor any fragment of one, whatever libpq made of the URL.
     return redact_credentials(shown, url)
 
 
@@ -343,6 +357,13 @@ class Database(Queries):
                 connect_timeout=max(1, int(self.settings.db_connect_timeout)),
                 **_connection_kwargs(),
             )
+        except psycopg.ProgrammingError as exc:  # libpq could not parse it; it may quote it
+            reason = redact_credentials(" ".join(str(exc).split()), url)
+            raise ConfigurationError(
+                f"{redact_url(url)} is not a PostgreSQL URL libpq can read: {reason}",
+                hint="percent-encode special characters of the password (`@` as %40, a space "
+                "as %20) in DATABASE_URL",
+            ) from None
         except psycopg.OperationalError as exc:
             reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             reason = redact_credentials(reason, url)  # the driver may quote the conninfo

@@ -97,8 +97,11 @@ async def create_api_key(
 
 
 def actor_of(request: Request, principal: Principal) -> Actor:
-    """The audit actor of a request."""
-    return Actor(principal.user_id, principal.email, request_origin(request))
+    """The actor of a request (with its login session, which must still be open when the
+    change commits)."""
+    return Actor(
+        principal.user_id, principal.email, request_origin(request), session=principal.family_id
+    )
 
 
 @router.get("/api-keys", summary="API keys (yours; an administrator sees every user's)")

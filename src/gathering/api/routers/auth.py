@@ -18,7 +18,7 @@ from gathering.api.security.dependencies import (
 from gathering.api.security.origin import request_origin
 from gathering.api.security.state import SecurityState
 from gathering.auth.audit import AuditEvent
-from gathering.auth.passwords import needs_rehash, verify_password
+from gathering.auth.passwords import hash_password, needs_rehash, verify_password
 from gathering.auth.sessions import RefreshTokenReused, TokenPair
 from gathering.auth.tokens import TokenClaims, invalid_credentials
 from gathering.auth.users import Role
@@ -75,6 +75,10 @@ class MeResponse(BaseModel):
     scopes: list[str]
 
 
+class _AccountChanged(Exception):
+    """The password or the state of an account changed while a login was being checked."""
+
+
 class _AccountGone(Exception):
     """A refresh for an account deleted or disabled since the login."""
 
@@ -123,11 +127,23 @@ async def login(body: LoginRequest, request: Request, auth: AccountsDep) -> Toke
         )
         raise AuthenticationError(LOGIN_FAILED)
     await security.login_throttle.succeeded(limiter, email)
-    if user.password_hash and needs_rehash(user.password_hash):
-        await users.set_password(user.id, body.password)
-    await users.record_login(user.id)
+    verified_hash = user.password_hash
+    rehashed = (
+        await hash_password(body.password)
+        if verified_hash and needs_rehash(verified_hash)
+        else None
+    )
 
     async def audited(tx: Transaction, pair: TokenPair) -> None:
+        # The account, share-locked until the session commits: a password reset or a disable
+        # that committed since the check above refuses this login; one that comes later waits,
+        # then ends this session with the others.
+        current = await users.lock_for_share(user.id)
+        if current is None or not current.can_log_in or current.password_hash != verified_hash:
+            raise _AccountChanged
+        if rehashed is not None and verified_hash is not None:
+            await users.upgrade_password_hash(user.id, verified_hash, rehashed)
+        await users.record_login(user.id)
         await audit.record(
             AuditEvent.LOGIN,
             "success",
@@ -138,7 +154,18 @@ async def login(body: LoginRequest, request: Request, auth: AccountsDep) -> Toke
             on=tx,
         )
 
-    pair = await auth.sessions.start(user.id, audit=audited)
+    try:
+        pair = await auth.sessions.start(user.id, audit=audited)
+    except _AccountChanged:
+        await audit.record(
+            AuditEvent.LOGIN,
+            "failure",
+            origin=origin,
+            actor_id=user.id,
+            subject=email,
+            details={"reason": "account changed during login"},
+        )
+        raise AuthenticationError(LOGIN_FAILED) from None
     return _token_response(security, pair)
 
 

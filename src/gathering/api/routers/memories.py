@@ -474,8 +474,7 @@ async def list_memories(
 
 @router.post(
     "/agents/{agent_id}/recall",
-    summary="Recall the memories that answer a query",
-    dependencies=[Depends(viewer_allowed)],  # a POST that only reads
+    summary="Recall the memories that answer a query (counts each recalled memory's use)",
 )
 async def recall(
     agent_id: AgentId,

@@ -15,11 +15,13 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from gathering.api.deps import AccountsDep, AdminPrincipal, CurrentPrincipal
-from gathering.api.routers.api_keys import ApiKeyResponse, actor_of
+from gathering.api.routers.api_keys import KEYS_READ, KEYS_WRITE, ApiKeyResponse, actor_of
 from gathering.api.security.dependencies import (
     audit_denial,
     not_found,
     rate_limit,
+    require_scope,
+    security_state,
     viewer_allowed,
 )
 from gathering.auth.accounts import AccountChange
@@ -126,12 +128,15 @@ async def change_own_password(
         raise PermissionDeniedError(
             "changing a password needs a token login", hint="log in with POST /auth/login"
         )
+    # The current password is a guess like a login's: the same throttle counts it, per account
+    # and address, and fails closed when it cannot count.
+    security, actor = security_state(request), actor_of(request, principal)
+    limiter = security.limiter()
+    await security.login_throttle.attempt(limiter, principal.email, actor.origin.ip or "unknown")
     change = await auth.accounts.change_own_password(
-        actor_of(request, principal),
-        body.current_password,
-        body.new_password,
-        keep_family=principal.family_id,
+        actor, body.current_password, body.new_password, keep_family=principal.family_id
     )
+    await security.login_throttle.succeeded(limiter, principal.email)
     return PasswordChangedResponse(sessions_revoked=change.sessions_revoked)
 
 
@@ -263,7 +268,12 @@ async def revoke_session(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{user_id}/api-keys", summary="An account's API keys (administrators only)")
+@router.get(
+    "/{user_id}/api-keys",
+    summary="An account's API keys (administrators only)",
+    # An admin's API key also needs the key scopes, as on /auth/api-keys.
+    dependencies=[Depends(require_scope(KEYS_READ))],
+)
 async def list_user_api_keys(
     user_id: UserId,
     request: Request,
@@ -280,6 +290,7 @@ async def list_user_api_keys(
     summary="Revoke an API key of an account (administrators only)",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
+    dependencies=[Depends(require_scope(KEYS_WRITE))],
 )
 async def revoke_user_api_key(
     user_id: UserId,

@@ -26,6 +26,22 @@ A subscribe names at most 20 patterns and 50 subjects (200 characters each). Whi
 socket has received the events up to the cursor of the moment it subscribed, or a heartbeat
 finds it idle; `unsubscribe` ends it. A client too slow to keep up closes with 4429. A draining
 server closes every socket with 1001, and a socket opened while it drains at once.
+
+Frames: only JSON text frames are part of the protocol. A binary frame gets an error
+`invalid_frame` and closes the socket with 1003 (unsupported data), before or after
+authentication. A text frame that is not a JSON object with a string `type` gets an error
+`invalid_message`, and a subscribe that does not validate (a subject such as `agent:¹`
+included: ids are ASCII digits) an error `invalid_input` or `not_found`; the socket stays
+open. A fault of ours while handling a frame gets an error `internal_error` (logged) and the
+socket stays open; a fault outside the handling of a frame closes it with 1011.
+
+Authorization follows the account: the credentials are checked again on every subscribe,
+with every heartbeat and at most RECHECK_SECONDS before each event. When that check finds the
+caller may no longer see what the socket is subscribed to (an administrator demoted while
+subscribed to every event, to another user's subject, to an agent they do not own or to a
+circle), the socket closes with 4403 ("subscription no longer allowed") at that check instead
+of sending the event it preceded; it is not narrowed silently. Reconnect and subscribe to what
+the account may see now.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from typing import Annotated, Any
 
 import structlog
@@ -55,9 +72,11 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["events"], dependencies=[Depends(public_route)])
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403  # the subscription is no longer allowed (e.g. an admin was demoted)
 CLOSE_TOO_SLOW = 4429  # also: too many messages
 CLOSE_TOO_MANY_SOCKETS = 4430
 SEND_TIMEOUT = 10.0
@@ -70,6 +89,9 @@ MAX_PATTERNS = 20
 MAX_SUBJECTS = 50
 
 BoundedText = Annotated[str, Field(min_length=1, max_length=200)]
+# An id in a subject: ASCII digits only (`str.isdigit()` accepts `¹`, which `int()` refuses).
+_ID = re.compile(r"[0-9]{1,19}")
+_MAX_ID = 2**63 - 1  # ids are bigint
 
 
 class Subscribe(BaseModel):
@@ -98,11 +120,30 @@ async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> 
     kind, _, ident = subject.partition(":")
     if kind == "user" and ident == str(principal.user_id):
         return None
-    if kind == "agent" and ident.isdigit():
+    if kind == "agent" and _ID.fullmatch(ident):
+        agent_id = int(ident)
+        if agent_id > _MAX_ID:
+            return f"no agent {ident}"
         store = PostgresAgentStore(await app_state(websocket).database())
-        owner = await store.owner_of(int(ident))
+        owner = await store.owner_of(agent_id)
         return None if owner == principal.user_id else f"no agent {ident}"
     return f"subject {subject!r} is not one you may subscribe to"
+
+
+async def _may_keep(
+    websocket: WebSocket, principal: Principal, subjects: list[str] | None
+) -> str | None:
+    """None when `principal` may still receive a subscription to `subjects` (None: every
+    event, which only an administrator may), else the reason it may not."""
+    if principal.is_admin:
+        return None
+    if subjects is None:
+        return "every event is for administrators only"
+    for subject in subjects:
+        reason = await _may_see(websocket, principal, subject)
+        if reason is not None:
+            return reason
+    return None
 
 
 def _string_field(message: dict[str, Any], key: str) -> str | None:
@@ -126,6 +167,10 @@ class SocketSession:
         self.user_slot = SocketLease(limits.by_user)
         self.bucket = TokenBucket(self.settings.ws_message_rate, self.settings.ws_message_burst)
         self.stream: EventStream | None = None
+        # What the stream is subscribed to (None: every event), and whether the principal
+        # that was allowed it was an administrator (then a demotion checks it again).
+        self.subjects: list[str] | None = None
+        self.allowed_as_admin = False
         self.forwarder: asyncio.Task[None] | None = None
         # While a replay runs: the cursor it ends at (the bus's cursor when it began).
         self.replay_until: int | None = None
@@ -159,6 +204,9 @@ class SocketSession:
             await self._close(closed.code, closed.reason)
         except (WebSocketDisconnect, WebSocketDisconnected):
             pass
+        except Exception:  # a fault of ours: log it, close, give the slots back
+            log.exception("websocket session failed")
+            await self._close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             stop_on_drain()
             self.address_slot.release()
@@ -197,9 +245,11 @@ class SocketSession:
         deadline = None if self.principal else self._auth_deadline
         try:
             async with asyncio.timeout_at(deadline):
-                raw = await self.ws.receive_text()
+                frame = await self.ws.receive()
         except TimeoutError:
             raise _Closed(CLOSE_UNAUTHENTICATED, "no authentication in time") from None
+        if frame["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(frame.get("code", 1000), frame.get("reason"))
         if not self.bucket.allow(asyncio.get_running_loop().time()):
             await self.send(
                 {
@@ -210,6 +260,17 @@ class SocketSession:
                 }
             )
             raise _Closed(CLOSE_TOO_SLOW, "too many messages")
+        raw = frame.get("text")
+        if not isinstance(raw, str):  # a binary frame
+            await self.send(
+                {
+                    "type": "error",
+                    "code": "invalid_frame",
+                    "message": "binary frames are not supported",
+                    "hint": "send JSON text frames",
+                }
+            )
+            raise _Closed(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
         if len(raw) > MAX_FRAME_CHARS:
             await self.send(
                 {
@@ -221,7 +282,7 @@ class SocketSession:
             raise _Closed(CLOSE_TOO_BIG, "frame too big")
         try:
             message = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             return {"type": "<invalid>"}
@@ -230,42 +291,58 @@ class SocketSession:
     async def _loop(self) -> None:
         while True:
             message = await self._receive()
-            kind = message["type"]
-            if kind == "ping":
-                await self.send({"type": "pong"})
-            elif kind == "auth":
-                await self._authenticate(
-                    _string_field(message, "token"), _string_field(message, "ticket"), answer=True
-                )
-            elif self.principal is None:
+            try:
+                await self._handle(message)
+            except (_Closed, WebSocketDisconnect, WebSocketDisconnected):
+                raise
+            except GatheringError as exc:  # e.g. the database failed checking a subject
+                await self.send({"type": "error", **public_error(exc)})
+            except Exception:  # a fault of ours: this frame fails, the socket stays
+                log.exception("websocket message failed", message_type=message["type"])
                 await self.send(
                     {
                         "type": "error",
-                        "code": "unauthenticated",
-                        "message": 'authenticate first: {"type": "auth", ...}',
-                    }
-                )
-                raise _Closed(CLOSE_UNAUTHENTICATED, "authentication required")
-            elif kind == "subscribe":
-                try:
-                    await self._subscribe(message)
-                except GatheringError as exc:  # e.g. the database failed checking a subject
-                    await self.send({"type": "error", **public_error(exc)})
-            elif kind == "unsubscribe":
-                await self._stop_stream()
-                await self.send({"type": "unsubscribed"})
-            else:
-                await self.send(
-                    {
-                        "type": "error",
-                        "code": "invalid_message",
-                        "message": f"unknown message type {kind!r}",
-                        "hint": "send ping, auth, subscribe or unsubscribe",
+                        "code": "internal_error",
+                        "message": "the server failed handling this message; it has been logged",
                     }
                 )
 
+    async def _handle(self, message: dict[str, Any]) -> None:
+        """Answer one frame of the client."""
+        kind = message["type"]
+        if kind == "ping":
+            await self.send({"type": "pong"})
+        elif kind == "auth":
+            await self._authenticate(
+                _string_field(message, "token"), _string_field(message, "ticket"), answer=True
+            )
+        elif self.principal is None:
+            await self.send(
+                {
+                    "type": "error",
+                    "code": "unauthenticated",
+                    "message": 'authenticate first: {"type": "auth", ...}',
+                }
+            )
+            raise _Closed(CLOSE_UNAUTHENTICATED, "authentication required")
+        elif kind == "subscribe":
+            await self._subscribe(message)
+        elif kind == "unsubscribe":
+            await self._stop_stream()
+            await self.send({"type": "unsubscribed"})
+        else:
+            await self.send(
+                {
+                    "type": "error",
+                    "code": "invalid_message",
+                    "message": f"unknown message type {kind!r}",
+                    "hint": "send ping, auth, subscribe or unsubscribe",
+                }
+            )
+
     async def _recheck(self, *, at_most_every: float = 0.0) -> None:
-        """Close with 4401 once the socket's credentials were revoked, disabled or expired."""
+        """Close with 4401 once the socket's credentials were revoked, disabled or expired, and
+        with 4403 once the account may no longer see what the socket is subscribed to."""
         if not self.settings.auth_required or self.principal is None:
             return
         now = asyncio.get_running_loop().time()
@@ -273,9 +350,27 @@ class SocketSession:
             return
         self._checked_at = now
         try:
-            self.principal = await recheck_socket(self.ws, self.principal)
+            principal = await recheck_socket(self.ws, self.principal)
         except AuthenticationError:
             raise _Closed(CLOSE_UNAUTHENTICATED, "credentials no longer valid") from None
+        self.principal = principal
+        # A subscription allowed to a member stays allowed while its user owns what it names
+        # (ownership does not change today); one allowed to an administrator is checked again
+        # as soon as the account is no longer one.
+        if self.stream is not None and self.allowed_as_admin and not principal.is_admin:
+            reason = await _may_keep(self.ws, principal, self.subjects)
+            if reason is not None:
+                self._halt_delivery()
+                log.info(
+                    "websocket subscription withdrawn", user_id=principal.user_id, reason=reason
+                )
+                raise _Closed(CLOSE_FORBIDDEN, "subscription no longer allowed")
+            self.allowed_as_admin = False
+
+    def _halt_delivery(self) -> None:
+        """Deliver nothing more from the current stream (the socket is about to close)."""
+        if self.stream is not None:
+            self.stream.close()
 
     async def _subscribe(self, message: dict[str, Any]) -> None:
         if self.replay_until is not None:
@@ -323,6 +418,8 @@ class SocketSession:
         except GatheringError as exc:
             await self.send({"type": "error", "code": exc.code, "message": exc.message})
             return
+        self.subjects = subjects
+        self.allowed_as_admin = self.principal.is_admin
         cursor = bus.cursor
         if request.since is not None and cursor is not None and request.since < cursor:
             self.replay_until = cursor
@@ -363,11 +460,15 @@ class SocketSession:
             with contextlib.suppress(Exception):
                 await self.send({"type": "error", **public_error(exc)})
             await self._close(CLOSE_INTERNAL_ERROR, "event stream failed; reconnect with since")
-        except (WebSocketDisconnect, RuntimeError):
+        except (WebSocketDisconnect, WebSocketDisconnected, RuntimeError):
             return
+        except Exception:  # a fault of ours: log it and close, rather than go silent
+            log.exception("websocket event forwarding failed")
+            await self._close(CLOSE_INTERNAL_ERROR, "internal error; reconnect with since")
 
     async def _stop_stream(self) -> None:
         self.replay_until = None
+        self.subjects, self.allowed_as_admin = None, False
         if self.stream is not None:
             self.stream.close()
             self.stream = None

@@ -57,7 +57,8 @@ class HostOriginGuard:
         if not self.settings.auth_required and server and _is_non_loopback_ip(str(server[0])):
             return 403, "loopback_only", "single-user mode only answers on this machine"
         host = headers.get("host", "")
-        if self.hosts is not None and not self._host_allowed(host_name(host), server):
+        client = scope.get("client")
+        if self.hosts is not None and not self._host_allowed(host_name(host), server, client):
             return 400, "host_not_allowed", _host_refusal(host, self.settings)
         if b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", ""):
             return 400, "invalid_input", "NUL characters are not allowed in a URL"
@@ -69,17 +70,20 @@ class HostOriginGuard:
             return 403, "origin_not_allowed", "cross-site requests are refused"
         return None
 
-    def _host_allowed(self, name: str, server: Any) -> bool:
+    def _host_allowed(self, name: str, server: Any, client: Any) -> bool:
         """Allowed names, and an in-process call's own server name.
 
-        A request from the network has the socket's address as `server` (an IP, or a unix
-        socket's path); TestClient and httpx's ASGITransport put the URL's name there instead,
-        and no browser can make such a call, so that name is accepted for it.
+        A request from the network has the socket's address as `server` (an IP), or over a unix
+        socket the socket's path (and no client address). TestClient and httpx's ASGITransport
+        put the URL's name there instead, with a made-up client; no browser can make such a
+        call, so that name is accepted for it.
         """
         assert self.hosts is not None
         if name in self.hosts:
             return True
-        in_process = server is not None and not _is_ip(str(server[0])) and "/" not in str(server[0])
+        if server is None or client is None:
+            return False  # a unix socket, whose relative path may look like a name
+        in_process = not _is_ip(str(server[0])) and "/" not in str(server[0])
         return in_process and name == str(server[0]).lower()
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
