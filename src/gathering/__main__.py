@@ -1,5 +1,5 @@
-"""`python -m gathering` runs the CLI."""
+"""`python -m gathering` runs the command line."""
 
-from gathering.cli import main
+from gathering.api.serve import main
 
 main()

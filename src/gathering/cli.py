@@ -6,12 +6,11 @@ import asyncio
 import errno
 import json
 import os
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, Any, Literal, NoReturn, TypeVar
+from typing import Annotated, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,7 +19,7 @@ from rich.table import Table
 
 from gathering import __version__
 from gathering.agents import Agent, AgentRecord, PostgresAgentStore, ToolStarted, TurnResult
-from gathering.config import Settings, get_settings, redact_credentials
+from gathering.config import Settings, ensure_bind_allowed, get_settings, redact_credentials
 from gathering.db import Database, Migration, MigrationStatus, discover_migrations, redact_url
 from gathering.errors import GatheringError, InvalidInputError, StartupError
 from gathering.llm import TextDelta, default_provider_name
@@ -114,23 +113,16 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def _exit_cleanly(signum: int, frame: object) -> None:
-    sys.exit(0)
+def prepare_to_serve(host: str | None, port: int | None) -> tuple[Settings, str, int]:
+    """What `gathering serve` does before it listens: check the address, bring the database
+    up to date, create the first administrator; return the settings, host and port to serve.
 
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000]")] = None,
-    reload: Annotated[bool, typer.Option(help="Restart when the code changes")] = False,
-) -> None:
-    """Run the API server (with the embedded database unless DATABASE_URL is set)."""
+    The command itself lives with the API (`gathering.api.serve`), which builds the app.
+    """
     settings = settings_or_exit(server=True)
     host = host or settings.host
     port = port or settings.port
     with reported_errors():
-        from gathering.config import ensure_bind_allowed
-
         ensure_bind_allowed(settings, host)  # single-user mode (no login) stays on loopback
         settings = settings.model_copy(update={"host": host})  # the Host allow-list follows
         check_port_free(host, port)
@@ -143,57 +135,7 @@ def serve(
             console.print(f"database [bold]{url}[/]: {status.problem() or 'schema is current'}")
     _announce_first_admin(settings)
     console.print(f"GatheRing {__version__} on http://{host}:{port}  (docs: /docs)")
-
-    import uvicorn
-
-    # uvicorn re-raises the exit signal it caught under the handler it found installed:
-    # make that handler a clean exit, so a graceful SIGTERM shutdown exits 0.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    from gathering.api.draining import DrainingServer
-
-    if reload:
-        _serve_reloading(settings, host, port)
-        return
-    from gathering.api.app import create_app
-
-    application = create_app(settings=settings)
-    config = uvicorn.Config(application, **_server_options(settings, host, port))
-    DrainingServer(config, application.state.gathering.drain, settings.shutdown_timeout).run()
-
-
-def _server_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
-    """uvicorn's options for `serve`, with or without --reload."""
-    from gathering.api.routers.ws import MAX_FRAME_CHARS
-
-    return {
-        "host": host,
-        "port": port,
-        "log_config": None,
-        "timeout_graceful_shutdown": int(settings.shutdown_timeout),
-        # uvicorn reads a whole frame before the app sees it: never more than the largest
-        # frame the app accepts (MAX_FRAME_CHARS characters, 4 bytes each at most in UTF-8).
-        "ws_max_size": 4 * MAX_FRAME_CHARS,
-    }
-
-
-def _serve_reloading(settings: Settings, host: str, port: int) -> None:
-    """`serve --reload`: uvicorn rebuilds the app in a subprocess on every change. The child
-    reads its settings from the environment, so the bind host and port go there (the Host
-    allow-list includes the bind host), and its server drains on the signal like `serve`."""
-    import uvicorn
-    from uvicorn.supervisors import ChangeReload
-
-    from gathering.api.draining import DrainingServer
-
-    os.environ["GATHERING_HOST"], os.environ["GATHERING_PORT"] = host, str(port)
-    config = uvicorn.Config(
-        "gathering.api.app:create_app",
-        factory=True,
-        reload=True,
-        **_server_options(settings, host, port),
-    )
-    server = DrainingServer(config, None, settings.shutdown_timeout)
-    ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
+    return settings, host, port
 
 
 @db_app.command("migrate")
@@ -578,7 +520,7 @@ def version() -> None:
 
 
 def main() -> None:
-    """Entry point of the `gathering` script and `python -m gathering`."""
+    """Run the command line (`gathering.api.serve.main` adds `serve` first: use that)."""
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive

@@ -8,9 +8,9 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from gathering.api.serve import app
 from gathering.auth.passwords import verify_password
 from gathering.auth.users import UserStore
-from gathering.cli import app
 from gathering.config import get_settings
 from gathering.db import Database
 
@@ -113,7 +113,7 @@ def no_server(monkeypatch):
     from gathering.api import draining
 
     monkeypatch.setattr(draining.DrainingServer, "run", lambda self, *a, **k: None)
-    monkeypatch.setattr("gathering.cli.signal.signal", lambda *a: None)
+    monkeypatch.setattr("gathering.api.serve.signal.signal", lambda *a: None)
     monkeypatch.setattr("gathering.cli.check_port_free", lambda host, port: None)
 
 

@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gathering import __version__
-from gathering.cli import app, check_port_free
+from gathering.api.serve import app
+from gathering.cli import check_port_free
 from gathering.config import get_settings
 from gathering.errors import StartupError
 
