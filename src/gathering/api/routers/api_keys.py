@@ -23,7 +23,6 @@ from gathering.api.security.dependencies import (
 )
 from gathering.api.security.origin import request_origin
 from gathering.auth.accounts import Actor
-from gathering.auth.api_keys import ApiKey
 from gathering.auth.principal import Principal
 from gathering.errors import PermissionDeniedError
 
@@ -50,6 +49,8 @@ class ApiKeyCreateRequest(BaseModel):
 
 
 class ApiKeyResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     user_id: int
     name: str
@@ -59,10 +60,6 @@ class ApiKeyResponse(BaseModel):
     expires_at: datetime | None
     last_used_at: datetime | None
     revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, key: ApiKey) -> ApiKeyResponse:
-        return cls(**{name: getattr(key, name) for name in cls.model_fields})
 
 
 class ApiKeyCreatedResponse(ApiKeyResponse):
@@ -93,7 +90,9 @@ async def create_api_key(
         body.scopes,
         expires_in_days=body.expires_in_days,
     )
-    return ApiKeyCreatedResponse(**ApiKeyResponse.of(created.key).model_dump(), key=created.secret)
+    return ApiKeyCreatedResponse(
+        **ApiKeyResponse.model_validate(created.key).model_dump(), key=created.secret
+    )
 
 
 def actor_of(request: Request, principal: Principal) -> Actor:
@@ -111,7 +110,7 @@ async def list_api_keys(
     auth: AccountsDep,
 ) -> list[ApiKeyResponse]:
     keys = await auth.api_keys.list_keys(principal.owner_filter)
-    return [ApiKeyResponse.of(key) for key in keys]
+    return [ApiKeyResponse.model_validate(key) for key in keys]
 
 
 @router.delete(

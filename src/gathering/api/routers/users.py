@@ -24,10 +24,9 @@ from gathering.api.security.dependencies import (
     security_state,
     viewer_allowed,
 )
-from gathering.auth.accounts import AccountChange
 from gathering.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
-from gathering.auth.sessions import SessionInfo, user_sessions
-from gathering.auth.users import MAX_EMAIL_LENGTH, Role, User
+from gathering.auth.sessions import user_sessions
+from gathering.auth.users import MAX_EMAIL_LENGTH, Role
 from gathering.errors import PermissionDeniedError
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -65,6 +64,8 @@ class PasswordChangeRequest(BaseModel):
 
 
 class UserResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     email: str
     role: Role
@@ -72,23 +73,13 @@ class UserResponse(BaseModel):
     created_at: datetime
     last_login_at: datetime | None
 
-    @classmethod
-    def of(cls, user: User) -> UserResponse:
-        return cls(**{name: getattr(user, name) for name in cls.model_fields})
-
 
 class UserChangeResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     user: UserResponse
     sessions_revoked: int = Field(description="Login sessions this change ended")
     api_keys_revoked: int = Field(description="API keys this change revoked")
-
-    @classmethod
-    def of(cls, change: AccountChange) -> UserChangeResponse:
-        return cls(
-            user=UserResponse.of(change.user),
-            sessions_revoked=change.sessions_revoked,
-            api_keys_revoked=change.api_keys_revoked,
-        )
 
 
 class PasswordChangedResponse(BaseModel):
@@ -96,16 +87,14 @@ class PasswordChangedResponse(BaseModel):
 
 
 class SessionResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     created_at: datetime
     expires_at: datetime
     last_refreshed_at: datetime | None
     revoked_at: datetime | None
     revoke_reason: str | None
-
-    @classmethod
-    def of(cls, session: SessionInfo) -> SessionResponse:
-        return cls(**{name: getattr(session, name) for name in cls.model_fields})
 
 
 # --- the caller's own account (declared before /{user_id}, which would take "me") -------------
@@ -149,7 +138,7 @@ async def list_users(
     _admin: AdminPrincipal,
     auth: AccountsDep,
 ) -> list[UserResponse]:
-    return [UserResponse.of(user) for user in await auth.users.list_users()]
+    return [UserResponse.model_validate(user) for user in await auth.users.list_users()]
 
 
 @router.post(
@@ -167,7 +156,7 @@ async def create_user(
     user = await auth.accounts.create_user(
         actor_of(request, admin), body.email, body.password, body.role
     )
-    return UserResponse.of(user)
+    return UserResponse.model_validate(user)
 
 
 @router.get("/{user_id}", summary="One account (administrators only)")
@@ -177,7 +166,7 @@ async def get_user(
     _admin: AdminPrincipal,
     auth: AccountsDep,
 ) -> UserResponse:
-    return UserResponse.of(await auth.accounts.get_user(user_id))
+    return UserResponse.model_validate(await auth.accounts.get_user(user_id))
 
 
 @router.post(
@@ -192,7 +181,7 @@ async def disable_user(
     auth: AccountsDep,
 ) -> UserChangeResponse:
     change = await auth.accounts.set_active(actor_of(request, admin), user_id, active=False)
-    return UserChangeResponse.of(change)
+    return UserChangeResponse.model_validate(change)
 
 
 @router.post("/{user_id}/enable", summary="Enable a disabled account (administrators only)")
@@ -203,7 +192,7 @@ async def enable_user(
     auth: AccountsDep,
 ) -> UserChangeResponse:
     change = await auth.accounts.set_active(actor_of(request, admin), user_id, active=True)
-    return UserChangeResponse.of(change)
+    return UserChangeResponse.model_validate(change)
 
 
 @router.put(
@@ -219,7 +208,7 @@ async def set_role(
     auth: AccountsDep,
 ) -> UserChangeResponse:
     change = await auth.accounts.set_role(actor_of(request, admin), user_id, body.role)
-    return UserChangeResponse.of(change)
+    return UserChangeResponse.model_validate(change)
 
 
 @router.post(
@@ -235,7 +224,7 @@ async def reset_password(
     auth: AccountsDep,
 ) -> UserChangeResponse:
     change = await auth.accounts.reset_password(actor_of(request, admin), user_id, body.password)
-    return UserChangeResponse.of(change)
+    return UserChangeResponse.model_validate(change)
 
 
 @router.get("/{user_id}/sessions", summary="An account's login sessions (administrators only)")
@@ -248,7 +237,7 @@ async def list_sessions(
 ) -> list[SessionResponse]:
     user = await auth.accounts.get_user(user_id)
     sessions = await user_sessions(auth.db, user.id, ended=ended)
-    return [SessionResponse.of(session) for session in sessions]
+    return [SessionResponse.model_validate(session) for session in sessions]
 
 
 @router.delete(
@@ -282,7 +271,7 @@ async def list_user_api_keys(
 ) -> list[ApiKeyResponse]:
     user = await auth.accounts.get_user(user_id)
     keys = await auth.api_keys.list_keys(user.id)
-    return [ApiKeyResponse.of(key) for key in keys]
+    return [ApiKeyResponse.model_validate(key) for key in keys]
 
 
 @router.delete(
