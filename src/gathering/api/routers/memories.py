@@ -20,18 +20,14 @@ from gathering.agents.knowledge import (
     MAX_DOCUMENT_CHARS,
     MAX_SOURCE_CHARS,
     MAX_TITLE_CHARS,
-    Document,
     KnowledgeBase,
-    KnowledgeHit,
 )
 from gathering.agents.long_term_memory import (
     MAX_MEMORY_CHARS,
     MAX_TAG_CHARS,
     MAX_TAGS,
     LongTermMemory,
-    Memory,
     MemoryKind,
-    RecalledMemory,
     delete_memory,
     embedder_from_settings,
     get_memory,
@@ -180,13 +176,15 @@ class KnowledgeSearchRequest(_Body):
 
 
 class MemoryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     owner_id: int
     agent_id: int | None
     source_agent_id: int | None
     scope: Scope
     scope_id: str | None
-    kind: str
+    kind: MemoryKind
     content: str
     importance: float
     tags: list[str]
@@ -195,14 +193,10 @@ class MemoryOut(BaseModel):
     last_accessed_at: datetime | None
     access_count: int
 
-    @classmethod
-    def of(cls, memory: Memory) -> MemoryOut:
-        fields = {name: getattr(memory, name) for name in MemoryOut.model_fields}
-        fields["tags"] = list(memory.tags)
-        return cls(**fields)
-
 
 class ScoreOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     score: float
     relevance: float
     text: float
@@ -216,11 +210,6 @@ class RecalledMemoryOut(MemoryOut):
     score: float
     parts: ScoreOut
 
-    @classmethod
-    def recalled(cls, memory: RecalledMemory) -> RecalledMemoryOut:
-        base = MemoryOut.of(memory).model_dump()
-        return cls(**base, score=memory.score, parts=ScoreOut(**vars(memory.parts)))
-
 
 class RecallResponse(BaseModel):
     results: list[RecalledMemoryOut]
@@ -228,6 +217,8 @@ class RecallResponse(BaseModel):
 
 
 class DocumentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     owner_id: int
     title: str
@@ -242,12 +233,10 @@ class DocumentOut(BaseModel):
     created_at: datetime
     content: str | None = None
 
-    @classmethod
-    def of(cls, document: Document) -> DocumentOut:
-        return cls(**vars(document))
-
 
 class KnowledgeHitOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     document_id: int
     document_title: str
     category: str
@@ -261,11 +250,6 @@ class KnowledgeHitOut(BaseModel):
     content: str
     score: float
     parts: ScoreOut
-
-    @classmethod
-    def of(cls, hit: KnowledgeHit) -> KnowledgeHitOut:
-        fields = vars(hit) | {"parts": ScoreOut(**vars(hit.parts))}
-        return cls(**fields)
 
 
 class KnowledgeSearchResponse(BaseModel):
@@ -323,7 +307,7 @@ async def list_documents(
     documents = await KnowledgeBase(db, owner_id=principal.owner_filter).list_documents(
         category=category, scopes=scopes, limit=limit, offset=offset
     )
-    return [DocumentOut.of(document) for document in documents]
+    return [DocumentOut.model_validate(document) for document in documents]
 
 
 @router.post(
@@ -351,7 +335,7 @@ async def add_document(
         source=body.source,
         metadata=body.metadata,
     )
-    return DocumentOut.of(document)
+    return DocumentOut.model_validate(document)
 
 
 @router.post(
@@ -373,7 +357,7 @@ async def search_knowledge(
         body.query, body.limit, category=body.category, scopes=scopes, min_score=body.min_score
     )
     return KnowledgeSearchResponse(
-        results=[KnowledgeHitOut.of(hit) for hit in hits], semantic=embedder is not None
+        results=[KnowledgeHitOut.model_validate(hit) for hit in hits], semantic=embedder is not None
     )
 
 
@@ -390,7 +374,7 @@ async def get_document(
     await ensure_owner(
         request, principal, document.owner_id, resource="document", resource_id=document_id
     )
-    return DocumentOut.of(document)
+    return DocumentOut.model_validate(document)
 
 
 @router.delete(
@@ -438,7 +422,7 @@ async def remember(
         scope=body.scope,
         scope_id=body.scope_id,
     )
-    return MemoryOut.of(stored)
+    return MemoryOut.model_validate(stored)
 
 
 @router.get(
@@ -469,7 +453,7 @@ async def list_memories(
         project_ids=project_id or [],
     )
     memories = await memory.list(scopes=scope, kinds=kind, tags=tag, limit=limit, offset=offset)
-    return [MemoryOut.of(item) for item in memories]
+    return [MemoryOut.model_validate(item) for item in memories]
 
 
 @router.post(
@@ -502,7 +486,7 @@ async def recall(
         min_score=body.min_score,
     )
     return RecallResponse(
-        results=[RecalledMemoryOut.recalled(item) for item in recalled],
+        results=[RecalledMemoryOut.model_validate(item) for item in recalled],
         semantic=embedder is not None,
     )
 
@@ -518,7 +502,7 @@ async def read_memory(
     await ensure_owner(
         request, principal, memory.owner_id, resource="memory", resource_id=memory_id
     )
-    return MemoryOut.of(memory)
+    return MemoryOut.model_validate(memory)
 
 
 @router.delete("/{memory_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Forget a memory")
