@@ -308,6 +308,15 @@ class Settings(BaseSettings):
         "(`Authorization: Bearer <token>`), at least 32 characters.",
     )
 
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any, info: ValidationInfo) -> Any:
+        """`warning` and `WARNING` alike (levels are upper case, formats lower case)."""
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        return value.upper() if info.field_name == "log_level" else value.lower()
+
     @field_validator("secret_key")
     @classmethod
     def _check_secret_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:

@@ -439,3 +439,11 @@ async def test_every_operation_needs_credentials_in_multi_user_mode(multi):
         for method, path in PUBLIC_OPERATIONS | {("get", "/open")}:
             response = await ac.request(method.upper(), path, json={})
             assert response.status_code != 401, (method, path)
+
+
+async def test_the_root_says_where_to_go_to_anyone(single, multi):
+    for application in (single, multi):
+        async with client_for(application) as ac:
+            page = await ac.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'href="/docs"' in page.text and "<script" not in page.text

@@ -77,3 +77,11 @@ def test_keyword_conninfo_is_accepted():
 
 def test_embedded_pgdata_is_under_data_dir(tmp_path):
     assert load_settings(data_dir=tmp_path).embedded_pgdata == tmp_path / "pgdata"
+
+
+@pytest.mark.parametrize("given", ["warning", "Warning", " WARNING "])
+def test_the_log_level_and_format_take_any_case(monkeypatch, given):
+    monkeypatch.setenv("GATHERING_LOG_LEVEL", given)
+    monkeypatch.setenv("GATHERING_LOG_FORMAT", "JSON")
+    settings = load_settings()
+    assert (settings.log_level, settings.log_format) == ("WARNING", "json")

@@ -20,6 +20,7 @@ from gathering.api.routers import (
     auth,
     debug,
     health,
+    home,
     memories,
     metrics,
     users,
@@ -83,6 +84,7 @@ def create_app(
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
         app.add_middleware(OpenTelemetryMiddleware)
+    app.include_router(home.router)
     app.include_router(health.router)
     app.include_router(api_docs.docs_router(settings))
     app.include_router(metrics.router)
