@@ -5,6 +5,7 @@ every change audited in the transaction that makes it (a failed audit write undo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -293,14 +294,14 @@ async def test_a_role_change_applies_to_the_next_request_of_existing_credentials
 
 async def test_the_last_active_admin_can_be_neither_disabled_nor_demoted(app, client, db):
     boss = await account(app, client, "admin")
-    for method, path, body in [
-        ("POST", f"/users/{boss.id}/disable", None),
-        ("PUT", f"/users/{boss.id}/role", {"role": "member"}),
-    ]:
-        response = await client.request(method, path, json=body, headers=boss.headers)
-        assert response.status_code == 409, response.text
-        assert "last active administrator" in response.json()["detail"]
-        assert "another user an administrator" in response.json()["hint"]
+    # Over HTTP only the last admin can act on it, and disabling oneself is refused anyway.
+    response = await client.put(
+        f"/users/{boss.id}/role", json={"role": "member"}, headers=boss.headers
+    )
+    assert response.status_code == 409, response.text
+    assert "last active administrator" in response.json()["detail"]
+    assert "another user an administrator" in response.json()["hint"]
+    assert (await client.post(f"/users/{boss.id}/disable", headers=boss.headers)).status_code == 409
     row = await db.fetch_one("SELECT role, is_active FROM auth.users WHERE id = $1", boss.id)
     assert row == {"role": "admin", "is_active": True}
     assert await audit_rows(db, "user.disabled") == []
@@ -704,8 +705,9 @@ async def test_an_api_key_created_during_a_disable_does_not_survive_it(app, clie
         assert created.status_code in (401, 404), created.text
 
 
-async def test_current_password_guesses_count_against_the_login_throttle(app_for):
-    # A stolen access token must not give unlimited guesses at the password.
+async def test_current_password_guesses_are_throttled_for_the_user_alone(app_for):
+    # A stolen access token must not give unlimited guesses at the password; nor may a
+    # stranger's failed logins stop the user changing a password they know (or the reverse).
     app = app_for(
         auth="required",
         secret_key=KEY,
@@ -725,4 +727,78 @@ async def test_current_password_guesses_count_against_the_login_throttle(app_for
             )
             statuses.append(response.status_code)
         assert statuses[:2] == [422, 422] and statuses[-1] == 429, statuses
-        assert (await login(client, victim.email)).status_code == 429  # the same count
+        assert (await login(client, victim.email)).status_code == 200  # login is not locked
+
+        owner = await account(app, client)
+        for _ in range(4):  # a stranger exhausts the owner's login attempts
+            await login(client, owner.email, "not the password")
+        assert (await login(client, owner.email)).status_code == 429
+        changed = await client.post(
+            "/users/me/password",
+            json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+            headers=owner.headers,
+        )
+        assert changed.status_code == 200, changed.text
+
+
+async def _gate_both(monkeypatch, owner, name: str) -> None:
+    """Make `owner.name` wait (at most 1 s) until a second call arrives, to force an overlap."""
+    real = getattr(owner, name)
+    arrived, both = 0, asyncio.Event()
+
+    async def gated(self, *args, **kwargs):
+        nonlocal arrived
+        result = await real(self, *args, **kwargs)
+        arrived += 1
+        if arrived >= 2:
+            both.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(both.wait(), 1)
+        return result
+
+    monkeypatch.setattr(owner, name, gated)
+
+
+async def test_two_logins_to_one_account_at_once_both_succeed(app, client, monkeypatch):
+    ada = await account(app, client)
+    await _gate_both(monkeypatch, UserStore, "lock")
+    both = await asyncio.wait_for(
+        asyncio.gather(login(client, ada.email), login(client, ada.email)), 30
+    )
+    assert [response.status_code for response in both] == [200, 200]
+
+
+async def test_two_admins_resetting_each_other_never_deadlock(app, client, monkeypatch):
+    from gathering.auth.accounts import AccountAdmin
+
+    first, second = await account(app, client, "admin"), await account(app, client, "admin")
+    await _gate_both(monkeypatch, AccountAdmin, "_confirm_actor")
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            client.post(
+                f"/users/{second.id}/password",
+                json={"password": NEW_PASSWORD},
+                headers=first.headers,
+            ),
+            client.post(
+                f"/users/{first.id}/password",
+                json={"password": NEW_PASSWORD + " two"},
+                headers=second.headers,
+            ),
+        ),
+        30,
+    )
+    # One goes first; the other then finds its own session ended by it.
+    assert sorted(response.status_code for response in answers) == [200, 401]
+
+
+async def test_an_admin_cannot_disable_or_reset_their_own_account(app, client):
+    boss = await account(app, client, "admin")
+    await account(app, client, "admin")  # not the last admin: that is not the reason
+    disabled = await client.post(f"/users/{boss.id}/disable", headers=boss.headers)
+    reset = await client.post(
+        f"/users/{boss.id}/password", json={"password": NEW_PASSWORD}, headers=boss.headers
+    )
+    assert disabled.status_code == reset.status_code == 409
+    assert "/users/me/password" in reset.json()["hint"]
+    assert (await client.get("/auth/me", headers=boss.headers)).status_code == 200

@@ -115,10 +115,18 @@ class AccountAdmin:
         return user
 
     async def _lock_admins(self, tx: Transaction, actor: Actor) -> None:
-        """Before a change that may take away an administrator, and before any row lock:
-        such changes then run one at a time, and never wait on each other's rows."""
+        """Before an administrator's change to an account, and before any row lock: such
+        changes run one at a time, so they never wait on each other's rows (two admins
+        resetting each other would otherwise deadlock), and the last active administrator is
+        counted with nothing changing under the count."""
         if not actor.operator:
             await transaction_lock(tx, _ADMINS_LOCK, wait=True)
+
+    @staticmethod
+    def _not_oneself(actor: Actor, user_id: int, what: str, hint: str) -> None:
+        """Refuse a change of one's own account that would end the session making it."""
+        if actor.user_id == user_id and not actor.operator:
+            raise ConflictError(f"an administrator cannot {what} their own account", hint=hint)
 
     async def _keep_an_admin(self, actor: Actor, user: User) -> None:
         """Refuse a change that would take away the last active administrator (call
@@ -161,9 +169,10 @@ class AccountAdmin:
         """Enable or disable an account; disabling revokes its sessions and API keys."""
         sessions: list[RevokedSession] = []
         keys = 0
+        if not active:
+            self._not_oneself(actor, user_id, "disable", "ask another administrator")
         async with self.db.transaction() as tx:
-            if not active:
-                await self._lock_admins(tx, actor)
+            await self._lock_admins(tx, actor)
             user = await self._locked_user(user_id)
             if not active:
                 await self._keep_an_admin(actor, user)
@@ -182,8 +191,7 @@ class AccountAdmin:
         """Change an account's role. Nothing is revoked: every request reads the role from
         the database, so a demotion applies to the next request of every token and key."""
         async with self.db.transaction() as tx:
-            if role != "admin":
-                await self._lock_admins(tx, actor)
+            await self._lock_admins(tx, actor)
             user = await self._locked_user(user_id)
             if role != "admin":
                 await self._keep_an_admin(actor, user)
@@ -194,8 +202,12 @@ class AccountAdmin:
 
     async def reset_password(self, actor: Actor, user_id: int, password: str) -> AccountChange:
         """Set a new password; the account's sessions and API keys are revoked."""
+        self._not_oneself(
+            actor, user_id, "reset the password of", "change it with POST /users/me/password"
+        )
         password_hash = await hash_password(password)
         async with self.db.transaction() as tx:
+            await self._lock_admins(tx, actor)
             user = await self._locked_user(user_id)
             await self.users.set_password_hash(user.id, password_hash)
             sessions, keys = await self._revoke_credentials(user, "password reset")
@@ -250,6 +262,7 @@ class AccountAdmin:
     async def revoke_session(self, actor: Actor, user_id: int, family_id: str) -> None:
         """End one open session of `user_id` (NotFoundError when it has no such session)."""
         async with self.db.transaction() as tx:
+            await self._lock_admins(tx, actor)
             user = await self._locked_user(user_id)
             session = await self.revocations.end_session(user.id, family_id, "revoked by admin")
             if session is None:

@@ -135,10 +135,11 @@ async def login(body: LoginRequest, request: Request, auth: AccountsDep) -> Toke
     )
 
     async def audited(tx: Transaction, pair: TokenPair) -> None:
-        # The account, share-locked until the session commits: a password reset or a disable
-        # that committed since the check above refuses this login; one that comes later waits,
-        # then ends this session with the others.
-        current = await users.lock_for_share(user.id)
+        # The account, locked until the session commits (this transaction updates the row, so
+        # a share lock would let two logins deadlock): a password reset or a disable that
+        # committed since the check above refuses this login; one that comes later waits, then
+        # ends this session with the others.
+        current = await users.lock(user.id)
         if current is None or not current.can_log_in or current.password_hash != verified_hash:
             raise _AccountChanged
         if rehashed is not None and verified_hash is not None:

@@ -117,15 +117,15 @@ async def change_own_password(
         raise PermissionDeniedError(
             "changing a password needs a token login", hint="log in with POST /auth/login"
         )
-    # The current password is a guess like a login's: the same throttle counts it, per account
-    # and address, and fails closed when it cannot count.
+    # The current password is a guess like a login's: counted at the login rate, for this user
+    # alone, failing closed when it cannot be counted.
     security, actor = security_state(request), actor_of(request, principal)
     limiter = security.limiter()
-    await security.login_throttle.attempt(limiter, principal.email, actor.origin.ip or "unknown")
+    await security.login_throttle.password_check(limiter, principal.user_id)
     change = await auth.accounts.change_own_password(
         actor, body.current_password, body.new_password, keep_family=principal.family_id
     )
-    await security.login_throttle.succeeded(limiter, principal.email)
+    await security.login_throttle.password_check_succeeded(limiter, principal.user_id)
     return PasswordChangedResponse(sessions_revoked=change.sessions_revoked)
 
 

@@ -197,16 +197,32 @@ class LoginThrottle:
         checked (so concurrent guesses cannot slip past); `RateLimitedError` when either has
         no attempts left. A successful login clears the account's count. When the storage
         cannot count, `LoginThrottleUnavailableError` (fail closed) or nothing (fail open)."""
-        for items, identifiers in (
-            (self.per_account, ("login-failures", "account", email)),
-            (self.per_ip, ("login-failures", "ip", ip)),
-        ):
-            status = await limiter.hit(items, *identifiers)
-            if status is None and self.fail_closed:
-                log.error("login refused: failed logins cannot be counted", fail="closed")
-                raise LoginThrottleUnavailableError()
-            if status is not None and not status.allowed:
-                raise rate_limited(status, "failed logins")
+        await self._count(limiter, self.per_account, ("login-failures", "account", email), "logins")
+        await self._count(limiter, self.per_ip, ("login-failures", "ip", ip), "logins")
 
     async def succeeded(self, limiter: RateLimiter, email: str) -> None:
         await limiter.clear(self.per_account, "login-failures", "account", email)
+
+    async def password_check(self, limiter: RateLimiter, user_id: int) -> None:
+        """Count a guess at a logged-in user's current password (a password change) against
+        that user alone, at the per-account rate: a stranger's failed logins cannot stop the
+        user changing a password they know, and a stolen session cannot lock out their login."""
+        checks = ("password-checks", "user", str(user_id))
+        await self._count(limiter, self.per_account, checks, "password checks")
+
+    async def password_check_succeeded(self, limiter: RateLimiter, user_id: int) -> None:
+        await limiter.clear(self.per_account, "password-checks", "user", str(user_id))
+
+    async def _count(
+        self,
+        limiter: RateLimiter,
+        items: list[RateLimitItem],
+        identifiers: tuple[str, ...],
+        what: str,
+    ) -> None:
+        status = await limiter.hit(items, *identifiers)
+        if status is None and self.fail_closed:
+            log.error(f"{what} refused: failed attempts cannot be counted", fail="closed")
+            raise LoginThrottleUnavailableError()
+        if status is not None and not status.allowed:
+            raise rate_limited(status, f"failed {what}")
