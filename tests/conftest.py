@@ -73,14 +73,21 @@ os.environ["GATHERING_DATABASE_URL"] = make_conninfo(TEST_SERVER_URL, dbname=_AP
 get_settings.cache_clear()
 
 
+SLOW_TEST_TIMEOUT = 900  # seconds for tests/e2e and tests marked slow (pytest.ini: 300 others)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by folder: tests/integration -> integration, tests/e2e -> e2e."""
+    """Mark tests by folder (tests/integration -> integration, tests/e2e -> e2e), and give
+    real processes and slow tests a longer timeout, unless a test sets its own."""
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts:
             item.add_marker(pytest.mark.integration)
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
+        slow = "e2e" in parts or item.get_closest_marker("slow") is not None
+        if slow and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
