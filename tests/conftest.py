@@ -44,6 +44,7 @@ from gathering.agents import Agent  # noqa: E402
 from gathering.config import get_settings  # noqa: E402
 from gathering.db import Database  # noqa: E402
 from gathering.db.embedded import start_embedded  # noqa: E402
+from gathering.db.templates import create_migrated_database  # noqa: E402
 
 
 def _test_server_url() -> str:
@@ -122,6 +123,16 @@ def test_server_url() -> str:
 def fresh_database_url(test_server_url: str) -> Iterator[str]:
     """The URL of a new, empty (unmigrated) database, dropped after the test."""
     name = create_database(test_server_url, "gathering_test_")
+    yield make_conninfo(test_server_url, dbname=name)
+    drop_database(test_server_url, name)
+
+
+@pytest.fixture
+async def migrated_database_url(test_server_url: str) -> AsyncIterator[str]:
+    """The URL of a new database holding the current migrations (a copy of the migrated
+    template, see gathering/db/templates.py), dropped after the test."""
+    name = f"gathering_test_{secrets.token_hex(6)}"
+    await create_migrated_database(test_server_url, name)
     yield make_conninfo(test_server_url, dbname=name)
     drop_database(test_server_url, name)
 

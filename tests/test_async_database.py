@@ -30,16 +30,16 @@ async def _max_concurrent_sleepers(db: Database, until: asyncio.Task) -> int:
     return seen
 
 
-async def test_concurrent_requests_wait_in_sql_side_by_side(test_server_url, fresh_database_url):
+async def test_concurrent_requests_wait_in_sql_side_by_side(test_server_url, migrated_database_url):
     settings = load_settings(
-        database_url=fresh_database_url,
+        database_url=migrated_database_url,
         debug_endpoints=True,
         env="development",
         db_pool_max_size=CONCURRENT + 2,
     )
     app = create_app(settings=settings)
     transport = httpx.ASGITransport(app=app)
-    observer = Database(url=fresh_database_url, min_size=0, max_size=1)
+    observer = Database(url=migrated_database_url, min_size=0, max_size=1)
     await observer.connect()
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

@@ -54,12 +54,12 @@ def _routes() -> APIRouter:
 
 
 @pytest.fixture
-async def make_app(fresh_database_url) -> AsyncIterator:
+async def make_app(migrated_database_url) -> AsyncIterator:
     apps = []
 
     def _make(**overrides):
         options = {
-            "database_url": fresh_database_url,
+            "database_url": migrated_database_url,
             "auth": "required",
             "secret_key": KEY,
             "rate_limit_enabled": True,

@@ -65,10 +65,10 @@ CANARY = [(1, "alpha"), (2, "beta"), (3, "gamma")]
 
 
 @pytest.fixture
-async def app(fresh_database_url) -> AsyncIterator[Any]:
+async def app(migrated_database_url) -> AsyncIterator[Any]:
     application = create_app(
         settings=load_settings(
-            database_url=fresh_database_url,
+            database_url=migrated_database_url,
             auth="required",
             secret_key="k" * 64,
             login_attempts_per_account="100000/minute",

@@ -21,12 +21,12 @@ async def clean_tables(test_db: Database) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def app_for(fresh_database_url: str) -> AsyncIterator[Callable[..., FastAPI]]:
-    """`app_for(**settings)`: an app on this test's own fresh database, closed after it."""
+async def app_for(migrated_database_url: str) -> AsyncIterator[Callable[..., FastAPI]]:
+    """`app_for(**settings)`: an app on this test's own migrated database, closed after it."""
     apps: list[FastAPI] = []
 
     def make(**settings: Any) -> FastAPI:
-        app = create_app(settings=load_settings(database_url=fresh_database_url, **settings))
+        app = create_app(settings=load_settings(database_url=migrated_database_url, **settings))
         apps.append(app)
         return app
 

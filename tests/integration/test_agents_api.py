@@ -13,8 +13,8 @@ from gathering.config import load_settings
 
 
 @pytest.fixture
-async def api(fresh_database_url, llm_stub_env):
-    app = create_app(settings=load_settings(database_url=fresh_database_url))
+async def api(migrated_database_url, llm_stub_env):
+    app = create_app(settings=load_settings(database_url=migrated_database_url))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
@@ -210,14 +210,14 @@ async def test_a_chat_in_flight_neither_reverts_a_patch_nor_revives_a_deleted_ag
     assert (await api.get("/agents")).json() == []
 
 
-async def test_api_keys_are_limited_to_their_scopes(fresh_database_url, llm_stub_env):
+async def test_api_keys_are_limited_to_their_scopes(migrated_database_url, llm_stub_env):
     import secrets as _secrets
 
     from gathering.auth.users import UserStore
 
     app = create_app(
         settings=load_settings(
-            database_url=fresh_database_url, auth="required", secret_key="s" * 64
+            database_url=migrated_database_url, auth="required", secret_key="s" * 64
         )
     )
     try:
@@ -262,11 +262,11 @@ async def test_api_keys_are_limited_to_their_scopes(fresh_database_url, llm_stub
 
 
 async def test_a_streamed_turn_finishes_even_when_the_client_leaves(
-    fresh_database_url, llm_stub_env
+    migrated_database_url, llm_stub_env
 ):
     from unittest.mock import patch
 
-    app = create_app(settings=load_settings(database_url=fresh_database_url))
+    app = create_app(settings=load_settings(database_url=migrated_database_url))
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

@@ -80,10 +80,10 @@ async def test_openapi_and_docs_are_served(client):
     assert (await client.get("/docs")).status_code == 200
 
 
-def test_lifespan_connects_and_closes(fresh_database_url):
+def test_lifespan_connects_and_closes(migrated_database_url):
     from starlette.testclient import TestClient
 
-    application = create_app(settings=load_settings(database_url=fresh_database_url))
+    application = create_app(settings=load_settings(database_url=migrated_database_url))
     with TestClient(application) as tc:
         assert tc.get("/health/ready").status_code == 200
     assert application.state.gathering._database is not None

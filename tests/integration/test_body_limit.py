@@ -115,9 +115,9 @@ async def test_an_anonymous_oversized_body_gets_413_before_authentication(multi)
         assert body.pulled == 0
 
 
-async def test_a_browser_on_an_allowed_origin_can_read_the_413(fresh_database_url):
+async def test_a_browser_on_an_allowed_origin_can_read_the_413(migrated_database_url):
     origin = "https://app.example.com"
-    settings = load_settings(database_url=fresh_database_url, cors_origins=origin)
+    settings = load_settings(database_url=migrated_database_url, cors_origins=origin)
     application = create_app(settings=settings)
     try:
         async with client_for(application) as client:
@@ -219,8 +219,8 @@ async def test_repeating_the_same_content_length_is_allowed(single):
     assert response.json() == {"bytes": 5}
 
 
-async def test_the_knowledge_upload_route_takes_more_than_the_body_limit(fresh_database_url):
-    settings = load_settings(database_url=fresh_database_url, max_upload_bytes=2 * MIB)
+async def test_the_knowledge_upload_route_takes_more_than_the_body_limit(migrated_database_url):
+    settings = load_settings(database_url=migrated_database_url, max_upload_bytes=2 * MIB)
     application = create_app(settings=settings)
     words = "the quick brown fox jumps over the lazy dog. "
     try:

@@ -394,7 +394,7 @@ async def stored_turns(url: str) -> list[tuple[str, str]]:
     return [(r["role"], r["content"]) for r in rows] + [("turn", s["status"]) for s in statuses]
 
 
-async def test_a_background_turn_finishes_during_shutdown(make_app, fresh_database_url):
+async def test_a_background_turn_finishes_during_shutdown(make_app, migrated_database_url):
     app = make_app(shutdown_timeout=3)
     started = asyncio.Event()
 
@@ -413,14 +413,16 @@ async def test_a_background_turn_finishes_during_shutdown(make_app, fresh_databa
             assert app.state.gathering.background
             # leaving the block drives the shutdown, with the turn still running
     assert not app.state.gathering.background
-    assert await stored_turns(fresh_database_url) == [
+    assert await stored_turns(migrated_database_url) == [
         ("user", "are you there?"),
         ("assistant", "re: are you there?"),
         ("turn", "completed"),
     ]
 
 
-async def test_a_background_turn_past_the_shutdown_timeout_is_cut_off(make_app, fresh_database_url):
+async def test_a_background_turn_past_the_shutdown_timeout_is_cut_off(
+    make_app, migrated_database_url
+):
     app = make_app(shutdown_timeout=0.3)
     started = asyncio.Event()
 
@@ -441,7 +443,7 @@ async def test_a_background_turn_past_the_shutdown_timeout_is_cut_off(make_app, 
     await asyncio.wait_for(run(), WAIT)
     assert not app.state.gathering.background
     # Left running, it is closed as interrupted by the agent's next turn (any instance).
-    assert await stored_turns(fresh_database_url) == [("user", "hello?"), ("turn", "running")]
+    assert await stored_turns(migrated_database_url) == [("user", "hello?"), ("turn", "running")]
 
 
 # --- knowledge in the prompt ------------------------------------------------------------------------

@@ -406,9 +406,9 @@ async def test_semantic_recall_and_search_with_an_embedder(single, api):
     assert found["semantic"] is True and found["results"][0]["document_title"] == "Kitchen"
 
 
-def test_get_embedder_follows_the_settings(fresh_database_url):
+def test_get_embedder_follows_the_settings(migrated_database_url):
     app = create_app(
-        settings=load_settings(database_url=fresh_database_url, embedding_provider="none")
+        settings=load_settings(database_url=migrated_database_url, embedding_provider="none")
     )
 
     class FakeRequest:

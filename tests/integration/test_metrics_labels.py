@@ -15,8 +15,8 @@ SERIES = re.compile(r"^(?P<name>gathering_http_request[a-z_]*)\{(?P<labels>[^}]*
 
 
 @pytest.fixture
-async def metrics_app(fresh_database_url):
-    application = create_app(settings=load_settings(database_url=fresh_database_url))
+async def metrics_app(migrated_database_url):
+    application = create_app(settings=load_settings(database_url=migrated_database_url))
     yield application
     await application.state.gathering.close()
 

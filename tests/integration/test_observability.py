@@ -18,8 +18,8 @@ from gathering.observability import configure_logging
 
 
 @pytest.fixture
-async def probe_app(fresh_database_url):
-    app = create_app(settings=load_settings(database_url=fresh_database_url))
+async def probe_app(migrated_database_url):
+    app = create_app(settings=load_settings(database_url=migrated_database_url))
 
     async def boom() -> None:
         raise RuntimeError("secret internal detail")
@@ -103,7 +103,7 @@ async def test_metrics_expose_requests_and_pool(probe_app):
     assert "gathering_llm_tokens_total" in text
 
 
-def test_traces_cover_http_and_database(fresh_database_url):
+def test_traces_cover_http_and_database(migrated_database_url):
     """Run in a fresh process: the tracer provider is process-global."""
     script = textwrap.dedent(
         f"""
@@ -112,7 +112,7 @@ def test_traces_cover_http_and_database(fresh_database_url):
         from gathering.config import load_settings
         from gathering import observability
         exporter = InMemorySpanExporter()
-        settings = load_settings(database_url={fresh_database_url!r})
+        settings = load_settings(database_url={migrated_database_url!r})
         real = observability.configure_tracing
         observability.configure_tracing = lambda s: real(s, exporter=exporter)
         import gathering.api.app as appmod

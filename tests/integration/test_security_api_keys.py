@@ -29,9 +29,9 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-async def app(fresh_database_url):
+async def app(migrated_database_url):
     application = create_app(
-        settings=load_settings(database_url=fresh_database_url, auth="required", secret_key=KEY)
+        settings=load_settings(database_url=migrated_database_url, auth="required", secret_key=KEY)
     )
     application.include_router(_probe_router())
     yield application
@@ -263,8 +263,8 @@ async def test_logout_with_an_api_key_is_refused(app, client):
     assert response.status_code == 422
 
 
-async def test_api_key_routes_need_multi_user_mode(fresh_database_url):
-    application = create_app(settings=load_settings(database_url=fresh_database_url))
+async def test_api_key_routes_need_multi_user_mode(migrated_database_url):
+    application = create_app(settings=load_settings(database_url=migrated_database_url))
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=application), base_url="http://test"

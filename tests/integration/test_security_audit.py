@@ -17,10 +17,10 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-async def app(fresh_database_url):
+async def app(migrated_database_url):
     application = create_app(
         settings=load_settings(
-            database_url=fresh_database_url, auth="required", secret_key="k" * 64
+            database_url=migrated_database_url, auth="required", secret_key="k" * 64
         )
     )
     yield application

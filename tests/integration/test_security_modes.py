@@ -51,26 +51,26 @@ def build(database_url: str, **overrides):
 
 
 @pytest.fixture
-async def single(fresh_database_url):
-    application = build(fresh_database_url)
+async def single(migrated_database_url):
+    application = build(migrated_database_url)
     yield application
     await application.state.gathering.close()
 
 
 @pytest.fixture
-def single_sync(fresh_database_url):
+def single_sync(migrated_database_url):
     """For TestClient tests: its pools live in TestClient's loops; the database is dropped."""
-    return build(fresh_database_url)
+    return build(migrated_database_url)
 
 
 @pytest.fixture
-def multi_sync(fresh_database_url):
-    return build(fresh_database_url, auth="required", secret_key=KEY)
+def multi_sync(migrated_database_url):
+    return build(migrated_database_url, auth="required", secret_key=KEY)
 
 
 @pytest.fixture
-async def multi(fresh_database_url):
-    application = build(fresh_database_url, auth="required", secret_key=KEY)
+async def multi(migrated_database_url):
+    application = build(migrated_database_url, auth="required", secret_key=KEY)
     yield application
     await application.state.gathering.close()
 
@@ -119,20 +119,20 @@ async def test_loopback_and_configured_hosts_are_accepted(single, host):
         assert (await ac.get("/health", headers={"Host": host})).status_code == 200
 
 
-async def test_the_refusal_names_the_host_and_how_to_allow_it(single, fresh_database_url):
+async def test_the_refusal_names_the_host_and_how_to_allow_it(single, migrated_database_url):
     async with client_for(single) as ac:
         body = (await ac.get("/health", headers={"Host": "evil.example\x1b[2J"})).json()
     assert (
         "'evil.example\\x1b[2J'" in body["detail"] and "GATHERING_AUTH=required" in body["detail"]
     )
-    multi = build(fresh_database_url, auth="required", secret_key=KEY)
+    multi = build(migrated_database_url, auth="required", secret_key=KEY)
     async with client_for(multi) as ac:
         body = (await ac.get("/health", headers={"Host": "api.example.com"})).json()
     assert "'api.example.com'" in body["detail"] and "GATHERING_ALLOWED_HOSTS" in body["detail"]
 
 
-async def test_a_star_turns_the_host_check_off_in_multi_user_mode(fresh_database_url):
-    application = build(fresh_database_url, auth="required", secret_key=KEY, allowed_hosts="*")
+async def test_a_star_turns_the_host_check_off_in_multi_user_mode(migrated_database_url):
+    application = build(migrated_database_url, auth="required", secret_key=KEY, allowed_hosts="*")
     async with client_for(application) as ac:
         response = await ac.get("/health", headers={"Host": "anything.example"})
     assert response.status_code == 200
@@ -148,14 +148,14 @@ def test_single_user_mode_refuses_a_star_or_foreign_names_at_start_up(hosts):
     assert load_settings(allowed_hosts="localhost,127.0.0.1,[::1],app.localhost").allowed_hosts
 
 
-async def test_an_in_process_clients_name_is_accepted_but_not_over_a_socket(fresh_database_url):
+async def test_an_in_process_clients_name_is_accepted_but_not_over_a_socket(migrated_database_url):
     # TestClient and ASGITransport name the server "testserver" / "test"; no browser can do that.
     # Over a real socket, the same Host is an ordinary foreign name and is refused.
     import asyncio
 
     import uvicorn
 
-    application = build(fresh_database_url)
+    application = build(migrated_database_url)
     async with client_for(application) as ac:
         assert (await ac.get("/health", headers={"Host": "test"})).status_code == 200
         assert (await ac.get("/health", headers={"Host": "testserver"})).status_code == 400
@@ -177,7 +177,7 @@ async def test_an_in_process_clients_name_is_accepted_but_not_over_a_socket(fres
 
 
 async def test_a_unix_sockets_name_is_not_taken_for_an_in_process_call(
-    fresh_database_url, tmp_path, monkeypatch
+    migrated_database_url, tmp_path, monkeypatch
 ):
     # Over a unix socket the scope's server is (path, None): a relative path looks like a name.
     import asyncio
@@ -185,7 +185,7 @@ async def test_a_unix_sockets_name_is_not_taken_for_an_in_process_call(
     import uvicorn
 
     monkeypatch.chdir(tmp_path)
-    application = build(fresh_database_url)
+    application = build(migrated_database_url)
     server = uvicorn.Server(uvicorn.Config(application, uds="gathering.sock", log_config=None))
     serving = asyncio.create_task(server.serve())
     try:
@@ -260,8 +260,8 @@ async def test_cross_site_fetch_metadata_is_refused_but_a_navigation_is_not(sing
     assert navigate.status_code == 200
 
 
-async def test_cors_allows_exactly_the_configured_origins(fresh_database_url):
-    application = build(fresh_database_url, cors_origins="https://app.example.com")
+async def test_cors_allows_exactly_the_configured_origins(migrated_database_url):
+    application = build(migrated_database_url, cors_origins="https://app.example.com")
     async with client_for(application) as ac:
         preflight = await ac.options(
             "/auth/me",

@@ -232,8 +232,8 @@ async def test_repeated_tool_call_ids_are_renamed(store, db):
     assert len(ids) == 3 and len(set(ids)) == 3
 
 
-async def test_a_queued_chat_to_a_deleted_agent_is_404(fresh_database_url, llm_stub_env):
-    app = create_app(settings=load_settings(database_url=fresh_database_url, env="development"))
+async def test_a_queued_chat_to_a_deleted_agent_is_404(migrated_database_url, llm_stub_env):
+    app = create_app(settings=load_settings(database_url=migrated_database_url, env="development"))
     release = asyncio.Event()
 
     async def slow(messages):

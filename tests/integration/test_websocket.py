@@ -27,17 +27,17 @@ def test_websocket_connection():
 
 
 @pytest.fixture
-async def single(fresh_database_url):
-    application = create_app(settings=load_settings(database_url=fresh_database_url))
+async def single(migrated_database_url):
+    application = create_app(settings=load_settings(database_url=migrated_database_url))
     yield application
     await application.state.gathering.close()
 
 
 @pytest.fixture
-async def multi(fresh_database_url):
+async def multi(migrated_database_url):
     application = create_app(
         settings=load_settings(
-            database_url=fresh_database_url, auth="required", secret_key=KEY, ws_auth_grace=0.3
+            database_url=migrated_database_url, auth="required", secret_key=KEY, ws_auth_grace=0.3
         )
     )
     yield application
@@ -98,9 +98,9 @@ async def test_reconnecting_with_since_replays_missed_events(single):
         assert (await _next_event(ws))["data"]["name"] == "Two"
 
 
-async def test_heartbeats_carry_the_cursor(fresh_database_url):
+async def test_heartbeats_carry_the_cursor(migrated_database_url):
     application = create_app(
-        settings=load_settings(database_url=fresh_database_url, ws_heartbeat=0.1)
+        settings=load_settings(database_url=migrated_database_url, ws_heartbeat=0.1)
     )
     try:
         async with ASGIWebSocket(application, "/ws") as ws:
@@ -185,9 +185,9 @@ async def test_invalid_messages_get_clear_errors(single):
         assert (await ws.receive_json())["type"] == "unsubscribed"
 
 
-async def test_a_client_too_slow_is_closed_4429(fresh_database_url):
+async def test_a_client_too_slow_is_closed_4429(migrated_database_url):
     application = create_app(
-        settings=load_settings(database_url=fresh_database_url, ws_queue_size=10)
+        settings=load_settings(database_url=migrated_database_url, ws_queue_size=10)
     )
     try:
         async with ASGIWebSocket(application, "/ws") as ws:

@@ -113,9 +113,9 @@ async def test_unknown_tickets_close_4401(multi, ticket):
         assert await ws.wait_closed() == 4401
 
 
-async def test_a_ticket_works_once_across_instances(multi, fresh_database_url):
+async def test_a_ticket_works_once_across_instances(multi, migrated_database_url):
     other = create_app(
-        settings=load_settings(database_url=fresh_database_url, auth="required", secret_key=KEY)
+        settings=load_settings(database_url=migrated_database_url, auth="required", secret_key=KEY)
     )
     try:
         _, token = await new_user(multi)

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gathering.config import Settings, get_settings, redact_credentials, split_url_password
 from gathering.db.embedded import start_embedded
 from gathering.db.migrations_runner import Migration, MigrationStatus, apply_migrations, read_status
+from gathering.db.templates import create_migrated_database
 from gathering.errors import (
     ConfigurationError,
     ConflictError,
@@ -288,11 +289,9 @@ class Database(Queries):
                 return
             server_url = await self._server()
             url = server_url
-            if self.test:
+            if self.test:  # a copy of the migrated template (see db/templates.py)
                 name = f"{TEST_DATABASE_PREFIX}{secrets.token_hex(6)}"
-                await self._admin(
-                    server_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-                )
+                await create_migrated_database(server_url, name, self._open_connection)
                 self._test_database, self._server_url = name, server_url
                 url = make_conninfo(server_url, dbname=name)
             await self._probe(url)
