@@ -33,7 +33,7 @@ lint: $(VENV)/.installed-dev
 # can fail hypothesis's source parsing with "SystemError: AST constructor recursion depth
 # mismatch" (CPython gh-106905), which hypothesis reports as a flaky test.
 pytest: $(VENV)/.installed-dev
-	$(BIN)/pytest --cov=gathering --cov-report= --ignore=tests/test_api_fuzz.py
+	$(BIN)/pytest --cov=gathering --cov-report= --durations=10 --ignore=tests/test_api_fuzz.py
 	$(BIN)/pytest --cov=gathering --cov-append --cov-report=term-missing:skip-covered \
 		--cov-fail-under=80 tests/test_api_fuzz.py
 
