@@ -32,6 +32,7 @@ os.environ.pop("DATABASE_URL", None)
 os.environ.pop("GATHERING_ALLOWED_HOSTS", None)
 os.environ["GATHERING_AUTH"] = "single-user"
 os.environ["GATHERING_RATE_LIMIT_ENABLED"] = "false"
+os.environ["GATHERING_MODEL_REQUESTS"] = "loopback"  # a test that forgot its stub fails
 os.environ["GATHERING_LOCAL_PRELOAD"] = "false"  # each app would load the model; one test does
 for _name in ("SECRET_KEY", "GATHERING_SECRET_KEY", "GATHERING_RATE_LIMIT_STORAGE"):
     os.environ.pop(_name, None)

@@ -547,6 +547,12 @@ class Settings(BaseSettings):
         validation_alias=_env("tool_timeout"),
         description="Seconds one tool call may run before it is stopped and reported as failed.",
     )
+    model_requests: Literal["any", "loopback"] = Field(
+        default="any",
+        validation_alias=_env("model_requests"),
+        description="loopback: refuse to call a model server that is not on this machine "
+        "(the test suite sets it, so a test that forgot its stub fails instead of calling out).",
+    )
     model_call_timeout: float = Field(
         default=300.0,
         gt=0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
 ENV_VAR = "ANTHROPIC_API_KEY"
+ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"
 
 _STOP_REASONS: dict[str | None, StopReason] = {
@@ -159,6 +161,10 @@ class AnthropicProvider(BaseProvider):
     def client(self) -> AsyncAnthropic:
         """The injected SDK client, or one built at first use (raises if no key is set)."""
         return self._client_for_this_loop(self._build_client)
+
+    def endpoint(self) -> str:
+        # The SDK reads ANTHROPIC_BASE_URL itself when no base_url is given.
+        return self._base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_URL
 
     def _build_client(self) -> AsyncAnthropic:
         api_key = self._api_key or configured_secret("anthropic_api_key")

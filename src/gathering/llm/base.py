@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
 import structlog
 
 from gathering.errors import InvalidInputError, LLMError
+from gathering.llm.common import ensure_model_requests_allowed
 from gathering.llm.context_windows import default_context_window
 from gathering.llm.pricing import Price, price_for
 from gathering.llm.retry import RetryPolicy, retry_async
@@ -441,6 +442,11 @@ class BaseProvider(ABC):
         """Use `client` (an SDK client built by the caller) as-is for every call."""
         self._injected_client = client
 
+    def endpoint(self) -> str:
+        """The address the client this provider builds will call (an injected client's own
+        address is the caller's business)."""
+        raise NotImplementedError(f"{type(self).__name__} builds no network client")
+
     def _client_for_this_loop(self, build: Callable[[], T]) -> T:
         """The injected SDK client; else the one built by `build` at first use and again in
         each new event loop (an async HTTP client's pooled connections belong to the loop
@@ -452,7 +458,9 @@ class BaseProvider(ABC):
         except RuntimeError:
             loop = None
         if self._sdk_client is None or (loop is not None and loop is not self._sdk_client_loop):
-            self._sdk_client = build()
+            client = build()  # no request yet; a missing key is reported first
+            ensure_model_requests_allowed(self.provider_name, self.endpoint())
+            self._sdk_client = client
             self._sdk_client_loop = loop
         return cast(T, self._sdk_client)
 

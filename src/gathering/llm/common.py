@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, TypedDict
+from urllib.parse import urlsplit
 
-from gathering.config import get_settings
+from gathering.config import get_settings, is_loopback
+from gathering.errors import ConfigurationError
 from gathering.llm.retry import RetryPolicy
 
 
@@ -31,3 +33,19 @@ def configured_secret(field: str) -> str | None:
 def configured_value(field: str) -> Any:
     """A plain setting, or None when this version of `Settings` has no such field."""
     return getattr(get_settings(), field, None)
+
+
+def ensure_model_requests_allowed(provider: str, url: str) -> None:
+    """Refuse a client for a model endpoint off this machine when
+    `GATHERING_MODEL_REQUESTS=loopback` (the test suite's setting): a test that forgot its stub
+    fails loudly instead of calling a real provider."""
+    if get_settings().model_requests != "loopback":
+        return
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    if not is_loopback(host):
+        raise ConfigurationError(
+            f"GATHERING_MODEL_REQUESTS=loopback refuses {provider} at {host or url!r}: only "
+            "model servers on this machine may be called",
+            hint="point the provider at a local server (in tests: the llm_stub_env fixture), "
+            "or set GATHERING_MODEL_REQUESTS=any",
+        )

@@ -144,6 +144,9 @@ class OllamaProvider(BaseProvider):
         """The injected SDK client, or one built at first use."""
         return self._client_for_this_loop(self._build_client)
 
+    def endpoint(self) -> str:
+        return self.host
+
     def _build_client(self) -> AsyncClient:
         from gathering import llm
 

@@ -144,6 +144,9 @@ class OpenAIProvider(BaseProvider):
         used without a key)."""
         return self._client_for_this_loop(self._build_client)
 
+    def endpoint(self) -> str:
+        return self.base_url or OPENAI_URL
+
     def _build_client(self) -> AsyncOpenAI:
         base_url = self.base_url
         api_key = self._api_key or configured_secret("openai_api_key")

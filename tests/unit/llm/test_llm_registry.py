@@ -129,7 +129,8 @@ class TestDefaultProvider:
             default_provider_name()
 
 
-def test_patching_the_client_factory_swaps_the_client():
+def test_patching_the_client_factory_swaps_the_client(settings_env):
+    settings_env(model_requests="any")  # the client is built, never called
     fake_client = MagicMock(name="AsyncAnthropic")
     with patch("gathering.llm.anthropic_client", return_value=fake_client) as factory:
         provider = AnthropicProvider(api_key="sk-ant")
@@ -137,7 +138,8 @@ def test_patching_the_client_factory_swaps_the_client():
     factory.assert_called_once_with(api_key="sk-ant", base_url=None, timeout=provider.timeout)
 
 
-def test_real_client_factories_build_sdk_clients_without_network():
+def test_real_client_factories_build_sdk_clients_without_network(settings_env):
+    settings_env(model_requests="any")  # clients for the real endpoints are built, not called
     from anthropic import AsyncAnthropic
     from ollama import AsyncClient
     from openai import AsyncOpenAI
