@@ -95,15 +95,29 @@ class AccountAdmin:
         **details: Any,
     ) -> None:
         await self._confirm_actor(actor)
+        await self._audit(
+            tx, actor, event, "user", user.id, {"email": user.email, "via": actor.via, **details}
+        )
+
+    async def _audit(
+        self,
+        tx: Transaction,
+        actor: Actor,
+        event: str,
+        target_type: str,
+        target_id: str | int,
+        details: dict[str, Any],
+    ) -> None:
+        """The success entry of a change by `actor`, in the change's transaction."""
         await self.audit.record(
             event,
             "success",
             origin=actor.origin,
             actor_id=actor.user_id,
             subject=actor.subject,
-            target_type="user",
-            target_id=user.id,
-            details={"email": user.email, "via": actor.via, **details},
+            target_type=target_type,
+            target_id=target_id,
+            details=details,
             on=tx,
         )
 
@@ -267,17 +281,8 @@ class AccountAdmin:
             session = await self.revocations.end_session(user.id, family_id, "revoked by admin")
             if session is None:
                 raise NotFoundError(f"session {family_id} of user {user_id} not found")
-            await self.audit.record(
-                AuditEvent.SESSION_REVOKED,
-                "success",
-                origin=actor.origin,
-                actor_id=actor.user_id,
-                subject=actor.subject,
-                target_type="session",
-                target_id=family_id,
-                details={"user_id": user.id, "email": user.email, "via": actor.via},
-                on=tx,
-            )
+            details = {"user_id": user.id, "email": user.email, "via": actor.via}
+            await self._audit(tx, actor, AuditEvent.SESSION_REVOKED, "session", family_id, details)
         self.revocations.remember([session])
 
     async def create_api_key(
@@ -299,16 +304,9 @@ class AccountAdmin:
             created = await self.api_keys.create(
                 user_id, name, scopes, expires_in_days=expires_in_days
             )
-            await self.audit.record(
-                AuditEvent.API_KEY_CREATED,
-                "success",
-                origin=actor.origin,
-                actor_id=actor.user_id,
-                subject=actor.subject,
-                target_type="api_key",
-                target_id=created.key.id,
-                details={"name": created.key.name, "scopes": created.key.scopes},
-                on=tx,
+            details = {"name": created.key.name, "scopes": created.key.scopes}
+            await self._audit(
+                tx, actor, AuditEvent.API_KEY_CREATED, "api_key", created.key.id, details
             )
         return created
 
@@ -317,14 +315,5 @@ class AccountAdmin:
         async with self.db.transaction() as tx:
             await self._confirm_actor(actor)
             revoked = await self.api_keys.revoke(key.id)
-            await self.audit.record(
-                AuditEvent.API_KEY_REVOKED,
-                "success",
-                origin=actor.origin,
-                actor_id=actor.user_id,
-                subject=actor.subject,
-                target_type="api_key",
-                target_id=key.id,
-                details={"user_id": key.user_id, "already_revoked": not revoked},
-                on=tx,
-            )
+            details = {"user_id": key.user_id, "already_revoked": not revoked}
+            await self._audit(tx, actor, AuditEvent.API_KEY_REVOKED, "api_key", key.id, details)

@@ -105,7 +105,6 @@ def actor_of(request: Request, principal: Principal) -> Actor:
 
 @router.get("/api-keys", summary="API keys (yours; an administrator sees every user's)")
 async def list_api_keys(
-    request: Request,
     principal: KeysReader,
     auth: AccountsDep,
 ) -> list[ApiKeyResponse]:

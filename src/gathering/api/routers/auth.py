@@ -285,7 +285,6 @@ async def me(principal: CurrentPrincipal) -> MeResponse:
     dependencies=[Depends(viewer_allowed)],  # a viewer may subscribe (read-only)
 )
 async def ws_ticket(
-    request: Request,
     principal: EventsReader,
     auth: AccountsDep,
 ) -> WsTicketResponse:

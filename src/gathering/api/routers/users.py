@@ -134,7 +134,6 @@ async def change_own_password(
 
 @router.get("", summary="Every account (administrators only)")
 async def list_users(
-    request: Request,
     _admin: AdminPrincipal,
     auth: AccountsDep,
 ) -> list[UserResponse]:
@@ -162,7 +161,6 @@ async def create_user(
 @router.get("/{user_id}", summary="One account (administrators only)")
 async def get_user(
     user_id: UserId,
-    request: Request,
     _admin: AdminPrincipal,
     auth: AccountsDep,
 ) -> UserResponse:
@@ -230,7 +228,6 @@ async def reset_password(
 @router.get("/{user_id}/sessions", summary="An account's login sessions (administrators only)")
 async def list_sessions(
     user_id: UserId,
-    request: Request,
     _admin: AdminPrincipal,
     auth: AccountsDep,
     ended: Annotated[bool, Query(description="Include revoked and expired sessions")] = False,
@@ -265,7 +262,6 @@ async def revoke_session(
 )
 async def list_user_api_keys(
     user_id: UserId,
-    request: Request,
     _admin: AdminPrincipal,
     auth: AccountsDep,
 ) -> list[ApiKeyResponse]:
