@@ -32,6 +32,7 @@ from rich.text import Text
 
 from gathering.config import Settings, redact_credentials, url_setting_values
 from gathering.db import Database, MigrationStatus, redact_url
+from gathering.db.named_queries import queries_of
 from gathering.errors import GatheringError
 from gathering.llm.local import DEFAULT_MODEL, LocalProvider
 
@@ -182,12 +183,7 @@ class DatabaseFacts:
 async def inspect_database(settings: Settings) -> DatabaseFacts:
     """Start (embedded) or reach (DATABASE_URL) the database and read what the checks report."""
     async with Database(settings=settings, min_size=0, max_size=1) as db:
-        row = await db.fetch_one(
-            "SELECT current_setting('server_version') AS version,"
-            " (SELECT default_version FROM pg_available_extensions WHERE name = 'vector')"
-            " AS available,"
-            " (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS installed"
-        )
+        row = await db.fetch_one(queries_of("gathering.db")["server_versions"])
         assert row is not None
         return DatabaseFacts(
             url=redact_url(db.url),

@@ -35,6 +35,7 @@ from gathering.agents.turn_lock import busy, local_turn_lock
 from gathering.db import Database, Row
 from gathering.db.database import OnConnection
 from gathering.db.locks import LockKey, release_lock, wait_for_lock
+from gathering.db.named_queries import queries_of
 from gathering.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 
 
@@ -128,19 +129,7 @@ def ensure_same_definition(stored: AgentRecord, new: AgentRecord) -> None:
         )
 
 
-_INSERT_AGENT = (
-    "INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)"
-    " VALUES ($1, $2, $3, $4, $5, $6)"
-    " RETURNING id, name, provider, model, persona, config, owner_id, created_at"
-)
-# Insert, or return (and lock) the stored agent of that owner and name: `inserted` tells which.
-_INSERT_OR_FIND_AGENT = (
-    "INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)"
-    " VALUES ($1, $2, $3, $4, $5, $6)"
-    " ON CONFLICT (owner_id, lower(name)) DO UPDATE SET name = agent.agents.name"
-    " RETURNING id, name, provider, model, persona, config, owner_id, created_at,"
-    " (xmax = 0) AS inserted"
-)
+_SQL = queries_of("gathering.agents")
 
 
 class PostgresAgentStore:
@@ -149,9 +138,9 @@ class PostgresAgentStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def _insert_agent(self, record: AgentRecord, statement: str) -> AgentRecord:
+    async def _insert_agent(self, record: AgentRecord, statement: str) -> Row:
         row = await self.db.fetch_one(
-            statement,
+            _SQL[statement],
             record.name,
             record.provider,
             record.model,
@@ -160,19 +149,10 @@ class PostgresAgentStore:
             record.owner_id,
         )
         assert row is not None
-        return _record(row)
+        return row
 
     async def save_agent(self, record: AgentRecord) -> AgentRecord:
-        row = await self.db.fetch_one(
-            _INSERT_OR_FIND_AGENT,
-            record.name,
-            record.provider,
-            record.model,
-            Jsonb(dict(record.persona)),
-            Jsonb(dict(record.config)),
-            record.owner_id,
-        )
-        assert row is not None
+        row = await self._insert_agent(record, "insert_or_find_agent")
         stored = _record(row)
         if not row["inserted"]:
             ensure_same_definition(stored, record)
@@ -180,14 +160,12 @@ class PostgresAgentStore:
 
     async def create_agent(self, record: AgentRecord) -> AgentRecord:
         """Insert a new agent; `ConflictError` when its owner has one of that name."""
-        return await self._insert_agent(record, _INSERT_AGENT)
+        return _record(await self._insert_agent(record, "insert_agent"))
 
     async def update_agent(self, record: AgentRecord) -> AgentRecord:
         """Replace the definition of agent `record.id`; `NotFoundError` when it is gone."""
         row = await self.db.fetch_one(
-            "UPDATE agent.agents SET name = $2, provider = $3, model = $4, persona = $5,"
-            " config = $6, updated_at = now() WHERE id = $1"
-            " RETURNING id, name, provider, model, persona, config, owner_id, created_at",
+            _SQL["update_agent"],
             record.id,
             record.name,
             record.provider,
@@ -201,20 +179,9 @@ class PostgresAgentStore:
 
     async def load_agent(self, ref: int | str, *, owner_id: int | None = None) -> AgentRecord:
         if isinstance(ref, int) or ref.isdigit():
-            rows = await self.db.fetch_all(
-                "SELECT id, name, provider, model, persona, config, owner_id, created_at"
-                " FROM agent.agents WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)",
-                int(ref),
-                owner_id,
-            )
+            rows = await self.db.fetch_all(_SQL["agents"], int(ref), None, owner_id)
         else:
-            rows = await self.db.fetch_all(
-                "SELECT id, name, provider, model, persona, config, owner_id, created_at"
-                " FROM agent.agents WHERE lower(name) = lower($1)"
-                " AND ($2::bigint IS NULL OR owner_id = $2) ORDER BY id",
-                ref,
-                owner_id,
-            )
+            rows = await self.db.fetch_all(_SQL["agents"], None, ref, owner_id)
         if not rows:
             raise NotFoundError(
                 f"no agent {ref!r}", hint="list agents with `gathering agents list`"
@@ -223,19 +190,15 @@ class PostgresAgentStore:
 
     async def owner_of(self, agent_id: int) -> int | None:
         """The owner of agent `agent_id`, or None when there is no such agent."""
-        owner = await self.db.fetch_val("SELECT owner_id FROM agent.agents WHERE id = $1", agent_id)
+        owner = await self.db.fetch_val(_SQL["agent_owner"], agent_id)
         return int(owner) if owner is not None else None
 
     async def list_agents(self, *, owner_id: int | None = None) -> list[AgentRecord]:
-        rows = await self.db.fetch_all(
-            "SELECT id, name, provider, model, persona, config, owner_id, created_at"
-            " FROM agent.agents WHERE $1::bigint IS NULL OR owner_id = $1 ORDER BY lower(name), id",
-            owner_id,
-        )
+        rows = await self.db.fetch_all(_SQL["agents"], None, None, owner_id)
         return [_record(row) for row in rows]
 
     async def delete_agent(self, agent_id: int) -> None:
-        row = await self.db.execute("DELETE FROM agent.agents WHERE id = $1 RETURNING id", agent_id)
+        row = await self.db.execute(_SQL["delete_agent"], agent_id)
         if row is None:
             raise NotFoundError(f"no agent {agent_id}")
 
@@ -263,7 +226,7 @@ class PostgresAgentStore:
             queries = OnConnection(conn)
             conversation: PostgresConversation | None = None
             try:
-                begun = await queries.fetch_one(_BEGIN_TURN, agent_id, key.value, begin)
+                begun = await queries.fetch_one(_SQL["begin_turn"], agent_id, key.value, begin)
             except BaseException:
                 await conn.close()  # cut short, it may hold the lock: a closed session does not
                 raise
@@ -277,7 +240,7 @@ class PostgresAgentStore:
                         ) from exc
                     if not locked:
                         raise busy(agent_id, wait)
-                    begun = await queries.fetch_one(_BEGIN_TURN, agent_id, None, begin)
+                    begun = await queries.fetch_one(_SQL["begin_turn"], agent_id, None, begin)
                 assert begun is not None
                 conversation = PostgresConversation(queries, agent_id, key.value, _cache(self.db))
                 yield conversation.open(begun, turn)
@@ -286,10 +249,7 @@ class PostgresAgentStore:
                     await release_lock(conn, key)
 
     async def latest_session(self, agent_id: int) -> str | None:
-        session_id = await self.db.fetch_val(
-            "SELECT id FROM agent.sessions WHERE agent_id = $1 ORDER BY created_at DESC LIMIT 1",
-            agent_id,
-        )
+        session_id = await self.db.fetch_val(_SQL["latest_session"], agent_id)
         return str(session_id) if session_id is not None else None
 
     async def history(self, session_id: str, *, limit: int | None = None) -> list[HistoryEntry]:
@@ -299,8 +259,6 @@ class PostgresAgentStore:
         return await stored_window(self.db, session_id, limit)
 
 
-# Takes the lock (unless it is held already) and begins the turn, in one round trip.
-_BEGIN_TURN = "SELECT * FROM agent.begin_turn($1, $2, $3)"
 _caches: weakref.WeakKeyDictionary[Database, WindowCache] = weakref.WeakKeyDictionary()
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 from psycopg.types.json import Jsonb
 
 from gathering.db.database import OnConnection, Queries, Row
+from gathering.db.named_queries import queries_of
 from gathering.errors import NotFoundError
 from gathering.llm import Message, ToolResult, Usage
 
@@ -169,81 +170,7 @@ class WindowCache:
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
-_NEW_SESSION = (
-    "INSERT INTO agent.sessions (agent_id)"
-    " SELECT id FROM agent.agents WHERE id = $1 RETURNING id::text AS id"
-)
-_WINDOW = (
-    "SELECT * FROM (SELECT m.seq, m.role, m.content, m.tool_calls, m.tool_results, m.model,"
-    " m.input_tokens, m.output_tokens, m.cost_usd, m.created_at, m.turn_id::text AS turn_id"
-    " FROM agent.messages m LEFT JOIN agent.turns t ON t.id = m.turn_id"
-    " WHERE m.session_id = $1 AND m.role <> 'error' AND t.status IS DISTINCT FROM 'failed'"
-    " ORDER BY m.seq DESC LIMIT $2) w ORDER BY seq"
-)
-# Clearing moves the counter on, so no process mistakes its cached tail for the current one.
-_CLEAR = (
-    "WITH d AS (DELETE FROM agent.messages WHERE session_id = $1)"
-    " UPDATE agent.sessions SET last_seq = last_seq + 1, updated_at = now() WHERE id = $1"
-    " RETURNING last_seq"
-)
-_HISTORY = (
-    "SELECT * FROM (SELECT seq, role, content, tool_calls, tool_results, model, input_tokens,"
-    " output_tokens, cost_usd, created_at, turn_id::text AS turn_id"
-    " FROM agent.messages WHERE session_id = $1 ORDER BY seq DESC LIMIT $2) w ORDER BY seq"
-)
-# Appending numbers the messages by bumping the session's counter in the same statement: the
-# row lock it takes orders writers, so seqs have no gaps or duplicates on any instance.
-_APPEND = """
-WITH s AS (
-    UPDATE agent.sessions SET last_seq = last_seq + jsonb_array_length($2::jsonb),
-        updated_at = now()
-    WHERE id = $1 RETURNING last_seq
-), m AS (
-    INSERT INTO agent.messages (session_id, turn_id, seq, role, content, tool_calls,
-        tool_results, model, input_tokens, output_tokens, cost_usd)
-    SELECT $1, $3::uuid, s.last_seq - jsonb_array_length($2::jsonb) + e.ord, e.v->>'role',
-        e.v->>'content', e.v->'tool_calls', e.v->'tool_results', e.v->>'model',
-        (e.v->>'input_tokens')::integer, (e.v->>'output_tokens')::integer,
-        (e.v->>'cost_usd')::double precision
-    FROM s, jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(v, ord)
-    RETURNING seq
-)
-"""
-# The statements below share the text of `_APPEND` (constants only, never input).
-_LAST_SEQ = " SELECT (SELECT last_seq FROM s) AS last_seq"
-# A turn's last statement also releases the turn lock ($5), once the session row is locked
-# (read from `s`): the next holder reads that row FOR UPDATE (see agent.begin_turn), so it
-# waits for this statement's commit and never sees the conversation without it.
-_RELEASE = ", (SELECT pg_advisory_unlock($5) FROM s) AS released"
-_APPEND_ONLY = _APPEND + _LAST_SEQ + ", (SELECT count(*) FROM m) AS added"
-_TOOLS_STARTED = (
-    _APPEND + ", c AS (INSERT INTO agent.tool_calls (turn_id, call_id, name, arguments)"
-    " SELECT $3::uuid, x->>'id', x->>'name', coalesce(x->'arguments', '{}'::jsonb)"
-    " FROM jsonb_array_elements($4::jsonb) AS x RETURNING 1)"
-    + _LAST_SEQ
-    + ", (SELECT count(*) FROM c) AS calls"
-)
-_TOOL_FINISHED = (
-    "UPDATE agent.tool_calls SET status = $3, result = $4, finished_at = now()"
-    " WHERE turn_id = $1::uuid AND call_id = $2"
-)
-_FINISH_TURN = (
-    _APPEND
-    + ", t AS (UPDATE agent.turns SET status = 'completed', result = $4, finished_at = now()"
-    " WHERE id = $3::uuid RETURNING id)"
-    + _LAST_SEQ
-    + ", (SELECT count(*) FROM t) AS turns"
-    + _RELEASE
-)
-_FAIL_TURN = (
-    _APPEND + ", t AS (UPDATE agent.turns SET status = 'failed', error = $4, finished_at = now()"
-    " WHERE id = $3::uuid AND status = 'running' RETURNING id)"
-    ", c AS (UPDATE agent.tool_calls SET status = 'interrupted', finished_at = now()"
-    " WHERE turn_id = $3::uuid AND status = 'started' RETURNING 1)"
-    + _LAST_SEQ
-    + ", (SELECT count(*) FROM t) AS turns"
-    + _RELEASE
-)
+_SQL = queries_of("gathering.agents")
 
 
 def storable_text(text: str) -> str:
@@ -284,7 +211,7 @@ def storable_entry(entry: HistoryEntry) -> HistoryEntry:
 
 
 def entry_to_json(entry: HistoryEntry) -> dict[str, Any]:
-    """The JSON form of a (storable) entry that `_APPEND` stores."""
+    """The JSON form of a (storable) entry, as `append_messages` stores it."""
     if entry.error is not None:
         return {"role": "error", "content": entry.error, "tool_calls": [], "tool_results": []}
     body = entry.message.to_dict()
@@ -374,7 +301,7 @@ class PostgresConversation:
     async def new_session(self) -> str:
         if self.session_id and self._last_seq == 0:
             return self.session_id  # the current one has never been used: it is new
-        session_id = await self.queries.fetch_val(_NEW_SESSION, self.agent_id)
+        session_id = await self.queries.fetch_val(_SQL["new_session"], self.agent_id)
         if session_id is None:
             raise NotFoundError(f"no agent {self.agent_id}")
         self.session_id, self._last_seq = str(session_id), 0
@@ -390,58 +317,81 @@ class PostgresConversation:
         return list(tail.entries)[-limit:] if limit else []
 
     async def clear(self) -> None:
-        self._last_seq = int(await self.queries.fetch_val(_CLEAR, self.session_id) or 0)
+        last_seq = await self.queries.fetch_val(_SQL["clear_session"], self.session_id)
+        self._last_seq = int(last_seq or 0)
         self._cache.put(self.agent_id, _Tail(self.session_id, self._last_seq, deque(maxlen=0)))
 
     async def append(self, turn_id: str, entries: Sequence[HistoryEntry]) -> None:
         entries = [storable_entry(e) for e in entries]
-        row = await self.queries.fetch_one(
-            _APPEND_ONLY, self.session_id, Jsonb([entry_to_json(e) for e in entries]), turn_id
-        )
-        self._appended(row, entries)
+        self._appended(await self._append(turn_id, entries), entries)
 
     async def tools_started(self, turn_id: str, entry: HistoryEntry) -> None:
         entry = storable_entry(entry)
         calls = [call.to_dict() for call in entry.message.tool_calls]
-        row = await self.queries.fetch_one(
-            _TOOLS_STARTED, self.session_id, Jsonb([entry_to_json(entry)]), turn_id, Jsonb(calls)
-        )
-        self._appended(row, [entry])
+        self._appended(await self._append(turn_id, [entry], calls=Jsonb(calls)), [entry])
 
     async def tool_finished(self, turn_id: str, result: ToolResult) -> None:
         status = "failed" if result.is_error else "finished"
         content = storable_text(result.content)
-        await self.queries.execute(_TOOL_FINISHED, turn_id, result.call_id, status, content)
+        await self.queries.execute(_SQL["tool_finished"], turn_id, result.call_id, status, content)
 
     async def finish_turn(
         self, turn_id: str, entries: Sequence[HistoryEntry], result: Mapping[str, Any] | None
     ) -> None:
         entries = [storable_entry(e) for e in entries]
-        row = await self._last_statement(
-            _FINISH_TURN,
-            self.session_id,
-            Jsonb([entry_to_json(e) for e in entries]),
-            turn_id,
-            Jsonb(_storable(dict(result))) if result is not None else None,
-        )
+        stored = Jsonb(_storable(dict(result))) if result is not None else None
+        row = await self._last_statement(turn_id, entries, "completed", stored)
         self._appended(row, entries)
 
     async def fail_turn(self, turn_id: str, error: Mapping[str, Any]) -> None:
         error = _storable(dict(error))
         entry = HistoryEntry(Message.assistant(), turn_id=turn_id, error=str(error["message"]))
-        await self._last_statement(
-            _FAIL_TURN, self.session_id, Jsonb([entry_to_json(entry)]), turn_id, Jsonb(error)
-        )
+        await self._last_statement(turn_id, [entry], "failed", Jsonb(error))
         self._cache.drop(self.agent_id)  # the failed turn's messages leave the window
 
-    async def _last_statement(self, query: str, *args: Any) -> Row | None:
-        """Run a turn's last statement, which releases the turn lock as it commits.
+    async def _append(
+        self,
+        turn_id: str,
+        entries: Sequence[HistoryEntry],
+        *,
+        calls: Jsonb | None = None,
+        outcome: TurnStatus | None = None,
+        outcome_data: Jsonb | None = None,
+        lock_key: int | None = None,
+    ) -> Row | None:
+        """Store `entries` (storable already) of a running turn; see `append_messages`."""
+        return await self.queries.fetch_one(
+            _SQL["append_messages"],
+            self.session_id,
+            Jsonb([entry_to_json(e) for e in entries]),
+            turn_id,
+            calls,
+            outcome,
+            outcome_data,
+            lock_key,
+        )
+
+    async def _last_statement(
+        self,
+        turn_id: str,
+        entries: Sequence[HistoryEntry],
+        outcome: TurnStatus,
+        outcome_data: Jsonb | None,
+    ) -> Row | None:
+        """Run a turn's last statement, which ends the turn (`outcome`, with its result or
+        error) and releases the turn lock as it commits.
 
         When it fails, whether the lock is still held is unknown: the connection is closed
         (the server then frees the lock), and the next turn closes this one as interrupted.
         """
         try:
-            row = await self.queries.fetch_one(query, *args, self.lock_key)
+            row = await self._append(
+                turn_id,
+                entries,
+                outcome=outcome,
+                outcome_data=outcome_data,
+                lock_key=self.lock_key,
+            )
         except BaseException:
             await self.queries.connection.close()
             raise
@@ -470,12 +420,13 @@ class PostgresConversation:
 
 async def stored_window(queries: Queries, session_id: str, limit: int) -> list[HistoryEntry]:
     """The last `limit` messages of a session a model may see (no failed turns)."""
-    return [entry_from_row(row) for row in await queries.fetch_all(_WINDOW, session_id, limit)]
+    rows = await queries.fetch_all(_SQL["session_messages"], session_id, limit, True)
+    return [entry_from_row(row) for row in rows]
 
 
 async def stored_history(
     queries: Queries, session_id: str, limit: int | None
 ) -> list[HistoryEntry]:
     """Every stored entry of a session (error entries included), the last `limit` ones."""
-    rows = await queries.fetch_all(_HISTORY, session_id, limit)
+    rows = await queries.fetch_all(_SQL["session_messages"], session_id, limit, False)
     return [entry_from_row(row) for row in rows]

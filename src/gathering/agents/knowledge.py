@@ -65,6 +65,7 @@ from gathering.agents.retrieval import (
 )
 from gathering.agents.system_prompt import format_knowledge_for_prompt
 from gathering.db.database import Database, Queries, Row
+from gathering.db.named_queries import queries_of
 from gathering.errors import InvalidInputError, NotFoundError
 from gathering.llm.embeddings import EmbeddingProvider
 
@@ -77,6 +78,7 @@ MAX_SOURCE_CHARS = 2_000
 MAX_METADATA_BYTES = 64_000
 MAX_SCOPE_ITEMS = 50  # categories, and documents, a `KnowledgeScope` may name
 _MAX_BIGINT = 2**63 - 1
+_SQL = queries_of("gathering.agents")
 
 # Knowledge does not go stale the way memories do, and documents carry no importance.
 DEFAULT_KNOWLEDGE_WEIGHTS = RankingWeights(relevance=1.0, importance=0.0, recency=0.0)
@@ -425,9 +427,7 @@ class KnowledgeBase:
         if self.agent_id is None:
             return self.owner_id
         if self._agent_owner is None:
-            owner = await self.db.fetch_val(
-                "SELECT owner_id FROM agent.agents WHERE id = $1", self.agent_id
-            )
+            owner = await self.db.fetch_val(_SQL["agent_owner"], self.agent_id)
             if owner is None or (self.owner_id is not None and int(owner) != self.owner_id):
                 raise NotFoundError(f"agent {self.agent_id} not found")
             self._agent_owner = int(owner)
@@ -469,9 +469,7 @@ class KnowledgeBase:
         embedder = await self._prepare()
         owner = await self._reader_owner()
         if agent_id is not None:
-            agent_owner = await self.db.fetch_val(
-                "SELECT owner_id FROM agent.agents WHERE id = $1", agent_id
-            )
+            agent_owner = await self.db.fetch_val(_SQL["agent_owner"], agent_id)
             if agent_owner is None or (owner is not None and int(agent_owner) != owner):
                 raise NotFoundError(f"agent {agent_id} not found")
             owner = int(agent_owner)
@@ -488,10 +486,7 @@ class KnowledgeBase:
             model = embedding_model_name(embedder)
         async with self._atomic() as tx:
             document = await tx.fetch_one(
-                "INSERT INTO agent.documents AS d (owner_id, agent_id, title, category, scope,"
-                " scope_id, source, metadata, content, language, embedding_model)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::regconfig, $11)"
-                " RETURNING d.id, d.created_at",
+                _SQL["insert_document"],
                 owner,
                 agent_id,
                 title,

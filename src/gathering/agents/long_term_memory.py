@@ -53,6 +53,7 @@ from gathering.agents.retrieval import (
 )
 from gathering.config import Settings, get_settings
 from gathering.db.database import Queries, Row
+from gathering.db.named_queries import queries_of
 from gathering.errors import InvalidInputError, NotFoundError
 from gathering.llm.embeddings import EmbeddingProvider
 
@@ -65,6 +66,7 @@ MAX_TAGS = 32
 MAX_TAG_CHARS = 64
 
 DEFAULT_MEMORY_WEIGHTS = RankingWeights()
+_SQL = queries_of("gathering.agents")
 
 _COLUMNS = sql.SQL(
     "t.id, t.owner_id, t.agent_id, t.source_agent_id, t.scope, t.scope_id, t.kind, t.content,"
@@ -234,7 +236,7 @@ class LongTermMemory:
             if self._requested_owner is not None:
                 return self._requested_owner
             return await local_owner_id(db)
-        owner = await db.fetch_val("SELECT owner_id FROM agent.agents WHERE id = $1", self.agent_id)
+        owner = await db.fetch_val(_SQL["agent_owner"], self.agent_id)
         if owner is None or (
             self._requested_owner is not None and int(owner) != self._requested_owner
         ):
@@ -364,9 +366,7 @@ class LongTermMemory:
                 return updated
             vectors = await embed_texts(embedder, [row["content"] for row in rows])
             await self.db.execute(
-                "UPDATE agent.memories AS t SET embedding = v.embedding::vector,"
-                " embedding_model = $3"
-                " FROM unnest($1::bigint[], $2::text[]) AS v(id, embedding) WHERE t.id = v.id",
+                _SQL["set_memory_embeddings"],
                 [row["id"] for row in rows],
                 [vector_literal(vector) for vector in vectors],
                 model,
@@ -437,8 +437,7 @@ class LongTermMemory:
         if not chosen:
             return []
         touched = await (using or self.db).fetch_all(
-            "UPDATE agent.memories SET last_accessed_at = now(), access_count = access_count + 1"
-            " WHERE id = ANY($1::bigint[]) RETURNING id, last_accessed_at, access_count",
+            _SQL["touch_memories"],
             [candidate.row["id"] for candidate, _ in chosen],
         )
         access = {row["id"]: row for row in touched}
@@ -519,12 +518,7 @@ async def get_memory(db: Queries, memory_id: int, *, owner_id: int | None) -> Me
 
 async def delete_memory(db: Queries, memory_id: int, *, owner_id: int | None) -> None:
     """Delete memory `memory_id` of `owner_id` (None: of anyone); else `NotFoundError`."""
-    deleted = await db.fetch_val(
-        "DELETE FROM agent.memories WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)"
-        " RETURNING id",
-        memory_id,
-        owner_id,
-    )
+    deleted = await db.fetch_val(_SQL["delete_memory"], memory_id, owner_id)
     if deleted is None:
         raise NotFoundError(f"memory {memory_id} not found")
 

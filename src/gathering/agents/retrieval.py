@@ -25,6 +25,7 @@ import structlog
 from psycopg import sql
 
 from gathering.db.database import Queries, Row
+from gathering.db.named_queries import queries_of
 from gathering.errors import FeatureUnavailableError, InvalidInputError, LLMError
 from gathering.llm.embeddings import BaseEmbeddingProvider, EmbeddingProvider
 
@@ -43,6 +44,7 @@ _CONFIG_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 DegradedCallback: TypeAlias = Callable[[str], Awaitable[None]]
 
 log = structlog.get_logger(__name__)
+_SQL = queries_of("gathering.agents")
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def check_language(language: str) -> str:
 
 async def ensure_language(db: Queries, language: str) -> None:
     """Raise `InvalidInputError` unless the server has the text-search configuration."""
-    found = await db.fetch_val("SELECT 1 FROM pg_ts_config WHERE cfgname = $1", language)
+    found = await db.fetch_val(_SQL["text_search_config_exists"], language)
     if found is None:
         raise InvalidInputError(
             f"PostgreSQL has no text-search configuration {language!r}",
@@ -510,13 +512,7 @@ class VectorSupport:
 
 
 async def vector_support(db: Queries) -> VectorSupport:
-    row = await db.fetch_one(
-        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') AS extension,"
-        " EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'agent.memories'::regclass"
-        " AND attname = 'embedding' AND NOT attisdropped)"
-        " AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'agent.chunks'::regclass"
-        " AND attname = 'embedding' AND NOT attisdropped) AS columns"
-    )
+    row = await db.fetch_one(_SQL["vector_support"])
     assert row is not None
     return VectorSupport(extension=bool(row["extension"]), columns=bool(row["columns"]))
 
@@ -543,7 +539,7 @@ async def require_vectors(db: Queries) -> None:
 
 async def local_owner_id(db: Queries) -> int:
     """The id of the built-in local owner (single-user mode's user)."""
-    owner = await db.fetch_val("SELECT id FROM auth.users WHERE is_local_owner")
+    owner = await db.fetch_val(_SQL["local_owner_id"])
     if owner is None:
         raise InvalidInputError(
             "there is no local owner user; pass owner_id",

@@ -20,11 +20,13 @@ from gathering.auth.tokens import invalid_credentials
 from gathering.auth.users import Role, User, UserStore, normalize_email
 from gathering.db import Database, Transaction
 from gathering.db.locks import LockKey, transaction_lock
+from gathering.db.named_queries import queries_of
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
 
 CLI_SUBJECT = "cli"
 # Serializes changes that could leave no active administrator (two admins demoting each other).
 _ADMINS_LOCK = LockKey("security", "active-admins")
+_SQL = queries_of("gathering.auth")
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,7 @@ class AccountAdmin:
         """
         if actor.session is None:
             return
-        still_open = await self.db.fetch_val(
-            "SELECT revoked_at IS NULL AND expires_at > now() FROM auth.token_families"
-            " WHERE id = $1 FOR SHARE",
-            actor.session,
-        )
+        still_open = await self.db.fetch_val(_SQL["session_still_open"], actor.session)
         if not still_open:
             raise invalid_credentials()
 

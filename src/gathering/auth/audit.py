@@ -11,6 +11,7 @@ from typing import Any, Literal
 import structlog
 
 from gathering.db import Database, Transaction
+from gathering.db.named_queries import queries_of
 from gathering.errors import DatabaseError, GatheringError
 
 log = structlog.get_logger(__name__)
@@ -21,6 +22,7 @@ MAX_QUERY_LIMIT = 500
 MAX_SUBJECT = 320
 PRUNE_BATCH = 5000  # rows deleted per statement, so pruning never holds long locks
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SQL = queries_of("gathering.auth")
 
 
 class AuditWriteError(GatheringError):
@@ -118,9 +120,7 @@ class AuditLog:
         subject = _printable(subject)
         try:
             await (on or self.db).execute(
-                "INSERT INTO auth.audit_log (event, outcome, actor_id, subject, target_type,"
-                " target_id, ip, user_agent, request_id, details)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)",
+                _SQL["insert_audit_entry"],
                 event,
                 outcome,
                 actor_id,
@@ -155,20 +155,7 @@ class AuditLog:
     async def query(self, where: AuditFilter) -> list[dict[str, Any]]:
         """Entries matching `where`, newest first (page with `before_id`)."""
         return await self.db.fetch_all(
-            "SELECT id, occurred_at, event, outcome, actor_id, subject, target_type, target_id,"
-            " ip, user_agent, request_id, details FROM auth.audit_log"
-            " WHERE ($1::text IS NULL OR event = $1 OR event LIKE $11)"
-            " AND ($2::text IS NULL OR outcome = $2)"
-            " AND ($3::bigint IS NULL OR actor_id = $3)"
-            " AND ($4::text IS NULL OR subject = $4)"
-            " AND ($5::text IS NULL OR ip = $5)"
-            " AND ($6::text IS NULL OR request_id = $6)"
-            " AND ($7::timestamptz IS NULL OR occurred_at >= $7)"
-            " AND ($8::timestamptz IS NULL OR occurred_at < $8)"
-            " AND ($9::bigint IS NULL OR id < $9)"
-            " AND ($12::text IS NULL OR target_type = $12)"
-            " AND ($13::text IS NULL OR target_id = $13)"
-            " ORDER BY id DESC LIMIT $10",
+            _SQL["audit_entries"],
             where.event,
             where.outcome,
             where.actor_id,
@@ -202,14 +189,7 @@ class AuditLog:
         """Delete the entries older than `older_than`, in batches; return how many."""
         deleted = 0
         while True:
-            count = await self.db.fetch_val(
-                "WITH gone AS (DELETE FROM auth.audit_log WHERE id IN ("
-                "  SELECT id FROM auth.audit_log WHERE occurred_at < now() - $1::interval"
-                "  ORDER BY occurred_at LIMIT $2) RETURNING 1)"
-                " SELECT count(*) FROM gone",
-                older_than,
-                batch_size,
-            )
+            count = await self.db.fetch_val(_SQL["prune_audit_entries"], older_than, batch_size)
             deleted += int(count or 0)
             if not count or count < batch_size:
                 return deleted

@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 
 from gathering.auth.tokens import TokenClaims
 from gathering.db import Database
+from gathering.db.named_queries import queries_of
+
+_SQL = queries_of("gathering.auth")
 
 
 class RevocationCache:
@@ -87,14 +90,7 @@ class RevocationStore:
         jti_key, family_key = f"jti:{claims.jti}", f"fam:{claims.family_id}"
         if self.cache.contains(jti_key) or self.cache.contains(family_key):
             return True
-        row = await self.db.fetch_one(
-            "SELECT"
-            " EXISTS (SELECT 1 FROM auth.revoked_tokens WHERE jti = $1) AS token,"
-            " (SELECT expires_at FROM auth.token_families"
-            "   WHERE id = $2 AND revoked_at IS NOT NULL) AS family_expires",
-            claims.jti,
-            claims.family_id,
-        )
+        row = await self.db.fetch_one(_SQL["revocation_of"], claims.jti, claims.family_id)
         assert row is not None
         if row["token"]:
             self.cache.add(jti_key, claims.expires_at)
@@ -113,8 +109,7 @@ class RevocationStore:
         """Revoke one token in the database only (inside a transaction: `remember_token` once
         it has committed)."""
         await self.db.execute(
-            "INSERT INTO auth.revoked_tokens (jti, user_id, token_type, expires_at, reason)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (jti) DO NOTHING",
+            _SQL["insert_revoked_token"],
             claims.jti,
             claims.user_id,
             claims.token_type,
@@ -128,12 +123,7 @@ class RevocationStore:
 
     async def revoke_family(self, family_id: str, reason: str) -> bool:
         """Revoke a whole session (every access and refresh token of it); True if it existed."""
-        row = await self.db.execute(
-            "UPDATE auth.token_families SET revoked_at = coalesce(revoked_at, now()),"
-            " revoke_reason = coalesce(revoke_reason, $2) WHERE id = $1 RETURNING expires_at",
-            family_id,
-            reason,
-        )
+        row = await self.db.execute(_SQL["revoke_token_family"], family_id, reason)
         if row is None:
             return False
         self.cache.add(f"fam:{family_id}", row["expires_at"].timestamp())
@@ -147,28 +137,13 @@ class RevocationStore:
         Inside a transaction, call `remember(...)` with the result once it has committed: a
         rolled-back revocation must not stay in the cache.
         """
-        rows = await self.db.fetch_all(
-            "UPDATE auth.token_families SET revoked_at = now(), revoke_reason = $2"
-            " WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()"
-            " AND ($3::text IS NULL OR id <> $3)"
-            " RETURNING id, expires_at",
-            user_id,
-            reason,
-            keep_family,
-        )
+        rows = await self.db.fetch_all(_SQL["end_user_sessions"], user_id, reason, keep_family)
         return [RevokedSession(row["id"], row["expires_at"]) for row in rows]
 
     async def end_session(self, user_id: int, family_id: str, reason: str) -> RevokedSession | None:
         """Revoke the open session `family_id` of `user_id` in the database only (see
         `end_user_sessions`); None when the user has no such open session."""
-        row = await self.db.fetch_one(
-            "UPDATE auth.token_families SET revoked_at = now(), revoke_reason = $3"
-            " WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > now()"
-            " RETURNING id, expires_at",
-            family_id,
-            user_id,
-            reason,
-        )
+        row = await self.db.fetch_one(_SQL["end_session"], family_id, user_id, reason)
         return RevokedSession(row["id"], row["expires_at"]) if row else None
 
     def remember(self, sessions: list[RevokedSession]) -> None:
@@ -179,12 +154,6 @@ class RevocationStore:
     async def purge_expired(self) -> PurgeResult:
         """Delete revocations and sessions past their expiry (their tokens are dead anyway)."""
         self.cache.purge_expired()
-        tokens = await self.db.fetch_val(
-            "WITH gone AS (DELETE FROM auth.revoked_tokens WHERE expires_at < now() RETURNING 1)"
-            " SELECT count(*) FROM gone"
-        )
-        families = await self.db.fetch_val(
-            "WITH gone AS (DELETE FROM auth.token_families WHERE expires_at < now() RETURNING 1)"
-            " SELECT count(*) FROM gone"
-        )
+        tokens = await self.db.fetch_val(_SQL["purge_revoked_tokens"])
+        families = await self.db.fetch_val(_SQL["purge_token_families"])
         return PurgeResult(int(tokens or 0), int(families or 0))

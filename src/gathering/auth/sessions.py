@@ -19,8 +19,10 @@ from gathering.auth.tokens import (
     new_token_id,
 )
 from gathering.db import Database, Transaction
+from gathering.db.named_queries import queries_of
 
 REUSE_REASON = "refresh token reused"
+_SQL = queries_of("gathering.auth")
 
 
 @dataclass(frozen=True)
@@ -46,16 +48,7 @@ class SessionInfo:
 
 async def user_sessions(db: Database, user_id: int, *, ended: bool = False) -> list[SessionInfo]:
     """The open sessions of `user_id`, newest first; with `ended`, revoked and expired too."""
-    rows = await db.fetch_all(
-        "SELECT f.id, f.user_id, f.created_at, f.expires_at, f.revoked_at, f.revoke_reason,"
-        " (SELECT max(r.issued_at) FROM auth.refresh_tokens r WHERE r.family_id = f.id"
-        "  AND r.used_at IS NOT NULL) AS last_refreshed_at"
-        " FROM auth.token_families f WHERE f.user_id = $1"
-        " AND ($2 OR (f.revoked_at IS NULL AND f.expires_at > now()))"
-        " ORDER BY f.created_at DESC, f.id",
-        user_id,
-        ended,
-    )
+    rows = await db.fetch_all(_SQL["user_sessions"], user_id, ended)
     return [SessionInfo(**row) for row in rows]
 
 
@@ -87,8 +80,7 @@ class SessionStore:
         refresh = self.tokens.issue(user_id, "refresh", family_id)
         access = self.tokens.issue(user_id, "access", family_id, now=refresh.claims.issued_at)
         await self.db.execute(
-            "INSERT INTO auth.refresh_tokens (jti, family_id, user_id, issued_at, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5)",
+            _SQL["insert_refresh_token"],
             refresh.claims.jti,
             family_id,
             user_id,
@@ -97,7 +89,7 @@ class SessionStore:
         )
         # A family lives as long as its newest refresh token (and so outlives every access token).
         await self.db.execute(
-            "UPDATE auth.token_families SET expires_at = greatest(expires_at, $2) WHERE id = $1",
+            _SQL["extend_token_family"],
             family_id,
             _timestamp(refresh.claims.expires_at),
         )
@@ -108,11 +100,7 @@ class SessionStore:
         writes its entry in the same transaction (when it fails, there is no session)."""
         family_id = new_token_id()
         async with self.db.transaction() as tx:
-            await self.db.execute(
-                "INSERT INTO auth.token_families (id, user_id, expires_at) VALUES ($1, $2, now())",
-                family_id,
-                user_id,
-            )
+            await self.db.execute(_SQL["insert_token_family"], family_id, user_id)
             pair = await self._issue_pair(user_id, family_id)
             if audit is not None:
                 await audit(tx, pair)
@@ -130,21 +118,13 @@ class SessionStore:
             raise invalid_credentials()
         reused = False
         async with self.db.transaction() as tx:
-            row = await self.db.fetch_one(
-                "SELECT r.used_at, r.user_id, f.revoked_at"
-                " FROM auth.refresh_tokens r JOIN auth.token_families f ON f.id = r.family_id"
-                " WHERE r.jti = $1 AND r.family_id = $2 FOR UPDATE OF r",
-                claims.jti,
-                claims.family_id,
-            )
+            row = await self.db.fetch_one(_SQL["lock_refresh_token"], claims.jti, claims.family_id)
             if row is None or row["revoked_at"] is not None or row["user_id"] != claims.user_id:
                 raise invalid_credentials()
             if row["used_at"] is not None:
                 reused = True
             else:
-                await self.db.execute(
-                    "UPDATE auth.refresh_tokens SET used_at = now() WHERE jti = $1", claims.jti
-                )
+                await self.db.execute(_SQL["spend_refresh_token"], claims.jti)
                 pair = await self._issue_pair(claims.user_id, claims.family_id)
                 if audit is not None:
                     await audit(tx, pair)

@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 from gathering.auth.passwords import generate_password, hash_password
 from gathering.db import Database
 from gathering.db.locks import advisory_key
+from gathering.db.named_queries import queries_of
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
 
 LOCAL_OWNER_EMAIL = "local-owner@gathering.invalid"
@@ -17,6 +18,8 @@ DEFAULT_ADMIN_EMAIL = "admin@localhost"
 MAX_EMAIL_LENGTH = 254
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
 _FIRST_ADMIN_LOCK = advisory_key("security", "first-admin")
+_SQL = queries_of("gathering.auth")
+_DB_SQL = queries_of("gathering.db")
 
 Role = Literal["admin", "member", "viewer"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -69,7 +72,7 @@ class UserStore:
         self.db = db
 
     async def get(self, user_id: int) -> User | None:
-        row = await self.db.fetch_one("SELECT * FROM auth.users WHERE id = $1", user_id)
+        row = await self.db.fetch_one(_SQL["user_by_id"], user_id)
         return User.from_row(row) if row else None
 
     async def find_by_email(self, email: str) -> User | None:
@@ -77,7 +80,7 @@ class UserStore:
             normalized = normalize_email(email)
         except InvalidInputError:
             return None
-        row = await self.db.fetch_one("SELECT * FROM auth.users WHERE email = $1", normalized)
+        row = await self.db.fetch_one(_SQL["user_by_email"], normalized)
         return User.from_row(row) if row else None
 
     async def require_by_email(self, email: str) -> User:
@@ -88,9 +91,7 @@ class UserStore:
 
     async def list_users(self) -> list[User]:
         """Every account except the built-in local owner, oldest first."""
-        rows = await self.db.fetch_all(
-            "SELECT * FROM auth.users WHERE NOT is_local_owner ORDER BY id"
-        )
+        rows = await self.db.fetch_all(_SQL["list_users"])
         return [User.from_row(row) for row in rows]
 
     async def create(
@@ -113,8 +114,7 @@ class UserStore:
         normalized = normalize_email(email)
         try:
             row = await self.db.fetch_one(
-                "INSERT INTO auth.users (email, password_hash, role) VALUES ($1, $2, $3)"
-                " RETURNING *",
+                _SQL["insert_user"],
                 normalized,
                 password_hash,
                 role,
@@ -127,72 +127,46 @@ class UserStore:
     async def lock(self, user_id: int) -> User | None:
         """The account `user_id`, locked against other changes until the end of the current
         transaction (not against foreign-key checks, such as an audit entry naming it)."""
-        row = await self.db.fetch_one(
-            "SELECT * FROM auth.users WHERE id = $1 FOR NO KEY UPDATE", user_id
-        )
+        row = await self.db.fetch_one(_SQL["lock_user"], user_id)
         return User.from_row(row) if row else None
 
     async def lock_for_share(self, user_id: int) -> User | None:
         """The account `user_id`, kept from changing until the end of the current transaction:
         a password reset or a disable waits for it (and then sees what it made)."""
-        row = await self.db.fetch_one("SELECT * FROM auth.users WHERE id = $1 FOR SHARE", user_id)
+        row = await self.db.fetch_one(_SQL["lock_user_for_share"], user_id)
         return User.from_row(row) if row else None
 
     async def upgrade_password_hash(self, user_id: int, old: str, new: str) -> None:
         """Store `new` (the same password, hashed with today's parameters) unless the password
         changed since `old` was read."""
-        await self.db.execute(
-            "UPDATE auth.users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
-            user_id,
-            old,
-            new,
-        )
+        await self.db.execute(_SQL["upgrade_password_hash"], user_id, old, new)
 
     async def set_active(self, user_id: int, active: bool) -> None:
-        await self.db.execute(
-            "UPDATE auth.users SET is_active = $2, updated_at = now() WHERE id = $1",
-            user_id,
-            active,
-        )
+        await self.db.execute(_SQL["set_user_active"], user_id, active)
 
     async def set_role(self, user_id: int, role: Role) -> None:
-        await self.db.execute(
-            "UPDATE auth.users SET role = $2, updated_at = now() WHERE id = $1", user_id, role
-        )
+        await self.db.execute(_SQL["set_user_role"], user_id, role)
 
     async def set_password(self, user_id: int, password: str) -> None:
         await self.set_password_hash(user_id, await hash_password(password))
 
     async def set_password_hash(self, user_id: int, password_hash: str) -> None:
-        await self.db.execute(
-            "UPDATE auth.users SET password_hash = $2, updated_at = now() WHERE id = $1",
-            user_id,
-            password_hash,
-        )
+        await self.db.execute(_SQL["set_password_hash"], user_id, password_hash)
 
     async def other_active_admins(self, user_id: int) -> int:
         """How many active administrators there are besides `user_id` (local owner excluded)."""
-        count = await self.db.fetch_val(
-            "SELECT count(*) FROM auth.users"
-            " WHERE role = 'admin' AND is_active AND NOT is_local_owner AND id <> $1",
-            user_id,
-        )
+        count = await self.db.fetch_val(_SQL["count_other_active_admins"], user_id)
         return int(count or 0)
 
     async def record_login(self, user_id: int) -> None:
-        await self.db.execute("UPDATE auth.users SET last_login_at = now() WHERE id = $1", user_id)
+        await self.db.execute(_SQL["record_login"], user_id)
 
     async def local_owner(self) -> User:
         """The built-in local owner (created by the migration, re-created if deleted)."""
-        select = "SELECT * FROM auth.users WHERE is_local_owner"
-        row = await self.db.fetch_one(select)
+        row = await self.db.fetch_one(_SQL["local_owner"])
         if row is None:
-            await self.db.execute(
-                "INSERT INTO auth.users (email, role, is_local_owner) VALUES ($1, 'admin', true)"
-                " ON CONFLICT DO NOTHING",
-                LOCAL_OWNER_EMAIL,
-            )
-            row = await self.db.fetch_one(select)
+            await self.db.execute(_SQL["insert_local_owner"], LOCAL_OWNER_EMAIL)
+            row = await self.db.fetch_one(_SQL["local_owner"])
         assert row is not None
         return User.from_row(row)
 
@@ -201,10 +175,8 @@ class UserStore:
     ) -> CreatedAdmin | None:
         """Create an admin when no account exists yet (once, even with several instances)."""
         async with self.db.transaction():
-            await self.db.execute("SELECT pg_advisory_xact_lock($1)", _FIRST_ADMIN_LOCK)
-            exists = await self.db.fetch_val(
-                "SELECT EXISTS (SELECT 1 FROM auth.users WHERE NOT is_local_owner)"
-            )
+            await self.db.execute(_DB_SQL["advisory_xact_lock"], _FIRST_ADMIN_LOCK)
+            exists = await self.db.fetch_val(_SQL["any_user_exists"])
             if exists:
                 return None
             generated = None if password else generate_password()

@@ -26,10 +26,12 @@ from typing import Literal
 
 from gathering.auth.principal import Principal
 from gathering.db import Database
+from gathering.db.named_queries import queries_of
 from gathering.errors import InvalidInputError
 
 WS_TICKET_TTL = 30  # seconds
 MAX_TICKET_LENGTH = 128  # longer input is not one of ours; it is not even hashed
+_SQL = queries_of("gathering.auth")
 
 
 def _digest(ticket: str) -> str:
@@ -102,10 +104,7 @@ class WsTicketStore:
             raise InvalidInputError(f"ttl must be at least 1 second, got {ttl}")
         ticket = secrets.token_urlsafe(32)
         await self.db.execute(
-            "WITH pruned AS (DELETE FROM auth.ws_tickets WHERE expires_at <= now())"
-            " INSERT INTO auth.ws_tickets (ticket_hash, user_id, auth_method, scopes, token_id,"
-            " family_id, token_expires_at, api_key_id, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9::integer * interval '1 second')",
+            _SQL["insert_ws_ticket"],
             _digest(ticket),
             grant.user_id,
             grant.method,
@@ -124,14 +123,7 @@ class WsTicketStore:
         afterwards, whether or not it was still valid."""
         if not presented or len(presented) > MAX_TICKET_LENGTH:
             return None
-        row = await self.db.fetch_one(
-            "DELETE FROM auth.ws_tickets AS t USING auth.users AS u"
-            " WHERE t.ticket_hash = $1 AND u.id = t.user_id"
-            " RETURNING t.user_id, t.auth_method, t.scopes, t.token_id, t.family_id,"
-            " t.token_expires_at, t.api_key_id, t.expires_at > now() AS live,"
-            " u.is_active AND NOT u.is_local_owner AS user_active",
-            _digest(presented),
-        )
+        row = await self.db.fetch_one(_SQL["consume_ws_ticket"], _digest(presented))
         if row is None or not row["live"] or not row["user_active"]:
             return None
         return TicketGrant(

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gathering.config import Settings, get_settings, redact_credentials, split_url_password
 from gathering.db.embedded import start_embedded
 from gathering.db.migrations_runner import Migration, MigrationStatus, apply_migrations, read_status
+from gathering.db.named_queries import queries_of
 from gathering.db.templates import create_migrated_database
 from gathering.errors import (
     ConfigurationError,
@@ -272,7 +273,7 @@ class Database(Queries):
     async def _ensure_database(self, server_url: str, name: str) -> None:
         conn = await self._open_connection(server_url)
         try:
-            cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = $1", (name,))
+            cur = await conn.execute(queries_of("gathering.db")["database_exists"], (name,))
             if await cur.fetchone() is None:
                 await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         except psycopg.errors.DuplicateDatabase:

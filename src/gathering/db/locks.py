@@ -19,6 +19,7 @@ import psycopg
 import structlog
 
 from gathering.cancellation import cancel_and_wait
+from gathering.db.named_queries import queries_of
 from gathering.errors import GatheringError, LockUnavailableError
 from gathering.observability import DUTY_FAILURES
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from gathering.db.database import Connection, Database, Transaction
 
 log = structlog.get_logger(__name__)
+_SQL = queries_of("gathering.db")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -94,7 +96,7 @@ async def session_lock(
 async def _acquire(
     conn: Connection, key: LockKey, *, wait: bool, wait_at_most: float | None
 ) -> bool:
-    cur = await conn.execute("SELECT pg_try_advisory_lock($1) AS ok", (key.value,))
+    cur = await conn.execute(_SQL["try_advisory_lock"], (key.value,))
     row = await cur.fetchone()
     if (row and row["ok"]) or not wait:
         return bool(row and row["ok"])
@@ -110,13 +112,9 @@ async def wait_for_lock(conn: Connection, key: LockKey, wait_at_most: float | No
         # lock_timeout bounds the wait inside the server, and the wait is exempt from the
         # pool's statement_timeout; RESET gives the session its own settings back after.
         milliseconds = "0" if wait_at_most is None else f"{wait_at_most * 1000:.0f}"
-        await conn.execute(
-            "SELECT set_config('lock_timeout', $1, false),"
-            " set_config('statement_timeout', '0', false)",
-            (milliseconds,),
-        )
+        await conn.execute(_SQL["lock_wait_settings"], (milliseconds,))
         try:
-            await conn.execute("SELECT pg_advisory_lock($1)", (key.value,))
+            await conn.execute(_SQL["advisory_lock"], (key.value,))
         except psycopg.errors.LockNotAvailable:
             return False
         finally:
@@ -134,7 +132,7 @@ async def release_lock(conn: Connection, key: LockKey) -> None:
     if conn.closed or conn.broken:
         return  # the server released the lock with the session
     try:
-        await conn.execute("SELECT pg_advisory_unlock($1)", (key.value,))
+        await conn.execute(_SQL["advisory_unlock"], (key.value,))
     except psycopg.Error:
         await conn.close()  # the server frees the lock with the session; the caller's error,
         # if any, is the one worth raising
@@ -146,9 +144,9 @@ async def release_lock(conn: Connection, key: LockKey) -> None:
 async def transaction_lock(tx: Transaction, key: LockKey, *, wait: bool = False) -> bool:
     """Take `key` until the end of the transaction `tx`; False when another holder has it."""
     if wait:
-        await tx.execute("SELECT pg_advisory_xact_lock($1)", key.value)
+        await tx.execute(_SQL["advisory_xact_lock"], key.value)
         return True
-    return bool(await tx.fetch_val("SELECT pg_try_advisory_xact_lock($1)", key.value))
+    return bool(await tx.fetch_val(_SQL["try_advisory_xact_lock"], key.value))
 
 
 class SingletonDuty:
@@ -227,7 +225,7 @@ class SingletonDuty:
             # A session lock lives as long as its connection: a live connection proves the
             # lock is still ours, a dead one raises and stops the duty.
             try:
-                await conn.execute("SELECT 1")
+                await conn.execute(_SQL["ping"])
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 raise _unavailable(self.key, exc) from exc
             self.holding = True

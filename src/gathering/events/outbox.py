@@ -19,6 +19,7 @@ import psycopg
 
 from gathering.db.database import Queries, Row
 from gathering.db.locks import advisory_key
+from gathering.db.named_queries import queries_of
 from gathering.errors import InvalidInputError
 from gathering.events.patterns import compile_pattern
 from gathering.events.types import Event
@@ -27,30 +28,7 @@ CHANNEL = "gathering_events"
 # Written as a literal into 0002_events.sql (a test checks that the two agree).
 OUTBOX_LOCK_KEY = advisory_key("events", "outbox")
 
-# One statement for any number of events: rows are inserted in the given order, so the cursors
-# follow it. ON CONFLICT makes re-publishing an event id a no-op rather than an error that
-# would abort the caller's transaction.
-_INSERT = """
-INSERT INTO events.outbox (id, type, subject, data, occurred_at, source, correlation_id)
-SELECT r.id, r.type, r.subject, coalesce(r.data, '{}'::jsonb), r.occurred_at, r.source,
-       r.correlation_id
-FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (
-    id uuid, type text, subject text, data jsonb, occurred_at timestamptz, source text,
-    correlation_id text)) WITH ORDINALITY AS r
-ORDER BY r.ordinality
-ON CONFLICT (id) DO NOTHING
-RETURNING id
-"""
-
-_PRUNE = """
-WITH doomed AS (
-    SELECT cursor FROM events.outbox WHERE recorded_at < now() - $1::interval
-    ORDER BY cursor LIMIT $2
-), deleted AS (
-    DELETE FROM events.outbox AS o USING doomed WHERE o.cursor = doomed.cursor RETURNING 1
-)
-SELECT count(*) AS n FROM deleted
-"""
+_SQL = queries_of("gathering.events")
 
 
 def _payload(events: Sequence[Event]) -> str:
@@ -87,27 +65,9 @@ async def write(queries: Queries, events: Sequence[Event]) -> list[Event]:
     """
     if not events:
         return []
-    rows = await queries.fetch_all(_INSERT, _payload(events))
+    rows = await queries.fetch_all(_SQL["write_events"], _payload(events))
     written = {r["id"] for r in rows}
     return [e for e in events if e.id in written]
-
-
-# Four fixed statements (with or without each filter) rather than SQL built at run time.
-_SELECT = """
-SELECT cursor, id, type, subject, data, occurred_at, source, correlation_id
-FROM events.outbox
-WHERE cursor > $1 {subjects} {patterns}
-ORDER BY cursor
-LIMIT $2
-"""
-_BY_SUBJECTS = "AND subject = ANY($3::text[])"
-_BY_PATTERNS = "AND type ~ ANY(${n}::text[])"
-_QUERIES = {
-    (False, False): _SELECT.format(subjects="", patterns=""),
-    (True, False): _SELECT.format(subjects=_BY_SUBJECTS, patterns=""),
-    (False, True): _SELECT.format(subjects="", patterns=_BY_PATTERNS.format(n=3)),
-    (True, True): _SELECT.format(subjects=_BY_SUBJECTS, patterns=_BY_PATTERNS.format(n=4)),
-}
 
 
 def _select(
@@ -118,13 +78,11 @@ def _select(
 ) -> tuple[str, list[Any]]:
     if limit < 1:
         raise InvalidInputError(f"limit must be at least 1, got {limit}")
-    args: list[Any] = [since_cursor, limit]
-    if subjects is not None:
-        args.append(list(subjects))
-    by_pattern = patterns is not None and "*" not in patterns
-    if patterns is not None and by_pattern:
-        args.append([compile_pattern(p).regex for p in patterns])
-    return _QUERIES[subjects is not None, by_pattern], args
+    regexes: list[str] | None = None
+    if patterns is not None and "*" not in patterns:
+        regexes = [compile_pattern(p).regex for p in patterns]
+    subject_list = None if subjects is None else list(subjects)
+    return _SQL["events_since"], [since_cursor, limit, subject_list, regexes]
 
 
 async def read_since(
@@ -159,7 +117,7 @@ async def latest_cursor_on(conn: psycopg.AsyncConnection[Row]) -> int:
     Every row committed later gets a higher cursor (see the module docstring), so a listener
     that starts here misses nothing that commits after this call.
     """
-    cur = await conn.execute("SELECT coalesce(max(cursor), 0) AS cursor FROM events.outbox")
+    cur = await conn.execute(_SQL["latest_cursor"])
     row = await cur.fetchone()
     return int(row["cursor"]) if row else 0
 
@@ -175,7 +133,7 @@ async def prune(queries: Queries, older_than: timedelta, *, batch_size: int = 10
         raise InvalidInputError(f"older_than must be positive, got {older_than}")
     total = 0
     while True:
-        row = await queries.fetch_one(_PRUNE, older_than, batch_size)
+        row = await queries.fetch_one(_SQL["prune_events"], older_than, batch_size)
         deleted = int(row["n"]) if row else 0
         total += deleted
         if deleted < batch_size:

@@ -1,0 +1,154 @@
+-- The statements of `gathering.agents` (see gathering/db/named_queries.py). The hybrid search
+-- of memories and documents, and the writes whose columns depend on pgvector, are composed
+-- with psycopg.sql in retrieval.py, knowledge.py and long_term_memory.py.
+
+-- agents --------------------------------------------------------------------------------------
+
+-- name: insert_agent --
+INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING *
+
+-- name: insert_or_find_agent --
+-- Insert, or return (and lock) the stored agent of that owner and name: `inserted` tells which.
+INSERT INTO agent.agents (name, provider, model, persona, config, owner_id)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (owner_id, lower(name)) DO UPDATE SET name = agent.agents.name
+RETURNING *, (xmax = 0) AS inserted
+
+-- name: update_agent --
+UPDATE agent.agents
+SET name = $2, provider = $3, model = $4, persona = $5, config = $6, updated_at = now()
+WHERE id = $1
+RETURNING *
+
+-- name: agents --
+-- The agents with id $1, with name $2 (any case) and of owner $3 (each NULL: any), by name.
+SELECT * FROM agent.agents
+WHERE ($1::bigint IS NULL OR id = $1)
+  AND ($2::text IS NULL OR lower(name) = lower($2))
+  AND ($3::bigint IS NULL OR owner_id = $3)
+ORDER BY lower(name), id
+
+-- name: agent_owner --
+SELECT owner_id FROM agent.agents WHERE id = $1
+
+-- name: delete_agent --
+DELETE FROM agent.agents WHERE id = $1 RETURNING id
+
+-- name: local_owner_id --
+SELECT id FROM auth.users WHERE is_local_owner
+
+-- conversations ---------------------------------------------------------------------------------
+
+-- name: begin_turn --
+-- Take the turn lock (unless it is held already) and begin the turn, in one round trip.
+SELECT * FROM agent.begin_turn($1, $2, $3)
+
+-- name: latest_session --
+SELECT id FROM agent.sessions WHERE agent_id = $1 ORDER BY created_at DESC LIMIT 1
+
+-- name: new_session --
+INSERT INTO agent.sessions (agent_id)
+SELECT id FROM agent.agents WHERE id = $1
+RETURNING id::text AS id
+
+-- name: session_messages --
+-- The last $2 messages of session $1 (all when NULL), oldest first; with $3 only those a model
+-- may see (no error entries, nothing of a failed turn).
+SELECT * FROM (
+    SELECT m.seq, m.role, m.content, m.tool_calls, m.tool_results, m.model, m.input_tokens,
+           m.output_tokens, m.cost_usd, m.created_at, m.turn_id::text AS turn_id
+    FROM agent.messages m LEFT JOIN agent.turns t ON t.id = m.turn_id
+    WHERE m.session_id = $1
+      AND (NOT $3::boolean OR (m.role <> 'error' AND t.status IS DISTINCT FROM 'failed'))
+    ORDER BY m.seq DESC
+    LIMIT $2
+) w
+ORDER BY seq
+
+-- name: clear_session --
+-- Clearing moves the counter on, so no process mistakes its cached tail for the current one.
+WITH d AS (DELETE FROM agent.messages WHERE session_id = $1)
+UPDATE agent.sessions SET last_seq = last_seq + 1, updated_at = now() WHERE id = $1
+RETURNING last_seq
+
+-- name: append_messages --
+-- Store the messages of the JSON array $2 of turn $3 at the end of session $1, numbered by
+-- bumping the session's counter in the same statement (its row lock orders the writers, so
+-- seqs have no gaps or duplicates on any instance); `last_seq` is NULL when the session is
+-- gone. In the same statement, each part skipped when its parameter is NULL: the tool calls of
+-- the JSON array $4 start; the turn ends ($5 'completed' with result $6, or 'failed' with error
+-- $6, which interrupts its started tool calls); and the turn lock $7 is released once the
+-- session row is locked (the next holder reads that row FOR UPDATE in agent.begin_turn, so it
+-- waits for this statement's commit and never sees the conversation without it).
+WITH s AS (
+    UPDATE agent.sessions
+    SET last_seq = last_seq + jsonb_array_length($2::jsonb), updated_at = now()
+    WHERE id = $1
+    RETURNING last_seq
+), m AS (
+    INSERT INTO agent.messages (session_id, turn_id, seq, role, content, tool_calls,
+                                tool_results, model, input_tokens, output_tokens, cost_usd)
+    SELECT $1, $3::uuid, s.last_seq - jsonb_array_length($2::jsonb) + e.ord, e.v->>'role',
+           e.v->>'content', e.v->'tool_calls', e.v->'tool_results', e.v->>'model',
+           (e.v->>'input_tokens')::integer, (e.v->>'output_tokens')::integer,
+           (e.v->>'cost_usd')::double precision
+    FROM s, jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(v, ord)
+), c AS (
+    INSERT INTO agent.tool_calls (turn_id, call_id, name, arguments)
+    SELECT $3::uuid, x->>'id', x->>'name', coalesce(x->'arguments', '{}'::jsonb)
+    FROM jsonb_array_elements($4::jsonb) AS x
+), t AS (
+    UPDATE agent.turns
+    SET status = $5::text, finished_at = now(),
+        result = CASE WHEN $5::text = 'completed' THEN $6::jsonb ELSE result END,
+        error = CASE WHEN $5::text = 'failed' THEN $6::jsonb ELSE error END
+    WHERE id = $3::uuid
+      AND ($5::text = 'completed' OR ($5::text = 'failed' AND status = 'running'))
+), i AS (
+    UPDATE agent.tool_calls SET status = 'interrupted', finished_at = now()
+    WHERE $5::text = 'failed' AND turn_id = $3::uuid AND status = 'started'
+)
+SELECT (SELECT last_seq FROM s) AS last_seq,
+       (SELECT pg_advisory_unlock($7::bigint) FROM s WHERE $7::bigint IS NOT NULL) AS released
+
+-- name: tool_finished --
+UPDATE agent.tool_calls SET status = $3, result = $4, finished_at = now()
+WHERE turn_id = $1::uuid AND call_id = $2
+
+-- memories and documents --------------------------------------------------------------------
+
+-- name: text_search_config_exists --
+SELECT 1 FROM pg_ts_config WHERE cfgname = $1
+
+-- name: vector_support --
+-- Whether the server has pgvector, and whether the memory tables have their vector columns.
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') AS extension,
+       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'agent.memories'::regclass
+               AND attname = 'embedding' AND NOT attisdropped)
+       AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'agent.chunks'::regclass
+                   AND attname = 'embedding' AND NOT attisdropped) AS columns
+
+-- name: set_memory_embeddings --
+-- Give memories $1 the vectors $2 (text form) made by model $3 (needs pgvector).
+UPDATE agent.memories AS t SET embedding = v.embedding::vector, embedding_model = $3
+FROM unnest($1::bigint[], $2::text[]) AS v(id, embedding)
+WHERE t.id = v.id
+
+-- name: touch_memories --
+-- Count a recall of memories $1.
+UPDATE agent.memories SET last_accessed_at = now(), access_count = access_count + 1
+WHERE id = ANY($1::bigint[])
+RETURNING id, last_accessed_at, access_count
+
+-- name: delete_memory --
+-- Delete memory $1 of owner $2 (of anyone when NULL).
+DELETE FROM agent.memories WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2) RETURNING id
+
+-- name: insert_document --
+-- A document's row (its chunks are inserted after it, in the same transaction).
+INSERT INTO agent.documents AS d (owner_id, agent_id, title, category, scope, scope_id, source,
+                                  metadata, content, language, embedding_model)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::regconfig, $11)
+RETURNING d.id, d.created_at
