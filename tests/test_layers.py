@@ -1,7 +1,8 @@
 """DESIGN.md's layer rule, enforced: a module imports only from its own layer and below.
 
 The order mirrors the table in DESIGN.md (top first); the allow-list of exceptions is empty.
-`gathering.testing` (the public test kit) is imported by no module of `src/`.
+`gathering.testing` (the public test kit) sits above every layer, and no module of `src/`
+imports it, not even a module of another layer above.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "gathering"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
+    ("testing",),  # the test kit: may use any layer; none may import it (checked below)
     ("__main__",),  # `python -m gathering`: the whole command line
     ("api",),
     ("cli", "doctor"),
@@ -68,7 +70,7 @@ def upward_imports(module: str, source: str) -> list[str]:
     problems = []
     for written, loaded in imported_modules(source, package):
         layers = {top_name(target) for target in loaded}
-        if "testing" in layers:
+        if "testing" in layers and own != "testing":
             problems.append(f"{module} imports the test kit ({written})")
         above = sorted(
             layer
@@ -109,3 +111,5 @@ def test_a_module_that_imports_upward_is_caught():
     relative = "from ..api import deps\n"
     assert upward_imports("gathering.events.bus", relative)
     assert upward_imports("gathering.api.app", "from gathering.db import Database\n") == []
+    kit = "from gathering.testing.wire_requests import Body\nfrom gathering.api import app\n"
+    assert upward_imports("gathering.testing.llm_stub_server", kit) == []

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conversation_gate import Gate
 from live_server import LiveServer, environment
-from llm_stub import LLMStubServer
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from gathering.testing import LLMStubServer, RequestGate
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ Line = tuple[str, str]  # (role, text)
 class Cluster:
     database_url: str
     env: dict[str, str]
-    gate: Gate
+    gate: RequestGate
     a: LiveServer
     b: LiveServer
 
@@ -49,7 +49,7 @@ def cluster(test_server_url: str, llm_stub: LLMStubServer) -> Iterator[Cluster]:
     with psycopg.connect(test_server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = make_conninfo(test_server_url, dbname=name)
-    gate = Gate(llm_stub.url).start()
+    gate = RequestGate(llm_stub.url).start()
     env = {
         "GATHERING_DATABASE_URL": url,
         "DATABASE_URL": url,
@@ -174,7 +174,7 @@ def test_two_servers_and_the_cli_alternate_turns_on_one_agent(
             assert _chat(server, agent_id, text)["reply"] == f"Echo: {text}"
         calls = llm_stub.requests[before:]
         assert len(calls) == 1, f"turn {turn}: {len(calls)} model calls"
-        path, body = calls[0]
+        path, body = calls[0].path, calls[0].json
         assert path.endswith("/chat/completions")
         assert body["model"] == "gpt-4o"
         assert _seen(body) == [*transcript, ("user", text)], f"turn {turn} via {where}"
@@ -247,8 +247,8 @@ def test_concurrent_turns_on_both_servers_are_serialised(
     # Each model call saw exactly the turns before it, whichever process ran them.
     calls = llm_stub.requests[before:]
     assert len(calls) == len(texts)
-    for path, body in calls:
-        seen = _seen(body)
+    for call in calls:
+        seen = _seen(call.json)
         assert seen[-1][0] == "user"
         assert seen == stored[: len(seen)]
 
@@ -309,7 +309,7 @@ def test_a_new_session_opened_on_one_server_is_used_by_the_other(
     assert after["session_id"] == fresh["session_id"]
     calls = llm_stub.requests[before:]
     assert len(calls) == 1
-    assert _seen(calls[0][1]) == [*_exchange("fresh start"), ("user", "after the switch")]
+    assert _seen(calls[0].json) == [*_exchange("fresh start"), ("user", "after the switch")]
 
     new = [*_exchange("fresh start"), *_exchange("after the switch")]
     assert _history(cluster.b, agent_id) == new

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 from live_server import LiveServer
-from llm_stub import LLMStubServer
 
 from gathering.db.embedded import postmaster_alive, postmaster_pid
+from gathering.testing import LLMStubServer
 
 pytestmark = pytest.mark.slow
 

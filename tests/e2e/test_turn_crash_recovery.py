@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conversation_gate import Gate
-from llm_stub import LLMStubServer
 
 from gathering.agents import Agent, PostgresAgentStore
 from gathering.db import Database
 from gathering.llm import ToolSpec
+from gathering.testing import LLMStubServer, RequestGate
 from gathering.tools.function import FunctionTool
 
 pytestmark = pytest.mark.slow
@@ -129,11 +128,11 @@ async def test_killed_during_a_tool_the_next_turn_answers_the_call_as_interrupte
 ) -> None:
     name = f"crash-tool-{provider}-{secrets.token_hex(3)}"
     marker = tmp_path / "slow-started"
-    process = _start_script(db, provider, name, "CALL slow {}", marker)
+    process = await asyncio.to_thread(_start_script, db, provider, name, "CALL slow {}", marker)
     try:
         await _wait_until(marker.exists, process, "the slow tool")
     finally:
-        _kill(process)
+        await asyncio.to_thread(_kill, process)
 
     agent, result, requests = await _continue(db, llm_stub_env, name)
 
@@ -152,7 +151,7 @@ async def test_killed_during_a_tool_the_next_turn_answers_the_call_as_interrupte
 
     # One model call, accepted by the strict stub, answering the dead call as interrupted.
     assert len(requests) == 1
-    _, body = requests[0]
+    body = requests[0].json
     results = _tool_results(provider, body)
     assert list(results) == [call_id]
     assert INTERRUPTED_TEXT in results[call_id]
@@ -183,18 +182,24 @@ async def test_killed_during_the_model_call_the_next_turn_goes_on(
     db: Database, llm_stub_env: LLMStubServer, provider: str, tmp_path: Path
 ) -> None:
     name = f"crash-model-{provider}-{secrets.token_hex(3)}"
-    gate = Gate(llm_stub_env.url).start()
+    gate = RequestGate(llm_stub_env.url).start()
     gate.close()  # the model call of the script waits here until it is killed
     try:
-        process = _start_script(
-            db, provider, name, "hello before the crash", tmp_path / "unused", **gate.environment()
+        process = await asyncio.to_thread(
+            _start_script,
+            db,
+            provider,
+            name,
+            "hello before the crash",
+            tmp_path / "unused",
+            **gate.environment(),
         )
         try:
             await _wait_until(lambda: gate.wait_held(1, timeout=0.1), process, "the model call")
         finally:
-            _kill(process)
+            await asyncio.to_thread(_kill, process)
     finally:
-        gate.stop()  # the held call is dropped, never forwarded
+        await asyncio.to_thread(gate.stop)  # the held call is dropped, never forwarded
 
     agent, result, requests = await _continue(db, llm_stub_env, name)
 
@@ -224,7 +229,7 @@ async def test_killed_during_the_model_call_the_next_turn_goes_on(
     # new one: OpenAI as two user messages, Anthropic (which wants roles to alternate) as one
     # user message of two text blocks. The reply answers what the model saw last.
     assert len(requests) == 1
-    _, body = requests[0]
+    body = requests[0].json
     users = [m for m in body["messages"] if m.get("role") == "user"]
     if provider == "openai":
         assert [_text(m["content"]) for m in users] == ["hello before the crash", "are you there?"]

@@ -40,7 +40,7 @@ WEATHER = ToolSpec(
 def make(stub, **options) -> AnthropicProvider:
     options.setdefault("retry", FAST)
     return AnthropicProvider(
-        "claude-sonnet-5-5", api_key="sk-ant-test", base_url=stub.base_url, **options
+        "claude-sonnet-5-5", api_key="sk-ant-test", base_url=stub.url, **options
     )
 
 
@@ -321,7 +321,7 @@ async def test_missing_key_is_reported_at_first_call(no_keys):
 async def test_key_from_settings(stub, recorded, no_keys, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-env")
     stub.add_json(recorded.json("anthropic_message.json"))
-    provider = AnthropicProvider(base_url=stub.base_url)
+    provider = AnthropicProvider(base_url=stub.url)
 
     await provider.generate([Message.user("Hi")])
 

@@ -47,47 +47,44 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "model", "build", "path"), CASES)
-async def test_generate_goes_through_the_injected_client(
-    strict_stub, no_keys, name, model, build, path
-):
-    client = build(strict_stub)
+async def test_generate_goes_through_the_injected_client(stub, no_keys, name, model, build, path):
+    client = build(stub)
     provider = get_provider(name, model, client=client, retry=ONCE)
 
     completion = await provider.generate([Message.user("Hello there")])
 
     assert completion.text == "Echo: Hello there"
     assert provider.client is client
-    [(sent_path, body)] = strict_stub.requests
-    assert sent_path == path
+    [request] = stub.requests
+    body = request.json
+    assert request.path == path
     assert body["model"] == model
     assert body["messages"][-1]["role"] == "user"
 
 
 @pytest.mark.parametrize(("name", "model", "build", "path"), CASES)
-async def test_stream_goes_through_the_injected_client(
-    strict_stub, no_keys, name, model, build, path
-):
-    client = build(strict_stub)
+async def test_stream_goes_through_the_injected_client(stub, no_keys, name, model, build, path):
+    client = build(stub)
     provider = get_provider(name, model, client=client, retry=ONCE)
 
     events = [event async for event in provider.stream([Message.user("Stream me")])]
 
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Echo: Stream me"
     assert isinstance(events[-1], StreamDone)
-    assert [sent_path for sent_path, _ in strict_stub.requests] == [path]
-    assert strict_stub.requests[0][1]["stream"] is True
+    assert [request.path for request in stub.requests] == [path]
+    assert stub.requests[0].json["stream"] is True
 
 
-async def test_an_injected_client_needs_no_key(strict_stub, no_keys):
-    provider = AnthropicProvider(client=anthropic_client(strict_stub), retry=ONCE)
+async def test_an_injected_client_needs_no_key(stub, no_keys):
+    provider = AnthropicProvider(client=anthropic_client(stub), retry=ONCE)
 
     completion = await provider.generate([Message.user("Hi")])
 
     assert completion.text == "Echo: Hi"
 
 
-async def test_an_injected_client_is_not_rebuilt_in_another_event_loop(strict_stub, no_keys):
-    client = openai_client(strict_stub)
+async def test_an_injected_client_is_not_rebuilt_in_another_event_loop(stub, no_keys):
+    client = openai_client(stub)
     provider = OpenAIProvider("gpt-4o", client=client, retry=ONCE)
     seen = []
 
@@ -104,18 +101,18 @@ async def test_an_injected_client_is_not_rebuilt_in_another_event_loop(strict_st
     assert seen == [client]
 
 
-def test_an_injected_openai_client_decides_the_server(strict_stub):
-    compatible = OpenAIProvider(client=openai_client(strict_stub))
-    assert compatible.base_url == f"{strict_stub.url}/v1"
+def test_an_injected_openai_client_decides_the_server(stub):
+    compatible = OpenAIProvider(client=openai_client(stub))
+    assert compatible.base_url == f"{stub.url}/v1"
     assert OpenAIProvider(client=AsyncOpenAI(api_key="k")).base_url is None
 
 
-async def test_openai_compatible_client_gets_max_tokens(strict_stub, no_keys):
-    provider = OpenAIProvider("gpt-4o", client=openai_client(strict_stub), retry=ONCE)
+async def test_openai_compatible_client_gets_max_tokens(stub, no_keys):
+    provider = OpenAIProvider("gpt-4o", client=openai_client(stub), retry=ONCE)
 
     await provider.generate([Message.user("Hi")], max_tokens=7)
 
-    body = strict_stub.requests[-1][1]
+    body = stub.last.json
     assert body["max_tokens"] == 7
     assert "max_completion_tokens" not in body
 
@@ -130,10 +127,10 @@ async def test_embedding_providers_use_the_injected_client(stub, no_keys):
         }
     )
     stub.add_json({"model": "nomic-embed-text", "embeddings": [[0.25, 0.75]]})
-    openai = AsyncOpenAI(api_key="sk-dummy", base_url=f"{stub.base_url}/v1", max_retries=0)
+    openai = AsyncOpenAI(api_key="sk-dummy", base_url=f"{stub.url}/v1", max_retries=0)
 
     assert await OpenAIEmbeddingProvider(client=openai).embed(["a"]) == [[0.5, 0.5]]
-    assert await OllamaEmbeddingProvider(client=AsyncClient(host=stub.base_url)).embed(["b"]) == [
+    assert await OllamaEmbeddingProvider(client=AsyncClient(host=stub.url)).embed(["b"]) == [
         [0.25, 0.75]
     ]
     assert [request.path for request in stub.requests] == ["/v1/embeddings", "/api/embed"]

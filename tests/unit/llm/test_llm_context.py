@@ -132,10 +132,10 @@ async def test_ollama_is_told_an_explicit_window(stub, recorded):
     stub.add_json(recorded.json("ollama_chat.json"))
     retry = RetryPolicy(max_attempts=1)
 
-    await OllamaProvider(host=stub.base_url, context_window=16_384, retry=retry).generate(
+    await OllamaProvider(host=stub.url, context_window=16_384, retry=retry).generate(
         [Message.user("Hi")]
     )
     assert stub.last.json["options"]["num_ctx"] == 16_384
 
-    await OllamaProvider(host=stub.base_url, retry=retry).generate([Message.user("Hi")])
+    await OllamaProvider(host=stub.url, retry=retry).generate([Message.user("Hi")])
     assert "num_ctx" not in stub.last.json["options"]

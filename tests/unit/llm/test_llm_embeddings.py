@@ -40,7 +40,7 @@ def openai_embeddings(vectors: list[list[float]], model: str = "text-embedding-3
 async def test_openai_embeddings(stub):
     stub.add_json(openai_embeddings([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]))
     provider = OpenAIEmbeddingProvider(
-        api_key="sk-test", base_url=f"{stub.base_url}/v1", dimensions=3, retry=FAST
+        api_key="sk-test", base_url=f"{stub.url}/v1", dimensions=3, retry=FAST
     )
 
     vectors = await provider.embed(["hello", "world"])
@@ -69,7 +69,7 @@ async def test_openai_embedding_errors_are_mapped(stub):
     stub.add_json(
         {"error": {"message": "Incorrect API key", "type": "invalid_request_error"}}, status=401
     )
-    provider = OpenAIEmbeddingProvider(api_key="bad", base_url=f"{stub.base_url}/v1", retry=FAST)
+    provider = OpenAIEmbeddingProvider(api_key="bad", base_url=f"{stub.url}/v1", retry=FAST)
 
     with pytest.raises(ProviderAuthenticationError):
         await provider.embed(["x"])
@@ -79,7 +79,7 @@ async def test_openai_embedding_retries_server_errors(stub):
     stub.add_json({"error": {"message": "overloaded", "type": "server_error"}}, status=503)
     stub.add_json(openai_embeddings([[1.0, 0.0]], model="custom-embedder"))
     provider = OpenAIEmbeddingProvider(
-        "custom-embedder", api_key="k", base_url=f"{stub.base_url}/v1", retry=FAST
+        "custom-embedder", api_key="k", base_url=f"{stub.url}/v1", retry=FAST
     )
 
     assert await provider.embed(["x"]) == [[1.0, 0.0]]
@@ -97,7 +97,7 @@ async def test_ollama_embeddings(stub):
             "prompt_eval_count": 8,
         }
     )
-    provider = OllamaEmbeddingProvider(host=stub.base_url, retry=FAST)
+    provider = OllamaEmbeddingProvider(host=stub.url, retry=FAST)
 
     vectors = await provider.embed(["a", "b"])
 
@@ -109,7 +109,7 @@ async def test_ollama_embeddings(stub):
 
 async def test_unknown_dimension_is_probed_once(stub):
     stub.add_json({"model": "my-embedder", "embeddings": [[0.5, 0.5, 0.5, 0.5]]})
-    provider = OllamaEmbeddingProvider("my-embedder", host=stub.base_url)
+    provider = OllamaEmbeddingProvider("my-embedder", host=stub.url)
 
     assert await provider.dimension() == 4
     assert await provider.dimension() == 4
@@ -118,7 +118,7 @@ async def test_unknown_dimension_is_probed_once(stub):
 
 async def test_wrong_vector_count_is_an_error(stub):
     stub.add_json({"model": "m", "embeddings": [[0.1]]})
-    provider = OllamaEmbeddingProvider("m", host=stub.base_url)
+    provider = OllamaEmbeddingProvider("m", host=stub.url)
 
     with pytest.raises(LLMError, match="1 vectors for 2 texts"):
         await provider.embed(["a", "b"])

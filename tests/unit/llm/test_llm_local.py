@@ -154,7 +154,7 @@ class TestShippedModel:
         assert completion.usage.input_tokens > 10
         assert 0 < completion.usage.output_tokens <= 24
         assert completion.cost_usd == 0.0
-        assert local_model_available()
+        assert await asyncio.to_thread(local_model_available)
 
     async def test_streams_tokens(self, llama):
         provider = LocalProvider()
@@ -224,7 +224,7 @@ class TestShippedModel:
         with pytest.raises(ContextTooLongError):
             async for _ in provider.stream([Message.user("word " * 700)], max_tokens=8):
                 pass
-        assert provider.local_model().in_flight == 0
+        assert (await provider.local_model_off_loop()).in_flight == 0
 
     async def test_missing_model_file_is_a_clear_error(self, llama, tmp_path):
         provider = LocalProvider(model_path=tmp_path / "nowhere.gguf")

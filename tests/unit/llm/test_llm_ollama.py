@@ -35,7 +35,7 @@ WEATHER = ToolSpec(
 
 def make(stub, **options) -> OllamaProvider:
     options.setdefault("retry", FAST)
-    return OllamaProvider("llama3.2", host=stub.base_url, **options)
+    return OllamaProvider("llama3.2", host=stub.url, **options)
 
 
 async def test_plain_reply(stub, recorded):
@@ -70,13 +70,13 @@ async def test_plain_reply(stub, recorded):
 async def test_host_from_settings(stub, recorded, monkeypatch):
     from gathering.config import get_settings
 
-    monkeypatch.setenv("OLLAMA_HOST", stub.base_url)
+    monkeypatch.setenv("OLLAMA_HOST", stub.url)
     get_settings.cache_clear()
     try:
         stub.add_json(recorded.json("ollama_chat.json"))
         provider = OllamaProvider(retry=FAST)
         await provider.generate([Message.user("Hi")])
-        assert provider.host == stub.base_url
+        assert provider.host == stub.url
     finally:
         get_settings.cache_clear()
 
@@ -150,7 +150,7 @@ async def test_missing_model(stub):
     stub.add_json({"error": 'model "llama9" not found, try pulling it first'}, status=404)
 
     with pytest.raises(LLMError) as caught:
-        await OllamaProvider("llama9", host=stub.base_url).generate([Message.user("Hi")])
+        await OllamaProvider("llama9", host=stub.url).generate([Message.user("Hi")])
 
     assert "not found" in caught.value.message
     assert caught.value.hint == "pull it first: ollama pull llama9"

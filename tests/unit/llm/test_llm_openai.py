@@ -38,7 +38,7 @@ WEATHER = ToolSpec(
 def make(stub, **options) -> OpenAIProvider:
     options.setdefault("retry", FAST)
     options.setdefault("api_key", "sk-test")
-    return OpenAIProvider("gpt-4o", base_url=f"{stub.base_url}/v1", **options)
+    return OpenAIProvider("gpt-4o", base_url=f"{stub.url}/v1", **options)
 
 
 def error_body(message: str, kind: str, code: str | None = None) -> dict:
@@ -91,7 +91,7 @@ async def test_openai_itself_gets_max_completion_tokens(no_keys, monkeypatch):
 
 async def test_compatible_server_needs_no_key(stub, recorded, no_keys):
     stub.add_json(recorded.json("openai_chat.json"))
-    provider = OpenAIProvider("qwen2.5-7b-instruct", base_url=f"{stub.base_url}/v1")
+    provider = OpenAIProvider("qwen2.5-7b-instruct", base_url=f"{stub.url}/v1")
 
     completion = await provider.generate([Message.user("Hello")])
 
@@ -100,7 +100,7 @@ async def test_compatible_server_needs_no_key(stub, recorded, no_keys):
 
 
 async def test_base_url_from_settings(stub, recorded, no_keys, monkeypatch):
-    monkeypatch.setenv("OPENAI_BASE_URL", f"{stub.base_url}/v1")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{stub.url}/v1")
     stub.add_json(recorded.json("openai_chat.json"))
 
     await OpenAIProvider("local-model", retry=FAST).generate([Message.user("Hi")])

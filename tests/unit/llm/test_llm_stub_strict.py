@@ -1,6 +1,6 @@
-"""The strict wire stub (tests/_support/llm_stub.py) through the real providers and SDKs: real
-400s for tool traffic that does not pair up, the real context-length errors, and scripted
-tool calls over the wire."""
+"""The strict wire stub (`gathering.testing.LLMStubServer`) through the real providers and
+SDKs: real 400s for tool traffic that does not pair up, the real context-length errors, and
+scripted tool calls over the wire."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from gathering.llm import (
     ToolCall,
     ToolSpec,
 )
+from gathering.testing import StubRequest
 
 ONCE = RetryPolicy(max_attempts=1)
 WEATHER = ToolSpec(
@@ -73,9 +74,9 @@ async def complete(provider, messages, *, streamed: bool, tools=(WEATHER,)):
 
 
 class TestToolPairing:
-    async def test_anthropic_unanswered_tool_use(self, strict_stub):
+    async def test_anthropic_unanswered_tool_use(self, stub):
         with pytest.raises(LLMError) as caught:
-            await anthropic(strict_stub).generate(unanswered_call(), tools=[WEATHER])
+            await anthropic(stub).generate(unanswered_call(), tools=[WEATHER])
 
         error = caught.value
         assert not isinstance(error, ContextTooLongError)
@@ -86,17 +87,17 @@ class TestToolPairing:
             "block in the next message." in error.message
         )
 
-    async def test_anthropic_tool_result_without_tool_use(self, strict_stub):
+    async def test_anthropic_tool_result_without_tool_use(self, stub):
         with pytest.raises(LLMError) as caught:
-            await anthropic(strict_stub).generate(result_without_its_call(), tools=[WEATHER])
+            await anthropic(stub).generate(result_without_its_call(), tools=[WEATHER])
 
         assert caught.value.details["status"] == 400
         assert "messages.4.content.0: unexpected `tool_use_id`" in caught.value.message
         assert "call_x" in caught.value.message
 
-    async def test_openai_unanswered_tool_calls(self, strict_stub):
+    async def test_openai_unanswered_tool_calls(self, stub):
         with pytest.raises(LLMError) as caught:
-            await openai(strict_stub).generate(unanswered_call(), tools=[WEATHER])
+            await openai(stub).generate(unanswered_call(), tools=[WEATHER])
 
         assert caught.value.details["status"] == 400
         assert (
@@ -105,14 +106,14 @@ class TestToolPairing:
             "response messages: toolu_x" in caught.value.message
         )
 
-    async def test_openai_tool_message_without_a_call(self, strict_stub):
+    async def test_openai_tool_message_without_a_call(self, stub):
         with pytest.raises(LLMError) as caught:
-            await openai(strict_stub).generate(result_without_its_call(), tools=[WEATHER])
+            await openai(stub).generate(result_without_its_call(), tools=[WEATHER])
 
         assert caught.value.details["status"] == 400
         assert "messages with role 'tool' must be a response" in caught.value.message
 
-    async def test_openai_400_body_has_the_real_shape(self, strict_stub):
+    async def test_openai_400_body_has_the_real_shape(self, stub):
         import httpx
 
         body = {
@@ -133,7 +134,7 @@ class TestToolPairing:
             ],
         }
         async with httpx.AsyncClient() as client:
-            response = await client.post(f"{strict_stub.url}/v1/chat/completions", json=body)
+            response = await client.post(f"{stub.url}/v1/chat/completions", json=body)
 
         assert response.status_code == 400
         assert response.json() == {
@@ -149,8 +150,8 @@ class TestToolPairing:
 
     @pytest.mark.parametrize("make", WITH_IDS)
     @pytest.mark.parametrize("streamed", [False, True])
-    async def test_a_tool_round_trip_is_accepted(self, strict_stub, make, streamed):
-        provider = make(strict_stub)
+    async def test_a_tool_round_trip_is_accepted(self, stub, make, streamed):
+        provider = make(stub)
         conversation = [Message.user(CALL_LINE)]
 
         first = await complete(provider, conversation, streamed=streamed)
@@ -166,41 +167,41 @@ class TestToolPairing:
         assert second.stop_reason == "end"
         assert second.tool_calls == ()
         assert second.text == f"Echo: {CALL_LINE}"
-        assert len(strict_stub.requests) == 2
+        assert len(stub.requests) == 2
 
 
 class TestScriptedCalls:
     @pytest.mark.parametrize("make", PROVIDERS)
-    async def test_each_call_gets_a_fresh_id(self, strict_stub, make):
-        provider = make(strict_stub)
+    async def test_each_call_gets_a_fresh_id(self, stub, make):
+        provider = make(stub)
         first = await provider.generate([Message.user(CALL_LINE)], tools=[WEATHER])
         second = await provider.generate([Message.user(CALL_LINE)], tools=[WEATHER])
         assert first.tool_calls[0].id != second.tool_calls[0].id
 
     @pytest.mark.parametrize("make", PROVIDERS)
     @pytest.mark.parametrize("streamed", [False, True])
-    async def test_several_call_lines_make_parallel_calls(self, strict_stub, make, streamed):
+    async def test_several_call_lines_make_parallel_calls(self, stub, make, streamed):
         lines = f'{CALL_LINE}\nCALL get_weather {{"city": "Oslo"}}'
-        completion = await complete(make(strict_stub), [Message.user(lines)], streamed=streamed)
+        completion = await complete(make(stub), [Message.user(lines)], streamed=streamed)
         cities = [call.arguments["city"] for call in completion.tool_calls]
         assert cities == ["Paris", "Oslo"]
         assert completion.stop_reason == "tool_calls"
 
     @pytest.mark.parametrize("make", PROVIDERS)
-    async def test_a_tool_not_offered_is_not_called(self, strict_stub, make):
-        completion = await make(strict_stub).generate([Message.user(CALL_LINE)])
+    async def test_a_tool_not_offered_is_not_called(self, stub, make):
+        completion = await make(stub).generate([Message.user(CALL_LINE)])
         assert completion.tool_calls == ()
         assert completion.text == f"Echo: {CALL_LINE}"
 
-    async def test_openai_passes_invalid_arguments_through(self, strict_stub):
-        completion = await openai(strict_stub).generate(
+    async def test_openai_passes_invalid_arguments_through(self, stub):
+        completion = await openai(stub).generate(
             [Message.user("CALL get_weather {not json")], tools=[WEATHER]
         )
         [call] = completion.tool_calls
         assert call.invalid_arguments == "{not json"
 
-    async def test_ollama_tool_round_trip(self, strict_stub):
-        provider = ollama(strict_stub)
+    async def test_ollama_tool_round_trip(self, stub):
+        provider = ollama(stub)
         first = await provider.generate([Message.user(CALL_LINE)], tools=[WEATHER])
         [call] = first.tool_calls
         second = await provider.generate(
@@ -213,22 +214,22 @@ class TestScriptedCalls:
 class TestContextLimit:
     @pytest.mark.parametrize("make", PROVIDERS)
     @pytest.mark.parametrize("streamed", [False, True])
-    async def test_over_the_limit_is_context_too_long(self, strict_stub, make, streamed):
-        strict_stub.context_limit_chars = 100
+    async def test_over_the_limit_is_context_too_long(self, stub, make, streamed):
+        stub.context_limit_chars = 100
 
         with pytest.raises(ContextTooLongError) as caught:
-            await complete(make(strict_stub), [Message.user("x" * 101)], streamed=streamed)
+            await complete(make(stub), [Message.user("x" * 101)], streamed=streamed)
 
         assert caught.value.http_status == 422
-        assert len(strict_stub.requests) == 1
+        assert len(stub.requests) == 1
 
     @pytest.mark.parametrize("make", PROVIDERS)
-    async def test_within_the_limit_is_answered(self, strict_stub, make):
-        strict_stub.context_limit_chars = 100
-        completion = await make(strict_stub).generate([Message.user("x" * 100)])
+    async def test_within_the_limit_is_answered(self, stub, make):
+        stub.context_limit_chars = 100
+        completion = await make(stub).generate([Message.user("x" * 100)])
         assert completion.text == "Echo: " + "x" * 100
 
-    async def test_tool_traffic_and_system_prompt_count(self, strict_stub):
+    async def test_tool_traffic_and_system_prompt_count(self, stub):
         conversation = [
             Message.system("s" * 10),
             Message.user("u" * 10),
@@ -236,20 +237,20 @@ class TestContextLimit:
             Message.tool("call_1", "r" * 10),
         ]
         arguments = len(json.dumps({"city": "Paris"}))
-        strict_stub.context_limit_chars = 30 + arguments
-        await anthropic(strict_stub).generate(conversation, tools=[WEATHER])
+        stub.context_limit_chars = 30 + arguments
+        await anthropic(stub).generate(conversation, tools=[WEATHER])
 
-        strict_stub.context_limit_chars -= 1
+        stub.context_limit_chars -= 1
         with pytest.raises(ContextTooLongError):
-            await anthropic(strict_stub).generate(conversation, tools=[WEATHER])
+            await anthropic(stub).generate(conversation, tools=[WEATHER])
 
-    async def test_the_errors_carry_the_real_messages(self, strict_stub):
-        strict_stub.context_limit_chars = 10
+    async def test_the_errors_carry_the_real_messages(self, stub):
+        stub.context_limit_chars = 10
 
         with pytest.raises(ContextTooLongError) as anthropic_error:
-            await anthropic(strict_stub).generate([Message.user("y" * 11)])
+            await anthropic(stub).generate([Message.user("y" * 11)])
         with pytest.raises(ContextTooLongError) as openai_error:
-            await openai(strict_stub).generate([Message.user("y" * 11)])
+            await openai(stub).generate([Message.user("y" * 11)])
 
         assert "prompt is too long: 11 tokens > 10 maximum" in anthropic_error.value.message
         assert (
@@ -258,11 +259,21 @@ class TestContextLimit:
         )
 
 
-def test_reset_clears_the_log_and_the_limit(llm_stub):
-    llm_stub.requests.append(("/v1/messages", {}))
+def test_reset_clears_the_log_the_queue_and_the_limit(llm_stub):
+    llm_stub.requests.append(StubRequest("POST", "/v1/messages", {}, b"{}"))
     llm_stub.context_limit_chars = 5
+    llm_stub.add_reply("queued")
+    hold = llm_stub.hold("wait")
 
     llm_stub.reset()
 
     assert llm_stub.requests == []
     assert llm_stub.context_limit_chars is None
+    assert hold.released.is_set()
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    request = StubRequest("POST", "/v1/chat/completions", {}, json.dumps(body).encode())
+    assert json.loads(llm_stub.respond(request).body)["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Echo: hi",
+    }
+    llm_stub.reset()

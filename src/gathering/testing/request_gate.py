@@ -1,8 +1,9 @@
-"""A pass-through HTTP proxy in front of the LLM stub that a test can close: while closed, each
-request waits at the gate (counted in `held`) until the test opens it again, so a model call
-can be made to last exactly as long as a test needs, with no sleep and no clock.
+"""`RequestGate`: a pass-through HTTP proxy (in front of an `LLMStubServer`, say) that a test
+can close. While closed, each request waits at the gate (counted in `held`) until the test
+opens it again, so a model call lasts exactly as long as a test needs, with no sleep and no
+clock; the gate can also be opened to refuse what waits (HTTP 503), as a dead upstream would.
 
-    gate = Gate(stub.url).start()          # point ANTHROPIC_BASE_URL / OPENAI_BASE_URL here
+    gate = RequestGate(stub.url).start()   # point ANTHROPIC_BASE_URL / OPENAI_BASE_URL here
     gate.close()
     ...                                    # a model call arrives and waits
     assert gate.wait_held(1)
@@ -11,12 +12,12 @@ can be made to last exactly as long as a test needs, with no sleep and no clock.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -33,20 +34,15 @@ class _Handler(BaseHTTPRequestHandler):
             if not gate.pass_through():
                 self._send(503, "application/json", json.dumps({"error": "gate dropped"}).encode())
                 return
-            request = urllib.request.Request(
-                gate.target + self.path,
-                data=body,
-                method="POST",
-                headers={"content-type": self.headers.get("content-type", "application/json")},
-            )
+            upstream = http.client.HTTPConnection(gate.host, gate.port, timeout=60)
             try:
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    status, data = response.status, response.read()
-                    content_type = response.headers.get("content-type", "application/json")
-            except urllib.error.HTTPError as error:
-                status, data = error.code, error.read()
-                content_type = error.headers.get("content-type", "application/json")
-            self._send(status, content_type, data)
+                content_type = self.headers.get("content-type", "application/json")
+                upstream.request("POST", self.path, body, {"content-type": content_type})
+                response = upstream.getresponse()
+                data = response.read()
+                self._send(response.status, response.getheader("content-type", content_type), data)
+            finally:
+                upstream.close()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the caller is gone (killed while it waited)
 
@@ -60,14 +56,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _GateServer(ThreadingHTTPServer):
     daemon_threads = True
-    gate: Gate
+    gate: RequestGate
 
 
-class Gate:
-    """A proxy to `target` on 127.0.0.1 that holds requests while closed."""
+class RequestGate:
+    """A proxy to `target` on 127.0.0.1 (a free port) that holds requests while closed."""
 
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
+        address = urlsplit(self.target)
+        if address.scheme != "http" or not address.hostname or address.path:
+            raise ValueError(f"the gate forwards to an http://host:port address, not {target!r}")
+        self.host, self.port = address.hostname, address.port or 80
         self.held = 0
         self._closed = False
         self._forward = True
@@ -79,6 +79,7 @@ class Gate:
 
     @property
     def url(self) -> str:
+        """The gate's base URL, ``http://127.0.0.1:<port>``."""
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def environment(self) -> dict[str, str]:
@@ -90,11 +91,13 @@ class Gate:
             "OPENAI_BASE_URL": f"{self.url}/v1",
         }
 
-    def start(self) -> Gate:
+    def start(self) -> RequestGate:
+        """Serve in a background thread; returns the gate."""
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Answer what waits with 503, stop serving and close the socket."""
         self.open(forward=False)
         self._server.shutdown()
         self._server.server_close()
@@ -118,7 +121,8 @@ class Gate:
             return self._condition.wait_for(lambda: self.held >= count, timeout)
 
     def pass_through(self) -> bool:
-        """Called by the handler: wait while closed; whether to forward the request."""
+        """Wait while the gate is closed; whether to forward the request (the handler calls
+        this for each request)."""
         with self._condition:
             if not self._closed:
                 return True
