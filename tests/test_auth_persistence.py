@@ -497,12 +497,16 @@ async def test_purge_deletes_expired_revocations_and_sessions_only(app, email):
 
 
 async def test_lifespan_start_loads_the_key_and_purges(make_app, email):
-    from starlette.testclient import TestClient
-
     application = make_app()
-    with TestClient(application) as tc:
-        assert application.state.security._tokens is not None
-        assert tc.get("/health").status_code == 200
+
+    def lifespan() -> None:  # TestClient runs the app in a loop of its own, and waits for it
+        from starlette.testclient import TestClient
+
+        with TestClient(application) as tc:
+            assert application.state.security._tokens is not None
+            assert tc.get("/health").status_code == 200
+
+    await asyncio.to_thread(lifespan)
 
 
 # --- the signing key ----------------------------------------------------------------------------

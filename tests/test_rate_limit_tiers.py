@@ -4,7 +4,6 @@ X-RateLimit-* headers, memory storage in one process and Redis shared by several
 from __future__ import annotations
 
 import secrets
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -18,7 +17,6 @@ from gathering.config import load_settings
 
 KEY = "k" * 64
 PASSWORD = "correct horse battery staple"
-REDIS = ("127.0.0.1", 6379)
 TIER_LIMITS = {
     "rate_limit_strict": "3/minute",
     "rate_limit_standard": "5/minute",
@@ -225,34 +223,29 @@ async def test_an_unreachable_storage_lets_requests_through(make_app):
 # --- several instances sharing Redis -------------------------------------------------------------
 
 
-def _redis_reachable() -> bool:
-    try:
-        with socket.create_connection(REDIS, timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    if not _redis_reachable():
-        pytest.skip("no Redis on 127.0.0.1:6379 (the shared-storage tests need one)")
+async def _delete_keys(redis_url: str, pattern: str) -> None:
     import redis.asyncio as redis
 
-    prefix = f"gathering-test-{secrets.token_hex(6)}"
-    yield prefix
-    client = redis.Redis(host=REDIS[0], port=REDIS[1], socket_timeout=2)
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=100)]
+        keys = [key async for key in client.scan_iter(match=pattern, count=100)]
         if keys:
             await client.delete(*keys)
     finally:
         await client.aclose()
 
 
-async def test_two_instances_share_their_counts_through_redis(make_app, redis_prefix):
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of this test's own on the session's Redis (see `redis_url`), emptied after."""
+    prefix = f"gathering-test-{secrets.token_hex(6)}"
+    yield prefix
+    await _delete_keys(redis_url, f"{prefix}*")
+
+
+async def test_two_instances_share_their_counts_through_redis(make_app, redis_url, redis_prefix):
     shared = {
-        "rate_limit_storage": "redis://127.0.0.1:6379/0",
+        "rate_limit_storage": redis_url,
         "rate_limit_key_prefix": redis_prefix,
     }
     first, second = make_app(**shared), make_app(**shared)
@@ -266,9 +259,9 @@ async def test_two_instances_share_their_counts_through_redis(make_app, redis_pr
     assert int(refused.headers["retry-after"]) >= 1
 
 
-async def test_failed_login_counts_are_shared_through_redis(make_app, redis_prefix):
+async def test_failed_login_counts_are_shared_through_redis(make_app, redis_url, redis_prefix):
     shared = {
-        "rate_limit_storage": "redis://127.0.0.1:6379/0",
+        "rate_limit_storage": redis_url,
         "rate_limit_key_prefix": redis_prefix,
         "login_attempts_per_account": "2/15 minutes",
         "rate_limit_strict": "100/minute",
@@ -281,22 +274,10 @@ async def test_failed_login_counts_are_shared_through_redis(make_app, redis_pref
         assert (await a.post("/auth/login", json=body)).status_code == 429
 
 
-async def test_separate_prefixes_do_not_share(make_app, redis_prefix):
-    one = make_app(
-        rate_limit_storage="redis://127.0.0.1:6379/0", rate_limit_key_prefix=redis_prefix
-    )
-    two = make_app(
-        rate_limit_storage="redis://127.0.0.1:6379/0", rate_limit_key_prefix=redis_prefix + "-other"
-    )
+async def test_separate_prefixes_do_not_share(make_app, redis_url, redis_prefix):
+    one = make_app(rate_limit_storage=redis_url, rate_limit_key_prefix=redis_prefix)
+    two = make_app(rate_limit_storage=redis_url, rate_limit_key_prefix=redis_prefix + "-other")
     async with client_for(one) as a, client_for(two) as b:
         await exhaust(a, "/limited/strict")
         assert (await b.get("/limited/strict")).status_code == 200
-    import redis.asyncio as redis
-
-    client = redis.Redis(host=REDIS[0], port=REDIS[1], socket_timeout=2)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{redis_prefix}-other*", count=100)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await _delete_keys(redis_url, f"{redis_prefix}-other*")

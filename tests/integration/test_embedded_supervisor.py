@@ -137,7 +137,7 @@ async def test_the_supervisor_reports_and_recovers(pgdata: Path, url: str):
     supervisor = EmbeddedSupervisor(pgdata, interval=0.1)
     await supervisor.start()
     try:
-        _kill(pgdata)
+        await asyncio.to_thread(_kill, pgdata)
         seen = set()
         for _ in range(300):
             seen.add(supervisor.state.detail)
@@ -146,7 +146,7 @@ async def test_the_supervisor_reports_and_recovers(pgdata: Path, url: str):
             await asyncio.sleep(0.05)
         assert supervisor.restarts == 1 and supervisor.state.ok
         assert any(d.startswith("restarting (attempt 1") for d in seen), seen
-        with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT 1").fetchone() == (1,)
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
     finally:
         await supervisor.stop()

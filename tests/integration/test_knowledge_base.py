@@ -11,7 +11,6 @@ import re
 import socket
 from collections.abc import Sequence
 
-import psycopg
 import pytest
 from db_rows import new_agent, new_user
 from hypothesis import HealthCheck, given, settings
@@ -28,8 +27,6 @@ from gathering.agents.system_prompt import format_knowledge_for_prompt
 from gathering.db import Database
 from gathering.errors import FeatureUnavailableError, InvalidInputError, LLMError, NotFoundError
 from gathering.llm import OpenAIEmbeddingProvider, RetryPolicy
-
-SYSTEM_POSTGRES = "postgresql://127.0.0.1:5432/postgres"
 
 CONCEPTS = {"rollback": "undo", "revert": "undo", "undo": "undo", "restore": "undo"}
 
@@ -488,13 +485,8 @@ async def test_search_falls_back_to_full_text_while_embeddings_are_down(db, kb):
     assert [d.id for d in await kb.list_documents()] == [runbook.id]
 
 
-async def test_knowledge_without_pgvector(db):
-    try:
-        with psycopg.connect(SYSTEM_POSTGRES, connect_timeout=2):
-            pass
-    except psycopg.OperationalError:
-        pytest.skip("no PostgreSQL without pgvector at 127.0.0.1:5432")
-    async with Database(url=SYSTEM_POSTGRES, test=True) as plain:
+async def test_knowledge_without_pgvector(db, no_vector_server_url):
+    async with Database(url=no_vector_server_url, test=True) as plain:
         kb = KnowledgeBase(plain)
         document = await kb.add_document("Deployment runbook", RUNBOOK)
         assert (await kb.search("roll back"))[0].document_id == document.id

@@ -25,7 +25,7 @@ async def test_the_local_model_is_loaded_in_the_background(settings_env):
             break
         await asyncio.sleep(0.1)
     assert (await component.health()).detail == "loaded"
-    assert LocalProvider(DEFAULT_MODEL).local_model().is_loaded
+    assert (await LocalProvider(DEFAULT_MODEL).local_model_off_loop()).is_loaded
 
 
 async def test_nothing_is_loaded_when_agents_default_to_another_provider(settings_env):

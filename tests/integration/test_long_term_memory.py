@@ -14,7 +14,6 @@ import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import psycopg
 import pytest
 from db_rows import new_agent, new_user
 from structlog.testing import capture_logs
@@ -44,8 +43,6 @@ from gathering.errors import (
     NotFoundError,
 )
 from gathering.llm import OllamaEmbeddingProvider, OpenAIEmbeddingProvider, RetryPolicy
-
-SYSTEM_POSTGRES = "postgresql://127.0.0.1:5432/postgres"
 
 # Words that mean much the same share a heavily weighted "concept" feature besides their own.
 CONCEPTS = {
@@ -857,14 +854,9 @@ def test_embedder_from_settings():
 
 
 @pytest.fixture
-async def plain_postgres():
-    """A migrated database on the machine's PostgreSQL 15, which has no pgvector."""
-    try:
-        with psycopg.connect(SYSTEM_POSTGRES, connect_timeout=2):
-            pass
-    except psycopg.OperationalError:
-        pytest.skip("no PostgreSQL without pgvector at 127.0.0.1:5432")
-    database = Database(url=SYSTEM_POSTGRES, test=True)
+async def plain_postgres(no_vector_server_url):
+    """A migrated database on a server without pgvector (the machine's PostgreSQL 15)."""
+    database = Database(url=no_vector_server_url, test=True)
     await database.connect()
     yield database
     await database.disconnect()

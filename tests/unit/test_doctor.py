@@ -4,7 +4,6 @@ program, a data directory on tmp_path, a real (or unreachable) PostgreSQL and Re
 from __future__ import annotations
 
 import shutil
-import socket
 import stat
 import sys
 import tomllib
@@ -30,6 +29,7 @@ from gathering.doctor import (
 )
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+LOCAL_MISSING = "the local extra is not installed: pip install 'gathering[local]'"
 
 
 def install_program(directory: Path, name: str, prints: str = "") -> Path:
@@ -162,12 +162,8 @@ def test_unreachable_redis_warns_without_its_password():
     assert "redis-pass-42" not in f"{result.detail} {result.fix}"
 
 
-def test_reachable_redis_is_ok():
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-    except OSError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    result = check_redis(load_settings(rate_limit_storage="redis://127.0.0.1:6379/0"))
+def test_reachable_redis_is_ok(redis_url):
+    result = check_redis(load_settings(rate_limit_storage=redis_url))
     assert result is not None and result.status == "ok"
 
 
@@ -206,7 +202,7 @@ def test_without_the_local_extra_the_fix_is_the_pip_command(monkeypatch):
 
 
 def test_a_configured_model_file_that_does_not_exist(tmp_path):
-    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp", reason=LOCAL_MISSING)
     result = check_local_model(load_settings(local_model_path=tmp_path / "none.gguf"))
     assert result.status == "warn"
     assert "does not exist" in result.detail
@@ -215,7 +211,7 @@ def test_a_configured_model_file_that_does_not_exist(tmp_path):
 
 @pytest.mark.slow
 def test_the_bundled_model_loads_with_its_context():
-    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp", reason=LOCAL_MISSING)
     result = check_local_model(load_settings(local_context=2048))
     assert result.status == "ok", result
     assert "smollm2-135m-instruct" in result.detail

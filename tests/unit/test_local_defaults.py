@@ -169,17 +169,17 @@ class TestPreload:
     async def test_the_next_call_finds_the_model_loaded(self, setting):
         await asyncio.to_thread(close_models)
         provider = LocalProvider()
-        assert not provider.local_model().is_loaded
+        assert not (await provider.local_model_off_loop()).is_loaded
 
         assert await asyncio.to_thread(preload_default_model) is True
 
-        model = provider.local_model()
+        model = await provider.local_model_off_loop()
         assert model.is_loaded  # so the next call does not load it
         assert model.in_flight == 0
-        assert LocalProvider().local_model() is model
+        assert await LocalProvider().local_model_off_loop() is model
         completion = await provider.generate([Message.user("Hi")], max_tokens=2)
         assert completion.usage.output_tokens > 0
-        assert provider.local_model() is model
+        assert await provider.local_model_off_loop() is model
 
     @pytest.mark.parametrize("name", ["GATHERING_LOCAL_MODEL_PATH", "GATHERING_LOCAL_MODEL"])
     async def test_a_missing_model_file_is_a_warning(self, setting, tmp_path, name):
@@ -207,7 +207,7 @@ class TestPreload:
 
         assert [entry["event"] for entry in logs] == ["local_model_not_preloaded"]
         assert "llama-cpp-python" in logs[0]["detail"]
-        assert not LocalProvider().local_model().is_loaded
+        assert not (await LocalProvider().local_model_off_loop()).is_loaded
 
     async def test_a_missing_model_package_is_a_warning(self, setting, monkeypatch):
         real_find_spec = importlib.util.find_spec

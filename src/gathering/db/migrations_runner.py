@@ -7,6 +7,7 @@ Instances that start together serialize on one advisory lock and each migration 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import importlib.resources
@@ -18,6 +19,7 @@ import psycopg
 import structlog
 
 from gathering.db.locks import LockKey, advisory_key, wait_for_lock
+from gathering.db.named_queries import queries_of
 from gathering.errors import MigrationError
 
 log = structlog.get_logger(__name__)
@@ -25,6 +27,7 @@ log = structlog.get_logger(__name__)
 MIGRATIONS_PACKAGE = "gathering.db.migrations"
 MIGRATION_LOCK_KEY = advisory_key("migrations")
 MIGRATION_LOCK_WAIT = 600.0  # seconds to wait for another process applying migrations
+_SQL = queries_of("gathering.db")
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 
 _CREATE_TABLE = """
@@ -104,23 +107,23 @@ def _shipped_migrations() -> tuple[Migration, ...]:
 
 
 async def _has_vector(conn: psycopg.AsyncConnection[dict[str, object]]) -> bool:
-    cur = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+    cur = await conn.execute(_SQL["has_vector"])
     return await cur.fetchone() is not None
 
 
 async def _table_exists(conn: psycopg.AsyncConnection[dict[str, object]]) -> bool:
-    cur = await conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL AS ok")
+    cur = await conn.execute(_SQL["migrations_table_exists"])
     row = await cur.fetchone()
     return bool(row and row["ok"])
 
 
 async def read_status(conn: psycopg.AsyncConnection[dict[str, object]]) -> MigrationStatus:
     """Compare the database's `schema_migrations` with the shipped migrations."""
-    shipped = discover_migrations()
+    shipped = await asyncio.to_thread(discover_migrations)  # reads the files the first time
     status = MigrationStatus(vector=await _has_vector(conn))
     recorded: dict[int, str] = {}
     if await _table_exists(conn):
-        cur = await conn.execute("SELECT version, checksum FROM public.schema_migrations")
+        cur = await conn.execute(_SQL["applied_migrations"])
         recorded = {int(str(r["version"])): str(r["checksum"]) for r in await cur.fetchall()}
     known = {m.version for m in shipped}
     status.applied = sorted(recorded)
@@ -169,8 +172,7 @@ async def apply_migrations(
                     await conn.execute("SET LOCAL statement_timeout = 0")
                     await conn.execute(migration.sql)
                     await conn.execute(
-                        "INSERT INTO public.schema_migrations"
-                        " (version, name, checksum, duration_ms) VALUES ($1, $2, $3, $4)",
+                        _SQL["record_migration"],
                         (
                             migration.version,
                             migration.name,
@@ -195,4 +197,4 @@ async def apply_migrations(
         return applied
     finally:
         if not conn.closed and not conn.broken:
-            await conn.execute("SELECT pg_advisory_unlock($1)", (MIGRATION_LOCK_KEY,))
+            await conn.execute(_SQL["advisory_unlock"], (MIGRATION_LOCK_KEY,))

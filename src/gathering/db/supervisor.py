@@ -74,7 +74,7 @@ class EmbeddedSupervisor:
     """Watches the embedded server of `pgdata` and restarts it when it dies."""
 
     def __init__(self, pgdata: Path, *, interval: float = CHECK_INTERVAL) -> None:
-        self.pgdata = pgdata.resolve()
+        self.pgdata = pgdata  # resolved by `start`, off the event loop
         self.interval = interval
         self.restarts = 0
         self.state = SupervisorState(True, "watching the embedded PostgreSQL")
@@ -83,6 +83,7 @@ class EmbeddedSupervisor:
     async def start(self) -> None:
         """Start watching (in this event loop)."""
         if self._task is None:
+            self.pgdata = await asyncio.to_thread(self.pgdata.resolve)
             self._task = asyncio.create_task(self._watch(), name="embedded-postgres-supervisor")
 
     async def stop(self) -> None:

@@ -8,6 +8,7 @@ once), and marked `IS_TEMPLATE` only when complete, so a half-built one is never
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,8 +20,10 @@ from psycopg.rows import dict_row
 
 from gathering.db.locks import advisory_key
 from gathering.db.migrations_runner import apply_migrations, discover_migrations
+from gathering.db.named_queries import queries_of
 
 TEMPLATE_PREFIX = "gathering_template_"
+_SQL = queries_of("gathering.db")
 
 Connection = psycopg.AsyncConnection[Any]
 Connect = Callable[[str], Awaitable[Connection]]
@@ -60,33 +63,31 @@ async def create_migrated_database(
 
 async def ensure_template(server_url: str, connect: Connect) -> str:
     """The name of the complete template on `server_url`, built now if needed."""
-    name = template_name()
+    name = await asyncio.to_thread(template_name)  # reads the migration files the first time
     admin = await connect(server_url)
     try:
         if await _is_complete(admin, name):
             return name
-        await admin.execute("SELECT pg_advisory_lock($1)", (advisory_key("db-template"),))
+        await admin.execute(_SQL["advisory_lock"], (advisory_key("db-template"),))
         try:
             if not await _is_complete(admin, name):
                 await _build(admin, server_url, name, connect)
         finally:
-            await admin.execute("SELECT pg_advisory_unlock($1)", (advisory_key("db-template"),))
+            await admin.execute(_SQL["advisory_unlock"], (advisory_key("db-template"),))
     finally:
         await admin.close()
     return name
 
 
 async def _is_complete(admin: Connection, name: str) -> bool:
-    cur = await admin.execute("SELECT datistemplate FROM pg_database WHERE datname = $1", (name,))
+    cur = await admin.execute(_SQL["is_template"], (name,))
     row = await cur.fetchone()
     return bool(row and row["datistemplate"])
 
 
 async def _build(admin: Connection, server_url: str, name: str, connect: Connect) -> None:
     """Drop what a crashed build or older migrations left, create, migrate, mark complete."""
-    cur = await admin.execute(
-        "SELECT datname FROM pg_database WHERE datname LIKE $1", (f"{TEMPLATE_PREFIX}%",)
-    )
+    cur = await admin.execute(_SQL["databases_like"], (f"{TEMPLATE_PREFIX}%",))
     for row in await cur.fetchall():
         stale = sql.Identifier(str(row["datname"]))
         await admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(stale))

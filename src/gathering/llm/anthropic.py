@@ -162,6 +162,10 @@ class AnthropicProvider(BaseProvider):
         """The injected SDK client, or one built at first use (raises if no key is set)."""
         return self._client_for_this_loop(self._build_client)
 
+    async def loop_client(self) -> AsyncAnthropic:
+        """`client` for a call in the event loop (a new client is built on a worker thread)."""
+        return await self._client_built_off_loop(self._build_client)
+
     def endpoint(self) -> str:
         # The SDK reads ANTHROPIC_BASE_URL itself when no base_url is given.
         return self._base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_URL
@@ -199,7 +203,7 @@ class AnthropicProvider(BaseProvider):
         return params
 
     async def _complete(self, request: Request) -> Completion:
-        client = self.client
+        client = await self.loop_client()
         reply = await client.messages.create(**self._params(request))
         texts: list[str] = []
         calls: list[ToolCall] = []
@@ -220,7 +224,7 @@ class AnthropicProvider(BaseProvider):
     async def _stream_events(
         self, request: Request, assembler: StreamAssembler
     ) -> AsyncGenerator[StreamEvent, None]:
-        client = self.client
+        client = await self.loop_client()
         stream = await client.messages.create(**self._params(request), stream=True)
         tool_index_of_block: dict[int, int] = {}
         input_tokens = output_tokens = 0

@@ -457,12 +457,30 @@ class BaseProvider(ABC):
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if self._sdk_client is None or (loop is not None and loop is not self._sdk_client_loop):
-            client = build()  # no request yet; a missing key is reported first
-            ensure_model_requests_allowed(self.provider_name, self.endpoint())
-            self._sdk_client = client
-            self._sdk_client_loop = loop
+        if not self._has_client_for(loop):
+            self._adopt_client(build(), loop)  # no request yet; a missing key is reported first
         return cast(T, self._sdk_client)
+
+    async def _client_built_off_loop(self, build: Callable[[], T]) -> T:
+        """`_client_for_this_loop` for a call in the event loop: a new client is built on a
+        worker thread, since building one reads files (the CA bundle, the settings, modules
+        the SDK imports lazily)."""
+        if self._injected_client is not None:
+            return cast(T, self._injected_client)
+        loop = asyncio.get_running_loop()
+        if not self._has_client_for(loop):
+            client = await asyncio.to_thread(build)
+            if not self._has_client_for(loop):  # else a call beside this one built it first
+                self._adopt_client(client, loop)
+        return cast(T, self._sdk_client)
+
+    def _has_client_for(self, loop: asyncio.AbstractEventLoop | None) -> bool:
+        return self._sdk_client is not None and (loop is None or loop is self._sdk_client_loop)
+
+    def _adopt_client(self, client: object, loop: asyncio.AbstractEventLoop | None) -> None:
+        ensure_model_requests_allowed(self.provider_name, self.endpoint())
+        self._sdk_client = client
+        self._sdk_client_loop = loop
 
     def _timeout(self, options: GenerationOptions) -> float:
         return options.timeout if options.timeout is not None else self.timeout

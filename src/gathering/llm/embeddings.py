@@ -141,7 +141,7 @@ class OpenAIEmbeddingProvider(BaseEmbeddingProvider):
         extra: dict[str, Any] = {}
         if self._requested_dimensions:
             extra["dimensions"] = self._requested_dimensions
-        reply = await self._openai.client.embeddings.create(
+        reply = await (await self._openai.loop_client()).embeddings.create(
             model=self.model,
             input=texts,
             encoding_format="float",
@@ -168,7 +168,7 @@ class OllamaEmbeddingProvider(BaseEmbeddingProvider):
         super().__init__(self._ollama, dimensions)
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
-        reply = await self._ollama.client.embed(model=self.model, input=texts)
+        reply = await (await self._ollama.loop_client()).embed(model=self.model, input=texts)
         return [list(vector) for vector in reply.embeddings]
 
 
@@ -196,4 +196,5 @@ class LocalEmbeddingProvider(BaseEmbeddingProvider):
             vectors = llama.embed(texts, normalize=True, truncate=True)
             return [[float(x) for x in vector] for vector in vectors]
 
-        return await self._local.local_model(embedding=True).run(embed)
+        model = await self._local.local_model_off_loop(embedding=True)
+        return await model.run(embed)

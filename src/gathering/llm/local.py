@@ -236,16 +236,21 @@ class LocalProvider(BaseProvider):
                 hint=f"use {DEFAULT_MODEL!r} (bundled) or the path of a .gguf file",
             )
         self._model_path = Path(model_path) if model_path is not None else None
+        self._bundled_path: Path | None = None  # the bundled model's file, once found
         self.n_ctx = n_ctx
         self.n_threads = n_threads
 
     @property
     def model_path(self) -> Path:
         """The GGUF file this provider runs."""
+        return self._chosen_path() or self._bundled_path or shipped_model_path()
+
+    def _chosen_path(self) -> Path | None:
+        """The file given to this provider or in the settings; None for the bundled one."""
         if self._model_path is not None:
             return self._model_path
         configured = configured_value("local_model_path")
-        return Path(configured) if configured else shipped_model_path()
+        return Path(configured) if configured else None
 
     @property
     def context_window(self) -> int:
@@ -256,9 +261,16 @@ class LocalProvider(BaseProvider):
         """The process-wide model this provider runs (loaded by its first call)."""
         return local_model(ModelSpec(self.model_path, self.n_ctx, self.n_threads, embedding))
 
+    async def local_model_off_loop(self, *, embedding: bool = False) -> LocalModel:
+        """`local_model()` for a call in the event loop: finding the bundled model's file
+        lists a directory, so this provider's first look runs on a worker thread."""
+        if self._chosen_path() is None and self._bundled_path is None:
+            self._bundled_path = await asyncio.to_thread(shipped_model_path)
+        return self.local_model(embedding=embedding)
+
     async def loaded(self) -> LocalModel:
         """The model, loaded on its own thread if it was not yet."""
-        model = self.local_model()
+        model = await self.local_model_off_loop()
         await model.run(lambda llama: None)
         return model
 
@@ -276,7 +288,8 @@ class LocalProvider(BaseProvider):
                 for text in batch
             ]
 
-        return await self._translated(self.local_model().run(count))
+        model = await self.local_model_off_loop()
+        return await self._translated(model.run(count))
 
     async def _complete(self, request: Request) -> Completion:
         messages = local_messages(request.messages, request.tools)
@@ -285,7 +298,8 @@ class LocalProvider(BaseProvider):
         def complete(llama: Llama) -> Any:
             return llama.create_chat_completion(messages=cast(Any, messages), **sampling)
 
-        reply = await self.local_model().run(complete)
+        model = await self.local_model_off_loop()
+        reply = await model.run(complete)
         choice = reply["choices"][0]
         text, calls = extract_tool_calls(choice["message"].get("content") or "", request.tools)
         usage = reply.get("usage") or {}
@@ -330,7 +344,7 @@ class LocalProvider(BaseProvider):
             prompt = llama.n_tokens - produced + (1 if finish == "length" else 0)
             return finish, Usage(max(prompt, 0), produced)
 
-        job = self.local_model().submit(produce)
+        job = (await self.local_model_off_loop()).submit(produce)
         # The job's result reaches the loop after every piece it sent, so None comes last.
         job.add_done_callback(lambda _: pieces.put_nowait(None))
         collected: list[str] = []

@@ -144,6 +144,10 @@ class OllamaProvider(BaseProvider):
         """The injected SDK client, or one built at first use."""
         return self._client_for_this_loop(self._build_client)
 
+    async def loop_client(self) -> AsyncClient:
+        """`client` for a call in the event loop (a new client is built on a worker thread)."""
+        return await self._client_built_off_loop(self._build_client)
+
     def endpoint(self) -> str:
         return self.host
 
@@ -168,7 +172,7 @@ class OllamaProvider(BaseProvider):
         return params
 
     async def _complete(self, request: Request) -> Completion:
-        reply = await self.client.chat(**self._params(request), stream=False)
+        reply = await (await self.loop_client()).chat(**self._params(request), stream=False)
         calls = tuple(
             ToolCall(
                 id=new_call_id(),
@@ -188,7 +192,7 @@ class OllamaProvider(BaseProvider):
     async def _stream_events(
         self, request: Request, assembler: StreamAssembler
     ) -> AsyncGenerator[StreamEvent, None]:
-        parts = await self.client.chat(**self._params(request), stream=True)
+        parts = await (await self.loop_client()).chat(**self._params(request), stream=True)
         calls = 0
         async for part in parts:
             if part.message.content:

@@ -144,6 +144,10 @@ class OpenAIProvider(BaseProvider):
         used without a key)."""
         return self._client_for_this_loop(self._build_client)
 
+    async def loop_client(self) -> AsyncOpenAI:
+        """`client` for a call in the event loop (a new client is built on a worker thread)."""
+        return await self._client_built_off_loop(self._build_client)
+
     def endpoint(self) -> str:
         return self.base_url or OPENAI_URL
 
@@ -186,7 +190,7 @@ class OpenAIProvider(BaseProvider):
         return params
 
     async def _complete(self, request: Request) -> Completion:
-        client = self.client
+        client = await self.loop_client()
         reply = await client.chat.completions.create(**self._params(request))
         if not reply.choices:
             raise ProviderUnavailableError(f"{self.provider_name} returned no choices")
@@ -208,7 +212,7 @@ class OpenAIProvider(BaseProvider):
     async def _stream_events(
         self, request: Request, assembler: StreamAssembler
     ) -> AsyncGenerator[StreamEvent, None]:
-        client = self.client
+        client = await self.loop_client()
         stream = await client.chat.completions.create(
             **self._params(request), stream=True, stream_options={"include_usage": True}
         )

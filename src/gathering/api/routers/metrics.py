@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -52,5 +53,6 @@ async def metrics(request: Request) -> Response:
     bus = app_state(request).running_event_bus()
     if bus is not None:
         record_event_stats(bus.stats())
-    payload, content_type = metrics_payload()
+    # Off the loop: the process collector reads /proc, and the exposition is CPU work.
+    payload, content_type = await asyncio.to_thread(metrics_payload)
     return Response(payload, media_type=content_type)
