@@ -22,7 +22,6 @@ from gathering.config import load_settings
 
 KEY = "k" * 64
 PASSWORD = "correct horse battery staple"
-SYSTEM_POSTGRES = "postgresql://127.0.0.1:5432/postgres"
 
 
 class BagOfWordsEmbedder:
@@ -232,11 +231,25 @@ async def test_unknown_ids_are_404(api, method, path, body):
         "/memories/agents/0",
         f"/memories/{2**63}",
         "/memories/knowledge/0",
-        "/memories/abc",
     ],
 )
 async def test_out_of_range_ids_are_422(api, path):
     assert (await api.get(path)).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/memories/abc", None),
+        # Ids are whole numbers in the path itself: these are other routes, not bad ids.
+        ("DELETE", "/memories/knowledge", "GET, POST"),
+        ("GET", "/memories/knowledge/search", "POST"),
+    ],
+)
+async def test_a_path_that_is_no_id_is_no_route(api, method, path, allowed):
+    response = await api.request(method, path)
+    assert response.status_code == (405 if allowed else 404)
+    assert response.headers.get("allow") == allowed
 
 
 async def test_bad_list_parameters_are_422(api):
@@ -420,16 +433,13 @@ def test_get_embedder_follows_the_settings(migrated_database_url):
 
 
 @pytest.fixture
-def plain_database_url():
-    """An empty database on the machine's PostgreSQL 15, which has no pgvector."""
-    try:
-        with psycopg.connect(SYSTEM_POSTGRES, autocommit=True, connect_timeout=2) as conn:
-            name = f"gathering_test_{secrets.token_hex(6)}"
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.OperationalError:
-        pytest.skip("no PostgreSQL without pgvector at 127.0.0.1:5432")
-    yield make_conninfo(SYSTEM_POSTGRES, dbname=name)
-    with psycopg.connect(SYSTEM_POSTGRES, autocommit=True) as conn:
+def plain_database_url(no_vector_server_url):
+    """An empty database on a server without pgvector (the machine's PostgreSQL 15)."""
+    name = f"gathering_test_{secrets.token_hex(6)}"
+    with psycopg.connect(no_vector_server_url, autocommit=True, connect_timeout=2) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(no_vector_server_url, dbname=name)
+    with psycopg.connect(no_vector_server_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# PostgreSQL cannot store a NUL character in text or JSON.
+NO_NUL = r"^[^\x00]*$"
+Item = Annotated[str, Field(max_length=200, pattern=NO_NUL)]
 
 
 class Persona(BaseModel):
@@ -13,21 +17,19 @@ class Persona(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    role: str = Field(default="", max_length=200)
-    traits: tuple[str, ...] = Field(default=(), max_length=20)
-    communication_style: str = Field(default="", max_length=500)
-    specializations: tuple[str, ...] = Field(default=(), max_length=30)
-    base_prompt: str = Field(default="", max_length=20_000)
-    language: str = Field(default="en", min_length=2, max_length=35)
+    role: str = Field(default="", max_length=200, pattern=NO_NUL)
+    traits: tuple[Item, ...] = Field(default=(), max_length=20)
+    communication_style: str = Field(default="", max_length=500, pattern=NO_NUL)
+    specializations: tuple[Item, ...] = Field(default=(), max_length=30)
+    base_prompt: str = Field(default="", max_length=20_000, pattern=NO_NUL)
+    language: str = Field(default="en", min_length=2, max_length=35, pattern=NO_NUL)
 
     @field_validator("traits", "specializations", mode="before")
     @classmethod
     def _strip_items(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, list | tuple):
-            return tuple(str(item).strip() for item in value if str(item).strip())
-        return value
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+            return tuple(item.strip() for item in value if item.strip())
+        return value  # anything else: pydantic refuses it as not a list of strings
 
     @classmethod
     def from_value(cls, value: Persona | Mapping[str, Any] | None) -> Persona:

@@ -12,6 +12,7 @@ from gathering import __version__
 from gathering.api.body_limit import BodyLimitMiddleware
 from gathering.api.errors import install_error_handlers
 from gathering.api.middleware import RequestContextMiddleware
+from gathering.api.openapi import install_openapi
 from gathering.api.routers import (
     agents,
     api_docs,
@@ -97,6 +98,7 @@ def create_app(
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)
+    install_openapi(app, settings)
     return app
 
 

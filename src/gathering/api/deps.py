@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from starlette.requests import HTTPConnection
 
+from gathering.api.fields import WholeNumber
 from gathering.api.security.dependencies import (
     account_services,
     current_principal,
@@ -46,7 +47,7 @@ BusDep = Annotated[EventBus, Depends(get_bus)]
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 AccountsDep = Annotated[AuthServices, Depends(account_services)]
-AgentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The agent's id")]
+AgentId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The agent's id")]
 AgentsReader = Annotated[Principal, Depends(require_scope("agents:read"))]
 AgentsWriter = Annotated[Principal, Depends(require_scope("agents:write"))]
 MemoriesReader = Annotated[Principal, Depends(require_scope("memories:read"))]

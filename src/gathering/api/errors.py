@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gathering.api.routes import allowed_methods
 from gathering.errors import DatabaseError, GatheringError, LLMError, MigrationError
 
 log = structlog.get_logger(__name__)
@@ -112,7 +113,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return problem(exc.status_code, code, str(exc.detail))
+    response = problem(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the methods of one route; list every one
+        response.headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+    return response
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

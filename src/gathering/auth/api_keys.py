@@ -15,15 +15,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gathering.db import Database
+from gathering.db.named_queries import queries_of
 from gathering.errors import InvalidInputError
 
 KEY_MARKER = "gth"
 MAX_SCOPES = 32
-_SCOPE = re.compile(
+SCOPE_PATTERN = (
     r"^(\*|admin|[a-z][a-z0-9_-]{0,39}:(\*|[a-z][a-z0-9_-]{0,39})|\*:[a-z][a-z0-9_-]{0,39})$"
 )
+_SCOPE = re.compile(SCOPE_PATTERN)
 _PREFIX = re.compile(r"^[0-9a-f]{12}$")
 _DUMMY_DIGEST = hashlib.sha256(b"no such key").hexdigest()
+_SQL = queries_of("gathering.auth")
 
 
 def _digest(secret: str) -> str:
@@ -92,8 +95,7 @@ class ApiKeyStore:
             datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
         )
         row = await self.db.fetch_one(
-            "INSERT INTO auth.api_keys (user_id, name, prefix, secret_hash, scopes, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+            _SQL["insert_api_key"],
             user_id,
             name,
             prefix,
@@ -110,52 +112,30 @@ class ApiKeyStore:
         prefix, _, secret = rest.partition("_")
         well_formed = marker == KEY_MARKER and bool(_PREFIX.match(prefix)) and bool(secret)
         row = (
-            await self.db.fetch_one(
-                "SELECT * FROM auth.api_keys WHERE prefix = $1 AND revoked_at IS NULL"
-                " AND (expires_at IS NULL OR expires_at > now())",
-                prefix,
-            )
-            if well_formed
-            else None
+            await self.db.fetch_one(_SQL["live_api_key_by_prefix"], prefix) if well_formed else None
         )
         stored = row["secret_hash"] if row else _DUMMY_DIGEST
         matches = hmac.compare_digest(_digest(secret), stored)
         if row is None or not matches:
             return None
-        await self.db.execute(
-            "UPDATE auth.api_keys SET last_used_at = now() WHERE id = $1"
-            " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-            row["id"],
-        )
+        await self.db.execute(_SQL["touch_api_key"], row["id"])
         return ApiKey.from_row(row)
 
     async def list_keys(self, user_id: int | None) -> list[ApiKey]:
         """Keys of `user_id` (every user's when None), newest first."""
-        rows = await self.db.fetch_all(
-            "SELECT * FROM auth.api_keys WHERE ($1::bigint IS NULL OR user_id = $1)"
-            " ORDER BY id DESC",
-            user_id,
-        )
+        rows = await self.db.fetch_all(_SQL["list_api_keys"], user_id)
         return [ApiKey.from_row(row) for row in rows]
 
     async def get(self, key_id: int) -> ApiKey | None:
-        row = await self.db.fetch_one("SELECT * FROM auth.api_keys WHERE id = $1", key_id)
+        row = await self.db.fetch_one(_SQL["api_key_by_id"], key_id)
         return ApiKey.from_row(row) if row else None
 
     async def revoke(self, key_id: int) -> bool:
         """Revoke a key; False when it was revoked already (or does not exist)."""
-        row = await self.db.execute(
-            "UPDATE auth.api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
-            " RETURNING id",
-            key_id,
-        )
+        row = await self.db.execute(_SQL["revoke_api_key"], key_id)
         return row is not None
 
     async def revoke_user_keys(self, user_id: int) -> int:
         """Revoke every live key of `user_id` (disable, password reset); return how many."""
-        count = await self.db.fetch_val(
-            "WITH gone AS (UPDATE auth.api_keys SET revoked_at = now()"
-            " WHERE user_id = $1 AND revoked_at IS NULL RETURNING 1) SELECT count(*) FROM gone",
-            user_id,
-        )
+        count = await self.db.fetch_val(_SQL["revoke_user_api_keys"], user_id)
         return int(count or 0)

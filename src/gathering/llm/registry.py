@@ -51,7 +51,7 @@ _providers: dict[str, ProviderFactory] = {
     "openai": openai.OpenAIProvider,
     "ollama": ollama.OllamaProvider,
     "local": local.LocalProvider,
-    "scripted": scripted.ScriptedProvider,
+    "scripted": scripted.echo_provider,
 }
 
 _embedding_providers: dict[str, EmbeddingFactory] = {
@@ -59,6 +59,10 @@ _embedding_providers: dict[str, EmbeddingFactory] = {
     "ollama": OllamaEmbeddingProvider,
     "local": LocalEmbeddingProvider,
 }
+
+
+# Providers for tests and demos: the API accepts them only with GATHERING_ENV=development.
+TEST_PROVIDERS = frozenset({"scripted"})
 
 
 def known_providers() -> list[str]:

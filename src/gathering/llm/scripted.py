@@ -176,3 +176,15 @@ class ScriptedProvider(BaseProvider):
 
     def _translate_error(self, exc: Exception) -> LLMError | None:
         return None
+
+
+def _echo(messages: Sequence[Message]) -> str:
+    return next((m.content for m in reversed(messages) if m.role == "user"), "")
+
+
+def echo_provider(
+    model: str = DEFAULT_MODEL, **options: Unpack[ProviderOptions]
+) -> ScriptedProvider:
+    """The scripted provider as the registry builds it (an agent made by the API or the CLI):
+    with no script to follow, it answers each turn with the user's last message."""
+    return ScriptedProvider(_echo, model, **options)

@@ -12,7 +12,14 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from gathering.agents import (
     Agent,
@@ -25,9 +32,19 @@ from gathering.agents import (
     ToolStarted,
     TurnResult,
 )
+from gathering.agents.knowledge import MAX_CATEGORY_CHARS
 from gathering.agents.turn_loop import IDEMPOTENCY_KEY_PATTERN, Outcome
-from gathering.api.deps import AgentId, AgentsReader, AgentsWriter, BusDep, DbDep, app_state
+from gathering.api.deps import (
+    MAX_ID,
+    AgentId,
+    AgentsReader,
+    AgentsWriter,
+    BusDep,
+    DbDep,
+    app_state,
+)
 from gathering.api.errors import public_error
+from gathering.api.fields import Flag, Integer, WholeNumber, line, text
 from gathering.api.security import (
     Principal,
     ensure_owner,
@@ -39,6 +56,7 @@ from gathering.db import Database
 from gathering.errors import GatheringError, InvalidInputError, NotFoundError
 from gathering.events import Event
 from gathering.llm import TextDelta, default_model, default_provider_name, known_providers
+from gathering.llm.registry import TEST_PROVIDERS
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -56,16 +74,19 @@ IdempotencyKey = Annotated[
         "of the first request instead of a second turn.",
     ),
 ]
-TEST_PROVIDERS = frozenset({"scripted"})  # accepted only with GATHERING_ENV=development
 
 
 def _check_provider(value: str | None) -> str | None:
-    if value is None:
-        return None
-    name = value.strip().lower()
-    if name not in known_providers():
+    if value is not None and value not in known_providers():
         raise ValueError(f"unknown provider {value!r}; known: {', '.join(known_providers())}")
-    return name
+    return value
+
+
+# Without GATHERING_ENV=development, the schema leaves out the test providers (api/openapi.py).
+ProviderName = Annotated[
+    str, WithJsonSchema({"type": "string", "enum": [*known_providers()]}, mode="validation")
+]
+ProviderField = Field(default=None, description="The model provider; left out: the default one")
 
 
 class _ProviderChecked(BaseModel):
@@ -84,12 +105,30 @@ KNOWLEDGE_DESCRIPTION = (
 
 
 class KnowledgeSelection(BaseModel):
-    """Some categories and/or documents of the knowledge base."""
+    """Some categories and/or documents of the knowledge base (not both empty)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"minItems": 1}}}
+                for name in ("categories", "documents")
+            ]
+        },
+    )
 
-    categories: list[str] = Field(default_factory=list, max_length=50)
-    documents: list[int] = Field(default_factory=list, max_length=50)
+    categories: list[Annotated[str, line(MAX_CATEGORY_CHARS)]] = Field(
+        default_factory=list, max_length=50
+    )
+    documents: list[Annotated[Integer, Field(ge=1, le=MAX_ID)]] = Field(
+        default_factory=list, max_length=50
+    )
+
+    @model_validator(mode="after")
+    def _names_something(self) -> KnowledgeSelection:
+        if not self.categories and not self.documents:
+            raise ValueError('name some categories or documents (or use "all")')
+        return self
 
 
 KnowledgeField = Literal["all"] | KnowledgeSelection | None
@@ -104,24 +143,24 @@ def _knowledge(value: KnowledgeField) -> KnowledgeScope | None:
 class AgentCreate(_ProviderChecked):
     """A new agent. Without a provider, the default one is used (`local` when no key is set)."""
 
-    name: str = Field(min_length=1, max_length=100, pattern=r"\S")
-    provider: str | None = Field(default=None, max_length=50)
-    model: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str = line(100)
+    provider: ProviderName | None = ProviderField
+    model: str | None = line(200, default=None)
     persona: Persona = Field(default_factory=Persona)
     project: str | None = Field(default=None, max_length=4000)
-    max_iterations: int = Field(default=8, ge=1, le=50)
+    max_iterations: Integer = Field(default=8, ge=1, le=50)
     knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
 
 
 class AgentUpdate(_ProviderChecked):
     """Fields to change; those left out stay as they are."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"\S")
-    provider: str | None = Field(default=None, max_length=50)
-    model: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str | None = line(100, default=None)
+    provider: ProviderName | None = ProviderField
+    model: str | None = line(200, default=None)
     persona: Persona | None = None
     project: str | None = Field(default=None, max_length=4000)
-    max_iterations: int | None = Field(default=None, ge=1, le=50)
+    max_iterations: Integer | None = Field(default=None, ge=1, le=50)
     knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
 
 
@@ -156,8 +195,8 @@ class AgentOut(BaseModel):
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(min_length=1, max_length=100_000, pattern=r"\S")
-    new_session: bool = Field(default=False, description="Start a fresh conversation first")
+    message: str = text(100_000)
+    new_session: Flag = Field(default=False, description="Start a fresh conversation first")
 
 
 class UsageOut(BaseModel):
@@ -275,7 +314,14 @@ async def list_agents(principal: AgentsReader, db: DbDep) -> list[AgentOut]:
     return [_out(r) for r in records]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Create an agent")
+_NAME_TAKEN: dict[int | str, dict[str, Any]] = {
+    409: {"description": "You have another agent of that name"}
+}
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, summary="Create an agent", responses=_NAME_TAKEN
+)
 async def create_agent(
     request: Request,
     body: AgentCreate,
@@ -311,7 +357,7 @@ async def get_agent(
     return _out(await _owned(request, principal, db, agent_id))
 
 
-@router.patch("/{agent_id}", summary="Change an agent")
+@router.patch("/{agent_id}", summary="Change an agent", responses=_NAME_TAKEN)
 async def update_agent(
     request: Request,
     agent_id: AgentId,
@@ -387,7 +433,9 @@ def _chat_response(result: TurnResult) -> ChatResponse:
 _CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"description": "agent_busy (with Retry-After), or a reused idempotency key"},
     429: {"description": "the chat rate tier, or too many of your turns running at once"},
+    502: {"description": "the model provider failed or refused the request"},
     503: {"description": "the model or the database is unavailable (provider_busy: Retry-After)"},
+    504: {"description": "the model provider did not answer in time"},
 }
 
 
@@ -498,7 +546,7 @@ async def history(
     agent_id: AgentId,
     principal: AgentsReader,
     db: DbDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[WholeNumber, Query(ge=1, le=1000)] = 100,
 ) -> list[HistoryMessage]:
     record = await _owned(request, principal, db, agent_id)
     store = PostgresAgentStore(db)

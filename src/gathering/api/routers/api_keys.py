@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from gathering.api.deps import AccountsDep
-from gathering.api.routers.auth import PlainText
+from gathering.api.fields import Integer, WholeNumber, line
 from gathering.api.security.dependencies import (
     audit_denial,
     ensure_owner,
@@ -23,6 +23,7 @@ from gathering.api.security.dependencies import (
 )
 from gathering.api.security.origin import request_origin
 from gathering.auth.accounts import Actor
+from gathering.auth.api_keys import SCOPE_PATTERN
 from gathering.auth.principal import Principal
 from gathering.errors import PermissionDeniedError
 
@@ -38,14 +39,14 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 class ApiKeyCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: PlainText = Field(min_length=1, max_length=100, examples=["nightly import"])
-    scopes: list[Annotated[str, Field(max_length=81)]] = Field(
+    name: str = line(100, examples=["nightly import"])
+    scopes: list[Annotated[str, Field(max_length=81, pattern=SCOPE_PATTERN)]] = Field(
         min_length=1,
         max_length=32,
         examples=[["agents:read", "circles:*"]],
         description="`*`, `admin`, `resource:action`, `resource:*` or `*:action`",
     )
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    expires_in_days: Integer | None = Field(default=None, ge=1, le=3650)
 
 
 class ApiKeyResponse(BaseModel):
@@ -119,7 +120,7 @@ async def list_api_keys(
     response_class=Response,
 )
 async def revoke_api_key(
-    key_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
+    key_id: Annotated[WholeNumber, PathParam(ge=1, le=2**63 - 1)],
     request: Request,
     principal: KeysWriter,
     auth: AccountsDep,

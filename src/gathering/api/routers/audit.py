@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from gathering.api.deps import AdminPrincipal
+from gathering.api.fields import IsoDatetime, WholeNumber
 from gathering.api.security.dependencies import security_state
 from gathering.auth.audit import MAX_QUERY_LIMIT, AuditFilter
 
@@ -49,7 +50,7 @@ async def list_audit_entries(
     ] = None,
     outcome: Literal["success", "failure", "denied"] | None = None,
     actor_id: Annotated[
-        int | None, Query(ge=1, le=2**63 - 1, description="Who acted (a user id)")
+        WholeNumber | None, Query(ge=1, le=2**63 - 1, description="Who acted (a user id)")
     ] = None,
     target_type: Annotated[
         str | None,
@@ -61,12 +62,13 @@ async def list_audit_entries(
     subject: Annotated[str | None, Query(max_length=254)] = None,
     ip: Annotated[str | None, Query(max_length=100)] = None,
     request_id: Annotated[str | None, Query(max_length=128)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDatetime | None = None,
+    until: IsoDatetime | None = None,
     before_id: Annotated[
-        int | None, Query(ge=1, le=2**63 - 1, description="Page: entries older than this id")
+        WholeNumber | None,
+        Query(ge=1, le=2**63 - 1, description="Page: entries older than this id"),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)] = 100,
+    limit: Annotated[WholeNumber, Query(ge=1, le=MAX_QUERY_LIMIT)] = 100,
 ) -> list[AuditEntry]:
     audit = (await security_state(request).services()).audit
     rows = await audit.query(

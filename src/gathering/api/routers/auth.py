@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, Request, Response, status
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from gathering.api.deps import AccountsDep, CurrentPrincipal, EventsReader
 from gathering.api.security.dependencies import (
@@ -33,15 +31,6 @@ from gathering.errors import (
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 LOGIN_FAILED = "invalid email or password"
-
-
-def _printable(value: str) -> str:
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ValueError("control characters are not allowed")
-    return value
-
-
-PlainText = Annotated[str, AfterValidator(_printable)]
 
 
 class LoginRequest(BaseModel):

@@ -12,12 +12,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field
+from pydantic import Tag as Variant
 
 from gathering.agents import PostgresAgentStore
 from gathering.agents.knowledge import (
     MAX_CATEGORY_CHARS,
     MAX_DOCUMENT_CHARS,
+    MAX_METADATA_BYTES,
     MAX_SOURCE_CHARS,
     MAX_TITLE_CHARS,
     KnowledgeBase,
@@ -32,6 +34,7 @@ from gathering.agents.long_term_memory import (
     embedder_from_settings,
     get_memory,
 )
+from gathering.agents.persona import NO_NUL
 from gathering.agents.retrieval import MAX_QUERY_CHARS, MAX_SCOPE_ID_CHARS, Scope, ScopeRef
 from gathering.api.deps import (
     MAX_ID,
@@ -40,6 +43,16 @@ from gathering.api.deps import (
     MemoriesReader,
     MemoriesWriter,
     app_state,
+)
+from gathering.api.fields import (
+    DIGITS_PATTERN,
+    LINE_PATTERN,
+    Flag,
+    Integer,
+    Number,
+    WholeNumber,
+    line,
+    text,
 )
 from gathering.api.security import (
     Principal,
@@ -53,10 +66,14 @@ from gathering.llm.embeddings import EmbeddingProvider
 
 router = APIRouter(prefix="/memories", tags=["memories"])
 
-MemoryId = Annotated[int, Path(ge=1, le=MAX_ID, description="The memory's id")]
-DocumentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The document's id")]
-ScopeId = Annotated[str, Field(min_length=1, max_length=MAX_SCOPE_ID_CHARS, pattern=r"\S")]
-Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS, pattern=r"\S")]
+MemoryId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The memory's id")]
+DocumentId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The document's id")]
+ScopeId = Annotated[str, line(MAX_SCOPE_ID_CHARS)]
+AgentScopeId = Annotated[
+    str, Field(pattern=DIGITS_PATTERN, description='The agent\'s id, e.g. "12"')
+]
+Tag = Annotated[str, line(MAX_TAG_CHARS)]
+Category = Annotated[str, line(MAX_CATEGORY_CHARS)]
 
 
 def get_embedder(request: Request) -> EmbeddingProvider | None:
@@ -64,13 +81,13 @@ def get_embedder(request: Request) -> EmbeddingProvider | None:
     return embedder_from_settings(app_state(request).settings)
 
 
+# Query parameters take their rules as keywords (a `Field` cannot go inside `Query`).
+CATEGORY = {"min_length": 1, "max_length": MAX_CATEGORY_CHARS, "pattern": LINE_PATTERN}
+SCOPE_ID = {"min_length": 1, "max_length": MAX_SCOPE_ID_CHARS, "pattern": LINE_PATTERN}
+NoNul = Annotated[str, Field(max_length=10_000, pattern=NO_NUL)]
+MetaKey = Annotated[str, Field(max_length=200, pattern=NO_NUL)]
+MetaScalar = NoNul | Integer | Number | Flag | None
 Embedder = Annotated[EmbeddingProvider | None, Depends(get_embedder)]
-
-
-def _no_nul(value: str | None) -> str | None:
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
 
 
 class _Body(BaseModel):
@@ -80,96 +97,143 @@ class _Body(BaseModel):
 # --- bodies -----------------------------------------------------------------------------------
 
 
-class RememberRequest(_Body):
-    """A memory to store. Scope "agent" keeps it private to the agent; "circle" and "project"
-    share it with that circle or project (`scope_id` required), "global" with all the owner's
-    agents."""
-
-    content: str = Field(min_length=1, max_length=MAX_MEMORY_CHARS, pattern=r"\S")
+class _Memory(_Body):
+    content: str = text(MAX_MEMORY_CHARS)
     kind: MemoryKind = "fact"
-    importance: float = Field(default=0.5, ge=0, le=1)
+    importance: Number = Field(default=0.5, ge=0, le=1)
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
-    scope: Scope = "agent"
-    scope_id: ScopeId | None = None
 
-    _check_content = field_validator("content")(_no_nul)
 
-    @model_validator(mode="after")
-    def _scope_id_matches_scope(self) -> RememberRequest:
-        if self.scope == "global" and self.scope_id is not None:
-            raise ValueError("scope_id must be left out for the global scope")
-        if self.scope in ("circle", "project") and self.scope_id is None:
-            raise ValueError(f"scope_id is required for the {self.scope} scope")
-        if self.scope == "agent" and self.scope_id is not None:
-            raise ValueError("scope_id must be left out for the agent scope (it is the agent)")
-        return self
+class AgentMemoryIn(_Memory):
+    """A memory private to the agent (the default scope)."""
+
+    scope: Literal["agent"] = "agent"
+    scope_id: None = Field(default=None, description="Left out: the agent is the scope")
+
+
+class SharedMemoryIn(_Memory):
+    """A memory shared with a circle or a project, named by `scope_id`."""
+
+    scope: Literal["circle", "project"]
+    scope_id: ScopeId
+
+
+class GlobalMemoryIn(_Memory):
+    """A memory shared with all the owner's agents."""
+
+    scope: Literal["global"]
+    scope_id: None = None
+
+
+def _variant(default: str) -> Any:
+    """A discriminator on `scope` (`default` when left out): agent, shared or global."""
+
+    def variant(value: Any) -> str | None:
+        if isinstance(value, dict):
+            scope = value.get("scope", default)
+        else:  # a model already built, or not an object at all (pydantic refuses it)
+            scope = getattr(value, "scope", None)
+        if not isinstance(scope, str):
+            return None  # pydantic answers that no variant matches
+        return {"circle": "shared", "project": "shared"}.get(scope, scope)
+
+    return Discriminator(variant)
+
+
+RememberRequest = Annotated[
+    Annotated[AgentMemoryIn, Variant("agent")]
+    | Annotated[SharedMemoryIn, Variant("shared")]
+    | Annotated[GlobalMemoryIn, Variant("global")],
+    _variant("agent"),
+]
 
 
 class RecallRequest(_Body):
     """What to recall. `circle_ids` / `project_ids` name the circles and projects whose shared
     memories the agent may read."""
 
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")
-    limit: int = Field(default=5, ge=1, le=100)
+    query: str = text(MAX_QUERY_CHARS)
+    limit: Integer = Field(default=5, ge=1, le=100)
     scopes: list[Scope] | None = Field(default=None, max_length=4)
     kinds: list[MemoryKind] | None = Field(default=None, max_length=16)
     tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS)
-    min_score: float = Field(default=0.0, ge=0, le=1)
+    min_score: Number = Field(default=0.0, ge=0, le=1)
     circle_ids: list[ScopeId] = Field(default_factory=list, max_length=100)
     project_ids: list[ScopeId] = Field(default_factory=list, max_length=100)
 
-    _check_query = field_validator("query")(_no_nul)
+
+class AgentRefIn(_Body):
+    """One agent's scope, or (without `scope_id`) every agent's."""
+
+    scope: Literal["agent"]
+    scope_id: AgentScopeId | None = None
 
 
-class ScopeRefIn(_Body):
-    """A scope to search in; without `scope_id`, every scope of that kind."""
+class SharedRefIn(_Body):
+    """One circle or project, or (without `scope_id`) every one."""
 
-    scope: Scope
+    scope: Literal["circle", "project"]
     scope_id: ScopeId | None = None
 
-    @model_validator(mode="after")
-    def _global_has_no_id(self) -> ScopeRefIn:
-        if self.scope == "global" and self.scope_id is not None:
-            raise ValueError("scope_id must be left out for the global scope")
-        if self.scope == "agent" and self.scope_id is not None and not self.scope_id.isdigit():
-            raise ValueError("scope_id of the agent scope is an agent id")
-        return self
+
+class GlobalRefIn(_Body):
+    scope: Literal["global"]
+    scope_id: None = None
 
 
-class DocumentCreate(_Body):
+ScopeRefIn = Annotated[AgentRefIn | SharedRefIn | GlobalRefIn, Field(discriminator="scope")]
+
+
+class _Document(_Body):
     """A document for the knowledge base; it is cut into chunks and indexed."""
 
-    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS, pattern=r"\S")
-    content: str = Field(min_length=1, max_length=MAX_DOCUMENT_CHARS, pattern=r"\S")
-    category: str = Field(
-        default="general", min_length=1, max_length=MAX_CATEGORY_CHARS, pattern=r"\S"
+    title: str = line(MAX_TITLE_CHARS)
+    content: str = text(MAX_DOCUMENT_CHARS)
+    category: Category = "general"
+    source: str | None = text(MAX_SOURCE_CHARS, default=None)
+    metadata: dict[MetaKey, MetaScalar | list[MetaScalar]] = Field(
+        default_factory=dict,
+        max_length=50,
+        description=f"Flat key/value data kept with the document; at most "
+        f"{MAX_METADATA_BYTES // 1000} KB as JSON",
     )
-    scope: Scope = "global"
-    scope_id: ScopeId | None = None
-    source: str | None = Field(default=None, min_length=1, max_length=MAX_SOURCE_CHARS)
-    metadata: dict[str, Any] = Field(default_factory=dict)
 
-    _check_text = field_validator("title", "content", "category", "source")(_no_nul)
 
-    @model_validator(mode="after")
-    def _scope_id_matches_scope(self) -> DocumentCreate:
-        if self.scope == "global" and self.scope_id is not None:
-            raise ValueError("scope_id must be left out for the global scope")
-        if self.scope != "global" and self.scope_id is None:
-            raise ValueError(f"scope_id is required for the {self.scope} scope")
-        if self.scope == "agent" and not (self.scope_id or "").isdigit():
-            raise ValueError("scope_id of the agent scope is an agent id")
-        return self
+class GlobalDocumentIn(_Document):
+    """A document every agent of the owner may use (the default scope)."""
+
+    scope: Literal["global"] = "global"
+    scope_id: None = None
+
+
+class AgentDocumentIn(_Document):
+    """A document for one agent, named by its id."""
+
+    scope: Literal["agent"]
+    scope_id: AgentScopeId
+
+
+class SharedDocumentIn(_Document):
+    """A document for a circle or a project, named by `scope_id`."""
+
+    scope: Literal["circle", "project"]
+    scope_id: ScopeId
+
+
+DocumentCreate = Annotated[
+    Annotated[GlobalDocumentIn, Variant("global")]
+    | Annotated[AgentDocumentIn, Variant("agent")]
+    | Annotated[SharedDocumentIn, Variant("shared")],
+    _variant("global"),
+]
 
 
 class KnowledgeSearchRequest(_Body):
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")
-    limit: int = Field(default=5, ge=1, le=100)
-    category: str | None = Field(default=None, min_length=1, max_length=MAX_CATEGORY_CHARS)
+    query: str = text(MAX_QUERY_CHARS)
+    limit: Integer = Field(default=5, ge=1, le=100)
+    category: Category | None = None
     scopes: list[ScopeRefIn] | None = Field(default=None, max_length=100)
-    min_score: float = Field(default=0.0, ge=0, le=1)
-
-    _check_query = field_validator("query")(_no_nul)
+    min_score: Number = Field(default=0.0, ge=0, le=1)
 
 
 # --- responses --------------------------------------------------------------------------------
@@ -297,12 +361,16 @@ async def _agent_memory(
 async def list_documents(
     principal: MemoriesReader,
     db: DbDep,
-    category: Annotated[str | None, Query(min_length=1, max_length=MAX_CATEGORY_CHARS)] = None,
+    category: Annotated[str | None, Query(**CATEGORY)] = None,
     scope: Annotated[Scope | None, Query()] = None,
-    scope_id: Annotated[str | None, Query(min_length=1, max_length=MAX_SCOPE_ID_CHARS)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    scope_id: Annotated[
+        str | None, Query(**SCOPE_ID, description="With `scope`: only that one")
+    ] = None,
+    limit: Annotated[WholeNumber, Query(ge=1, le=500)] = 50,
+    offset: Annotated[WholeNumber, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[DocumentOut]:
+    if scope == "global" and scope_id is not None:
+        return []  # global documents have no scope id: none matches
     scopes = None if scope is None else [ScopeRef(scope, scope_id)]
     documents = await KnowledgeBase(db, owner_id=principal.owner_filter).list_documents(
         category=category, scopes=scopes, limit=limit, offset=offset
@@ -315,6 +383,7 @@ async def list_documents(
     status_code=status.HTTP_201_CREATED,
     summary="Add a document (chunked and indexed)",
     dependencies=[rate_limit("bulk")],
+    responses={404: {"description": "The agent of an agent-scoped document is not found"}},
 )
 async def add_document(
     body: DocumentCreate,
@@ -362,7 +431,7 @@ async def search_knowledge(
 
 
 @router.get(
-    "/knowledge/{document_id}", summary="One document", dependencies=[rate_limit("relaxed")]
+    "/knowledge/{document_id:int}", summary="One document", dependencies=[rate_limit("relaxed")]
 )
 async def get_document(
     document_id: DocumentId,
@@ -378,7 +447,7 @@ async def get_document(
 
 
 @router.delete(
-    "/knowledge/{document_id}",
+    "/knowledge/{document_id:int}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a document and its chunks",
 )
@@ -437,11 +506,11 @@ async def list_memories(
     db: DbDep,
     scope: Annotated[list[Scope] | None, Query(max_length=4)] = None,
     kind: Annotated[list[MemoryKind] | None, Query(max_length=16)] = None,
-    tag: Annotated[list[str] | None, Query(max_length=MAX_TAGS)] = None,
-    circle_id: Annotated[list[str] | None, Query(max_length=100)] = None,
-    project_id: Annotated[list[str] | None, Query(max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    tag: Annotated[list[Tag] | None, Query(max_length=MAX_TAGS)] = None,
+    circle_id: Annotated[list[ScopeId] | None, Query(max_length=100)] = None,
+    project_id: Annotated[list[ScopeId] | None, Query(max_length=100)] = None,
+    limit: Annotated[WholeNumber, Query(ge=1, le=500)] = 50,
+    offset: Annotated[WholeNumber, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[MemoryOut]:
     memory = await _agent_memory(
         request,
@@ -491,7 +560,7 @@ async def recall(
     )
 
 
-@router.get("/{memory_id}", summary="One memory", dependencies=[rate_limit("relaxed")])
+@router.get("/{memory_id:int}", summary="One memory", dependencies=[rate_limit("relaxed")])
 async def read_memory(
     memory_id: MemoryId,
     request: Request,
@@ -505,7 +574,9 @@ async def read_memory(
     return MemoryOut.model_validate(memory)
 
 
-@router.delete("/{memory_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Forget a memory")
+@router.delete(
+    "/{memory_id:int}", status_code=status.HTTP_204_NO_CONTENT, summary="Forget a memory"
+)
 async def forget(
     memory_id: MemoryId,
     request: Request,

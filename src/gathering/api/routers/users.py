@@ -15,6 +15,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from gathering.api.deps import AccountsDep, AdminPrincipal, CurrentPrincipal
+from gathering.api.fields import WholeNumber
 from gathering.api.routers.api_keys import KEYS_READ, KEYS_WRITE, ApiKeyResponse, actor_of
 from gathering.api.security.dependencies import (
     audit_denial,
@@ -31,7 +32,7 @@ from gathering.errors import PermissionDeniedError
 
 router = APIRouter(prefix="/users", tags=["users"])
 
-UserId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
+UserId = Annotated[WholeNumber, PathParam(ge=1, le=2**63 - 1)]
 SessionId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 NewPassword = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)]
 
@@ -158,7 +159,7 @@ async def create_user(
     return UserResponse.model_validate(user)
 
 
-@router.get("/{user_id}", summary="One account (administrators only)")
+@router.get("/{user_id:int}", summary="One account (administrators only)")
 async def get_user(
     user_id: UserId,
     _admin: AdminPrincipal,
@@ -168,7 +169,7 @@ async def get_user(
 
 
 @router.post(
-    "/{user_id}/disable",
+    "/{user_id:int}/disable",
     summary="Disable an account: its sessions end and its API keys are revoked",
     responses={409: {"description": "The last active administrator"}},
 )
@@ -182,7 +183,7 @@ async def disable_user(
     return UserChangeResponse.model_validate(change)
 
 
-@router.post("/{user_id}/enable", summary="Enable a disabled account (administrators only)")
+@router.post("/{user_id:int}/enable", summary="Enable a disabled account (administrators only)")
 async def enable_user(
     user_id: UserId,
     request: Request,
@@ -194,7 +195,7 @@ async def enable_user(
 
 
 @router.put(
-    "/{user_id}/role",
+    "/{user_id:int}/role",
     summary="Set an account's role; it applies to the account's next request",
     responses={409: {"description": "The last active administrator"}},
 )
@@ -210,7 +211,7 @@ async def set_role(
 
 
 @router.post(
-    "/{user_id}/password",
+    "/{user_id:int}/password",
     summary="Reset an account's password: its sessions end and its API keys are revoked",
     dependencies=[rate_limit("strict")],
 )
@@ -225,7 +226,7 @@ async def reset_password(
     return UserChangeResponse.model_validate(change)
 
 
-@router.get("/{user_id}/sessions", summary="An account's login sessions (administrators only)")
+@router.get("/{user_id:int}/sessions", summary="An account's login sessions (administrators only)")
 async def list_sessions(
     user_id: UserId,
     _admin: AdminPrincipal,
@@ -238,7 +239,7 @@ async def list_sessions(
 
 
 @router.delete(
-    "/{user_id}/sessions/{session_id}",
+    "/{user_id:int}/sessions/{session_id}",
     summary="End one login session of an account (administrators only)",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
@@ -255,7 +256,7 @@ async def revoke_session(
 
 
 @router.get(
-    "/{user_id}/api-keys",
+    "/{user_id:int}/api-keys",
     summary="An account's API keys (administrators only)",
     # An admin's API key also needs the key scopes, as on /auth/api-keys.
     dependencies=[Depends(require_scope(KEYS_READ))],
@@ -271,7 +272,7 @@ async def list_user_api_keys(
 
 
 @router.delete(
-    "/{user_id}/api-keys/{key_id}",
+    "/{user_id:int}/api-keys/{key_id}",
     summary="Revoke an API key of an account (administrators only)",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
@@ -279,7 +280,7 @@ async def list_user_api_keys(
 )
 async def revoke_user_api_key(
     user_id: UserId,
-    key_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
+    key_id: Annotated[WholeNumber, PathParam(ge=1, le=2**63 - 1)],
     request: Request,
     admin: AdminPrincipal,
     auth: AccountsDep,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import structlog
 from fastapi import Depends, FastAPI
@@ -67,23 +66,6 @@ class SecurityComponent(Component):
         await self.security.close()
 
 
-def _add_security_schemes(app: FastAPI) -> None:
-    """Declare the bearer token and API key in the OpenAPI document (for /docs' Authorize)."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes["bearerAuth"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            schemes["apiKeyAuth"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
-            schema["security"] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def install_security(app: FastAPI, settings: Settings) -> None:
     """Put `app` behind the security layer. Call before any `include_router`."""
     security = SecurityState(settings, app.state.gathering)
@@ -105,4 +87,3 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     lifecycle = getattr(app.state.gathering, "lifecycle", None)
     if lifecycle is not None:
         lifecycle.add(SecurityComponent(security))
-    _add_security_schemes(app)

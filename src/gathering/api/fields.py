@@ -1,0 +1,77 @@
+"""Text fields of request bodies and parameters, each with its rule in the OpenAPI schema.
+
+The server enforces these patterns itself (pydantic), so a client generated from the schema
+knows exactly what is accepted. "Blank" means what Python's `str.strip()` removes, which is
+how the domain layer trims names and text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, Strict
+
+# Every character `str.isspace()` calls whitespace.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+# A single line of printable text that is not blank: names, titles, tags, categories, ids.
+LINE_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+# Free text (newlines and tabs allowed) that is not blank and holds no NUL.
+TEXT_PATTERN = f"^[^\\x00]*[^\\x00{_SPACE}][^\\x00]*$"
+# A decimal id, as `scope_id` of the agent scope.
+DIGITS_PATTERN = r"^[0-9]{1,19}$"
+
+
+def line(max_length: int, **field: Any) -> Any:
+    """A `Field` for one printable, non-blank line of at most `max_length` characters."""
+    return Field(min_length=1, max_length=max_length, pattern=LINE_PATTERN, **field)
+
+
+def text(max_length: int, **field: Any) -> Any:
+    """A `Field` for non-blank text without NUL, of at most `max_length` characters."""
+    return Field(min_length=1, max_length=max_length, pattern=TEXT_PATTERN, **field)
+
+
+def _iso_only(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("give a date and time (ISO 8601), not a number")
+    return value
+
+
+# A date and time as ISO 8601 text ("2026-11-30T08:00:00Z"); pydantic alone would also take a
+# number of seconds, which the schema (`format: date-time`) does not allow.
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
+def _no_bool_or_text(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise ValueError("give a number")
+    return value
+
+
+def _integral_text(value: Any) -> Any:
+    """ "19.0" as 19: the schema's integers may come written as a whole decimal."""
+    if isinstance(value, str) and "." in value:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if number.is_integer():
+            return int(number)
+    return value
+
+
+def _flush_tiny(value: float) -> float:
+    """0.0 for a number too small for PostgreSQL's `real` (it refuses, say, 1e-313)."""
+    return 0.0 if abs(value) < TINY else value
+
+
+TINY = 1e-30
+# JSON numbers and booleans as the schema types them: pydantic alone would also take `true`
+# for a number, `1` for a boolean and "3" for an integer.
+Integer = Annotated[int, BeforeValidator(_no_bool_or_text)]
+Number = Annotated[float, Strict(), AfterValidator(_flush_tiny)]
+Flag = Annotated[bool, Strict()]
+# An integer in a path or query string, where "19.0" is the same whole number as "19".
+WholeNumber = Annotated[int, BeforeValidator(_integral_text)]

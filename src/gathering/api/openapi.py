@@ -1,0 +1,232 @@
+"""The OpenAPI document tells the whole truth, so that a client generated from it works.
+
+Each operation lists the problem+json answers it can give (one shared `Problem` schema), who
+may call it (the bearer token and `X-API-Key` schemes; public operations need neither) and the
+links from a created resource to the operations on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
+
+from gathering.agents.persona import NO_NUL
+from gathering.api.deps import MAX_ID
+from gathering.api.errors import PROBLEM_JSON
+from gathering.api.routes import http_routes
+from gathering.api.security.dependencies import account_services, route_policy
+from gathering.config import Settings
+from gathering.llm.registry import TEST_PROVIDERS
+
+
+class FieldError(BaseModel):
+    """Why one field of the request was refused."""
+
+    loc: list[str | int] = Field(description='Where: e.g. ["body", "name"] or ["query", "limit"]')
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error answer of the API."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="urn:gathering:error:<code>")
+    title: str
+    status: int
+    detail: str = Field(description="What happened, for a person")
+    code: str = Field(description="What happened, for a program (e.g. not_found, rate_limited)")
+    hint: str | None = Field(default=None, description="What to do about it")
+    details: dict[str, Any] | None = None
+    errors: list[FieldError] | None = Field(
+        default=None, description="invalid_input: each refused field"
+    )
+
+
+BEARER = "bearerAuth"
+API_KEY = "apiKeyAuth"
+SECURITY_SCHEMES = {
+    BEARER: {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    API_KEY: {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+_EVERY_OPERATION = {
+    400: "Malformed request: a Host that is not served, a NUL in the URL, a bad Content-Length",
+    403: "Refused: a cross-origin request, or the caller lacks the role or scope",
+    429: "Rate limited: wait for Retry-After seconds",
+    500: "An unexpected error; it has been logged",
+    503: "Unavailable (draining, or the database is): retry after Retry-After seconds",
+}
+_AUTHENTICATED = {401: "Missing, invalid, expired or revoked credentials"}
+_WITH_PATH_ID = {404: "Not found (or not yours)"}
+_WITH_INPUT = {422: "Invalid input: `errors` names each refused field"}
+_WITH_BODY = {413: "The body is larger than the server accepts"}
+_ACCOUNTS = {409: "Single-user mode has no accounts or tokens"}
+_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+def _problem_answers(route: Any, settings: Settings) -> dict[int, str]:
+    """The error statuses `route` can answer with, and why."""
+    answers = dict(_EVERY_OPERATION)
+    if not route_policy(route).public and settings.auth_required:
+        answers |= _AUTHENTICATED
+    if route.dependant.path_params:
+        answers |= _WITH_PATH_ID
+    if route.dependant.path_params or route.dependant.query_params or route.body_field:
+        answers |= _WITH_INPUT
+    if route.body_field is not None:
+        answers |= _WITH_BODY
+    if _depends_on(route, account_services):
+        answers |= _ACCOUNTS
+    return answers
+
+
+def _depends_on(route: Any, call: Any) -> bool:
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if dependency.call is call:
+            return True
+        pending.extend(dependency.dependencies)
+    return False
+
+
+def _document_problems(operation: dict[str, Any], answers: dict[int, str]) -> None:
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    problem_content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for code, description in answers.items():
+        answer = responses.setdefault(str(code), {"description": description})
+        if answer["description"] == "Validation Error":  # FastAPI's own
+            answer["description"] = description
+    for status, response in responses.items():
+        content = response.get("content")
+        # FastAPI's own 422 says `HTTPValidationError`, which we never send.
+        if int(status) >= 400 and (content is None or "HTTPValidationError" in str(content)):
+            response["content"] = problem_content
+
+
+# What a create answers with -> the path parameter that names what it made. Every operation
+# with that parameter is linked from the create (stateful tests and clients follow the links).
+CREATED = {
+    "AgentOut": "agent_id",
+    "ApiKeyCreatedResponse": "key_id",
+    "DocumentOut": "document_id",
+    "MemoryOut": "memory_id",
+    "UserResponse": "user_id",
+}
+
+
+def _link_created(paths: dict[str, Any]) -> None:
+    """Link each create (a POST answering 201) to the operations on what it made."""
+    targets: dict[str, list[str]] = {}
+    for item in paths.values():
+        for method in _METHODS:
+            operation = item.get(method)
+            for parameter in operation.get("parameters", []) if operation else []:
+                if parameter["in"] == "path":
+                    targets.setdefault(parameter["name"], []).append(operation["operationId"])
+    for item in paths.values():
+        created = item.get("post", {}).get("responses", {}).get("201")
+        if created is None:
+            continue
+        ref = str(created.get("content", {}).get("application/json", {}).get("schema", {}))
+        name = next((CREATED[model] for model in CREATED if f"/{model}'" in ref), None)
+        if name is not None:
+            created["links"] = {
+                target: {"operationId": target, "parameters": {name: "$response.body#/id"}}
+                for target in targets.get(name, [])
+            }
+
+
+def _leave_out_test_providers(schemas: dict[str, Any]) -> None:
+    """Outside development the API refuses the test providers: so does the schema."""
+    for model in schemas.values():
+        provider = model.get("properties", {}).get("provider", {})
+        for choice in [provider, *provider.get("anyOf", [])]:
+            if "enum" in choice:
+                choice["enum"] = [name for name in choice["enum"] if name not in TEST_PROVIDERS]
+
+
+# Pydantic names the bounds of a type that has its own validator (`WholeNumber`) as written.
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _fix_bounds(node: Any) -> None:
+    """Bounds in JSON Schema's words and exact: FastAPI's schema model keeps them as floats,
+    and 2**63 - 1 (the largest id) would come out as 2**63, an id the server refuses."""
+    if isinstance(node, dict) and node.get("type") == "integer":
+        for ours, theirs in _BOUNDS.items():
+            if ours in node:
+                node[theirs] = node.pop(ours)
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in list(items):
+        if isinstance(value, float) and value == float(MAX_ID):
+            node[key] = MAX_ID
+        elif isinstance(value, dict | list):
+            _fix_bounds(value)
+
+
+def _parameters_as_sent(operation: dict[str, Any]) -> None:
+    """Parameters as a URL or a header carries them. One left out is None to the route, one
+    sent is never JSON null: `anyOf: [X, null]` (pydantic's optional parameter) is just X.
+    And no URL may hold a NUL (the Host/Origin guard answers 400): a text parameter says so."""
+    for parameter in operation.get("parameters", []):
+        schema = parameter.get("schema", {})
+        choices = schema.get("anyOf", [])
+        others = [choice for choice in choices if choice != {"type": "null"}]
+        if len(others) == 1 and len(choices) == 2:
+            del schema["anyOf"]
+            schema.update(others[0])
+        texts = [schema, schema.get("items", {})]
+        for text in texts:
+            if text.get("type") == "string" and "pattern" not in text and "enum" not in text:
+                text["pattern"] = NO_NUL
+
+
+def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document of `app` as served in the mode `settings` describe."""
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        routes=app.routes,
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas.update(Problem.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"])
+    schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas["Problem"].pop("$defs", None)
+    components["securitySchemes"] = SECURITY_SCHEMES
+    if settings.auth_required:
+        schema["security"] = [{BEARER: []}, {API_KEY: []}]
+    for route in http_routes(app):
+        if not route.include_in_schema:
+            continue
+        item = schema["paths"][route.path_format]
+        for method in route.methods:
+            operation = item[method.lower()]
+            _document_problems(operation, _problem_answers(route, settings))
+            _parameters_as_sent(operation)
+            if settings.auth_required and route_policy(route).public:
+                operation["security"] = []
+    if settings.env != "development":
+        _leave_out_test_providers(schemas)
+    _fix_bounds(schema)
+    _link_created(schema["paths"])
+    return schema
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    """Serve `build_openapi` as `app.openapi()`, built once."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
