@@ -309,3 +309,21 @@ async def test_a_streamed_turn_finishes_even_when_the_client_leaves(
         assert [m["content"] for m in history] == ["are you there?", "reply to are you there?"]
     finally:
         await app.state.gathering.close()
+
+
+async def test_what_is_stored_is_always_shown_even_when_it_grew(api, migrated_database_url):
+    """A category stored lower-case may be longer than sent ("İ".lower() is two characters),
+    and agents stored before today's rules (a long persona trait) must still be listed."""
+    created = await _create(api, name="grows", knowledge={"categories": ["\u0130" * 100]})
+    assert len(created["config"]["knowledge"]["categories"][0]) == 200
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(migrated_database_url) as conn:
+        await conn.execute(
+            "UPDATE agent.agents SET persona = jsonb_set(persona, '{traits}', %s::jsonb)"
+            " WHERE id = %s",
+            (json.dumps(["x" * 5000]), created["id"]),
+        )
+    listed = await api.get("/agents")
+    assert listed.status_code == 200, listed.text
+    assert (await api.get(f"/agents/{created['id']}")).status_code == 200

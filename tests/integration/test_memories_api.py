@@ -576,3 +576,8 @@ async def test_api_key_scopes_are_enforced(multi):
                 "/memories/knowledge", headers=key, json={"title": "t", "content": "c"}
             )
         ).status_code == 403
+
+
+async def test_a_huge_number_in_an_id_path_is_no_route_not_a_crash(api):
+    for path in ("/memories/" + "1" * 5000, "/memories/knowledge/" + "9" * 5000):
+        assert (await api.get(path)).status_code == 404

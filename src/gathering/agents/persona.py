@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # PostgreSQL cannot store a NUL character in text or JSON.
 NO_NUL = r"^[^\x00]*$"
-Item = Annotated[str, Field(max_length=200, pattern=NO_NUL)]
+Item = Annotated[str, Field(pattern=NO_NUL)]
 
 
 class Persona(BaseModel):

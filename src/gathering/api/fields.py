@@ -7,6 +7,7 @@ how the domain layer trims names and text.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -52,14 +53,12 @@ def _no_bool_or_text(value: Any) -> Any:
 
 def _integral_text(value: Any) -> Any:
     """ "19.0" as 19: the schema's integers may come written as a whole decimal."""
-    if isinstance(value, str) and "." in value:
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        if number.is_integer():
-            return int(number)
+    if isinstance(value, str) and (whole := _WHOLE_DECIMAL.fullmatch(value)):
+        return int(whole.group(1))
     return value
+
+
+_WHOLE_DECIMAL = re.compile(r"([+-]?[0-9]+)\.0*")
 
 
 def _flush_tiny(value: float) -> float:

@@ -164,6 +164,13 @@ class AgentUpdate(_ProviderChecked):
     knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
 
 
+class KnowledgeOut(BaseModel):
+    """The knowledge an agent draws on, as stored (categories lower-case)."""
+
+    categories: list[str] = []
+    documents: list[int] = []
+
+
 class AgentConfigOut(BaseModel):
     """How an agent runs (stored with it)."""
 
@@ -171,7 +178,9 @@ class AgentConfigOut(BaseModel):
     history_window: int | None = Field(default=None, description="Messages sent per turn")
     prompt_budget: int | None = Field(default=None, description="Prompt tokens at most")
     project: str | None = None
-    knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
+    knowledge: Literal["all"] | KnowledgeOut | None = Field(
+        default=None, description=KNOWLEDGE_DESCRIPTION
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Provider options (temperature, max_tokens, ...)"
     )

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Discriminator, Field
 from pydantic import Tag as Variant
 
+import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
 from gathering.agents import PostgresAgentStore
 from gathering.agents.knowledge import (
     MAX_CATEGORY_CHARS,
@@ -431,7 +432,7 @@ async def search_knowledge(
 
 
 @router.get(
-    "/knowledge/{document_id:int}", summary="One document", dependencies=[rate_limit("relaxed")]
+    "/knowledge/{document_id:id}", summary="One document", dependencies=[rate_limit("relaxed")]
 )
 async def get_document(
     document_id: DocumentId,
@@ -447,7 +448,7 @@ async def get_document(
 
 
 @router.delete(
-    "/knowledge/{document_id:int}",
+    "/knowledge/{document_id:id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a document and its chunks",
 )
@@ -560,7 +561,7 @@ async def recall(
     )
 
 
-@router.get("/{memory_id:int}", summary="One memory", dependencies=[rate_limit("relaxed")])
+@router.get("/{memory_id:id}", summary="One memory", dependencies=[rate_limit("relaxed")])
 async def read_memory(
     memory_id: MemoryId,
     request: Request,
@@ -574,9 +575,7 @@ async def read_memory(
     return MemoryOut.model_validate(memory)
 
 
-@router.delete(
-    "/{memory_id:int}", status_code=status.HTTP_204_NO_CONTENT, summary="Forget a memory"
-)
+@router.delete("/{memory_id:id}", status_code=status.HTTP_204_NO_CONTENT, summary="Forget a memory")
 async def forget(
     memory_id: MemoryId,
     request: Request,

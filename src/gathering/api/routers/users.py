@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
+import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
 from gathering.api.deps import AccountsDep, AdminPrincipal, CurrentPrincipal
 from gathering.api.fields import WholeNumber
 from gathering.api.routers.api_keys import KEYS_READ, KEYS_WRITE, ApiKeyResponse, actor_of
@@ -159,7 +160,7 @@ async def create_user(
     return UserResponse.model_validate(user)
 
 
-@router.get("/{user_id:int}", summary="One account (administrators only)")
+@router.get("/{user_id:id}", summary="One account (administrators only)")
 async def get_user(
     user_id: UserId,
     _admin: AdminPrincipal,
@@ -169,7 +170,7 @@ async def get_user(
 
 
 @router.post(
-    "/{user_id:int}/disable",
+    "/{user_id:id}/disable",
     summary="Disable an account: its sessions end and its API keys are revoked",
     responses={409: {"description": "The last active administrator"}},
 )
@@ -183,7 +184,7 @@ async def disable_user(
     return UserChangeResponse.model_validate(change)
 
 
-@router.post("/{user_id:int}/enable", summary="Enable a disabled account (administrators only)")
+@router.post("/{user_id:id}/enable", summary="Enable a disabled account (administrators only)")
 async def enable_user(
     user_id: UserId,
     request: Request,
@@ -195,7 +196,7 @@ async def enable_user(
 
 
 @router.put(
-    "/{user_id:int}/role",
+    "/{user_id:id}/role",
     summary="Set an account's role; it applies to the account's next request",
     responses={409: {"description": "The last active administrator"}},
 )
@@ -211,7 +212,7 @@ async def set_role(
 
 
 @router.post(
-    "/{user_id:int}/password",
+    "/{user_id:id}/password",
     summary="Reset an account's password: its sessions end and its API keys are revoked",
     dependencies=[rate_limit("strict")],
 )
@@ -226,7 +227,7 @@ async def reset_password(
     return UserChangeResponse.model_validate(change)
 
 
-@router.get("/{user_id:int}/sessions", summary="An account's login sessions (administrators only)")
+@router.get("/{user_id:id}/sessions", summary="An account's login sessions (administrators only)")
 async def list_sessions(
     user_id: UserId,
     _admin: AdminPrincipal,
@@ -239,7 +240,7 @@ async def list_sessions(
 
 
 @router.delete(
-    "/{user_id:int}/sessions/{session_id}",
+    "/{user_id:id}/sessions/{session_id}",
     summary="End one login session of an account (administrators only)",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
@@ -256,7 +257,7 @@ async def revoke_session(
 
 
 @router.get(
-    "/{user_id:int}/api-keys",
+    "/{user_id:id}/api-keys",
     summary="An account's API keys (administrators only)",
     # An admin's API key also needs the key scopes, as on /auth/api-keys.
     dependencies=[Depends(require_scope(KEYS_READ))],
@@ -272,7 +273,7 @@ async def list_user_api_keys(
 
 
 @router.delete(
-    "/{user_id:int}/api-keys/{key_id}",
+    "/{user_id:id}/api-keys/{key_id}",
     summary="Revoke an API key of an account (administrators only)",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
