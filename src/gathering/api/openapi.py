@@ -17,7 +17,11 @@ from gathering.agents.persona import NO_NUL
 from gathering.api.deps import MAX_ID
 from gathering.api.errors import PROBLEM_JSON
 from gathering.api.routes import http_routes
-from gathering.api.security.dependencies import account_services, route_policy
+from gathering.api.security.dependencies import (
+    account_services,
+    dependency_calls,
+    route_policy,
+)
 from gathering.config import Settings
 from gathering.llm.registry import TEST_PROVIDERS
 
@@ -79,19 +83,9 @@ def _problem_answers(route: Any, settings: Settings) -> dict[int, str]:
         answers |= _WITH_INPUT
     if route.body_field is not None:
         answers |= _WITH_BODY
-    if _depends_on(route, account_services):
+    if account_services in dependency_calls(route.dependant):
         answers |= _ACCOUNTS
     return answers
-
-
-def _depends_on(route: Any, call: Any) -> bool:
-    pending = list(route.dependant.dependencies)
-    while pending:
-        dependency = pending.pop()
-        if dependency.call is call:
-            return True
-        pending.extend(dependency.dependencies)
-    return False
 
 
 def _document_problems(operation: dict[str, Any], answers: dict[int, str]) -> None:
@@ -198,9 +192,9 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
-    schemas.update(Problem.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"])
-    schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas["Problem"].pop("$defs", None)
+    problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(problem.pop("$defs"))
+    schemas["Problem"] = problem
     components["securitySchemes"] = SECURITY_SCHEMES
     if settings.auth_required:
         schema["security"] = [{BEARER: []}, {API_KEY: []}]

@@ -379,11 +379,12 @@ class RoutePolicy:
 _policies: weakref.WeakKeyDictionary[object, RoutePolicy] = weakref.WeakKeyDictionary()
 
 
-def _calls(dependant: Dependant) -> list[Any]:
+def dependency_calls(dependant: Dependant) -> list[Any]:
+    """Every dependency `dependant` calls, its sub-dependencies included."""
     found = []
     for sub in dependant.dependencies:
         found.append(sub.call)
-        found.extend(_calls(sub))
+        found.extend(dependency_calls(sub))
     return found
 
 
@@ -394,7 +395,7 @@ def route_policy(route: object) -> RoutePolicy:
     except (KeyError, TypeError):
         pass
     dependant = getattr(route, "dependant", None)
-    calls = _calls(dependant) if isinstance(dependant, Dependant) else []
+    calls = dependency_calls(dependant) if isinstance(dependant, Dependant) else []
     path = str(getattr(route, "path", ""))
     policy = RoutePolicy(
         public=public_route in calls or path.startswith(OPERATIONAL_PATH_PREFIXES),
