@@ -327,3 +327,26 @@ async def test_what_is_stored_is_always_shown_even_when_it_grew(api, migrated_da
     listed = await api.get("/agents")
     assert listed.status_code == 200, listed.text
     assert (await api.get(f"/agents/{created['id']}")).status_code == 200
+
+
+@pytest.mark.parametrize("env", ["development", "production"])
+async def test_the_schema_lists_the_providers_registered_when_it_is_built(
+    migrated_database_url, monkeypatch, env
+):
+    """A provider registered after import is in the schema's enum; the test providers only in
+    development, where the API accepts them."""
+    from gathering.llm import registry
+
+    monkeypatch.setitem(registry._providers, "house-model", registry._providers["openai"])
+    app = create_app(
+        settings=load_settings(database_url=migrated_database_url, env=env, secret_key="k" * 64)
+    )
+    schemas = app.openapi()["components"]["schemas"]
+    [choices] = [
+        choice["enum"]
+        for choice in schemas["AgentCreate"]["properties"]["provider"]["anyOf"]
+        if "enum" in choice
+    ]
+    expected = {"anthropic", "house-model", "local", "ollama", "openai"}
+    assert set(choices) == (expected | {"scripted"} if env == "development" else expected)
+    await app.state.gathering.close()

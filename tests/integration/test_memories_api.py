@@ -362,6 +362,8 @@ async def test_agent_scoped_documents(api):
         {"title": "t", "content": "c", "scope": "global", "scope_id": "x"},
         {"title": "t", "content": "c", "scope": "agent", "scope_id": "me"},
         {"title": "t", "content": "c", "metadata": ["x"]},
+        {"title": "t", "content": "c", "metadata": {"a\u0000": 1}},
+        {"title": "t", "content": "c", "metadata": {"a": {"nested": 1}}},
         {"title": "t", "content": "c", "source": ""},
         {"title": "t", "content": "c\u0000"},
         {"title": "t", "content": "c", "extra": 1},
@@ -386,6 +388,17 @@ async def test_invalid_document_bodies_are_422(api, body):
 async def test_invalid_search_bodies_are_422(api, body):
     response = await api.post("/memories/knowledge/search", json=body)
     assert response.status_code == 422
+    assert response.json()["errors"]
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "Infinity", "NaN"])
+async def test_non_finite_numbers_are_422(api, number):
+    """JSON has no infinity: 1e400 overflows to one, and Python's parser takes NaN too."""
+    body = f'{{"title": "t", "content": "c", "metadata": {{"x": {number}}}}}'
+    response = await api.post(
+        "/memories/knowledge", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
     assert response.json()["errors"]
 
 

@@ -103,5 +103,13 @@ async def test_newest_first_with_paging_and_time_window(app, client):
 
 async def test_bad_filters_are_422(app, client):
     _, admin = await login_as(app, client, is_admin=True)
-    for params in ({"limit": 0}, {"limit": 10_000}, {"outcome": "maybe"}, {"since": "yesterday"}):
+    for params in (
+        {"limit": 0},
+        {"limit": 10_000},
+        {"outcome": "maybe"},
+        {"since": "yesterday"},
+        {"since": "1700000000"},  # seconds are not a date-time
+        {"since": "2026-11-30"},  # nor is a date alone
+        {"until": "2026-11-30T08:00:00"},  # nor a time without its offset
+    ):
         assert (await client.get("/audit", params=params, headers=admin)).status_code == 422

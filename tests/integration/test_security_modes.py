@@ -415,15 +415,34 @@ def _dummy(schema: dict) -> object:
     )
 
 
-async def test_every_operation_needs_credentials_in_multi_user_mode(multi):
-    async with client_for(multi) as ac:
-        spec = multi.openapi()  # /openapi.json itself needs credentials (below)
-        assert {"bearerAuth", "apiKeyAuth"} <= spec["components"]["securitySchemes"].keys()
+@pytest.mark.parametrize("metrics_access", ["admin", "public"])
+async def test_every_operation_needs_credentials_in_multi_user_mode(
+    migrated_database_url, metrics_access
+):
+    """And the document says so: an operation is `security: []` exactly when it answers a
+    caller without credentials (/metrics only when opened to anyone)."""
+    application = build(
+        migrated_database_url, auth="required", secret_key=KEY, metrics_access=metrics_access
+    )
+    spec = application.openapi()  # /openapi.json itself needs credentials (below)
+    assert {"bearerAuth", "apiKeyAuth"} <= spec["components"]["securitySchemes"].keys()
+    public = PUBLIC_OPERATIONS | {("get", "/open")}
+    if metrics_access == "public":
+        public |= {("get", "/metrics")}
+    documented_public = {
+        (method, path)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security") == []
+    }
+    assert documented_public == public
+    async with client_for(application) as ac:
         checked = 0
         for path, operations in spec["paths"].items():
             for method, operation in operations.items():
-                if (method, path) in PUBLIC_OPERATIONS or path == "/open":
+                if (method, path) in public:
                     continue
+                assert "401" in operation["responses"], (method, path)
                 url = path
                 for parameter in operation.get("parameters", []):
                     if parameter["in"] == "path":
@@ -436,9 +455,10 @@ async def test_every_operation_needs_credentials_in_multi_user_mode(multi):
         assert checked >= 5
         for path in ("/openapi.json", "/docs", "/redoc"):  # served outside the schema
             assert (await ac.get(path)).status_code == 401, path
-        for method, path in PUBLIC_OPERATIONS | {("get", "/open")}:
+        for method, path in public:
             response = await ac.request(method.upper(), path, json={})
             assert response.status_code != 401, (method, path)
+    await application.state.gathering.close()
 
 
 async def test_the_root_says_where_to_go_to_anyone(single, multi):

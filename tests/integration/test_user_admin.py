@@ -115,6 +115,9 @@ async def test_an_admin_creates_lists_and_reads_users_and_the_creation_is_audite
     assert {u["email"] for u in listed.json()} == {boss.email, "grace@example.com"}
     one = await client.get(f"/users/{body['id']}", headers=boss.headers)
     assert one.json()["email"] == "grace@example.com"
+    # An id written as a whole decimal is the same id, as in /agents/{id} (the schema's integer).
+    same = await client.get(f"/users/{body['id']}.0", headers=boss.headers)
+    assert same.json() == one.json()
 
     [entry] = await audit_rows(db, "user.created")
     assert entry["actor_id"] == boss.id and entry["target_id"] == str(body["id"])

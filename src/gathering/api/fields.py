@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, Strict
+from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict
 
 # Every character `str.isspace()` calls whitespace.
 _SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -34,15 +34,21 @@ def text(max_length: int, **field: Any) -> Any:
     return Field(min_length=1, max_length=max_length, pattern=TEXT_PATTERN, **field)
 
 
-def _iso_only(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
-        raise ValueError("give a date and time (ISO 8601), not a number")
+_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339_only(value: Any) -> Any:
+    if not isinstance(value, str) or not _DATE_TIME.fullmatch(value):
+        raise ValueError('give a date, time and offset (RFC 3339): "2026-11-30T08:00:00Z"')
     return value
 
 
-# A date and time as ISO 8601 text ("2026-11-30T08:00:00Z"); pydantic alone would also take a
-# number of seconds, which the schema (`format: date-time`) does not allow.
-IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
+# A date and time with its offset ("2026-11-30T08:00:00Z"), as the schema's `format: date-time`
+# says; pydantic alone would also take a number of seconds, a date alone or no offset.
+IsoDatetime = Annotated[datetime, BeforeValidator(_rfc3339_only)]
 
 
 def _no_bool_or_text(value: Any) -> Any:
@@ -68,9 +74,9 @@ def _flush_tiny(value: float) -> float:
 
 TINY = 1e-30
 # JSON numbers and booleans as the schema types them: pydantic alone would also take `true`
-# for a number, `1` for a boolean and "3" for an integer.
+# for a number, `1` for a boolean, "3" for an integer and 1e400 (infinite) for a number.
 Integer = Annotated[int, BeforeValidator(_no_bool_or_text)]
-Number = Annotated[float, Strict(), AfterValidator(_flush_tiny)]
+Number = Annotated[float, Strict(), AllowInfNan(False), AfterValidator(_flush_tiny)]
 Flag = Annotated[bool, Strict()]
 # An integer in a path or query string, where "19.0" is the same whole number as "19".
 WholeNumber = Annotated[int, BeforeValidator(_integral_text)]

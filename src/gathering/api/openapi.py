@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gathering.agents.persona import NO_NUL
 from gathering.api.deps import MAX_ID
 from gathering.api.errors import PROBLEM_JSON
+from gathering.api.routers.metrics import metrics_reader
 from gathering.api.routes import http_routes
 from gathering.api.security.dependencies import (
     account_services,
@@ -23,7 +24,7 @@ from gathering.api.security.dependencies import (
     route_policy,
 )
 from gathering.config import Settings
-from gathering.llm.registry import TEST_PROVIDERS
+from gathering.llm.registry import TEST_PROVIDERS, known_providers
 
 
 class FieldError(BaseModel):
@@ -72,10 +73,20 @@ _ACCOUNTS = {409: "Single-user mode has no accounts or tokens"}
 _METHODS = ("get", "put", "post", "delete", "patch")
 
 
+def _open_to_anyone(route: Any, settings: Settings) -> bool:
+    """Whether `route` needs no credentials: single-user mode, a public route, or /metrics
+    opened with `GATHERING_METRICS_ACCESS=public` (else an admin or the scrape token)."""
+    if not settings.auth_required:
+        return True
+    if metrics_reader in dependency_calls(route.dependant):
+        return settings.metrics_access == "public"
+    return route_policy(route).public
+
+
 def _problem_answers(route: Any, settings: Settings) -> dict[int, str]:
     """The error statuses `route` can answer with, and why."""
     answers = dict(_EVERY_OPERATION)
-    if not route_policy(route).public and settings.auth_required:
+    if not _open_to_anyone(route, settings):
         answers |= _AUTHENTICATED
     if route.dependant.path_params:
         answers |= _WITH_PATH_ID
@@ -135,32 +146,45 @@ def _link_created(paths: dict[str, Any]) -> None:
             }
 
 
-def _leave_out_test_providers(schemas: dict[str, Any]) -> None:
-    """Outside development the API refuses the test providers: so does the schema."""
+def _provider_choices(schemas: dict[str, Any], settings: Settings) -> None:
+    """The providers registered when the document is built (`register_provider` may add some
+    after import); outside development the API refuses the test providers, and so does this."""
+    names = [
+        name
+        for name in known_providers()
+        if settings.env == "development" or name not in TEST_PROVIDERS
+    ]
     for model in schemas.values():
         provider = model.get("properties", {}).get("provider", {})
         for choice in [provider, *provider.get("anyOf", [])]:
             if "enum" in choice:
-                choice["enum"] = [name for name in choice["enum"] if name not in TEST_PROVIDERS]
+                choice["enum"] = names
 
 
 # Pydantic names the bounds of a type that has its own validator (`WholeNumber`) as written.
 _BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
 
 
-def _fix_bounds(node: Any) -> None:
-    """Bounds in JSON Schema's words and exact: FastAPI's schema model keeps them as floats,
-    and 2**63 - 1 (the largest id) would come out as 2**63, an id the server refuses."""
+def _exact_rules(node: Any) -> None:
+    """Rules as the server applies them. Bounds in JSON Schema's words and exact: FastAPI's
+    schema model keeps them as floats, and 2**63 - 1 (the largest id) would come out as 2**63,
+    an id the server refuses. A map's key rule as `propertyNames`: pydantic writes the key
+    pattern as `patternProperties`, which lets a key that does not match through."""
     if isinstance(node, dict) and node.get("type") == "integer":
         for ours, theirs in _BOUNDS.items():
             if ours in node:
                 node[theirs] = node.pop(ours)
+    if isinstance(node, dict) and len(keyed := node.get("patternProperties", {})) == 1:
+        [(pattern, value)] = keyed.items()
+        del node["patternProperties"]
+        node["propertyNames"] = node.get("propertyNames", {}) | {"pattern": pattern}
+        node["additionalProperties"] = value
     items = node.items() if isinstance(node, dict) else enumerate(node)
     for key, value in list(items):
         if isinstance(value, float) and value == float(MAX_ID):
             node[key] = MAX_ID
         elif isinstance(value, dict | list):
-            _fix_bounds(value)
+            _exact_rules(value)
 
 
 def _parameters_as_sent(operation: dict[str, Any]) -> None:
@@ -206,11 +230,10 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
             operation = item[method.lower()]
             _document_problems(operation, _problem_answers(route, settings))
             _parameters_as_sent(operation)
-            if settings.auth_required and route_policy(route).public:
+            if settings.auth_required and _open_to_anyone(route, settings):
                 operation["security"] = []
-    if settings.env != "development":
-        _leave_out_test_providers(schemas)
-    _fix_bounds(schema)
+    _provider_choices(schemas, settings)
+    _exact_rules(schema)
     _link_created(schema["paths"])
     return schema
 

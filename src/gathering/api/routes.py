@@ -12,13 +12,14 @@ from starlette.types import Scope
 
 
 class IdConvertor(Convertor[int]):
-    """`{name:id}` in a path: a decimal id of at most 19 digits (Starlette's `int` would
-    parse a 5,000-digit segment and fail with a 500)."""
+    """`{name:id}` in a path: a decimal id of at most 19 digits, perhaps written as a whole
+    decimal ("19.0", as the schema's integers may be). Starlette's `int` would parse a
+    5,000-digit segment and fail with a 500."""
 
-    regex = "[0-9]{1,19}"
+    regex = r"[0-9]{1,19}(?:\.0{0,19})?"
 
     def convert(self, value: str) -> int:
-        return int(value)
+        return int(value.partition(".")[0])
 
     def to_string(self, value: int) -> str:
         return str(value)

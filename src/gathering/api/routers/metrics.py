@@ -44,7 +44,6 @@ async def metrics_reader(request: Request) -> None:
     "anyone when GATHERING_METRICS_ACCESS=public.",
     response_class=Response,
     dependencies=[Depends(metrics_reader)],
-    responses={401: {"description": "No credentials"}, 403: {"description": "Not an admin"}},
 )
 async def metrics(request: Request) -> Response:
     database = app_state(request).connected_database()
