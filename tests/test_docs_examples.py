@@ -149,7 +149,9 @@ def test_the_collector_reads_fences_settings_and_indentation(tmp_path: Path) -> 
 
 async def test_a_failing_block_fails_its_test(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
-    await asyncio.to_thread(page.write_text, "```python\nassert 1 + 1 == 3, 'docs are wrong'\n```\n")
+    await asyncio.to_thread(
+        page.write_text, "```python\nassert 1 + 1 == 3, 'docs are wrong'\n```\n"
+    )
 
     with pytest.raises(AssertionError, match="docs are wrong"):
         await run((await asyncio.to_thread(code_blocks, page))[0], {})
