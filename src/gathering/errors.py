@@ -293,3 +293,27 @@ class EventStreamClosedError(GatheringError):
 
     code = "event_stream_closed"
     http_status = 410
+
+
+# --- tools ----------------------------------------------------------------------------------
+
+
+class ToolArgumentsError(InvalidInputError):
+    """A tool call's arguments do not match the tool's schema; `details["errors"]` lists each
+    refused field as `{"path": "config.level", "message": ...}`."""
+
+    code = "invalid_tool_arguments"
+
+
+class ToolFailedError(GatheringError):
+    """A tool raised while it ran; the message names the tool."""
+
+    code = "tool_failed"
+    http_status = 502
+
+
+class ToolTimeoutError(GatheringError):
+    """A tool did not finish within its timeout and was stopped."""
+
+    code = "tool_timeout"
+    http_status = 504

@@ -19,7 +19,11 @@ from gathering.agents.turn_loop import AgentEvent, TurnLimits, TurnResult, run_t
 from gathering.db.database import Queries
 from gathering.errors import InvalidInputError
 from gathering.llm import LLMProvider, ToolSpec, default_model, get_provider, known_providers
+from gathering.tools.agent_tools import agent_workspace, enabled_tools
+from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool
+from gathering.tools.registry import default_registry, loaded_registry, registry
+from gathering.tools.signature import function_tool
 
 if TYPE_CHECKING:
     from gathering.agents.agent_memory import AgentMemory
@@ -45,14 +49,21 @@ _CONFIG_KEYS = frozenset(
     }
 )
 
-ToolLike = FunctionTool | tuple[ToolSpec, Callable[..., Any]]
+ToolLike = FunctionTool | tuple[ToolSpec, Callable[..., Any]] | Callable[..., Any] | str
+"""A tool given to an `Agent`: a `FunctionTool`, a (spec, handler) pair, a typed function (see
+`function_tool`; its effect is `external` unless built with `@tool(effect=...)`), or the name
+of a registry tool."""
 
 
 def _as_tool(tool: ToolLike) -> FunctionTool:
     if isinstance(tool, FunctionTool):
         return tool
-    spec, handler = tool
-    return FunctionTool(spec, handler)
+    if isinstance(tool, str):  # the built-ins need no plugin loading
+        return registry.get(tool) or default_registry().require(tool)
+    if isinstance(tool, tuple):
+        spec, handler = tool
+        return FunctionTool(spec, handler)
+    return function_tool(tool)
 
 
 class Agent:
@@ -273,6 +284,22 @@ class Agent:
     def wants_new_session(self) -> bool:
         """Whether the next turn must open a session first (checked under the turn lock)."""
         return self._fresh_session
+
+    # --- tools --------------------------------------------------------------------------
+
+    async def turn_tools(self, queries: Queries | None) -> dict[str, FunctionTool]:
+        """The tools of a turn: the registry tools enabled for this agent (read from the
+        database, so a change made on any instance applies) and the agent's own, which win a
+        name clash."""
+        enabled = {}
+        if queries is not None and self.id is not None:
+            enabled = await enabled_tools(queries, self.id, await loaded_registry())
+        return {**enabled, **self.tools}
+
+    def tool_context(self, call_id: str | None = None) -> ToolContext:
+        """What a tool called by this agent is told: the agent, its owner and its workspace."""
+        workspace = agent_workspace(self.id) if self.id is not None else None
+        return ToolContext(self.id, self.owner_id, workspace, call_id)
 
     # --- conversation -------------------------------------------------------------------
 

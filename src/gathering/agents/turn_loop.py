@@ -5,7 +5,7 @@ It needs no long-lived object: `run_turn(agent, text)` works from an `Agent` fre
 its stored record on any instance, because the conversation is read from the database at the
 start of each turn (the process keeps only a cache that a cheap sequence check validates).
 
-Bounds: each tool call has `GATHERING_TOOL_TIMEOUT`, each model call
+Bounds: each tool call has its tool's timeout (default `GATHERING_TOOL_TIMEOUT`), each model call
 `GATHERING_MODEL_CALL_TIMEOUT`, the whole turn `GATHERING_TURN_DEADLINE`; waiting for a busy
 agent is bounded by `GATHERING_AGENT_BUSY_WAIT` (then `AgentBusyError`).
 """
@@ -55,7 +55,9 @@ from gathering.llm import (
 )
 from gathering.llm.types import new_call_id
 from gathering.observability import record_tool_call, record_turn
-from gathering.tools.function import ToolRetry
+from gathering.tools.context import ToolContext
+from gathering.tools.function import FunctionTool, ToolRetry
+from gathering.tools.registry import tool_seconds
 
 if TYPE_CHECKING:
     from gathering.agents.agent import Agent
@@ -138,9 +140,8 @@ AgentEvent = TextDelta | ToolStarted | ToolFinished | TurnResult
 
 @dataclass(frozen=True)
 class TurnLimits:
-    """The time bounds of a turn, in seconds."""
+    """The time bounds of a turn, in seconds (a tool call's own is `tool_seconds`)."""
 
-    tool_timeout: float
     model_call_timeout: float
     turn_deadline: float
     busy_wait: float
@@ -150,7 +151,6 @@ class TurnLimits:
         """The bounds configured by `GATHERING_*` settings."""
         settings = get_settings()
         return cls(
-            settings.tool_timeout,
             settings.model_call_timeout,
             settings.turn_deadline,
             settings.agent_busy_wait,
@@ -349,7 +349,8 @@ async def _exchange(
 ) -> AsyncIterator[AgentEvent | _Finished]:
     provider = agent.model_provider()
     system = await agent.system_prompt(text, conversation.queries, recall=conversation.has_memories)
-    specs = [tool.spec for tool in agent.tools.values()]
+    tools = await agent.turn_tools(conversation.queries)
+    specs = [tool.spec for tool in tools.values()]
     usage, cost = Usage(), None
     calls: list[ToolCall] = []
     loop = asyncio.get_running_loop()
@@ -405,7 +406,8 @@ async def _exchange(
             if loop.time() >= until:  # never start a side effect past the turn's deadline
                 result = ToolResult(call.id, NOT_RUN_RESULT, True, call.name)
             else:
-                result = await run_tool(agent, call, min(limits.tool_timeout, until - loop.time()))
+                seconds = until - loop.time()
+                result = await run_tool(tools, call, seconds, agent.tool_context(call.id))
             await conversation.tool_finished(turn_id, result)
             results.append(result)
             yield ToolFinished(result)
@@ -520,12 +522,16 @@ async def _call_model(
             log.warning("the prompt was too long for the model; retrying with less history")
 
 
-async def run_tool(agent: Agent, call: ToolCall, seconds: float) -> ToolResult:
-    """Run one tool call: a `ToolRetry` goes back to the model as its message, a timeout or
-    any other exception as a failure (logged with its traceback); cancellation propagates."""
-    tool = agent.tools.get(call.name)
+async def run_tool(
+    tools: Mapping[str, FunctionTool], call: ToolCall, left: float, context: ToolContext
+) -> ToolResult:
+    """Run one tool call within its timeout and the `left` seconds of the turn. What the model
+    can act on comes back as its message (a `ToolRetry`, arguments the schema refuses, a
+    refused path); a timeout or any other exception is a failure (logged with its traceback);
+    cancellation propagates."""
+    tool = tools.get(call.name)
     if tool is None:
-        known = ", ".join(sorted(agent.tools)) or "none"
+        known = ", ".join(sorted(tools)) or "none"
         record_tool_call(call.name, "unknown_tool")
         return ToolResult(
             call.id, f"error: no tool named {call.name!r} (tools: {known})", True, call.name
@@ -538,13 +544,17 @@ async def run_tool(agent: Agent, call: ToolCall, seconds: float) -> ToolResult:
             True,
             call.name,
         )
+    seconds = min(tool_seconds(tool), left)
     timer = asyncio.timeout(max(seconds, 0.0))
     try:
         async with timer:
-            output = await tool.run(call.arguments)
+            output = await tool.run(call.arguments, context)
     except ToolRetry as retry:
         record_tool_call(call.name, "retry")
         return ToolResult(call.id, f"error: {retry}", True, call.name)
+    except InvalidInputError as refused:  # bad arguments, a path outside the workspace, ...
+        record_tool_call(call.name, "retry")
+        return ToolResult(call.id, f"error: {refused}", True, call.name)
     except TimeoutError as exc:
         if not timer.expired():  # the tool's own timeout (a socket, ...): a plain failure
             return _tool_failed(call, exc)

@@ -1,4 +1,5 @@
-"""`FunctionTool`: a `ToolSpec` paired with the Python callable that runs it."""
+"""`FunctionTool`: a `ToolSpec` paired with the Python callable that runs it, its effect
+class and its limits."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ import json
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
+from jsonschema.protocols import Validator
+from pydantic import BaseModel, ValidationError
+
+from gathering.errors import InvalidInputError, ToolArgumentsError
 from gathering.llm import ToolSpec
+from gathering.tools.context import ToolContext
+from gathering.tools.validation import check_arguments, field_path, schema_validator
 
 TOOL_THREADS = 8  # plain-function tools running at once in a process
 
@@ -67,25 +74,114 @@ class ToolRetry(Exception):
     tool's result, and the call does not count as a failure."""
 
 
+Effect = Literal["read", "write", "external"]
+"""What a call may change: `read` nothing (safe to repeat), `write` only its workspace (safe to
+repeat with the same idempotency key), `external` the world outside (never repeated)."""
+EFFECTS: tuple[Effect, ...] = get_args(Effect)
+MAX_OUTPUT_CHARS = 50_000  # a tool's output beyond this is cut, with a marker saying so
+
+
 @dataclass(frozen=True)
 class FunctionTool:
-    """A tool an agent can call: `handler(**arguments)`, sync or async, returns its output."""
+    """A tool an agent can call: `handler(**arguments)`, sync or async, returns its output.
+
+    Arguments are checked against `spec.parameters` (JSON Schema) before the handler runs.
+    `timeout` (seconds; None: `GATHERING_TOOL_TIMEOUT`) and `max_output_chars` bound a call.
+    Tools built by `function_tool` also carry the pydantic model that turns checked JSON
+    arguments into the handler's typed values, and the name of their `ToolContext` parameter.
+    """
 
     spec: ToolSpec
     handler: Callable[..., Any]
+    effect: Effect = "external"
+    timeout: float | None = None
+    max_output_chars: int = MAX_OUTPUT_CHARS
+    category: str = "general"
+    plugin: str | None = None
+    arguments_model: type[BaseModel] | None = None
+    context_parameter: str | None = None
+    validator: Validator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not callable(self.handler):
+            raise InvalidInputError(f"tool {self.spec.name!r}: the handler is not callable")
+        if self.effect not in EFFECTS:
+            raise InvalidInputError(
+                f"tool {self.spec.name!r}: unknown effect {self.effect!r}",
+                hint=f"one of: {', '.join(EFFECTS)}",
+            )
+        if self.timeout is not None and not self.timeout > 0:
+            raise InvalidInputError(f"tool {self.spec.name!r}: the timeout must be positive")
+        if self.max_output_chars < 1:
+            raise InvalidInputError(f"tool {self.spec.name!r}: max_output_chars must be >= 1")
+        object.__setattr__(self, "validator", schema_validator(self.name, self.spec.parameters))
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    async def run(self, arguments: Mapping[str, Any]) -> str:
-        """Call the handler and render its result as text for the model."""
-        if inspect.iscoroutinefunction(self.handler):
-            result = await self.handler(**dict(arguments))
+    @property
+    def is_async(self) -> bool:
+        """Whether the handler is a coroutine function (`run_sync` cannot call it)."""
+        return inspect.iscoroutinefunction(self.handler)
+
+    def arguments_for(
+        self, arguments: Mapping[str, Any], context: ToolContext | None = None
+    ) -> dict[str, Any]:
+        """The handler's keyword arguments: checked against the schema (`ToolArgumentsError`),
+        typed by the arguments model, and the context added where the handler asks for it."""
+        if not isinstance(arguments, Mapping):
+            raise ToolArgumentsError(
+                f"the arguments of tool {self.name!r} must be a JSON object",
+                details={"tool": self.name, "errors": []},
+            )
+        check_arguments(self.name, self.validator, arguments)
+        values = dict(arguments)
+        if self.arguments_model is not None:
+            try:
+                model = self.arguments_model.model_validate(values)
+            except ValidationError as exc:
+                raise _pydantic_refusal(self.name, exc) from None
+            values = {name: getattr(model, name) for name in type(model).model_fields}
+        if self.context_parameter is not None:
+            values[self.context_parameter] = context or ToolContext()
+        return values
+
+    async def run(self, arguments: Mapping[str, Any], context: ToolContext | None = None) -> str:
+        """Check the arguments, call the handler (a plain function on a tool thread, off the
+        event loop) and render its result as text for the model, cut to `max_output_chars`."""
+        values = self.arguments_for(arguments, context)
+        if self.is_async:
+            result = await self.handler(**values)
         else:  # a plain function may block: keep it off the event loop
-            result = await _threads.run(self.handler, dict(arguments))
+            result = await _threads.run(self.handler, values)
             if inspect.isawaitable(result):
                 result = await result
-        if isinstance(result, str):
-            return result
-        return json.dumps(result, default=str)
+        return self.render(result)
+
+    def run_sync(self, arguments: Mapping[str, Any], context: ToolContext | None = None) -> str:
+        """`run` for a plain-function tool, in the caller's thread (no event loop needed)."""
+        if self.is_async:
+            raise InvalidInputError(
+                f"tool {self.name!r} is async: await tool.run(...) (or registry.execute(...))",
+                hint="run_sync only calls plain-function tools",
+            )
+        return self.render(self.handler(**self.arguments_for(arguments, context)))
+
+    def render(self, result: Any) -> str:
+        """`result` as the text the model reads: a string as is, anything else as JSON."""
+        text = result if isinstance(result, str) else json.dumps(result, default=str)
+        if len(text) <= self.max_output_chars:
+            return text
+        cut = len(text) - self.max_output_chars
+        return f"{text[: self.max_output_chars]}\n[output truncated: {cut} more characters]"
+
+
+def _pydantic_refusal(name: str, error: ValidationError) -> ToolArgumentsError:
+    errors = [{"path": field_path(item["loc"]), "message": item["msg"]} for item in error.errors()]
+    listed = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+    return ToolArgumentsError(
+        f"invalid arguments for tool {name!r}: {listed}",
+        hint="fix the named fields and call the tool again",
+        details={"tool": name, "errors": errors},
+    )

@@ -1,0 +1,59 @@
+"""Which registry tools each agent may use, stored in PostgreSQL (`tool.agent_tools`).
+
+A registry tool is off for an agent until enabled; every instance reads the setting at the
+start of each turn, so a change applies to the agent's next turn wherever it runs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gathering.config import get_settings
+from gathering.db.database import Queries
+from gathering.db.named_queries import queries_of
+from gathering.tools.function import FunctionTool
+from gathering.tools.registry import ToolRegistry
+
+log = structlog.get_logger(__name__)
+_SQL = queries_of("gathering.tools")
+
+
+async def enabled_tools(
+    queries: Queries, agent_id: int, tools: ToolRegistry
+) -> dict[str, FunctionTool]:
+    """The tools of `tools` enabled for the agent; one enabled but no longer installed is
+    left out (and logged), never an error in the agent's turn."""
+    found: dict[str, FunctionTool] = {}
+    for row in await queries.fetch_all(_SQL["enabled_tools"], agent_id):
+        name = row["tool_name"]
+        item = tools.get(name)
+        if item is None:
+            log.warning("an enabled tool is not installed", agent_id=agent_id, tool=name)
+        else:
+            found[name] = item
+    return found
+
+
+async def tool_settings(queries: Queries, agent_id: int) -> dict[str, dict[str, Any]]:
+    """Each tool the agent has a setting for: `{"enabled": bool, "updated_at": datetime}`."""
+    rows = await queries.fetch_all(_SQL["agent_tool_settings"], agent_id)
+    return {r["tool_name"]: {"enabled": r["enabled"], "updated_at": r["updated_at"]} for r in rows}
+
+
+async def set_tool_enabled(
+    queries: Queries, agent_id: int, tool: FunctionTool, enabled: bool
+) -> datetime:
+    """Enable or disable `tool` for the agent (from its next turn); when it was changed."""
+    row = await queries.fetch_one(_SQL["set_agent_tool"], agent_id, tool.name, enabled)
+    assert row is not None
+    updated: datetime = row["updated_at"]
+    return updated
+
+
+def agent_workspace(agent_id: int) -> Path:
+    """The agent's workspace directory: `<data dir>/workspaces/<agent id>` (not created)."""
+    return get_settings().data_dir / "workspaces" / str(agent_id)

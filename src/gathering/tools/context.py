@@ -1,0 +1,31 @@
+"""`ToolContext`: what a tool is told about the call it serves (who, where, which call)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gathering.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """Given to a tool that declares a parameter of this type (the model never sees it).
+
+    `workspace` is the directory the tool's files live in (an agent's workspace); `call_id`
+    names the call, unique within its turn.
+    """
+
+    agent_id: int | None = None
+    owner_id: int | None = None
+    workspace: Path | None = None
+    call_id: str | None = None
+
+    def require_workspace(self) -> Path:
+        """The workspace; `ConfigurationError` when the call was made without one."""
+        if self.workspace is None:
+            raise ConfigurationError(
+                "this tool works on files, and the call has no workspace",
+                hint="call it through an agent, or give ToolContext(workspace=...)",
+            )
+        return self.workspace
