@@ -532,7 +532,7 @@ async def run_tool(
     tool = tools.get(call.name)
     if tool is None:
         known = ", ".join(sorted(tools)) or "none"
-        record_tool_call(call.name, "unknown_tool")
+        record_tool_call("(unknown)", "unknown_tool")  # a model's names are not metric labels
         return ToolResult(
             call.id, f"error: no tool named {call.name!r} (tools: {known})", True, call.name
         )

@@ -24,6 +24,7 @@ from gathering.api.routers import (
     home,
     memories,
     metrics,
+    tools,
     users,
     ws,
 )
@@ -95,6 +96,7 @@ def create_app(
     app.include_router(users.router)
     app.include_router(agents.router)
     app.include_router(memories.router)
+    app.include_router(tools.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

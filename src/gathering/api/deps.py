@@ -10,10 +10,13 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from starlette.requests import HTTPConnection
 
+from gathering.agents import AgentRecord, PostgresAgentStore
 from gathering.api.fields import WholeNumber
 from gathering.api.security.dependencies import (
     account_services,
     current_principal,
+    ensure_owner,
+    not_found,
     require_admin,
     require_scope,
 )
@@ -21,6 +24,7 @@ from gathering.api.security.state import AuthServices
 from gathering.api.state import AppState
 from gathering.auth.principal import Principal
 from gathering.db import Database
+from gathering.errors import NotFoundError
 from gathering.events import EventBus
 
 MAX_ID = 2**63 - 1
@@ -53,3 +57,15 @@ AgentsWriter = Annotated[Principal, Depends(require_scope("agents:write"))]
 MemoriesReader = Annotated[Principal, Depends(require_scope("memories:read"))]
 MemoriesWriter = Annotated[Principal, Depends(require_scope("memories:write"))]
 EventsReader = Annotated[Principal, Depends(require_scope("events:read"))]
+
+
+async def owned_agent(
+    request: Request, principal: Principal, db: Database, agent_id: int
+) -> AgentRecord:
+    """The stored agent `agent_id`; 404 when it does not exist or is not the caller's."""
+    try:
+        record = await PostgresAgentStore(db).load_agent(agent_id)
+    except NotFoundError:
+        raise not_found("agent", agent_id) from None
+    await ensure_owner(request, principal, record.owner_id, resource="agent", resource_id=agent_id)
+    return record

@@ -6,6 +6,7 @@ start of each turn, so a change applies to the agent's next turn wherever it run
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ import structlog
 from gathering.config import get_settings
 from gathering.db.database import Queries
 from gathering.db.named_queries import queries_of
+from gathering.errors import ConflictError
+from gathering.llm.types import new_call_id
+from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool
-from gathering.tools.registry import ToolRegistry
+from gathering.tools.registry import ToolRegistry, invoke
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.tools")
@@ -57,3 +61,26 @@ async def set_tool_enabled(
 def agent_workspace(agent_id: int) -> Path:
     """The agent's workspace directory: `<data dir>/workspaces/<agent id>` (not created)."""
     return get_settings().data_dir / "workspaces" / str(agent_id)
+
+
+async def invoke_for_agent(
+    queries: Queries,
+    tools: ToolRegistry,
+    agent_id: int,
+    owner_id: int | None,
+    name: str,
+    arguments: Mapping[str, Any],
+) -> tuple[str, str]:
+    """Run the tool `name` once for the agent, as its own call would run (enabled for it, in
+    its workspace, validated, bounded): `(call id, output)`. The caller checks the agent is
+    the caller's to use; failures are typed (see `ToolRegistry.execute`)."""
+    tool = tools.require(name)
+    if name not in await enabled_tools(queries, agent_id, tools):
+        raise ConflictError(
+            f"tool {name!r} is not enabled for agent {agent_id}",
+            hint=f"enable it first: PUT /agents/{agent_id}/tools/{name} with "
+            '{"enabled": true}, or `gathering tools enable ' + f"{name} --agent {agent_id}`",
+        )
+    call_id = new_call_id()
+    context = ToolContext(agent_id, owner_id, agent_workspace(agent_id), call_id)
+    return call_id, await invoke(tool, arguments, context)

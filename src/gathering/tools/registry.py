@@ -27,6 +27,8 @@ from gathering.errors import (
     ToolFailedError,
     ToolTimeoutError,
 )
+from gathering.observability import record_tool_call
+from gathering.tools.builtin_tools import builtin_tools
 from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool, ToolRetry
 
@@ -143,18 +145,27 @@ async def invoke(
     *,
     seconds: float | None = None,
 ) -> str:
-    """Run `tool` once with its limits, its failures as typed errors (see `execute`)."""
+    """Run `tool` once with its limits, its failures as typed errors (see `execute`); the
+    call is counted in `gathering_tool_calls_total` by outcome."""
     seconds = tool_seconds(tool, seconds)
     timer = asyncio.timeout(seconds)
+    outcome = "failed"
     try:
         async with timer:
-            return await tool.run(arguments, context)
+            output = await tool.run(arguments, context)
+        outcome = "ok"
+        return output
+    except InvalidInputError:
+        outcome = "retry"  # arguments or paths the tool refused
+        raise
     except GatheringError:
         raise
     except ToolRetry as retry:
+        outcome = "retry"
         raise ToolFailedError(f"tool {tool.name!r} asked for other arguments: {retry}") from None
     except TimeoutError as exc:
         if timer.expired():
+            outcome = "timeout"
             raise ToolTimeoutError(
                 f"tool {tool.name!r} did not finish within {seconds:g}s and was stopped",
                 hint="give it less work, or raise its timeout (GATHERING_TOOL_TIMEOUT)",
@@ -162,6 +173,8 @@ async def invoke(
         raise _failed(tool, exc) from exc
     except Exception as exc:
         raise _failed(tool, exc) from exc
+    finally:
+        record_tool_call(tool.name, outcome)
 
 
 def _failed(tool: FunctionTool, exc: Exception) -> ToolFailedError:
@@ -203,7 +216,7 @@ def load_plugins(target: ToolRegistry) -> list[str]:
     return added
 
 
-registry = ToolRegistry()
+registry = ToolRegistry(builtin_tools())
 _plugins = threading.Lock()
 _plugins_loaded = False
 

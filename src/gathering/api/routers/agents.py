@@ -42,18 +42,17 @@ from gathering.api.deps import (
     BusDep,
     DbDep,
     app_state,
+    owned_agent,
 )
 from gathering.api.errors import public_error
 from gathering.api.fields import Flag, Integer, WholeNumber, line, text
 from gathering.api.security import (
     Principal,
-    ensure_owner,
-    not_found,
     rate_limit,
 )
 from gathering.api.security.dependencies import security_state
 from gathering.db import Database
-from gathering.errors import GatheringError, InvalidInputError, NotFoundError
+from gathering.errors import GatheringError, InvalidInputError
 from gathering.events import Event
 from gathering.llm import TextDelta, default_model, default_provider_name, known_providers
 from gathering.llm.registry import TEST_PROVIDERS
@@ -281,17 +280,6 @@ def _event(kind: str, record: AgentRecord, principal: Principal) -> Event:
     )
 
 
-async def _owned(
-    request: Request, principal: Principal, db: Database, agent_id: int
-) -> AgentRecord:
-    try:
-        record = await PostgresAgentStore(db).load_agent(agent_id)
-    except NotFoundError:
-        raise not_found("agent", agent_id) from None
-    await ensure_owner(request, principal, record.owner_id, resource="agent", resource_id=agent_id)
-    return record
-
-
 def _check_test_provider(request: Request, provider: str | None) -> None:
     if provider in TEST_PROVIDERS and app_state(request).settings.env != "development":
         raise InvalidInputError(
@@ -363,7 +351,7 @@ async def get_agent(
     principal: AgentsReader,
     db: DbDep,
 ) -> AgentOut:
-    return _out(await _owned(request, principal, db, agent_id))
+    return _out(await owned_agent(request, principal, db, agent_id))
 
 
 @router.patch("/{agent_id}", summary="Change an agent", responses=_NAME_TAKEN)
@@ -375,7 +363,7 @@ async def update_agent(
     db: DbDep,
     bus: BusDep,
 ) -> AgentOut:
-    record = await _owned(request, principal, db, agent_id)
+    record = await owned_agent(request, principal, db, agent_id)
     agent = Agent.from_record(record)  # keeps every setting the body does not change
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
     _check_test_provider(request, changes.get("provider"))
@@ -409,7 +397,7 @@ async def delete_agent(
     db: DbDep,
     bus: BusDep,
 ) -> Response:
-    record = await _owned(request, principal, db, agent_id)
+    record = await owned_agent(request, principal, db, agent_id)
     async with db.transaction() as tx:
         await PostgresAgentStore(db).delete_agent(agent_id)
         await bus.publish(_event("agent.deleted", record, principal), tx=tx)
@@ -419,7 +407,7 @@ async def delete_agent(
 
 async def _chatting(request: Request, principal: Principal, db: Database, agent_id: int) -> Agent:
     """The live agent a chat request talks to."""
-    return await _live_agent(request, await _owned(request, principal, db, agent_id), db)
+    return await _live_agent(request, await owned_agent(request, principal, db, agent_id), db)
 
 
 def _chat_response(result: TurnResult) -> ChatResponse:
@@ -557,7 +545,7 @@ async def history(
     db: DbDep,
     limit: Annotated[WholeNumber, Query(ge=1, le=1000)] = 100,
 ) -> list[HistoryMessage]:
-    record = await _owned(request, principal, db, agent_id)
+    record = await owned_agent(request, principal, db, agent_id)
     store = PostgresAgentStore(db)
     assert record.id is not None
     session_id = await store.latest_session(record.id)
