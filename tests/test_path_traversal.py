@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gathering.errors import InvalidInputError, PathTraversalError
+from gathering.errors import InvalidInputError, NotFoundError, PathTraversalError
 from gathering.tools import resolve_in_workspace
+from gathering.tools.builtins import files as file_tools
 
 TRAVERSAL_CORPUS = [
     "..",
@@ -164,3 +165,47 @@ def test_the_corpus_never_reaches_outside_files(workspace, tmp_path):
         except PathTraversalError:
             continue
         assert os.path.commonpath([resolved, workspace.resolve()]) == str(workspace.resolve())
+
+
+# --- the built-in file tools -----------------------------------------------------------------
+
+FILE_TOOLS = {
+    "read_file": lambda root, path: file_tools.read_file(root, path),
+    "write_file": lambda root, path: file_tools.write_file(root, path, "pwned"),
+    "list_files": lambda root, path: file_tools.list_files(root, path, recursive=True),
+    "search_files": lambda root, path: file_tools.search_files(root, "outside", path=path),
+    "apply_patch-add": lambda root, path: file_tools.apply_patch(
+        root, f"--- /dev/null\n+++ b/{path}\n@@ -0,0 +1 @@\n+pwned\n"
+    ),
+    "apply_patch-modify": lambda root, path: file_tools.apply_patch(
+        root, f"--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n-outside\n+pwned\n"
+    ),
+    "apply_patch-remove": lambda root, path: file_tools.apply_patch(
+        root, f"--- a/{path}\n+++ /dev/null\n@@ -1 +0,0 @@\n-outside\n"
+    ),
+}
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int, bytes | None]]:
+    """Every entry under `folder`, with its mode, modification time and (for files) bytes."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            info = path.lstat()
+            data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+            found[str(path)] = (info.st_mode, info.st_mtime_ns, data)
+    return found
+
+
+@pytest.mark.parametrize("user_path", TRAVERSAL_CORPUS, ids=repr)
+@pytest.mark.parametrize("tool", FILE_TOOLS)
+def test_file_tools_refuse_the_corpus_and_touch_nothing(workspace, tmp_path, tool, user_path):
+    before = _tree(tmp_path)
+    # A line break cannot be spelled in a diff header: the diff then names "line" (inside, and
+    # missing) or is malformed; either way it is refused.
+    unspellable = tool.startswith("apply_patch") and "\n" in user_path
+    expected = (InvalidInputError, NotFoundError) if unspellable else PathTraversalError
+    with pytest.raises(expected):
+        FILE_TOOLS[tool](workspace, user_path)
+    assert _tree(tmp_path) == before

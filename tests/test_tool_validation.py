@@ -57,7 +57,9 @@ async def test_execute_valid_params_succeeds(tools):
 async def test_execute_invalid_type_raises(tools):
     with pytest.raises(ToolArgumentsError) as caught:
         await tools.execute("strict", {"name": 5})
-    assert caught.value.details["errors"] == [{"path": "name", "message": "5 is not of type 'string'"}]
+    assert caught.value.details["errors"] == [
+        {"path": "name", "message": "5 is not of type 'string'"}
+    ]
     assert CALLS == []  # refused before the tool ran
 
 

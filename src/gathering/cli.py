@@ -489,6 +489,140 @@ async def _stream_reply(talker: Agent, line: str) -> None:
         status.stop()
 
 
+tools_app = typer.Typer(
+    help="Tools: list them, enable them for agents, run one.", no_args_is_help=True
+)
+app.add_typer(tools_app, name="tools")
+AgentOption = Annotated[str, typer.Option("--agent", help="Agent id or name")]
+
+
+async def _tools_agent(
+    settings: Settings, store: PostgresAgentStore, agent: str, owner: str | None
+) -> AgentRecord:
+    owner_id = await _owner_id(settings, store, owner, agent)
+    return await store.load_agent(agent, owner_id=owner_id)
+
+
+@tools_app.command("list")
+def tools_list(
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="Show which tools this agent has")
+    ] = None,
+    owner: OwnerOption = None,
+) -> None:
+    """List the tools (built in and from plugins), with their effect."""
+    from gathering.tools import loaded_registry
+    from gathering.tools.agent_tools import tool_settings
+
+    settings = settings_or_exit()
+
+    async def work() -> dict[str, dict[str, object]] | None:
+        if agent is None:
+            return None
+        async with _agent_store(settings) as store:
+            record = await _tools_agent(settings, store, agent, owner)
+            assert record.id is not None
+            return await tool_settings(store.db, record.id)
+
+    enabled = run_async(work)
+    tools = run_async(loaded_registry).list()
+    table = Table(title=f"{len(tools)} tool(s)")
+    columns = ["name", "effect", "category", "plugin", "description"]
+    for column in columns + (["enabled"] if enabled is not None else []):
+        table.add_column(column)
+    for item in tools:
+        row = [
+            item.name,
+            item.effect,
+            item.category,
+            item.plugin or "",
+            escape(item.spec.description.splitlines()[0]),
+        ]
+        if enabled is not None:
+            row.append("yes" if (enabled.get(item.name) or {}).get("enabled") else "no")
+        table.add_row(*row)
+    console.print(table)
+
+
+def _set_tool(name: str, agent: str, owner: str | None, enabled: bool) -> None:
+    from gathering.tools import loaded_registry
+    from gathering.tools.agent_tools import set_tool_enabled
+
+    settings = settings_or_exit()
+
+    async def work() -> AgentRecord:
+        tool = (await loaded_registry()).require(name)
+        async with _agent_store(settings) as store:
+            record = await _tools_agent(settings, store, agent, owner)
+            assert record.id is not None
+            await set_tool_enabled(store.db, record.id, tool, enabled)
+            return record
+
+    record = run_async(work)
+    state = "enabled" if enabled else "disabled"
+    console.print(f"{state} [bold]{name}[/] for agent {escape(record.name)} (id {record.id})")
+
+
+@tools_app.command("enable")
+def tools_enable(
+    name: Annotated[str, typer.Argument(help="The tool")],
+    agent: AgentOption,
+    owner: OwnerOption = None,
+) -> None:
+    """Let an agent use a tool (from its next turn)."""
+    _set_tool(name, agent, owner, True)
+
+
+@tools_app.command("disable")
+def tools_disable(
+    name: Annotated[str, typer.Argument(help="The tool")],
+    agent: AgentOption,
+    owner: OwnerOption = None,
+) -> None:
+    """Take a tool away from an agent (from its next turn)."""
+    _set_tool(name, agent, owner, False)
+
+
+@tools_app.command("invoke")
+def tools_invoke(
+    name: Annotated[str, typer.Argument(help="The tool")],
+    agent: AgentOption,
+    arguments: Annotated[
+        str,
+        typer.Option("--args", help='The arguments as a JSON object, e.g. \'{"path": "a.md"}\''),
+    ] = "{}",
+    owner: OwnerOption = None,
+) -> None:
+    """Run a tool once in an agent's workspace, as the agent's own call would run."""
+    from gathering.tools import loaded_registry
+    from gathering.tools.agent_tools import invoke_for_agent
+
+    settings = settings_or_exit()
+    try:
+        values = json.loads(arguments)
+    except json.JSONDecodeError as exc:
+        fail(
+            InvalidInputError(
+                f"--args is not JSON: {exc}", hint="give an object: --args '{\"x\": 1}'"
+            )
+        )
+    if not isinstance(values, dict):
+        fail(InvalidInputError("--args must be a JSON object", hint="e.g. --args '{\"x\": 1}'"))
+
+    async def work() -> str:
+        tools = await loaded_registry()
+        async with _agent_store(settings) as store:
+            record = await _tools_agent(settings, store, agent, owner)
+            assert record.id is not None
+            with err_console.status(f"running {name}…"):
+                _, output = await invoke_for_agent(
+                    store.db, tools, record.id, record.owner_id, name, values
+                )
+            return output
+
+    typer.echo(run_async(work))
+
+
 @app.command()
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,

@@ -246,7 +246,9 @@ async def test_long_output_is_cut_with_a_marker():
 
     made = function_tool(chatty, effect="read", max_output_chars=100)
     output = await made.run({})
-    assert output.startswith("x" * 100) and output.endswith("[output truncated: 50 more characters]")
+    assert output.startswith("x" * 100) and output.endswith(
+        "[output truncated: 50 more characters]"
+    )
 
 
 async def test_the_context_reaches_the_tool_that_asks_for_it(tmp_path):

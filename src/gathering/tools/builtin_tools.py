@@ -1,0 +1,128 @@
+"""The built-in tools, as agents see them: file tools on the agent's workspace and a
+calculator. The work is done by `gathering.tools.builtins`; this module gives each its schema,
+its description for the model and its effect class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from gathering.tools.builtins import calculator, files
+from gathering.tools.context import ToolContext
+from gathering.tools.function import FunctionTool
+from gathering.tools.signature import function_tool
+
+Offset = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=1, le=files.MAX_LIST_LIMIT)]
+Results = Annotated[int, Field(ge=1, le=files.MAX_SEARCH_RESULTS)]
+WorkspacePath = Annotated[str, Field(max_length=4096)]
+
+
+def _workspace(ctx: ToolContext) -> Path:
+    """The call's workspace, created on first use (this runs on a tool thread)."""
+    root = ctx.require_workspace()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def read_file(
+    ctx: ToolContext, path: WorkspacePath, offset: Offset = 0, limit: Count | None = None
+) -> str:
+    """Read a text file of your workspace.
+
+    Args:
+        path: The file, relative to the workspace (e.g. notes/todo.md).
+        offset: The first line to read, counting from 0.
+        limit: How many lines to read; needed for files over 1 MiB.
+    """
+    return files.read_file(_workspace(ctx), path, offset, limit)
+
+
+def write_file(
+    ctx: ToolContext,
+    path: WorkspacePath,
+    content: Annotated[str, Field(max_length=files.MAX_WRITE_BYTES)],
+    create_dirs: bool = True,
+) -> dict[str, Any]:
+    """Write a text file in your workspace, replacing it if it exists.
+
+    Args:
+        path: The file, relative to the workspace.
+        content: The whole new text of the file.
+        create_dirs: Create missing folders on the way.
+    """
+    return files.write_file(_workspace(ctx), path, content, create_dirs)
+
+
+def list_files(
+    ctx: ToolContext,
+    path: WorkspacePath = ".",
+    pattern: str | None = None,
+    recursive: bool = False,
+    limit: Count = 1000,
+) -> list[dict[str, Any]]:
+    """List the files and folders of a folder in your workspace.
+
+    Args:
+        path: The folder, relative to the workspace ("." for the workspace itself).
+        pattern: Only names matching this glob (e.g. *.py).
+        recursive: Include the folders beneath.
+        limit: At most this many entries.
+    """
+    return files.list_files(_workspace(ctx), path, pattern, recursive, limit)
+
+
+def search_files(
+    ctx: ToolContext,
+    pattern: Annotated[str, Field(min_length=1, max_length=files.MAX_PATTERN_CHARS)],
+    path: WorkspacePath = ".",
+    glob: str | None = None,
+    ignore_case: bool = False,
+    max_results: Results = 200,
+) -> list[dict[str, Any]]:
+    """Find the lines of files in your workspace that match a regular expression.
+
+    Args:
+        pattern: A Python regular expression.
+        path: The folder to search, relative to the workspace.
+        glob: Only files whose names match this glob (e.g. *.md).
+        ignore_case: Match regardless of case.
+        max_results: At most this many matching lines.
+    """
+    return files.search_files(_workspace(ctx), pattern, path, glob, ignore_case, max_results)
+
+
+def apply_patch(
+    ctx: ToolContext, patch: Annotated[str, Field(min_length=1, max_length=files.MAX_PATCH_BYTES)]
+) -> dict[str, Any]:
+    """Apply a unified diff to files in your workspace: all of it, or nothing if a part fails.
+
+    Args:
+        patch: The diff, with ---/+++ headers and @@ hunks; /dev/null adds or removes a file.
+    """
+    return files.apply_patch(_workspace(ctx), patch)
+
+
+def calculate(
+    expression: Annotated[str, Field(min_length=1, max_length=calculator.MAX_EXPRESSION_CHARS)],
+) -> int | float:
+    """Evaluate an arithmetic expression exactly (e.g. "2 * (3 + 4) ** 2" or "15% of 2500").
+
+    Args:
+        expression: Numbers, + - * / // % **, parentheses, abs, round, min, max, sqrt.
+    """
+    return calculator.evaluate(expression)
+
+
+def builtin_tools() -> list[FunctionTool]:
+    """A fresh list of the built-in tools."""
+    return [
+        function_tool(read_file, effect="read", category="files"),
+        function_tool(write_file, effect="write", category="files"),
+        function_tool(list_files, effect="read", category="files"),
+        function_tool(search_files, effect="read", category="files"),
+        function_tool(apply_patch, effect="write", category="files"),
+        function_tool(calculate, name="calculator", effect="read", category="math"),
+    ]

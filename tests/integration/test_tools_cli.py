@@ -1,0 +1,66 @@
+"""`gathering tools list|enable|disable|invoke`: the same checks as the API, from a shell."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gathering.cli import app
+from gathering.config import get_settings
+from gathering.tools.agent_tools import agent_workspace
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def database(monkeypatch, migrated_database_url, llm_stub_env):
+    monkeypatch.setenv("GATHERING_DATABASE_URL", migrated_database_url)
+    get_settings.cache_clear()
+    yield migrated_database_url
+    get_settings.cache_clear()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_list_enable_invoke_and_disable(database):
+    created = run("agents", "create", "Scribe", "--provider", "openai")
+    assert created.exit_code == 0, created.output
+    listed = run("tools", "list")
+    assert listed.exit_code == 0 and "write_file" in listed.output and "calculator" in listed.output
+
+    refused = run("tools", "invoke", "write_file", "--agent", "Scribe", "--args", "{}")
+    assert refused.exit_code != 0 and "is not enabled for agent" in refused.output
+
+    assert run("tools", "enable", "write_file", "--agent", "Scribe").exit_code == 0
+    shown = run("tools", "list", "--agent", "Scribe")
+    assert "enabled" in shown.output
+    [row] = [line for line in shown.output.splitlines() if "write_file" in line]
+    assert "yes" in row
+
+    arguments = json.dumps({"path": "hello.txt", "content": "hi"})
+    done = run("tools", "invoke", "write_file", "--agent", "Scribe", "--args", arguments)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output) == {"path": "hello.txt", "bytes": 2}
+    agent_id = int(next(line for line in created.output.split("(id ")[1:]).split(",")[0])
+    assert (agent_workspace(agent_id) / "hello.txt").read_text() == "hi"
+
+    bad = run("tools", "invoke", "write_file", "--agent", "Scribe", "--args", '{"path": 1}')
+    assert bad.exit_code != 0 and "invalid arguments for tool 'write_file'" in bad.output
+    not_json = run("tools", "invoke", "write_file", "--agent", "Scribe", "--args", "{oops")
+    assert not_json.exit_code != 0 and "--args is not JSON" in not_json.output
+
+    assert run("tools", "disable", "write_file", "--agent", "Scribe").exit_code == 0
+    again = run("tools", "invoke", "write_file", "--agent", "Scribe", "--args", arguments)
+    assert again.exit_code != 0 and "is not enabled" in again.output
+
+
+def test_an_unknown_tool_or_agent_is_a_clear_error(database):
+    assert run("agents", "create", "Scribe", "--provider", "openai").exit_code == 0
+    unknown = run("tools", "enable", "teleport", "--agent", "Scribe")
+    assert unknown.exit_code != 0 and "no tool named 'teleport'" in unknown.output
+    nobody = run("tools", "enable", "calculator", "--agent", "Nobody")
+    assert nobody.exit_code != 0 and "Nobody" in nobody.output
