@@ -595,7 +595,7 @@ def tools_invoke(
 ) -> None:
     """Run a tool once in an agent's workspace, as the agent's own call would run."""
     from gathering.tools import loaded_registry
-    from gathering.tools.agent_tools import invoke_for_agent
+    from gathering.tools.agent_tools import Invocation, invoke_for_agent
 
     settings = settings_or_exit()
     try:
@@ -609,18 +609,20 @@ def tools_invoke(
     if not isinstance(values, dict):
         fail(InvalidInputError("--args must be a JSON object", hint="e.g. --args '{\"x\": 1}'"))
 
-    async def work() -> str:
+    async def work() -> Invocation:
         tools = await loaded_registry()
         async with _agent_store(settings) as store:
             record = await _tools_agent(settings, store, agent, owner)
             assert record.id is not None
             with err_console.status(f"running {name}…"):
-                _, output = await invoke_for_agent(
+                return await invoke_for_agent(
                     store.db, tools, record.id, record.owner_id, name, values
                 )
-            return output
 
-    typer.echo(run_async(work))
+    call = run_async(work)
+    if call.error is not None:
+        fail(call.error)
+    typer.echo(call.output)
 
 
 @app.command()

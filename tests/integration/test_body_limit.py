@@ -82,6 +82,43 @@ def multi(app_for):
     return app_for(auth="required", secret_key=KEY)
 
 
+ESCAPED_CHAR_BYTES = 12  # "\\udb0e\\udefb": one character as a JSON-escaped surrogate pair
+
+
+def _string_limits(node, schemas, seen=()):
+    """The maxLength of every string a request body schema can hold."""
+    if isinstance(node, dict):
+        name = node.get("$ref", "").rsplit("/", 1)[-1]
+        if name and name not in seen:
+            yield from _string_limits(schemas[name], schemas, (*seen, name))
+        if node.get("type") == "string" and "maxLength" in node:
+            yield node["maxLength"]
+        for key, value in node.items():
+            if key != "$ref":
+                yield from _string_limits(value, schemas, seen)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _string_limits(value, schemas, seen)
+
+
+def test_every_string_the_schema_allows_fits_in_its_paths_body_limit():
+    """Else a client sending the longest allowed text gets 413, and one sending text a little
+    too long gets 413 instead of the 422 that names the field."""
+    settings = load_settings()
+    limits = BodyLimitMiddleware(
+        None, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+    )
+    spec = create_app(testing=True).openapi()
+    checked = 0
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            body = operation.get("requestBody")
+            for longest in _string_limits(body, spec["components"]["schemas"]) if body else ():
+                assert (longest + 1) * ESCAPED_CHAR_BYTES + 1024 < limits.limit_for(path), path
+                checked += 1
+    assert checked > 20
+
+
 def test_the_defaults_are_one_and_twenty_five_mib(monkeypatch):
     monkeypatch.delenv("GATHERING_MAX_BODY_BYTES", raising=False)
     monkeypatch.delenv("GATHERING_MAX_UPLOAD_BYTES", raising=False)

@@ -111,16 +111,24 @@ async def test_invoke_refuses_what_the_agent_could_not_do(api):
     assert (await api.post("/tools/calculator/invoke", json=call)).json()["output"] == "2"
     unknown = await api.post("/tools/nope/invoke", json=call)
     assert unknown.status_code == 404
+    # Once made, the call answers 200 with the tool's verdict, as the model would read it.
     bad = await api.post(
         "/tools/calculator/invoke", json={"agent_id": agent_id, "arguments": {"expr": "1"}}
     )
-    assert bad.status_code == 422
-    assert {e["path"] for e in bad.json()["details"]["errors"]} == {"(arguments)"}
+    assert bad.status_code == 200 and bad.json()["is_error"] is True
+    assert bad.json()["output"] is None
+    error = bad.json()["error"]
+    assert error["code"] == "invalid_tool_arguments"
+    assert {e["path"] for e in error["details"]["errors"]} == {"(arguments)"}
     escape = await api.post(
         "/tools/read_file/invoke",
         json={"agent_id": agent_id, "arguments": {"path": "../../../etc/passwd"}},
     )
-    assert escape.status_code == 422 and escape.json()["code"] == "path_traversal"
+    assert escape.json()["is_error"] and escape.json()["error"]["code"] == "path_traversal"
+    zero = await api.post(
+        "/tools/calculator/invoke", json={"agent_id": agent_id, "arguments": {"expression": "1/0"}}
+    )
+    assert zero.json()["error"]["message"] == "division by zero"
     other = await api.post(
         "/tools/calculator/invoke", json={"agent_id": 999_999, "arguments": {"expression": "1"}}
     )

@@ -7,6 +7,7 @@ start of each turn, so a change applies to the agent's next turn wherever it run
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import structlog
 from gathering.config import get_settings
 from gathering.db.database import Queries
 from gathering.db.named_queries import queries_of
-from gathering.errors import ConflictError
+from gathering.errors import ConflictError, GatheringError
 from gathering.llm.types import new_call_id
 from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool
@@ -63,6 +64,21 @@ def agent_workspace(agent_id: int) -> Path:
     return get_settings().data_dir / "workspaces" / str(agent_id)
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """One call made outside a turn: its id, and the tool's output or the error it ended with
+    (what the model would have been told, as `error: ...`)."""
+
+    tool: str
+    call_id: str
+    output: str | None = None
+    error: GatheringError | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.error is not None
+
+
 async def invoke_for_agent(
     queries: Queries,
     tools: ToolRegistry,
@@ -70,10 +86,11 @@ async def invoke_for_agent(
     owner_id: int | None,
     name: str,
     arguments: Mapping[str, Any],
-) -> tuple[str, str]:
+) -> Invocation:
     """Run the tool `name` once for the agent, as its own call would run (enabled for it, in
-    its workspace, validated, bounded): `(call id, output)`. The caller checks the agent is
-    the caller's to use; failures are typed (see `ToolRegistry.execute`)."""
+    its workspace, validated, bounded). An unknown tool is `NotFoundError`, one the agent does
+    not have `ConflictError`; once the call is made, its failure (refused arguments, a
+    timeout, an exception) is in the `Invocation`. The caller checks the agent is theirs."""
     tool = tools.require(name)
     if name not in await enabled_tools(queries, agent_id, tools):
         raise ConflictError(
@@ -83,4 +100,7 @@ async def invoke_for_agent(
         )
     call_id = new_call_id()
     context = ToolContext(agent_id, owner_id, agent_workspace(agent_id), call_id)
-    return call_id, await invoke(tool, arguments, context)
+    try:
+        return Invocation(name, call_id, output=await invoke(tool, arguments, context))
+    except GatheringError as error:
+        return Invocation(name, call_id, error=error)

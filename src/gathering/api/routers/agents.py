@@ -200,10 +200,15 @@ class AgentOut(BaseModel):
     created_at: datetime | None
 
 
+# A message the schema allows fits in the 1 MiB body even with every character sent as a
+# 12-byte JSON escape (a surrogate pair); tests/integration/test_body_limit.py checks it.
+MAX_MESSAGE_CHARS = 80_000
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: str = text(100_000)
+    message: str = text(MAX_MESSAGE_CHARS)
     new_session: Flag = Field(default=False, description="Start a fresh conversation first")
 
 

@@ -70,11 +70,26 @@ class InvokeIn(BaseModel):
     )
 
 
+class ToolErrorOut(BaseModel):
+    """Why the call failed: e.g. `invalid_tool_arguments` (with `details.errors`, one per
+    refused field), `path_traversal`, `tool_timeout`, `tool_failed`."""
+
+    code: str
+    message: str
+    hint: str | None = None
+    details: dict[str, Any] | None = None
+
+
 class InvokeOut(BaseModel):
+    """The call's result: the tool's output, or the error it ended with, as an agent's call
+    would have told the model."""
+
     tool: str
     agent_id: int
     call_id: str
-    output: str = Field(description="What the tool returned, as the model would read it")
+    is_error: bool
+    output: str | None = Field(description="What the tool returned, as the model reads it")
+    error: ToolErrorOut | None = None
 
 
 def _out(tool: FunctionTool) -> dict[str, Any]:
@@ -142,11 +157,7 @@ async def set_agent_tool(
     "/tools/{name}/invoke",
     summary="Run a tool once",
     dependencies=[rate_limit("chat")],
-    responses={
-        409: {"description": "The tool is not enabled for the agent"},
-        502: {"description": "The tool failed"},
-        504: {"description": "The tool did not finish within its timeout"},
-    },
+    responses={409: {"description": "The tool is not enabled for the agent"}},
 )
 async def invoke_tool(
     name: ToolName,
@@ -158,22 +169,38 @@ async def invoke_tool(
     tools: Tools,
 ) -> InvokeOut:
     """One call in the agent's workspace, through the same checks as the agent's own calls:
-    the tool must be enabled for the agent, and the arguments match its schema."""
+    the tool must be enabled for the agent, and the arguments match its schema. Once made, the
+    call answers 200 whatever the tool's verdict: `is_error` and `error` say how it ended."""
     tools.require(name)
     record = await owned_agent(request, principal, db, body.agent_id)
-    call_id, output = await invoke_for_agent(
-        db, tools, body.agent_id, record.owner_id, name, body.arguments
-    )
-    body_of_event = {
-        "agent_id": body.agent_id,
-        "tool": name,
-        "call_id": call_id,
-        "by": principal.user_id,
-        "content": output[:EVENT_PREVIEW_CHARS],
-    }
+    call = await invoke_for_agent(db, tools, body.agent_id, record.owner_id, name, body.arguments)
+    error = None
+    if call.error is not None:
+        error = ToolErrorOut(
+            code=call.error.code,
+            message=call.error.message,
+            hint=call.error.hint,
+            details=call.error.details or None,
+        )
+    content = call.output if call.output is not None else f"error: {call.error}"
     subjects = [f"agent:{body.agent_id}"]
     if record.owner_id is not None:
         subjects.append(f"user:{record.owner_id}")
-    events = [Event("tool.invoked", body_of_event, subject=s, source="api") for s in subjects]
+    about = {
+        "agent_id": body.agent_id,
+        "tool": name,
+        "call_id": call.call_id,
+        "by": principal.user_id,
+        "is_error": call.is_error,
+        "content": content[:EVENT_PREVIEW_CHARS],
+    }
+    events = [Event("tool.invoked", about, subject=s, source="api") for s in subjects]
     await bus.publish_many(events, durable=True)
-    return InvokeOut(tool=name, agent_id=body.agent_id, call_id=call_id, output=output)
+    return InvokeOut(
+        tool=name,
+        agent_id=body.agent_id,
+        call_id=call.call_id,
+        is_error=call.is_error,
+        output=call.output,
+        error=error,
+    )
