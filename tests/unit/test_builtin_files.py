@@ -360,6 +360,16 @@ def test_search_results_are_capped(root):
         search_files(root, "hit", max_results=0)
 
 
+def test_a_backtracking_pattern_is_stopped_and_frees_its_thread(root, monkeypatch):
+    """(a+)+$ on a line of a's takes exponential time in `re`; the search stops at its limit
+    instead of keeping a tool thread busy after the call was answered."""
+    monkeypatch.setattr(files, "SEARCH_SECONDS", 0.2)
+    (root / "bait.txt").write_text("a" * 5_000 + "!\n")
+    with pytest.raises(InvalidInputError, match=r"longer than 0\.2s") as info:
+        search_files(root, "(a+)+$")
+    assert "(a+)+" in info.value.hint
+
+
 def test_search_cuts_long_lines(root):
     (root / "long.txt").write_text("a" * 20_000 + "NEEDLE\n" + "b" * 400 + "\n")
     assert search_files(root, "NEEDLE") == []  # beyond MAX_SCAN_LINE_CHARS: not scanned

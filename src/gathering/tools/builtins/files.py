@@ -7,9 +7,9 @@ regular files, so a symlink swapped in after the path check is not followed at t
 component; symlinks met while walking folders are listed but never followed. Writes go to a
 temporary file in the same folder, then `os.replace`, so a reader never sees half a file.
 
-`search_files` uses Python's `re`, which has no time limit: lines are cut to
-`MAX_SCAN_LINE_CHARS` before matching, which bounds the cost of slow (polynomial) patterns;
-an exponential pattern such as `(a+)+$` is bounded only by the tool's timeout.
+`search_files` matches with the `regex` module, which can stop a match: a whole search ends
+within `SEARCH_SECONDS` (a pattern such as `(a+)+$` that backtracks exponentially is stopped
+with a clear error), and lines are cut to `MAX_SCAN_LINE_CHARS` before matching.
 
 `apply_patch` applies a unified diff only if every hunk of every file applies: a hunk must
 match its context exactly, at its stated line or up to `PATCH_FUZZ_LINES` lines either side
@@ -21,14 +21,15 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import re
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import regex
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import Hunk, PatchedFile, PatchSet
 
@@ -44,6 +45,9 @@ SKIPPED_DIRS = frozenset({".git"})  # never walked into by list_files and search
 MAX_SEARCH_RESULTS = 1000
 MAX_SEARCH_FILE_BYTES = 2 * 1024 * 1024  # larger files are skipped by search_files
 MAX_SCAN_LINE_CHARS = 10_000  # longer lines are cut before the regex sees them
+# A whole search ends within this: `regex` (unlike `re`) can stop a match that backtracks, so a
+# pattern such as (a+)+$ never keeps a tool thread busy after its call was answered.
+SEARCH_SECONDS = 20.0
 MAX_MATCH_TEXT_CHARS = 300
 MAX_PATTERN_CHARS = 1000
 MAX_PATCH_BYTES = 1024 * 1024
@@ -436,15 +440,15 @@ def list_files(
     return listed
 
 
-def _compile(pattern: object, ignore_case: bool) -> re.Pattern[str]:
+def _compile(pattern: object, ignore_case: bool) -> regex.Pattern[str]:
     if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_PATTERN_CHARS:
         raise InvalidInputError(
             f"the pattern must be a regular expression of 1 to {MAX_PATTERN_CHARS} characters",
             hint="give a shorter, non-empty pattern",
         )
     try:
-        return re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-    except re.error as exc:
+        return regex.compile(pattern, regex.IGNORECASE if ignore_case else 0)
+    except regex.error as exc:
         raise InvalidInputError(
             f"the pattern {_shown(pattern)!r} is not a valid regular expression: {exc}",
             hint="escape special characters such as ( [ { . * + ? with a backslash",
@@ -479,13 +483,14 @@ def search_files(
     Skips binary files, files over MAX_SEARCH_FILE_BYTES, symlinks and `.git`. Lines are cut to
     MAX_SCAN_LINE_CHARS before matching. A last {"truncated": true, "note"} marks a cut list.
     """
-    regex = _compile(pattern, ignore_case)
+    compiled = _compile(pattern, ignore_case)
     _check_int("max_results", max_results, 1, MAX_SEARCH_RESULTS)
+    search = _Search(compiled, time.monotonic() + SEARCH_SECONDS)
     _check_glob("glob", glob)
     target, info = _start(root, path)
     relative = target.resolved.relative_to(Path(root).resolve()).as_posix()
     if stat.S_ISREG(info.st_mode):
-        return _search_file(regex, str(target.resolved), relative, [], max_results)
+        return _search_file(search, str(target.resolved), relative, [], max_results)
     if not stat.S_ISDIR(info.st_mode):
         raise InvalidInputError(f"{target.shown!r} is not a file or folder", hint="give a folder")
     found: list[dict[str, Any]] = []
@@ -496,19 +501,40 @@ def search_files(
         if entry.name in SKIPPED_DIRS or _kind(entry) != "file":
             continue
         if glob is None or _glob_matches(glob, entry.name, entry_path):
-            _search_file(regex, entry.path, entry_path, found, max_results)
+            _search_file(search, entry.path, entry_path, found, max_results)
             if len(found) > max_results:
                 break
     return found
 
 
+@dataclass(frozen=True)
+class _Search:
+    """A compiled pattern and the time by which the whole search must end."""
+
+    pattern: regex.Pattern[str]
+    deadline: float
+
+    def matches(self, line: str) -> bool:
+        left = self.deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            return self.pattern.search(line, timeout=left) is not None
+        except TimeoutError:
+            raise InvalidInputError(
+                f"the search took longer than {SEARCH_SECONDS:g}s and was stopped",
+                hint="search fewer files (path, glob), or simplify the pattern: nested "
+                "repetition such as (a+)+ can take exponential time",
+            ) from None
+
+
 def _search_file(
-    regex: re.Pattern[str], path: str, relative: str, found: list[dict[str, Any]], cap: int
+    search: _Search, path: str, relative: str, found: list[dict[str, Any]], cap: int
 ) -> list[dict[str, Any]]:
     """`found` with the matching lines of one file added; past `cap`, a note ends it."""
     for number, line in enumerate(_text_lines(path) or [], start=1):
         scanned = line[:MAX_SCAN_LINE_CHARS].removesuffix("\r")
-        if not regex.search(scanned):
+        if not search.matches(scanned):
             continue
         if len(found) == cap:
             found.append(_cut_note(f"more than {cap} matches", "narrow the search"))
