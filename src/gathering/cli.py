@@ -544,23 +544,26 @@ def tools_list(
     console.print(table)
 
 
-def _set_tool(name: str, agent: str, owner: str | None, enabled: bool) -> None:
+def _set_tool(name: str, agent: str, owner: str | None, changes: dict[str, object]) -> None:
     from gathering.tools import loaded_registry
-    from gathering.tools.agent_tools import set_tool_enabled
+    from gathering.tools.agent_tools import change_agent_tool
 
     settings = settings_or_exit()
 
-    async def work() -> AgentRecord:
+    async def work() -> tuple[AgentRecord, dict[str, object]]:
         tool = (await loaded_registry()).require(name)
         async with _agent_store(settings) as store:
             record = await _tools_agent(settings, store, agent, owner)
             assert record.id is not None
-            await set_tool_enabled(store.db, record.id, tool, enabled)
-            return record
+            return record, await change_agent_tool(store.db, record.id, tool, changes)
 
-    record = run_async(work)
-    state = "enabled" if enabled else "disabled"
-    console.print(f"{state} [bold]{name}[/] for agent {escape(record.name)} (id {record.id})")
+    record, setting = run_async(work)
+    state = "enabled" if setting["enabled"] else "disabled"
+    policy = setting["policy"] or "the tool's default"
+    console.print(
+        f"[bold]{name}[/] is {state} for agent {escape(record.name)} (id {record.id}), "
+        f"policy: {policy}"
+    )
 
 
 @tools_app.command("enable")
@@ -570,7 +573,7 @@ def tools_enable(
     owner: OwnerOption = None,
 ) -> None:
     """Let an agent use a tool (from its next turn)."""
-    _set_tool(name, agent, owner, True)
+    _set_tool(name, agent, owner, {"enabled": True})
 
 
 @tools_app.command("disable")
@@ -580,7 +583,21 @@ def tools_disable(
     owner: OwnerOption = None,
 ) -> None:
     """Take a tool away from an agent (from its next turn)."""
-    _set_tool(name, agent, owner, False)
+    _set_tool(name, agent, owner, {"enabled": False})
+
+
+@tools_app.command("policy")
+def tools_policy(
+    name: Annotated[str, typer.Argument(help="The tool")],
+    policy: Annotated[
+        Literal["allow", "ask", "deny", "default"],
+        typer.Argument(help="allow, ask (a person approves each call), deny, or default"),
+    ],
+    agent: AgentOption,
+    owner: OwnerOption = None,
+) -> None:
+    """Set how an agent's calls of a tool run: allowed, after a person's approval, or never."""
+    _set_tool(name, agent, owner, {"policy": None if policy == "default" else policy})
 
 
 @tools_app.command("invoke")

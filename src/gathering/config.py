@@ -571,6 +571,14 @@ class Settings(BaseSettings):
         validation_alias=_env("agent_busy_wait"),
         description="Seconds a message waits for an agent busy in another turn; then 409.",
     )
+    approval_timeout: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        le=365 * 24 * 3600.0,
+        validation_alias=_env("approval_timeout"),
+        description="Seconds a tool call waits for a person's approval (24 h); then it expires "
+        "and the agent is told it was not run.",
+    )
 
     # --- memory ---------------------------------------------------------------------------
     embedding_provider: Literal["none", "openai", "ollama", "local"] = Field(

@@ -317,3 +317,17 @@ class ToolTimeoutError(GatheringError):
 
     code = "tool_timeout"
     http_status = 504
+
+
+class ToolDeniedError(PermissionDeniedError):
+    """The agent's policy for this tool is `deny`: the call was not run."""
+
+    code = "tool_denied"
+
+
+class ApprovalRequiredError(GatheringError):
+    """The call waits for a person's approval (policy `ask`); `details["approval_id"]` names
+    the approval to answer."""
+
+    code = "approval_required"
+    http_status = 202

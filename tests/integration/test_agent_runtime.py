@@ -331,13 +331,16 @@ async def test_save_recovers_after_a_failed_new_session():
 
 
 async def test_clearing_waits_for_the_turn_in_progress(store):
+    in_turn = asyncio.Event()
+
     async def slow(messages):
+        in_turn.set()  # the turn holds the agent's lock from here to its end
         await asyncio.sleep(0.1)
         return "done"
 
     agent = Agent("Patient", "scripted", llm=ScriptedProvider(slow), store=store)
     turn = asyncio.create_task(agent.process_message("long task"))
-    await asyncio.sleep(0.02)
+    await asyncio.wait_for(in_turn.wait(), 10)
     await agent.memory.clear()
     assert await turn == "done"
     assert agent.memory.get_history() == []

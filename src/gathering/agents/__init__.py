@@ -31,7 +31,8 @@ from gathering.agents.long_term_memory import LongTermMemory, Memory, RecalledMe
 from gathering.agents.model_adapter import as_completion
 from gathering.agents.persona import Persona
 from gathering.agents.system_prompt import PromptBuilder
-from gathering.agents.turn_loop import AgentEvent, ToolFinished, ToolStarted, TurnResult, run_turn
+from gathering.agents.tool_calls import ToolFinished, ToolStarted
+from gathering.agents.turn_loop import AgentEvent, TurnResult, resume_turn, run_turn
 from gathering.llm import Completion, LLMProvider, Message, ToolSpec
 
 
@@ -80,5 +81,6 @@ __all__ = [
     "chunk_text",
     "default_store",
     "llm_client",
+    "resume_turn",
     "run_turn",
 ]

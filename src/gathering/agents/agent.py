@@ -19,7 +19,7 @@ from gathering.agents.turn_loop import AgentEvent, TurnLimits, TurnResult, run_t
 from gathering.db.database import Queries
 from gathering.errors import InvalidInputError
 from gathering.llm import LLMProvider, ToolSpec, default_model, get_provider, known_providers
-from gathering.tools.agent_tools import agent_workspace, enabled_tools
+from gathering.tools.agent_tools import ToolBox, agent_workspace, enabled_tools
 from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool
 from gathering.tools.registry import default_registry, loaded_registry, registry
@@ -287,14 +287,14 @@ class Agent:
 
     # --- tools --------------------------------------------------------------------------
 
-    async def turn_tools(self, queries: Queries | None) -> dict[str, FunctionTool]:
-        """The tools of a turn: the registry tools enabled for this agent (read from the
-        database, so a change made on any instance applies) and the agent's own, which win a
-        name clash."""
-        enabled = {}
+    async def turn_tools(self, queries: Queries | None) -> ToolBox:
+        """The tools of a turn: the registry tools enabled for this agent, with their policies
+        (read from the database, so a change made on any instance applies), and the agent's
+        own, which win a name clash and always run."""
+        box = ToolBox({})
         if queries is not None and self.id is not None:
-            enabled = await enabled_tools(queries, self.id, await loaded_registry())
-        return {**enabled, **self.tools}
+            box = await enabled_tools(queries, self.id, await loaded_registry())
+        return box.merged(self.tools)
 
     def tool_context(self, call_id: str | None = None) -> ToolContext:
         """What a tool called by this agent is told: the agent, its owner and its workspace."""

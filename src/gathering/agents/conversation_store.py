@@ -22,7 +22,7 @@ from gathering.db.named_queries import queries_of
 from gathering.errors import NotFoundError
 from gathering.llm import Message, ToolResult, Usage
 
-TurnStatus = Literal["running", "completed", "failed", "interrupted"]
+TurnStatus = Literal["running", "waiting", "completed", "failed", "interrupted"]
 CACHED_AGENTS = 1024  # sessions whose tail one process keeps in memory (least recent leave)
 
 
@@ -61,6 +61,19 @@ class StoredTurn:
 
 
 @dataclass(frozen=True)
+class ResumedTurn:
+    """A turn taken up again after its approvals were answered: its user message, how many
+    model calls it made, and the stored state of its last reply's tool calls."""
+
+    turn_id: str
+    text: str
+    iterations: int
+    call_status: Mapping[str, str]  # call id -> started, waiting, queued, finished, failed
+    call_results: Mapping[str, str]  # call id -> the stored result of a finished or failed one
+    keyed: bool = False  # begun with an idempotency key: its result is kept for a replay
+
+
+@dataclass(frozen=True)
 class TurnStart:
     """What begins a turn: the user's message, its idempotency key, and whether the turn
     opens a fresh session."""
@@ -82,6 +95,7 @@ class Conversation(Protocol):
     interrupted: tuple[str, ...]  # turns found running from a holder that died, now closed
     turn_id: str | None
     replay: StoredTurn | None
+    waiting: str | None  # the agent's turn that waits for an approval (no new turn began)
 
     @property
     def queries(self) -> Queries | None:
@@ -125,6 +139,18 @@ class Conversation(Protocol):
 
     async def fail_turn(self, turn_id: str, error: Mapping[str, Any]) -> None:
         """Mark the turn failed and store an error entry; its messages leave the window."""
+        ...
+
+    async def suspend_turn(
+        self, turn_id: str, waiting_call: str, queued: Sequence[str], result: Mapping[str, Any]
+    ) -> None:
+        """Leave the turn waiting for an approval of `waiting_call` (the `queued` calls after
+        it not started), keeping `result` for a replay; the lock goes with this statement."""
+        ...
+
+    async def resume(self, turn_id: str) -> ResumedTurn | None:
+        """Take up the waiting turn again once its approvals are answered (None: it is not
+        waiting, still waits, or belongs to an older session)."""
         ...
 
 
@@ -270,6 +296,7 @@ class PostgresConversation:
         self.has_memories = False
         self.turn_id: str | None = None
         self.replay: StoredTurn | None = None
+        self.waiting: str | None = None
         self._cache = cache
         self._last_seq = 0
 
@@ -280,6 +307,7 @@ class PostgresConversation:
         self.session_id, self._last_seq = str(begun["session_id"]), begun["last_seq"]
         self.interrupted = tuple(begun["interrupted"] or ())
         self.has_memories = bool(begun["memories"])
+        self.waiting = str(begun["waiting"]) if begun.get("waiting") else None
         stored = begun["stored"]
         if stored is not None:
             self.replay = StoredTurn(
@@ -289,7 +317,7 @@ class PostgresConversation:
                 stored["result"],
                 stored["error"],
             )
-        elif turn is not None:
+        elif turn is not None and begun["new_turn_id"] is not None:
             self.turn_id = str(begun["new_turn_id"])
             entry = HistoryEntry(Message.user(turn.text), seq=self._last_seq, turn_id=self.turn_id)
             tail = self._cache.get(self.agent_id)
@@ -348,6 +376,39 @@ class PostgresConversation:
         entry = HistoryEntry(Message.assistant(), turn_id=turn_id, error=str(error["message"]))
         await self._last_statement(turn_id, [entry], "failed", Jsonb(error))
         self._cache.drop(self.agent_id)  # the failed turn's messages leave the window
+
+    async def suspend_turn(
+        self, turn_id: str, waiting_call: str, queued: Sequence[str], result: Mapping[str, Any]
+    ) -> None:
+        await self.queries.execute(_SQL["tools_waiting"], turn_id, waiting_call, list(queued))
+        await self._last_statement(turn_id, [], "waiting", Jsonb(_storable(dict(result))))
+
+    async def resume(self, turn_id: str) -> ResumedTurn | None:
+        row = await self.queries.fetch_one(_SQL["resume_turn"], turn_id, self.agent_id)
+        if row is None:
+            return None
+        if str(row["session_id"]) != self.session_id:
+            await self.fail_turn(
+                turn_id,
+                {
+                    "code": "session_moved_on",
+                    "message": "a new session was started while the turn waited for approval",
+                },
+            )
+            return None
+        calls = await self.queries.fetch_all(_SQL["turn_tool_calls"], turn_id)
+        return ResumedTurn(
+            turn_id,
+            row["text"] or "",
+            int(row["iterations"]),
+            {c["call_id"]: c["status"] for c in calls},
+            {
+                c["call_id"]: c["result"] or ""
+                for c in calls
+                if c["status"] in ("finished", "failed")
+            },
+            bool(row["keyed"]),
+        )
 
     async def _append(
         self,

@@ -11,12 +11,14 @@ from typing import Any
 
 from gathering.agents.conversation_store import (
     HistoryEntry,
+    ResumedTurn,
     StoredTurn,
     TurnStart,
     TurnStatus,
     storable_entry,
 )
 from gathering.db.database import Queries
+from gathering.errors import FeatureUnavailableError
 from gathering.llm import Message, ToolResult
 
 
@@ -63,6 +65,7 @@ class InMemoryConversation:
         self.has_memories = False  # long-term memory needs PostgreSQL
         self.turn_id: str | None = None
         self.replay: StoredTurn | None = None
+        self.waiting: str | None = None  # approvals need PostgreSQL: no turn ever waits here
 
     async def open(self, turn: TurnStart | None) -> InMemoryConversation:
         """Find the current session, close interrupted turns, and begin `turn` when given."""
@@ -158,3 +161,14 @@ class InMemoryConversation:
         turn.status, turn.error = "failed", error
         self._running.discard(turn_id)
         await self.append(turn_id, [HistoryEntry(Message.assistant(), error=str(error["message"]))])
+
+    async def suspend_turn(
+        self, turn_id: str, waiting_call: str, queued: Sequence[str], result: Mapping[str, Any]
+    ) -> None:
+        raise FeatureUnavailableError(
+            "a tool call that needs a person's approval cannot wait in memory",
+            hint="use the PostgreSQL agent store, or give the tool the policy allow",
+        )
+
+    async def resume(self, turn_id: str) -> ResumedTurn | None:
+        return None

@@ -79,7 +79,8 @@ RETURNING last_seq
 -- seqs have no gaps or duplicates on any instance); `last_seq` is NULL when the session is
 -- gone. In the same statement, each part skipped when its parameter is NULL: the tool calls of
 -- the JSON array $4 start; the turn ends ($5 'completed' with result $6, or 'failed' with error
--- $6, which interrupts its started tool calls); and the turn lock $7 is released once the
+-- $6, which interrupts its started tool calls) or waits for an approval ($5 'waiting', with the
+-- result $6 a replay returns); and the turn lock $7 is released once the
 -- session row is locked (the next holder reads that row FOR UPDATE in agent.begin_turn, so it
 -- waits for this statement's commit and never sees the conversation without it).
 WITH s AS (
@@ -101,11 +102,11 @@ WITH s AS (
     FROM jsonb_array_elements($4::jsonb) AS x
 ), t AS (
     UPDATE agent.turns
-    SET status = $5::text, finished_at = now(),
-        result = CASE WHEN $5::text = 'completed' THEN $6::jsonb ELSE result END,
+    SET status = $5::text, finished_at = CASE WHEN $5::text = 'waiting' THEN NULL ELSE now() END,
+        result = CASE WHEN $5::text IN ('completed', 'waiting') THEN $6::jsonb ELSE result END,
         error = CASE WHEN $5::text = 'failed' THEN $6::jsonb ELSE error END
     WHERE id = $3::uuid
-      AND ($5::text = 'completed' OR ($5::text = 'failed' AND status = 'running'))
+      AND ($5::text IN ('completed', 'waiting') OR ($5::text = 'failed' AND status = 'running'))
 ), i AS (
     UPDATE agent.tool_calls SET status = 'interrupted', finished_at = now()
     WHERE $5::text = 'failed' AND turn_id = $3::uuid AND status = 'started'
@@ -116,6 +117,36 @@ SELECT (SELECT last_seq FROM s) AS last_seq,
 -- name: tool_finished --
 UPDATE agent.tool_calls SET status = $3, result = $4, finished_at = now()
 WHERE turn_id = $1::uuid AND call_id = $2
+
+-- name: tools_waiting --
+-- Turn $1 waits for an approval of call $2; the calls $3 after it have not started.
+UPDATE agent.tool_calls
+SET status = CASE WHEN call_id = $2 THEN 'waiting' ELSE 'queued' END
+WHERE turn_id = $1::uuid AND (call_id = $2 OR call_id = ANY($3::text[]))
+
+-- name: resume_turn --
+-- Take up waiting turn $1 of agent $2 again once none of its approvals is pending (no row: it
+-- is not waiting, still waits, or is gone), and mark its answered approvals picked up.
+WITH t AS (
+    UPDATE agent.turns SET status = 'running'
+    WHERE id = $1::uuid AND agent_id = $2 AND status = 'waiting'
+      AND NOT EXISTS (SELECT 1 FROM tool.approvals a
+                      WHERE a.turn_id = $1::uuid AND a.state = 'pending')
+    RETURNING id, session_id, idempotency_key
+), a AS (
+    UPDATE tool.approvals SET resumed_at = now()
+    WHERE turn_id IN (SELECT id FROM t) AND state <> 'pending' AND resumed_at IS NULL
+)
+SELECT t.session_id,
+       (SELECT m.content FROM agent.messages m WHERE m.turn_id = t.id AND m.role = 'user'
+        ORDER BY m.seq LIMIT 1) AS text,
+       (SELECT count(*) FROM agent.messages m WHERE m.turn_id = t.id AND m.role = 'assistant')
+           AS iterations,
+       t.idempotency_key IS NOT NULL AS keyed
+FROM t
+
+-- name: turn_tool_calls --
+SELECT call_id, name, status, result FROM agent.tool_calls WHERE turn_id = $1::uuid
 
 -- memories and documents --------------------------------------------------------------------
 

@@ -24,10 +24,20 @@ from gathering.agents.context_window import build_messages
 from gathering.agents.conversation_store import (
     Conversation,
     HistoryEntry,
+    ResumedTurn,
     StoredTurn,
     TurnStart,
     storable_text,
 )
+from gathering.agents.tool_calls import (
+    BatchDone,
+    StoredCalls,
+    Suspended,
+    ToolFinished,
+    ToolStarted,
+    run_batch,
+)
+from gathering.agents.turn_events import EVENT_PREVIEW_CHARS, TurnEvents
 from gathering.config import get_settings
 from gathering.errors import (
     ConflictError,
@@ -41,7 +51,6 @@ from gathering.errors import (
     TurnFailedError,
     TurnTimeoutError,
 )
-from gathering.events import Event, EventBus
 from gathering.llm import (
     Completion,
     LLMProvider,
@@ -49,27 +58,21 @@ from gathering.llm import (
     StreamDone,
     TextDelta,
     ToolCall,
-    ToolResult,
     ToolSpec,
     Usage,
 )
 from gathering.llm.types import new_call_id
-from gathering.observability import record_tool_call, record_turn
-from gathering.tools.context import ToolContext
-from gathering.tools.function import FunctionTool, ToolRetry
-from gathering.tools.registry import tool_seconds
+from gathering.observability import record_turn
+from gathering.tools.approvals import approvals_of_turn
 
 if TYPE_CHECKING:
     from gathering.agents.agent import Agent
 
 log = structlog.get_logger(__name__)
 
-Outcome = Literal["completed", "max_iterations"]
+Outcome = Literal["completed", "max_iterations", "waiting_approval"]
 IDEMPOTENCY_KEY_PATTERN = r"[\x21-\x7e]{1,255}"  # printable ASCII, no spaces
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-NOT_RUN_RESULT = "error: not run: the turn's deadline had passed"
-DELTA_FLUSH_SECONDS = 0.1  # `turn.delta` events are coalesced over this long
-EVENT_PREVIEW_CHARS = 2_000  # a tool result in a `tool.finished` event is cut to this
 
 
 @dataclass
@@ -85,6 +88,7 @@ class TurnResult:
     session_id: str | None = None
     turn_id: str | None = None
     replayed: bool = False  # returned again for a repeated idempotency key
+    approval_id: int | None = None  # the approval a `waiting_approval` turn waits for
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form, read back by `TurnResult.from_dict`."""
@@ -100,6 +104,7 @@ class TurnResult:
             "tool_calls": [call.to_dict() for call in self.tool_calls],
             "session_id": self.session_id,
             "turn_id": self.turn_id,
+            "approval_id": self.approval_id,
         }
 
     @classmethod
@@ -118,21 +123,8 @@ class TurnResult:
             ],
             session_id=body.get("session_id"),
             turn_id=body.get("turn_id"),
+            approval_id=body.get("approval_id"),
         )
-
-
-@dataclass(frozen=True)
-class ToolStarted:
-    """Stream event: the model asked for a tool and it is running."""
-
-    call: ToolCall
-
-
-@dataclass(frozen=True)
-class ToolFinished:
-    """Stream event: a tool returned (or failed; `result.is_error`)."""
-
-    result: ToolResult
 
 
 AgentEvent = TextDelta | ToolStarted | ToolFinished | TurnResult
@@ -177,54 +169,12 @@ class _Finished:
     entries: list[HistoryEntry]
 
 
-class _Publisher:
-    """Turn events on the bus, for the subjects `agent:<id>` and `user:<owner>`.
+@dataclass(frozen=True)
+class _Waiting:
+    """An exchange that stopped at a call waiting for a person."""
 
-    Durable events cross instances through the outbox; text deltas stay in this process and
-    are coalesced. A failure to publish is logged and never fails the turn.
-    """
-
-    def __init__(
-        self, bus: EventBus | None, agent: Agent, turn_id: str, conversation: Conversation
-    ) -> None:
-        self.bus = bus
-        # Durable events are written on the turn's own connection: a turn never needs a
-        # second pooled connection while it holds one (a full pool would stall every turn).
-        self.queries = conversation.queries
-        session_id = conversation.session_id
-        self.subjects = [f"agent:{agent.id}"]
-        if agent.owner_id is not None:
-            self.subjects.append(f"user:{agent.owner_id}")
-        self.base = {"agent_id": agent.id, "turn_id": turn_id, "session_id": session_id}
-        self._pending: list[str] = []
-        self._flushed_at = 0.0
-
-    async def emit(self, kind: str, data: Mapping[str, Any], *, durable: bool = True) -> None:
-        if self.bus is None:
-            return
-        body = {**self.base, **data}
-        events = [Event(kind, body, subject=s, source="agent") for s in self.subjects]
-        try:
-            if durable:
-                await self.bus.publish_many(events, tx=self.queries, durable=True)
-            else:
-                await self.bus.publish_many(events)
-        except Exception:  # never a cancellation: that is a BaseException
-            log.warning("could not publish a turn event", event_type=kind, exc_info=True)
-
-    async def delta(self, text: str) -> None:
-        if self.bus is None:
-            return
-        self._pending.append(text)
-        now = asyncio.get_running_loop().time()
-        if now - self._flushed_at >= DELTA_FLUSH_SECONDS:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if self._pending:
-            text, self._pending = "".join(self._pending), []
-            self._flushed_at = asyncio.get_running_loop().time()
-            await self.emit("turn.delta", {"text": text}, durable=False)
+    result: TurnResult
+    suspended: Suspended
 
 
 async def run_turn(
@@ -237,7 +187,9 @@ async def run_turn(
 ) -> AsyncIterator[AgentEvent]:
     """One turn of `agent`: yields text deltas (when `streaming`) and tool events, then the
     `TurnResult`. The user message is stored before the first model call and every reply
-    before it is yielded; a failed turn is stored as failed (its messages leave the window)."""
+    before it is yielded; a failed turn is stored as failed (its messages leave the window).
+    A call that needs a person's approval leaves the turn waiting (outcome
+    `waiting_approval`); `resume_turn` takes it up once the approval is answered."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidInputError("the message is empty")
     text = storable_text(text)
@@ -263,45 +215,115 @@ async def run_turn(
             yield _replay(conversation.replay, text)
             record_turn("replayed")
             return
+        if conversation.turn_id is None and conversation.waiting is not None:
+            raise await _still_waiting(agent, conversation, conversation.waiting)
         turn_id = conversation.turn_id
         assert turn_id is not None
         agent.session_id = conversation.session_id
-        events = _Publisher(agent.event_bus, agent, turn_id, conversation)
+        events = TurnEvents(agent.event_bus, agent, turn_id, conversation)
         await events.emit("turn.started", {"text": text[:EVENT_PREVIEW_CHARS]})
-        until = asyncio.get_running_loop().time() + limits.turn_deadline
-        # No timeout scope spans a `yield`: each model and tool call is bounded by its own
-        # limit and what is left of the turn's. A cancelled turn (shutdown, a dropped caller)
-        # stays `running`, and the next turn of the agent, on any instance, closes it as
-        # interrupted.
-        finished = False
-        try:
-            async for event in _exchange(
-                agent, conversation, turn_id, text, streaming, limits, until, events
-            ):
-                if not isinstance(event, _Finished):
-                    yield event
-                    continue
+        exchange = _exchange(agent, conversation, turn_id, text, streaming, limits, events)
+        async for event in _ended(agent, conversation, turn_id, exchange, events, idempotency_key):
+            yield event
+
+
+async def resume_turn(
+    agent: Agent, turn_id: str, *, streaming: bool = False
+) -> AsyncIterator[AgentEvent]:
+    """Take up a turn that waited for approvals, once they are all answered, on whichever
+    instance calls this first (the others find it taken and yield nothing): an approved call
+    runs, a denied or expired one is reported to the model as not run, and the turn goes on
+    as `run_turn` would. Yields the same events, then the `TurnResult`."""
+    limits = TurnLimits.from_settings()
+    assert agent.id is not None
+    store = await agent.store()
+    async with store.conversation(agent.id, wait=limits.busy_wait) as conversation:
+        resumed = await conversation.resume(turn_id)
+        if resumed is None:
+            return
+        agent.session_id = conversation.session_id
+        events = TurnEvents(agent.event_bus, agent, turn_id, conversation)
+        await events.emit("turn.resumed", {})
+        exchange = _exchange(
+            agent, conversation, turn_id, resumed.text, streaming, limits, events, resumed
+        )
+        key = "resumed" if resumed.keyed else None  # the result is kept for a replay
+        async for event in _ended(agent, conversation, turn_id, exchange, events, key):
+            yield event
+
+
+async def _ended(
+    agent: Agent,
+    conversation: Conversation,
+    turn_id: str,
+    exchange: AsyncIterator[AgentEvent | _Finished | _Waiting],
+    events: TurnEvents,
+    idempotency_key: str | None,
+) -> AsyncIterator[AgentEvent]:
+    """The exchange's events, and its end stored: completed, waiting or failed."""
+    # No timeout scope spans a `yield`: each model and tool call is bounded by its own
+    # limit and what is left of the turn's. A cancelled turn (shutdown, a dropped caller)
+    # stays `running`, and the next turn of the agent, on any instance, closes it as
+    # interrupted.
+    finished = False
+    try:
+        async for event in exchange:
+            if isinstance(event, _Waiting):
                 result = event.result
-                await conversation.finish_turn(
-                    turn_id, event.entries, result.to_dict() if idempotency_key else None
+                await conversation.suspend_turn(
+                    turn_id,
+                    event.suspended.approval.call_id,
+                    event.suspended.queued,
+                    result.to_dict(),
                 )
-                finished = True  # stored as completed: nothing after this may undo it
-                agent.remember_window(await conversation.window(agent.history_window))
+                finished = True  # stored as waiting: nothing after this may undo it
                 record_turn(result.outcome)
-                await events.emit(
-                    "turn.finished",
-                    {
-                        "status": "completed",
-                        "outcome": result.outcome,
-                        "iterations": result.iterations,
-                        "usage": result.to_dict()["usage"],
-                    },
-                )
+                await events.emit("turn.waiting", {"approval_id": event.suspended.approval.id})
                 yield result
-        except Exception as exc:
-            if not finished:
-                await _fail(conversation, turn_id, exc, events)
-            raise
+                continue
+            if not isinstance(event, _Finished):
+                yield event
+                continue
+            result = event.result
+            await conversation.finish_turn(
+                turn_id, event.entries, result.to_dict() if idempotency_key else None
+            )
+            finished = True  # stored as completed: nothing after this may undo it
+            agent.remember_window(await conversation.window(agent.history_window))
+            record_turn(result.outcome)
+            await events.emit(
+                "turn.finished",
+                {
+                    "status": "completed",
+                    "outcome": result.outcome,
+                    "iterations": result.iterations,
+                    "usage": result.to_dict()["usage"],
+                },
+            )
+            yield result
+    except Exception as exc:
+        if not finished:
+            await _fail(conversation, turn_id, exc, events)
+        raise
+
+
+async def _still_waiting(agent: Agent, conversation: Conversation, turn_id: str) -> ConflictError:
+    """The refusal of a new message while a turn of the agent waits for an approval."""
+    pending = []
+    if conversation.queries is not None:
+        pending = [
+            a.id
+            for a in await approvals_of_turn(conversation.queries, turn_id)
+            if a.state == "pending"
+        ]
+    named = ", ".join(str(n) for n in pending) or "?"
+    return ConflictError(
+        f"agent {agent.name!r} is waiting for a person to approve a tool call "
+        f"(approval {named}); it takes no new message until then",
+        hint=f"answer it: POST /approvals/{pending[0] if pending else '{id}'}/approve or /deny "
+        "(or `gathering approvals list`)",
+        details={"turn_id": turn_id, "approval_ids": pending},
+    )
 
 
 def _replay(stored: StoredTurn, text: str) -> TurnResult:
@@ -310,7 +332,7 @@ def _replay(stored: StoredTurn, text: str) -> TurnResult:
             "this idempotency key was used for another message",
             hint="send a new Idempotency-Key for a new message",
         )
-    if stored.status == "completed" and stored.result is not None:
+    if stored.status in ("completed", "waiting") and stored.result is not None:
         result = TurnResult.from_dict(stored.result)
         result.replayed = True
         return result
@@ -323,7 +345,7 @@ def _replay(stored: StoredTurn, text: str) -> TurnResult:
 
 
 async def _fail(
-    conversation: Conversation, turn_id: str, error: BaseException, events: _Publisher
+    conversation: Conversation, turn_id: str, error: BaseException, events: TurnEvents
 ) -> None:
     body = failure_body(error)
     if not isinstance(error, GatheringError):
@@ -337,6 +359,29 @@ async def _fail(
     await events.emit("turn.finished", {"status": "failed", "error": body})
 
 
+@dataclass
+class _Run:
+    """What one exchange has done so far: its calls and what its model calls cost."""
+
+    usage: Usage = field(default_factory=Usage)
+    cost: float | None = None
+    calls: list[ToolCall] = field(default_factory=list)
+
+    def result(
+        self, text: str, outcome: Outcome, iterations: int, conversation: Conversation, turn_id: str
+    ) -> TurnResult:
+        return TurnResult(
+            text,
+            outcome,
+            iterations,
+            self.usage,
+            self.cost,
+            self.calls,
+            conversation.session_id,
+            turn_id,
+        )
+
+
 async def _exchange(
     agent: Agent,
     conversation: Conversation,
@@ -344,17 +389,33 @@ async def _exchange(
     text: str,
     streaming: bool,
     limits: TurnLimits,
-    until: float,
-    events: _Publisher,
-) -> AsyncIterator[AgentEvent | _Finished]:
+    events: TurnEvents,
+    resumed: ResumedTurn | None = None,
+) -> AsyncIterator[AgentEvent | _Finished | _Waiting]:
+    loop = asyncio.get_running_loop()
+    until = loop.time() + limits.turn_deadline
     provider = agent.model_provider()
     system = await agent.system_prompt(text, conversation.queries, recall=conversation.has_memories)
-    tools = await agent.turn_tools(conversation.queries)
-    specs = [tool.spec for tool in tools.values()]
-    usage, cost = Usage(), None
-    calls: list[ToolCall] = []
-    loop = asyncio.get_running_loop()
-    for iteration in range(1, agent.max_iterations + 1):
+    box = await agent.turn_tools(conversation.queries)
+    specs = [tool.spec for tool in box.tools.values()]
+    run = _Run()
+    first = 1
+    if resumed is not None:
+        first = resumed.iterations + 1
+        entries = await conversation.window(agent.history_window + 2 * first)
+        pending = entries[-1].message.tool_calls if entries else ()
+        if not pending or resumed.iterations < 1:
+            raise TurnFailedError(
+                "the waiting turn's stored state has no tool calls to resume",
+                hint="send the message again",
+            )
+        stored = await _stored_calls(conversation, turn_id, resumed)
+        batch = run_batch(agent, conversation, turn_id, box, pending, events, until, stored)
+        async for step in _batch(batch, run, pending, resumed.iterations, conversation, turn_id):
+            yield step
+            if isinstance(step, _Waiting):
+                return
+    for iteration in range(first, agent.max_iterations + 1):
         if loop.time() >= until:
             raise _turn_timeout(limits)
         # The window always holds the whole current turn (its user message and every model
@@ -377,66 +438,69 @@ async def _exchange(
         await events.flush()
         assert completion is not None
         completion = _unique_call_ids(completion, entries)
-        usage = usage + completion.usage
+        run.usage = run.usage + completion.usage
         if completion.cost_usd is not None:
-            cost = (cost or 0.0) + completion.cost_usd
+            run.cost = (run.cost or 0.0) + completion.cost_usd
         model = completion.model or agent.model
         entry = HistoryEntry(completion.message, model, completion.usage, completion.cost_usd)
         if not completion.tool_calls:
-            reply = TurnResult(
-                completion.text,
-                "completed",
-                iteration,
-                usage,
-                cost,
-                calls,
-                conversation.session_id,
-                turn_id,
-            )
+            reply = run.result(completion.text, "completed", iteration, conversation, turn_id)
             yield _Finished(reply, [entry])
             return
         # The calls are recorded as started before any runs: after a crash, recovery knows a
         # side effect may have happened.
         await conversation.tools_started(turn_id, entry)
-        results = []
-        for call in completion.tool_calls:
-            calls.append(call)
-            yield ToolStarted(call)
-            await events.emit("tool.started", {"call": call.to_dict()})
-            if loop.time() >= until:  # never start a side effect past the turn's deadline
-                result = ToolResult(call.id, NOT_RUN_RESULT, True, call.name)
-            else:
-                seconds = until - loop.time()
-                result = await run_tool(tools, call, seconds, agent.tool_context(call.id))
-            await conversation.tool_finished(turn_id, result)
-            results.append(result)
-            yield ToolFinished(result)
-            await events.emit(
-                "tool.finished",
-                {
-                    "call_id": call.id,
-                    "name": call.name,
-                    "is_error": result.is_error,
-                    "content": result.content[:EVENT_PREVIEW_CHARS],
-                },
-            )
-        await conversation.append(turn_id, [HistoryEntry(Message.tool_outputs(results))])
+        calls = completion.tool_calls
+        batch = run_batch(agent, conversation, turn_id, box, calls, events, until)
+        async for step in _batch(batch, run, calls, iteration, conversation, turn_id):
+            yield step
+            if isinstance(step, _Waiting):
+                return
     note = (
         f"Stopped after {agent.max_iterations} model calls without a final answer "
         "(max iterations reached)."
     )
     log.warning("agent reached max iterations", agent=agent.name, limit=agent.max_iterations)
-    stopped = TurnResult(
-        note,
-        "max_iterations",
-        agent.max_iterations,
-        usage,
-        cost,
-        calls,
-        conversation.session_id,
-        turn_id,
-    )
+    stopped = run.result(note, "max_iterations", agent.max_iterations, conversation, turn_id)
     yield _Finished(stopped, [])
+
+
+async def _batch(
+    batch: AsyncIterator[ToolStarted | ToolFinished | Suspended | BatchDone],
+    run: _Run,
+    calls: Sequence[ToolCall],
+    iteration: int,
+    conversation: Conversation,
+    turn_id: str,
+) -> AsyncIterator[AgentEvent | _Waiting]:
+    """The events of one reply's tool calls; their results stored as one message when all
+    are done, or `_Waiting` when a call waits for a person."""
+    run.calls.extend(calls)
+    async for event in batch:
+        if isinstance(event, Suspended):
+            approval = event.approval
+            text = f"Waiting for a person to approve {approval.tool_name} (approval {approval.id})."
+            waiting = run.result(text, "waiting_approval", iteration, conversation, turn_id)
+            waiting.approval_id = approval.id
+            yield _Waiting(waiting, event)
+            return
+        if isinstance(event, BatchDone):
+            outputs = HistoryEntry(Message.tool_outputs(event.results))
+            await conversation.append(turn_id, [outputs])
+            return
+        yield event
+
+
+async def _stored_calls(
+    conversation: Conversation, turn_id: str, resumed: ResumedTurn
+) -> StoredCalls:
+    """The stored state of a resumed turn's last calls, with the answers to its approvals."""
+    decisions = {}
+    if conversation.queries is not None:
+        for approval in await approvals_of_turn(conversation.queries, turn_id):
+            if approval.state != "pending":
+                decisions[approval.call_id] = approval
+    return StoredCalls(resumed.call_status, resumed.call_results, decisions)
 
 
 def _unique_call_ids(completion: Completion, entries: Sequence[HistoryEntry]) -> Completion:
@@ -520,59 +584,3 @@ async def _call_model(
             if shrink < 1.0:
                 raise
             log.warning("the prompt was too long for the model; retrying with less history")
-
-
-async def run_tool(
-    tools: Mapping[str, FunctionTool], call: ToolCall, left: float, context: ToolContext
-) -> ToolResult:
-    """Run one tool call within its timeout and the `left` seconds of the turn. What the model
-    can act on comes back as its message (a `ToolRetry`, arguments the schema refuses, a
-    refused path); a timeout or any other exception is a failure (logged with its traceback);
-    cancellation propagates."""
-    tool = tools.get(call.name)
-    if tool is None:
-        known = ", ".join(sorted(tools)) or "none"
-        record_tool_call("(unknown)", "unknown_tool")  # a model's names are not metric labels
-        return ToolResult(
-            call.id, f"error: no tool named {call.name!r} (tools: {known})", True, call.name
-        )
-    if call.invalid_arguments is not None:
-        record_tool_call(call.name, "retry")
-        return ToolResult(
-            call.id,
-            f"error: the arguments are not a JSON object: {call.invalid_arguments[:200]}",
-            True,
-            call.name,
-        )
-    seconds = min(tool_seconds(tool), left)
-    timer = asyncio.timeout(max(seconds, 0.0))
-    try:
-        async with timer:
-            output = await tool.run(call.arguments, context)
-    except ToolRetry as retry:
-        record_tool_call(call.name, "retry")
-        return ToolResult(call.id, f"error: {retry}", True, call.name)
-    except InvalidInputError as refused:  # bad arguments, a path outside the workspace, ...
-        record_tool_call(call.name, "retry")
-        return ToolResult(call.id, f"error: {refused}", True, call.name)
-    except TimeoutError as exc:
-        if not timer.expired():  # the tool's own timeout (a socket, ...): a plain failure
-            return _tool_failed(call, exc)
-        record_tool_call(call.name, "timeout")
-        log.warning("tool timed out", tool=call.name, seconds=seconds)
-        return ToolResult(
-            call.id,
-            f"error: the tool did not finish within {seconds:g}s and was stopped",
-            True,
-            call.name,
-        )
-    except Exception as exc:
-        return _tool_failed(call, exc)
-    record_tool_call(call.name, "ok")
-    return ToolResult(call.id, output, name=call.name)
-
-
-def _tool_failed(call: ToolCall, exc: Exception) -> ToolResult:
-    record_tool_call(call.name, "failed")
-    log.error("tool failed", tool=call.name, exc_info=exc)
-    return ToolResult(call.id, f"error: {type(exc).__name__}: {exc}", True, call.name)

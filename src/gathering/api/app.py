@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from gathering import __version__
+from gathering.api.approval_duty import ApprovalDutyComponent
 from gathering.api.body_limit import BodyLimitMiddleware
 from gathering.api.errors import install_error_handlers
 from gathering.api.middleware import RequestContextMiddleware
@@ -17,6 +18,7 @@ from gathering.api.routers import (
     agents,
     api_docs,
     api_keys,
+    approvals,
     audit,
     auth,
     debug,
@@ -81,6 +83,7 @@ def create_app(
     )
     install_security(app, settings)  # before any include_router: routes get its gate
     state.lifecycle.add(AuditRetentionComponent(app.state.security))
+    state.lifecycle.add(ApprovalDutyComponent(state))
     app.add_middleware(RequestContextMiddleware, drain=state.drain)
     if configure_tracing(settings):
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -97,6 +100,7 @@ def create_app(
     app.include_router(agents.router)
     app.include_router(memories.router)
     app.include_router(tools.router)
+    app.include_router(approvals.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

@@ -78,6 +78,10 @@ Effect = Literal["read", "write", "external"]
 """What a call may change: `read` nothing (safe to repeat), `write` only its workspace (safe to
 repeat with the same idempotency key), `external` the world outside (never repeated)."""
 EFFECTS: tuple[Effect, ...] = get_args(Effect)
+Policy = Literal["allow", "ask", "deny"]
+"""Whether an agent's call runs (`allow`), waits for a person's approval (`ask`) or is refused
+(`deny`)."""
+POLICIES: tuple[Policy, ...] = get_args(Policy)
 MAX_OUTPUT_CHARS = 50_000  # a tool's output beyond this is cut, with a marker saying so
 
 
@@ -86,7 +90,8 @@ class FunctionTool:
     """A tool an agent can call: `handler(**arguments)`, sync or async, returns its output.
 
     Arguments are checked against `spec.parameters` (JSON Schema) before the handler runs.
-    `timeout` (seconds; None: `GATHERING_TOOL_TIMEOUT`) and `max_output_chars` bound a call.
+    `timeout` (seconds; None: `GATHERING_TOOL_TIMEOUT`) and `max_output_chars` bound a call;
+    `ask_first` makes `ask` its default policy whatever its effect.
     Tools built by `function_tool` also carry the pydantic model that turns checked JSON
     arguments into the handler's typed values, and the name of their `ToolContext` parameter.
     """
@@ -100,6 +105,7 @@ class FunctionTool:
     plugin: str | None = None
     arguments_model: type[BaseModel] | None = None
     context_parameter: str | None = None
+    ask_first: bool = False
     validator: Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +125,11 @@ class FunctionTool:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def default_policy(self) -> Policy:
+        """`ask` for tools that reach outside or ask first (shell, python), else `allow`."""
+        return "ask" if self.effect == "external" or self.ask_first else "allow"
 
     @property
     def is_async(self) -> bool:

@@ -1,15 +1,76 @@
 -- The statements of `gathering.tools` (see gathering/db/named_queries.py).
 
+-- tools per agent -------------------------------------------------------------------------------
+
 -- name: enabled_tools --
--- The names of the tools enabled for agent $1, sorted.
-SELECT tool_name FROM tool.agent_tools WHERE agent_id = $1 AND enabled ORDER BY tool_name
+-- The tools enabled for agent $1, with their policy (NULL: the tool's default), by name.
+SELECT tool_name, policy FROM tool.agent_tools WHERE agent_id = $1 AND enabled ORDER BY tool_name
 
 -- name: agent_tool_settings --
--- Each tool agent $1 has a setting for, and whether it is enabled.
-SELECT tool_name, enabled, updated_at FROM tool.agent_tools WHERE agent_id = $1 ORDER BY tool_name
+-- Each tool agent $1 has a setting for.
+SELECT tool_name, enabled, policy, updated_at FROM tool.agent_tools
+WHERE agent_id = $1 ORDER BY tool_name
 
 -- name: set_agent_tool --
-INSERT INTO tool.agent_tools (agent_id, tool_name, enabled)
-VALUES ($1, $2, $3)
-ON CONFLICT (agent_id, tool_name) DO UPDATE SET enabled = $3, updated_at = now()
-RETURNING tool_name, enabled, updated_at
+-- Change what $3 (enabled) and $4 (policy) give, each kept when its flag $5 / $6 is false.
+INSERT INTO tool.agent_tools (agent_id, tool_name, enabled, policy)
+VALUES ($1, $2, coalesce($3::boolean, false), $4::text)
+ON CONFLICT (agent_id, tool_name) DO UPDATE
+SET enabled = CASE WHEN $5::boolean THEN coalesce($3::boolean, false) ELSE agent_tools.enabled END,
+    policy = CASE WHEN $6::boolean THEN $4::text ELSE agent_tools.policy END,
+    updated_at = now()
+RETURNING tool_name, enabled, policy, updated_at
+
+-- approvals -------------------------------------------------------------------------------------
+
+-- name: request_approval --
+INSERT INTO tool.approvals (agent_id, owner_id, turn_id, call_id, tool_name, arguments, effect,
+                            reason, requested_by, expires_at)
+VALUES ($1, $2, $3::uuid, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10::double precision))
+RETURNING *
+
+-- name: approval --
+SELECT * FROM tool.approvals WHERE id = $1
+
+-- name: approvals --
+-- Approvals of owner $1 (NULL: every owner), in state $2 (NULL: any) and of agent $3 (NULL:
+-- any), newest first, older than id $4 (NULL: from the newest), at most $5.
+SELECT * FROM tool.approvals
+WHERE ($1::bigint IS NULL OR owner_id = $1)
+  AND ($2::text IS NULL OR state = $2)
+  AND ($3::bigint IS NULL OR agent_id = $3)
+  AND ($4::bigint IS NULL OR id < $4)
+ORDER BY id DESC
+LIMIT $5
+
+-- name: decide_approval --
+-- Answer a pending approval that has not expired; no row when it was answered or expired.
+UPDATE tool.approvals
+SET state = $2, decided_by = $3, decided_at = now(), comment = $4
+WHERE id = $1 AND state = 'pending' AND expires_at > now()
+RETURNING *
+
+-- name: expire_approvals --
+-- Pending approvals past their time become expired.
+UPDATE tool.approvals SET state = 'expired', decided_at = now()
+WHERE state = 'pending' AND expires_at <= now()
+RETURNING *
+
+-- name: approvals_to_resume --
+-- Decided approvals whose turn or invocation has not been picked up yet, oldest first.
+SELECT * FROM tool.approvals
+WHERE state <> 'pending' AND resumed_at IS NULL
+ORDER BY decided_at
+LIMIT $1
+
+-- name: mark_resumed --
+-- Pick up a decided approval once; no row when another instance did.
+UPDATE tool.approvals SET resumed_at = now()
+WHERE id = $1 AND state <> 'pending' AND resumed_at IS NULL
+RETURNING *
+
+-- name: set_outcome --
+UPDATE tool.approvals SET outcome = $2 WHERE id = $1
+
+-- name: approvals_of_turn --
+SELECT * FROM tool.approvals WHERE turn_id = $1::uuid ORDER BY id

@@ -43,6 +43,7 @@ def function_tool(
     max_output_chars: int = MAX_OUTPUT_CHARS,
     category: str = "general",
     plugin: str | None = None,
+    ask_first: bool = False,
 ) -> FunctionTool:
     """A `FunctionTool` calling `function`, its schema built from the function's signature."""
     if not callable(function):
@@ -77,6 +78,7 @@ def function_tool(
         plugin=plugin,
         arguments_model=model,
         context_parameter=context_parameter,
+        ask_first=ask_first,
     )
 
 
@@ -88,6 +90,7 @@ def tool(
     timeout: float | None = None,
     max_output_chars: int = MAX_OUTPUT_CHARS,
     category: str = "general",
+    ask_first: bool = False,
 ) -> Callable[[Callable[..., Any]], FunctionTool]:
     """Decorator form of `function_tool`: `@tool(effect="read")` above a typed function."""
 
@@ -100,6 +103,7 @@ def tool(
             timeout=timeout,
             max_output_chars=max_output_chars,
             category=category,
+            ask_first=ask_first,
         )
 
     return decorate

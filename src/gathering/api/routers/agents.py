@@ -240,7 +240,9 @@ class ToolResultOut(BaseModel):
 class ChatResponse(BaseModel):
     reply: str
     outcome: Outcome = Field(
-        description="completed, or max_iterations when the turn ran out of model calls"
+        description="completed; max_iterations when the turn ran out of model calls; "
+        "waiting_approval when a tool call waits for a person (`approval_id`): the turn goes "
+        "on once it is answered, and its reply then comes in the history and as events"
     )
     iterations: int
     usage: UsageOut
@@ -251,6 +253,9 @@ class ChatResponse(BaseModel):
         default=False, description="True when this is the stored reply to a repeated key"
     )
     tool_calls: list[ToolCallOut]
+    approval_id: int | None = Field(
+        default=None, description="The approval a waiting_approval turn waits for"
+    )
 
 
 class HistoryMessage(BaseModel):
@@ -429,6 +434,7 @@ def _chat_response(result: TurnResult) -> ChatResponse:
         turn_id=result.turn_id,
         replayed=result.replayed,
         tool_calls=[call.to_dict() for call in result.tool_calls],
+        approval_id=result.approval_id,
     )
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Path, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gathering.api.deps import (
     MAX_ID,
@@ -26,7 +26,7 @@ from gathering.api.fields import Flag, Integer
 from gathering.api.security import Principal, rate_limit, require_scope
 from gathering.events import Event
 from gathering.tools import FunctionTool, ToolRegistry, loaded_registry
-from gathering.tools.agent_tools import invoke_for_agent, set_tool_enabled, tool_settings
+from gathering.tools.agent_tools import change_agent_tool, invoke_for_agent, tool_settings
 
 router = APIRouter(tags=["tools"])
 ToolsReader = Annotated[Principal, Depends(require_scope("tools:read"))]
@@ -36,6 +36,7 @@ ToolName = Annotated[
 ]
 Tools = Annotated[ToolRegistry, Depends(loaded_registry)]
 EVENT_PREVIEW_CHARS = 2_000
+PolicyName = Literal["allow", "ask", "deny"]
 
 
 class ToolOut(BaseModel):
@@ -48,17 +49,32 @@ class ToolOut(BaseModel):
     category: str
     plugin: str | None = Field(description="The package that added it; null: built in")
     timeout: float | None = Field(description="Seconds a call may run; null: the default")
+    default_policy: PolicyName = Field(description="The policy of an agent that sets none")
 
 
 class AgentToolOut(ToolOut):
     enabled: bool
-    updated_at: datetime | None = Field(description="When it was last enabled or disabled")
+    policy: PolicyName = Field(description="The policy the agent's calls run under")
+    policy_set: PolicyName | None = Field(description="The agent's own; null: the default")
+    updated_at: datetime | None = Field(description="When the setting last changed")
 
 
 class AgentToolIn(BaseModel):
+    """What to change; a field left out keeps its value. `policy: null` goes back to the
+    tool's default."""
+
     model_config = ConfigDict(extra="forbid")
 
-    enabled: Flag
+    enabled: Flag | None = None
+    policy: PolicyName | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> AgentToolIn:
+        if not self.model_fields_set:
+            raise ValueError("give enabled and/or policy")
+        if "enabled" in self.model_fields_set and self.enabled is None:
+            raise ValueError("enabled is true or false")
+        return self
 
 
 class InvokeIn(BaseModel):
@@ -90,6 +106,9 @@ class InvokeOut(BaseModel):
     is_error: bool
     output: str | None = Field(description="What the tool returned, as the model reads it")
     error: ToolErrorOut | None = None
+    approval_id: int | None = Field(
+        default=None, description="The approval the call waits for (answered 202)"
+    )
 
 
 def _out(tool: FunctionTool) -> dict[str, Any]:
@@ -101,7 +120,21 @@ def _out(tool: FunctionTool) -> dict[str, Any]:
         "category": tool.category,
         "plugin": tool.plugin,
         "timeout": tool.timeout,
+        "default_policy": tool.default_policy,
     }
+
+
+def _agent_tool(tool: FunctionTool, setting: dict[str, Any] | None) -> AgentToolOut:
+    setting = setting or {"enabled": False, "policy": None, "updated_at": None}
+    return AgentToolOut.model_validate(
+        _out(tool)
+        | {
+            "enabled": setting["enabled"],
+            "policy": setting["policy"] or tool.default_policy,
+            "policy_set": setting["policy"],
+            "updated_at": setting["updated_at"],
+        }
+    )
 
 
 @router.get("/tools", summary="List tools", dependencies=[rate_limit("relaxed")])
@@ -116,15 +149,12 @@ async def agent_tools(
     """Every tool, and whether the agent has it (a tool is off until enabled)."""
     await owned_agent(request, principal, db, agent_id)
     settings = await tool_settings(db, agent_id)
-    return [
-        AgentToolOut.model_validate(
-            _out(tool) | (settings.get(tool.name) or {"enabled": False, "updated_at": None})
-        )
-        for tool in tools.list()
-    ]
+    return [_agent_tool(tool, settings.get(tool.name)) for tool in tools.list()]
 
 
-@router.put("/agents/{agent_id}/tools/{name}", summary="Enable or disable a tool for an agent")
+@router.put(
+    "/agents/{agent_id}/tools/{name}", summary="Enable, disable or set the policy of a tool"
+)
 async def set_agent_tool(
     agent_id: AgentId,
     name: ToolName,
@@ -138,69 +168,84 @@ async def set_agent_tool(
     """Applies from the agent's next turn, on every instance."""
     tool = tools.require(name)
     await owned_agent(request, principal, db, agent_id)
+    changes = body.model_dump(include=body.model_fields_set)
     async with db.transaction() as tx:
-        updated = await set_tool_enabled(tx, agent_id, tool, body.enabled)
-        change = {"agent_id": agent_id, "tool": name, "enabled": body.enabled}
-        event = Event(
-            "agent.tools_changed",
-            change | {"by": principal.user_id},
-            subject=f"agent:{agent_id}",
-            source="api",
-        )
+        setting = await change_agent_tool(tx, agent_id, tool, changes)
+        about = {"agent_id": agent_id, "tool": name, "by": principal.user_id} | {
+            "enabled": setting["enabled"],
+            "policy": setting["policy"],
+        }
+        event = Event("agent.tools_changed", about, subject=f"agent:{agent_id}", source="api")
         await bus.publish(event, tx=tx)
-    return AgentToolOut.model_validate(
-        _out(tool) | {"enabled": body.enabled, "updated_at": updated}
-    )
+    return _agent_tool(tool, setting)
 
 
 @router.post(
     "/tools/{name}/invoke",
     summary="Run a tool once",
     dependencies=[rate_limit("chat")],
-    responses={409: {"description": "The tool is not enabled for the agent"}},
+    responses={
+        202: {
+            "model": InvokeOut,
+            "description": "The call waits for a person's approval (`approval_id`); its "
+            "outcome is kept with the approval once it ran",
+        },
+        409: {"description": "The tool is not enabled for the agent"},
+    },
 )
 async def invoke_tool(
     name: ToolName,
     body: InvokeIn,
     request: Request,
+    response: Response,
     principal: ToolsRunner,
     db: DbDep,
     bus: BusDep,
     tools: Tools,
 ) -> InvokeOut:
     """One call in the agent's workspace, through the same checks as the agent's own calls:
-    the tool must be enabled for the agent, and the arguments match its schema. Once made, the
-    call answers 200 whatever the tool's verdict: `is_error` and `error` say how it ended."""
+    the tool must be enabled for the agent, its policy applies (`deny` refuses it, `ask` makes
+    it wait for a person: 202) and the arguments must match its schema. Once made, the call
+    answers 200 whatever the tool's verdict: `is_error` and `error` say how it ended."""
     tools.require(name)
     record = await owned_agent(request, principal, db, body.agent_id)
-    call = await invoke_for_agent(db, tools, body.agent_id, record.owner_id, name, body.arguments)
-    error = None
-    if call.error is not None:
-        error = ToolErrorOut(
-            code=call.error.code,
-            message=call.error.message,
-            hint=call.error.hint,
-            details=call.error.details or None,
-        )
-    content = call.output if call.output is not None else f"error: {call.error}"
+    call = await invoke_for_agent(
+        db,
+        tools,
+        body.agent_id,
+        record.owner_id,
+        name,
+        body.arguments,
+        requested_by=principal.user_id,
+    )
     subjects = [f"agent:{body.agent_id}"]
     if record.owner_id is not None:
         subjects.append(f"user:{record.owner_id}")
-    about = {
-        "agent_id": body.agent_id,
-        "tool": name,
-        "call_id": call.call_id,
-        "by": principal.user_id,
-        "is_error": call.is_error,
-        "content": content[:EVENT_PREVIEW_CHARS],
-    }
-    events = [Event("tool.invoked", about, subject=s, source="api") for s in subjects]
-    await bus.publish_many(events, durable=True)
+    if call.approval is not None:
+        response.status_code = status.HTTP_202_ACCEPTED
+        kind, about = "approval.requested", call.approval.event_body()
+    else:
+        content = call.output if call.output is not None else f"error: {call.error}"
+        kind, about = (
+            "tool.invoked",
+            {
+                "agent_id": body.agent_id,
+                "tool": name,
+                "call_id": call.call_id,
+                "by": principal.user_id,
+                "is_error": call.is_error,
+                "content": content[:EVENT_PREVIEW_CHARS],
+            },
+        )
+    await bus.publish_many(
+        [Event(kind, about, subject=s, source="api") for s in subjects], durable=True
+    )
     return InvokeOut(
         tool=name,
         agent_id=body.agent_id,
         call_id=call.call_id,
         is_error=call.is_error,
         output=call.output,
-        error=error,
+        error=ToolErrorOut.model_validate(call.error.to_dict()) if call.error else None,
+        approval_id=call.approval.id if call.approval is not None else None,
     )
