@@ -359,7 +359,14 @@ class Settings(BaseSettings):
     def _normalize_admin_email(cls, value: str | None) -> str | None:
         return value.strip().lower() or None if value is not None else None
 
-    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @field_validator(
+        "allowed_hosts",
+        "cors_origins",
+        "egress_allowed_hosts",
+        "egress_allowed_networks",
+        "egress_allowed_ports",
+        mode="before",
+    )
     @classmethod
     def _split_comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -570,6 +577,22 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=_env("agent_busy_wait"),
         description="Seconds a message waits for an agent busy in another turn; then 409.",
+    )
+    egress_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("egress_allowed_hosts"),
+        description="Host names (or *.domain) the web tools may reach even at a private, "
+        "loopback or link-local address (comma-separated); cloud metadata stays refused.",
+    )
+    egress_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("egress_allowed_networks"),
+        description="CIDR networks the web tools may reach although private (comma-separated).",
+    )
+    egress_allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [80, 443],
+        validation_alias=_env("egress_allowed_ports"),
+        description="Ports the web tools may connect to (comma-separated; 80 and 443).",
     )
     approval_timeout: float = Field(
         default=24 * 3600.0,

@@ -1,16 +1,18 @@
-"""The built-in tools, as agents see them: file tools on the agent's workspace and a
-calculator. The work is done by `gathering.tools.builtins`; this module gives each its schema,
-its description for the model and its effect class."""
+"""The built-in tools, as agents see them: file tools on the agent's workspace, a calculator,
+and the web tools behind the egress policy. The work is done by `gathering.tools.builtins`;
+this module gives each its schema, its description for the model and its effect class."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from gathering.tools.builtins import calculator, files
+from gathering.config import get_settings
+from gathering.tools.builtins import calculator, files, web
 from gathering.tools.context import ToolContext
+from gathering.tools.egress import EgressPolicy
 from gathering.tools.function import FunctionTool
 from gathering.tools.signature import function_tool
 
@@ -116,6 +118,48 @@ def calculate(
     return calculator.evaluate(expression)
 
 
+def _egress() -> EgressPolicy:
+    """The egress policy the settings describe (GATHERING_EGRESS_ALLOWED_*)."""
+    settings = get_settings()
+    return EgressPolicy(
+        allowed_hosts=frozenset(settings.egress_allowed_hosts),
+        allowed_networks=tuple(settings.egress_allowed_networks),
+        allowed_ports=frozenset(settings.egress_allowed_ports),
+    )
+
+
+Url = Annotated[str, Field(min_length=1, max_length=8192)]
+
+
+async def http_fetch(
+    url: Url,
+    method: Literal["GET", "POST"] = "GET",
+    body: Annotated[str, Field(max_length=1024 * 1024)] | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Fetch a URL over HTTP or HTTPS (GET, or POST with a body) and return its status,
+    headers and text. Private, loopback and cloud metadata addresses are refused.
+
+    Args:
+        url: An http:// or https:// URL.
+        method: GET or POST.
+        body: The request body of a POST.
+        headers: Extra request headers: Accept, Accept-Language, Content-Type, Authorization.
+    """
+    return await web.http_fetch(method, url, body, headers, policy=_egress())
+
+
+async def web_page(url: Url, format: Literal["markdown", "text"] = "markdown") -> dict[str, Any]:
+    """Read a web page: its title and main text (as markdown or plain text), without the
+    menus, ads and scripts around it.
+
+    Args:
+        url: An http:// or https:// URL.
+        format: markdown, or plain text.
+    """
+    return await web.web_page(url, format, policy=_egress())
+
+
 def builtin_tools() -> list[FunctionTool]:
     """A fresh list of the built-in tools."""
     return [
@@ -125,4 +169,6 @@ def builtin_tools() -> list[FunctionTool]:
         function_tool(search_files, effect="read", category="files"),
         function_tool(apply_patch, effect="write", category="files"),
         function_tool(calculate, name="calculator", effect="read", category="math"),
+        function_tool(http_fetch, effect="external", category="web"),
+        function_tool(web_page, effect="read", category="web"),
     ]
