@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import Field
 
 from gathering.errors import InvalidInputError, ToolArgumentsError, ToolTimeoutError
 from gathering.llm import ToolSpec
@@ -58,13 +59,13 @@ async def test_execute_invalid_type_raises(tools):
     with pytest.raises(ToolArgumentsError) as caught:
         await tools.execute("strict", {"name": 5})
     assert caught.value.details["errors"] == [
-        {"path": "name", "message": "5 is not of type 'string'"}
+        {"path": "name", "message": '5 is not of type "string"'}
     ]
     assert CALLS == []  # refused before the tool ran
 
 
 async def test_execute_missing_required_raises(tools):
-    with pytest.raises(ToolArgumentsError, match="'name' is a required property"):
+    with pytest.raises(ToolArgumentsError, match='"name" is a required property'):
         await tools.execute("strict", {"count": 1})
     assert CALLS == []
 
@@ -88,7 +89,7 @@ async def test_validation_error_includes_path(tools):
         await tools.execute("strict", {"name": "a", "config": {"level": "high"}, "tags": ["x", 3]})
     paths = [error["path"] for error in caught.value.details["errors"]]
     assert paths == ["config.level", "tags[1]"]
-    assert "config.level: 'high' is not of type 'integer'" in str(caught.value)
+    assert 'config.level: "high" is not of type "integer"' in str(caught.value)
 
 
 async def test_every_refused_field_is_listed_and_echoes_are_cut(tools):
@@ -106,7 +107,7 @@ async def test_arguments_must_be_an_object(tools):
 
 
 def test_the_sync_path_validates_too(tools):
-    with pytest.raises(ToolArgumentsError, match="'name' is a required property"):
+    with pytest.raises(ToolArgumentsError, match='"name" is a required property'):
         tools.execute_sync("strict", {})
     assert tools.execute_sync("strict", {"name": "a"}) == "ran"
 
@@ -219,7 +220,7 @@ async def test_the_async_path_validates_before_running():
         ran = True
         return "ran"
 
-    with pytest.raises(ToolArgumentsError, match="'n' is a required property"):
+    with pytest.raises(ToolArgumentsError, match='"n" is a required property'):
         await function_tool(needs_n, effect="read").run({})
     assert ran is False
 
@@ -248,3 +249,36 @@ async def test_exceptions_from_a_sync_tool_surface_through_the_async_path():
     tools = ToolRegistry([function_tool(broken, effect="read")])
     with pytest.raises(Exception, match="tool 'broken' failed: ValueError: bad value inside"):
         await tools.execute("broken", {})
+
+
+# --- hostile arguments (found by review) --------------------------------------------------------
+
+
+def _tag(labels: set[str], code: Annotated[str, Field(pattern=r"^([A-Z0-9]+-?)+$")]) -> str:
+    """Tag things."""
+    return "ok"
+
+
+@pytest.mark.timeout(60)
+def test_unique_items_and_patterns_are_checked_in_linear_time():
+    """A pure-Python validator compares unique items pairwise and backtracks on patterns: a
+    54 kB body took 6.8 s, and each extra character of the pattern case doubled the time.
+    Here both are far larger and end within the test's timeout."""
+    made = function_tool(_tag, effect="read")
+    mixed = [i if i % 2 else str(i) for i in range(200_000)]
+    with pytest.raises(ToolArgumentsError):
+        made.run_sync({"labels": mixed, "code": "A"})
+    with pytest.raises(ToolArgumentsError, match="code"):
+        made.run_sync({"labels": [], "code": "A" * 5_000 + "!"})
+
+
+def test_refusals_are_capped_whoever_finds_them():
+    def total(numbers: list[int]) -> int:
+        """Add numbers."""
+        return sum(numbers)
+
+    made = function_tool(total, effect="read")
+    with pytest.raises(ToolArgumentsError) as caught:
+        made.run_sync({"numbers": [1e300] * 100_000})  # integers to JSON Schema, not to Python
+    assert len(caught.value.details["errors"]) <= 10
+    assert len(str(caught.value)) < 5_000 and "more" in str(caught.value)

@@ -129,7 +129,7 @@ async def test_tool_errors_go_back_to_the_model(store):
     results = provider.calls[1].messages[-1].tool_results
     assert all(r.is_error for r in results)
     # Checked against the schema before the call: the model is told which field to fix.
-    assert "'b' is a required property" in results[0].content
+    assert '"b" is a required property' in results[0].content
     assert "no tool named 'nope'" in results[1].content
     assert "disk on fire" in results[2].content
     assert result.text == "I could not do it."

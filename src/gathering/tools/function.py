@@ -14,13 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from jsonschema.protocols import Validator
 from pydantic import BaseModel, ValidationError
 
 from gathering.errors import InvalidInputError, ToolArgumentsError
 from gathering.llm import ToolSpec
 from gathering.tools.context import ToolContext
-from gathering.tools.validation import check_arguments, field_path, schema_validator
+from gathering.tools.validation import (
+    Validator,
+    check_arguments,
+    field_path,
+    refusal,
+    schema_validator,
+)
 
 TOOL_THREADS = 8  # plain-function tools running at once in a process
 
@@ -189,10 +194,8 @@ class FunctionTool:
 
 
 def _pydantic_refusal(name: str, error: ValidationError) -> ToolArgumentsError:
-    errors = [{"path": field_path(item["loc"]), "message": item["msg"]} for item in error.errors()]
-    listed = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
-    return ToolArgumentsError(
-        f"invalid arguments for tool {name!r}: {listed}",
-        hint="fix the named fields and call the tool again",
-        details={"tool": name, "errors": errors},
-    )
+    errors = [
+        {"path": field_path(item["loc"]), "message": item["msg"]}
+        for item in error.errors(include_url=False, include_input=False)
+    ]
+    return refusal(name, errors)

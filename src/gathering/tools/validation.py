@@ -1,6 +1,9 @@
 """Tool arguments are checked against the tool's JSON Schema before the tool runs.
 
-The errors name each field by its path (`config.level`), so the model can fix its call.
+The errors name each field by its path (`config.level`), so the model can fix its call. The
+validator is `jsonschema-rs` (Rust): linear-time checks (`uniqueItems` by hashing, patterns
+with a bounded regex engine), so a large or hostile argument cannot stall the event loop the
+way a pure-Python validator's quadratic or backtracking checks could.
 """
 
 from __future__ import annotations
@@ -8,26 +11,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from jsonschema.protocols import Validator
+from jsonschema_rs import Draft202012Validator, ValidationError, meta
 
 from gathering.errors import InvalidInputError, ToolArgumentsError
 
 MAX_ERRORS = 10  # field errors reported for one call
-_SHOWN_CHARS = 200  # echoed values are cut to this
+_SHOWN_CHARS = 200  # each message is cut to this
+
+Validator = Draft202012Validator
 
 
 def schema_validator(name: str, schema: Mapping[str, Any]) -> Validator:
     """A validator for the tool `name`'s parameters; `InvalidInputError` for a bad schema."""
     try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
+        meta.validate(dict(schema))
+        return Draft202012Validator(dict(schema))
+    except (ValidationError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInputError(
-            f"tool {name!r} has an invalid JSON Schema: {exc.message}",
+            f"tool {name!r} has an invalid JSON Schema: {_cut(first)}",
             hint="fix the tool's parameters schema (JSON Schema 2020-12)",
         ) from None
-    return Draft202012Validator(schema)
 
 
 def field_path(path: Any) -> str:
@@ -38,21 +42,30 @@ def field_path(path: Any) -> str:
     return text or "(arguments)"
 
 
-def check_arguments(name: str, validator: Validator, arguments: Mapping[str, Any]) -> None:
-    """Raise `ToolArgumentsError` listing each field of `arguments` the schema refuses."""
-    found = sorted(validator.iter_errors(dict(arguments)), key=lambda e: list(e.absolute_path))
-    if not found:
-        return
-    errors = [
-        {"path": field_path(error.absolute_path), "message": _cut(error.message)}
-        for error in found[:MAX_ERRORS]
-    ]
-    listed = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
-    raise ToolArgumentsError(
+def refusal(name: str, errors: list[dict[str, str]]) -> ToolArgumentsError:
+    """The error listing the refused fields of a call of `name` (at most `MAX_ERRORS`)."""
+    shown = [{"path": e["path"], "message": _cut(e["message"])} for e in errors[:MAX_ERRORS]]
+    more = len(errors) - len(shown)
+    listed = "; ".join(f"{e['path']}: {e['message']}" for e in shown)
+    if more > 0:
+        listed += f"; and {more} more"
+    return ToolArgumentsError(
         f"invalid arguments for tool {name!r}: {listed}",
         hint="fix the named fields and call the tool again",
-        details={"tool": name, "errors": errors},
+        details={"tool": name, "errors": shown},
     )
+
+
+def check_arguments(name: str, validator: Validator, arguments: Mapping[str, Any]) -> None:
+    """Raise `ToolArgumentsError` listing each field of `arguments` the schema refuses."""
+    found = []
+    for error in validator.iter_errors(dict(arguments)):
+        found.append({"path": field_path(error.instance_path), "message": error.message})
+        if len(found) > MAX_ERRORS:
+            break
+    if found:
+        found.sort(key=lambda e: e["path"])
+        raise refusal(name, found)
 
 
 def _cut(message: str) -> str:
