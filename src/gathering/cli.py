@@ -420,17 +420,20 @@ def agents_delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
     owner: OwnerOption = None,
 ) -> None:
-    """Delete an agent with its sessions and messages."""
+    """Delete an agent with its sessions, messages and workspace files."""
     settings = settings_or_exit()
     if not yes and not typer.confirm(f"Delete agent {agent!r} and all its conversations?"):
         raise typer.Exit(code=1)
 
     async def work() -> AgentRecord:
+        from gathering.tools.agent_tools import remove_workspace
+
         async with _agent_store(settings) as store:
             owner_id = await _owner_id(settings, store, owner, agent)
             record = await store.load_agent(agent, owner_id=owner_id)
             assert record.id is not None
             await store.delete_agent(record.id)
+            await remove_workspace(record.id, record.created_at)
             return record
 
     record = run_async(work)
@@ -633,7 +636,13 @@ def tools_invoke(
             assert record.id is not None
             with err_console.status(f"running {name}…"):
                 return await invoke_for_agent(
-                    store.db, tools, record.id, record.owner_id, name, values
+                    store.db,
+                    tools,
+                    record.id,
+                    record.owner_id,
+                    name,
+                    values,
+                    created_at=record.created_at,
                 )
 
     call = run_async(work)

@@ -206,7 +206,8 @@ def record_turn(outcome: str) -> None:
 
 
 def record_tool_call(tool: str, outcome: str) -> None:
-    """Count one tool call ("ok", "retry", "failed", "timeout", "unknown_tool")."""
+    """Count one tool call: ok, retry (refused input), refused (the tool's typed answer),
+    denied (by policy or a person), failed, timeout or unknown_tool."""
     TOOL_CALLS.labels(tool, outcome).inc()
 
 

@@ -10,6 +10,7 @@ import secrets
 
 import httpx
 import pytest
+from workspaces import workspace_of
 
 from gathering.agents.approval_resumer import ApprovalResumer
 from gathering.api.app import create_app
@@ -18,7 +19,6 @@ from gathering.config import load_settings
 from gathering.db import Database
 from gathering.tools import function_tool
 from gathering.tools import registry as registry_module
-from gathering.tools.agent_tools import agent_workspace
 from gathering.tools.approvals import decide
 
 PASSWORD = "correct horse battery staple"
@@ -187,7 +187,7 @@ async def test_calls_before_the_waiting_one_keep_their_results(api, llm_stub_env
     message = {"message": f"CALL write_file {first}\nCALL notify {second}"}
     reply = await api.post(f"/agents/{agent_id}/chat", json=message)
     assert reply.json()["outcome"] == "waiting_approval"
-    written = agent_workspace(agent_id) / "a.txt"
+    written = await workspace_of(api, agent_id) / "a.txt"
     assert await asyncio.to_thread(written.read_text) == "one"
     await asyncio.to_thread(written.write_text, "changed since")
     await api.post(f"/approvals/{reply.json()['approval_id']}/approve")

@@ -9,19 +9,19 @@ import secrets
 
 import httpx
 import pytest
+from workspaces import workspace_of
 
 from gathering.api.app import create_app
 from gathering.auth.users import UserStore
 from gathering.config import load_settings
-from gathering.tools.agent_tools import agent_workspace
 
 PASSWORD = "correct horse battery staple"
 BUILT_IN = {"apply_patch", "calculator", "list_files", "read_file", "search_files", "write_file"}
 
 
-async def on_disk(agent_id: int, path: str) -> str:
+async def on_disk(api, agent_id: int, path: str) -> str:
     """A file of the agent's workspace, read off the event loop."""
-    return await asyncio.to_thread((agent_workspace(agent_id) / path).read_text)
+    return await asyncio.to_thread((await workspace_of(api, agent_id) / path).read_text)
 
 
 def client_for(app) -> httpx.AsyncClient:
@@ -94,7 +94,7 @@ async def test_invoke_runs_one_call_in_the_agents_workspace(api):
     assert written.status_code == 200, written.text
     assert json.loads(written.json()["output"]) == {"path": "notes/a.txt", "bytes": 5}
     assert written.json()["call_id"]
-    assert await on_disk(agent_id, "notes/a.txt") == "hello"
+    assert await on_disk(api, agent_id, "notes/a.txt") == "hello"
     read = await api.post(
         "/tools/read_file/invoke", json={"agent_id": agent_id, "arguments": {"path": "notes/a.txt"}}
     )
@@ -143,7 +143,7 @@ async def test_an_agent_uses_its_enabled_tools_in_a_chat(api, llm_stub_env):
         f"/agents/{agent_id}/chat", json={"message": f"CALL write_file {arguments}"}
     )
     assert reply.status_code == 200, reply.text
-    assert await on_disk(agent_id, "plan.md") == "# Plan"
+    assert await on_disk(api, agent_id, "plan.md") == "# Plan"
     # Disabled again, the tool is no longer offered to the model (the stub calls only tools
     # the request offers, else echoes), and nothing more is written.
     await api.put(f"/agents/{agent_id}/tools/write_file", json={"enabled": False})
@@ -152,7 +152,7 @@ async def test_an_agent_uses_its_enabled_tools_in_a_chat(api, llm_stub_env):
         f"/agents/{agent_id}/chat", json={"message": f"CALL write_file {arguments}"}
     )
     assert again.status_code == 200 and again.json()["tool_calls"] == []
-    assert await on_disk(agent_id, "plan.md") == "# Plan"
+    assert await on_disk(api, agent_id, "plan.md") == "# Plan"
 
 
 async def test_a_setting_made_on_one_instance_applies_on_another(app_for, llm_stub_env):
@@ -167,7 +167,7 @@ async def test_a_setting_made_on_one_instance_applies_on_another(app_for, llm_st
             f"/agents/{agent_id}/chat", json={"message": f"CALL write_file {arguments}"}
         )
         assert reply.status_code == 200
-    assert await on_disk(agent_id, "x.txt") == "from two"
+        assert await on_disk(one, agent_id, "x.txt") == "from two"
 
 
 # --- multi-user mode --------------------------------------------------------------------------
@@ -217,3 +217,31 @@ async def test_another_users_agent_is_not_found_and_viewers_cannot_change_or_run
     mine = await client.post("/tools/calculator/invoke", json=call, headers=alice)
     assert mine.json()["output"] == "42"
     assert (await client.get("/tools", headers=viewer)).status_code == 200
+
+
+async def test_a_nul_in_a_tools_output_is_answered_and_published(api):
+    """jsonb refuses NUL: the event keeps U+FFFD in its place, the answer the text itself."""
+    agent_id = await _agent(api)
+    await _enable(api, agent_id, "write_file", "read_file")
+    content = "x" * 9_000 + "\na\u0000b\n"  # past the binary sniff of the first 8 KiB
+    arguments = {"path": "nul.txt", "content": content}
+    await api.post("/tools/write_file/invoke", json={"agent_id": agent_id, "arguments": arguments})
+    read = await api.post(
+        "/tools/read_file/invoke",
+        json={"agent_id": agent_id, "arguments": {"path": "nul.txt", "offset": 1}},
+    )
+    assert read.status_code == 200, read.text
+    assert read.json()["output"].startswith("a\u0000b")
+
+
+async def test_a_deleted_agents_files_go_with_it_and_a_namesake_starts_empty(api):
+    agent_id = await _agent(api)
+    await _enable(api, agent_id, "write_file")
+    arguments = {"path": "private/notes.md", "content": "secret"}
+    await api.post("/tools/write_file/invoke", json={"agent_id": agent_id, "arguments": arguments})
+    workspace = await workspace_of(api, agent_id)
+    assert await asyncio.to_thread((workspace / "private" / "notes.md").exists)
+    assert (await api.delete(f"/agents/{agent_id}")).status_code == 204
+    assert not await asyncio.to_thread(workspace.exists)
+    again = await _agent(api)  # a new agent never sees another's folder, whatever its id
+    assert await workspace_of(api, again) != workspace

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from gathering.agents import PostgresAgentStore
 from gathering.cli import app
 from gathering.config import get_settings
+from gathering.db import Database
 from gathering.tools.agent_tools import agent_workspace
 
 runner = CliRunner()
@@ -20,6 +24,17 @@ def database(monkeypatch, migrated_database_url, llm_stub_env):
     get_settings.cache_clear()
     yield migrated_database_url
     get_settings.cache_clear()
+
+
+def workspaces_of(url: str, name: str) -> list[Path]:
+    """The workspace folder of each agent called `name`."""
+
+    async def fetch() -> list[Path]:
+        async with Database(url=url, min_size=0, max_size=1) as db:
+            records = await PostgresAgentStore(db).list_agents()
+        return [agent_workspace(r.id, r.created_at) for r in records if r.name == name]
+
+    return asyncio.run(fetch())
 
 
 def run(*args: str):
@@ -45,8 +60,8 @@ def test_list_enable_invoke_and_disable(database):
     done = run("tools", "invoke", "write_file", "--agent", "Scribe", "--args", arguments)
     assert done.exit_code == 0, done.output
     assert json.loads(done.output) == {"path": "hello.txt", "bytes": 2}
-    agent_id = int(next(line for line in created.output.split("(id ")[1:]).split(",")[0])
-    assert (agent_workspace(agent_id) / "hello.txt").read_text() == "hi"
+    [workspace] = workspaces_of(database, "Scribe")
+    assert (workspace / "hello.txt").read_text() == "hi"
 
     bad = run("tools", "invoke", "write_file", "--agent", "Scribe", "--args", '{"path": 1}')
     assert bad.exit_code != 0 and "invalid arguments for tool 'write_file'" in bad.output
@@ -56,6 +71,9 @@ def test_list_enable_invoke_and_disable(database):
     assert run("tools", "disable", "write_file", "--agent", "Scribe").exit_code == 0
     again = run("tools", "invoke", "write_file", "--agent", "Scribe", "--args", arguments)
     assert again.exit_code != 0 and "is not enabled" in again.output
+
+    assert run("agents", "delete", "Scribe", "--yes").exit_code == 0
+    assert not workspace.exists()  # the agent's files went with it
 
 
 def test_an_unknown_tool_or_agent_is_a_clear_error(database):

@@ -305,9 +305,40 @@ def test_a_plugin_entry_point_gives_tools_marked_as_its_own(value, names):
     assert all(t.plugin == "sample" for t in found)  # no distribution: the entry point's name
 
 
+NOT_TOOLS = ["a string", 42]
+
+
+def broken_factory() -> list[FunctionTool]:
+    raise TypeError("the plugin's own bug")
+
+
+def taken_and_new() -> list[FunctionTool]:
+    return [
+        function_tool(greet, name="plugin_fresh", effect="read"),
+        function_tool(greet, name="plugin_greet", effect="read"),  # taken below
+    ]
+
+
 def test_a_plugin_that_gives_something_else_is_refused():
     with pytest.raises(InvalidInputError, match="not a tool"):
-        registry_module.plugin_tools(_entry_point(f"{__name__}:greet"))
+        registry_module.plugin_tools(_entry_point(f"{__name__}:NOT_TOOLS"))
+    with pytest.raises(TypeError, match="the plugin's own bug"):  # not hidden as "not a tool"
+        registry_module.plugin_tools(_entry_point(f"{__name__}:broken_factory"))
+
+
+def test_a_plugin_is_registered_whole_or_not_at_all(monkeypatch):
+    points = [_entry_point(f"{__name__}:SAMPLE_TOOL"), _entry_point(f"{__name__}:taken_and_new")]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: points)
+    target = ToolRegistry()
+    assert registry_module.load_plugins(target) == ["plugin_greet"]
+    assert target.get("plugin_fresh") is None  # its plugin also named a taken tool
+
+
+async def test_naming_an_unloaded_plugin_tool_in_async_code_does_not_block(monkeypatch):
+    monkeypatch.setattr(registry_module, "_plugins_loaded", False)
+    assert registry_module.named_tool("calculator").name == "calculator"  # built in
+    with pytest.raises(NotFoundError, match=r"await gathering\.tools\.loaded_registry"):
+        registry_module.named_tool("from_a_plugin")
 
 
 def test_a_broken_plugin_does_not_stop_the_others(monkeypatch, clean_global_registry):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -22,7 +23,7 @@ from gathering.llm import LLMProvider, ToolSpec, default_model, get_provider, kn
 from gathering.tools.agent_tools import ToolBox, agent_workspace, enabled_tools
 from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool
-from gathering.tools.registry import default_registry, loaded_registry, registry
+from gathering.tools.registry import loaded_registry, named_tool
 from gathering.tools.signature import function_tool
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ of a registry tool."""
 def _as_tool(tool: ToolLike) -> FunctionTool:
     if isinstance(tool, FunctionTool):
         return tool
-    if isinstance(tool, str):  # the built-ins need no plugin loading
-        return registry.get(tool) or default_registry().require(tool)
+    if isinstance(tool, str):
+        return named_tool(tool)
     if isinstance(tool, tuple):
         spec, handler = tool
         return FunctionTool(spec, handler)
@@ -116,6 +117,7 @@ class Agent:
         self.knowledge = KnowledgeScope.from_value(knowledge)
         self.owner_id = owner_id
         self.id: int | None = None
+        self.created_at: datetime | None = None
         self.session_id: str | None = None
         self.task: str | None = None
         self.resume_note: str | None = None
@@ -183,6 +185,7 @@ class Agent:
             **kwargs,
         )
         agent.id = record.id
+        agent.created_at = record.created_at
         agent._saved = agent.record()
         agent._fresh_session = False
         return agent
@@ -251,7 +254,7 @@ class Agent:
         record = self.record()
         if self.id is None:
             saved = await store.save_agent(record)
-            self.id, self.owner_id = saved.id, saved.owner_id
+            self.id, self.owner_id, self.created_at = saved.id, saved.owner_id, saved.created_at
             self._saved = self.record()
         elif record != self._saved:
             await store.update_agent(record)
@@ -298,7 +301,7 @@ class Agent:
 
     def tool_context(self, call_id: str | None = None) -> ToolContext:
         """What a tool called by this agent is told: the agent, its owner and its workspace."""
-        workspace = agent_workspace(self.id) if self.id is not None else None
+        workspace = agent_workspace(self.id, self.created_at) if self.id is not None else None
         return ToolContext(self.id, self.owner_id, workspace, call_id)
 
     # --- conversation -------------------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from gathering.agents.agent_store import PostgresAgentStore
-from gathering.agents.conversation_store import storable_text
 from gathering.agents.knowledge import KnowledgeBase, knowledge_for_prompt
 from gathering.agents.long_term_memory import (
     LongTermMemory,
@@ -20,6 +19,7 @@ from gathering.agents.sync import maybe_sync
 from gathering.agents.system_prompt import CHARS_PER_TOKEN, format_memories_for_prompt
 from gathering.agents.turn_loop import TurnLimits
 from gathering.db.database import Queries
+from gathering.db.storable import storable_text
 from gathering.errors import FeatureUnavailableError
 from gathering.events import Event
 from gathering.llm import Message

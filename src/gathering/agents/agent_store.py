@@ -22,7 +22,6 @@ from gathering.agents.conversation_store import (
     PostgresConversation,
     TurnStart,
     WindowCache,
-    storable_text,
     stored_history,
     stored_window,
 )
@@ -36,6 +35,7 @@ from gathering.db import Database, Row
 from gathering.db.database import OnConnection
 from gathering.db.locks import LockKey, release_lock, wait_for_lock
 from gathering.db.named_queries import queries_of
+from gathering.db.storable import storable_text
 from gathering.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 
 

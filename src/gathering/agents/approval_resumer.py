@@ -17,7 +17,7 @@ from gathering.agents.turn_loop import resume_turn
 from gathering.db import Database
 from gathering.errors import GatheringError, NotFoundError
 from gathering.events import Event, EventBus
-from gathering.tools.agent_tools import run_approved_invocation
+from gathering.tools.agent_tools import agent_workspace, run_approved_invocation
 from gathering.tools.approvals import Approval, expire_due, mark_resumed, to_resume
 from gathering.tools.registry import loaded_registry
 
@@ -37,19 +37,20 @@ async def resume_answered(db: Database, bus: EventBus | None, approval: Approval
     """Go on with what `approval` held up, once: its turn resumes (when no other approval of
     it is pending), or its direct invocation runs (approved) or is refused, with the outcome
     kept with the approval."""
-    if approval.turn_id is None:
-        if not await mark_resumed(db, approval.id):
-            return  # picked up by another instance
-        call = await run_approved_invocation(db, await loaded_registry(), approval)
-        if bus is not None:
-            events = approval_events("tool.invoked", approval, is_error=call.is_error)
-            await bus.publish_many(events, durable=True)
-        return
     store = PostgresAgentStore(db)
     try:
         record = await store.load_agent(approval.agent_id)
     except NotFoundError:
         await mark_resumed(db, approval.id)  # the agent is gone, and its turn with it
+        return
+    if approval.turn_id is None:
+        if not await mark_resumed(db, approval.id):
+            return  # picked up by another instance
+        workspace = agent_workspace(approval.agent_id, record.created_at)
+        call = await run_approved_invocation(db, await loaded_registry(), approval, workspace)
+        if bus is not None:
+            events = approval_events("tool.invoked", approval, is_error=call.is_error)
+            await bus.publish_many(events, durable=True)
         return
     agent = Agent.from_record(record, store=store)
     agent.event_bus = bus

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from gathering.db.database import OnConnection, Queries, Row
 from gathering.db.named_queries import queries_of
+from gathering.db.storable import storable_text, storable_value
 from gathering.errors import NotFoundError
 from gathering.llm import Message, ToolResult, Usage
 
@@ -199,32 +200,10 @@ class WindowCache:
 _SQL = queries_of("gathering.agents")
 
 
-def storable_text(text: str) -> str:
-    """`text` as PostgreSQL can store it: NUL characters and lone surrogates (which a model or
-    a tool may produce) become U+FFFD."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
-
-
-def _storable(value: Any) -> Any:
-    if isinstance(value, str):
-        return storable_text(value)
-    if isinstance(value, list):
-        return [_storable(item) for item in value]
-    if isinstance(value, dict):
-        return {storable_text(str(k)): _storable(v) for k, v in value.items()}
-    return value
-
-
 def storable_message(message: Message) -> Message:
     """`message` with every text made storable (see `storable_text`)."""
     body = message.to_dict()
-    cleaned = _storable(body)
+    cleaned = storable_value(body)
     return message if cleaned == body else Message.from_dict(cleaned)
 
 
@@ -367,12 +346,12 @@ class PostgresConversation:
         self, turn_id: str, entries: Sequence[HistoryEntry], result: Mapping[str, Any] | None
     ) -> None:
         entries = [storable_entry(e) for e in entries]
-        stored = Jsonb(_storable(dict(result))) if result is not None else None
+        stored = Jsonb(storable_value(dict(result))) if result is not None else None
         row = await self._last_statement(turn_id, entries, "completed", stored)
         self._appended(row, entries)
 
     async def fail_turn(self, turn_id: str, error: Mapping[str, Any]) -> None:
-        error = _storable(dict(error))
+        error = storable_value(dict(error))
         entry = HistoryEntry(Message.assistant(), turn_id=turn_id, error=str(error["message"]))
         await self._last_statement(turn_id, [entry], "failed", Jsonb(error))
         self._cache.drop(self.agent_id)  # the failed turn's messages leave the window
@@ -381,7 +360,7 @@ class PostgresConversation:
         self, turn_id: str, waiting_call: str, queued: Sequence[str], result: Mapping[str, Any]
     ) -> None:
         await self.queries.execute(_SQL["tools_waiting"], turn_id, waiting_call, list(queued))
-        await self._last_statement(turn_id, [], "waiting", Jsonb(_storable(dict(result))))
+        await self._last_statement(turn_id, [], "waiting", Jsonb(storable_value(dict(result))))
 
     async def resume(self, turn_id: str) -> ResumedTurn | None:
         row = await self.queries.fetch_one(_SQL["resume_turn"], turn_id, self.agent_id)

@@ -218,6 +218,10 @@ async def run_tool(
     except InvalidInputError as refused:  # bad arguments, a path outside the workspace, ...
         record_tool_call(call.name, "retry")
         return ToolResult(call.id, f"error: {refused}", True, call.name)
+    except GatheringError as refused:  # the tool's own typed answer: not found, not allowed, ...
+        record_tool_call(call.name, "refused")
+        log.info("tool refused", tool=call.name, code=refused.code)
+        return ToolResult(call.id, f"error: {refused}", True, call.name)
     except TimeoutError as exc:
         if not timer.expired():  # the tool's own timeout (a socket, ...): a plain failure
             return _tool_failed(call, exc)

@@ -27,7 +27,6 @@ from gathering.agents.conversation_store import (
     ResumedTurn,
     StoredTurn,
     TurnStart,
-    storable_text,
 )
 from gathering.agents.tool_calls import (
     BatchDone,
@@ -39,6 +38,7 @@ from gathering.agents.tool_calls import (
 )
 from gathering.agents.turn_events import EVENT_PREVIEW_CHARS, TurnEvents
 from gathering.config import get_settings
+from gathering.db.storable import storable_text
 from gathering.errors import (
     ConflictError,
     ContextTooLongError,

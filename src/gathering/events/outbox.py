@@ -20,6 +20,7 @@ import psycopg
 from gathering.db.database import Queries, Row
 from gathering.db.locks import advisory_key
 from gathering.db.named_queries import queries_of
+from gathering.db.storable import storable_value
 from gathering.errors import InvalidInputError
 from gathering.events.patterns import compile_pattern
 from gathering.events.types import Event
@@ -37,7 +38,7 @@ def _payload(events: Sequence[Event]) -> str:
             "id": str(e.id),
             "type": e.type,
             "subject": e.subject,
-            "data": dict(e.data),
+            "data": storable_value(dict(e.data)),  # jsonb refuses NUL and lone surrogates
             "occurred_at": e.occurred_at.isoformat(),
             "source": e.source,
             "correlation_id": e.correlation_id,

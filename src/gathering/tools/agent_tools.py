@@ -6,8 +6,11 @@ start of each turn, so a change applies to the agent's next turn wherever it run
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +111,19 @@ async def change_agent_tool(
     return {"enabled": row["enabled"], "policy": row["policy"], "updated_at": row["updated_at"]}
 
 
-def agent_workspace(agent_id: int) -> Path:
-    """The agent's workspace directory: `<data dir>/workspaces/<agent id>` (not created)."""
-    return get_settings().data_dir / "workspaces" / str(agent_id)
+def agent_workspace(agent_id: int, created_at: datetime | None) -> Path:
+    """The agent's workspace directory (not created): `<data dir>/workspaces/<id>-<creation
+    time in µs>`. The creation time keeps apart two agents that got the same id from two
+    databases (a reset, a restore, tests) on one data directory."""
+    name = str(agent_id)
+    if created_at is not None:
+        name += f"-{round(created_at.timestamp() * 1_000_000)}"
+    return get_settings().data_dir / "workspaces" / name
+
+
+async def remove_workspace(agent_id: int, created_at: datetime | None) -> None:
+    """Delete a deleted agent's workspace and everything in it (off the event loop)."""
+    await asyncio.to_thread(shutil.rmtree, agent_workspace(agent_id, created_at), True)
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,7 @@ async def invoke_for_agent(
     name: str,
     arguments: Mapping[str, Any],
     *,
+    created_at: datetime | None,
     requested_by: int | None = None,
 ) -> Invocation:
     """Run the tool `name` once for the agent, as its own call would run: enabled for it,
@@ -171,7 +185,7 @@ async def invoke_for_agent(
             '{"enabled": true}, or `gathering tools enable ' + f"{name} --agent {agent_id}`",
         )
     call_id = new_call_id()
-    context = ToolContext(agent_id, owner_id, agent_workspace(agent_id), call_id)
+    context = ToolContext(agent_id, owner_id, agent_workspace(agent_id, created_at), call_id)
     policy = box.policy(name)
     try:
         tool.arguments_for(arguments, context)  # a call a person is asked about is valid
@@ -214,13 +228,12 @@ async def _run(
 
 
 async def run_approved_invocation(
-    queries: Queries, tools: ToolRegistry, approval: Approval
+    queries: Queries, tools: ToolRegistry, approval: Approval, workspace: Path
 ) -> Invocation:
-    """Run (or, denied or expired, refuse) a direct invocation a person answered, and keep
-    its outcome with the approval. The caller has picked the approval up (`mark_resumed`)."""
-    context = ToolContext(
-        approval.agent_id, approval.owner_id, agent_workspace(approval.agent_id), approval.call_id
-    )
+    """Run (or, denied or expired, refuse) a direct invocation a person answered, in the
+    agent's `workspace`, and keep its outcome with the approval. The caller has picked the
+    approval up (`mark_resumed`)."""
+    context = ToolContext(approval.agent_id, approval.owner_id, workspace, approval.call_id)
     tool = tools.get(approval.tool_name)
     if approval.state != "approved" or tool is None:
         why = "is no longer installed" if tool is None else f"was {approval.state}"

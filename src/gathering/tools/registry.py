@@ -159,6 +159,7 @@ async def invoke(
         outcome = "retry"  # arguments or paths the tool refused
         raise
     except GatheringError:
+        outcome = "refused"  # the tool's own typed answer: not found, not allowed, ...
         raise
     except ToolRetry as retry:
         outcome = "retry"
@@ -185,15 +186,17 @@ def _failed(tool: FunctionTool, exc: Exception) -> ToolFailedError:
 
 def plugin_tools(entry_point: EntryPoint) -> list[FunctionTool]:
     """The tools one `gathering.tools` entry point declares: a `FunctionTool`, a list of them,
-    or a function returning either; each is marked with the plugin's distribution name."""
+    or a function of no arguments returning either; each is marked with the plugin's
+    distribution name. An error raised by the plugin's own code propagates as it is."""
     loaded = entry_point.load()
-    try:
-        if callable(loaded) and not isinstance(loaded, FunctionTool):
-            loaded = loaded()
-        found = [loaded] if isinstance(loaded, FunctionTool) else list(loaded)
-    except TypeError:
-        found = []
-    if not found or not all(isinstance(item, FunctionTool) for item in found):
+    if callable(loaded) and not isinstance(loaded, FunctionTool):
+        loaded = loaded()
+    found = [loaded] if isinstance(loaded, FunctionTool) else loaded
+    if (
+        not isinstance(found, list | tuple)
+        or not found
+        or not all(isinstance(item, FunctionTool) for item in found)
+    ):
         raise InvalidInputError(
             f"plugin entry point {entry_point.name!r} gave something that is not a tool",
             hint="an entry point of gathering.tools names a FunctionTool, a list of them, "
@@ -204,16 +207,40 @@ def plugin_tools(entry_point: EntryPoint) -> list[FunctionTool]:
 
 
 def load_plugins(target: ToolRegistry) -> list[str]:
-    """Register the tools of every installed `gathering.tools` plugin into `target`; a plugin
-    that fails to load is logged and skipped (the server still starts). Returns the names."""
+    """Register the tools of every installed `gathering.tools` plugin into `target`, each
+    plugin whole or not at all; one that fails to load, or names a tool that exists, is logged
+    and skipped (the server still starts). Returns the names added."""
     added: list[str] = []
     for entry_point in entry_points(group=PLUGIN_GROUP):
         try:
-            for item in plugin_tools(entry_point):
-                added.append(target.register(item).name)
+            tools = plugin_tools(entry_point)
+            taken = [item.name for item in tools if item.name in target]
+            names = [item.name for item in tools]
+            if taken or len(set(names)) < len(names):
+                raise ConflictError(f"tool names already taken: {', '.join(taken or names)}")
         except Exception:
             log.error("a tool plugin failed to load", entry_point=entry_point.name, exc_info=True)
+            continue
+        added.extend(target.register(item).name for item in tools)
     return added
+
+
+def named_tool(name: str) -> FunctionTool:
+    """The registry tool `name`, for code that names a tool (`Agent(tools=["read_file"])`).
+    Plugins are loaded first when they were not, unless an event loop runs in this thread
+    (loading blocks): then `await loaded_registry()` first."""
+    found = registry.get(name)
+    if found is not None or _plugins_loaded:
+        return found or registry.require(name)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return default_registry().require(name)
+    raise NotFoundError(
+        f"no built-in tool named {name!r}, and plugin tools are not loaded yet",
+        hint="in async code, `await gathering.tools.loaded_registry()` before naming a "
+        "plugin's tool, or pass the tool object itself",
+    )
 
 
 registry = ToolRegistry(builtin_tools())

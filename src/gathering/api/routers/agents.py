@@ -56,6 +56,7 @@ from gathering.errors import GatheringError, InvalidInputError
 from gathering.events import Event
 from gathering.llm import TextDelta, default_model, default_provider_name, known_providers
 from gathering.llm.registry import TEST_PROVIDERS
+from gathering.tools.agent_tools import remove_workspace
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -412,6 +413,7 @@ async def delete_agent(
         await PostgresAgentStore(db).delete_agent(agent_id)
         await bus.publish(_event("agent.deleted", record, principal), tx=tx)
     app_state(request).agents.pop(agent_id, None)
+    await remove_workspace(agent_id, record.created_at)  # its files go with it
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -216,6 +216,7 @@ async def invoke_tool(
         record.owner_id,
         name,
         body.arguments,
+        created_at=record.created_at,
         requested_by=principal.user_id,
     )
     subjects = [f"agent:{body.agent_id}"]
