@@ -365,6 +365,7 @@ class Settings(BaseSettings):
         "egress_allowed_hosts",
         "egress_allowed_networks",
         "egress_allowed_ports",
+        "git_allowed_remotes",
         mode="before",
     )
     @classmethod
@@ -593,6 +594,12 @@ class Settings(BaseSettings):
         default_factory=lambda: [80, 443],
         validation_alias=_env("egress_allowed_ports"),
         description="Ports the web tools may connect to (comma-separated; 80 and 443).",
+    )
+    git_allowed_remotes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("git_allowed_remotes"),
+        description="Remotes the git_remote tool may push to and pull from: https:// URLs or "
+        "absolute paths of local repositories (comma-separated); none by default.",
     )
     approval_timeout: float = Field(
         default=24 * 3600.0,

@@ -4,6 +4,7 @@ this module gives each its schema, its description for the model and its effect 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import Field
 
 from gathering.config import get_settings
 from gathering.tools.builtins import calculator, files, web
+from gathering.tools.builtins import git as git_tool
 from gathering.tools.context import ToolContext
 from gathering.tools.egress import EgressPolicy
 from gathering.tools.function import FunctionTool
@@ -160,6 +162,90 @@ async def web_page(url: Url, format: Literal["markdown", "text"] = "markdown") -
     return await web.web_page(url, format, policy=_egress())
 
 
+Ref = Annotated[str, Field(min_length=1, max_length=255)]
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+async def git(
+    ctx: ToolContext,
+    command: Literal["status", "diff", "log", "show", "add", "commit", "branch", "checkout"],
+    repo: WorkspacePath = ".",
+    paths: Annotated[list[WorkspacePath], Field(max_length=1000)] | None = None,
+    ref: Ref | None = None,
+    branch: Name | None = None,
+    message: Annotated[str, Field(min_length=1, max_length=20_000)] | None = None,
+    author_name: Name | None = None,
+    author_email: Name | None = None,
+    max_count: Annotated[int, Field(ge=1, le=1000)] | None = None,
+    staged: bool = False,
+    create: bool = False,
+    delete: bool = False,
+) -> dict[str, Any]:
+    """Run a git command on a repository in your workspace (never a shell; hooks and
+    repository settings that run programs are refused).
+
+    Args:
+        command: status, diff, log, show, add, commit, branch or checkout.
+        repo: The repository's folder in the workspace.
+        paths: Files to limit the command to (status, diff, log, show, add, commit, checkout).
+        ref: A revision (diff and log also take a range a..b); checkout: what to switch to.
+        branch: branch: the branch to create or delete; checkout: the branch to switch to.
+        message: commit: the message.
+        author_name: commit: the author's name.
+        author_email: commit: the author's email.
+        max_count: log: at most this many commits (20 by default).
+        staged: diff: what is staged instead of the working tree.
+        create: branch or checkout: create the branch.
+        delete: branch: delete the branch.
+    """
+    root = await asyncio.to_thread(_workspace, ctx)
+    return await git_tool.git(
+        root,
+        command,
+        repo=repo,
+        paths=paths,
+        ref=ref,
+        branch=branch,
+        message=message,
+        author_name=author_name,
+        author_email=author_email,
+        max_count=max_count,
+        staged=staged,
+        create=create,
+        delete=delete,
+        timeout=get_settings().tool_timeout,
+    )
+
+
+async def git_remote(
+    ctx: ToolContext,
+    command: Literal["push", "pull"],
+    repo: WorkspacePath = ".",
+    remote: Name | None = None,
+    branch: Name | None = None,
+) -> dict[str, Any]:
+    """Push a branch to, or pull it (fast-forward only) from, a remote on the server's
+    allow-list (GATHERING_GIT_ALLOWED_REMOTES).
+
+    Args:
+        command: push or pull.
+        repo: The repository's folder in the workspace.
+        remote: The remote's name (origin by default).
+        branch: The branch (the current one by default).
+    """
+    root = await asyncio.to_thread(_workspace, ctx)
+    settings = get_settings()
+    return await git_tool.git(
+        root,
+        command,
+        repo=repo,
+        remote=remote,
+        branch=branch,
+        allowed_remotes=settings.git_allowed_remotes,
+        timeout=settings.tool_timeout,
+    )
+
+
 def builtin_tools() -> list[FunctionTool]:
     """A fresh list of the built-in tools."""
     return [
@@ -171,4 +257,6 @@ def builtin_tools() -> list[FunctionTool]:
         function_tool(calculate, name="calculator", effect="read", category="math"),
         function_tool(http_fetch, effect="external", category="web"),
         function_tool(web_page, effect="read", category="web"),
+        function_tool(git, effect="write", category="git"),
+        function_tool(git_remote, effect="external", category="git"),
     ]
