@@ -10,7 +10,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ from gathering.db import Database, Migration, MigrationStatus, discover_migratio
 from gathering.errors import GatheringError, InvalidInputError, StartupError
 from gathering.llm import TextDelta, default_provider_name
 from gathering.observability import configure_logging
+
+if TYPE_CHECKING:
+    from gathering.tools.approvals import Approval
 
 T = TypeVar("T")
 
@@ -649,6 +652,89 @@ def tools_invoke(
     if call.error is not None:
         fail(call.error)
     typer.echo(call.output)
+
+
+approvals_app = typer.Typer(
+    help="Tool calls waiting for a person: list, approve, deny.", no_args_is_help=True
+)
+app.add_typer(approvals_app, name="approvals")
+
+
+@approvals_app.command("list")
+def approvals_list(
+    state: Annotated[
+        Literal["pending", "approved", "denied", "expired"] | None,
+        typer.Option(help="Only approvals in this state [default: every state]"),
+    ] = "pending",
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+) -> None:
+    """List approvals, newest first (pending ones by default)."""
+    from gathering.tools.approvals import list_approvals
+
+    settings = settings_or_exit()
+
+    async def work() -> list[Approval]:
+        async with Database(settings=settings, min_size=0, max_size=1) as db:
+            return await list_approvals(db, state=state, limit=limit)
+
+    found = run_async(work)
+    table = Table(title=f"{len(found)} approval(s)")
+    for column in ("id", "state", "agent", "tool", "arguments", "requested", "expires"):
+        table.add_column(column)
+    for approval in found:
+        arguments = json.dumps(dict(approval.arguments), ensure_ascii=False)
+        table.add_row(
+            str(approval.id),
+            approval.state,
+            str(approval.agent_id),
+            approval.tool_name,
+            escape(arguments if len(arguments) <= 80 else arguments[:79] + "…"),
+            f"{approval.requested_at:%Y-%m-%d %H:%M}",
+            f"{approval.expires_at:%Y-%m-%d %H:%M}",
+        )
+    console.print(table)
+
+
+def _answer(approval_id: int, approve: bool, comment: str | None) -> None:
+    from gathering.agents.approval_resumer import approval_events
+    from gathering.events.outbox import write
+    from gathering.tools.approvals import decide
+
+    settings = settings_or_exit()
+
+    async def work() -> Approval:
+        async with Database(settings=settings, min_size=0, max_size=2) as db:
+            async with db.transaction() as tx:
+                answered = await decide(tx, approval_id, approve=approve, by=None, comment=comment)
+                await write(tx, approval_events("approval.decided", answered))
+            return answered
+
+    answered = run_async(work)
+    console.print(
+        f"approval {answered.id} {answered.state}: {answered.tool_name} for agent "
+        f"{answered.agent_id}; a running server goes on with it within seconds"
+    )
+
+
+CommentOption = Annotated[str | None, typer.Option(help="Why (the agent is told, if denied)")]
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    approval_id: Annotated[int, typer.Argument(help="The approval's id")],
+    comment: CommentOption = None,
+) -> None:
+    """Approve a waiting tool call: it runs, and the agent's turn goes on."""
+    _answer(approval_id, True, comment)
+
+
+@approvals_app.command("deny")
+def approvals_deny(
+    approval_id: Annotated[int, typer.Argument(help="The approval's id")],
+    comment: CommentOption = None,
+) -> None:
+    """Deny a waiting tool call: it does not run, and the agent is told why."""
+    _answer(approval_id, False, comment)
 
 
 @app.command()

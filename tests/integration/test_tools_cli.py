@@ -82,3 +82,35 @@ def test_an_unknown_tool_or_agent_is_a_clear_error(database):
     assert unknown.exit_code != 0 and "no tool named 'teleport'" in unknown.output
     nobody = run("tools", "enable", "calculator", "--agent", "Nobody")
     assert nobody.exit_code != 0 and "Nobody" in nobody.output
+
+
+def test_policies_and_approvals_from_the_command_line(database):
+    """`tools policy`, then an invocation that waits, answered with `approvals approve`; the
+    server's duty (run here once) runs it and keeps its outcome."""
+    from gathering.agents.approval_resumer import ApprovalResumer
+    from gathering.tools.approvals import get_approval
+
+    assert run("agents", "create", "Clerk", "--provider", "openai").exit_code == 0
+    assert run("tools", "enable", "calculator", "--agent", "Clerk").exit_code == 0
+    policy = run("tools", "policy", "calculator", "ask", "--agent", "Clerk")
+    assert policy.exit_code == 0 and "policy: ask" in policy.output
+    waiting = run(
+        "tools", "invoke", "calculator", "--agent", "Clerk", "--args", '{"expression": "6*7"}'
+    )
+    assert waiting.exit_code != 0 and "waits for a person's approval" in waiting.output
+    listed = run("approvals", "list")
+    assert "calculator" in listed.output and "pending" in listed.output
+    approval_id = int(waiting.output.split("(approval ")[1].split(")")[0])
+    assert run("approvals", "deny", str(approval_id + 1000)).exit_code != 0  # no such approval
+    answered = run("approvals", "approve", str(approval_id), "--comment", "fine")
+    assert answered.exit_code == 0 and "approved" in answered.output
+    again = run("approvals", "deny", str(approval_id))
+    assert again.exit_code != 0 and "approved already" in again.output
+
+    async def resume() -> dict:
+        async with Database(url=database, min_size=1, max_size=2) as db:
+            await ApprovalResumer(db, None).run_once()
+            return dict((await get_approval(db, approval_id)).outcome or {})
+
+    assert asyncio.run(resume()) == {"is_error": False, "output": "42"}
+    assert run("tools", "policy", "calculator", "default", "--agent", "Clerk").exit_code == 0

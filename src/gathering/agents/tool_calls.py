@@ -5,8 +5,9 @@ next call starts."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -209,6 +210,7 @@ async def run_tool(
         )
     seconds = min(tool_seconds(tool), left)
     timer = asyncio.timeout(max(seconds, 0.0))
+    context = replace(context, deadline=time.monotonic() + seconds)
     try:
         async with timer:
             output = await tool.run(call.arguments, context)

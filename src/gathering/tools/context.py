@@ -13,13 +13,16 @@ class ToolContext:
     """Given to a tool that declares a parameter of this type (the model never sees it).
 
     `workspace` is the directory the tool's files live in (an agent's workspace); `call_id`
-    names the call, unique within its turn.
+    names the call, unique within its turn; `deadline` (a `time.monotonic()` value) is when the
+    caller stops waiting: a plain-function tool, which cannot be stopped, should not commit a
+    change after it.
     """
 
     agent_id: int | None = None
     owner_id: int | None = None
     workspace: Path | None = None
     call_id: str | None = None
+    deadline: float | None = None
 
     def require_workspace(self) -> Path:
         """The workspace; `ConfigurationError` when the call was made without one."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -149,6 +150,7 @@ async def invoke(
     call is counted in `gathering_tool_calls_total` by outcome."""
     seconds = tool_seconds(tool, seconds)
     timer = asyncio.timeout(seconds)
+    context = replace(context or ToolContext(), deadline=time.monotonic() + seconds)
     outcome = "failed"
     try:
         async with timer:
