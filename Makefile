@@ -18,12 +18,12 @@ define announce_install
 	fi
 endef
 
-.PHONY: run test lint pytest install clean
+.PHONY: run test lint pytest install clean system-deps
 
-run: $(VENV)/.installed-run
+run: system-deps $(VENV)/.installed-run
 	$(BIN)/gathering serve
 
-test: lint pytest
+test: system-deps lint pytest
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
@@ -37,7 +37,29 @@ pytest: $(VENV)/.installed-dev
 	$(BIN)/pytest --cov=gathering --cov-append --cov-report=term-missing:skip-covered \
 		--cov-fail-under=80 tests/test_api_fuzz.py
 
-install: $(VENV)/.installed-run $(VENV)/.installed-dev
+install: system-deps $(VENV)/.installed-run $(VENV)/.installed-dev
+
+# Debian packages (command:package) that the sandbox of the shell and python tools needs. When
+# one is missing: installed if we are root, else the command to run is printed and the build
+# goes on (the sandbox's tests then fail with the same hint). Silent when nothing is missing.
+SYSTEM_DEPS := bwrap:bubblewrap setpriv:util-linux nsenter:util-linux
+
+system-deps:
+	@missing=""; \
+	for dep in $(SYSTEM_DEPS); do \
+		command -v $${dep%%:*} >/dev/null 2>&1 || case " $$missing " in \
+			*" $${dep##*:} "*) ;; *) missing="$$missing $${dep##*:}" ;; esac; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing Debian packages for the sandbox:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq $$missing >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } \
+			|| echo "==> could not install them; run: apt-get update && apt-get install -y$$missing"; \
+	else \
+		echo "==> the sandbox needs Debian packages that are missing; run: sudo apt-get install -y$$missing"; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

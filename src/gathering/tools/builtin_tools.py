@@ -1,10 +1,12 @@
 """The built-in tools, as agents see them: file tools on the agent's workspace, a calculator,
-and the web tools behind the egress policy. The work is done by `gathering.tools.builtins`;
-this module gives each its schema, its description for the model and its effect class."""
+the web tools behind the egress policy, git, and shell and python in the sandbox. The work is
+done by `gathering.tools.builtins`; this module gives each its schema, its description for
+the model, its effect class and its policy by default."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,9 +15,11 @@ from pydantic import Field
 from gathering.config import get_settings
 from gathering.tools.builtins import calculator, files, web
 from gathering.tools.builtins import git as git_tool
+from gathering.tools.builtins import shell as shell_tool
 from gathering.tools.context import ToolContext
 from gathering.tools.egress import EgressPolicy
 from gathering.tools.function import FunctionTool
+from gathering.tools.sandbox import SandboxLimits
 from gathering.tools.signature import function_tool
 
 Offset = Annotated[int, Field(ge=0)]
@@ -246,6 +250,43 @@ async def git_remote(
     )
 
 
+async def shell(
+    ctx: ToolContext,
+    command: Annotated[str, Field(min_length=1, max_length=64 * 1024)],
+    stdin: Annotated[str, Field(max_length=1024 * 1024)] | None = None,
+) -> dict[str, Any]:
+    """Run a shell command (sh) in your workspace, inside a sandbox: no network, nothing of
+    the system writable but the workspace, limits on time, memory, processes and output.
+
+    Args:
+        command: The command line, e.g. "ls -la && wc -l *.txt".
+        stdin: Text given to the command on its standard input.
+    """
+    root = await asyncio.to_thread(_workspace, ctx)
+    return await shell_tool.shell(root, command, limits=_limits(ctx), stdin=stdin)
+
+
+async def python(
+    ctx: ToolContext, code: Annotated[str, Field(min_length=1, max_length=100 * 1024)]
+) -> dict[str, Any]:
+    """Run a Python program in your workspace, inside the same sandbox as shell (the standard
+    library only; no network).
+
+    Args:
+        code: The program; print what you want to read.
+    """
+    root = await asyncio.to_thread(_workspace, ctx)
+    return await shell_tool.python(root, code, limits=_limits(ctx))
+
+
+def _limits(ctx: ToolContext) -> SandboxLimits:
+    """The sandbox's limits, its wall time within the call's own."""
+    wall = SandboxLimits().wall_seconds
+    if ctx.deadline is not None:
+        wall = max(min(wall, ctx.deadline - time.monotonic()), 0.1)
+    return SandboxLimits(wall_seconds=wall)
+
+
 def builtin_tools() -> list[FunctionTool]:
     """A fresh list of the built-in tools."""
     return [
@@ -259,4 +300,6 @@ def builtin_tools() -> list[FunctionTool]:
         function_tool(web_page, effect="read", category="web"),
         function_tool(git, effect="write", category="git"),
         function_tool(git_remote, effect="external", category="git"),
+        function_tool(shell, effect="write", category="code", ask_first=True),
+        function_tool(python, effect="write", category="code", ask_first=True),
     ]
