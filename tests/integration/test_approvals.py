@@ -235,9 +235,9 @@ async def test_an_answer_given_elsewhere_is_taken_up_by_the_duty_exactly_once(
         Database(url=migrated_database_url, min_size=1, max_size=4) as two,
     ):
         await decide(one, approval_id, approve=True, by=None, comment="from the CLI")
-        await asyncio.gather(
-            ApprovalResumer(one, None).run_once(), ApprovalResumer(two, None).run_once()
-        )
+        first, second = ApprovalResumer(one, None), ApprovalResumer(two, None)
+        await asyncio.gather(first.run_once(), second.run_once())
+        await asyncio.gather(first.drain(), second.drain())
         assert await ApprovalResumer(one, None).run_once() == 0  # nothing left behind
     await eventually(lambda: _finished(api, agent_id))
     assert SENT == ["ops:1"]
@@ -258,7 +258,9 @@ async def test_an_overdue_approval_expires_and_the_turn_goes_on(
         late = await api.post(f"/approvals/{approval_id}/approve")
         assert late.status_code == 409 and late.json()["details"]["state"] == "expired"
         async with Database(url=migrated_database_url, min_size=1, max_size=2) as db:
-            await ApprovalResumer(db, None).run_once()
+            resumer = ApprovalResumer(db, None)
+            await resumer.run_once()
+            await resumer.drain()
         history = await eventually(lambda: _finished(api, agent_id))
         assert (await api.get(f"/approvals/{approval_id}")).json()["state"] == "expired"
     results = [r for m in history for r in m["tool_results"]]
@@ -346,3 +348,104 @@ async def _finished_as(api, agent_id: int, headers: dict[str, str]):
     history = (await api.get(f"/agents/{agent_id}/history", headers=headers)).json()
     last = history[-1] if history else None
     return last and last["role"] == "assistant" and not last["tool_calls"]
+
+
+# --- what changes between the question and the answer (found by review) ---------------------
+
+
+async def test_an_approved_invocation_of_a_tool_disabled_since_is_not_run(api):
+    agent_id = await _agent(api, "notify")
+    body = {"agent_id": agent_id, "arguments": {"channel": "ops", "text": "x"}}
+    approval_id = (await api.post("/tools/notify/invoke", json=body)).json()["approval_id"]
+    await api.put(f"/agents/{agent_id}/tools/notify", json={"policy": "deny"})
+    await api.post(f"/approvals/{approval_id}/approve")
+
+    async def outcome():
+        return (await api.get(f"/approvals/{approval_id}")).json()["outcome"]
+
+    ended = await eventually(outcome)
+    assert ended["is_error"] and ended["error"]["code"] == "tool_denied"
+    assert SENT == []
+
+
+async def test_an_approved_turn_call_denied_since_is_not_run(api):
+    agent_id = await _agent(api, "notify")
+    reply = await api.post(f"/agents/{agent_id}/chat", json=call("notify", channel="o", text="t"))
+    await api.put(f"/agents/{agent_id}/tools/notify", json={"policy": "deny"})
+    await api.post(f"/approvals/{reply.json()['approval_id']}/approve")
+    history = await eventually(lambda: _finished(api, agent_id))
+    results = [r for m in history for r in m["tool_results"]]
+    assert "disabled or denied for this agent after it was approved" in results[-1]["content"]
+    assert SENT == []
+
+
+async def test_a_nul_in_the_arguments_of_an_ask_call_is_stored(api):
+    agent_id = await _agent(api, "notify")
+    reply = await api.post(
+        f"/agents/{agent_id}/chat", json=call("notify", channel="a\u0000b", text="t")
+    )
+    assert reply.status_code == 200 and reply.json()["outcome"] == "waiting_approval"
+    pending = (await api.get(f"/approvals/{reply.json()['approval_id']}")).json()
+    assert pending["arguments"]["channel"] == "a\ufffdb"
+
+
+async def test_a_turn_that_dies_before_it_waits_leaves_no_approval_to_answer(
+    api, migrated_database_url
+):
+    """Stored as asked but the process died before the turn was stored as waiting: the next
+    turn closes it as interrupted, and its approval expires (nobody can answer it)."""
+    agent_id = await _agent(api, "notify")
+    reply = await api.post(f"/agents/{agent_id}/chat", json=call("notify", channel="o", text="t"))
+    approval_id, turn_id = reply.json()["approval_id"], reply.json()["turn_id"]
+    async with Database(url=migrated_database_url, min_size=1, max_size=1) as db:
+        await db.execute("UPDATE agent.turns SET status = 'running' WHERE id = $1::uuid", turn_id)
+    assert (await api.post(f"/agents/{agent_id}/chat", json={"message": "hi"})).status_code == 200
+    answered = await api.post(f"/approvals/{approval_id}/approve")
+    assert answered.status_code == 409 and answered.json()["details"]["state"] == "expired"
+    assert SENT == []
+
+
+async def test_the_duty_closes_a_resumed_turn_whose_process_died(api, migrated_database_url):
+    """Taken up (resumed_at set, the turn running again) by a process that then died: the
+    duty finds the agent's lock free and closes the turn as interrupted; the call that was
+    about to run is `interrupted`, never run again."""
+    agent_id = await _agent(api, "notify")
+    reply = await api.post(f"/agents/{agent_id}/chat", json=call("notify", channel="o", text="t"))
+    approval_id, turn_id = reply.json()["approval_id"], reply.json()["turn_id"]
+    async with Database(url=migrated_database_url, min_size=1, max_size=2) as db:
+        await decide(db, approval_id, approve=True, by=None)
+        await db.execute("UPDATE agent.turns SET status = 'running' WHERE id = $1::uuid", turn_id)
+        await db.execute(
+            "UPDATE agent.tool_calls SET status = 'started' WHERE turn_id = $1::uuid", turn_id
+        )
+        await db.execute("UPDATE tool.approvals SET resumed_at = now() WHERE id = $1", approval_id)
+        resumer = ApprovalResumer(db, None)
+        await resumer.run_once()
+        await resumer.drain()
+        turn = await db.fetch_one("SELECT status FROM agent.turns WHERE id = $1::uuid", turn_id)
+        calls = await db.fetch_all(
+            "SELECT status FROM agent.tool_calls WHERE turn_id = $1::uuid", turn_id
+        )
+    assert turn["status"] == "interrupted"
+    assert [c["status"] for c in calls] == ["interrupted"]
+    assert SENT == []
+
+
+async def test_an_invocation_whose_process_died_has_an_unknown_outcome(
+    api, migrated_database_url, settings_env
+):
+    agent_id = await _agent(api, "notify")
+    body = {"agent_id": agent_id, "arguments": {"channel": "ops", "text": "x"}}
+    approval_id = (await api.post("/tools/notify/invoke", json=body)).json()["approval_id"]
+    settings_env(tool_timeout=0.01)
+    async with Database(url=migrated_database_url, min_size=1, max_size=2) as db:
+        await decide(db, approval_id, approve=True, by=None)
+        await db.execute(
+            "UPDATE tool.approvals SET resumed_at = now() - interval '1 hour', "
+            'outcome = \'{"state": "running"}\' WHERE id = $1',
+            approval_id,
+        )
+        await ApprovalResumer(db, None).run_once()
+    outcome = (await api.get(f"/approvals/{approval_id}")).json()["outcome"]
+    assert outcome["is_error"] and outcome["error"]["code"] == "outcome_unknown"
+    assert SENT == []  # and nothing ran it again

@@ -109,7 +109,9 @@ def test_policies_and_approvals_from_the_command_line(database):
 
     async def resume() -> dict:
         async with Database(url=database, min_size=1, max_size=2) as db:
-            await ApprovalResumer(db, None).run_once()
+            resumer = ApprovalResumer(db, None)
+            await resumer.run_once()
+            await resumer.drain()
             return dict((await get_approval(db, approval_id)).outcome or {})
 
     assert asyncio.run(resume()) == {"is_error": False, "output": "42"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gathering.errors import InvalidInputError, NotFoundError, PathTraversalError
-from gathering.tools.builtins import files
+from gathering.tools.builtins import beneath, files
 from gathering.tools.builtins.files import (
     MAX_MATCH_TEXT_CHARS,
     MAX_READ_BYTES,
@@ -149,8 +149,12 @@ def test_read_does_not_follow_a_symlink_swapped_in_after_the_check(root, outside
     """The last component is opened with O_NOFOLLOW: a symlink put there after the path check
     (simulated by opening the link directly) is refused, not followed."""
     (root / "swapped").symlink_to(outside / "secret.txt")
-    with pytest.raises(PathTraversalError, match="symlink"):
-        files._open_regular(root / "swapped", "swapped")
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(PathTraversalError, match="symlink"):
+            beneath.open_regular(folder, "swapped", "swapped")
+    finally:
+        os.close(folder)
 
 
 # --- write_file --------------------------------------------------------------------------------

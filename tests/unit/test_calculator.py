@@ -64,13 +64,47 @@ def test_arithmetic(expression, expected):
         ("15% OF 2500", 375),
         ("10% of 200 + 5", 25),
         ("2 * 15% of 200", 60),
-        ("2 ** 50% of 2", 2),  # the rewrite is parenthesised: 2 ** (50 * 2 / 100)
+        ("2 ** 50% of 2", 2),  # an operand of its own: 2 ** (50 * 2 / 100)
         ("10 % 3", 1),  # a bare % is still the remainder
+        # "X% of" takes the whole operand after it, powers included, as a unary minus would
+        ("50% of 10 ** 2", 50),
+        ("15% of 2 ** 3", 1.2),
+        ("10% of 2 ** 3 ** 2", 51.2),
+        ("10% of (200 + 5)", 20.5),
+        ("100 - 10% of 50", 95),
+        ("10 / 50% of 20", 1),  # 10 / (50% of 20), not (10 / 50%) * 20
+        ("10% of 50% of 80", 4),
+        ("15% of -200", -30),
+        ("-15% of 200", -30),
+        ("15% of sqrt(16)", 0.6),
+        ("(10% of\n 200)", 20),
+        ("(1 +\r\n 10% of\r 200 + 10% of 10)", 22),
     ],
     ids=repr,
 )
 def test_percentages(expression, expected):
     assert evaluate(expression) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("expression", "words"),
+    [
+        ("~1", "operator ~ is not allowed"),
+        ("~10% of 5", "operator ~ is not allowed"),  # the user's own ~ is not taken for one
+        ("'15% of 2' + 10% of 5", "only numbers"),
+        ("5% of", "not a complete"),
+        ("5% of 2 ** 5000", "too large"),
+    ],
+    ids=repr,
+)
+def test_percentages_refused(expression, words):
+    with pytest.raises(InvalidInputError, match=words):
+        evaluate(expression)
+
+
+def test_a_deep_expression_with_a_percentage_is_refused():
+    with pytest.raises(InvalidInputError, match="nested too deeply"):
+        evaluate("-" * 480 + "1% of 2")
 
 
 INJECTIONS = [

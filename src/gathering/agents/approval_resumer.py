@@ -9,16 +9,27 @@ stopped before it resumed the turn. Nothing waits in memory meanwhile.
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from gathering.agents.agent import Agent
 from gathering.agents.agent_store import PostgresAgentStore
 from gathering.agents.turn_loop import resume_turn
+from gathering.cancellation import cancel_and_wait
+from gathering.config import get_settings
 from gathering.db import Database
-from gathering.errors import GatheringError, NotFoundError
+from gathering.errors import AgentBusyError, GatheringError, NotFoundError
 from gathering.events import Event, EventBus
 from gathering.tools.agent_tools import agent_workspace, run_approved_invocation
-from gathering.tools.approvals import Approval, expire_due, mark_resumed, to_resume
+from gathering.tools.approvals import (
+    Approval,
+    agents_with_orphaned_resumes,
+    expire_due,
+    mark_outcomes_unknown,
+    mark_resumed,
+    to_resume,
+)
 from gathering.tools.registry import loaded_registry
 
 log = structlog.get_logger(__name__)
@@ -62,27 +73,79 @@ async def resume_answered(db: Database, bus: EventBus | None, approval: Approval
 
 
 class ApprovalResumer:
-    """The server's duty: expire overdue approvals, and resume answered ones left behind."""
+    """The server's duty, each round: expire overdue approvals; take up answered ones left
+    behind (each in a task of its own, at most `concurrency` at once, so a long turn never
+    holds up the round); close turns a stopped process left running after it took them up;
+    and give an `UNKNOWN` outcome to direct invocations whose process stopped mid-run."""
 
-    def __init__(self, db: Database, bus: EventBus | None, *, batch: int = 20) -> None:
-        self.db, self.bus, self.batch = db, bus, batch
+    def __init__(
+        self, db: Database, bus: EventBus | None, *, batch: int = 20, concurrency: int = 4
+    ) -> None:
+        self.db, self.bus, self.batch, self.concurrency = db, bus, batch, concurrency
+        self._running: dict[int, asyncio.Task[None]] = {}
 
     async def run_once(self) -> int:
-        """One round; how many answered approvals it picked up."""
+        """One round; how many answered approvals it started taking up."""
         for approval in await expire_due(self.db):
             log.info("approval expired", approval_id=approval.id, tool=approval.tool_name)
             if self.bus is not None:
                 await self.bus.publish_many(
                     approval_events("approval.decided", approval), durable=True
                 )
-        picked = 0
+        stale = get_settings().tool_timeout * 2 + 60
+        for approval_id in await mark_outcomes_unknown(self.db, stale):
+            log.warning("an approved invocation's outcome is unknown", approval_id=approval_id)
+        await self._close_orphaned_turns()
+        started = 0
         for approval in await to_resume(self.db, self.batch):
-            try:
-                await resume_answered(self.db, self.bus, approval)
-            except GatheringError as exc:  # the next round tries again
-                log.warning(
-                    "could not resume after an approval", approval_id=approval.id, error=str(exc)
-                )
+            if approval.id in self._running or len(self._running) >= self.concurrency:
                 continue
-            picked += 1
-        return picked
+            task = asyncio.create_task(self._resume(approval), name=f"approval-{approval.id}")
+            self._running[approval.id] = task
+            task.add_done_callback(self._forget)
+            started += 1
+        return started
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        for key, running in list(self._running.items()):
+            if running is task:
+                del self._running[key]
+
+    async def drain(self) -> None:
+        """Wait for the resumes this duty started."""
+        if self._running:
+            await asyncio.wait(list(self._running.values()))
+
+    async def stop(self) -> None:
+        """Cancel the resumes still running (their turns are closed as interrupted later)."""
+        for task in list(self._running.values()):
+            await cancel_and_wait(task)
+
+    async def _resume(self, approval: Approval) -> None:
+        try:
+            await resume_answered(self.db, self.bus, approval)
+        except GatheringError as exc:  # the next round tries again
+            log.warning(
+                "could not resume after an approval", approval_id=approval.id, error=str(exc)
+            )
+        except Exception:
+            log.error("resuming after an approval failed", approval_id=approval.id, exc_info=True)
+
+    async def _close_orphaned_turns(self) -> None:
+        """A turn still `running` after it was taken up, with its agent's lock free, was left
+        by a process that stopped: opening the agent's conversation closes it as interrupted
+        (its unfinished call `interrupted`, never run again)."""
+        store = PostgresAgentStore(self.db)
+        for agent_id in await agents_with_orphaned_resumes(self.db):
+            try:
+                async with store.conversation(agent_id, wait=0) as conversation:
+                    if conversation.interrupted:
+                        log.warning(
+                            "closed a resumed turn a stopped process left running",
+                            agent_id=agent_id,
+                            turns=list(conversation.interrupted),
+                        )
+            except AgentBusyError:
+                continue  # running now, on some instance
+            except NotFoundError:
+                continue

@@ -154,6 +154,10 @@ class Conversation(Protocol):
         waiting, still waits, or belongs to an older session)."""
         ...
 
+    async def call_running(self, turn_id: str, call_id: str) -> None:
+        """Mark an approved call started: from here its side effect may have happened."""
+        ...
+
 
 # --- the process-wide cache of session tails ---------------------------------------------------
 
@@ -361,6 +365,9 @@ class PostgresConversation:
     ) -> None:
         await self.queries.execute(_SQL["tools_waiting"], turn_id, waiting_call, list(queued))
         await self._last_statement(turn_id, [], "waiting", Jsonb(storable_value(dict(result))))
+
+    async def call_running(self, turn_id: str, call_id: str) -> None:
+        await self.queries.execute(_SQL["call_running"], turn_id, call_id)
 
     async def resume(self, turn_id: str) -> ResumedTurn | None:
         row = await self.queries.fetch_one(_SQL["resume_turn"], turn_id, self.agent_id)

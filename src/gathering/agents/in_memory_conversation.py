@@ -172,3 +172,6 @@ class InMemoryConversation:
 
     async def resume(self, turn_id: str) -> ResumedTurn | None:
         return None
+
+    async def call_running(self, turn_id: str, call_id: str) -> None:
+        return None  # no turn waits in memory

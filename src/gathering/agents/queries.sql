@@ -109,7 +109,10 @@ WITH s AS (
       AND ($5::text IN ('completed', 'waiting') OR ($5::text = 'failed' AND status = 'running'))
 ), i AS (
     UPDATE agent.tool_calls SET status = 'interrupted', finished_at = now()
-    WHERE $5::text = 'failed' AND turn_id = $3::uuid AND status = 'started'
+    WHERE $5::text = 'failed' AND turn_id = $3::uuid AND status IN ('started', 'waiting', 'queued')
+), a AS (
+    UPDATE tool.approvals SET state = 'expired', decided_at = now(), resumed_at = now()
+    WHERE $5::text = 'failed' AND turn_id = $3::uuid AND state = 'pending'
 )
 SELECT (SELECT last_seq FROM s) AS last_seq,
        (SELECT pg_advisory_unlock($7::bigint) FROM s WHERE $7::bigint IS NOT NULL) AS released
@@ -117,6 +120,10 @@ SELECT (SELECT last_seq FROM s) AS last_seq,
 -- name: tool_finished --
 UPDATE agent.tool_calls SET status = $3, result = $4, finished_at = now()
 WHERE turn_id = $1::uuid AND call_id = $2
+
+-- name: call_running --
+-- An approved call of resumed turn $1 is about to run: from here its outcome may be unknown.
+UPDATE agent.tool_calls SET status = 'started' WHERE turn_id = $1::uuid AND call_id = $2
 
 -- name: tools_waiting --
 -- Turn $1 waits for an approval of call $2; the calls $3 after it have not started.

@@ -111,10 +111,9 @@ async def run_batch(
             await events.emit("tool.started", {"call": call.to_dict()})
         if loop.time() >= until:  # never start a side effect past the turn's deadline
             result = ToolResult(call.id, NOT_RUN_RESULT, True, call.name)
-        elif status == "waiting" and (decision is None or decision.state != "approved"):
-            record_tool_call(call.name, "denied")
-            result = _not_run(call, decision)
-        elif status != "waiting" and (tool := box.tools.get(call.name)) is not None:
+        elif status == "waiting":
+            result = await _answered(box, conversation, turn_id, call, decision, until, context)
+        elif (tool := box.tools.get(call.name)) is not None and call.invalid_arguments is None:
             policy = box.policy(call.name)
             refusal = _check(tool, call, context, policy)
             if refusal is not None:
@@ -126,7 +125,7 @@ async def run_batch(
                 return
             else:
                 result = await run_tool(box.tools, call, until - loop.time(), context)
-        else:
+        else:  # an unknown tool, or arguments that are not an object: the model is told
             result = await run_tool(box.tools, call, until - loop.time(), context)
         await conversation.tool_finished(turn_id, result)
         results.append(result)
@@ -143,6 +142,30 @@ async def run_batch(
     yield BatchDone(results)
 
 
+async def _answered(
+    box: ToolBox,
+    conversation: Conversation,
+    turn_id: str,
+    call: ToolCall,
+    decision: Approval | None,
+    until: float,
+    context: ToolContext,
+) -> ToolResult:
+    """The result of a call a person answered: not run when denied, expired, or no longer
+    allowed (the tool disabled or denied since); else run, marked started first so that a
+    crash leaves it `interrupted` (its outcome unknown), never to be run again."""
+    if decision is None or decision.state != "approved":
+        record_tool_call(call.name, "denied")
+        return _not_run(call, decision)
+    if call.name not in box.tools or box.policy(call.name) == "deny":
+        record_tool_call(call.name, "denied")
+        why = "the tool was disabled or denied for this agent after it was approved"
+        return ToolResult(call.id, f"error: not run: {why}", True, call.name)
+    await conversation.call_running(turn_id, call.id)
+    loop = asyncio.get_running_loop()
+    return await run_tool(box.tools, call, until - loop.time(), context)
+
+
 def _check(
     tool: FunctionTool, call: ToolCall, context: ToolContext, policy: str
 ) -> ToolResult | None:
@@ -152,7 +175,7 @@ def _check(
     if policy == "deny":
         refused = refuse_or_ask(tool, "deny")
         record_tool_call(call.name, "denied")
-    elif policy == "ask" and call.invalid_arguments is None:
+    elif policy == "ask":
         try:
             tool.arguments_for(call.arguments, context)
         except InvalidInputError as exc:

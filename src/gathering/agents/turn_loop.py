@@ -40,6 +40,7 @@ from gathering.agents.turn_events import EVENT_PREVIEW_CHARS, TurnEvents
 from gathering.config import get_settings
 from gathering.db.storable import storable_text
 from gathering.errors import (
+    AgentBusyError,
     ConflictError,
     ContextTooLongError,
     DatabaseError,
@@ -316,11 +317,16 @@ async def _still_waiting(agent: Agent, conversation: Conversation, turn_id: str)
             for a in await approvals_of_turn(conversation.queries, turn_id)
             if a.state == "pending"
         ]
-    named = ", ".join(str(n) for n in pending) or "?"
+    if not pending:  # answered: the turn is about to go on, here or on another instance
+        return AgentBusyError(
+            f"agent {agent.name!r} is finishing a turn that waited for an approval",
+            hint="send the message again in a few seconds",
+            retry_after=2,
+        )
     return ConflictError(
         f"agent {agent.name!r} is waiting for a person to approve a tool call "
-        f"(approval {named}); it takes no new message until then",
-        hint=f"answer it: POST /approvals/{pending[0] if pending else '{id}'}/approve or /deny "
+        f"(approval {', '.join(str(n) for n in pending)}); it takes no new message until then",
+        hint=f"answer it: POST /approvals/{pending[0]}/approve or /deny "
         "(or `gathering approvals list`)",
         details={"turn_id": turn_id, "approval_ids": pending},
     )

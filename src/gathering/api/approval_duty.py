@@ -20,10 +20,12 @@ class ApprovalDutyComponent(Component):
         self.state = state
         self.interval = interval
         self.duty: SingletonDuty | None = None
+        self.resumer: ApprovalResumer | None = None
 
     async def start(self) -> None:
         db = await self.state.database()
-        resumer = ApprovalResumer(db, await self.state.event_bus())
+        self.resumer = ApprovalResumer(db, await self.state.event_bus())
+        resumer = self.resumer
 
         async def round_() -> None:
             await resumer.run_once()
@@ -34,6 +36,8 @@ class ApprovalDutyComponent(Component):
     async def stop(self) -> None:
         if self.duty is not None:
             await self.duty.stop()
+        if self.resumer is not None:
+            await self.resumer.stop()
 
     async def health(self) -> Health:
         if self.duty is None:

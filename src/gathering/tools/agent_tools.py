@@ -27,7 +27,7 @@ from gathering.errors import (
     ToolDeniedError,
 )
 from gathering.llm.types import new_call_id
-from gathering.tools.approvals import Approval, request_approval, set_outcome
+from gathering.tools.approvals import RUNNING, Approval, request_approval, set_outcome
 from gathering.tools.context import ToolContext
 from gathering.tools.function import POLICIES, FunctionTool, Policy
 from gathering.tools.registry import ToolRegistry, invoke
@@ -230,16 +230,22 @@ async def _run(
 async def run_approved_invocation(
     queries: Queries, tools: ToolRegistry, approval: Approval, workspace: Path
 ) -> Invocation:
-    """Run (or, denied or expired, refuse) a direct invocation a person answered, in the
-    agent's `workspace`, and keep its outcome with the approval. The caller has picked the
-    approval up (`mark_resumed`)."""
+    """Run (or, denied, expired, or no longer allowed for the agent, refuse) a direct
+    invocation a person answered, in the agent's `workspace`, and keep its outcome with the
+    approval: `RUNNING` first, so a crash leaves it `UNKNOWN`, never run again. The caller has
+    picked the approval up (`mark_resumed`)."""
     context = ToolContext(approval.agent_id, approval.owner_id, workspace, approval.call_id)
-    tool = tools.get(approval.tool_name)
-    if approval.state != "approved" or tool is None:
-        why = "is no longer installed" if tool is None else f"was {approval.state}"
+    box = await enabled_tools(queries, approval.agent_id, tools)
+    tool = box.tools.get(approval.tool_name)
+    if approval.state != "approved" or tool is None or box.policy(tool.name) == "deny":
+        if approval.state != "approved":
+            why = f"was {approval.state}"
+        else:
+            why = "is no longer allowed for this agent (disabled, denied or uninstalled)"
         error = ToolDeniedError(f"tool {approval.tool_name!r} was not run: the call {why}")
         call = Invocation(approval.tool_name, approval.call_id, error=error)
     else:
+        await set_outcome(queries, approval.id, RUNNING)
         call = await _run(tool, approval.arguments, context)
     await set_outcome(queries, approval.id, call.outcome())
     return call

@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from gathering.db.database import Queries, Row
 from gathering.db.named_queries import queries_of
+from gathering.db.storable import storable_text, storable_value
 from gathering.errors import ConflictError, NotFoundError
 from gathering.tools.function import FunctionTool
 
@@ -89,7 +90,7 @@ async def request_approval(
         turn_id,
         call_id,
         tool.name,
-        Jsonb(dict(arguments)),
+        Jsonb(storable_value(dict(arguments))),
         tool.effect,
         reason,
         requested_by,
@@ -132,6 +133,7 @@ async def decide(
     """Approve or deny a pending approval. `ConflictError` when it was already answered or
     has expired (the first answer wins, on any instance); `NotFoundError` when it is gone."""
     state = "approved" if approve else "denied"
+    comment = storable_text(comment) if comment is not None else None
     row = await queries.fetch_one(_SQL["decide_approval"], approval_id, state, by, comment)
     if row is not None:
         return Approval.from_row(row)
@@ -162,9 +164,33 @@ async def mark_resumed(queries: Queries, approval_id: int) -> bool:
     return await queries.fetch_one(_SQL["mark_resumed"], approval_id) is not None
 
 
+RUNNING: Mapping[str, Any] = {"state": "running"}
+UNKNOWN: Mapping[str, Any] = {
+    "is_error": True,
+    "error": {
+        "code": "outcome_unknown",
+        "message": "the process running this call stopped before it finished; whether its "
+        "effect happened is unknown",
+        "hint": "check the effect yourself before invoking the tool again",
+    },
+}
+
+
 async def set_outcome(queries: Queries, approval_id: int, outcome: Mapping[str, Any]) -> None:
-    """Keep a direct invocation's result with its approval, once it ran."""
-    await queries.execute(_SQL["set_outcome"], approval_id, Jsonb(dict(outcome)))
+    """Keep a direct invocation's result (or `RUNNING`) with its approval."""
+    await queries.execute(_SQL["set_outcome"], approval_id, Jsonb(storable_value(dict(outcome))))
+
+
+async def mark_outcomes_unknown(queries: Queries, older_than: float) -> list[int]:
+    """Direct invocations left `RUNNING` for `older_than` seconds get the outcome `UNKNOWN`
+    (the process running them stopped); their ids."""
+    rows = await queries.fetch_all(_SQL["outcome_unknown"], older_than, Jsonb(dict(UNKNOWN)))
+    return [row["id"] for row in rows]
+
+
+async def agents_with_orphaned_resumes(queries: Queries) -> list[int]:
+    """Agents whose resumed turn is still `running` (running now, or left by a dead process)."""
+    return [r["agent_id"] for r in await queries.fetch_all(_SQL["agents_with_orphaned_resumes"])]
 
 
 async def approvals_of_turn(queries: Queries, turn_id: str) -> list[Approval]:

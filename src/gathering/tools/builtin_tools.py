@@ -45,7 +45,7 @@ def read_file(
         offset: The first line to read, counting from 0.
         limit: How many lines to read; needed for files over 1 MiB.
     """
-    return files.read_file(_workspace(ctx), path, offset, limit)
+    return files.read_file(_workspace(ctx), path, offset, limit, deadline=ctx.deadline)
 
 
 def write_file(
@@ -61,7 +61,7 @@ def write_file(
         content: The whole new text of the file.
         create_dirs: Create missing folders on the way.
     """
-    return files.write_file(_workspace(ctx), path, content, create_dirs)
+    return files.write_file(_workspace(ctx), path, content, create_dirs, deadline=ctx.deadline)
 
 
 def list_files(
@@ -79,7 +79,7 @@ def list_files(
         recursive: Include the folders beneath.
         limit: At most this many entries.
     """
-    return files.list_files(_workspace(ctx), path, pattern, recursive, limit)
+    return files.list_files(_workspace(ctx), path, pattern, recursive, limit, deadline=ctx.deadline)
 
 
 def search_files(
@@ -99,7 +99,9 @@ def search_files(
         ignore_case: Match regardless of case.
         max_results: At most this many matching lines.
     """
-    return files.search_files(_workspace(ctx), pattern, path, glob, ignore_case, max_results)
+    return files.search_files(
+        _workspace(ctx), pattern, path, glob, ignore_case, max_results, deadline=ctx.deadline
+    )
 
 
 def apply_patch(
@@ -110,7 +112,7 @@ def apply_patch(
     Args:
         patch: The diff, with ---/+++ headers and @@ hunks; /dev/null adds or removes a file.
     """
-    return files.apply_patch(_workspace(ctx), patch)
+    return files.apply_patch(_workspace(ctx), patch, deadline=ctx.deadline)
 
 
 def calculate(

@@ -74,3 +74,18 @@ UPDATE tool.approvals SET outcome = $2 WHERE id = $1
 
 -- name: approvals_of_turn --
 SELECT * FROM tool.approvals WHERE turn_id = $1::uuid ORDER BY id
+
+-- name: outcome_unknown --
+-- Direct invocations that started running more than $1 seconds ago and never stored their
+-- outcome (the process running them stopped): their outcome becomes $2.
+UPDATE tool.approvals SET outcome = $2
+WHERE turn_id IS NULL AND outcome ->> 'state' = 'running'
+  AND resumed_at < now() - make_interval(secs => $1::double precision)
+RETURNING id
+
+-- name: agents_with_orphaned_resumes --
+-- Agents whose turn was taken up after an approval and is still `running`: either it runs
+-- now, under the agent's turn lock, or the process running it stopped.
+SELECT DISTINCT t.agent_id
+FROM tool.approvals a JOIN agent.turns t ON t.id = a.turn_id
+WHERE a.resumed_at IS NOT NULL AND t.status = 'running'

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
 from gathering.api.deps import (
     MAX_ID,
     AgentId,
@@ -63,17 +64,15 @@ class AgentToolIn(BaseModel):
     """What to change; a field left out keeps its value. `policy: null` goes back to the
     tool's default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    enabled: Flag | None = None
+    enabled: Flag = None  # type: ignore[assignment]  # left out: unchanged; never null
     policy: PolicyName | None = None
 
     @model_validator(mode="after")
     def _something(self) -> AgentToolIn:
         if not self.model_fields_set:
             raise ValueError("give enabled and/or policy")
-        if "enabled" in self.model_fields_set and self.enabled is None:
-            raise ValueError("enabled is true or false")
         return self
 
 
@@ -142,7 +141,7 @@ async def list_tools(principal: ToolsReader, tools: Tools) -> list[ToolOut]:
     return [ToolOut.model_validate(_out(tool)) for tool in tools.list()]
 
 
-@router.get("/agents/{agent_id}/tools", summary="An agent's tools")
+@router.get("/agents/{agent_id:id}/tools", summary="An agent's tools")
 async def agent_tools(
     agent_id: AgentId, request: Request, principal: AgentsReader, db: DbDep, tools: Tools
 ) -> list[AgentToolOut]:
@@ -153,7 +152,7 @@ async def agent_tools(
 
 
 @router.put(
-    "/agents/{agent_id}/tools/{name}", summary="Enable, disable or set the policy of a tool"
+    "/agents/{agent_id:id}/tools/{name}", summary="Enable, disable or set the policy of a tool"
 )
 async def set_agent_tool(
     agent_id: AgentId,

@@ -75,6 +75,10 @@ BEGIN
     ), c AS (
         UPDATE agent.tool_calls c SET status = 'interrupted', finished_at = now()
         FROM t WHERE c.turn_id = t.id AND c.status IN ('started', 'waiting', 'queued')
+    ), a AS (
+        -- Nobody can answer for a turn that is over: its pending approvals expire.
+        UPDATE tool.approvals ap SET state = 'expired', decided_at = now(), resumed_at = now()
+        FROM t WHERE ap.turn_id = t.id AND ap.state = 'pending'
     )
     SELECT coalesce(array_agg(t.id::text), '{}') INTO interrupted FROM t;
     memories := EXISTS (SELECT 1 FROM agent.memories m JOIN agent.agents a ON a.owner_id = m.owner_id

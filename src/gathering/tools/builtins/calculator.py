@@ -1,8 +1,15 @@
 """The calculator tool: `evaluate(expression)` computes arithmetic and nothing else.
 
-Numbers, `+ - * / // % **`, unary `+`/`-`, parentheses and the functions in `FUNCTIONS`;
-"15% of 2500" is read as `15 * 2500 / 100`. Anything else (names, attributes, strings,
-lambdas, comprehensions, other calls) is refused as `InvalidInputError` before evaluation.
+Numbers, `+ - * / // % **`, unary `+`/`-`, parentheses and the functions in `FUNCTIONS`.
+Anything else (names, attributes, strings, lambdas, comprehensions, other calls, `~`) is
+refused as `InvalidInputError` before evaluation.
+
+"X% of Y" (X a number) is `X * Y / 100`, where Y is the operand that follows, read the way
+Python reads the operand of a unary minus: a power (`**` binds tighter) or anything in
+parentheses, but not a sum or product. So "50% of 10 ** 2" is 50% of 100 (50), "15% of
+2 ** 3" is 1.2, "10% of 200 + 5" is 20 + 5 (25), "2 * 15% of 200" is 2 * 30 (60), and
+"10% of (200 + 5)" takes 10% of 205. It nests ("10% of 50% of 80" is 4) and may stand where
+an operand may ("2 ** 50% of 2" is 2 ** 1).
 
 >>> evaluate("(2 + 3) * 4")
 20
@@ -34,10 +41,11 @@ _HINT = (
     "write plain arithmetic: numbers, + - * / // % **, parentheses, "
     "'X% of Y', and the functions abs, round, min, max, sqrt, floor, ceil"
 )
-# "15% of 2500" (numbers only, whole words): rewritten to "(15 * 2500 / 100)".
-_PERCENT_OF = re.compile(
-    r"(?<![\w.])(\d+(?:\.\d+)?)\s*%\s*of\s+(\d+(?:\.\d+)?)(?![\w.])", re.IGNORECASE
-)
+# "15% of" (a number, then "of" as a word): rewritten to "~", a unary operator, so that Python
+# parses what follows with a unary operator's precedence; `_PercentOf` then turns each such
+# `~Y` into `X * Y / 100`.
+_PERCENT_OF = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*%\s*of(?![\w.])", re.IGNORECASE)
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # line ends as Python's tokenizer reads them
 _FLOAT_EXACT_INT = 2**53
 
 
@@ -177,6 +185,43 @@ def _check_tree(tree: ast.Expression) -> None:
         raise _refuse(f"the expression has more than {MAX_TERMS} terms", hint="split it up")
 
 
+def _mark_percents(text: str) -> tuple[str, dict[tuple[int, int], str]]:
+    """`text` with each "X% of" replaced by "~", and X by where that "~" stands.
+
+    The place is (line from 1, UTF-8 byte column), as `ast` gives a node's position.
+    """
+    pieces: list[str] = []
+    percents: dict[tuple[int, int], str] = {}
+    end = 0
+    for match in _PERCENT_OF.finditer(text):
+        pieces.append(text[end : match.start()])
+        lines = _NEWLINE.split("".join(pieces))
+        percents[(len(lines), len(lines[-1].encode("utf-8", "surrogatepass")))] = match.group(1)
+        pieces.append("~")
+        end = match.end()
+    pieces.append(text[end:])
+    return "".join(pieces), percents
+
+
+class _PercentOf(ast.NodeTransformer):
+    """Turns each `~Y` left by `_mark_percents` into `X * Y / 100`.
+
+    A `~` of the user's own stands elsewhere: it is left for `_check_tree` to refuse.
+    """
+
+    def __init__(self, percents: dict[tuple[int, int], str]) -> None:
+        self._percents = percents
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        percent = self._percents.get((node.lineno, node.col_offset))
+        if percent is None or not isinstance(node.op, ast.Invert):
+            return node
+        value = float(percent) if "." in percent else int(percent)
+        scaled = ast.BinOp(ast.Constant(value), ast.Mult(), node.operand)
+        return ast.copy_location(ast.BinOp(scaled, ast.Div(), ast.Constant(100)), node)
+
+
 def _evaluator() -> Any:
     """A simpleeval evaluator that knows only our operators, functions and node kinds."""
     evaluator = simpleeval.SimpleEval(operators=dict(OPERATORS), functions=dict(FUNCTIONS))
@@ -199,13 +244,19 @@ def evaluate(expression: str) -> int | float:
             f"the expression is longer than {MAX_EXPRESSION_CHARS} characters",
             hint="split it into smaller calculations",
         )
-    text = _PERCENT_OF.sub(r"(\1 * \2 / 100)", expression.strip())
+    text = expression.strip()
     if not text:
         raise _refuse("the expression is empty")
+    text, percents = _mark_percents(text)
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError):
         raise _refuse(f"{_shown(expression)!r} is not a complete arithmetic expression") from None
+    if percents:
+        try:
+            tree = _PercentOf(percents).visit(tree)
+        except RecursionError:
+            raise _refuse("the expression is nested too deeply", hint="split it up") from None
     _check_tree(tree)
     try:
         result = _evaluator().eval(text, previously_parsed=tree.body)
