@@ -325,9 +325,8 @@ class ToolDeniedError(PermissionDeniedError):
     code = "tool_denied"
 
 
-class ApprovalRequiredError(GatheringError):
+class ApprovalRequiredError(ConflictError):
     """The call waits for a person's approval (policy `ask`); `details["approval_id"]` names
-    the approval to answer."""
+    the approval to answer. (`POST /tools/{name}/invoke` answers 202 with it in the body.)"""
 
     code = "approval_required"
-    http_status = 202
