@@ -32,8 +32,11 @@ lint: $(VENV)/.installed-dev
 # The schema fuzz test runs in a process of its own: after the rest of the suite, Python 3.11.7
 # can fail hypothesis's source parsing with "SystemError: AST constructor recursion depth
 # mismatch" (CPython gh-106905), which hypothesis reports as a flaky test.
+# The suite runs on up to 4 processes (pytest-xdist; each has its own embedded PostgreSQL):
+# on 2 cores it takes 58 % of the time of one process (docs/development.md).
 pytest: $(VENV)/.installed-dev
-	$(BIN)/pytest --cov=gathering --cov-report= --durations=10 --ignore=tests/test_api_fuzz.py
+	$(BIN)/pytest -n auto --maxprocesses=4 --cov=gathering --cov-report= --durations=10 \
+		--ignore=tests/test_api_fuzz.py
 	$(BIN)/pytest --cov=gathering --cov-append --cov-report=term-missing:skip-covered \
 		--cov-fail-under=80 tests/test_api_fuzz.py
 
