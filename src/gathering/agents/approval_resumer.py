@@ -15,6 +15,7 @@ import structlog
 
 from gathering.agents.agent import Agent
 from gathering.agents.agent_store import PostgresAgentStore
+from gathering.agents.turn_events import agent_subjects
 from gathering.agents.turn_loop import resume_turn
 from gathering.cancellation import cancel_and_wait
 from gathering.config import get_settings
@@ -37,10 +38,8 @@ log = structlog.get_logger(__name__)
 
 def approval_events(kind: str, approval: Approval, **extra: object) -> list[Event]:
     """`kind` events about `approval`, for its agent's and its owner's subscribers."""
-    subjects = [f"agent:{approval.agent_id}"]
-    if approval.owner_id is not None:
-        subjects.append(f"user:{approval.owner_id}")
     body = approval.event_body() | extra
+    subjects = agent_subjects(approval.agent_id, approval.owner_id)
     return [Event(kind, body, subject=subject, source="agent") for subject in subjects]
 
 

@@ -21,6 +21,14 @@ DELTA_FLUSH_SECONDS = 0.1  # `turn.delta` events are coalesced over this long
 EVENT_PREVIEW_CHARS = 2_000  # a tool result in a `tool.finished` event is cut to this
 
 
+def agent_subjects(agent_id: int | None, owner_id: int | None) -> list[str]:
+    """The subjects of events about an agent: `agent:<id>`, and `user:<owner>` when owned."""
+    subjects = [f"agent:{agent_id}"]
+    if owner_id is not None:
+        subjects.append(f"user:{owner_id}")
+    return subjects
+
+
 class TurnEvents:
     """Turn events on the bus, for the subjects `agent:<id>` and `user:<owner>`.
 
@@ -36,9 +44,7 @@ class TurnEvents:
         # second pooled connection while it holds one (a full pool would stall every turn).
         self.queries = conversation.queries
         session_id = conversation.session_id
-        self.subjects = [f"agent:{agent.id}"]
-        if agent.owner_id is not None:
-            self.subjects.append(f"user:{agent.owner_id}")
+        self.subjects = agent_subjects(agent.id, agent.owner_id)
         self.base = {"agent_id": agent.id, "turn_id": turn_id, "session_id": session_id}
         self._pending: list[str] = []
         self._flushed_at = 0.0

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
+from gathering.agents.turn_events import EVENT_PREVIEW_CHARS, agent_subjects
 from gathering.api.deps import (
     MAX_ID,
     AgentId,
@@ -36,7 +37,6 @@ ToolName = Annotated[
     str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="A tool")
 ]
 Tools = Annotated[ToolRegistry, Depends(loaded_registry)]
-EVENT_PREVIEW_CHARS = 2_000
 PolicyName = Literal["allow", "ask", "deny"]
 
 
@@ -218,9 +218,7 @@ async def invoke_tool(
         created_at=record.created_at,
         requested_by=principal.user_id,
     )
-    subjects = [f"agent:{body.agent_id}"]
-    if record.owner_id is not None:
-        subjects.append(f"user:{record.owner_id}")
+    subjects = agent_subjects(body.agent_id, record.owner_id)
     if call.approval is not None:
         response.status_code = status.HTTP_202_ACCEPTED
         kind, about = "approval.requested", call.approval.event_body()
