@@ -81,7 +81,12 @@ def run_async(work: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine to completion from a sync command, reporting our errors cleanly."""
 
     async def runner() -> T:
-        return await work()
+        from gathering.tools.mcp import close_mcp_hub
+
+        try:
+            return await work()
+        finally:
+            await close_mcp_hub()  # stdio MCP servers the command started stop with it
 
     with reported_errors():
         return asyncio.run(runner())
@@ -516,22 +521,25 @@ def tools_list(
     ] = None,
     owner: OwnerOption = None,
 ) -> None:
-    """List the tools (built in and from plugins), with their effect."""
-    from gathering.tools import loaded_registry
+    """List the tools (built in, from plugins and from the MCP servers the agent sees), with
+    their effect."""
+    from gathering.tools import FunctionTool, loaded_registry
     from gathering.tools.agent_tools import tool_settings
+    from gathering.tools.mcp import registry_for
 
     settings = settings_or_exit()
 
-    async def work() -> dict[str, dict[str, object]] | None:
+    async def work() -> tuple[list[FunctionTool], dict[str, dict[str, object]] | None]:
         if agent is None:
-            return None
+            return (await loaded_registry()).list(), None
         async with _agent_store(settings) as store:
             record = await _tools_agent(settings, store, agent, owner)
             assert record.id is not None
-            return await tool_settings(store.db, record.id)
+            with err_console.status("listing the tools of MCP servers…"):
+                tools = await registry_for(store.db, record.owner_id, record.id)
+            return tools.list(), await tool_settings(store.db, record.id)
 
-    enabled = run_async(work)
-    tools = run_async(loaded_registry).list()
+    tools, enabled = run_async(work)
     table = Table(title=f"{len(tools)} tool(s)")
     columns = ["name", "effect", "category", "plugin", "description"]
     for column in columns + (["enabled"] if enabled is not None else []):
@@ -551,16 +559,17 @@ def tools_list(
 
 
 def _set_tool(name: str, agent: str, owner: str | None, changes: dict[str, object]) -> None:
-    from gathering.tools import loaded_registry
     from gathering.tools.agent_tools import change_agent_tool
+    from gathering.tools.mcp import registry_for
 
     settings = settings_or_exit()
 
     async def work() -> tuple[AgentRecord, dict[str, object]]:
-        tool = (await loaded_registry()).require(name)
         async with _agent_store(settings) as store:
             record = await _tools_agent(settings, store, agent, owner)
             assert record.id is not None
+            tools = await registry_for(store.db, record.owner_id, record.id)
+            tool = tools.require(name)
             return record, await change_agent_tool(store.db, record.id, tool, changes)
 
     record, setting = run_async(work)
@@ -617,8 +626,8 @@ def tools_invoke(
     owner: OwnerOption = None,
 ) -> None:
     """Run a tool once in an agent's workspace, as the agent's own call would run."""
-    from gathering.tools import loaded_registry
     from gathering.tools.agent_tools import Invocation, invoke_for_agent
+    from gathering.tools.mcp import registry_for
 
     settings = settings_or_exit()
     try:
@@ -633,10 +642,10 @@ def tools_invoke(
         fail(InvalidInputError("--args must be a JSON object", hint="e.g. --args '{\"x\": 1}'"))
 
     async def work() -> Invocation:
-        tools = await loaded_registry()
         async with _agent_store(settings) as store:
             record = await _tools_agent(settings, store, agent, owner)
             assert record.id is not None
+            tools = await registry_for(store.db, record.owner_id, record.id)
             with err_console.status(f"running {name}…"):
                 return await invoke_for_agent(
                     store.db,
@@ -735,6 +744,141 @@ def approvals_deny(
 ) -> None:
     """Deny a waiting tool call: it does not run, and the agent is told why."""
     _answer(approval_id, False, comment)
+
+
+mcp_app = typer.Typer(
+    help="MCP (Model Context Protocol): servers whose tools agents use (list, add, remove), "
+    "and GatheRing as a server to MCP clients (serve).",
+    no_args_is_help=True,
+)
+app.add_typer(mcp_app, name="mcp")
+# `gathering mcp serve` builds its server with the API's security, so it is registered from
+# the API layer (gathering.api.mcp_server.command), as `gathering serve` is.
+
+
+async def _mcp_owner(
+    settings: Settings, store: PostgresAgentStore, owner: str | None, agent: str | None
+) -> tuple[int, int | None]:
+    """Whose MCP servers (the agent's owner, `--owner`, or the local owner) and which agent's."""
+    from gathering.agents.retrieval import local_owner_id
+    from gathering.auth.users import UserStore
+
+    if agent is not None:
+        record = await _tools_agent(settings, store, agent, owner)
+        assert record.owner_id is not None
+        return record.owner_id, record.id
+    if owner is not None:
+        return (await UserStore(store.db).require_by_email(owner)).id, None
+    if settings.auth_required:
+        raise InvalidInputError(
+            "multi-user mode: whose MCP servers? Each user has their own",
+            hint="add --owner EMAIL (`gathering users list` shows them) or --agent",
+        )
+    return await local_owner_id(store.db), None
+
+
+McpAgentOption = Annotated[
+    str | None, typer.Option("--agent", help="Only this agent (id or name); default: all")
+]
+
+
+@mcp_app.command("list")
+def mcp_list(owner: OwnerOption = None) -> None:
+    """List the MCP servers (the config file's and the owner's), connecting to each."""
+    from gathering.tools.mcp import mcp_hub
+    from gathering.tools.mcp.servers import McpServer, visible_servers
+
+    settings = settings_or_exit()
+
+    async def work() -> list[tuple[McpServer, dict[str, object], int]]:
+        async with _agent_store(settings) as store:
+            owner_id, _ = await _mcp_owner(settings, store, owner, None)
+            servers = await visible_servers(store.db, owner_id, every_agent=True)
+            hub = mcp_hub()
+            with err_console.status(f"connecting to {len(servers)} MCP server(s)…"):
+                connections = await hub.connections_for(servers)
+            return [(c.server, c.health().to_dict(), len(hub.tools_of(c)[0])) for c in connections]
+
+    rows = run_async(work)
+    table = Table(title=f"{len(rows)} MCP server(s)")
+    for column in ("name", "source", "target", "effect", "agent", "state", "tools", "error"):
+        table.add_column(column)
+    for server, health, tools in rows:
+        target = server.url or " ".join([server.command or "", *server.args])
+        table.add_row(
+            server.name,
+            server.source,
+            escape(target),
+            server.effect,
+            str(server.agent_id or "all"),
+            str(health["state"]),
+            str(tools),
+            escape(str(health["last_error"] or "")),
+        )
+    console.print(table)
+
+
+@mcp_app.command("add")
+def mcp_add(
+    name: Annotated[str, typer.Argument(help="Its tools are named <name>__<tool>")],
+    url: Annotated[str | None, typer.Option("--url", help="A streamable-HTTP server")] = None,
+    command: Annotated[
+        str | None, typer.Option("--command", help="A stdio server's program (runs on this host)")
+    ] = None,
+    args: Annotated[
+        list[str] | None, typer.Option("--arg", help="An argument of --command (repeatable)")
+    ] = None,
+    effect: Annotated[
+        Literal["read", "write", "external"],
+        typer.Option("--effect", help="The effect class of its tools (external: asked first)"),
+    ] = "external",
+    agent: McpAgentOption = None,
+    owner: OwnerOption = None,
+) -> None:
+    """Add an MCP server: --url for streamable HTTP, or --command (with --arg ...) for stdio."""
+    from gathering.tools.mcp.servers import McpServer, add_server
+
+    settings = settings_or_exit()
+    if (url is None) == (command is None):
+        fail(InvalidInputError("give --url or --command (one of them)"))
+
+    async def work() -> McpServer:
+        async with _agent_store(settings) as store:
+            owner_id, agent_id = await _mcp_owner(settings, store, owner, agent)
+            server = McpServer(
+                name=name,
+                transport="http" if url is not None else "stdio",
+                url=url,
+                command=command,
+                args=tuple(args or ()),
+                effect=effect,
+                agent_id=agent_id,
+            )
+            return await add_server(store.db, server, owner_id)
+
+    server = run_async(work)
+    console.print(
+        f"MCP server [bold]{server.name}[/] added; its tools ({server.name}__<tool>) are listed "
+        f"by `gathering tools list --agent ...`, and enabled per agent"
+    )
+
+
+@mcp_app.command("remove")
+def mcp_remove(
+    name: Annotated[str, typer.Argument(help="The server")], owner: OwnerOption = None
+) -> None:
+    """Remove one of the owner's MCP servers (agents lose its tools from their next turn)."""
+    from gathering.tools.mcp.servers import remove_server
+
+    settings = settings_or_exit()
+
+    async def work() -> None:
+        async with _agent_store(settings) as store:
+            owner_id, _ = await _mcp_owner(settings, store, owner, None)
+            await remove_server(store.db, owner_id, name)
+
+    run_async(work)
+    console.print(f"MCP server [bold]{name}[/] removed")
 
 
 @app.command()

@@ -579,6 +579,20 @@ class Settings(BaseSettings):
         validation_alias=_env("agent_busy_wait"),
         description="Seconds a message waits for an agent busy in another turn; then 409.",
     )
+    mcp_config: Path | None = Field(
+        default=None,
+        validation_alias=_env("mcp_config"),
+        description='A JSON file of MCP servers every owner\'s agents may use: {"servers": '
+        '{"name": {"command": ..., "args": [...], "env": {...}} or {"url": ..., "headers": '
+        "{...}}}} (docs/tools.md); unset: none.",
+    )
+    mcp_connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        validation_alias=_env("mcp_connect_timeout"),
+        description="Seconds to start or reach an MCP server and list its tools.",
+    )
     egress_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         validation_alias=_env("egress_allowed_hosts"),
@@ -609,6 +623,26 @@ class Settings(BaseSettings):
         description="Seconds a tool call waits for a person's approval (24 h); then it expires "
         "and the agent is told it was not run.",
     )
+    sql_tool_url: str | None = Field(
+        default=None,
+        validation_alias=_env("sql_tool_url"),
+        description="The PostgreSQL database the sql_query tool reads (a URL; give it a role "
+        "that may only SELECT); unset: sql_query refuses.",
+    )
+    sql_tool_allow_own_database: bool = Field(
+        default=False,
+        validation_alias=_env("sql_tool_allow_own_database"),
+        description="Let sql_query read GatheRing's own database (its users, keys, memories); "
+        "off by default.",
+    )
+    sql_tool_statement_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        validation_alias=_env("sql_tool_statement_timeout"),
+        description="Seconds one sql_query statement may run at most (less when its tool call "
+        "has less time left).",
+    )
 
     # --- memory ---------------------------------------------------------------------------
     embedding_provider: Literal["none", "openai", "ollama", "local"] = Field(
@@ -623,7 +657,7 @@ class Settings(BaseSettings):
         description="The embedding model; unset means the provider's default.",
     )
 
-    @field_validator("database_url", "test_database_url")
+    @field_validator("database_url", "test_database_url", "sql_tool_url")
     @classmethod
     def _check_postgres_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -660,6 +694,7 @@ REDACTED = "REDACTED"
 URL_SETTINGS = (
     "database_url",
     "test_database_url",
+    "sql_tool_url",
     "rate_limit_storage",
     "otel_endpoint",
     "openai_base_url",

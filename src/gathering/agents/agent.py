@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gathering.agents.agent_store import AgentRecord, AgentStore, default_store
+from gathering.agents.agent_store import (
+    AgentRecord,
+    AgentStore,
+    PostgresAgentStore,
+    default_store,
+)
 from gathering.agents.conversation_store import HistoryEntry
 from gathering.agents.knowledge import KnowledgeScope
 from gathering.agents.model_adapter import ClientProvider, is_provider
@@ -23,7 +28,8 @@ from gathering.llm import LLMProvider, ToolSpec, default_model, get_provider, kn
 from gathering.tools.agent_tools import ToolBox, agent_workspace, enabled_tools
 from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool
-from gathering.tools.registry import loaded_registry, named_tool
+from gathering.tools.mcp import registry_for
+from gathering.tools.registry import named_tool
 from gathering.tools.signature import function_tool
 
 if TYPE_CHECKING:
@@ -296,13 +302,16 @@ class Agent:
         own, which win a name clash and always run."""
         box = ToolBox({})
         if queries is not None and self.id is not None:
-            box = await enabled_tools(queries, self.id, await loaded_registry())
+            tools = await registry_for(queries, self.owner_id, self.id)
+            box = await enabled_tools(queries, self.id, tools)
         return box.merged(self.tools)
 
     def tool_context(self, call_id: str | None = None) -> ToolContext:
-        """What a tool called by this agent is told: the agent, its owner and its workspace."""
+        """What a tool called by this agent is told: the agent, its owner, its workspace and
+        its database (when it is stored in PostgreSQL)."""
         workspace = agent_workspace(self.id, self.created_at) if self.id is not None else None
-        return ToolContext(self.id, self.owner_id, workspace, call_id)
+        db = self._store.db if isinstance(self._store, PostgresAgentStore) else None
+        return ToolContext(self.id, self.owner_id, workspace, call_id, db=db)
 
     # --- conversation -------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from gathering.tools.approvals import (
     mark_resumed,
     to_resume,
 )
-from gathering.tools.registry import loaded_registry
+from gathering.tools.mcp import registry_for
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,8 @@ async def resume_answered(db: Database, bus: EventBus | None, approval: Approval
         if not await mark_resumed(db, approval.id):
             return  # picked up by another instance
         workspace = agent_workspace(approval.agent_id, record.created_at)
-        call = await run_approved_invocation(db, await loaded_registry(), approval, workspace)
+        tools = await registry_for(db, record.owner_id, approval.agent_id)
+        call = await run_approved_invocation(db, tools, approval, workspace)
         if bus is not None:
             events = approval_events("tool.invoked", approval, is_error=call.is_error)
             await bus.publish_many(events, durable=True)

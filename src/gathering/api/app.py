@@ -24,6 +24,7 @@ from gathering.api.routers import (
     debug,
     health,
     home,
+    mcp,
     memories,
     metrics,
     tools,
@@ -101,6 +102,7 @@ def create_app(
     app.include_router(memories.router)
     app.include_router(tools.router)
     app.include_router(approvals.router)
+    app.include_router(mcp.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

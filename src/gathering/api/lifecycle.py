@@ -14,6 +14,7 @@ from gathering.db.supervisor import EmbeddedSupervisor
 from gathering.errors import GatheringError
 from gathering.llm.local_models import preload_default_model
 from gathering.llm.registry import default_provider_name
+from gathering.tools.mcp import close_mcp_hub, mcp_hub
 
 if TYPE_CHECKING:
     from gathering.api.state import AppState
@@ -202,6 +203,22 @@ class EventBusComponent(Component):
         if not bus.listener.connected:
             return Health(False, "the outbox listener is not connected (reconnecting)")
         return Health(True, f"listening, cursor {bus.cursor}")
+
+
+class McpComponent(Component):
+    """This process's connections to MCP servers (made on first use): closed at shutdown, after
+    the background work that may still call their tools, which stops stdio servers."""
+
+    name = "mcp"
+
+    async def stop(self) -> None:
+        await close_mcp_hub()
+
+    async def health(self) -> Health:
+        states = mcp_hub().states()
+        down = sorted(name for name, state in states.items() if state == "down")
+        detail = f"{len(states)} connected or connecting" if states else "no server in use"
+        return Health(True, f"{detail}; reconnecting: {', '.join(down)}" if down else detail)
 
 
 class BackgroundWorkComponent(Component):

@@ -18,6 +18,7 @@ from uvicorn.supervisors import ChangeReload
 
 from gathering import cli
 from gathering.api.draining import DrainingServer
+from gathering.api.mcp_server import command as _mcp_command  # noqa: F401 - `mcp serve`
 from gathering.api.routers.ws import MAX_FRAME_CHARS
 from gathering.config import Settings
 

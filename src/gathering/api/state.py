@@ -19,6 +19,7 @@ from gathering.api.lifecycle import (
     EventBusComponent,
     Lifecycle,
     LocalModelComponent,
+    McpComponent,
 )
 from gathering.config import Settings
 from gathering.db import Database
@@ -51,6 +52,7 @@ class AppState:
                 DatabaseComponent(self),
                 EmbeddedDatabaseComponent(self),
                 EventBusComponent(self),
+                McpComponent(),
                 BackgroundWorkComponent(self),
                 LocalModelComponent(self),
             ]

@@ -185,7 +185,9 @@ async def invoke_for_agent(
             '{"enabled": true}, or `gathering tools enable ' + f"{name} --agent {agent_id}`",
         )
     call_id = new_call_id()
-    context = ToolContext(agent_id, owner_id, agent_workspace(agent_id, created_at), call_id)
+    context = ToolContext(
+        agent_id, owner_id, agent_workspace(agent_id, created_at), call_id, db=queries
+    )
     policy = box.policy(name)
     try:
         tool.arguments_for(arguments, context)  # a call a person is asked about is valid
@@ -234,7 +236,9 @@ async def run_approved_invocation(
     invocation a person answered, in the agent's `workspace`, and keep its outcome with the
     approval: `RUNNING` first, so a crash leaves it `UNKNOWN`, never run again. The caller has
     picked the approval up (`mark_resumed`)."""
-    context = ToolContext(approval.agent_id, approval.owner_id, workspace, approval.call_id)
+    context = ToolContext(
+        approval.agent_id, approval.owner_id, workspace, approval.call_id, db=queries
+    )
     box = await enabled_tools(queries, approval.agent_id, tools)
     tool = box.tools.get(approval.tool_name)
     if approval.state != "approved" or tool is None or box.policy(tool.name) == "deny":

@@ -1,7 +1,8 @@
 """The built-in tools, as agents see them: file tools on the agent's workspace, a calculator,
-the web tools behind the egress policy, git, and shell and python in the sandbox. The work is
-done by `gathering.tools.builtins`; this module gives each its schema, its description for
-the model, its effect class and its policy by default."""
+the web tools behind the egress policy, git, shell and python in the sandbox, and a read-only
+SQL query on a configured database. The work is done by `gathering.tools.builtins`; this
+module gives each its schema, its description for the model, its effect class and its policy
+by default."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from gathering.config import get_settings
+from gathering.config import Settings, get_settings
+from gathering.db.database import EMBEDDED_DATABASE, Database
 from gathering.tools.builtins import calculator, files, web
 from gathering.tools.builtins import git as git_tool
 from gathering.tools.builtins import shell as shell_tool
+from gathering.tools.builtins import sql as sql_tool
 from gathering.tools.context import ToolContext
 from gathering.tools.egress import EgressPolicy
 from gathering.tools.function import FunctionTool
@@ -281,6 +284,44 @@ async def python(
     return await shell_tool.python(root, code, limits=_limits(ctx))
 
 
+async def sql_query(
+    ctx: ToolContext,
+    query: Annotated[str, Field(min_length=1, max_length=sql_tool.MAX_STATEMENT_CHARS)],
+    max_rows: Annotated[int, Field(ge=1, le=sql_tool.MAX_ROWS)] = sql_tool.DEFAULT_ROWS,
+) -> dict[str, Any]:
+    """Run one read-only SQL statement (PostgreSQL) on the database the administrator set up
+    for this tool, and return its columns and rows. Nothing can be changed: writes are
+    refused, and the transaction is rolled back.
+
+    Args:
+        query: One statement, e.g. SELECT name, total FROM orders ORDER BY total DESC LIMIT 10.
+        max_rows: At most this many rows come back; the answer says when there were more.
+    """
+    target = await _sql_target(get_settings(), ctx)
+    return await sql_tool.run_query(query, target, max_rows=max_rows, deadline=ctx.deadline)
+
+
+async def _sql_target(settings: Settings, ctx: ToolContext) -> sql_tool.SqlTarget:
+    """Where sql_query connects, and the URLs of GatheRing's own database it must not read:
+    DATABASE_URL (else the embedded server's) and the database the call came through."""
+    own: list[str] = []
+    if settings.sql_tool_url and not settings.sql_tool_allow_own_database:
+        if settings.database_url:
+            own.append(settings.database_url)
+        else:
+            own += await asyncio.to_thread(
+                sql_tool.embedded_urls, settings.embedded_pgdata, EMBEDDED_DATABASE
+            )
+        if isinstance(ctx.db, Database) and ctx.db.is_connected:
+            own.append(ctx.db.url)
+    return sql_tool.SqlTarget(
+        url=settings.sql_tool_url,
+        own_urls=tuple(own),
+        allow_own_database=settings.sql_tool_allow_own_database,
+        max_seconds=settings.sql_tool_statement_timeout,
+    )
+
+
 def _limits(ctx: ToolContext) -> SandboxLimits:
     """The sandbox's limits, its wall time within the call's own."""
     wall = SandboxLimits().wall_seconds
@@ -304,4 +345,5 @@ def builtin_tools() -> list[FunctionTool]:
         function_tool(git_remote, effect="external", category="git"),
         function_tool(shell, effect="write", category="code", ask_first=True),
         function_tool(python, effect="write", category="code", ask_first=True),
+        function_tool(sql_query, effect="read", category="data"),
     ]

@@ -89,3 +89,29 @@ RETURNING id
 SELECT DISTINCT t.agent_id
 FROM tool.approvals a JOIN agent.turns t ON t.id = a.turn_id
 WHERE a.resumed_at IS NOT NULL AND t.status = 'running'
+
+-- MCP servers -----------------------------------------------------------------------------------
+
+-- name: visible_mcp_servers --
+-- The servers of owner $1 that agent $2 sees (NULL: those for all the owner's agents), or
+-- with $3 every server of the owner.
+SELECT * FROM tool.mcp_servers
+WHERE owner_id = $1 AND (agent_id IS NULL OR agent_id = $2::bigint OR $3::boolean)
+ORDER BY name
+
+-- name: agent_owner_of --
+SELECT owner_id FROM agent.agents WHERE id = $1
+
+-- name: add_mcp_server --
+-- Nothing when the owner has a server of that name, or already $9 servers.
+INSERT INTO tool.mcp_servers (owner_id, agent_id, name, transport, url, command, args, effect)
+SELECT $1, $2, $3, $4, $5, $6, $7::jsonb, $8
+WHERE (SELECT count(*) FROM tool.mcp_servers WHERE owner_id = $1) < $9::int
+ON CONFLICT (owner_id, name) DO NOTHING
+RETURNING *
+
+-- name: mcp_server_named --
+SELECT id FROM tool.mcp_servers WHERE owner_id = $1 AND name = $2
+
+-- name: remove_mcp_server --
+DELETE FROM tool.mcp_servers WHERE owner_id = $1 AND name = $2 RETURNING *

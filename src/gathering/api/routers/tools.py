@@ -27,8 +27,9 @@ from gathering.api.deps import (
 from gathering.api.fields import Flag, Integer
 from gathering.api.security import Principal, rate_limit, require_scope
 from gathering.events import Event
-from gathering.tools import FunctionTool, ToolRegistry, loaded_registry
+from gathering.tools import FunctionTool
 from gathering.tools.agent_tools import change_agent_tool, invoke_for_agent, tool_settings
+from gathering.tools.mcp import registry_for
 
 router = APIRouter(tags=["tools"])
 ToolsReader = Annotated[Principal, Depends(require_scope("tools:read"))]
@@ -36,7 +37,6 @@ ToolsRunner = Annotated[Principal, Depends(require_scope("tools:run"))]
 ToolName = Annotated[
     str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="A tool")
 ]
-Tools = Annotated[ToolRegistry, Depends(loaded_registry)]
 PolicyName = Literal["allow", "ask", "deny"]
 
 
@@ -110,7 +110,8 @@ class InvokeOut(BaseModel):
     )
 
 
-def _out(tool: FunctionTool) -> dict[str, Any]:
+def tool_fields(tool: FunctionTool) -> dict[str, Any]:
+    """What `ToolOut` shows of `tool`."""
     return {
         "name": tool.name,
         "description": tool.spec.description,
@@ -126,7 +127,7 @@ def _out(tool: FunctionTool) -> dict[str, Any]:
 def _agent_tool(tool: FunctionTool, setting: dict[str, Any] | None) -> AgentToolOut:
     setting = setting or {"enabled": False, "policy": None, "updated_at": None}
     return AgentToolOut.model_validate(
-        _out(tool)
+        tool_fields(tool)
         | {
             "enabled": setting["enabled"],
             "policy": setting["policy"] or tool.default_policy,
@@ -137,16 +138,20 @@ def _agent_tool(tool: FunctionTool, setting: dict[str, Any] | None) -> AgentTool
 
 
 @router.get("/tools", summary="List tools", dependencies=[rate_limit("relaxed")])
-async def list_tools(principal: ToolsReader, tools: Tools) -> list[ToolOut]:
-    return [ToolOut.model_validate(_out(tool)) for tool in tools.list()]
+async def list_tools(principal: ToolsReader, db: DbDep) -> list[ToolOut]:
+    """The registry's tools, and those of the MCP servers the caller's agents all see."""
+    tools = await registry_for(db, principal.user_id)
+    return [ToolOut.model_validate(tool_fields(tool)) for tool in tools.list()]
 
 
 @router.get("/agents/{agent_id:id}/tools", summary="An agent's tools")
 async def agent_tools(
-    agent_id: AgentId, request: Request, principal: AgentsReader, db: DbDep, tools: Tools
+    agent_id: AgentId, request: Request, principal: AgentsReader, db: DbDep
 ) -> list[AgentToolOut]:
-    """Every tool, and whether the agent has it (a tool is off until enabled)."""
-    await owned_agent(request, principal, db, agent_id)
+    """Every tool (with those of the MCP servers the agent sees), and whether the agent has
+    it (a tool is off until enabled)."""
+    record = await owned_agent(request, principal, db, agent_id)
+    tools = await registry_for(db, record.owner_id, agent_id)
     settings = await tool_settings(db, agent_id)
     return [_agent_tool(tool, settings.get(tool.name)) for tool in tools.list()]
 
@@ -162,11 +167,10 @@ async def set_agent_tool(
     principal: AgentsWriter,
     db: DbDep,
     bus: BusDep,
-    tools: Tools,
 ) -> AgentToolOut:
     """Applies from the agent's next turn, on every instance."""
-    tool = tools.require(name)
-    await owned_agent(request, principal, db, agent_id)
+    record = await owned_agent(request, principal, db, agent_id)
+    tool = (await registry_for(db, record.owner_id, agent_id)).require(name)
     changes = body.model_dump(include=body.model_fields_set)
     async with db.transaction() as tx:
         setting = await change_agent_tool(tx, agent_id, tool, changes)
@@ -200,14 +204,13 @@ async def invoke_tool(
     principal: ToolsRunner,
     db: DbDep,
     bus: BusDep,
-    tools: Tools,
 ) -> InvokeOut:
     """One call in the agent's workspace, through the same checks as the agent's own calls:
     the tool must be enabled for the agent, its policy applies (`deny` refuses it, `ask` makes
     it wait for a person: 202) and the arguments must match its schema. Once made, the call
     answers 200 whatever the tool's verdict: `is_error` and `error` say how it ended."""
-    tools.require(name)
     record = await owned_agent(request, principal, db, body.agent_id)
+    tools = await registry_for(db, record.owner_id, body.agent_id)
     call = await invoke_for_agent(
         db,
         tools,

@@ -1,0 +1,163 @@
+"""`/mcp/servers`: the MCP servers whose tools the caller's agents may be given.
+
+The config file's servers (`GATHERING_MCP_CONFIG`) are everyone's; a caller adds their own
+streamable-HTTP servers here, for all their agents or one (`agent_id`). A stdio server runs a
+command on the host, so the API never adds one: use the config file or `gathering mcp add`.
+Each server's state is this instance's connection to it. API keys need `tools:read` to list
+and `tools:write` to add or remove.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
+from gathering.api.deps import MAX_ID, DbDep, owned_agent
+from gathering.api.fields import Integer
+from gathering.api.routers.tools import ToolOut, ToolsReader, tool_fields
+from gathering.api.security import Principal, rate_limit, require_scope
+from gathering.tools.mcp import McpServer, mcp_hub
+from gathering.tools.mcp.hub import require_server
+from gathering.tools.mcp.servers import (
+    SERVER_NAME,
+    add_server,
+    remove_server,
+    visible_servers,
+)
+
+router = APIRouter(tags=["mcp"])
+ToolsWriter = Annotated[Principal, Depends(require_scope("tools:write"))]
+ServerName = Annotated[
+    str, Path(min_length=1, max_length=30, pattern=SERVER_NAME.pattern, description="A server")
+]
+Effect = Literal["read", "write", "external"]
+State = Literal["idle", "connecting", "ready", "down", "closed"]
+
+
+class McpServerIn(BaseModel):
+    """A streamable-HTTP MCP server (stdio servers come from the config file or the CLI)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=30,
+        pattern=SERVER_NAME.pattern,
+        description="Its tools are named <name>__<tool>",
+    )
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$",
+        description="e.g. https://example.com/mcp (a host name or IPv4 address; no user info)",
+    )
+    agent_id: Integer | None = Field(
+        default=None, ge=1, le=MAX_ID, description="Only this agent sees it; null: all yours"
+    )
+    effect: Effect = Field(
+        default="external", description="The effect class of its tools (external: asked first)"
+    )
+
+
+class McpHealthOut(BaseModel):
+    state: State = Field(description="This instance's connection (idle: not used yet)")
+    tools: int
+    last_error: str | None
+    connected_at: float | None = Field(description="Unix time of the current connection")
+    reconnects: int
+
+
+class McpServerOut(BaseModel):
+    id: int | None = Field(description="null: a server of the config file")
+    name: str
+    source: Literal["config", "database"]
+    transport: Literal["stdio", "http"]
+    url: str | None
+    command: str | None
+    args: list[str]
+    effect: Effect
+    agent_id: int | None
+    health: McpHealthOut
+
+
+class McpServerDetailOut(McpServerOut):
+    tool_list: list[ToolOut] = Field(description="Its tools as agents see them")
+    skipped: dict[str, str] = Field(description="Its tools left out, with why")
+
+
+_IDLE = {"state": "idle", "tools": 0, "last_error": None, "connected_at": None, "reconnects": 0}
+
+
+def _server_out(server: McpServer) -> dict[str, Any]:
+    health = mcp_hub().health(server)
+    return server.to_dict() | {"health": health.to_dict() if health else _IDLE}
+
+
+@router.get("/mcp/servers", summary="List MCP servers", dependencies=[rate_limit("relaxed")])
+async def list_servers(principal: ToolsReader, db: DbDep) -> list[McpServerOut]:
+    """The config file's servers and the caller's own (for all their agents or one)."""
+    servers = await visible_servers(db, principal.user_id, None, every_agent=True)
+    return [McpServerOut.model_validate(_server_out(server)) for server in servers]
+
+
+@router.get(
+    "/mcp/servers/{name}",
+    summary="An MCP server, its health and its tools",
+    responses={404: {"description": "No such server of the caller's"}},
+)
+async def get_server(name: ServerName, principal: ToolsReader, db: DbDep) -> McpServerDetailOut:
+    """Connects when this instance has not yet (waiting up to GATHERING_MCP_CONNECT_TIMEOUT)."""
+    servers = await visible_servers(db, principal.user_id, None, every_agent=True)
+    server = require_server(servers, name)
+    hub = mcp_hub()
+    (connection,) = await hub.connections_for([server])
+    tools, skipped = hub.tools_of(connection)
+    detail = _server_out(server) | {
+        "tool_list": [ToolOut.model_validate(tool_fields(tool)) for tool in tools],
+        "skipped": skipped,
+    }
+    return McpServerDetailOut.model_validate(detail)
+
+
+@router.post(
+    "/mcp/servers",
+    summary="Add an MCP server",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[rate_limit("strict")],
+    responses={
+        404: {"description": "The agent is not found"},
+        409: {"description": "The name is taken, or the owner has the most servers allowed"},
+    },
+)
+async def create_server(
+    body: McpServerIn, request: Request, principal: ToolsWriter, db: DbDep
+) -> McpServerOut:
+    """Its tools then appear in GET /agents/{id}/tools, to enable per agent. Its URL must
+    pass the egress policy (GATHERING_EGRESS_ALLOWED_*) each time it is connected."""
+    if body.agent_id is not None:
+        await owned_agent(request, principal, db, body.agent_id)
+    server = McpServer(
+        name=body.name,
+        transport="http",
+        url=body.url,
+        effect=body.effect,
+        agent_id=body.agent_id,
+    )
+    stored = await add_server(db, server, principal.user_id)
+    return McpServerOut.model_validate(_server_out(stored))
+
+
+@router.delete(
+    "/mcp/servers/{name}",
+    summary="Remove an MCP server",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={404: {"description": "No such server of the caller's"}},
+)
+async def delete_server(name: ServerName, principal: ToolsWriter, db: DbDep) -> Response:
+    """Agents lose its tools from their next turn (their settings for them are kept)."""
+    removed = await remove_server(db, principal.user_id, name)
+    await mcp_hub().forget(removed)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
