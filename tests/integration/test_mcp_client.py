@@ -232,12 +232,12 @@ async def test_the_api_refuses_stdio_servers_clashes_and_blocked_urls(api, mcp_c
 
 async def test_a_server_for_one_agent_is_seen_by_that_agent_only(api):
     one, two = await _agent(api, "One"), await _agent(api, "Two")
-    body = {"name": "mine", "url": "https://mcp.example/mcp", "agent_id": one}
+    body = {"name": "mine", "url": "https://mcp.example/mcp", "only_for_agent": one}
     assert (await api.post("/mcp/servers", json=body)).status_code == 201
-    missing = {"name": "nobody", "url": "https://mcp.example/mcp", "agent_id": 999999}
+    missing = {"name": "nobody", "url": "https://mcp.example/mcp", "only_for_agent": 999999}
     assert (await api.post("/mcp/servers", json=missing)).status_code == 404
     listed = (await api.get("/mcp/servers")).json()
-    assert [(s["name"], s["agent_id"]) for s in listed] == [("mine", one)]
+    assert [(s["name"], s["only_for_agent"]) for s in listed] == [("mine", one)]
     # Unreachable here: neither agent has its tools, and the turn does not fail for it.
     assert not [t for t in (await api.get(f"/agents/{two}/tools")).json() if "__" in t["name"]]
 

@@ -1,7 +1,7 @@
 """`/mcp/servers`: the MCP servers whose tools the caller's agents may be given.
 
 The config file's servers (`GATHERING_MCP_CONFIG`) are everyone's; a caller adds their own
-streamable-HTTP servers here, for all their agents or one (`agent_id`). A stdio server runs a
+streamable-HTTP servers here, for all their agents or one (`only_for_agent`). A stdio server runs a
 command on the host, so the API never adds one: use the config file or `gathering mcp add`.
 Each server's state is this instance's connection to it. API keys need `tools:read` to list
 and `tools:write` to add or remove.
@@ -53,7 +53,7 @@ class McpServerIn(BaseModel):
         pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$",
         description="e.g. https://example.com/mcp (a host name or IPv4 address; no user info)",
     )
-    agent_id: Integer | None = Field(
+    only_for_agent: Integer | None = Field(
         default=None, ge=1, le=MAX_ID, description="Only this agent sees it; null: all yours"
     )
     effect: Effect = Field(
@@ -78,7 +78,7 @@ class McpServerOut(BaseModel):
     command: str | None
     args: list[str]
     effect: Effect
-    agent_id: int | None
+    only_for_agent: int | None = Field(description="The one agent that sees it; null: all")
     health: McpHealthOut
 
 
@@ -136,14 +136,14 @@ async def create_server(
 ) -> McpServerOut:
     """Its tools then appear in GET /agents/{id}/tools, to enable per agent. Its URL must
     pass the egress policy (GATHERING_EGRESS_ALLOWED_*) each time it is connected."""
-    if body.agent_id is not None:
-        await owned_agent(request, principal, db, body.agent_id)
+    if body.only_for_agent is not None:
+        await owned_agent(request, principal, db, body.only_for_agent)
     server = McpServer(
         name=body.name,
         transport="http",
         url=body.url,
         effect=body.effect,
-        agent_id=body.agent_id,
+        agent_id=body.only_for_agent,
     )
     stored = await add_server(db, server, principal.user_id)
     return McpServerOut.model_validate(_server_out(stored))

@@ -97,7 +97,7 @@ class McpServer:
             "command": self.command,
             "args": list(self.args),
             "effect": self.effect,
-            "agent_id": self.agent_id,
+            "only_for_agent": self.agent_id,
         }
 
 
