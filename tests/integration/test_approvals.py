@@ -14,6 +14,7 @@ from workspaces import workspace_of
 
 from gathering.agents.approval_resumer import ApprovalResumer
 from gathering.api.app import create_app
+from gathering.api.security.spending import TurnAdmission
 from gathering.auth.users import UserStore
 from gathering.config import load_settings
 from gathering.db import Database
@@ -449,3 +450,25 @@ async def test_an_invocation_whose_process_died_has_an_unknown_outcome(
     outcome = (await api.get(f"/approvals/{approval_id}")).json()["outcome"]
     assert outcome["is_error"] and outcome["error"]["code"] == "outcome_unknown"
     assert SENT == []  # and nothing ran it again
+
+
+async def test_a_resumed_turn_counts_toward_its_owner_s_running_turns(api, migrated_database_url):
+    """At the per-user cap (GATHERING_CHAT_MAX_CONCURRENT_PER_USER), the duty leaves an
+    answered turn for a later round, and takes it up once a slot is free, holding it."""
+    agent_id = await _agent(api, "notify")
+    reply = await api.post(f"/agents/{agent_id}/chat", json=call("notify", channel="ops", text="2"))
+    approval_id = reply.json()["approval_id"]
+    admission = TurnAdmission(limit=1)
+    async with Database(url=migrated_database_url, min_size=1, max_size=4) as db:
+        owner = await db.fetch_val("SELECT owner_id FROM tool.approvals WHERE id = $1", approval_id)
+        await decide(db, approval_id, approve=True, by=None, comment="from the CLI")
+        resumer = ApprovalResumer(db, None, admit=admission.admit_user)
+        with admission.admit_user(owner):  # the owner's one turn is running
+            assert await resumer.run_once() == 0
+        assert SENT == []
+        assert await resumer.run_once() == 1
+        assert admission.running(owner) == 1  # held by the resumed turn
+        await resumer.drain()
+        assert admission.running(owner) == 0
+    await eventually(lambda: _finished(api, agent_id))
+    assert SENT == ["ops:2"]

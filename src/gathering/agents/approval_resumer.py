@@ -10,6 +10,8 @@ stopped before it resumed the turn. Nothing waits in memory meanwhile.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import structlog
 
@@ -20,7 +22,7 @@ from gathering.agents.turn_loop import resume_turn
 from gathering.cancellation import cancel_and_wait
 from gathering.config import get_settings
 from gathering.db import Database
-from gathering.errors import AgentBusyError, GatheringError, NotFoundError
+from gathering.errors import AgentBusyError, GatheringError, NotFoundError, RateLimitedError
 from gathering.events import Event, EventBus
 from gathering.tools.agent_tools import agent_workspace, run_approved_invocation
 from gathering.tools.approvals import (
@@ -34,6 +36,10 @@ from gathering.tools.approvals import (
 from gathering.tools.mcp import registry_for
 
 log = structlog.get_logger(__name__)
+
+Admit = Callable[[int], AbstractContextManager[object]]
+"""A slot for a turn of the owner `owner_id` (released on exit); `RateLimitedError` when the
+owner has as many turns running as they may (the API's per-user cap)."""
 
 
 def approval_events(kind: str, approval: Approval, **extra: object) -> list[Event]:
@@ -79,9 +85,16 @@ class ApprovalResumer:
     and give an `UNKNOWN` outcome to direct invocations whose process stopped mid-run."""
 
     def __init__(
-        self, db: Database, bus: EventBus | None, *, batch: int = 20, concurrency: int = 4
+        self,
+        db: Database,
+        bus: EventBus | None,
+        *,
+        batch: int = 20,
+        concurrency: int = 4,
+        admit: Admit | None = None,
     ) -> None:
         self.db, self.bus, self.batch, self.concurrency = db, bus, batch, concurrency
+        self.admit = admit
         self._running: dict[int, asyncio.Task[None]] = {}
 
     async def run_once(self) -> int:
@@ -100,7 +113,12 @@ class ApprovalResumer:
         for approval in await to_resume(self.db, self.batch):
             if approval.id in self._running or len(self._running) >= self.concurrency:
                 continue
-            task = asyncio.create_task(self._resume(approval), name=f"approval-{approval.id}")
+            owner = approval.owner_id
+            try:  # the owner's turns running here count; at the cap, a later round goes on
+                slot = nullcontext() if self.admit is None or owner is None else self.admit(owner)
+            except RateLimitedError:
+                continue
+            task = asyncio.create_task(self._resume(approval, slot), name=f"approval-{approval.id}")
             self._running[approval.id] = task
             task.add_done_callback(self._forget)
             started += 1
@@ -121,9 +139,10 @@ class ApprovalResumer:
         for task in list(self._running.values()):
             await cancel_and_wait(task)
 
-    async def _resume(self, approval: Approval) -> None:
+    async def _resume(self, approval: Approval, slot: AbstractContextManager[object]) -> None:
         try:
-            await resume_answered(self.db, self.bus, approval)
+            with slot:
+                await resume_answered(self.db, self.bus, approval)
         except GatheringError as exc:  # the next round tries again
             log.warning(
                 "could not resume after an approval", approval_id=approval.id, error=str(exc)

@@ -84,7 +84,8 @@ def create_app(
     )
     install_security(app, settings)  # before any include_router: routes get its gate
     state.lifecycle.add(AuditRetentionComponent(app.state.security))
-    state.lifecycle.add(ApprovalDutyComponent(state))
+    admission = app.state.security.turn_admission
+    state.lifecycle.add(ApprovalDutyComponent(state, admit=admission.admit_user))
     app.add_middleware(RequestContextMiddleware, drain=state.drain)
     if configure_tracing(settings):
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware

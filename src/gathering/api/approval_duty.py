@@ -3,7 +3,7 @@ and takes up answered ones no instance has gone on with yet (see `ApprovalResume
 
 from __future__ import annotations
 
-from gathering.agents.approval_resumer import ApprovalResumer
+from gathering.agents.approval_resumer import Admit, ApprovalResumer
 from gathering.api.lifecycle import Component, Health
 from gathering.api.state import AppState
 from gathering.db.locks import LockKey, SingletonDuty
@@ -16,15 +16,18 @@ class ApprovalDutyComponent(Component):
 
     name = "approvals"
 
-    def __init__(self, state: AppState, *, interval: float = 2.0) -> None:
+    def __init__(
+        self, state: AppState, *, admit: Admit | None = None, interval: float = 2.0
+    ) -> None:
         self.state = state
+        self.admit = admit  # a resumed turn counts toward its owner's running turns
         self.interval = interval
         self.duty: SingletonDuty | None = None
         self.resumer: ApprovalResumer | None = None
 
     async def start(self) -> None:
         db = await self.state.database()
-        self.resumer = ApprovalResumer(db, await self.state.event_bus())
+        self.resumer = ApprovalResumer(db, await self.state.event_bus(), admit=self.admit)
         resumer = self.resumer
 
         async def round_() -> None:

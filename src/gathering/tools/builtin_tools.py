@@ -20,7 +20,7 @@ from gathering.tools.builtins import git as git_tool
 from gathering.tools.builtins import shell as shell_tool
 from gathering.tools.builtins import sql as sql_tool
 from gathering.tools.context import ToolContext
-from gathering.tools.egress import EgressPolicy
+from gathering.tools.egress import policy_from_settings
 from gathering.tools.function import FunctionTool
 from gathering.tools.sandbox import SandboxLimits
 from gathering.tools.signature import function_tool
@@ -129,16 +129,6 @@ def calculate(
     return calculator.evaluate(expression)
 
 
-def _egress() -> EgressPolicy:
-    """The egress policy the settings describe (GATHERING_EGRESS_ALLOWED_*)."""
-    settings = get_settings()
-    return EgressPolicy(
-        allowed_hosts=frozenset(settings.egress_allowed_hosts),
-        allowed_networks=tuple(settings.egress_allowed_networks),
-        allowed_ports=frozenset(settings.egress_allowed_ports),
-    )
-
-
 Url = Annotated[str, Field(min_length=1, max_length=8192)]
 
 
@@ -157,7 +147,7 @@ async def http_fetch(
         body: The request body of a POST.
         headers: Extra request headers: Accept, Accept-Language, Content-Type, Authorization.
     """
-    return await web.http_fetch(method, url, body, headers, policy=_egress())
+    return await web.http_fetch(method, url, body, headers, policy=policy_from_settings())
 
 
 async def web_page(url: Url, format: Literal["markdown", "text"] = "markdown") -> dict[str, Any]:
@@ -168,7 +158,7 @@ async def web_page(url: Url, format: Literal["markdown", "text"] = "markdown") -
         url: An http:// or https:// URL.
         format: markdown, or plain text.
     """
-    return await web.web_page(url, format, policy=_egress())
+    return await web.web_page(url, format, policy=policy_from_settings())
 
 
 Ref = Annotated[str, Field(min_length=1, max_length=255)]

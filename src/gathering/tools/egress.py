@@ -72,6 +72,7 @@ import httpx
 import structlog
 
 from gathering import __version__
+from gathering.config import get_settings
 from gathering.errors import (
     InvalidInputError,
     PermissionDeniedError,
@@ -221,6 +222,16 @@ class EgressPolicy:
     def allows_port(self, port: int) -> bool:
         """Whether `port` may be connected to."""
         return self.allowed_ports is None or port in self.allowed_ports
+
+
+def policy_from_settings() -> EgressPolicy:
+    """The egress policy the settings describe (`GATHERING_EGRESS_ALLOWED_*`)."""
+    settings = get_settings()
+    return EgressPolicy(
+        allowed_hosts=frozenset(settings.egress_allowed_hosts),
+        allowed_networks=tuple(settings.egress_allowed_networks),
+        allowed_ports=frozenset(settings.egress_allowed_ports),
+    )
 
 
 def forbidden_reason(

@@ -19,8 +19,10 @@ from gathering.agents.approval_resumer import approval_events, resume_answered
 from gathering.api.deps import MAX_ID, BusDep, DbDep, app_state
 from gathering.api.fields import WholeNumber, text
 from gathering.api.security import Principal, ensure_owner, not_found, rate_limit, require_scope
+from gathering.api.security.dependencies import security_state
+from gathering.api.security.spending import TurnSlot
 from gathering.db import Database
-from gathering.errors import NotFoundError
+from gathering.errors import NotFoundError, RateLimitedError
 from gathering.events import EventBus
 from gathering.tools.approvals import (
     MAX_COMMENT_CHARS,
@@ -130,14 +132,21 @@ async def _answer(
             tx, approval_id, approve=approve, by=principal.user_id, comment=comment
         )
         await bus.publish_many(approval_events("approval.decided", answered), tx=tx)
-    app_state(request).run_in_background(_resume(db, bus, answered), name=f"approval-{approval_id}")
+    owner = answered.owner_id if answered.owner_id is not None else principal.user_id
+    try:  # the resumed turn counts toward its owner's running turns
+        slot = security_state(request).turn_admission.admit_user(owner)
+    except RateLimitedError:  # at the cap: the server's duty goes on once one has finished
+        return ApprovalOut.model_validate(answered)
+    work = _resume(db, bus, answered, slot)
+    app_state(request).run_in_background(work, name=f"approval-{approval_id}")
     return ApprovalOut.model_validate(answered)
 
 
-async def _resume(db: Database, bus: EventBus, approval: Approval) -> None:
+async def _resume(db: Database, bus: EventBus, approval: Approval, slot: TurnSlot) -> None:
     """Go on with the answered call here; if that fails, the server's duty tries again."""
     try:
-        await resume_answered(db, bus, approval)
+        with slot:
+            await resume_answered(db, bus, approval)
     except Exception:
         log.warning("could not go on after an approval", approval_id=approval.id, exc_info=True)
 

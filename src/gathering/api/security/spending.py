@@ -46,7 +46,11 @@ class TurnAdmission:
 
     def admit(self, principal: Principal) -> TurnSlot:
         """A slot for a turn of `principal`; `RateLimitedError` (429) past the cap."""
-        user_id = principal.user_id
+        return self.admit_user(principal.user_id)
+
+    def admit_user(self, user_id: int) -> TurnSlot:
+        """A slot for a turn of the user `user_id` (a turn resumed after an approval counts
+        for the agent's owner); `RateLimitedError` past the cap."""
         if self._running[user_id] >= self.limit:
             raise RateLimitedError(
                 f"you already have {self.limit} chat turn(s) running on this server",

@@ -28,7 +28,7 @@ from gathering.db.database import Queries
 from gathering.errors import InvalidInputError, NotFoundError, ToolFailedError
 from gathering.llm.types import ToolSpec
 from gathering.tools.context import ToolContext
-from gathering.tools.egress import EgressPolicy
+from gathering.tools.egress import policy_from_settings
 from gathering.tools.function import FunctionTool
 from gathering.tools.mcp.connection import Health, McpConnection
 from gathering.tools.mcp.servers import SEPARATOR, McpServer, visible_servers
@@ -113,14 +113,9 @@ class McpHub:
             return current
         if current is not None:
             self._drop(server.key)
-        settings = get_settings()
-        egress = EgressPolicy(
-            allowed_hosts=frozenset(settings.egress_allowed_hosts),
-            allowed_networks=tuple(settings.egress_allowed_networks),
-            allowed_ports=frozenset(settings.egress_allowed_ports),
-        )
         # Servers of the config file are the admin's: their URLs are not the egress policy's.
-        made = McpConnection(server, egress=egress if server.id is not None else None)
+        egress = policy_from_settings() if server.id is not None else None
+        made = McpConnection(server, egress=egress)
         self._connections[server.key] = made
         made.start()
         return made
