@@ -15,6 +15,7 @@ from gathering.errors import GatheringError
 from gathering.llm.local_models import preload_default_model
 from gathering.llm.registry import default_provider_name
 from gathering.tools.mcp import close_mcp_hub, mcp_hub
+from gathering.tools.mcp.servers import config_servers
 
 if TYPE_CHECKING:
     from gathering.api.state import AppState
@@ -210,6 +211,11 @@ class McpComponent(Component):
     the background work that may still call their tools, which stops stdio servers."""
 
     name = "mcp"
+
+    async def start(self) -> None:
+        """Read GATHERING_MCP_CONFIG now: a broken file stops the start, with why, instead
+        of failing every turn later."""
+        await config_servers()
 
     async def stop(self) -> None:
         await close_mcp_hub()

@@ -103,12 +103,12 @@ ORDER BY name
 SELECT owner_id FROM agent.agents WHERE id = $1
 
 -- name: add_mcp_server --
--- Nothing when the owner has a server of that name, or already $9 servers.
 INSERT INTO tool.mcp_servers (owner_id, agent_id, name, transport, url, command, args, effect)
-SELECT $1, $2, $3, $4, $5, $6, $7::jsonb, $8
-WHERE (SELECT count(*) FROM tool.mcp_servers WHERE owner_id = $1) < $9::int
-ON CONFLICT (owner_id, name) DO NOTHING
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
 RETURNING *
+
+-- name: count_mcp_servers --
+SELECT count(*) FROM tool.mcp_servers WHERE owner_id = $1
 
 -- name: mcp_server_named --
 SELECT id FROM tool.mcp_servers WHERE owner_id = $1 AND name = $2

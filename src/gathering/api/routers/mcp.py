@@ -74,9 +74,9 @@ class McpServerOut(BaseModel):
     name: str
     source: Literal["config", "database"]
     transport: Literal["stdio", "http"]
-    url: str | None
-    command: str | None
-    args: list[str]
+    url: str | None = Field(description="null for a server of the config file, but to admins")
+    command: str | None = Field(description="A stdio server's program (as url)")
+    args: list[str] = Field(description="Its arguments (empty as url)")
     effect: Effect
     only_for_agent: int | None = Field(description="The one agent that sees it; null: all")
     health: McpHealthOut
@@ -90,16 +90,25 @@ class McpServerDetailOut(McpServerOut):
 _IDLE = {"state": "idle", "tools": 0, "last_error": None, "connected_at": None, "reconnects": 0}
 
 
-def _server_out(server: McpServer) -> dict[str, Any]:
+def _server_out(server: McpServer, principal: Principal) -> dict[str, Any]:
+    """What the caller sees of `server`: a server of the config file is the administrator's,
+    and its command, arguments, URL and errors (which may carry secrets) are theirs to see."""
     health = mcp_hub().health(server)
-    return server.to_dict() | {"health": health.to_dict() if health else _IDLE}
+    out = server.to_dict() | {"health": health.to_dict() if health else dict(_IDLE)}
+    if server.id is None and not principal.is_admin:
+        out |= {"url": None, "command": None, "args": []}
+        if out["health"]["last_error"] is not None:
+            out["health"] = out["health"] | {
+                "last_error": "unavailable (an administrator sees why)"
+            }
+    return out
 
 
 @router.get("/mcp/servers", summary="List MCP servers", dependencies=[rate_limit("relaxed")])
 async def list_servers(principal: ToolsReader, db: DbDep) -> list[McpServerOut]:
     """The config file's servers and the caller's own (for all their agents or one)."""
     servers = await visible_servers(db, principal.user_id, None, every_agent=True)
-    return [McpServerOut.model_validate(_server_out(server)) for server in servers]
+    return [McpServerOut.model_validate(_server_out(server, principal)) for server in servers]
 
 
 @router.get(
@@ -114,7 +123,7 @@ async def get_server(name: ServerName, principal: ToolsReader, db: DbDep) -> Mcp
     hub = mcp_hub()
     (connection,) = await hub.connections_for([server])
     tools, skipped = hub.tools_of(connection)
-    detail = _server_out(server) | {
+    detail = _server_out(server, principal) | {
         "tool_list": [ToolOut.model_validate(tool_fields(tool)) for tool in tools],
         "skipped": skipped,
     }
@@ -146,7 +155,7 @@ async def create_server(
         agent_id=body.only_for_agent,
     )
     stored = await add_server(db, server, principal.user_id)
-    return McpServerOut.model_validate(_server_out(stored))
+    return McpServerOut.model_validate(_server_out(stored, principal))
 
 
 @router.delete(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import random
 import time
 from collections.abc import Mapping
@@ -26,7 +25,6 @@ import structlog
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, CallToolResult, Implementation, Tool
 
@@ -34,6 +32,7 @@ from gathering import __version__
 from gathering.config import get_settings
 from gathering.errors import GatheringError, ToolFailedError, ToolTimeoutError
 from gathering.tools.egress import EgressPolicy, check_url
+from gathering.tools.mcp.http import guarded_client
 from gathering.tools.mcp.servers import McpServer
 
 log = structlog.get_logger(__name__)
@@ -44,6 +43,7 @@ CHECK_SECONDS = 10.0  # a connected server is checked this often
 CHECK_TIMEOUT = 10.0
 MAX_TOOL_PAGES = 20  # tools/list pages read from one server
 MAX_TOOLS = 256  # tools taken from one server; the rest are left out (and logged)
+CLOSE_ATTEMPTS, CLOSE_WAIT = 20, 0.5  # cancellations of a supervisor, and the wait after each
 CLIENT_INFO = Implementation(name="gathering", version=__version__)
 
 State = Literal["idle", "connecting", "ready", "down", "closed"]
@@ -111,7 +111,7 @@ class McpConnection:
         self.reconnects = 0
         self.listings = 0  # how many different listings of the tools were seen
         self.last_used = time.monotonic()  # when a call or an agent's turn last wanted it
-        self._client: Client | None = None
+        self._live: Client | None = None
         self._ready = asyncio.Event()
         self._tried = asyncio.Event()  # set once the first attempt ended, either way
         self._check = asyncio.Event()  # a request saw the connection fail: check now
@@ -140,20 +140,28 @@ class McpConnection:
                 await self._tried.wait()
 
     async def close(self) -> None:
-        """Stop reconnecting, close the connection (and stop a stdio server's process)."""
+        """Stop reconnecting, close the connection (and stop a stdio server's process).
+
+        The SDK's task groups may swallow one cancellation (one already under way when a
+        server died), so the supervisor is cancelled until it has ended, a bounded number of
+        times; it also stops by itself once it sees the state `closed`."""
         self.state = "closed"
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        for _ in range(CLOSE_ATTEMPTS):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=CLOSE_WAIT)
+            if done:
+                return
+        log.error("an MCP connection did not stop", server=self.server.name)
 
     # --- the supervisor -----------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        """Connect, and reconnect with backoff, until `close()` cancels this task."""
+        """Connect, and reconnect with backoff, until `close()`."""
         delay = BACKOFF_FIRST
-        while True:
+        while self.state != "closed":
             self.state = "connecting"
             listed = self.listings
             try:
@@ -164,10 +172,12 @@ class McpConnection:
                     "MCP server connection ended", server=self.server.name, error=self.last_error
                 )
             finally:
-                self._client = None
+                self._live = None
                 self._ready.clear()
                 self.connected_at = None
                 self._tried.set()
+            if self.state == "closed":  # type: ignore[comparison-overlap]  # set by close()
+                return
             if self.listings > listed:  # it had connected: start the backoff over
                 delay = BACKOFF_FIRST
             self.state = "down"
@@ -175,7 +185,7 @@ class McpConnection:
             delay = min(delay * 2, BACKOFF_MAX)
             self.reconnects += 1
 
-    def _client_for(self) -> Client:
+    async def _client(self) -> Client:
         server = self.server
         if server.transport == "stdio":
             assert server.command is not None
@@ -184,7 +194,8 @@ class McpConnection:
             )
             return Client(params, client_info=CLIENT_INFO, cache=None)
         assert server.url is not None
-        http = create_mcp_http_client(headers=dict(server.headers) or None)
+        # Made in a thread: the TLS context it creates reads the CA certificates from disk.
+        http = await asyncio.to_thread(guarded_client, self.egress, server.headers)
         return Client(
             streamable_http_client(server.url, http_client=http),
             client_info=CLIENT_INFO,
@@ -194,17 +205,16 @@ class McpConnection:
     async def _connected_session(self) -> None:
         """Connect, list the tools, serve requests until the connection fails."""
         timeout = get_settings().mcp_connect_timeout
-        # The SDK imports jsonschema at a call's first structured result; the import reads
-        # package files, so it is done here, once, off the event loop.
-        await asyncio.to_thread(importlib.import_module, "jsonschema")
         async with contextlib.AsyncExitStack() as stack:
             async with asyncio.timeout(timeout):
                 if self.server.url is not None and self.egress is not None:
-                    await check_url(self.server.url, self.egress)
-                client = await stack.enter_async_context(self._client_for())
+                    await check_url(self.server.url, self.egress)  # a clear error, up front
+                client = await stack.enter_async_context(await self._client())
                 self.tools = await _list_tools(client)
+            if self.state == "closed":
+                return
             self.listings += 1
-            self._client = client
+            self._live = client
             self.state = "ready"
             self.last_error = None
             self.connected_at = time.time()
@@ -230,8 +240,8 @@ class McpConnection:
             if tools != self.tools:
                 self.tools = tools
                 self.listings += 1
-            if self._client is None:  # a request's trouble was not the connection's
-                self._client = client
+            if self._live is None:  # a request's trouble was not the connection's
+                self._live = client
                 self._ready.set()
 
     # --- requests -----------------------------------------------------------------------------
@@ -243,7 +253,7 @@ class McpConnection:
             raise ToolFailedError(f"MCP server {self.server.name!r}: the connection is closed")
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
-                while self._client is None:
+                while self._live is None:
                     await self._ready.wait()
         except TimeoutError:
             raise ToolTimeoutError(
@@ -252,8 +262,8 @@ class McpConnection:
                 hint="it is reconnected automatically; check that the server runs "
                 "(GET /mcp/servers shows its state), then try again",
             ) from None
-        assert self._client is not None
-        return self._client
+        assert self._live is not None
+        return self._live
 
     async def call(
         self, tool: str, arguments: Mapping[str, Any], *, deadline: float
@@ -261,6 +271,7 @@ class McpConnection:
         """Call the server's `tool`; a dropped connection is retried once the server is back
         only when the server's effect is `read` (see the module docstring)."""
         self.last_used = time.monotonic()
+        repeated = False
         while True:
             client = await self._ready_client(deadline)
             try:
@@ -280,18 +291,26 @@ class McpConnection:
                         f"{_describe(exc)}"
                     ) from None
                 self._lost_connection(client)
-                if self.server.effect != "read":
+                if self.server.effect == "read" and not repeated:
+                    repeated = True  # once: a call that keeps losing it is not retried forever
+                    continue
+                if self.server.effect == "read":
                     raise ToolFailedError(
                         f"the connection to MCP server {self.server.name!r} was lost during "
-                        f"the call of {tool!r}: its outcome is unknown, so it was not repeated",
-                        hint="check whether it took effect before calling it again; the "
-                        "server is being reconnected",
+                        f"the call of {tool!r}, twice",
+                        hint="the server is being reconnected; try again later",
                     ) from None
+                raise ToolFailedError(
+                    f"the connection to MCP server {self.server.name!r} was lost during "
+                    f"the call of {tool!r}: its outcome is unknown, so it was not repeated",
+                    hint="check whether it took effect before calling it again; the "
+                    "server is being reconnected",
+                ) from None
 
     def _lost_connection(self, client: Client) -> None:
         """A request saw the connection end: forget the client, have the supervisor check."""
-        if self._client is client:
-            self._client = None
+        if self._live is client:
+            self._live = None
             self._ready.clear()
         self._check.set()
 
@@ -314,4 +333,15 @@ async def _list_tools(client: Client) -> tuple[Tool, ...]:
             break
     if len(tools) > MAX_TOOLS:
         log.warning("an MCP server lists too many tools", kept=MAX_TOOLS, listed=len(tools))
+    _skip_output_validation(client, tools)
     return tuple(tools[:MAX_TOOLS])
+
+
+def _skip_output_validation(client: Client, tools: list[Tool]) -> None:
+    """Have the SDK treat every listed tool as one without an output schema: it would check
+    structured results with the pure-Python `jsonschema` on the event loop, where a server's
+    backtracking `pattern` could stall the whole process. The model reads a result's text."""
+    schemas: dict[str, Any] = client.session._tool_output_schemas
+    for tool in tools:
+        schemas[tool.name] = None
+    client.session._tool_output_validators.clear()

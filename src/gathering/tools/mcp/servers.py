@@ -18,7 +18,8 @@ from typing import Any, Literal
 import httpx
 
 from gathering.config import get_settings
-from gathering.db.database import Queries
+from gathering.db.database import Database, Queries
+from gathering.db.locks import LockKey, transaction_lock
 from gathering.db.named_queries import queries_of
 from gathering.errors import ConfigurationError, ConflictError, InvalidInputError, NotFoundError
 from gathering.tools.function import EFFECTS, Effect
@@ -242,39 +243,43 @@ async def visible_servers(
     return servers
 
 
-async def add_server(queries: Queries, server: McpServer, owner_id: int) -> McpServer:
-    """Store `server` for the owner (for all their agents, or `server.agent_id`'s)."""
+async def add_server(db: Database, server: McpServer, owner_id: int) -> McpServer:
+    """Store `server` for the owner (for all their agents, or `server.agent_id`'s); at most
+    `MAX_SERVERS` per owner (counted under a lock of the owner's servers, so concurrent adds
+    cannot pass it)."""
     if any(s.name == server.name for s in await config_servers()):
         raise ConflictError(
             f"the MCP server name {server.name!r} is taken by the config file",
             hint="choose another name",
         )
-    if server.agent_id is not None:
-        agent_owner = await queries.fetch_val(_SQL["agent_owner_of"], server.agent_id)
-        if agent_owner is None or int(agent_owner) != owner_id:
-            raise NotFoundError(f"agent {server.agent_id} not found")
-    row = await queries.fetch_one(
-        _SQL["add_mcp_server"],
-        owner_id,
-        server.agent_id,
-        server.name,
-        server.transport,
-        server.url,
-        server.command,
-        json.dumps(list(server.args)),
-        server.effect,
-        MAX_SERVERS,
-    )
-    if row is None:
-        if await queries.fetch_val(_SQL["mcp_server_named"], owner_id, server.name) is None:
+    async with db.transaction() as tx:
+        await transaction_lock(tx, LockKey("mcp-servers", str(owner_id)), wait=True)
+        if server.agent_id is not None:
+            agent_owner = await tx.fetch_val(_SQL["agent_owner_of"], server.agent_id)
+            if agent_owner is None or int(agent_owner) != owner_id:
+                raise NotFoundError(f"agent {server.agent_id} not found")
+        if await tx.fetch_val(_SQL["mcp_server_named"], owner_id, server.name) is not None:
+            raise ConflictError(
+                f"you already have an MCP server named {server.name!r}",
+                hint="remove it first, or choose another name",
+            )
+        if await tx.fetch_val(_SQL["count_mcp_servers"], owner_id) >= MAX_SERVERS:
             raise ConflictError(
                 f"you have {MAX_SERVERS} MCP servers, the most one owner may have",
                 hint="remove one you no longer use (gathering mcp remove NAME)",
             )
-        raise ConflictError(
-            f"you already have an MCP server named {server.name!r}",
-            hint="remove it first, or choose another name",
+        row = await tx.fetch_one(
+            _SQL["add_mcp_server"],
+            owner_id,
+            server.agent_id,
+            server.name,
+            server.transport,
+            server.url,
+            server.command,
+            json.dumps(list(server.args)),
+            server.effect,
         )
+    assert row is not None
     return _stored(row)
 
 
