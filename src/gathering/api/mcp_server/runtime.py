@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from gathering.agents import Agent, AgentRecord, PostgresAgentStore
 from gathering.api.approval_duty import ApprovalDutyComponent
-from gathering.api.security.dependencies import _from_api_key, _from_token
+from gathering.api.security.dependencies import principal_from_api_key, principal_from_token
 from gathering.api.security.ratelimit import rate_limited
 from gathering.api.security.spending import TurnSlot
 from gathering.api.security.state import SecurityState
@@ -39,10 +39,11 @@ class McpRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state = AppState(settings)
+        self.security = SecurityState(settings, self.state)
         # A turn that waits for a person's approval goes on, once answered, on whichever
         # instance holds this duty: this process counts as an instance like any API server.
-        self.state.lifecycle.add(ApprovalDutyComponent(self.state))
-        self.security = SecurityState(settings, self.state)
+        admit = self.security.turn_admission.admit_user
+        self.state.lifecycle.add(ApprovalDutyComponent(self.state, admit=admit))
 
     async def start(self) -> None:
         """Connect (and migrate, unless GATHERING_AUTO_MIGRATE=false) and start the duties."""
@@ -69,8 +70,8 @@ class McpRuntime:
                 hint="send `Authorization: Bearer <access token or API key>`",
             )
         if credential.startswith(f"{KEY_MARKER}_"):
-            return await _from_api_key(self.security, credential)
-        return await _from_token(self.security, credential)
+            return await principal_from_api_key(self.security, credential)
+        return await principal_from_token(self.security, credential)
 
     async def stdio_principal(self, credential: str | None) -> Principal:
         """The caller of a stdio server, checked once at start: refuses to start in

@@ -72,7 +72,9 @@ def _bearer_token(conn: HTTPConnection) -> str | None:
     return None
 
 
-async def _from_token(security: SecurityState, token: str) -> Principal:
+async def principal_from_token(security: SecurityState, token: str) -> Principal:
+    """The caller of an access token; `AuthenticationError` when it is forged, expired,
+    revoked, or its user is disabled (the API's check, also used by `gathering mcp serve`)."""
     auth = await security.services()
     claims = (await security.tokens()).decode(token, "access")
     if await auth.revocations.is_revoked(claims):
@@ -92,7 +94,9 @@ async def _from_token(security: SecurityState, token: str) -> Principal:
     )
 
 
-async def _from_api_key(security: SecurityState, presented: str) -> Principal:
+async def principal_from_api_key(security: SecurityState, presented: str) -> Principal:
+    """The caller of an API key; `AuthenticationError` when it is unknown, expired or
+    revoked, or its user is disabled."""
     auth = await security.services()
     key = await auth.api_keys.authenticate(presented)
     if key is None:
@@ -130,7 +134,7 @@ async def authenticate_socket(
         return await _from_grant(security, grant)
     if not token:
         raise invalid_credentials()
-    return await _from_token(security, token)
+    return await principal_from_token(security, token)
 
 
 async def recheck_socket(conn: HTTPConnection, principal: Principal) -> Principal:
@@ -195,10 +199,10 @@ async def _authenticate(conn: HTTPConnection) -> Principal:
         return await security.local_owner()
     token = _bearer_token(conn)
     if token is not None:
-        return await _from_token(security, token)
+        return await principal_from_token(security, token)
     api_key = conn.headers.get("x-api-key")
     if api_key is not None:
-        return await _from_api_key(security, api_key)
+        return await principal_from_api_key(security, api_key)
     raise AuthenticationError(
         "authentication required",
         hint="send `Authorization: Bearer <access token>` (POST /auth/login) or `X-API-Key`",
