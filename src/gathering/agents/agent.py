@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,8 @@ from gathering.llm import LLMProvider, ToolSpec, default_model, get_provider, kn
 from gathering.tools.agent_tools import ToolBox, agent_workspace, enabled_tools
 from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool
-from gathering.tools.mcp import registry_for
-from gathering.tools.registry import named_tool
+from gathering.tools.mcp import mcp_hub
+from gathering.tools.registry import loaded_registry, named_tool
 from gathering.tools.signature import function_tool
 
 if TYPE_CHECKING:
@@ -302,8 +303,9 @@ class Agent:
         own, which win a name clash and always run."""
         box = ToolBox({})
         if queries is not None and self.id is not None:
-            tools = await registry_for(queries, self.owner_id, self.id)
-            box = await enabled_tools(queries, self.id, tools)
+            # MCP servers' tools are looked up only when the agent has one enabled.
+            mcp_tools = functools.partial(mcp_hub().tools_for, queries, self.owner_id, self.id)
+            box = await enabled_tools(queries, self.id, await loaded_registry(), more=mcp_tools)
         return box.merged(self.tools)
 
     def tool_context(self, call_id: str | None = None) -> ToolContext:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -53,15 +53,26 @@ class ToolBox:
         return ToolBox({**self.tools, **own}, policies)
 
 
-async def enabled_tools(queries: Queries, agent_id: int, tools: ToolRegistry) -> ToolBox:
+async def enabled_tools(
+    queries: Queries,
+    agent_id: int,
+    tools: ToolRegistry,
+    *,
+    more: Callable[[], Awaitable[Iterable[FunctionTool]]] | None = None,
+) -> ToolBox:
     """The tools of `tools` enabled for the agent, each with its policy (the stored one, else
     the tool's default); one enabled but no longer installed is left out (and logged), never
-    an error in the agent's turn."""
+    an error in the agent's turn. `more()` gives further tools (an MCP server's), asked for
+    only when an enabled tool is not in `tools`."""
     found: dict[str, FunctionTool] = {}
     policies: dict[str, Policy] = {}
-    for row in await queries.fetch_all(_SQL["enabled_tools"], agent_id):
+    rows = await queries.fetch_all(_SQL["enabled_tools"], agent_id)
+    extra: dict[str, FunctionTool] = {}
+    if more is not None and any(row["tool_name"] not in tools for row in rows):
+        extra = {tool.name: tool for tool in await more()}
+    for row in rows:
         name = row["tool_name"]
-        item = tools.get(name)
+        item = tools.get(name) or extra.get(name)
         if item is None:
             log.warning("an enabled tool is not installed", agent_id=agent_id, tool=name)
             continue
