@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import secrets
 import time
 from collections.abc import Iterator
@@ -460,3 +461,191 @@ async def test_an_unreachable_server_is_reported_without_its_password(settings_e
         await query("SELECT 1")
     assert password not in str(failed.value.to_dict())
     assert "GATHERING_SQL_TOOL_URL" in (failed.value.hint or "")
+
+
+# --- attacks: size ----------------------------------------------------------------------------
+
+
+async def _stall_while(coroutine) -> float:  # type: ignore[no-untyped-def]
+    """The longest the event loop went without running a 20 ms ticker while `coroutine` ran."""
+    stalls: list[float] = [0.0]
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            stalls.append(now - last - 0.02)
+            last = now
+
+    ticking = asyncio.create_task(tick())
+    try:
+        await coroutine
+    except Exception:
+        pass  # refusing the value is fine
+    await asyncio.sleep(0.05)
+    ticking.cancel()
+    return max(stalls)
+
+
+async def test_a_huge_value_neither_stalls_the_event_loop_nor_fills_memory(use):
+    use("reader")
+    stall = await _stall_while(query("SELECT array_agg(g) FROM generate_series(1, 5000000) g"))
+    assert stall < 0.5, f"the event loop stalled {stall:.2f}s converting one cell"
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    answer = await query("SELECT repeat('x', 150000000)")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 100, f"a cell shown as 2,000 characters grew the process {grown_mib:.0f} MiB"
+    assert answer["rows"][0][0].endswith(
+        f"[cut: {150000000 - sql_tool.MAX_CELL_CHARS} more characters]"
+    )
+
+
+def _capped(answer: dict) -> None:
+    """Every value and the whole answer within the caps."""
+    assert len(json.dumps(answer, ensure_ascii=False)) < sql_tool.MAX_RESULT_CHARS + 2_000
+    for row in answer["rows"]:
+        for value in row:
+            assert len(json.dumps(value, ensure_ascii=False)) < sql_tool.MAX_CELL_CHARS + 100
+
+
+async def test_a_wide_row_is_cut_by_the_server_and_says_so(use):
+    use("reader")
+    columns = ", ".join(f"repeat('a', 1900) AS c{i}" for i in range(40))
+    answer = await query(f"SELECT {columns} FROM generate_series(1, 5)")
+    assert answer["columns"] == [f"c{i}" for i in range(40)]
+    assert answer["row_count"] == 1 and answer["truncated"] is True
+    row = answer["rows"][0]
+    assert len(row) == 40 and row[0] == "a" * 1900 and row[-1].startswith("…[cut: the answer")
+    assert "cut at 40000 characters" in answer["note"]
+    _capped(answer)
+
+
+async def test_values_keep_their_column_order_names_and_kinds(use):
+    use("reader")
+    answer = await query(
+        "SELECT 2 AS b, 1 AS a, 3 AS b, 1.5::float8 AS f, 2::numeric AS n,"
+        " 12345678901234567890 AS big, 'NaN'::float8 AS nan, ARRAY[repeat('z', 3000)] AS arr"
+    )
+    assert answer["columns"] == ["b", "a", "b", "f", "n", "big", "nan", "arr"]
+    row = answer["rows"][0]
+    assert row[:7] == [2, 1, 3, "1.5", 2, 12345678901234567890, "NaN"]
+    assert row[7].startswith('["zzz') and row[7].endswith("more characters]")
+    nothing = await query("SELECT FROM generate_series(1, 2)")
+    assert (nothing["columns"], nothing["rows"]) == ([], [[], []])
+
+
+async def test_an_error_quoting_a_huge_value_is_cut(use):
+    use("reader")
+    with pytest.raises(InvalidInputError) as refused:
+        await query("SELECT repeat('x', 1000000)::int")
+    assert "22P02" in refused.value.message
+    assert len(refused.value.message) < sql_tool.MAX_MESSAGE_CHARS + 200
+
+
+# The statement runs inside a subquery of ours: text that tries to close it early (and add a
+# UNION or a LIMIT of its own outside our caps), or to hide a second statement, must fail.
+ESCAPES = [
+    "SELECT 1) AS q LIMIT 1) AS r) AS n UNION ALL SELECT repeat('x', 100000),"
+    " repeat('x', 100000) --",
+    "SELECT 1 AS a\n) AS q) AS r) AS n UNION ALL SELECT NULL, repeat('y', 100000) FROM (SELECT (1",
+    "SELECT 1) AS q; SELECT repeat('x', 100000) --",
+    "SELECT 1 /* ) AS q) AS r) AS n UNION ALL SELECT NULL, repeat('x', 100000) --",
+    "SELECT 1 -- ) AS q LIMIT 1) AS r) AS n UNION ALL SELECT NULL, repeat('x', 100000)",
+    "SELECT $x$ ) AS q) AS r) AS n UNION ALL SELECT NULL, repeat('x', 100000) --",
+    "SELECT ' ) AS q) AS r) AS n UNION ALL SELECT NULL, repeat('x', 100000) --",
+    "(SELECT 1)) AS q) AS r) AS n, LATERAL (SELECT repeat('x', 100000)) AS z --",
+]
+
+
+@pytest.mark.parametrize("statement", ESCAPES)
+async def test_the_statement_cannot_close_its_subquery_early(use, statement):
+    use("reader")
+    try:
+        answer = await query(statement)
+    except InvalidInputError:
+        return
+    _capped(answer)
+    assert "x" * (sql_tool.MAX_CELL_CHARS + 1) not in json.dumps(answer)
+
+
+async def test_a_hidden_second_statement_never_runs(use, sql_server):
+    # psycopg sends a statement without parameters with the simple protocol, which runs them
+    # all: the check of the statement (PREPARE) must not.
+    use("writer")
+    for statement in (
+        "SELECT 1; COMMIT; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE;"
+        " DELETE FROM orders",
+        "SELECT 1; ROLLBACK; SET default_transaction_read_only = off; DROP TABLE orders",
+        "WITH x AS (SELECT 1) SELECT * FROM x; COMMIT; DELETE FROM orders",
+    ):
+        with pytest.raises(InvalidInputError) as refused:
+            await query(statement)
+        assert "one statement" in (refused.value.hint or ""), statement
+    assert await orders_left(sql_server) == ROWS
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "/* /* */ SET x = 1 */ SELECT repeat('x', 100000)",
+        "-- SET x = 1\nSELECT repeat('x', 100000)",
+        ";SELECT repeat('x', 100000)",
+        "\n\t ((SELECT repeat('x', 100000)))",
+        "select repeat('x', 100000);;\n",
+        "VALUES (repeat('x', 100000))",
+        "WITH t AS (SELECT repeat('x', 100000) AS v) TABLE t",
+        "SELECT repeat('x', 100000) -- a comment without a newline",
+    ],
+)
+async def test_every_spelling_of_a_query_is_capped(use, statement):
+    use("reader")
+    try:
+        answer = await query(statement)
+    except InvalidInputError:
+        return
+    _capped(answer)
+    assert answer["rows"][0][0].endswith(
+        f"[cut: {100000 - sql_tool.MAX_CELL_CHARS} more characters]"
+    )
+
+
+def test_statements_are_told_apart_as_postgresql_reads_them():
+    kind = sql_tool.statement_kind
+    assert kind("  select 1") == "select" and kind("(VALUES (1))") == "("
+    assert kind("/* a /* nested */ SET */ SELECT 1") == "select"
+    assert kind("/* a /* nested */ comment */ SET x = 1") == "set"
+    assert (
+        kind("-- SELECT\r\nSHOW all") == "show" and kind(";;WITH x AS (SELECT 1) TABLE x") == "with"
+    )
+    assert kind("/* unterminated SELECT 1") == "" and kind("") == "" and kind("\u00e9select") == ""
+    assert kind("SELECTx") == "selectx" and kind('"select" 1') == ""
+
+
+@pytest.mark.parametrize(
+    ("statement", "hint"),
+    [
+        ("EXPLAIN VERBOSE SELECT repeat('x', 150000000)", "does not run it"),
+        ("EXPLAIN ANALYZE DELETE FROM orders", "does not run it"),
+        ("/* */ explain SELECT 1", "does not run it"),
+        ("SHOW search_path", "current_setting"),
+        ("FETCH ALL FROM c", "cursors"),
+        ("EXECUTE p", "prepared statements"),
+        ("CALL p(repeat('x', 150000000))", "SELECT f(...)"),
+        ("frobnicate the table", "one statement per call"),
+    ],
+)
+async def test_statements_whose_rows_cannot_be_capped_are_refused(use, sql_server, statement, hint):
+    use("writer")
+    with pytest.raises(InvalidInputError) as refused:
+        await query(statement)
+    assert hint in (refused.value.hint or "")
+    assert await orders_left(sql_server) == ROWS
+
+
+async def test_writes_are_refused_before_they_are_sent(use, sql_server):
+    use("writer")
+    with pytest.raises(PermissionDeniedError) as refused:
+        await query("/* */ DELETE FROM orders RETURNING repeat(customer, 10000000)")
+    assert "nothing was sent" in refused.value.message
+    assert await orders_left(sql_server) == ROWS

@@ -14,24 +14,28 @@ The statement then runs in a `READ ONLY` transaction that is always rolled back,
 the statement with a query of ours (so `SET TRANSACTION READ WRITE` comes too late), on a
 session whose later transactions are read-only too, under `statement_timeout` and
 `lock_timeout`. It is sent with the extended query protocol, which carries exactly one
-statement (`SELECT 1; DROP TABLE t` is refused by the server as a whole). Rows are streamed
-and cut at the row cap; cells and the whole answer are cut at a size cap, and the answer says
-what was cut.
+statement (`SELECT 1; DROP TABLE t` is refused by the server as a whole).
+
+The answer is capped on the server, before anything is sent: a query (SELECT, WITH, VALUES,
+TABLE) runs as a subquery of ours that stops after the row cap and sends each row as JSON text
+whose values are already cut at the cell cap and whose whole is cut at the answer cap, so
+neither this process's memory nor its event loop depends on what the query returns. The
+statement is first checked alone (`PREPARE`), which proves it one complete statement that
+cannot close our subquery early. Commands that return no rows (SET, COMMIT, DO, ...) run as
+they are; those that return rows we cannot cap (EXPLAIN, SHOW, FETCH, EXECUTE, CALL) and
+writes are refused before they are sent.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 import json
-import math
 import os
+import re
 import time
-import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -52,8 +56,9 @@ from gathering.errors import (
 DEFAULT_ROWS = 200
 MAX_ROWS = 1_000
 MAX_STATEMENT_CHARS = 100_000
-MAX_CELL_CHARS = 2_000  # a longer value is cut, with a marker
+MAX_CELL_CHARS = 2_000  # a longer value is cut (by the server), with a marker
 MAX_RESULT_CHARS = 40_000  # rows beyond this (as JSON) are left out; under the tool's cap
+MAX_MESSAGE_CHARS = 2_000  # an error message of the statement is cut too
 CONNECT_TIMEOUT = 10  # seconds (libpq's connect_timeout is whole seconds, at least 2)
 MIN_STATEMENT_SECONDS = 0.1
 TIME_MARGIN = 0.25  # seconds kept back from the call's deadline to roll back and answer
@@ -197,6 +202,119 @@ def statement_seconds(target: SqlTarget, deadline: float | None) -> float:
     return max(seconds, MIN_STATEMENT_SECONDS)
 
 
+# What a statement is, by its first keyword (PostgreSQL's grammar decides a statement's kind by
+# its first token). Queries are capped on the server (`_WRAPPED`); commands that never return
+# rows run as they are; the rest is refused before anything is sent.
+_QUERY_WORDS = frozenset({"(", "select", "with", "values", "table"})
+_COMMAND_WORDS = frozenset(
+    {
+        "abort", "alter", "analyse", "analyze", "begin", "checkpoint", "close", "cluster",
+        "comment", "commit", "copy", "create", "deallocate", "declare", "discard", "do", "drop",
+        "end", "grant", "import", "listen", "load", "lock", "move", "notify", "prepare",
+        "reassign", "refresh", "reindex", "release", "reset", "revoke", "rollback", "savepoint",
+        "security", "set", "start", "truncate", "unlisten", "vacuum",
+    }
+)  # fmt: skip
+_WRITE_WORDS = frozenset({"insert", "update", "delete", "merge"})
+_QUERY_HINT = "sql_query runs SELECT, WITH ... SELECT, VALUES or TABLE"
+_UNCAPPED_HINTS = {
+    "explain": "EXPLAIN's output can hold values of any size that cannot be cut before they "
+    "are sent, so sql_query does not run it; " + _QUERY_HINT + " (time a query by running it "
+    "with a LIMIT)",
+    "show": "read a setting with SELECT current_setting('name'), or SELECT name, setting "
+    "FROM pg_settings",
+    "call": "call a function with SELECT f(...); procedures are not run",
+    "fetch": "cursors do not outlive a call; " + _QUERY_HINT,
+    "execute": "prepared statements do not outlive a call; " + _QUERY_HINT,
+}
+_WORD = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
+_TRAILING = re.compile(r"[ \t\n\r\f\v;]+\Z")
+_CHECK_NAME = "gathering_sql_statement"
+_ANSWER_CUT = f"…[cut: the answer is at most {MAX_RESULT_CHARS} characters]"
+# The statement as a subquery whose rows leave the server already cut: at most `limit` rows,
+# each as a JSON array of its values (any value longer than MAX_CELL_CHARS as JSON, or as text
+# for a string, replaced by its cut text and a marker) cut at MAX_RESULT_CHARS + 1 characters;
+# the column names (in order, repeated names kept) come with the first row. `_PREPARE` has
+# proved the statement one complete query first, so it cannot close this subquery early.
+_VALUE_TEXT = (
+    "CASE WHEN pg_catalog.json_typeof(e.value) = 'string' THEN e.value #>> '{}'"
+    " ELSE e.value::text END"
+)
+_WRAPPED = """SELECT pg_catalog.left(n.names, {row_chars}), pg_catalog.left(n.cells, {row_chars})
+FROM (
+ SELECT
+  CASE WHEN pg_catalog.row_number() OVER () = 1 THEN (
+   SELECT pg_catalog.json_agg(e.key ORDER BY e.i)::text
+   FROM pg_catalog.json_each(r.j) WITH ORDINALITY AS e(key, value, i)
+  ) END AS names,
+  (
+   SELECT pg_catalog.json_agg(
+    CASE WHEN pg_catalog.length(v.t) <= {cell_chars} THEN e.value
+    ELSE pg_catalog.to_json(pg_catalog.concat(
+     pg_catalog.left(v.t, {cell_chars}), '…[cut: ',
+     pg_catalog.length(v.t) - {cell_chars}, ' more characters]'))
+    END ORDER BY e.i)::text
+   FROM pg_catalog.json_each(r.j) WITH ORDINALITY AS e(key, value, i),
+    LATERAL (SELECT {value_text} AS t) AS v
+  ) AS cells
+ FROM (SELECT pg_catalog.row_to_json(q) AS j FROM (
+{statement}
+) AS q LIMIT {limit}) AS r
+) AS n"""
+
+
+def statement_kind(statement: str) -> str:
+    """The statement's first keyword, lower case, as PostgreSQL's scanner reads it: past
+    whitespace, comments (`--`, and `/* */` nested) and empty statements (`;`); "(" for a
+    parenthesized query; "" when there is none or it is not an ASCII word."""
+    i, n = 0, len(statement)
+    while i < n:
+        if statement[i] in " \t\n\r\f\v;":
+            i += 1
+        elif statement.startswith("--", i):
+            while i < n and statement[i] not in "\n\r":
+                i += 1
+        elif statement.startswith("/*", i):
+            depth, i = 1, i + 2
+            while depth:
+                if i >= n:
+                    return ""
+                if statement.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif statement.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif statement[i] == "(":
+            return "("
+        else:
+            word = _WORD.match(statement, i)
+            return word.group().lower() if word and word.group().isascii() else ""
+    return ""
+
+
+def _refuse_uncapped(kind: str) -> None:
+    """Refuse, before connecting, a statement whose rows could not be capped (or a write)."""
+    if kind in _QUERY_WORDS or kind in _COMMAND_WORDS:
+        return
+    if kind in _WRITE_WORDS:
+        raise PermissionDeniedError(
+            f"sql_query only reads; {kind.upper()} is refused and nothing was sent",
+            hint="use SELECT (or WITH ... SELECT, VALUES, TABLE); nothing was changed",
+        )
+    if kind in _UNCAPPED_HINTS:
+        raise InvalidInputError(
+            f"sql_query does not run {kind.upper()}: its rows cannot be capped before they "
+            "are sent",
+            hint=_UNCAPPED_HINTS[kind],
+        )
+    raise InvalidInputError(
+        "sql_query does not know this statement: it must start with SELECT, WITH, VALUES, "
+        "TABLE or '(' (or be a command that returns no rows, such as SET)",
+        hint=_QUERY_HINT + ", one statement per call",
+    )
+
+
 async def run_query(
     statement: str,
     target: SqlTarget,
@@ -214,6 +332,8 @@ async def run_query(
     `InvalidInputError` (any other error of the statement, with PostgreSQL's message).
     """
     statement = check_statement(statement)
+    kind = statement_kind(statement)
+    _refuse_uncapped(kind)
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or not 1 <= max_rows <= MAX_ROWS:
         raise InvalidInputError(f"max_rows must be an integer from 1 to {MAX_ROWS}")
     url = _configured_url(target)
@@ -237,7 +357,9 @@ async def run_query(
                 hint="check the database server and the role of GATHERING_SQL_TOOL_URL",
             ) from None
         try:
-            return await _stream(conn, statement, max_rows)
+            if kind in _QUERY_WORDS:
+                return await _query(conn, statement, max_rows)
+            return await _command(conn, statement)
         except psycopg.Error as exc:
             raise _statement_error(exc, seconds, url) from None
     finally:
@@ -330,44 +452,119 @@ async def _refuse_unsafe_targets(
         raise _own_database(url, by_tables=True)
 
 
-async def _stream(
+async def _query(
     conn: psycopg.AsyncConnection[Any], statement: str, max_rows: int
 ) -> dict[str, Any]:
-    """Stream the statement's rows (one statement: `stream` uses the extended protocol)."""
-    cursor = conn.cursor()
+    """Run a query capped on the server (`_WRAPPED`): this process receives at most
+    `max_rows` + 1 rows of at most MAX_RESULT_CHARS + 1 characters each, and stops reading
+    once the answer is full, whatever the query computes."""
+    statement = _TRAILING.sub("", statement)
+    # Alone first (parsed, not run): one complete statement, so the subquery holds all of it.
+    # binary=True makes psycopg use the extended protocol (one statement): without parameters
+    # it would send the simple protocol, which runs `PREPARE ... AS SELECT 1; DELETE ...`.
+    await conn.cursor().execute(f"PREPARE {_CHECK_NAME} AS\n{statement}", binary=True)
+    await conn.execute(f"DEALLOCATE {_CHECK_NAME}")
+    wrapped = _WRAPPED.format(
+        statement=statement,
+        limit=max_rows + 1,
+        cell_chars=MAX_CELL_CHARS,
+        row_chars=MAX_RESULT_CHARS + 1,
+        value_text=_VALUE_TEXT,
+    )
+    columns: list[str] = []
     rows: list[list[Any]] = []
     size = 0
     cut: str | None = None
     # Closed on break: psycopg then cancels the rest of the result.
-    rows_of = cast(AsyncGenerator[Any, None], cursor.stream(statement))
-    try:
-        async with contextlib.aclosing(rows_of) as stream:
-            async for row in stream:
-                if len(rows) == max_rows:
-                    cut = f"only the first {max_rows} rows are shown (max_rows); there are more"
-                    break
-                cells = [_cell(value) for value in row]
-                size += len(json.dumps(cells, ensure_ascii=False)) + 1
-                if size > MAX_RESULT_CHARS and rows:
-                    cut = (
-                        f"only the first {len(rows)} rows are shown: the answer is cut at "
-                        f"{MAX_RESULT_CHARS} characters; select fewer columns or rows"
-                    )
-                    break
-                rows.append(cells)
-    except psycopg.ProgrammingError as exc:
-        # psycopg's stream() ends this way after a command that returns no rows (SET, ...):
-        # the command has run (inside the read-only transaction, rolled back below).
-        if exc.sqlstate is not None or "didn't produce a result" not in str(exc):
-            raise
-        return {**_answer([], [], None), "note": "the statement ran; it returns no rows"}
-    columns = [column.name for column in cursor.description or ()]
-    if not rows and not columns:
+    rows_of = cast(AsyncGenerator[Any, None], conn.cursor().stream(wrapped))
+    async with contextlib.aclosing(rows_of) as stream:
+        async for names, cells in stream:
+            if not rows:
+                columns = _names(names)
+            if len(rows) == max_rows:
+                cut = f"only the first {max_rows} rows are shown (max_rows); there are more"
+                break
+            # A row cut by the server cannot fit after another one: it is not even read.
+            whole = len(cells or "") <= MAX_RESULT_CHARS
+            if whole or not rows:
+                values, whole = _values(cells, len(columns))
+                size += len(json.dumps(values, ensure_ascii=False)) + 1
+            if rows and (not whole or size > MAX_RESULT_CHARS):
+                cut = (
+                    f"only the first {len(rows)} rows are shown: the answer is cut at "
+                    f"{MAX_RESULT_CHARS} characters; select fewer columns or rows"
+                )
+                break
+            rows.append(values)
+            if not whole:
+                cut = (
+                    f"the row is cut at {MAX_RESULT_CHARS} characters (its last values are "
+                    "left out); select fewer or shorter columns"
+                )
+                break
+    if not rows:
         return {
             **_answer([], [], None),
             "note": "no rows (column names come with rows; see information_schema.columns)",
         }
     return _answer(columns, rows, cut)
+
+
+def _names(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    if len(text) > MAX_RESULT_CHARS:
+        raise InvalidInputError(
+            f"the statement's column names are longer than {MAX_RESULT_CHARS} characters",
+            hint="select fewer columns",
+        )
+    return [str(name) for name in json.loads(text)]
+
+
+# Numbers with a fraction or an exponent stay as PostgreSQL wrote them (exact decimals, and
+# floats, as text); integers are JSON numbers.
+_DECODER = json.JSONDecoder(parse_float=str)
+_SEPARATOR = re.compile(r"\s*([,\]])\s*")
+
+
+def _values(text: str | None, count: int) -> tuple[list[Any], bool]:
+    """A row's values from the server's JSON array text (at most MAX_RESULT_CHARS + 1
+    characters), and whether it was whole: when it was cut, the values that arrived whole,
+    then `_ANSWER_CUT` for the rest (`count` values in all)."""
+    if text is None:  # a row without columns
+        return [], True
+    if len(text) <= MAX_RESULT_CHARS:
+        return cast(list[Any], _DECODER.decode(text)), True
+    values: list[Any] = []
+    index = 1  # past "["
+    while len(values) < count - 1:
+        try:
+            value, end = _DECODER.raw_decode(text, index)
+        except ValueError:
+            break
+        separator = _SEPARATOR.match(text, end)
+        if separator is None:  # a number cut short parses: it must be followed by ", "
+            break
+        values.append(value)
+        index = separator.end()
+    return [*values, *[_ANSWER_CUT] * max(count - len(values), 1)], False
+
+
+async def _command(conn: psycopg.AsyncConnection[Any], statement: str) -> dict[str, Any]:
+    """Run a command that returns no rows (SET, COMMIT, DO, ...), as it is."""
+    rows_of = cast(AsyncGenerator[Any, None], conn.cursor().stream(statement))
+    try:
+        async with contextlib.aclosing(rows_of) as stream:
+            async for _row in stream:  # none of these commands returns rows
+                raise InvalidInputError(
+                    "the command returned rows sql_query cannot cap", hint=_QUERY_HINT
+                )
+    except psycopg.ProgrammingError as exc:
+        # psycopg's stream() ends this way after a command that returns no rows (SET, ...):
+        # the command has run (inside the read-only transaction, rolled back below).
+        if exc.sqlstate is not None or "didn't produce a result" not in str(exc):
+            raise
+    return {**_answer([], [], None), "note": "the statement ran; it returns no rows"}
 
 
 def _answer(columns: list[str], rows: list[list[Any]], cut: str | None) -> dict[str, Any]:
@@ -382,46 +579,19 @@ def _answer(columns: list[str], rows: list[list[Any]], cut: str | None) -> dict[
     return answer
 
 
-def _cut(text: str) -> str:
-    if len(text) <= MAX_CELL_CHARS:
+def _cut(text: str, limit: int = MAX_CELL_CHARS) -> str:
+    if len(text) <= limit:
         return text
-    return f"{text[:MAX_CELL_CHARS]}…[cut: {len(text) - MAX_CELL_CHARS} more characters]"
-
-
-def _cell(value: Any) -> Any:
-    """A value as JSON the model reads: numbers, text, booleans and null as they are; exact
-    decimals, times, UUIDs and other types as text; bytes as hex; every cell at most
-    `MAX_CELL_CHARS` characters."""
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, str):
-        return _cut(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        data = bytes(value)
-        return _cut("\\x" + data[: MAX_CELL_CHARS // 2 + 1].hex()) if data else "\\x"
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, Decimal | uuid.UUID | datetime.timedelta):
-        return str(value)
-    if isinstance(value, list | tuple | dict):
-        nested = _nested(value)
-        text = json.dumps(nested, ensure_ascii=False)
-        return nested if len(text) <= MAX_CELL_CHARS else _cut(text)
-    return _cut(str(value))
-
-
-def _nested(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(key): _nested(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_nested(item) for item in value]
-    return _cell(value)
+    return f"{text[:limit]}…[cut: {len(text) - limit} more characters]"
 
 
 def _statement_error(exc: psycopg.Error, seconds: float, url: str) -> Exception:
-    message = redact_credentials(" ".join(str(exc).split()), url)
+    # An error may quote a value of any size (e.g. 'x...'::int): cut before reworking it.
+    text = str(exc)
+    message = _cut(
+        redact_credentials(" ".join(text[: 2 * MAX_MESSAGE_CHARS].split()), url),
+        MAX_MESSAGE_CHARS,
+    )
     if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
         return ToolTimeoutError(
             f"the statement did not finish within {seconds:g}s and was cancelled",
@@ -431,7 +601,7 @@ def _statement_error(exc: psycopg.Error, seconds: float, url: str) -> Exception:
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
         return PermissionDeniedError(
             f"sql_query only reads; the database refused: {message}",
-            hint="use SELECT (or WITH ... SELECT, EXPLAIN); nothing was changed",
+            hint="use SELECT (or WITH ... SELECT, VALUES, TABLE); nothing was changed",
         )
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return PermissionDeniedError(
