@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import httpx
+from urllib.parse import urlsplit
 
 from gathering.config import get_settings
 from gathering.db.database import Database, Queries
@@ -110,17 +109,16 @@ def check_name(name: object) -> str:
 
 
 def check_http_url(url: str) -> str:
-    """`url` if it is an absolute http(s) URL without credentials, else `InvalidInputError`."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+    """`url` if it is an absolute http(s) URL with a host and no credentials, else
+    `InvalidInputError`. What the host resolves to, and whether it answers, is checked at each
+    connection (its state and error show in `GET /mcp/servers`)."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInputError(
-            f"invalid MCP server url {url[:200]!r}",
+            f"invalid MCP server url {str(url)[:200]!r}",
             hint="an absolute http:// or https:// URL, e.g. https://example.com/mcp",
         )
-    if parsed.userinfo:
+    if parts.username is not None or parts.password is not None:
         raise InvalidInputError(
             "an MCP server url must not carry a user name or password",
             hint="give credentials as headers in the config file (GATHERING_MCP_CONFIG)",
