@@ -260,7 +260,7 @@ async def test_logout_with_an_api_key_is_refused(app, client):
     _, headers = await account(app, client)
     created = await new_key(client, headers, ["*"])
     response = await client.post("/auth/logout", headers={"X-API-Key": created["key"]})
-    assert response.status_code == 422
+    assert response.status_code == 403
 
 
 async def test_api_key_routes_need_multi_user_mode(migrated_database_url):

@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict
+from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict, WithJsonSchema
 
 # Every character `str.isspace()` calls whitespace.
 _SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -20,6 +20,8 @@ _CONTROL = r"\x00-\x1f\x7f-\x9f"
 LINE_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
 # Free text (newlines and tabs allowed) that is not blank and holds no NUL.
 TEXT_PATTERN = f"^[^\\x00]*[^\\x00{_SPACE}][^\\x00]*$"
+# Any text without NUL (PostgreSQL's text cannot hold it), empty included.
+NO_NUL_PATTERN = r"^[^\x00]*$"
 # A decimal id, as `scope_id` of the agent scope.
 DIGITS_PATTERN = r"^[0-9]{1,19}$"
 
@@ -34,21 +36,31 @@ def text(max_length: int, **field: Any) -> Any:
     return Field(min_length=1, max_length=max_length, pattern=TEXT_PATTERN, **field)
 
 
-_DATE_TIME = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+# RFC 3339 as Python's datetime holds it: no year 0000 and no leap second (:60), which the
+# schema's pattern says too.
+DATE_TIME_PATTERN = (
+    r"^(?!0000)[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
+_DATE_TIME = re.compile(DATE_TIME_PATTERN)
 
 
 def _rfc3339_only(value: Any) -> Any:
     if not isinstance(value, str) or not _DATE_TIME.fullmatch(value):
-        raise ValueError('give a date, time and offset (RFC 3339): "2026-11-30T08:00:00Z"')
+        raise ValueError(
+            "give a date, time and offset (RFC 3339, years 0001-9999, no leap second): "
+            '"2026-11-30T08:00:00Z"'
+        )
     return value
 
 
 # A date and time with its offset ("2026-11-30T08:00:00Z"), as the schema's `format: date-time`
 # says; pydantic alone would also take a number of seconds, a date alone or no offset.
-IsoDatetime = Annotated[datetime, BeforeValidator(_rfc3339_only)]
+IsoDatetime = Annotated[
+    datetime,
+    BeforeValidator(_rfc3339_only),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN}),
+]
 
 
 def _no_bool_or_text(value: Any) -> Any:

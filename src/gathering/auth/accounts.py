@@ -21,7 +21,7 @@ from gathering.auth.users import Role, User, UserStore, normalize_email
 from gathering.db import Database, Transaction
 from gathering.db.locks import LockKey, transaction_lock
 from gathering.db.named_queries import queries_of
-from gathering.errors import ConflictError, InvalidInputError, NotFoundError
+from gathering.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
 
 CLI_SUBJECT = "cli"
 # Serializes changes that could leave no active administrator (two admins demoting each other).
@@ -255,8 +255,10 @@ class AccountAdmin:
                     details={"reason": "wrong current password"},
                     on=tx,
                 )
-            raise InvalidInputError(
-                "the current password is wrong", details={"field": "current_password"}
+            raise PermissionDeniedError(
+                "the current password is wrong",
+                hint="give your current password; an administrator can reset a forgotten one",
+                details={"field": "current_password"},
             )
         password_hash = await hash_password(new_password)
         async with self.db.transaction() as tx:

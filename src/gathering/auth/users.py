@@ -16,7 +16,10 @@ from gathering.errors import ConflictError, InvalidInputError, NotFoundError
 LOCAL_OWNER_EMAIL = "local-owner@gathering.invalid"
 DEFAULT_ADMIN_EMAIL = "admin@localhost"
 MAX_EMAIL_LENGTH = 254
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
+# Also the API schema's pattern (so ECMAScript's \s, which lacks U+0085, is covered by the
+# control range).
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+$"
+_EMAIL = re.compile(EMAIL_PATTERN)
 _FIRST_ADMIN_LOCK = advisory_key("security", "first-admin")
 _SQL = queries_of("gathering.auth")
 _DB_SQL = queries_of("gathering.db")

@@ -45,7 +45,7 @@ from gathering.api.deps import (
     owned_agent,
 )
 from gathering.api.errors import public_error
-from gathering.api.fields import Flag, Integer, WholeNumber, line, text
+from gathering.api.fields import NO_NUL_PATTERN, Flag, Integer, WholeNumber, line, text
 from gathering.api.security import (
     Principal,
     rate_limit,
@@ -147,7 +147,7 @@ class AgentCreate(_ProviderChecked):
     provider: ProviderName | None = ProviderField
     model: str | None = line(200, default=None)
     persona: Persona = Field(default_factory=Persona)
-    project: str | None = Field(default=None, max_length=4000)
+    project: str | None = Field(default=None, max_length=4000, pattern=NO_NUL_PATTERN)
     max_iterations: Integer = Field(default=8, ge=1, le=50)
     knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
 
@@ -159,7 +159,7 @@ class AgentUpdate(_ProviderChecked):
     provider: ProviderName | None = ProviderField
     model: str | None = line(200, default=None)
     persona: Persona | None = None
-    project: str | None = Field(default=None, max_length=4000)
+    project: str | None = Field(default=None, max_length=4000, pattern=NO_NUL_PATTERN)
     max_iterations: Integer | None = Field(default=None, ge=1, le=50)
     knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
 

@@ -24,7 +24,7 @@ from gathering.auth.ws_tickets import WS_TICKET_TTL
 from gathering.db import Transaction
 from gathering.errors import (
     AuthenticationError,
-    InvalidInputError,
+    PermissionDeniedError,
     RateLimitedError,
 )
 
@@ -225,8 +225,9 @@ async def logout(request: Request, principal: CurrentPrincipal, auth: AccountsDe
         or principal.family_id is None
         or principal.token_expires_at is None
     ):
-        raise InvalidInputError(
-            "logout ends a token session", hint="revoke an API key with DELETE /auth/api-keys/{id}"
+        raise PermissionDeniedError(
+            "logout ends a token session, and this request is signed with an API key",
+            hint="revoke an API key with DELETE /auth/api-keys/{id}",
         )
     claims = TokenClaims(
         jti=principal.token_id,

@@ -44,6 +44,12 @@ async def metrics_reader(request: Request) -> None:
     "anyone when GATHERING_METRICS_ACCESS=public.",
     response_class=Response,
     dependencies=[Depends(metrics_reader)],
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def metrics(request: Request) -> Response:
     database = app_state(request).connected_database()

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
 from gathering.api.deps import AccountsDep, AdminPrincipal, CurrentPrincipal
-from gathering.api.fields import WholeNumber
+from gathering.api.fields import NO_NUL_PATTERN, WholeNumber
 from gathering.api.routers.api_keys import KEYS_READ, KEYS_WRITE, ApiKeyResponse, actor_of
 from gathering.api.security.dependencies import (
     audit_denial,
@@ -28,20 +28,28 @@ from gathering.api.security.dependencies import (
 )
 from gathering.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from gathering.auth.sessions import user_sessions
-from gathering.auth.users import MAX_EMAIL_LENGTH, Role
+from gathering.auth.users import EMAIL_PATTERN, MAX_EMAIL_LENGTH, Role
 from gathering.errors import PermissionDeniedError
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 UserId = Annotated[WholeNumber, PathParam(ge=1, le=2**63 - 1)]
 SessionId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-NewPassword = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)]
+NewPassword = Annotated[
+    str,
+    Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH, pattern=NO_NUL_PATTERN),
+]
 
 
 class UserCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(min_length=3, max_length=MAX_EMAIL_LENGTH, examples=["ada@example.com"])
+    email: str = Field(
+        min_length=3,
+        max_length=MAX_EMAIL_LENGTH,
+        pattern=EMAIL_PATTERN,
+        examples=["ada@example.com"],
+    )
     password: NewPassword
     role: Role = "member"
 
@@ -106,7 +114,9 @@ class SessionResponse(BaseModel):
     "/me/password",
     summary="Change your own password; your other sessions end (this one goes on)",
     dependencies=[rate_limit("strict"), Depends(viewer_allowed)],
-    responses={422: {"description": "Wrong current password, or a weak new one"}},
+    responses={
+        403: {"description": "The current password is wrong, or the caller is no token login"}
+    },
 )
 async def change_own_password(
     body: PasswordChangeRequest,
