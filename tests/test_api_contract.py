@@ -48,8 +48,9 @@ def server(database_url: str, tmp_path: Path, **env: str) -> LiveServer:
     return live
 
 
-def run(base: str, *args: str, examples: int) -> None:
-    """Run schemathesis with every check over `base`'s schema."""
+def run(base: str, *args: str, examples: int, keep_credentials: bool = False) -> None:
+    """Run schemathesis with every check over `base`'s schema; with `keep_credentials`, fail
+    when schemathesis warns that operations answered only 401/403 (credentials lost)."""
     env = dict(os.environ)
     env["SCHEMATHESIS_HOOKS"] = "contract_hooks"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), env.get("PYTHONPATH")]))
@@ -76,15 +77,49 @@ def run(base: str, *args: str, examples: int) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-20_000:] + result.stderr[-5_000:]
+    if keep_credentials:  # a run that lost its credentials tests nothing but 401
+        assert only_401(result.stdout) <= CREDENTIAL_CHECKS, result.stdout[-20_000:]
 
 
-def schemathesis(base: str, *args: str, examples: int) -> None:
-    """Every check over every operation of `base`'s schema, in every phase. Schemathesis
-    4.32's coverage phase reuses a negative body (`0`) in the positive cases it makes for the
-    chat operations' path and header, then reports their refusal; those two run the other
-    phases (fuzzing, examples and stateful, where their links lead)."""
-    run(base, *args, "--phases", "examples,fuzzing,stateful", examples=examples)
-    run(base, *args, "--phases", "coverage", "--exclude-path-regex", "/chat", examples=examples)
+# Operations that check credentials given in the body: random ones answer only 401.
+CREDENTIAL_CHECKS = {"POST /auth/login", "POST /auth/refresh"}
+
+
+def only_401(report: str) -> set[str]:
+    """The operations schemathesis's "Authentication failed" warning lists (only 401/403)."""
+    listed: set[str] = set()
+    warning = report.partition("Authentication failed:")[2]
+    for line in warning.splitlines()[1:]:
+        item = line.strip()
+        if item.startswith("- "):
+            listed.add(item[2:])
+        elif item and not item.startswith(("401", "403")):
+            break
+    return listed
+
+
+def schemathesis(
+    base: str, *args: str, examples: int, exclude: str = "", keep_credentials: bool = False
+) -> None:
+    """Every check over every operation of `base`'s schema (but those `exclude` matches), in
+    every phase. Schemathesis 4.32's coverage phase reuses a negative body (`0`) in the
+    positive cases it makes for the chat operations' path and header, then reports their
+    refusal; those two run the other phases (fuzzing, examples and stateful, where their links
+    lead). Schemathesis keeps only the last `--exclude-path-regex`: one regex says all."""
+    other = ("--exclude-path-regex", exclude) if exclude else ()
+    phases = ("--phases", "examples,fuzzing,stateful", *other)
+    run(base, *args, *phases, examples=examples, keep_credentials=keep_credentials)
+    no_chat = "|".join(filter(None, [exclude, "/chat"]))
+    coverage = ("--phases", "coverage", "--exclude-path-regex", no_chat)
+    run(base, *args, *coverage, examples=examples, keep_credentials=keep_credentials)
+
+
+# Operations that end the caller's session or take away its rights (logout; an admin
+# demoting, disabling, resetting or logging out its own account, or ending its session): they
+# run apart, after the rest, so the main run keeps a valid token throughout.
+SESSION_ENDING = (
+    r"^/auth/logout$|^/users/\{user_id\}/(role|disable|password|sessions(/\{session_id\})?)$"
+)
 
 
 @pytest.fixture
@@ -134,9 +169,11 @@ def test_single_user_mode_keeps_every_promise_of_its_schema(single_user: LiveSer
 
 
 def test_multi_user_mode_keeps_every_promise_of_its_schema(multi_user: LiveServer) -> None:
-    schemathesis(
-        multi_user.base, "--header", f"Authorization: Bearer {token(multi_user)}", examples=25
-    )
+    signed = ("--header", f"Authorization: Bearer {token(multi_user)}")
+    base = multi_user.base
+    schemathesis(base, *signed, exclude=SESSION_ENDING, examples=25, keep_credentials=True)
+    signed = ("--header", f"Authorization: Bearer {token(multi_user)}")  # a new session
+    schemathesis(multi_user.base, *signed, "--include-path-regex", SESSION_ENDING, examples=25)
 
 
 @pytest.mark.parametrize(
