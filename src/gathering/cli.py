@@ -26,6 +26,7 @@ from gathering.llm import TextDelta, default_provider_name
 from gathering.observability import configure_logging
 
 if TYPE_CHECKING:
+    from gathering.pipelines import Problem
     from gathering.tools.approvals import Approval
 
 T = TypeVar("T")
@@ -879,6 +880,230 @@ def mcp_remove(
 
     run_async(work)
     console.print(f"MCP server [bold]{name}[/] removed")
+
+
+pipelines_app = typer.Typer(
+    help="Pipelines: store definitions from JSON or YAML files, each save a version; check "
+    "and export them (docs/pipelines.md).",
+    no_args_is_help=True,
+)
+app.add_typer(pipelines_app, name="pipelines")
+
+PipelineFile = Annotated[str, typer.Argument(help="A definition file: .json, .yaml or .yml")]
+PipelineOwnerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--owner",
+        help="Email of the pipelines' owner; multi-user mode needs it (names are per owner)",
+    ),
+]
+DEFINITION_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _read_definition(file: str) -> dict[str, object]:
+    """The document in `file`, read as JSON or YAML by its extension."""
+    import pathlib
+
+    import yaml
+
+    path = pathlib.Path(file)
+    suffix = path.suffix.lower()
+    if suffix not in DEFINITION_SUFFIXES:
+        raise InvalidInputError(
+            f"{file}: a definition file ends in .json, .yaml or .yml",
+            hint="rename it, e.g. pipeline.yaml (docs/pipelines.md shows the format)",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{file} is not UTF-8 text", hint="save it as UTF-8") from None
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot read {file}: {exc.strerror or exc}", hint="check the path"
+        ) from None
+    try:
+        document = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"{file} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            hint="fix the JSON there (or write the definition as YAML, in a .yaml file)",
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "it cannot be read"
+        raise InvalidInputError(
+            f"{file} is not valid YAML: {problem}{where}", hint="fix the YAML there"
+        ) from None
+    if not isinstance(document, dict):
+        raise InvalidInputError(
+            f"{file} holds no pipeline definition: it must be one object (a mapping)",
+            hint="write {name, nodes: [...], edges: [...]} (docs/pipelines.md)",
+        )
+    return document
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    for problem in problems:
+        console.print(
+            f"[bold red]{escape(problem.path or '(document)')}[/]: {escape(problem.message)} "
+            f"[dim]({problem.code})[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+async def _pipelines_owner(settings: Settings, store: PostgresAgentStore, owner: str | None) -> int:
+    """Whose pipelines: `--owner`'s, or the local owner's in single-user mode."""
+    from gathering.agents.retrieval import local_owner_id
+    from gathering.auth.users import UserStore
+
+    if owner is not None:
+        return (await UserStore(store.db).require_by_email(owner)).id
+    if settings.auth_required:
+        raise InvalidInputError(
+            "multi-user mode: whose pipelines? Each user has their own",
+            hint="add --owner EMAIL (`gathering users list` shows them)",
+        )
+    return await local_owner_id(store.db)
+
+
+@pipelines_app.command("list")
+def pipelines_list(owner: PipelineOwnerOption = None) -> None:
+    """List pipelines (every owner's, or one owner's with --owner)."""
+    from gathering.auth.users import UserStore
+    from gathering.pipelines import PipelineRecord, list_pipelines
+    from gathering.pipelines.store import MAX_LIST
+
+    settings = settings_or_exit()
+
+    async def work() -> tuple[list[PipelineRecord], dict[int, str]]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner) if owner else None
+            records: list[PipelineRecord] = []
+            while page := await list_pipelines(
+                store.db, owner_id=owner_id, limit=MAX_LIST, offset=len(records)
+            ):
+                records += page
+            users = await UserStore(store.db).list_users()
+            return records, {user.id: user.email for user in users}
+
+    records, emails = run_async(work)
+    table = Table(title=f"{len(records)} pipeline(s)")
+    for column in ("id", "name", "version", "nodes", "updated", "owner"):
+        table.add_column(column)
+    for record in records:
+        nodes = record.document.get("nodes")
+        table.add_row(
+            str(record.id),
+            escape(record.name),
+            str(record.version),
+            str(len(nodes) if isinstance(nodes, list) else 0),
+            record.updated_at.strftime("%Y-%m-%d %H:%M"),
+            escape(emails.get(record.owner_id, "")) if settings.auth_required else "you",
+        )
+    console.print(table)
+
+
+@pipelines_app.command("apply")
+def pipelines_apply(file: PipelineFile, owner: PipelineOwnerOption = None) -> None:
+    """Store the definition in FILE: a new pipeline, or a new version of the owner's pipeline
+    of that name (none when nothing changed)."""
+    from gathering.pipelines import PipelineRecord, Problem, apply_pipeline
+    from gathering.pipelines.store import Applied
+
+    settings = settings_or_exit()
+    with reported_errors():
+        document = _read_definition(file)
+
+    async def work() -> tuple[PipelineRecord, Applied]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            try:
+                return await apply_pipeline(store.db, document, owner_id=owner_id, by=owner_id)
+            except InvalidInputError as exc:
+                problems = exc.details.get("problems")
+                if not problems:
+                    raise
+                _print_problems([Problem(**problem) for problem in problems])
+                raise InvalidInputError(
+                    f"{file}: {len(problems)} problem(s), nothing was saved",
+                    hint="fix each one at its path, then apply again",
+                ) from None
+
+    record, done = run_async(work)
+    name = escape(record.name)
+    if done == "created":
+        console.print(f"created pipeline [bold]{name}[/] (id {record.id}, version 1)")
+    elif done == "updated":
+        console.print(f"pipeline [bold]{name}[/]: saved version {record.version} (id {record.id})")
+    else:
+        console.print(f"pipeline [bold]{name}[/] unchanged (version {record.version})")
+
+
+@pipelines_app.command("validate")
+def pipelines_validate(file: PipelineFile) -> None:
+    """Check the definition in FILE without saving it: each problem with its path. Exits 1
+    when it is not valid."""
+    from gathering.pipelines import parse_definition, validate
+
+    with reported_errors():
+        definition = parse_definition(_read_definition(file))
+    problems = validate(definition)
+    if problems:
+        _print_problems(problems)
+        fail(
+            InvalidInputError(
+                f"{file}: pipeline {definition.name!r} has {len(problems)} problem(s)",
+                hint="fix each one at its path (docs/pipelines.md lists the checks)",
+            )
+        )
+    console.print(
+        f"{escape(file)}: pipeline [bold]{escape(definition.name)}[/] is valid "
+        f"({len(definition.nodes)} nodes, {len(definition.edges)} edges)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@pipelines_app.command("export")
+def pipelines_export(
+    name: Annotated[str, typer.Argument(help="The pipeline's name")],
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="This version [default: the current]")
+    ] = None,
+    as_yaml: Annotated[bool, typer.Option("--yaml", help="Print YAML instead of JSON")] = False,
+    owner: PipelineOwnerOption = None,
+) -> None:
+    """Print a pipeline's definition (JSON, or YAML), as `apply` takes it back."""
+    import yaml
+
+    from gathering.errors import NotFoundError
+    from gathering.pipelines import get_version, pipeline_named
+
+    settings = settings_or_exit()
+
+    async def work() -> dict[str, object]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            record = await pipeline_named(store.db, owner_id, name)
+            if version is None or version == record.version:
+                return record.document
+            try:
+                found = await get_version(store.db, record.id, version)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"pipeline {name!r} has no version {version}",
+                    hint=f"its versions are 1 to {record.version}",
+                ) from None
+            assert found.document is not None
+            return found.document
+
+    document = run_async(work)
+    if as_yaml:
+        typer.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
+    else:
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
 @app.command()

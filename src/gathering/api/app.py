@@ -27,6 +27,7 @@ from gathering.api.routers import (
     mcp,
     memories,
     metrics,
+    pipelines,
     tools,
     users,
     ws,
@@ -104,6 +105,7 @@ def create_app(
     app.include_router(tools.router)
     app.include_router(approvals.router)
     app.include_router(mcp.router)
+    app.include_router(pipelines.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

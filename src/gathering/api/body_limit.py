@@ -42,7 +42,9 @@ MIB = 1024 * KIB
 # that takes large bodies is knowledge-base ingestion, `POST /memories/knowledge` (a document
 # of up to 2,000,000 characters is up to 8 MB of UTF-8, more once JSON-escaped). Its
 # neighbours (`/memories/knowledge/search`, `/memories/knowledge/{id}`) share the prefix.
-UPLOAD_PATH_PREFIXES: tuple[str, ...] = ("/memories/knowledge",)
+# Pipeline definitions are documents too: up to 1,000 nodes and 5,000 edges, each with texts
+# of up to 20,000 characters, exceed 1 MiB long before the definition's own limits.
+UPLOAD_PATH_PREFIXES: tuple[str, ...] = ("/memories/knowledge", "/pipelines")
 
 _DIGITS = re.compile(rb"[0-9]+")
 # A Content-Length of more digits than this is larger than any limit we accept.

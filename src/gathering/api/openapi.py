@@ -7,6 +7,7 @@ links from a created resource to the operations on it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -59,18 +60,20 @@ SECURITY_SCHEMES = {
     API_KEY: {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
 _EVERY_OPERATION = {
-    400: "Malformed request: a Host that is not served, a NUL in the URL, a bad Content-Length",
+    400: "Malformed request: a Host that is not served, a NUL in the URL, a bad Content-Length"
+    " (HTTP the server cannot parse is answered in text/plain, before the app sees it)",
     403: "Refused: a cross-origin request, or the caller lacks the role or scope",
     429: "Rate limited: wait for Retry-After seconds",
     500: "An unexpected error; it has been logged",
     503: "Unavailable (draining, or the database is): retry after Retry-After seconds",
+    413: "The body is larger than the server accepts (checked for every request)",
 }
 _AUTHENTICATED = {401: "Missing, invalid, expired or revoked credentials"}
 _WITH_PATH_ID = {404: "Not found (or not yours)"}
 _WITH_INPUT = {422: "Invalid input: `errors` names each refused field"}
-_WITH_BODY = {413: "The body is larger than the server accepts"}
 _ACCOUNTS = {409: "Single-user mode has no accounts or tokens"}
 _METHODS = ("get", "put", "post", "delete", "patch")
+_PLAIN_TEXT = {"text/plain": {"schema": {"type": "string"}}}
 
 
 def _open_to_anyone(route: Any, settings: Settings) -> bool:
@@ -92,8 +95,6 @@ def _problem_answers(route: Any, settings: Settings) -> dict[int, str]:
         answers |= _WITH_PATH_ID
     if route.dependant.path_params or route.dependant.query_params or route.body_field:
         answers |= _WITH_INPUT
-    if route.body_field is not None:
-        answers |= _WITH_BODY
     if account_services in dependency_calls(route.dependant):
         answers |= _ACCOUNTS
     return answers
@@ -110,40 +111,65 @@ def _document_problems(operation: dict[str, Any], answers: dict[int, str]) -> No
         content = response.get("content")
         # FastAPI's own 422 says `HTTPValidationError`, which we never send.
         if int(status) >= 400 and (content is None or "HTTPValidationError" in str(content)):
-            response["content"] = problem_content
+            response["content"] = dict(problem_content)
+    # uvicorn answers a request it cannot parse (a malformed Content-Length) itself.
+    responses["400"]["content"] = {**responses["400"]["content"], **_PLAIN_TEXT}
 
 
-# What a create answers with -> the path parameter that names what it made. Every operation
-# with that parameter is linked from the create (stateful tests and clients follow the links).
-CREATED = {
-    "AgentOut": "agent_id",
-    "ApiKeyCreatedResponse": "key_id",
-    "DocumentOut": "document_id",
-    "MemoryOut": "memory_id",
-    "UserResponse": "user_id",
+@dataclass(frozen=True)
+class Link:
+    """An answer that names a resource: `status` answers of operations returning `model`
+    link to every operation with the path parameter `parameter`, filled from the answer's
+    `field` (only those under the answering operation's own path, with `same_path`)."""
+
+    parameter: str
+    field: str = "id"
+    status: str = "201"
+    same_path: bool = False
+
+
+# Creates link to the operations on what they made (stateful tests and clients follow them).
+LINKS = {
+    "AgentOut": Link("agent_id"),
+    "ApiKeyCreatedResponse": Link("key_id"),
+    "DocumentOut": Link("document_id"),
+    "MemoryOut": Link("memory_id"),
+    "PipelineOut": Link("pipeline_id"),
+    "UserResponse": Link("user_id"),
+    # `name` is also a tool's path parameter: only /mcp/servers/{name} is this server.
+    "McpServerOut": Link("name", "name", same_path=True),
+    # A call that waits for a person (202) names its approval.
+    "InvokeOut": Link("approval_id", "approval_id", status="202"),
 }
 
 
 def _link_created(paths: dict[str, Any]) -> None:
-    """Link each create (a POST answering 201) to the operations on what it made."""
-    targets: dict[str, list[str]] = {}
-    for item in paths.values():
+    """Add each answer's links (see `LINKS`)."""
+    targets: dict[str, list[tuple[str, str]]] = {}
+    for path, item in paths.items():
         for method in _METHODS:
             operation = item.get(method)
             for parameter in operation.get("parameters", []) if operation else []:
                 if parameter["in"] == "path":
-                    targets.setdefault(parameter["name"], []).append(operation["operationId"])
-    for item in paths.values():
-        created = item.get("post", {}).get("responses", {}).get("201")
-        if created is None:
-            continue
-        ref = str(created.get("content", {}).get("application/json", {}).get("schema", {}))
-        name = next((CREATED[model] for model in CREATED if f"/{model}'" in ref), None)
-        if name is not None:
-            created["links"] = {
-                target: {"operationId": target, "parameters": {name: "$response.body#/id"}}
-                for target in targets.get(name, [])
-            }
+                    targets.setdefault(parameter["name"], []).append(
+                        (path, operation["operationId"])
+                    )
+    for path, item in paths.items():
+        for method in _METHODS:
+            responses = (item.get(method) or {}).get("responses", {})
+            for model, link in LINKS.items():
+                answer = responses.get(link.status)
+                ref = str((answer or {}).get("content", {}).get("application/json", {}))
+                if answer is None or f"/{model}'" not in ref:
+                    continue
+                answer["links"] = {
+                    target: {
+                        "operationId": target,
+                        "parameters": {link.parameter: f"$response.body#/{link.field}"},
+                    }
+                    for target_path, target in targets.get(link.parameter, [])
+                    if not link.same_path or target_path.startswith(path + "/")
+                }
 
 
 def _provider_choices(schemas: dict[str, Any], settings: Settings) -> None:
