@@ -20,6 +20,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve_on_port(command: list[str], port: int, seconds: float = 30) -> subprocess.Popen[bytes]:
+    """Start `command` (a server that listens on 127.0.0.1:`port`), and wait until it does."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"{command[:3]} did not listen on port {port} within {seconds}s")
+
+
 def environment(**overrides: str | None) -> dict[str, str]:
     """This process's environment with `overrides` (None removes a variable)."""
     env = dict(os.environ)

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import free_port
+from live_server import free_port, serve_on_port
 from mcp_types import Tool
 
 from gathering.errors import ConfigurationError, InvalidInputError
@@ -171,19 +170,7 @@ async def test_a_read_server_s_interrupted_call_is_repeated_once_it_is_back():
 
 
 def _serve_http(port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, str(SERVER), "http", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError("the MCP test server did not start")
+    return serve_on_port([sys.executable, str(SERVER), "http", str(port)], port)
 
 
 async def test_an_http_server_added_by_api_reconnects_after_a_restart(api, settings_env):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import free_port
+from live_server import free_port, serve_on_port
+from loop_watch import LoopWatch
 
 from gathering.api.lifecycle import McpComponent
 from gathering.auth.users import UserStore
@@ -58,27 +59,15 @@ async def test_a_hostile_output_schema_does_not_stall_the_event_loop():
         effect="read",
     )
     connection = McpConnection(server)
-    stalls: list[float] = []
-
-    async def ticker() -> None:
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(0.02)
-            now = time.monotonic()
-            stalls.append(now - last - 0.02)
-            last = now
-
     try:
         await connection.first_attempt(15)
         assert connection.state == "ready", connection.last_error
-        ticking = asyncio.create_task(ticker())
-        result = await connection.call("evil", {}, deadline=time.monotonic() + 5)
-        await asyncio.sleep(0.1)
-        ticking.cancel()
+        async with LoopWatch() as watch:
+            result = await connection.call("evil", {}, deadline=time.monotonic() + 5)
     finally:
         await connection.close()
     assert not result.is_error and "aaaa!" in result.content[0].text
-    assert max(stalls) < 0.3, f"the event loop was blocked {max(stalls):.2f}s"
+    assert watch.longest < 0.3, f"the event loop was blocked {watch.longest:.2f}s"
 
 
 async def test_a_name_that_rebinds_to_loopback_is_never_connected(monkeypatch):
@@ -120,26 +109,11 @@ async def test_a_name_that_rebinds_to_loopback_is_never_connected(monkeypatch):
     assert connection.last_error and "loopback" in connection.last_error
 
 
-def _serve_hostile_http(port: int, mode: str, size: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, str(HOSTILE_HTTP), str(port), mode, str(size)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError("the hostile MCP server did not start")
-
-
 async def test_a_giant_result_is_refused_before_it_is_all_in_memory():
     port = free_port()
     answer_chars = 60_000_000
-    process = await asyncio.to_thread(_serve_hostile_http, port, "big", answer_chars)
+    command = [sys.executable, str(HOSTILE_HTTP), str(port), "big", str(answer_chars)]
+    process = await asyncio.to_thread(serve_on_port, command, port)
     url = f"http://127.0.0.1:{port}/mcp"
     connection = McpConnection(McpServer(name="h", transport="http", url=url, effect="read"))
     try:
