@@ -109,7 +109,7 @@ class McpConnection:
         self.last_error: str | None = None
         self.connected_at: float | None = None
         self.reconnects = 0
-        self.listings = 0  # how many different listings of the tools were seen
+        self.listings = 0  # listings taken up: one per connection, one per change seen
         self.last_used = time.monotonic()  # when a call or an agent's turn last wanted it
         self._live: Client | None = None
         self._ready = asyncio.Event()
