@@ -19,10 +19,13 @@ from gathering.api.deps import MAX_ID, DbDep, owned_agent
 from gathering.api.fields import Integer
 from gathering.api.routers.tools import ToolOut, ToolsReader, tool_fields
 from gathering.api.security import Principal, rate_limit, require_scope
+from gathering.tools.function import Effect
 from gathering.tools.mcp import McpServer, mcp_hub
+from gathering.tools.mcp.connection import State
 from gathering.tools.mcp.hub import require_server
 from gathering.tools.mcp.servers import (
     SERVER_NAME,
+    Transport,
     add_server,
     remove_server,
     visible_servers,
@@ -33,8 +36,6 @@ ToolsWriter = Annotated[Principal, Depends(require_scope("tools:write"))]
 ServerName = Annotated[
     str, Path(min_length=1, max_length=30, pattern=SERVER_NAME.pattern, description="A server")
 ]
-Effect = Literal["read", "write", "external"]
-State = Literal["idle", "connecting", "ready", "down", "closed"]
 
 
 class McpServerIn(BaseModel):
@@ -73,7 +74,7 @@ class McpServerOut(BaseModel):
     id: int | None = Field(description="null: a server of the config file")
     name: str
     source: Literal["config", "database"]
-    transport: Literal["stdio", "http"]
+    transport: Transport
     url: str | None = Field(description="null for a server of the config file, but to admins")
     command: str | None = Field(description="A stdio server's program (as url)")
     args: list[str] = Field(description="Its arguments (empty as url)")
