@@ -26,6 +26,7 @@ from gathering.llm import TextDelta, default_provider_name
 from gathering.observability import configure_logging
 
 if TYPE_CHECKING:
+    from gathering.jobs import JobInfo, JobQueue
     from gathering.pipelines import Problem
     from gathering.tools.approvals import Approval
 
@@ -1104,6 +1105,127 @@ def pipelines_export(
         typer.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
     else:
         typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", "-c", min=1, help="Jobs at once (GATHERING_WORKER_CONCURRENCY)"
+        ),
+    ] = None,
+    queues: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Run only this queue's jobs (repeat)")
+    ] = None,
+) -> None:
+    """Run jobs (pipeline nodes, ...) until SIGTERM or Ctrl-C; then finish the running ones
+    within the shutdown timeout. Run as many as you like, on any machine, on one database."""
+    import signal
+
+    from gathering.jobs.process import run_worker_process
+
+    settings = settings_or_exit(server=True)
+    workers = concurrency or settings.worker_concurrency
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+
+        def ready(queue: object) -> None:
+            names = ", ".join(queues) if queues else "all queues"
+            console.print(f"worker ready: {workers} at once, {names}; Ctrl-C stops it")
+
+        await run_worker_process(
+            settings, stop, concurrency=workers, queues=queues or None, on_ready=ready
+        )
+
+    run_async(work)
+    console.print("worker stopped")
+
+
+jobs_app = typer.Typer(
+    help="Jobs: see, retry and cancel the job queue's work.", no_args_is_help=True
+)
+app.add_typer(jobs_app, name="jobs")
+
+
+@asynccontextmanager
+async def _job_queue(settings: Settings) -> AsyncIterator[JobQueue]:
+    from gathering.jobs import JobQueue
+
+    async with Database(settings=settings, min_size=0, max_size=2) as db, JobQueue(db) as queue:
+        yield queue
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[
+        str | None, typer.Option(help="todo, doing, succeeded, failed, cancelled, aborted")
+    ] = None,
+    queue: Annotated[str | None, typer.Option(help="Only this queue")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Only this task (e.g. pipelines:run_node)")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many")] = 50,
+) -> None:
+    """List jobs, newest first."""
+    settings = settings_or_exit()
+
+    async def work() -> tuple[list[JobInfo], dict[str, int]]:
+        async with _job_queue(settings) as jobs:
+            found = await jobs.list_jobs(status=status, queue=queue, task=task, limit=limit)
+            return found, await jobs.counts()
+
+    found, counts = run_async(work)
+    summary = ", ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "none"
+    table = Table(title=f"jobs: {summary}")
+    for column in ("id", "task", "queue", "status", "attempts", "scheduled", "updated"):
+        table.add_column(column)
+    for job in found:
+        table.add_row(
+            str(job.id),
+            escape(job.task),
+            escape(job.queue),
+            job.status,
+            str(job.attempts),
+            job.scheduled_at.isoformat(timespec="seconds") if job.scheduled_at else "",
+            job.updated_at.isoformat(timespec="seconds") if job.updated_at else "",
+        )
+    console.print(table)
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: Annotated[int, typer.Argument(help="A failed job's id")]) -> None:
+    """Queue a failed job again, now."""
+    settings = settings_or_exit()
+
+    async def work() -> JobInfo:
+        async with _job_queue(settings) as jobs:
+            return await jobs.retry(job_id)
+
+    job = run_async(work)
+    console.print(f"job {job.id} ({escape(job.task)}) queued again: {job.status}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[int, typer.Argument(help="A queued or running job's id")],
+) -> None:
+    """Cancel a queued job, or stop a running one (its worker stops it within a second)."""
+    settings = settings_or_exit()
+
+    async def work() -> JobInfo:
+        async with _job_queue(settings) as jobs:
+            return await jobs.cancel(job_id)
+
+    job = run_async(work)
+    console.print(
+        f"job {job.id} ({escape(job.task)}): {job.status}"
+        + (" (its worker is stopping it)" if job.status == "doing" else "")
+    )
 
 
 @app.command()

@@ -117,6 +117,32 @@ class Settings(BaseSettings):
         validation_alias=_env("events_poll_interval"),
         description="Seconds between outbox polls (a safety net behind LISTEN/NOTIFY).",
     )
+    worker: Literal["embedded", "off"] = Field(
+        default="embedded",
+        validation_alias=_env("worker"),
+        description="embedded: `gathering serve` runs jobs (pipeline nodes, ...) itself; off:"
+        " only `gathering worker` processes do.",
+    )
+    worker_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        validation_alias=_env("worker_concurrency"),
+        description="Jobs one worker runs at once.",
+    )
+    job_heartbeat_interval: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=_env("job_heartbeat_interval"),
+        description="Seconds between a worker's heartbeats.",
+    )
+    job_stalled_after: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=_env("job_stalled_after"),
+        description="Seconds without a heartbeat after which a worker is taken as dead and its"
+        " running jobs are retried elsewhere.",
+    )
     events_retention_days: float = Field(
         default=7.0,
         gt=0,

@@ -12,6 +12,7 @@ import structlog
 from gathering.db.locks import SingletonDuty
 from gathering.db.supervisor import EmbeddedSupervisor
 from gathering.errors import GatheringError
+from gathering.jobs import JobServices, JobWorker, stalled_jobs_duty
 from gathering.llm.local_models import preload_default_model
 from gathering.llm.registry import default_provider_name
 from gathering.tools.mcp import close_mcp_hub, mcp_hub
@@ -275,3 +276,53 @@ class DutyComponent(Component):
     async def health(self) -> Health:
         ok, detail = self.duty.health()
         return Health(ok, detail)
+
+
+class JobsComponent(Component):
+    """The job queue (always: requests queue jobs), the stalled-jobs duty, and, unless
+    `GATHERING_WORKER=off`, a worker in this process. On stop the worker takes no new job and
+    its running jobs get the shutdown timeout to finish; those left go back to the queue."""
+
+    name = "jobs"
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.stop_timeout = state.settings.shutdown_timeout + 10
+        self.worker: JobWorker | None = None
+        self.duty: SingletonDuty | None = None
+
+    async def start(self) -> None:
+        settings = self.state.settings
+        queue = await self.state.job_queue()
+        services = JobServices(await self.state.database(), await self.state.event_bus())
+        self.duty = stalled_jobs_duty(
+            queue,
+            services,
+            stalled_after=settings.job_stalled_after,
+            interval=settings.job_heartbeat_interval,
+        )
+        await self.duty.start()
+        if settings.worker == "embedded":
+            self.worker = JobWorker(
+                queue,
+                services,
+                concurrency=settings.worker_concurrency,
+                shutdown_timeout=settings.shutdown_timeout,
+                heartbeat_interval=settings.job_heartbeat_interval,
+                stalled_after=settings.job_stalled_after,
+            )
+            await self.worker.start()
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.duty is not None:
+            await self.duty.stop()
+        await self.state.close_job_queue()
+
+    async def health(self) -> Health:
+        duty_ok, duty = self.duty.health() if self.duty is not None else (True, "not started")
+        if self.worker is None:
+            return Health(duty_ok, f"worker off (GATHERING_WORKER=off); stalled jobs: {duty}")
+        ok, detail = self.worker.health()
+        return Health(ok and duty_ok, f"worker: {detail}; stalled jobs: {duty}")

@@ -17,6 +17,7 @@ from gathering.api.lifecycle import (
     DatabaseComponent,
     EmbeddedDatabaseComponent,
     EventBusComponent,
+    JobsComponent,
     Lifecycle,
     LocalModelComponent,
     McpComponent,
@@ -24,6 +25,7 @@ from gathering.api.lifecycle import (
 from gathering.config import Settings
 from gathering.db import Database
 from gathering.events import EventBus
+from gathering.jobs import JobQueue
 
 log = structlog.get_logger(__name__)
 
@@ -47,12 +49,14 @@ class AppState:
         # counts it as in flight.
         self.background: set[asyncio.Task[None]] = set()
         self._events: EventBus | None = None
+        self._jobs: JobQueue | None = None
         self.lifecycle = Lifecycle(
             [
                 DatabaseComponent(self),
                 EmbeddedDatabaseComponent(self),
                 EventBusComponent(self),
                 McpComponent(),
+                JobsComponent(self),
                 BackgroundWorkComponent(self),
                 LocalModelComponent(self),
             ]
@@ -70,6 +74,7 @@ class AppState:
                 await self._database.abandon()
                 self._database = None
                 self._events = None  # its listener lived in the old loop too
+                self._jobs = None  # and so did the job queue's pool
             if self._database is None:
                 self._database = Database(test=self.testing, settings=self.settings)
                 self._owns_database = True
@@ -96,6 +101,20 @@ class AppState:
                 await bus.start()
                 self._events = bus
             return self._events
+
+    async def job_queue(self) -> JobQueue:
+        """The app's job queue (procrastinate on the app's database), open."""
+        database = await self.database()
+        async with self._lock:
+            if self._jobs is None or self._jobs.db is not database:
+                self._jobs = await JobQueue(database).open()
+            return self._jobs
+
+    async def close_job_queue(self) -> None:
+        """Close the job queue's pool."""
+        jobs, self._jobs = self._jobs, None
+        if jobs is not None:
+            await jobs.close()
 
     def running_event_bus(self) -> EventBus | None:
         """The event bus if it was started, without starting it."""
@@ -130,6 +149,7 @@ class AppState:
         lifecycle's `BackgroundWorkComponent` gives it that before the event bus stops)."""
         if self.background:
             await asyncio.wait(set(self.background), timeout=self.settings.shutdown_timeout)
+        await self.close_job_queue()
         await self.close_event_bus()
         if self._database is not None and self._owns_database:
             await self._database.disconnect()

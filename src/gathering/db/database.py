@@ -248,6 +248,11 @@ class Database(Queries):
             )
         return self._url
 
+    def session_options(self) -> dict[str, str]:
+        """The startup options of this pool's connections (its statement timeout), for another
+        pool on the same database (procrastinate's)."""
+        return _session_options(self.url, self.settings.db_statement_timeout)
+
     @property
     def is_connected(self) -> bool:
         return self._pool is not None

@@ -2,6 +2,9 @@
 
 Each file `NNNN_name.sql` runs in its own transaction together with its row in
 `public.schema_migrations`, so a migration is either wholly applied and recorded, or not at all.
+A module `NNNN_name.py` stands for SQL that a dependency ships (procrastinate's schema): its
+`sql()` returns the text, and the checksum pins it, so a new version of the dependency that
+changed it stops the start instead of leaving the schema behind.
 Instances that start together serialize on one advisory lock and each migration runs once.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import importlib
 import importlib.resources
 import re
 import time
@@ -28,7 +32,7 @@ MIGRATIONS_PACKAGE = "gathering.db.migrations"
 MIGRATION_LOCK_KEY = advisory_key("migrations")
 MIGRATION_LOCK_WAIT = 600.0  # seconds to wait for another process applying migrations
 _SQL = queries_of("gathering.db")
-_FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.(?P<kind>sql|py)$")
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS public.schema_migrations (
@@ -48,10 +52,11 @@ class Migration:
     version: int
     name: str
     sql: str = field(repr=False)
+    suffix: str = "sql"  # "py" when a module gives the SQL
 
     @property
     def filename(self) -> str:
-        return f"{self.version:04d}_{self.name}.sql"
+        return f"{self.version:04d}_{self.name}.{self.suffix}"
 
     @property
     def checksum(self) -> str:
@@ -102,7 +107,12 @@ def _shipped_migrations() -> tuple[Migration, ...]:
                 f"{found[version].filename} and {entry.name}",
                 hint="renumber one of them",
             )
-        found[version] = Migration(version, match["name"], entry.read_text(encoding="utf-8"))
+        if match["kind"] == "sql":
+            text = entry.read_text(encoding="utf-8")
+        else:
+            module = importlib.import_module(f"{MIGRATIONS_PACKAGE}.{entry.name[:-3]}")
+            text = module.sql()
+        found[version] = Migration(version, match["name"], text, match["kind"])
     return tuple(found[v] for v in sorted(found))
 
 

@@ -1,0 +1,46 @@
+"""Tasks for the job runtime's tests, installed as a `gathering.jobs` plugin: put this folder
+on PYTHONPATH and `gathering worker` runs them as `testjobs:<task>`.
+
+Each task writes to `job_test_marks` (created by the test) so that a test sees, from its own
+connection, which process ran what and how often."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import procrastinate
+
+from gathering.jobs import ON_SHUTDOWN, services_of
+
+blueprint = procrastinate.Blueprint()
+
+
+async def _mark(context: procrastinate.JobContext, key: str, what: str) -> None:
+    db = services_of(context).db
+    await db.execute(
+        "INSERT INTO job_test_marks (key, what, pid, job_id) VALUES ($1, $2, $3, $4)",
+        key,
+        what,
+        os.getpid(),
+        context.job.id,
+    )
+
+
+@blueprint.task(name="mark", pass_context=True, retry=ON_SHUTDOWN)
+async def mark(context: procrastinate.JobContext, key: str) -> str:
+    await _mark(context, key, "done")
+    return key
+
+
+@blueprint.task(name="sleep", pass_context=True, retry=ON_SHUTDOWN)
+async def sleep(context: procrastinate.JobContext, key: str, seconds: float) -> None:
+    await _mark(context, key, "started")
+    await asyncio.sleep(seconds)
+    await _mark(context, key, "done")
+
+
+@blueprint.task(name="fail", pass_context=True, retry=ON_SHUTDOWN)
+async def fail(context: procrastinate.JobContext, key: str) -> None:
+    await _mark(context, key, "failed")
+    raise RuntimeError(f"{key} fails on purpose")
