@@ -1124,6 +1124,7 @@ def worker(
     import signal
 
     from gathering.jobs.process import run_worker_process
+    from gathering.pipelines.jobs import deadlines_duty
 
     settings = settings_or_exit(server=True)
     workers = concurrency or settings.worker_concurrency
@@ -1139,7 +1140,12 @@ def worker(
             console.print(f"worker ready: {workers} at once, {names}; Ctrl-C stops it")
 
         await run_worker_process(
-            settings, stop, concurrency=workers, queues=queues or None, on_ready=ready
+            settings,
+            stop,
+            concurrency=workers,
+            queues=queues or None,
+            on_ready=ready,
+            duties=[deadlines_duty],
         )
 
     run_async(work)

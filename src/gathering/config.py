@@ -143,6 +143,26 @@ class Settings(BaseSettings):
         description="Seconds without a heartbeat after which a worker is taken as dead and its"
         " running jobs are retried elsewhere.",
     )
+    breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        validation_alias=_env("breaker_failures"),
+        description="Failures of one target (agent, tool, host) within the window that open"
+        " its circuit breaker: pipeline nodes on it then fail at once.",
+    )
+    breaker_window: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=_env("breaker_window"),
+        description="Seconds in which a breaker counts failures.",
+    )
+    breaker_cooldown: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=_env("breaker_cooldown"),
+        description="Seconds an open breaker waits before it lets a call try again.",
+    )
     events_retention_days: float = Field(
         default=7.0,
         gt=0,

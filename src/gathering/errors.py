@@ -330,3 +330,24 @@ class ApprovalRequiredError(ConflictError):
     the approval to answer. (`POST /tools/{name}/invoke` answers 202 with it in the body.)"""
 
     code = "approval_required"
+
+
+# --- pipelines ------------------------------------------------------------------------------
+
+
+class CircuitOpenError(GatheringError):
+    """The target's circuit breaker is open: the node failed at once, without calling it."""
+
+    code = "circuit_open"
+    http_status = 503
+
+
+class NodeFailedError(GatheringError):
+    """A pipeline node failed; `code` is the cause's (a tool's, a provider's, `timeout`...)."""
+
+    code = "node_failed"
+    http_status = 502
+
+    def __init__(self, message: str, *, code: str = "node_failed", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.code = code

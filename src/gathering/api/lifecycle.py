@@ -15,6 +15,7 @@ from gathering.errors import GatheringError
 from gathering.jobs import JobServices, JobWorker, stalled_jobs_duty
 from gathering.llm.local_models import preload_default_model
 from gathering.llm.registry import default_provider_name
+from gathering.pipelines.jobs import deadlines_duty
 from gathering.tools.mcp import close_mcp_hub, mcp_hub
 from gathering.tools.mcp.servers import config_servers
 
@@ -289,19 +290,23 @@ class JobsComponent(Component):
         self.state = state
         self.stop_timeout = state.settings.shutdown_timeout + 10
         self.worker: JobWorker | None = None
-        self.duty: SingletonDuty | None = None
+        self.duties: list[SingletonDuty] = []
 
     async def start(self) -> None:
         settings = self.state.settings
         queue = await self.state.job_queue()
         services = JobServices(await self.state.database(), await self.state.event_bus())
-        self.duty = stalled_jobs_duty(
-            queue,
-            services,
-            stalled_after=settings.job_stalled_after,
-            interval=settings.job_heartbeat_interval,
-        )
-        await self.duty.start()
+        self.duties = [
+            stalled_jobs_duty(
+                queue,
+                services,
+                stalled_after=settings.job_stalled_after,
+                interval=settings.job_heartbeat_interval,
+            ),
+            deadlines_duty(services),
+        ]
+        for duty in self.duties:
+            await duty.start()
         if settings.worker == "embedded":
             self.worker = JobWorker(
                 queue,
@@ -316,13 +321,17 @@ class JobsComponent(Component):
     async def stop(self) -> None:
         if self.worker is not None:
             await self.worker.stop()
-        if self.duty is not None:
-            await self.duty.stop()
+        for duty in self.duties:
+            await duty.stop()
         await self.state.close_job_queue()
 
     async def health(self) -> Health:
-        duty_ok, duty = self.duty.health() if self.duty is not None else (True, "not started")
+        reports = [duty.health() for duty in self.duties]
+        duties_ok = all(ok for ok, _ in reports)
+        duties = ", ".join(
+            f"{duty.key}: {detail}" for duty, (_, detail) in zip(self.duties, reports, strict=True)
+        )
         if self.worker is None:
-            return Health(duty_ok, f"worker off (GATHERING_WORKER=off); stalled jobs: {duty}")
+            return Health(duties_ok, f"worker off (GATHERING_WORKER=off); {duties or 'no duty'}")
         ok, detail = self.worker.health()
-        return Health(ok and duty_ok, f"worker: {detail}; stalled jobs: {duty}")
+        return Health(ok and duties_ok, f"worker: {detail}; {duties}")

@@ -4,13 +4,14 @@ stop (SIGTERM, SIGINT); it then drains like `gathering serve` does."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import structlog
 
 from gathering.config import Settings
 from gathering.db import Database
+from gathering.db.locks import SingletonDuty
 from gathering.errors import StartupError
 from gathering.events import EventBus
 from gathering.jobs.queue import JobQueue, JobServices
@@ -27,9 +28,11 @@ async def run_worker_process(
     concurrency: int,
     queues: list[str] | None = None,
     on_ready: Callable[[JobQueue], None] | None = None,
+    duties: Sequence[Callable[[JobServices], SingletonDuty]] = (),
 ) -> None:
-    """Run jobs of `queues` (all when None) until `stop` is set or the worker fails; then take
-    no new job and give the running ones the shutdown timeout."""
+    """Run jobs of `queues` (all when None), and `duties` (besides the stalled-jobs duty),
+    until `stop` is set or the worker fails; then take no new job and give the running ones
+    the shutdown timeout."""
     async with Database(settings=settings) as db:
         if settings.auto_migrate:
             await db.run_migrations()
@@ -42,12 +45,13 @@ async def run_worker_process(
         try:
             async with JobQueue(db) as queue:
                 services = JobServices(db, bus)
-                duty = stalled_jobs_duty(
+                stalled = stalled_jobs_duty(
                     queue,
                     services,
                     stalled_after=settings.job_stalled_after,
                     interval=settings.job_heartbeat_interval,
                 )
+                running = [stalled, *(make(services) for make in duties)]
                 worker = JobWorker(
                     queue,
                     services,
@@ -57,7 +61,8 @@ async def run_worker_process(
                     heartbeat_interval=settings.job_heartbeat_interval,
                     stalled_after=settings.job_stalled_after,
                 )
-                await duty.start()
+                for duty in running:
+                    await duty.start()
                 await worker.start()
                 if on_ready is not None:
                     on_ready(queue)
@@ -69,7 +74,8 @@ async def run_worker_process(
                     detail = worker.health()[1]
                     log.info("worker stopping: no new job; running jobs get the shutdown timeout")
                     await worker.stop()
-                    await duty.stop()
+                    for duty in running:
+                        await duty.stop()
                     for task in (stopping, ended):
                         task.cancel()
                     await asyncio.gather(stopping, ended, return_exceptions=True)

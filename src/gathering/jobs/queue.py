@@ -26,6 +26,7 @@ from gathering.errors import ConflictError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from gathering.db import Database
+    from gathering.db.database import Queries
     from gathering.events import EventBus
 
 log = structlog.get_logger(__name__)
@@ -243,7 +244,7 @@ class JobQueue:
 
 
 async def enqueue(
-    db: Database,
+    db: Queries,
     task: str,
     args: dict[str, Any],
     *,

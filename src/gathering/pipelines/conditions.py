@@ -11,6 +11,12 @@ comprehensions, so an expression cannot reach Python's objects (never `eval`).
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
+from typing import Any
+
+from simpleeval import EvalWithCompoundTypes, InvalidExpression
+
+from gathering.errors import InvalidInputError
 
 MAX_EXPRESSION_CHARS = 2_000
 MAX_NODES = 200  # syntax nodes in one expression
@@ -83,3 +89,35 @@ def check_expression(expression: str) -> str:
 
 def _is_called(name: ast.Name, nodes: list[ast.AST]) -> bool:
     return any(isinstance(n, ast.Call) and n.func is name for n in nodes)
+
+
+def _contains(container: object, item: object) -> bool:
+    return item in container  # type: ignore[operator]
+
+
+_FUNCTIONS: dict[str, Any] = {
+    "len": len,
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "lower": lambda text: str(text).lower(),
+    "upper": lambda text: str(text).upper(),
+    "contains": _contains,
+}
+
+
+def evaluate(expression: str, input: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
+    """The value of `expression` (checked by `check_expression` first) over a run's `input`
+    and its nodes' `outputs` (`outputs.sort.priority` reads a key); `InvalidInputError`
+    saying why when it cannot be evaluated (a missing key, a wrong type)."""
+    check_expression(expression)
+    names = {"input": input, "outputs": outputs, "true": True, "false": False, "null": None}
+    evaluator = EvalWithCompoundTypes(names=names, functions=_FUNCTIONS)
+    try:
+        return evaluator.eval(expression.strip())
+    except (InvalidExpression, ArithmeticError, TypeError, ValueError, KeyError) as exc:
+        raise InvalidInputError(
+            f"condition {expression!r} could not be evaluated: {exc}",
+            hint="check the names it reads (input.<key>, outputs.<node id>.<key>)",
+        ) from None

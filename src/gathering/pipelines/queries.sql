@@ -74,3 +74,144 @@ ORDER BY version DESC
 -- name: pipeline_version --
 SELECT pipeline_id, version, definition, created_at, created_by
 FROM pipeline.versions WHERE pipeline_id = $1 AND version = $2
+
+-- circuit breakers (migration 0015) ---------------------------------------------------------
+
+-- name: breaker_state --
+-- The breaker of target $1 as calls see it now: an open one whose cooldown ($2 s) is over
+-- reads half_open.
+SELECT target, failures, opened_at,
+       CASE WHEN state = 'open' AND opened_at < now() - make_interval(secs => $2)
+            THEN 'half_open' ELSE state END AS state
+FROM pipeline.breakers WHERE target = $1
+
+-- name: breaker_failure --
+-- One more failure of target $1: counted in a window of $2 s (a new window starts when the
+-- last one is over); at $3 failures, or on a failure while half open, the breaker opens.
+INSERT INTO pipeline.breakers AS b (target, failures, window_start, state, opened_at)
+VALUES ($1, 1, now(), CASE WHEN $3 <= 1 THEN 'open' ELSE 'closed' END,
+        CASE WHEN $3 <= 1 THEN now() END)
+ON CONFLICT (target) DO UPDATE SET
+    failures = CASE WHEN b.window_start < now() - make_interval(secs => $2) THEN 1
+                    ELSE b.failures + 1 END,
+    window_start = CASE WHEN b.window_start < now() - make_interval(secs => $2) THEN now()
+                        ELSE b.window_start END,
+    state = CASE
+        WHEN b.state = 'open' AND b.opened_at >= now() - make_interval(secs => $4) THEN 'open'
+        WHEN b.state <> 'closed' THEN 'open'  -- the half-open trial failed
+        WHEN (CASE WHEN b.window_start < now() - make_interval(secs => $2) THEN 1
+                   ELSE b.failures + 1 END) >= $3 THEN 'open'
+        ELSE 'closed' END,
+    opened_at = CASE
+        WHEN b.state = 'open' AND b.opened_at >= now() - make_interval(secs => $4)
+            THEN b.opened_at
+        WHEN b.state <> 'closed' THEN now()
+        WHEN (CASE WHEN b.window_start < now() - make_interval(secs => $2) THEN 1
+                   ELSE b.failures + 1 END) >= $3 THEN now()
+        ELSE NULL END,
+    updated_at = now()
+RETURNING state, failures
+
+-- name: breaker_success --
+-- A call of target $1 succeeded: the breaker closes and forgets its failures.
+UPDATE pipeline.breakers SET state = 'closed', failures = 0, window_start = now(),
+       opened_at = NULL, updated_at = now()
+WHERE target = $1 AND (state <> 'closed' OR failures > 0)
+
+-- name: list_breakers --
+SELECT target, failures, opened_at, updated_at,
+       CASE WHEN state = 'open' AND opened_at < now() - make_interval(secs => $1)
+            THEN 'half_open' ELSE state END AS state
+FROM pipeline.breakers ORDER BY target
+
+-- runs (migration 0015) ---------------------------------------------------------------------
+
+-- name: insert_run --
+-- A run of pipeline $1 at version $2 for owner $3 with input $4, started by $5 (trigger), from
+-- run $6 ($7: retry or fork), to finish by $8.
+INSERT INTO pipeline.runs
+    (pipeline_id, version, owner_id, input, trigger, parent_run_id, relation, deadline)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8::float8))
+RETURNING *
+
+-- name: insert_node_runs --
+-- Run $1's nodes $2 (ids), all pending.
+INSERT INTO pipeline.node_runs (run_id, node_id)
+SELECT $1, node_id FROM unnest($2::text[]) AS node_id
+
+-- name: reuse_node_run --
+-- Node $2 of run $1 keeps output $3 of the run it came from.
+UPDATE pipeline.node_runs
+SET status = 'succeeded', output = $3, reused = true, finished_at = now(), updated_at = now()
+WHERE run_id = $1 AND node_id = $2
+
+-- name: run_by_id --
+SELECT * FROM pipeline.runs WHERE id = $1
+
+-- name: lock_run --
+-- Run $1, locked until the transaction ends: node transitions of one run take turns.
+SELECT * FROM pipeline.runs WHERE id = $1 FOR UPDATE
+
+-- name: runs_of_pipeline --
+SELECT * FROM pipeline.runs WHERE pipeline_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3
+
+-- name: node_runs --
+SELECT * FROM pipeline.node_runs WHERE run_id = $1 ORDER BY started_at NULLS LAST, node_id
+
+-- name: node_run --
+SELECT * FROM pipeline.node_runs WHERE run_id = $1 AND node_id = $2
+
+-- name: set_node --
+-- Node $2 of run $1 moves to status $3, with output $4 and error $5 (NULL keeps them),
+-- job $6, wake time $7 and a deadline $8 s from now (NULL for none); its attempt grows by
+-- $9; started_at is set when it starts running, finished_at when it ends.
+UPDATE pipeline.node_runs SET
+    status = $3,
+    output = COALESCE($4, output),
+    error = CASE WHEN $3 = 'running' THEN NULL ELSE COALESCE($5, error) END,
+    job_id = $6,
+    wake_at = $7,
+    deadline = CASE WHEN $8::float8 IS NULL THEN NULL
+                    ELSE now() + make_interval(secs => $8::float8) END,
+    attempt = attempt + $9,
+    started_at = CASE WHEN $3 = 'running' THEN now() ELSE started_at END,
+    finished_at = CASE WHEN $3 IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN now()
+                       ELSE NULL END,
+    updated_at = now()
+WHERE run_id = $1 AND node_id = $2
+RETURNING *
+
+-- name: set_node_input --
+UPDATE pipeline.node_runs SET input = $3 WHERE run_id = $1 AND node_id = $2
+
+-- name: finish_run --
+-- Run $1 ends with status $2 and error $3, when it is still running.
+UPDATE pipeline.runs SET status = $2, error = $3, finished_at = now()
+WHERE id = $1 AND status = 'running'
+RETURNING *
+
+-- name: open_node_jobs --
+-- The jobs of run $1's nodes that are queued or running.
+SELECT node_id, job_id, status FROM pipeline.node_runs
+WHERE run_id = $1 AND status IN ('queued', 'running', 'waiting') AND job_id IS NOT NULL
+
+-- name: stop_open_nodes --
+-- Run $1 is over: its nodes not finished become $2 (skipped or cancelled).
+UPDATE pipeline.node_runs SET status = $2, finished_at = now(), updated_at = now(),
+       job_id = NULL, wake_at = NULL
+WHERE run_id = $1 AND status IN ('pending', 'queued', 'waiting')
+RETURNING node_id
+
+-- name: cancel_job --
+-- procrastinate's cancel: a queued job is cancelled, a running one asked to abort (NOTIFY).
+SELECT procrastinate_cancel_job_v1($1, true, false) AS id
+
+-- name: overdue_runs --
+-- Running runs past their deadline, and running nodes past theirs by more than $2 s.
+SELECT r.id, 'run' AS what, NULL AS node_id FROM pipeline.runs r
+WHERE r.status = 'running' AND r.deadline < now()
+UNION ALL
+SELECT n.run_id, 'node', n.node_id FROM pipeline.node_runs n
+JOIN pipeline.runs r ON r.id = n.run_id AND r.status = 'running'
+WHERE n.status = 'running' AND n.deadline < now() - make_interval(secs => $2::float8)
+LIMIT $1

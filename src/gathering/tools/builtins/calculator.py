@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import simpleeval  # type: ignore[import-untyped]
+import simpleeval
 
 from gathering.errors import InvalidInputError
 

@@ -1,0 +1,78 @@
+"""Circuit breakers, one per target (`agent:7`, `tool:web_page`, `host:api.example.com`),
+stored in PostgreSQL so that every instance sees the same state.
+
+closed → open after `failures` failures within `window` seconds; while open, nodes on that
+target fail at once with `circuit_open`; after `cooldown` seconds it reads half open and lets
+calls try: a success closes it, a failure opens it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gathering.config import get_settings
+from gathering.db.database import Queries
+from gathering.db.named_queries import queries_of
+from gathering.errors import CircuitOpenError
+
+_SQL = queries_of("gathering.pipelines")
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When a target's breaker opens and for how long."""
+
+    failures: int = 5
+    window: float = 60.0
+    cooldown: float = 30.0
+
+    @classmethod
+    def from_settings(cls) -> BreakerPolicy:
+        """GATHERING_BREAKER_FAILURES, _WINDOW and _COOLDOWN."""
+        settings = get_settings()
+        return cls(settings.breaker_failures, settings.breaker_window, settings.breaker_cooldown)
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    target: str
+    state: str  # closed, open, half_open
+    failures: int
+    opened_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> BreakerState:
+        return cls(row["target"], row["state"], int(row["failures"]), row["opened_at"])
+
+
+async def check_breaker(db: Queries, target: str, policy: BreakerPolicy) -> None:
+    """`CircuitOpenError` when `target`'s breaker is open (not when closed or half open)."""
+    row = await db.fetch_one(_SQL["breaker_state"], target, policy.cooldown)
+    if row is not None and row["state"] == "open":
+        raise CircuitOpenError(
+            f"circuit open for {target}: {row['failures']} recent failures",
+            hint=f"it lets calls try again {policy.cooldown:g}s after it opened",
+            details={"target": target},
+        )
+
+
+async def record_failure(db: Queries, target: str, policy: BreakerPolicy) -> str:
+    """Count a failure of `target`; the breaker's state after it."""
+    row = await db.fetch_one(
+        _SQL["breaker_failure"], target, policy.window, policy.failures, policy.cooldown
+    )
+    assert row is not None
+    return str(row["state"])
+
+
+async def record_success(db: Queries, target: str) -> None:
+    """A call of `target` succeeded: its breaker closes."""
+    await db.execute(_SQL["breaker_success"], target)
+
+
+async def list_breakers(db: Queries, policy: BreakerPolicy) -> list[BreakerState]:
+    """Every target's breaker, as calls see it now."""
+    rows = await db.fetch_all(_SQL["list_breakers"], policy.cooldown)
+    return [BreakerState.from_row(row) for row in rows]

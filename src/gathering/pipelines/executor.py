@@ -1,0 +1,651 @@
+"""Durable execution of pipeline runs, one job per node attempt.
+
+A node's job claims the node (queued → running, its attempt counted), does the work outside
+any transaction, and stores the outcome; then, in the same transaction, the nodes it unblocks
+are queued (their jobs inserted with them) and the run ends when nothing is left. Every step
+holds the run's row lock, so two nodes of one run finishing on two workers take turns, and the
+attempt number fences a late writer (a worker that comes back after its node was taken over).
+
+A worker killed mid-node leaves its node `running`; procrastinate queues the job again once
+the worker's heartbeat is stale, and the claim then repeats the attempt if the node's effect
+allows it (`read`, `write`), or makes the node wait for a person (`external`: the outcome is
+unknown). Cancel, failure and timeouts ask the running nodes' jobs to abort (procrastinate's
+NOTIFY: the worker cancels the node's task at once, on whichever instance it runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from psycopg.types.json import Jsonb
+
+from gathering.db.named_queries import queries_of
+from gathering.errors import (
+    CircuitOpenError,
+    ConflictError,
+    GatheringError,
+    InvalidInputError,
+)
+from gathering.events import Event
+from gathering.jobs import enqueue
+from gathering.pipelines.breaker import BreakerPolicy, check_breaker, record_failure, record_success
+from gathering.pipelines.conditions import evaluate
+from gathering.pipelines.definition import Node, PipelineDefinition, RetryPolicy, parse_definition
+from gathering.pipelines.handlers import RUNNABLE, NodeCall, effect_of, execute, target_of
+from gathering.pipelines.node_config import DelayConfig, ParallelConfig
+from gathering.pipelines.runs import FINISHED, NodeRun, RunRecord, get_run
+from gathering.pipelines.store import get_version
+from gathering.pipelines.validation import check, execution_order
+from gathering.tools.validation import field_path, schema_validator
+
+if TYPE_CHECKING:
+    from gathering.db import Database
+    from gathering.db.database import Queries
+    from gathering.events import EventBus
+
+log = structlog.get_logger(__name__)
+_SQL = queries_of("gathering.pipelines")
+NODE_TASK = "pipelines:run_node"
+QUEUE = "pipelines"
+NO_RETRY = RetryPolicy()
+DEADLINE_GRACE = 5.0  # seconds a live worker has to report its own node's timeout first
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A pinned version's definition, with its edges indexed."""
+
+    definition: PipelineDefinition
+    nodes: dict[str, Node]
+    order: list[str]
+    predecessors: dict[str, list[str]]
+    successors: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, definition: PipelineDefinition) -> Graph:
+        predecessors: dict[str, list[str]] = defaultdict(list)
+        successors: dict[str, list[str]] = defaultdict(list)
+        for edge in definition.edges:
+            predecessors[edge.target].append(edge.source)
+            successors[edge.source].append(edge.target)
+        return cls(
+            definition,
+            {node.id: node for node in definition.nodes},
+            execution_order(definition),
+            dict(predecessors),
+            dict(successors),
+        )
+
+
+@lru_cache(maxsize=256)
+def _graph(document_json: str) -> Graph:
+    return Graph.of(parse_definition(json.loads(document_json)))
+
+
+async def graph_of(db: Queries, pipeline_id: int, version: int) -> Graph:
+    """The graph of a pinned version (versions never change, so it is cached)."""
+    found = await get_version(db, pipeline_id, version)
+    assert found.document is not None
+    return _graph(json.dumps(found.document, sort_keys=True))
+
+
+def _error(exc: BaseException, node: str | None = None) -> dict[str, Any]:
+    if isinstance(exc, GatheringError):
+        body = {"code": exc.code, "message": exc.message}
+        if exc.hint:
+            body["hint"] = exc.hint
+    elif isinstance(exc, TimeoutError):
+        body = {"code": "timeout", "message": "the node did not finish within its timeout"}
+    else:
+        body = {"code": "node_failed", "message": f"{type(exc).__name__}: {exc}"[:2000]}
+    if node is not None:
+        body["node"] = node
+    return body
+
+
+def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
+    """The wait before attempt `attempt + 1`: `backoff` doubled per attempt, capped at
+    `max_backoff`, with jitter (between half and all of it)."""
+    delay = min(policy.max_backoff, policy.backoff * 2 ** max(0, attempt - 1))
+    return float(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not a secret
+
+
+def _should_retry(policy: RetryPolicy, attempt: int, code: str) -> bool:
+    if attempt >= policy.max_attempts or code in ("cancelled", "outcome_unknown"):
+        return False
+    return not policy.retry_on or code in policy.retry_on
+
+
+class Executor:
+    """Starts runs and runs their nodes on `db` (events on `bus` when there is one)."""
+
+    def __init__(
+        self, db: Database, bus: EventBus | None, *, breaker: BreakerPolicy | None = None
+    ) -> None:
+        self.db, self.bus = db, bus
+        self.breaker = breaker or BreakerPolicy.from_settings()
+
+    # --- starting -----------------------------------------------------------------------
+
+    async def start_run(
+        self,
+        pipeline_id: int,
+        version: int,
+        owner_id: int,
+        run_input: dict[str, Any],
+        *,
+        trigger: str = "manual",
+        parent: RunRecord | None = None,
+        relation: str | None = None,
+        reuse: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """Start a run of the pinned `version` with `run_input` (checked against the input
+        schema); `reuse` gives nodes whose outputs are taken as they are (retry, fork). The
+        first nodes are queued in the same transaction; returns at once."""
+        graph = await graph_of(self.db, pipeline_id, version)
+        definition = graph.definition
+        check(definition)
+        unrunnable = sorted({n.type for n in definition.nodes if n.type not in RUNNABLE})
+        if unrunnable:
+            raise InvalidInputError(
+                f"this pipeline has {', '.join(unrunnable)} nodes, which cannot run yet",
+                hint="docs/pipelines.md lists the node types that run",
+            )
+        errors = sorted(
+            schema_validator("input", definition.input_schema).iter_errors(run_input), key=str
+        )
+        if errors:
+            where = field_path(errors[0].instance_path)
+            raise InvalidInputError(
+                f"the run's input does not match the pipeline's input_schema at {where}: "
+                f"{errors[0].message}",
+                details={"path": where},
+            )
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one(
+                _SQL["insert_run"],
+                pipeline_id,
+                version,
+                owner_id,
+                Jsonb(run_input),
+                trigger,
+                parent.id if parent else None,
+                relation,
+                definition.timeout_seconds,
+            )
+            assert row is not None
+            run_id = int(row["id"])
+            await tx.execute(_SQL["insert_node_runs"], run_id, graph.order)
+            for node_id, output in (reuse or {}).items():
+                await tx.execute(_SQL["reuse_node_run"], run_id, node_id, Jsonb(output))
+            events = [self._run_event("started", RunRecord.from_row(row))]
+            await self._advance(tx, run_id, graph, events)
+            await self._publish(tx, events)
+        return await get_run(self.db, run_id)
+
+    # --- the node job -------------------------------------------------------------------
+
+    async def run_node(
+        self, run_id: int, node_id: str, job_id: int, *, shutting_down: Callable[[], bool]
+    ) -> None:
+        """One attempt of a node, as its job: claim, work, store the outcome, go on."""
+        claimed = await self._claim(run_id, node_id, job_id)
+        if claimed is None:
+            return
+        run, graph, node, attempt = claimed
+        call = NodeCall(
+            self.db,
+            self.bus,
+            run.id,
+            run.pipeline_id,
+            run.owner_id,
+            node,
+            attempt,
+            run.input,
+            run.outputs,
+            graph.predecessors.get(node.id, []),
+        )
+        target = target_of(node)
+        try:
+            if target is not None:
+                await check_breaker(self.db, target, self.breaker)
+            async with asyncio.timeout(node.timeout_seconds):
+                output = await execute(call)
+        except asyncio.CancelledError:
+            if not shutting_down():  # a cancel: the run's, or this job's
+                await asyncio.shield(self._cancelled(run_id, node_id, attempt))
+            raise  # a shutdown leaves the node running: its job is queued again
+        except Exception as exc:
+            await self._failed(run_id, node, attempt, exc, target)
+            return
+        await self._succeeded(run_id, node, attempt, output, target)
+
+    async def _claim(
+        self, run_id: int, node_id: str, job_id: int
+    ) -> tuple[RunRecord, Graph, Node, int] | None:
+        async with self.db.transaction() as tx:
+            run_row = await tx.fetch_one(_SQL["lock_run"], run_id)
+            if run_row is None:
+                return None  # deleted with its pipeline
+            row = await tx.fetch_one(_SQL["node_run"], run_id, node_id)
+            if row is None:
+                return None
+            node_run = NodeRun.from_row(row)
+            if node_run.finished or node_run.job_id != job_id:
+                return None  # done already, or superseded by a newer job
+            run = RunRecord.from_row(run_row)
+            graph = await graph_of(tx, run.pipeline_id, run.version)
+            node = graph.nodes[node_id]
+            events: list[Event] = []
+            if run.status != "running":
+                await self._set(tx, run, node_id, "cancelled", events)
+                await self._publish(tx, events)
+                return None
+            if node_run.status == "waiting":  # a delay whose time has come
+                await self._set(tx, run, node_id, "succeeded", events, output={"waited": True})
+                await self._advance(tx, run_id, graph, events)
+                await self._publish(tx, events)
+                return None
+            if node.type == "delay" and node_run.status == "queued":
+                seconds = DelayConfig.model_validate(node.config).seconds
+                wake = datetime.now(UTC) + timedelta(seconds=seconds)
+                job = await enqueue(
+                    tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE, at=wake
+                )
+                await self._set(
+                    tx, run, node_id, "waiting", events, job_id=job, wake_at=wake, attempt=1
+                )
+                await self._publish(tx, events)
+                return None
+            if node_run.status == "running":  # its worker died or stopped mid-attempt
+                effect = await effect_of(self.db, run.owner_id, node)
+                if effect == "external":
+                    error = {
+                        "code": "outcome_unknown",
+                        "message": f"node {node_id} was interrupted during an external call: "
+                        "whether it took effect is unknown, so it is not repeated by itself",
+                        "hint": f"decide: POST /pipelines/runs/{run_id}/nodes/{node_id}/resolve"
+                        ' with {"action": "retry"} or {"action": "skip"}',
+                    }
+                    await self._set(tx, run, node_id, "waiting", events, error=error)
+                    await self._publish(tx, events)
+                    return None
+                log.info(
+                    "repeating an interrupted node", run_id=run_id, node=node_id, effect=effect
+                )
+            full = await tx.fetch_one(_SQL["run_by_id"], run_id)
+            assert full is not None
+            nodes = [NodeRun.from_row(r) for r in await tx.fetch_all(_SQL["node_runs"], run_id)]
+            run = RunRecord.from_row(full, nodes)
+            updated = await self._set(
+                tx,
+                run,
+                node_id,
+                "running",
+                events,
+                job_id=job_id,
+                attempt=1,
+                deadline_in=node.timeout_seconds,
+            )
+            await self._publish(tx, events)
+            return run, graph, node, updated.attempt
+
+    async def _succeeded(
+        self, run_id: int, node: Node, attempt: int, output: Any, target: str | None
+    ) -> None:
+        async with self.db.transaction() as tx:
+            run, node_run = await self._locked(tx, run_id, node.id)
+            if node_run is None or node_run.status != "running" or node_run.attempt != attempt:
+                return  # taken over meanwhile (a timeout, a cancel): that outcome stands
+            if target is not None:
+                await record_success(tx, target)
+            events: list[Event] = []
+            await self._set(tx, run, node.id, "succeeded", events, output=output)
+            if run.status == "running":
+                graph = await graph_of(tx, run.pipeline_id, run.version)
+                await self._advance(tx, run_id, graph, events)
+            await self._publish(tx, events)
+
+    async def _failed(
+        self, run_id: int, node: Node, attempt: int, exc: BaseException, target: str | None
+    ) -> None:
+        error = _error(exc)
+        if not isinstance(exc, GatheringError | TimeoutError):
+            log.error("a pipeline node failed", run_id=run_id, node=node.id, exc_info=exc)
+        async with self.db.transaction() as tx:
+            run, node_run = await self._locked(tx, run_id, node.id)
+            if node_run is None or node_run.status != "running" or node_run.attempt != attempt:
+                return
+            await self._fail_attempt(tx, run, node, node_run, error, target, exc)
+
+    async def _fail_attempt(
+        self,
+        tx: Queries,
+        run: RunRecord,
+        node: Node,
+        node_run: NodeRun,
+        error: dict[str, Any],
+        target: str | None,
+        exc: BaseException | None = None,
+    ) -> None:
+        events: list[Event] = []
+        if target is not None and not isinstance(exc, CircuitOpenError):
+            state = await record_failure(tx, target, self.breaker)
+            if state == "open":
+                log.warning("circuit opened", target=target)
+        policy = node.retry or NO_RETRY
+        if run.status == "running" and _should_retry(policy, node_run.attempt, error["code"]):
+            wait = backoff_seconds(policy, node_run.attempt)
+            at = datetime.now(UTC) + timedelta(seconds=wait)
+            job = await enqueue(
+                tx, NODE_TASK, {"run_id": run.id, "node_id": node.id}, queue=QUEUE, at=at
+            )
+            await self._set(
+                tx, run, node.id, "queued", events, job_id=job, error=error, retry_in=wait
+            )
+        else:
+            await self._set(tx, run, node.id, "failed", events, error=error)
+            if run.status == "running":
+                await self._end_run(tx, run, "failed", error | {"node": node.id}, events)
+        await self._publish(tx, events)
+
+    async def _cancelled(self, run_id: int, node_id: str, attempt: int) -> None:
+        async with self.db.transaction() as tx:
+            run, node_run = await self._locked(tx, run_id, node_id)
+            if node_run is None or node_run.status != "running" or node_run.attempt != attempt:
+                return
+            events: list[Event] = []
+            if run.status == "running":  # this node's job alone was cancelled: the node fails
+                graph = await graph_of(tx, run.pipeline_id, run.version)
+                error = {"code": "cancelled", "message": f"node {node_id}'s job was cancelled"}
+                await self._fail_attempt(tx, run, graph.nodes[node_id], node_run, error, None)
+                return
+            await self._set(tx, run, node_id, "cancelled", events)
+            await self._publish(tx, events)
+
+    # --- run-wide changes ---------------------------------------------------------------
+
+    async def cancel_run(self, run_id: int, *, reason: str = "cancelled by request") -> RunRecord:
+        """End a running run as cancelled: queued nodes never run, running ones are stopped
+        on whichever worker runs them (within a second), their partial work kept."""
+        async with self.db.transaction() as tx:
+            run, _ = await self._locked(tx, run_id, None)
+            if run.status != "running":
+                raise ConflictError(
+                    f"run {run_id} is {run.status}: there is nothing to cancel",
+                    hint="retry or fork it to run it again",
+                )
+            events: list[Event] = []
+            await self._end_run(
+                tx, run, "cancelled", {"code": "cancelled", "message": reason}, events
+            )
+            await self._publish(tx, events)
+        return await get_run(self.db, run_id)
+
+    async def resolve(self, run_id: int, node_id: str, action: str) -> RunRecord:
+        """A person's answer for a node whose outcome is unknown: `retry` runs it again,
+        `skip` takes it as done without output."""
+        if action not in ("retry", "skip"):
+            raise InvalidInputError(f"unknown action {action!r}", hint="retry or skip")
+        async with self.db.transaction() as tx:
+            run, node_run = await self._locked(tx, run_id, node_id)
+            if node_run is None:
+                raise InvalidInputError(f"run {run_id} has no node {node_id!r}")
+            if run.status != "running" or node_run.status != "waiting" or node_run.wake_at:
+                raise ConflictError(
+                    f"node {node_id} of run {run_id} is not waiting for a decision",
+                    hint="only a node whose outcome is unknown waits for one",
+                )
+            events: list[Event] = []
+            graph = await graph_of(tx, run.pipeline_id, run.version)
+            if action == "retry":
+                job = await enqueue(
+                    tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE
+                )
+                await self._set(tx, run, node_id, "queued", events, job_id=job)
+            else:
+                await self._set(tx, run, node_id, "succeeded", events, output=None)
+                await self._advance(tx, run_id, graph, events)
+            await self._publish(tx, events)
+        return await get_run(self.db, run_id)
+
+    async def enforce_deadlines(self, limit: int = 100) -> int:
+        """Fail runs past their deadline, and node attempts past theirs whose worker did not
+        report it (it died); how many it handled. Run by a singleton duty."""
+        rows = await self.db.fetch_all(_SQL["overdue_runs"], limit, DEADLINE_GRACE)
+        for row in rows:
+            async with self.db.transaction() as tx:
+                run, node_run = await self._locked(tx, row["id"], row["node_id"])
+                if run.status != "running":
+                    continue
+                events: list[Event] = []
+                if row["what"] == "run":
+                    error = {
+                        "code": "run_timeout",
+                        "message": "the run did not finish within its timeout",
+                    }
+                    await self._end_run(tx, run, "failed", error, events)
+                    await self._publish(tx, events)
+                elif node_run is not None and node_run.status == "running":
+                    graph = await graph_of(tx, run.pipeline_id, run.version)
+                    node = graph.nodes[node_run.node_id]
+                    if node_run.job_id is not None:
+                        await tx.fetch_one(_SQL["cancel_job"], node_run.job_id)
+                    error = {
+                        "code": "timeout",
+                        "message": "the node did not finish within its timeout",
+                    }
+                    await self._fail_attempt(tx, run, node, node_run, error, target_of(node))
+        return len(rows)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    async def _locked(
+        self, tx: Queries, run_id: int, node_id: str | None
+    ) -> tuple[RunRecord, NodeRun | None]:
+        row = await tx.fetch_one(_SQL["lock_run"], run_id)
+        if row is None:
+            raise InvalidInputError(f"no pipeline run {run_id}")
+        node_row = await tx.fetch_one(_SQL["node_run"], run_id, node_id) if node_id else None
+        return RunRecord.from_row(row), NodeRun.from_row(node_row) if node_row else None
+
+    async def _set(
+        self,
+        tx: Queries,
+        run: RunRecord,
+        node_id: str,
+        status: str,
+        events: list[Event],
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        job_id: int | None = None,
+        wake_at: datetime | None = None,
+        deadline_in: float | None = None,
+        attempt: int = 0,
+        retry_in: float | None = None,
+    ) -> NodeRun:
+        row = await tx.fetch_one(
+            _SQL["set_node"],
+            run.id,
+            node_id,
+            status,
+            None if output is None else Jsonb(output),
+            None if error is None else Jsonb(error),
+            job_id,
+            wake_at,
+            deadline_in,
+            attempt,
+        )
+        assert row is not None
+        updated = NodeRun.from_row(row)
+        body: dict[str, Any] = {
+            "run_id": run.id,
+            "pipeline_id": run.pipeline_id,
+            "node": node_id,
+            "status": status,
+            "attempt": updated.attempt,
+        }
+        if error is not None:
+            body["error"] = error
+        if retry_in is not None:
+            body["retry_in"] = round(retry_in, 3)
+        kind = "retrying" if retry_in is not None else status
+        events.append(
+            Event(
+                f"pipeline_node.{kind}",
+                body,
+                subject=f"pipeline:{run.pipeline_id}",
+                source="pipeline",
+            )
+        )
+        return updated
+
+    def _run_event(self, kind: str, run: RunRecord, error: dict[str, Any] | None = None) -> Event:
+        body: dict[str, Any] = {
+            "run_id": run.id,
+            "pipeline_id": run.pipeline_id,
+            "status": kind if kind != "started" else "running",
+        }
+        if error is not None:
+            body["error"] = error
+        return Event(
+            f"pipeline_run.{kind}", body, subject=f"pipeline:{run.pipeline_id}", source="pipeline"
+        )
+
+    async def _end_run(
+        self,
+        tx: Queries,
+        run: RunRecord,
+        status: str,
+        error: dict[str, Any] | None,
+        events: list[Event],
+    ) -> None:
+        """End `run`: nodes not started are skipped (cancelled when the run is), running
+        nodes' jobs are asked to abort."""
+        row = await tx.fetch_one(
+            _SQL["finish_run"], run.id, status, None if error is None else Jsonb(error)
+        )
+        if row is None:
+            return
+        for job in await tx.fetch_all(_SQL["open_node_jobs"], run.id):
+            await tx.fetch_one(_SQL["cancel_job"], job["job_id"])
+        left = "cancelled" if status == "cancelled" else "skipped"
+        for stopped in await tx.fetch_all(_SQL["stop_open_nodes"], run.id, left):
+            body = {
+                "run_id": run.id,
+                "pipeline_id": run.pipeline_id,
+                "node": stopped["node_id"],
+                "status": left,
+            }
+            events.append(
+                Event(
+                    f"pipeline_node.{left}",
+                    body,
+                    subject=f"pipeline:{run.pipeline_id}",
+                    source="pipeline",
+                )
+            )
+        events.append(self._run_event(status, RunRecord.from_row(row), error))
+
+    async def _advance(self, tx: Queries, run_id: int, graph: Graph, events: list[Event]) -> None:
+        """Queue the nodes whose turn has come, skip those that will never run, and end the
+        run when no node is left to run."""
+        run_row = await tx.fetch_one(_SQL["run_by_id"], run_id)
+        assert run_row is not None
+        nodes = {
+            n["node_id"]: NodeRun.from_row(n) for n in await tx.fetch_all(_SQL["node_runs"], run_id)
+        }
+        run = RunRecord.from_row(run_row, list(nodes.values()))
+        statuses = {name: node.status for name, node in nodes.items()}
+        outputs = {name: node.output for name, node in nodes.items() if node.status == "succeeded"}
+        changed = True
+        while changed:
+            changed = False
+            for node_id in graph.order:
+                if statuses[node_id] != "pending":
+                    continue
+                try:
+                    decision = self._decide(graph, node_id, statuses, outputs, run.input)
+                except InvalidInputError as exc:
+                    error = {"code": "condition_error", "message": exc.message, "node": node_id}
+                    await self._end_run(tx, run, "failed", error, events)
+                    return
+                if decision == "wait":
+                    continue
+                changed = True
+                if decision == "skip":
+                    await self._set(tx, run, node_id, "skipped", events)
+                    statuses[node_id] = "skipped"
+                else:
+                    job = await enqueue(
+                        tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE
+                    )
+                    await self._set(tx, run, node_id, "queued", events, job_id=job)
+                    statuses[node_id] = "queued"
+        if all(status in FINISHED for status in statuses.values()):
+            failed = [name for name, status in statuses.items() if status == "failed"]
+            status = "failed" if failed else "succeeded"
+            failure: dict[str, Any] | None = (
+                {"code": "node_failed", "node": failed[0], "message": "a node failed"}
+                if failed
+                else None
+            )
+            await self._end_run(tx, run, status, failure, events)
+
+    @staticmethod
+    def _decide(
+        graph: Graph,
+        node_id: str,
+        statuses: dict[str, str],
+        outputs: dict[str, Any],
+        run_input: dict[str, Any],
+    ) -> str:
+        """`run`, `skip` or `wait` for a pending node, from its predecessors."""
+        before = graph.predecessors.get(node_id, [])
+        if not before:
+            return "run"
+        active = 0
+        for source in before:
+            if statuses[source] == "succeeded" and _edge_taken(
+                graph, source, node_id, outputs, run_input
+            ):
+                active += 1
+        finished = all(statuses[source] in FINISHED for source in before)
+        node = graph.nodes[node_id]
+        if node.type == "parallel":  # the join: all branches, any one, or n of them
+            join = ParallelConfig.model_validate(node.config)
+            if (join.join == "any" and active) or (join.join == "n" and active >= (join.n or 1)):
+                return "run"
+            if not finished:
+                return "wait"
+            return "run" if join.join == "all" and active else "skip"
+        if not finished:
+            return "wait"
+        return "run" if active else "skip"
+
+    async def _publish(self, tx: Queries, events: list[Event]) -> None:
+        if events and self.bus is not None:
+            await self.bus.publish_many(events, tx=tx)
+
+
+def _edge_taken(
+    graph: Graph, source: str, target: str, outputs: dict[str, Any], run_input: dict[str, Any]
+) -> bool:
+    """Whether the edge `source` → `target` carries the run on: a condition node's edges
+    when it was true, and an edge's own condition when it holds."""
+    if graph.nodes[source].type == "condition" and outputs.get(source) is not True:
+        return False
+    for edge in graph.definition.edges:
+        if edge.source == source and edge.target == target and edge.condition:
+            return bool(evaluate(edge.condition, run_input, outputs))
+    return True
