@@ -22,8 +22,8 @@ from gathering.pipelines.breaker import BreakerPolicy
 from gathering.pipelines.executor import Executor
 from gathering.pipelines.jobs import blueprint, deadlines_duty
 from gathering.pipelines.runs import RunRecord, get_run
-from gathering.tools import registry as registry_module
 from gathering.tools import function_tool
+from gathering.tools import registry as registry_module
 
 
 @dataclass
