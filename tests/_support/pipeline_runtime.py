@@ -109,9 +109,7 @@ class Runtime:
 def linear(*nodes: dict[str, Any], name: str = "p", **extra: Any) -> dict[str, Any]:
     """A definition: a manual trigger `start`, then `nodes` one after another."""
     all_nodes = [{"id": "start", "type": "trigger", "config": {"kind": "manual"}}, *nodes]
-    edges = [
-        {"from": a["id"], "to": b["id"]} for a, b in zip(all_nodes, all_nodes[1:], strict=False)
-    ]
+    edges = [{"from": a["id"], "to": b["id"]} for a, b in pairwise(all_nodes)]
     return {"name": name, "nodes": all_nodes, "edges": edges, **extra}
 
 
