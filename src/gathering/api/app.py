@@ -27,6 +27,7 @@ from gathering.api.routers import (
     mcp,
     memories,
     metrics,
+    pipeline_runs,
     pipelines,
     tools,
     users,
@@ -106,6 +107,7 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(mcp.router)
     app.include_router(pipelines.router)
+    app.include_router(pipeline_runs.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

@@ -135,6 +135,8 @@ LINKS = {
     "DocumentOut": Link("document_id"),
     "MemoryOut": Link("memory_id"),
     "PipelineOut": Link("pipeline_id"),
+    # A run started, retried or forked (202) is followed by its id.
+    "RunOut": Link("run_id", status="202"),
     "UserResponse": Link("user_id"),
     # `name` is also a tool's path parameter: only /mcp/servers/{name} is this server.
     "McpServerOut": Link("name", "name", same_path=True),

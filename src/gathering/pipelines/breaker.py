@@ -1,4 +1,5 @@
-"""Circuit breakers, one per target (`agent:7`, `tool:web_page`, `host:api.example.com`),
+"""Circuit breakers, one per owner and target (`3/agent:writer`, `3/tool:web_page`,
+`3/host:api.example.com`),
 stored in PostgreSQL so that every instance sees the same state.
 
 closed → open after `failures` failures within `window` seconds; while open, nodes on that
@@ -72,7 +73,10 @@ async def record_success(db: Queries, target: str) -> None:
     await db.execute(_SQL["breaker_success"], target)
 
 
-async def list_breakers(db: Queries, policy: BreakerPolicy) -> list[BreakerState]:
-    """Every target's breaker, as calls see it now."""
-    rows = await db.fetch_all(_SQL["list_breakers"], policy.cooldown)
+async def list_breakers(
+    db: Queries, policy: BreakerPolicy, *, owner_id: int | None = None
+) -> list[BreakerState]:
+    """Every target's breaker (or one owner's), as calls see it now."""
+    prefix = None if owner_id is None else f"{owner_id}/"
+    rows = await db.fetch_all(_SQL["list_breakers"], policy.cooldown, prefix)
     return [BreakerState.from_row(row) for row in rows]

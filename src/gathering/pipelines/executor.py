@@ -164,7 +164,7 @@ class Executor:
             schema_validator("input", definition.input_schema).iter_errors(run_input), key=str
         )
         if errors:
-            where = field_path(errors[0].instance_path)
+            where = field_path(errors[0].instance_path) if errors[0].instance_path else "(input)"
             raise InvalidInputError(
                 f"the run's input does not match the pipeline's input_schema at {where}: "
                 f"{errors[0].message}",
@@ -214,7 +214,7 @@ class Executor:
             run.outputs,
             graph.predecessors.get(node.id, []),
         )
-        target = target_of(node)
+        target = target_of(run.owner_id, node)
         try:
             if target is not None:
                 await check_breaker(self.db, target, self.breaker)
@@ -391,6 +391,68 @@ class Executor:
             await self._publish(tx, events)
         return await get_run(self.db, run_id)
 
+    async def retry_run(self, run_id: int) -> RunRecord:
+        """A new run of a failed or cancelled run's version and input, linked to it, that
+        reuses every output that succeeded: it goes on from the node that failed. The
+        original run is not changed."""
+        original = await get_run(self.db, run_id)
+        if original.status not in ("failed", "cancelled"):
+            raise ConflictError(
+                f"run {run_id} is {original.status}: only a failed or cancelled run is retried",
+                hint="fork it to run part of it again with other input",
+            )
+        reuse = {
+            name: node.output for name, node in original.nodes.items() if node.status == "succeeded"
+        }
+        return await self.start_run(
+            original.pipeline_id,
+            original.version,
+            original.owner_id,
+            original.input,
+            trigger="retry",
+            parent=original,
+            relation="retry",
+            reuse=reuse,
+        )
+
+    async def fork_run(
+        self, run_id: int, node_id: str, run_input: dict[str, Any] | None = None
+    ) -> RunRecord:
+        """A new run, linked to run `run_id`, that reuses the outputs of the nodes before
+        `node_id` (triggers take the new input instead) and runs `node_id` and the rest again,
+        with `run_input` (default: the original input)."""
+        original = await get_run(self.db, run_id)
+        graph = await graph_of(self.db, original.pipeline_id, original.version)
+        if node_id not in graph.nodes:
+            raise InvalidInputError(
+                f"run {run_id}'s pipeline has no node {node_id!r}",
+                hint=f"its nodes: {', '.join(graph.order)}",
+            )
+        ancestors: set[str] = set()
+        frontier = list(graph.predecessors.get(node_id, []))
+        while frontier:
+            name = frontier.pop()
+            if name not in ancestors:
+                ancestors.add(name)
+                frontier.extend(graph.predecessors.get(name, []))
+        reuse = {
+            name: node.output
+            for name, node in original.nodes.items()
+            if name in ancestors
+            and node.status == "succeeded"
+            and graph.nodes[name].type != "trigger"
+        }
+        return await self.start_run(
+            original.pipeline_id,
+            original.version,
+            original.owner_id,
+            original.input if run_input is None else run_input,
+            trigger="fork",
+            parent=original,
+            relation="fork",
+            reuse=reuse,
+        )
+
     async def resolve(self, run_id: int, node_id: str, action: str) -> RunRecord:
         """A person's answer for a node whose outcome is unknown: `retry` runs it again,
         `skip` takes it as done without output."""
@@ -444,7 +506,9 @@ class Executor:
                         "code": "timeout",
                         "message": "the node did not finish within its timeout",
                     }
-                    await self._fail_attempt(tx, run, node, node_run, error, target_of(node))
+                    await self._fail_attempt(
+                        tx, run, node, node_run, error, target_of(run.owner_id, node)
+                    )
         return len(rows)
 
     # --- helpers ------------------------------------------------------------------------

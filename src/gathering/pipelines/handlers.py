@@ -97,14 +97,15 @@ async def effect_of(db: Database, owner_id: int, node: Node) -> Effect:
     return "read"
 
 
-def target_of(node: Node) -> str | None:
-    """The circuit breaker `node` answers to: its agent, tool or host; None for the rest."""
+def target_of(owner_id: int, node: Node) -> str | None:
+    """The circuit breaker `node` answers to, `<owner>/<kind>:<name>` (its agent, tool or host;
+    per owner, so one owner's failures never stop another's nodes); None for the rest."""
     if node.type == "agent":
-        return f"agent:{node.config.get('agent')}"
+        return f"{owner_id}/agent:{node.config.get('agent')}"
     if node.type == "tool":
-        return f"tool:{node.config.get('tool')}"
+        return f"{owner_id}/tool:{node.config.get('tool')}"
     if node.type == "action" and node.config.get("url"):
-        return f"host:{urlsplit(str(node.config['url'])).hostname or '?'}"
+        return f"{owner_id}/host:{urlsplit(str(node.config['url'])).hostname or '?'}"
     return None
 
 

@@ -122,7 +122,9 @@ WHERE target = $1 AND (state <> 'closed' OR failures > 0)
 SELECT target, failures, opened_at, updated_at,
        CASE WHEN state = 'open' AND opened_at < now() - make_interval(secs => $1)
             THEN 'half_open' ELSE state END AS state
-FROM pipeline.breakers ORDER BY target
+FROM pipeline.breakers
+WHERE $2::text IS NULL OR starts_with(target, $2)
+ORDER BY target
 
 -- runs (migration 0015) ---------------------------------------------------------------------
 

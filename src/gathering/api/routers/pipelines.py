@@ -5,7 +5,7 @@ POST stores a definition as version 1; PUT saves the next version when the defin
 an edge to an unknown node, no trigger, ...) answers 422 with every problem at its JSON path
 in `details.problems`. `POST /pipelines/validate` runs the same checks without saving and
 answers 200 with the problems. Owners see only their own pipelines, admins every one. API keys
-need `pipelines:read` / `pipelines:write`. Nothing here runs a pipeline yet.
+need `pipelines:read` / `pipelines:write`. Runs are in `pipeline_runs`.
 
 The request body states each rule of the definition that JSON Schema can (node ids, each node
 type's `config`, edges `from`/`to`, bounds, no NUL in any text); what it cannot (the graph,
@@ -371,7 +371,7 @@ def _problems(document: dict[str, Any]) -> list[Problem]:
     return validate(parse_definition(document))
 
 
-async def _visible(
+async def visible_pipeline(
     request: Request, principal: Principal, db: Database, pipeline_id: int
 ) -> PipelineRecord:
     try:
@@ -448,7 +448,7 @@ async def pipeline_get(
     pipeline_id: PipelineId, request: Request, principal: PipelinesReader, db: DbDep
 ) -> PipelineOut:
     """Its current version's definition."""
-    return _out(await _visible(request, principal, db, pipeline_id))
+    return _out(await visible_pipeline(request, principal, db, pipeline_id))
 
 
 @router.put("/{pipeline_id:id}", summary="Save a new version", responses=_SAVE_ANSWERS)
@@ -461,7 +461,7 @@ async def pipeline_update(
 ) -> PipelineOut:
     """The definition becomes the next version (its name may change). The same definition as
     the current version adds none."""
-    await _visible(request, principal, db, pipeline_id)
+    await visible_pipeline(request, principal, db, pipeline_id)
     record, _ = await update_pipeline(db, pipeline_id, body.document(), by=principal.user_id)
     return _out(record)
 
@@ -475,7 +475,7 @@ async def pipeline_update(
 async def pipeline_delete(
     pipeline_id: PipelineId, request: Request, principal: PipelinesWriter, db: DbDep
 ) -> Response:
-    await _visible(request, principal, db, pipeline_id)
+    await visible_pipeline(request, principal, db, pipeline_id)
     try:
         await delete_pipeline(db, pipeline_id)
     except NotFoundError:  # deleted meanwhile
@@ -491,7 +491,7 @@ async def pipeline_delete(
 async def pipeline_versions(
     pipeline_id: PipelineId, request: Request, principal: PipelinesReader, db: DbDep
 ) -> list[VersionSummaryOut]:
-    await _visible(request, principal, db, pipeline_id)
+    await visible_pipeline(request, principal, db, pipeline_id)
     versions = await list_versions(db, pipeline_id)
     return [
         VersionSummaryOut(
@@ -513,7 +513,7 @@ async def pipeline_version(
     principal: PipelinesReader,
     db: DbDep,
 ) -> VersionOut:
-    await _visible(request, principal, db, pipeline_id)
+    await visible_pipeline(request, principal, db, pipeline_id)
     found = await get_version(db, pipeline_id, version)
     return VersionOut(
         pipeline_id=found.pipeline_id,

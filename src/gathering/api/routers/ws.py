@@ -64,8 +64,14 @@ from gathering.api.security import Principal, authenticate_socket, public_route
 from gathering.api.security.dependencies import recheck_socket, security_state
 from gathering.api.security.origin import client_ip
 from gathering.api.security.ws_limits import SocketLease, TokenBucket
-from gathering.errors import AuthenticationError, EventStreamClosedError, GatheringError
+from gathering.errors import (
+    AuthenticationError,
+    EventStreamClosedError,
+    GatheringError,
+    NotFoundError,
+)
 from gathering.events import Event, EventStream
+from gathering.pipelines import get_pipeline
 
 log = structlog.get_logger(__name__)
 
@@ -127,6 +133,16 @@ async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> 
         store = PostgresAgentStore(await app_state(websocket).database())
         owner = await store.owner_of(agent_id)
         return None if owner == principal.user_id else f"no agent {ident}"
+    if kind == "pipeline" and _ID.fullmatch(ident):
+        pipeline_id = int(ident)
+        try:
+            if pipeline_id <= _MAX_ID:
+                record = await get_pipeline(await app_state(websocket).database(), pipeline_id)
+                if record.owner_id == principal.user_id:
+                    return None
+        except NotFoundError:
+            pass
+        return f"no pipeline {ident}"
     return f"subject {subject!r} is not one you may subscribe to"
 
 

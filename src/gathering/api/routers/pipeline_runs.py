@@ -1,0 +1,274 @@
+"""Pipeline runs: start one (202 at once: nodes run as jobs on the workers), follow it, cancel,
+retry from the failed node, fork from any node with edited input, and decide for a node whose
+outcome is unknown. Events of every run and node go to the WebSocket subject `pipeline:<id>`.
+
+Owners see only their own runs, admins every one. API keys need `pipelines:read` to read and
+`pipelines:write` (`pipelines:run` is not a separate scope) to start or change runs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
+from gathering.api.deps import MAX_ID, BusDep, DbDep
+from gathering.api.fields import WholeNumber
+from gathering.api.routers.pipelines import (
+    JsonObject,
+    NodeId,
+    PipelineId,
+    PipelinesReader,
+    PipelinesWriter,
+    visible_pipeline,
+)
+from gathering.api.security import ensure_owner, not_found, rate_limit
+from gathering.auth.principal import Principal
+from gathering.db import Database
+from gathering.errors import NotFoundError
+from gathering.events import EventBus
+from gathering.pipelines.breaker import BreakerPolicy, list_breakers
+from gathering.pipelines.executor import Executor
+from gathering.pipelines.runs import RunRecord, get_run, list_runs
+
+router = APIRouter(prefix="/pipelines", tags=["pipelines"])
+RunId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The run's id")]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunIn(_In):
+    input: JsonObject = Field(default_factory=dict, description="Checked against input_schema")
+    version: WholeNumber | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="A saved version (default: the current)"
+    )
+
+
+class ForkIn(_In):
+    node: NodeId = Field(description="Run again from this node; the nodes before it are reused")
+    input: JsonObject | None = Field(default=None, description="New input (default: the same)")
+
+
+class ResolveIn(_In):
+    action: Literal["retry", "skip"]
+
+
+class NodeRunOut(BaseModel):
+    node_id: str
+    status: str = Field(description="pending, queued, running, waiting, succeeded, failed, ...")
+    attempt: int
+    output: Any = None
+    error: dict[str, Any] | None = None
+    reused: bool = Field(description="Taken from the run this one was retried or forked from")
+    wake_at: datetime | None = None
+    deadline: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunOut(BaseModel):
+    id: int
+    pipeline_id: int
+    version: int
+    owner_id: int
+    status: str = Field(description="running, succeeded, failed or cancelled")
+    input: dict[str, Any]
+    error: dict[str, Any] | None = None
+    trigger: str
+    parent_run_id: int | None = None
+    relation: str | None = Field(default=None, description="retry or fork (of parent_run_id)")
+    deadline: datetime | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+    nodes: list[NodeRunOut] = Field(default_factory=list)
+
+
+class BreakerOut(BaseModel):
+    target: str = Field(description="agent:<ref>, tool:<name> or host:<name>")
+    state: str = Field(description="closed, open or half_open")
+    failures: int
+    opened_at: datetime | None = None
+
+
+def _out(run: RunRecord) -> RunOut:
+    nodes = [
+        NodeRunOut(
+            node_id=node.node_id,
+            status=node.status,
+            attempt=node.attempt,
+            output=node.output,
+            error=node.error,
+            reused=node.reused,
+            wake_at=node.wake_at,
+            deadline=node.deadline,
+            started_at=node.started_at,
+            finished_at=node.finished_at,
+        )
+        for node in run.nodes.values()
+    ]
+    return RunOut(
+        id=run.id,
+        pipeline_id=run.pipeline_id,
+        version=run.version,
+        owner_id=run.owner_id,
+        status=run.status,
+        input=run.input,
+        error=run.error,
+        trigger=run.trigger,
+        parent_run_id=run.parent_run_id,
+        relation=run.relation,
+        deadline=run.deadline,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        nodes=nodes,
+    )
+
+
+async def _visible_run(
+    request: Request, principal: Principal, db: Database, run_id: int
+) -> RunRecord:
+    try:
+        run = await get_run(db, run_id)
+    except NotFoundError:
+        raise not_found("pipeline run", run_id) from None
+    await ensure_owner(
+        request, principal, run.owner_id, resource="pipeline run", resource_id=run_id
+    )
+    return run
+
+
+def _executor(db: Database, bus: EventBus) -> Executor:
+    return Executor(db, bus)
+
+
+_STARTED: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Started: its nodes run as jobs; follow it at GET /pipelines/runs/{id}"},
+    422: {"description": "The input does not match the input schema, or a node cannot run"},
+}
+
+
+@router.post(
+    "/{pipeline_id:id}/runs",
+    summary="Start a run",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=_STARTED,
+)
+async def run_start(
+    pipeline_id: PipelineId,
+    body: RunIn,
+    request: Request,
+    principal: PipelinesWriter,
+    db: DbDep,
+    bus: BusDep,
+) -> RunOut:
+    """Answers at once; the run pins the version it starts with."""
+    record = await visible_pipeline(request, principal, db, pipeline_id)
+    version = body.version or record.version
+    run = await _executor(db, bus).start_run(pipeline_id, version, record.owner_id, body.input)
+    return _out(run)
+
+
+@router.get(
+    "/{pipeline_id:id}/runs",
+    summary="A pipeline's runs, newest first",
+    dependencies=[rate_limit("relaxed")],
+)
+async def runs_list(
+    pipeline_id: PipelineId,
+    request: Request,
+    principal: PipelinesReader,
+    db: DbDep,
+    limit: Annotated[WholeNumber, Query(ge=1, le=1_000)] = 50,
+    offset: Annotated[WholeNumber, Query(ge=0, le=1_000_000)] = 0,
+) -> list[RunOut]:
+    """Without their nodes (GET /pipelines/runs/{id} has them)."""
+    await visible_pipeline(request, principal, db, pipeline_id)
+    return [_out(run) for run in await list_runs(db, pipeline_id, limit=limit, offset=offset)]
+
+
+@router.get(
+    "/runs/{run_id:id}", summary="One run with its nodes", dependencies=[rate_limit("relaxed")]
+)
+async def run_get(run_id: RunId, request: Request, principal: PipelinesReader, db: DbDep) -> RunOut:
+    """Each node's status, attempts, output, error and timings."""
+    return _out(await _visible_run(request, principal, db, run_id))
+
+
+@router.post("/runs/{run_id:id}/cancel", summary="Cancel a run")
+async def run_cancel(
+    run_id: RunId, request: Request, principal: PipelinesWriter, db: DbDep, bus: BusDep
+) -> RunOut:
+    """Queued nodes never run; running ones are stopped within a second on any instance. 409
+    when the run has ended."""
+    await _visible_run(request, principal, db, run_id)
+    return _out(await _executor(db, bus).cancel_run(run_id))
+
+
+@router.post(
+    "/runs/{run_id:id}/retry",
+    summary="Retry a run from its failed node",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=_STARTED,
+)
+async def run_retry(
+    run_id: RunId, request: Request, principal: PipelinesWriter, db: DbDep, bus: BusDep
+) -> RunOut:
+    """A new run of the same version and input, linked to this one, reusing every output that
+    succeeded; this run is not changed. 409 when it has not failed or been cancelled."""
+    await _visible_run(request, principal, db, run_id)
+    return _out(await _executor(db, bus).retry_run(run_id))
+
+
+@router.post(
+    "/runs/{run_id:id}/fork",
+    summary="Fork a run from a node",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=_STARTED,
+)
+async def run_fork(
+    run_id: RunId,
+    body: ForkIn,
+    request: Request,
+    principal: PipelinesWriter,
+    db: DbDep,
+    bus: BusDep,
+) -> RunOut:
+    """A new run, linked to this one, that reuses the outputs of the nodes before `node`
+    (triggers aside: they take the new input) and runs `node` and what follows again."""
+    await _visible_run(request, principal, db, run_id)
+    return _out(await _executor(db, bus).fork_run(run_id, body.node, body.input))
+
+
+@router.post(
+    "/runs/{run_id:id}/nodes/{node_id}/resolve",
+    summary="Decide for a node whose outcome is unknown",
+)
+async def node_resolve(
+    run_id: RunId,
+    node_id: Annotated[NodeId, Path(description="The node")],
+    body: ResolveIn,
+    request: Request,
+    principal: PipelinesWriter,
+    db: DbDep,
+    bus: BusDep,
+) -> RunOut:
+    """A node interrupted during an external call waits for a person: `retry` runs it again,
+    `skip` goes on without its output. 409 when the node is not waiting for a decision."""
+    await _visible_run(request, principal, db, run_id)
+    return _out(await _executor(db, bus).resolve(run_id, node_id, body.action))
+
+
+@router.get("/breakers", summary="Circuit breakers", dependencies=[rate_limit("relaxed")])
+async def breakers_list(principal: PipelinesReader, db: DbDep) -> list[BreakerOut]:
+    """The caller's breakers (an admin's: everyone's) as calls see them now, shared by every
+    instance. A breaker is per owner and target: one owner's failures never stop another's."""
+    found = await list_breakers(db, BreakerPolicy.from_settings(), owner_id=principal.owner_filter)
+    return [
+        BreakerOut(target=b.target, state=b.state, failures=b.failures, opened_at=b.opened_at)
+        for b in found
+    ]
