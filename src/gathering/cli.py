@@ -26,8 +26,9 @@ from gathering.llm import TextDelta, default_provider_name
 from gathering.observability import configure_logging
 
 if TYPE_CHECKING:
-    from gathering.jobs import JobInfo, JobQueue
+    from gathering.jobs import JobInfo, JobQueue, JobWorker
     from gathering.pipelines import Problem
+    from gathering.pipelines.runs import RunRecord
     from gathering.tools.approvals import Approval
 
 T = TypeVar("T")
@@ -1065,6 +1066,268 @@ def pipelines_validate(file: PipelineFile) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+RunIdArgument = Annotated[int, typer.Argument(min=1, help="The run's id")]
+FollowOption = Annotated[
+    bool, typer.Option("--follow", "-f", help="Show the nodes live until the run ends")
+]
+_STATUS_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "waiting": "magenta",
+    "skipped": "dim",
+}
+
+
+def _run_table(run: RunRecord, graph_order: list[str]) -> Table:
+    """A run's nodes in execution order: status, attempts, time taken, output or error."""
+    style = _STATUS_STYLE.get(run.status, "")
+    table = Table(
+        title=f"run {run.id} (pipeline {run.pipeline_id} v{run.version}): [{style}]{run.status}[/]"
+    )
+    for column in ("node", "status", "attempt", "seconds", "output / error"):
+        table.add_column(column, overflow="fold")
+    for node_id in graph_order:
+        node = run.nodes.get(node_id)
+        if node is None:
+            continue
+        took = (
+            f"{(node.finished_at - node.started_at).total_seconds():.2f}"
+            if node.started_at and node.finished_at
+            else ""
+        )
+        shown = node.error.get("message", "") if node.error else node.output
+        text = shown if isinstance(shown, str) else json.dumps(shown, ensure_ascii=False)
+        text = (text or "")[:120] + ("…" if text and len(text) > 120 else "")
+        cell = f"[{_STATUS_STYLE.get(node.status, '')}]{node.status}[/]"
+        table.add_row(escape(node_id), cell, str(node.attempt), took, escape(text))
+    return table
+
+
+async def _follow_run(db: Database, run_id: int) -> RunRecord:
+    """Show run `run_id` live (redrawn on each of its events, or every 2 s) until it ends."""
+    from rich.live import Live
+
+    from gathering.events import EventBus
+    from gathering.pipelines.executor import graph_of
+    from gathering.pipelines.runs import get_run
+
+    run = await get_run(db, run_id)
+    order = (await graph_of(db, run.pipeline_id, run.version)).order
+    changed = asyncio.Event()
+    bus = EventBus(db, poll_interval=1.0)
+    await bus.start()
+    subscription = bus.subscribe(
+        ["pipeline_run.*", "pipeline_node.*"],
+        lambda event: changed.set() if event.data.get("run_id") == run_id else None,
+        subjects=[f"pipeline:{run.pipeline_id}"],
+    )
+    try:
+        with Live(_run_table(run, order), console=console, refresh_per_second=8) as live:
+            while run.status == "running":
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=2.0)
+                except TimeoutError:
+                    pass
+                changed.clear()
+                run = await get_run(db, run_id)
+                live.update(_run_table(run, order))
+    finally:
+        subscription.unsubscribe()
+        await bus.close(grace=1)
+    return run
+
+
+async def _with_a_worker(settings: Settings, db: Database, follow: bool) -> JobWorker | None:
+    """A worker in this process while it follows a run, when no other worker is alive; else
+    None (and, not following, a warning that the run waits for one)."""
+    from gathering.events import EventBus
+    from gathering.jobs import JobQueue, JobServices, JobWorker
+
+    queue = await JobQueue(db).open()
+    if await queue.live_workers(settings.job_stalled_after):
+        await queue.close()
+        return None
+    if not follow:
+        await queue.close()
+        err_console.print(
+            "[yellow]no worker is running:[/] the run waits for `gathering serve` or "
+            "`gathering worker` (or add --follow to run it from here)"
+        )
+        return None
+    bus = EventBus(db, poll_interval=1.0)
+    await bus.start()
+    worker = JobWorker(
+        queue,
+        JobServices(db, bus),
+        concurrency=settings.worker_concurrency,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+    await worker.start()
+    err_console.print("[dim]no worker is running: this command runs the nodes itself[/]")
+    return worker
+
+
+async def _stop_worker(worker: JobWorker | None) -> None:
+    if worker is not None:
+        await worker.stop()
+        if worker.services.bus is not None:
+            await worker.services.bus.close(grace=1)
+        await worker.queue.close()
+
+
+def _run_input(text: str | None) -> dict[str, object]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"--input is not JSON: {exc.msg}", hint='e.g. --input \'{"topic": "tides"}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(
+            "--input must be a JSON object", hint='e.g. --input \'{"topic": "tides"}\''
+        )
+    return value
+
+
+def _finish(run: RunRecord, follow: bool) -> None:
+    if not follow:
+        console.print(f"run [bold]{run.id}[/] started: `gathering pipelines runs` follows it")
+        return
+    if run.status != "succeeded":
+        error = run.error or {}
+        err_console.print(
+            f"[red]run {run.id} {run.status}:[/] {escape(str(error.get('message', '')))}"
+        )
+        raise typer.Exit(code=1)
+
+
+@pipelines_app.command("run")
+def pipelines_run(
+    name: Annotated[str, typer.Argument(help="The pipeline's name")],
+    input_json: Annotated[
+        str | None, typer.Option("--input", help="The run's input, a JSON object")
+    ] = None,
+    follow: FollowOption = False,
+    owner: PipelineOwnerOption = None,
+) -> None:
+    """Start a run of a pipeline's current version; --follow shows its nodes live."""
+    from gathering.pipelines import pipeline_named
+    from gathering.pipelines.executor import Executor
+
+    settings = settings_or_exit()
+    with reported_errors():
+        run_input = _run_input(input_json)
+
+    async def work() -> RunRecord:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            record = await pipeline_named(store.db, owner_id, name)
+            worker = await _with_a_worker(settings, store.db, follow)
+            try:
+                run = await Executor(store.db, None).start_run(
+                    record.id, record.version, owner_id, run_input
+                )
+                return await _follow_run(store.db, run.id) if follow else run
+            finally:
+                await _stop_worker(worker)
+
+    _finish(run_async(work), follow)
+
+
+@pipelines_app.command("runs")
+def pipelines_runs(
+    name: Annotated[str, typer.Argument(help="The pipeline's name")],
+    owner: PipelineOwnerOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=1_000, help="At most this many")] = 20,
+) -> None:
+    """A pipeline's runs, newest first."""
+    from gathering.pipelines import pipeline_named
+    from gathering.pipelines.runs import list_runs
+
+    settings = settings_or_exit()
+
+    async def work() -> list[RunRecord]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            record = await pipeline_named(store.db, owner_id, name)
+            return await list_runs(store.db, record.id, limit=limit)
+
+    runs = run_async(work)
+    table = Table(title=f"{len(runs)} run(s) of {escape(name)}")
+    for column in ("id", "version", "status", "trigger", "from", "started", "finished", "error"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            str(run.id),
+            str(run.version),
+            f"[{_STATUS_STYLE.get(run.status, '')}]{run.status}[/]",
+            run.trigger,
+            f"{run.relation} of {run.parent_run_id}" if run.parent_run_id else "",
+            run.created_at.isoformat(timespec="seconds"),
+            run.finished_at.isoformat(timespec="seconds") if run.finished_at else "",
+            escape(str((run.error or {}).get("message", "")))[:80],
+        )
+    console.print(table)
+
+
+@pipelines_app.command("show")
+def pipelines_show(run_id: RunIdArgument, follow: FollowOption = False) -> None:
+    """One run's nodes: status, attempts, time taken, output or error."""
+    from gathering.pipelines.executor import graph_of
+    from gathering.pipelines.runs import get_run
+
+    settings = settings_or_exit()
+
+    async def work() -> tuple[RunRecord, list[str]]:
+        async with Database(settings=settings, min_size=0, max_size=2) as db:
+            run = await _follow_run(db, run_id) if follow else await get_run(db, run_id)
+            return run, (await graph_of(db, run.pipeline_id, run.version)).order
+
+    run, order = run_async(work)
+    if not follow:
+        console.print(_run_table(run, order))
+
+
+@pipelines_app.command("cancel")
+def pipelines_cancel(run_id: RunIdArgument) -> None:
+    """Cancel a run: queued nodes never run, running ones stop within a second."""
+    from gathering.pipelines.executor import Executor
+
+    settings = settings_or_exit()
+
+    async def work() -> RunRecord:
+        async with Database(settings=settings, min_size=0, max_size=2) as db:
+            return await Executor(db, None).cancel_run(
+                run_id, reason="cancelled from the command line"
+            )
+
+    run = run_async(work)
+    console.print(f"run [bold]{run.id}[/] cancelled")
+
+
+@pipelines_app.command("retry")
+def pipelines_retry(run_id: RunIdArgument, follow: FollowOption = False) -> None:
+    """Retry a failed or cancelled run from where it stopped (a new run, linked to it)."""
+    from gathering.pipelines.executor import Executor
+
+    settings = settings_or_exit()
+
+    async def work() -> RunRecord:
+        async with Database(settings=settings, min_size=0, max_size=4) as db:
+            worker = await _with_a_worker(settings, db, follow)
+            try:
+                run = await Executor(db, None).retry_run(run_id)
+                return await _follow_run(db, run.id) if follow else run
+            finally:
+                await _stop_worker(worker)
+
+    _finish(run_async(work), follow)
 
 
 @pipelines_app.command("export")

@@ -26,3 +26,8 @@ SELECT id, queue_name, task_name, status::text AS status, attempts, args, schedu
 
 -- name: count_by_status --
 SELECT status::text AS status, count(*) AS jobs FROM procrastinate_jobs GROUP BY status
+
+-- name: live_workers --
+-- Workers whose last heartbeat is less than $1 seconds old.
+SELECT count(*) FROM procrastinate_workers
+WHERE last_heartbeat > now() - make_interval(secs => $1::float8)

@@ -237,6 +237,10 @@ class JobQueue:
         await self.app.job_manager.cancel_job_by_id_async(job_id, abort=True)
         return await self.job(job_id)
 
+    async def live_workers(self, within: float) -> int:
+        """How many workers sent a heartbeat in the last `within` seconds."""
+        return int(await self.db.fetch_val(_SQL["live_workers"], within))
+
     async def counts(self) -> dict[str, int]:
         """How many jobs are in each status."""
         rows = await self.db.fetch_all(_SQL["count_by_status"])

@@ -35,7 +35,7 @@ from gathering.errors import (
     GatheringError,
     InvalidInputError,
 )
-from gathering.events import Event
+from gathering.events import Event, EventBus
 from gathering.jobs import enqueue
 from gathering.pipelines.breaker import BreakerPolicy, check_breaker, record_failure, record_success
 from gathering.pipelines.conditions import evaluate
@@ -50,7 +50,6 @@ from gathering.tools.validation import field_path, schema_validator
 if TYPE_CHECKING:
     from gathering.db import Database
     from gathering.db.database import Queries
-    from gathering.events import EventBus
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.pipelines")
@@ -126,12 +125,15 @@ def _should_retry(policy: RetryPolicy, attempt: int, code: str) -> bool:
 
 
 class Executor:
-    """Starts runs and runs their nodes on `db` (events on `bus` when there is one)."""
+    """Starts runs and runs their nodes on `db`, publishing their events through `bus`."""
 
     def __init__(
         self, db: Database, bus: EventBus | None, *, breaker: BreakerPolicy | None = None
     ) -> None:
-        self.db, self.bus = db, bus
+        self.db = db
+        # Events are written to the outbox in each step's transaction; a bus that is not
+        # listening (a command line's) still writes them.
+        self.bus = bus if bus is not None else EventBus(db)
         self.breaker = breaker or BreakerPolicy.from_settings()
 
     # --- starting -----------------------------------------------------------------------
@@ -698,7 +700,7 @@ class Executor:
         return "run" if active else "skip"
 
     async def _publish(self, tx: Queries, events: list[Event]) -> None:
-        if events and self.bus is not None:
+        if events:
             await self.bus.publish_many(events, tx=tx)
 
 
