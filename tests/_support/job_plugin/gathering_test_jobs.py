@@ -11,7 +11,10 @@ import os
 
 import procrastinate
 
+from gathering.errors import ToolFailedError
 from gathering.jobs import ON_SHUTDOWN, services_of
+from gathering.tools import FunctionTool, function_tool
+from gathering.tools.context import ToolContext
 
 blueprint = procrastinate.Blueprint()
 
@@ -44,3 +47,40 @@ async def sleep(context: procrastinate.JobContext, key: str, seconds: float) -> 
 async def fail(context: procrastinate.JobContext, key: str) -> None:
     await _mark(context, key, "failed")
     raise RuntimeError(f"{key} fails on purpose")
+
+
+# --- tools for pipeline nodes run by worker processes -----------------------------------------
+
+
+async def _tool_mark(context: ToolContext, key: str, what: str) -> None:
+    await context.require_db().execute(
+        "INSERT INTO job_test_marks (key, what, pid) VALUES ($1, $2, $3)", key, what, os.getpid()
+    )
+
+
+async def slow_write(key: str, seconds: float, context: ToolContext) -> str:
+    """Mark `key` started, wait `seconds`, mark it done (a write: safe to repeat)."""
+    await _tool_mark(context, key, "started")
+    await asyncio.sleep(seconds)
+    await _tool_mark(context, key, "done")
+    return f"{key} done"
+
+
+async def slow_external(key: str, seconds: float, context: ToolContext) -> str:
+    """Like slow_write, but an external effect: never repeated by itself."""
+    return await slow_write(key, seconds, context)
+
+
+async def always_fails(key: str, context: ToolContext) -> str:
+    """Mark `key` called, then fail."""
+    await _tool_mark(context, key, "called")
+    raise ToolFailedError(f"{key} fails on purpose")
+
+
+def tools() -> list[FunctionTool]:
+    """The plugin's tools (the `gathering.tools` entry point)."""
+    return [
+        function_tool(slow_write, effect="write", timeout=600),
+        function_tool(slow_external, effect="external", timeout=600),
+        function_tool(always_fails, effect="read"),
+    ]
