@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from itertools import pairwise
 from typing import Any, TypeVar
 
 import httpx
