@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import httpx
@@ -71,9 +72,7 @@ def node(node_id: str, tool: str, **arguments: Any) -> dict[str, Any]:
 
 def chain(name: str, *nodes: dict[str, Any]) -> dict[str, Any]:
     everything = [{"id": "start", "type": "trigger"}, *nodes]
-    edges = [
-        {"from": a["id"], "to": b["id"]} for a, b in zip(everything, everything[1:], strict=False)
-    ]
+    edges = [{"from": a["id"], "to": b["id"]} for a, b in pairwise(everything)]
     return {"name": name, "nodes": everything, "edges": edges}
 
 
