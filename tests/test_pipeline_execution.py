@@ -120,9 +120,9 @@ async def test_unknown_node_types_are_refused_before_a_run(runtime: Runtime) -> 
     document = linear({"id": "x", "type": "teleport", "config": {}})
     with pytest.raises(InvalidInputError, match="invalid node data"):
         await runtime.pipeline(document)
-    waiting = linear({"id": "ok", "type": "approval", "config": {"message": "ship it?"}})
-    pipeline_id, version = await runtime.pipeline(waiting)
-    with pytest.raises(InvalidInputError, match="approval nodes, which cannot run yet"):
+    nested = linear({"id": "sub", "type": "sub_pipeline", "config": {"pipeline": "other"}})
+    pipeline_id, version = await runtime.pipeline(nested)
+    with pytest.raises(InvalidInputError, match="sub_pipeline nodes, which cannot run yet"):
         await runtime.executor.start_run(pipeline_id, version, runtime.owner_id, {})
 
 
@@ -389,3 +389,52 @@ async def test_events_emitted_during_execution(runtime: Runtime) -> None:
     node_a = [e.type for e in runtime.events if e.data.get("node") == "a"]
     assert node_a == ["pipeline_node.queued", "pipeline_node.running", "pipeline_node.succeeded"]
     assert all(e.subject == f"pipeline:{run.pipeline_id}" for e in runtime.events)
+
+
+# --- approvals ------------------------------------------------------------------------------
+
+
+def approval(node_id: str, **config: object) -> dict[str, object]:
+    return {
+        "id": node_id,
+        "type": "approval",
+        "config": {"message": "Ship {{ input.v }}?", **config},
+    }
+
+
+async def test_an_approval_node_waits_for_a_person_then_goes_on(runtime: Runtime) -> None:
+    run = await runtime.start(
+        linear(approval("ok"), tool_node("ship", "echo", text="shipped")), {"v": "1.2"}
+    )
+    for _ in range(200):
+        waiting = await get_run(runtime.db, run.id)
+        if waiting.nodes["ok"].status == "waiting":
+            break
+        await asyncio.sleep(0.05)
+    assert waiting.nodes["ok"].input == {"message": "Ship 1.2?"}
+    assert LAB.calls["shipped"] == 0
+    with pytest.raises(InvalidInputError, match="use approve or deny"):
+        await runtime.executor.resolve(run.id, "ok", "skip")
+    await runtime.executor.resolve(run.id, "ok", "approve", by=runtime.owner_id, comment="go")
+    done = await runtime.wait(run.id)
+    assert done.status == "succeeded" and LAB.calls["shipped"] == 1
+    assert done.outputs["ok"] == {"approved": True, "by": runtime.owner_id, "comment": "go"}
+
+
+async def test_a_denied_or_expired_approval_fails_the_run(runtime: Runtime) -> None:
+    run = await runtime.start(linear(approval("ok")), {"v": "2"})
+    for _ in range(200):
+        if (await get_run(runtime.db, run.id)).nodes["ok"].status == "waiting":
+            break
+        await asyncio.sleep(0.05)
+    await runtime.executor.resolve(run.id, "ok", "deny", comment="not today")
+    denied = await runtime.wait(run.id)
+    assert denied.error is not None and denied.error["code"] == "approval_denied"
+    assert "not today" in denied.error["message"]
+
+    pipeline_id, version = await runtime.pipeline(
+        linear(approval("ok", timeout_seconds=0.5), name="q")
+    )
+    late = await runtime.executor.start_run(pipeline_id, version, runtime.owner_id, {"v": "3"})
+    expired = await runtime.wait(late.id, limit=20)
+    assert expired.error is not None and expired.error["code"] == "approval_expired"

@@ -1311,6 +1311,38 @@ def pipelines_cancel(run_id: RunIdArgument) -> None:
     console.print(f"run [bold]{run.id}[/] cancelled")
 
 
+def _answer_node(run_id: int, node_id: str, action: str, comment: str) -> RunRecord:
+    from gathering.pipelines.executor import Executor
+
+    settings = settings_or_exit()
+
+    async def work() -> RunRecord:
+        async with Database(settings=settings, min_size=0, max_size=2) as db:
+            return await Executor(db, None).resolve(run_id, node_id, action, comment=comment)
+
+    return run_async(work)
+
+
+NodeArgument = Annotated[str, typer.Argument(help="The waiting node's id")]
+AnswerComment = Annotated[str, typer.Option("--comment", "-m", help="Why (kept with the answer)")]
+
+
+@pipelines_app.command("approve")
+def pipelines_approve(
+    run_id: RunIdArgument, node: NodeArgument, comment: AnswerComment = ""
+) -> None:
+    """Approve a run's approval node: the run goes on (from any process, any time)."""
+    run = _answer_node(run_id, node, "approve", comment)
+    console.print(f"node [bold]{escape(node)}[/] of run {run.id} approved: the run goes on")
+
+
+@pipelines_app.command("deny")
+def pipelines_deny(run_id: RunIdArgument, node: NodeArgument, comment: AnswerComment = "") -> None:
+    """Deny a run's approval node: the node fails (approval_denied), and so does the run."""
+    run = _answer_node(run_id, node, "deny", comment)
+    console.print(f"node [bold]{escape(node)}[/] of run {run.id} denied: the run is {run.status}")
+
+
 @pipelines_app.command("retry")
 def pipelines_retry(run_id: RunIdArgument, follow: FollowOption = False) -> None:
     """Retry a failed or cancelled run from where it stopped (a new run, linked to it)."""

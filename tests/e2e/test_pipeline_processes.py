@@ -10,6 +10,8 @@ connection."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from itertools import pairwise
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from job_processes import ScratchDatabase, Worker, scratch_database, wait_until, worker_env
-from live_server import LiveServer
+from live_server import LiveServer, environment
 
 from gathering.agents.retrieval import local_owner_id
 from gathering.db import Database
@@ -230,3 +232,38 @@ def test_the_circuit_breaker_is_shared_by_two_workers(database: ScratchDatabase)
         assert pids == {first.pid, second.pid} and len(database.marks("down")) == 2
     finally:
         second.stop()
+
+
+def test_an_approval_is_given_from_another_process_after_a_restart(
+    database: ScratchDatabase,
+) -> None:
+    worker = Worker(database)
+    document = chain(
+        "release",
+        {"id": "ok", "type": "approval", "config": {"message": "Release {{ input.v }}?"}},
+        node("ship", "slow_write", key="ship", seconds=0),
+    )
+    run_id = start(database, document, {"v": "2.0"})
+    waiting = wait_until(
+        lambda: (run := run_of(database, run_id)).nodes["ok"].status == "waiting" and run,
+        30,
+        "the approval waits",
+    )
+    assert waiting.nodes["ok"].input == {"message": "Release 2.0?"}
+    assert worker.stop() == 0  # nothing of ours runs while it waits
+    answer = subprocess.run(
+        [sys.executable, "-m", "gathering", "pipelines", "approve", str(run_id), "ok", "-m", "go"],
+        env=environment(**worker_env(database)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    again = Worker(database)
+    try:
+        run = finished(database, run_id, limit=30)
+        assert run.status == "succeeded"
+        assert (run.outputs["ok"] or {})["comment"] == "go"
+        assert database.marks("ship") == [("started", again.pid), ("done", again.pid)]
+    finally:
+        again.stop()

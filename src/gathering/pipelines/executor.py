@@ -41,7 +41,7 @@ from gathering.pipelines.breaker import BreakerPolicy, check_breaker, record_fai
 from gathering.pipelines.conditions import evaluate
 from gathering.pipelines.definition import Node, PipelineDefinition, RetryPolicy, parse_definition
 from gathering.pipelines.handlers import RUNNABLE, NodeCall, effect_of, execute, target_of
-from gathering.pipelines.node_config import DelayConfig, ParallelConfig
+from gathering.pipelines.node_config import TEMPLATES, ApprovalConfig, DelayConfig, ParallelConfig
 from gathering.pipelines.runs import FINISHED, NodeRun, RunRecord, get_run
 from gathering.pipelines.store import get_version
 from gathering.pipelines.validation import check, execution_order
@@ -252,20 +252,20 @@ class Executor:
                 await self._set(tx, run, node_id, "cancelled", events)
                 await self._publish(tx, events)
                 return None
-            if node_run.status == "waiting":  # a delay whose time has come
+            if node_run.status == "waiting":  # a delay's time, or an approval's expiry, came
+                if node.type == "approval":
+                    error = {
+                        "code": "approval_expired",
+                        "message": f"nobody answered {node_id} in time",
+                    }
+                    await self._fail_attempt(tx, run, node, node_run, error, None)
+                    return None
                 await self._set(tx, run, node_id, "succeeded", events, output={"waited": True})
                 await self._advance(tx, run_id, graph, events)
                 await self._publish(tx, events)
                 return None
-            if node.type == "delay" and node_run.status == "queued":
-                seconds = DelayConfig.model_validate(node.config).seconds
-                wake = datetime.now(UTC) + timedelta(seconds=seconds)
-                job = await enqueue(
-                    tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE, at=wake
-                )
-                await self._set(
-                    tx, run, node_id, "waiting", events, job_id=job, wake_at=wake, attempt=1
-                )
+            if node.type in ("delay", "approval") and node_run.status == "queued":
+                await self._wait(tx, run, node, events)
                 await self._publish(tx, events)
                 return None
             if node_run.status == "running":  # its worker died or stopped mid-attempt
@@ -300,6 +300,36 @@ class Executor:
             )
             await self._publish(tx, events)
             return run, graph, node, updated.attempt
+
+    async def _wait(self, tx: Queries, run: RunRecord, node: Node, events: list[Event]) -> None:
+        """A delay waits for its time; an approval for a person (until its timeout, if any).
+        A job scheduled for then wakes the node; no process waits."""
+        wake: datetime | None = None
+        if node.type == "delay":
+            seconds: float | None = DelayConfig.model_validate(node.config).seconds
+        else:
+            config = ApprovalConfig.model_validate(node.config)
+            seconds = config.timeout_seconds
+            nodes = [NodeRun.from_row(r) for r in await tx.fetch_all(_SQL["node_runs"], run.id)]
+            outputs = {n.node_id: n.output for n in nodes if n.status == "succeeded"}
+            try:
+                message = TEMPLATES.from_string(config.message).render(
+                    input=run.input, outputs=outputs
+                )
+            except Exception as exc:  # the template's mistake: the node fails
+                error = {"code": "template_error", "message": f"node {node.id}: {exc}"}
+                await self._set(tx, run, node.id, "failed", events, error=error, attempt=1)
+                await self._end_run(tx, run, "failed", error | {"node": node.id}, events)
+                return
+            await tx.execute(
+                _SQL["set_node_input"], run.id, node.id, Jsonb({"message": message[:20_000]})
+            )
+        job = None
+        if seconds is not None:
+            wake = datetime.now(UTC) + timedelta(seconds=seconds)
+            args = {"run_id": run.id, "node_id": node.id}
+            job = await enqueue(tx, NODE_TASK, args, queue=QUEUE, at=wake)
+        await self._set(tx, run, node.id, "waiting", events, job_id=job, wake_at=wake, attempt=1)
 
     async def _succeeded(
         self, run_id: int, node: Node, attempt: int, output: Any, target: str | None
@@ -455,29 +485,55 @@ class Executor:
             reuse=reuse,
         )
 
-    async def resolve(self, run_id: int, node_id: str, action: str) -> RunRecord:
-        """A person's answer for a node whose outcome is unknown: `retry` runs it again,
-        `skip` takes it as done without output."""
-        if action not in ("retry", "skip"):
-            raise InvalidInputError(f"unknown action {action!r}", hint="retry or skip")
+    async def resolve(
+        self, run_id: int, node_id: str, action: str, *, by: int | None = None, comment: str = ""
+    ) -> RunRecord:
+        """A person's answer for a waiting node: an approval node is `approve`d (its output
+        says who and their comment) or `deny`ed (it fails, `approval_denied`); a node whose
+        outcome is unknown is run again (`retry`) or taken as done without output (`skip`)."""
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node_id)
-            if node_run is None:
+            graph = await graph_of(tx, run.pipeline_id, run.version)
+            if node_run is None or node_id not in graph.nodes:
                 raise InvalidInputError(f"run {run_id} has no node {node_id!r}")
-            if run.status != "running" or node_run.status != "waiting" or node_run.wake_at:
+            node = graph.nodes[node_id]
+            allowed = ("approve", "deny") if node.type == "approval" else ("retry", "skip")
+            unknown = node_run.error is not None and node_run.error.get("code") == "outcome_unknown"
+            if (
+                run.status != "running"
+                or node_run.status != "waiting"
+                or (node.type != "approval" and not unknown)
+            ):
                 raise ConflictError(
                     f"node {node_id} of run {run_id} is not waiting for a decision",
-                    hint="only a node whose outcome is unknown waits for one",
+                    hint="approval nodes, and nodes whose outcome is unknown, wait for one",
+                )
+            if action not in allowed:
+                raise InvalidInputError(
+                    f"{action!r} does not answer node {node_id}", hint=f"use {' or '.join(allowed)}"
                 )
             events: list[Event] = []
-            graph = await graph_of(tx, run.pipeline_id, run.version)
+            if node_run.job_id is not None:  # an approval's expiry: no longer due
+                await tx.fetch_one(_SQL["cancel_job"], node_run.job_id)
             if action == "retry":
                 job = await enqueue(
                     tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE
                 )
                 await self._set(tx, run, node_id, "queued", events, job_id=job)
+            elif action == "deny":
+                error = {
+                    "code": "approval_denied",
+                    "message": f"{node_id} was denied: {comment}".rstrip(": "),
+                }
+                await self._fail_attempt(tx, run, node, node_run, error, None)
+                return await get_run(self.db, run_id)
             else:
-                await self._set(tx, run, node_id, "succeeded", events, output=None)
+                output = (
+                    {"approved": True, "by": by, "comment": comment}
+                    if action == "approve"
+                    else None
+                )
+                await self._set(tx, run, node_id, "succeeded", events, output=output)
                 await self._advance(tx, run_id, graph, events)
             await self._publish(tx, events)
         return await get_run(self.db, run_id)

@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from gathering.events import EventBus
 
 Effect = Literal["read", "write", "external"]
-RUNNABLE = frozenset({"trigger", "agent", "tool", "condition", "action", "parallel", "delay"})
-"""Node types a run executes today; `approval` and `sub_pipeline` are refused at run start."""
+RUNNABLE = frozenset(
+    {"trigger", "agent", "tool", "condition", "action", "parallel", "delay", "approval"}
+)
+"""Node types a run executes today; `sub_pipeline` is refused at run start."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
+from gathering.agents.persona import NO_NUL
 from gathering.api.deps import MAX_ID, BusDep, DbDep
 from gathering.api.fields import WholeNumber
 from gathering.api.routers.pipelines import (
@@ -55,7 +56,10 @@ class ForkIn(_In):
 
 
 class ResolveIn(_In):
-    action: Literal["retry", "skip"]
+    action: Literal["approve", "deny", "retry", "skip"] = Field(
+        description="approve or deny an approval node; retry or skip a node of unknown outcome"
+    )
+    comment: str = Field(default="", max_length=2_000, pattern=NO_NUL)
 
 
 class NodeRunOut(BaseModel):
@@ -257,10 +261,15 @@ async def node_resolve(
     db: DbDep,
     bus: BusDep,
 ) -> RunOut:
-    """A node interrupted during an external call waits for a person: `retry` runs it again,
-    `skip` goes on without its output. 409 when the node is not waiting for a decision."""
+    """An approval node is approved (the run goes on) or denied (the node fails); a node
+    interrupted during an external call is run again (`retry`) or taken as done (`skip`). 409
+    when the node is not waiting for an answer; 422 for an answer that does not fit it."""
     await _visible_run(request, principal, db, run_id)
-    return _out(await _executor(db, bus).resolve(run_id, node_id, body.action))
+    executor = _executor(db, bus)
+    run = await executor.resolve(
+        run_id, node_id, body.action, by=principal.user_id, comment=body.comment
+    )
+    return _out(run)
 
 
 @router.get("/breakers", summary="Circuit breakers", dependencies=[rate_limit("relaxed")])
