@@ -185,7 +185,9 @@ class Runtime:
         run = await self.executor.start_run(*pipeline, self.owner_id, {})
         deadline = started + limit
         while True:
-            status = await self.db.fetch_val("SELECT status FROM pipeline.runs WHERE id = $1", run.id)
+            status = await self.db.fetch_val(
+                "SELECT status FROM pipeline.runs WHERE id = $1", run.id
+            )
             if status != "running":
                 return time.perf_counter() - started, str(status)
             if time.perf_counter() > deadline:
@@ -201,18 +203,21 @@ def sqlalchemy_url(conninfo: str) -> str:
     """`conninfo` (libpq keywords or URL) as the SQLAlchemy URL DBOS takes."""
     from sqlalchemy import URL
 
-    parts = conninfo_to_dict(conninfo)
-    host = str(parts.get("host") or "")
-    socket_dir = host.startswith("/")
+    parts = {key: str(value) for key, value in conninfo_to_dict(conninfo).items() if value}
+    host, port = parts.get("host", ""), parts.get("port")
+    if host.startswith("/"):  # a socket directory goes in the query
+        query = {"host": host} | ({"port": port} if port else {})
+        host, port = "", None
+    else:
+        query = {}
     url = URL.create(
         "postgresql+psycopg",
-        username=str(parts.get("user") or "") or None,
-        password=str(parts.get("password") or "") or None,
-        host=None if socket_dir else host or None,
-        port=int(parts["port"]) if parts.get("port") and not socket_dir else None,
-        database=str(parts["dbname"]),
-        query={"host": host, "port": str(parts["port"])} if socket_dir and parts.get("port")
-        else {"host": host} if socket_dir else {},
+        username=parts.get("user"),
+        password=parts.get("password"),
+        host=host or None,
+        port=int(port) if port else None,
+        database=parts["dbname"],
+        query=query,
     )
     return url.render_as_string(hide_password=False)
 
@@ -335,8 +340,10 @@ async def big_dag(runtime: Runtime, total: int, chain_per_node: float) -> None:
         print(f"  did not complete within {DAG_TIMEOUT:.0f} s (cancelled)  (goal: NOT MET)")
         return
     per_node_s = elapsed / tools
-    print(f"  run {status} in {elapsed:.1f} s: {per_node_s * 1000:.2f} ms/node, "
-          f"{tools / elapsed:,.0f} nodes/s")
+    print(
+        f"  run {status} in {elapsed:.1f} s: {per_node_s * 1000:.2f} ms/node, "
+        f"{tools / elapsed:,.0f} nodes/s"
+    )
     if chain_per_node == chain_per_node:  # not NaN
         print(f"  per node against the chain's: {per_node_s / chain_per_node:.2f}x")
     print(f"  completes: {verdict(status == 'succeeded')}")
@@ -454,7 +461,9 @@ async def drain(kind: str, db: Database, jobs: int) -> float | None:
         await say("go")
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT):
-                while await remaining(db):
+                while True:  # the jobs' rows are the truth, on both sides alike
+                    if not await remaining(db):
+                        break
                     await asyncio.sleep(DRAIN_POLL)
             elapsed = time.perf_counter() - started
         except TimeoutError:

@@ -137,3 +137,36 @@ async def test_resolve_is_refused_for_a_node_not_waiting(api: httpx.AsyncClient)
     answer = await api.post(f"/pipelines/runs/{run_id}/nodes/a/resolve", json={"action": "retry"})
     assert answer.status_code == 409
     assert (await api.get("/pipelines/breakers")).status_code == 200
+
+
+async def test_a_webhook_starts_a_run_with_its_secret_only(api: httpx.AsyncClient) -> None:
+    hooked = linear(tool_node("a", "echo", text="hook {{ input.n }}"), name="hooked")
+    hooked["nodes"][0]["config"] = {"kind": "webhook"}
+    pipeline_id = await stored(api, hooked)
+    url = f"/pipelines/{pipeline_id}/webhook"
+    header = "X-Gathering-Webhook-Secret"
+    before = await api.post(url, json={"n": 1}, headers={header: "guess"})
+    assert before.status_code == 401  # no secret made yet: the same answer as a wrong one
+    made = await api.post(f"/pipelines/{pipeline_id}/webhook-secret")
+    assert made.status_code == 200 and made.json()["header"] == header
+    secret = made.json()["secret"]
+    async with httpx.AsyncClient(transport=api._transport, base_url="http://test") as anonymous:
+        wrong = await anonymous.post(url, json={"n": 1}, headers={header: secret + "x"})
+        assert wrong.status_code == 401
+        missing = await anonymous.post(url, json={"n": 1})
+        assert missing.status_code == 401
+        started = await anonymous.post(url, json={"n": 7}, headers={header: secret})
+        assert started.status_code == 202, started.text
+    run = await finished(api, started.json()["id"])
+    assert run["trigger"] == "webhook" and run["status"] == "succeeded"
+    assert {n["node_id"]: n["output"] for n in run["nodes"]}["a"] == "hook 7"
+    rotated = (await api.post(f"/pipelines/{pipeline_id}/webhook-secret")).json()["secret"]
+    assert rotated != secret
+    assert (await api.post(url, json={}, headers={header: secret})).status_code == 401
+
+    manual = await stored(api, linear(name="manual-only"))
+    manual_secret = (await api.post(f"/pipelines/{manual}/webhook-secret")).json()["secret"]
+    refused = await api.post(
+        f"/pipelines/{manual}/webhook", json={}, headers={header: manual_secret}
+    )
+    assert refused.status_code == 409 and "has no webhook trigger" in refused.text

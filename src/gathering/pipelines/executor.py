@@ -156,6 +156,13 @@ class Executor:
         graph = await graph_of(self.db, pipeline_id, version)
         definition = graph.definition
         check(definition)
+        if trigger == "webhook" and not any(
+            n.type == "trigger" and n.config.get("kind") == "webhook" for n in definition.nodes
+        ):
+            raise ConflictError(
+                f"pipeline {pipeline_id} (version {version}) has no webhook trigger",
+                hint="add a trigger node with config {kind: webhook} and save the pipeline",
+            )
         unrunnable = sorted({n.type for n in definition.nodes if n.type not in RUNNABLE})
         if unrunnable:
             raise InvalidInputError(

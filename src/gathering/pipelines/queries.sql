@@ -217,3 +217,11 @@ SELECT n.run_id, 'node', n.node_id FROM pipeline.node_runs n
 JOIN pipeline.runs r ON r.id = n.run_id AND r.status = 'running'
 WHERE n.status = 'running' AND n.deadline < now() - make_interval(secs => $2::float8)
 LIMIT $1
+
+-- webhooks ----------------------------------------------------------------------------------
+
+-- name: set_webhook_secret --
+UPDATE pipeline.pipelines SET webhook_secret_hash = $2 WHERE id = $1 RETURNING id
+
+-- name: webhook_secret_hash --
+SELECT webhook_secret_hash FROM pipeline.pipelines WHERE id = $1

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
@@ -26,14 +26,16 @@ from gathering.api.routers.pipelines import (
     PipelinesWriter,
     visible_pipeline,
 )
-from gathering.api.security import ensure_owner, not_found, rate_limit
+from gathering.api.security import ensure_owner, not_found, public_route, rate_limit
 from gathering.auth.principal import Principal
 from gathering.db import Database
 from gathering.errors import NotFoundError
 from gathering.events import EventBus
+from gathering.pipelines import get_pipeline
 from gathering.pipelines.breaker import BreakerPolicy, list_breakers
 from gathering.pipelines.executor import Executor
 from gathering.pipelines.runs import RunRecord, get_run, list_runs
+from gathering.pipelines.webhooks import SECRET_HEADER, check_webhook_secret, new_webhook_secret
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 RunId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The run's id")]
@@ -281,3 +283,53 @@ async def breakers_list(principal: PipelinesReader, db: DbDep) -> list[BreakerOu
         BreakerOut(target=b.target, state=b.state, failures=b.failures, opened_at=b.opened_at)
         for b in found
     ]
+
+
+class WebhookSecretOut(BaseModel):
+    secret: str = Field(description="Shown once: send it in the header to start runs")
+    header: str = Field(description="The header that carries it")
+    url: str = Field(description="Where to POST (the run's input as a JSON object)")
+
+
+class WebhookRunOut(BaseModel):
+    id: int = Field(description="The run started")
+    status: str
+
+
+@router.post("/{pipeline_id:id}/webhook-secret", summary="Make a new webhook secret")
+async def webhook_secret(
+    pipeline_id: PipelineId, request: Request, principal: PipelinesWriter, db: DbDep
+) -> WebhookSecretOut:
+    """A new secret for the pipeline's webhook trigger, shown this once; the previous one
+    stops working."""
+    await visible_pipeline(request, principal, db, pipeline_id)
+    secret = await new_webhook_secret(db, pipeline_id)
+    return WebhookSecretOut(
+        secret=secret, header=SECRET_HEADER, url=f"/pipelines/{pipeline_id}/webhook"
+    )
+
+
+@router.post(
+    "/{pipeline_id:id}/webhook",
+    summary="Start a run from a webhook",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(public_route), rate_limit("strict")],
+    responses={401: {"description": "No secret, or not this pipeline's"}, **_STARTED},
+)
+async def webhook_run(
+    pipeline_id: PipelineId,
+    db: DbDep,
+    bus: BusDep,
+    body: Annotated[JsonObject, Body(description="The run's input")],
+    secret: Annotated[
+        str | None, Header(alias=SECRET_HEADER, max_length=200, description="The secret")
+    ] = None,
+) -> WebhookRunOut:
+    """No login: the pipeline's webhook secret is the credential. The pipeline's current
+    version must have a webhook trigger (409 otherwise)."""
+    await check_webhook_secret(db, pipeline_id, secret)
+    record = await get_pipeline(db, pipeline_id)
+    run = await _executor(db, bus).start_run(
+        pipeline_id, record.version, record.owner_id, body, trigger="webhook"
+    )
+    return WebhookRunOut(id=run.id, status=run.status)

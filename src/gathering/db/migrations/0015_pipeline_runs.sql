@@ -54,3 +54,6 @@ CREATE TABLE pipeline.breakers (
     opened_at    timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
+
+-- A pipeline's webhook secret, as its SHA-256 (the secret itself is shown once, when made).
+ALTER TABLE pipeline.pipelines ADD COLUMN webhook_secret_hash bytea;
