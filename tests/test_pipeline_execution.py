@@ -438,3 +438,61 @@ async def test_a_denied_or_expired_approval_fails_the_run(runtime: Runtime) -> N
     late = await runtime.executor.start_run(pipeline_id, version, runtime.owner_id, {"v": "3"})
     expired = await runtime.wait(late.id, limit=20)
     assert expired.error is not None and expired.error["code"] == "approval_expired"
+
+
+# --- sub-pipelines --------------------------------------------------------------------------
+
+
+def call(node_id: str, pipeline: str, **given: object) -> dict[str, object]:
+    return {"id": node_id, "type": "sub_pipeline", "config": {"pipeline": pipeline, "input": given}}
+
+
+async def test_a_sub_pipeline_runs_and_its_outputs_flow_on(runtime: Runtime) -> None:
+    await runtime.pipeline(
+        linear(tool_node("say", "echo", text="child got {{ input.word }}"), name="child")
+    )
+    parent = linear(
+        call("call", "child", word="{{ input.w }}"),
+        tool_node("after", "echo", text="parent saw [{{ outputs.call.outputs.say }}]"),
+        name="parent",
+    )
+    done = await runtime.wait((await runtime.start(parent, {"w": "hi"})).id)
+    assert done.status == "succeeded", done.error
+    child_id = done.outputs["call"]["run_id"]
+    child = await get_run(runtime.db, child_id)
+    assert child.status == "succeeded" and child.trigger == "sub_pipeline"
+    assert done.outputs["after"] == "parent saw [child got hi]"
+
+
+async def test_a_failing_sub_pipeline_fails_its_caller(runtime: Runtime) -> None:
+    LAB.failures_left["deep"] = 5
+    await runtime.pipeline(linear(tool_node("x", "flaky", key="deep"), name="fragile"))
+    done = await runtime.wait(
+        (await runtime.start(linear(call("call", "fragile"), name="caller"))).id
+    )
+    assert done.status == "failed"
+    assert done.error is not None and done.error["code"] == "sub_pipeline_failed"
+    assert "deep failed on purpose" in done.error["message"]
+
+
+async def test_cancelling_the_caller_cancels_the_sub_pipeline(runtime: Runtime) -> None:
+    await runtime.pipeline(linear(tool_node("x", "blocked", key="inner"), name="inner"))
+    run = await runtime.start(linear(call("call", "inner"), name="outer"))
+    await asyncio.wait_for(LAB.started_event("inner").wait(), 20)
+    await runtime.executor.cancel_run(run.id)
+    child_id = (await get_run(runtime.db, run.id)).nodes["call"].input["run_id"]
+    child = await runtime.wait(child_id, "cancelled", limit=10)
+    for _ in range(100):
+        if (await get_run(runtime.db, child_id)).nodes["x"].status == "cancelled":
+            break
+        await asyncio.sleep(0.05)
+    assert (await get_run(runtime.db, child_id)).nodes["x"].status == "cancelled"
+    assert child.error is not None and "the run that called it" in child.error["message"]
+
+
+async def test_pipelines_calling_themselves_stop_at_a_depth(runtime: Runtime) -> None:
+    done = await runtime.wait(
+        (await runtime.start(linear(call("again", "loop"), name="loop"))).id, limit=60
+    )
+    assert done.status == "failed"
+    assert done.error is not None and "more than 8 deep" in done.error["message"]

@@ -34,6 +34,7 @@ from gathering.errors import (
     ConflictError,
     GatheringError,
     InvalidInputError,
+    NotFoundError,
 )
 from gathering.events import Event, EventBus
 from gathering.jobs import enqueue
@@ -41,9 +42,15 @@ from gathering.pipelines.breaker import BreakerPolicy, check_breaker, record_fai
 from gathering.pipelines.conditions import evaluate
 from gathering.pipelines.definition import Node, PipelineDefinition, RetryPolicy, parse_definition
 from gathering.pipelines.handlers import RUNNABLE, NodeCall, effect_of, execute, target_of
-from gathering.pipelines.node_config import TEMPLATES, ApprovalConfig, DelayConfig, ParallelConfig
+from gathering.pipelines.node_config import (
+    TEMPLATES,
+    ApprovalConfig,
+    DelayConfig,
+    ParallelConfig,
+    SubPipelineConfig,
+)
 from gathering.pipelines.runs import FINISHED, NodeRun, RunRecord, get_run
-from gathering.pipelines.store import get_version
+from gathering.pipelines.store import get_pipeline, get_version, pipeline_named
 from gathering.pipelines.validation import check, execution_order
 from gathering.tools.validation import field_path, schema_validator
 
@@ -56,6 +63,7 @@ _SQL = queries_of("gathering.pipelines")
 NODE_TASK = "pipelines:run_node"
 QUEUE = "pipelines"
 NO_RETRY = RetryPolicy()
+MAX_DEPTH = 8  # sub-pipelines within sub-pipelines
 DEADLINE_GRACE = 5.0  # seconds a live worker has to report its own node's timeout first
 
 
@@ -149,9 +157,11 @@ class Executor:
         parent: RunRecord | None = None,
         relation: str | None = None,
         reuse: dict[str, Any] | None = None,
+        caller: tuple[int, str, int] | None = None,
     ) -> RunRecord:
         """Start a run of the pinned `version` with `run_input` (checked against the input
-        schema); `reuse` gives nodes whose outputs are taken as they are (retry, fork). The
+        schema); `reuse` gives nodes whose outputs are taken as they are (retry, fork);
+        `caller` is the (run, node, depth) of a sub_pipeline node that waits for it. The
         first nodes are queued in the same transaction; returns at once."""
         graph = await graph_of(self.db, pipeline_id, version)
         definition = graph.definition
@@ -190,6 +200,9 @@ class Executor:
                 parent.id if parent else None,
                 relation,
                 definition.timeout_seconds,
+                caller[0] if caller else None,
+                caller[1] if caller else None,
+                caller[2] if caller else 0,
             )
             assert row is not None
             run_id = int(row["id"])
@@ -249,14 +262,19 @@ class Executor:
             if row is None:
                 return None
             node_run = NodeRun.from_row(row)
-            if node_run.finished or node_run.job_id != job_id:
-                return None  # done already, or superseded by a newer job
             run = RunRecord.from_row(run_row)
             graph = await graph_of(tx, run.pipeline_id, run.version)
             node = graph.nodes[node_id]
+            called = node.type == "sub_pipeline" and node_run.status == "waiting"
+            if node_run.finished or (node_run.job_id != job_id and not called):
+                return None  # done already, or superseded by a newer job
             events: list[Event] = []
             if run.status != "running":
                 await self._set(tx, run, node_id, "cancelled", events)
+                await self._publish(tx, events)
+                return None
+            if called:  # the run it called has ended (or this is a stale wake-up)
+                await self._called_run_ended(tx, run, node, node_run, events)
                 await self._publish(tx, events)
                 return None
             if node_run.status == "waiting":  # a delay's time, or an approval's expiry, came
@@ -273,6 +291,10 @@ class Executor:
                 return None
             if node.type in ("delay", "approval") and node_run.status == "queued":
                 await self._wait(tx, run, node, events)
+                await self._publish(tx, events)
+                return None
+            if node.type == "sub_pipeline" and node_run.status == "queued":
+                await self._call(tx, run, node, events)
                 await self._publish(tx, events)
                 return None
             if node_run.status == "running":  # its worker died or stopped mid-attempt
@@ -337,6 +359,80 @@ class Executor:
             args = {"run_id": run.id, "node_id": node.id}
             job = await enqueue(tx, NODE_TASK, args, queue=QUEUE, at=wake)
         await self._set(tx, run, node.id, "waiting", events, job_id=job, wake_at=wake, attempt=1)
+
+    async def _call(self, tx: Queries, run: RunRecord, node: Node, events: list[Event]) -> None:
+        """Start the run of the pipeline a sub_pipeline node names (the owner's), in this
+        transaction; the node waits until that run ends."""
+        config = SubPipelineConfig.model_validate(node.config)
+        depth_row = await tx.fetch_one(_SQL["run_by_id"], run.id)
+        depth = int(depth_row["depth"]) if depth_row else 0
+        error: dict[str, Any] | None = None
+        try:
+            if depth + 1 > MAX_DEPTH:
+                raise InvalidInputError(
+                    f"sub-pipelines nest more than {MAX_DEPTH} deep (do pipelines call each other?)"
+                )
+            if isinstance(config.pipeline, int):
+                callee = await get_pipeline(tx, config.pipeline)
+                if callee.owner_id != run.owner_id:
+                    raise NotFoundError(f"no pipeline {config.pipeline}")
+            else:
+                callee = await pipeline_named(tx, run.owner_id, config.pipeline)
+            nodes = [NodeRun.from_row(r) for r in await tx.fetch_all(_SQL["node_runs"], run.id)]
+            outputs = {n.node_id: n.output for n in nodes if n.status == "succeeded"}
+            call = NodeCall(
+                self.db,
+                self.bus,
+                run.id,
+                run.pipeline_id,
+                run.owner_id,
+                node,
+                1,
+                run.input,
+                outputs,
+                [],
+            )
+            child_input = call.render(config.input)
+            async with self.db.transaction():  # a savepoint: a refused call leaves no trace
+                child = await self.start_run(
+                    callee.id,
+                    callee.version,
+                    run.owner_id,
+                    child_input,
+                    trigger="sub_pipeline",
+                    caller=(run.id, node.id, depth + 1),
+                )
+        except GatheringError as exc:
+            error = _error(exc)
+        if error is not None:
+            await self._set(tx, run, node.id, "failed", events, error=error, attempt=1)
+            await self._end_run(tx, run, "failed", error | {"node": node.id}, events)
+            return
+        await tx.execute(_SQL["set_node_input"], run.id, node.id, Jsonb({"run_id": child.id}))
+        await self._set(tx, run, node.id, "waiting", events, attempt=1)
+
+    async def _called_run_ended(
+        self, tx: Queries, run: RunRecord, node: Node, node_run: NodeRun, events: list[Event]
+    ) -> None:
+        child_id = (node_run.input or {}).get("run_id")
+        child = await tx.fetch_one(_SQL["run_by_id"], child_id) if child_id else None
+        if child is None or child["status"] == "running":
+            return  # not ended yet: a stale wake-up
+        if child["status"] == "succeeded":
+            nodes = await tx.fetch_all(_SQL["node_runs"], child["id"])
+            outputs = {n["node_id"]: n["output"] for n in nodes if n["status"] == "succeeded"}
+            output = {"run_id": child["id"], "outputs": outputs}
+            await self._set(tx, run, node.id, "succeeded", events, output=output)
+            graph = await graph_of(tx, run.pipeline_id, run.version)
+            await self._advance(tx, run.id, graph, events)
+            return
+        cause = child["error"] or {}
+        error = {
+            "code": "sub_pipeline_failed",
+            "message": f"run {child['id']} of the called pipeline {child['status']}: "
+            f"{cause.get('message', '')}".rstrip(": "),
+        }
+        await self._fail_attempt(tx, run, node, node_run, error, None)
 
     async def _succeeded(
         self, run_id: int, node: Node, attempt: int, output: Any, target: str | None
@@ -668,6 +764,17 @@ class Executor:
             return
         for job in await tx.fetch_all(_SQL["open_node_jobs"], run.id):
             await tx.fetch_one(_SQL["cancel_job"], job["job_id"])
+        for callee in await tx.fetch_all(_SQL["running_callees"], run.id):
+            called = await tx.fetch_one(_SQL["lock_run"], callee["id"])
+            if called is not None and called["status"] == "running":
+                reason = {
+                    "code": "cancelled",
+                    "message": f"the run that called it ({run.id}) ended",
+                }
+                await self._end_run(tx, RunRecord.from_row(called), "cancelled", reason, events)
+        if row["caller_run_id"] is not None:  # a sub-pipeline: its caller's node goes on
+            wake = {"run_id": row["caller_run_id"], "node_id": row["caller_node_id"]}
+            await enqueue(tx, NODE_TASK, wake, queue=QUEUE)
         left = "cancelled" if status == "cancelled" else "skipped"
         for stopped in await tx.fetch_all(_SQL["stop_open_nodes"], run.id, left):
             body = {

@@ -38,9 +38,19 @@ if TYPE_CHECKING:
 
 Effect = Literal["read", "write", "external"]
 RUNNABLE = frozenset(
-    {"trigger", "agent", "tool", "condition", "action", "parallel", "delay", "approval"}
+    {
+        "trigger",
+        "agent",
+        "tool",
+        "condition",
+        "action",
+        "parallel",
+        "delay",
+        "approval",
+        "sub_pipeline",
+    }
 )
-"""Node types a run executes today; `sub_pipeline` is refused at run start."""
+"""Node types a run executes (every type a definition may have)."""
 
 
 @dataclass(frozen=True)

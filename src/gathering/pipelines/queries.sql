@@ -130,11 +130,16 @@ ORDER BY target
 
 -- name: insert_run --
 -- A run of pipeline $1 at version $2 for owner $3 with input $4, started by $5 (trigger), from
--- run $6 ($7: retry or fork), to finish by $8.
+-- run $6 ($7: retry or fork), to finish by $8; called by node $10 of run $9 at depth $11.
 INSERT INTO pipeline.runs
-    (pipeline_id, version, owner_id, input, trigger, parent_run_id, relation, deadline)
-VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8::float8))
+    (pipeline_id, version, owner_id, input, trigger, parent_run_id, relation, deadline,
+     caller_run_id, caller_node_id, depth)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8::float8), $9, $10, $11)
 RETURNING *
+
+-- name: running_callees --
+-- The running runs that nodes of run $1 called (sub-pipelines).
+SELECT id FROM pipeline.runs WHERE caller_run_id = $1 AND status = 'running'
 
 -- name: insert_node_runs --
 -- Run $1's nodes $2 (ids), all pending.

@@ -1,0 +1,9 @@
+-- A run started by a sub_pipeline node names its caller (the run and node that wait for it),
+-- and how deep it is in such calls (bounded, so that pipelines calling each other end).
+
+ALTER TABLE pipeline.runs
+    ADD COLUMN caller_run_id  bigint  REFERENCES pipeline.runs (id) ON DELETE CASCADE,
+    ADD COLUMN caller_node_id text,
+    ADD COLUMN depth          integer NOT NULL DEFAULT 0 CHECK (depth >= 0),
+    ADD CHECK ((caller_run_id IS NULL) = (caller_node_id IS NULL));
+CREATE INDEX runs_by_caller ON pipeline.runs (caller_run_id) WHERE caller_run_id IS NOT NULL;
