@@ -400,6 +400,17 @@ class Settings(BaseSettings):
             raise ValueError("must be longer than GATHERING_ACCESS_TOKEN_TTL")
         return value
 
+    @field_validator("job_stalled_after")
+    @classmethod
+    def _check_stalled_outlives_heartbeats(cls, value: float, info: ValidationInfo) -> float:
+        heartbeat = info.data.get("job_heartbeat_interval")
+        if isinstance(heartbeat, int | float) and value <= 2 * heartbeat:
+            raise ValueError(
+                "must be more than twice GATHERING_JOB_HEARTBEAT_INTERVAL (a live worker"
+                " that misses one heartbeat would be taken as dead)"
+            )
+        return value
+
     @field_validator("admin_email")
     @classmethod
     def _normalize_admin_email(cls, value: str | None) -> str | None:

@@ -25,6 +25,7 @@ from gathering.pipelines.jobs import blueprint, deadlines_duty
 from gathering.pipelines.runs import RunRecord, get_run
 from gathering.tools import function_tool
 from gathering.tools import registry as registry_module
+from gathering.tools.context import ToolContext
 
 
 @dataclass
@@ -66,8 +67,22 @@ async def blocked(key: str) -> str:
     return f"{key} released"
 
 
+async def whoami(context: ToolContext) -> str:
+    """The id of this call (a pipeline node's idempotency key: run/node/attempt)."""
+    LAB.calls["whoami"] += 1
+    return context.call_id or ""
+
+
+async def send(text: str) -> str:
+    """Send `text` somewhere outside (an external effect; counted)."""
+    LAB.calls[f"send:{text}"] += 1
+    return f"sent {text}"
+
+
 TOOLS = [
     function_tool(echo, effect="read"),
+    function_tool(whoami, effect="write"),
+    function_tool(send, effect="external"),
     function_tool(flaky, effect="write"),
     function_tool(blocked, effect="read", timeout=600),
 ]

@@ -36,6 +36,11 @@ async def run_worker_process(
     async with Database(settings=settings) as db:
         if settings.auto_migrate:
             await db.run_migrations()
+        elif problem := (await db.migration_status()).problem():
+            raise StartupError(
+                f"the database is not ready for this worker: {problem}",
+                hint="run `gathering db migrate` (or set GATHERING_AUTO_MIGRATE=true)",
+            )
         bus = EventBus(
             db,
             poll_interval=settings.events_poll_interval,

@@ -77,12 +77,20 @@ class JobWorker:
         self.heartbeat_interval, self.stalled_after = heartbeat_interval, stalled_after
         self.running = 0
         self.finished = 0
+        self.restarts = 0
+        self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._worker: Worker | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Start taking jobs (the queue must be open)."""
-        self._worker = Worker(
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._supervise(), name="job worker")
+        log.info("job worker started", concurrency=self.concurrency, queues=self.queues or "all")
+
+    def _new_worker(self) -> Worker:
+        return Worker(
             self.queue.app,
             queues=self.queues,
             name=worker_name(),
@@ -96,10 +104,27 @@ class JobWorker:
             stalled_worker_timeout=self.stalled_after,
             worker_middleware=[self._observe],
         )
-        # procrastinate's Worker.run and stop carry no annotations
-        run = self._worker.run()  # type: ignore[no-untyped-call]
-        self._task = asyncio.create_task(run, name="job worker")
-        log.info("job worker started", concurrency=self.concurrency, queues=self.queues or "all")
+
+    async def _supervise(self) -> None:
+        """Run procrastinate's worker until stopped; when its loop ends by itself (the
+        database went away, or it was taken as dead and forgotten), start a new one, after a
+        backoff, so that a server's embedded worker never stays down."""
+        backoff = 1.0
+        while not self._stopping.is_set():
+            self._worker = self._new_worker()
+            try:
+                await self._worker.run()  # type: ignore[no-untyped-call]
+            except Exception as exc:  # its loop failed: say so, and start again
+                self.last_error = repr(exc)[:300]
+                log.error("the job worker failed; starting it again", exc_info=exc)
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, 30.0)
 
     async def stop(self) -> None:
         """Take no new job; wait for the running ones (up to the shutdown timeout), then
@@ -107,8 +132,9 @@ class JobWorker:
         task, self._task = self._task, None
         if task is None:
             return
+        self._stopping.set()
         if self._worker is not None:
-            self._worker.stop()  # type: ignore[no-untyped-call]
+            self._worker.stop()  # type: ignore[no-untyped-call] # procrastinate's: unannotated
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=self.shutdown_timeout + 5)
         except TimeoutError:
@@ -118,14 +144,18 @@ class JobWorker:
         log.info("job worker stopped", finished=self.finished)
 
     def health(self) -> tuple[bool, str]:
-        """(ok, detail): not ok once the worker's loop has ended by itself."""
+        """(ok, detail): not ok once the worker's loop has ended by itself, or while it is
+        being started again after a failure."""
         task = self._task
         if task is None:
             return True, "not started"
         if task.done():
             error = task.exception() if not task.cancelled() else None
             return False, f"the job worker stopped: {error!r}" if error else "stopped"
-        return True, f"{self.running} running, {self.finished} finished"
+        detail = f"{self.running} running, {self.finished} finished"
+        if self.restarts:
+            detail += f"; started again {self.restarts} time(s), last error: {self.last_error}"
+        return True, detail
 
     async def wait(self) -> None:
         """Until the worker's loop ends (for `gathering worker`)."""

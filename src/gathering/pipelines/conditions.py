@@ -116,7 +116,7 @@ def evaluate(expression: str, input: Mapping[str, Any], outputs: Mapping[str, An
     evaluator = EvalWithCompoundTypes(names=names, functions=_FUNCTIONS)
     try:
         return evaluator.eval(expression.strip())
-    except (InvalidExpression, ArithmeticError, TypeError, ValueError, KeyError) as exc:
+    except (InvalidExpression, ArithmeticError, LookupError, TypeError, ValueError) as exc:
         raise InvalidInputError(
             f"condition {expression!r} could not be evaluated: {exc}",
             hint="check the names it reads (input.<key>, outputs.<node id>.<key>)",

@@ -32,8 +32,10 @@ from gathering.db.named_queries import queries_of
 from gathering.errors import (
     CircuitOpenError,
     ConflictError,
+    DatabaseError,
     GatheringError,
     InvalidInputError,
+    NodeFailedError,
     NotFoundError,
 )
 from gathering.events import Event, EventBus
@@ -41,9 +43,8 @@ from gathering.jobs import enqueue
 from gathering.pipelines.breaker import BreakerPolicy, check_breaker, record_failure, record_success
 from gathering.pipelines.conditions import evaluate
 from gathering.pipelines.definition import Node, PipelineDefinition, RetryPolicy, parse_definition
-from gathering.pipelines.handlers import RUNNABLE, NodeCall, effect_of, execute, target_of
+from gathering.pipelines.handlers import NodeCall, effect_of, execute, target_for
 from gathering.pipelines.node_config import (
-    TEMPLATES,
     ApprovalConfig,
     DelayConfig,
     ParallelConfig,
@@ -64,7 +65,33 @@ NODE_TASK = "pipelines:run_node"
 QUEUE = "pipelines"
 NO_RETRY = RetryPolicy()
 MAX_DEPTH = 8  # sub-pipelines within sub-pipelines
+MAX_OUTPUT_CHARS = 1_000_000  # a node's output, as JSON
+ORPHAN_GRACE = 5.0  # seconds a node's job may have ended before the sweep settles the node
 DEADLINE_GRACE = 5.0  # seconds a live worker has to report its own node's timeout first
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a job holds of its node: the attempt (its idempotency key's number) and the claim
+    number, which fences late writers (a crash repeat keeps the attempt, not the claim)."""
+
+    attempt: int
+    claims: int
+
+    def holds(self, node: NodeRun | None) -> bool:
+        """Whether the node is still running under this claim."""
+        return node is not None and node.status == "running" and node.claims == self.claims
+
+
+def storable(value: Any) -> Any:
+    """`value` with NUL characters (which PostgreSQL's jsonb refuses) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -117,6 +144,16 @@ def _error(exc: BaseException, node: str | None = None) -> dict[str, Any]:
     if node is not None:
         body["node"] = node
     return body
+
+
+def _unknown(run_id: int, node_id: str) -> dict[str, Any]:
+    return {
+        "code": "outcome_unknown",
+        "message": f"node {node_id} was interrupted during an external call: whether it took "
+        "effect is unknown, so it is not repeated by itself",
+        "hint": f"decide: POST /pipelines/runs/{run_id}/nodes/{node_id}/resolve with "
+        '{"action": "retry"} or {"action": "skip"}',
+    }
 
 
 def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
@@ -173,11 +210,10 @@ class Executor:
                 f"pipeline {pipeline_id} (version {version}) has no webhook trigger",
                 hint="add a trigger node with config {kind: webhook} and save the pipeline",
             )
-        unrunnable = sorted({n.type for n in definition.nodes if n.type not in RUNNABLE})
-        if unrunnable:
+        if storable(run_input) != run_input:
             raise InvalidInputError(
-                f"this pipeline has {', '.join(unrunnable)} nodes, which cannot run yet",
-                hint="docs/pipelines.md lists the node types that run",
+                "the run's input holds a NUL character, which cannot be stored",
+                hint="remove the \\u0000 characters from the input",
             )
         errors = sorted(
             schema_validator("input", definition.input_schema).iter_errors(run_input), key=str
@@ -223,7 +259,7 @@ class Executor:
         claimed = await self._claim(run_id, node_id, job_id)
         if claimed is None:
             return
-        run, graph, node, attempt = claimed
+        run, graph, node, claim = claimed
         call = NodeCall(
             self.db,
             self.bus,
@@ -231,29 +267,54 @@ class Executor:
             run.pipeline_id,
             run.owner_id,
             node,
-            attempt,
+            claim.attempt,
             run.input,
             run.outputs,
             graph.predecessors.get(node.id, []),
         )
-        target = target_of(run.owner_id, node)
+        target: str | None = None
         try:
+            target = await target_for(call)
             if target is not None:
                 await check_breaker(self.db, target, self.breaker)
             async with asyncio.timeout(node.timeout_seconds):
                 output = await execute(call)
         except asyncio.CancelledError:
             if not shutting_down():  # a cancel: the run's, or this job's
-                await asyncio.shield(self._cancelled(run_id, node_id, attempt))
+                await asyncio.shield(self._cancelled(run_id, node_id, claim))
             raise  # a shutdown leaves the node running: its job is queued again
         except Exception as exc:
-            await self._failed(run_id, node, attempt, exc, target)
+            # Shielded: a cancel that lands meanwhile must not leave the outcome half-stored.
+            await asyncio.shield(self._failed(run_id, node, claim, exc, target))
             return
-        await self._succeeded(run_id, node, attempt, output, target)
+        await asyncio.shield(self._settle(run_id, node, claim, output, target))
+
+    async def _settle(
+        self, run_id: int, node: Node, claim: Claim, output: Any, target: str | None
+    ) -> None:
+        """Store a successful attempt; one whose output cannot be stored fails instead."""
+        problem: GatheringError | None = None
+        if len(json.dumps(output, default=str)) > MAX_OUTPUT_CHARS:
+            problem = NodeFailedError(
+                f"node {node.id}'s output is over {MAX_OUTPUT_CHARS:,} characters of JSON",
+                code="output_too_large",
+                hint="ask the tool or agent for less, or keep the data elsewhere",
+            )
+        else:
+            try:
+                await self._succeeded(run_id, node, claim, output, target)
+                return
+            except DatabaseError as exc:
+                log.error("a node's output could not be stored", run_id=run_id, node=node.id)
+                problem = NodeFailedError(
+                    f"node {node.id}'s output could not be stored: {exc.message}",
+                    code="output_not_stored",
+                )
+        await self._failed(run_id, node, claim, problem, target)
 
     async def _claim(
         self, run_id: int, node_id: str, job_id: int
-    ) -> tuple[RunRecord, Graph, Node, int] | None:
+    ) -> tuple[RunRecord, Graph, Node, Claim] | None:
         async with self.db.transaction() as tx:
             run_row = await tx.fetch_one(_SQL["lock_run"], run_id)
             if run_row is None:
@@ -300,19 +361,14 @@ class Executor:
             if node_run.status == "running":  # its worker died or stopped mid-attempt
                 effect = await effect_of(self.db, run.owner_id, node)
                 if effect == "external":
-                    error = {
-                        "code": "outcome_unknown",
-                        "message": f"node {node_id} was interrupted during an external call: "
-                        "whether it took effect is unknown, so it is not repeated by itself",
-                        "hint": f"decide: POST /pipelines/runs/{run_id}/nodes/{node_id}/resolve"
-                        ' with {"action": "retry"} or {"action": "skip"}',
-                    }
+                    error = _unknown(run_id, node_id)
                     await self._set(tx, run, node_id, "waiting", events, error=error)
                     await self._publish(tx, events)
                     return None
                 log.info(
                     "repeating an interrupted node", run_id=run_id, node=node_id, effect=effect
                 )
+            repeat = node_run.status == "running"  # the same attempt, and idempotency key
             full = await tx.fetch_one(_SQL["run_by_id"], run_id)
             assert full is not None
             nodes = [NodeRun.from_row(r) for r in await tx.fetch_all(_SQL["node_runs"], run_id)]
@@ -324,11 +380,12 @@ class Executor:
                 "running",
                 events,
                 job_id=job_id,
-                attempt=1,
+                attempt=0 if repeat else 1,
+                claim=True,
                 deadline_in=node.timeout_seconds,
             )
             await self._publish(tx, events)
-            return run, graph, node, updated.attempt
+            return run, graph, node, Claim(updated.attempt, updated.claims)
 
     async def _wait(self, tx: Queries, run: RunRecord, node: Node, events: list[Event]) -> None:
         """A delay waits for its time; an approval for a person (until its timeout, if any).
@@ -341,12 +398,22 @@ class Executor:
             seconds = config.timeout_seconds
             nodes = [NodeRun.from_row(r) for r in await tx.fetch_all(_SQL["node_runs"], run.id)]
             outputs = {n.node_id: n.output for n in nodes if n.status == "succeeded"}
+            call = NodeCall(
+                self.db,
+                self.bus,
+                run.id,
+                run.pipeline_id,
+                run.owner_id,
+                node,
+                1,
+                run.input,
+                outputs,
+                [],
+            )
             try:
-                message = TEMPLATES.from_string(config.message).render(
-                    input=run.input, outputs=outputs
-                )
-            except Exception as exc:  # the template's mistake: the node fails
-                error = {"code": "template_error", "message": f"node {node.id}: {exc}"}
+                message = await call.render(config.message)
+            except NodeFailedError as exc:  # the template's mistake: the node fails
+                error = {"code": exc.code, "message": exc.message}
                 await self._set(tx, run, node.id, "failed", events, error=error, attempt=1)
                 await self._end_run(tx, run, "failed", error | {"node": node.id}, events)
                 return
@@ -392,7 +459,7 @@ class Executor:
                 outputs,
                 [],
             )
-            child_input = call.render(config.input)
+            child_input = await call.render(config.input)
             async with self.db.transaction():  # a savepoint: a refused call leaves no trace
                 child = await self.start_run(
                     callee.id,
@@ -435,11 +502,11 @@ class Executor:
         await self._fail_attempt(tx, run, node, node_run, error, None)
 
     async def _succeeded(
-        self, run_id: int, node: Node, attempt: int, output: Any, target: str | None
+        self, run_id: int, node: Node, claim: Claim, output: Any, target: str | None
     ) -> None:
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node.id)
-            if node_run is None or node_run.status != "running" or node_run.attempt != attempt:
+            if not claim.holds(node_run):
                 return  # taken over meanwhile (a timeout, a cancel): that outcome stands
             if target is not None:
                 await record_success(tx, target)
@@ -451,15 +518,16 @@ class Executor:
             await self._publish(tx, events)
 
     async def _failed(
-        self, run_id: int, node: Node, attempt: int, exc: BaseException, target: str | None
+        self, run_id: int, node: Node, claim: Claim, exc: BaseException, target: str | None
     ) -> None:
         error = _error(exc)
         if not isinstance(exc, GatheringError | TimeoutError):
             log.error("a pipeline node failed", run_id=run_id, node=node.id, exc_info=exc)
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node.id)
-            if node_run is None or node_run.status != "running" or node_run.attempt != attempt:
+            if not claim.holds(node_run):
                 return
+            assert node_run is not None
             await self._fail_attempt(tx, run, node, node_run, error, target, exc)
 
     async def _fail_attempt(
@@ -493,11 +561,12 @@ class Executor:
                 await self._end_run(tx, run, "failed", error | {"node": node.id}, events)
         await self._publish(tx, events)
 
-    async def _cancelled(self, run_id: int, node_id: str, attempt: int) -> None:
+    async def _cancelled(self, run_id: int, node_id: str, claim: Claim) -> None:
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node_id)
-            if node_run is None or node_run.status != "running" or node_run.attempt != attempt:
+            if not claim.holds(node_run):
                 return
+            assert node_run is not None
             events: list[Event] = []
             if run.status == "running":  # this node's job alone was cancelled: the node fails
                 graph = await graph_of(tx, run.pipeline_id, run.version)
@@ -642,8 +711,9 @@ class Executor:
         return await get_run(self.db, run_id)
 
     async def enforce_deadlines(self, limit: int = 100) -> int:
-        """Fail runs past their deadline, and node attempts past theirs whose worker did not
-        report it (it died); how many it handled. Run by a singleton duty."""
+        """Fail runs past their deadline; settle node attempts past theirs whose worker did
+        not report it (it died), and nodes whose job ended without settling them; how many it
+        handled. Run by a singleton duty."""
         rows = await self.db.fetch_all(_SQL["overdue_runs"], limit, DEADLINE_GRACE)
         for row in rows:
             async with self.db.transaction() as tx:
@@ -659,18 +729,69 @@ class Executor:
                     await self._end_run(tx, run, "failed", error, events)
                     await self._publish(tx, events)
                 elif node_run is not None and node_run.status == "running":
-                    graph = await graph_of(tx, run.pipeline_id, run.version)
-                    node = graph.nodes[node_run.node_id]
                     if node_run.job_id is not None:
                         await tx.fetch_one(_SQL["cancel_job"], node_run.job_id)
                     error = {
                         "code": "timeout",
                         "message": "the node did not finish within its timeout",
                     }
-                    await self._fail_attempt(
-                        tx, run, node, node_run, error, target_of(run.owner_id, node)
-                    )
-        return len(rows)
+                    await self._interrupted(tx, run, node_run, error)
+        orphans = await self.db.fetch_all(_SQL["orphaned_nodes"], limit, ORPHAN_GRACE)
+        for row in orphans:
+            async with self.db.transaction() as tx:
+                run, node_run = await self._locked(tx, row["run_id"], row["node_id"])
+                if node_run is None or node_run.finished or node_run.job_id != row["job_id"]:
+                    continue  # settled meanwhile
+                await self._orphaned(tx, run, node_run, row["job_status"])
+        return len(rows) + len(orphans)
+
+    async def _orphaned(self, tx: Queries, run: RunRecord, node_run: NodeRun, job: str) -> None:
+        """Settle a node whose job ended without doing so."""
+        events: list[Event] = []
+        graph = await graph_of(tx, run.pipeline_id, run.version)
+        node = graph.nodes[node_run.node_id]
+        if run.status != "running":
+            await self._set(tx, run, node.id, "cancelled", events)
+            await self._publish(tx, events)
+        elif job in ("cancelled", "aborted"):  # a person cancelled the node's job
+            error = {"code": "cancelled", "message": f"node {node.id}'s job was cancelled"}
+            await self._fail_attempt(tx, run, node, node_run, error, None)
+        elif node_run.status == "running":
+            error = {"code": "interrupted", "message": f"node {node.id}'s job ended mid-attempt"}
+            await self._interrupted(tx, run, node_run, error, repeat=True)
+        else:  # its job failed before it claimed the node: queue it again
+            await self._requeue(tx, run, node.id, events)
+            await self._publish(tx, events)
+
+    async def _interrupted(
+        self,
+        tx: Queries,
+        run: RunRecord,
+        node_run: NodeRun,
+        error: dict[str, Any],
+        *,
+        repeat: bool = False,
+    ) -> None:
+        """An attempt whose worker is gone: an `external` node waits for a person (its outcome
+        is unknown); another fails the attempt (its retry policy decides), or with `repeat`
+        runs again as the same attempt."""
+        events: list[Event] = []
+        graph = await graph_of(tx, run.pipeline_id, run.version)
+        node = graph.nodes[node_run.node_id]
+        if await effect_of(self.db, run.owner_id, node) == "external":
+            await self._set(tx, run, node.id, "waiting", events, error=_unknown(run.id, node.id))
+            await self._publish(tx, events)
+        elif repeat:
+            await self._requeue(tx, run, node.id, events)
+            await self._publish(tx, events)
+        else:
+            await self._fail_attempt(tx, run, node, node_run, error, None)
+
+    async def _requeue(
+        self, tx: Queries, run: RunRecord, node_id: str, events: list[Event]
+    ) -> None:
+        job = await enqueue(tx, NODE_TASK, {"run_id": run.id, "node_id": node_id}, queue=QUEUE)
+        await self._set(tx, run, node_id, "queued", events, job_id=job)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -697,6 +818,7 @@ class Executor:
         wake_at: datetime | None = None,
         deadline_in: float | None = None,
         attempt: int = 0,
+        claim: bool = False,
         retry_in: float | None = None,
     ) -> NodeRun:
         row = await tx.fetch_one(
@@ -704,12 +826,13 @@ class Executor:
             run.id,
             node_id,
             status,
-            None if output is None else Jsonb(output),
-            None if error is None else Jsonb(error),
+            None if output is None else Jsonb(storable(output)),
+            None if error is None else Jsonb(storable(error)),
             job_id,
             wake_at,
             deadline_in,
             attempt,
+            int(claim),
         )
         assert row is not None
         updated = NodeRun.from_row(row)

@@ -7,6 +7,7 @@ tool call's id, so a repeated attempt after a crash finds the stored turn instea
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from gathering.events import Event
 from gathering.pipelines.conditions import evaluate
 from gathering.pipelines.definition import Node
 from gathering.pipelines.node_config import (
+    MAX_RENDERED_CHARS,
     TEMPLATES,
     ActionConfig,
     AgentConfig,
@@ -37,20 +39,6 @@ if TYPE_CHECKING:
     from gathering.events import EventBus
 
 Effect = Literal["read", "write", "external"]
-RUNNABLE = frozenset(
-    {
-        "trigger",
-        "agent",
-        "tool",
-        "condition",
-        "action",
-        "parallel",
-        "delay",
-        "approval",
-        "sub_pipeline",
-    }
-)
-"""Node types a run executes (every type a definition may have)."""
 
 
 @dataclass(frozen=True)
@@ -72,20 +60,32 @@ class NodeCall:
     def key(self) -> str:
         return f"{self.run_id}/{self.node.id}/{self.attempt}"
 
-    def render(self, value: Any) -> Any:
-        """`value` with every string in it rendered as a template over input and outputs."""
+    async def render(self, value: Any) -> Any:
+        """`value` with every string in it rendered as a template over input and outputs, in
+        a thread (a slow template never stops the event loop); `NodeFailedError`
+        (`template_error`) when one cannot be rendered or renders too much."""
+        return await asyncio.to_thread(self._render, value)
+
+    def _render(self, value: Any) -> Any:
         if isinstance(value, str):
             try:
-                return TEMPLATES.from_string(value).render(input=self.input, outputs=self.outputs)
+                text = TEMPLATES.from_string(value).render(input=self.input, outputs=self.outputs)
             except Exception as exc:  # undefined names, sandbox refusals: the node's mistake
                 raise NodeFailedError(
                     f"node {self.node.id}: a template could not be rendered: {exc}",
                     code="template_error",
                 ) from None
+            if len(text) > MAX_RENDERED_CHARS:
+                raise NodeFailedError(
+                    f"node {self.node.id}: a template rendered over {MAX_RENDERED_CHARS:,} "
+                    "characters",
+                    code="template_error",
+                )
+            return text
         if isinstance(value, dict):
-            return {key: self.render(item) for key, item in value.items()}
+            return {key: self._render(item) for key, item in value.items()}
         if isinstance(value, list):
-            return [self.render(item) for item in value]
+            return [self._render(item) for item in value]
         return value
 
 
@@ -109,15 +109,18 @@ async def effect_of(db: Database, owner_id: int, node: Node) -> Effect:
     return "read"
 
 
-def target_of(owner_id: int, node: Node) -> str | None:
-    """The circuit breaker `node` answers to, `<owner>/<kind>:<name>` (its agent, tool or host;
-    per owner, so one owner's failures never stop another's nodes); None for the rest."""
+async def target_for(call: NodeCall) -> str | None:
+    """The circuit breaker `call`'s node answers to, `<owner>/<kind>:<name>` (its agent, its
+    tool, or the host its rendered URL names; per owner, so one owner's failures never stop
+    another's nodes); None for the rest."""
+    node, owner_id = call.node, call.owner_id
     if node.type == "agent":
         return f"{owner_id}/agent:{node.config.get('agent')}"
     if node.type == "tool":
         return f"{owner_id}/tool:{node.config.get('tool')}"
     if node.type == "action" and node.config.get("url"):
-        return f"{owner_id}/host:{urlsplit(str(node.config['url'])).hostname or '?'}"
+        url = await call.render(str(node.config["url"]))
+        return f"{owner_id}/host:{urlsplit(url).hostname or '?'}"
     return None
 
 
@@ -151,7 +154,7 @@ async def _agent_turn(call: NodeCall) -> Any:
     record = await store.load_agent(config.agent, owner_id=call.owner_id)
     agent = Agent.from_record(record, store=store)
     agent.event_bus = call.bus
-    prompt = call.render(config.prompt)
+    prompt = await call.render(config.prompt)
     result = await agent.run(prompt, idempotency_key=f"pipeline:{call.key}", new_session=True)
     if config.output == "text":
         return result.text
@@ -190,7 +193,7 @@ async def _tool_call(call: NodeCall) -> Any:
     config = ToolConfig.model_validate(call.node.config)
     tools = await registry_for(call.db, call.owner_id, None)
     tool = tools.require(config.tool)
-    arguments = call.render(config.arguments)
+    arguments = await call.render(config.arguments)
     workspace = run_workspace(call.pipeline_id, call.run_id)
     context = ToolContext(None, call.owner_id, workspace, call.key, db=call.db)
     return await invoke(tool, arguments, context)
@@ -198,7 +201,7 @@ async def _tool_call(call: NodeCall) -> Any:
 
 async def _action(call: NodeCall) -> Any:
     config = ActionConfig.model_validate(call.node.config)
-    body = call.render(config.body)
+    body = await call.render(config.body)
     if config.kind == "emit_event":
         assert config.event is not None
         if call.bus is None:
@@ -212,7 +215,7 @@ async def _action(call: NodeCall) -> Any:
         await call.bus.publish(event, durable=True)
         return {"event": config.event}
     assert config.url is not None
-    url = call.render(config.url)
+    url = await call.render(config.url)
     content = None if body is None else json.dumps(body)
     headers = {"Content-Type": "application/json"} if content is not None else None
     result = await fetch(config.method, url, policy_from_settings(), body=content, headers=headers)

@@ -10,13 +10,52 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from jinja2 import TemplateSyntaxError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gathering.pipelines.conditions import check_expression
 from gathering.pipelines.definition import ID_PATTERN, MAX_TEXT
 
-TEMPLATES = ImmutableSandboxedEnvironment(autoescape=False)
+MAX_RENDERED_CHARS = 1_000_000  # what one template may produce
+MAX_RANGE = 10_000
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, bounded: `*` may not build a string or list longer than
+    `MAX_RENDERED_CHARS`, `**` only small powers, `range` at most `MAX_RANGE` numbers. (The
+    executor renders in a thread, so a slow template never stops the event loop.)"""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and (
+            not isinstance(right, int | float) or abs(right) > 64 or _too_long(left, 1)
+        ):
+            raise SecurityError("a power in a template is limited to exponents up to 64")
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                if isinstance(sequence, str | list | tuple) and isinstance(count, int):
+                    if len(sequence) * count > MAX_RENDERED_CHARS:
+                        raise SecurityError(
+                            f"a template may not build more than {MAX_RENDERED_CHARS:,} items"
+                        )
+        return super().call_binop(context, operator, left, right)
+
+
+def _too_long(value: Any, _: int) -> bool:
+    return isinstance(value, int) and abs(value) > 10**18
+
+
+def _bounded_range(*args: int) -> range:
+    numbers = range(*args)
+    if len(numbers) > MAX_RANGE:
+        raise SecurityError(f"range() in a template is limited to {MAX_RANGE:,} numbers")
+    return numbers
+
+
+TEMPLATES = BoundedSandbox(autoescape=False)
+TEMPLATES.globals["range"] = _bounded_range
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 
 

@@ -171,7 +171,8 @@ SELECT * FROM pipeline.node_runs WHERE run_id = $1 AND node_id = $2
 -- name: set_node --
 -- Node $2 of run $1 moves to status $3, with output $4 and error $5 (NULL keeps them),
 -- job $6, wake time $7 and a deadline $8 s from now (NULL for none); its attempt grows by
--- $9; started_at is set when it starts running, finished_at when it ends.
+-- $9 and its claims by $10; started_at is set when it starts running, finished_at when it
+-- ends.
 UPDATE pipeline.node_runs SET
     status = $3,
     output = COALESCE($4, output),
@@ -181,6 +182,7 @@ UPDATE pipeline.node_runs SET
     deadline = CASE WHEN $8::float8 IS NULL THEN NULL
                     ELSE now() + make_interval(secs => $8::float8) END,
     attempt = attempt + $9,
+    claims = claims + $10,
     started_at = CASE WHEN $3 = 'running' THEN now() ELSE started_at END,
     finished_at = CASE WHEN $3 IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN now()
                        ELSE NULL END,
@@ -230,3 +232,14 @@ UPDATE pipeline.pipelines SET webhook_secret_hash = $2 WHERE id = $1 RETURNING i
 
 -- name: webhook_secret_hash --
 SELECT webhook_secret_hash FROM pipeline.pipelines WHERE id = $1
+
+-- name: orphaned_nodes --
+-- Nodes whose job ended without settling them, $2 s ago or more (a write that failed, a job a
+-- person cancelled, a run that ended while the node's worker was dead).
+SELECT n.run_id, n.node_id, n.job_id, j.status::text AS job_status
+FROM pipeline.node_runs n
+JOIN procrastinate_jobs j ON j.id = n.job_id
+WHERE n.status IN ('queued', 'running', 'waiting')
+  AND j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+  AND n.updated_at < now() - make_interval(secs => $2::float8)
+LIMIT $1

@@ -34,6 +34,7 @@ class NodeRun:
     node_id: str
     status: str
     attempt: int
+    claims: int
     input: Any
     output: Any
     error: dict[str, Any] | None
@@ -50,6 +51,7 @@ class NodeRun:
             node_id=row["node_id"],
             status=row["status"],
             attempt=int(row["attempt"]),
+            claims=int(row.get("claims") or 0),
             input=row["input"],
             output=row["output"],
             error=row["error"],
