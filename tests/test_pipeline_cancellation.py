@@ -25,8 +25,14 @@ async def runtime(migrated_database_url: str) -> AsyncIterator[Runtime]:
 
 
 async def open_jobs(runtime: Runtime) -> list[str]:
-    jobs = await runtime.queue.list_jobs(limit=1000)
-    return [f"{job.id}:{job.status}" for job in jobs if job.status in ("todo", "doing")]
+    """The run's jobs still queued or running, once their workers had 2 s to record them."""
+    for _ in range(40):
+        jobs = await runtime.queue.list_jobs(limit=1000)
+        left = [f"{job.id}:{job.status}" for job in jobs if job.status in ("todo", "doing")]
+        if not left:
+            break
+        await asyncio.sleep(0.05)
+    return left
 
 
 async def test_pipeline_cancellation_stops_the_running_node_within_a_second(

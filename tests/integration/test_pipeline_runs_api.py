@@ -127,7 +127,7 @@ async def test_fork_reruns_from_a_node_with_new_input(api: httpx.AsyncClient) ->
     assert outputs["b"] == "b-2-a-1"  # run again with the new input
     assert outputs["start"] == {"n": 2}
     unknown = await api.post(f"/pipelines/runs/{run_id}/fork", json={"node": "zz"})
-    assert unknown.status_code == 422
+    assert unknown.status_code == 404
 
 
 async def test_resolve_is_refused_for_a_node_not_waiting(api: httpx.AsyncClient) -> None:

@@ -24,6 +24,8 @@ PUBLIC_OPERATIONS = {
     ("get", "/health/ready"),
     ("post", "/auth/login"),
     ("post", "/auth/refresh"),
+    # its credential is the pipeline's webhook secret, in a header (docs/pipelines.md)
+    ("post", "/pipelines/{pipeline_id}/webhook"),
 }
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections import defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -103,20 +103,25 @@ class Graph:
     order: list[str]
     predecessors: dict[str, list[str]]
     successors: dict[str, list[str]]
+    conditional: dict[str, bool]  # whether an edge into the node has a condition
 
     @classmethod
     def of(cls, definition: PipelineDefinition) -> Graph:
         predecessors: dict[str, list[str]] = defaultdict(list)
         successors: dict[str, list[str]] = defaultdict(list)
+        conditional: dict[str, bool] = {}
         for edge in definition.edges:
             predecessors[edge.target].append(edge.source)
             successors[edge.source].append(edge.target)
+            if edge.condition:
+                conditional[edge.target] = True
         return cls(
             definition,
             {node.id: node for node in definition.nodes},
             execution_order(definition),
             dict(predecessors),
             dict(successors),
+            conditional,
         )
 
 
@@ -130,6 +135,25 @@ async def graph_of(db: Queries, pipeline_id: int, version: int) -> Graph:
     found = await get_version(db, pipeline_id, version)
     assert found.document is not None
     return _graph(json.dumps(found.document, sort_keys=True))
+
+
+_GRAPHS: OrderedDict[tuple[str, int, int], Graph] = OrderedDict()
+_GRAPHS_KEPT = 256
+
+
+async def pinned_graph(db: Database, queries: Queries, pipeline_id: int, version: int) -> Graph:
+    """`graph_of`, remembered per database, pipeline and version (a version never changes),
+    so a node's steps do not read and parse the definition again."""
+    key = (db.url, pipeline_id, version)
+    found = _GRAPHS.get(key)
+    if found is None:
+        found = await graph_of(queries, pipeline_id, version)
+        _GRAPHS[key] = found
+        while len(_GRAPHS) > _GRAPHS_KEPT:
+            _GRAPHS.popitem(last=False)
+    else:
+        _GRAPHS.move_to_end(key)
+    return found
 
 
 def _error(exc: BaseException, node: str | None = None) -> dict[str, Any]:
@@ -200,7 +224,7 @@ class Executor:
         schema); `reuse` gives nodes whose outputs are taken as they are (retry, fork);
         `caller` is the (run, node, depth) of a sub_pipeline node that waits for it. The
         first nodes are queued in the same transaction; returns at once."""
-        graph = await graph_of(self.db, pipeline_id, version)
+        graph = await pinned_graph(self.db, self.db, pipeline_id, version)
         definition = graph.definition
         check(definition)
         if trigger == "webhook" and not any(
@@ -259,7 +283,7 @@ class Executor:
         claimed = await self._claim(run_id, node_id, job_id)
         if claimed is None:
             return
-        run, graph, node, claim = claimed
+        run, graph, node, claim, outputs = claimed
         call = NodeCall(
             self.db,
             self.bus,
@@ -269,7 +293,7 @@ class Executor:
             node,
             claim.attempt,
             run.input,
-            run.outputs,
+            outputs,
             graph.predecessors.get(node.id, []),
         )
         target: str | None = None
@@ -314,7 +338,7 @@ class Executor:
 
     async def _claim(
         self, run_id: int, node_id: str, job_id: int
-    ) -> tuple[RunRecord, Graph, Node, Claim] | None:
+    ) -> tuple[RunRecord, Graph, Node, Claim, dict[str, Any]] | None:
         async with self.db.transaction() as tx:
             run_row = await tx.fetch_one(_SQL["lock_run"], run_id)
             if run_row is None:
@@ -324,7 +348,7 @@ class Executor:
                 return None
             node_run = NodeRun.from_row(row)
             run = RunRecord.from_row(run_row)
-            graph = await graph_of(tx, run.pipeline_id, run.version)
+            graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
             node = graph.nodes[node_id]
             called = node.type == "sub_pipeline" and node_run.status == "waiting"
             if node_run.finished or (node_run.job_id != job_id and not called):
@@ -347,7 +371,7 @@ class Executor:
                     await self._fail_attempt(tx, run, node, node_run, error, None)
                     return None
                 await self._set(tx, run, node_id, "succeeded", events, output={"waited": True})
-                await self._advance(tx, run_id, graph, events)
+                await self._advance(tx, run_id, graph, events, after=node_id)
                 await self._publish(tx, events)
                 return None
             if node.type in ("delay", "approval") and node_run.status == "queued":
@@ -369,10 +393,7 @@ class Executor:
                     "repeating an interrupted node", run_id=run_id, node=node_id, effect=effect
                 )
             repeat = node_run.status == "running"  # the same attempt, and idempotency key
-            full = await tx.fetch_one(_SQL["run_by_id"], run_id)
-            assert full is not None
-            nodes = [NodeRun.from_row(r) for r in await tx.fetch_all(_SQL["node_runs"], run_id)]
-            run = RunRecord.from_row(full, nodes)
+            outputs = await _outputs(tx, run_id) if _reads_outputs(node) else {}
             updated = await self._set(
                 tx,
                 run,
@@ -385,7 +406,7 @@ class Executor:
                 deadline_in=node.timeout_seconds,
             )
             await self._publish(tx, events)
-            return run, graph, node, Claim(updated.attempt, updated.claims)
+            return run, graph, node, Claim(updated.attempt, updated.claims), outputs
 
     async def _wait(self, tx: Queries, run: RunRecord, node: Node, events: list[Event]) -> None:
         """A delay waits for its time; an approval for a person (until its timeout, if any).
@@ -490,8 +511,8 @@ class Executor:
             outputs = {n["node_id"]: n["output"] for n in nodes if n["status"] == "succeeded"}
             output = {"run_id": child["id"], "outputs": outputs}
             await self._set(tx, run, node.id, "succeeded", events, output=output)
-            graph = await graph_of(tx, run.pipeline_id, run.version)
-            await self._advance(tx, run.id, graph, events)
+            graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+            await self._advance(tx, run.id, graph, events, after=node.id)
             return
         cause = child["error"] or {}
         error = {
@@ -513,8 +534,8 @@ class Executor:
             events: list[Event] = []
             await self._set(tx, run, node.id, "succeeded", events, output=output)
             if run.status == "running":
-                graph = await graph_of(tx, run.pipeline_id, run.version)
-                await self._advance(tx, run_id, graph, events)
+                graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+                await self._advance(tx, run_id, graph, events, after=node.id)
             await self._publish(tx, events)
 
     async def _failed(
@@ -569,7 +590,7 @@ class Executor:
             assert node_run is not None
             events: list[Event] = []
             if run.status == "running":  # this node's job alone was cancelled: the node fails
-                graph = await graph_of(tx, run.pipeline_id, run.version)
+                graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
                 error = {"code": "cancelled", "message": f"node {node_id}'s job was cancelled"}
                 await self._fail_attempt(tx, run, graph.nodes[node_id], node_run, error, None)
                 return
@@ -626,9 +647,9 @@ class Executor:
         `node_id` (triggers take the new input instead) and runs `node_id` and the rest again,
         with `run_input` (default: the original input)."""
         original = await get_run(self.db, run_id)
-        graph = await graph_of(self.db, original.pipeline_id, original.version)
+        graph = await pinned_graph(self.db, self.db, original.pipeline_id, original.version)
         if node_id not in graph.nodes:
-            raise InvalidInputError(
+            raise NotFoundError(
                 f"run {run_id}'s pipeline has no node {node_id!r}",
                 hint=f"its nodes: {', '.join(graph.order)}",
             )
@@ -665,9 +686,9 @@ class Executor:
         outcome is unknown is run again (`retry`) or taken as done without output (`skip`)."""
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node_id)
-            graph = await graph_of(tx, run.pipeline_id, run.version)
+            graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
             if node_run is None or node_id not in graph.nodes:
-                raise InvalidInputError(f"run {run_id} has no node {node_id!r}")
+                raise NotFoundError(f"run {run_id} has no node {node_id!r}")
             node = graph.nodes[node_id]
             allowed = ("approve", "deny") if node.type == "approval" else ("retry", "skip")
             unknown = node_run.error is not None and node_run.error.get("code") == "outcome_unknown"
@@ -706,7 +727,7 @@ class Executor:
                     else None
                 )
                 await self._set(tx, run, node_id, "succeeded", events, output=output)
-                await self._advance(tx, run_id, graph, events)
+                await self._advance(tx, run_id, graph, events, after=node_id)
             await self._publish(tx, events)
         return await get_run(self.db, run_id)
 
@@ -748,7 +769,7 @@ class Executor:
     async def _orphaned(self, tx: Queries, run: RunRecord, node_run: NodeRun, job: str) -> None:
         """Settle a node whose job ended without doing so."""
         events: list[Event] = []
-        graph = await graph_of(tx, run.pipeline_id, run.version)
+        graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
         node = graph.nodes[node_run.node_id]
         if run.status != "running":
             await self._set(tx, run, node.id, "cancelled", events)
@@ -776,7 +797,7 @@ class Executor:
         is unknown); another fails the attempt (its retry policy decides), or with `repeat`
         runs again as the same attempt."""
         events: list[Event] = []
-        graph = await graph_of(tx, run.pipeline_id, run.version)
+        graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
         node = graph.nodes[node_run.node_id]
         if await effect_of(self.db, run.owner_id, node) == "external":
             await self._set(tx, run, node.id, "waiting", events, error=_unknown(run.id, node.id))
@@ -916,50 +937,67 @@ class Executor:
             )
         events.append(self._run_event(status, RunRecord.from_row(row), error))
 
-    async def _advance(self, tx: Queries, run_id: int, graph: Graph, events: list[Event]) -> None:
+    async def _advance(
+        self,
+        tx: Queries,
+        run_id: int,
+        graph: Graph,
+        events: list[Event],
+        after: str | None = None,
+    ) -> None:
         """Queue the nodes whose turn has come, skip those that will never run, and end the
-        run when no node is left to run."""
+        run when no node is left to run. Only the nodes after `after` (the node that just
+        finished; None: every node) are looked at, so a step costs what its neighbours do,
+        not what the whole run does."""
         run_row = await tx.fetch_one(_SQL["run_by_id"], run_id)
         assert run_row is not None
-        nodes = {
-            n["node_id"]: NodeRun.from_row(n) for n in await tx.fetch_all(_SQL["node_runs"], run_id)
-        }
-        run = RunRecord.from_row(run_row, list(nodes.values()))
-        statuses = {name: node.status for name, node in nodes.items()}
-        outputs = {name: node.output for name, node in nodes.items() if node.status == "succeeded"}
-        changed = True
-        while changed:
-            changed = False
-            for node_id in graph.order:
-                if statuses[node_id] != "pending":
-                    continue
-                try:
-                    decision = self._decide(graph, node_id, statuses, outputs, run.input)
-                except InvalidInputError as exc:
-                    error = {"code": "condition_error", "message": exc.message, "node": node_id}
-                    await self._end_run(tx, run, "failed", error, events)
-                    return
-                if decision == "wait":
-                    continue
-                changed = True
-                if decision == "skip":
-                    await self._set(tx, run, node_id, "skipped", events)
-                    statuses[node_id] = "skipped"
-                else:
-                    job = await enqueue(
-                        tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE
-                    )
-                    await self._set(tx, run, node_id, "queued", events, job_id=job)
-                    statuses[node_id] = "queued"
-        if all(status in FINISHED for status in statuses.values()):
-            failed = [name for name, status in statuses.items() if status == "failed"]
-            status = "failed" if failed else "succeeded"
+        run = RunRecord.from_row(run_row)
+        statuses: dict[str, str] = {}
+        outputs: dict[str, Any] = {}
+        every_output = False
+        waiting = deque(graph.order if after is None else graph.successors.get(after, []))
+        while waiting:
+            node_id = waiting.popleft()
+            needed = [node_id, *graph.predecessors.get(node_id, [])]
+            unknown = [name for name in needed if name not in statuses]
+            if unknown:
+                for row in await tx.fetch_all(_SQL["node_states"], run_id, unknown):
+                    statuses[row["node_id"]] = row["status"]
+                    if row["status"] == "succeeded":
+                        outputs[row["node_id"]] = row["output"]
+            if statuses[node_id] != "pending":
+                continue
+            if not every_output and graph.conditional.get(node_id):
+                outputs |= await _outputs(tx, run_id)  # a condition may read any output
+                every_output = True
+            try:
+                decision = self._decide(graph, node_id, statuses, outputs, run.input)
+            except InvalidInputError as exc:
+                error = {"code": "condition_error", "message": exc.message, "node": node_id}
+                await self._end_run(tx, run, "failed", error, events)
+                return
+            if decision == "wait":
+                continue
+            if decision == "skip":
+                await self._set(tx, run, node_id, "skipped", events)
+                statuses[node_id] = "skipped"
+                waiting.extend(graph.successors.get(node_id, []))  # skips spread
+            else:
+                job = await enqueue(
+                    tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE
+                )
+                await self._set(tx, run, node_id, "queued", events, job_id=job)
+                statuses[node_id] = "queued"
+        progress = await tx.fetch_one(_SQL["run_progress"], run_id)
+        assert progress is not None
+        if progress["open"] == 0:
+            failed = progress["failed"]
             failure: dict[str, Any] | None = (
-                {"code": "node_failed", "node": failed[0], "message": "a node failed"}
+                {"code": "node_failed", "node": failed, "message": "a node failed"}
                 if failed
                 else None
             )
-            await self._end_run(tx, run, status, failure, events)
+            await self._end_run(tx, run, "failed" if failed else "succeeded", failure, events)
 
     @staticmethod
     def _decide(
@@ -995,6 +1033,17 @@ class Executor:
     async def _publish(self, tx: Queries, events: list[Event]) -> None:
         if events:
             await self.bus.publish_many(events, tx=tx)
+
+
+def _reads_outputs(node: Node) -> bool:
+    """Whether running `node` may read other nodes' outputs (a join's, or a template's)."""
+    return node.type == "parallel" or "outputs" in json.dumps(node.config)
+
+
+async def _outputs(tx: Queries, run_id: int) -> dict[str, Any]:
+    """The outputs of run `run_id`'s nodes that succeeded."""
+    rows = await tx.fetch_all(_SQL["succeeded_outputs"], run_id)
+    return {row["node_id"]: row["output"] for row in rows}
 
 
 def _edge_taken(

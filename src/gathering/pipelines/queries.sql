@@ -243,3 +243,18 @@ WHERE n.status IN ('queued', 'running', 'waiting')
   AND j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
   AND n.updated_at < now() - make_interval(secs => $2::float8)
 LIMIT $1
+
+-- name: succeeded_outputs --
+SELECT node_id, output FROM pipeline.node_runs WHERE run_id = $1 AND status = 'succeeded'
+
+-- name: node_states --
+-- The status of nodes $2 of run $1, with the output of those that succeeded.
+SELECT node_id, status, CASE WHEN status = 'succeeded' THEN output END AS output
+FROM pipeline.node_runs WHERE run_id = $1 AND node_id = ANY($2::text[])
+
+-- name: run_progress --
+-- How many of run $1's nodes are not finished, and the first that failed.
+SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'failed', 'skipped', 'cancelled'))
+           AS open,
+       min(node_id) FILTER (WHERE status = 'failed') AS failed
+FROM pipeline.node_runs WHERE run_id = $1

@@ -152,6 +152,10 @@ def _executor(db: Database, bus: EventBus) -> Executor:
     return Executor(db, bus)
 
 
+_ENDED: dict[int | str, dict[str, Any]] = {409: {"description": "The run has ended"}}
+_NOT_WAITING: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The node waits for no answer (or the run has ended)"}
+}
 _STARTED: dict[int | str, dict[str, Any]] = {
     202: {"description": "Started: its nodes run as jobs; follow it at GET /pipelines/runs/{id}"},
     422: {"description": "The input does not match the input schema, or a node cannot run"},
@@ -205,7 +209,7 @@ async def run_get(run_id: RunId, request: Request, principal: PipelinesReader, d
     return _out(await _visible_run(request, principal, db, run_id))
 
 
-@router.post("/runs/{run_id:id}/cancel", summary="Cancel a run")
+@router.post("/runs/{run_id:id}/cancel", summary="Cancel a run", responses=_ENDED)
 async def run_cancel(
     run_id: RunId, request: Request, principal: PipelinesWriter, db: DbDep, bus: BusDep
 ) -> RunOut:
@@ -219,7 +223,7 @@ async def run_cancel(
     "/runs/{run_id:id}/retry",
     summary="Retry a run from its failed node",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=_STARTED,
+    responses=_STARTED | {409: {"description": "The run did not fail and was not cancelled"}},
 )
 async def run_retry(
     run_id: RunId, request: Request, principal: PipelinesWriter, db: DbDep, bus: BusDep
@@ -252,7 +256,8 @@ async def run_fork(
 
 @router.post(
     "/runs/{run_id:id}/nodes/{node_id}/resolve",
-    summary="Decide for a node whose outcome is unknown",
+    summary="Answer a waiting node",
+    responses=_NOT_WAITING,
 )
 async def node_resolve(
     run_id: RunId,
@@ -314,7 +319,11 @@ async def webhook_secret(
     summary="Start a run from a webhook",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(public_route), rate_limit("strict")],
-    responses={401: {"description": "No secret, or not this pipeline's"}, **_STARTED},
+    responses={
+        401: {"description": "No secret, or not this pipeline's"},
+        409: {"description": "The pipeline's current version has no webhook trigger"},
+        **_STARTED,
+    },
 )
 async def webhook_run(
     pipeline_id: PipelineId,
