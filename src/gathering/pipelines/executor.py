@@ -417,22 +417,8 @@ class Executor:
         else:
             config = ApprovalConfig.model_validate(node.config)
             seconds = config.timeout_seconds
-            nodes = [NodeRun.from_row(r) for r in await tx.fetch_all(_SQL["node_runs"], run.id)]
-            outputs = {n.node_id: n.output for n in nodes if n.status == "succeeded"}
-            call = NodeCall(
-                self.db,
-                self.bus,
-                run.id,
-                run.pipeline_id,
-                run.owner_id,
-                node,
-                1,
-                run.input,
-                outputs,
-                [],
-            )
             try:
-                message = await call.render(config.message)
+                message = await self._render(tx, run, node, config.message)
             except NodeFailedError as exc:  # the template's mistake: the node fails
                 error = {"code": exc.code, "message": exc.message}
                 await self._set(tx, run, node.id, "failed", events, error=error, attempt=1)
@@ -447,6 +433,23 @@ class Executor:
             args = {"run_id": run.id, "node_id": node.id}
             job = await enqueue(tx, NODE_TASK, args, queue=QUEUE, at=wake)
         await self._set(tx, run, node.id, "waiting", events, job_id=job, wake_at=wake, attempt=1)
+
+    async def _render(self, tx: Queries, run: RunRecord, node: Node, value: Any) -> Any:
+        """`value` rendered for `node` (its first attempt) over the run's input and outputs."""
+        outputs = await _outputs(tx, run.id)
+        call = NodeCall(
+            self.db,
+            self.bus,
+            run.id,
+            run.pipeline_id,
+            run.owner_id,
+            node,
+            1,
+            run.input,
+            outputs,
+            [],
+        )
+        return await call.render(value)
 
     async def _call(self, tx: Queries, run: RunRecord, node: Node, events: list[Event]) -> None:
         """Start the run of the pipeline a sub_pipeline node names (the owner's), in this
@@ -466,21 +469,7 @@ class Executor:
                     raise NotFoundError(f"no pipeline {config.pipeline}")
             else:
                 callee = await pipeline_named(tx, run.owner_id, config.pipeline)
-            nodes = [NodeRun.from_row(r) for r in await tx.fetch_all(_SQL["node_runs"], run.id)]
-            outputs = {n.node_id: n.output for n in nodes if n.status == "succeeded"}
-            call = NodeCall(
-                self.db,
-                self.bus,
-                run.id,
-                run.pipeline_id,
-                run.owner_id,
-                node,
-                1,
-                run.input,
-                outputs,
-                [],
-            )
-            child_input = await call.render(config.input)
+            child_input = await self._render(tx, run, node, config.input)
             async with self.db.transaction():  # a savepoint: a refused call leaves no trace
                 child = await self.start_run(
                     callee.id,
