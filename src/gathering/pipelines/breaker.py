@@ -48,15 +48,19 @@ class BreakerState:
         return cls(row["target"], row["state"], int(row["failures"]), row["opened_at"])
 
 
-async def check_breaker(db: Queries, target: str, policy: BreakerPolicy) -> None:
-    """`CircuitOpenError` when `target`'s breaker is open (not when closed or half open)."""
+async def check_breaker(db: Queries, target: str, policy: BreakerPolicy) -> bool:
+    """`CircuitOpenError` when `target`'s breaker is open (not when closed or half open);
+    whether `target` has a breaker at all (one with no failure needs no reset on success)."""
     row = await db.fetch_one(_SQL["breaker_state"], target, policy.cooldown)
-    if row is not None and row["state"] == "open":
+    if row is None:
+        return False
+    if row["state"] == "open":
         raise CircuitOpenError(
             f"circuit open for {target}: {row['failures']} recent failures",
             hint=f"it lets calls try again {policy.cooldown:g}s after it opened",
             details={"target": target},
         )
+    return True
 
 
 async def record_failure(db: Queries, target: str, policy: BreakerPolicy) -> str:

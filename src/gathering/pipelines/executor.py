@@ -297,10 +297,11 @@ class Executor:
             graph.predecessors.get(node.id, []),
         )
         target: str | None = None
+        tracked = False  # whether the target has a breaker row, which a success resets
         try:
             target = await target_for(call)
             if target is not None:
-                await check_breaker(self.db, target, self.breaker)
+                tracked = await check_breaker(self.db, target, self.breaker)
             async with asyncio.timeout(node.timeout_seconds):
                 output = await execute(call)
         except asyncio.CancelledError:
@@ -311,10 +312,16 @@ class Executor:
             # Shielded: a cancel that lands meanwhile must not leave the outcome half-stored.
             await asyncio.shield(self._failed(run_id, node, claim, exc, target))
             return
-        await asyncio.shield(self._settle(run_id, node, claim, output, target))
+        await asyncio.shield(self._settle(run_id, node, claim, output, target, tracked))
 
     async def _settle(
-        self, run_id: int, node: Node, claim: Claim, output: Any, target: str | None
+        self,
+        run_id: int,
+        node: Node,
+        claim: Claim,
+        output: Any,
+        target: str | None,
+        tracked: bool = True,
     ) -> None:
         """Store a successful attempt; one whose output cannot be stored fails instead."""
         problem: GatheringError | None = None
@@ -326,7 +333,7 @@ class Executor:
             )
         else:
             try:
-                await self._succeeded(run_id, node, claim, output, target)
+                await self._succeeded(run_id, node, claim, output, target if tracked else None)
                 return
             except DatabaseError as exc:
                 log.error("a node's output could not be stored", run_id=run_id, node=node.id)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from gathering.agents import Agent, PostgresAgentStore
 from gathering.config import get_settings
-from gathering.errors import InvalidInputError, NodeFailedError
+from gathering.errors import InvalidInputError, NodeFailedError, NotFoundError
 from gathering.events import Event
 from gathering.pipelines.conditions import evaluate
 from gathering.pipelines.definition import Node
@@ -30,8 +30,9 @@ from gathering.pipelines.node_config import (
 )
 from gathering.tools.context import ToolContext
 from gathering.tools.egress import fetch, policy_from_settings
+from gathering.tools.function import FunctionTool
 from gathering.tools.mcp import registry_for
-from gathering.tools.registry import invoke
+from gathering.tools.registry import invoke, loaded_registry
 from gathering.tools.validation import schema_validator
 
 if TYPE_CHECKING:
@@ -94,13 +95,21 @@ def run_workspace(pipeline_id: int, run_id: int) -> Path:
     return get_settings().data_dir / "pipelines" / str(pipeline_id) / "runs" / str(run_id)
 
 
+async def _find_tool(db: Database, owner_id: int, name: str) -> FunctionTool | None:
+    """The tool `name`: the process's registry first, the owner's MCP servers only for a name
+    it does not have (which costs a query, and maybe a connection)."""
+    found = (await loaded_registry()).get(name)
+    if found is None:
+        found = (await registry_for(db, owner_id, None)).get(name)
+    return found
+
+
 async def effect_of(db: Database, owner_id: int, node: Node) -> Effect:
     """What repeating an attempt of `node` may do: a tool's declared effect; an outgoing HTTP
     action is `external`; an agent turn is `write` (its idempotency key finds a finished turn,
     and its own tool calls are recovered by the turn); the rest only read."""
     if node.type == "tool":
-        tools = await registry_for(db, owner_id, None)
-        found = tools.get(ToolConfig.model_validate(node.config).tool)
+        found = await _find_tool(db, owner_id, ToolConfig.model_validate(node.config).tool)
         return found.effect if found is not None else "external"
     if node.type == "action":
         return "write" if node.config.get("kind") == "emit_event" else "external"
@@ -191,8 +200,12 @@ def _json_part(text: str) -> str:
 
 async def _tool_call(call: NodeCall) -> Any:
     config = ToolConfig.model_validate(call.node.config)
-    tools = await registry_for(call.db, call.owner_id, None)
-    tool = tools.require(config.tool)
+    tool = await _find_tool(call.db, call.owner_id, config.tool)
+    if tool is None:
+        raise NotFoundError(
+            f"node {call.node.id}: no tool {config.tool!r}",
+            hint="`gathering tools list` shows the tools; MCP tools are named <server>__<tool>",
+        )
     arguments = await call.render(config.arguments)
     workspace = run_workspace(call.pipeline_id, call.run_id)
     context = ToolContext(None, call.owner_id, workspace, call.key, db=call.db)
