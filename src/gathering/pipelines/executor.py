@@ -19,7 +19,7 @@ import asyncio
 import json
 import random
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -306,13 +306,13 @@ class Executor:
                 output = await execute(call)
         except asyncio.CancelledError:
             if not shutting_down():  # a cancel: the run's, or this job's
-                await asyncio.shield(self._cancelled(run_id, node_id, claim))
+                await _to_the_end(self._cancelled(run_id, node_id, claim))
             raise  # a shutdown leaves the node running: its job is queued again
         except Exception as exc:
             # Shielded: a cancel that lands meanwhile must not leave the outcome half-stored.
-            await asyncio.shield(self._failed(run_id, node, claim, exc, target))
+            await _to_the_end(self._failed(run_id, node, claim, exc, target))
             return
-        await asyncio.shield(self._settle(run_id, node, claim, output, target, tracked))
+        await _to_the_end(self._settle(run_id, node, claim, output, target, tracked))
 
     async def _settle(
         self,
@@ -1029,6 +1029,22 @@ class Executor:
     async def _publish(self, tx: Queries, events: list[Event]) -> None:
         if events:
             await self.bus.publish_many(events, tx=tx)
+
+
+async def _to_the_end(step: Coroutine[Any, Any, None]) -> None:
+    """Run `step` (storing an outcome) to its end even when the job is cancelled meanwhile (a
+    run's cancel, a worker's shutdown): the cancel takes effect once the outcome is stored, so
+    the process never stops with it half-written or unwritten."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True  # once or more: wait for the step all the same
+    task.result()  # its own error, if it failed
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _reads_outputs(node: Node) -> bool:
