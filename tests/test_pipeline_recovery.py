@@ -214,3 +214,45 @@ async def test_a_worker_forgotten_by_the_database_starts_again(idle: Runtime) ->
         assert done.status == "succeeded"
     finally:
         await worker.stop()
+
+
+# --- sub-pipelines and limits ---------------------------------------------------------------
+
+
+async def test_a_caller_whose_called_pipeline_was_deleted_fails(idle: Runtime) -> None:
+    from gathering.pipelines import delete_pipeline
+
+    callee_id, _ = await idle.pipeline(linear(tool_node("x", "echo", text="x"), name="gone"))
+    caller = linear({"id": "call", "type": "sub_pipeline", "config": {"pipeline": "gone"}})
+    run_id = await start_only_first(idle, caller)
+    job = (await get_run(idle.db, run_id)).nodes["call"].job_id
+    assert job is not None
+    await idle.executor.run_node(run_id, "call", job, shutting_down=lambda: False)
+    assert (await get_run(idle.db, run_id)).nodes["call"].status == "waiting"
+    await delete_pipeline(idle.db, callee_id)  # its runs go with it: no wake-up will come
+    await idle.db.execute(
+        "UPDATE pipeline.node_runs SET updated_at = now() - interval '1 minute' WHERE run_id = $1",
+        run_id,
+    )
+    await idle.executor.enforce_deadlines()
+    run = await get_run(idle.db, run_id)
+    assert run.status == "failed" and (run.error or {})["code"] == "sub_pipeline_failed"
+    assert "was deleted" in (run.error or {})["message"]
+
+
+async def test_an_owner_s_running_runs_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, idle: Runtime
+) -> None:
+    from gathering.config import get_settings
+    from gathering.errors import RateLimitedError
+
+    monkeypatch.setenv("GATHERING_PIPELINE_MAX_RUNNING_RUNS", "2")
+    get_settings.cache_clear()
+    try:
+        pipeline_id, version = await idle.pipeline(linear(name="many"))
+        for _ in range(2):
+            await idle.executor.start_run(pipeline_id, version, idle.owner_id, {})
+        with pytest.raises(RateLimitedError, match="2 pipeline runs running"):
+            await idle.executor.start_run(pipeline_id, version, idle.owner_id, {})
+    finally:
+        get_settings.cache_clear()

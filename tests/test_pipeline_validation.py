@@ -76,7 +76,7 @@ def test_every_node_type_with_its_config_is_valid():
             "config": {"tool": "calculator", "arguments": {"expression": "{{ input.x }}"}},
         },
         {"id": "big", "type": "condition", "config": {"expression": "outputs.calc > 10"}},
-        {"id": "fan", "type": "parallel", "config": {"join": "n", "n": 2}},
+        {"id": "fan", "type": "parallel", "config": {"join": "n", "n": 1}},
         {"id": "wait", "type": "delay", "config": {"seconds": 60}},
         {"id": "ok", "type": "approval", "config": {"message": "Send {{ outputs.ask }}?"}},
         {"id": "sub", "type": "sub_pipeline", "config": {"pipeline": "other", "input": {}}},
@@ -235,12 +235,14 @@ def test_each_node_type_checks_its_config(node, path, words):
 def test_a_parallel_join_cannot_wait_for_more_branches_than_it_has():
     nodes = [
         TRIGGER,
-        {"id": "fan", "type": "parallel", "config": {"join": "n", "n": 3}},
+        {"id": "join", "type": "parallel", "config": {"join": "n", "n": 3}},
         agent("a"),
         agent("b"),
     ]
-    found = validate(pipeline(nodes, [("start", "fan"), ("fan", "a"), ("fan", "b")]))
+    edges = [("start", "a"), ("start", "b"), ("a", "join"), ("b", "join")]
+    found = validate(pipeline(nodes, edges))
     assert [(p.path, p.code) for p in found] == [("nodes[1].config.n", "invalid_config")]
+    assert "waits for 3 of 2 branches" in found[0].message
 
 
 def test_the_input_schema_must_be_a_json_schema():

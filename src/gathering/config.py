@@ -143,6 +143,14 @@ class Settings(BaseSettings):
         description="Seconds without a heartbeat after which a worker is taken as dead and its"
         " running jobs are retried elsewhere.",
     )
+    pipeline_max_running_runs: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        validation_alias=_env("pipeline_max_running_runs"),
+        description="Runs one owner may have running at once (sub-pipeline runs included);"
+        " a run past it is refused (429), a sub-pipeline call past it fails its node.",
+    )
     breaker_failures: int = Field(
         default=5,
         ge=1,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from psycopg.types.json import Jsonb
 
+from gathering.config import get_settings
 from gathering.db.named_queries import queries_of
 from gathering.errors import (
     CircuitOpenError,
@@ -37,6 +38,7 @@ from gathering.errors import (
     InvalidInputError,
     NodeFailedError,
     NotFoundError,
+    RateLimitedError,
 )
 from gathering.events import Event, EventBus
 from gathering.jobs import enqueue
@@ -249,6 +251,13 @@ class Executor:
                 f"{errors[0].message}",
                 details={"path": where},
             )
+        cap = get_settings().pipeline_max_running_runs
+        if await self.db.fetch_val(_SQL["running_runs_of"], owner_id) >= cap:
+            raise RateLimitedError(
+                f"you have {cap} pipeline runs running, as many as you may",
+                retry_after=5,
+                hint="wait for some to end, or cancel some (GATHERING_PIPELINE_MAX_RUNNING_RUNS)",
+            )
         async with self.db.transaction() as tx:
             row = await tx.fetch_one(
                 _SQL["insert_run"],
@@ -375,7 +384,7 @@ class Executor:
                         "code": "approval_expired",
                         "message": f"nobody answered {node_id} in time",
                     }
-                    await self._fail_attempt(tx, run, node, node_run, error, None)
+                    await self._fail_attempt(tx, run, node, node_run, error)
                     return None
                 await self._set(tx, run, node_id, "succeeded", events, output={"waited": True})
                 await self._advance(tx, run_id, graph, events, after=node_id)
@@ -500,33 +509,45 @@ class Executor:
     ) -> None:
         child_id = (node_run.input or {}).get("run_id")
         child = await tx.fetch_one(_SQL["run_by_id"], child_id) if child_id else None
-        if child is None or child["status"] == "running":
+        if child is not None and child["status"] == "running":
             return  # not ended yet: a stale wake-up
-        if child["status"] == "succeeded":
-            nodes = await tx.fetch_all(_SQL["node_runs"], child["id"])
-            outputs = {n["node_id"]: n["output"] for n in nodes if n["status"] == "succeeded"}
+        error: dict[str, Any]
+        if child is None:  # deleted with its pipeline
+            error = {
+                "code": "sub_pipeline_failed",
+                "message": f"run {child_id} of the called pipeline was deleted",
+            }
+        elif child["status"] == "succeeded":
+            outputs = await _outputs(tx, child["id"])
             output = {"run_id": child["id"], "outputs": outputs}
-            await self._set(tx, run, node.id, "succeeded", events, output=output)
-            graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
-            await self._advance(tx, run.id, graph, events, after=node.id)
-            return
-        cause = child["error"] or {}
-        error = {
-            "code": "sub_pipeline_failed",
-            "message": f"run {child['id']} of the called pipeline {child['status']}: "
-            f"{cause.get('message', '')}".rstrip(": "),
-        }
-        await self._fail_attempt(tx, run, node, node_run, error, None)
+            if len(json.dumps(output, default=str)) <= MAX_OUTPUT_CHARS:
+                await self._set(tx, run, node.id, "succeeded", events, output=output)
+                graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+                await self._advance(tx, run.id, graph, events, after=node.id)
+                return
+            error = {
+                "code": "output_too_large",
+                "message": f"the outputs of run {child['id']} are over "
+                f"{MAX_OUTPUT_CHARS:,} characters of JSON",
+            }
+        else:
+            cause = child["error"] or {}
+            error = {
+                "code": "sub_pipeline_failed",
+                "message": f"run {child['id']} of the called pipeline {child['status']}: "
+                f"{cause.get('message', '')}".rstrip(": "),
+            }
+        await self._fail_attempt(tx, run, node, node_run, error)
 
     async def _succeeded(
         self, run_id: int, node: Node, claim: Claim, output: Any, target: str | None
     ) -> None:
+        if target is not None:  # on its own, before the run's lock: locks never cross
+            await record_success(self.db, target)
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node.id)
             if not claim.holds(node_run):
                 return  # taken over meanwhile (a timeout, a cancel): that outcome stands
-            if target is not None:
-                await record_success(tx, target)
             events: list[Event] = []
             await self._set(tx, run, node.id, "succeeded", events, output=output)
             if run.status == "running":
@@ -540,12 +561,17 @@ class Executor:
         error = _error(exc)
         if not isinstance(exc, GatheringError | TimeoutError):
             log.error("a pipeline node failed", run_id=run_id, node=node.id, exc_info=exc)
+        if target is not None and not isinstance(exc, CircuitOpenError):
+            # On its own, before the run's lock: a breaker row and run rows are never locked
+            # in two orders by two transactions.
+            if await record_failure(self.db, target, self.breaker) == "open":
+                log.warning("circuit opened", target=target)
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node.id)
             if not claim.holds(node_run):
                 return
             assert node_run is not None
-            await self._fail_attempt(tx, run, node, node_run, error, target, exc)
+            await self._fail_attempt(tx, run, node, node_run, error)
 
     async def _fail_attempt(
         self,
@@ -554,14 +580,10 @@ class Executor:
         node: Node,
         node_run: NodeRun,
         error: dict[str, Any],
-        target: str | None,
-        exc: BaseException | None = None,
     ) -> None:
+        """A failed attempt: queued again after its backoff when its retry policy allows, else
+        the node fails and so does the run."""
         events: list[Event] = []
-        if target is not None and not isinstance(exc, CircuitOpenError):
-            state = await record_failure(tx, target, self.breaker)
-            if state == "open":
-                log.warning("circuit opened", target=target)
         policy = node.retry or NO_RETRY
         if run.status == "running" and _should_retry(policy, node_run.attempt, error["code"]):
             wait = backoff_seconds(policy, node_run.attempt)
@@ -588,7 +610,7 @@ class Executor:
             if run.status == "running":  # this node's job alone was cancelled: the node fails
                 graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
                 error = {"code": "cancelled", "message": f"node {node_id}'s job was cancelled"}
-                await self._fail_attempt(tx, run, graph.nodes[node_id], node_run, error, None)
+                await self._fail_attempt(tx, run, graph.nodes[node_id], node_run, error)
                 return
             await self._set(tx, run, node_id, "cancelled", events)
             await self._publish(tx, events)
@@ -714,7 +736,7 @@ class Executor:
                     "code": "approval_denied",
                     "message": f"{node_id} was denied: {comment}".rstrip(": "),
                 }
-                await self._fail_attempt(tx, run, node, node_run, error, None)
+                await self._fail_attempt(tx, run, node, node_run, error)
                 return await get_run(self.db, run_id)
             else:
                 output = (
@@ -753,6 +775,7 @@ class Executor:
                         "message": "the node did not finish within its timeout",
                     }
                     await self._interrupted(tx, run, node_run, error)
+        stranded = await self._wake_stranded_callers(limit)
         orphans = await self.db.fetch_all(_SQL["orphaned_nodes"], limit, ORPHAN_GRACE)
         for row in orphans:
             async with self.db.transaction() as tx:
@@ -760,7 +783,23 @@ class Executor:
                 if node_run is None or node_run.finished or node_run.job_id != row["job_id"]:
                     continue  # settled meanwhile
                 await self._orphaned(tx, run, node_run, row["job_status"])
-        return len(rows) + len(orphans)
+        return len(rows) + stranded + len(orphans)
+
+    async def _wake_stranded_callers(self, limit: int) -> int:
+        """Settle sub_pipeline nodes whose called run ended (or was deleted) without waking
+        them; how many."""
+        rows = await self.db.fetch_all(_SQL["stranded_callers"], limit, ORPHAN_GRACE)
+        for row in rows:
+            async with self.db.transaction() as tx:
+                run, node_run = await self._locked(tx, row["run_id"], row["node_id"])
+                if run.status != "running" or node_run is None or node_run.status != "waiting":
+                    continue
+                graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+                events: list[Event] = []
+                node = graph.nodes[node_run.node_id]
+                await self._called_run_ended(tx, run, node, node_run, events)
+                await self._publish(tx, events)
+        return len(rows)
 
     async def _orphaned(self, tx: Queries, run: RunRecord, node_run: NodeRun, job: str) -> None:
         """Settle a node whose job ended without doing so."""
@@ -772,7 +811,7 @@ class Executor:
             await self._publish(tx, events)
         elif job in ("cancelled", "aborted"):  # a person cancelled the node's job
             error = {"code": "cancelled", "message": f"node {node.id}'s job was cancelled"}
-            await self._fail_attempt(tx, run, node, node_run, error, None)
+            await self._fail_attempt(tx, run, node, node_run, error)
         elif node_run.status == "running":
             error = {"code": "interrupted", "message": f"node {node.id}'s job ended mid-attempt"}
             await self._interrupted(tx, run, node_run, error, repeat=True)
@@ -802,7 +841,7 @@ class Executor:
             await self._requeue(tx, run, node.id, events)
             await self._publish(tx, events)
         else:
-            await self._fail_attempt(tx, run, node, node_run, error, None)
+            await self._fail_attempt(tx, run, node, node_run, error)
 
     async def _requeue(
         self, tx: Queries, run: RunRecord, node_id: str, events: list[Event]

@@ -154,7 +154,8 @@ class ActionConfig(_Config):
 
 
 class ParallelConfig(_Config):
-    """A fan-out whose join waits for all branches, any one, or `n` of them."""
+    """The join of the branches (edges) into it: it runs once all of them have finished, as
+    soon as any one went through, or once `n` did; the nodes after it fan out again."""
 
     join: Literal["all", "any", "n"] = "all"
     n: int | None = Field(default=None, ge=1, le=1_000)

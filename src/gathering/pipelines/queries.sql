@@ -258,3 +258,18 @@ SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'failed', 'skipped', '
            AS open,
        min(node_id) FILTER (WHERE status = 'failed') AS failed
 FROM pipeline.node_runs WHERE run_id = $1
+
+-- name: stranded_callers --
+-- sub_pipeline nodes of running runs still waiting, $2 s after the run they called ended or
+-- was deleted (its wake-up job was lost).
+SELECT n.run_id, n.node_id
+FROM pipeline.node_runs n
+JOIN pipeline.runs r ON r.id = n.run_id AND r.status = 'running'
+WHERE n.status = 'waiting' AND n.input ? 'run_id'
+  AND n.updated_at < now() - make_interval(secs => $2::float8)
+  AND NOT EXISTS (SELECT 1 FROM pipeline.runs c
+                  WHERE c.id = (n.input ->> 'run_id')::bigint AND c.status = 'running')
+LIMIT $1
+
+-- name: running_runs_of --
+SELECT count(*) FROM pipeline.runs WHERE owner_id = $1 AND status = 'running'

@@ -177,8 +177,9 @@ def validate(definition: PipelineDefinition) -> list[Problem]:
                 )
     for name, index in index_of.items():
         node = nodes[index]
-        if node.type == "parallel" and node.config.get("join") == "n":
-            wanted, branches = node.config.get("n"), len(successors[name])
+        if node.type == "parallel" and node.config.get("join") == "n":  # joins edges into it
+            branches = sum(1 for edge in definition.edges if edge.target == name)
+            wanted = node.config.get("n")
             if isinstance(wanted, int) and wanted > branches:
                 problems.append(
                     Problem(
