@@ -98,7 +98,13 @@ async def test_a_failing_edge_condition_fails_the_run(runtime: Runtime) -> None:
 
 @pytest.mark.parametrize(
     "template",
-    ["{{ 'x' * 10**8 }}", "{% for i in range(100000) %}{% endfor %}", "{{ 10 ** 100000 }}"],
+    [
+        "{{ 'x' * 10**8 }}",
+        "{% for i in range(100000) %}{% endfor %}",
+        "{{ 10 ** 100000 }}",
+        "{% for i in range(300) %}{{ 'x' * 1000000 }}{% endfor %}",  # 300 MB, one piece at a time
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    ],
 )
 async def test_templates_that_would_exhaust_the_process_fail_the_node(
     runtime: Runtime, template: str
@@ -182,15 +188,17 @@ async def test_a_node_whose_job_was_cancelled_by_hand_fails_the_run(idle: Runtim
     assert run.status == "failed" and (run.error or {})["code"] == "cancelled"
 
 
-async def test_a_job_that_failed_mid_attempt_is_repeated(idle: Runtime) -> None:
-    run_id = await start_only_first(idle, linear(tool_node("a", "echo", text="again")))
-    await died_running(idle, run_id, "a", job="failed")  # e.g. its outcome could not be written
+async def test_a_job_that_failed_mid_attempt_is_repeated_as_the_same_attempt(idle: Runtime) -> None:
+    run_id = await start_only_first(idle, linear(tool_node("a", "whoami")))
+    old_job = await died_running(idle, run_id, "a", job="failed")  # e.g. its outcome unwritten
     await idle.executor.enforce_deadlines()
-    run = await until(idle, run_id, "a", "queued")
-    job = run.nodes["a"].job_id
-    assert job is not None
-    await idle.executor.run_node(run_id, "a", job, shutting_down=lambda: False)
-    assert (await get_run(idle.db, run_id)).status == "succeeded"
+    node = (await get_run(idle.db, run_id)).nodes["a"]
+    assert node.status == "running" and node.job_id not in (None, old_job)  # a new job
+    assert node.job_id is not None
+    await idle.executor.run_node(run_id, "a", node.job_id, shutting_down=lambda: False)
+    done = await get_run(idle.db, run_id)
+    assert done.status == "succeeded"
+    assert done.outputs["a"] == f"{run_id}/a/1"  # the interrupted attempt's key, kept
 
 
 # --- workers --------------------------------------------------------------------------------

@@ -170,3 +170,25 @@ async def test_a_webhook_starts_a_run_with_its_secret_only(api: httpx.AsyncClien
         f"/pipelines/{manual}/webhook", json={}, headers={header: manual_secret}
     )
     assert refused.status_code == 409 and "has no webhook trigger" in refused.text
+
+
+async def test_a_disabled_owner_s_webhook_starts_nothing(api: httpx.AsyncClient) -> None:
+    from gathering.agents.retrieval import local_owner_id
+    from gathering.db import Database
+
+    hooked = linear(name="hooked-off")
+    hooked["nodes"][0]["config"] = {"kind": "webhook"}
+    pipeline_id = await stored(api, hooked)
+    secret = (await api.post(f"/pipelines/{pipeline_id}/webhook-secret")).json()["secret"]
+    url = f"/pipelines/{pipeline_id}/webhook"
+    header = {"X-Gathering-Webhook-Secret": secret}
+    app = api._transport.app  # type: ignore[attr-defined]
+    db: Database = await app.state.gathering.database()
+    owner = await local_owner_id(db)
+    await db.execute("UPDATE auth.users SET is_active = false WHERE id = $1", owner)
+    try:
+        refused = await api.post(url, json={}, headers=header)
+        assert refused.status_code == 403, refused.text
+    finally:
+        await db.execute("UPDATE auth.users SET is_active = true WHERE id = $1", owner)
+    assert (await api.post(url, json={}, headers=header)).status_code == 202

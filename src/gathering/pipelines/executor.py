@@ -837,8 +837,9 @@ class Executor:
         if await effect_of(self.db, run.owner_id, node) == "external":
             await self._set(tx, run, node.id, "waiting", events, error=_unknown(run.id, node.id))
             await self._publish(tx, events)
-        elif repeat:
-            await self._requeue(tx, run, node.id, events)
+        elif repeat:  # still running, under a new job: its claim repeats the same attempt
+            job = await enqueue(tx, NODE_TASK, {"run_id": run.id, "node_id": node.id}, queue=QUEUE)
+            await self._set(tx, run, node.id, "running", events, job_id=job)
             await self._publish(tx, events)
         else:
             await self._fail_attempt(tx, run, node, node_run, error)

@@ -21,12 +21,11 @@ from gathering.events import Event
 from gathering.pipelines.conditions import evaluate
 from gathering.pipelines.definition import Node
 from gathering.pipelines.node_config import (
-    MAX_RENDERED_CHARS,
-    TEMPLATES,
     ActionConfig,
     AgentConfig,
     ConditionConfig,
     ToolConfig,
+    render_bounded,
 )
 from gathering.tools.context import ToolContext
 from gathering.tools.egress import fetch, policy_from_settings
@@ -70,19 +69,12 @@ class NodeCall:
     def _render(self, value: Any) -> Any:
         if isinstance(value, str):
             try:
-                text = TEMPLATES.from_string(value).render(input=self.input, outputs=self.outputs)
+                return render_bounded(value, input=self.input, outputs=self.outputs)
             except Exception as exc:  # undefined names, sandbox refusals: the node's mistake
                 raise NodeFailedError(
                     f"node {self.node.id}: a template could not be rendered: {exc}",
                     code="template_error",
                 ) from None
-            if len(text) > MAX_RENDERED_CHARS:
-                raise NodeFailedError(
-                    f"node {self.node.id}: a template rendered over {MAX_RENDERED_CHARS:,} "
-                    "characters",
-                    code="template_error",
-                )
-            return text
         if isinstance(value, dict):
             return {key: self._render(item) for key, item in value.items()}
         if isinstance(value, list):

@@ -7,6 +7,8 @@ expressions over `input` and `outputs` (see `conditions`).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from jinja2 import TemplateSyntaxError
@@ -47,11 +49,48 @@ def _too_long(value: Any, _: int) -> bool:
     return isinstance(value, int) and abs(value) > 10**18
 
 
-def _bounded_range(*args: int) -> range:
+MAX_LOOP_STEPS = 100_000  # numbers all the range() loops of one rendering may go through
+_budget = threading.local()
+
+
+def _bounded_range(*args: int) -> Iterator[int]:
     numbers = range(*args)
     if len(numbers) > MAX_RANGE:
         raise SecurityError(f"range() in a template is limited to {MAX_RANGE:,} numbers")
-    return numbers
+    return _counted(numbers)
+
+
+def _counted(numbers: range) -> Iterator[int]:
+    """`numbers`, each one spent from the rendering's budget (nested loops multiply)."""
+    for number in numbers:
+        left = getattr(_budget, "steps", None)
+        if left is not None:
+            if left <= 0:
+                raise SecurityError(
+                    f"the loops of a template may go through at most {MAX_LOOP_STEPS:,} numbers"
+                )
+            _budget.steps = left - 1
+        yield number
+
+
+def render_bounded(template: str, **context: Any) -> str:
+    """`template` rendered in the bounded sandbox: its `range` loops share a budget of
+    `MAX_LOOP_STEPS`, and it stops as soon as it has produced `MAX_RENDERED_CHARS`
+    characters (never holding more); `SecurityError` past either."""
+    _budget.steps = MAX_LOOP_STEPS
+    try:
+        parts: list[str] = []
+        size = 0
+        for chunk in TEMPLATES.from_string(template).generate(**context):
+            size += len(chunk)
+            if size > MAX_RENDERED_CHARS:
+                raise SecurityError(
+                    f"a template may render at most {MAX_RENDERED_CHARS:,} characters"
+                )
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        _budget.steps = None
 
 
 TEMPLATES = BoundedSandbox(autoescape=False)

@@ -28,8 +28,9 @@ from gathering.api.routers.pipelines import (
 )
 from gathering.api.security import ensure_owner, not_found, public_route, rate_limit
 from gathering.auth.principal import Principal
+from gathering.auth.users import UserStore
 from gathering.db import Database
-from gathering.errors import NotFoundError
+from gathering.errors import NotFoundError, PermissionDeniedError
 from gathering.events import EventBus
 from gathering.pipelines import get_pipeline
 from gathering.pipelines.breaker import BreakerPolicy, list_breakers
@@ -321,6 +322,7 @@ async def webhook_secret(
     dependencies=[Depends(public_route), rate_limit("strict")],
     responses={
         401: {"description": "No secret, or not this pipeline's"},
+        403: {"description": "The pipeline's owner is disabled or read-only"},
         409: {"description": "The pipeline's current version has no webhook trigger"},
         **_STARTED,
     },
@@ -338,6 +340,12 @@ async def webhook_run(
     version must have a webhook trigger (409 otherwise)."""
     await check_webhook_secret(db, pipeline_id, secret)
     record = await get_pipeline(db, pipeline_id)
+    owner = await UserStore(db).get(record.owner_id)
+    if owner is None or not owner.is_active or owner.role == "viewer":
+        raise PermissionDeniedError(
+            "the pipeline's owner may not start runs now (disabled, or read-only)",
+            hint="an administrator can enable the account or give it back its role",
+        )
     run = await _executor(db, bus).start_run(
         pipeline_id, record.version, record.owner_id, body, trigger="webhook"
     )
