@@ -7,7 +7,6 @@ validation tests in tests/integration/test_agents_api.py).
 
 from __future__ import annotations
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -21,7 +20,6 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path_regex
 # a request leaves the database pool or the event listener busy after its answer, their jitter
 # (psycopg_pool and gathering.events.listener use the `random` module) can run during a draw,
 # which hypothesis reports as "random inside strategies". No strategy of ours uses `random`.
-@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @schema.parametrize()
 @settings(
     max_examples=25,
