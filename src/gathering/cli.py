@@ -1284,14 +1284,16 @@ def pipelines_show(run_id: RunIdArgument, follow: FollowOption = False) -> None:
 
     settings = settings_or_exit()
 
-    async def work() -> tuple[RunRecord, list[str]]:
+    async def work() -> None:
         async with Database(settings=settings, min_size=0, max_size=2) as db:
-            run = await _follow_run(db, run_id) if follow else await get_run(db, run_id)
-            return run, (await graph_of(db, run.pipeline_id, run.version)).order
-
-    run, order = run_async(work)
-    if not follow:
+            if follow:  # the live table is the answer
+                await _follow_run(db, run_id)
+                return
+            run = await get_run(db, run_id)
+            order = (await graph_of(db, run.pipeline_id, run.version)).order
         console.print(_run_table(run, order))
+
+    run_async(work)
 
 
 @pipelines_app.command("cancel")

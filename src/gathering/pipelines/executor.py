@@ -22,7 +22,6 @@ from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -127,16 +126,11 @@ class Graph:
         )
 
 
-@lru_cache(maxsize=256)
-def _graph(document_json: str) -> Graph:
-    return Graph.of(parse_definition(json.loads(document_json)))
-
-
 async def graph_of(db: Queries, pipeline_id: int, version: int) -> Graph:
-    """The graph of a pinned version (versions never change, so it is cached)."""
+    """The graph of a pinned version, read and parsed (`pinned_graph` remembers it)."""
     found = await get_version(db, pipeline_id, version)
     assert found.document is not None
-    return _graph(json.dumps(found.document, sort_keys=True))
+    return Graph.of(parse_definition(found.document))
 
 
 _GRAPHS: OrderedDict[tuple[str, int, int], Graph] = OrderedDict()
@@ -158,7 +152,7 @@ async def pinned_graph(db: Database, queries: Queries, pipeline_id: int, version
     return found
 
 
-def _error(exc: BaseException, node: str | None = None) -> dict[str, Any]:
+def _error(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, GatheringError):
         body = {"code": exc.code, "message": exc.message}
         if exc.hint:
@@ -167,8 +161,6 @@ def _error(exc: BaseException, node: str | None = None) -> dict[str, Any]:
         body = {"code": "timeout", "message": "the node did not finish within its timeout"}
     else:
         body = {"code": "node_failed", "message": f"{type(exc).__name__}: {exc}"[:2000]}
-    if node is not None:
-        body["node"] = node
     return body
 
 
@@ -180,6 +172,17 @@ def _unknown(run_id: int, node_id: str) -> dict[str, Any]:
         "hint": f"decide: POST /pipelines/runs/{run_id}/nodes/{node_id}/resolve with "
         '{"action": "retry"} or {"action": "skip"}',
     }
+
+
+def _event(kind: str, run: RunRecord, body: dict[str, Any]) -> Event:
+    """A `kind` event about `run` (its pipeline's subject), with `body`."""
+    data = {"run_id": run.id, "pipeline_id": run.pipeline_id, **body}
+    return Event(kind, data, subject=f"pipeline:{run.pipeline_id}", source="pipeline")
+
+
+async def _queue_node(tx: Queries, run_id: int, node_id: str, at: datetime | None = None) -> int:
+    """A job for node `node_id` of run `run_id` (at `at`, else now), in `tx`; its id."""
+    return await enqueue(tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE, at=at)
 
 
 def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
@@ -279,7 +282,7 @@ class Executor:
             for node_id, output in (reuse or {}).items():
                 await tx.execute(_SQL["reuse_node_run"], run_id, node_id, Jsonb(output))
             events = [self._run_event("started", RunRecord.from_row(row))]
-            await self._advance(tx, run_id, graph, events)
+            await self._advance(tx, RunRecord.from_row(row), graph, events)
             await self._publish(tx, events)
         return await get_run(self.db, run_id)
 
@@ -330,7 +333,7 @@ class Executor:
         claim: Claim,
         output: Any,
         target: str | None,
-        tracked: bool = True,
+        tracked: bool,
     ) -> None:
         """Store a successful attempt; one whose output cannot be stored fails instead."""
         problem: GatheringError | None = None
@@ -364,7 +367,7 @@ class Executor:
                 return None
             node_run = NodeRun.from_row(row)
             run = RunRecord.from_row(run_row)
-            graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+            graph = await self._graph(tx, run)
             node = graph.nodes[node_id]
             called = node.type == "sub_pipeline" and node_run.status == "waiting"
             if node_run.finished or (node_run.job_id != job_id and not called):
@@ -387,7 +390,7 @@ class Executor:
                     await self._fail_attempt(tx, run, node, node_run, error)
                     return None
                 await self._set(tx, run, node_id, "succeeded", events, output={"waited": True})
-                await self._advance(tx, run_id, graph, events, after=node_id)
+                await self._advance(tx, run, graph, events, after=node_id)
                 await self._publish(tx, events)
                 return None
             if node.type in ("delay", "approval") and node_run.status == "queued":
@@ -446,8 +449,7 @@ class Executor:
         job = None
         if seconds is not None:
             wake = datetime.now(UTC) + timedelta(seconds=seconds)
-            args = {"run_id": run.id, "node_id": node.id}
-            job = await enqueue(tx, NODE_TASK, args, queue=QUEUE, at=wake)
+            job = await _queue_node(tx, run.id, node.id, wake)
         await self._set(tx, run, node.id, "waiting", events, job_id=job, wake_at=wake, attempt=1)
 
     async def _render(self, tx: Queries, run: RunRecord, node: Node, value: Any) -> Any:
@@ -471,8 +473,7 @@ class Executor:
         """Start the run of the pipeline a sub_pipeline node names (the owner's), in this
         transaction; the node waits until that run ends."""
         config = SubPipelineConfig.model_validate(node.config)
-        depth_row = await tx.fetch_one(_SQL["run_by_id"], run.id)
-        depth = int(depth_row["depth"]) if depth_row else 0
+        depth = run.depth
         error: dict[str, Any] | None = None
         try:
             if depth + 1 > MAX_DEPTH:
@@ -522,8 +523,8 @@ class Executor:
             output = {"run_id": child["id"], "outputs": outputs}
             if len(json.dumps(output, default=str)) <= MAX_OUTPUT_CHARS:
                 await self._set(tx, run, node.id, "succeeded", events, output=output)
-                graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
-                await self._advance(tx, run.id, graph, events, after=node.id)
+                graph = await self._graph(tx, run)
+                await self._advance(tx, run, graph, events, after=node.id)
                 return
             error = {
                 "code": "output_too_large",
@@ -551,8 +552,8 @@ class Executor:
             events: list[Event] = []
             await self._set(tx, run, node.id, "succeeded", events, output=output)
             if run.status == "running":
-                graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
-                await self._advance(tx, run_id, graph, events, after=node.id)
+                graph = await self._graph(tx, run)
+                await self._advance(tx, run, graph, events, after=node.id)
             await self._publish(tx, events)
 
     async def _failed(
@@ -588,9 +589,7 @@ class Executor:
         if run.status == "running" and _should_retry(policy, node_run.attempt, error["code"]):
             wait = backoff_seconds(policy, node_run.attempt)
             at = datetime.now(UTC) + timedelta(seconds=wait)
-            job = await enqueue(
-                tx, NODE_TASK, {"run_id": run.id, "node_id": node.id}, queue=QUEUE, at=at
-            )
+            job = await _queue_node(tx, run.id, node.id, at)
             await self._set(
                 tx, run, node.id, "queued", events, job_id=job, error=error, retry_in=wait
             )
@@ -608,7 +607,7 @@ class Executor:
             assert node_run is not None
             events: list[Event] = []
             if run.status == "running":  # this node's job alone was cancelled: the node fails
-                graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+                graph = await self._graph(tx, run)
                 error = {"code": "cancelled", "message": f"node {node_id}'s job was cancelled"}
                 await self._fail_attempt(tx, run, graph.nodes[node_id], node_run, error)
                 return
@@ -704,7 +703,7 @@ class Executor:
         outcome is unknown is run again (`retry`) or taken as done without output (`skip`)."""
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node_id)
-            graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+            graph = await self._graph(tx, run)
             if node_run is None or node_id not in graph.nodes:
                 raise NotFoundError(f"run {run_id} has no node {node_id!r}")
             node = graph.nodes[node_id]
@@ -727,10 +726,7 @@ class Executor:
             if node_run.job_id is not None:  # an approval's expiry: no longer due
                 await tx.fetch_one(_SQL["cancel_job"], node_run.job_id)
             if action == "retry":
-                job = await enqueue(
-                    tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE
-                )
-                await self._set(tx, run, node_id, "queued", events, job_id=job)
+                await self._requeue(tx, run, node_id, events)
             elif action == "deny":
                 error = {
                     "code": "approval_denied",
@@ -745,7 +741,7 @@ class Executor:
                     else None
                 )
                 await self._set(tx, run, node_id, "succeeded", events, output=output)
-                await self._advance(tx, run_id, graph, events, after=node_id)
+                await self._advance(tx, run, graph, events, after=node_id)
             await self._publish(tx, events)
         return await get_run(self.db, run_id)
 
@@ -794,7 +790,7 @@ class Executor:
                 run, node_run = await self._locked(tx, row["run_id"], row["node_id"])
                 if run.status != "running" or node_run is None or node_run.status != "waiting":
                     continue
-                graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+                graph = await self._graph(tx, run)
                 events: list[Event] = []
                 node = graph.nodes[node_run.node_id]
                 await self._called_run_ended(tx, run, node, node_run, events)
@@ -804,7 +800,7 @@ class Executor:
     async def _orphaned(self, tx: Queries, run: RunRecord, node_run: NodeRun, job: str) -> None:
         """Settle a node whose job ended without doing so."""
         events: list[Event] = []
-        graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+        graph = await self._graph(tx, run)
         node = graph.nodes[node_run.node_id]
         if run.status != "running":
             await self._set(tx, run, node.id, "cancelled", events)
@@ -832,13 +828,13 @@ class Executor:
         is unknown); another fails the attempt (its retry policy decides), or with `repeat`
         runs again as the same attempt."""
         events: list[Event] = []
-        graph = await pinned_graph(self.db, tx, run.pipeline_id, run.version)
+        graph = await self._graph(tx, run)
         node = graph.nodes[node_run.node_id]
         if await effect_of(self.db, run.owner_id, node) == "external":
             await self._set(tx, run, node.id, "waiting", events, error=_unknown(run.id, node.id))
             await self._publish(tx, events)
         elif repeat:  # still running, under a new job: its claim repeats the same attempt
-            job = await enqueue(tx, NODE_TASK, {"run_id": run.id, "node_id": node.id}, queue=QUEUE)
+            job = await _queue_node(tx, run.id, node.id)
             await self._set(tx, run, node.id, "running", events, job_id=job)
             await self._publish(tx, events)
         else:
@@ -847,10 +843,14 @@ class Executor:
     async def _requeue(
         self, tx: Queries, run: RunRecord, node_id: str, events: list[Event]
     ) -> None:
-        job = await enqueue(tx, NODE_TASK, {"run_id": run.id, "node_id": node_id}, queue=QUEUE)
+        job = await _queue_node(tx, run.id, node_id)
         await self._set(tx, run, node_id, "queued", events, job_id=job)
 
     # --- helpers ------------------------------------------------------------------------
+
+    async def _graph(self, queries: Queries, run: RunRecord) -> Graph:
+        """The graph of the version `run` pinned."""
+        return await pinned_graph(self.db, queries, run.pipeline_id, run.version)
 
     async def _locked(
         self, tx: Queries, run_id: int, node_id: str | None
@@ -893,39 +893,20 @@ class Executor:
         )
         assert row is not None
         updated = NodeRun.from_row(row)
-        body: dict[str, Any] = {
-            "run_id": run.id,
-            "pipeline_id": run.pipeline_id,
-            "node": node_id,
-            "status": status,
-            "attempt": updated.attempt,
-        }
+        body: dict[str, Any] = {"node": node_id, "status": status, "attempt": updated.attempt}
         if error is not None:
             body["error"] = error
         if retry_in is not None:
             body["retry_in"] = round(retry_in, 3)
         kind = "retrying" if retry_in is not None else status
-        events.append(
-            Event(
-                f"pipeline_node.{kind}",
-                body,
-                subject=f"pipeline:{run.pipeline_id}",
-                source="pipeline",
-            )
-        )
+        events.append(_event(f"pipeline_node.{kind}", run, body))
         return updated
 
     def _run_event(self, kind: str, run: RunRecord, error: dict[str, Any] | None = None) -> Event:
-        body: dict[str, Any] = {
-            "run_id": run.id,
-            "pipeline_id": run.pipeline_id,
-            "status": kind if kind != "started" else "running",
-        }
+        body: dict[str, Any] = {"status": kind if kind != "started" else "running"}
         if error is not None:
             body["error"] = error
-        return Event(
-            f"pipeline_run.{kind}", body, subject=f"pipeline:{run.pipeline_id}", source="pipeline"
-        )
+        return _event(f"pipeline_run.{kind}", run, body)
 
     async def _end_run(
         self,
@@ -953,30 +934,17 @@ class Executor:
                 }
                 await self._end_run(tx, RunRecord.from_row(called), "cancelled", reason, events)
         if row["caller_run_id"] is not None:  # a sub-pipeline: its caller's node goes on
-            wake = {"run_id": row["caller_run_id"], "node_id": row["caller_node_id"]}
-            await enqueue(tx, NODE_TASK, wake, queue=QUEUE)
+            await _queue_node(tx, row["caller_run_id"], row["caller_node_id"])
         left = "cancelled" if status == "cancelled" else "skipped"
         for stopped in await tx.fetch_all(_SQL["stop_open_nodes"], run.id, left):
-            body = {
-                "run_id": run.id,
-                "pipeline_id": run.pipeline_id,
-                "node": stopped["node_id"],
-                "status": left,
-            }
-            events.append(
-                Event(
-                    f"pipeline_node.{left}",
-                    body,
-                    subject=f"pipeline:{run.pipeline_id}",
-                    source="pipeline",
-                )
-            )
+            body = {"node": stopped["node_id"], "status": left}
+            events.append(_event(f"pipeline_node.{left}", run, body))
         events.append(self._run_event(status, RunRecord.from_row(row), error))
 
     async def _advance(
         self,
         tx: Queries,
-        run_id: int,
+        run: RunRecord,
         graph: Graph,
         events: list[Event],
         after: str | None = None,
@@ -985,9 +953,7 @@ class Executor:
         run when no node is left to run. Only the nodes after `after` (the node that just
         finished; None: every node) are looked at, so a step costs what its neighbours do,
         not what the whole run does."""
-        run_row = await tx.fetch_one(_SQL["run_by_id"], run_id)
-        assert run_row is not None
-        run = RunRecord.from_row(run_row)
+        run_id = run.id
         statuses: dict[str, str] = {}
         outputs: dict[str, Any] = {}
         every_output = False
@@ -1019,10 +985,7 @@ class Executor:
                 statuses[node_id] = "skipped"
                 waiting.extend(graph.successors.get(node_id, []))  # skips spread
             else:
-                job = await enqueue(
-                    tx, NODE_TASK, {"run_id": run_id, "node_id": node_id}, queue=QUEUE
-                )
-                await self._set(tx, run, node_id, "queued", events, job_id=job)
+                await self._requeue(tx, run, node_id, events)
                 statuses[node_id] = "queued"
         progress = await tx.fetch_one(_SQL["run_progress"], run_id)
         assert progress is not None

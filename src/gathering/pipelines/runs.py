@@ -86,6 +86,7 @@ class RunRecord:
     created_at: datetime
     finished_at: datetime | None
     nodes: dict[str, NodeRun] = field(default_factory=dict)
+    depth: int = 0  # how deep in sub-pipeline calls
 
     @classmethod
     def from_row(cls, row: dict[str, Any], nodes: list[NodeRun] | None = None) -> RunRecord:
@@ -104,6 +105,7 @@ class RunRecord:
             created_at=row["created_at"],
             finished_at=row["finished_at"],
             nodes={node.node_id: node for node in nodes or []},
+            depth=int(row.get("depth") or 0),
         )
 
     @property
