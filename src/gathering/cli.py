@@ -1160,12 +1160,7 @@ async def _with_a_worker(settings: Settings, db: Database, follow: bool) -> JobW
         return None
     bus = EventBus(db, poll_interval=1.0)
     await bus.start()
-    worker = JobWorker(
-        queue,
-        JobServices(db, bus),
-        concurrency=settings.worker_concurrency,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
+    worker = JobWorker.from_settings(queue, JobServices(db, bus), settings)
     await worker.start()
     err_console.print("[dim]no worker is running: this command runs the nodes itself[/]")
     return worker

@@ -308,14 +308,7 @@ class JobsComponent(Component):
         for duty in self.duties:
             await duty.start()
         if settings.worker == "embedded":
-            self.worker = JobWorker(
-                queue,
-                services,
-                concurrency=settings.worker_concurrency,
-                shutdown_timeout=settings.shutdown_timeout,
-                heartbeat_interval=settings.job_heartbeat_interval,
-                stalled_after=settings.job_stalled_after,
-            )
+            self.worker = JobWorker.from_settings(queue, services, settings)
             await self.worker.start()
 
     async def stop(self) -> None:

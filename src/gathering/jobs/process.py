@@ -57,14 +57,8 @@ async def run_worker_process(
                     interval=settings.job_heartbeat_interval,
                 )
                 running = [stalled, *(make(services) for make in duties)]
-                worker = JobWorker(
-                    queue,
-                    services,
-                    concurrency=concurrency,
-                    queues=queues,
-                    shutdown_timeout=settings.shutdown_timeout,
-                    heartbeat_interval=settings.job_heartbeat_interval,
-                    stalled_after=settings.job_stalled_after,
+                worker = JobWorker.from_settings(
+                    queue, services, settings, concurrency=concurrency, queues=queues
                 )
                 for duty in running:
                     await duty.start()

@@ -20,6 +20,7 @@ from procrastinate import retry as procrastinate_retry
 from procrastinate.worker import Worker
 
 from gathering.cancellation import cancel_and_wait
+from gathering.config import Settings
 from gathering.events import Event
 from gathering.jobs.queue import JobQueue, JobServices
 from gathering.observability import JOBS
@@ -82,6 +83,28 @@ class JobWorker:
         self._task: asyncio.Task[None] | None = None
         self._worker: Worker | None = None
         self._stopping = asyncio.Event()
+
+    @classmethod
+    def from_settings(
+        cls,
+        queue: JobQueue,
+        services: JobServices,
+        settings: Settings,
+        *,
+        concurrency: int | None = None,
+        queues: list[str] | None = None,
+    ) -> JobWorker:
+        """A worker with the settings' concurrency (unless given), shutdown timeout,
+        heartbeat interval and stalled-after."""
+        return cls(
+            queue,
+            services,
+            concurrency=concurrency or settings.worker_concurrency,
+            queues=queues,
+            shutdown_timeout=settings.shutdown_timeout,
+            heartbeat_interval=settings.job_heartbeat_interval,
+            stalled_after=settings.job_stalled_after,
+        )
 
     async def start(self) -> None:
         """Start taking jobs (the queue must be open)."""
