@@ -64,7 +64,7 @@ from gathering.agents.retrieval import local_owner_id  # noqa: E402
 from gathering.config import get_settings  # noqa: E402
 from gathering.db import Database  # noqa: E402
 from gathering.db.embedded import start_embedded  # noqa: E402
-from gathering.events import EventBus  # noqa: E402
+from gathering.events import Event, EventBus  # noqa: E402
 from gathering.jobs import JobQueue, JobServices, JobWorker  # noqa: E402
 from gathering.jobs.worker import ABORT_POLL_SECONDS, FETCH_POLL_SECONDS  # noqa: E402
 from gathering.pipelines import create_pipeline  # noqa: E402
@@ -88,7 +88,6 @@ CHAIN_TIMEOUT = 60.0  # per run
 DAG_TIMEOUT = 150.0
 QUEUE_TIMEOUT = 120.0  # queueing the runs
 DRAIN_TIMEOUT = 150.0  # per side
-POLL = 0.005  # how often a run's status is read while waiting for its end
 DRAIN_POLL = 0.05
 
 
@@ -179,21 +178,34 @@ class Runtime:
         return record.id, record.version
 
     async def run_to_end(self, pipeline: tuple[int, int], limit: float) -> tuple[float, str]:
-        """Start a run and wait for its end: (seconds, final status); "timeout" (the run then
+        """Start a run and wait for its end, told by its `pipeline_run.<status>` event on the
+        bus (as a user's client is): (seconds, final status); "timeout" (the run then
         cancelled) when it did not end within `limit`."""
-        started = time.perf_counter()
-        run = await self.executor.start_run(*pipeline, self.owner_id, {})
-        deadline = started + limit
-        while True:
-            status = await self.db.fetch_val(
-                "SELECT status FROM pipeline.runs WHERE id = $1", run.id
-            )
-            if status != "running":
-                return time.perf_counter() - started, str(status)
-            if time.perf_counter() > deadline:
+        ends: dict[int, str] = {}  # run id -> final status, as the events tell
+        news = asyncio.Event()
+
+        def on_event(event: Event) -> None:
+            if event.type != "pipeline_run.started":
+                ends[int(event.data["run_id"])] = str(event.data["status"])
+                news.set()
+
+        subscription = self.bus.subscribe(
+            "pipeline_run.*", on_event, subjects=f"pipeline:{pipeline[0]}"
+        )
+        try:
+            started = time.perf_counter()
+            run = await self.executor.start_run(*pipeline, self.owner_id, {})
+            try:
+                async with asyncio.timeout(limit):
+                    while run.id not in ends:
+                        await news.wait()
+                        news.clear()
+            except TimeoutError:
                 await self.executor.cancel_run(run.id, reason="the benchmark's time limit")
                 return time.perf_counter() - started, "timeout"
-            await asyncio.sleep(POLL)
+            return time.perf_counter() - started, ends[run.id]
+        finally:
+            subscription.unsubscribe()
 
 
 # --- DBOS ---------------------------------------------------------------------------------------

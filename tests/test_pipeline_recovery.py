@@ -16,7 +16,7 @@ from pipeline_runtime import LAB, Runtime, linear, pipeline_runtime, tool_node
 from gathering.config import load_settings
 from gathering.errors import ConfigurationError, InvalidInputError
 from gathering.jobs import JobServices, JobWorker
-from gathering.pipelines.executor import Claim, graph_of
+from gathering.pipelines.executor import Claim, Claimed, graph_of
 from gathering.pipelines.runs import RunRecord, get_run
 
 pytestmark = pytest.mark.integration
@@ -68,11 +68,12 @@ async def died_running(runtime: Runtime, run_id: int, node: str, *, job: str = "
 
 
 async def start_only_first(idle: Runtime, document: dict[str, object]) -> int:
-    """Start a run with no worker and settle its trigger by hand, so its next node is queued."""
+    """Start a run with no worker and settle its trigger by hand, so its next node is queued
+    (a job whose worker is shutting down goes on to no further node)."""
     run = await idle.start(document)
     trigger = (await get_run(idle.db, run.id)).nodes["start"]  # run its job here, by hand
     assert trigger.job_id is not None
-    await idle.executor.run_node(run.id, "start", trigger.job_id, shutting_down=lambda: False)
+    await idle.executor.run_node(run.id, "start", trigger.job_id, shutting_down=lambda: True)
     return run.id
 
 
@@ -136,8 +137,10 @@ async def test_a_late_writer_cannot_settle_a_node_claimed_again(idle: Runtime) -
     job = await died_running(idle, run_id, "a", job="todo")
     await idle.executor.run_node(run_id, "a", job, shutting_down=lambda: False)
     run = await get_run(idle.db, run_id)
-    node = (await graph_of(idle.db, run.pipeline_id, run.version)).nodes["a"]
-    await idle.executor._succeeded(run_id, node, Claim(1, 1), "stale", None)  # the dead worker
+    graph = await graph_of(idle.db, run.pipeline_id, run.version)
+    stale = Claimed(run, graph, graph.nodes["a"], Claim(1, 1), {})
+    # The dead worker comes back and stores its outcome under its old claim.
+    await idle.executor._succeeded(stale, "stale", None, job, lambda: True)
     assert (await get_run(idle.db, run_id)).outputs["a"] == f"{run_id}/a/1"
 
 

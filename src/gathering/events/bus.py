@@ -368,6 +368,10 @@ class EventBus:
             accepted += await self._dispatch(event)
         return accepted
 
+    def count_written(self, count: int) -> None:
+        """Count `count` events a caller wrote to the outbox in a statement of its own."""
+        self.written += count
+
     async def _write(self, events: Sequence[Event], tx: Queries | None) -> list[Event]:
         queries: Queries = tx if tx is not None else self._require_db()
         stored = await outbox.write(queries, events)

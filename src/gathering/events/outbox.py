@@ -32,7 +32,9 @@ OUTBOX_LOCK_KEY = advisory_key("events", "outbox")
 _SQL = queries_of("gathering.events")
 
 
-def _payload(events: Sequence[Event]) -> str:
+def payload(events: Sequence[Event]) -> str:
+    """`events` as the JSON rows `write_events` takes, for a statement that writes them with
+    other work of its own (the pipelines' `settle_and_chain`)."""
     rows = [
         {
             "id": str(e.id),
@@ -66,7 +68,7 @@ async def write(queries: Queries, events: Sequence[Event]) -> list[Event]:
     """
     if not events:
         return []
-    rows = await queries.fetch_all(_SQL["write_events"], _payload(events))
+    rows = await queries.fetch_all(_SQL["write_events"], payload(events))
     written = {r["id"] for r in rows}
     return [e for e in events if e.id in written]
 

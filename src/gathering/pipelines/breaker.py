@@ -10,7 +10,7 @@ calls try: a success closes it, a failure opens it again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gathering.config import get_settings
@@ -51,10 +51,18 @@ class BreakerState:
 async def check_breaker(db: Queries, target: str, policy: BreakerPolicy) -> bool:
     """`CircuitOpenError` when `target`'s breaker is open (not when closed or half open);
     whether `target` has a breaker at all (one with no failure needs no reset on success)."""
-    row = await db.fetch_one(_SQL["breaker_state"], target, policy.cooldown)
+    return admit(await db.fetch_one(_SQL["breaker_state"], target), target, policy)
+
+
+def admit(row: dict[str, Any] | None, target: str, policy: BreakerPolicy) -> bool:
+    """`check_breaker` on `target`'s breaker as read (`breaker_state`'s columns; None when it
+    has none): an open one refuses the call until its cooldown is over (then it is half open
+    and lets calls try)."""
     if row is None:
         return False
-    if row["state"] == "open":
+    if row["state"] == "open" and row["opened_at"] >= row["now"] - timedelta(
+        seconds=policy.cooldown
+    ):
         raise CircuitOpenError(
             f"circuit open for {target}: {row['failures']} recent failures",
             hint=f"it lets calls try again {policy.cooldown:g}s after it opened",

@@ -22,7 +22,7 @@ from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from psycopg.types.json import Jsonb
@@ -39,12 +39,18 @@ from gathering.errors import (
     NotFoundError,
     RateLimitedError,
 )
-from gathering.events import Event, EventBus
+from gathering.events import Event, EventBus, outbox
 from gathering.jobs import enqueue
-from gathering.pipelines.breaker import BreakerPolicy, check_breaker, record_failure, record_success
+from gathering.pipelines.breaker import (
+    BreakerPolicy,
+    admit,
+    check_breaker,
+    record_failure,
+    record_success,
+)
 from gathering.pipelines.conditions import evaluate
 from gathering.pipelines.definition import Node, PipelineDefinition, RetryPolicy, parse_definition
-from gathering.pipelines.handlers import NodeCall, effect_of, execute, target_for
+from gathering.pipelines.handlers import NodeCall, effect_of, execute, fixed_target, target_for
 from gathering.pipelines.node_config import (
     ApprovalConfig,
     DelayConfig,
@@ -69,6 +75,9 @@ MAX_DEPTH = 8  # sub-pipelines within sub-pipelines
 MAX_OUTPUT_CHARS = 1_000_000  # a node's output, as JSON
 ORPHAN_GRACE = 5.0  # seconds a node's job may have ended before the sweep settles the node
 DEADLINE_GRACE = 5.0  # seconds a live worker has to report its own node's timeout first
+# Nodes a job may claim after the one it was queued for (they run in its process).
+CHAINED_TYPES = frozenset({"agent", "tool", "condition", "action", "parallel"})
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,19 @@ class Claim:
     def holds(self, node: NodeRun | None) -> bool:
         """Whether the node is still running under this claim."""
         return node is not None and node.status == "running" and node.claims == self.claims
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A node attempt a job has claimed: what it needs to run it."""
+
+    run: RunRecord
+    graph: Graph
+    node: Node
+    claim: Claim
+    outputs: dict[str, Any]  # the outputs the node reads (none when it reads none)
+    # Its target's breaker, read with the claim: (target, breaker_state's row or None).
+    breaker: tuple[str, dict[str, Any] | None] | None = None
 
 
 def storable(value: Any) -> Any:
@@ -291,11 +313,28 @@ class Executor:
     async def run_node(
         self, run_id: int, node_id: str, job_id: int, *, shutting_down: Callable[[], bool]
     ) -> None:
-        """One attempt of a node, as its job: claim, work, store the outcome, go on."""
+        """Attempts of nodes of run `run_id` as job `job_id`: claim `node_id`, work, store the
+        outcome, go on. When the outcome makes a next node ready, this job claims it in the
+        same transaction and runs it too (a chain costs one transaction per node, not a job)."""
         claimed = await self._claim(run_id, node_id, job_id)
-        if claimed is None:
-            return
-        run, graph, node, claim, outputs = claimed
+        job = asyncio.current_task()
+        assert job is not None
+
+        def going_on() -> bool:  # whether this job may take another node
+            return job.cancelling() == 0 and not shutting_down()
+
+        while claimed is not None:
+            claimed = await self._attempt(claimed, job_id, going_on, shutting_down)
+
+    async def _attempt(
+        self,
+        claimed: Claimed,
+        job_id: int,
+        going_on: Callable[[], bool],
+        shutting_down: Callable[[], bool],
+    ) -> Claimed | None:
+        """One attempt of a claimed node; the next node this job claimed, if any."""
+        run, graph, node, claim = claimed.run, claimed.graph, claimed.node, claimed.claim
         call = NodeCall(
             self.db,
             self.bus,
@@ -305,37 +344,51 @@ class Executor:
             node,
             claim.attempt,
             run.input,
-            outputs,
+            claimed.outputs,
             graph.predecessors.get(node.id, []),
         )
         target: str | None = None
         tracked = False  # whether the target has a breaker row, which a success resets
         try:
             target = await target_for(call)
-            if target is not None:
+            if claimed.breaker is not None and claimed.breaker[0] == target:
+                tracked = admit(claimed.breaker[1], target, self.breaker)
+            elif target is not None:
                 tracked = await check_breaker(self.db, target, self.breaker)
             async with asyncio.timeout(node.timeout_seconds):
                 output = await execute(call)
         except asyncio.CancelledError:
             if not shutting_down():  # a cancel: the run's, or this job's
-                await _to_the_end(self._cancelled(run_id, node_id, claim))
+                await _to_the_end(self._cancelled(run.id, node.id, claim))
             raise  # a shutdown leaves the node running: its job is queued again
         except Exception as exc:
             # Shielded: a cancel that lands meanwhile must not leave the outcome half-stored.
-            await _to_the_end(self._failed(run_id, node, claim, exc, target))
-            return
-        await _to_the_end(self._settle(run_id, node, claim, output, target, tracked))
+            await _to_the_end(self._failed(run.id, node, claim, exc, target))
+            return None
+        settle = self._settle(claimed, output, target, tracked, job_id, going_on)
+        try:
+            return await _to_the_end(settle)
+        except _CancelledAfter as cancelled:
+            after: Claimed | None = cancelled.result
+            if after is not None:  # the next node it claimed never started
+                if shutting_down():
+                    await _to_the_end(self._release(after))
+                else:
+                    await _to_the_end(self._cancelled(run.id, after.node.id, after.claim))
+            raise asyncio.CancelledError from None
 
     async def _settle(
         self,
-        run_id: int,
-        node: Node,
-        claim: Claim,
+        claimed: Claimed,
         output: Any,
         target: str | None,
         tracked: bool,
-    ) -> None:
-        """Store a successful attempt; one whose output cannot be stored fails instead."""
+        job_id: int,
+        going_on: Callable[[], bool],
+    ) -> Claimed | None:
+        """Store a successful attempt (one whose output cannot be stored fails instead); the
+        next node this job claimed with it, if any."""
+        run_id, node, claim = claimed.run.id, claimed.node, claimed.claim
         problem: GatheringError | None = None
         if len(json.dumps(output, default=str)) > MAX_OUTPUT_CHARS:
             problem = NodeFailedError(
@@ -345,8 +398,8 @@ class Executor:
             )
         else:
             try:
-                await self._succeeded(run_id, node, claim, output, target if tracked else None)
-                return
+                closes = target if tracked else None  # a breaker row a success resets
+                return await self._succeeded(claimed, output, closes, job_id, going_on)
             except DatabaseError as exc:
                 log.error("a node's output could not be stored", run_id=run_id, node=node.id)
                 problem = NodeFailedError(
@@ -354,10 +407,9 @@ class Executor:
                     code="output_not_stored",
                 )
         await self._failed(run_id, node, claim, problem, target)
+        return None
 
-    async def _claim(
-        self, run_id: int, node_id: str, job_id: int
-    ) -> tuple[RunRecord, Graph, Node, Claim, dict[str, Any]] | None:
+    async def _claim(self, run_id: int, node_id: str, job_id: int) -> Claimed | None:
         async with self.db.transaction() as tx:
             run_row = await tx.fetch_one(_SQL["lock_run"], run_id)
             if run_row is None:
@@ -365,7 +417,10 @@ class Executor:
             row = await tx.fetch_one(_SQL["node_run"], run_id, node_id)
             if row is None:
                 return None
+            if row["status"] in FINISHED:  # a job that went on to later nodes, run again
+                row = await tx.fetch_one(_SQL["node_of_job"], run_id, job_id) or row
             node_run = NodeRun.from_row(row)
+            node_id = node_run.node_id
             run = RunRecord.from_row(run_row)
             graph = await self._graph(tx, run)
             node = graph.nodes[node_id]
@@ -425,7 +480,7 @@ class Executor:
                 deadline_in=node.timeout_seconds,
             )
             await self._publish(tx, events)
-            return run, graph, node, Claim(updated.attempt, updated.claims), outputs
+            return Claimed(run, graph, node, Claim(updated.attempt, updated.claims), outputs)
 
     async def _wait(self, tx: Queries, run: RunRecord, node: Node, events: list[Event]) -> None:
         """A delay waits for its time; an approval for a person (until its timeout, if any).
@@ -541,20 +596,74 @@ class Executor:
         await self._fail_attempt(tx, run, node, node_run, error)
 
     async def _succeeded(
-        self, run_id: int, node: Node, claim: Claim, output: Any, target: str | None
-    ) -> None:
-        if target is not None:  # on its own, before the run's lock: locks never cross
-            await record_success(self.db, target)
+        self,
+        claimed: Claimed,
+        output: Any,
+        tracked: str | None,
+        job_id: int,
+        going_on: Callable[[], bool],
+    ) -> Claimed | None:
+        run_id, node, claim = claimed.run.id, claimed.node, claimed.claim
+        if tracked is not None:  # on its own, before the run's lock: locks never cross
+            await record_success(self.db, tracked)
+        # Decided before the step is stored: a cancel that comes after it finds the node this
+        # job claims, and stops it.
+        chain = job_id if going_on() else None
+        settled = False
+        after = _chained_after(claimed.graph, node) if chain else None
+        if after is not None:
+            fast = await self._settle_and_chain(claimed, output, after, job_id)
+            if isinstance(fast, Claimed):
+                return fast
+            settled = fast  # settled, but the next node was not pending: the general step
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node.id)
-            if not claim.holds(node_run):
-                return  # taken over meanwhile (a timeout, a cancel): that outcome stands
             events: list[Event] = []
-            await self._set(tx, run, node.id, "succeeded", events, output=output)
+            if not settled:
+                if not claim.holds(node_run):
+                    return None  # taken over meanwhile (a timeout, a cancel): that stands
+                await self._set(tx, run, node.id, "succeeded", events, output=output)
+            next_claim = None
             if run.status == "running":
                 graph = await self._graph(tx, run)
-                await self._advance(tx, run, graph, events, after=node.id)
+                next_claim = await self._advance(tx, run, graph, events, after=node.id, chain=chain)
             await self._publish(tx, events)
+            return next_claim
+
+    async def _settle_and_chain(
+        self, claimed: Claimed, output: Any, after: Node, job_id: int
+    ) -> Claimed | bool:
+        """A chain's step in one statement: the node succeeds and this job claims `after`,
+        the only node after it. The claim of `after`; else whether the node was settled."""
+        run, node = claimed.run, claimed.node
+        done = _event(
+            "pipeline_node.succeeded",
+            run,
+            {"node": node.id, "status": "succeeded", "attempt": claimed.claim.attempt},
+        )
+        running = _event("pipeline_node.running", run, {"node": after.id, "status": "running"})
+        target = fixed_target(after, run.owner_id)
+        row = await self.db.fetch_one(
+            _SQL["settle_and_chain"],
+            run.id,
+            node.id,
+            claimed.claim.claims,
+            Jsonb(storable(output)),
+            after.id,
+            job_id,
+            after.timeout_seconds,
+            outbox.payload([done]),
+            outbox.payload([running]),
+            target,
+        )
+        assert row is not None
+        if row["attempt"] is None:
+            self.bus.count_written(int(row["settled"]))
+            return bool(row["settled"])
+        self.bus.count_written(2)
+        claim = Claim(row["attempt"], row["claims"])
+        breaker = None if target is None else (target, row if row["target"] else None)
+        return Claimed(run, claimed.graph, after, claim, {}, breaker)
 
     async def _failed(
         self, run_id: int, node: Node, claim: Claim, exc: BaseException, target: str | None
@@ -612,6 +721,18 @@ class Executor:
                 await self._fail_attempt(tx, run, graph.nodes[node_id], node_run, error)
                 return
             await self._set(tx, run, node_id, "cancelled", events)
+            await self._publish(tx, events)
+
+    async def _release(self, claimed: Claimed) -> None:
+        """A node this job claimed and never started goes back to the queue, as if never
+        claimed (a worker's shutdown came between)."""
+        async with self.db.transaction() as tx:
+            run, node_run = await self._locked(tx, claimed.run.id, claimed.node.id)
+            if not claimed.claim.holds(node_run) or run.status != "running":
+                return
+            events: list[Event] = []
+            job = await _queue_node(tx, run.id, claimed.node.id)
+            await self._set(tx, run, claimed.node.id, "queued", events, job_id=job, attempt=-1)
             await self._publish(tx, events)
 
     # --- run-wide changes ---------------------------------------------------------------
@@ -948,25 +1069,27 @@ class Executor:
         graph: Graph,
         events: list[Event],
         after: str | None = None,
-    ) -> None:
+        chain: int | None = None,
+    ) -> Claimed | None:
         """Queue the nodes whose turn has come, skip those that will never run, and end the
         run when no node is left to run. Only the nodes after `after` (the node that just
         finished; None: every node) are looked at, so a step costs what its neighbours do,
-        not what the whole run does."""
+        not what the whole run does. With `chain` (a job's id), that job claims the first
+        node whose turn came and that it can run (`CHAINED_TYPES`) instead of queueing it."""
         run_id = run.id
+        ready: list[str] = []
         statuses: dict[str, str] = {}
         outputs: dict[str, Any] = {}
         every_output = False
         waiting = deque(graph.order if after is None else graph.successors.get(after, []))
+        if after is None:  # every node is looked at: one query for all their states
+            await self._states(tx, run_id, graph.order, statuses, outputs)
         while waiting:
             node_id = waiting.popleft()
             needed = [node_id, *graph.predecessors.get(node_id, [])]
             unknown = [name for name in needed if name not in statuses]
             if unknown:
-                for row in await tx.fetch_all(_SQL["node_states"], run_id, unknown):
-                    statuses[row["node_id"]] = row["status"]
-                    if row["status"] == "succeeded":
-                        outputs[row["node_id"]] = row["output"]
+                await self._states(tx, run_id, unknown, statuses, outputs)
             if statuses[node_id] != "pending":
                 continue
             if not every_output and graph.conditional.get(node_id):
@@ -977,7 +1100,7 @@ class Executor:
             except InvalidInputError as exc:
                 error = {"code": "condition_error", "message": exc.message, "node": node_id}
                 await self._end_run(tx, run, "failed", error, events)
-                return
+                return None
             if decision == "wait":
                 continue
             if decision == "skip":
@@ -985,8 +1108,16 @@ class Executor:
                 statuses[node_id] = "skipped"
                 waiting.extend(graph.successors.get(node_id, []))  # skips spread
             else:
-                await self._requeue(tx, run, node_id, events)
+                ready.append(node_id)
                 statuses[node_id] = "queued"
+        claimed: Claimed | None = None
+        for node_id in ready:
+            if chain and not claimed and graph.nodes[node_id].type in CHAINED_TYPES:
+                claimed = await self._chain(tx, run, graph, node_id, chain, events)
+            else:
+                await self._requeue(tx, run, node_id, events)
+        if ready:  # the run goes on
+            return claimed
         progress = await tx.fetch_one(_SQL["run_progress"], run_id)
         assert progress is not None
         if progress["open"] == 0:
@@ -997,6 +1128,47 @@ class Executor:
                 else None
             )
             await self._end_run(tx, run, "failed" if failed else "succeeded", failure, events)
+        return None
+
+    @staticmethod
+    async def _states(
+        tx: Queries,
+        run_id: int,
+        node_ids: list[str],
+        statuses: dict[str, str],
+        outputs: dict[str, Any],
+    ) -> None:
+        """Read the statuses of `node_ids` into `statuses`, and the outputs of those that
+        succeeded into `outputs`."""
+        for row in await tx.fetch_all(_SQL["node_states"], run_id, node_ids):
+            statuses[row["node_id"]] = row["status"]
+            if row["status"] == "succeeded":
+                outputs[row["node_id"]] = row["output"]
+
+    async def _chain(
+        self,
+        tx: Queries,
+        run: RunRecord,
+        graph: Graph,
+        node_id: str,
+        job_id: int,
+        events: list[Event],
+    ) -> Claimed:
+        """Node `node_id`, whose turn came, claimed by job `job_id` (its first attempt)."""
+        node = graph.nodes[node_id]
+        updated = await self._set(
+            tx,
+            run,
+            node_id,
+            "running",
+            events,
+            job_id=job_id,
+            attempt=1,
+            claim=True,
+            deadline_in=node.timeout_seconds,
+        )
+        outputs = await _outputs(tx, run.id) if _reads_outputs(node) else {}
+        return Claimed(run, graph, node, Claim(updated.attempt, updated.claims), outputs)
 
     @staticmethod
     def _decide(
@@ -1034,10 +1206,19 @@ class Executor:
             await self.bus.publish_many(events, tx=tx)
 
 
-async def _to_the_end(step: Coroutine[Any, Any, None]) -> None:
+class _CancelledAfter(asyncio.CancelledError):
+    """A cancel that came while a step ran to its end; `result` is the step's."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+
+async def _to_the_end(step: Coroutine[Any, Any, _T]) -> _T:
     """Run `step` (storing an outcome) to its end even when the job is cancelled meanwhile (a
     run's cancel, a worker's shutdown): the cancel takes effect once the outcome is stored, so
-    the process never stops with it half-written or unwritten."""
+    the process never stops with it half-written or unwritten. The cancel is then raised as a
+    `_CancelledAfter` that carries the step's result."""
     task = asyncio.ensure_future(step)
     cancelled = False
     while not task.done():
@@ -1045,9 +1226,29 @@ async def _to_the_end(step: Coroutine[Any, Any, None]) -> None:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             cancelled = True  # once or more: wait for the step all the same
-    task.result()  # its own error, if it failed
+    result = task.result()  # its own error, if it failed
     if cancelled:
-        raise asyncio.CancelledError
+        raise _CancelledAfter(result)
+    return result
+
+
+def _chained_after(graph: Graph, node: Node) -> Node | None:
+    """The node a job may claim in the step that settles `node` (one statement, see
+    `settle_and_chain`): the only node after it, with no other node before it, reached by an
+    edge with no condition, one the job can run that reads no outputs. None when the general
+    step must decide (a condition, a join, a fork, the run's end)."""
+    after = graph.successors.get(node.id, [])
+    if len(after) != 1 or node.type == "condition":
+        return None
+    candidate = graph.nodes[after[0]]
+    if (
+        graph.predecessors.get(candidate.id) != [node.id]
+        or graph.conditional.get(candidate.id)
+        or candidate.type not in CHAINED_TYPES
+        or _reads_outputs(candidate)
+    ):
+        return None
+    return candidate
 
 
 def _reads_outputs(node: Node) -> bool:

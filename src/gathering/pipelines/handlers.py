@@ -64,6 +64,8 @@ class NodeCall:
         """`value` with every string in it rendered as a template over input and outputs, in
         a thread (a slow template never stops the event loop); `NodeFailedError`
         (`template_error`) when one cannot be rendered or renders too much."""
+        if _renders_as_itself(value):
+            return value
         return await asyncio.to_thread(self._render, value)
 
     def _render(self, value: Any) -> Any:
@@ -80,6 +82,18 @@ class NodeCall:
         if isinstance(value, list):
             return [self._render(item) for item in value]
         return value
+
+
+def _renders_as_itself(value: Any) -> bool:
+    """Whether `value` holds no string that rendering would change: none with template syntax
+    (`{`), a carriage return (newlines are normalised) or a final newline (dropped)."""
+    if isinstance(value, str):
+        return "{" not in value and "\r" not in value and not value.endswith("\n")
+    if isinstance(value, dict):
+        return all(_renders_as_itself(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_renders_as_itself(item) for item in value)
+    return True
 
 
 def run_workspace(pipeline_id: int, run_id: int) -> Path:
@@ -114,14 +128,19 @@ async def target_for(call: NodeCall) -> str | None:
     """The circuit breaker `call`'s node answers to, `<owner>/<kind>:<name>` (its agent, its
     tool, or the host its rendered URL names; per owner, so one owner's failures never stop
     another's nodes); None for the rest."""
-    node, owner_id = call.node, call.owner_id
+    node = call.node
+    if node.type == "action" and node.config.get("url"):
+        url = await call.render(str(node.config["url"]))
+        return f"{call.owner_id}/host:{urlsplit(url).hostname or '?'}"
+    return fixed_target(node, call.owner_id)
+
+
+def fixed_target(node: Node, owner_id: int) -> str | None:
+    """The breaker target of an agent or a tool node, known before any rendering."""
     if node.type == "agent":
         return f"{owner_id}/agent:{node.config.get('agent')}"
     if node.type == "tool":
         return f"{owner_id}/tool:{node.config.get('tool')}"
-    if node.type == "action" and node.config.get("url"):
-        url = await call.render(str(node.config["url"]))
-        return f"{owner_id}/host:{urlsplit(url).hostname or '?'}"
     return None
 
 

@@ -78,11 +78,9 @@ FROM pipeline.versions WHERE pipeline_id = $1 AND version = $2
 -- circuit breakers (migration 0015) ---------------------------------------------------------
 
 -- name: breaker_state --
--- The breaker of target $1 as calls see it now: an open one whose cooldown ($2 s) is over
--- reads half_open.
-SELECT target, failures, opened_at,
-       CASE WHEN state = 'open' AND opened_at < now() - make_interval(secs => $2)
-            THEN 'half_open' ELSE state END AS state
+-- The breaker of target $1, and the time now (breaker.admit decides whether it lets a call
+-- through).
+SELECT target, failures, opened_at, state, now() AS now
 FROM pipeline.breakers WHERE target = $1
 
 -- name: breaker_failure --
@@ -273,3 +271,59 @@ LIMIT $1
 
 -- name: running_runs_of --
 SELECT count(*) FROM pipeline.runs WHERE owner_id = $1 AND status = 'running'
+
+-- name: node_of_job --
+-- The node of run $1 that job $2 holds and has not finished (a job goes on from node to node
+-- along a chain; queued again after a crash, it takes up where it was).
+SELECT * FROM pipeline.node_runs
+WHERE run_id = $1 AND job_id = $2 AND status IN ('queued', 'running', 'waiting')
+
+-- name: settle_and_chain --
+-- The fast step of a chain, in one statement (so one round trip and one commit): node $2 of
+-- run $1, running under claim $3, succeeds with output $4, and job $6 claims node $5 (the only
+-- node after it, with no other node before it), which must still be pending, with a deadline
+-- $7 s from now (NULL for none). The run's row is locked first, as every step does. The events
+-- $8 (node $2's) and $9 (node $5's, whose attempt is filled in) are written to the outbox, as
+-- events/queries.sql's write_events does, for what took place. Returns whether node $2 was
+-- settled and, when node $5 was claimed, its attempt and claims, with the breaker of its
+-- target $10 (NULL: none) as breaker_state reads it.
+WITH run AS (
+    SELECT id FROM pipeline.runs WHERE id = $1 AND status = 'running' FOR UPDATE
+), done AS (
+    UPDATE pipeline.node_runs SET status = 'succeeded', output = $4, job_id = NULL,
+           wake_at = NULL, deadline = NULL, finished_at = now(), updated_at = now()
+    WHERE run_id = $1 AND node_id = $2 AND status = 'running' AND claims = $3
+      AND EXISTS (SELECT 1 FROM run)
+    RETURNING node_id
+), claimed AS (
+    UPDATE pipeline.node_runs SET status = 'running', error = NULL, job_id = $6,
+           wake_at = NULL,
+           deadline = CASE WHEN $7::float8 IS NULL THEN NULL
+                           ELSE now() + make_interval(secs => $7::float8) END,
+           attempt = attempt + 1, claims = claims + 1, started_at = now(),
+           finished_at = NULL, updated_at = now()
+    WHERE run_id = $1 AND node_id = $5 AND status = 'pending' AND EXISTS (SELECT 1 FROM done)
+    RETURNING attempt, claims
+), events AS (
+    SELECT 1 AS position, r.* FROM jsonb_to_recordset($8::jsonb) AS r (
+        id uuid, type text, subject text, data jsonb, occurred_at timestamptz, source text,
+        correlation_id text)
+    WHERE EXISTS (SELECT 1 FROM done)
+    UNION ALL
+    SELECT 2, r.id, r.type, r.subject,
+           r.data || jsonb_build_object('attempt', (SELECT attempt FROM claimed)),
+           r.occurred_at, r.source, r.correlation_id
+    FROM jsonb_to_recordset($9::jsonb) AS r (
+        id uuid, type text, subject text, data jsonb, occurred_at timestamptz, source text,
+        correlation_id text)
+    WHERE EXISTS (SELECT 1 FROM claimed)
+), written AS (
+    INSERT INTO events.outbox (id, type, subject, data, occurred_at, source, correlation_id)
+    SELECT id, type, subject, coalesce(data, '{}'::jsonb), occurred_at, source, correlation_id
+    FROM events ORDER BY position
+    ON CONFLICT (id) DO NOTHING
+)
+SELECT EXISTS (SELECT 1 FROM done) AS settled, c.attempt, c.claims,
+       b.target, b.failures, b.opened_at, b.state, now() AS now
+FROM (SELECT 1) AS one LEFT JOIN claimed c ON true
+LEFT JOIN pipeline.breakers b ON b.target = $10::text AND c.attempt IS NOT NULL
