@@ -1,10 +1,15 @@
-"""Durable execution of pipeline runs, one job per node attempt.
+"""Durable execution of pipeline runs: nodes run as jobs, one node attempt at a time.
 
 A node's job claims the node (queued → running, its attempt counted), does the work outside
 any transaction, and stores the outcome; then, in the same transaction, the nodes it unblocks
 are queued (their jobs inserted with them) and the run ends when nothing is left. Every step
 holds the run's row lock, so two nodes of one run finishing on two workers take turns, and the
 attempt number fences a late writer (a worker that comes back after its node was taken over).
+
+A job goes on: the first node its success makes ready (one it can run: `CHAINED_TYPES`) is
+claimed by the same job in the same step instead of being queued, and run next; a chain costs
+one step per node, and a plain chain's step (`settle_and_chain`) is one statement. A job
+queued again after its worker died takes up the node it was on (`node_of_job`).
 
 A worker killed mid-node leaves its node `running`; procrastinate queues the job again once
 the worker's heartbeat is stale, and the claim then repeats the attempt if the node's effect
