@@ -1417,6 +1417,7 @@ def worker(
 
     from gathering.jobs.process import run_worker_process
     from gathering.pipelines.jobs import deadlines_duty
+    from gathering.scheduler.jobs import scheduler_duty
 
     settings = settings_or_exit(server=True)
     workers = concurrency or settings.worker_concurrency
@@ -1437,7 +1438,7 @@ def worker(
             concurrency=workers,
             queues=queues or None,
             on_ready=ready,
-            duties=[deadlines_duty],
+            duties=[deadlines_duty, scheduler_duty],
         )
 
     run_async(work)

@@ -351,3 +351,14 @@ class NodeFailedError(GatheringError):
     def __init__(self, message: str, *, code: str = "node_failed", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.code = code
+
+
+class ActionFailedError(GatheringError):
+    """A scheduled action failed; `code` is the cause's (`http_503`, ...)."""
+
+    code = "action_failed"
+    http_status = 502
+
+    def __init__(self, message: str, *, code: str = "action_failed", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.code = code

@@ -29,6 +29,7 @@ from gathering.api.routers import (
     metrics,
     pipeline_runs,
     pipelines,
+    schedules,
     tools,
     users,
     ws,
@@ -108,6 +109,8 @@ def create_app(
     app.include_router(mcp.router)
     app.include_router(pipelines.router)
     app.include_router(pipeline_runs.router)
+    app.include_router(schedules.router)
+    app.include_router(schedules.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

@@ -16,6 +16,7 @@ from gathering.jobs import JobServices, JobWorker, stalled_jobs_duty
 from gathering.llm.local_models import preload_default_model
 from gathering.llm.registry import default_provider_name
 from gathering.pipelines.jobs import deadlines_duty
+from gathering.scheduler.jobs import scheduler_duty
 from gathering.tools.mcp import close_mcp_hub, mcp_hub
 from gathering.tools.mcp.servers import config_servers
 
@@ -280,9 +281,10 @@ class DutyComponent(Component):
 
 
 class JobsComponent(Component):
-    """The job queue (always: requests queue jobs), the stalled-jobs duty, and, unless
-    `GATHERING_WORKER=off`, a worker in this process. On stop the worker takes no new job and
-    its running jobs get the shutdown timeout to finish; those left go back to the queue."""
+    """The job queue (always: requests queue jobs), the stalled-jobs, pipeline-deadlines and
+    scheduler duties, and, unless `GATHERING_WORKER=off`, a worker in this process. On stop the
+    worker takes no new job and its running jobs get the shutdown timeout to finish; those left
+    go back to the queue."""
 
     name = "jobs"
 
@@ -304,6 +306,7 @@ class JobsComponent(Component):
                 interval=settings.job_heartbeat_interval,
             ),
             deadlines_duty(services),
+            scheduler_duty(services),
         ]
         for duty in self.duties:
             await duty.start()

@@ -1,0 +1,48 @@
+-- Schedules: when something runs (cron in a time zone, an interval anchored to its slots, once),
+-- what runs (an action), and the runs themselves, one per slot: the unique (schedule, slot)
+-- row is inserted in the transaction that advances next_run_at and queues the run's job, so a
+-- slot runs once however many instances claim at the same moment.
+
+CREATE SCHEMA IF NOT EXISTS scheduler;
+
+CREATE TABLE scheduler.schedules (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner_id        bigint      NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
+    name            text        NOT NULL,
+    -- The definition as given (kind, timing, action, policies, lifetime, retries), checked by
+    -- gathering.scheduler.definition.
+    spec            jsonb       NOT NULL,
+    status          text        NOT NULL DEFAULT 'active'
+                    CHECK (status IN ('active', 'paused', 'expired')),
+    -- The next slot to claim; NULL once nothing is left to run.
+    next_run_at     timestamptz,
+    executions      integer     NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (owner_id, name)
+);
+CREATE INDEX schedules_due ON scheduler.schedules (next_run_at) WHERE status = 'active';
+
+CREATE TABLE scheduler.runs (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    schedule_id     bigint      NOT NULL REFERENCES scheduler.schedules (id) ON DELETE CASCADE,
+    -- The slot it runs for; a run started by hand has its own instant.
+    slot_time       timestamptz NOT NULL,
+    trigger         text        NOT NULL DEFAULT 'slot' CHECK (trigger IN ('slot', 'manual')),
+    status          text        NOT NULL DEFAULT 'queued'
+                    CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'skipped',
+                                      'cancelled')),
+    attempt         integer     NOT NULL DEFAULT 0,
+    job_id          bigint,
+    -- A pipeline run it started (execute_pipeline): the run ends when that run ends.
+    pipeline_run_id bigint      REFERENCES pipeline.runs (id) ON DELETE SET NULL,
+    output          jsonb,
+    error           jsonb,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    UNIQUE (schedule_id, slot_time)
+);
+CREATE INDEX runs_of_schedule ON scheduler.runs (schedule_id, id DESC);
+CREATE INDEX runs_waiting_on_pipelines ON scheduler.runs (pipeline_run_id)
+    WHERE status = 'running' AND pipeline_run_id IS NOT NULL;

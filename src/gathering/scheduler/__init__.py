@@ -1,0 +1,39 @@
+"""Schedules: cron (in a time zone), interval and once; actions that start a pipeline run, send
+a notification or call an API; each slot run exactly once across instances (`runner`)."""
+
+from gathering.scheduler.definition import ScheduleSpec, parse_spec
+from gathering.scheduler.runner import Scheduler
+from gathering.scheduler.store import (
+    ScheduleRecord,
+    ScheduleRun,
+    create_schedule,
+    delete_schedule,
+    get_schedule,
+    get_schedule_run,
+    list_schedule_runs,
+    list_schedules,
+    pause_schedule,
+    replace_schedule,
+    resume_schedule,
+)
+from gathering.scheduler.timing import fire_times, next_fire, preview
+
+__all__ = [
+    "ScheduleRecord",
+    "ScheduleRun",
+    "ScheduleSpec",
+    "Scheduler",
+    "create_schedule",
+    "delete_schedule",
+    "fire_times",
+    "get_schedule",
+    "get_schedule_run",
+    "list_schedule_runs",
+    "list_schedules",
+    "next_fire",
+    "parse_spec",
+    "pause_schedule",
+    "preview",
+    "replace_schedule",
+    "resume_schedule",
+]

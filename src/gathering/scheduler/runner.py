@@ -1,0 +1,447 @@
+"""Claiming slots and running them.
+
+**Exactly once per slot.** A claim locks the due schedules (`FOR UPDATE SKIP LOCKED`: two
+instances never hold one schedule at once, and neither waits for the other), inserts one run
+per slot (unique on schedule and slot, so a slot taken once is never taken again), queues each
+run's job, and moves `next_run_at` past them, all in one transaction: either all of it
+happened, or none did and the next claim, on any instance, does it. A run's job is retried by
+the job runtime when its worker dies (procrastinate's stalled jobs); what the action had done
+before decides what happens then (a pipeline run started is never started twice: the start and
+the link to it are one transaction; a call whose outcome is unknown is not repeated).
+
+Late slots (the scheduler was down longer than `misfire_grace_seconds`) follow the schedule's
+misfire policy; a slot that comes while a run is still going follows its concurrency policy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from psycopg.types.json import Jsonb
+
+from gathering.db import Database
+from gathering.db.database import Queries
+from gathering.db.named_queries import queries_of
+from gathering.errors import ActionFailedError, GatheringError, NotFoundError
+from gathering.events import Event, EventBus
+from gathering.jobs import enqueue
+from gathering.pipelines import get_pipeline
+from gathering.pipelines.executor import Executor
+from gathering.pipelines.store import pipeline_named
+from gathering.scheduler.definition import (
+    CallApi,
+    ExecutePipeline,
+    SendNotification,
+    load_zone,
+)
+from gathering.scheduler.store import ScheduleRecord, ScheduleRun
+from gathering.scheduler.timing import fire_times
+from gathering.tools.egress import fetch, policy_from_settings
+
+log = structlog.get_logger(__name__)
+_SQL = queries_of("gathering.scheduler")
+RUN_TASK = "scheduler:run_slot"
+QUEUE = "scheduler"
+CLAIM_BATCH = 50  # schedules per claim transaction
+SLOTS_PER_CLAIM = 100  # on-time slots of one schedule per claim; the rest at the next one
+STRANDED_GRACE = 5.0  # seconds a run's job may have ended before the sweep settles the run
+
+
+def _event(kind: str, schedule_id: int, body: dict[str, Any]) -> Event:
+    return Event(
+        kind,
+        {"schedule_id": schedule_id, **body},
+        subject=f"schedule:{schedule_id}",
+        source="scheduler",
+    )
+
+
+def _run_event(run: ScheduleRun) -> Event:
+    body: dict[str, Any] = {
+        "run_id": run.id,
+        "status": run.status,
+        "slot_time": run.slot_time.isoformat(),
+        "attempt": run.attempt,
+    }
+    if run.error:
+        body["error"] = run.error
+    return _event(f"schedule_run.{run.status}", run.schedule_id, body)
+
+
+class Scheduler:
+    """Claims due slots and runs them on `db`, publishing `schedule_run.*` events (subject
+    `schedule:<id>`) through `bus`."""
+
+    def __init__(self, db: Database, bus: EventBus | None) -> None:
+        self.db = db
+        self.bus = bus if bus is not None else EventBus(db)
+
+    # --- claiming -------------------------------------------------------------------------
+
+    async def claim_due(self) -> int:
+        """Claim every slot that has come; how many runs it queued (or recorded skipped)."""
+        total = 0
+        while True:
+            schedules, runs = await self._claim_batch(CLAIM_BATCH)
+            total += runs
+            if schedules < CLAIM_BATCH:
+                return total
+
+    async def _claim_batch(self, limit: int) -> tuple[int, int]:
+        """Claim the slots of up to `limit` due schedules: (schedules, runs)."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch_all(_SQL["due_schedules"], limit)
+            if not rows:
+                return 0, 0
+            now = await tx.fetch_val("SELECT now()")
+            events: list[Event] = []
+            runs = 0
+            for row in rows:
+                runs += await self._claim(tx, ScheduleRecord.from_row(row), now, events)
+            await self.bus.publish_many(events, tx=tx)
+        return len(rows), runs
+
+    async def _claim(
+        self, tx: Queries, schedule: ScheduleRecord, now: datetime, events: list[Event]
+    ) -> int:
+        spec = schedule.spec
+        assert schedule.next_run_at is not None
+        await load_zone(spec.timezone)
+        cutoff = now - timedelta(seconds=spec.misfire_grace_seconds)
+        keep = spec.catch_up_max if spec.misfire == "catch_up" else 1
+        late: deque[datetime] = deque(maxlen=keep)
+        missed = 0
+        on_time: list[datetime] = []
+        following: datetime | None = None
+        slots = fire_times(spec, schedule.anchor, schedule.next_run_at)
+        slot: datetime | None = schedule.next_run_at
+        while slot is not None and slot <= now:
+            if len(on_time) >= SLOTS_PER_CLAIM:
+                break  # the rest are still due: the next claim takes them
+            if slot < cutoff:
+                missed += 1
+                late.append(slot)
+            else:
+                on_time.append(slot)
+            slot = next(slots, None)
+        following = slot
+        runs: list[tuple[datetime, str, dict[str, Any] | None]] = []
+        if late:
+            if spec.misfire == "skip":
+                message = f"{missed} slot(s) were missed (the scheduler was not running)"
+                runs.append((late[-1], "skipped", {"code": "misfire", "message": message}))
+            else:
+                runs += [(at, "queued", None) for at in late]
+        runs += [(at, "queued", None) for at in on_time]
+        queued = 0
+        for at, status, error in runs:
+            limit = spec.max_executions
+            if status == "queued" and limit is not None and schedule.executions + queued >= limit:
+                break
+            run = await self._dispatch(tx, schedule, at, "slot", status, error, events)
+            if run is not None and run.status == "queued":
+                queued += 1
+        left = spec.max_executions is None or schedule.executions + queued < spec.max_executions
+        if following is None or not left:
+            await tx.execute(_SQL["advance_schedule"], schedule.id, queued, None, "expired")
+        else:
+            await tx.execute(_SQL["advance_schedule"], schedule.id, queued, following, "active")
+        return len(runs)
+
+    async def trigger(self, schedule: ScheduleRecord) -> ScheduleRun:
+        """Run `schedule` now, outside its slots (its concurrency policy applies); the run."""
+        async with self.db.transaction() as tx:
+            now = await tx.fetch_val("SELECT clock_timestamp()")
+            events: list[Event] = []
+            run = await self._dispatch(tx, schedule, now, "manual", "queued", None, events)
+            await self.bus.publish_many(events, tx=tx)
+        assert run is not None  # an instant of its own: never taken
+        return run
+
+    async def _dispatch(
+        self,
+        tx: Queries,
+        schedule: ScheduleRecord,
+        at: datetime,
+        trigger: str,
+        status: str,
+        error: dict[str, Any] | None,
+        events: list[Event],
+    ) -> ScheduleRun | None:
+        """Insert the run of `schedule` for slot `at` and queue its job (its concurrency
+        policy first); None when that slot has a run already."""
+        if status == "queued" and schedule.spec.concurrency != "allow":
+            going = [
+                ScheduleRun.from_row(r) for r in await tx.fetch_all(_SQL["open_runs"], schedule.id)
+            ]
+            if going and schedule.spec.concurrency == "forbid":
+                status = "skipped"
+                error = {
+                    "code": "overlap",
+                    "message": f"run {going[0].id} was still going (concurrency: forbid)",
+                }
+            for old in going if schedule.spec.concurrency == "replace" else []:
+                await self._replace(tx, old, events)
+        row = await tx.fetch_one(
+            _SQL["insert_run"],
+            schedule.id,
+            at,
+            trigger,
+            status,
+            None if error is None else Jsonb(error),
+        )
+        if row is None:
+            return None
+        run = ScheduleRun.from_row(row)
+        if status == "queued":
+            job = await enqueue(tx, RUN_TASK, {"run_id": run.id}, queue=QUEUE)
+            await tx.execute(_SQL["set_run_job"], run.id, job)
+        events.append(_run_event(run))
+        return run
+
+    async def _replace(self, tx: Queries, old: ScheduleRun, events: list[Event]) -> None:
+        """Cancel `old`, replaced by a newer run: its job is asked to stop, and the pipeline
+        run it started is cancelled."""
+        error = {"code": "replaced", "message": "a newer run replaced it (concurrency: replace)"}
+        row = await tx.fetch_one(_SQL["finish_run"], old.id, "cancelled", None, Jsonb(error))
+        if old.job_id is not None:
+            await tx.fetch_one("SELECT procrastinate_cancel_job_v1($1, true, false)", old.job_id)
+        if old.pipeline_run_id is not None:
+            pipeline_run = await tx.fetch_one(
+                "SELECT status FROM pipeline.runs WHERE id = $1", old.pipeline_run_id
+            )
+            if pipeline_run is not None and pipeline_run["status"] == "running":
+                await Executor(self.db, self.bus).cancel_run(
+                    old.pipeline_run_id, reason="a newer scheduled run replaced it"
+                )
+        assert row is not None
+        events.append(_run_event(ScheduleRun.from_row(row)))
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run(self, run_id: int, job_id: int) -> None:
+        """The job of run `run_id`: start its attempt, do the action, store the outcome."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one(_SQL["lock_run"], run_id)
+            if row is None or row["job_id"] != job_id:
+                return  # deleted, finished, or superseded by a newer job
+            run = ScheduleRun.from_row(row)
+            schedule_row = await tx.fetch_one(_SQL["schedule_by_id"], run.schedule_id)
+            assert schedule_row is not None  # runs go with their schedule
+            schedule = ScheduleRecord.from_row(schedule_row)
+            events: list[Event] = []
+            if run.status == "running":  # its worker died mid-attempt
+                if schedule.spec.action == "call_api":
+                    error = {
+                        "code": "outcome_unknown",
+                        "message": "the run's worker stopped during the call: it may or may "
+                        "not have been made, and is not repeated",
+                    }
+                    await self._finish(tx, run, "failed", None, error, events)
+                    await self.bus.publish_many(events, tx=tx)
+                    return
+            elif run.status == "queued":
+                started = await tx.fetch_one(_SQL["start_run"], run_id)
+                assert started is not None
+                run = ScheduleRun.from_row(started)
+                events.append(_run_event(run))
+            else:
+                return
+            await self.bus.publish_many(events, tx=tx)
+        try:
+            await self._act(schedule, run)
+        except GatheringError as exc:
+            error = {"code": exc.code, "message": exc.message}
+            async with self.db.transaction() as tx:
+                current = await self._still_mine(tx, run_id, job_id)
+                if current is not None:
+                    events = []
+                    await self._fail(tx, schedule, current, error, events)
+                    await self.bus.publish_many(events, tx=tx)
+
+    async def _act(self, schedule: ScheduleRecord, run: ScheduleRun) -> None:
+        spec = schedule.spec
+        if spec.action == "execute_pipeline":
+            await self._start_pipeline(schedule, run, ExecutePipeline.model_validate(spec.config))
+        elif spec.action == "send_notification":
+            await self._notify(schedule, run, SendNotification.model_validate(spec.config))
+        elif spec.action == "call_api":
+            await self._call(schedule, run, CallApi.model_validate(spec.config))
+        else:  # refused when the schedule was made; a schedule stored by a newer version
+            raise ActionFailedError(
+                f"this version cannot run {spec.action!r} actions", code="not_available"
+            )
+
+    async def _start_pipeline(
+        self, schedule: ScheduleRecord, run: ScheduleRun, config: ExecutePipeline
+    ) -> None:
+        """Start the pipeline run and link it, in one transaction (a repeat after a crash
+        finds it linked); the run ends when that pipeline run ends (`settle_pipeline_runs`)."""
+        async with self.db.transaction() as tx:
+            current = await self._still_mine(tx, run.id, run.job_id)
+            if current is None:
+                return
+            if isinstance(config.pipeline, int):
+                pipeline = await get_pipeline(tx, config.pipeline)
+                if pipeline.owner_id != schedule.owner_id:
+                    raise NotFoundError(f"no pipeline {config.pipeline}")
+            else:
+                pipeline = await pipeline_named(tx, schedule.owner_id, config.pipeline)
+            started = await Executor(self.db, self.bus).start_run(
+                pipeline.id, pipeline.version, schedule.owner_id, config.input, trigger="schedule"
+            )
+            output = {"pipeline_run_id": started.id, "pipeline_id": pipeline.id}
+            await tx.execute(_SQL["link_pipeline_run"], run.id, started.id, Jsonb(output))
+
+    async def _notify(
+        self, schedule: ScheduleRecord, run: ScheduleRun, config: SendNotification
+    ) -> None:
+        """The notification event and the run's success, in one transaction."""
+        async with self.db.transaction() as tx:
+            current = await self._still_mine(tx, run.id, run.job_id)
+            if current is None:
+                return
+            notification = Event(
+                "notification",
+                {
+                    "title": config.title,
+                    "message": config.message,
+                    "level": config.level,
+                    "schedule_id": schedule.id,
+                    "run_id": run.id,
+                },
+                subject=f"user:{schedule.owner_id}",
+                source="scheduler",
+            )
+            events = [notification]
+            output = {"event_id": str(notification.id)}
+            await self._finish(tx, current, "succeeded", output, None, events)
+            await self.bus.publish_many(events, tx=tx)
+
+    async def _call(self, schedule: ScheduleRecord, run: ScheduleRun, config: CallApi) -> None:
+        """One HTTP request through the egress policy; a 4xx or 5xx answer fails the run."""
+        body = None if config.body is None else json.dumps(config.body)
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        result = await fetch(
+            config.method, config.url, policy_from_settings(), body=body, headers=headers
+        )
+        if result.status >= 400:
+            raise ActionFailedError(
+                f"{config.method} {config.url} answered {result.status}",
+                code=f"http_{result.status}",
+            )
+        output = {"status": result.status, "body": result.text()[:100_000]}
+        async with self.db.transaction() as tx:
+            current = await self._still_mine(tx, run.id, run.job_id)
+            if current is not None:
+                events: list[Event] = []
+                await self._finish(tx, current, "succeeded", output, None, events)
+                await self.bus.publish_many(events, tx=tx)
+
+    async def _still_mine(self, tx: Queries, run_id: int, job_id: int | None) -> ScheduleRun | None:
+        """Run `run_id`, locked, when it is still running under `job_id` (not cancelled or
+        replaced meanwhile)."""
+        row = await tx.fetch_one(_SQL["lock_run"], run_id)
+        if row is None or row["status"] != "running" or row["job_id"] != job_id:
+            return None
+        return ScheduleRun.from_row(row)
+
+    async def _finish(
+        self,
+        tx: Queries,
+        run: ScheduleRun,
+        status: str,
+        output: Any,
+        error: dict[str, Any] | None,
+        events: list[Event],
+    ) -> None:
+        row = await tx.fetch_one(
+            _SQL["finish_run"],
+            run.id,
+            status,
+            None if output is None else Jsonb(output),
+            None if error is None else Jsonb(error),
+        )
+        assert row is not None
+        events.append(_run_event(ScheduleRun.from_row(row)))
+
+    async def _fail(
+        self,
+        tx: Queries,
+        schedule: ScheduleRecord,
+        run: ScheduleRun,
+        error: dict[str, Any],
+        events: list[Event],
+    ) -> None:
+        """A failed attempt: queued again after its backoff while retries are left, else the
+        run fails with the error kept."""
+        spec = schedule.spec
+        if run.attempt <= spec.max_retries:
+            wait = spec.retry_backoff_seconds * 2 ** (run.attempt - 1)
+            at = await tx.fetch_val("SELECT now()") + timedelta(seconds=wait)
+            job = await enqueue(tx, RUN_TASK, {"run_id": run.id}, queue=QUEUE, at=at)
+            row = await tx.fetch_one(_SQL["retry_run"], run.id, Jsonb(error), job)
+            assert row is not None
+            events.append(_run_event(ScheduleRun.from_row(row)))
+            return
+        await self._finish(tx, run, "failed", None, error, events)
+
+    # --- the sweep ------------------------------------------------------------------------
+
+    async def settle_pipeline_runs(self, limit: int = 100) -> int:
+        """End the runs whose pipeline run has ended, with its status (a failed one may be
+        tried again); how many."""
+        rows = await self.db.fetch_all(_SQL["ended_pipeline_runs"], limit)
+        for row in rows:
+            async with self.db.transaction() as tx:
+                locked = await tx.fetch_one(_SQL["lock_run"], row["id"])
+                if locked is None or locked["status"] != "running":
+                    continue
+                run = ScheduleRun.from_row(locked)
+                schedule_row = await tx.fetch_one(_SQL["schedule_by_id"], run.schedule_id)
+                assert schedule_row is not None
+                schedule = ScheduleRecord.from_row(schedule_row)
+                events: list[Event] = []
+                outcome = row["pipeline_status"]
+                if outcome == "succeeded":
+                    await self._finish(tx, run, "succeeded", None, None, events)
+                else:
+                    cause = row["pipeline_error"] or {}
+                    error = {
+                        "code": "pipeline_" + (outcome or "deleted"),
+                        "message": f"pipeline run {run.output['pipeline_run_id']} "
+                        f"{outcome or 'was deleted'}: {cause.get('message', '')}".rstrip(": "),
+                    }
+                    await self._fail(tx, schedule, run, error, events)
+                await self.bus.publish_many(events, tx=tx)
+        return len(rows)
+
+    async def settle_stranded(self, limit: int = 100) -> int:
+        """Settle the runs whose job ended without doing so (its worker died for good, a
+        person cancelled it); how many."""
+        rows = await self.db.fetch_all(_SQL["stranded_runs"], limit, STRANDED_GRACE)
+        for row in rows:
+            async with self.db.transaction() as tx:
+                locked = await tx.fetch_one(_SQL["lock_run"], row["id"])
+                if locked is None or locked["status"] not in ("queued", "running"):
+                    continue
+                run = ScheduleRun.from_row(locked)
+                events: list[Event] = []
+                if row["job_status"] in ("cancelled", "aborted"):
+                    error = {"code": "cancelled", "message": "the run's job was cancelled"}
+                    await self._finish(tx, run, "cancelled", None, error, events)
+                else:
+                    error = {"code": "interrupted", "message": "the run's job ended mid-run"}
+                    await self._finish(tx, run, "failed", None, error, events)
+                await self.bus.publish_many(events, tx=tx)
+        return len(rows)
+
+    async def tick(self) -> None:
+        """One round of the scheduler duty: claim what is due, settle what ended."""
+        await self.claim_due()
+        await self.settle_pipeline_runs()
+        await self.settle_stranded()
