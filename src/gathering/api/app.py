@@ -110,7 +110,6 @@ def create_app(
     app.include_router(pipelines.router)
     app.include_router(pipeline_runs.router)
     app.include_router(schedules.router)
-    app.include_router(schedules.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)
