@@ -10,7 +10,8 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Annotated, Literal, NoReturn, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,7 +22,7 @@ from gathering import __version__
 from gathering.agents import Agent, AgentRecord, PostgresAgentStore, ToolStarted, TurnResult
 from gathering.config import Settings, ensure_bind_allowed, get_settings, redact_credentials
 from gathering.db import Database, Migration, MigrationStatus, discover_migrations, redact_url
-from gathering.errors import GatheringError, InvalidInputError, StartupError
+from gathering.errors import GatheringError, InvalidInputError, NotFoundError, StartupError
 from gathering.llm import TextDelta, default_provider_name
 from gathering.observability import configure_logging
 
@@ -1082,11 +1083,15 @@ _STATUS_STYLE = {
 }
 
 
+def _styled(status: str) -> str:
+    """`status` as markup in its colour (pending, queued: none)."""
+    return f"[{_STATUS_STYLE.get(status, 'none')}]{status}[/]"
+
+
 def _run_table(run: RunRecord, graph_order: list[str]) -> Table:
     """A run's nodes in execution order: status, attempts, time taken, output or error."""
-    style = _STATUS_STYLE.get(run.status, "")
     table = Table(
-        title=f"run {run.id} (pipeline {run.pipeline_id} v{run.version}): [{style}]{run.status}[/]"
+        title=f"run {run.id} (pipeline {run.pipeline_id} v{run.version}): {_styled(run.status)}"
     )
     for column in ("node", "status", "attempt", "seconds", "output / error"):
         table.add_column(column, overflow="fold")
@@ -1102,7 +1107,7 @@ def _run_table(run: RunRecord, graph_order: list[str]) -> Table:
         shown = node.error.get("message", "") if node.error else node.output
         text = shown if isinstance(shown, str) else json.dumps(shown, ensure_ascii=False)
         text = (text or "")[:120] + ("…" if text and len(text) > 120 else "")
-        cell = f"[{_STATUS_STYLE.get(node.status, '')}]{node.status}[/]"
+        cell = _styled(node.status)
         table.add_row(escape(node_id), cell, str(node.attempt), took, escape(text))
     return table
 
@@ -1261,7 +1266,7 @@ def pipelines_runs(
         table.add_row(
             str(run.id),
             str(run.version),
-            f"[{_STATUS_STYLE.get(run.status, '')}]{run.status}[/]",
+            _styled(run.status),
             run.trigger,
             f"{run.relation} of {run.parent_run_id}" if run.parent_run_id else "",
             run.created_at.isoformat(timespec="seconds"),
@@ -1549,6 +1554,189 @@ def doctor(
         console.print(checks.report(results), highlight=False)
     if checks.blocked(results):
         raise typer.Exit(code=1)
+
+
+schedules_app = typer.Typer(
+    help="Schedules: when something runs (cron, interval, once) and what (a pipeline run, a "
+    "notification, an API call); the server claims each slot once (docs/scheduler.md).",
+    no_args_is_help=True,
+)
+app.add_typer(schedules_app, name="schedules")
+ScheduleName = Annotated[str, typer.Argument(help="The schedule's name")]
+
+
+async def _schedule_named(settings: Settings, db: Database, name: str, owner: str | None) -> Any:
+    from gathering.scheduler import get_schedule
+    from gathering.scheduler.store import _SQL as SCHEDULE_SQL
+
+    async with _agent_store(settings) as store:
+        owner_id = await _pipelines_owner(settings, store, owner)
+    row = await db.fetch_one(SCHEDULE_SQL["schedule_named"], owner_id, name)
+    if row is None:
+        raise NotFoundError(
+            f"no schedule named {name!r}", hint="`gathering schedules list` shows them"
+        )
+    return await get_schedule(db, int(row["id"]))
+
+
+def _on_schedule(name: str, owner: str | None, act: Callable[[Any, Any], Awaitable[T]]) -> T:
+    """Run `act(db, schedule)` on the owner's schedule `name`."""
+    settings = settings_or_exit()
+
+    async def work() -> T:
+        async with Database(settings=settings) as db:
+            return await act(db, await _schedule_named(settings, db, name, owner))
+
+    return run_async(work)
+
+
+def _when(instant: datetime | None) -> str:
+    return instant.isoformat(timespec="seconds") if instant else ""
+
+
+@schedules_app.command("list")
+def schedules_list(owner: PipelineOwnerOption = None) -> None:
+    """List schedules (every owner's, or one owner's with --owner)."""
+    from gathering.scheduler import ScheduleRecord, list_schedules
+
+    settings = settings_or_exit()
+
+    async def work() -> list[ScheduleRecord]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner) if owner else None
+            found: list[ScheduleRecord] = []
+            while page := await list_schedules(store.db, owner_id, limit=500, offset=len(found)):
+                found += page
+            return found
+
+    records = run_async(work)
+    table = Table(title=f"{len(records)} schedule(s)")
+    for column in ("id", "name", "when", "action", "status", "next run", "runs"):
+        table.add_column(column)
+    for record in records:
+        spec = record.spec
+        if spec.kind == "cron":
+            when = f"{spec.cron} ({spec.timezone})"
+        elif spec.kind == "interval":
+            when = f"every {spec.every_seconds:g}s"
+        else:
+            when = _when(spec.at)
+        table.add_row(
+            str(record.id),
+            escape(record.name),
+            escape(when),
+            spec.action,
+            record.status,
+            _when(record.next_run_at),
+            str(record.executions),
+        )
+    console.print(table)
+
+
+@schedules_app.command("apply")
+def schedules_apply(file: PipelineFile, owner: PipelineOwnerOption = None) -> None:
+    """Store the schedule in FILE (`name` and its definition, JSON or YAML): a new one, or a
+    change of the owner's schedule of that name."""
+    from gathering.scheduler import ScheduleRecord, apply_schedule
+
+    settings = settings_or_exit()
+    with reported_errors():
+        document = _read_definition(file)
+
+    async def work() -> tuple[ScheduleRecord, bool]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            return await apply_schedule(store.db, owner_id, document)
+
+    record, created = run_async(work)
+    done = "created" if created else "changed"
+    console.print(
+        f"{done} schedule [bold]{escape(record.name)}[/] (id {record.id}, {record.status}); "
+        f"next run: {_when(record.next_run_at) or 'none'}"
+    )
+
+
+@schedules_app.command("show")
+def schedules_show(
+    name: ScheduleName,
+    owner: PipelineOwnerOption = None,
+    count: Annotated[int, typer.Option(min=1, max=100, help="Next instants to show")] = 5,
+) -> None:
+    """A schedule's definition, status and next instants."""
+    from gathering.scheduler import preview
+    from gathering.scheduler.definition import load_zone
+
+    async def show(db: Database, record: Any) -> tuple[Any, list[datetime]]:
+        await load_zone(record.spec.timezone)
+        return record, preview(record.spec, record.anchor, datetime.now(UTC), count)
+
+    schedule, instants = _on_schedule(name, owner, show)
+    console.print(f"[bold]{escape(schedule.name)}[/] (id {schedule.id}): {schedule.status}")
+    spec = schedule.spec.model_dump(mode="json", exclude_none=True)
+    console.print_json(json.dumps(spec))
+    console.print("next: " + (", ".join(_when(t) for t in instants) or "none"))
+
+
+def _schedule_command(verb: str, summary: str) -> None:
+    """`gathering schedules VERB NAME`: pause, resume or delete."""
+
+    def command(name: ScheduleName, owner: PipelineOwnerOption = None) -> None:
+        from gathering import scheduler
+
+        act = {
+            "pause": scheduler.pause_schedule,
+            "resume": scheduler.resume_schedule,
+            "delete": scheduler.delete_schedule,
+        }[verb]
+        _on_schedule(name, owner, lambda db, record: act(db, record.id))
+        console.print(f"schedule [bold]{escape(name)}[/]: {verb}d")
+
+    command.__doc__ = summary
+    schedules_app.command(verb)(command)
+
+
+_schedule_command("pause", "Claim no slot of the schedule until it is resumed.")
+_schedule_command(
+    "resume", "Claim slots again, from the next instant (the missed ones are not run)."
+)
+_schedule_command("delete", "Delete the schedule and its runs (the pipeline runs are kept).")
+
+
+@schedules_app.command("trigger")
+def schedules_trigger(name: ScheduleName, owner: PipelineOwnerOption = None) -> None:
+    """Run the schedule now, outside its slots (a worker runs it)."""
+    from gathering.scheduler import Scheduler
+
+    run = _on_schedule(name, owner, lambda db, record: Scheduler(db, None).trigger(record))
+    console.print(f"run {run.id} of [bold]{escape(name)}[/]: {run.status}")
+
+
+@schedules_app.command("runs")
+def schedules_runs(
+    name: ScheduleName,
+    owner: PipelineOwnerOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=1_000, help="At most this many")] = 20,
+) -> None:
+    """A schedule's runs, newest first."""
+    from gathering.scheduler import list_schedule_runs
+
+    runs = _on_schedule(
+        name, owner, lambda db, record: list_schedule_runs(db, record.id, limit=limit)
+    )
+    table = Table(title=f"{len(runs)} run(s) of {escape(name)}")
+    for column in ("id", "slot", "trigger", "status", "attempt", "pipeline run", "error"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            str(run.id),
+            _when(run.slot_time),
+            run.trigger,
+            _styled(run.status),
+            str(run.attempt),
+            str(run.pipeline_run_id or ""),
+            escape(str((run.error or {}).get("message", "")))[:80],
+        )
+    console.print(table)
 
 
 @app.command()

@@ -6,6 +6,7 @@ from gathering.scheduler.runner import Scheduler
 from gathering.scheduler.store import (
     ScheduleRecord,
     ScheduleRun,
+    apply_schedule,
     create_schedule,
     delete_schedule,
     get_schedule,
@@ -23,6 +24,7 @@ __all__ = [
     "ScheduleRun",
     "ScheduleSpec",
     "Scheduler",
+    "apply_schedule",
     "create_schedule",
     "delete_schedule",
     "fire_times",

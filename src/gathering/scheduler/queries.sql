@@ -108,3 +108,6 @@ WHERE r.status IN ('queued', 'running')
   AND j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
   AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => $2::float8)
 LIMIT $1
+
+-- name: schedule_named --
+SELECT * FROM scheduler.schedules WHERE owner_id = $1 AND name = $2

@@ -113,6 +113,21 @@ async def create_schedule(
     return ScheduleRecord.from_row(row)
 
 
+async def apply_schedule(
+    db: Database, owner_id: int, document: dict[str, Any]
+) -> tuple[ScheduleRecord, bool]:
+    """Store `document` (`name` and the definition) as the owner's schedule of that name: a
+    new one, or a change of the one there; (the schedule, whether it was created)."""
+    body = dict(document)
+    name = body.pop("name", None)
+    if not isinstance(name, str):
+        raise InvalidInputError("a schedule file needs a `name` (text)", details={"path": "name"})
+    row = await db.fetch_one(_SQL["schedule_named"], owner_id, name)
+    if row is None:
+        return await create_schedule(db, owner_id, name, body), True
+    return await replace_schedule(db, int(row["id"]), body), False
+
+
 async def get_schedule(db: Queries, schedule_id: int) -> ScheduleRecord:
     row = await db.fetch_one(_SQL["schedule_by_id"], schedule_id)
     if row is None:
