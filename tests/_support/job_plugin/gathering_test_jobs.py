@@ -77,9 +77,17 @@ async def always_fails(key: str, context: ToolContext) -> str:
     raise ToolFailedError(f"{key} fails on purpose")
 
 
+async def mark_run(context: ToolContext) -> str:
+    """Mark the pipeline run this call is part of (its call id is run/node/attempt)."""
+    run = (context.call_id or "").split("/")[0]
+    await _tool_mark(context, run, "ran")
+    return run
+
+
 def tools() -> list[FunctionTool]:
     """The plugin's tools (the `gathering.tools` entry point)."""
     return [
+        function_tool(mark_run, effect="write"),
         function_tool(slow_write, effect="write", timeout=600),
         function_tool(slow_external, effect="external", timeout=600),
         function_tool(always_fails, effect="read"),
