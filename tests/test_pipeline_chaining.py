@@ -9,15 +9,20 @@ next node's target is seen through the step's own read."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from pipeline_runtime import LAB, Runtime, linear, pipeline_runtime, tool_node
 
+from gathering.errors import DatabaseError
+from gathering.jobs import JobServices, JobWorker
 from gathering.pipelines.breaker import BreakerPolicy, record_failure
 from gathering.pipelines.executor import Claimed, Executor
 from gathering.pipelines.runs import get_run
+from gathering.tools import function_tool
+from gathering.tools import registry as registry_module
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +235,125 @@ async def test_an_open_breaker_on_the_next_node_s_target_fails_it_without_a_call
     assert done.status == "failed"
     assert (done.nodes["a"].error or {})["code"] == "circuit_open"
     assert LAB.calls["a"] == 0
+
+
+# --- what the hostile review found -------------------------------------------------------------
+
+
+async def test_a_draining_worker_takes_no_next_node(idle: Runtime) -> None:
+    """A worker told to stop lets its running node finish, and queues the next node for
+    another worker instead of starting it (an external one would then wait for a person)."""
+    run = await idle.start(
+        linear(tool_node("a", "blocked", key="drain"), tool_node("b", "send", text="pay"))
+    )
+    worker = JobWorker(idle.queue, JobServices(idle.db, idle.bus), shutdown_timeout=5)
+    await worker.start()
+    async with asyncio.timeout(20):
+        await LAB.started_event("drain").wait()
+    stopping = asyncio.create_task(worker.stop())  # a deploy: the worker drains
+    await asyncio.sleep(0.2)
+    LAB.gates.setdefault("drain", asyncio.Event()).set()  # `a` ends within the grace
+    await stopping
+    after = await get_run(idle.db, run.id)
+    assert after.nodes["a"].status == "succeeded"
+    assert after.nodes["b"].status == "queued" and LAB.calls["send:pay"] == 0
+    job = after.nodes["b"].job_id
+    assert job is not None
+    await idle.executor.run_node(run.id, "b", job, shutting_down=never_stopping)
+    done = await get_run(idle.db, run.id)
+    assert done.status == "succeeded" and LAB.calls["send:pay"] == 1
+
+
+class ProcessKilled(BaseException):
+    """Stands for kill -9: nothing after it runs (no `except Exception` catches it)."""
+
+
+class LosesTheDatabaseOnce(Executor):
+    """The run-locked step after a success fails once (a lost connection): with `fatal`,
+    as if the process died there."""
+
+    fatal = False
+    armed = True
+
+    async def _locked(self, tx: Any, run_id: int, node_id: str | None) -> Any:
+        if self.armed and node_id == "start":
+            self.armed = False
+            if self.fatal:
+                raise ProcessKilled
+            raise DatabaseError("connection lost")
+        return await super()._locked(tx, run_id, node_id)
+
+
+@pytest.mark.parametrize("fatal", [False, True], ids=["database error", "process killed"])
+async def test_a_fork_whose_next_node_is_reused_never_stays_running(
+    idle: Runtime, fatal: bool
+) -> None:
+    """Forked at `b`, the trigger runs again and the node after it is reused: its step is
+    the general one, in one transaction, so a failure there leaves no half-stored step."""
+    original = await idle.start(
+        linear(tool_node("a", "echo", text="a"), tool_node("b", "echo", text="b"))
+    )
+    await idle.executor.run_node(
+        original.id, "start", await first_job(idle, original.id), shutting_down=never_stopping
+    )
+    fork = await idle.executor.fork_run(original.id, "b")
+    nodes = (await get_run(idle.db, fork.id)).nodes
+    assert nodes["a"].reused and nodes["b"].job_id is not None
+    await idle.executor.run_node(fork.id, "b", nodes["b"].job_id, shutting_down=never_stopping)
+    failing = LosesTheDatabaseOnce(idle.db, idle.bus)
+    failing.fatal = fatal
+    job = await first_job(idle, fork.id)
+    if fatal:
+        with pytest.raises(ProcessKilled):
+            await failing.run_node(fork.id, "start", job, shutting_down=never_stopping)
+        # Queued again by the stalled-jobs duty (same id): the trigger repeats and the run ends.
+        await idle.executor.run_node(fork.id, "start", job, shutting_down=never_stopping)
+        assert (await get_run(idle.db, fork.id)).status == "succeeded"
+    else:
+        await failing.run_node(fork.id, "start", job, shutting_down=never_stopping)
+        done = await get_run(idle.db, fork.id)
+        assert done.status == "failed"
+        assert (done.error or {})["code"] == "output_not_stored"
+
+
+async def tally(bag: dict[str, Any]) -> str:
+    """Add a mark to `bag` (in place, as a careless tool might) and give it back."""
+    bag.setdefault("seen", []).append(len(bag.get("seen", [])))
+    return json.dumps(bag)
+
+
+async def test_a_tool_that_changes_its_arguments_changes_no_later_run(runtime: Runtime) -> None:
+    registry_module.registry.register(function_tool(tally, effect="read"))
+    try:
+        document = linear(tool_node("a", "tally", bag={"seen": []}))
+        pipeline_id, version = await runtime.pipeline(document)
+        outputs = []
+        for _ in range(3):
+            run = await runtime.executor.start_run(pipeline_id, version, runtime.owner_id, {})
+            outputs.append((await runtime.wait(run.id)).outputs["a"])
+        assert outputs == ['{"seen": [0]}'] * 3
+    finally:
+        registry_module.registry.unregister("tally")
+
+
+async def test_a_literal_longer_than_a_rendering_may_be_fails_the_node(runtime: Runtime) -> None:
+    done = await runtime.wait(
+        (await runtime.start(linear(tool_node("a", "echo", text="x" * 1_000_001)))).id
+    )
+    assert done.status == "failed"
+    assert (done.error or {})["code"] == "template_error"
+
+
+async def test_a_condition_naming_outputs_in_full_width_letters_reads_them(
+    runtime: Runtime,
+) -> None:
+    check = {
+        "id": "check",
+        "type": "condition",
+        "config": {"expression": "\uff4f\uff55\uff54\uff50\uff55\uff54\uff53.a == 'a'"},
+    }
+    done = await runtime.wait(
+        (await runtime.start(linear(tool_node("a", "echo", text="a"), check))).id
+    )
+    assert done.status == "succeeded", done.error
+    assert done.outputs["check"] is True

@@ -69,11 +69,13 @@ async def died_running(runtime: Runtime, run_id: int, node: str, *, job: str = "
 
 async def start_only_first(idle: Runtime, document: dict[str, object]) -> int:
     """Start a run with no worker and settle its trigger by hand, so its next node is queued
-    (a job whose worker is shutting down goes on to no further node)."""
+    (a job whose worker is draining goes on to no further node)."""
     run = await idle.start(document)
     trigger = (await get_run(idle.db, run.id)).nodes["start"]  # run its job here, by hand
     assert trigger.job_id is not None
-    await idle.executor.run_node(run.id, "start", trigger.job_id, shutting_down=lambda: True)
+    await idle.executor.run_node(
+        run.id, "start", trigger.job_id, shutting_down=lambda: False, draining=lambda: True
+    )
     return run.id
 
 

@@ -45,6 +45,13 @@ class JobServices:
     bus: EventBus | None
 
 
+def draining(context: procrastinate.JobContext) -> bool:
+    """Whether the worker running `context`'s job has been told to stop (it lets its running
+    jobs finish: a job should take on no new work)."""
+    stopping = context.additional_context.get("stopping")
+    return bool(stopping is not None and stopping())
+
+
 def services_of(context: procrastinate.JobContext) -> JobServices:
     """The `JobServices` of the worker running `context`'s job."""
     services = context.additional_context.get("services")

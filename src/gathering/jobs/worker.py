@@ -121,7 +121,7 @@ class JobWorker:
             shutdown_graceful_timeout=self.shutdown_timeout,
             abort_job_polling_interval=ABORT_POLL_SECONDS,
             fetch_job_polling_interval=FETCH_POLL_SECONDS,
-            additional_context={"services": self.services},
+            additional_context={"services": self.services, "stopping": self._stopping.is_set},
             install_signal_handlers=False,
             update_heartbeat_interval=self.heartbeat_interval,
             stalled_worker_timeout=self.stalled_after,

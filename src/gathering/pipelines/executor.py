@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import unicodedata
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -316,17 +317,26 @@ class Executor:
     # --- the node job -------------------------------------------------------------------
 
     async def run_node(
-        self, run_id: int, node_id: str, job_id: int, *, shutting_down: Callable[[], bool]
+        self,
+        run_id: int,
+        node_id: str,
+        job_id: int,
+        *,
+        shutting_down: Callable[[], bool],
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         """Attempts of nodes of run `run_id` as job `job_id`: claim `node_id`, work, store the
         outcome, go on. When the outcome makes a next node ready, this job claims it in the
-        same transaction and runs it too (a chain costs one transaction per node, not a job)."""
+        same transaction and runs it too (a chain costs one transaction per node, not a job),
+        unless its worker is `draining` (told to stop: the next node is queued for another)
+        or the job is cancelled. `shutting_down`: the job was interrupted by its worker's
+        stop (its node stays running, to be taken up again)."""
         claimed = await self._claim(run_id, node_id, job_id)
         job = asyncio.current_task()
         assert job is not None
 
         def going_on() -> bool:  # whether this job may take another node
-            return job.cancelling() == 0 and not shutting_down()
+            return job.cancelling() == 0 and not shutting_down() and not draining()
 
         while claimed is not None:
             claimed = await self._attempt(claimed, job_id, going_on, shutting_down)
@@ -620,7 +630,9 @@ class Executor:
             fast = await self._settle_and_chain(claimed, output, after, job_id)
             if isinstance(fast, Claimed):
                 return fast
-            settled = fast  # settled, but the next node was not pending: the general step
+            # Settled with no claim (the run ended meanwhile, the claim alone failing): the
+            # general step ends or goes on; nothing else is left for it to do.
+            settled = fast
         async with self.db.transaction() as tx:
             run, node_run = await self._locked(tx, run_id, node.id)
             events: list[Event] = []
@@ -1257,8 +1269,13 @@ def _chained_after(graph: Graph, node: Node) -> Node | None:
 
 
 def _reads_outputs(node: Node) -> bool:
-    """Whether running `node` may read other nodes' outputs (a join's, or a template's)."""
-    return node.type == "parallel" or "outputs" in json.dumps(node.config)
+    """Whether running `node` may read other nodes' outputs (a join's, or a template's or an
+    expression's; names are compared as Python reads them, after NFKC normalisation, so the
+    full-width spelling of `outputs` counts)."""
+    if node.type == "parallel":
+        return True
+    text = unicodedata.normalize("NFKC", json.dumps(node.config, ensure_ascii=False))
+    return "outputs" in text
 
 
 async def _outputs(tx: Queries, run_id: int) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from gathering.events import Event
 from gathering.pipelines.conditions import evaluate
 from gathering.pipelines.definition import Node
 from gathering.pipelines.node_config import (
+    MAX_RENDERED_CHARS,
     ActionConfig,
     AgentConfig,
     ConditionConfig,
@@ -65,7 +66,7 @@ class NodeCall:
         a thread (a slow template never stops the event loop); `NodeFailedError`
         (`template_error`) when one cannot be rendered or renders too much."""
         if _renders_as_itself(value):
-            return value
+            return _copy(value)  # never the definition's own objects: a tool may change them
         return await asyncio.to_thread(self._render, value)
 
     def _render(self, value: Any) -> Any:
@@ -85,15 +86,30 @@ class NodeCall:
 
 
 def _renders_as_itself(value: Any) -> bool:
-    """Whether `value` holds no string that rendering would change: none with template syntax
-    (`{`), a carriage return (newlines are normalised) or a final newline (dropped)."""
+    """Whether `value` holds no string that rendering would change or refuse: none with
+    template syntax (`{`), a carriage return (newlines are normalised), a final newline
+    (dropped), or more than a rendering may produce."""
     if isinstance(value, str):
-        return "{" not in value and "\r" not in value and not value.endswith("\n")
+        return (
+            "{" not in value
+            and "\r" not in value
+            and not value.endswith("\n")
+            and len(value) <= MAX_RENDERED_CHARS
+        )
     if isinstance(value, dict):
         return all(_renders_as_itself(item) for item in value.values())
     if isinstance(value, list):
         return all(_renders_as_itself(item) for item in value)
     return True
+
+
+def _copy(value: Any) -> Any:
+    """`value` with its dicts and lists copied (texts and numbers are immutable)."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
 
 
 def run_workspace(pipeline_id: int, run_id: int) -> Path:

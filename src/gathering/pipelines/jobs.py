@@ -7,7 +7,7 @@ import procrastinate
 from procrastinate import job_context
 
 from gathering.db.locks import LockKey, SingletonDuty
-from gathering.jobs import ON_SHUTDOWN, JobServices, services_of
+from gathering.jobs import ON_SHUTDOWN, JobServices, draining, services_of
 from gathering.pipelines.executor import Executor
 
 blueprint = procrastinate.Blueprint()
@@ -24,7 +24,11 @@ async def run_node(context: procrastinate.JobContext, run_id: int, node_id: str)
         return context.abort_reason() == job_context.AbortReason.SHUTDOWN
 
     await Executor(services.db, services.bus).run_node(
-        run_id, node_id, context.job.id, shutting_down=shutting_down
+        run_id,
+        node_id,
+        context.job.id,
+        shutting_down=shutting_down,
+        draining=lambda: draining(context),
     )
 
 

@@ -281,7 +281,7 @@ WHERE run_id = $1 AND job_id = $2 AND status IN ('queued', 'running', 'waiting')
 -- name: settle_and_chain --
 -- The fast step of a chain, in one statement (so one round trip and one commit): node $2 of
 -- run $1, running under claim $3, succeeds with output $4, and job $6 claims node $5 (the only
--- node after it, with no other node before it), which must still be pending, with a deadline
+-- node after it, with no other node before it), which must be pending, with a deadline
 -- $7 s from now (NULL for none). The run's row is locked first, as every step does. The events
 -- $8 (node $2's) and $9 (node $5's, whose attempt is filled in) are written to the outbox, as
 -- events/queries.sql's write_events does, for what took place. Returns whether node $2 was
@@ -290,10 +290,16 @@ WHERE run_id = $1 AND job_id = $2 AND status IN ('queued', 'running', 'waiting')
 WITH run AS (
     SELECT id FROM pipeline.runs WHERE id = $1 AND status = 'running' FOR UPDATE
 ), done AS (
+    -- Only together with the claim: a node after it that is not pending (reused by a retry
+    -- or a fork) leaves both to the general step, in one transaction. (Its pending status
+    -- is read in the statement's snapshot: only a step that ends the run changes a pending
+    -- node whose one predecessor still runs, and `run` sees that end.)
     UPDATE pipeline.node_runs SET status = 'succeeded', output = $4, job_id = NULL,
            wake_at = NULL, deadline = NULL, finished_at = now(), updated_at = now()
     WHERE run_id = $1 AND node_id = $2 AND status = 'running' AND claims = $3
       AND EXISTS (SELECT 1 FROM run)
+      AND EXISTS (SELECT 1 FROM pipeline.node_runs
+                  WHERE run_id = $1 AND node_id = $5 AND status = 'pending')
     RETURNING node_id
 ), claimed AS (
     UPDATE pipeline.node_runs SET status = 'running', error = NULL, job_id = $6,
