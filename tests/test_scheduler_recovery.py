@@ -7,6 +7,7 @@ runtime on the test's database; time is moved by putting `next_run_at` in the pa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from gathering.errors import FeatureUnavailableError, InvalidInputError
 from gathering.events import Event, EventBus
 from gathering.jobs import JobQueue, JobServices, JobWorker
 from gathering.pipelines import create_pipeline
+from gathering.pipelines.executor import Executor
 from gathering.pipelines.jobs import blueprint as pipelines_blueprint
 from gathering.pipelines.runs import get_run
 from gathering.scheduler import (
@@ -39,8 +41,10 @@ from gathering.scheduler import (
     preview,
     resume_schedule,
 )
+from gathering.scheduler import runner as runner_module
 from gathering.scheduler.definition import ACTIONS
 from gathering.scheduler.jobs import blueprint as scheduler_blueprint
+from gathering.tools import egress
 from gathering.tools import registry as registry_module
 
 pytestmark = pytest.mark.integration
@@ -311,10 +315,12 @@ def test_interval_slots_are_anchored_and_never_drift() -> None:
 
 async def test_lifetime_start_end_and_max_executions(lab: Lab) -> None:
     now = datetime.now(UTC)
-    ended = await lab.schedule(
-        "over", kind="interval", every_seconds=60, end_at=now - timedelta(hours=1), **NOTIFY
-    )
-    assert (ended.status, ended.next_run_at) == ("expired", None)
+    with pytest.raises(InvalidInputError, match="would never fire: `end_at` has passed"):
+        await lab.schedule(
+            "over", kind="interval", every_seconds=60, end_at=now - timedelta(hours=1), **NOTIFY
+        )
+    with pytest.raises(InvalidInputError, match="`at` has passed"):
+        await lab.schedule("past", kind="once", at=now - timedelta(seconds=1), **NOTIFY)
     later = await lab.schedule(
         "later", kind="interval", every_seconds=60, start_at=now + timedelta(days=1), **NOTIFY
     )
@@ -586,3 +592,225 @@ async def test_run_events_tell_each_status(lab: Lab) -> None:
             break
         await asyncio.sleep(0.02)
     assert kinds == ["schedule_run.queued", "schedule_run.running", "schedule_run.succeeded"]
+
+
+# --- what the hostile review found -----------------------------------------------------------
+
+
+async def test_triggers_at_once_keep_the_forbid_policy(lab: Lab) -> None:
+    await create_pipeline(
+        lab.db, linear(tool_node("a", "blocked", key="hold"), name="hold"), owner_id=lab.owner_id
+    )
+    schedule = await lab.schedule(
+        kind="interval",
+        every_seconds=3600,
+        action="execute_pipeline",
+        config={"pipeline": "hold"},
+        concurrency="forbid",
+    )
+    runs = await asyncio.gather(*(lab.scheduler.trigger(schedule) for _ in range(4)))
+    assert sorted(run.status for run in runs) == ["queued", "skipped", "skipped", "skipped"]
+
+
+async def test_replace_leaves_a_run_that_ended_as_it_was(lab: Lab) -> None:
+    schedule = await lab.schedule(
+        kind="interval", every_seconds=3600, concurrency="replace", **NOTIFY
+    )
+    first = await lab.scheduler.trigger(schedule)
+    await lab.settled(schedule, 1)
+    # A claim that listed it while it was running comes after it ended.
+    async with lab.db.transaction() as tx:
+        await lab.scheduler._replace(tx, first, [])
+    [stored] = await lab.runs(schedule)
+    assert stored["status"] == "succeeded" and stored["error"] is None
+
+
+async def test_a_call_that_got_no_answer_is_never_repeated(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[bytes] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        calls.append(await reader.readuntil(b"\r\n\r\n"))
+        await asyncio.sleep(5)  # answers after the caller gave up
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("GATHERING_EGRESS_ALLOWED_NETWORKS", "127.0.0.1/32")
+    monkeypatch.setenv("GATHERING_EGRESS_ALLOWED_PORTS", str(port))
+    monkeypatch.setattr(
+        runner_module,
+        "policy_from_settings",
+        lambda: dataclasses.replace(
+            egress.policy_from_settings(), read_timeout=0.5, total_timeout=0.5
+        ),
+    )
+    get_settings.cache_clear()
+    try:
+        schedule = await lab.schedule(
+            kind="interval",
+            every_seconds=3600,
+            action="call_api",
+            config={"url": f"http://127.0.0.1:{port}/charge", "body": {"charge": 100}},
+            max_retries=3,
+            retry_backoff_seconds=0,
+        )
+        await lab.scheduler.trigger(schedule)
+        [run] = await lab.settled(schedule, 1)
+    finally:
+        server.close()
+        get_settings.cache_clear()
+    assert (run["status"], run["attempt"]) == ("failed", 1)
+    assert run["error"]["code"] == "outcome_unknown"
+    assert len(calls) == 1
+
+
+async def test_an_answer_with_a_nul_is_stored_and_the_call_not_repeated(lab: Lab, api: Any) -> None:
+    url, _ = api
+    calls: list[int] = []
+    original = egress.fetch
+
+    async def answering_nul(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        result = await original(*args, **kwargs)
+        return dataclasses.replace(result, content=b"o\x00k")
+
+    schedule = await lab.schedule(
+        kind="interval",
+        every_seconds=3600,
+        action="call_api",
+        config={"url": url},
+        max_retries=2,
+        retry_backoff_seconds=0,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner_module, "fetch", answering_nul)
+        await lab.scheduler.trigger(schedule)
+        [run] = await lab.settled(schedule, 1)
+    assert run["status"] == "succeeded" and run["output"]["body"] == "o\ufffdk"
+    assert len(calls) == 1
+
+
+async def test_a_retry_is_not_failed_by_the_pipeline_run_of_the_attempt_before(lab: Lab) -> None:
+    LAB.failures_left["once"] = 1  # the first pipeline run fails, the second succeeds
+    await create_pipeline(
+        lab.db, linear(tool_node("a", "flaky", key="once"), name="twice"), owner_id=lab.owner_id
+    )
+    schedule = await lab.schedule(
+        kind="interval",
+        every_seconds=3600,
+        action="execute_pipeline",
+        config={"pipeline": "twice"},
+        max_retries=1,
+        retry_backoff_seconds=0,
+    )
+    await lab.scheduler.trigger(schedule)
+    for _ in range(400):  # the sweep as often as it can, to meet the retry's first moments
+        await lab.scheduler.settle_pipeline_runs()
+        runs = await lab.runs(schedule)
+        if runs[0]["status"] in ("succeeded", "failed"):
+            break
+        await asyncio.sleep(0.01)
+    [run] = await lab.settled(schedule, 1)
+    assert (run["status"], run["attempt"]) == ("succeeded", 2), run
+
+
+async def test_a_pipeline_run_cancelled_by_a_person_cancels_the_scheduled_run(lab: Lab) -> None:
+    await create_pipeline(
+        lab.db, linear(tool_node("a", "blocked", key="stop"), name="stop"), owner_id=lab.owner_id
+    )
+    schedule = await lab.schedule(
+        kind="interval",
+        every_seconds=3600,
+        action="execute_pipeline",
+        config={"pipeline": "stop"},
+        max_retries=2,
+    )
+    await lab.scheduler.trigger(schedule)
+    async with asyncio.timeout(20):
+        await LAB.started_event("stop").wait()
+    [run] = await lab.runs(schedule)
+    await Executor(lab.db, lab.bus).cancel_run(run["pipeline_run_id"])
+    [run] = await lab.settled(schedule, 1)
+    assert run["status"] == "cancelled" and run["error"]["code"] == "pipeline_cancelled"
+    assert await lab.db.fetch_val("SELECT count(*) FROM pipeline.runs") == 1
+
+
+async def test_a_claim_far_behind_stays_short(lab: Lab) -> None:
+    schedule = await lab.schedule(
+        kind="interval", every_seconds=1, start_at=DAY_AGO, misfire="skip", **NOTIFY
+    )
+    await lab.due_since(schedule, 86_000)  # a day of one-second slots missed
+    began = time.monotonic()
+    assert await lab.scheduler.claim_due() >= 1
+    assert time.monotonic() - began < 10  # stepping through 86,000 slots one by one: far more
+    runs = await lab.runs(schedule)
+    assert runs[0]["status"] == "skipped"
+    assert runs[0]["error"]["message"].startswith("at least 20")  # counted up to the jump
+
+
+async def test_a_schedule_this_version_cannot_read_holds_up_no_other(lab: Lab) -> None:
+    unreadable = await lab.schedule("newer", kind="interval", every_seconds=3600, **NOTIFY)
+    fine = await lab.schedule("fine", kind="interval", every_seconds=3600, **NOTIFY)
+    await lab.db.execute(
+        "UPDATE scheduler.schedules SET spec = spec || '{\"from_the_future\": 1}',"
+        " next_run_at = now() - interval '2 s' WHERE id = $1",
+        unreadable.id,
+    )
+    await lab.due_since(fine, 1)
+    assert await lab.scheduler.claim_due() == 1
+    assert len(await lab.runs(fine)) == 1
+    postponed = await lab.db.fetch_val(
+        "SELECT next_run_at > now() + interval '50 s' FROM scheduler.schedules WHERE id = $1",
+        unreadable.id,
+    )
+    assert postponed is True
+
+
+def test_an_instant_in_an_hour_that_happens_twice_is_followed_by_a_later_one() -> None:
+    spec = parse_spec(
+        {"kind": "cron", "cron": "30 1 * * *", "timezone": "America/New_York", **NOTIFY}
+    )
+    after = datetime(2026, 11, 1, 6, 20, tzinfo=UTC)  # 01:20 EST, the second 01:xx hour
+    assert next_fire(spec, after, after) == datetime(2026, 11, 2, 6, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("change", "mistake"),
+    [
+        ({"timezone": "Europe"}, "unknown time zone"),
+        ({"timezone": "localtime"}, "unknown time zone"),
+        ({"timezone": "posixrules"}, "unknown time zone"),
+        ({"every_seconds": True}, "every_seconds"),
+        (
+            {
+                "config": {"title": "x", "level": "info", "message": ""},
+                "action": "execute_pipeline",
+            },
+            "pipeline",
+        ),
+    ],
+)
+def test_loose_values_are_refused(change: dict[str, Any], mistake: str) -> None:
+    base = {"kind": "interval", "every_seconds": 60, **NOTIFY}
+    with pytest.raises(InvalidInputError, match=mistake):
+        parse_spec(base | change)
+
+
+@pytest.mark.parametrize("pipeline", [True, "\uff11\uff12", -5, 2**70])
+def test_a_pipeline_is_named_or_numbered_plainly(pipeline: Any) -> None:
+    spec = {"kind": "interval", "every_seconds": 60, "action": "execute_pipeline"}
+    try:
+        parsed = parse_spec(spec | {"config": {"pipeline": pipeline}})
+    except InvalidInputError:
+        return
+    assert parsed.config["pipeline"] == pipeline  # a name, taken as it is: never a number
+
+
+def test_a_config_nested_too_deep_is_refused() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(40):
+        deep = {"x": deep}
+    with pytest.raises(InvalidInputError, match="nests more than 32"):
+        parse_spec({"kind": "interval", "every_seconds": 60, **NOTIFY} | {"config": deep})

@@ -354,11 +354,15 @@ class NodeFailedError(GatheringError):
 
 
 class ActionFailedError(GatheringError):
-    """A scheduled action failed; `code` is the cause's (`http_503`, ...)."""
+    """A scheduled action failed; `code` is the cause's (`http_503`, ...); `retryable` says
+    whether trying it again is safe and may help."""
 
     code = "action_failed"
     http_status = 502
 
-    def __init__(self, message: str, *, code: str = "action_failed", **kwargs: Any) -> None:
+    def __init__(
+        self, message: str, *, code: str = "action_failed", retryable: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         self.code = code
+        self.retryable = retryable

@@ -138,6 +138,7 @@ LINKS = {
     # A run started, retried or forked (202) is followed by its id.
     "RunOut": Link("run_id", status="202"),
     "UserResponse": Link("user_id"),
+    "ScheduleOut": Link("schedule_id"),
     # `name` is also a tool's path parameter: only /mcp/servers/{name} is this server.
     "McpServerOut": Link("name", "name", same_path=True),
     # A call that waits for a person (202) names its approval.

@@ -6,18 +6,29 @@ Unknown keys are refused; every instant must carry its time zone."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gathering.errors import FeatureUnavailableError, InvalidInputError
 from gathering.tools.validation import field_path
 
 MAX_NAME = 200
 ACTIONS = ("run_task", "execute_pipeline", "send_notification", "call_api")
+MAX_DEPTH = 32  # levels of lists and objects in an action's config
 _M = TypeVar("_M", bound=BaseModel)
 _ZONES: dict[str, ZoneInfo] = {}
 
@@ -29,13 +40,16 @@ class _Strict(BaseModel):
 class ExecutePipeline(_Strict):
     """Start a run of the owner's pipeline (by name or id, its current version)."""
 
-    pipeline: int | str = Field(description="The pipeline's id or name")
+    pipeline: (
+        Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+        | Annotated[str, Field(min_length=1, max_length=200)]
+    ) = Field(description="The pipeline's id or name")
     input: dict[str, Any] = Field(default_factory=dict, description="The run's input")
 
     @field_validator("pipeline", mode="before")
     @classmethod
     def _id_or_name(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit():
             return int(value)  # "42" is the pipeline with id 42
         return value
 
@@ -70,7 +84,7 @@ class ScheduleSpec(_Strict):
     kind: Literal["cron", "interval", "once", "event"]
     cron: str | None = Field(default=None, max_length=200, description="For kind cron")
     timezone: str = Field(default="UTC", max_length=64, description="The cron's time zone")
-    every_seconds: float | None = Field(
+    every_seconds: Annotated[float, Strict()] | None = Field(
         default=None, ge=1, le=366 * 86_400, description="For kind interval"
     )
     at: datetime | None = Field(default=None, description="For kind once")
@@ -107,6 +121,13 @@ class ScheduleSpec(_Strict):
             raise ValueError("give an instant between the years 1970 and 2500")
         return value
 
+    @field_validator("config")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _depth(value) > MAX_DEPTH:
+            raise ValueError(f"the config nests more than {MAX_DEPTH} levels deep")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ScheduleSpec:
         needs = {"cron": "cron", "interval": "every_seconds", "once": "at"}
@@ -128,6 +149,14 @@ class ScheduleSpec(_Strict):
         return self
 
 
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(item) for item in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(item) for item in value), default=0)
+    return 0
+
+
 def _checked(model: type[_M], value: Any, where: list[str]) -> _M:
     try:
         return model.model_validate(value)
@@ -141,19 +170,34 @@ def _checked(model: type[_M], value: Any, where: list[str]) -> _M:
 
 
 def zone(name: str) -> ZoneInfo:
-    """The time zone `name`, kept once loaded (loading reads a file: from async code, call
-    `load_zone` first)."""
+    """The IANA time zone `name` (not `localtime` and the like, which differ between
+    machines), kept once loaded (loading reads files: from async code, call `load_zone`
+    first)."""
     found = _ZONES.get(name)
     if found is None:
         try:
+            if name not in _known_zones():
+                raise ZoneInfoNotFoundError(name)
             found = _ZONES[name] = ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise InvalidInputError(
                 f"invalid schedule at timezone: unknown time zone {name!r}",
                 hint="give an IANA name, e.g. Europe/Paris or UTC",
                 details={"path": "timezone"},
             ) from None
     return found
+
+
+@functools.cache
+def _known_zones() -> frozenset[str]:
+    """IANA zone names, without the machine's own (`localtime`) and tzdata's aliases of
+    other rules (`posixrules`, `posix/...`, `right/...`)."""
+    return frozenset(
+        name
+        for name in available_timezones()
+        if name not in ("localtime", "posixrules", "Factory")
+        and not name.startswith(("posix/", "right/"))
+    )
 
 
 async def load_zone(name: str) -> ZoneInfo:

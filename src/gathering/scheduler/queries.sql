@@ -43,6 +43,12 @@ UPDATE scheduler.schedules SET executions = executions + $2, next_run_at = $3, s
        updated_at = now()
 WHERE id = $1
 
+-- name: postpone_schedule --
+-- Schedule $1 could not be claimed: it is due again in $2 s (the others go on meanwhile).
+UPDATE scheduler.schedules SET next_run_at = now() + make_interval(secs => $2::float8),
+       updated_at = now()
+WHERE id = $1
+
 -- name: insert_run --
 -- A run of schedule $1 for slot $2 (trigger $3), with status $4 and error $5; nothing when
 -- that slot has a run already (the slot is taken once, whatever claims it).
@@ -71,15 +77,17 @@ RETURNING *
 UPDATE scheduler.runs SET pipeline_run_id = $2, output = $3, job_id = NULL WHERE id = $1
 
 -- name: finish_run --
--- Run $1 ends with status $2, output $3 and error $4.
+-- Run $1 ends with status $2, output $3 and error $4 (a run that has ended stays as it is).
 UPDATE scheduler.runs SET status = $2, output = coalesce($3, output), error = $4,
        finished_at = now(), job_id = NULL
-WHERE id = $1
+WHERE id = $1 AND status IN ('queued', 'running')
 RETURNING *
 
 -- name: retry_run --
--- Run $1 failed and waits for attempt number attempt + 1 (job $3), its error $2 kept.
-UPDATE scheduler.runs SET status = 'queued', error = $2, job_id = $3
+-- Run $1 failed and waits for attempt number attempt + 1 (job $3), its error $2 kept; the
+-- failed attempt's pipeline run is forgotten (the next attempt starts its own).
+UPDATE scheduler.runs SET status = 'queued', error = $2, job_id = $3, output = NULL,
+       pipeline_run_id = NULL
 WHERE id = $1
 RETURNING *
 
@@ -108,6 +116,13 @@ WHERE r.status IN ('queued', 'running')
   AND j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
   AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => $2::float8)
 LIMIT $1
+
+-- name: prune_runs --
+-- Up to $2 runs that ended more than $1 days ago.
+DELETE FROM scheduler.runs WHERE id IN (
+    SELECT id FROM scheduler.runs
+    WHERE finished_at < now() - make_interval(days => $1) LIMIT $2)
+RETURNING id
 
 -- name: schedule_named --
 SELECT * FROM scheduler.schedules WHERE owner_id = $1 AND name = $2

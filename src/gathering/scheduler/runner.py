@@ -15,8 +15,9 @@ misfire policy; a slot that comes while a run is still going follows its concurr
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections import deque
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +27,15 @@ from psycopg.types.json import Jsonb
 from gathering.db import Database
 from gathering.db.database import Queries
 from gathering.db.named_queries import queries_of
-from gathering.errors import ActionFailedError, GatheringError, NotFoundError
+from gathering.db.storable import storable_value
+from gathering.errors import (
+    ActionFailedError,
+    DatabaseError,
+    GatheringError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from gathering.events import Event, EventBus
 from gathering.jobs import enqueue
 from gathering.pipelines import get_pipeline
@@ -36,11 +45,10 @@ from gathering.scheduler.definition import (
     CallApi,
     ExecutePipeline,
     SendNotification,
-    load_zone,
 )
 from gathering.scheduler.store import ScheduleRecord, ScheduleRun
-from gathering.scheduler.timing import fire_times
-from gathering.tools.egress import fetch, policy_from_settings
+from gathering.scheduler.timing import plan_slots
+from gathering.tools.egress import fetch, policy_from_settings, safe_url
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.scheduler")
@@ -49,6 +57,9 @@ QUEUE = "scheduler"
 CLAIM_BATCH = 50  # schedules per claim transaction
 SLOTS_PER_CLAIM = 100  # on-time slots of one schedule per claim; the rest at the next one
 STRANDED_GRACE = 5.0  # seconds a run's job may have ended before the sweep settles the run
+POSTPONE_SECONDS = 60.0  # how long a schedule that could not be claimed is put off
+RUN_RETENTION_DAYS = 30  # runs that ended longer ago are deleted
+PRUNE_EVERY = 600.0  # seconds between two prunings (on the duty's instance)
 
 
 def _event(kind: str, schedule_id: int, body: dict[str, Any]) -> Event:
@@ -79,6 +90,7 @@ class Scheduler:
     def __init__(self, db: Database, bus: EventBus | None) -> None:
         self.db = db
         self.bus = bus if bus is not None else EventBus(db)
+        self._next_prune = 0.0  # monotonic time of the next pruning
 
     # --- claiming -------------------------------------------------------------------------
 
@@ -92,7 +104,9 @@ class Scheduler:
                 return total
 
     async def _claim_batch(self, limit: int) -> tuple[int, int]:
-        """Claim the slots of up to `limit` due schedules: (schedules, runs)."""
+        """Claim the slots of up to `limit` due schedules: (schedules, runs). A schedule that
+        cannot be claimed (a definition this version cannot read) is put off for a minute,
+        and the others are claimed all the same."""
         async with self.db.transaction() as tx:
             rows = await tx.fetch_all(_SQL["due_schedules"], limit)
             if not rows:
@@ -101,60 +115,67 @@ class Scheduler:
             events: list[Event] = []
             runs = 0
             for row in rows:
-                runs += await self._claim(tx, ScheduleRecord.from_row(row), now, events)
+                mine: list[Event] = []
+                try:
+                    async with self.db.transaction():  # a savepoint
+                        runs += await self._claim(tx, ScheduleRecord.from_row(row), now, mine)
+                except Exception:
+                    log.exception("a schedule could not be claimed", schedule_id=row["id"])
+                    await tx.execute(_SQL["postpone_schedule"], row["id"], POSTPONE_SECONDS)
+                    continue
+                events += mine
             await self.bus.publish_many(events, tx=tx)
         return len(rows), runs
 
     async def _claim(
         self, tx: Queries, schedule: ScheduleRecord, now: datetime, events: list[Event]
     ) -> int:
+        """Claim `schedule`'s slots up to `now`; how many runs it inserted."""
         spec = schedule.spec
         assert schedule.next_run_at is not None
-        await load_zone(spec.timezone)
-        cutoff = now - timedelta(seconds=spec.misfire_grace_seconds)
-        keep = spec.catch_up_max if spec.misfire == "catch_up" else 1
-        late: deque[datetime] = deque(maxlen=keep)
-        missed = 0
-        on_time: list[datetime] = []
-        following: datetime | None = None
-        slots = fire_times(spec, schedule.anchor, schedule.next_run_at)
-        slot: datetime | None = schedule.next_run_at
-        while slot is not None and slot <= now:
-            if len(on_time) >= SLOTS_PER_CLAIM:
-                break  # the rest are still due: the next claim takes them
-            if slot < cutoff:
-                missed += 1
-                late.append(slot)
-            else:
-                on_time.append(slot)
-            slot = next(slots, None)
-        following = slot
+        plan = await asyncio.to_thread(
+            plan_slots,
+            spec,
+            schedule.anchor,
+            schedule.next_run_at,
+            now,
+            keep=spec.catch_up_max if spec.misfire == "catch_up" else 1,
+            on_time_at_most=SLOTS_PER_CLAIM,
+        )
         runs: list[tuple[datetime, str, dict[str, Any] | None]] = []
-        if late:
+        if plan.late:
             if spec.misfire == "skip":
-                message = f"{missed} slot(s) were missed (the scheduler was not running)"
-                runs.append((late[-1], "skipped", {"code": "misfire", "message": message}))
+                count = f"at least {plan.missed}" if plan.jumped else str(plan.missed)
+                message = f"{count} slot(s) were missed (the scheduler was not running)"
+                runs.append((plan.late[-1], "skipped", {"code": "misfire", "message": message}))
             else:
-                runs += [(at, "queued", None) for at in late]
-        runs += [(at, "queued", None) for at in on_time]
-        queued = 0
+                runs += [(at, "queued", None) for at in plan.late]
+        runs += [(at, "queued", None) for at in plan.on_time]
+        queued = inserted = 0
         for at, status, error in runs:
             limit = spec.max_executions
             if status == "queued" and limit is not None and schedule.executions + queued >= limit:
                 break
             run = await self._dispatch(tx, schedule, at, "slot", status, error, events)
-            if run is not None and run.status == "queued":
-                queued += 1
+            if run is not None:
+                inserted += 1
+                queued += run.status == "queued"
+        following = plan.following
         left = spec.max_executions is None or schedule.executions + queued < spec.max_executions
         if following is None or not left:
             await tx.execute(_SQL["advance_schedule"], schedule.id, queued, None, "expired")
         else:
             await tx.execute(_SQL["advance_schedule"], schedule.id, queued, following, "active")
-        return len(runs)
+        return inserted
 
     async def trigger(self, schedule: ScheduleRecord) -> ScheduleRun:
-        """Run `schedule` now, outside its slots (its concurrency policy applies); the run."""
+        """Run `schedule` now, outside its slots (its concurrency policy applies); the run.
+        Holds the schedule's row, as a claim does: triggers and claims take turns."""
         async with self.db.transaction() as tx:
+            row = await tx.fetch_one(_SQL["lock_schedule"], schedule.id)
+            if row is None:
+                raise NotFoundError(f"no schedule {schedule.id}")
+            schedule = ScheduleRecord.from_row(row)
             now = await tx.fetch_val("SELECT clock_timestamp()")
             events: list[Event] = []
             run = await self._dispatch(tx, schedule, now, "manual", "queued", None, events)
@@ -203,9 +224,14 @@ class Scheduler:
         events.append(_run_event(run))
         return run
 
-    async def _replace(self, tx: Queries, old: ScheduleRun, events: list[Event]) -> None:
-        """Cancel `old`, replaced by a newer run: its job is asked to stop, and the pipeline
-        run it started is cancelled."""
+    async def _replace(self, tx: Queries, stale: ScheduleRun, events: list[Event]) -> None:
+        """Cancel a run, replaced by a newer one: its job is asked to stop, and the pipeline
+        run it started is cancelled. Read again under its lock: it may have moved on (ended,
+        or started its pipeline run) since it was listed."""
+        locked = await tx.fetch_one(_SQL["lock_run"], stale.id)
+        if locked is None or locked["status"] not in ("queued", "running"):
+            return  # it ended meanwhile: nothing to replace
+        old = ScheduleRun.from_row(locked)
         error = {"code": "replaced", "message": "a newer run replaced it (concurrency: replace)"}
         row = await tx.fetch_one(_SQL["finish_run"], old.id, "cancelled", None, Jsonb(error))
         if old.job_id is not None:
@@ -256,11 +282,16 @@ class Scheduler:
             await self._act(schedule, run)
         except GatheringError as exc:
             error = {"code": exc.code, "message": exc.message}
+            # Trying again cannot help a refusal (a policy, a missing pipeline), and would
+            # repeat an effect whose outcome is unknown.
+            retry = getattr(exc, "retryable", True) and not isinstance(
+                exc, InvalidInputError | NotFoundError | PermissionDeniedError
+            )
             async with self.db.transaction() as tx:
                 current = await self._still_mine(tx, run_id, job_id)
                 if current is not None:
                     events = []
-                    await self._fail(tx, schedule, current, error, events)
+                    await self._fail(tx, schedule, current, error, events, retry=retry)
                     await self.bus.publish_many(events, tx=tx)
 
     async def _act(self, schedule: ScheduleRecord, run: ScheduleRun) -> None:
@@ -323,24 +354,43 @@ class Scheduler:
             await self.bus.publish_many(events, tx=tx)
 
     async def _call(self, schedule: ScheduleRecord, run: ScheduleRun, config: CallApi) -> None:
-        """One HTTP request through the egress policy; a 4xx or 5xx answer fails the run."""
+        """One HTTP request through the egress policy. An answer of 4xx or 5xx fails the run
+        (tried again under its retries: the server said no); no answer at all (a timeout, a
+        broken connection) fails it with `outcome_unknown`, never repeated."""
         body = None if config.body is None else json.dumps(config.body)
         headers = {"Content-Type": "application/json"} if body is not None else None
-        result = await fetch(
-            config.method, config.url, policy_from_settings(), body=body, headers=headers
-        )
+        try:
+            result = await fetch(
+                config.method, config.url, policy_from_settings(), body=body, headers=headers
+            )
+        except InvalidInputError:
+            raise  # refused before sending (the egress policy): nothing was sent
+        except GatheringError as exc:
+            raise ActionFailedError(
+                f"{config.method} {safe_url(config.url)} got no answer ({exc.message}): it may "
+                "or may not have been received, and is not repeated",
+                code="outcome_unknown",
+                retryable=False,
+            ) from None
         if result.status >= 400:
             raise ActionFailedError(
-                f"{config.method} {config.url} answered {result.status}",
+                f"{config.method} {safe_url(config.url)} answered {result.status}",
                 code=f"http_{result.status}",
             )
-        output = {"status": result.status, "body": result.text()[:100_000]}
-        async with self.db.transaction() as tx:
-            current = await self._still_mine(tx, run.id, run.job_id)
-            if current is not None:
-                events: list[Event] = []
-                await self._finish(tx, current, "succeeded", output, None, events)
-                await self.bus.publish_many(events, tx=tx)
+        output = storable_value({"status": result.status, "body": result.text()[:100_000]})
+        try:
+            async with self.db.transaction() as tx:
+                current = await self._still_mine(tx, run.id, run.job_id)
+                if current is not None:
+                    events: list[Event] = []
+                    await self._finish(tx, current, "succeeded", output, None, events)
+                    await self.bus.publish_many(events, tx=tx)
+        except DatabaseError as exc:  # the call was made: never repeat it for this
+            raise ActionFailedError(
+                f"the call was made but its answer could not be stored: {exc.message}",
+                code="output_not_stored",
+                retryable=False,
+            ) from None
 
     async def _still_mine(self, tx: Queries, run_id: int, job_id: int | None) -> ScheduleRun | None:
         """Run `run_id`, locked, when it is still running under `job_id` (not cancelled or
@@ -366,8 +416,8 @@ class Scheduler:
             None if output is None else Jsonb(output),
             None if error is None else Jsonb(error),
         )
-        assert row is not None
-        events.append(_run_event(ScheduleRun.from_row(row)))
+        if row is not None:  # (None: it had ended already)
+            events.append(_run_event(ScheduleRun.from_row(row)))
 
     async def _fail(
         self,
@@ -376,11 +426,13 @@ class Scheduler:
         run: ScheduleRun,
         error: dict[str, Any],
         events: list[Event],
+        *,
+        retry: bool = True,
     ) -> None:
-        """A failed attempt: queued again after its backoff while retries are left, else the
-        run fails with the error kept."""
+        """A failed attempt: queued again after its backoff while retries are left (and
+        `retry` allows), else the run fails with the error kept."""
         spec = schedule.spec
-        if run.attempt <= spec.max_retries:
+        if retry and run.attempt <= spec.max_retries:
             wait = spec.retry_backoff_seconds * 2 ** (run.attempt - 1)
             at = await tx.fetch_val("SELECT now()") + timedelta(seconds=wait)
             job = await enqueue(tx, RUN_TASK, {"run_id": run.id}, queue=QUEUE, at=at)
@@ -409,6 +461,12 @@ class Scheduler:
                 outcome = row["pipeline_status"]
                 if outcome == "succeeded":
                     await self._finish(tx, run, "succeeded", None, None, events)
+                elif outcome == "cancelled":  # a person's decision: not tried again
+                    error = {
+                        "code": "pipeline_cancelled",
+                        "message": f"pipeline run {run.output['pipeline_run_id']} was cancelled",
+                    }
+                    await self._finish(tx, run, "cancelled", None, error, events)
                 else:
                     cause = row["pipeline_error"] or {}
                     error = {
@@ -440,8 +498,21 @@ class Scheduler:
                 await self.bus.publish_many(events, tx=tx)
         return len(rows)
 
+    async def prune(self) -> int:
+        """Delete the runs that ended more than `RUN_RETENTION_DAYS` ago; how many."""
+        deleted = 0
+        while True:
+            rows = await self.db.fetch_all(_SQL["prune_runs"], RUN_RETENTION_DAYS, 1_000)
+            deleted += len(rows)
+            if len(rows) < 1_000:
+                return deleted
+
     async def tick(self) -> None:
-        """One round of the scheduler duty: claim what is due, settle what ended."""
+        """One round of the scheduler duty: claim what is due, settle what ended, and now
+        and then forget old runs."""
         await self.claim_due()
         await self.settle_pipeline_runs()
         await self.settle_stranded()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY
+            await self.prune()

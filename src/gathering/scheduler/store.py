@@ -96,7 +96,7 @@ async def create_schedule(
     next run the first instant it fires from now. `ConflictError` when the name is taken."""
     spec = await asyncio.to_thread(parse_spec, document)
     now = datetime.now(UTC)
-    first = next_fire(spec, spec.start_at or now, now)
+    first = _first(spec, spec.start_at or now, now)
     try:
         row = await db.fetch_one(
             _SQL["insert_schedule"], owner_id, _name(name), _stored(spec), first, now
@@ -107,10 +107,21 @@ async def create_schedule(
             hint="choose another name, or change that schedule",
         ) from None
     assert row is not None
-    if first is None:  # it would never fire: it is over before it began
-        row = await db.fetch_one(_SQL["update_schedule"], row["id"], _stored(spec), "expired", None)
-        assert row is not None
     return ScheduleRecord.from_row(row)
+
+
+def _first(spec: ScheduleSpec, anchor: datetime, now: datetime) -> datetime:
+    """The first instant `spec` fires after `now`; `InvalidInputError` when there is none
+    (its `at`, or its `end_at`, has passed)."""
+    first = next_fire(spec, anchor, now)
+    if first is None:
+        where = "at" if spec.kind == "once" else "end_at"
+        raise InvalidInputError(
+            f"the schedule would never fire: `{where}` has passed",
+            hint="give an instant to come",
+            details={"path": where},
+        )
+    return first
 
 
 async def apply_schedule(
@@ -153,11 +164,9 @@ async def replace_schedule(
     async with db.transaction() as tx:
         current = await _locked(tx, schedule_id)
         now = datetime.now(UTC)
-        following = next_fire(spec, spec.start_at or current.created_at, now)
+        following: datetime | None = _first(spec, spec.start_at or current.created_at, now)
         status = current.status if current.status == "paused" else "active"
-        if following is None or (
-            spec.max_executions is not None and current.executions >= spec.max_executions
-        ):
+        if spec.max_executions is not None and current.executions >= spec.max_executions:
             status, following = "expired", None
         row = await tx.fetch_one(
             _SQL["update_schedule"], schedule_id, _stored(spec), status, following

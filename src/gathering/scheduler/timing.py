@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
@@ -46,7 +47,10 @@ def _raw(spec: ScheduleSpec, anchor: datetime, after: datetime) -> Iterator[date
             steps += 1
     assert spec.cron is not None
     for instant in CronSim(spec.cron, after.astimezone(zone(spec.timezone))):
-        yield instant.astimezone(UTC)
+        # From an instant in an hour that happens twice, cronsim may give back the first
+        # one (it keeps no fold): an instant already passed is none of ours.
+        if instant.astimezone(UTC) > after:
+            yield instant.astimezone(UTC)
 
 
 def next_fire(spec: ScheduleSpec, anchor: datetime, after: datetime) -> datetime | None:
@@ -59,16 +63,59 @@ def preview(spec: ScheduleSpec, anchor: datetime, after: datetime, count: int) -
     return list(islice(fire_times(spec, anchor, after), count))
 
 
-def due_slots(
-    spec: ScheduleSpec, anchor: datetime, first: datetime, now: datetime, limit: int
-) -> tuple[list[datetime], int]:
-    """The slots from `first` (the schedule's next_run_at) up to `now`: the last `limit` of
-    them, and how many came before those (a scheduler that was down finds many)."""
-    slots: deque[datetime] = deque([first], maxlen=limit)
-    seen = 1
-    for instant in fire_times(spec, anchor, first):
-        if instant > now or seen >= 10_000_000:  # years of one-second slots: no further
-            break
-        slots.append(instant)
-        seen += 1
-    return list(slots), seen - len(slots)
+LATE_SCAN = 2_000  # late slots a claim steps through one by one before it jumps ahead
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """The slots a claim found up to now: the latest late ones it keeps (`late`, at most
+    `keep`), how many late ones there were (`missed`; a lower bound when `jumped`), those on
+    time, and the first slot left for later (None: none)."""
+
+    late: list[datetime]
+    missed: int
+    jumped: bool
+    on_time: list[datetime]
+    following: datetime | None
+
+
+def plan_slots(
+    spec: ScheduleSpec,
+    anchor: datetime,
+    first: datetime,
+    now: datetime,
+    *,
+    keep: int,
+    on_time_at_most: int,
+) -> SlotPlan:
+    """The slots from `first` (the schedule's next_run_at) up to `now`: late ones are older
+    than the misfire grace. Bounded: past `LATE_SCAN` late slots it jumps to the last few
+    before the grace (a schedule of seconds that was down for a year costs as much as one
+    down for an hour), and it stops after `on_time_at_most` slots on time (the next claim
+    takes the rest). CPU work: run it in a thread from async code."""
+    cutoff = now - timedelta(seconds=spec.misfire_grace_seconds)
+    late: deque[datetime] = deque(maxlen=keep)
+    missed, jumped = 0, False
+    on_time: list[datetime] = []
+    slots = fire_times(spec, anchor, first)
+    slot: datetime | None = first
+    previous: datetime | None = None
+    while slot is not None and slot <= now:
+        if len(on_time) >= on_time_at_most:
+            break  # still due: the next claim takes it
+        if slot < cutoff:
+            missed += 1
+            late.append(slot)
+            if missed % LATE_SCAN == 0 and previous is not None:
+                # Far behind: start again a little before the grace, as far back as the
+                # slots kept need (judged from the spacing of the last two).
+                spacing = max(slot - previous, timedelta(seconds=1))
+                restart = cutoff - spacing * (keep + 1)
+                if restart > slot:
+                    jumped = True
+                    slots = fire_times(spec, anchor, restart)
+            previous = slot
+        else:
+            on_time.append(slot)
+        slot = next(slots, None)
+    return SlotPlan(list(late), missed, jumped, on_time, slot)

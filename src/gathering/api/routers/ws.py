@@ -72,6 +72,7 @@ from gathering.errors import (
 )
 from gathering.events import Event, EventStream
 from gathering.pipelines import get_pipeline
+from gathering.scheduler import get_schedule
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +144,16 @@ async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> 
         except NotFoundError:
             pass
         return f"no pipeline {ident}"
+    if kind == "schedule" and _ID.fullmatch(ident):
+        schedule_id = int(ident)
+        try:
+            if schedule_id <= _MAX_ID:
+                schedule = await get_schedule(await app_state(websocket).database(), schedule_id)
+                if schedule.owner_id == principal.user_id:
+                    return None
+        except NotFoundError:
+            pass
+        return f"no schedule {ident}"
     return f"subject {subject!r} is not one you may subscribe to"
 
 

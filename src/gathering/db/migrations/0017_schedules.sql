@@ -44,5 +44,8 @@ CREATE TABLE scheduler.runs (
     UNIQUE (schedule_id, slot_time)
 );
 CREATE INDEX runs_of_schedule ON scheduler.runs (schedule_id, id DESC);
-CREATE INDEX runs_waiting_on_pipelines ON scheduler.runs (pipeline_run_id)
-    WHERE status = 'running' AND pipeline_run_id IS NOT NULL;
+-- The sweep's questions, asked every half second, read only the runs still open.
+CREATE INDEX runs_open ON scheduler.runs (schedule_id) WHERE status IN ('queued', 'running');
+CREATE INDEX runs_waiting_on_pipelines ON scheduler.runs (id)
+    WHERE status = 'running' AND output ? 'pipeline_run_id';
+CREATE INDEX runs_finished ON scheduler.runs (finished_at);
