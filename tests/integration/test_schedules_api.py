@@ -219,3 +219,30 @@ async def test_api_keys_need_the_schedules_scopes(multi: tuple[Any, httpx.AsyncC
     assert made.status_code == 201
     assert (await client.get(f"/schedules/{made.json()['id']}", headers=reader)).status_code == 200
     assert (await client.get("/schedules", headers=writer)).status_code == 403
+
+
+async def test_only_its_owner_follows_a_schedule_on_the_websocket(
+    multi: tuple[Any, httpx.AsyncClient],
+) -> None:
+    from asgi_ws import ASGIWebSocket  # tests/_support
+
+    app, client = multi
+    alice, bob = await _login(app, client), await _login(app, client)
+    body = {"name": "followed", "kind": "interval", "every_seconds": 3600, **NOTE}
+    made = (await client.post("/schedules", json=body, headers=alice)).json()
+    subject = f"schedule:{made['id']}"
+    bob_token = bob["Authorization"].removeprefix("Bearer ")
+    async with ASGIWebSocket(app, "/ws", query=f"access_token={bob_token}") as ws:
+        await ws.send_json({"type": "subscribe", "subjects": [subject]})
+        refused = await ws.receive_json()
+        assert refused["type"] == "error" and refused["code"] == "not_found"
+    alice_token = alice["Authorization"].removeprefix("Bearer ")
+    async with ASGIWebSocket(app, "/ws", query=f"access_token={alice_token}") as ws:
+        await ws.send_json({"type": "subscribe", "subjects": [subject], "since": 0})
+        assert (await ws.receive_json())["type"] == "subscribed"
+        await client.post(f"/schedules/{made['id']}/trigger", headers=alice)
+        while True:
+            message = await ws.receive_json(timeout=10)
+            if message["type"] == "event":
+                assert message["event"]["type"] == "schedule_run.queued"
+                break
