@@ -133,6 +133,10 @@ class Graph:
     predecessors: dict[str, list[str]]
     successors: dict[str, list[str]]
     conditional: dict[str, bool]  # whether an edge into the node has a condition
+    reading: frozenset[str]  # the nodes that read other nodes' outputs (`_reads_outputs`)
+    # The node a job may claim in the one-statement step that settles each node (None:
+    # the general step decides), see `_chained_after`.
+    chained: dict[str, Node | None]
 
     @classmethod
     def of(cls, definition: PipelineDefinition) -> Graph:
@@ -144,13 +148,23 @@ class Graph:
             successors[edge.source].append(edge.target)
             if edge.condition:
                 conditional[edge.target] = True
+        nodes = {node.id: node for node in definition.nodes}
+        reading = frozenset(node.id for node in definition.nodes if _reads_outputs(node))
+        chained = {
+            node.id: _chained_after(
+                node, nodes, dict(predecessors), dict(successors), conditional, reading
+            )
+            for node in definition.nodes
+        }
         return cls(
             definition,
-            {node.id: node for node in definition.nodes},
+            nodes,
             execution_order(definition),
             dict(predecessors),
             dict(successors),
             conditional,
+            reading,
+            chained,
         )
 
 
@@ -482,7 +496,7 @@ class Executor:
                     "repeating an interrupted node", run_id=run_id, node=node_id, effect=effect
                 )
             repeat = node_run.status == "running"  # the same attempt, and idempotency key
-            outputs = await _outputs(tx, run_id) if _reads_outputs(node) else {}
+            outputs = await _outputs(tx, run_id) if node.id in graph.reading else {}
             updated = await self._set(
                 tx,
                 run,
@@ -625,7 +639,7 @@ class Executor:
         # job claims, and stops it.
         chain = job_id if going_on() else None
         settled = False
-        after = _chained_after(claimed.graph, node) if chain else None
+        after = claimed.graph.chained.get(node.id) if chain else None
         if after is not None:
             fast = await self._settle_and_chain(claimed, output, after, job_id)
             if isinstance(fast, Claimed):
@@ -1184,7 +1198,7 @@ class Executor:
             claim=True,
             deadline_in=node.timeout_seconds,
         )
-        outputs = await _outputs(tx, run.id) if _reads_outputs(node) else {}
+        outputs = await _outputs(tx, run.id) if node.id in graph.reading else {}
         return Claimed(run, graph, node, Claim(updated.attempt, updated.claims), outputs)
 
     @staticmethod
@@ -1249,20 +1263,27 @@ async def _to_the_end(step: Coroutine[Any, Any, _T]) -> _T:
     return result
 
 
-def _chained_after(graph: Graph, node: Node) -> Node | None:
+def _chained_after(
+    node: Node,
+    nodes: dict[str, Node],
+    predecessors: dict[str, list[str]],
+    successors: dict[str, list[str]],
+    conditional: dict[str, bool],
+    reading: frozenset[str],
+) -> Node | None:
     """The node a job may claim in the step that settles `node` (one statement, see
     `settle_and_chain`): the only node after it, with no other node before it, reached by an
     edge with no condition, one the job can run that reads no outputs. None when the general
     step must decide (a condition, a join, a fork, the run's end)."""
-    after = graph.successors.get(node.id, [])
+    after = successors.get(node.id, [])
     if len(after) != 1 or node.type == "condition":
         return None
-    candidate = graph.nodes[after[0]]
+    candidate = nodes[after[0]]
     if (
-        graph.predecessors.get(candidate.id) != [node.id]
-        or graph.conditional.get(candidate.id)
+        predecessors.get(candidate.id) != [node.id]
+        or conditional.get(candidate.id)
         or candidate.type not in CHAINED_TYPES
-        or _reads_outputs(candidate)
+        or candidate.id in reading
     ):
         return None
     return candidate
