@@ -496,20 +496,9 @@ class Executor:
                     "repeating an interrupted node", run_id=run_id, node=node_id, effect=effect
                 )
             repeat = node_run.status == "running"  # the same attempt, and idempotency key
-            outputs = await _outputs(tx, run_id) if node.id in graph.reading else {}
-            updated = await self._set(
-                tx,
-                run,
-                node_id,
-                "running",
-                events,
-                job_id=job_id,
-                attempt=0 if repeat else 1,
-                claim=True,
-                deadline_in=node.timeout_seconds,
-            )
+            claimed = await self._take(tx, run, graph, node_id, job_id, events, repeat=repeat)
             await self._publish(tx, events)
-            return Claimed(run, graph, node, Claim(updated.attempt, updated.claims), outputs)
+            return claimed
 
     async def _wait(self, tx: Queries, run: RunRecord, node: Node, events: list[Event]) -> None:
         """A delay waits for its time; an approval for a person (until its timeout, if any).
@@ -1144,7 +1133,7 @@ class Executor:
         claimed: Claimed | None = None
         for node_id in ready:
             if chain and not claimed and graph.nodes[node_id].type in CHAINED_TYPES:
-                claimed = await self._chain(tx, run, graph, node_id, chain, events)
+                claimed = await self._take(tx, run, graph, node_id, chain, events)
             else:
                 await self._requeue(tx, run, node_id, events)
         if ready:  # the run goes on
@@ -1176,7 +1165,7 @@ class Executor:
             if row["status"] == "succeeded":
                 outputs[row["node_id"]] = row["output"]
 
-    async def _chain(
+    async def _take(
         self,
         tx: Queries,
         run: RunRecord,
@@ -1184,8 +1173,11 @@ class Executor:
         node_id: str,
         job_id: int,
         events: list[Event],
+        *,
+        repeat: bool = False,
     ) -> Claimed:
-        """Node `node_id`, whose turn came, claimed by job `job_id` (its first attempt)."""
+        """Node `node_id` claimed by job `job_id`: its next attempt, or with `repeat` the
+        same one again (an interrupted attempt keeps its number and idempotency key)."""
         node = graph.nodes[node_id]
         updated = await self._set(
             tx,
@@ -1194,7 +1186,7 @@ class Executor:
             "running",
             events,
             job_id=job_id,
-            attempt=1,
+            attempt=0 if repeat else 1,
             claim=True,
             deadline_in=node.timeout_seconds,
         )

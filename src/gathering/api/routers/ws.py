@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import structlog
@@ -64,6 +65,7 @@ from gathering.api.security import Principal, authenticate_socket, public_route
 from gathering.api.security.dependencies import recheck_socket, security_state
 from gathering.api.security.origin import client_ip
 from gathering.api.security.ws_limits import SocketLease, TokenBucket
+from gathering.db import Database
 from gathering.errors import (
     AuthenticationError,
     EventStreamClosedError,
@@ -120,6 +122,13 @@ class _Closed(Exception):
         self.code, self.reason = code, reason
 
 
+# Subjects `<kind>:<id>` of resources with an owner, and how to read one.
+_OWNED: dict[str, Callable[[Database, int], Awaitable[Any]]] = {
+    "pipeline": get_pipeline,
+    "schedule": get_schedule,
+}
+
+
 async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> str | None:
     """None when `principal` may see events about `subject`, else the reason it may not."""
     if principal.is_admin:
@@ -134,26 +143,17 @@ async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> 
         store = PostgresAgentStore(await app_state(websocket).database())
         owner = await store.owner_of(agent_id)
         return None if owner == principal.user_id else f"no agent {ident}"
-    if kind == "pipeline" and _ID.fullmatch(ident):
-        pipeline_id = int(ident)
+    owned = _OWNED.get(kind)
+    if owned is not None and _ID.fullmatch(ident):  # a pipeline's or a schedule's runs
+        found_id = int(ident)
         try:
-            if pipeline_id <= _MAX_ID:
-                record = await get_pipeline(await app_state(websocket).database(), pipeline_id)
+            if found_id <= _MAX_ID:
+                record = await owned(await app_state(websocket).database(), found_id)
                 if record.owner_id == principal.user_id:
                     return None
         except NotFoundError:
             pass
-        return f"no pipeline {ident}"
-    if kind == "schedule" and _ID.fullmatch(ident):
-        schedule_id = int(ident)
-        try:
-            if schedule_id <= _MAX_ID:
-                schedule = await get_schedule(await app_state(websocket).database(), schedule_id)
-                if schedule.owner_id == principal.user_id:
-                    return None
-        except NotFoundError:
-            pass
-        return f"no schedule {ident}"
+        return f"no {kind} {ident}"
     return f"subject {subject!r} is not one you may subscribe to"
 
 
