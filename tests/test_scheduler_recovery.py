@@ -133,7 +133,7 @@ def test_four_action_kinds_exist_and_what_cannot_run_yet_says_so() -> None:
     assert ACTIONS == ("run_task", "execute_pipeline", "send_notification", "call_api")
     with pytest.raises(FeatureUnavailableError, match="background agent tasks"):
         parse_spec({"kind": "once", "at": "2030-01-01T00:00:00Z", "action": "run_task"})
-    with pytest.raises(FeatureUnavailableError, match="event schedules"):
+    with pytest.raises(InvalidInputError, match="needs `event_type`"):
         parse_spec({"kind": "event", **NOTIFY})
 
 
@@ -814,3 +814,117 @@ def test_a_config_nested_too_deep_is_refused() -> None:
         deep = {"x": deep}
     with pytest.raises(InvalidInputError, match="nests more than 32"):
         parse_spec({"kind": "interval", "every_seconds": 60, **NOTIFY} | {"config": deep})
+
+
+# --- event schedules and pipelines' triggers ---------------------------------------------------
+
+
+async def publish(lab: Lab, kind: str, **data: Any) -> None:
+    await lab.bus.publish(Event(kind, data, subject="test"), durable=True)
+
+
+async def test_an_event_schedule_runs_once_per_matching_event(lab: Lab) -> None:
+    schedule = await lab.schedule(
+        kind="event", event_type="custom.ping", match={"ok": True}, **NOTIFY
+    )
+    assert schedule.next_run_at is None and schedule.event_cursor is not None
+    await publish(lab, "custom.ping", ok=True, n=1)
+    await publish(lab, "custom.ping", ok=False, n=2)
+    await publish(lab, "custom.other", ok=True, n=3)
+    await publish(lab, "custom.ping", ok=True, n=4)
+    assert await lab.scheduler.claim_due() == 2
+    assert await lab.scheduler.claim_due() == 0  # each event once
+    runs = await lab.runs(schedule)
+    assert [r["event"]["data"]["n"] for r in runs] == [1, 4]
+    assert all(r["trigger"] == "event" for r in runs)
+    await lab.settled(schedule, 2)
+
+
+async def test_events_before_the_schedule_or_while_it_was_paused_start_nothing(lab: Lab) -> None:
+    await publish(lab, "custom.tick", n=0)
+    schedule = await lab.schedule(kind="event", event_type="custom.*", **NOTIFY)
+    await pause_schedule(lab.db, schedule.id)
+    await publish(lab, "custom.tick", n=1)
+    await lab.scheduler.claim_due()
+    await resume_schedule(lab.db, schedule.id)
+    await publish(lab, "custom.tick", n=2)
+    await lab.scheduler.claim_due()
+    assert [r["event"]["data"]["n"] for r in await lab.runs(schedule)] == [2]
+
+
+async def test_an_event_schedule_is_not_fed_by_its_own_runs(lab: Lab) -> None:
+    schedule = await lab.schedule(kind="event", event_type="schedule_run.*", **NOTIFY)
+    await lab.scheduler.trigger(schedule)  # its own run's events: queued, running, ...
+    await lab.settled(schedule, 1)
+    await lab.scheduler.claim_due()
+    assert len(await lab.runs(schedule)) == 1
+
+
+async def test_five_claimers_take_each_event_once(lab: Lab, migrated_database_url: str) -> None:
+    schedules = [
+        await lab.schedule(f"e{i}", kind="event", event_type="custom.burst", **NOTIFY)
+        for i in range(3)
+    ]
+    for n in range(50):
+        await publish(lab, "custom.burst", n=n)
+    claimers = [Database(migrated_database_url, min_size=0, max_size=2) for _ in range(5)]
+    for db in claimers:
+        await db.connect()
+    try:
+        await asyncio.gather(*(Scheduler(db, None).claim_due() for db in claimers))
+        await asyncio.gather(*(Scheduler(db, None).claim_due() for db in claimers))
+    finally:
+        for db in claimers:
+            await db.disconnect()
+    for schedule in schedules:
+        assert sorted(r["event"]["data"]["n"] for r in await lab.runs(schedule)) == list(range(50))
+
+
+async def test_pipelines_triggers_run_as_schedules(lab: Lab) -> None:
+    from gathering.pipelines import delete_pipeline
+
+    with pytest.raises(InvalidInputError, match="kept for pipelines' triggers"):
+        await lab.schedule("pipeline:1:start", kind="interval", every_seconds=60, **NOTIFY)
+    on_event = {
+        "name": "greeter",
+        "nodes": [
+            {
+                "id": "start",
+                "type": "trigger",
+                "config": {"kind": "event", "event": "custom.hello"},
+            },
+            tool_node("say", "echo", text="{{ input.event.data.word }}"),
+        ],
+        "edges": [{"from": "start", "to": "say"}],
+    }
+    greeter = await create_pipeline(lab.db, on_event, owner_id=lab.owner_id)
+    timed = linear(name="timed")
+    timed["nodes"][0]["config"] = {"kind": "schedule", "cron": "*/5 * * * *"}
+    nightly = await create_pipeline(lab.db, timed, owner_id=lab.owner_id)
+    assert await lab.scheduler.triggers.sync() == 2
+    assert await lab.scheduler.triggers.sync() == 0  # nothing changed since
+    names = {
+        row["name"]: row["spec"]
+        for row in await lab.db.fetch_all("SELECT name, spec FROM scheduler.schedules")
+    }
+    assert names[f"pipeline:{nightly.id}:start"]["cron"] == "*/5 * * * *"
+    assert names[f"pipeline:{greeter.id}:start"]["event_type"] == "custom.hello"
+
+    await publish(lab, "custom.hello", word="bonjour")
+    await lab.scheduler.claim_due()
+    schedule = await get_schedule_named(lab, f"pipeline:{greeter.id}:start")
+    [run] = await lab.settled(schedule, 1)
+    assert run["status"] == "succeeded", run
+    pipeline_run = await get_run(lab.db, run["pipeline_run_id"])
+    assert pipeline_run.outputs["say"] == "bonjour"
+
+    await delete_pipeline(lab.db, nightly.id)
+    assert await lab.scheduler.triggers.sync() == 1
+    left = await lab.db.fetch_all("SELECT name FROM scheduler.schedules")
+    assert [row["name"] for row in left] == [f"pipeline:{greeter.id}:start"]
+
+
+async def get_schedule_named(lab: Lab, name: str) -> ScheduleRecord:
+    row = await lab.db.fetch_one("SELECT id FROM scheduler.schedules WHERE name = $1", name)
+    assert row is not None
+    return await get_schedule(lab.db, int(row["id"]))

@@ -1557,8 +1557,8 @@ def doctor(
 
 
 schedules_app = typer.Typer(
-    help="Schedules: when something runs (cron, interval, once) and what (a pipeline run, a "
-    "notification, an API call); the server claims each slot once (docs/scheduler.md).",
+    help="Schedules: when something runs (cron, interval, once, an event) and what (a pipeline "
+    "run, a notification, an API call); the server claims each slot once (docs/scheduler.md).",
     no_args_is_help=True,
 )
 app.add_typer(schedules_app, name="schedules")

@@ -105,7 +105,8 @@ async def test_pause_resume_trigger_preview_change_delete(api: httpx.AsyncClient
         ({"kind": "interval", "every_seconds": 5, "timezone": "Nowhere/City", **NOTE}, 422, "zone"),
         ({"kind": "once", "at": "2030-01-01T00:00:00", **NOTE}, 422, "time zone"),
         ({"kind": "interval", "every_seconds": 5, "action": "call_api", "config": {}}, 422, "url"),
-        ({"kind": "event", **NOTE}, 501, "not available yet"),
+        ({"kind": "event", **NOTE}, 422, "needs `event_type`"),
+        ({"kind": "interval", "every_seconds": 5, "match": {"a": 1}, **NOTE}, 422, "kind event"),
         ({"kind": "interval", "every_seconds": 5, "action": "run_task"}, 501, "background"),
     ],
 )

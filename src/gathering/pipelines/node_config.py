@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from cronsim import CronSim, CronSimError
 from jinja2 import TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -136,6 +138,11 @@ class TriggerConfig(_Config):
     def _needs(self) -> TriggerConfig:
         if self.kind == "schedule" and not self.cron:
             raise ValueError("a schedule trigger needs `cron`")
+        if self.kind == "schedule" and self.cron:
+            try:
+                CronSim(self.cron, datetime.now(UTC))
+            except CronSimError as exc:
+                raise ValueError(f"invalid cron expression {self.cron!r}: {exc}") from None
         if self.kind == "event" and not self.event:
             raise ValueError("an event trigger needs `event` (an event type, e.g. memory.added)")
         return self

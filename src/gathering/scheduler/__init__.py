@@ -1,5 +1,7 @@
-"""Schedules: cron (in a time zone), interval and once; actions that start a pipeline run, send
-a notification or call an API; each slot run exactly once across instances (`runner`)."""
+"""Schedules: cron (in a time zone), interval, once and event; actions that start a pipeline
+run, send a notification or call an API; each slot (or event) run exactly once across
+instances (`runner`); pipelines' schedule and event triggers kept as schedules
+(`pipeline_triggers`)."""
 
 from gathering.scheduler.definition import ScheduleSpec, parse_spec
 from gathering.scheduler.runner import Scheduler

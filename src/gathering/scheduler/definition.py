@@ -1,7 +1,8 @@
 """What a schedule is: when it fires (`cron` in a time zone, `interval` anchored to its slots,
-`once`), what it runs (an action and its config), what it does about late slots (misfire) and
-runs that overlap (concurrency), how long it lives, and how often a failed run is tried again.
-Unknown keys are refused; every instant must carry its time zone."""
+`once`, `event`: a durable event of a type, with values its data must hold), what it runs (an
+action and its config), what it does about late slots (misfire) and runs that overlap
+(concurrency), how long it lives, and how often a failed run is tried again. Unknown keys are
+refused; every instant must carry its time zone."""
 
 from __future__ import annotations
 
@@ -88,6 +89,15 @@ class ScheduleSpec(_Strict):
         default=None, ge=1, le=366 * 86_400, description="For kind interval"
     )
     at: datetime | None = Field(default=None, description="For kind once")
+    event_type: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.*-]+$",
+        description="For kind event: an event type, or a pattern such as pipeline_run.*",
+    )
+    match: dict[str, str | int | float | bool | None] | None = Field(
+        default=None, description="For kind event: values the event's data must hold"
+    )
     action: Literal["run_task", "execute_pipeline", "send_notification", "call_api"]
     config: dict[str, Any] = Field(default_factory=dict, description="The action's settings")
     misfire: Literal["skip", "run_once", "catch_up"] = Field(
@@ -130,7 +140,7 @@ class ScheduleSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ScheduleSpec:
-        needs = {"cron": "cron", "interval": "every_seconds", "once": "at"}
+        needs = {"cron": "cron", "interval": "every_seconds", "once": "at", "event": "event_type"}
         for kind, name in needs.items():
             given = getattr(self, name) is not None
             if given != (self.kind == kind):
@@ -144,6 +154,8 @@ class ScheduleSpec(_Strict):
                 CronSim(self.cron, datetime.now(UTC))
             except CronSimError as exc:
                 raise ValueError(f"invalid cron expression {self.cron!r}: {exc}") from None
+        if self.match is not None and self.kind != "event":
+            raise ValueError("`match` is for kind event only")
         if self.start_at and self.end_at and self.start_at >= self.end_at:
             raise ValueError("start_at must come before end_at")
         return self
@@ -208,18 +220,13 @@ async def load_zone(name: str) -> ZoneInfo:
 
 def parse_spec(document: dict[str, Any]) -> ScheduleSpec:
     """`document` checked as a schedule; `InvalidInputError` naming the first mistake, and
-    `FeatureUnavailableError` for what cannot run yet (event schedules, run_task). Reads the
+    `FeatureUnavailableError` for what cannot run yet (run_task). Reads the
     time zone's file: call it in a thread from async code."""
     spec = _checked(ScheduleSpec, document, [])
     zone(spec.timezone)
     config = ACTION_CONFIGS.get(spec.action)
     if config is not None:  # as its action reads it (a pipeline's "42" is the id 42)
         spec.config = _checked(config, spec.config, ["config"]).model_dump(mode="json")
-    if spec.kind == "event":
-        raise FeatureUnavailableError(
-            "event schedules are not available yet",
-            hint="use a pipeline with an event trigger meanwhile, or a cron or interval schedule",
-        )
     if spec.action == "run_task":
         raise FeatureUnavailableError(
             "run_task needs background agent tasks, which are not available yet",

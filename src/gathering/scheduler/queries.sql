@@ -1,9 +1,13 @@
 -- Schedules and their runs (migration 0017).
 
 -- name: insert_schedule --
-INSERT INTO scheduler.schedules (owner_id, name, spec, next_run_at, created_at)
-VALUES ($1, $2, $3, $4, $5)
+-- An event schedule ($6 not NULL) sees the events committed after cursor $6.
+INSERT INTO scheduler.schedules (owner_id, name, spec, next_run_at, created_at, event_cursor)
+VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING *
+
+-- name: latest_cursor --
+SELECT coalesce(max(cursor), 0) AS cursor FROM events.outbox
 
 -- name: schedule_by_id --
 SELECT * FROM scheduler.schedules WHERE id = $1
@@ -18,9 +22,10 @@ WHERE $1::bigint IS NULL OR owner_id = $1
 ORDER BY id DESC LIMIT $2 OFFSET $3
 
 -- name: update_schedule --
--- Schedule $1 takes spec $2, status $3 and next run $4 (a change takes effect at the next
--- claim, on every instance).
-UPDATE scheduler.schedules SET spec = $2, status = $3, next_run_at = $4, updated_at = now()
+-- Schedule $1 takes spec $2, status $3 and next run $4, and sees the events after cursor $5
+-- (NULL: no event schedule); a change takes effect at the next claim, on every instance.
+UPDATE scheduler.schedules SET spec = $2, status = $3, next_run_at = $4, event_cursor = $5,
+       updated_at = now()
 WHERE id = $1
 RETURNING *
 
@@ -54,8 +59,32 @@ WHERE id = $1
 -- that slot has a run already (the slot is taken once, whatever claims it).
 INSERT INTO scheduler.runs (schedule_id, slot_time, trigger, status, error, finished_at)
 VALUES ($1, $2, $3, $4, $5, CASE WHEN $4 = 'queued' THEN NULL ELSE now() END)
-ON CONFLICT (schedule_id, slot_time) DO NOTHING
+ON CONFLICT (schedule_id, slot_time) WHERE event_id IS NULL DO NOTHING
 RETURNING *
+
+-- name: event_schedules --
+-- Active event schedules, locked (another instance's are passed over).
+SELECT * FROM scheduler.schedules
+WHERE status = 'active' AND event_cursor IS NOT NULL
+ORDER BY id
+LIMIT $1 OFFSET $2
+FOR UPDATE SKIP LOCKED
+
+-- name: insert_event_run --
+-- A run of schedule $1 for event $2 (at $3, stored as $4), with status $5 and error $6;
+-- nothing when that event has a run.
+INSERT INTO scheduler.runs (schedule_id, slot_time, trigger, status, error, event_id, event,
+                            finished_at)
+VALUES ($1, $3, 'event', $5, $6, $2, $4, CASE WHEN $5 = 'queued' THEN NULL ELSE now() END)
+ON CONFLICT (schedule_id, event_id) WHERE event_id IS NOT NULL DO NOTHING
+RETURNING *
+
+-- name: advance_events --
+-- Event schedule $1 ran $2 more times and has seen the events up to cursor $3; $4: active, or
+-- expired.
+UPDATE scheduler.schedules SET executions = executions + $2, event_cursor = $3, status = $4,
+       updated_at = now()
+WHERE id = $1
 
 -- name: set_run_job --
 UPDATE scheduler.runs SET job_id = $2 WHERE id = $1
@@ -126,3 +155,24 @@ RETURNING id
 
 -- name: schedule_named --
 SELECT * FROM scheduler.schedules WHERE owner_id = $1 AND name = $2
+
+-- pipelines' trigger schedules (pipeline_triggers.py) --------------------------------------
+
+-- name: pipelines_changed --
+-- What changes when a pipeline is saved or deleted, or a trigger schedule deleted by hand.
+SELECT count(*) AS pipelines, max(updated_at) AS latest,
+       (SELECT count(*) FROM scheduler.schedules WHERE starts_with(name, 'pipeline:'))
+           AS triggers
+FROM pipeline.pipelines
+
+-- name: pipelines_with_triggers --
+-- The current definition of every pipeline with a schedule or event trigger.
+SELECT p.id, p.owner_id, v.definition
+FROM pipeline.pipelines p
+JOIN pipeline.versions v ON v.pipeline_id = p.id AND v.version = p.current_version
+WHERE EXISTS (SELECT 1 FROM jsonb_array_elements(v.definition -> 'nodes') AS n
+              WHERE n ->> 'type' = 'trigger'
+                AND n -> 'config' ->> 'kind' IN ('schedule', 'event'))
+
+-- name: trigger_schedules --
+SELECT id, owner_id, name, spec FROM scheduler.schedules WHERE starts_with(name, 'pipeline:')

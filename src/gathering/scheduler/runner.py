@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -36,7 +36,7 @@ from gathering.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from gathering.events import Event, EventBus
+from gathering.events import Event, EventBus, outbox
 from gathering.jobs import enqueue
 from gathering.pipelines import get_pipeline
 from gathering.pipelines.executor import Executor
@@ -46,6 +46,7 @@ from gathering.scheduler.definition import (
     ExecutePipeline,
     SendNotification,
 )
+from gathering.scheduler.pipeline_triggers import PipelineTriggers
 from gathering.scheduler.store import ScheduleRecord, ScheduleRun
 from gathering.scheduler.timing import plan_slots
 from gathering.tools.egress import fetch, policy_from_settings, safe_url
@@ -56,6 +57,7 @@ RUN_TASK = "scheduler:run_slot"
 QUEUE = "scheduler"
 CLAIM_BATCH = 50  # schedules per claim transaction
 SLOTS_PER_CLAIM = 100  # on-time slots of one schedule per claim; the rest at the next one
+EVENTS_PER_CLAIM = 200  # events of one event schedule per claim; the rest at the next one
 STRANDED_GRACE = 5.0  # seconds a run's job may have ended before the sweep settles the run
 POSTPONE_SECONDS = 60.0  # how long a schedule that could not be claimed is put off
 RUN_RETENTION_DAYS = 30  # runs that ended longer ago are deleted
@@ -83,6 +85,32 @@ def _run_event(run: ScheduleRun) -> Event:
     return _event(f"schedule_run.{run.status}", run.schedule_id, body)
 
 
+def _event_of(event: Event) -> dict[str, Any]:
+    """`event` as a run stores it (and a pipeline run started for it gets as `input.event`)."""
+    stored: dict[str, Any] = storable_value(
+        {
+            "id": str(event.id),
+            "type": event.type,
+            "subject": event.subject,
+            "data": dict(event.data),
+            "occurred_at": event.occurred_at.isoformat(),
+        }
+    )
+    return stored
+
+
+def _wanted(schedule: ScheduleRecord, event: Event) -> bool:
+    """Whether `event` starts a run of event schedule `schedule`: its data holds the
+    schedule's `match`, it came after `start_at`, and it is not about the schedule itself
+    (a schedule that fires on its own runs' events would never stop)."""
+    spec = schedule.spec
+    if event.data.get("schedule_id") == schedule.id:
+        return False
+    if spec.start_at is not None and event.occurred_at < spec.start_at:
+        return False
+    return all(event.data.get(key) == value for key, value in (spec.match or {}).items())
+
+
 class Scheduler:
     """Claims due slots and runs them on `db`, publishing `schedule_run.*` events (subject
     `schedule:<id>`) through `bus`."""
@@ -90,18 +118,88 @@ class Scheduler:
     def __init__(self, db: Database, bus: EventBus | None) -> None:
         self.db = db
         self.bus = bus if bus is not None else EventBus(db)
+        self.triggers = PipelineTriggers(db)
         self._next_prune = 0.0  # monotonic time of the next pruning
 
     # --- claiming -------------------------------------------------------------------------
 
     async def claim_due(self) -> int:
-        """Claim every slot that has come; how many runs it queued (or recorded skipped)."""
+        """Claim every slot that has come, and every event an event schedule waits for; how
+        many runs it queued (or recorded skipped)."""
         total = 0
         while True:
             schedules, runs = await self._claim_batch(CLAIM_BATCH)
             total += runs
             if schedules < CLAIM_BATCH:
+                break
+        offset = 0
+        while True:
+            schedules, runs = await self._claim_events(CLAIM_BATCH, offset)
+            total += runs
+            offset += CLAIM_BATCH
+            if schedules < CLAIM_BATCH:
                 return total
+
+    async def _claim_events(self, limit: int, offset: int) -> tuple[int, int]:
+        """Claim the new events of up to `limit` event schedules: (schedules, runs). Each
+        sees the events committed after its cursor, once: the cursor moves on in the
+        transaction that inserts their runs (cursor order is commit order)."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch_all(_SQL["event_schedules"], limit, offset)
+            if not rows:
+                return 0, 0
+            seen = int(await tx.fetch_val(_SQL["latest_cursor"]))  # all visible up to it
+            events: list[Event] = []
+            runs = 0
+            for row in rows:
+                mine: list[Event] = []
+                try:
+                    async with self.db.transaction():  # a savepoint
+                        schedule = ScheduleRecord.from_row(row)
+                        runs += await self._claim_event_batch(tx, schedule, seen, mine)
+                except Exception:
+                    log.exception("an event schedule could not be claimed", schedule_id=row["id"])
+                    continue
+                events += mine
+            await self.bus.publish_many(events, tx=tx)
+        return len(rows), runs
+
+    async def _claim_event_batch(
+        self, tx: Queries, schedule: ScheduleRecord, seen: int, events: list[Event]
+    ) -> int:
+        spec = schedule.spec
+        assert spec.event_type is not None and schedule.event_cursor is not None
+        found = await outbox.read_since(
+            tx, schedule.event_cursor, limit=EVENTS_PER_CLAIM, patterns=[spec.event_type]
+        )
+        cursor = schedule.event_cursor
+        if found:
+            cursor = max(cursor, found[-1].cursor or cursor)
+        if len(found) < EVENTS_PER_CLAIM:
+            cursor = max(cursor, seen)  # nothing else up to `seen` is of this type
+        now = datetime.now(UTC)
+        queued = inserted = 0
+        left = True
+        for event in found:
+            limit = spec.max_executions
+            if limit is not None and schedule.executions + queued >= limit:
+                left = False
+                break
+            if not _wanted(schedule, event):
+                continue
+            run = await self._dispatch(
+                tx, schedule, event.occurred_at, "event", "queued", None, events, event=event
+            )
+            if run is not None:
+                inserted += 1
+                queued += run.status == "queued"
+        ended = spec.end_at is not None and now >= spec.end_at
+        limit = spec.max_executions
+        if limit is not None and schedule.executions + queued >= limit:
+            left = False
+        status = "expired" if ended or not left else "active"
+        await tx.execute(_SQL["advance_events"], schedule.id, queued, cursor, status)
+        return inserted
 
     async def _claim_batch(self, limit: int) -> tuple[int, int]:
         """Claim the slots of up to `limit` due schedules: (schedules, runs). A schedule that
@@ -192,9 +290,11 @@ class Scheduler:
         status: str,
         error: dict[str, Any] | None,
         events: list[Event],
+        *,
+        event: Event | None = None,
     ) -> ScheduleRun | None:
-        """Insert the run of `schedule` for slot `at` and queue its job (its concurrency
-        policy first); None when that slot has a run already."""
+        """Insert the run of `schedule` for slot `at` (or for `event`) and queue its job (its
+        concurrency policy first); None when that slot, or event, has a run already."""
         if status == "queued" and schedule.spec.concurrency != "allow":
             going = [
                 ScheduleRun.from_row(r) for r in await tx.fetch_all(_SQL["open_runs"], schedule.id)
@@ -207,14 +307,26 @@ class Scheduler:
                 }
             for old in going if schedule.spec.concurrency == "replace" else []:
                 await self._replace(tx, old, events)
-        row = await tx.fetch_one(
-            _SQL["insert_run"],
-            schedule.id,
-            at,
-            trigger,
-            status,
-            None if error is None else Jsonb(error),
-        )
+        problem = None if error is None else Jsonb(error)
+        if event is not None:
+            row = await tx.fetch_one(
+                _SQL["insert_event_run"],
+                schedule.id,
+                event.id,
+                at,
+                Jsonb(_event_of(event)),
+                status,
+                problem,
+            )
+        else:
+            row = await tx.fetch_one(
+                _SQL["insert_run"],
+                schedule.id,
+                at,
+                trigger,
+                status,
+                problem,
+            )
         if row is None:
             return None
         run = ScheduleRun.from_row(row)
@@ -322,8 +434,11 @@ class Scheduler:
                     raise NotFoundError(f"no pipeline {config.pipeline}")
             else:
                 pipeline = await pipeline_named(tx, schedule.owner_id, config.pipeline)
+            run_input = dict(config.input)
+            if run.event is not None:  # an event schedule's run: the pipeline gets the event
+                run_input["event"] = run.event
             started = await Executor(self.db, self.bus).start_run(
-                pipeline.id, pipeline.version, schedule.owner_id, config.input, trigger="schedule"
+                pipeline.id, pipeline.version, schedule.owner_id, run_input, trigger="schedule"
             )
             output = {"pipeline_run_id": started.id, "pipeline_id": pipeline.id}
             await tx.execute(_SQL["link_pipeline_run"], run.id, started.id, Jsonb(output))
@@ -509,7 +624,8 @@ class Scheduler:
 
     async def tick(self) -> None:
         """One round of the scheduler duty: claim what is due, settle what ended, and now
-        and then forget old runs."""
+        and then forget old runs. Pipelines' trigger schedules are brought in line first."""
+        await self.triggers.sync()
         await self.claim_due()
         await self.settle_pipeline_runs()
         await self.settle_stranded()

@@ -33,6 +33,7 @@ class ScheduleRecord:
     executions: int
     created_at: datetime
     updated_at: datetime
+    event_cursor: int | None = None  # an event schedule's place in the outbox
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ScheduleRecord:
@@ -43,6 +44,7 @@ class ScheduleRecord:
             spec=ScheduleSpec.model_validate(row["spec"]),
             status=row["status"],
             next_run_at=row["next_run_at"],
+            event_cursor=row.get("event_cursor"),
             executions=int(row["executions"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
@@ -61,7 +63,7 @@ class ScheduleRun:
     id: int
     schedule_id: int
     slot_time: datetime
-    trigger: str  # slot, manual
+    trigger: str  # slot, manual, event
     status: str  # queued, running, succeeded, failed, skipped, cancelled
     attempt: int
     job_id: int | None
@@ -71,10 +73,14 @@ class ScheduleRun:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    event: dict[str, Any] | None = None  # the event that started it (trigger: event)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ScheduleRun:
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+PREFIX = "pipeline:"  # the names of pipelines' trigger schedules (`pipeline_triggers`)
 
 
 def _name(name: str) -> str:
@@ -93,13 +99,27 @@ async def create_schedule(
     db: Queries, owner_id: int, name: str, document: dict[str, Any]
 ) -> ScheduleRecord:
     """Store a schedule for `owner_id` from `document` (see `ScheduleSpec`); it is active, its
-    next run the first instant it fires from now. `ConflictError` when the name is taken."""
+    next run the first instant it fires from now. `ConflictError` when the name is taken;
+    names starting with `pipeline:` are the pipelines' trigger schedules'."""
+    if name.startswith(PREFIX):
+        raise InvalidInputError(
+            f"schedule names starting with {PREFIX!r} are kept for pipelines' triggers",
+            hint="choose another name, or give the pipeline a schedule or event trigger",
+            details={"path": "name"},
+        )
+    return await create_trigger_schedule(db, owner_id, name, document)
+
+
+async def create_trigger_schedule(
+    db: Queries, owner_id: int, name: str, document: dict[str, Any]
+) -> ScheduleRecord:
+    """`create_schedule` without the reserved names' check (for `pipeline_triggers`)."""
     spec = await asyncio.to_thread(parse_spec, document)
     now = datetime.now(UTC)
-    first = _first(spec, spec.start_at or now, now)
+    first, cursor = await _when(db, spec, spec.start_at or now, now, None)
     try:
         row = await db.fetch_one(
-            _SQL["insert_schedule"], owner_id, _name(name), _stored(spec), first, now
+            _SQL["insert_schedule"], owner_id, _name(name), _stored(spec), first, now, cursor
         )
     except ConflictError:
         raise ConflictError(
@@ -110,17 +130,37 @@ async def create_schedule(
     return ScheduleRecord.from_row(row)
 
 
+async def _when(
+    db: Queries, spec: ScheduleSpec, anchor: datetime, now: datetime, cursor: int | None
+) -> tuple[datetime | None, int | None]:
+    """Where `spec` starts claiming: (its first slot after `now`, None), or for an event
+    schedule (None, the outbox cursor after which it sees events: `cursor` when it had one,
+    else the latest, so only events to come count)."""
+    if spec.kind == "event":
+        if spec.end_at is not None and spec.end_at <= now:
+            _never(spec)
+        if cursor is None:
+            cursor = int(await db.fetch_val(_SQL["latest_cursor"]))
+        return None, cursor
+    return _first(spec, anchor, now), None
+
+
+def _never(spec: ScheduleSpec) -> None:
+    where = "at" if spec.kind == "once" else "end_at"
+    raise InvalidInputError(
+        f"the schedule would never fire: `{where}` has passed",
+        hint="give an instant to come",
+        details={"path": where},
+    )
+
+
 def _first(spec: ScheduleSpec, anchor: datetime, now: datetime) -> datetime:
     """The first instant `spec` fires after `now`; `InvalidInputError` when there is none
     (its `at`, or its `end_at`, has passed)."""
     first = next_fire(spec, anchor, now)
     if first is None:
-        where = "at" if spec.kind == "once" else "end_at"
-        raise InvalidInputError(
-            f"the schedule would never fire: `{where}` has passed",
-            hint="give an instant to come",
-            details={"path": where},
-        )
+        _never(spec)
+    assert first is not None
     return first
 
 
@@ -164,12 +204,14 @@ async def replace_schedule(
     async with db.transaction() as tx:
         current = await _locked(tx, schedule_id)
         now = datetime.now(UTC)
-        following: datetime | None = _first(spec, spec.start_at or current.created_at, now)
+        following, cursor = await _when(
+            tx, spec, spec.start_at or current.created_at, now, current.event_cursor
+        )
         status = current.status if current.status == "paused" else "active"
         if spec.max_executions is not None and current.executions >= spec.max_executions:
             status, following = "expired", None
         row = await tx.fetch_one(
-            _SQL["update_schedule"], schedule_id, _stored(spec), status, following
+            _SQL["update_schedule"], schedule_id, _stored(spec), status, following, cursor
         )
     assert row is not None
     return ScheduleRecord.from_row(row)
@@ -187,6 +229,7 @@ async def pause_schedule(db: Database, schedule_id: int) -> ScheduleRecord:
             _stored(current.spec),
             "paused",
             current.next_run_at,
+            current.event_cursor,
         )
     assert row is not None
     return ScheduleRecord.from_row(row)
@@ -203,13 +246,19 @@ async def resume_schedule(db: Database, schedule_id: int) -> ScheduleRecord:
                 hint="only a paused schedule can be resumed",
             )
         await load_zone(current.spec.timezone)
-        following = next_fire(current.spec, current.anchor, datetime.now(UTC))
+        if current.spec.kind == "event":  # the events of the pause are not run either
+            following, cursor = None, int(await tx.fetch_val(_SQL["latest_cursor"]))
+            status = "active"
+        else:
+            following = next_fire(current.spec, current.anchor, datetime.now(UTC))
+            cursor, status = None, "active" if following is not None else "expired"
         row = await tx.fetch_one(
             _SQL["update_schedule"],
             schedule_id,
             _stored(current.spec),
-            "active" if following is not None else "expired",
+            status,
             following,
+            cursor,
         )
     assert row is not None
     return ScheduleRecord.from_row(row)

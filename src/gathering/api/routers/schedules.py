@@ -1,8 +1,8 @@
-"""Schedules: when something runs (cron in a time zone, an interval, once) and what (a pipeline
-run, a notification, an API call). Changes take effect at the next claim on every instance
-(within a second). Runs are listed per schedule; events of each go to the WebSocket subject
-`schedule:<id>`. Owners see only their own schedules, admins every one. API keys need
-`schedules:read` to read and `schedules:write` to change or trigger.
+"""Schedules: when something runs (cron in a time zone, an interval, once, an event on the bus)
+and what (a pipeline run, a notification, an API call). Changes take effect at the next claim
+on every instance (within a second). Runs are listed per schedule; events of each go to the
+WebSocket subject `schedule:<id>`. Owners see only their own schedules, admins every one. API
+keys need `schedules:read` to read and `schedules:write` to change or trigger.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ async def _visible(
 _CHECKED: dict[int | str, dict[str, Any]] = {
     409: {"description": "The owner has another schedule of that name"},
     422: {"description": "The definition is wrong: the message names where"},
-    501: {"description": "Not available yet: event schedules, run_task actions"},
+    501: {"description": "Not available yet: run_task actions"},
 }
 
 
