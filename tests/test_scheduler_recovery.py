@@ -32,6 +32,7 @@ from gathering.pipelines.runs import get_run
 from gathering.scheduler import (
     Scheduler,
     ScheduleRecord,
+    apply_schedule,
     create_schedule,
     get_schedule,
     list_schedule_runs,
@@ -39,6 +40,7 @@ from gathering.scheduler import (
     parse_spec,
     pause_schedule,
     preview,
+    replace_schedule,
     resume_schedule,
 )
 from gathering.scheduler import runner as runner_module
@@ -883,7 +885,7 @@ async def test_five_claimers_take_each_event_once(lab: Lab, migrated_database_ur
 async def test_pipelines_triggers_run_as_schedules(lab: Lab) -> None:
     from gathering.pipelines import delete_pipeline
 
-    with pytest.raises(InvalidInputError, match="kept for pipelines' triggers"):
+    with pytest.raises(InvalidInputError, match="are pipelines' triggers"):
         await lab.schedule("pipeline:1:start", kind="interval", every_seconds=60, **NOTIFY)
     on_event = {
         "name": "greeter",
@@ -928,3 +930,105 @@ async def get_schedule_named(lab: Lab, name: str) -> ScheduleRecord:
     row = await lab.db.fetch_one("SELECT id FROM scheduler.schedules WHERE name = $1", name)
     assert row is not None
     return await get_schedule(lab.db, int(row["id"]))
+
+
+async def test_an_event_schedule_starting_a_pipeline_is_not_fed_by_that_pipeline(
+    lab: Lab,
+) -> None:
+    pipeline = await create_pipeline(lab.db, linear(name="loop"), owner_id=lab.owner_id)
+    schedule = await lab.schedule(
+        kind="event",
+        event_type="pipeline_run.*",
+        action="execute_pipeline",
+        config={"pipeline": "loop"},
+    )
+    await publish(lab, "pipeline_run.succeeded", pipeline_id=pipeline.id + 1000)  # another's
+    for _ in range(4):
+        await lab.scheduler.claim_due()
+        await lab.settled(schedule, 1)
+        await asyncio.sleep(0.2)
+    assert len(await lab.runs(schedule)) == 1
+
+
+async def test_two_event_schedules_do_not_feed_each_other(lab: Lab) -> None:
+    first = await lab.schedule("a", kind="event", event_type="schedule_run.*", **NOTIFY)
+    await lab.schedule("b", kind="event", event_type="schedule_run.*", **NOTIFY)
+    other = await lab.schedule("c", kind="interval", every_seconds=3600, **NOTIFY)
+    await lab.scheduler.trigger(other)
+    await lab.settled(other, 1)
+    await lab.scheduler.claim_due()
+    assert await lab.runs(first) == []
+
+
+async def test_events_after_end_at_start_nothing(lab: Lab) -> None:
+    end = datetime.now(UTC) + timedelta(seconds=0.5)
+    schedule = await lab.schedule(kind="event", event_type="custom.late", end_at=end, **NOTIFY)
+    await asyncio.sleep(0.6)
+    await publish(lab, "custom.late")
+    await lab.scheduler.claim_due()
+    assert await lab.runs(schedule) == []
+    assert (await get_schedule(lab.db, schedule.id)).status == "expired"
+
+
+async def test_a_change_to_an_expired_event_schedule_replays_nothing(lab: Lab) -> None:
+    spec = {"kind": "event", "event_type": "custom.e", **NOTIFY}
+    schedule = await lab.schedule(**spec, max_executions=1)
+    await publish(lab, "custom.e", n=0)
+    await lab.scheduler.claim_due()
+    assert (await get_schedule(lab.db, schedule.id)).status == "expired"
+    for n in (1, 2):
+        await publish(lab, "custom.e", n=n)
+    await replace_schedule(lab.db, schedule.id, spec | {"max_executions": 10})
+    await publish(lab, "custom.e", n=3)
+    await lab.scheduler.claim_due()
+    assert [r["event"]["data"]["n"] for r in await lab.runs(schedule)] == [0, 3]
+
+
+async def test_a_pipeline_s_trigger_schedule_is_changed_through_the_pipeline_only(
+    lab: Lab,
+) -> None:
+    timed = linear(name="timed")
+    timed["nodes"][0]["config"] = {"kind": "schedule", "cron": "*/5 * * * *"}
+    pipeline = await create_pipeline(lab.db, timed, owner_id=lab.owner_id)
+    await lab.scheduler.triggers.sync()
+    name = f"pipeline:{pipeline.id}:start"
+    trigger = await get_schedule_named(lab, name)
+    other = {"kind": "interval", "every_seconds": 60, **NOTIFY}
+    with pytest.raises(InvalidInputError, match="pipelines' triggers"):
+        await replace_schedule(lab.db, trigger.id, other)
+    with pytest.raises(InvalidInputError, match="pipelines' triggers"):
+        await apply_schedule(lab.db, lab.owner_id, {"name": name, **other})
+
+
+@pytest.mark.parametrize(
+    ("match", "data", "runs"),
+    [
+        ({"ok": True}, {"ok": 1}, 0),
+        ({"ok": True}, {"ok": True}, 1),
+        ({"n": 1}, {"n": 1.0}, 1),
+        ({"n": 1}, {"n": True}, 0),
+        ({"k": None}, {}, 0),
+        ({"k": None}, {"k": None}, 1),
+        ({"s": "1"}, {"s": 1}, 0),
+    ],
+)
+async def test_match_compares_json_values(
+    lab: Lab, match: dict[str, Any], data: dict[str, Any], runs: int
+) -> None:
+    schedule = await lab.schedule(kind="event", event_type="custom.m", match=match, **NOTIFY)
+    await publish(lab, "custom.m", **data)
+    await lab.scheduler.claim_due()
+    assert len(await lab.runs(schedule)) == runs
+
+
+async def test_expiring_schedules_skip_no_other_in_the_same_claim(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "CLAIM_BATCH", 2)
+    schedules = [
+        await lab.schedule(f"x{i}", kind="event", event_type="custom.x", max_executions=1, **NOTIFY)
+        for i in range(5)
+    ]
+    await publish(lab, "custom.x")
+    await lab.scheduler.claim_due()
+    assert [len(await lab.runs(s)) for s in schedules] == [1] * 5

@@ -19,7 +19,7 @@ from gathering.scheduler.store import (
     PREFIX,
     create_trigger_schedule,
     delete_schedule,
-    replace_schedule,
+    replace_trigger_schedule,
 )
 
 log = structlog.get_logger(__name__)
@@ -69,7 +69,7 @@ class PipelineTriggers:
                     await delete_schedule(self.db, int(row["id"]))
                     changed += 1
                 elif await _changed(target[1], row["spec"]):
-                    await replace_schedule(self.db, int(row["id"]), target[1])
+                    await replace_trigger_schedule(self.db, int(row["id"]), target[1])
                     changed += 1
             except GatheringError as exc:
                 log.warning(
@@ -85,8 +85,9 @@ class PipelineTriggers:
                 changed += 1
             except GatheringError as exc:  # e.g. a cron with no instant to come
                 log.warning("a pipeline trigger has no schedule", name=name, error=exc.message)
-        # Taken again: the changes just made are not news for the next round.
-        self._seen = tuple((await self.db.fetch_one(_SQL["pipelines_changed"]) or {}).values())
+        # The mark read before: a save that came during this round makes the next one work
+        # (this round's own changes make it look once more, and find nothing to do).
+        self._seen = mark
         return changed
 
 

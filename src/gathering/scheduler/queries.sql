@@ -63,11 +63,11 @@ ON CONFLICT (schedule_id, slot_time) WHERE event_id IS NULL DO NOTHING
 RETURNING *
 
 -- name: event_schedules --
--- Active event schedules, locked (another instance's are passed over).
+-- Up to $1 active event schedules after id $2, locked (another instance's are passed over).
 SELECT * FROM scheduler.schedules
-WHERE status = 'active' AND event_cursor IS NOT NULL
+WHERE status = 'active' AND event_cursor IS NOT NULL AND id > $2
 ORDER BY id
-LIMIT $1 OFFSET $2
+LIMIT $1
 FOR UPDATE SKIP LOCKED
 
 -- name: insert_event_run --

@@ -99,16 +99,35 @@ def _event_of(event: Event) -> dict[str, Any]:
     return stored
 
 
-def _wanted(schedule: ScheduleRecord, event: Event) -> bool:
+def _wanted(schedule: ScheduleRecord, event: Event, target: int | None) -> bool:
     """Whether `event` starts a run of event schedule `schedule`: its data holds the
-    schedule's `match`, it came after `start_at`, and it is not about the schedule itself
-    (a schedule that fires on its own runs' events would never stop)."""
+    schedule's `match` (the same JSON values: `true` is not `1`, a missing key is not
+    `null`), it came within `start_at` and `end_at`, and it is not a consequence of the
+    schedule's own runs (their `schedule_run.*` events; the runs of the pipeline it starts),
+    which would feed it for ever. `target`: the id of the pipeline it starts, if any."""
     spec = schedule.spec
-    if event.data.get("schedule_id") == schedule.id:
+    if event.type.startswith("schedule_run."):
         return False
+    if target is not None and event.type.startswith("pipeline_"):
+        if event.data.get("pipeline_id") == target:
+            return False
     if spec.start_at is not None and event.occurred_at < spec.start_at:
         return False
-    return all(event.data.get(key) == value for key, value in (spec.match or {}).items())
+    if spec.end_at is not None and event.occurred_at > spec.end_at:
+        return False
+    return all(
+        key in event.data and _same_json(event.data[key], value)
+        for key, value in (spec.match or {}).items()
+    )
+
+
+def _same_json(found: Any, wanted: Any) -> bool:
+    """JSON equality: booleans, numbers, texts and null are different kinds of value."""
+    if isinstance(wanted, bool) or wanted is None:
+        return found is wanted
+    if isinstance(wanted, int | float):
+        return isinstance(found, int | float) and not isinstance(found, bool) and found == wanted
+    return type(found) is type(wanted) and found == wanted
 
 
 class Scheduler:
@@ -132,22 +151,21 @@ class Scheduler:
             total += runs
             if schedules < CLAIM_BATCH:
                 break
-        offset = 0
+        after = 0
         while True:
-            schedules, runs = await self._claim_events(CLAIM_BATCH, offset)
+            schedules, runs, after = await self._claim_events(CLAIM_BATCH, after)
             total += runs
-            offset += CLAIM_BATCH
             if schedules < CLAIM_BATCH:
                 return total
 
-    async def _claim_events(self, limit: int, offset: int) -> tuple[int, int]:
+    async def _claim_events(self, limit: int, after: int) -> tuple[int, int, int]:
         """Claim the new events of up to `limit` event schedules: (schedules, runs). Each
         sees the events committed after its cursor, once: the cursor moves on in the
         transaction that inserts their runs (cursor order is commit order)."""
         async with self.db.transaction() as tx:
-            rows = await tx.fetch_all(_SQL["event_schedules"], limit, offset)
+            rows = await tx.fetch_all(_SQL["event_schedules"], limit, after)
             if not rows:
-                return 0, 0
+                return 0, 0, after
             seen = int(await tx.fetch_val(_SQL["latest_cursor"]))  # all visible up to it
             events: list[Event] = []
             runs = 0
@@ -162,7 +180,7 @@ class Scheduler:
                     continue
                 events += mine
             await self.bus.publish_many(events, tx=tx)
-        return len(rows), runs
+        return len(rows), runs, int(rows[-1]["id"])
 
     async def _claim_event_batch(
         self, tx: Queries, schedule: ScheduleRecord, seen: int, events: list[Event]
@@ -178,6 +196,7 @@ class Scheduler:
         if len(found) < EVENTS_PER_CLAIM:
             cursor = max(cursor, seen)  # nothing else up to `seen` is of this type
         now = datetime.now(UTC)
+        target = await self._target(tx, schedule) if found else None
         queued = inserted = 0
         left = True
         for event in found:
@@ -185,7 +204,7 @@ class Scheduler:
             if limit is not None and schedule.executions + queued >= limit:
                 left = False
                 break
-            if not _wanted(schedule, event):
+            if not _wanted(schedule, event, target):
                 continue
             run = await self._dispatch(
                 tx, schedule, event.occurred_at, "event", "queued", None, events, event=event
@@ -265,6 +284,19 @@ class Scheduler:
         else:
             await tx.execute(_SQL["advance_schedule"], schedule.id, queued, following, "active")
         return inserted
+
+    @staticmethod
+    async def _target(tx: Queries, schedule: ScheduleRecord) -> int | None:
+        """The id of the pipeline `schedule` starts (None: none, or none of that name)."""
+        if schedule.spec.action != "execute_pipeline":
+            return None
+        reference = schedule.spec.config.get("pipeline")
+        if isinstance(reference, int):
+            return reference
+        try:
+            return (await pipeline_named(tx, schedule.owner_id, str(reference))).id
+        except NotFoundError:
+            return None
 
     async def trigger(self, schedule: ScheduleRecord) -> ScheduleRun:
         """Run `schedule` now, outside its slots (its concurrency policy applies); the run.

@@ -101,13 +101,19 @@ async def create_schedule(
     """Store a schedule for `owner_id` from `document` (see `ScheduleSpec`); it is active, its
     next run the first instant it fires from now. `ConflictError` when the name is taken;
     names starting with `pipeline:` are the pipelines' trigger schedules'."""
+    _not_a_trigger(name)
+    return await create_trigger_schedule(db, owner_id, name, document)
+
+
+def _not_a_trigger(name: str) -> None:
     if name.startswith(PREFIX):
         raise InvalidInputError(
-            f"schedule names starting with {PREFIX!r} are kept for pipelines' triggers",
-            hint="choose another name, or give the pipeline a schedule or event trigger",
+            f"schedules named {PREFIX}... are pipelines' triggers: change the pipeline's "
+            "trigger node instead",
+            hint="choose another name, or give the pipeline a schedule or event trigger "
+            "(pause and resume work on them)",
             details={"path": "name"},
         )
-    return await create_trigger_schedule(db, owner_id, name, document)
 
 
 async def create_trigger_schedule(
@@ -173,6 +179,7 @@ async def apply_schedule(
     name = body.pop("name", None)
     if not isinstance(name, str):
         raise InvalidInputError("a schedule file needs a `name` (text)", details={"path": "name"})
+    _not_a_trigger(name)
     row = await db.fetch_one(_SQL["schedule_named"], owner_id, name)
     if row is None:
         return await create_schedule(db, owner_id, name, body), True
@@ -199,14 +206,24 @@ async def replace_schedule(
 ) -> ScheduleRecord:
     """Schedule `schedule_id` takes the definition `document`: its next run is counted again
     from now (a paused schedule stays paused; an expired one is active again when it has
-    instants left)."""
+    instants left). A pipeline's trigger schedule is changed through its pipeline only."""
+    async with db.transaction() as tx:
+        _not_a_trigger((await _locked(tx, schedule_id)).name)
+    return await replace_trigger_schedule(db, schedule_id, document)
+
+
+async def replace_trigger_schedule(
+    db: Database, schedule_id: int, document: dict[str, Any]
+) -> ScheduleRecord:
+    """`replace_schedule` without the trigger schedules' check (for `pipeline_triggers`)."""
     spec = await asyncio.to_thread(parse_spec, document)
     async with db.transaction() as tx:
         current = await _locked(tx, schedule_id)
         now = datetime.now(UTC)
-        following, cursor = await _when(
-            tx, spec, spec.start_at or current.created_at, now, current.event_cursor
-        )
+        # An active event schedule goes on from where it was; one that was expired or paused
+        # (or not an event schedule) starts with the events to come, not a backlog.
+        kept = current.event_cursor if current.status == "active" else None
+        following, cursor = await _when(tx, spec, spec.start_at or current.created_at, now, kept)
         status = current.status if current.status == "paused" else "active"
         if spec.max_executions is not None and current.executions >= spec.max_executions:
             status, following = "expired", None
