@@ -159,9 +159,10 @@ class Scheduler:
                 return total
 
     async def _claim_events(self, limit: int, after: int) -> tuple[int, int, int]:
-        """Claim the new events of up to `limit` event schedules: (schedules, runs). Each
-        sees the events committed after its cursor, once: the cursor moves on in the
-        transaction that inserts their runs (cursor order is commit order)."""
+        """Claim the new events of up to `limit` event schedules after id `after`:
+        (schedules, runs, the last schedule's id). Each sees the events committed after its
+        cursor, once: the cursor moves on in the transaction that inserts their runs (cursor
+        order is commit order)."""
         async with self.db.transaction() as tx:
             rows = await tx.fetch_all(_SQL["event_schedules"], limit, after)
             if not rows:
