@@ -42,6 +42,7 @@ from gathering.scheduler import (
     preview,
     replace_schedule,
     resume_schedule,
+    schedule_named,
 )
 from gathering.scheduler import runner as runner_module
 from gathering.scheduler.definition import ACTIONS
@@ -927,9 +928,9 @@ async def test_pipelines_triggers_run_as_schedules(lab: Lab) -> None:
 
 
 async def get_schedule_named(lab: Lab, name: str) -> ScheduleRecord:
-    row = await lab.db.fetch_one("SELECT id FROM scheduler.schedules WHERE name = $1", name)
-    assert row is not None
-    return await get_schedule(lab.db, int(row["id"]))
+    found = await schedule_named(lab.db, lab.owner_id, name)
+    assert found is not None
+    return found
 
 
 async def test_an_event_schedule_starting_a_pipeline_is_not_fed_by_that_pipeline(

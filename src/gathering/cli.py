@@ -1565,27 +1565,21 @@ app.add_typer(schedules_app, name="schedules")
 ScheduleName = Annotated[str, typer.Argument(help="The schedule's name")]
 
 
-async def _schedule_named(settings: Settings, db: Database, name: str, owner: str | None) -> Any:
-    from gathering.scheduler import get_schedule
-    from gathering.scheduler.store import _SQL as SCHEDULE_SQL
-
-    async with _agent_store(settings) as store:
-        owner_id = await _pipelines_owner(settings, store, owner)
-    row = await db.fetch_one(SCHEDULE_SQL["schedule_named"], owner_id, name)
-    if row is None:
-        raise NotFoundError(
-            f"no schedule named {name!r}", hint="`gathering schedules list` shows them"
-        )
-    return await get_schedule(db, int(row["id"]))
-
-
 def _on_schedule(name: str, owner: str | None, act: Callable[[Any, Any], Awaitable[T]]) -> T:
     """Run `act(db, schedule)` on the owner's schedule `name`."""
+    from gathering.scheduler import schedule_named
+
     settings = settings_or_exit()
 
     async def work() -> T:
-        async with Database(settings=settings) as db:
-            return await act(db, await _schedule_named(settings, db, name, owner))
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            found = await schedule_named(store.db, owner_id, name)
+            if found is None:
+                raise NotFoundError(
+                    f"no schedule named {name!r}", hint="`gathering schedules list` shows them"
+                )
+            return await act(store.db, found)
 
     return run_async(work)
 

@@ -18,6 +18,7 @@ from gathering.scheduler.store import (
     pause_schedule,
     replace_schedule,
     resume_schedule,
+    schedule_named,
 )
 from gathering.scheduler.timing import fire_times, next_fire, preview
 
@@ -40,4 +41,5 @@ __all__ = [
     "preview",
     "replace_schedule",
     "resume_schedule",
+    "schedule_named",
 ]

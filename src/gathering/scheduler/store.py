@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from psycopg.types.json import Jsonb
 
@@ -151,7 +151,7 @@ async def _when(
     return _first(spec, anchor, now), None
 
 
-def _never(spec: ScheduleSpec) -> None:
+def _never(spec: ScheduleSpec) -> NoReturn:
     where = "at" if spec.kind == "once" else "end_at"
     raise InvalidInputError(
         f"the schedule would never fire: `{where}` has passed",
@@ -166,7 +166,6 @@ def _first(spec: ScheduleSpec, anchor: datetime, now: datetime) -> datetime:
     first = next_fire(spec, anchor, now)
     if first is None:
         _never(spec)
-    assert first is not None
     return first
 
 
@@ -180,10 +179,16 @@ async def apply_schedule(
     if not isinstance(name, str):
         raise InvalidInputError("a schedule file needs a `name` (text)", details={"path": "name"})
     _not_a_trigger(name)
-    row = await db.fetch_one(_SQL["schedule_named"], owner_id, name)
-    if row is None:
+    found = await schedule_named(db, owner_id, name)
+    if found is None:
         return await create_schedule(db, owner_id, name, body), True
-    return await replace_schedule(db, int(row["id"]), body), False
+    return await replace_schedule(db, found.id, body), False
+
+
+async def schedule_named(db: Queries, owner_id: int, name: str) -> ScheduleRecord | None:
+    """The schedule of `owner_id` named `name`, if there is one."""
+    row = await db.fetch_one(_SQL["schedule_named"], owner_id, name)
+    return None if row is None else ScheduleRecord.from_row(row)
 
 
 async def get_schedule(db: Queries, schedule_id: int) -> ScheduleRecord:
