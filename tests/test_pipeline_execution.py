@@ -263,7 +263,7 @@ async def test_parallel_join_any_goes_on_with_the_first_branch(runtime: Runtime)
             break
         await asyncio.sleep(0.05)
     assert LAB.calls["after"] == 1  # while `slow` is still running
-    LAB.gates["slow"].set()
+    LAB.gates.setdefault("slow", asyncio.Event()).set()  # `slow` may not have started yet
     done = await runtime.wait(run.id)
     assert done.outputs["join"] == {"fast": "fast"}
 
