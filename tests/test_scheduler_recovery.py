@@ -22,7 +22,7 @@ from pipeline_runtime import LAB, TOOLS, linear, tool_node
 from gathering.agents.retrieval import local_owner_id
 from gathering.config import get_settings
 from gathering.db import Database
-from gathering.errors import FeatureUnavailableError, InvalidInputError
+from gathering.errors import InvalidInputError
 from gathering.events import Event, EventBus
 from gathering.jobs import JobQueue, JobServices, JobWorker
 from gathering.pipelines import create_pipeline
@@ -88,7 +88,7 @@ class Lab:
         """Wait until `count` runs of `schedule` have ended (settling pipeline runs meanwhile)."""
         deadline = time.monotonic() + limit
         while True:
-            await self.scheduler.settle_pipeline_runs()
+            await self.scheduler.settle_started()
             runs = await self.runs(schedule)
             ended = [r for r in runs if r["status"] not in ("queued", "running")]
             if len(ended) >= count:
@@ -132,9 +132,9 @@ async def lab(migrated_database_url: str) -> AsyncIterator[Lab]:
 # --- definitions and dispatch ---------------------------------------------------------------
 
 
-def test_four_action_kinds_exist_and_what_cannot_run_yet_says_so() -> None:
+def test_four_action_kinds_exist_and_each_checks_its_config() -> None:
     assert ACTIONS == ("run_task", "execute_pipeline", "send_notification", "call_api")
-    with pytest.raises(FeatureUnavailableError, match="background agent tasks"):
+    with pytest.raises(InvalidInputError, match="config.agent"):
         parse_spec({"kind": "once", "at": "2030-01-01T00:00:00Z", "action": "run_task"})
     with pytest.raises(InvalidInputError, match="needs `event_type`"):
         parse_spec({"kind": "event", **NOTIFY})
@@ -710,7 +710,7 @@ async def test_a_retry_is_not_failed_by_the_pipeline_run_of_the_attempt_before(l
     )
     await lab.scheduler.trigger(schedule)
     for _ in range(400):  # the sweep as often as it can, to meet the retry's first moments
-        await lab.scheduler.settle_pipeline_runs()
+        await lab.scheduler.settle_started()
         runs = await lab.runs(schedule)
         if runs[0]["status"] in ("succeeded", "failed"):
             break

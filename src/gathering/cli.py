@@ -1079,6 +1079,8 @@ _STATUS_STYLE = {
     "cancelled": "yellow",
     "running": "cyan",
     "waiting": "magenta",
+    "waiting_approval": "magenta",
+    "paused": "yellow",
     "skipped": "dim",
 }
 
@@ -1731,6 +1733,188 @@ def schedules_runs(
             escape(str((run.error or {}).get("message", "")))[:80],
         )
     console.print(table)
+
+
+tasks_app = typer.Typer(
+    help="Background agent tasks: an agent works on a goal on its own, step by step, within "
+    "budgets; any worker runs it and takes it over if its worker dies (docs/tasks.md).",
+    no_args_is_help=True,
+)
+app.add_typer(tasks_app, name="tasks")
+TaskIdArgument = Annotated[int, typer.Argument(min=1, help="The task's id")]
+
+
+@tasks_app.command("start")
+def tasks_start(
+    agent: Annotated[str, typer.Argument(help="The agent's name or id")],
+    goal: Annotated[str, typer.Argument(help="What the agent is to achieve")],
+    max_steps: Annotated[int, typer.Option(min=1, max=1_000, help="Model calls at most")] = 20,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens at most")] = 200_000,
+    max_seconds: Annotated[float, typer.Option(min=1, help="Seconds of work at most")] = 900,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(min=0.000001, help="Dollars at most (priced models)")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Show its steps until it ends or waits")
+    ] = False,
+    owner: PipelineOwnerOption = None,
+) -> None:
+    """Start a background task of one of your agents; --follow shows its steps as they come."""
+    from gathering.scheduler.tasks import TaskRecord, TaskSpec, start_task
+
+    settings = settings_or_exit()
+    with reported_errors():
+        spec = TaskSpec(
+            agent=agent,
+            goal=goal,
+            max_steps=max_steps,
+            max_tokens=max_tokens,
+            max_seconds=max_seconds,
+            max_cost_usd=max_cost_usd,
+        )
+
+    async def work() -> TaskRecord:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            worker = await _with_a_worker(settings, store.db, follow)
+            try:
+                task = await start_task(store.db, None, owner_id, spec)
+                console.print(f"task [bold]{task.id}[/] started")
+                return await _follow_task(store.db, task.id) if follow else task
+            finally:
+                await _stop_worker(worker)
+
+    task = run_async(work)
+    if not follow:
+        console.print(f"`gathering tasks show {task.id}` shows its steps")
+    elif task.status == "waiting_approval":
+        console.print(
+            f"[magenta]task {task.id} waits for approval {task.approval_id}[/]: answer it with "
+            f"`gathering approvals approve {task.approval_id}` (or deny); a running server "
+            "takes the task up again"
+        )
+    elif task.status != "succeeded":
+        message = (task.error or {}).get("message", "")
+        err_console.print(f"[red]task {task.id} {task.status}:[/] {escape(str(message))}")
+        raise typer.Exit(code=1)
+    else:
+        console.print(escape(task.result or ""))
+
+
+async def _follow_task(db: Database, task_id: int) -> Any:
+    """Print the steps of task `task_id` as they are stored, until it ends or waits."""
+    from gathering.scheduler.tasks import get_task, task_steps
+
+    seen = 0
+    while True:
+        task = await get_task(db, task_id)
+        for step in await task_steps(db, task_id, after=seen):
+            if step.status == "done" or task.status not in ("queued", "running"):
+                console.print(_step_line(step))
+                seen = step.n
+        if task.status not in ("queued", "running"):
+            return task
+        await asyncio.sleep(0.5)
+
+
+def _step_line(step: Any) -> str:
+    calls = ", ".join(
+        f"{call['name']} ({(step.results.get(call['id']) or {}).get('status', 'pending')})"
+        for call in step.tool_calls
+    )
+    thought = " ".join(step.thought.split())[:160]
+    return f"[bold]{step.n}[/] {escape(thought)}" + (f" [dim]→ {escape(calls)}[/]" if calls else "")
+
+
+@tasks_app.command("list")
+def tasks_list(
+    owner: PipelineOwnerOption = None,
+    status: Annotated[str | None, typer.Option(help="Only tasks of this status")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1_000, help="At most this many")] = 50,
+) -> None:
+    """List tasks, newest first (every owner's, or one owner's with --owner)."""
+    from gathering.scheduler.tasks import list_tasks
+
+    settings = settings_or_exit()
+
+    async def work() -> list[Any]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner) if owner else None
+            return await list_tasks(store.db, owner_id, status=status, limit=limit)
+
+    tasks = run_async(work)
+    table = Table(title=f"{len(tasks)} task(s)")
+    for column in ("id", "agent", "status", "steps", "tokens", "goal"):
+        table.add_column(column, overflow="fold")
+    for task in tasks:
+        table.add_row(
+            str(task.id),
+            str(task.agent_id),
+            _styled(task.status),
+            f"{task.steps}/{task.max_steps}",
+            f"{task.tokens}/{task.max_tokens}",
+            escape(" ".join(task.goal.split())[:80]),
+        )
+    console.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: TaskIdArgument) -> None:
+    """A task: its status, what it used of its budgets, its steps and its result or error."""
+    from gathering.scheduler.tasks import get_task, task_steps
+
+    settings = settings_or_exit()
+
+    async def work() -> tuple[Any, list[Any]]:
+        async with _agent_store(settings) as store:
+            task = await get_task(store.db, task_id)
+            steps: list[Any] = []
+            while page := await task_steps(store.db, task_id, after=len(steps), limit=500):
+                steps += page
+            return task, steps
+
+    task, steps = run_async(work)
+    console.print(
+        f"task [bold]{task.id}[/] (agent {task.agent_id}): {_styled(task.status)}; "
+        f"{task.steps}/{task.max_steps} steps, {task.tokens}/{task.max_tokens} tokens, "
+        f"{task.active_seconds:.1f}/{task.max_seconds:g} s"
+    )
+    console.print(f"goal: {escape(task.goal)}")
+    for step in steps:
+        console.print(_step_line(step))
+    if task.result is not None:
+        console.print(f"result: {escape(task.result)}")
+    if task.error:
+        console.print(f"[red]error:[/] {escape(str(task.error.get('message', '')))}")
+
+
+def _task_command(verb: str, summary: str) -> None:
+    """`gathering tasks VERB ID`: pause, resume or cancel."""
+
+    def command(task_id: TaskIdArgument) -> None:
+        from gathering.scheduler import tasks
+
+        act = {
+            "pause": tasks.pause_task,
+            "resume": tasks.resume_task,
+            "cancel": tasks.cancel_task,
+        }[verb]
+        settings = settings_or_exit()
+
+        async def work() -> Any:
+            async with _agent_store(settings) as store:
+                return await act(store.db, None, task_id)
+
+        task = run_async(work)
+        console.print(f"task [bold]{task.id}[/]: {_styled(task.status)}")
+
+    command.__doc__ = summary
+    tasks_app.command(verb)(command)
+
+
+_task_command("pause", "Stop the task where it is, on whichever worker runs it.")
+_task_command("resume", "Queue a paused task again: it goes on from its last step.")
+_task_command("cancel", "End the task as cancelled, stopping it wherever it runs.")
 
 
 @app.command()

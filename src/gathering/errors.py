@@ -366,3 +366,10 @@ class ActionFailedError(GatheringError):
         super().__init__(message, **kwargs)
         self.code = code
         self.retryable = retryable
+
+
+class BudgetExhaustedError(GatheringError):
+    """A background task reached one of its budgets (steps, tokens, seconds, dollars)."""
+
+    code = "budget_exhausted"
+    http_status = 409

@@ -1,5 +1,6 @@
 """What happens once a person answers an approval: the waiting turn goes on (or the direct
-invocation runs, or is refused), on the instance that picks it up first.
+invocation runs, or is refused), on the instance that picks it up first. (A background task's
+call is the scheduler's: it queues the task again.)
 
 `resume_answered` is called right after an answer on the instance that took it, and
 `ApprovalResumer.run_once` (a singleton duty of the server) expires overdue approvals and
@@ -53,6 +54,8 @@ async def resume_answered(db: Database, bus: EventBus | None, approval: Approval
     """Go on with what `approval` held up, once: its turn resumes (when no other approval of
     it is pending), or its direct invocation runs (approved) or is refused, with the outcome
     kept with the approval."""
+    if approval.task_id is not None:
+        return  # a background task's call: the scheduler queues its task again
     store = PostgresAgentStore(db)
     try:
         record = await store.load_agent(approval.agent_id)

@@ -70,7 +70,7 @@ class StoredCalls:
     decisions: Mapping[str, Approval] = field(default_factory=dict)
 
 
-def _not_run(call: ToolCall, approval: Approval | None) -> ToolResult:
+def not_run_result(call: ToolCall, approval: Approval | None) -> ToolResult:
     """What the model is told about a call a person did not approve."""
     if approval is None:
         why = "its approval is gone"
@@ -115,7 +115,7 @@ async def run_batch(
             result = await _answered(box, conversation, turn_id, call, decision, until, context)
         elif (tool := box.tools.get(call.name)) is not None and call.invalid_arguments is None:
             policy = box.policy(call.name)
-            refusal = _check(tool, call, context, policy)
+            refusal = refusal_of(tool, call, context, policy)
             if refusal is not None:
                 result = refusal
             elif policy == "ask":
@@ -156,7 +156,7 @@ async def _answered(
     crash leaves it `interrupted` (its outcome unknown), never to be run again."""
     if decision is None or decision.state != "approved":
         record_tool_call(call.name, "denied")
-        return _not_run(call, decision)
+        return not_run_result(call, decision)
     if call.name not in box.tools or box.policy(call.name) == "deny":
         record_tool_call(call.name, "denied")
         why = "the tool was disabled or denied for this agent after it was approved"
@@ -166,7 +166,7 @@ async def _answered(
     return await run_tool(box.tools, call, until - loop.time(), context)
 
 
-def _check(
+def refusal_of(
     tool: FunctionTool, call: ToolCall, context: ToolContext, policy: str
 ) -> ToolResult | None:
     """The error result of a call refused before it runs: denied by policy, or (before a

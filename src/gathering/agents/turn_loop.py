@@ -434,7 +434,7 @@ async def _exchange(
             )
         completion: Completion | None = None
         call_until = min(until, loop.time() + limits.model_call_timeout)
-        calling = _call_model(provider, system, entries, specs, agent.options, streaming)
+        calling = call_model(provider, system, entries, specs, agent.options, streaming)
         async for event in _bounded(calling, call_until, until, limits):
             if isinstance(event, Completion):
                 completion = event
@@ -562,7 +562,7 @@ async def _bounded(
         await events.aclose()  # type: ignore[attr-defined]
 
 
-async def _call_model(
+async def call_model(
     provider: LLMProvider,
     system: str,
     entries: list[HistoryEntry],

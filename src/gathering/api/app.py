@@ -30,6 +30,7 @@ from gathering.api.routers import (
     pipeline_runs,
     pipelines,
     schedules,
+    tasks,
     tools,
     users,
     ws,
@@ -110,6 +111,7 @@ def create_app(
     app.include_router(pipelines.router)
     app.include_router(pipeline_runs.router)
     app.include_router(schedules.router)
+    app.include_router(tasks.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

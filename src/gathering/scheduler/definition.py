@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from gathering.errors import FeatureUnavailableError, InvalidInputError
+from gathering.errors import InvalidInputError
+from gathering.scheduler.tasks.store import TaskSpec
 from gathering.tools.validation import field_path
 
 MAX_NAME = 200
@@ -72,7 +73,8 @@ class CallApi(_Strict):
     body: Any = Field(default=None, description="Sent as JSON when given")
 
 
-ACTION_CONFIGS: dict[str, type[_Strict]] = {
+ACTION_CONFIGS: dict[str, type[BaseModel]] = {
+    "run_task": TaskSpec,
     "execute_pipeline": ExecutePipeline,
     "send_notification": SendNotification,
     "call_api": CallApi,
@@ -219,17 +221,11 @@ async def load_zone(name: str) -> ZoneInfo:
 
 
 def parse_spec(document: dict[str, Any]) -> ScheduleSpec:
-    """`document` checked as a schedule; `InvalidInputError` naming the first mistake, and
-    `FeatureUnavailableError` for what cannot run yet (run_task). Reads the
-    time zone's file: call it in a thread from async code."""
+    """`document` checked as a schedule; `InvalidInputError` naming the first mistake. Reads
+    the time zone's file: call it in a thread from async code."""
     spec = _checked(ScheduleSpec, document, [])
     zone(spec.timezone)
     config = ACTION_CONFIGS.get(spec.action)
     if config is not None:  # as its action reads it (a pipeline's "42" is the id 42)
         spec.config = _checked(config, spec.config, ["config"]).model_dump(mode="json")
-    if spec.action == "run_task":
-        raise FeatureUnavailableError(
-            "run_task needs background agent tasks, which are not available yet",
-            hint="schedule a pipeline with an agent node (execute_pipeline) meanwhile",
-        )
     return spec

@@ -1,5 +1,6 @@
-"""The scheduler's job, `scheduler:run_slot` (one run of a schedule, registered through the
-`gathering.jobs` entry point), and its duty: claim due slots and settle ended runs, on one
+"""The scheduler's jobs, `scheduler:run_slot` (one run of a schedule) and `scheduler:run_task`
+(a background agent task, until it ends or waits), registered through the `gathering.jobs`
+entry point; and its duty: claim due slots and settle ended runs, on one
 instance at a time, every `interval` seconds (a claim is safe on any number of instances at
 once; one claimer is enough, and another takes over within seconds when it dies)."""
 
@@ -8,8 +9,10 @@ from __future__ import annotations
 import procrastinate
 
 from gathering.db.locks import LockKey, SingletonDuty
-from gathering.jobs import ON_SHUTDOWN, JobServices, services_of
+from gathering.jobs import ON_SHUTDOWN, JobServices, draining, services_of
 from gathering.scheduler.runner import QUEUE, Scheduler
+from gathering.scheduler.tasks import store as tasks
+from gathering.scheduler.tasks.loop import TaskRunner
 
 blueprint = procrastinate.Blueprint()
 DUTY_LOCK = LockKey("scheduler", "claims")
@@ -22,6 +25,15 @@ async def run_slot(context: procrastinate.JobContext, run_id: int) -> None:
     services = services_of(context)
     assert context.job.id is not None
     await Scheduler(services.db, services.bus).run(run_id, context.job.id)
+
+
+@blueprint.task(name="run_task", pass_context=True, retry=ON_SHUTDOWN, queue=tasks.QUEUE)
+async def run_task(context: procrastinate.JobContext, task_id: int) -> None:
+    """Work on background task `task_id`."""
+    services = services_of(context)
+    assert context.job.id is not None
+    runner = TaskRunner(services.db, services.bus)
+    await runner.run(task_id, context.job.id, draining=lambda: draining(context))
 
 
 def scheduler_duty(services: JobServices, *, interval: float = TICK_SECONDS) -> SingletonDuty:

@@ -105,6 +105,9 @@ RETURNING *
 -- name: link_pipeline_run --
 UPDATE scheduler.runs SET pipeline_run_id = $2, output = $3, job_id = NULL WHERE id = $1
 
+-- name: link_task --
+UPDATE scheduler.runs SET task_id = $2, output = $3, job_id = NULL WHERE id = $1
+
 -- name: finish_run --
 -- Run $1 ends with status $2, output $3 and error $4 (a run that has ended stays as it is).
 UPDATE scheduler.runs SET status = $2, output = coalesce($3, output), error = $4,
@@ -114,9 +117,9 @@ RETURNING *
 
 -- name: retry_run --
 -- Run $1 failed and waits for attempt number attempt + 1 (job $3), its error $2 kept; the
--- failed attempt's pipeline run is forgotten (the next attempt starts its own).
+-- failed attempt's pipeline run or task is forgotten (the next attempt starts its own).
 UPDATE scheduler.runs SET status = 'queued', error = $2, job_id = $3, output = NULL,
-       pipeline_run_id = NULL
+       pipeline_run_id = NULL, task_id = NULL
 WHERE id = $1
 RETURNING *
 
@@ -126,14 +129,23 @@ SELECT * FROM scheduler.runs WHERE schedule_id = $1 ORDER BY id DESC LIMIT $2 OF
 -- name: run_by_id --
 SELECT * FROM scheduler.runs WHERE id = $1
 
--- name: ended_pipeline_runs --
--- Runs waiting on a pipeline run that has ended (or was deleted).
-SELECT r.id, p.status AS pipeline_status, p.error AS pipeline_error
-FROM scheduler.runs r
-LEFT JOIN pipeline.runs p ON p.id = r.pipeline_run_id
-WHERE r.status = 'running' AND r.output ? 'pipeline_run_id'
-  AND (p.id IS NULL OR p.status <> 'running')
-LIMIT $1
+-- name: ended_targets --
+-- Runs waiting on a pipeline run or a background task that has ended (or was deleted): what
+-- it was ("pipeline run 4", "task 7"), its status (NULL: deleted) and its error.
+(SELECT r.id, 'pipeline run ' || (r.output ->> 'pipeline_run_id') AS target,
+        p.status AS target_status, p.error AS target_error
+ FROM scheduler.runs r
+ LEFT JOIN pipeline.runs p ON p.id = r.pipeline_run_id
+ WHERE r.status = 'running' AND r.output ? 'pipeline_run_id'
+   AND (p.id IS NULL OR p.status <> 'running')
+ LIMIT $1)
+UNION ALL
+(SELECT r.id, 'task ' || (r.output ->> 'task_id'), t.status, t.error
+ FROM scheduler.runs r
+ LEFT JOIN scheduler.tasks t ON t.id = r.task_id
+ WHERE r.status = 'running' AND r.output ? 'task_id'
+   AND (t.id IS NULL OR t.status IN ('succeeded', 'failed', 'cancelled'))
+ LIMIT $1)
 
 -- name: stranded_runs --
 -- Runs whose job ended without finishing them, $2 s ago or more (a worker that died after

@@ -48,6 +48,15 @@ from gathering.scheduler.definition import (
 )
 from gathering.scheduler.pipeline_triggers import PipelineTriggers
 from gathering.scheduler.store import ScheduleRecord, ScheduleRun
+from gathering.scheduler.tasks.store import (
+    ENDED,
+    TaskSpec,
+    cancel_task,
+    get_task,
+    resume_answered,
+    settle_stranded_tasks,
+    start_task,
+)
 from gathering.scheduler.timing import plan_slots
 from gathering.tools.egress import fetch, policy_from_settings, safe_url
 
@@ -381,6 +390,8 @@ class Scheduler:
         row = await tx.fetch_one(_SQL["finish_run"], old.id, "cancelled", None, Jsonb(error))
         if old.job_id is not None:
             await tx.fetch_one("SELECT procrastinate_cancel_job_v1($1, true, false)", old.job_id)
+        if old.task_id is not None and (await get_task(tx, old.task_id)).status not in ENDED:
+            await cancel_task(self.db, self.bus, old.task_id)
         if old.pipeline_run_id is not None:
             pipeline_run = await tx.fetch_one(
                 "SELECT status FROM pipeline.runs WHERE id = $1", old.pipeline_run_id
@@ -447,6 +458,8 @@ class Scheduler:
             await self._notify(schedule, run, SendNotification.model_validate(spec.config))
         elif spec.action == "call_api":
             await self._call(schedule, run, CallApi.model_validate(spec.config))
+        elif spec.action == "run_task":
+            await self._start_task(schedule, run, TaskSpec.model_validate(spec.config))
         else:  # refused when the schedule was made; a schedule stored by a newer version
             raise ActionFailedError(
                 f"this version cannot run {spec.action!r} actions", code="not_available"
@@ -456,7 +469,7 @@ class Scheduler:
         self, schedule: ScheduleRecord, run: ScheduleRun, config: ExecutePipeline
     ) -> None:
         """Start the pipeline run and link it, in one transaction (a repeat after a crash
-        finds it linked); the run ends when that pipeline run ends (`settle_pipeline_runs`)."""
+        finds it linked); the run ends when that pipeline run ends (`settle_started`)."""
         async with self.db.transaction() as tx:
             current = await self._still_mine(tx, run.id, run.job_id)
             if current is None:
@@ -475,6 +488,20 @@ class Scheduler:
             )
             output = {"pipeline_run_id": started.id, "pipeline_id": pipeline.id}
             await tx.execute(_SQL["link_pipeline_run"], run.id, started.id, Jsonb(output))
+
+    async def _start_task(self, schedule: ScheduleRecord, run: ScheduleRun, spec: TaskSpec) -> None:
+        """Start the background task and link it, in one transaction; the run ends when the
+        task ends (`settle_started`). An event schedule's task gets the event after its goal."""
+        async with self.db.transaction() as tx:
+            current = await self._still_mine(tx, run.id, run.job_id)
+            if current is None:
+                return
+            if run.event is not None:
+                event = json.dumps(run.event, ensure_ascii=False)
+                spec = spec.model_copy(update={"goal": f"{spec.goal}\n\nThe event: {event}"})
+            task = await start_task(self.db, self.bus, schedule.owner_id, spec)
+            output = {"task_id": task.id}
+            await tx.execute(_SQL["link_task"], run.id, task.id, Jsonb(output))
 
     async def _notify(
         self, schedule: ScheduleRecord, run: ScheduleRun, config: SendNotification
@@ -592,10 +619,10 @@ class Scheduler:
 
     # --- the sweep ------------------------------------------------------------------------
 
-    async def settle_pipeline_runs(self, limit: int = 100) -> int:
-        """End the runs whose pipeline run has ended, with its status (a failed one may be
-        tried again); how many."""
-        rows = await self.db.fetch_all(_SQL["ended_pipeline_runs"], limit)
+    async def settle_started(self, limit: int = 100) -> int:
+        """End the runs whose pipeline run or background task has ended, with its status (a
+        failed one may be tried again); how many."""
+        rows = await self.db.fetch_all(_SQL["ended_targets"], limit)
         for row in rows:
             async with self.db.transaction() as tx:
                 locked = await tx.fetch_one(_SQL["lock_run"], row["id"])
@@ -606,21 +633,19 @@ class Scheduler:
                 assert schedule_row is not None
                 schedule = ScheduleRecord.from_row(schedule_row)
                 events: list[Event] = []
-                outcome = row["pipeline_status"]
+                outcome, target = row["target_status"], row["target"]
+                kind = target.split()[0]  # pipeline, task
                 if outcome == "succeeded":
                     await self._finish(tx, run, "succeeded", None, None, events)
                 elif outcome == "cancelled":  # a person's decision: not tried again
-                    error = {
-                        "code": "pipeline_cancelled",
-                        "message": f"pipeline run {run.output['pipeline_run_id']} was cancelled",
-                    }
+                    error = {"code": f"{kind}_cancelled", "message": f"{target} was cancelled"}
                     await self._finish(tx, run, "cancelled", None, error, events)
                 else:
-                    cause = row["pipeline_error"] or {}
+                    cause = row["target_error"] or {}
                     error = {
-                        "code": "pipeline_" + (outcome or "deleted"),
-                        "message": f"pipeline run {run.output['pipeline_run_id']} "
-                        f"{outcome or 'was deleted'}: {cause.get('message', '')}".rstrip(": "),
+                        "code": f"{kind}_" + (outcome or "deleted"),
+                        "message": f"{target} {outcome or 'was deleted'}: "
+                        f"{cause.get('message', '')}".rstrip(": "),
                     }
                     await self._fail(tx, schedule, run, error, events)
                 await self.bus.publish_many(events, tx=tx)
@@ -656,11 +681,14 @@ class Scheduler:
                 return deleted
 
     async def tick(self) -> None:
-        """One round of the scheduler duty: claim what is due, settle what ended, and now
-        and then forget old runs. Pipelines' trigger schedules are brought in line first."""
+        """One round of the scheduler duty: claim what is due, settle what ended, queue the
+        background tasks whose approvals were answered, and now and then forget old runs.
+        Pipelines' trigger schedules are brought in line first."""
         await self.triggers.sync()
         await self.claim_due()
-        await self.settle_pipeline_runs()
+        await self.settle_started()
+        await resume_answered(self.db, self.bus)
+        await settle_stranded_tasks(self.db, self.bus)
         await self.settle_stranded()
         if time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + PRUNE_EVERY

@@ -74,6 +74,7 @@ class ScheduleRun:
     started_at: datetime | None
     finished_at: datetime | None
     event: dict[str, Any] | None = None  # the event that started it (trigger: event)
+    task_id: int | None = None  # the background task it started (run_task)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ScheduleRun:

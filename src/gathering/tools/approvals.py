@@ -48,6 +48,7 @@ class Approval:
     comment: str | None
     outcome: Mapping[str, Any] | None
     resumed_at: datetime | None
+    task_id: int | None = None  # a background task's call (then `turn_id` is None)
 
     @classmethod
     def from_row(cls, row: Row) -> Approval:
@@ -61,6 +62,7 @@ class Approval:
             "approval_id": self.id,
             "agent_id": self.agent_id,
             "turn_id": self.turn_id,
+            "task_id": self.task_id,
             "call_id": self.call_id,
             "tool": self.tool_name,
             "state": self.state,
@@ -81,8 +83,10 @@ async def request_approval(
     reason: str,
     requested_by: int | None,
     seconds: float,
+    task_id: int | None = None,
 ) -> Approval:
-    """Store a pending approval of one call, expiring `seconds` from now."""
+    """Store a pending approval of one call (of a turn, of a background task, or a direct
+    invocation), expiring `seconds` from now."""
     row = await queries.fetch_one(
         _SQL["request_approval"],
         agent_id,
@@ -95,6 +99,7 @@ async def request_approval(
         reason,
         requested_by,
         seconds,
+        task_id,
     )
     assert row is not None
     return Approval.from_row(row)

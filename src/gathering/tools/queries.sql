@@ -25,8 +25,9 @@ RETURNING tool_name, enabled, policy, updated_at
 
 -- name: request_approval --
 INSERT INTO tool.approvals (agent_id, owner_id, turn_id, call_id, tool_name, arguments, effect,
-                            reason, requested_by, expires_at)
-VALUES ($1, $2, $3::uuid, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10::double precision))
+                            reason, requested_by, expires_at, task_id)
+VALUES ($1, $2, $3::uuid, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10::double precision),
+        $11)
 RETURNING *
 
 -- name: approval --
@@ -57,9 +58,10 @@ WHERE state = 'pending' AND expires_at <= now()
 RETURNING *
 
 -- name: approvals_to_resume --
--- Decided approvals whose turn or invocation has not been picked up yet, oldest first.
+-- Decided approvals whose turn or invocation has not been picked up yet, oldest first (a
+-- background task's are the scheduler's: `answered_for_tasks`).
 SELECT * FROM tool.approvals
-WHERE state <> 'pending' AND resumed_at IS NULL
+WHERE state <> 'pending' AND resumed_at IS NULL AND task_id IS NULL
 ORDER BY decided_at
 LIMIT $1
 
@@ -79,7 +81,7 @@ SELECT * FROM tool.approvals WHERE turn_id = $1::uuid ORDER BY id
 -- Direct invocations that started running more than $1 seconds ago and never stored their
 -- outcome (the process running them stopped): their outcome becomes $2.
 UPDATE tool.approvals SET outcome = $2
-WHERE turn_id IS NULL AND outcome ->> 'state' = 'running'
+WHERE turn_id IS NULL AND task_id IS NULL AND outcome ->> 'state' = 'running'
   AND resumed_at < now() - make_interval(secs => $1::double precision)
 RETURNING id
 

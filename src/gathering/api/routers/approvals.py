@@ -48,7 +48,10 @@ class ApprovalOut(BaseModel):
     id: int
     agent_id: int
     owner_id: int | None
-    turn_id: str | None = Field(description="The waiting turn; null: a direct invocation")
+    turn_id: str | None = Field(
+        description="The waiting turn; null: a background task's call or a direct invocation"
+    )
+    task_id: int | None = Field(default=None, description="The waiting background task")
     call_id: str
     tool_name: str
     arguments: dict[str, Any]

@@ -116,7 +116,6 @@ async def _visible(
 _CHECKED: dict[int | str, dict[str, Any]] = {
     409: {"description": "The owner has another schedule of that name"},
     422: {"description": "The definition is wrong: the message names where"},
-    501: {"description": "Not available yet: run_task actions"},
 }
 
 

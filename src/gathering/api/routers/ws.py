@@ -75,6 +75,7 @@ from gathering.errors import (
 from gathering.events import Event, EventStream
 from gathering.pipelines import get_pipeline
 from gathering.scheduler import get_schedule
+from gathering.scheduler.tasks import get_task
 
 log = structlog.get_logger(__name__)
 
@@ -126,6 +127,7 @@ class _Closed(Exception):
 _OWNED: dict[str, Callable[[Database, int], Awaitable[Any]]] = {
     "pipeline": get_pipeline,
     "schedule": get_schedule,
+    "task": get_task,
 }
 
 
@@ -144,7 +146,7 @@ async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> 
         owner = await store.owner_of(agent_id)
         return None if owner == principal.user_id else f"no agent {ident}"
     owned = _OWNED.get(kind)
-    if owned is not None and _ID.fullmatch(ident):  # a pipeline's or a schedule's runs
+    if owned is not None and _ID.fullmatch(ident):  # a pipeline's, schedule's or task's
         found_id = int(ident)
         try:
             if found_id <= _MAX_ID:

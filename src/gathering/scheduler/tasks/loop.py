@@ -1,0 +1,421 @@
+"""A background task's plan / act / observe loop, run by its job (`scheduler:run_task`).
+
+Plan: one model call, given the goal and every earlier step, asks for tool calls (or answers:
+the task succeeds with that answer). Act: each call runs under the agent's policy for its
+tool, its state stored before and its result after it runs. Observe: the results go to the
+next model call. Each step is stored before the next starts, so a job that starts again
+(its worker was killed, or it was paused and resumed) goes on from the last stored step:
+
+- a call stored as `running` was cut short: a `read` call runs again; any other is reported
+  to the model as interrupted (it may have taken effect) and never made twice;
+- a model call that was under way when the worker died is made again (nothing of it was
+  stored);
+- a call whose policy is `ask` stores a pending approval and the task waits
+  (`waiting_approval`, no job) until a person answers it (`resume_after_approval`).
+
+Budgets are checked before each model call; the model call and each tool get at most what is
+left of the task's seconds. Every write is fenced by the task's job id: a job whose task was
+paused, cancelled or resumed meanwhile stores nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from psycopg.types.json import Jsonb
+
+from gathering.agents.agent import Agent
+from gathering.agents.agent_store import PostgresAgentStore
+from gathering.agents.approval_resumer import approval_events
+from gathering.agents.conversation_store import HistoryEntry
+from gathering.agents.tool_calls import not_run_result, refusal_of, run_tool
+from gathering.agents.turn_events import EVENT_PREVIEW_CHARS
+from gathering.agents.turn_loop import call_model, failure_body
+from gathering.config import get_settings
+from gathering.db.database import Database, Queries
+from gathering.db.named_queries import queries_of
+from gathering.db.storable import storable_text, storable_value
+from gathering.errors import BudgetExhaustedError, GatheringError, ProviderTimeoutError
+from gathering.events import EventBus
+from gathering.llm import Completion, LLMProvider, Message, ToolCall, ToolResult, ToolSpec
+from gathering.llm.types import new_call_id
+from gathering.scheduler.tasks.store import TaskRecord, TaskStep, get_task, queue_task, task_event
+from gathering.tools.agent_tools import ToolBox
+from gathering.tools.approvals import Approval, request_approval
+
+log = structlog.get_logger(__name__)
+_SQL = queries_of("gathering.scheduler.tasks")
+TASK_BRIEF = (
+    "You are working on your own, in the background, on the goal in the user message: nobody "
+    "reads your replies until you are done, and nobody answers questions. Work step by step "
+    "with your tools. When the goal is reached, or cannot be, reply with the result (or why "
+    "not) and call no tool."
+)
+ENDED_CALLS = ("finished", "failed", "interrupted", "not_run")
+INTERRUPTED = (
+    "error: interrupted: the task stopped while this call ran (its worker stopped, or the task "
+    "was paused); it may or may not have taken effect, and is not run again"
+)
+
+
+class _Replaced(Exception):
+    """The task's job no longer holds it (paused, cancelled, resumed under a new job)."""
+
+
+class TaskRunner:
+    """Runs tasks on `db`, publishing `task.*` events (subjects `task:<id>` and the owner's)."""
+
+    def __init__(self, db: Database, bus: EventBus | None) -> None:
+        self.db = db
+        self.bus = bus if bus is not None else EventBus(db)
+
+    async def run(
+        self, task_id: int, job_id: int, *, draining: Callable[[], bool] = lambda: False
+    ) -> None:
+        """The job `job_id` of task `task_id`: steps until the task ends, waits for a person,
+        or is taken from it. `draining`: the worker is stopping, so the task is handed to
+        another job at the next step."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one(_SQL["start_task"], task_id, job_id)
+            if row is None:
+                return  # paused, cancelled or resumed under another job meanwhile
+            task = TaskRecord.from_row(row)
+            await self.bus.publish_many(task_event("started", task), tx=tx)
+        try:
+            await self._work(task, job_id, draining)
+        except _Replaced:
+            return
+        except GatheringError as exc:
+            await self._end(task.id, job_id, "failed", None, failure_body(exc))
+        except Exception as exc:
+            log.error("task failed", task_id=task.id, exc_info=exc)
+            await self._end(task.id, job_id, "failed", None, failure_body(exc))
+
+    async def _work(self, task: TaskRecord, job_id: int, draining: Callable[[], bool]) -> None:
+        store = PostgresAgentStore(self.db)
+        agent = Agent.from_record(await store.load_agent(task.agent_id), store=store)
+        agent.task = TASK_BRIEF
+        box = await agent.turn_tools(self.db)
+        specs = [tool.spec for tool in box.tools.values()]
+        provider = agent.model_provider()
+        system = await agent.system_prompt(task.goal, self.db, recall=False)
+        rows = await self.db.fetch_all(_SQL["all_steps"], task.id)
+        steps = [TaskStep.from_row(row) for row in rows]
+        while True:
+            task = await get_task(self.db, task.id)
+            if task.job_id != job_id or task.status != "running":
+                return
+            last = steps[-1] if steps else None
+            if last is not None and last.status == "acting":
+                acted = await self._act(task, job_id, agent, box, last)
+                if acted is None:
+                    return  # waits for a person
+                steps[-1] = acted
+                continue
+            if last is not None and not last.tool_calls:
+                await self._end(task.id, job_id, "succeeded", last.thought, None)
+                return
+            _check_budgets(task)
+            if draining():
+                await self._hand_over(task.id, job_id)
+                return
+            steps.append(await self._plan(task, job_id, agent, provider, system, specs, steps))
+
+    # --- plan -----------------------------------------------------------------------------
+
+    async def _plan(
+        self,
+        task: TaskRecord,
+        job_id: int,
+        agent: Agent,
+        provider: LLMProvider,
+        system: str,
+        specs: list[ToolSpec],
+        steps: Sequence[TaskStep],
+    ) -> TaskStep:
+        """One model call on the goal and the steps so far, stored as the next step."""
+        left = task.max_seconds - task.active_seconds
+        seconds = min(get_settings().model_call_timeout, left)
+        started = time.monotonic()
+        completion: Completion | None = None
+        timer = asyncio.timeout(seconds)
+        try:
+            async with timer:
+                entries = _entries(task.goal, steps)
+                calling = call_model(provider, system, entries, specs, agent.options, False)
+                async for event in calling:
+                    if isinstance(event, Completion):
+                        completion = event
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            if seconds >= left:
+                raise _out_of_time(task) from None
+            raise ProviderTimeoutError(
+                f"the model call took longer than {seconds:g}s",
+                hint="raise GATHERING_MODEL_CALL_TIMEOUT or check the provider",
+            ) from None
+        assert completion is not None
+        elapsed = round((time.monotonic() - started) * 1000)
+        calls = _unique_ids(completion.tool_calls, steps)
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one(
+                _SQL["insert_step"],
+                task.id,
+                job_id,
+                task.steps + 1,
+                storable_text(completion.text),
+                Jsonb(storable_value([call.to_dict() for call in calls])),
+                completion.model or agent.model,
+                completion.usage.input_tokens,
+                completion.usage.output_tokens,
+                completion.cost_usd,
+                elapsed,
+                "acting" if calls else "done",
+            )
+            if row is None:
+                raise _Replaced
+            step = TaskStep.from_row(row)
+            await self._step_event(tx, task, step)
+        return step
+
+    # --- act ------------------------------------------------------------------------------
+
+    async def _act(
+        self, task: TaskRecord, job_id: int, agent: Agent, box: ToolBox, step: TaskStep
+    ) -> TaskStep | None:
+        """Run the calls of `step` not run yet, in order; the step, done, or None when a call
+        waits for a person (the task then waits too)."""
+        results = dict(step.results)
+        left = task.max_seconds - task.active_seconds
+        for stored in step.tool_calls:
+            call = ToolCall(
+                stored["id"],
+                stored["name"],
+                stored.get("arguments") or {},
+                stored.get("invalid_arguments"),
+            )
+            state = (results.get(call.id) or {}).get("status")
+            if state in ENDED_CALLS:
+                continue
+            tool = box.tools.get(call.name)
+            context = agent.tool_context(call.id)
+            approved = False
+            if state == "running":  # cut short: only a call that changes nothing runs again
+                if tool is None or tool.effect != "read":
+                    results[call.id] = await self._set_call(
+                        task, job_id, step, call, "interrupted", INTERRUPTED, 0
+                    )
+                    continue
+            elif state == "waiting":
+                approval = await self._approval(task.id, call.id)
+                if approval is not None and approval.state == "pending":
+                    await self._wait(task, job_id, approval)
+                    return None
+                if approval is None or approval.state != "approved":
+                    result = not_run_result(call, approval)
+                    results[call.id] = await self._set_call(
+                        task, job_id, step, call, "not_run", result.content, 0
+                    )
+                    continue
+                approved = True
+            if tool is not None and call.invalid_arguments is None:
+                policy = box.policy(call.name)
+                refusal = refusal_of(tool, call, context, policy)
+                if refusal is not None:
+                    results[call.id] = await self._set_call(
+                        task, job_id, step, call, "failed", refusal.content, 0
+                    )
+                    continue
+                if policy == "ask" and not approved:
+                    await self._ask(task, job_id, agent, step, call, tool)
+                    return None
+            await self._set_call(task, job_id, step, call, "running", "", 0)
+            started = time.monotonic()
+            result = await run_tool(box.tools, call, max(left, 0.0), context)
+            left -= time.monotonic() - started
+            elapsed = round((time.monotonic() - started) * 1000)
+            outcome = "failed" if result.is_error else "finished"
+            results[call.id] = await self._set_call(
+                task, job_id, step, call, outcome, result.content, elapsed
+            )
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one(_SQL["finish_step"], task.id, job_id, step.n)
+            if row is None:
+                raise _Replaced
+            done = TaskStep.from_row(row)
+            await self._step_event(tx, task, done)
+        return done
+
+    async def _set_call(
+        self,
+        task: TaskRecord,
+        job_id: int,
+        step: TaskStep,
+        call: ToolCall,
+        status: str,
+        content: str,
+        elapsed_ms: int,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Store the state of `call` (and the time it took); what was stored."""
+        state = {"status": status, "content": storable_text(content), "name": call.name, **extra}
+        row = await self.db.fetch_one(
+            _SQL["set_call"], task.id, job_id, step.n, call.id, Jsonb(state), elapsed_ms
+        )
+        if row is None:
+            raise _Replaced
+        return state
+
+    async def _approval(self, task_id: int, call_id: str) -> Approval | None:
+        row = await self.db.fetch_one(_SQL["task_approval"], task_id, call_id)
+        return Approval.from_row(row) if row is not None else None
+
+    async def _ask(
+        self,
+        task: TaskRecord,
+        job_id: int,
+        agent: Agent,
+        step: TaskStep,
+        call: ToolCall,
+        tool: Any,
+    ) -> None:
+        """A pending approval of `call`, the call `waiting` and the task waiting for it, in
+        one transaction."""
+        assert agent.id is not None
+        async with self.db.transaction() as tx:
+            approval = await request_approval(
+                tx,
+                agent_id=agent.id,
+                owner_id=task.owner_id,
+                turn_id=None,
+                call_id=call.id,
+                tool=tool,
+                arguments=call.arguments,
+                reason=f"the policy of {call.name!r} for agent {agent.name!r} is ask "
+                f"(background task {task.id})",
+                requested_by=None,
+                seconds=get_settings().approval_timeout,
+                task_id=task.id,
+            )
+            await self._set_call(
+                task, job_id, step, call, "waiting", "", 0, approval_id=approval.id
+            )
+            await self.bus.publish_many(approval_events("approval.requested", approval), tx=tx)
+            await self._wait(task, job_id, approval)
+
+    async def _wait(self, task: TaskRecord, job_id: int, approval: Approval) -> None:
+        """The task waits for `approval`, without a job (in the caller's transaction, when
+        one is open)."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one(_SQL["wait_for_approval"], task.id, job_id, approval.id)
+            if row is None:
+                raise _Replaced
+            waiting = TaskRecord.from_row(row)
+            events = task_event("waiting", waiting, approval_id=approval.id)
+            await self.bus.publish_many(events, tx=tx)
+
+    # --- ends -----------------------------------------------------------------------------
+
+    async def _end(
+        self,
+        task_id: int,
+        job_id: int,
+        status: str,
+        result: str | None,
+        error: dict[str, Any] | None,
+    ) -> None:
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one(
+                _SQL["end_task"],
+                task_id,
+                job_id,
+                status,
+                result,
+                Jsonb(error) if error is not None else None,
+            )
+            if row is None:
+                return  # taken from this job meanwhile: what took it decides
+            ended = TaskRecord.from_row(row)
+            await self.bus.publish_many(task_event("finished", ended), tx=tx)
+
+    async def _hand_over(self, task_id: int, job_id: int) -> None:
+        """Give the task to a new job (this worker is stopping)."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one(_SQL["lock_task"], task_id)
+            if row is None or row["job_id"] != job_id or row["status"] != "running":
+                return
+            await queue_task(tx, task_id)
+
+    async def _step_event(self, tx: Queries, task: TaskRecord, step: TaskStep) -> None:
+        calls = [call["name"] for call in step.tool_calls]
+        thought = step.thought[:EVENT_PREVIEW_CHARS]
+        body = {"n": step.n, "steps": step.n, "step_status": step.status, "calls": calls}
+        await self.bus.publish_many(task_event("step", task, thought=thought, **body), tx=tx)
+
+
+def _check_budgets(task: TaskRecord) -> None:
+    """`BudgetExhaustedError` when `task` may not make another model call."""
+    if task.steps >= task.max_steps:
+        raise BudgetExhaustedError(
+            f"task {task.id} used its {task.max_steps} steps without finishing",
+            hint="start it again with a larger max_steps, or a narrower goal",
+        )
+    if task.tokens >= task.max_tokens:
+        raise BudgetExhaustedError(
+            f"task {task.id} used {task.tokens} of its {task.max_tokens} tokens",
+            hint="start it again with a larger max_tokens, or a narrower goal",
+        )
+    if task.max_cost_usd is not None and task.cost_usd >= task.max_cost_usd:
+        raise BudgetExhaustedError(
+            f"task {task.id} spent ${task.cost_usd:.4f} of its ${task.max_cost_usd:g}",
+            hint="start it again with a larger max_cost_usd",
+        )
+    if task.active_seconds >= task.max_seconds:
+        raise _out_of_time(task)
+
+
+def _out_of_time(task: TaskRecord) -> BudgetExhaustedError:
+    return BudgetExhaustedError(
+        f"task {task.id} worked its {task.max_seconds:g} seconds without finishing",
+        hint="start it again with a larger max_seconds",
+    )
+
+
+def _entries(goal: str, steps: Sequence[TaskStep]) -> list[HistoryEntry]:
+    """The conversation a model call sees: the goal, then each step's reply and results."""
+    entries = [HistoryEntry(Message.user(goal))]
+    for step in steps:
+        calls = [
+            ToolCall(c["id"], c["name"], c.get("arguments") or {}, c.get("invalid_arguments"))
+            for c in step.tool_calls
+        ]
+        entries.append(HistoryEntry(Message.assistant(step.thought, calls)))
+        if calls:
+            results = [
+                ToolResult(
+                    call.id,
+                    step.results[call.id]["content"],
+                    step.results[call.id]["status"] != "finished",
+                    call.name,
+                )
+                for call in calls
+            ]
+            entries.append(HistoryEntry(Message.tool_outputs(results)))
+    return entries
+
+
+def _unique_ids(calls: Sequence[ToolCall], steps: Sequence[TaskStep]) -> list[ToolCall]:
+    """`calls` with fresh ids where one is empty or was used before in the task."""
+    seen = {call["id"] for step in steps for call in step.tool_calls}
+    unique = []
+    for call in calls:
+        if not call.id or call.id in seen:
+            call = ToolCall(new_call_id(), call.name, call.arguments, call.invalid_arguments)
+        seen.add(call.id)
+        unique.append(call)
+    return unique

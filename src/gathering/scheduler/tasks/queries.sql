@@ -1,0 +1,144 @@
+-- The statements of `gathering.scheduler.tasks` (see db/named_queries.py): background agent
+-- tasks and their steps. Writes by a task's job are fenced by its job id: a job that was
+-- replaced (the task paused, resumed or cancelled meanwhile) changes nothing.
+
+-- name: insert_task --
+INSERT INTO scheduler.tasks (owner_id, agent_id, goal, max_steps, max_tokens, max_seconds,
+                             max_cost_usd)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING *
+
+-- name: agent_of_owner --
+-- The id of owner $3's agent with id $1 or name $2.
+SELECT id FROM agent.agents WHERE (id = $1 OR name = $2) AND owner_id = $3
+
+-- name: task_by_id --
+SELECT * FROM scheduler.tasks WHERE id = $1
+
+-- name: lock_task --
+SELECT * FROM scheduler.tasks WHERE id = $1 FOR UPDATE
+
+-- name: list_tasks --
+-- Newest first, of owner $1 (every owner's when NULL), of status $2 (any when NULL).
+SELECT * FROM scheduler.tasks
+WHERE ($1::bigint IS NULL OR owner_id = $1) AND ($2::text IS NULL OR status = $2)
+ORDER BY id DESC
+LIMIT $3 OFFSET $4
+
+-- name: queue_task --
+-- Task $1 waits for its job $2 (a new task, or one resumed or answered).
+UPDATE scheduler.tasks
+SET status = 'queued', job_id = $2, approval_id = NULL, updated_at = now()
+WHERE id = $1
+RETURNING *
+
+-- name: set_task_status --
+-- Task $1 becomes $2 (paused, cancelled, ...): its job is forgotten, an ended one gets its
+-- error $3 and its end time.
+UPDATE scheduler.tasks
+SET status = $2, job_id = NULL, error = coalesce($3, error), updated_at = now(),
+    finished_at = CASE WHEN $2 IN ('succeeded', 'failed', 'cancelled') THEN now() END
+WHERE id = $1
+RETURNING *
+
+-- name: start_task --
+-- Job $2 takes up task $1: queued, or running (its previous worker died).
+UPDATE scheduler.tasks
+SET status = 'running', started_at = coalesce(started_at, now()), updated_at = now()
+WHERE id = $1 AND job_id = $2 AND status IN ('queued', 'running')
+RETURNING *
+
+-- name: wait_for_approval --
+UPDATE scheduler.tasks
+SET status = 'waiting_approval', approval_id = $3, job_id = NULL, updated_at = now()
+WHERE id = $1 AND job_id = $2 AND status = 'running'
+RETURNING *
+
+-- name: end_task --
+-- Job $2 ends task $1 with status $3, result $4 and error $5.
+UPDATE scheduler.tasks
+SET status = $3, result = $4, error = $5, job_id = NULL, updated_at = now(),
+    finished_at = now()
+WHERE id = $1 AND job_id = $2 AND status = 'running'
+RETURNING *
+
+-- name: steps_of_task --
+-- The steps of task $1 after step $2, in order, at most $3.
+SELECT * FROM scheduler.task_steps WHERE task_id = $1 AND n > $2 ORDER BY n LIMIT $3
+
+-- name: all_steps --
+SELECT * FROM scheduler.task_steps WHERE task_id = $1 ORDER BY n
+
+-- name: insert_step --
+-- Job $2 stores step $3 of task $1 (the model's reply: its text and calls, what it cost) and
+-- counts it in the task's use; no row when the job was replaced or the step exists.
+WITH task AS (
+    UPDATE scheduler.tasks
+    SET steps = $3, input_tokens = input_tokens + $7, output_tokens = output_tokens + $8,
+        cost_usd = cost_usd + coalesce($9, 0), active_seconds = active_seconds + $10 / 1000.0,
+        updated_at = now()
+    WHERE id = $1 AND job_id = $2 AND status = 'running' AND steps = $3 - 1
+    RETURNING id
+)
+INSERT INTO scheduler.task_steps (task_id, n, thought, tool_calls, status, model, input_tokens,
+                                  output_tokens, cost_usd, duration_ms, results, finished_at)
+SELECT id, $3, $4, $5, $11, $6, $7, $8, $9, $10, '{}', CASE WHEN $11 = 'done' THEN now() END
+FROM task
+RETURNING *
+
+-- name: set_call --
+-- Job $2 stores call $4 of step $3 of task $1 as $5 ({"status", "content"}), adding $6 ms to
+-- the step's and the task's time; no row when the job was replaced.
+WITH task AS (
+    UPDATE scheduler.tasks
+    SET active_seconds = active_seconds + $6 / 1000.0, updated_at = now()
+    WHERE id = $1 AND job_id = $2 AND status = 'running'
+    RETURNING id
+)
+UPDATE scheduler.task_steps s
+SET results = jsonb_set(s.results, ARRAY[$4::text], $5), duration_ms = s.duration_ms + $6
+FROM task
+WHERE s.task_id = task.id AND s.n = $3
+RETURNING s.*
+
+-- name: finish_step --
+UPDATE scheduler.task_steps s SET status = 'done', finished_at = now()
+FROM scheduler.tasks t
+WHERE s.task_id = $1 AND s.n = $3 AND t.id = s.task_id AND t.job_id = $2
+  AND t.status = 'running'
+RETURNING s.*
+
+-- name: task_approval --
+-- The approval asked for call $2 of task $1.
+SELECT * FROM tool.approvals WHERE task_id = $1 AND call_id = $2 ORDER BY id DESC LIMIT 1
+
+-- name: answered_for_tasks --
+-- Decided approvals of background tasks' calls not taken up yet, oldest first.
+SELECT id, task_id FROM tool.approvals
+WHERE state <> 'pending' AND resumed_at IS NULL AND task_id IS NOT NULL
+ORDER BY decided_at
+LIMIT $1
+
+-- name: take_answer --
+-- Take up decided approval $1 once; no row when another instance did.
+UPDATE tool.approvals SET resumed_at = now()
+WHERE id = $1 AND resumed_at IS NULL AND state <> 'pending'
+RETURNING id
+
+-- name: cancel_task_job --
+-- procrastinate's cancel: a queued job is cancelled, a running one asked to abort (NOTIFY).
+SELECT procrastinate_cancel_job_v1($1, true, false) AS id
+
+-- name: job_status --
+SELECT status::text FROM procrastinate_jobs WHERE id = $1
+
+-- name: stranded_tasks --
+-- Tasks queued or running whose job ended without ending them, $2 s ago or more (a worker
+-- that died after procrastinate gave up on the job, a job cancelled by hand).
+SELECT t.id, j.status::text AS job_status
+FROM scheduler.tasks t
+JOIN procrastinate_jobs j ON j.id = t.job_id
+WHERE t.status IN ('queued', 'running')
+  AND j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+  AND t.updated_at < now() - make_interval(secs => $2::float8)
+LIMIT $1
