@@ -368,6 +368,13 @@ class ActionFailedError(GatheringError):
         self.retryable = retryable
 
 
+class DecompositionFailedError(GatheringError):
+    """An agent asked to split a goal into subgoals gave an answer that is not a usable list."""
+
+    code = "decomposition_failed"
+    http_status = 502
+
+
 class BudgetExhaustedError(GatheringError):
     """A background task reached one of its budgets (steps, tokens, seconds, dollars)."""
 

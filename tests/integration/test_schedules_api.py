@@ -107,7 +107,7 @@ async def test_pause_resume_trigger_preview_change_delete(api: httpx.AsyncClient
         ({"kind": "interval", "every_seconds": 5, "action": "call_api", "config": {}}, 422, "url"),
         ({"kind": "event", **NOTE}, 422, "needs `event_type`"),
         ({"kind": "interval", "every_seconds": 5, "match": {"a": 1}, **NOTE}, 422, "kind event"),
-        ({"kind": "interval", "every_seconds": 5, "action": "run_task"}, 501, "background"),
+        ({"kind": "interval", "every_seconds": 5, "action": "run_task"}, 422, "config.agent"),
     ],
 )
 async def test_refusals_say_what_is_wrong(

@@ -46,6 +46,7 @@ from gathering.scheduler.definition import (
     ExecutePipeline,
     SendNotification,
 )
+from gathering.scheduler.goals.work import settle_goals
 from gathering.scheduler.pipeline_triggers import PipelineTriggers
 from gathering.scheduler.store import ScheduleRecord, ScheduleRun
 from gathering.scheduler.tasks.store import (
@@ -682,13 +683,15 @@ class Scheduler:
 
     async def tick(self) -> None:
         """One round of the scheduler duty: claim what is due, settle what ended, queue the
-        background tasks whose approvals were answered, and now and then forget old runs.
+        background tasks whose approvals were answered, move started goals on, and now and
+        then forget old runs.
         Pipelines' trigger schedules are brought in line first."""
         await self.triggers.sync()
         await self.claim_due()
         await self.settle_started()
         await resume_answered(self.db, self.bus)
         await settle_stranded_tasks(self.db, self.bus)
+        await settle_goals(self.db, self.bus)
         await self.settle_stranded()
         if time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + PRUNE_EVERY

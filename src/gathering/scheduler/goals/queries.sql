@@ -1,0 +1,138 @@
+-- The statements of `gathering.scheduler.goals` (see db/named_queries.py): goals, their
+-- dependencies and activities, and the sweep that moves started goals on.
+
+-- name: insert_goal --
+INSERT INTO scheduler.goals (owner_id, parent_id, title, description, success_criteria,
+                             agent_id, pipeline_id, position)
+VALUES ($1, $2, $3, $4, $5, $6, $7,
+        coalesce((SELECT max(position) + 1 FROM scheduler.goals WHERE parent_id = $2), 0))
+RETURNING *
+
+-- name: goal_by_id --
+SELECT * FROM scheduler.goals WHERE id = $1
+
+-- name: lock_goal --
+SELECT * FROM scheduler.goals WHERE id = $1 FOR UPDATE
+
+-- name: root_goals --
+-- Top-level goals, newest first, of owner $1 (every owner's when NULL).
+SELECT * FROM scheduler.goals
+WHERE parent_id IS NULL AND ($1::bigint IS NULL OR owner_id = $1)
+ORDER BY id DESC
+LIMIT $2 OFFSET $3
+
+-- name: subtree --
+-- Goal $1 and every goal below it, parents before children.
+WITH RECURSIVE tree AS (
+    SELECT g.*, 0 AS depth FROM scheduler.goals g WHERE g.id = $1
+    UNION ALL
+    SELECT g.*, t.depth + 1 FROM scheduler.goals g JOIN tree t ON g.parent_id = t.id
+)
+SELECT * FROM tree ORDER BY depth, position, id
+
+-- name: ancestors --
+-- The goals above goal $1, nearest first.
+WITH RECURSIVE up AS (
+    SELECT g.parent_id AS id, 1 AS depth FROM scheduler.goals g WHERE g.id = $1
+    UNION ALL
+    SELECT g.parent_id, up.depth + 1 FROM scheduler.goals g JOIN up ON g.id = up.id
+    WHERE g.parent_id IS NOT NULL
+)
+SELECT g.* FROM up JOIN scheduler.goals g ON g.id = up.id ORDER BY up.depth
+
+-- name: update_goal --
+-- Each of $2..$8 replaces its column when its flag in $9 (a text array of column names)
+-- names it.
+UPDATE scheduler.goals SET
+    title = CASE WHEN 'title' = ANY($9) THEN $2 ELSE title END,
+    description = CASE WHEN 'description' = ANY($9) THEN $3 ELSE description END,
+    success_criteria = CASE WHEN 'success_criteria' = ANY($9) THEN $4 ELSE success_criteria END,
+    agent_id = CASE WHEN 'agent' = ANY($9) THEN $5 ELSE agent_id END,
+    pipeline_id = CASE WHEN 'pipeline' = ANY($9) THEN $6 ELSE pipeline_id END,
+    progress = CASE WHEN 'progress' = ANY($9) THEN $7 ELSE progress END,
+    position = CASE WHEN 'position' = ANY($9) THEN $8 ELSE position END,
+    updated_at = now()
+WHERE id = $1
+RETURNING *
+
+-- name: set_goal_status --
+UPDATE scheduler.goals SET status = $2, updated_at = now(),
+       progress = CASE WHEN $2 = 'done' THEN 1 ELSE progress END,
+       finished_at = CASE WHEN $2 IN ('done', 'failed', 'cancelled') THEN now() END
+WHERE id = $1
+RETURNING *
+
+-- name: goal_launched --
+UPDATE scheduler.goals SET status = 'active', task_id = $2, pipeline_run_id = $3,
+       updated_at = now()
+WHERE id = $1
+RETURNING *
+
+-- name: delete_goal --
+DELETE FROM scheduler.goals WHERE id = $1 RETURNING id
+
+-- name: agent_of_owner --
+SELECT id FROM agent.agents WHERE (id = $1 OR name = $2) AND owner_id = $3
+
+-- name: pipeline_of_owner --
+SELECT id FROM pipeline.pipelines WHERE (id = $1 OR name = $2) AND owner_id = $3
+
+-- name: pipeline_version --
+SELECT version FROM pipeline.pipelines WHERE id = $1
+
+-- name: pipeline_run_status --
+SELECT status FROM pipeline.runs WHERE id = $1
+
+-- name: add_dependency --
+INSERT INTO scheduler.goal_dependencies (goal_id, blocked_by) VALUES ($1, $2)
+ON CONFLICT DO NOTHING
+
+-- name: remove_dependency --
+DELETE FROM scheduler.goal_dependencies WHERE goal_id = $1 AND blocked_by = $2 RETURNING goal_id
+
+-- name: depends_on --
+-- Whether goal $1 depends on goal $2, directly or through others.
+WITH RECURSIVE reach AS (
+    SELECT blocked_by FROM scheduler.goal_dependencies WHERE goal_id = $1
+    UNION
+    SELECT d.blocked_by FROM scheduler.goal_dependencies d JOIN reach r ON d.goal_id = r.blocked_by
+)
+SELECT EXISTS (SELECT 1 FROM reach WHERE blocked_by = $2)
+
+-- name: dependencies_of --
+-- The goals goal $1 waits for, with their status.
+SELECT g.* FROM scheduler.goal_dependencies d JOIN scheduler.goals g ON g.id = d.blocked_by
+WHERE d.goal_id = $1 ORDER BY g.id
+
+-- name: dependencies_in --
+-- The dependencies whose goal is one of $1.
+SELECT goal_id, blocked_by FROM scheduler.goal_dependencies WHERE goal_id = ANY($1)
+ORDER BY goal_id, blocked_by
+
+-- name: add_activity --
+INSERT INTO scheduler.goal_activities (goal_id, kind, body) VALUES ($1, $2, $3) RETURNING *
+
+-- name: activities_of --
+SELECT * FROM scheduler.goal_activities WHERE goal_id = $1 AND id > $2 ORDER BY id LIMIT $3
+
+-- name: goals_to_settle --
+-- Started goals the sweep may move on: active ones whose task or pipeline run has ended (or
+-- is gone), waiting ones whose dependencies have all ended done, and parents all of whose
+-- subgoals have ended.
+SELECT g.id FROM scheduler.goals g
+LEFT JOIN scheduler.tasks t ON t.id = g.task_id
+LEFT JOIN pipeline.runs r ON r.id = g.pipeline_run_id
+WHERE g.status IN ('waiting', 'active') AND (
+    (g.status = 'active' AND g.task_id IS NOT NULL
+        AND (t.id IS NULL OR t.status IN ('succeeded', 'failed', 'cancelled')))
+ OR (g.status = 'active' AND g.pipeline_run_id IS NOT NULL
+        AND (r.id IS NULL OR r.status <> 'running'))
+ OR (g.status = 'waiting' AND NOT EXISTS (
+        SELECT 1 FROM scheduler.goal_dependencies d JOIN scheduler.goals b ON b.id = d.blocked_by
+        WHERE d.goal_id = g.id AND b.status <> 'done'))
+ OR (g.task_id IS NULL AND g.pipeline_run_id IS NULL AND g.status = 'active'
+        AND EXISTS (SELECT 1 FROM scheduler.goals c WHERE c.parent_id = g.id)
+        AND NOT EXISTS (SELECT 1 FROM scheduler.goals c WHERE c.parent_id = g.id
+                        AND c.status IN ('open', 'waiting', 'active')))
+)
+LIMIT $1

@@ -1,0 +1,269 @@
+"""Goals as stored (migration 0019): a tree of goals and subgoals, blocking dependencies
+between them (never a cycle), success criteria, what was done about each (activities), and
+the progress of a goal rolled up from its subgoals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from gathering.db.database import Queries
+from gathering.db.named_queries import queries_of
+from gathering.db.storable import storable_text, storable_value
+from gathering.errors import ConflictError, InvalidInputError, NotFoundError
+
+_SQL = queries_of("gathering.scheduler.goals")
+STATUSES = ("open", "waiting", "active", "done", "failed", "cancelled")
+ENDED = ("done", "failed", "cancelled")
+MAX_TEXT = 10_000
+MAX_DEPTH = 20  # levels of subgoals
+Ref = (
+    Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+    | Annotated[str, Field(min_length=1, max_length=200)]
+)
+
+
+class GoalFields(BaseModel):
+    """What a person says about a goal (every field may be changed later)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    description: str = Field(default="", max_length=MAX_TEXT)
+    success_criteria: str = Field(
+        default="", max_length=MAX_TEXT, description="How to tell it is reached"
+    )
+    agent: Ref | None = Field(default=None, description="The agent who works on it (id or name)")
+    pipeline: Ref | None = Field(
+        default=None, description="Or the pipeline that achieves it (id or name)"
+    )
+
+
+class GoalIn(GoalFields):
+    """A new goal: top-level, or a subgoal of `parent_id`."""
+
+    parent_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+
+
+class GoalChange(BaseModel):
+    """A change of a goal: only the fields given change (`null` clears agent or pipeline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"\S")
+    description: str | None = Field(default=None, max_length=MAX_TEXT)
+    success_criteria: str | None = Field(default=None, max_length=MAX_TEXT)
+    agent: Ref | None = None
+    pipeline: Ref | None = None
+    progress: float | None = Field(default=None, ge=0, le=1, description="A leaf's own")
+    position: int | None = Field(default=None, ge=0, le=100_000)
+
+
+@dataclass(frozen=True)
+class GoalRecord:
+    """A stored goal."""
+
+    id: int
+    owner_id: int
+    parent_id: int | None
+    title: str
+    description: str
+    success_criteria: str
+    status: str
+    agent_id: int | None
+    pipeline_id: int | None
+    task_id: int | None
+    pipeline_run_id: int | None
+    progress: float
+    position: int
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> GoalRecord:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass
+class GoalNode:
+    """A goal in its tree: its subgoals, what it waits for, its rolled-up progress."""
+
+    goal: GoalRecord
+    children: list[GoalNode] = field(default_factory=list)
+    blocked_by: list[int] = field(default_factory=list)
+
+    @property
+    def progress(self) -> float:
+        """1 when done; a leaf's own progress; else the mean of its subgoals' (a cancelled
+        subgoal does not count)."""
+        if self.goal.status == "done":
+            return 1.0
+        counted = [child for child in self.children if child.goal.status != "cancelled"]
+        if not counted:
+            return self.goal.progress
+        return sum(child.progress for child in counted) / len(counted)
+
+
+async def add_activity(queries: Queries, goal_id: int, kind: str, **body: Any) -> None:
+    """Record what was done about goal `goal_id`."""
+    await queries.execute(_SQL["add_activity"], goal_id, kind, Jsonb(storable_value(body)))
+
+
+async def _ref_id(queries: Queries, query: str, owner_id: int, ref: int | str, what: str) -> int:
+    by_id, by_name = (ref, None) if isinstance(ref, int) else (None, ref)
+    row = await queries.fetch_one(_SQL[query], by_id, by_name, owner_id)
+    if row is None:
+        raise NotFoundError(f"no {what} {ref!r}", hint=f"list them with `gathering {what}s list`")
+    return int(row["id"])
+
+
+async def create_goal(queries: Queries, owner_id: int, spec: GoalIn) -> GoalRecord:
+    """Store a goal of `owner_id` (a subgoal when `parent_id` names one of theirs)."""
+    if spec.parent_id is not None:
+        parent = await get_goal(queries, spec.parent_id)
+        if parent.owner_id != owner_id:
+            raise NotFoundError(f"no goal {spec.parent_id}")
+        if parent.status in ENDED:
+            raise ConflictError(f"goal {parent.id} has ended ({parent.status}): add no subgoal")
+        depth = len(await queries.fetch_all(_SQL["ancestors"], parent.id))
+        if depth + 1 >= MAX_DEPTH:
+            raise InvalidInputError(f"goals nest at most {MAX_DEPTH} levels deep")
+    agent_id = (
+        await _ref_id(queries, "agent_of_owner", owner_id, spec.agent, "agent")
+        if (spec.agent is not None)
+        else None
+    )
+    pipeline_id = None
+    if spec.pipeline is not None:
+        pipeline_id = await _ref_id(
+            queries, "pipeline_of_owner", owner_id, spec.pipeline, "pipeline"
+        )
+    row = await queries.fetch_one(
+        _SQL["insert_goal"],
+        owner_id,
+        spec.parent_id,
+        storable_text(spec.title),
+        storable_text(spec.description),
+        storable_text(spec.success_criteria),
+        agent_id,
+        pipeline_id,
+    )
+    assert row is not None
+    goal = GoalRecord.from_row(row)
+    await add_activity(queries, goal.id, "created", title=goal.title)
+    return goal
+
+
+async def get_goal(queries: Queries, goal_id: int) -> GoalRecord:
+    """Goal `goal_id`; `NotFoundError` when there is none."""
+    row = await queries.fetch_one(_SQL["goal_by_id"], goal_id)
+    if row is None:
+        raise NotFoundError(f"no goal {goal_id}", hint="list goals with `gathering goals list`")
+    return GoalRecord.from_row(row)
+
+
+async def list_goals(
+    queries: Queries, owner_id: int | None, *, limit: int = 100, offset: int = 0
+) -> list[GoalRecord]:
+    """Top-level goals, newest first (of `owner_id`; every owner's when None)."""
+    rows = await queries.fetch_all(_SQL["root_goals"], owner_id, limit, offset)
+    return [GoalRecord.from_row(row) for row in rows]
+
+
+async def goal_tree(queries: Queries, goal_id: int) -> GoalNode:
+    """Goal `goal_id` with every goal below it and their dependencies."""
+    rows = await queries.fetch_all(_SQL["subtree"], goal_id)
+    if not rows:
+        raise NotFoundError(f"no goal {goal_id}", hint="list goals with `gathering goals list`")
+    nodes = {int(row["id"]): GoalNode(GoalRecord.from_row(row)) for row in rows}
+    for node in nodes.values():
+        parent = node.goal.parent_id
+        if node.goal.id != goal_id and parent in nodes:
+            nodes[parent].children.append(node)
+    for row in await queries.fetch_all(_SQL["dependencies_in"], list(nodes)):
+        nodes[int(row["goal_id"])].blocked_by.append(int(row["blocked_by"]))
+    return nodes[goal_id]
+
+
+async def change_goal(queries: Queries, goal: GoalRecord, change: GoalChange) -> GoalRecord:
+    """Apply the fields `change` gives to `goal`."""
+    given = change.model_fields_set
+    if not given:
+        raise InvalidInputError("give at least one field to change")
+    if "title" in given and change.title is None:
+        raise InvalidInputError("a goal's title cannot be removed", details={"path": "title"})
+    agent_id = pipeline_id = None
+    if change.agent is not None:
+        agent_id = await _ref_id(queries, "agent_of_owner", goal.owner_id, change.agent, "agent")
+    if change.pipeline is not None:
+        pipeline_id = await _ref_id(
+            queries, "pipeline_of_owner", goal.owner_id, change.pipeline, "pipeline"
+        )
+    columns = [
+        name for name in given if getattr(change, name) is not None or name in ("agent", "pipeline")
+    ]
+    row = await queries.fetch_one(
+        _SQL["update_goal"],
+        goal.id,
+        storable_text(change.title or ""),
+        storable_text(change.description or ""),
+        storable_text(change.success_criteria or ""),
+        agent_id,
+        pipeline_id,
+        change.progress if change.progress is not None else goal.progress,
+        change.position if change.position is not None else goal.position,
+        columns,
+    )
+    if row is None:
+        raise NotFoundError(f"no goal {goal.id}")
+    await add_activity(queries, goal.id, "changed", fields=sorted(columns))
+    return GoalRecord.from_row(row)
+
+
+async def delete_goal(queries: Queries, goal_id: int) -> None:
+    """Delete a goal with its subgoals (the tasks and runs they started are kept)."""
+    if await queries.fetch_one(_SQL["delete_goal"], goal_id) is None:
+        raise NotFoundError(f"no goal {goal_id}")
+
+
+async def add_dependency(queries: Queries, goal: GoalRecord, blocked_by: GoalRecord) -> None:
+    """`goal` cannot start before `blocked_by` is done; `ConflictError` when that would make
+    a cycle, `NotFoundError` when the two have different owners."""
+    if blocked_by.owner_id != goal.owner_id:
+        raise NotFoundError(f"no goal {blocked_by.id}")
+    if blocked_by.id == goal.id or await queries.fetch_val(
+        _SQL["depends_on"], blocked_by.id, goal.id
+    ):
+        raise ConflictError(
+            f"goal {goal.id} cannot wait for goal {blocked_by.id}: "
+            f"goal {blocked_by.id} already waits for goal {goal.id}, which would be a cycle",
+            details={"goal_id": goal.id, "blocked_by": blocked_by.id},
+        )
+    await queries.execute(_SQL["add_dependency"], goal.id, blocked_by.id)
+    await add_activity(queries, goal.id, "dependency_added", blocked_by=blocked_by.id)
+
+
+async def remove_dependency(queries: Queries, goal_id: int, blocked_by: int) -> None:
+    """Goal `goal_id` no longer waits for `blocked_by`."""
+    if await queries.fetch_one(_SQL["remove_dependency"], goal_id, blocked_by) is None:
+        raise NotFoundError(f"goal {goal_id} does not wait for goal {blocked_by}")
+    await add_activity(queries, goal_id, "dependency_removed", blocked_by=blocked_by)
+
+
+async def dependencies_of(queries: Queries, goal_id: int) -> list[GoalRecord]:
+    """The goals `goal_id` waits for."""
+    rows = await queries.fetch_all(_SQL["dependencies_of"], goal_id)
+    return [GoalRecord.from_row(row) for row in rows]
+
+
+async def activities(
+    queries: Queries, goal_id: int, *, after: int = 0, limit: int = 100
+) -> list[dict[str, Any]]:
+    """What was done about goal `goal_id`, oldest first, from after activity `after`."""
+    rows = await queries.fetch_all(_SQL["activities_of"], goal_id, after, limit)
+    return [dict(row) for row in rows]

@@ -1,0 +1,377 @@
+"""What a goal does: `start_goal` launches real work (a background task of the goal's agent,
+or a run of its pipeline) for the goal, or for each subgoal of a parent, in one transaction; a
+goal blocked by a dependency not done yet waits. `settle_goals` (the scheduler's sweep) ends a
+goal when its work ends, starts waiting goals once their dependencies are done, and ends a
+parent once its subgoals have all ended. `decompose_goal` asks an agent for subgoals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gathering.agents.agent import Agent
+from gathering.agents.agent_store import PostgresAgentStore
+from gathering.config import get_settings
+from gathering.db.database import Database, Queries
+from gathering.db.named_queries import queries_of
+from gathering.errors import ConflictError, DecompositionFailedError, InvalidInputError
+from gathering.events import Event, EventBus
+from gathering.llm import Message
+from gathering.pipelines.executor import Executor
+from gathering.scheduler.goals.store import (
+    ENDED,
+    MAX_TEXT,
+    GoalIn,
+    GoalNode,
+    GoalRecord,
+    Ref,
+    add_activity,
+    add_dependency,
+    create_goal,
+    get_goal,
+    goal_tree,
+)
+from gathering.scheduler.tasks.store import ENDED as TASK_ENDED
+from gathering.scheduler.tasks.store import TaskSpec, cancel_task, get_task, start_task
+
+log = structlog.get_logger(__name__)
+_SQL = queries_of("gathering.scheduler.goals")
+MAX_SUBGOALS = 20
+DECOMPOSE_BRIEF = (
+    "Split the goal the user gives into 2 to {most} subgoals that together reach it. Answer "
+    "with a JSON array and nothing else. Each item: "
+    '{{"title": "...", "description": "...", "success_criteria": "...", '
+    '"depends_on": [numbers of earlier items, from 1, that must be done first]}}.'
+)
+
+
+def _event(goal: GoalRecord, **extra: Any) -> Event:
+    body = {"goal_id": goal.id, "status": goal.status, "parent_id": goal.parent_id, **extra}
+    return Event("goal.changed", body, subject=f"user:{goal.owner_id}", source="scheduler")
+
+
+async def start_goal(
+    db: Database, bus: EventBus | None, goal_id: int, *, agent: Ref | None = None
+) -> GoalRecord:
+    """Start an open goal: its own work (its agent's task, or its pipeline's run; `agent` for
+    a goal that names neither), or, for a parent, each open subgoal's, all in one
+    transaction. `InvalidInputError` naming every goal nobody would work on."""
+    bus = bus if bus is not None else EventBus(db)
+    async with db.transaction() as tx:
+        root = await get_goal(tx, goal_id)
+        await tx.fetch_one(_SQL["lock_goal"], goal_id)
+        if root.status != "open":
+            raise ConflictError(
+                f"goal {goal_id} is {root.status}: only an open goal is started",
+                details={"status": root.status},
+            )
+        tree = await goal_tree(tx, goal_id)
+        fallback = None
+        if agent is not None:
+            by_id, by_name = (agent, None) if isinstance(agent, int) else (None, agent)
+            row = await tx.fetch_one(_SQL["agent_of_owner"], by_id, by_name, root.owner_id)
+            if row is None:
+                raise InvalidInputError(f"no agent {agent!r}")
+            fallback = int(row["id"])
+        idle = [n.goal.id for n in _leaves(tree) if not _worker(n.goal, fallback)]
+        if idle:
+            raise InvalidInputError(
+                f"nobody would work on goal(s) {', '.join(map(str, idle))}: give each an agent "
+                "or a pipeline, or start with an agent",
+                hint='PATCH /goals/{id} with {"agent": ...}, or `gathering goals start ID '
+                "--agent NAME`",
+                details={"goal_ids": idle},
+            )
+        events: list[Event] = []
+        await _start(db, bus, tx, tree, fallback, events)
+        await bus.publish_many(events, tx=tx)
+        return await get_goal(tx, goal_id)
+
+
+def _leaves(node: GoalNode) -> list[GoalNode]:
+    """The open goals of `node`'s tree that would do work themselves."""
+    if node.goal.status != "open":
+        return []
+    if not node.children:
+        return [node]
+    return [leaf for child in node.children for leaf in _leaves(child)]
+
+
+def _worker(goal: GoalRecord, fallback: int | None) -> bool:
+    return goal.agent_id is not None or goal.pipeline_id is not None or fallback is not None
+
+
+async def _start(
+    db: Database,
+    bus: EventBus,
+    tx: Queries,
+    node: GoalNode,
+    fallback: int | None,
+    events: list[Event],
+) -> None:
+    goal = node.goal
+    if goal.status != "open":
+        return
+    if node.children:
+        row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "active")
+        assert row is not None
+        await add_activity(tx, goal.id, "started", subgoals=len(node.children))
+        events.append(_event(GoalRecord.from_row(row)))
+        for child in node.children:
+            await _start(db, bus, tx, child, fallback, events)
+        return
+    blocked = [g.id for g in await _blockers(tx, goal.id)]
+    if blocked:
+        row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "waiting")
+        assert row is not None
+        await add_activity(tx, goal.id, "waiting", blocked_by=blocked)
+        events.append(_event(GoalRecord.from_row(row), blocked_by=blocked))
+        return
+    await _launch(db, bus, tx, goal, fallback, events)
+
+
+async def _blockers(tx: Queries, goal_id: int) -> list[GoalRecord]:
+    rows = await tx.fetch_all(_SQL["dependencies_of"], goal_id)
+    return [GoalRecord.from_row(row) for row in rows if row["status"] != "done"]
+
+
+async def _launch(
+    db: Database,
+    bus: EventBus,
+    tx: Queries,
+    goal: GoalRecord,
+    fallback: int | None,
+    events: list[Event],
+) -> None:
+    """Start the work of `goal`: a task of its agent, else a run of its pipeline."""
+    task_id = run_id = None
+    agent_id = goal.agent_id or (None if goal.pipeline_id is not None else fallback)
+    if agent_id is not None:
+        spec = TaskSpec(agent=agent_id, goal=await _brief(tx, goal))
+        task = await start_task(db, bus, goal.owner_id, spec)
+        task_id = task.id
+        await add_activity(tx, goal.id, "task_started", task_id=task.id, agent_id=agent_id)
+    else:
+        assert goal.pipeline_id is not None
+        version = await tx.fetch_val(_SQL["pipeline_version"], goal.pipeline_id)
+        goal_input = {
+            "goal": {
+                "id": goal.id,
+                "title": goal.title,
+                "description": goal.description,
+                "success_criteria": goal.success_criteria,
+            }
+        }
+        run = await Executor(db, bus).start_run(
+            goal.pipeline_id, version, goal.owner_id, goal_input, trigger="goal"
+        )
+        run_id = run.id
+        await add_activity(tx, goal.id, "pipeline_started", pipeline_run_id=run.id)
+    row = await tx.fetch_one(_SQL["goal_launched"], goal.id, task_id, run_id)
+    assert row is not None
+    events.append(_event(GoalRecord.from_row(row), task_id=task_id, pipeline_run_id=run_id))
+
+
+async def _brief(tx: Queries, goal: GoalRecord) -> str:
+    """The goal text of a task working on `goal`: the goal, its criteria, what it serves."""
+    parts = [goal.title]
+    if goal.description:
+        parts.append(goal.description)
+    if goal.success_criteria:
+        parts.append(f"Success criteria: {goal.success_criteria}")
+    above = [row["title"] for row in await tx.fetch_all(_SQL["ancestors"], goal.id)]
+    if above:
+        parts.append("This is part of: " + " ← ".join(above))
+    return "\n\n".join(parts)[: MAX_TEXT * 2]
+
+
+async def settle_goals(db: Database, bus: EventBus | None, limit: int = 100) -> int:
+    """Move started goals on: end those whose work ended, start waiting ones whose
+    dependencies are done, end parents whose subgoals have all ended; how many moved."""
+    bus = bus if bus is not None else EventBus(db)
+    rows = await db.fetch_all(_SQL["goals_to_settle"], limit)
+    for row in rows:
+        async with db.transaction() as tx:
+            locked = await tx.fetch_one(_SQL["lock_goal"], row["id"])
+            if locked is None:
+                continue
+            events: list[Event] = []
+            await _settle(db, bus, tx, GoalRecord.from_row(locked), events)
+            await bus.publish_many(events, tx=tx)
+    return len(rows)
+
+
+async def _settle(
+    db: Database, bus: EventBus, tx: Queries, goal: GoalRecord, events: list[Event]
+) -> None:
+    if goal.status == "waiting":
+        if not await _blockers(tx, goal.id):
+            await _launch(db, bus, tx, goal, None, events)
+        return
+    if goal.status != "active":
+        return
+    if goal.task_id is not None:
+        task = await get_task(tx, goal.task_id)
+        if task.status not in TASK_ENDED:
+            return
+        to = "done" if task.status == "succeeded" else "failed"
+        detail = {"result": (task.result or "")[:2000]} if to == "done" else {"error": task.error}
+        await add_activity(tx, goal.id, f"task_{task.status}", task_id=task.id, **detail)
+    elif goal.pipeline_run_id is not None:
+        status = await tx.fetch_val(_SQL["pipeline_run_status"], goal.pipeline_run_id)
+        if status == "running":
+            return
+        to = "done" if status == "succeeded" else "failed"
+        await add_activity(
+            tx, goal.id, f"pipeline_{status or 'deleted'}", pipeline_run_id=goal.pipeline_run_id
+        )
+    else:
+        tree = await goal_tree(tx, goal.id)
+        ended = [child.goal.status for child in tree.children]
+        if not ended or any(status not in ENDED for status in ended):
+            return
+        to = "done" if all(s in ("done", "cancelled") for s in ended) else "failed"
+        await add_activity(tx, goal.id, "subgoals_ended", statuses=ended)
+    row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, to)
+    assert row is not None
+    events.append(_event(GoalRecord.from_row(row)))
+
+
+async def cancel_goal(db: Database, bus: EventBus | None, goal_id: int) -> GoalRecord:
+    """End a goal that has not ended, and every subgoal of it that has not, as cancelled:
+    their running tasks and pipeline runs are stopped."""
+    bus = bus if bus is not None else EventBus(db)
+    async with db.transaction() as tx:
+        root = await get_goal(tx, goal_id)
+        if root.status in ENDED:
+            raise ConflictError(f"goal {goal_id} has ended ({root.status}): nothing to cancel")
+        events: list[Event] = []
+        for node in _walk(await goal_tree(tx, goal_id)):
+            goal = node.goal
+            if goal.status in ENDED or await tx.fetch_one(_SQL["lock_goal"], goal.id) is None:
+                continue
+            if goal.task_id is not None:
+                if (await get_task(tx, goal.task_id)).status not in TASK_ENDED:
+                    await cancel_task(db, bus, goal.task_id)
+            if goal.pipeline_run_id is not None:
+                status = await tx.fetch_val(_SQL["pipeline_run_status"], goal.pipeline_run_id)
+                if status == "running":
+                    reason = f"goal {goal.id} was cancelled"
+                    await Executor(db, bus).cancel_run(goal.pipeline_run_id, reason=reason)
+            row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "cancelled")
+            assert row is not None
+            await add_activity(tx, goal.id, "cancelled", by_goal=goal_id)
+            events.append(_event(GoalRecord.from_row(row)))
+        await bus.publish_many(events, tx=tx)
+        return await get_goal(tx, goal_id)
+
+
+def _walk(node: GoalNode) -> list[GoalNode]:
+    """`node` and every node below it, parents first."""
+    return [node, *(below for child in node.children for below in _walk(child))]
+
+
+class _Subgoal(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    title: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    description: str = Field(default="", max_length=MAX_TEXT)
+    success_criteria: str = Field(default="", max_length=MAX_TEXT)
+    depends_on: list[int] = Field(default_factory=list, max_length=MAX_SUBGOALS)
+
+
+async def decompose_goal(
+    db: Database, goal_id: int, *, agent: Ref | None = None
+) -> list[GoalRecord]:
+    """Ask an agent (`agent`, else the goal's) to split goal `goal_id` into subgoals, and
+    store them with the dependencies it gave (a person may edit them after). Refused when the
+    goal has subgoals already or has been started."""
+    goal = await get_goal(db, goal_id)
+    if goal.status != "open":
+        raise ConflictError(f"goal {goal_id} is {goal.status}: only an open goal is decomposed")
+    tree = await goal_tree(db, goal_id)
+    if tree.children:
+        raise ConflictError(
+            f"goal {goal_id} has {len(tree.children)} subgoal(s) already",
+            hint="delete them first, or edit them by hand",
+        )
+    reference = agent if agent is not None else goal.agent_id
+    if reference is None:
+        raise InvalidInputError(
+            f"goal {goal_id} has no agent: name one to decompose it",
+            hint='POST /goals/{id}/decompose with {"agent": NAME}',
+        )
+    store = PostgresAgentStore(db)
+    worker = Agent.from_record(await store.load_agent(reference, owner_id=goal.owner_id))
+    text = "\n\n".join(
+        part
+        for part in (
+            goal.title,
+            goal.description,
+            goal.success_criteria and f"Success criteria: {goal.success_criteria}",
+        )
+        if part
+    )
+    messages = [Message.system(DECOMPOSE_BRIEF.format(most=MAX_SUBGOALS)), Message.user(text)]
+    provider = worker.model_provider()
+    async with asyncio.timeout(get_settings().model_call_timeout):
+        completion = await provider.generate(messages, None, **worker.options)
+    subgoals = _parsed(completion.text)
+    async with db.transaction() as tx:
+        locked = await tx.fetch_one(_SQL["lock_goal"], goal_id)
+        if locked is None or locked["status"] != "open" or (await goal_tree(tx, goal_id)).children:
+            raise ConflictError(f"goal {goal_id} changed while it was being decomposed")
+        made: list[GoalRecord] = []
+        for item in subgoals:
+            made.append(
+                await create_goal(
+                    tx,
+                    goal.owner_id,
+                    GoalIn(
+                        parent_id=goal_id,
+                        title=item.title,
+                        description=item.description,
+                        success_criteria=item.success_criteria,
+                        agent=goal.agent_id,
+                        pipeline=None,
+                    ),
+                )
+            )
+        for item, child in zip(subgoals, made, strict=True):
+            for number in item.depends_on:
+                await add_dependency(tx, child, made[number - 1])
+        await add_activity(
+            tx, goal_id, "decomposed", agent_id=worker.id, subgoals=[g.id for g in made]
+        )
+    return made
+
+
+def _parsed(text: str) -> list[_Subgoal]:
+    """The subgoals in the model's answer: a JSON array of objects, each depending only on
+    earlier ones; `DecompositionFailedError` saying what is wrong."""
+    start, end = text.find("["), text.rfind("]")
+    try:
+        if start < 0 or end < start:
+            raise ValueError("no JSON array in it")
+        items = json.loads(text[start : end + 1])
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_SUBGOALS:
+            raise ValueError(f"not a list of 1 to {MAX_SUBGOALS} subgoals")
+        subgoals = [_Subgoal.model_validate(item) for item in items]
+    except (ValueError, ValidationError) as exc:
+        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise DecompositionFailedError(
+            f"the agent's answer is not a list of subgoals ({reason})",
+            hint="try again, use a stronger model, or add subgoals by hand",
+            details={"answer": text[:500]},
+        ) from None
+    for number, item in enumerate(subgoals, start=1):
+        if any(not 1 <= other < number for other in item.depends_on):
+            raise DecompositionFailedError(
+                f"subgoal {number} depends on a subgoal that does not come before it",
+                hint="try again, or add subgoals by hand",
+            )
+    return subgoals
