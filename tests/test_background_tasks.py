@@ -9,24 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from pipeline_runtime import LAB, TOOLS
+from task_runtime import HOLD_WRITE, Lab, call, task_lab
 
-from gathering.agents import Agent, PostgresAgentStore
-from gathering.agents.retrieval import local_owner_id
-from gathering.db import Database
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
-from gathering.events import Event, EventBus
-from gathering.jobs import JobQueue, JobServices, JobWorker
-from gathering.llm import ToolCall
-from gathering.scheduler import Scheduler, create_schedule, parse_spec
-from gathering.scheduler.jobs import blueprint as scheduler_blueprint
+from gathering.scheduler import create_schedule, parse_spec
 from gathering.scheduler.tasks import (
-    TaskRecord,
     TaskSpec,
     cancel_task,
     get_task,
@@ -36,96 +26,10 @@ from gathering.scheduler.tasks import (
     start_task,
     task_steps,
 )
-from gathering.testing import LLMStubServer
-from gathering.tools import function_tool
-from gathering.tools import registry as registry_module
-from gathering.tools.agent_tools import change_agent_tool
 from gathering.tools.approvals import decide, get_approval
 
 pytestmark = pytest.mark.integration
-ENDED = ("succeeded", "failed", "cancelled")
-
-
-async def hold_write(key: str) -> str:
-    """Wait until the test releases `key` (a write: reported interrupted when cut short)."""
-    LAB.calls[key] += 1
-    LAB.started_event(key).set()
-    await LAB.gates.setdefault(key, asyncio.Event()).wait()
-    return f"{key} released"
-
-
-HOLD_WRITE = function_tool(hold_write, effect="write", timeout=600)
-
-
-@dataclass
-class Lab:
-    db: Database
-    bus: EventBus
-    scheduler: Scheduler
-    owner_id: int
-    agent_id: int
-    stub: LLMStubServer
-    events: list[Event]
-
-    async def start(self, goal: str, **budgets: Any) -> TaskRecord:
-        spec = TaskSpec(agent="Tasker", goal=goal, **budgets)
-        return await start_task(self.db, self.bus, self.owner_id, spec)
-
-    async def wait(self, task_id: int, *statuses: str, limit: float = 30) -> TaskRecord:
-        wanted = statuses or ENDED
-        deadline = time.monotonic() + limit
-        while True:
-            task = await get_task(self.db, task_id)
-            if task.status in wanted:
-                return task
-            if time.monotonic() > deadline:
-                raise AssertionError(f"task {task_id} is {task.status}, not {wanted}: {task}")
-            await asyncio.sleep(0.05)
-
-    async def enable(self, tool: Any, policy: str | None = None) -> None:
-        await change_agent_tool(self.db, self.agent_id, tool, {"enabled": True, "policy": policy})
-
-    def kinds(self, task_id: int) -> list[str]:
-        return [e.type for e in self.events if e.data.get("task_id") == task_id]
-
-
-@pytest.fixture
-async def lab(migrated_database_url: str, llm_stub_env: LLMStubServer) -> AsyncIterator[Lab]:
-    llm_stub_env.reset()
-    for tool in [*TOOLS, HOLD_WRITE]:
-        registry_module.registry.register(tool)
-    for state in (LAB.calls, LAB.failures_left, LAB.gates, LAB.started):
-        state.clear()
-    db = Database(migrated_database_url)
-    await db.connect()
-    bus = EventBus(db, poll_interval=0.2)
-    await bus.start()
-    events: list[Event] = []
-    subscription = bus.subscribe(["task.*"], events.append)
-    queue = await JobQueue(db, blueprints={"scheduler": scheduler_blueprint}).open()
-    worker = JobWorker(queue, JobServices(db, bus), concurrency=4, shutdown_timeout=0.5)
-    await worker.start()
-    owner = await local_owner_id(db)
-    agent = Agent("Tasker", "ollama", "llama3.2", store=PostgresAgentStore(db), owner_id=owner)
-    await agent.save()
-    assert agent.id is not None
-    try:
-        yield Lab(db, bus, Scheduler(db, bus), owner, agent.id, llm_stub_env, events)
-    finally:
-        for gate in LAB.gates.values():
-            gate.set()
-        await worker.stop()
-        subscription.unsubscribe()
-        await queue.close()
-        await bus.close(grace=1)
-        await db.disconnect()
-        for tool in [*TOOLS, HOLD_WRITE]:
-            registry_module.registry.unregister(tool.name)
-        llm_stub_env.reset()
-
-
-def call(name: str, **arguments: Any) -> ToolCall:
-    return ToolCall("", name, arguments)
+lab = task_lab  # the fixture, by the name these tests use
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -410,9 +314,9 @@ async def test_a_schedule_runs_a_task_and_its_run_ends_with_it(lab: Lab) -> None
 
 def test_a_run_task_schedule_is_checked_like_a_task() -> None:
     once = {"kind": "once", "at": "2030-01-01T00:00:00Z", "action": "run_task"}
-    with pytest.raises(InvalidInputError, match="config.agent"):
+    with pytest.raises(InvalidInputError, match=r"config\.agent"):
         parse_spec({**once, "config": {"goal": "x"}})
-    with pytest.raises(InvalidInputError, match="config.max_steps"):
+    with pytest.raises(InvalidInputError, match=r"config\.max_steps"):
         parse_spec({**once, "config": {"agent": "a", "goal": "x", "max_steps": 0}})
     spec = parse_spec({**once, "config": {"agent": "7", "goal": "x"}})
     assert spec.config["agent"] == 7 and spec.config["max_steps"] == 20

@@ -134,7 +134,7 @@ async def lab(migrated_database_url: str) -> AsyncIterator[Lab]:
 
 def test_four_action_kinds_exist_and_each_checks_its_config() -> None:
     assert ACTIONS == ("run_task", "execute_pipeline", "send_notification", "call_api")
-    with pytest.raises(InvalidInputError, match="config.agent"):
+    with pytest.raises(InvalidInputError, match=r"config\.agent"):
         parse_spec({"kind": "once", "at": "2030-01-01T00:00:00Z", "action": "run_task"})
     with pytest.raises(InvalidInputError, match="needs `event_type`"):
         parse_spec({"kind": "event", **NOTIFY})

@@ -1081,6 +1081,8 @@ _STATUS_STYLE = {
     "waiting": "magenta",
     "waiting_approval": "magenta",
     "paused": "yellow",
+    "done": "green",
+    "active": "cyan",
     "skipped": "dim",
 }
 
@@ -1915,6 +1917,213 @@ def _task_command(verb: str, summary: str) -> None:
 _task_command("pause", "Stop the task where it is, on whichever worker runs it.")
 _task_command("resume", "Queue a paused task again: it goes on from its last step.")
 _task_command("cancel", "End the task as cancelled, stopping it wherever it runs.")
+
+
+goals_app = typer.Typer(
+    help="Goals: a tree of goals and subgoals with dependencies; starting one launches a "
+    "background task (or a pipeline run) per goal (docs/goals.md).",
+    no_args_is_help=True,
+)
+app.add_typer(goals_app, name="goals")
+GoalIdArgument = Annotated[int, typer.Argument(min=1, help="The goal's id")]
+AgentRefOption = Annotated[str | None, typer.Option("--agent", help="An agent's name or id")]
+
+
+def _on_goals(act: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `act(db)` on the configured database."""
+    settings = settings_or_exit()
+
+    async def work() -> T:
+        async with _agent_store(settings) as store:
+            return await act(store.db)
+
+    return run_async(work)
+
+
+def _ref(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def _goal_line(node: Any) -> str:
+    goal = node.goal
+    who = f" [dim]agent {goal.agent_id}[/]" if goal.agent_id else ""
+    who += f" [dim]pipeline {goal.pipeline_id}[/]" if goal.pipeline_id else ""
+    waits = f" [dim]waits for {', '.join(map(str, node.blocked_by))}[/]" if node.blocked_by else ""
+    return (
+        f"[bold]{goal.id}[/] {escape(goal.title)} {_styled(goal.status)} "
+        f"{node.progress:.0%}{who}{waits}"
+    )
+
+
+@goals_app.command("add")
+def goals_add(
+    title: Annotated[str, typer.Argument(help="What is to be achieved")],
+    parent: Annotated[int | None, typer.Option(min=1, help="A subgoal of this goal")] = None,
+    description: Annotated[str, typer.Option(help="More about it")] = "",
+    criteria: Annotated[str, typer.Option(help="How to tell it is reached")] = "",
+    agent: AgentRefOption = None,
+    pipeline: Annotated[str | None, typer.Option(help="Or a pipeline (name or id)")] = None,
+    owner: PipelineOwnerOption = None,
+) -> None:
+    """Add a goal (or, with --parent, a subgoal)."""
+    from gathering.scheduler.goals import GoalIn, create_goal
+
+    settings = settings_or_exit()
+    with reported_errors():
+        spec = GoalIn(
+            title=title,
+            parent_id=parent,
+            description=description,
+            success_criteria=criteria,
+            agent=_ref(agent),
+            pipeline=_ref(pipeline),
+        )
+
+    async def work() -> Any:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            async with store.db.transaction() as tx:
+                return await create_goal(tx, owner_id, spec)
+
+    goal = run_async(work)
+    console.print(f"goal [bold]{goal.id}[/] added: {escape(goal.title)}")
+
+
+@goals_app.command("list")
+def goals_list(owner: PipelineOwnerOption = None) -> None:
+    """The top-level goals, newest first, with their progress."""
+    from gathering.scheduler.goals import goal_tree, list_goals
+
+    settings = settings_or_exit()
+
+    async def work() -> list[Any]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner) if owner else None
+            goals = await list_goals(store.db, owner_id, limit=1_000)
+            return [await goal_tree(store.db, goal.id) for goal in goals]
+
+    for node in run_async(work):
+        console.print(_goal_line(node))
+
+
+@goals_app.command("tree")
+def goals_tree(goal_id: GoalIdArgument) -> None:
+    """A goal with its subgoals, their status, progress and dependencies."""
+    from rich.tree import Tree
+
+    from gathering.scheduler.goals import goal_tree
+
+    root = _on_goals(lambda db: goal_tree(db, goal_id))
+
+    def grow(branch: Tree, node: Any) -> None:
+        for child in node.children:
+            grow(branch.add(_goal_line(child)), child)
+
+    tree = Tree(_goal_line(root))
+    grow(tree, root)
+    console.print(tree)
+
+
+@goals_app.command("edit")
+def goals_edit(
+    goal_id: GoalIdArgument,
+    title: Annotated[str | None, typer.Option(help="A new title")] = None,
+    description: Annotated[str | None, typer.Option(help="A new description")] = None,
+    criteria: Annotated[str | None, typer.Option(help="New success criteria")] = None,
+    agent: AgentRefOption = None,
+    progress: Annotated[float | None, typer.Option(min=0, max=1, help="A leaf's progress")] = None,
+) -> None:
+    """Change a goal (only what is given)."""
+    from gathering.scheduler.goals import GoalChange, change_goal, get_goal
+
+    given = {
+        "title": title,
+        "description": description,
+        "success_criteria": criteria,
+        "agent": _ref(agent),
+        "progress": progress,
+    }
+    with reported_errors():
+        change = GoalChange(**{k: v for k, v in given.items() if v is not None})
+
+    async def act(db: Database) -> Any:
+        async with db.transaction() as tx:
+            return await change_goal(tx, await get_goal(tx, goal_id), change)
+
+    goal = _on_goals(act)
+    console.print(f"goal [bold]{goal.id}[/] changed")
+
+
+@goals_app.command("depend")
+def goals_depend(
+    goal_id: GoalIdArgument,
+    on: Annotated[int, typer.Option("--on", min=1, help="The goal it waits for")],
+    remove: Annotated[bool, typer.Option("--remove", help="Stop waiting for it")] = False,
+) -> None:
+    """Make a goal wait for another (or, with --remove, stop waiting)."""
+    from gathering.scheduler.goals import add_dependency, get_goal, remove_dependency
+
+    async def act(db: Database) -> None:
+        async with db.transaction() as tx:
+            if remove:
+                await remove_dependency(tx, goal_id, on)
+            else:
+                await add_dependency(tx, await get_goal(tx, goal_id), await get_goal(tx, on))
+
+    _on_goals(act)
+    console.print(f"goal {goal_id} {'no longer waits' if remove else 'waits'} for goal {on}")
+
+
+@goals_app.command("decompose")
+def goals_decompose(goal_id: GoalIdArgument, agent: AgentRefOption = None) -> None:
+    """Ask an agent (the goal's, or --agent) to split the goal into subgoals."""
+    from gathering.scheduler.goals import decompose_goal
+
+    async def act(db: Database) -> list[Any]:
+        with err_console.status("the agent is splitting the goal…"):
+            return await decompose_goal(db, goal_id, agent=_ref(agent))
+
+    for goal in _on_goals(act):
+        console.print(f"[bold]{goal.id}[/] {escape(goal.title)}")
+
+
+@goals_app.command("start")
+def goals_start(goal_id: GoalIdArgument, agent: AgentRefOption = None) -> None:
+    """Launch the goal's work: a background task of its agent (or --agent), or a run of its
+    pipeline, for it or each of its subgoals. A running server or worker does the work."""
+    from gathering.scheduler.goals import start_goal
+
+    goal = _on_goals(lambda db: start_goal(db, None, goal_id, agent=_ref(agent)))
+    console.print(f"goal [bold]{goal.id}[/]: {_styled(goal.status)}")
+
+
+@goals_app.command("cancel")
+def goals_cancel(goal_id: GoalIdArgument) -> None:
+    """Cancel the goal and its subgoals that have not ended (their work is stopped)."""
+    from gathering.scheduler.goals import cancel_goal
+
+    goal = _on_goals(lambda db: cancel_goal(db, None, goal_id))
+    console.print(f"goal [bold]{goal.id}[/]: {_styled(goal.status)}")
+
+
+@goals_app.command("delete")
+def goals_delete(goal_id: GoalIdArgument) -> None:
+    """Delete the goal and its subgoals (the tasks and runs they started are kept)."""
+    from gathering.scheduler.goals import delete_goal
+
+    _on_goals(lambda db: delete_goal(db, goal_id))
+    console.print(f"goal {goal_id} deleted")
+
+
+@goals_app.command("activities")
+def goals_activities(goal_id: GoalIdArgument) -> None:
+    """What was done about a goal, oldest first."""
+    from gathering.scheduler.goals import activities
+
+    rows = _on_goals(lambda db: activities(db, goal_id, limit=500))
+    for row in rows:
+        body = json.dumps(row["body"], ensure_ascii=False)[:160]
+        console.print(f"{_when(row['created_at'])} [bold]{row['kind']}[/] {escape(body)}")
 
 
 @app.command()

@@ -81,7 +81,7 @@ def task_row(db: ScratchDatabase, task_id: int) -> dict[str, Any]:
 def steps_of(db: ScratchDatabase, task_id: int) -> list[dict[str, Any]]:
     rows = db.sql(
         "SELECT n, status, thought, tool_calls, results FROM scheduler.task_steps"
-        " WHERE task_id = %s ORDER BY n, id",
+        " WHERE task_id = %s ORDER BY n",
         task_id,
     )
     names = ("n", "status", "thought", "tool_calls", "results")
@@ -101,6 +101,17 @@ def wait_ended(db: ScratchDatabase, task_id: int, workers: list[Worker]) -> dict
         logs = "\n".join(f"--- worker {w.pid}:\n{w.output()}" for w in workers)
         raise AssertionError(f"{exc}; it is {task_row(db, task_id)}\n{logs}") from None
     return row
+
+
+def job_events(db: ScratchDatabase, task_id: int) -> list[str]:
+    """What procrastinate recorded of the task's job, in order (a task has one job until it
+    is paused or waits for a person: a stalled job is queued again under its own id)."""
+    rows = db.sql(
+        "SELECT e.type::text FROM procrastinate_events e JOIN procrastinate_jobs j"
+        " ON j.id = e.job_id WHERE j.args ->> 'task_id' = %s ORDER BY e.id",
+        str(task_id),
+    )
+    return [row[0] for row in rows]
 
 
 def worker_of(workers: list[Worker], pid: int) -> Worker:
@@ -142,7 +153,9 @@ def test_a_task_killed_in_a_tool_call_finishes_on_the_other_worker(
         assert ended["status"] == "succeeded", ended["error"]
         assert (ended["result"], ended["steps"], ended["error"]) == ("done", 3, None)
         # The job that took the task up again is the same one, queued again as stalled.
-        assert database.status(running["job_id"]) == "succeeded"
+        events = job_events(database, task_id)
+        assert (events.count("started"), events[-1]) == (2, "succeeded"), events
+        assert "deferred_for_retry" in events, events
         steps = steps_of(database, task_id)
         assert [s["n"] for s in steps] == [1, 2, 3]  # no gap, no duplicate
         assert all(s["status"] == "done" for s in steps)
@@ -188,14 +201,17 @@ def test_a_task_killed_in_a_model_call_asks_the_model_again_on_the_other_worker(
         victim = worker_of(workers, database.marks("a")[0][1])  # the task's worker
         (survivor,) = [w for w in workers if w is not victim]
         assert task_row(database, task_id)["steps"] == 1
-        victim.kill()
-        # The killed call's request stays parked at the stub (released once the task ended);
-        # the call made again is answered as it comes.
+        # The parked request keeps its hold (released once the task ended: it then answers a
+        # dead connection, and takes no queued reply); the call made again is not held.
         del stub.holds[goal]
+        victim.kill()
 
         ended = wait_ended(database, task_id, workers)
         assert ended["status"] == "succeeded", ended["error"]
         assert (ended["result"], ended["steps"], ended["error"]) == ("done", 2, None)
+        events = job_events(database, task_id)
+        assert (events.count("started"), events[-1]) == (2, "succeeded"), events
+        assert "deferred_for_retry" in events, events
         steps = steps_of(database, task_id)
         assert [s["n"] for s in steps] == [1, 2]  # no gap, no duplicate
         assert all(s["status"] == "done" for s in steps)

@@ -22,6 +22,7 @@ from gathering.api.routers import (
     audit,
     auth,
     debug,
+    goals,
     health,
     home,
     mcp,
@@ -112,6 +113,7 @@ def create_app(
     app.include_router(pipeline_runs.router)
     app.include_router(schedules.router)
     app.include_router(tasks.router)
+    app.include_router(goals.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

@@ -140,6 +140,7 @@ LINKS = {
     "UserResponse": Link("user_id"),
     "ScheduleOut": Link("schedule_id"),
     "TaskOut": Link("task_id", status="202"),
+    "GoalOut": Link("goal_id"),
     # `name` is also a tool's path parameter: only /mcp/servers/{name} is this server.
     "McpServerOut": Link("name", "name", same_path=True),
     # A call that waits for a person (202) names its approval.

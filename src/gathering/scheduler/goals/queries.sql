@@ -62,6 +62,9 @@ UPDATE scheduler.goals SET status = $2, updated_at = now(),
 WHERE id = $1
 RETURNING *
 
+-- name: assign_agent --
+UPDATE scheduler.goals SET agent_id = $2, updated_at = now() WHERE id = $1 RETURNING *
+
 -- name: goal_launched --
 UPDATE scheduler.goals SET status = 'active', task_id = $2, pipeline_run_id = $3,
        updated_at = now()
@@ -78,7 +81,7 @@ SELECT id FROM agent.agents WHERE (id = $1 OR name = $2) AND owner_id = $3
 SELECT id FROM pipeline.pipelines WHERE (id = $1 OR name = $2) AND owner_id = $3
 
 -- name: pipeline_version --
-SELECT version FROM pipeline.pipelines WHERE id = $1
+SELECT current_version FROM pipeline.pipelines WHERE id = $1
 
 -- name: pipeline_run_status --
 SELECT status FROM pipeline.runs WHERE id = $1

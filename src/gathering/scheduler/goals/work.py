@@ -124,6 +124,11 @@ async def _start(
         for child in node.children:
             await _start(db, bus, tx, child, fallback, events)
         return
+    if goal.agent_id is None and goal.pipeline_id is None:  # the start's agent takes it on
+        row = await tx.fetch_one(_SQL["assign_agent"], goal.id, fallback)
+        assert row is not None
+        goal = GoalRecord.from_row(row)
+        await add_activity(tx, goal.id, "agent_assigned", agent_id=fallback)
     blocked = [g.id for g in await _blockers(tx, goal.id)]
     if blocked:
         row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "waiting")
@@ -131,7 +136,7 @@ async def _start(
         await add_activity(tx, goal.id, "waiting", blocked_by=blocked)
         events.append(_event(GoalRecord.from_row(row), blocked_by=blocked))
         return
-    await _launch(db, bus, tx, goal, fallback, events)
+    await _launch(db, bus, tx, goal, events)
 
 
 async def _blockers(tx: Queries, goal_id: int) -> list[GoalRecord]:
@@ -144,17 +149,15 @@ async def _launch(
     bus: EventBus,
     tx: Queries,
     goal: GoalRecord,
-    fallback: int | None,
     events: list[Event],
 ) -> None:
     """Start the work of `goal`: a task of its agent, else a run of its pipeline."""
     task_id = run_id = None
-    agent_id = goal.agent_id or (None if goal.pipeline_id is not None else fallback)
-    if agent_id is not None:
-        spec = TaskSpec(agent=agent_id, goal=await _brief(tx, goal))
+    if goal.agent_id is not None:
+        spec = TaskSpec(agent=goal.agent_id, goal=await _brief(tx, goal))
         task = await start_task(db, bus, goal.owner_id, spec)
         task_id = task.id
-        await add_activity(tx, goal.id, "task_started", task_id=task.id, agent_id=agent_id)
+        await add_activity(tx, goal.id, "task_started", task_id=task.id, agent_id=goal.agent_id)
     else:
         assert goal.pipeline_id is not None
         version = await tx.fetch_val(_SQL["pipeline_version"], goal.pipeline_id)
@@ -210,7 +213,7 @@ async def _settle(
 ) -> None:
     if goal.status == "waiting":
         if not await _blockers(tx, goal.id):
-            await _launch(db, bus, tx, goal, None, events)
+            await _launch(db, bus, tx, goal, events)
         return
     if goal.status != "active":
         return
