@@ -45,7 +45,7 @@ lab = task_lab  # the fixture, by the name these tests use
 
 async def add(lab: Lab, title: str, **fields: object) -> GoalRecord:
     async with lab.db.transaction() as tx:
-        return await create_goal(tx, lab.owner_id, GoalIn(title=title, **fields))  # type: ignore[arg-type]
+        return await create_goal(tx, lab.owner_id, GoalIn(title=title, **fields))
 
 
 async def settled(lab: Lab, goal_id: int, *statuses: str, limit: float = 30) -> GoalRecord:
