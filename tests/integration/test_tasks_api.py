@@ -346,7 +346,8 @@ async def test_a_goal_of_exactly_the_limit_is_taken(api: httpx.AsyncClient) -> N
     assert answer.status_code == 202, answer.text
     assert len(answer.json()["goal"]) == 20_000
     done = await wait_for(api, answer.json()["id"])
-    assert done["status"] == "succeeded" and done["goal"] == "x" * 20_000
+    assert done["status"] == "succeeded", done["error"]
+    assert done["goal"] == "x" * 20_000
 
 
 # --- multi-user mode --------------------------------------------------------------------------
