@@ -164,7 +164,7 @@ async def test_nobody_to_work_on_a_goal_is_refused_before_anything_starts(lab: L
     root = await add(lab, "r")
     await add(lab, "with agent", parent_id=root.id, agent="Tasker")
     lonely = await add(lab, "lonely", parent_id=root.id)
-    with pytest.raises(InvalidInputError, match=f"goal\\(s\\) {lonely.id}"):
+    with pytest.raises(ConflictError, match=f"goal\\(s\\) {lonely.id}"):
         await start_goal(lab.db, lab.bus, root.id)
     tree = await goal_tree(lab.db, root.id)
     assert {n.goal.status for n in [tree, *tree.children]} == {"open"}

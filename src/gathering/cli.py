@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
+import pydantic
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -60,11 +61,16 @@ def fail(error: GatheringError) -> NoReturn:
 
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn `GatheringError`s into a message and exit code 1, never a traceback."""
+    """Turn `GatheringError`s (and values a model refuses) into a message and exit code 1,
+    never a traceback."""
     try:
         yield
     except GatheringError as exc:
         fail(exc)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "value"
+        fail(InvalidInputError(f"{where}: {first['msg']}"))
 
 
 def settings_or_exit(*, server: bool = False) -> Settings:
@@ -1171,7 +1177,7 @@ async def _with_a_worker(settings: Settings, db: Database, follow: bool) -> JobW
     await bus.start()
     worker = JobWorker.from_settings(queue, JobServices(db, bus), settings)
     await worker.start()
-    err_console.print("[dim]no worker is running: this command runs the nodes itself[/]")
+    err_console.print("[dim]no worker is running: this command runs the jobs itself[/]")
     return worker
 
 

@@ -54,7 +54,7 @@ def test_run_follow_retry_show_and_cancel(database: str, tmp_path: Path) -> None
         app, ["pipelines", "run", "cli", "--input", '{"x": "hello"}', "--follow"]
     )
     assert failed.exit_code == 1, failed.output
-    assert "this command runs the nodes itself" in failed.output
+    assert "this command runs the jobs itself" in failed.output
     assert "run 1 failed: cli failed on purpose" in failed.output
     assert "hello" in failed.output  # a's output in the live table
 

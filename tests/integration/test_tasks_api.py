@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from pipeline_runtime import LAB, TOOLS
 
 from gathering.api.app import create_app
-from gathering.auth.users import UserStore
+from gathering.auth.users import Role, UserStore
 from gathering.config import load_settings
 from gathering.llm import ToolCall
 from gathering.testing import LLMStubServer
@@ -93,10 +93,11 @@ async def make_agent(
     name: str = "Tasker",
     headers: dict[str, str] | None = None,
     tools: tuple[str, ...] = (),
+    provider: tuple[str, str] = ("ollama", "llama3.2"),
 ) -> int:
     made = await client.post(
         "/agents",
-        json={"name": name, "provider": "ollama", "model": "llama3.2"},
+        json={"name": name, "provider": provider[0], "model": provider[1]},
         headers=headers,
     )
     assert made.status_code == 201, made.text
@@ -213,7 +214,7 @@ async def test_tasks_are_listed_newest_first_by_status_and_page(
     assert [t["id"] for t in cancelled] == [stopped["id"]]
     assert cancelled[0]["error"] == {"code": "cancelled", "message": "cancelled by request"}
     assert (await api.get("/tasks", params={"status": "failed"})).json() == []
-    page = {"status": "succeeded", "limit": 2}
+    page: dict[str, str | int] = {"status": "succeeded", "limit": 2}
     assert [t["id"] for t in (await api.get("/tasks", params=page)).json()] == newest_first[:2]
     rest = (await api.get("/tasks", params={**page, "offset": 2})).json()
     assert [t["id"] for t in rest] == newest_first[2:]
@@ -341,7 +342,8 @@ async def test_bad_bodies_are_422_and_say_what_is_wrong(
 
 
 async def test_a_goal_of_exactly_the_limit_is_taken(api: httpx.AsyncClient) -> None:
-    await make_agent(api)
+    # A model whose window holds it (Ollama's default num_ctx, 4096 tokens, does not).
+    await make_agent(api, provider=("openai", "gpt-4o"))
     answer = await api.post("/tasks", json={"agent": "Tasker", "goal": "x" * 20_000})
     assert answer.status_code == 202, answer.text
     assert len(answer.json()["goal"]) == 20_000
@@ -386,7 +388,7 @@ async def multi_running(
         await app.state.gathering.close()
 
 
-async def _login(app: Any, client: httpx.AsyncClient, role: str = "member") -> dict[str, str]:
+async def _login(app: Any, client: httpx.AsyncClient, role: Role = "member") -> dict[str, str]:
     email = f"t-{secrets.token_hex(4)}@example.com"
     await UserStore(await app.state.gathering.database()).create(email, PASSWORD, role=role)
     tokens = (await client.post("/auth/login", json={"email": email, "password": PASSWORD})).json()

@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from click.testing import Result
 from pipeline_runtime import LAB, TOOLS
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from gathering.cli import app
 from gathering.config import get_settings
@@ -88,7 +87,7 @@ def test_start_follow_runs_the_task_and_prints_its_steps_and_result(
         call("echo", text="first"), call("echo", text="second"), "The answer is 42."
     )
     output = invoke("tasks", "start", tasker, "Echo first, then second.", "--follow")
-    assert "this command runs the nodes itself" in output  # no worker was alive
+    assert "this command runs the jobs itself" in output  # no worker was alive
     task_id = task_id_in(output)
     assert "1 " in output and "echo (finished)" in output
     assert output.count("echo (finished)") == 2
@@ -162,11 +161,6 @@ def test_a_start_that_cannot_work_is_refused_clearly(tasker: str) -> None:
     assert run("tasks", "start", tasker, "x", "--max-steps", "0").exit_code == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/gathering/cli.py tasks_start: TaskSpec's pydantic ValidationError escapes "
-    "`reported_errors()` (it catches GatheringError only): a traceback, not a message",
-)
 @pytest.mark.parametrize(
     ("extra", "words"),
     [

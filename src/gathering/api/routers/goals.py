@@ -41,7 +41,7 @@ from gathering.scheduler.goals import (
     remove_dependency,
     start_goal,
 )
-from gathering.scheduler.goals.store import Ref
+from gathering.scheduler.tasks.store import Ref
 
 router = APIRouter(prefix="/goals", tags=["goals"])
 GoalsReader = Annotated[Principal, Depends(require_scope("goals:read"))]
@@ -137,7 +137,12 @@ _CONFLICT: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", summary="Create a goal", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    summary="Create a goal",
+    status_code=status.HTTP_201_CREATED,
+    responses={404: {"description": "No such parent goal, agent or pipeline of the caller's"}},
+)
 async def goal_create(body: GoalIn, request: Request, principal: GoalsWriter, db: DbDep) -> GoalOut:
     """A top-level goal, or a subgoal of `parent_id` (one of the caller's goals)."""
     if body.parent_id is not None:

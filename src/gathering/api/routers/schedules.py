@@ -15,9 +15,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
-from gathering.agents.persona import NO_NUL
 from gathering.api.deps import MAX_ID, BusDep, DbDep
-from gathering.api.fields import WholeNumber
+from gathering.api.fields import WholeNumber, text
 from gathering.api.security import ensure_owner, not_found, rate_limit, require_scope
 from gathering.auth.principal import Principal
 from gathering.db import Database
@@ -48,7 +47,7 @@ ScheduleId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The sched
 class ScheduleIn(ScheduleSpec):
     """A schedule: its name and its definition."""
 
-    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
+    name: str = text(200)
 
 
 class ScheduleOut(BaseModel):

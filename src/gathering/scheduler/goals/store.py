@@ -6,25 +6,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from gathering.db.database import Queries
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text, storable_value
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
+from gathering.scheduler.tasks.store import MAX_ID, Ref
 
 _SQL = queries_of("gathering.scheduler.goals")
 STATUSES = ("open", "waiting", "active", "done", "failed", "cancelled")
 ENDED = ("done", "failed", "cancelled")
 MAX_TEXT = 10_000
 MAX_DEPTH = 20  # levels of subgoals
-Ref = (
-    Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
-    | Annotated[str, Field(min_length=1, max_length=200)]
-)
 
 
 class GoalFields(BaseModel):
@@ -46,11 +43,12 @@ class GoalFields(BaseModel):
 class GoalIn(GoalFields):
     """A new goal: top-level, or a subgoal of `parent_id`."""
 
-    parent_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    parent_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="The parent's id")
 
 
 class GoalChange(BaseModel):
-    """A change of a goal: only the fields given change (`null` clears agent or pipeline)."""
+    """A change of a goal: only the fields given change (`null` clears the agent or the
+    pipeline, and changes nothing else)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -192,11 +190,14 @@ async def goal_tree(queries: Queries, goal_id: int) -> GoalNode:
 
 async def change_goal(queries: Queries, goal: GoalRecord, change: GoalChange) -> GoalRecord:
     """Apply the fields `change` gives to `goal`."""
-    given = change.model_fields_set
-    if not given:
-        raise InvalidInputError("give at least one field to change")
-    if "title" in given and change.title is None:
-        raise InvalidInputError("a goal's title cannot be removed", details={"path": "title"})
+    # A field given as null changes nothing, but for the agent and the pipeline: it clears them.
+    columns = [
+        name
+        for name in change.model_fields_set
+        if getattr(change, name) is not None or name in ("agent", "pipeline")
+    ]
+    if not columns:
+        return goal
     agent_id = pipeline_id = None
     if change.agent is not None:
         agent_id = await _ref_id(queries, "agent_of_owner", goal.owner_id, change.agent, "agent")
@@ -204,9 +205,6 @@ async def change_goal(queries: Queries, goal: GoalRecord, change: GoalChange) ->
         pipeline_id = await _ref_id(
             queries, "pipeline_of_owner", goal.owner_id, change.pipeline, "pipeline"
         )
-    columns = [
-        name for name in given if getattr(change, name) is not None or name in ("agent", "pipeline")
-    ]
     row = await queries.fetch_one(
         _SQL["update_goal"],
         goal.id,

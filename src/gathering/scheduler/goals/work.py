@@ -28,7 +28,6 @@ from gathering.scheduler.goals.store import (
     GoalIn,
     GoalNode,
     GoalRecord,
-    Ref,
     add_activity,
     add_dependency,
     create_goal,
@@ -36,7 +35,7 @@ from gathering.scheduler.goals.store import (
     goal_tree,
 )
 from gathering.scheduler.tasks.store import ENDED as TASK_ENDED
-from gathering.scheduler.tasks.store import TaskSpec, cancel_task, get_task, start_task
+from gathering.scheduler.tasks.store import Ref, TaskSpec, cancel_task, get_task, start_task
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.scheduler.goals")
@@ -59,7 +58,7 @@ async def start_goal(
 ) -> GoalRecord:
     """Start an open goal: its own work (its agent's task, or its pipeline's run; `agent` for
     a goal that names neither), or, for a parent, each open subgoal's, all in one
-    transaction. `InvalidInputError` naming every goal nobody would work on."""
+    transaction. `ConflictError` naming every goal nobody would work on."""
     bus = bus if bus is not None else EventBus(db)
     async with db.transaction() as tx:
         root = await get_goal(tx, goal_id)
@@ -79,7 +78,7 @@ async def start_goal(
             fallback = int(row["id"])
         idle = [n.goal.id for n in _leaves(tree) if not _worker(n.goal, fallback)]
         if idle:
-            raise InvalidInputError(
+            raise ConflictError(
                 f"nobody would work on goal(s) {', '.join(map(str, idle))}: give each an agent "
                 "or a pipeline, or start with an agent",
                 hint='PATCH /goals/{id} with {"agent": ...}, or `gathering goals start ID '
@@ -304,7 +303,7 @@ async def decompose_goal(
         )
     reference = agent if agent is not None else goal.agent_id
     if reference is None:
-        raise InvalidInputError(
+        raise ConflictError(
             f"goal {goal_id} has no agent: name one to decompose it",
             hint='POST /goals/{id}/decompose with {"agent": NAME}',
         )

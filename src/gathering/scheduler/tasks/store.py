@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from gathering.db.database import Database, Queries
 from gathering.db.named_queries import queries_of
@@ -28,15 +28,33 @@ MAX_GOAL_CHARS = 20_000
 STRANDED_GRACE = 5.0  # seconds a task's job may have ended before the sweep settles the task
 
 
+MAX_ID = 2**63 - 1
+
+
+def _id_or_name(value: Any) -> Any:
+    """An id given as digits ("42") or a whole number (42.0) is that id; other text a name."""
+    if isinstance(value, bool):
+        raise ValueError("give an id or a name")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_ID:
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Ref = Annotated[
+    Annotated[int, Field(ge=1, le=MAX_ID)] | Annotated[str, Field(min_length=1, max_length=200)],
+    BeforeValidator(_id_or_name),
+]
+"""Something of the owner's by id or by name (an agent, a pipeline)."""
+
+
 class TaskSpec(BaseModel):
     """What a task is: an agent (id or name), a goal, and budgets."""
 
     model_config = ConfigDict(extra="forbid")
 
-    agent: (
-        Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
-        | Annotated[str, Field(min_length=1, max_length=200)]
-    ) = Field(description="The agent's id or name")
+    agent: Ref = Field(description="The agent's id or name")
     goal: str = Field(min_length=1, max_length=MAX_GOAL_CHARS, description="What to achieve")
     max_steps: int = Field(default=20, ge=1, le=1_000, description="Model calls at most")
     max_tokens: int = Field(
@@ -48,13 +66,6 @@ class TaskSpec(BaseModel):
     max_cost_usd: float | None = Field(
         default=None, gt=0, le=1_000_000, description="Dollars at most, for priced models"
     )
-
-    @field_validator("agent", mode="before")
-    @classmethod
-    def _id_or_name(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.isascii() and value.isdigit():
-            return int(value)  # "42" is the agent with id 42
-        return value
 
     @field_validator("goal")
     @classmethod
