@@ -16,7 +16,6 @@ from task_runtime import HOLD_WRITE, Lab, call, task_lab
 from gathering.errors import (
     ConflictError,
     DecompositionFailedError,
-    InvalidInputError,
     NotFoundError,
 )
 from gathering.pipelines import create_pipeline
