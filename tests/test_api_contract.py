@@ -57,6 +57,8 @@ def run(base: str, *args: str, examples: int, keep_credentials: bool = False) ->
     result = subprocess.run(
         [
             str(SCHEMATHESIS),
+            "--config-file",
+            str(SUPPORT / "schemathesis.toml"),
             "run",
             f"{base}/openapi.json",
             "--checks",

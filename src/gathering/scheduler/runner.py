@@ -51,6 +51,7 @@ from gathering.scheduler.pipeline_triggers import PipelineTriggers
 from gathering.scheduler.store import ScheduleRecord, ScheduleRun
 from gathering.scheduler.tasks.store import (
     ENDED,
+    MAX_GOAL_CHARS,
     TaskSpec,
     cancel_task,
     get_task,
@@ -499,7 +500,8 @@ class Scheduler:
                 return
             if run.event is not None:
                 event = json.dumps(run.event, ensure_ascii=False)
-                spec = spec.model_copy(update={"goal": f"{spec.goal}\n\nThe event: {event}"})
+                goal = f"{spec.goal}\n\nThe event: {event}"[:MAX_GOAL_CHARS]
+                spec = spec.model_copy(update={"goal": goal})
             task = await start_task(self.db, self.bus, schedule.owner_id, spec)
             output = {"task_id": task.id}
             await tx.execute(_SQL["link_task"], run.id, task.id, Jsonb(output))

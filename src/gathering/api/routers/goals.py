@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import gathering.api.routes  # noqa: F401 - registers the `{name:id}` path convertor
 from gathering.api.deps import MAX_ID, BusDep, DbDep
-from gathering.api.fields import WholeNumber
+from gathering.api.fields import Integer, WholeNumber
 from gathering.api.security import ensure_owner, not_found, rate_limit, require_scope
 from gathering.auth.principal import Principal
 from gathering.db import Database
@@ -85,7 +85,7 @@ class ActivityOut(BaseModel):
 class DependencyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    blocked_by: int = Field(ge=1, le=MAX_ID, description="The goal to wait for")
+    blocked_by: Integer = Field(ge=1, le=MAX_ID, description="The goal to wait for")
 
 
 class StartIn(BaseModel):
@@ -141,14 +141,19 @@ _CONFLICT: dict[int | str, dict[str, Any]] = {
     "",
     summary="Create a goal",
     status_code=status.HTTP_201_CREATED,
-    responses={404: {"description": "No such parent goal, agent or pipeline of the caller's"}},
+    responses={
+        404: {"description": "No such parent goal, agent or pipeline of the caller's"},
+        409: {"description": "The parent goal has started or ended"},
+    },
 )
 async def goal_create(body: GoalIn, request: Request, principal: GoalsWriter, db: DbDep) -> GoalOut:
-    """A top-level goal, or a subgoal of `parent_id` (one of the caller's goals)."""
+    """A top-level goal, or a subgoal of `parent_id` (a goal the caller may see: the subgoal
+    is its owner's)."""
+    owner_id = principal.user_id
     if body.parent_id is not None:
-        await _visible(request, principal, db, body.parent_id)
+        owner_id = (await _visible(request, principal, db, body.parent_id)).owner_id
     async with db.transaction() as tx:
-        return _out(await create_goal(tx, principal.user_id, body))
+        return _out(await create_goal(tx, owner_id, body))
 
 
 @router.get("", summary="List top-level goals", dependencies=[rate_limit("relaxed")])

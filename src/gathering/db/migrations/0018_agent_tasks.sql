@@ -2,8 +2,9 @@
 -- tool calls it asked for) after another, within budgets. Every step is stored before the
 -- next starts, and each tool call's state is stored before and after it runs, so a task whose
 -- worker died goes on from its last stored step on another worker, and a call that may have
--- had its effect is never made twice. The task's job id fences writers: a job that was
--- replaced (pause, resume, cancel) stores nothing more.
+-- had its effect is never made twice. The lease a job takes when it starts the task fences
+-- its writes: a job that was replaced (pause, resume, cancel, a second delivery) stores
+-- nothing more.
 
 CREATE TABLE scheduler.tasks (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -24,8 +25,10 @@ CREATE TABLE scheduler.tasks (
     output_tokens   bigint      NOT NULL DEFAULT 0,
     cost_usd        double precision NOT NULL DEFAULT 0,
     active_seconds  double precision NOT NULL DEFAULT 0,
-    -- The job running it now (NULL while paused, waiting or ended).
+    -- The job running it now (NULL while paused, waiting or ended), and the lease that job
+    -- took when it started the task: every write of the job checks it.
     job_id          bigint,
+    lease           uuid,
     -- The approval it waits for (status waiting_approval).
     approval_id     bigint,
     result          text,

@@ -68,7 +68,7 @@ UPDATE scheduler.goals SET agent_id = $2, updated_at = now() WHERE id = $1 RETUR
 -- name: goal_launched --
 UPDATE scheduler.goals SET status = 'active', task_id = $2, pipeline_run_id = $3,
        updated_at = now()
-WHERE id = $1
+WHERE id = $1 AND status IN ('open', 'waiting')
 RETURNING *
 
 -- name: delete_goal --
@@ -85,6 +85,15 @@ SELECT current_version FROM pipeline.pipelines WHERE id = $1
 
 -- name: pipeline_run_status --
 SELECT status FROM pipeline.runs WHERE id = $1
+
+-- name: lock_dependencies --
+-- Until the end of the transaction: no other change of this owner's dependencies ($1 is
+-- the owner's lock key).
+SELECT pg_advisory_xact_lock($1)
+
+-- name: lock_goals --
+-- Goals $1, locked in id order (every locker takes them in that order: no deadlock).
+SELECT id FROM scheduler.goals WHERE id = ANY($1) ORDER BY id FOR UPDATE
 
 -- name: add_dependency --
 INSERT INTO scheduler.goal_dependencies (goal_id, blocked_by) VALUES ($1, $2)
@@ -120,8 +129,9 @@ SELECT * FROM scheduler.goal_activities WHERE goal_id = $1 AND id > $2 ORDER BY 
 
 -- name: goals_to_settle --
 -- Started goals the sweep may move on: active ones whose task or pipeline run has ended (or
--- is gone), waiting ones whose dependencies have all ended done, and parents all of whose
--- subgoals have ended.
+-- is gone), waiting ones whose dependencies are all done, and active ones with no work of
+-- their own none of whose subgoals is still to end (a parent, or a goal whose work was
+-- deleted).
 SELECT g.id FROM scheduler.goals g
 LEFT JOIN scheduler.tasks t ON t.id = g.task_id
 LEFT JOIN pipeline.runs r ON r.id = g.pipeline_run_id
@@ -134,7 +144,6 @@ WHERE g.status IN ('waiting', 'active') AND (
         SELECT 1 FROM scheduler.goal_dependencies d JOIN scheduler.goals b ON b.id = d.blocked_by
         WHERE d.goal_id = g.id AND b.status <> 'done'))
  OR (g.task_id IS NULL AND g.pipeline_run_id IS NULL AND g.status = 'active'
-        AND EXISTS (SELECT 1 FROM scheduler.goals c WHERE c.parent_id = g.id)
         AND NOT EXISTS (SELECT 1 FROM scheduler.goals c WHERE c.parent_id = g.id
                         AND c.status IN ('open', 'waiting', 'active')))
 )

@@ -12,10 +12,11 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
 from gathering.db.database import Queries
+from gathering.db.locks import LockKey
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text, storable_value
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
-from gathering.scheduler.tasks.store import MAX_ID, Ref
+from gathering.scheduler.tasks.store import MAX_ID, Real, Ref, Whole
 
 _SQL = queries_of("gathering.scheduler.goals")
 STATUSES = ("open", "waiting", "active", "done", "failed", "cancelled")
@@ -43,7 +44,7 @@ class GoalFields(BaseModel):
 class GoalIn(GoalFields):
     """A new goal: top-level, or a subgoal of `parent_id`."""
 
-    parent_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="The parent's id")
+    parent_id: Whole | None = Field(default=None, ge=1, le=MAX_ID, description="The parent's id")
 
 
 class GoalChange(BaseModel):
@@ -57,8 +58,8 @@ class GoalChange(BaseModel):
     success_criteria: str | None = Field(default=None, max_length=MAX_TEXT)
     agent: Ref | None = None
     pipeline: Ref | None = None
-    progress: float | None = Field(default=None, ge=0, le=1, description="A leaf's own")
-    position: int | None = Field(default=None, ge=0, le=100_000)
+    progress: Real | None = Field(default=None, ge=0, le=1, description="A leaf's own")
+    position: Whole | None = Field(default=None, ge=0, le=100_000)
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,11 @@ async def create_goal(queries: Queries, owner_id: int, spec: GoalIn) -> GoalReco
         parent = await get_goal(queries, spec.parent_id)
         if parent.owner_id != owner_id:
             raise NotFoundError(f"no goal {spec.parent_id}")
-        if parent.status in ENDED:
-            raise ConflictError(f"goal {parent.id} has ended ({parent.status}): add no subgoal")
+        if parent.status in ENDED or parent.task_id or parent.pipeline_run_id:
+            raise ConflictError(
+                f"goal {parent.id} is {parent.status} and works on its own: add no subgoal",
+                hint="add the goal at the top level, or under an open goal",
+            )
         depth = len(await queries.fetch_all(_SQL["ancestors"], parent.id))
         if depth + 1 >= MAX_DEPTH:
             raise InvalidInputError(f"goals nest at most {MAX_DEPTH} levels deep")
@@ -231,9 +235,22 @@ async def delete_goal(queries: Queries, goal_id: int) -> None:
 
 async def add_dependency(queries: Queries, goal: GoalRecord, blocked_by: GoalRecord) -> None:
     """`goal` cannot start before `blocked_by` is done; `ConflictError` when that would make
-    a cycle, `NotFoundError` when the two have different owners."""
+    a cycle (through dependencies, or between a goal and one above it), `NotFoundError` when
+    the two have different owners. Call it inside a transaction: the owner's dependencies
+    are changed one transaction at a time, so two cannot close a cycle together."""
     if blocked_by.owner_id != goal.owner_id:
         raise NotFoundError(f"no goal {blocked_by.id}")
+    await queries.execute(
+        _SQL["lock_dependencies"], LockKey("goal-dependencies", str(goal.owner_id)).value
+    )
+    above = {int(row["id"]) for row in await queries.fetch_all(_SQL["ancestors"], goal.id)}
+    below = {int(row["id"]) for row in await queries.fetch_all(_SQL["ancestors"], blocked_by.id)}
+    if blocked_by.id in above or goal.id in below:
+        raise ConflictError(
+            f"goal {goal.id} and goal {blocked_by.id} are in one line of subgoals: a parent "
+            "ends with its subgoals, so neither can wait for the other",
+            details={"goal_id": goal.id, "blocked_by": blocked_by.id},
+        )
     if blocked_by.id == goal.id or await queries.fetch_val(
         _SQL["depends_on"], blocked_by.id, goal.id
     ):

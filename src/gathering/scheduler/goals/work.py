@@ -18,7 +18,13 @@ from gathering.agents.agent_store import PostgresAgentStore
 from gathering.config import get_settings
 from gathering.db.database import Database, Queries
 from gathering.db.named_queries import queries_of
-from gathering.errors import ConflictError, DecompositionFailedError, InvalidInputError
+from gathering.errors import (
+    ConflictError,
+    DatabaseError,
+    DecompositionFailedError,
+    GatheringError,
+    NotFoundError,
+)
 from gathering.events import Event, EventBus
 from gathering.llm import Message
 from gathering.pipelines.executor import Executor
@@ -40,6 +46,7 @@ from gathering.scheduler.tasks.store import Ref, TaskSpec, cancel_task, get_task
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.scheduler.goals")
 MAX_SUBGOALS = 20
+MAX_ANSWER_CHARS = 200_000
 DECOMPOSE_BRIEF = (
     "Split the goal the user gives into 2 to {most} subgoals that together reach it. Answer "
     "with a JSON array and nothing else. Each item: "
@@ -57,38 +64,48 @@ async def start_goal(
     db: Database, bus: EventBus | None, goal_id: int, *, agent: Ref | None = None
 ) -> GoalRecord:
     """Start an open goal: its own work (its agent's task, or its pipeline's run; `agent` for
-    a goal that names neither), or, for a parent, each open subgoal's, all in one
-    transaction. `ConflictError` naming every goal nobody would work on."""
+    the goals that name neither, kept as theirs), or, for a parent, each open subgoal's, all
+    in one transaction. A goal that waits for another not done yet waits (a parent's
+    subgoals with it). `ConflictError` naming every goal nobody would work on."""
     bus = bus if bus is not None else EventBus(db)
     async with db.transaction() as tx:
-        root = await get_goal(tx, goal_id)
-        await tx.fetch_one(_SQL["lock_goal"], goal_id)
+        tree = await _locked_tree(tx, goal_id)
+        root = tree.goal
         if root.status != "open":
             raise ConflictError(
                 f"goal {goal_id} is {root.status}: only an open goal is started",
                 details={"status": root.status},
             )
-        tree = await goal_tree(tx, goal_id)
         fallback = None
         if agent is not None:
             by_id, by_name = (agent, None) if isinstance(agent, int) else (None, agent)
             row = await tx.fetch_one(_SQL["agent_of_owner"], by_id, by_name, root.owner_id)
             if row is None:
-                raise InvalidInputError(f"no agent {agent!r}")
+                raise NotFoundError(f"no agent {agent!r}", hint="`gathering agents list`")
             fallback = int(row["id"])
-        idle = [n.goal.id for n in _leaves(tree) if not _worker(n.goal, fallback)]
-        if idle:
+        idle = [n.goal for n in _leaves(tree) if n.goal.agent_id is None and not n.goal.pipeline_id]
+        if idle and fallback is None:
             raise ConflictError(
-                f"nobody would work on goal(s) {', '.join(map(str, idle))}: give each an agent "
-                "or a pipeline, or start with an agent",
+                f"nobody would work on goal(s) {', '.join(str(g.id) for g in idle)}: give each "
+                "an agent or a pipeline, or start with an agent",
                 hint='PATCH /goals/{id} with {"agent": ...}, or `gathering goals start ID '
                 "--agent NAME`",
-                details={"goal_ids": idle},
+                details={"goal_ids": [g.id for g in idle]},
             )
+        for goal in idle:  # the start's agent takes them on, for good
+            await tx.fetch_one(_SQL["assign_agent"], goal.id, fallback)
+            await add_activity(tx, goal.id, "agent_assigned", agent_id=fallback)
         events: list[Event] = []
-        await _start(db, bus, tx, tree, fallback, events)
+        await _start(db, bus, tx, await goal_tree(tx, goal_id), events)
         await bus.publish_many(events, tx=tx)
         return await get_goal(tx, goal_id)
+
+
+async def _locked_tree(tx: Queries, goal_id: int) -> GoalNode:
+    """Goal `goal_id`'s tree, its goals locked (in id order) and read again under the lock."""
+    first = await goal_tree(tx, goal_id)
+    await tx.fetch_all(_SQL["lock_goals"], [node.goal.id for node in _walk(first)])
+    return await goal_tree(tx, goal_id)
 
 
 def _leaves(node: GoalNode) -> list[GoalNode]:
@@ -100,42 +117,31 @@ def _leaves(node: GoalNode) -> list[GoalNode]:
     return [leaf for child in node.children for leaf in _leaves(child)]
 
 
-def _worker(goal: GoalRecord, fallback: int | None) -> bool:
-    return goal.agent_id is not None or goal.pipeline_id is not None or fallback is not None
-
-
 async def _start(
-    db: Database,
-    bus: EventBus,
-    tx: Queries,
-    node: GoalNode,
-    fallback: int | None,
-    events: list[Event],
+    db: Database, bus: EventBus, tx: Queries, node: GoalNode, events: list[Event]
 ) -> None:
+    """Start `node` (open, or waiting with its dependencies now done): wait, launch its work,
+    or start its subgoals."""
     goal = node.goal
-    if goal.status != "open":
+    if goal.status not in ("open", "waiting"):
         return
-    if node.children:
-        row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "active")
-        assert row is not None
-        await add_activity(tx, goal.id, "started", subgoals=len(node.children))
-        events.append(_event(GoalRecord.from_row(row)))
-        for child in node.children:
-            await _start(db, bus, tx, child, fallback, events)
-        return
-    if goal.agent_id is None and goal.pipeline_id is None:  # the start's agent takes it on
-        row = await tx.fetch_one(_SQL["assign_agent"], goal.id, fallback)
-        assert row is not None
-        goal = GoalRecord.from_row(row)
-        await add_activity(tx, goal.id, "agent_assigned", agent_id=fallback)
     blocked = [g.id for g in await _blockers(tx, goal.id)]
     if blocked:
-        row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "waiting")
-        assert row is not None
-        await add_activity(tx, goal.id, "waiting", blocked_by=blocked)
-        events.append(_event(GoalRecord.from_row(row), blocked_by=blocked))
+        if goal.status == "open":
+            row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "waiting")
+            assert row is not None
+            await add_activity(tx, goal.id, "waiting", blocked_by=blocked)
+            events.append(_event(GoalRecord.from_row(row), blocked_by=blocked))
         return
-    await _launch(db, bus, tx, goal, events)
+    if not node.children:
+        await _launch(db, bus, tx, goal, events)
+        return
+    row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "active")
+    assert row is not None
+    await add_activity(tx, goal.id, "started", subgoals=len(node.children))
+    events.append(_event(GoalRecord.from_row(row)))
+    for child in node.children:
+        await _start(db, bus, tx, child, events)
 
 
 async def _blockers(tx: Queries, goal_id: int) -> list[GoalRecord]:
@@ -150,15 +156,15 @@ async def _launch(
     goal: GoalRecord,
     events: list[Event],
 ) -> None:
-    """Start the work of `goal`: a task of its agent, else a run of its pipeline."""
+    """Start the work of `goal`: a task of its agent, else a run of its pipeline;
+    `ConflictError` when it has neither (any more)."""
     task_id = run_id = None
     if goal.agent_id is not None:
         spec = TaskSpec(agent=goal.agent_id, goal=await _brief(tx, goal))
         task = await start_task(db, bus, goal.owner_id, spec)
         task_id = task.id
         await add_activity(tx, goal.id, "task_started", task_id=task.id, agent_id=goal.agent_id)
-    else:
-        assert goal.pipeline_id is not None
+    elif goal.pipeline_id is not None:
         version = await tx.fetch_val(_SQL["pipeline_version"], goal.pipeline_id)
         goal_input = {
             "goal": {
@@ -173,8 +179,14 @@ async def _launch(
         )
         run_id = run.id
         await add_activity(tx, goal.id, "pipeline_started", pipeline_run_id=run.id)
+    else:
+        raise ConflictError(
+            f"goal {goal.id} has no agent and no pipeline (any more): nobody works on it",
+            hint="give it an agent or a pipeline and start it again",
+        )
     row = await tx.fetch_one(_SQL["goal_launched"], goal.id, task_id, run_id)
-    assert row is not None
+    if row is None:
+        raise ConflictError(f"goal {goal.id} was started meanwhile")
     events.append(_event(GoalRecord.from_row(row), task_id=task_id, pipeline_run_id=run_id))
 
 
@@ -192,27 +204,42 @@ async def _brief(tx: Queries, goal: GoalRecord) -> str:
 
 
 async def settle_goals(db: Database, bus: EventBus | None, limit: int = 100) -> int:
-    """Move started goals on: end those whose work ended, start waiting ones whose
-    dependencies are done, end parents whose subgoals have all ended; how many moved."""
+    """Move started goals on: end those whose work ended (or is gone), start waiting ones
+    whose dependencies are done, end parents whose subgoals have all ended; how many were
+    looked at. A goal that cannot be moved on (its work cannot start) fails, alone."""
     bus = bus if bus is not None else EventBus(db)
     rows = await db.fetch_all(_SQL["goals_to_settle"], limit)
     for row in rows:
-        async with db.transaction() as tx:
-            locked = await tx.fetch_one(_SQL["lock_goal"], row["id"])
-            if locked is None:
-                continue
-            events: list[Event] = []
-            await _settle(db, bus, tx, GoalRecord.from_row(locked), events)
-            await bus.publish_many(events, tx=tx)
+        try:
+            async with db.transaction() as tx:
+                locked = await tx.fetch_one(_SQL["lock_goal"], row["id"])
+                if locked is None:
+                    continue
+                events: list[Event] = []
+                await _settle(db, bus, tx, GoalRecord.from_row(locked), events)
+                await bus.publish_many(events, tx=tx)
+        except GatheringError as exc:
+            if isinstance(exc, DatabaseError):
+                raise
+            await _fail_goal(db, bus, int(row["id"]), exc)
     return len(rows)
+
+
+async def _fail_goal(db: Database, bus: EventBus, goal_id: int, exc: GatheringError) -> None:
+    log.warning("a goal could not go on", goal_id=goal_id, error=exc.message)
+    async with db.transaction() as tx:
+        row = await tx.fetch_one(_SQL["set_goal_status"], goal_id, "failed")
+        if row is None:
+            return  # deleted meanwhile
+        await add_activity(tx, goal_id, "failed", error={"code": exc.code, "message": exc.message})
+        await bus.publish_many([_event(GoalRecord.from_row(row))], tx=tx)
 
 
 async def _settle(
     db: Database, bus: EventBus, tx: Queries, goal: GoalRecord, events: list[Event]
 ) -> None:
     if goal.status == "waiting":
-        if not await _blockers(tx, goal.id):
-            await _launch(db, bus, tx, goal, events)
+        await _start(db, bus, tx, await goal_tree(tx, goal.id), events)
         return
     if goal.status != "active":
         return
@@ -232,12 +259,15 @@ async def _settle(
             tx, goal.id, f"pipeline_{status or 'deleted'}", pipeline_run_id=goal.pipeline_run_id
         )
     else:
-        tree = await goal_tree(tx, goal.id)
-        ended = [child.goal.status for child in tree.children]
-        if not ended or any(status not in ENDED for status in ended):
+        ended = [child.goal.status for child in (await goal_tree(tx, goal.id)).children]
+        if any(status not in ENDED for status in ended):
             return
-        to = "done" if all(s in ("done", "cancelled") for s in ended) else "failed"
-        await add_activity(tx, goal.id, "subgoals_ended", statuses=ended)
+        if ended:
+            to = "done" if all(s in ("done", "cancelled") for s in ended) else "failed"
+            await add_activity(tx, goal.id, "subgoals_ended", statuses=ended)
+        else:  # its task, run or subgoals were deleted
+            to = "failed"
+            await add_activity(tx, goal.id, "work_gone")
     row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, to)
     assert row is not None
     events.append(_event(GoalRecord.from_row(row)))
@@ -248,13 +278,13 @@ async def cancel_goal(db: Database, bus: EventBus | None, goal_id: int) -> GoalR
     their running tasks and pipeline runs are stopped."""
     bus = bus if bus is not None else EventBus(db)
     async with db.transaction() as tx:
-        root = await get_goal(tx, goal_id)
-        if root.status in ENDED:
-            raise ConflictError(f"goal {goal_id} has ended ({root.status}): nothing to cancel")
+        tree = await _locked_tree(tx, goal_id)
+        if tree.goal.status in ENDED:
+            raise ConflictError(f"goal {goal_id} has ended ({tree.goal.status}): nothing to cancel")
         events: list[Event] = []
-        for node in _walk(await goal_tree(tx, goal_id)):
+        for node in _walk(tree):
             goal = node.goal
-            if goal.status in ENDED or await tx.fetch_one(_SQL["lock_goal"], goal.id) is None:
+            if goal.status in ENDED:
                 continue
             if goal.task_id is not None:
                 if (await get_task(tx, goal.task_id)).status not in TASK_ENDED:
@@ -359,10 +389,17 @@ def _parsed(text: str) -> list[_Subgoal]:
     try:
         if start < 0 or end < start:
             raise ValueError("no JSON array in it")
+        if end - start > MAX_ANSWER_CHARS:
+            raise ValueError(f"longer than {MAX_ANSWER_CHARS} characters")
         items = json.loads(text[start : end + 1])
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_SUBGOALS:
             raise ValueError(f"not a list of 1 to {MAX_SUBGOALS} subgoals")
         subgoals = [_Subgoal.model_validate(item) for item in items]
+    except RecursionError:
+        raise DecompositionFailedError(
+            "the agent's answer is nested too deeply to be a list of subgoals",
+            hint="try again, or add subgoals by hand",
+        ) from None
     except (ValueError, ValidationError) as exc:
         reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
         raise DecompositionFailedError(

@@ -14,8 +14,9 @@ next model call. Each step is stored before the next starts, so a job that start
   (`waiting_approval`, no job) until a person answers it (`resume_after_approval`).
 
 Budgets are checked before each model call; the model call and each tool get at most what is
-left of the task's seconds. Every write is fenced by the task's job id: a job whose task was
-paused, cancelled or resumed meanwhile stores nothing more.
+left of the task's seconds. Every write is fenced by the lease the job took when it started
+the task: a job whose task was paused, cancelled or resumed meanwhile, or a job delivered
+twice (its worker thought dead but still running), stores nothing more.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from uuid import UUID
 
 import structlog
 from psycopg.types.json import Jsonb
@@ -46,6 +48,7 @@ from gathering.llm.types import new_call_id
 from gathering.scheduler.tasks.store import TaskRecord, TaskStep, get_task, queue_task, task_event
 from gathering.tools.agent_tools import ToolBox
 from gathering.tools.approvals import Approval, request_approval
+from gathering.tools.registry import tool_seconds
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.scheduler.tasks")
@@ -56,6 +59,7 @@ TASK_BRIEF = (
     "not) and call no tool."
 )
 ENDED_CALLS = ("finished", "failed", "interrupted", "not_run")
+NO_TIME_LEFT = "error: not run: the task's time budget (max_seconds) is spent"
 INTERRUPTED = (
     "error: interrupted: the task stopped while this call ran (its worker stopped, or the task "
     "was paused); it may or may not have taken effect, and is not run again"
@@ -85,17 +89,19 @@ class TaskRunner:
                 return  # paused, cancelled or resumed under another job meanwhile
             task = TaskRecord.from_row(row)
             await self.bus.publish_many(task_event("started", task), tx=tx)
+        lease = task.lease  # new at each start: a job delivered twice writes once
+        assert lease is not None
         try:
-            await self._work(task, job_id, draining)
+            await self._work(task, lease, draining)
         except _Replaced:
             return
         except GatheringError as exc:
-            await self._end(task.id, job_id, "failed", None, failure_body(exc))
+            await self._end(task.id, lease, "failed", None, failure_body(exc))
         except Exception as exc:
             log.error("task failed", task_id=task.id, exc_info=exc)
-            await self._end(task.id, job_id, "failed", None, failure_body(exc))
+            await self._end(task.id, lease, "failed", None, failure_body(exc))
 
-    async def _work(self, task: TaskRecord, job_id: int, draining: Callable[[], bool]) -> None:
+    async def _work(self, task: TaskRecord, lease: UUID, draining: Callable[[], bool]) -> None:
         store = PostgresAgentStore(self.db)
         agent = Agent.from_record(await store.load_agent(task.agent_id), store=store)
         agent.task = TASK_BRIEF
@@ -107,30 +113,30 @@ class TaskRunner:
         steps = [TaskStep.from_row(row) for row in rows]
         while True:
             task = await get_task(self.db, task.id)
-            if task.job_id != job_id or task.status != "running":
+            if task.lease != lease or task.status != "running":
                 return
             last = steps[-1] if steps else None
             if last is not None and last.status == "acting":
-                acted = await self._act(task, job_id, agent, box, last)
+                acted = await self._act(task, lease, agent, box, last)
                 if acted is None:
                     return  # waits for a person
                 steps[-1] = acted
                 continue
             if last is not None and not last.tool_calls:
-                await self._end(task.id, job_id, "succeeded", last.thought, None)
+                await self._end(task.id, lease, "succeeded", last.thought, None)
                 return
             _check_budgets(task)
             if draining():
-                await self._hand_over(task.id, job_id)
+                await self._hand_over(task.id, lease)
                 return
-            steps.append(await self._plan(task, job_id, agent, provider, system, specs, steps))
+            steps.append(await self._plan(task, lease, agent, provider, system, specs, steps))
 
     # --- plan -----------------------------------------------------------------------------
 
     async def _plan(
         self,
         task: TaskRecord,
-        job_id: int,
+        lease: UUID,
         agent: Agent,
         provider: LLMProvider,
         system: str,
@@ -166,7 +172,7 @@ class TaskRunner:
             row = await tx.fetch_one(
                 _SQL["insert_step"],
                 task.id,
-                job_id,
+                lease,
                 task.steps + 1,
                 storable_text(completion.text),
                 Jsonb(storable_value([call.to_dict() for call in calls])),
@@ -186,7 +192,7 @@ class TaskRunner:
     # --- act ------------------------------------------------------------------------------
 
     async def _act(
-        self, task: TaskRecord, job_id: int, agent: Agent, box: ToolBox, step: TaskStep
+        self, task: TaskRecord, lease: UUID, agent: Agent, box: ToolBox, step: TaskStep
     ) -> TaskStep | None:
         """Run the calls of `step` not run yet, in order; the step, done, or None when a call
         waits for a person (the task then waits too)."""
@@ -206,20 +212,24 @@ class TaskRunner:
             context = agent.tool_context(call.id)
             approved = False
             if state == "running":  # cut short: only a call that changes nothing runs again
+                spent = _unbilled_ms(results[call.id], tool)
+                left -= spent / 1000
                 if tool is None or tool.effect != "read":
                     results[call.id] = await self._set_call(
-                        task, job_id, step, call, "interrupted", INTERRUPTED, 0
+                        task, lease, step, call, "interrupted", INTERRUPTED, spent
                     )
                     continue
+                await self._set_call(task, lease, step, call, "running", "", spent, charged=True)
             elif state == "waiting":
                 approval = await self._approval(task.id, call.id)
                 if approval is not None and approval.state == "pending":
-                    await self._wait(task, job_id, approval)
-                    return None
+                    if await self._wait(task, lease, approval):
+                        return None
+                    approval = await self._approval(task.id, call.id)  # answered meanwhile
                 if approval is None or approval.state != "approved":
                     result = not_run_result(call, approval)
                     results[call.id] = await self._set_call(
-                        task, job_id, step, call, "not_run", result.content, 0
+                        task, lease, step, call, "not_run", result.content, 0
                     )
                     continue
                 approved = True
@@ -228,23 +238,33 @@ class TaskRunner:
                 refusal = refusal_of(tool, call, context, policy)
                 if refusal is not None:
                     results[call.id] = await self._set_call(
-                        task, job_id, step, call, "failed", refusal.content, 0
+                        task, lease, step, call, "failed", refusal.content, 0
                     )
                     continue
                 if policy == "ask" and not approved:
-                    await self._ask(task, job_id, agent, step, call, tool)
+                    await self._ask(task, lease, agent, step, call, tool)
                     return None
-            await self._set_call(task, job_id, step, call, "running", "", 0)
+            if left <= 0:
+                results[call.id] = await self._set_call(
+                    task, lease, step, call, "not_run", NO_TIME_LEFT, 0
+                )
+                continue
+            await self._set_call(task, lease, step, call, "running", "", 0, started_at=time.time())
             started = time.monotonic()
-            result = await run_tool(box.tools, call, max(left, 0.0), context)
+            try:
+                result = await run_tool(box.tools, call, left, context)
+            except asyncio.CancelledError:  # paused, cancelled, or the worker stops
+                spent = round((time.monotonic() - started) * 1000)
+                await asyncio.shield(self._bill(task.id, step.n, call.id, spent))
+                raise
             left -= time.monotonic() - started
             elapsed = round((time.monotonic() - started) * 1000)
             outcome = "failed" if result.is_error else "finished"
             results[call.id] = await self._set_call(
-                task, job_id, step, call, outcome, result.content, elapsed
+                task, lease, step, call, outcome, result.content, elapsed
             )
         async with self.db.transaction() as tx:
-            row = await tx.fetch_one(_SQL["finish_step"], task.id, job_id, step.n)
+            row = await tx.fetch_one(_SQL["finish_step"], task.id, lease, step.n)
             if row is None:
                 raise _Replaced
             done = TaskStep.from_row(row)
@@ -254,7 +274,7 @@ class TaskRunner:
     async def _set_call(
         self,
         task: TaskRecord,
-        job_id: int,
+        lease: UUID,
         step: TaskStep,
         call: ToolCall,
         status: str,
@@ -265,11 +285,18 @@ class TaskRunner:
         """Store the state of `call` (and the time it took); what was stored."""
         state = {"status": status, "content": storable_text(content), "name": call.name, **extra}
         row = await self.db.fetch_one(
-            _SQL["set_call"], task.id, job_id, step.n, call.id, Jsonb(state), elapsed_ms
+            _SQL["set_call"], task.id, lease, step.n, call.id, Jsonb(state), elapsed_ms
         )
         if row is None:
             raise _Replaced
         return state
+
+    async def _bill(self, task_id: int, n: int, call_id: str, elapsed_ms: int) -> None:
+        """Count the time of a call cut short in its task's (whoever holds the task now)."""
+        try:
+            await self.db.execute(_SQL["bill_cut_call"], task_id, n, call_id, elapsed_ms)
+        except GatheringError:
+            log.warning("could not count a cut call's time", task_id=task_id, call_id=call_id)
 
     async def _approval(self, task_id: int, call_id: str) -> Approval | None:
         row = await self.db.fetch_one(_SQL["task_approval"], task_id, call_id)
@@ -278,7 +305,7 @@ class TaskRunner:
     async def _ask(
         self,
         task: TaskRecord,
-        job_id: int,
+        lease: UUID,
         agent: Agent,
         step: TaskStep,
         call: ToolCall,
@@ -302,29 +329,33 @@ class TaskRunner:
                 seconds=get_settings().approval_timeout,
                 task_id=task.id,
             )
-            await self._set_call(
-                task, job_id, step, call, "waiting", "", 0, approval_id=approval.id
-            )
+            await self._set_call(task, lease, step, call, "waiting", "", 0, approval_id=approval.id)
             await self.bus.publish_many(approval_events("approval.requested", approval), tx=tx)
-            await self._wait(task, job_id, approval)
+            if not await self._wait(task, lease, approval):
+                raise AssertionError("an approval asked for in this transaction was answered")
 
-    async def _wait(self, task: TaskRecord, job_id: int, approval: Approval) -> None:
+    async def _wait(self, task: TaskRecord, lease: UUID, approval: Approval) -> bool:
         """The task waits for `approval`, without a job (in the caller's transaction, when
-        one is open)."""
+        one is open); False when the approval was answered meanwhile (the call goes on). The
+        approval's row is locked first: an answer that comes later is taken up by the sweep
+        once the task waits."""
         async with self.db.transaction() as tx:
-            row = await tx.fetch_one(_SQL["wait_for_approval"], task.id, job_id, approval.id)
+            if await tx.fetch_val(_SQL["lock_approval"], approval.id) != "pending":
+                return False
+            row = await tx.fetch_one(_SQL["wait_for_approval"], task.id, lease, approval.id)
             if row is None:
                 raise _Replaced
             waiting = TaskRecord.from_row(row)
             events = task_event("waiting", waiting, approval_id=approval.id)
             await self.bus.publish_many(events, tx=tx)
+        return True
 
     # --- ends -----------------------------------------------------------------------------
 
     async def _end(
         self,
         task_id: int,
-        job_id: int,
+        lease: UUID,
         status: str,
         result: str | None,
         error: dict[str, Any] | None,
@@ -333,7 +364,7 @@ class TaskRunner:
             row = await tx.fetch_one(
                 _SQL["end_task"],
                 task_id,
-                job_id,
+                lease,
                 status,
                 result,
                 Jsonb(error) if error is not None else None,
@@ -343,11 +374,11 @@ class TaskRunner:
             ended = TaskRecord.from_row(row)
             await self.bus.publish_many(task_event("finished", ended), tx=tx)
 
-    async def _hand_over(self, task_id: int, job_id: int) -> None:
+    async def _hand_over(self, task_id: int, lease: UUID) -> None:
         """Give the task to a new job (this worker is stopping)."""
         async with self.db.transaction() as tx:
             row = await tx.fetch_one(_SQL["lock_task"], task_id)
-            if row is None or row["job_id"] != job_id or row["status"] != "running":
+            if row is None or row["lease"] != lease or row["status"] != "running":
                 return
             await queue_task(tx, task_id)
 
@@ -356,6 +387,15 @@ class TaskRunner:
         thought = step.thought[:EVENT_PREVIEW_CHARS]
         body = {"n": step.n, "steps": step.n, "step_status": step.status, "calls": calls}
         await self.bus.publish_many(task_event("step", task, thought=thought, **body), tx=tx)
+
+
+def _unbilled_ms(state: dict[str, Any], tool: Any) -> int:
+    """The time a call left `running` (its worker died) took and was not counted: from its
+    start, at most its tool's timeout."""
+    if state.get("charged") or "started_at" not in state:
+        return 0
+    limit = tool_seconds(tool) if tool is not None else get_settings().tool_timeout
+    return round(max(0.0, min(time.time() - float(state["started_at"]), limit)) * 1000)
 
 
 def _check_budgets(task: TaskRecord) -> None:

@@ -1,6 +1,7 @@
 -- The statements of `gathering.scheduler.tasks` (see db/named_queries.py): background agent
--- tasks and their steps. Writes by a task's job are fenced by its job id: a job that was
--- replaced (the task paused, resumed or cancelled meanwhile) changes nothing.
+-- tasks and their steps. Writes by a task's job are fenced by the lease it took when it
+-- started the task: a job that was replaced (the task paused, resumed or cancelled
+-- meanwhile, or the same job started again elsewhere) changes nothing.
 
 -- name: insert_task --
 INSERT INTO scheduler.tasks (owner_id, agent_id, goal, max_steps, max_tokens, max_seconds,
@@ -28,7 +29,7 @@ LIMIT $3 OFFSET $4
 -- name: queue_task --
 -- Task $1 waits for its job $2 (a new task, or one resumed or answered).
 UPDATE scheduler.tasks
-SET status = 'queued', job_id = $2, approval_id = NULL, updated_at = now()
+SET status = 'queued', job_id = $2, lease = NULL, approval_id = NULL, updated_at = now()
 WHERE id = $1
 RETURNING *
 
@@ -36,30 +37,39 @@ RETURNING *
 -- Task $1 becomes $2 (paused, cancelled, ...): its job is forgotten, an ended one gets its
 -- error $3 and its end time.
 UPDATE scheduler.tasks
-SET status = $2, job_id = NULL, error = coalesce($3, error), updated_at = now(),
+SET status = $2, job_id = NULL, lease = NULL, error = coalesce($3, error), updated_at = now(),
     finished_at = CASE WHEN $2 IN ('succeeded', 'failed', 'cancelled') THEN now() END
 WHERE id = $1
 RETURNING *
 
 -- name: start_task --
--- Job $2 takes up task $1: queued, or running (its previous worker died).
+-- Job $2 takes up task $1 (queued, or running: its worker died) under a new lease, which
+-- fences every write after this one.
 UPDATE scheduler.tasks
-SET status = 'running', started_at = coalesce(started_at, now()), updated_at = now()
+SET status = 'running', lease = gen_random_uuid(), started_at = coalesce(started_at, now()),
+    updated_at = now()
 WHERE id = $1 AND job_id = $2 AND status IN ('queued', 'running')
 RETURNING *
 
 -- name: wait_for_approval --
+-- Task $1 (under lease $2) waits for approval $3, without a job.
 UPDATE scheduler.tasks
-SET status = 'waiting_approval', approval_id = $3, job_id = NULL, updated_at = now()
-WHERE id = $1 AND job_id = $2 AND status = 'running'
+SET status = 'waiting_approval', approval_id = $3, job_id = NULL, lease = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease = $2 AND status = 'running'
 RETURNING *
 
+-- name: lock_approval --
+-- Approval $1, locked: an answer given meanwhile waits for this transaction (and is then
+-- taken up by the sweep), or came before it and is read here.
+SELECT state FROM tool.approvals WHERE id = $1 FOR UPDATE
+
 -- name: end_task --
--- Job $2 ends task $1 with status $3, result $4 and error $5.
+-- The job holding lease $2 ends task $1 with status $3, result $4 and error $5.
 UPDATE scheduler.tasks
-SET status = $3, result = $4, error = $5, job_id = NULL, updated_at = now(),
+SET status = $3, result = $4, error = $5, job_id = NULL, lease = NULL, updated_at = now(),
     finished_at = now()
-WHERE id = $1 AND job_id = $2 AND status = 'running'
+WHERE id = $1 AND lease = $2 AND status = 'running'
 RETURNING *
 
 -- name: steps_of_task --
@@ -70,14 +80,14 @@ SELECT * FROM scheduler.task_steps WHERE task_id = $1 AND n > $2 ORDER BY n LIMI
 SELECT * FROM scheduler.task_steps WHERE task_id = $1 ORDER BY n
 
 -- name: insert_step --
--- Job $2 stores step $3 of task $1 (the model's reply: its text and calls, what it cost) and
+-- The job holding lease $2 stores step $3 of task $1 (the model's reply: its text and calls, what it cost) and
 -- counts it in the task's use; no row when the job was replaced or the step exists.
 WITH task AS (
     UPDATE scheduler.tasks
     SET steps = $3, input_tokens = input_tokens + $7, output_tokens = output_tokens + $8,
         cost_usd = cost_usd + coalesce($9, 0), active_seconds = active_seconds + $10 / 1000.0,
         updated_at = now()
-    WHERE id = $1 AND job_id = $2 AND status = 'running' AND steps = $3 - 1
+    WHERE id = $1 AND lease = $2 AND status = 'running' AND steps = $3 - 1
     RETURNING id
 )
 INSERT INTO scheduler.task_steps (task_id, n, thought, tool_calls, status, model, input_tokens,
@@ -87,12 +97,12 @@ FROM task
 RETURNING *
 
 -- name: set_call --
--- Job $2 stores call $4 of step $3 of task $1 as $5 ({"status", "content"}), adding $6 ms to
+-- The job holding lease $2 stores call $4 of step $3 of task $1 as $5 ({"status", "content"}), adding $6 ms to
 -- the step's and the task's time; no row when the job was replaced.
 WITH task AS (
     UPDATE scheduler.tasks
     SET active_seconds = active_seconds + $6 / 1000.0, updated_at = now()
-    WHERE id = $1 AND job_id = $2 AND status = 'running'
+    WHERE id = $1 AND lease = $2 AND status = 'running'
     RETURNING id
 )
 UPDATE scheduler.task_steps s
@@ -101,10 +111,24 @@ FROM task
 WHERE s.task_id = task.id AND s.n = $3
 RETURNING s.*
 
+-- name: bill_cut_call --
+-- Call $3 of step $2 of task $1 was cut short (a pause, a cancel, a stopping worker) after $4
+-- ms: they count in the step's and the task's time, once (the call is marked charged).
+WITH step AS (
+    UPDATE scheduler.task_steps
+    SET results = jsonb_set(results, ARRAY[$3::text, 'charged'], 'true'),
+        duration_ms = duration_ms + $4
+    WHERE task_id = $1 AND n = $2 AND results -> $3::text ->> 'status' = 'running'
+      AND NOT coalesce((results -> $3::text ->> 'charged')::boolean, false)
+    RETURNING task_id
+)
+UPDATE scheduler.tasks t SET active_seconds = active_seconds + $4 / 1000.0
+FROM step WHERE t.id = step.task_id
+
 -- name: finish_step --
 UPDATE scheduler.task_steps s SET status = 'done', finished_at = now()
 FROM scheduler.tasks t
-WHERE s.task_id = $1 AND s.n = $3 AND t.id = s.task_id AND t.job_id = $2
+WHERE s.task_id = $1 AND s.n = $3 AND t.id = s.task_id AND t.lease = $2
   AND t.status = 'running'
 RETURNING s.*
 
@@ -124,6 +148,11 @@ LIMIT $1
 UPDATE tool.approvals SET resumed_at = now()
 WHERE id = $1 AND resumed_at IS NULL AND state <> 'pending'
 RETURNING id
+
+-- name: expire_task_approvals --
+-- The pending approvals of task $1 expire (it was cancelled): nothing waits for them.
+UPDATE tool.approvals SET state = 'expired', decided_at = now(), resumed_at = now()
+WHERE task_id = $1 AND state = 'pending'
 
 -- name: cancel_task_job --
 -- procrastinate's cancel: a queued job is cancelled, a running one asked to abort (NOTIFY).

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
+from uuid import UUID
 
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -42,6 +43,17 @@ def _id_or_name(value: Any) -> Any:
     return value
 
 
+def _a_number(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise ValueError("give a number")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_a_number)]
+"""An integer as JSON Schema has it: 5 or 5.0, never "5" or true."""
+Real = Annotated[float, BeforeValidator(_a_number)]
+"""A number: never "5" or true."""
+
 Ref = Annotated[
     Annotated[int, Field(ge=1, le=MAX_ID)] | Annotated[str, Field(min_length=1, max_length=200)],
     BeforeValidator(_id_or_name),
@@ -56,14 +68,14 @@ class TaskSpec(BaseModel):
 
     agent: Ref = Field(description="The agent's id or name")
     goal: str = Field(min_length=1, max_length=MAX_GOAL_CHARS, description="What to achieve")
-    max_steps: int = Field(default=20, ge=1, le=1_000, description="Model calls at most")
-    max_tokens: int = Field(
+    max_steps: Whole = Field(default=20, ge=1, le=1_000, description="Model calls at most")
+    max_tokens: Whole = Field(
         default=200_000, ge=1, le=100_000_000, description="Input and output tokens at most"
     )
-    max_seconds: float = Field(
+    max_seconds: Real = Field(
         default=900, ge=1, le=7 * 86_400, description="Seconds of work at most (pauses excluded)"
     )
-    max_cost_usd: float | None = Field(
+    max_cost_usd: Real | None = Field(
         default=None, gt=0, le=1_000_000, description="Dollars at most, for priced models"
     )
 
@@ -94,6 +106,7 @@ class TaskRecord:
     cost_usd: float
     active_seconds: float
     job_id: int | None
+    lease: UUID | None  # taken by the job when it started the task; fences its writes
     approval_id: int | None
     result: str | None
     error: dict[str, Any] | None
@@ -257,9 +270,12 @@ async def resume_answered(db: Database, bus: EventBus | None, limit: int = 100) 
     rows = await db.fetch_all(_SQL["answered_for_tasks"], limit)
     for row in rows:
         async with db.transaction() as tx:
-            task = await _locked(tx, int(row["task_id"]))
             if await tx.fetch_one(_SQL["take_answer"], row["id"]) is None:
                 continue  # taken up by another instance
+            locked = await tx.fetch_one(_SQL["lock_task"], row["task_id"])
+            if locked is None:
+                continue  # deleted with its task meanwhile
+            task = TaskRecord.from_row(locked)
             if task.status == "waiting_approval" and task.approval_id == row["id"]:
                 task = await queue_task(tx, task.id)
                 await bus.publish_many(task_event("resumed", task, approval_id=row["id"]), tx=tx)
@@ -284,6 +300,8 @@ async def _control(
             )
         if task.job_id is not None:
             await tx.fetch_one(_SQL["cancel_task_job"], task.job_id)
+        if to == "cancelled":
+            await tx.execute(_SQL["expire_task_approvals"], task_id)
         row = await tx.fetch_one(
             _SQL["set_task_status"], task_id, to, Jsonb(error) if error else None
         )
@@ -309,7 +327,10 @@ async def settle_stranded_tasks(db: Database, bus: EventBus | None, limit: int =
     rows = await db.fetch_all(_SQL["stranded_tasks"], limit, STRANDED_GRACE)
     for row in rows:
         async with db.transaction() as tx:
-            task = await _locked(tx, int(row["id"]))
+            locked = await tx.fetch_one(_SQL["lock_task"], row["id"])
+            if locked is None:
+                continue  # deleted meanwhile
+            task = TaskRecord.from_row(locked)
             if task.status not in ("queued", "running") or task.job_id is None:
                 continue
             job = await tx.fetch_val(_SQL["job_status"], task.job_id)
