@@ -6,23 +6,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from gathering.db.database import Queries
 from gathering.db.locks import LockKey
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text, storable_value
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
-from gathering.scheduler.tasks.store import MAX_ID, Real, Ref, Whole
+from gathering.scheduler.tasks.store import MAX_ID, Ref, as_number
 
 _SQL = queries_of("gathering.scheduler.goals")
 STATUSES = ("open", "waiting", "active", "done", "failed", "cancelled")
 ENDED = ("done", "failed", "cancelled")
 MAX_TEXT = 10_000
 MAX_DEPTH = 20  # levels of subgoals
+
+
+def _flush(value: float) -> float:
+    """0 for a number too close to 0 for PostgreSQL (5e-324 and the like)."""
+    return 0.0 if abs(value) < 1e-30 else value
 
 
 class GoalFields(BaseModel):
@@ -44,7 +49,9 @@ class GoalFields(BaseModel):
 class GoalIn(GoalFields):
     """A new goal: top-level, or a subgoal of `parent_id`."""
 
-    parent_id: Whole | None = Field(default=None, ge=1, le=MAX_ID, description="The parent's id")
+    parent_id: Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(as_number)] | None = Field(
+        default=None, description="The parent's id"
+    )
 
 
 class GoalChange(BaseModel):
@@ -58,8 +65,11 @@ class GoalChange(BaseModel):
     success_criteria: str | None = Field(default=None, max_length=MAX_TEXT)
     agent: Ref | None = None
     pipeline: Ref | None = None
-    progress: Real | None = Field(default=None, ge=0, le=1, description="A leaf's own")
-    position: Whole | None = Field(default=None, ge=0, le=100_000)
+    progress: (
+        Annotated[float, Field(ge=0, le=1), BeforeValidator(as_number), AfterValidator(_flush)]
+        | None
+    ) = Field(default=None, description="A leaf's own")
+    position: Annotated[int, Field(ge=0, le=100_000), BeforeValidator(as_number)] | None = None
 
 
 @dataclass(frozen=True)

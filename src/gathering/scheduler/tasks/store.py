@@ -43,15 +43,17 @@ def _id_or_name(value: Any) -> Any:
     return value
 
 
-def _a_number(value: Any) -> Any:
+def as_number(value: Any) -> Any:
+    """`value` unless it is text or a boolean (pydantic alone would read "5" and true as
+    numbers); limits go before it in `Annotated`, so that the schema shows them."""
     if isinstance(value, bool | str):
         raise ValueError("give a number")
     return value
 
 
-Whole = Annotated[int, BeforeValidator(_a_number)]
+Whole = Annotated[int, BeforeValidator(as_number)]
 """An integer as JSON Schema has it: 5 or 5.0, never "5" or true."""
-Real = Annotated[float, BeforeValidator(_a_number)]
+Real = Annotated[float, BeforeValidator(as_number)]
 """A number: never "5" or true."""
 
 Ref = Annotated[
@@ -75,9 +77,9 @@ class TaskSpec(BaseModel):
     max_seconds: Real = Field(
         default=900, ge=1, le=7 * 86_400, description="Seconds of work at most (pauses excluded)"
     )
-    max_cost_usd: Real | None = Field(
-        default=None, gt=0, le=1_000_000, description="Dollars at most, for priced models"
-    )
+    max_cost_usd: (
+        Annotated[float, Field(ge=0.000001, le=1e6), BeforeValidator(as_number)] | None
+    ) = Field(default=None, description="Dollars at most, for priced models")
 
     @field_validator("goal")
     @classmethod

@@ -1,0 +1,420 @@
+"""Goals under the interleavings and stuck states a hostile review forced (before the fixes
+they made a dependency cycle, deadlocked a parent and its subgoal, broke the scheduler's sweep
+for everyone, left goals active forever, or launched a goal's work twice or after a cancel):
+each now ends as the guarantees say."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from pipeline_runtime import LAB
+from task_runtime import HOLD_WRITE, Lab, call, task_lab
+
+from gathering.agents import Agent, PostgresAgentStore
+from gathering.db.database import Queries
+from gathering.errors import ConflictError, DecompositionFailedError
+from gathering.scheduler.goals import (
+    GoalChange,
+    GoalIn,
+    GoalNode,
+    GoalRecord,
+    activities,
+    add_dependency,
+    cancel_goal,
+    change_goal,
+    create_goal,
+    decompose_goal,
+    delete_goal,
+    get_goal,
+    goal_tree,
+    settle_goals,
+    start_goal,
+)
+from gathering.scheduler.goals import work as goals_work
+from gathering.scheduler.tasks import get_task
+
+pytestmark = pytest.mark.integration
+lab = task_lab  # the fixture, by the name these tests use
+
+
+async def add(lab: Lab, title: str, **fields: Any) -> GoalRecord:
+    async with lab.db.transaction() as tx:
+        return await create_goal(tx, lab.owner_id, GoalIn(title=title, **fields))
+
+
+async def settled(lab: Lab, goal_id: int, *statuses: str, limit: float = 30) -> GoalRecord:
+    """Run the scheduler's sweep until goal `goal_id` has one of `statuses`."""
+    deadline = time.monotonic() + limit
+    while True:
+        await lab.scheduler.tick()
+        goal = await get_goal(lab.db, goal_id)
+        if goal.status in statuses:
+            return goal
+        if time.monotonic() > deadline:
+            raise AssertionError(f"goal {goal_id} is {goal.status}, not {statuses}")
+        await asyncio.sleep(0.1)
+
+
+async def kinds(lab: Lab, goal_id: int) -> list[str]:
+    return [row["kind"] for row in await activities(lab.db, goal_id)]
+
+
+async def last_activity(lab: Lab, goal_id: int) -> dict[str, Any]:
+    return (await activities(lab.db, goal_id))[-1]
+
+
+async def task_count(lab: Lab, title: str | None = None) -> int:
+    count: int = await lab.db.fetch_val(
+        "SELECT count(*) FROM scheduler.tasks WHERE $1::text IS NULL OR goal LIKE $1 || '%'",
+        title,
+    )
+    return count
+
+
+async def dependency_pairs(lab: Lab) -> set[tuple[int, int]]:
+    rows = await lab.db.fetch_all("SELECT goal_id, blocked_by FROM scheduler.goal_dependencies")
+    return {(row["goal_id"], row["blocked_by"]) for row in rows}
+
+
+# --- dependencies ------------------------------------------------------------------------------
+
+
+async def test_two_dependencies_added_at_once_never_close_a_cycle(lab: Lab) -> None:
+    """A waits for B and B waits for A, each in its own open transaction at once: the
+    second waits for the first to commit, then sees its row and is refused."""
+    a = await add(lab, "a")
+    b = await add(lab, "b")
+
+    async def b_waits_for_a() -> None:
+        async with lab.db.transaction() as tx2:
+            await add_dependency(tx2, b, a)
+
+    async def blocked_on_the_owners_lock() -> bool:
+        waiting: int = await lab.db.fetch_val(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        )
+        return waiting > 0
+
+    other: asyncio.Task[None] | None = None
+    async with lab.db.transaction() as tx1:
+        await add_dependency(tx1, a, b)
+        other = asyncio.create_task(b_waits_for_a())  # its own connection
+        deadline = time.monotonic() + 10
+        while not other.done() and not await blocked_on_the_owners_lock():
+            assert time.monotonic() < deadline, "the second change neither ended nor waited"
+            await asyncio.sleep(0.05)
+        assert not other.done(), "the second change went through while the first was open"
+    with pytest.raises(ConflictError, match="cycle"):
+        await asyncio.wait_for(other, 10)
+    assert await dependency_pairs(lab) == {(a.id, b.id)}
+
+
+async def test_a_goal_never_waits_for_one_above_or_below_it(lab: Lab) -> None:
+    """A subgoal waiting for its parent (or the other way round) would wait forever: the
+    parent ends with its subgoals."""
+    root = await add(lab, "root")
+    child = await add(lab, "child", parent_id=root.id)
+    grandchild = await add(lab, "grandchild", parent_id=child.id, agent="Tasker")
+    sibling = await add(lab, "sibling", parent_id=root.id, agent="Tasker")
+    for goal, other in [
+        (child, root),
+        (root, child),
+        (grandchild, root),
+        (root, grandchild),
+        (grandchild, child),
+    ]:
+        with pytest.raises(ConflictError, match="one line of subgoals"):
+            async with lab.db.transaction() as tx:
+                await add_dependency(tx, goal, other)
+    assert await dependency_pairs(lab) == set()
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, sibling, child)  # not in one line: taken
+    assert await dependency_pairs(lab) == {(sibling.id, child.id)}
+    lab.stub.add_reply("grandchild done", "sibling done")
+    await start_goal(lab.db, lab.bus, root.id)
+    assert (await settled(lab, root.id, "done", "failed")).status == "done"
+    assert await task_count(lab) == 2
+
+
+async def test_a_parent_waits_for_its_own_dependency_before_its_subgoals_start(lab: Lab) -> None:
+    q = await add(lab, "q", agent="Tasker")
+    p = await add(lab, "p")
+    child = await add(lab, "p child", parent_id=p.id, agent="Tasker")
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, p, q)
+    started = await start_goal(lab.db, lab.bus, p.id)
+    assert (started.status, started.task_id) == ("waiting", None)
+    assert (await get_goal(lab.db, child.id)).status == "open"  # nothing of it started
+    for _ in range(3):
+        await lab.scheduler.tick()
+    assert (await get_goal(lab.db, p.id)).status == "waiting"
+    assert await task_count(lab) == 0
+    assert (await last_activity(lab, p.id))["body"] == {"blocked_by": [q.id]}
+
+    lab.stub.add_reply("q done")
+    await start_goal(lab.db, lab.bus, q.id)
+    await settled(lab, q.id, "done")
+    lab.stub.add_reply("child done")
+    assert (await settled(lab, p.id, "done", "failed")).status == "done"
+    assert (await get_goal(lab.db, child.id)).status == "done"
+    assert await task_count(lab, "p child") == 1
+    assert await kinds(lab, p.id) == [
+        "created",
+        "dependency_added",
+        "waiting",
+        "started",
+        "subgoals_ended",
+    ]
+
+
+# --- a goal that cannot go on fails alone ---------------------------------------------------------
+
+
+async def other_agent(lab: Lab) -> int:
+    store = PostgresAgentStore(lab.db)
+    agent = Agent("Other", "ollama", "llama3.2", store=store, owner_id=lab.owner_id)
+    await agent.save()
+    assert agent.id is not None
+    return agent.id
+
+
+async def test_a_waiting_goal_whose_agent_was_deleted_fails_alone(lab: Lab) -> None:
+    """Its agent deleted (goals.agent_id is set NULL), a waiting goal has nobody to work on it
+    once its dependency is done: it fails, and the same sweep moves the other goals on."""
+    await other_agent(lab)
+    first = await add(lab, "first", agent="Tasker")
+    second = await add(lab, "second", agent="Tasker")
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, second, first)
+    await start_goal(lab.db, lab.bus, second.id)
+    assert (await get_goal(lab.db, second.id)).status == "waiting"
+    lab.stub.add_reply("unrelated done")
+    unrelated = await start_goal(lab.db, lab.bus, (await add(lab, "unrelated", agent="Other")).id)
+    assert unrelated.task_id is not None
+    await lab.wait(unrelated.task_id)
+    # `first` is done (as if its task succeeded), and the agent of `second` is deleted.
+    await lab.db.execute("UPDATE scheduler.goals SET status = 'done' WHERE id = $1", first.id)
+    await PostgresAgentStore(lab.db).delete_agent(lab.agent_id)
+    await settle_goals(lab.db, lab.bus)  # does not raise
+    failed = await get_goal(lab.db, second.id)
+    assert (failed.status, failed.task_id) == ("failed", None)
+    assert failed.finished_at is not None
+    ended = await last_activity(lab, second.id)
+    assert ended["kind"] == "failed"
+    assert ended["body"]["error"]["code"] == "conflict"
+    assert "no agent and no pipeline" in ended["body"]["error"]["message"]
+    assert (await get_goal(lab.db, unrelated.id)).status == "done"
+    await lab.scheduler.tick()  # and every later round goes through
+    assert (await get_goal(lab.db, second.id)).status == "failed"
+
+
+async def test_clearing_a_waiting_goals_agent_does_not_stop_the_sweep(lab: Lab) -> None:
+    """PATCH {"agent": null} on a waiting goal: once its dependency is done it fails; other
+    goals (of any owner) behind it in the sweep still move on."""
+    first = await add(lab, "first", agent="Tasker")
+    second = await add(lab, "second", agent="Tasker")
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, second, first)
+    await start_goal(lab.db, lab.bus, second.id)
+    async with lab.db.transaction() as tx:
+        await change_goal(tx, await get_goal(tx, second.id), GoalChange(agent=None))
+    await lab.db.execute("UPDATE scheduler.goals SET status = 'done' WHERE id = $1", first.id)
+    lab.stub.add_reply("other done")
+    other = await add(lab, "unrelated", agent="Tasker")
+    started = await start_goal(lab.db, lab.bus, other.id)
+    assert started.task_id is not None
+    await lab.wait(started.task_id)
+    for _ in range(3):
+        await lab.scheduler.tick()  # never raises
+    assert (await get_goal(lab.db, other.id)).status == "done"
+    assert (await get_goal(lab.db, second.id)).status == "failed"
+    assert (await last_activity(lab, second.id))["kind"] == "failed"
+
+
+# --- work that was deleted ------------------------------------------------------------------------
+
+
+async def test_a_goal_whose_task_was_deleted_fails_and_its_parent_with_it(lab: Lab) -> None:
+    """Deleting the agent deletes its tasks (ON DELETE CASCADE) and sets the goal's task_id
+    NULL: the goal's work is gone, so it fails, and its parent ends with it."""
+    await lab.enable(HOLD_WRITE)
+    lab.stub.add_reply(call("hold_write", key="del"))
+    root = await add(lab, "root")
+    leaf = await add(lab, "leaf", parent_id=root.id, agent="Tasker")
+    await start_goal(lab.db, lab.bus, root.id)
+    await asyncio.wait_for(LAB.started_event("del").wait(), 10)
+    await PostgresAgentStore(lab.db).delete_agent(lab.agent_id)
+    assert (await get_goal(lab.db, leaf.id)).task_id is None
+    gone = await settled(lab, leaf.id, "failed", "done")
+    assert gone.status == "failed"
+    assert (await last_activity(lab, leaf.id))["kind"] == "work_gone"
+    ended = await settled(lab, root.id, "failed", "done")
+    assert ended.status == "failed"
+    last = await last_activity(lab, root.id)
+    assert (last["kind"], last["body"]) == ("subgoals_ended", {"statuses": ["failed"]})
+
+
+async def test_a_parent_whose_subgoals_were_deleted_fails(lab: Lab) -> None:
+    await lab.enable(HOLD_WRITE)
+    lab.stub.add_reply(call("hold_write", key="sub"))
+    root = await add(lab, "root")
+    leaf = await add(lab, "leaf", parent_id=root.id, agent="Tasker")
+    await start_goal(lab.db, lab.bus, root.id)
+    await asyncio.wait_for(LAB.started_event("sub").wait(), 10)
+    await delete_goal(lab.db, leaf.id)
+    assert (await settled(lab, root.id, "failed", "done")).status == "failed"
+    assert (await last_activity(lab, root.id))["kind"] == "work_gone"
+
+
+# --- start and cancel lock the subtree ------------------------------------------------------------
+
+
+async def test_a_cancel_racing_a_start_stops_the_work_the_start_launched(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start commits right after the cancel has read the tree (before it locks it): the
+    cancel sees the launched task under its lock and stops it."""
+    await lab.enable(HOLD_WRITE)
+    lab.stub.add_reply(call("hold_write", key="race"))
+    root = await add(lab, "root")
+    leaf = await add(lab, "leaf", parent_id=root.id, agent="Tasker")
+    real_tree = goals_work.goal_tree
+    calls = 0
+
+    async def tree_then_start(queries: Queries, goal_id: int) -> GoalNode:
+        nonlocal calls
+        calls += 1
+        node = await real_tree(queries, goal_id)
+        if calls == 1:  # the cancel's first read: a start commits right after it
+            await asyncio.wait_for(asyncio.create_task(start_goal(lab.db, lab.bus, root.id)), 10)
+        return node
+
+    monkeypatch.setattr(goals_work, "goal_tree", tree_then_start)
+    cancelled = await cancel_goal(lab.db, lab.bus, root.id)
+    monkeypatch.undo()
+    assert cancelled.status == "cancelled"
+    leaf_now = await get_goal(lab.db, leaf.id)
+    assert leaf_now.status == "cancelled" and leaf_now.task_id is not None
+    assert (await get_task(lab.db, leaf_now.task_id)).status == "cancelled"
+    await asyncio.sleep(1.0)  # its job was stopped: it stays cancelled
+    assert (await get_task(lab.db, leaf_now.task_id)).status == "cancelled"
+    assert await task_count(lab) == 1
+
+
+async def test_a_start_racing_a_cancel_launches_nothing(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel commits right after the start has read the tree (before it locks it): the
+    start sees the cancelled goal under its lock and is refused."""
+    root = await add(lab, "root")
+    leaf = await add(lab, "leaf", parent_id=root.id, agent="Tasker")
+    real_tree = goals_work.goal_tree
+    calls = 0
+
+    async def tree_then_cancel(queries: Queries, goal_id: int) -> GoalNode:
+        nonlocal calls
+        calls += 1
+        node = await real_tree(queries, goal_id)
+        if calls == 1:  # the start's first read: a cancel commits right after it
+            await asyncio.wait_for(asyncio.create_task(cancel_goal(lab.db, lab.bus, root.id)), 10)
+        return node
+
+    monkeypatch.setattr(goals_work, "goal_tree", tree_then_cancel)
+    with pytest.raises(ConflictError, match="is cancelled"):
+        await start_goal(lab.db, lab.bus, root.id)
+    monkeypatch.undo()
+    assert (await get_goal(lab.db, root.id)).status == "cancelled"
+    assert (await get_goal(lab.db, leaf.id)).status == "cancelled"
+    assert await task_count(lab) == 0
+
+
+async def test_starting_a_parent_and_its_subgoal_at_once_launches_the_subgoal_once(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both starts read the tree before either locks anything: the one that locks second
+    reads it again and launches nothing more."""
+    lab.stub.add_reply("one", "two")
+    root = await add(lab, "root")
+    leaf = await add(lab, "leaf", parent_id=root.id, agent="Tasker")
+    real_tree = goals_work.goal_tree
+    both_read = asyncio.Barrier(2)
+    calls = 0
+
+    async def tree_then_wait(queries: Queries, goal_id: int) -> GoalNode:
+        nonlocal calls
+        calls += 1
+        node = await real_tree(queries, goal_id)
+        if calls <= 2:  # the first read of each start
+            await asyncio.wait_for(both_read.wait(), 10)
+        return node
+
+    monkeypatch.setattr(goals_work, "goal_tree", tree_then_wait)
+    outcomes = await asyncio.gather(
+        start_goal(lab.db, lab.bus, root.id),
+        start_goal(lab.db, lab.bus, leaf.id),
+        return_exceptions=True,
+    )
+    monkeypatch.undo()
+    assert calls >= 2
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert all(isinstance(o, ConflictError) for o in refused), refused
+    assert len(refused) < 2
+    assert await task_count(lab, "leaf") == 1  # one goal, one task
+    leaf_now = await get_goal(lab.db, leaf.id)
+    assert leaf_now.status == "active" and leaf_now.task_id is not None
+    assert (await get_goal(lab.db, root.id)).status == "active"
+    assert (await kinds(lab, leaf.id)).count("task_started") == 1
+
+
+async def test_a_second_launch_of_a_goal_is_refused_and_rolled_back(lab: Lab) -> None:
+    """A launch from a stale read of a goal that has started meanwhile changes nothing: the
+    task it made goes with its transaction."""
+    lab.stub.add_reply("ran once")
+    goal = await add(lab, "solo", agent="Tasker")
+    stale = await get_goal(lab.db, goal.id)
+    started = await start_goal(lab.db, lab.bus, goal.id)
+    assert started.task_id is not None
+    with pytest.raises(ConflictError, match="started meanwhile"):
+        async with lab.db.transaction() as tx:
+            await goals_work._launch(lab.db, lab.bus, tx, stale, [])
+    assert await task_count(lab) == 1
+    now = await get_goal(lab.db, goal.id)
+    assert (now.status, now.task_id) == ("active", started.task_id)
+    assert (await kinds(lab, goal.id)).count("task_started") == 1
+    assert (await settled(lab, goal.id, "done", "failed")).status == "done"
+
+
+# --- subgoals and decomposition -------------------------------------------------------------------
+
+
+async def test_no_subgoal_under_a_goal_that_ended_or_works_on_its_own(lab: Lab) -> None:
+    await lab.enable(HOLD_WRITE)
+    lab.stub.add_reply(call("hold_write", key="own"))
+    working = await add(lab, "working", agent="Tasker")
+    started = await start_goal(lab.db, lab.bus, working.id)
+    assert started.task_id is not None
+    with pytest.raises(ConflictError, match="works on its own"):
+        await add(lab, "under a task", parent_id=working.id)
+    ended = await add(lab, "ended")
+    await lab.db.execute("UPDATE scheduler.goals SET status = 'done' WHERE id = $1", ended.id)
+    with pytest.raises(ConflictError, match="is done"):
+        await add(lab, "under an ended goal", parent_id=ended.id)
+    assert (await goal_tree(lab.db, working.id)).children == []
+    assert (await goal_tree(lab.db, ended.id)).children == []
+    open_parent = await add(lab, "open parent")
+    assert (await add(lab, "fine", parent_id=open_parent.id)).parent_id == open_parent.id
+
+
+@pytest.mark.parametrize("depth", [50_000, 200_000], ids=["deep", "deep-and-huge"])
+async def test_decompose_refuses_a_deeply_nested_answer_cleanly(lab: Lab, depth: int) -> None:
+    goal = await add(lab, "g", agent="Tasker")
+    lab.stub.add_reply("[" * depth + "]" * depth)
+    with pytest.raises(DecompositionFailedError) as refused:
+        await decompose_goal(lab.db, goal.id)
+    assert refused.value.http_status == 502
+    assert (await goal_tree(lab.db, goal.id)).children == []
+    assert (await get_goal(lab.db, goal.id)).status == "open"
