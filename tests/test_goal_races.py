@@ -282,7 +282,7 @@ async def test_a_cancel_racing_a_start_stops_the_work_the_start_launched(
     lab.stub.add_reply(call("hold_write", key="race"))
     root = await add(lab, "root")
     leaf = await add(lab, "leaf", parent_id=root.id, agent="Tasker")
-    real_tree = goals_work.goal_tree
+    real_tree = goal_tree
     calls = 0
 
     async def tree_then_start(queries: Queries, goal_id: int) -> GoalNode:
@@ -312,7 +312,7 @@ async def test_a_start_racing_a_cancel_launches_nothing(
     start sees the cancelled goal under its lock and is refused."""
     root = await add(lab, "root")
     leaf = await add(lab, "leaf", parent_id=root.id, agent="Tasker")
-    real_tree = goals_work.goal_tree
+    real_tree = goal_tree
     calls = 0
 
     async def tree_then_cancel(queries: Queries, goal_id: int) -> GoalNode:
@@ -340,7 +340,7 @@ async def test_starting_a_parent_and_its_subgoal_at_once_launches_the_subgoal_on
     lab.stub.add_reply("one", "two")
     root = await add(lab, "root")
     leaf = await add(lab, "leaf", parent_id=root.id, agent="Tasker")
-    real_tree = goals_work.goal_tree
+    real_tree = goal_tree
     both_read = asyncio.Barrier(2)
     calls = 0
 
@@ -418,3 +418,100 @@ async def test_decompose_refuses_a_deeply_nested_answer_cleanly(lab: Lab, depth:
     assert refused.value.http_status == 502
     assert (await goal_tree(lab.db, goal.id)).children == []
     assert (await get_goal(lab.db, goal.id)).status == "open"
+
+
+async def test_a_subgoal_added_while_its_parent_is_started_is_refused(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start of an open goal commits right after a subgoal's creation has read that goal
+    (open, no task): the goal now works on its own, so the subgoal must be refused, not left
+    open under a goal whose task will end it."""
+    from gathering.scheduler.goals import store as goals_store
+
+    lab.stub.add_reply("leaf done")
+    leaf = await add(lab, "leaf", agent="Tasker")
+    real_get = goals_store.get_goal
+    raced = False
+
+    async def read_then_start(queries: Queries, goal_id: int) -> GoalRecord:
+        nonlocal raced
+        goal = await real_get(queries, goal_id)
+        if goal_id == leaf.id and not raced:
+            raced = True
+            await asyncio.wait_for(asyncio.create_task(start_goal(lab.db, lab.bus, leaf.id)), 10)
+        return goal
+
+    monkeypatch.setattr(goals_store, "get_goal", read_then_start)
+    with pytest.raises(ConflictError, match="works on its own"):
+        await add(lab, "late subgoal", parent_id=leaf.id)
+    monkeypatch.undo()
+    assert raced
+    assert (await get_goal(lab.db, leaf.id)).task_id is not None
+    assert (await goal_tree(lab.db, leaf.id)).children == []
+
+
+async def test_a_subgoal_started_by_hand_while_the_sweep_starts_its_parent_fails_nothing(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting parent is unblocked; while the sweep starts it (its tree read, its subgoals
+    not locked), a person starts one of those subgoals. The sweep's launch of that subgoal is
+    refused ("started meanwhile"): the subgoal runs, so the parent must go on, not fail."""
+    lab.stub.add_reply("child done")
+    q = await add(lab, "q", agent="Tasker")
+    parent = await add(lab, "parent")
+    child = await add(lab, "child", parent_id=parent.id, agent="Tasker")
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, parent, q)
+    assert (await start_goal(lab.db, lab.bus, parent.id)).status == "waiting"
+    await lab.db.execute("UPDATE scheduler.goals SET status = 'done' WHERE id = $1", q.id)
+    real_tree = goal_tree
+    raced = False
+
+    async def tree_then_start_child(queries: Queries, goal_id: int) -> GoalNode:
+        nonlocal raced
+        node = await real_tree(queries, goal_id)
+        if goal_id == parent.id and not raced:  # the sweep read the parent's tree
+            raced = True
+            await asyncio.wait_for(asyncio.create_task(start_goal(lab.db, lab.bus, child.id)), 10)
+        return node
+
+    monkeypatch.setattr(goals_work, "goal_tree", tree_then_start_child)
+    await settle_goals(lab.db, lab.bus)
+    monkeypatch.undo()
+    assert raced
+    assert await task_count(lab, "child") == 1
+    assert (await get_goal(lab.db, child.id)).status in ("active", "done")
+    parent_now = await get_goal(lab.db, parent.id)
+    assert parent_now.status == "active", await activities(lab.db, parent.id)
+    assert (await settled(lab, parent.id, "done", "failed")).status == "done"
+
+
+async def test_tmp_deadlock_probe(lab: Lab) -> None:
+    a = await add(lab, "a")
+    a1 = await add(lab, "a1", parent_id=a.id, agent="Tasker")
+    b = await add(lab, "b", agent="Tasker")
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, b, a)
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, a1, b)
+    lab.stub.add_reply("x", "y")
+    await start_goal(lab.db, lab.bus, a.id)
+    await start_goal(lab.db, lab.bus, b.id)
+    for _ in range(10):
+        await lab.scheduler.tick()
+        await asyncio.sleep(0.1)
+    print("STATES", [(g.title, (await get_goal(lab.db, g.id)).status) for g in (a, a1, b)])
+    p = await add(lab, "p")
+    c = await add(lab, "c", parent_id=p.id, agent="Tasker")
+    q = await add(lab, "q", agent="Tasker")
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, q, c)
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, p, q)
+    await start_goal(lab.db, lab.bus, p.id)
+    await start_goal(lab.db, lab.bus, q.id)
+    for _ in range(10):
+        await lab.scheduler.tick()
+        await asyncio.sleep(0.1)
+    print("STATES2", [(g.title, (await get_goal(lab.db, g.id)).status) for g in (p, c, q)])
+    print("TASKS", await task_count(lab))

@@ -57,7 +57,8 @@ Real = Annotated[float, BeforeValidator(as_number)]
 """A number: never "5" or true."""
 
 Ref = Annotated[
-    Annotated[int, Field(ge=1, le=MAX_ID)] | Annotated[str, Field(min_length=1, max_length=200)],
+    Annotated[int, Field(ge=1, le=MAX_ID)]
+    | Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")],
     BeforeValidator(_id_or_name),
 ]
 """Something of the owner's by id or by name (an agent, a pipeline)."""
