@@ -273,7 +273,7 @@ async def test_a_task_whose_job_ended_without_it_is_settled(lab: Lab) -> None:
     job_id = (await get_task(lab.db, task.id)).job_id
     await lab.db.execute("SELECT procrastinate_cancel_job_v1($1, true, false)", job_id)
     await lab.db.execute(
-        "UPDATE scheduler.tasks SET updated_at = now() - interval '1 minute' WHERE id = $1",
+        "UPDATE scheduler.tasks SET updated_at = now() - interval '1 minute', alive_at = NULL WHERE id = $1",
         task.id,
     )
     deadline = time.monotonic() + 10

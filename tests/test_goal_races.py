@@ -420,34 +420,25 @@ async def test_decompose_refuses_a_deeply_nested_answer_cleanly(lab: Lab, depth:
     assert (await get_goal(lab.db, goal.id)).status == "open"
 
 
-async def test_a_subgoal_added_while_its_parent_is_started_is_refused(
-    lab: Lab, monkeypatch: pytest.MonkeyPatch
+async def test_a_subgoal_added_while_its_parent_is_started_is_never_left_behind(
+    lab: Lab,
 ) -> None:
-    """A start of an open goal commits right after a subgoal's creation has read that goal
-    (open, no task): the goal now works on its own, so the subgoal must be refused, not left
-    open under a goal whose task will end it."""
-    from gathering.scheduler.goals import store as goals_store
-
-    lab.stub.add_reply("leaf done")
+    """A subgoal's creation locks its parent: a start of that parent waits for it, then
+    starts the parent as a parent (its new subgoal works), instead of launching the parent's
+    own task while an open subgoal appears under it."""
+    lab.stub.add_reply("child done")
     leaf = await add(lab, "leaf", agent="Tasker")
-    real_get = goals_store.get_goal
-    raced = False
-
-    async def read_then_start(queries: Queries, goal_id: int) -> GoalRecord:
-        nonlocal raced
-        goal = await real_get(queries, goal_id)
-        if goal_id == leaf.id and not raced:
-            raced = True
-            await asyncio.wait_for(asyncio.create_task(start_goal(lab.db, lab.bus, leaf.id)), 10)
-        return goal
-
-    monkeypatch.setattr(goals_store, "get_goal", read_then_start)
-    with pytest.raises(ConflictError, match="works on its own"):
-        await add(lab, "late subgoal", parent_id=leaf.id)
-    monkeypatch.undo()
-    assert raced
-    assert (await get_goal(lab.db, leaf.id)).task_id is not None
-    assert (await goal_tree(lab.db, leaf.id)).children == []
+    async with lab.db.transaction() as tx:
+        child = await create_goal(
+            tx, lab.owner_id, GoalIn(title="late subgoal", parent_id=leaf.id, agent="Tasker")
+        )
+        starting = asyncio.create_task(start_goal(lab.db, lab.bus, leaf.id))
+        await asyncio.sleep(0.5)
+        assert not starting.done()  # waits for the subgoal's transaction
+    started = await asyncio.wait_for(starting, 10)
+    assert started.status == "active" and started.task_id is None
+    assert (await get_goal(lab.db, child.id)).task_id is not None
+    assert (await settled(lab, leaf.id, "done", "failed")).status == "done"
 
 
 async def test_a_subgoal_started_by_hand_while_the_sweep_starts_its_parent_fails_nothing(

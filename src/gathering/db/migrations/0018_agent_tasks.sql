@@ -29,6 +29,8 @@ CREATE TABLE scheduler.tasks (
     -- took when it started the task: every write of the job checks it.
     job_id          bigint,
     lease           uuid,
+    -- When the run holding the lease last said it works on the task (every 2 s).
+    alive_at        timestamptz,
     -- The approval it waits for (status waiting_approval).
     approval_id     bigint,
     result          text,

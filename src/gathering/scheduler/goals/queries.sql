@@ -65,6 +65,12 @@ RETURNING *
 -- name: assign_agent --
 UPDATE scheduler.goals SET agent_id = $2, updated_at = now() WHERE id = $1 RETURNING *
 
+-- name: fail_started_goal --
+-- A started goal (waiting or active) that cannot go on fails; no row when it has ended.
+UPDATE scheduler.goals SET status = 'failed', updated_at = now(), finished_at = now()
+WHERE id = $1 AND status IN ('waiting', 'active')
+RETURNING *
+
 -- name: goal_launched --
 UPDATE scheduler.goals SET status = 'active', task_id = $2, pipeline_run_id = $3,
        updated_at = now()
@@ -96,20 +102,21 @@ SELECT pg_advisory_xact_lock($1)
 SELECT id FROM scheduler.goals WHERE id = ANY($1) ORDER BY id FOR UPDATE
 
 -- name: add_dependency --
+-- No row when goal $1 waits for goal $2 already.
 INSERT INTO scheduler.goal_dependencies (goal_id, blocked_by) VALUES ($1, $2)
 ON CONFLICT DO NOTHING
+RETURNING goal_id
 
 -- name: remove_dependency --
 DELETE FROM scheduler.goal_dependencies WHERE goal_id = $1 AND blocked_by = $2 RETURNING goal_id
 
--- name: depends_on --
--- Whether goal $1 depends on goal $2, directly or through others.
-WITH RECURSIVE reach AS (
-    SELECT blocked_by FROM scheduler.goal_dependencies WHERE goal_id = $1
-    UNION
-    SELECT d.blocked_by FROM scheduler.goal_dependencies d JOIN reach r ON d.goal_id = r.blocked_by
-)
-SELECT EXISTS (SELECT 1 FROM reach WHERE blocked_by = $2)
+-- name: owner_goal_parents --
+SELECT id, parent_id FROM scheduler.goals WHERE owner_id = $1
+
+-- name: owner_dependencies --
+SELECT d.goal_id, d.blocked_by FROM scheduler.goal_dependencies d
+JOIN scheduler.goals g ON g.id = d.goal_id
+WHERE g.owner_id = $1
 
 -- name: dependencies_of --
 -- The goals goal $1 waits for, with their status.

@@ -4,6 +4,7 @@ the progress of a goal rolled up from its subgoals."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -132,9 +133,13 @@ async def _ref_id(queries: Queries, query: str, owner_id: int, ref: int | str, w
 
 
 async def create_goal(queries: Queries, owner_id: int, spec: GoalIn) -> GoalRecord:
-    """Store a goal of `owner_id` (a subgoal when `parent_id` names one of theirs)."""
+    """Store a goal of `owner_id` (a subgoal when `parent_id` names one of theirs, which is
+    locked meanwhile: call it inside a transaction)."""
     if spec.parent_id is not None:
-        parent = await get_goal(queries, spec.parent_id)
+        locked = await queries.fetch_one(_SQL["lock_goal"], spec.parent_id)  # vs. a start
+        if locked is None:
+            raise NotFoundError(f"no goal {spec.parent_id}")
+        parent = GoalRecord.from_row(locked)
         if parent.owner_id != owner_id:
             raise NotFoundError(f"no goal {spec.parent_id}")
         if parent.status in ENDED or parent.task_id or parent.pipeline_run_id:
@@ -261,16 +266,62 @@ async def add_dependency(queries: Queries, goal: GoalRecord, blocked_by: GoalRec
             "ends with its subgoals, so neither can wait for the other",
             details={"goal_id": goal.id, "blocked_by": blocked_by.id},
         )
-    if blocked_by.id == goal.id or await queries.fetch_val(
-        _SQL["depends_on"], blocked_by.id, goal.id
-    ):
+    if blocked_by.id == goal.id or await _would_wait_forever(queries, goal, blocked_by.id):
         raise ConflictError(
-            f"goal {goal.id} cannot wait for goal {blocked_by.id}: "
-            f"goal {blocked_by.id} already waits for goal {goal.id}, which would be a cycle",
+            f"goal {goal.id} cannot wait for goal {blocked_by.id}: goal {blocked_by.id} "
+            f"already waits (through dependencies and subgoals) for goal {goal.id} or a goal "
+            "above it, which would be a cycle",
             details={"goal_id": goal.id, "blocked_by": blocked_by.id},
         )
-    await queries.execute(_SQL["add_dependency"], goal.id, blocked_by.id)
-    await add_activity(queries, goal.id, "dependency_added", blocked_by=blocked_by.id)
+    if await queries.fetch_one(_SQL["add_dependency"], goal.id, blocked_by.id) is not None:
+        await add_activity(queries, goal.id, "dependency_added", blocked_by=blocked_by.id)
+
+
+async def _would_wait_forever(queries: Queries, goal: GoalRecord, blocked_by: int) -> bool:
+    """Whether `goal` waiting for `blocked_by` closes a cycle of waits. Besides
+    dependencies, a parent waits for its subgoals to end, and a subgoal starts only once
+    every goal above it is unblocked: so whatever the goals below `blocked_by` wait for (and
+    so on) must not be `goal`, a goal below it, or a goal above it."""
+    rows = await queries.fetch_all(_SQL["owner_goal_parents"], goal.owner_id)
+    parent = {int(row["id"]): row["parent_id"] for row in rows}
+    children: dict[int, list[int]] = defaultdict(list)
+    for child, above in parent.items():
+        if above is not None:
+            children[int(above)].append(child)
+    waits: dict[int, list[int]] = defaultdict(list)
+    for row in await queries.fetch_all(_SQL["owner_dependencies"], goal.owner_id):
+        waits[int(row["goal_id"])].append(int(row["blocked_by"]))
+    waits[goal.id].append(blocked_by)
+
+    def below(node: int) -> list[int]:
+        found, todo = [], [node]
+        while todo:
+            found.append(current := todo.pop())
+            todo.extend(children[current])
+        return found
+
+    def line_up(node: int | None) -> list[int]:
+        found = []
+        while node is not None:
+            found.append(node)
+            node = parent.get(node)
+        return found
+
+    forbidden = set(below(goal.id)) | set(line_up(goal.id))
+    seen: set[int] = set()
+    todo = below(blocked_by)
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        if node in forbidden:
+            return True
+        seen.add(node)
+        todo.extend(children[node])
+        for above in line_up(node):
+            for other in waits[above]:
+                todo.extend(below(other))
+    return False
 
 
 async def remove_dependency(queries: Queries, goal_id: int, blocked_by: int) -> None:

@@ -228,9 +228,9 @@ async def settle_goals(db: Database, bus: EventBus | None, limit: int = 100) -> 
 async def _fail_goal(db: Database, bus: EventBus, goal_id: int, exc: GatheringError) -> None:
     log.warning("a goal could not go on", goal_id=goal_id, error=exc.message)
     async with db.transaction() as tx:
-        row = await tx.fetch_one(_SQL["set_goal_status"], goal_id, "failed")
+        row = await tx.fetch_one(_SQL["fail_started_goal"], goal_id)
         if row is None:
-            return  # deleted meanwhile
+            return  # deleted, ended or cancelled meanwhile
         await add_activity(tx, goal_id, "failed", error={"code": exc.code, "message": exc.message})
         await bus.publish_many([_event(GoalRecord.from_row(row))], tx=tx)
 
@@ -238,8 +238,8 @@ async def _fail_goal(db: Database, bus: EventBus, goal_id: int, exc: GatheringEr
 async def _settle(
     db: Database, bus: EventBus, tx: Queries, goal: GoalRecord, events: list[Event]
 ) -> None:
-    if goal.status == "waiting":
-        await _start(db, bus, tx, await goal_tree(tx, goal.id), events)
+    if goal.status == "waiting":  # its subgoals locked too: a start of one waits for this
+        await _start(db, bus, tx, await _locked_tree(tx, goal.id), events)
         return
     if goal.status != "active":
         return

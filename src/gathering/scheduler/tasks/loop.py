@@ -37,6 +37,7 @@ from gathering.agents.conversation_store import HistoryEntry
 from gathering.agents.tool_calls import not_run_result, refusal_of, run_tool
 from gathering.agents.turn_events import EVENT_PREVIEW_CHARS
 from gathering.agents.turn_loop import call_model, failure_body
+from gathering.cancellation import cancel_and_wait
 from gathering.config import get_settings
 from gathering.db.database import Database, Queries
 from gathering.db.named_queries import queries_of
@@ -59,6 +60,7 @@ TASK_BRIEF = (
     "not) and call no tool."
 )
 ENDED_CALLS = ("finished", "failed", "interrupted", "not_run")
+ALIVE_SECONDS = 2.0
 NO_TIME_LEFT = "error: not run: the task's time budget (max_seconds) is spent"
 INTERRUPTED = (
     "error: interrupted: the task stopped while this call ran (its worker stopped, or the task "
@@ -91,6 +93,7 @@ class TaskRunner:
             await self.bus.publish_many(task_event("started", task), tx=tx)
         lease = task.lease  # new at each start: a job delivered twice writes once
         assert lease is not None
+        beating = asyncio.create_task(self._beat(task.id, lease), name=f"task-{task.id}-alive")
         try:
             await self._work(task, lease, draining)
         except _Replaced:
@@ -100,6 +103,19 @@ class TaskRunner:
         except Exception as exc:
             log.error("task failed", task_id=task.id, exc_info=exc)
             await self._end(task.id, lease, "failed", None, failure_body(exc))
+        finally:
+            await cancel_and_wait(beating)
+
+    async def _beat(self, task_id: int, lease: UUID) -> None:
+        """Say the task is being worked on, every `ALIVE_SECONDS`, while this run holds it
+        (the sweep settles a task whose job ended only when nobody says so)."""
+        while True:
+            await asyncio.sleep(ALIVE_SECONDS)
+            try:
+                if await self.db.fetch_one(_SQL["task_alive"], task_id, lease) is None:
+                    return  # taken from this run
+            except GatheringError as exc:
+                log.warning("could not say a task is alive", task_id=task_id, error=str(exc))
 
     async def _work(self, task: TaskRecord, lease: UUID, draining: Callable[[], bool]) -> None:
         store = PostgresAgentStore(self.db)

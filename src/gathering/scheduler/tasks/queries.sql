@@ -47,7 +47,7 @@ RETURNING *
 -- fences every write after this one.
 UPDATE scheduler.tasks
 SET status = 'running', lease = gen_random_uuid(), started_at = coalesce(started_at, now()),
-    updated_at = now()
+    updated_at = now(), alive_at = now()
 WHERE id = $1 AND job_id = $2 AND status IN ('queued', 'running')
 RETURNING *
 
@@ -158,16 +158,23 @@ WHERE task_id = $1 AND state = 'pending'
 -- procrastinate's cancel: a queued job is cancelled, a running one asked to abort (NOTIFY).
 SELECT procrastinate_cancel_job_v1($1, true, false) AS id
 
+-- name: task_alive --
+-- The run holding lease $2 still works on task $1; no row when it no longer holds it.
+UPDATE scheduler.tasks SET alive_at = now()
+WHERE id = $1 AND lease = $2 AND status = 'running'
+RETURNING id
+
 -- name: job_status --
 SELECT status::text FROM procrastinate_jobs WHERE id = $1
 
 -- name: stranded_tasks --
--- Tasks queued or running whose job ended without ending them, $2 s ago or more (a worker
--- that died after procrastinate gave up on the job, a job cancelled by hand).
+-- Tasks queued or running whose job ended without ending them, and that nobody has said is
+-- alive for $2 s or more (a job cancelled by hand, one that failed on an unexpected error;
+-- not a job delivered twice whose first delivery ended while the second works).
 SELECT t.id, j.status::text AS job_status
 FROM scheduler.tasks t
 JOIN procrastinate_jobs j ON j.id = t.job_id
 WHERE t.status IN ('queued', 'running')
   AND j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
-  AND t.updated_at < now() - make_interval(secs => $2::float8)
+  AND greatest(t.updated_at, t.alive_at) < now() - make_interval(secs => $2::float8)
 LIMIT $1

@@ -110,6 +110,7 @@ class TaskRecord:
     active_seconds: float
     job_id: int | None
     lease: UUID | None  # taken by the job when it started the task; fences its writes
+    alive_at: datetime | None  # when the run holding the lease last said it works on it
     approval_id: int | None
     result: str | None
     error: dict[str, Any] | None
