@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 from pipeline_runtime import LAB, TOOLS, linear, tool_node
 from task_runtime import HOLD_WRITE, Lab, call, task_lab
+from task_runtime import add_goal as add
+from task_runtime import goal_settled as settled
 
 from gathering.errors import (
     ConflictError,
@@ -22,12 +23,10 @@ from gathering.pipelines import create_pipeline
 from gathering.scheduler.goals import (
     GoalChange,
     GoalIn,
-    GoalRecord,
     activities,
     add_dependency,
     cancel_goal,
     change_goal,
-    create_goal,
     decompose_goal,
     delete_goal,
     get_goal,
@@ -40,24 +39,6 @@ from gathering.scheduler.tasks import cancel_task, get_task
 
 pytestmark = pytest.mark.integration
 lab = task_lab  # the fixture, by the name these tests use
-
-
-async def add(lab: Lab, title: str, **fields: object) -> GoalRecord:
-    async with lab.db.transaction() as tx:
-        return await create_goal(tx, lab.owner_id, GoalIn(title=title, **fields))
-
-
-async def settled(lab: Lab, goal_id: int, *statuses: str, limit: float = 30) -> GoalRecord:
-    """Run the scheduler's sweep until goal `goal_id` has one of `statuses`."""
-    deadline = time.monotonic() + limit
-    while True:
-        await lab.scheduler.tick()
-        goal = await get_goal(lab.db, goal_id)
-        if goal.status in statuses:
-            return goal
-        if time.monotonic() > deadline:
-            raise AssertionError(f"goal {goal_id} is {goal.status}, not {statuses}")
-        await asyncio.sleep(0.1)
 
 
 async def test_progress_rolls_up_from_the_subgoals(lab: Lab) -> None:

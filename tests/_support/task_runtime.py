@@ -21,6 +21,7 @@ from gathering.jobs import JobQueue, JobServices, JobWorker
 from gathering.llm import ToolCall
 from gathering.pipelines.jobs import blueprint as pipelines_blueprint
 from gathering.scheduler import Scheduler
+from gathering.scheduler.goals import GoalIn, GoalRecord, create_goal, get_goal
 from gathering.scheduler.jobs import blueprint as scheduler_blueprint
 from gathering.scheduler.tasks import TaskRecord, TaskSpec, get_task, start_task
 from gathering.testing import LLMStubServer
@@ -112,3 +113,22 @@ async def task_lab(migrated_database_url: str, llm_stub_env: LLMStubServer) -> A
 
 def call(name: str, **arguments: Any) -> ToolCall:
     return ToolCall("", name, arguments)
+
+
+async def add_goal(lab: Lab, title: str, **fields: Any) -> GoalRecord:
+    """A goal of the lab's owner (`parent_id`, `agent`, ... as `GoalIn` takes them)."""
+    async with lab.db.transaction() as tx:
+        return await create_goal(tx, lab.owner_id, GoalIn(title=title, **fields))
+
+
+async def goal_settled(lab: Lab, goal_id: int, *statuses: str, limit: float = 30) -> GoalRecord:
+    """Run the scheduler's sweep until goal `goal_id` has one of `statuses`."""
+    deadline = time.monotonic() + limit
+    while True:
+        await lab.scheduler.tick()
+        goal = await get_goal(lab.db, goal_id)
+        if goal.status in statuses:
+            return goal
+        if time.monotonic() > deadline:
+            raise AssertionError(f"goal {goal_id} is {goal.status}, not {statuses}")
+        await asyncio.sleep(0.1)

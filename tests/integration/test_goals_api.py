@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from pipeline_runtime import LAB
+from task_api import (
+    api_fixture,  # noqa: F401 - the fixture "api"
+    call,
+    keyed_member,
+    login,
+    make_agent,
+    multi_fixture,  # noqa: F401 - the fixture "multi"
+    only_the_reader_reads,
+    status_becomes,
+    stub_fixture,  # noqa: F401 - the fixture "stub"
+    tools_fixture,  # noqa: F401 - the fixture "tools"
+)
 
-from gathering.api.app import create_app
-from gathering.auth.users import Role, UserStore
-from gathering.config import load_settings
-from gathering.llm import ToolCall
 from gathering.testing import LLMStubServer
-from gathering.tools import function_tool
-from gathering.tools import registry as registry_module
 
-PASSWORD = "correct horse battery staple"
 GOAL_FIELDS = {
     "id",
     "owner_id",
@@ -48,78 +50,6 @@ GOAL_FIELDS = {
 }
 
 
-async def hold_goal_work(key: str) -> str:
-    """Wait until the test releases `key` (a write)."""
-    LAB.calls[key] += 1
-    LAB.started_event(key).set()
-    await LAB.gates.setdefault(key, asyncio.Event()).wait()
-    return f"{key} released"
-
-
-HOLD = function_tool(hold_goal_work, effect="write", timeout=600)
-
-
-def call(name: str, **arguments: Any) -> ToolCall:
-    return ToolCall("", name, arguments)
-
-
-def client_for(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-
-
-@pytest.fixture
-async def tools() -> AsyncIterator[None]:
-    registry_module.registry.register(HOLD)
-    for state in (LAB.calls, LAB.failures_left, LAB.gates, LAB.started):
-        state.clear()
-    yield
-    registry_module.registry.unregister(HOLD.name)
-
-
-def open_every_gate() -> None:
-    for gate in list(LAB.gates.values()):
-        gate.set()
-
-
-@pytest.fixture
-async def stub(llm_stub_env: LLMStubServer) -> AsyncIterator[LLMStubServer]:
-    llm_stub_env.reset()
-    yield llm_stub_env
-    llm_stub_env.reset()
-
-
-@pytest.fixture
-async def api(
-    app_for: Callable[..., FastAPI], stub: LLMStubServer, tools: None
-) -> AsyncIterator[httpx.AsyncClient]:
-    """Single-user mode, the lifespan running (its worker and its scheduler duty)."""
-    app = app_for()
-    async with app.router.lifespan_context(app), client_for(app) as client:
-        try:
-            yield client
-        finally:
-            open_every_gate()
-
-
-async def make_agent(
-    client: httpx.AsyncClient,
-    name: str = "Tasker",
-    headers: dict[str, str] | None = None,
-    tools: tuple[str, ...] = (),
-) -> int:
-    made = await client.post(
-        "/agents", json={"name": name, "provider": "ollama", "model": "llama3.2"}, headers=headers
-    )
-    assert made.status_code == 201, made.text
-    agent_id: int = made.json()["id"]
-    for tool in tools:
-        enabled = await client.put(
-            f"/agents/{agent_id}/tools/{tool}", json={"enabled": True}, headers=headers
-        )
-        assert enabled.status_code == 200, enabled.text
-    return agent_id
-
-
 async def new_goal(
     client: httpx.AsyncClient, title: str, headers: dict[str, str] | None = None, **fields: Any
 ) -> dict[str, Any]:
@@ -137,16 +67,7 @@ async def goal_becomes(
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Goal `goal_id` once it has one of `statuses` (the server's own sweep moves it on)."""
-    deadline = time.monotonic() + limit
-    while True:
-        answer = await client.get(f"/goals/{goal_id}", headers=headers)
-        assert answer.status_code == 200, answer.text
-        goal: dict[str, Any] = answer.json()
-        if goal["status"] in statuses:
-            return goal
-        if time.monotonic() > deadline:
-            raise AssertionError(f"goal {goal_id} is {goal['status']}, not {statuses}")
-        await asyncio.sleep(0.05)
+    return await status_becomes(client, f"/goals/{goal_id}", statuses, limit, headers)
 
 
 async def activity_kinds(client: httpx.AsyncClient, goal_id: int) -> list[str]:
@@ -341,8 +262,8 @@ async def test_a_parent_starts_its_subgoals_in_order_with_the_starts_agent(
 async def test_cancel_stops_the_work_of_a_goal_and_its_subgoals(
     api: httpx.AsyncClient, stub: LLMStubServer
 ) -> None:
-    await make_agent(api, tools=("hold_goal_work",))
-    stub.add_reply(call("hold_goal_work", key="goal"))
+    await make_agent(api, tools=("hold_over_http",))
+    stub.add_reply(call("hold_over_http", key="goal"))
     root = await new_goal(api, "root")
     leaf = await new_goal(api, "leaf", parent_id=root["id"], agent="Tasker")
     assert (await api.post(f"/goals/{root['id']}/start")).status_code == 202
@@ -370,8 +291,8 @@ async def test_cancel_stops_the_work_of_a_goal_and_its_subgoals(
 async def test_no_subgoal_under_a_goal_that_works_on_its_own(
     api: httpx.AsyncClient, stub: LLMStubServer
 ) -> None:
-    await make_agent(api, tools=("hold_goal_work",))
-    stub.add_reply(call("hold_goal_work", key="own"))
+    await make_agent(api, tools=("hold_over_http",))
+    stub.add_reply(call("hold_over_http", key="own"))
     goal = await new_goal(api, "alone", agent="Tasker")
     assert (await api.post(f"/goals/{goal['id']}/start")).status_code == 202
     refused = await api.post("/goals", json={"title": "sub", "parent_id": goal["id"]})
@@ -553,35 +474,11 @@ async def test_bad_change_dependency_and_start_bodies_are_422(
 # --- multi-user mode --------------------------------------------------------------------------
 
 
-def multi_user_app(database_url: str) -> FastAPI:
-    return create_app(
-        settings=load_settings(database_url=database_url, auth="required", secret_key="k" * 64)
-    )
-
-
-@pytest.fixture
-async def multi(
-    migrated_database_url: str, stub: LLMStubServer
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """Multi-user mode without its lifespan: no worker, no sweep."""
-    app = multi_user_app(migrated_database_url)
-    async with client_for(app) as client:
-        yield app, client
-    await app.state.gathering.close()
-
-
-async def _login(app: Any, client: httpx.AsyncClient, role: Role = "member") -> dict[str, str]:
-    email = f"t-{secrets.token_hex(4)}@example.com"
-    await UserStore(await app.state.gathering.database()).create(email, PASSWORD, role=role)
-    tokens = (await client.post("/auth/login", json={"email": email, "password": PASSWORD})).json()
-    return {"Authorization": f"Bearer {tokens['access_token']}"}
-
-
 async def test_the_goals_of_someone_else_are_404_on_every_route(
     multi: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     app, client = multi
-    alice, bob = await _login(app, client), await _login(app, client)
+    alice, bob = await login(app, client), await login(app, client)
     alice_agent = await make_agent(client, "A", headers=alice)
     await make_agent(client, "B", headers=bob)
     mine = await new_goal(client, "mine", alice, agent="A")
@@ -622,8 +519,8 @@ async def test_an_admin_sees_every_goal_and_a_viewer_changes_none(
     multi: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     app, client = multi
-    alice = await _login(app, client)
-    admin, viewer = await _login(app, client, "admin"), await _login(app, client, "viewer")
+    alice = await login(app, client)
+    admin, viewer = await login(app, client, "admin"), await login(app, client, "viewer")
     mine = await new_goal(client, "mine", alice)
     theirs = await new_goal(client, "admins", admin)
     everyone = (await client.get("/goals", headers=admin)).json()
@@ -645,7 +542,7 @@ async def test_an_admins_subgoal_of_someone_elses_goal_is_that_owners(
     multi: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     app, client = multi
-    alice, admin = await _login(app, client), await _login(app, client, "admin")
+    alice, admin = await login(app, client), await login(app, client, "admin")
     mine = await new_goal(client, "mine", alice)
     assert (await client.get(f"/goals/{mine['id']}", headers=admin)).status_code == 200
     sub = await client.post("/goals", json={"title": "sub", "parent_id": mine["id"]}, headers=admin)
@@ -660,7 +557,7 @@ async def test_a_deeply_nested_decomposition_answer_is_a_502(
     multi: tuple[FastAPI, httpx.AsyncClient], stub: LLMStubServer
 ) -> None:
     app, client = multi
-    alice = await _login(app, client)
+    alice = await login(app, client)
     await make_agent(client, "A", headers=alice)
     goal = await new_goal(client, "g", alice, agent="A")
     stub.add_reply("[" * 50_000 + "]" * 50_000)
@@ -675,20 +572,8 @@ async def test_a_deeply_nested_decomposition_answer_is_a_502(
 
 async def test_api_keys_need_the_goals_scopes(multi: tuple[FastAPI, httpx.AsyncClient]) -> None:
     app, client = multi
-    alice = await _login(app, client)
-    await make_agent(client, "Keyed", headers=alice)
-
-    async def key(*scopes: str) -> dict[str, str]:
-        made = await client.post(
-            "/auth/api-keys",
-            json={"name": f"k{secrets.token_hex(2)}", "scopes": list(scopes)},
-            headers=alice,
-        )
-        assert made.status_code == 201, made.text
-        return {"X-API-Key": made.json()["key"]}
-
-    reader, writer = await key("goals:read"), await key("goals:write")
-    other = await key("tasks:read", "tasks:write")
+    keys = await keyed_member(app, client, "goals", "tasks:read", "tasks:write")
+    alice, reader, writer, other = keys
     body = {"title": "keyed", "agent": "Keyed"}
     assert (await client.post("/goals", json=body, headers=reader)).status_code == 403
     assert (await client.post("/goals", json=body, headers=other)).status_code == 403
@@ -699,10 +584,8 @@ async def test_api_keys_need_the_goals_scopes(multi: tuple[FastAPI, httpx.AsyncC
     assert goal["owner_id"] == (await client.get(where, headers=alice)).json()["owner_id"]
     blocker = await new_goal(client, "blocker", alice)
 
-    for path in ("/goals", where, f"{where}/tree", f"{where}/dependencies", f"{where}/activities"):
-        assert (await client.get(path, headers=reader)).status_code == 200, path
-        assert (await client.get(path, headers=writer)).status_code == 403, path
-        assert (await client.get(path, headers=other)).status_code == 403, path
+    paths = ("/goals", where, f"{where}/tree", f"{where}/dependencies", f"{where}/activities")
+    await only_the_reader_reads(client, paths, reader, writer, other)
     for method, path, payload in [
         ("PATCH", where, {"title": "x"}),
         ("POST", f"{where}/dependencies", {"blocked_by": blocker["id"]}),

@@ -7,107 +7,32 @@ subject `task:<id>` open to its owner only."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from pipeline_runtime import LAB, TOOLS
+from pipeline_runtime import LAB
+from task_api import (
+    api_fixture,  # noqa: F401 - the fixture "api"
+    call,
+    client_for,
+    keyed_member,
+    login,
+    make_agent,
+    multi_fixture,  # noqa: F401 - the fixture "multi"
+    multi_user_app,
+    only_the_reader_reads,
+    open_every_gate,
+    status_becomes,
+    stub_fixture,  # noqa: F401 - the fixture "stub"
+    tools_fixture,  # noqa: F401 - the fixture "tools"
+)
 
-from gathering.api.app import create_app
-from gathering.auth.users import Role, UserStore
-from gathering.config import load_settings
-from gathering.llm import ToolCall
 from gathering.testing import LLMStubServer
-from gathering.tools import function_tool
-from gathering.tools import registry as registry_module
 
-PASSWORD = "correct horse battery staple"
 ENDED = ("succeeded", "failed", "cancelled")
-
-
-async def hold_over_http(key: str) -> str:
-    """Wait until the test releases `key` (a write: reported interrupted when cut short)."""
-    LAB.calls[key] += 1
-    LAB.started_event(key).set()
-    await LAB.gates.setdefault(key, asyncio.Event()).wait()
-    return f"{key} released"
-
-
-HOLD = function_tool(hold_over_http, effect="write", timeout=600)
-ECHO = TOOLS[0]
-TEST_TOOLS = [ECHO, HOLD]
-
-
-def call(name: str, **arguments: Any) -> ToolCall:
-    return ToolCall("", name, arguments)
-
-
-def client_for(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-
-
-@pytest.fixture
-async def tools() -> AsyncIterator[None]:
-    """The test tools in the process's registry, their counters cleared; every gate opened
-    after the test (before the app stops), the tools taken out again."""
-    for tool in TEST_TOOLS:
-        registry_module.registry.register(tool)
-    for state in (LAB.calls, LAB.failures_left, LAB.gates, LAB.started):
-        state.clear()
-    yield
-    for tool in TEST_TOOLS:
-        registry_module.registry.unregister(tool.name)
-
-
-def open_every_gate() -> None:
-    for gate in list(LAB.gates.values()):
-        gate.set()
-
-
-@pytest.fixture
-async def stub(llm_stub_env: LLMStubServer) -> AsyncIterator[LLMStubServer]:
-    llm_stub_env.reset()
-    yield llm_stub_env
-    llm_stub_env.reset()
-
-
-@pytest.fixture
-async def api(
-    app_for: Callable[..., FastAPI], stub: LLMStubServer, tools: None
-) -> AsyncIterator[httpx.AsyncClient]:
-    """Single-user mode, the lifespan running (with its worker)."""
-    app = app_for()
-    async with app.router.lifespan_context(app), client_for(app) as client:
-        try:
-            yield client
-        finally:
-            open_every_gate()
-
-
-async def make_agent(
-    client: httpx.AsyncClient,
-    name: str = "Tasker",
-    headers: dict[str, str] | None = None,
-    tools: tuple[str, ...] = (),
-    provider: tuple[str, str] = ("ollama", "llama3.2"),
-) -> int:
-    made = await client.post(
-        "/agents",
-        json={"name": name, "provider": provider[0], "model": provider[1]},
-        headers=headers,
-    )
-    assert made.status_code == 201, made.text
-    agent_id: int = made.json()["id"]
-    for tool in tools:
-        enabled = await client.put(
-            f"/agents/{agent_id}/tools/{tool}", json={"enabled": True}, headers=headers
-        )
-        assert enabled.status_code == 200, enabled.text
-    return agent_id
 
 
 async def wait_for(
@@ -117,17 +42,8 @@ async def wait_for(
     limit: float = 30,
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    wanted = statuses or ENDED
-    deadline = time.monotonic() + limit
-    while True:
-        answer = await client.get(f"/tasks/{task_id}", headers=headers)
-        assert answer.status_code == 200, answer.text
-        task: dict[str, Any] = answer.json()
-        if task["status"] in wanted:
-            return task
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task_id} is {task['status']}, not {wanted}: {task}")
-        await asyncio.sleep(0.05)
+    """Task `task_id` once it has one of `statuses` (by default, once it has ended)."""
+    return await status_becomes(client, f"/tasks/{task_id}", statuses or ENDED, limit, headers)
 
 
 async def start(client: httpx.AsyncClient, goal: str, **fields: Any) -> dict[str, Any]:
@@ -355,23 +271,6 @@ async def test_a_goal_of_exactly_the_limit_is_taken(api: httpx.AsyncClient) -> N
 # --- multi-user mode --------------------------------------------------------------------------
 
 
-def multi_user_app(database_url: str) -> FastAPI:
-    return create_app(
-        settings=load_settings(database_url=database_url, auth="required", secret_key="k" * 64)
-    )
-
-
-@pytest.fixture
-async def multi(
-    migrated_database_url: str, stub: LLMStubServer
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """Multi-user mode without its lifespan: no worker, so tasks stay where they are put."""
-    app = multi_user_app(migrated_database_url)
-    async with client_for(app) as client:
-        yield app, client
-    await app.state.gathering.close()
-
-
 @pytest.fixture
 async def multi_running(
     migrated_database_url: str, stub: LLMStubServer, tools: None
@@ -388,18 +287,11 @@ async def multi_running(
         await app.state.gathering.close()
 
 
-async def _login(app: Any, client: httpx.AsyncClient, role: Role = "member") -> dict[str, str]:
-    email = f"t-{secrets.token_hex(4)}@example.com"
-    await UserStore(await app.state.gathering.database()).create(email, PASSWORD, role=role)
-    tokens = (await client.post("/auth/login", json={"email": email, "password": PASSWORD})).json()
-    return {"Authorization": f"Bearer {tokens['access_token']}"}
-
-
 async def test_an_agent_of_someone_else_is_not_found(
     multi: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     app, client = multi
-    alice, bob = await _login(app, client), await _login(app, client)
+    alice, bob = await login(app, client), await login(app, client)
     alice_agent = await make_agent(client, "Alices", headers=alice)
     for agent in (alice_agent, str(alice_agent), "Alices"):
         refused = await client.post("/tasks", json={"agent": agent, "goal": "x"}, headers=bob)
@@ -414,8 +306,8 @@ async def test_each_owner_sees_and_controls_only_their_own_tasks(
     multi: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     app, client = multi
-    alice, bob = await _login(app, client), await _login(app, client)
-    admin, viewer = await _login(app, client, "admin"), await _login(app, client, "viewer")
+    alice, bob = await login(app, client), await login(app, client)
+    admin, viewer = await login(app, client, "admin"), await login(app, client, "viewer")
     await make_agent(client, "Same", headers=alice)
     await make_agent(client, "Same", headers=bob)  # names are per owner
     body = {"agent": "Same", "goal": "mine"}
@@ -463,20 +355,8 @@ async def test_each_owner_sees_and_controls_only_their_own_tasks(
 
 async def test_api_keys_need_the_tasks_scopes(multi: tuple[FastAPI, httpx.AsyncClient]) -> None:
     app, client = multi
-    alice = await _login(app, client)
-    await make_agent(client, "Keyed", headers=alice)
-
-    async def key(*scopes: str) -> dict[str, str]:
-        made = await client.post(
-            "/auth/api-keys",
-            json={"name": f"k{secrets.token_hex(2)}", "scopes": list(scopes)},
-            headers=alice,
-        )
-        assert made.status_code == 201, made.text
-        return {"X-API-Key": made.json()["key"]}
-
-    reader, writer = await key("tasks:read"), await key("tasks:write")
-    other = await key("schedules:read", "schedules:write")
+    keys = await keyed_member(app, client, "tasks", "schedules:read", "schedules:write")
+    alice, reader, writer, other = keys
     body = {"agent": "Keyed", "goal": "keyed"}
     assert (await client.post("/tasks", json=body, headers=reader)).status_code == 403
     made = await client.post("/tasks", json=body, headers=writer)
@@ -484,10 +364,7 @@ async def test_api_keys_need_the_tasks_scopes(multi: tuple[FastAPI, httpx.AsyncC
     where = f"/tasks/{made.json()['id']}"
     assert made.json()["owner_id"] == (await client.get(where, headers=alice)).json()["owner_id"]
 
-    for path in (where, f"{where}/steps", "/tasks"):
-        assert (await client.get(path, headers=reader)).status_code == 200, path
-        assert (await client.get(path, headers=writer)).status_code == 403, path
-        assert (await client.get(path, headers=other)).status_code == 403, path
+    await only_the_reader_reads(client, (where, f"{where}/steps", "/tasks"), reader, writer, other)
     for verb in ("pause", "resume", "cancel"):
         denied = await client.post(f"{where}/{verb}", headers=reader)
         assert denied.status_code == 403, (verb, denied.text)
@@ -505,7 +382,7 @@ async def test_only_its_owner_follows_a_task_on_the_websocket(
     from asgi_ws import ASGIWebSocket  # tests/_support
 
     app, client = multi_running
-    alice, bob = await _login(app, client), await _login(app, client)
+    alice, bob = await login(app, client), await login(app, client)
     await make_agent(client, "Watched", headers=alice, tools=("hold_over_http",))
     stub.add_reply(call("hold_over_http", key="ws"), "watched to the end")
     made = await client.post("/tasks", json={"agent": "Watched", "goal": "w"}, headers=alice)
