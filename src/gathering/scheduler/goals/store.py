@@ -294,10 +294,10 @@ async def _would_wait_forever(queries: Queries, goal: GoalRecord, blocked_by: in
     waits[goal.id].append(blocked_by)
 
     def below(node: int) -> list[int]:
-        found, todo = [], [node]
-        while todo:
-            found.append(current := todo.pop())
-            todo.extend(children[current])
+        found, stack = [], [node]
+        while stack:
+            found.append(current := stack.pop())
+            stack.extend(children[current])
         return found
 
     def line_up(node: int | None) -> list[int]:
@@ -309,18 +309,18 @@ async def _would_wait_forever(queries: Queries, goal: GoalRecord, blocked_by: in
 
     forbidden = set(below(goal.id)) | set(line_up(goal.id))
     seen: set[int] = set()
-    todo = below(blocked_by)
-    while todo:
-        node = todo.pop()
+    waiting = below(blocked_by)
+    while waiting:
+        node = waiting.pop()
         if node in seen:
             continue
         if node in forbidden:
             return True
         seen.add(node)
-        todo.extend(children[node])
+        waiting.extend(children[node])
         for above in line_up(node):
             for other in waits[above]:
-                todo.extend(below(other))
+                waiting.extend(below(other))
     return False
 
 

@@ -1,7 +1,7 @@
 """Background agent tasks as stored (migration 0018): start, read, list, their step log, and
 the controls (pause, resume, cancel). Each control changes the task's row and its job in one
 transaction: a running job is asked to abort (procrastinate's NOTIFY, so it stops within a
-second on whichever instance runs it), and the job id it held no longer lets it write."""
+second on whichever instance runs it), and the lease it held no longer lets it write."""
 
 from __future__ import annotations
 
