@@ -31,6 +31,8 @@ CREATE TABLE scheduler.goals (
     CHECK (parent_id IS DISTINCT FROM id)
 );
 CREATE INDEX goals_of_owner ON scheduler.goals (owner_id, id DESC) WHERE parent_id IS NULL;
+-- Every goal of an owner (the dependency check reads them all).
+CREATE INDEX goals_owned ON scheduler.goals (owner_id);
 CREATE INDEX goals_children ON scheduler.goals (parent_id, position, id);
 CREATE INDEX goals_in_progress ON scheduler.goals (id) WHERE status IN ('waiting', 'active');
 

@@ -66,9 +66,10 @@ RETURNING *
 UPDATE scheduler.goals SET agent_id = $2, updated_at = now() WHERE id = $1 RETURNING *
 
 -- name: fail_started_goal --
--- A started goal (waiting or active) that cannot go on fails; no row when it has ended.
+-- A goal the sweep could not move on (waiting, active, or open under an active parent)
+-- fails; no row when it has ended meanwhile.
 UPDATE scheduler.goals SET status = 'failed', updated_at = now(), finished_at = now()
-WHERE id = $1 AND status IN ('waiting', 'active')
+WHERE id = $1 AND status IN ('open', 'waiting', 'active')
 RETURNING *
 
 -- name: goal_launched --
@@ -118,6 +119,19 @@ SELECT d.goal_id, d.blocked_by FROM scheduler.goal_dependencies d
 JOIN scheduler.goals g ON g.id = d.goal_id
 WHERE g.owner_id = $1
 
+-- name: blockers_in_line --
+-- The goals not done yet that goal $1, or a goal above it, waits for.
+WITH RECURSIVE line AS (
+    SELECT id, parent_id FROM scheduler.goals WHERE id = $1
+    UNION ALL
+    SELECT g.id, g.parent_id FROM scheduler.goals g JOIN line l ON g.id = l.parent_id
+)
+SELECT DISTINCT b.* FROM line l
+JOIN scheduler.goal_dependencies d ON d.goal_id = l.id
+JOIN scheduler.goals b ON b.id = d.blocked_by
+WHERE b.status <> 'done'
+ORDER BY b.id
+
 -- name: dependencies_of --
 -- The goals goal $1 waits for, with their status.
 SELECT g.* FROM scheduler.goal_dependencies d JOIN scheduler.goals g ON g.id = d.blocked_by
@@ -135,14 +149,19 @@ INSERT INTO scheduler.goal_activities (goal_id, kind, body) VALUES ($1, $2, $3) 
 SELECT * FROM scheduler.goal_activities WHERE goal_id = $1 AND id > $2 ORDER BY id LIMIT $3
 
 -- name: goals_to_settle --
--- Started goals the sweep may move on: active ones whose task or pipeline run has ended (or
--- is gone), waiting ones whose dependencies are all done, and active ones with no work of
--- their own none of whose subgoals is still to end (a parent, or a goal whose work was
--- deleted).
+-- Goals the sweep may move on: open ones added under an active parent (they start), active
+-- ones whose task or pipeline run has ended (or is gone), waiting ones whose own
+-- dependencies are all done (those of the goals above them are checked when settling), and
+-- active ones with no work of their own none of whose subgoals is still to end (a parent,
+-- or a goal whose work was deleted).
 SELECT g.id FROM scheduler.goals g
 LEFT JOIN scheduler.tasks t ON t.id = g.task_id
 LEFT JOIN pipeline.runs r ON r.id = g.pipeline_run_id
-WHERE g.status IN ('waiting', 'active') AND (
+WHERE g.status IN ('open', 'waiting', 'active') AND (
+    (g.status = 'open' AND EXISTS (
+        SELECT 1 FROM scheduler.goals p WHERE p.id = g.parent_id AND p.status = 'active'
+        AND p.task_id IS NULL AND p.pipeline_run_id IS NULL))
+ OR
     (g.status = 'active' AND g.task_id IS NOT NULL
         AND (t.id IS NULL OR t.status IN ('succeeded', 'failed', 'cancelled')))
  OR (g.status = 'active' AND g.pipeline_run_id IS NOT NULL

@@ -248,6 +248,14 @@ async def delete_goal(queries: Queries, goal_id: int) -> None:
         raise NotFoundError(f"no goal {goal_id}")
 
 
+async def lock_dependencies(queries: Queries, owner_id: int) -> None:
+    """Until the end of the caller's transaction: no other change of `owner_id`'s
+    dependencies (take it before locking any goal, as every caller does)."""
+    await queries.execute(
+        _SQL["lock_dependencies"], LockKey("goal-dependencies", str(owner_id)).value
+    )
+
+
 async def add_dependency(queries: Queries, goal: GoalRecord, blocked_by: GoalRecord) -> None:
     """`goal` cannot start before `blocked_by` is done; `ConflictError` when that would make
     a cycle (through dependencies, or between a goal and one above it), `NotFoundError` when
@@ -255,9 +263,7 @@ async def add_dependency(queries: Queries, goal: GoalRecord, blocked_by: GoalRec
     are changed one transaction at a time, so two cannot close a cycle together."""
     if blocked_by.owner_id != goal.owner_id:
         raise NotFoundError(f"no goal {blocked_by.id}")
-    await queries.execute(
-        _SQL["lock_dependencies"], LockKey("goal-dependencies", str(goal.owner_id)).value
-    )
+    await lock_dependencies(queries, goal.owner_id)
     above = {int(row["id"]) for row in await queries.fetch_all(_SQL["ancestors"], goal.id)}
     below = {int(row["id"]) for row in await queries.fetch_all(_SQL["ancestors"], blocked_by.id)}
     if blocked_by.id in above or goal.id in below:
@@ -309,7 +315,8 @@ async def _would_wait_forever(queries: Queries, goal: GoalRecord, blocked_by: in
 
     forbidden = set(below(goal.id)) | set(line_up(goal.id))
     seen: set[int] = set()
-    waiting = below(blocked_by)
+    lined: set[int] = set()  # goals whose dependencies are already followed
+    waiting = [blocked_by]  # each visited goal brings its subgoals: a goal's whole subtree
     while waiting:
         node = waiting.pop()
         if node in seen:
@@ -318,9 +325,11 @@ async def _would_wait_forever(queries: Queries, goal: GoalRecord, blocked_by: in
             return True
         seen.add(node)
         waiting.extend(children[node])
-        for above in line_up(node):
-            for other in waits[above]:
-                waiting.extend(below(other))
+        up: int | None = node
+        while up is not None and up not in lined:
+            lined.add(up)
+            waiting.extend(waits[up])
+            up = parent.get(up)
     return False
 
 

@@ -24,6 +24,8 @@ from gathering.errors import (
     DecompositionFailedError,
     GatheringError,
     NotFoundError,
+    ProviderTimeoutError,
+    RateLimitedError,
 )
 from gathering.events import Event, EventBus
 from gathering.llm import Message
@@ -39,6 +41,7 @@ from gathering.scheduler.goals.store import (
     create_goal,
     get_goal,
     goal_tree,
+    lock_dependencies,
 )
 from gathering.scheduler.tasks.store import ENDED as TASK_ENDED
 from gathering.scheduler.tasks.store import Ref, TaskSpec, cancel_task, get_task, start_task
@@ -145,8 +148,10 @@ async def _start(
 
 
 async def _blockers(tx: Queries, goal_id: int) -> list[GoalRecord]:
-    rows = await tx.fetch_all(_SQL["dependencies_of"], goal_id)
-    return [GoalRecord.from_row(row) for row in rows if row["status"] != "done"]
+    """The goals not done yet that `goal_id` waits for, itself or through a goal above it
+    (a subgoal starts only once every goal above it is unblocked)."""
+    rows = await tx.fetch_all(_SQL["blockers_in_line"], goal_id)
+    return [GoalRecord.from_row(row) for row in rows]
 
 
 async def _launch(
@@ -218,6 +223,8 @@ async def settle_goals(db: Database, bus: EventBus | None, limit: int = 100) -> 
                 events: list[Event] = []
                 await _settle(db, bus, tx, GoalRecord.from_row(locked), events)
                 await bus.publish_many(events, tx=tx)
+        except RateLimitedError as exc:  # the owner runs as many pipeline runs as allowed
+            log.info("a goal waits for room to start", goal_id=row["id"], error=exc.message)
         except GatheringError as exc:
             if isinstance(exc, DatabaseError):
                 raise
@@ -238,7 +245,7 @@ async def _fail_goal(db: Database, bus: EventBus, goal_id: int, exc: GatheringEr
 async def _settle(
     db: Database, bus: EventBus, tx: Queries, goal: GoalRecord, events: list[Event]
 ) -> None:
-    if goal.status == "waiting":  # its subgoals locked too: a start of one waits for this
+    if goal.status in ("open", "waiting"):  # its subgoals locked: a start of one waits
         await _start(db, bus, tx, await _locked_tree(tx, goal.id), events)
         return
     if goal.status != "active":
@@ -350,10 +357,18 @@ async def decompose_goal(
     )
     messages = [Message.system(DECOMPOSE_BRIEF.format(most=MAX_SUBGOALS)), Message.user(text)]
     provider = worker.model_provider()
-    async with asyncio.timeout(get_settings().model_call_timeout):
-        completion = await provider.generate(messages, None, **worker.options)
+    seconds = get_settings().model_call_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            completion = await provider.generate(messages, None, **worker.options)
+    except TimeoutError:
+        raise ProviderTimeoutError(
+            f"the agent did not answer within {seconds:g}s",
+            hint="try again, or raise GATHERING_MODEL_CALL_TIMEOUT",
+        ) from None
     subgoals = _parsed(completion.text)
     async with db.transaction() as tx:
+        await lock_dependencies(tx, goal.owner_id)  # before any goal: add_dependency's order
         locked = await tx.fetch_one(_SQL["lock_goal"], goal_id)
         if locked is None or locked["status"] != "open" or (await goal_tree(tx, goal_id)).children:
             raise ConflictError(f"goal {goal_id} changed while it was being decomposed")

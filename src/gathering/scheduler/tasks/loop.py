@@ -228,6 +228,8 @@ class TaskRunner:
             context = agent.tool_context(call.id)
             approved = False
             if state == "running":  # cut short: only a call that changes nothing runs again
+                asked = await self._approval(task.id, call.id)
+                approved = asked is not None and asked.state == "approved"
                 spent = _unbilled_ms(results[call.id], tool)
                 left -= spent / 1000
                 if tool is None or tool.effect != "read":
@@ -353,9 +355,11 @@ class TaskRunner:
     async def _wait(self, task: TaskRecord, lease: UUID, approval: Approval) -> bool:
         """The task waits for `approval`, without a job (in the caller's transaction, when
         one is open); False when the approval was answered meanwhile (the call goes on). The
-        approval's row is locked first: an answer that comes later is taken up by the sweep
-        once the task waits."""
+        task's row, then the approval's, are locked first (the order every locker of both
+        takes): an answer that comes later is taken up by the sweep once the task waits."""
         async with self.db.transaction() as tx:
+            if await tx.fetch_one(_SQL["lock_held_task"], task.id, lease) is None:
+                raise _Replaced
             if await tx.fetch_val(_SQL["lock_approval"], approval.id) != "pending":
                 return False
             row = await tx.fetch_one(_SQL["wait_for_approval"], task.id, lease, approval.id)

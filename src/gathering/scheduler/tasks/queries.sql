@@ -59,6 +59,10 @@ SET status = 'waiting_approval', approval_id = $3, job_id = NULL, lease = NULL,
 WHERE id = $1 AND lease = $2 AND status = 'running'
 RETURNING *
 
+-- name: lock_held_task --
+-- Task $1, locked, while the run holding lease $2 works on it.
+SELECT id FROM scheduler.tasks WHERE id = $1 AND lease = $2 AND status = 'running' FOR UPDATE
+
 -- name: lock_approval --
 -- Approval $1, locked: an answer given meanwhile waits for this transaction (and is then
 -- taken up by the sweep), or came before it and is read here.

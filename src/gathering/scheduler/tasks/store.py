@@ -274,11 +274,12 @@ async def resume_answered(db: Database, bus: EventBus | None, limit: int = 100) 
     rows = await db.fetch_all(_SQL["answered_for_tasks"], limit)
     for row in rows:
         async with db.transaction() as tx:
-            if await tx.fetch_one(_SQL["take_answer"], row["id"]) is None:
-                continue  # taken up by another instance
+            # The task first, then the approval: the order every locker of both takes.
             locked = await tx.fetch_one(_SQL["lock_task"], row["task_id"])
             if locked is None:
                 continue  # deleted with its task meanwhile
+            if await tx.fetch_one(_SQL["take_answer"], row["id"]) is None:
+                continue  # taken up by another instance
             task = TaskRecord.from_row(locked)
             if task.status == "waiting_approval" and task.approval_id == row["id"]:
                 task = await queue_task(tx, task.id)
