@@ -10,14 +10,16 @@ import time
 from typing import Any
 
 import pytest
-from pipeline_runtime import LAB
+from pipeline_runtime import LAB, linear, tool_node
 from task_runtime import HOLD_WRITE, Lab, call, task_lab
 from task_runtime import add_goal as add
 from task_runtime import goal_settled as settled
 
 from gathering.agents import Agent, PostgresAgentStore
+from gathering.config import get_settings
 from gathering.db.database import Queries
-from gathering.errors import ConflictError, DecompositionFailedError
+from gathering.errors import ConflictError, DecompositionFailedError, ProviderTimeoutError
+from gathering.pipelines import create_pipeline
 from gathering.scheduler.goals import (
     GoalChange,
     GoalIn,
@@ -490,3 +492,81 @@ async def test_a_dependency_closing_a_cycle_through_a_parent_is_refused(
     await start_goal(lab.db, lab.bus, other.id)
     assert (await settled(lab, parent.id, "done", "failed")).status == "done"
     assert (await settled(lab, other.id, "done", "failed")).status == "done"
+
+
+async def test_a_subgoal_added_under_an_active_parent_starts_and_the_parent_ends(
+    lab: Lab,
+) -> None:
+    lab.stub.add_reply("first done", "late done")
+    parent = await add(lab, "parent")
+    first = await add(lab, "first", parent_id=parent.id, agent="Tasker")
+    assert (await start_goal(lab.db, lab.bus, parent.id)).status == "active"
+    late = await add(lab, "late", parent_id=parent.id, agent="Tasker")
+    assert (await settled(lab, late.id, "done", "failed")).status == "done"
+    assert (await get_goal(lab.db, first.id)).status == "done"
+    assert (await settled(lab, parent.id, "done", "failed")).status == "done"
+
+
+async def test_a_subgoal_started_by_hand_waits_while_a_goal_above_it_is_blocked(
+    lab: Lab,
+) -> None:
+    lab.stub.add_reply("blocker done", "child done")
+    blocker = await add(lab, "blocker", agent="Tasker")
+    parent = await add(lab, "parent")
+    child = await add(lab, "child", parent_id=parent.id, agent="Tasker")
+    async with lab.db.transaction() as tx:
+        await add_dependency(tx, parent, blocker)
+    assert (await start_goal(lab.db, lab.bus, child.id)).status == "waiting"
+    assert (await get_goal(lab.db, child.id)).task_id is None
+    await start_goal(lab.db, lab.bus, blocker.id)
+    assert (await settled(lab, child.id, "done", "failed")).status == "done"
+
+
+async def test_a_slow_agent_asked_to_decompose_is_a_provider_timeout(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATHERING_MODEL_CALL_TIMEOUT", "1")
+    get_settings.cache_clear()
+    try:
+        goal = await add(lab, "Plan", agent="Tasker")
+        answer = {"model": "llama3.2", "message": {"role": "assistant", "content": "[]"}}
+        lab.stub.add_json({**answer, "done": True}, delay=3)
+        with pytest.raises(ProviderTimeoutError, match="did not answer within 1s"):
+            await decompose_goal(lab.db, goal.id)
+        assert (await goal_tree(lab.db, goal.id)).children == []
+    finally:
+        get_settings.cache_clear()
+
+
+async def test_the_pipeline_run_cap_makes_a_goal_wait_instead_of_failing(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATHERING_PIPELINE_MAX_RUNNING_RUNS", "1")
+    get_settings.cache_clear()
+    try:
+        holder = await create_pipeline(
+            lab.db,
+            linear(tool_node("hold", "blocked", key="slot"), name="hold"),
+            owner_id=lab.owner_id,
+        )
+        echo = await create_pipeline(
+            lab.db,
+            linear(tool_node("say", "echo", text="w"), name="echo"),
+            owner_id=lab.owner_id,
+        )
+        busy = await add(lab, "busy", pipeline=holder.id)
+        dep = await add(lab, "dep")
+        waiter = await add(lab, "waiter", pipeline=echo.id)
+        async with lab.db.transaction() as tx:
+            await add_dependency(tx, waiter, dep)
+        await start_goal(lab.db, lab.bus, busy.id)
+        await asyncio.wait_for(LAB.started_event("slot").wait(), 15)
+        assert (await start_goal(lab.db, lab.bus, waiter.id)).status == "waiting"
+        await lab.db.execute("UPDATE scheduler.goals SET status = 'done' WHERE id = $1", dep.id)
+        await lab.scheduler.tick()  # the owner runs as many pipeline runs as allowed
+        assert (await get_goal(lab.db, waiter.id)).status == "waiting"
+        LAB.gates.setdefault("slot", asyncio.Event()).set()
+        await settled(lab, busy.id, "done")
+        assert (await settled(lab, waiter.id, "done", "failed")).status == "done"
+    finally:
+        get_settings.cache_clear()

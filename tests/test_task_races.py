@@ -298,3 +298,30 @@ async def test_a_stale_delivery_that_ends_does_not_get_the_live_one_failed(lab: 
         await finish(second, "s2")
     done = await lab.wait(task.id)
     assert (done.status, done.result) == ("succeeded", "final"), done.error
+
+
+async def test_an_approved_read_call_cut_by_a_pause_runs_again_without_asking(
+    lab: Lab,
+) -> None:
+    """A read tool whose policy is `ask`, approved, running, then paused: on resume the call
+    runs again under the approval it had (a second approval of the call would be refused by
+    the store, and the task would fail)."""
+    blocked = TOOLS[4]  # read, held until released
+    await lab.enable(blocked, "ask")
+    lab.stub.add_reply(call("blocked", key="ra"), "the end")
+    task = await lab.start("read something")
+    waiting = await lab.wait(task.id, "waiting_approval")
+    assert waiting.approval_id is not None
+    await decide(lab.db, waiting.approval_id, approve=True, by=lab.owner_id)
+    await resume_answered(lab.db, lab.bus)
+    await asyncio.wait_for(LAB.started_event("ra").wait(), 15)
+    await pause_task(lab.db, lab.bus, task.id)
+    LAB.gates.setdefault("ra", asyncio.Event()).set()  # the run again returns at once
+    await resume_task(lab.db, lab.bus, task.id)
+    done = await lab.wait(task.id, "succeeded", "failed", "cancelled", "waiting_approval")
+    assert (done.status, done.result) == ("succeeded", "the end"), (done.status, done.error)
+    assert LAB.calls["ra"] == 2
+    approvals = await lab.db.fetch_val(
+        "SELECT count(*) FROM tool.approvals WHERE task_id = $1", task.id
+    )
+    assert approvals == 1
