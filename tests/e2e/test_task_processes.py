@@ -5,7 +5,7 @@ it). The worker running the task is killed (SIGKILL) mid-step, once in a tool ca
 in a model call: the other worker's stalled-jobs duty queues the task's job again, and it
 goes on from the last stored step and finishes. Its step log has no gap and no duplicate step,
 a write cut short is reported as interrupted and never made twice, and a model call cut short
-is made again."""
+is made again. A pause given from another process stops the call in the worker's process."""
 
 from __future__ import annotations
 
@@ -233,5 +233,54 @@ def test_a_task_killed_in_a_model_call_asks_the_model_again_on_the_other_worker(
         first_call.release()
         if second_call is not None:
             second_call.release()
+        for worker in workers:
+            worker.stop()
+
+
+def control(db: ScratchDatabase, verb: str, task_id: int) -> str:
+    """Pause, resume or cancel task `task_id` from the test's process; its new status."""
+    from gathering.scheduler import tasks
+
+    act = {"pause": tasks.pause_task, "resume": tasks.resume_task, "cancel": tasks.cancel_task}
+
+    async def work() -> str:
+        async with Database(db.url, min_size=0, max_size=2) as database:
+            return (await act[verb](database, None, task_id)).status
+
+    return asyncio.run(work())
+
+
+def test_a_pause_from_another_process_stops_the_running_call_and_resume_goes_on(
+    database: ScratchDatabase, stub: LLMStubServer
+) -> None:
+    """The pause is given by the test's process; the call runs in a worker process. The
+    worker's job is aborted (procrastinate's NOTIFY): the cut call's time is billed there (it
+    is marked charged), the write is never finished, and a resume from here goes on with the
+    call reported interrupted."""
+    goal = f"Write c, then answer ({secrets.token_hex(4)})."
+    stub.add_reply(call("slow_write", key="c", seconds=60), "after the pause")
+    workers = [Worker(database, **stub.environment()), Worker(database, **stub.environment())]
+    try:
+        task_id = start(database, goal)
+        wait_until(lambda: database.marks("c"), 30, "c started")
+        assert control(database, "pause", task_id) == "paused"
+
+        def cut() -> bool:
+            steps = steps_of(database, task_id)
+            (state,) = steps[0]["results"].values()
+            return bool(state.get("charged"))
+
+        wait_until(cut, 30, "the call cut short in its worker")
+        assert task_row(database, task_id)["status"] == "paused"
+        assert control(database, "resume", task_id) == "queued"
+        ended = wait_ended(database, task_id, workers)
+        assert (ended["status"], ended["result"]) == ("succeeded", "after the pause")
+        steps = steps_of(database, task_id)
+        assert [s["n"] for s in steps] == [1, 2]
+        (state,) = steps[0]["results"].values()
+        assert state["status"] == "interrupted"
+        assert [what for what, _ in database.marks("c")] == ["started"]
+        assert all(w.process.poll() is None for w in workers)
+    finally:
         for worker in workers:
             worker.stop()
