@@ -124,7 +124,9 @@ async def add_activity(queries: Queries, goal_id: int, kind: str, **body: Any) -
     await queries.execute(_SQL["add_activity"], goal_id, kind, Jsonb(storable_value(body)))
 
 
-async def _ref_id(queries: Queries, query: str, owner_id: int, ref: int | str, what: str) -> int:
+async def owned_id(queries: Queries, query: str, owner_id: int, ref: int | str, what: str) -> int:
+    """The id of `owner_id`'s `what` (agent, pipeline) `ref`, by id or name, looked up with
+    `query`; `NotFoundError` when they have none."""
     by_id, by_name = (ref, None) if isinstance(ref, int) else (None, ref)
     row = await queries.fetch_one(_SQL[query], by_id, by_name, owner_id)
     if row is None:
@@ -151,13 +153,13 @@ async def create_goal(queries: Queries, owner_id: int, spec: GoalIn) -> GoalReco
         if depth + 1 >= MAX_DEPTH:
             raise InvalidInputError(f"goals nest at most {MAX_DEPTH} levels deep")
     agent_id = (
-        await _ref_id(queries, "agent_of_owner", owner_id, spec.agent, "agent")
+        await owned_id(queries, "agent_of_owner", owner_id, spec.agent, "agent")
         if (spec.agent is not None)
         else None
     )
     pipeline_id = None
     if spec.pipeline is not None:
-        pipeline_id = await _ref_id(
+        pipeline_id = await owned_id(
             queries, "pipeline_of_owner", owner_id, spec.pipeline, "pipeline"
         )
     row = await queries.fetch_one(
@@ -219,9 +221,9 @@ async def change_goal(queries: Queries, goal: GoalRecord, change: GoalChange) ->
         return goal
     agent_id = pipeline_id = None
     if change.agent is not None:
-        agent_id = await _ref_id(queries, "agent_of_owner", goal.owner_id, change.agent, "agent")
+        agent_id = await owned_id(queries, "agent_of_owner", goal.owner_id, change.agent, "agent")
     if change.pipeline is not None:
-        pipeline_id = await _ref_id(
+        pipeline_id = await owned_id(
             queries, "pipeline_of_owner", goal.owner_id, change.pipeline, "pipeline"
         )
     row = await queries.fetch_one(

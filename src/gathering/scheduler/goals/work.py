@@ -23,7 +23,6 @@ from gathering.errors import (
     DatabaseError,
     DecompositionFailedError,
     GatheringError,
-    NotFoundError,
     ProviderTimeoutError,
     RateLimitedError,
 )
@@ -42,6 +41,7 @@ from gathering.scheduler.goals.store import (
     get_goal,
     goal_tree,
     lock_dependencies,
+    owned_id,
 )
 from gathering.scheduler.tasks.store import ENDED as TASK_ENDED
 from gathering.scheduler.tasks.store import Ref, TaskSpec, cancel_task, get_task, start_task
@@ -81,11 +81,7 @@ async def start_goal(
             )
         fallback = None
         if agent is not None:
-            by_id, by_name = (agent, None) if isinstance(agent, int) else (None, agent)
-            row = await tx.fetch_one(_SQL["agent_of_owner"], by_id, by_name, root.owner_id)
-            if row is None:
-                raise NotFoundError(f"no agent {agent!r}", hint="`gathering agents list`")
-            fallback = int(row["id"])
+            fallback = await owned_id(tx, "agent_of_owner", root.owner_id, agent, "agent")
         idle = [n.goal for n in _leaves(tree) if n.goal.agent_id is None and not n.goal.pipeline_id]
         if idle and fallback is None:
             raise ConflictError(
