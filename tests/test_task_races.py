@@ -166,10 +166,16 @@ async def test_the_time_of_a_call_whose_worker_died_counts(
     """A worker that dies mid-call bills nothing; the job that takes the task up again finds
     the call `running` and counts it from the time it started (at most its tool's timeout)."""
 
-    async def dies_without_billing(self: TaskRunner, *args: Any) -> None:
-        return None
+    bill = TaskRunner._bill
+    bills: list[tuple[Any, ...]] = []
 
-    monkeypatch.setattr(TaskRunner, "_bill", dies_without_billing, raising=False)
+    async def dies_without_billing(self: TaskRunner, *args: Any) -> bool:
+        bills.append(args)
+        if len(bills) == 1:  # the dying job's bill never happens
+            return False
+        return await bill(self, *args)
+
+    monkeypatch.setattr(TaskRunner, "_bill", dies_without_billing)
     await lab.enable(HOLD_WRITE)
     lab.stub.add_reply(call("hold_write", key="d"), "after the death")
     task = await lab.start("hold", max_seconds=60)
@@ -325,3 +331,93 @@ async def test_an_approved_read_call_cut_by_a_pause_runs_again_without_asking(
         "SELECT count(*) FROM tool.approvals WHERE task_id = $1", task.id
     )
     assert approvals == 1
+
+
+async def test_a_read_call_run_again_after_a_pause_counts_its_cut_run_once(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paused job's bill of its cut run arrives only after the resumed job has counted
+    that run and runs the call again: the late bill names the cut run, not the new one, so it
+    counts nothing. The task's seconds never pass the wall time it took."""
+    bill = TaskRunner._bill
+    entered, late = asyncio.Event(), asyncio.Event()
+    billed: list[bool] = []
+
+    async def bill_late(self: TaskRunner, *args: Any) -> bool:
+        if entered.is_set():  # the resumed job's bill: at once
+            return await bill(self, *args)
+        entered.set()
+        await late.wait()  # the paused job's: once the call runs again
+        billed.append(await bill(self, *args))
+        return billed[-1]
+
+    monkeypatch.setattr(TaskRunner, "_bill", bill_late)
+    blocked = TOOLS[4]  # read, held until released
+    await lab.enable(blocked)
+    lab.stub.add_reply(call("blocked", key="rr"), "read twice")
+    began = time.monotonic()
+    task = await lab.start("read", max_seconds=60)
+    await asyncio.wait_for(LAB.started_event("rr").wait(), 15)
+    await asyncio.sleep(1.5)
+    await pause_task(lab.db, lab.bus, task.id)
+    await asyncio.wait_for(entered.wait(), 15)  # the paused job bills, late
+    await resume_task(lab.db, lab.bus, task.id)
+
+    async def run_again() -> bool:
+        return LAB.calls["rr"] == 2
+
+    await until("the call runs again", run_again)
+    late.set()
+
+    async def paused_job_billed() -> bool:
+        return bool(billed)
+
+    await until("the paused job's bill", paused_job_billed)
+    assert billed == [False]  # its run was counted by the resumed job already
+    LAB.gates["rr"].set()
+    done = await lab.wait(task.id)
+    wall = time.monotonic() - began
+    assert (done.status, done.result) == ("succeeded", "read twice"), done.error
+    assert 1.4 <= done.active_seconds <= wall, (done.active_seconds, wall)
+
+
+async def test_a_model_call_cut_by_a_pause_counts_its_time(lab: Lab) -> None:
+    """The pause aborts the job in the middle of its model call: no step is stored, but the
+    second the call ran counts in the task's seconds."""
+    hold = lab.stub.hold("think hard")
+    task = await lab.start("think hard", max_seconds=60)
+    assert await asyncio.to_thread(hold.arrived.wait, 15)
+    await asyncio.sleep(1.0)
+    await pause_task(lab.db, lab.bus, task.id)
+
+    async def counted() -> bool:
+        return (await get_task(lab.db, task.id)).active_seconds >= 0.9
+
+    await until("the cut call's time", counted)
+    paused = await get_task(lab.db, task.id)
+    assert (paused.status, paused.steps, paused.input_tokens) == ("paused", 0, 0)
+
+
+async def test_a_model_call_that_ends_after_its_run_was_replaced_counts_its_tokens(
+    lab: Lab,
+) -> None:
+    """The model answers a run that no longer holds the task (the same job delivered again
+    took a new lease meanwhile): its step is not stored, but the provider was paid, so the
+    call's tokens and time count in the task's use."""
+    hold = lab.stub.hold("think twice")
+    lab.stub.add_reply("thought")
+    task = await lab.start("think twice", max_seconds=60)
+    assert await asyncio.to_thread(hold.arrived.wait, 15)
+    await lab.db.execute(  # as start_task does for the job's second delivery
+        "UPDATE scheduler.tasks SET lease = gen_random_uuid() WHERE id = $1", task.id
+    )
+    hold.release()
+
+    async def counted() -> bool:
+        return (await get_task(lab.db, task.id)).input_tokens > 0
+
+    await until("the replaced run's call counted", counted)
+    now = await get_task(lab.db, task.id)
+    assert (now.steps, now.status) == (0, "running") and now.output_tokens > 0
+    assert now.active_seconds > 0
+    await cancel_task(lab.db, lab.bus, task.id)

@@ -98,6 +98,17 @@ async def test_pause_resume_trigger_preview_change_delete(api: httpx.AsyncClient
     assert (await api.get(where)).status_code == 404
 
 
+async def test_an_event_schedule_has_no_preview(api: httpx.AsyncClient) -> None:
+    """It fires when its events come: asking for its next instants is a 409 that says so."""
+    made = await api.post(
+        "/schedules", json={"name": "on-runs", "kind": "event", "event_type": "x.done", **NOTE}
+    )
+    assert made.status_code == 201, made.text
+    refused = await api.get(f"/schedules/{made.json()['id']}/preview")
+    assert refused.status_code == 409, refused.text
+    assert "x.done event" in refused.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [

@@ -15,6 +15,7 @@ from itertools import islice
 
 from cronsim import CronSim
 
+from gathering.errors import ConflictError
 from gathering.scheduler.definition import ScheduleSpec, zone
 
 
@@ -59,7 +60,14 @@ def next_fire(spec: ScheduleSpec, anchor: datetime, after: datetime) -> datetime
 
 
 def preview(spec: ScheduleSpec, anchor: datetime, after: datetime, count: int) -> list[datetime]:
-    """The next `count` instants `spec` fires after `after`."""
+    """The next `count` instants `spec` fires after `after`; `ConflictError` for an event
+    schedule, which fires when its events come, at no instant known beforehand."""
+    if spec.kind == "event":
+        raise ConflictError(
+            f"an event schedule fires on each {spec.event_type} event, not at set times: "
+            "it has no preview",
+            hint="see its runs (GET /schedules/{id}/runs) for when it fired",
+        )
     return list(islice(fire_times(spec, anchor, after), count))
 
 

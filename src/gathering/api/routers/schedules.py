@@ -238,6 +238,7 @@ async def schedule_runs(
     "/{schedule_id:id}/preview",
     summary="The next instants a schedule fires",
     dependencies=[rate_limit("relaxed")],
+    responses={409: {"description": "An event schedule: it fires on events, not at set times"}},
 )
 async def schedule_preview(
     schedule_id: ScheduleId,

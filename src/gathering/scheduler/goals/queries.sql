@@ -81,12 +81,6 @@ RETURNING *
 -- name: delete_goal --
 DELETE FROM scheduler.goals WHERE id = $1 RETURNING id
 
--- name: agent_of_owner --
-SELECT id FROM agent.agents WHERE (id = $1 OR name = $2) AND owner_id = $3
-
--- name: pipeline_of_owner --
-SELECT id FROM pipeline.pipelines WHERE (id = $1 OR name = $2) AND owner_id = $3
-
 -- name: pipeline_version --
 SELECT current_version FROM pipeline.pipelines WHERE id = $1
 

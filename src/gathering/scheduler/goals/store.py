@@ -17,7 +17,7 @@ from gathering.db.locks import LockKey
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text, storable_value
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
-from gathering.scheduler.tasks.store import MAX_ID, Ref, as_number
+from gathering.scheduler.tasks.store import MAX_ID, Ref, as_number, owned_id
 
 _SQL = queries_of("gathering.scheduler.goals")
 STATUSES = ("open", "waiting", "active", "done", "failed", "cancelled")
@@ -122,16 +122,6 @@ class GoalNode:
 async def add_activity(queries: Queries, goal_id: int, kind: str, **body: Any) -> None:
     """Record what was done about goal `goal_id`."""
     await queries.execute(_SQL["add_activity"], goal_id, kind, Jsonb(storable_value(body)))
-
-
-async def owned_id(queries: Queries, query: str, owner_id: int, ref: int | str, what: str) -> int:
-    """The id of `owner_id`'s `what` (agent, pipeline) `ref`, by id or name, looked up with
-    `query`; `NotFoundError` when they have none."""
-    by_id, by_name = (ref, None) if isinstance(ref, int) else (None, ref)
-    row = await queries.fetch_one(_SQL[query], by_id, by_name, owner_id)
-    if row is None:
-        raise NotFoundError(f"no {what} {ref!r}", hint=f"list them with `gathering {what}s list`")
-    return int(row["id"])
 
 
 async def create_goal(queries: Queries, owner_id: int, spec: GoalIn) -> GoalRecord:

@@ -41,10 +41,16 @@ from gathering.scheduler.goals.store import (
     get_goal,
     goal_tree,
     lock_dependencies,
-    owned_id,
 )
 from gathering.scheduler.tasks.store import ENDED as TASK_ENDED
-from gathering.scheduler.tasks.store import Ref, TaskSpec, cancel_task, get_task, start_task
+from gathering.scheduler.tasks.store import (
+    Ref,
+    TaskSpec,
+    cancel_task,
+    get_task,
+    owned_id,
+    start_task,
+)
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.scheduler.goals")
@@ -101,10 +107,16 @@ async def start_goal(
 
 
 async def _locked_tree(tx: Queries, goal_id: int) -> GoalNode:
-    """Goal `goal_id`'s tree, its goals locked (in id order) and read again under the lock."""
-    first = await goal_tree(tx, goal_id)
-    await tx.fetch_all(_SQL["lock_goals"], [node.goal.id for node in _walk(first)])
-    return await goal_tree(tx, goal_id)
+    """Goal `goal_id`'s tree, every goal of it locked (in id order), as read under the locks
+    (a subgoal added before its parent was locked is read, then locked in turn)."""
+    locked: set[int] = set()
+    while True:
+        tree = await goal_tree(tx, goal_id)
+        new = sorted({node.goal.id for node in _walk(tree)} - locked)
+        if not new:
+            return tree
+        await tx.fetch_all(_SQL["lock_goals"], new)
+        locked.update(new)
 
 
 def _leaves(node: GoalNode) -> list[GoalNode]:

@@ -25,7 +25,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import structlog
 from psycopg.types.json import Jsonb
@@ -181,6 +181,10 @@ class TaskRunner:
                 f"the model call took longer than {seconds:g}s",
                 hint="raise GATHERING_MODEL_CALL_TIMEOUT or check the provider",
             ) from None
+        except asyncio.CancelledError:  # paused, cancelled, or the worker stops
+            spent = round((time.monotonic() - started) * 1000)
+            await asyncio.shield(self._bill_model_call(task.id, spent, None))
+            raise
         assert completion is not None
         elapsed = round((time.monotonic() - started) * 1000)
         calls = _unique_ids(completion.tool_calls, steps)
@@ -199,11 +203,12 @@ class TaskRunner:
                 elapsed,
                 "acting" if calls else "done",
             )
-            if row is None:
-                raise _Replaced
-            step = TaskStep.from_row(row)
-            await self._step_event(tx, task, step)
-        return step
+            if row is not None:
+                step = TaskStep.from_row(row)
+                await self._step_event(tx, task, step)
+                return step
+        await self._bill_model_call(task.id, elapsed, completion)  # its step was not stored
+        raise _Replaced
 
     # --- act ------------------------------------------------------------------------------
 
@@ -230,14 +235,12 @@ class TaskRunner:
             if state == "running":  # cut short: only a call that changes nothing runs again
                 asked = await self._approval(task.id, call.id)
                 approved = asked is not None and asked.state == "approved"
-                spent = _unbilled_ms(results[call.id], tool)
-                left -= spent / 1000
+                left -= await self._bill_dead_run(task.id, step.n, call.id, results[call.id], tool)
                 if tool is None or tool.effect != "read":
                     results[call.id] = await self._set_call(
-                        task, lease, step, call, "interrupted", INTERRUPTED, spent
+                        task, lease, step, call, "interrupted", INTERRUPTED, 0
                     )
                     continue
-                await self._set_call(task, lease, step, call, "running", "", spent, charged=True)
             elif state == "waiting":
                 approval = await self._approval(task.id, call.id)
                 if approval is not None and approval.state == "pending":
@@ -267,20 +270,27 @@ class TaskRunner:
                     task, lease, step, call, "not_run", NO_TIME_LEFT, 0
                 )
                 continue
-            await self._set_call(task, lease, step, call, "running", "", 0, started_at=time.time())
+            attempt = uuid4().hex  # this run of the call: what a cut run's bill names
+            await self._set_call(
+                task, lease, step, call, "running", "", 0, started_at=time.time(), attempt=attempt
+            )
             started = time.monotonic()
             try:
                 result = await run_tool(box.tools, call, left, context)
             except asyncio.CancelledError:  # paused, cancelled, or the worker stops
                 spent = round((time.monotonic() - started) * 1000)
-                await asyncio.shield(self._bill(task.id, step.n, call.id, spent))
+                await asyncio.shield(self._bill(task.id, step.n, call.id, attempt, spent))
                 raise
             left -= time.monotonic() - started
             elapsed = round((time.monotonic() - started) * 1000)
             outcome = "failed" if result.is_error else "finished"
-            results[call.id] = await self._set_call(
-                task, lease, step, call, outcome, result.content, elapsed
-            )
+            try:
+                results[call.id] = await self._set_call(
+                    task, lease, step, call, outcome, result.content, elapsed
+                )
+            except _Replaced:  # paused or cancelled as the call ended: its time still counts
+                await self._bill(task.id, step.n, call.id, attempt, elapsed)
+                raise
         async with self.db.transaction() as tx:
             row = await tx.fetch_one(_SQL["finish_step"], task.id, lease, step.n)
             if row is None:
@@ -309,12 +319,48 @@ class TaskRunner:
             raise _Replaced
         return state
 
-    async def _bill(self, task_id: int, n: int, call_id: str, elapsed_ms: int) -> None:
-        """Count the time of a call cut short in its task's (whoever holds the task now)."""
+    async def _bill(
+        self, task_id: int, n: int, call_id: str, attempt: str | None, elapsed_ms: int
+    ) -> bool:
+        """Count the `elapsed_ms` of run `attempt` of a call cut short in its task's time
+        (whoever holds the task now); False when that run was counted already."""
         try:
-            await self.db.execute(_SQL["bill_cut_call"], task_id, n, call_id, elapsed_ms)
+            row = await self.db.fetch_one(
+                _SQL["bill_cut_call"], task_id, n, call_id, attempt, elapsed_ms
+            )
         except GatheringError:
             log.warning("could not count a cut call's time", task_id=task_id, call_id=call_id)
+            return False
+        return row is not None
+
+    async def _bill_dead_run(
+        self, task_id: int, n: int, call_id: str, state: dict[str, Any], tool: Any
+    ) -> float:
+        """Count a call found `running` (its run was cut short) from when it started, at most
+        its tool's timeout, unless its own job counted it already; the seconds counted."""
+        spent = _unbilled_ms(state, tool)
+        if spent and await self._bill(task_id, n, call_id, state.get("attempt"), spent):
+            return spent / 1000
+        return 0.0
+
+    async def _bill_model_call(
+        self, task_id: int, elapsed_ms: int, completion: Completion | None
+    ) -> None:
+        """Count a model call whose step was not stored (the task was taken from this job as
+        it ran): its time, and its tokens and cost when it ended (a call cut mid-way is
+        priced by the provider, but its usage never reaches us)."""
+        usage = completion.usage if completion is not None else None
+        try:
+            await self.db.execute(
+                _SQL["bill_cut_model_call"],
+                task_id,
+                elapsed_ms,
+                usage.input_tokens if usage else 0,
+                usage.output_tokens if usage else 0,
+                completion.cost_usd if completion is not None else None,
+            )
+        except GatheringError:
+            log.warning("could not count a cut model call", task_id=task_id)
 
     async def _approval(self, task_id: int, call_id: str) -> Approval | None:
         row = await self.db.fetch_one(_SQL["task_approval"], task_id, call_id)

@@ -13,6 +13,10 @@ RETURNING *
 -- The id of owner $3's agent with id $1 or name $2.
 SELECT id FROM agent.agents WHERE (id = $1 OR name = $2) AND owner_id = $3
 
+-- name: pipeline_of_owner --
+-- The id of owner $3's pipeline with id $1 or name $2 (a goal's).
+SELECT id FROM pipeline.pipelines WHERE (id = $1 OR name = $2) AND owner_id = $3
+
 -- name: task_by_id --
 SELECT * FROM scheduler.tasks WHERE id = $1
 
@@ -116,18 +120,31 @@ WHERE s.task_id = task.id AND s.n = $3
 RETURNING s.*
 
 -- name: bill_cut_call --
--- Call $3 of step $2 of task $1 was cut short (a pause, a cancel, a stopping worker) after $4
--- ms: they count in the step's and the task's time, once (the call is marked charged).
+-- Run $4 of call $3 of step $2 of task $1 (its `attempt`) was cut short (a pause, a cancel, a
+-- stopping or dead worker) after $5 ms: they count in the step's and the task's time once,
+-- whoever bills first (the run is marked charged); no row when it was counted already or the
+-- call went on to another state or run.
 WITH step AS (
     UPDATE scheduler.task_steps
     SET results = jsonb_set(results, ARRAY[$3::text, 'charged'], 'true'),
-        duration_ms = duration_ms + $4
+        duration_ms = duration_ms + $5
     WHERE task_id = $1 AND n = $2 AND results -> $3::text ->> 'status' = 'running'
+      AND results -> $3::text ->> 'attempt' = $4
       AND NOT coalesce((results -> $3::text ->> 'charged')::boolean, false)
     RETURNING task_id
 )
-UPDATE scheduler.tasks t SET active_seconds = active_seconds + $4 / 1000.0
+UPDATE scheduler.tasks t SET active_seconds = active_seconds + $5 / 1000.0
 FROM step WHERE t.id = step.task_id
+RETURNING t.id
+
+-- name: bill_cut_model_call --
+-- A model call of task $1 ended after $2 ms but its step was not stored (the task was
+-- paused, cancelled or taken meanwhile): its time, tokens ($3 in, $4 out) and cost $5 still
+-- count in the task's use.
+UPDATE scheduler.tasks
+SET active_seconds = active_seconds + $2 / 1000.0, input_tokens = input_tokens + $3,
+    output_tokens = output_tokens + $4, cost_usd = cost_usd + coalesce($5, 0)
+WHERE id = $1
 
 -- name: finish_step --
 UPDATE scheduler.task_steps s SET status = 'done', finished_at = now()

@@ -169,6 +169,16 @@ def task_event(kind: str, task: TaskRecord, **extra: Any) -> list[Event]:
     ]
 
 
+async def owned_id(queries: Queries, query: str, owner_id: int, ref: int | str, what: str) -> int:
+    """The id of `owner_id`'s `what` (agent, pipeline) `ref`, by id or name, looked up with
+    `query` (`agent_of_owner`, `pipeline_of_owner`); `NotFoundError` when they have none."""
+    by_id, by_name = (ref, None) if isinstance(ref, int) else (None, ref)
+    row = await queries.fetch_one(_SQL[query], by_id, by_name, owner_id)
+    if row is None:
+        raise NotFoundError(f"no {what} {ref!r}", hint=f"list them with `gathering {what}s list`")
+    return int(row["id"])
+
+
 async def start_task(
     db: Database, bus: EventBus | None, owner_id: int, spec: TaskSpec
 ) -> TaskRecord:
@@ -177,12 +187,7 @@ async def start_task(
     such agent."""
     bus = bus if bus is not None else EventBus(db)
     async with db.transaction() as tx:
-        by_id, by_name = (spec.agent, None) if isinstance(spec.agent, int) else (None, spec.agent)
-        agent_id = await tx.fetch_val(_SQL["agent_of_owner"], by_id, by_name, owner_id)
-        if agent_id is None:
-            raise NotFoundError(
-                f"no agent {spec.agent!r}", hint="list agents with `gathering agents list`"
-            )
+        agent_id = await owned_id(tx, "agent_of_owner", owner_id, spec.agent, "agent")
         row = await tx.fetch_one(
             _SQL["insert_task"],
             owner_id,
