@@ -56,13 +56,20 @@ async def pydantic_ai_turn_us(turns: int, window: int) -> float:
     return await _measure(turn, turns, warmup=50)
 
 
-async def gathering_turn_us(turns: int, window: int, store: object, memories: int = 0,
-                            name: str = "bench") -> float:
+async def gathering_turn_us(
+    turns: int, window: int, store: object, memories: int = 0, name: str = "bench"
+) -> float:
     from gathering.agents import Agent
     from gathering.llm import ScriptedProvider
 
-    agent = Agent(name, "scripted", llm=ScriptedProvider(lambda messages: "ok"),
-                  store=store, history_window=window, persona={"role": "a bench"})  # type: ignore[arg-type]
+    agent = Agent(
+        name,
+        "scripted",
+        llm=ScriptedProvider(lambda messages: "ok"),
+        store=store,
+        history_window=window,
+        persona={"role": "a bench"},
+    )  # type: ignore[arg-type]
     for i in range(memories):
         await agent.memory.remember(f"fact {i}: the message numbers go up to {i * 7}")
 
@@ -93,14 +100,20 @@ async def main(turns: int, persisted_turns: int, window: int) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
     print(f"PydanticAI Agent + TestModel : {baseline:9.1f} us/turn (baseline)")
-    print(f"GatheRing in memory          : {in_memory:9.1f} us/turn  "
-          f"ratio {in_memory / baseline:.2f}x  (target <= 0.10x)")
-    print(f"GatheRing persisted          : {persisted:9.1f} us/turn  "
-          f"ratio {persisted / baseline:.2f}x  ({persisted / 1000:.2f} ms; target <= 1.0 ms,"
-          " reload check on, no memories: recall skipped by the start-of-turn check)")
-    print(f"GatheRing persisted + recall : {recalling:9.1f} us/turn  "
-          f"ratio {recalling / baseline:.2f}x  ({recalling / 1000:.2f} ms; 20 memories searched"
-          " every turn)")
+    print(
+        f"GatheRing in memory          : {in_memory:9.1f} us/turn  "
+        f"ratio {in_memory / baseline:.2f}x  (target <= 0.10x)"
+    )
+    print(
+        f"GatheRing persisted          : {persisted:9.1f} us/turn  "
+        f"ratio {persisted / baseline:.2f}x  ({persisted / 1000:.2f} ms; target <= 1.0 ms,"
+        " reload check on, no memories: recall skipped by the start-of-turn check)"
+    )
+    print(
+        f"GatheRing persisted + recall : {recalling:9.1f} us/turn  "
+        f"ratio {recalling / baseline:.2f}x  ({recalling / 1000:.2f} ms; 20 memories searched"
+        " every turn)"
+    )
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ async def test_the_time_budget_bounds_a_tool_call_then_stops_the_task(lab: Lab) 
 
 
 def test_a_task_spec_refuses_what_cannot_work() -> None:
-    with pytest.raises(ValueError, match="goal is empty"):
+    with pytest.raises(ValueError, match="only white space"):
         TaskSpec(agent="a", goal="   ")
     with pytest.raises(ValueError):
         TaskSpec(agent="a", goal="x", max_steps=0)

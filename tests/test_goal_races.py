@@ -320,34 +320,29 @@ async def test_a_start_racing_a_cancel_launches_nothing(
 async def test_starting_a_parent_and_its_subgoal_at_once_launches_the_subgoal_once(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both starts read the tree before either locks anything: the one that locks second
-    reads it again and launches nothing more."""
+    """The first start holds the owner's start lock while it reads and locks the tree; the
+    other waits for it, then finds the subgoal started: one goal, one task."""
     lab.stub.add_reply("one", "two")
     root = await add(lab, "root")
     leaf = await add(lab, "leaf", parent_id=root.id, agent="Tasker")
     real_tree = goal_tree
-    both_read = asyncio.Barrier(2)
-    calls = 0
+    first_read = asyncio.Event()
 
-    async def tree_then_wait(queries: Queries, goal_id: int) -> GoalNode:
-        nonlocal calls
-        calls += 1
+    async def tree_then_pause(queries: Queries, goal_id: int) -> GoalNode:
         node = await real_tree(queries, goal_id)
-        if calls <= 2:  # the first read of each start
-            await asyncio.wait_for(both_read.wait(), 10)
+        if not first_read.is_set():
+            first_read.set()
+            await asyncio.sleep(0.5)  # the other start comes now
         return node
 
-    monkeypatch.setattr(goals_work, "goal_tree", tree_then_wait)
-    outcomes = await asyncio.gather(
-        start_goal(lab.db, lab.bus, root.id),
-        start_goal(lab.db, lab.bus, leaf.id),
-        return_exceptions=True,
-    )
+    monkeypatch.setattr(goals_work, "goal_tree", tree_then_pause)
+    first = asyncio.create_task(start_goal(lab.db, lab.bus, root.id))
+    await asyncio.wait_for(first_read.wait(), 10)
+    second = asyncio.create_task(start_goal(lab.db, lab.bus, leaf.id))
+    outcomes = await asyncio.gather(first, second, return_exceptions=True)
     monkeypatch.undo()
-    assert calls >= 2
-    refused = [o for o in outcomes if isinstance(o, BaseException)]
-    assert all(isinstance(o, ConflictError) for o in refused), refused
-    assert len(refused) < 2
+    assert not isinstance(outcomes[0], BaseException), outcomes[0]
+    assert isinstance(outcomes[1], ConflictError) and "is active" in str(outcomes[1])
     assert await task_count(lab, "leaf") == 1  # one goal, one task
     leaf_now = await get_goal(lab.db, leaf.id)
     assert leaf_now.status == "active" and leaf_now.task_id is not None
@@ -429,9 +424,9 @@ async def test_a_subgoal_added_while_its_parent_is_started_is_never_left_behind(
 async def test_a_subgoal_started_by_hand_while_the_sweep_starts_its_parent_fails_nothing(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A waiting parent is unblocked; while the sweep starts it (its tree read, its subgoals
-    not locked), a person starts one of those subgoals. The sweep's launch of that subgoal is
-    refused ("started meanwhile"): the subgoal runs, so the parent must go on, not fail."""
+    """A waiting parent is unblocked; while the sweep starts it (its tree read), a person
+    starts one of its subgoals. The person's start waits for the sweep's, then is refused
+    (the subgoal is active): the subgoal runs once, and the parent goes on."""
     lab.stub.add_reply("child done")
     q = await add(lab, "q", agent="Tasker")
     parent = await add(lab, "parent")
@@ -441,20 +436,21 @@ async def test_a_subgoal_started_by_hand_while_the_sweep_starts_its_parent_fails
     assert (await start_goal(lab.db, lab.bus, parent.id)).status == "waiting"
     await lab.db.execute("UPDATE scheduler.goals SET status = 'done' WHERE id = $1", q.id)
     real_tree = goal_tree
-    raced = False
+    by_hand: list[asyncio.Task[Any]] = []
 
     async def tree_then_start_child(queries: Queries, goal_id: int) -> GoalNode:
-        nonlocal raced
         node = await real_tree(queries, goal_id)
-        if goal_id == parent.id and not raced:  # the sweep read the parent's tree
-            raced = True
-            await asyncio.wait_for(asyncio.create_task(start_goal(lab.db, lab.bus, child.id)), 10)
+        if goal_id == parent.id and not by_hand:  # the sweep read the parent's tree
+            by_hand.append(asyncio.create_task(start_goal(lab.db, lab.bus, child.id)))
+            await asyncio.sleep(0.5)  # the person's start is under way
         return node
 
     monkeypatch.setattr(goals_work, "goal_tree", tree_then_start_child)
     await settle_goals(lab.db, lab.bus)
     monkeypatch.undo()
-    assert raced
+    assert by_hand
+    with pytest.raises(ConflictError, match="is active"):
+        await asyncio.wait_for(by_hand[0], 10)
     assert await task_count(lab, "child") == 1
     assert (await get_goal(lab.db, child.id)).status in ("active", "done")
     parent_now = await get_goal(lab.db, parent.id)

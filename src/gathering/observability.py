@@ -193,10 +193,11 @@ DB_POOL = Gauge("gathering_db_pool_connections", "Database pool connections", ["
 def record_llm_usage(
     provider: str, model: str, input_tokens: int, output_tokens: int, cost_usd: float | None
 ) -> None:
-    """Count one LLM call's tokens (and estimated cost) in the metrics."""
-    LLM_TOKENS.labels(provider, model, "input").inc(input_tokens)
-    LLM_TOKENS.labels(provider, model, "output").inc(output_tokens)
-    if cost_usd:
+    """Count one LLM call's tokens (and estimated cost) in the metrics (a negative count a
+    provider reports counts as none: a counter only goes up)."""
+    LLM_TOKENS.labels(provider, model, "input").inc(max(0, input_tokens))
+    LLM_TOKENS.labels(provider, model, "output").inc(max(0, output_tokens))
+    if cost_usd is not None and cost_usd > 0:
         LLM_COST.labels(provider, model).inc(cost_usd)
 
 

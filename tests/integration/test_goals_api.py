@@ -339,6 +339,9 @@ async def test_decompose_refusals(api: httpx.AsyncClient, stub: LLMStubServer) -
     assert refused.status_code == 409 and "has no agent" in refused.json()["detail"]
     unknown = await api.post(f"/goals/{nobody['id']}/decompose", json={"agent": "Nobody"})
     assert unknown.status_code == 404, unknown.text
+    for odd in ("²", "٣", "9" * 40):  # digits that are no id: names nobody has
+        answer = await api.post(f"/goals/{nobody['id']}/decompose", json={"agent": odd})
+        assert answer.status_code == 404, (odd, answer.text)
     extra = await api.post(f"/goals/{nobody['id']}/decompose", json={"surprise": 1})
     assert extra.status_code == 422, extra.text
 
@@ -451,6 +454,7 @@ async def test_bad_goal_bodies_are_422_and_say_what_is_wrong(
         ("", {"position": -1}, "position"),
         ("", {"position": 100_001}, "position"),
         ("", {"title": ""}, "title"),
+        ("", {"title": "\x1c"}, "only white space"),
         ("", {"status": "done"}, "status"),
         ("/dependencies", {"blocked_by": 0}, "blocked_by"),
         ("/dependencies", {"blocked_by": "x"}, "blocked_by"),

@@ -234,7 +234,7 @@ async def test_missing_tasks_and_agents_are_404(api: httpx.AsyncClient) -> None:
     ("body", "words"),
     [
         ({"goal": ""}, "goal"),
-        ({"goal": "   "}, "the goal is empty"),
+        ({"goal": "   "}, "only white space"),
         ({"goal": "x", "surprise": 1}, "surprise"),
         ({"goal": "x", "max_steps": 0}, "max_steps"),
         ({"goal": "x", "max_steps": 1_001}, "max_steps"),

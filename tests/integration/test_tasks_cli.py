@@ -164,7 +164,7 @@ def test_a_start_that_cannot_work_is_refused_clearly(tasker: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["   "], "the goal is empty"),
+        (["   "], "only white space"),
         (["x" * 20_001], "goal"),
         (["x", "--max-tokens", "100000001"], "max_tokens"),
         (["x", "--max-seconds", "700000"], "max_seconds"),

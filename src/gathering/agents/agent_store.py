@@ -178,8 +178,13 @@ class PostgresAgentStore:
         return _record(row)
 
     async def load_agent(self, ref: int | str, *, owner_id: int | None = None) -> AgentRecord:
-        if isinstance(ref, int) or ref.isdigit():
-            rows = await self.db.fetch_all(_SQL["agents"], int(ref), None, owner_id)
+        if isinstance(ref, int) or (ref.isascii() and ref.isdigit()):
+            number = int(ref)  # an id past PostgreSQL's bigint names no agent
+            rows = (
+                await self.db.fetch_all(_SQL["agents"], number, None, owner_id)
+                if number < 2**63
+                else []
+            )
         else:
             rows = await self.db.fetch_all(_SQL["agents"], None, ref, owner_id)
         if not rows:

@@ -143,28 +143,42 @@ INSERT INTO scheduler.goal_activities (goal_id, kind, body) VALUES ($1, $2, $3) 
 SELECT * FROM scheduler.goal_activities WHERE goal_id = $1 AND id > $2 ORDER BY id LIMIT $3
 
 -- name: goals_to_settle --
--- Goals the sweep may move on: open ones added under an active parent (they start), active
--- ones whose task or pipeline run has ended (or is gone), waiting ones whose own
--- dependencies are all done (those of the goals above them are checked when settling), and
--- active ones with no work of their own none of whose subgoals is still to end (a parent,
--- or a goal whose work was deleted).
-SELECT g.id FROM scheduler.goals g
-LEFT JOIN scheduler.tasks t ON t.id = g.task_id
-LEFT JOIN pipeline.runs r ON r.id = g.pipeline_run_id
-WHERE g.status IN ('open', 'waiting', 'active') AND (
-    (g.status = 'open' AND EXISTS (
-        SELECT 1 FROM scheduler.goals p WHERE p.id = g.parent_id AND p.status = 'active'
-        AND p.task_id IS NULL AND p.pipeline_run_id IS NULL))
- OR
-    (g.status = 'active' AND g.task_id IS NOT NULL
-        AND (t.id IS NULL OR t.status IN ('succeeded', 'failed', 'cancelled')))
- OR (g.status = 'active' AND g.pipeline_run_id IS NOT NULL
-        AND (r.id IS NULL OR r.status <> 'running'))
- OR (g.status = 'waiting' AND NOT EXISTS (
-        SELECT 1 FROM scheduler.goal_dependencies d JOIN scheduler.goals b ON b.id = d.blocked_by
-        WHERE d.goal_id = g.id AND b.status <> 'done'))
- OR (g.task_id IS NULL AND g.pipeline_run_id IS NULL AND g.status = 'active'
-        AND NOT EXISTS (SELECT 1 FROM scheduler.goals c WHERE c.parent_id = g.id
-                        AND c.status IN ('open', 'waiting', 'active')))
+-- At most $1 goals the sweep may move on, those it looked at longest ago first, stamped as
+-- looked at now (goals locked by a start or a cancel are left for the next sweep): open ones
+-- added under an active parent (they start), active ones whose task or pipeline run has ended
+-- (or is gone), waiting ones none of whose dependencies, or those of a goal above them, is
+-- still to be done, and active ones with no work of their own none of whose subgoals is still
+-- to end (a parent, or a goal whose work was deleted).
+WITH due AS (
+    SELECT g.id FROM scheduler.goals g
+    LEFT JOIN scheduler.tasks t ON t.id = g.task_id
+    LEFT JOIN pipeline.runs r ON r.id = g.pipeline_run_id
+    WHERE g.status IN ('open', 'waiting', 'active') AND (
+        (g.status = 'open' AND EXISTS (
+            SELECT 1 FROM scheduler.goals p WHERE p.id = g.parent_id AND p.status = 'active'
+            AND p.task_id IS NULL AND p.pipeline_run_id IS NULL))
+     OR
+        (g.status = 'active' AND g.task_id IS NOT NULL
+            AND (t.id IS NULL OR t.status IN ('succeeded', 'failed', 'cancelled')))
+     OR (g.status = 'active' AND g.pipeline_run_id IS NOT NULL
+            AND (r.id IS NULL OR r.status <> 'running'))
+     OR (g.status = 'waiting' AND NOT EXISTS (
+            WITH RECURSIVE line AS (
+                SELECT g.id AS id, g.parent_id AS parent_id
+                UNION ALL
+                SELECT a.id, a.parent_id FROM scheduler.goals a JOIN line l ON a.id = l.parent_id
+            )
+            SELECT 1 FROM line l
+            JOIN scheduler.goal_dependencies d ON d.goal_id = l.id
+            JOIN scheduler.goals b ON b.id = d.blocked_by
+            WHERE b.status <> 'done'))
+     OR (g.task_id IS NULL AND g.pipeline_run_id IS NULL AND g.status = 'active'
+            AND NOT EXISTS (SELECT 1 FROM scheduler.goals c WHERE c.parent_id = g.id
+                            AND c.status IN ('open', 'waiting', 'active')))
+    )
+    ORDER BY g.swept_at NULLS FIRST, g.id
+    LIMIT $1
+    FOR UPDATE OF g SKIP LOCKED
 )
-LIMIT $1
+UPDATE scheduler.goals g SET swept_at = now() FROM due WHERE g.id = due.id
+RETURNING g.id, g.owner_id

@@ -17,7 +17,7 @@ from gathering.db.locks import LockKey
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text, storable_value
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
-from gathering.scheduler.tasks.store import MAX_ID, Ref, as_number, owned_id
+from gathering.scheduler.tasks.store import MAX_ID, Ref, Said, as_number, owned_id
 
 _SQL = queries_of("gathering.scheduler.goals")
 STATUSES = ("open", "waiting", "active", "done", "failed", "cancelled")
@@ -36,7 +36,7 @@ class GoalFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    title: Said = Field(min_length=1, max_length=200, pattern=r"\S")
     description: str = Field(default="", max_length=MAX_TEXT)
     success_criteria: str = Field(
         default="", max_length=MAX_TEXT, description="How to tell it is reached"
@@ -61,7 +61,7 @@ class GoalChange(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"\S")
+    title: Said | None = Field(default=None, min_length=1, max_length=200, pattern=r"\S")
     description: str | None = Field(default=None, max_length=MAX_TEXT)
     success_criteria: str | None = Field(default=None, max_length=MAX_TEXT)
     agent: Ref | None = None
@@ -251,11 +251,21 @@ async def lock_dependencies(queries: Queries, owner_id: int) -> None:
 async def add_dependency(queries: Queries, goal: GoalRecord, blocked_by: GoalRecord) -> None:
     """`goal` cannot start before `blocked_by` is done; `ConflictError` when that would make
     a cycle (through dependencies, or between a goal and one above it), `NotFoundError` when
-    the two have different owners. Call it inside a transaction: the owner's dependencies
-    are changed one transaction at a time, so two cannot close a cycle together."""
+    the two have different owners, `ConflictError` too when `goal` has started (it would
+    not wait). Call it inside a transaction: the owner's dependencies are changed one
+    transaction at a time (and never while a goal of theirs starts), so two cannot close a
+    cycle together."""
     if blocked_by.owner_id != goal.owner_id:
         raise NotFoundError(f"no goal {blocked_by.id}")
     await lock_dependencies(queries, goal.owner_id)
+    status = (await get_goal(queries, goal.id)).status  # a start takes the lock too
+    if status not in ("open", "waiting"):
+        raise ConflictError(
+            f"goal {goal.id} is {status}: it has started or ended, so a dependency would not "
+            "hold it back",
+            hint="add dependencies before starting a goal, or cancel it and add a new one",
+            details={"goal_id": goal.id, "status": status},
+        )
     above = {int(row["id"]) for row in await queries.fetch_all(_SQL["ancestors"], goal.id)}
     below = {int(row["id"]) for row in await queries.fetch_all(_SQL["ancestors"], blocked_by.id)}
     if blocked_by.id in above or goal.id in below:

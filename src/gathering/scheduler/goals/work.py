@@ -78,6 +78,7 @@ async def start_goal(
     subgoals with it). `ConflictError` naming every goal nobody would work on."""
     bus = bus if bus is not None else EventBus(db)
     async with db.transaction() as tx:
+        await lock_dependencies(tx, (await get_goal(tx, goal_id)).owner_id)  # none added now
         tree = await _locked_tree(tx, goal_id)
         root = tree.goal
         if root.status != "open":
@@ -225,18 +226,23 @@ async def settle_goals(db: Database, bus: EventBus | None, limit: int = 100) -> 
     for row in rows:
         try:
             async with db.transaction() as tx:
+                await lock_dependencies(tx, int(row["owner_id"]))  # none added meanwhile
                 locked = await tx.fetch_one(_SQL["lock_goal"], row["id"])
                 if locked is None:
                     continue
                 events: list[Event] = []
                 await _settle(db, bus, tx, GoalRecord.from_row(locked), events)
                 await bus.publish_many(events, tx=tx)
-        except RateLimitedError as exc:  # the owner runs as many pipeline runs as allowed
+        except RateLimitedError as exc:  # the owner runs as much work as allowed
             log.info("a goal waits for room to start", goal_id=row["id"], error=exc.message)
+        except DatabaseError:
+            raise  # the database's trouble, not the goal's: the next sweep tries again
         except GatheringError as exc:
-            if isinstance(exc, DatabaseError):
-                raise
             await _fail_goal(db, bus, int(row["id"]), exc)
+        except Exception as exc:  # a fault of ours: that goal fails, the others go on
+            log.error("a goal could not be settled", goal_id=row["id"], exc_info=exc)
+            failure = GatheringError(f"goal {row['id']} could not go on: an internal error")
+            await _fail_goal(db, bus, int(row["id"]), failure)
     return len(rows)
 
 
@@ -278,7 +284,10 @@ async def _settle(
         if any(status not in ENDED for status in ended):
             return
         if ended:
-            to = "done" if all(s in ("done", "cancelled") for s in ended) else "failed"
+            if "failed" in ended:
+                to = "failed"
+            else:  # done once any subgoal is; cancelled when every one was
+                to = "done" if "done" in ended else "cancelled"
             await add_activity(tx, goal.id, "subgoals_ended", statuses=ended)
         else:  # its task, run or subgoals were deleted
             to = "failed"

@@ -22,6 +22,7 @@ twice (its worker thought dead but still running), stores nothing more.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -121,8 +122,6 @@ class TaskRunner:
         store = PostgresAgentStore(self.db)
         agent = Agent.from_record(await store.load_agent(task.agent_id), store=store)
         agent.task = TASK_BRIEF
-        box = await agent.turn_tools(self.db)
-        specs = [tool.spec for tool in box.tools.values()]
         provider = agent.model_provider()
         system = await agent.system_prompt(task.goal, self.db, recall=False)
         rows = await self.db.fetch_all(_SQL["all_steps"], task.id)
@@ -132,6 +131,7 @@ class TaskRunner:
             if task.lease != lease or task.status != "running":
                 return
             last = steps[-1] if steps else None
+            box = await agent.turn_tools(self.db)  # each step: a tool denied now is denied
             if last is not None and last.status == "acting":
                 acted = await self._act(task, lease, agent, box, last)
                 if acted is None:
@@ -145,6 +145,7 @@ class TaskRunner:
             if draining():
                 await self._hand_over(task.id, lease)
                 return
+            specs = [tool.spec for tool in box.tools.values()]
             steps.append(await self._plan(task, lease, agent, provider, system, specs, steps))
 
     # --- plan -----------------------------------------------------------------------------
@@ -188,6 +189,10 @@ class TaskRunner:
         assert completion is not None
         elapsed = round((time.monotonic() - started) * 1000)
         calls = _unique_ids(completion.tool_calls, steps)
+        tokens_in, tokens_out = (
+            _count(completion.usage.input_tokens),
+            _count(completion.usage.output_tokens),
+        )
         async with self.db.transaction() as tx:
             row = await tx.fetch_one(
                 _SQL["insert_step"],
@@ -196,10 +201,10 @@ class TaskRunner:
                 task.steps + 1,
                 storable_text(completion.text),
                 Jsonb(storable_value([call.to_dict() for call in calls])),
-                completion.model or agent.model,
-                completion.usage.input_tokens,
-                completion.usage.output_tokens,
-                completion.cost_usd,
+                storable_text(completion.model or agent.model),
+                tokens_in,
+                tokens_out,
+                _cost(completion.cost_usd),
                 elapsed,
                 "acting" if calls else "done",
             )
@@ -271,26 +276,32 @@ class TaskRunner:
                 )
                 continue
             attempt = uuid4().hex  # this run of the call: what a cut run's bill names
-            await self._set_call(
-                task, lease, step, call, "running", "", 0, started_at=time.time(), attempt=attempt
-            )
             started = time.monotonic()
             try:
+                await self._set_call(
+                    task,
+                    lease,
+                    step,
+                    call,
+                    "running",
+                    "",
+                    0,
+                    started_at=time.time(),
+                    attempt=attempt,
+                )
                 result = await run_tool(box.tools, call, left, context)
-            except asyncio.CancelledError:  # paused, cancelled, or the worker stops
+                elapsed = round((time.monotonic() - started) * 1000)
+                outcome = "failed" if result.is_error else "finished"
+                results[call.id] = await self._set_call(
+                    task, lease, step, call, outcome, result.content, elapsed
+                )
+            except (asyncio.CancelledError, _Replaced):  # paused, cancelled, the worker stops
+                # The run's time counts, once (nothing when its `running` state or its
+                # outcome, which counts it, was not stored).
                 spent = round((time.monotonic() - started) * 1000)
                 await asyncio.shield(self._bill(task.id, step.n, call.id, attempt, spent))
                 raise
             left -= time.monotonic() - started
-            elapsed = round((time.monotonic() - started) * 1000)
-            outcome = "failed" if result.is_error else "finished"
-            try:
-                results[call.id] = await self._set_call(
-                    task, lease, step, call, outcome, result.content, elapsed
-                )
-            except _Replaced:  # paused or cancelled as the call ended: its time still counts
-                await self._bill(task.id, step.n, call.id, attempt, elapsed)
-                raise
         async with self.db.transaction() as tx:
             row = await tx.fetch_one(_SQL["finish_step"], task.id, lease, step.n)
             if row is None:
@@ -355,9 +366,9 @@ class TaskRunner:
                 _SQL["bill_cut_model_call"],
                 task_id,
                 elapsed_ms,
-                usage.input_tokens if usage else 0,
-                usage.output_tokens if usage else 0,
-                completion.cost_usd if completion is not None else None,
+                _count(usage.input_tokens) if usage else 0,
+                _count(usage.output_tokens) if usage else 0,
+                _cost(completion.cost_usd) if completion is not None else None,
             )
         except GatheringError:
             log.warning("could not count a cut model call", task_id=task_id)
@@ -464,6 +475,18 @@ def _unbilled_ms(state: dict[str, Any], tool: Any) -> int:
     return round(max(0.0, min(time.time() - float(state["started_at"]), limit)) * 1000)
 
 
+def _count(tokens: int) -> int:
+    """A provider's token count as stored: never negative, at most a step's column holds."""
+    return min(max(0, int(tokens)), 2**31 - 1)
+
+
+def _cost(usd: float | None) -> float | None:
+    """A provider's cost as counted: never negative, never NaN or infinite."""
+    if usd is None or not math.isfinite(usd):
+        return None
+    return max(0.0, usd)
+
+
 def _check_budgets(task: TaskRecord) -> None:
     """`BudgetExhaustedError` when `task` may not make another model call."""
     if task.steps >= task.max_steps:
@@ -516,11 +539,12 @@ def _entries(goal: str, steps: Sequence[TaskStep]) -> list[HistoryEntry]:
 
 
 def _unique_ids(calls: Sequence[ToolCall], steps: Sequence[TaskStep]) -> list[ToolCall]:
-    """`calls` with fresh ids where one is empty or was used before in the task."""
+    """`calls` with fresh ids where one is empty or was used before in the task, as stored
+    (two ids that differ only by a NUL or a lone surrogate are one id once stored)."""
     seen = {call["id"] for step in steps for call in step.tool_calls}
     unique = []
     for call in calls:
-        if not call.id or call.id in seen:
+        if not call.id or storable_text(call.id) != call.id or call.id in seen:
             call = ToolCall(new_call_id(), call.name, call.arguments, call.invalid_arguments)
         seen.add(call.id)
         unique.append(call)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from gathering.db.database import Database, Queries
 from gathering.db.named_queries import queries_of
@@ -56,6 +56,18 @@ Whole = Annotated[int, BeforeValidator(as_number)]
 Real = Annotated[float, BeforeValidator(as_number)]
 """A number: never "5" or true."""
 
+
+def _said(value: str) -> str:
+    """`value`, unless it is only white space (as Python's `str.strip` has it, which counts
+    more characters as space than a regex's \\s: "\\x1c" is refused)."""
+    if not value.strip():
+        raise ValueError("only white space: say something")
+    return value
+
+
+Said = Annotated[str, AfterValidator(_said)]
+"""Text that is not only white space."""
+
 Ref = Annotated[
     Annotated[int, Field(ge=1, le=MAX_ID)]
     | Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")],
@@ -70,7 +82,7 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent: Ref = Field(description="The agent's id or name")
-    goal: str = Field(min_length=1, max_length=MAX_GOAL_CHARS, description="What to achieve")
+    goal: Said = Field(min_length=1, max_length=MAX_GOAL_CHARS, description="What to achieve")
     max_steps: Whole = Field(default=20, ge=1, le=1_000, description="Model calls at most")
     max_tokens: Whole = Field(
         default=200_000, ge=1, le=100_000_000, description="Input and output tokens at most"
@@ -81,13 +93,6 @@ class TaskSpec(BaseModel):
     max_cost_usd: (
         Annotated[float, Field(ge=0.000001, le=1e6), BeforeValidator(as_number)] | None
     ) = Field(default=None, description="Dollars at most, for priced models")
-
-    @field_validator("goal")
-    @classmethod
-    def _goal_said(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the goal is empty")
-        return value
 
 
 @dataclass(frozen=True)
