@@ -7,13 +7,12 @@ already at work, a parent whose subgoals were all cancelled."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
 from pipeline_runtime import LAB, TOOLS
 from pydantic import ValidationError
-from task_runtime import HOLD_WRITE, Lab, add_goal, call, goal_settled, task_lab
+from task_runtime import HOLD_WRITE, Lab, add_goal, call, goal_settled, task_lab, until
 
 from gathering.agents import Agent, PostgresAgentStore
 from gathering.auth.users import UserStore
@@ -41,14 +40,6 @@ from gathering.tools.agent_tools import change_agent_tool
 pytestmark = pytest.mark.integration
 lab = task_lab  # the fixture, by the name these tests use
 ECHO, WHOAMI, SEND, FLAKY, BLOCKED = TOOLS
-
-
-async def until(what: str, check: Any, limit: float = 15) -> None:
-    deadline = time.monotonic() + limit
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not {what} after {limit:g}s")
-        await asyncio.sleep(0.05)
 
 
 # --- goals ------------------------------------------------------------------------------------

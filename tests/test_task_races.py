@@ -13,7 +13,7 @@ from uuid import UUID
 
 import pytest
 from pipeline_runtime import LAB, TOOLS
-from task_runtime import HOLD_WRITE, Lab, call, task_lab
+from task_runtime import HOLD_WRITE, Lab, call, task_lab, until
 
 from gathering.errors import ConflictError
 from gathering.scheduler.tasks import (
@@ -31,15 +31,6 @@ from gathering.tools.approvals import Approval, decide, get_approval
 pytestmark = pytest.mark.integration
 lab = task_lab  # the fixture, by the name these tests use
 SEND = TOOLS[2]  # external: its policy is `ask`
-
-
-async def until(what: str, check: Any, limit: float = 15) -> None:
-    """Wait (bounded) until the coroutine function `check` gives a true value."""
-    deadline = time.monotonic() + limit
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not {what} after {limit:g}s")
-        await asyncio.sleep(0.05)
 
 
 async def finish(run: asyncio.Task[None], gate: str) -> None:

@@ -1671,6 +1671,8 @@ def schedules_show(
     from gathering.scheduler.definition import load_zone
 
     async def show(db: Database, record: Any) -> tuple[Any, list[datetime]]:
+        if record.spec.kind == "event":  # no instants known beforehand
+            return record, []
         await load_zone(record.spec.timezone)
         return record, preview(record.spec, record.anchor, datetime.now(UTC), count)
 
@@ -1678,7 +1680,10 @@ def schedules_show(
     console.print(f"[bold]{escape(schedule.name)}[/] (id {schedule.id}): {schedule.status}")
     spec = schedule.spec.model_dump(mode="json", exclude_none=True)
     console.print_json(json.dumps(spec))
-    console.print("next: " + (", ".join(_when(t) for t in instants) or "none"))
+    if schedule.spec.kind == "event":
+        console.print(f"next: on each {escape(schedule.spec.event_type or '')} event")
+    else:
+        console.print("next: " + (", ".join(_when(t) for t in instants) or "none"))
 
 
 def _schedule_command(verb: str, summary: str) -> None:

@@ -111,6 +111,15 @@ async def task_lab(migrated_database_url: str, llm_stub_env: LLMStubServer) -> A
         llm_stub_env.reset()
 
 
+async def until(what: str, check: Any, limit: float = 15) -> None:
+    """Wait (bounded) until the coroutine function `check` gives a true value."""
+    deadline = time.monotonic() + limit
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what} after {limit:g}s")
+        await asyncio.sleep(0.05)
+
+
 def call(name: str, **arguments: Any) -> ToolCall:
     return ToolCall("", name, arguments)
 

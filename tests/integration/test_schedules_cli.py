@@ -58,6 +58,18 @@ def test_a_schedule_from_a_file_to_its_runs(database: str, tmp_path: Path) -> No
     assert "0 schedule(s)" in invoke("schedules", "list")
 
 
+def test_an_event_schedule_is_shown_with_the_event_it_fires_on(
+    database: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "on-runs.yaml"
+    path.write_text(
+        "name: on-runs\nkind: event\nevent_type: pipeline_run.finished\n"
+        "action: send_notification\nconfig:\n  title: A run ended\n"
+    )
+    invoke("schedules", "apply", str(path))
+    assert "next: on each pipeline_run.finished event" in invoke("schedules", "show", "on-runs")
+
+
 def test_mistakes_are_named(database: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"name": "bad", "kind": "interval", "action": "call_api"}))
