@@ -130,6 +130,35 @@ def test_a_title_or_a_goal_of_only_white_space_is_refused(title: str) -> None:
         TaskSpec(agent="a", goal=title)
 
 
+async def test_the_sweep_does_not_wait_for_an_owner_busy_with_their_dependencies(
+    lab: Lab,
+) -> None:
+    """Another transaction holds the owner's dependency lock (a long decompose, a start):
+    the sweep passes that owner's goals by for now instead of waiting with everyone's."""
+    lab.stub.add_reply("done")
+    goal = await start_goal(lab.db, lab.bus, (await add_goal(lab, "g", agent="Tasker")).id)
+    assert goal.task_id is not None
+    await lab.wait(goal.task_id)
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def busy_owner() -> None:
+        async with lab.db.transaction() as tx:
+            await goals_work.lock_dependencies(tx, lab.owner_id)
+            holding.set()
+            await release.wait()
+
+    busy = asyncio.create_task(busy_owner())
+    try:
+        await asyncio.wait_for(holding.wait(), 10)
+        await asyncio.wait_for(settle_goals(lab.db, lab.bus), 5)  # returns: nobody waits
+        assert (await get_goal(lab.db, goal.id)).status == "active"  # its turn comes later
+    finally:
+        release.set()
+        await busy
+    await settle_goals(lab.db, lab.bus)
+    assert (await get_goal(lab.db, goal.id)).status == "done"
+
+
 async def test_a_dependency_of_a_goal_already_at_work_is_refused(lab: Lab) -> None:
     lab.stub.hold("runner")
     runner = await start_goal(lab.db, lab.bus, (await add_goal(lab, "runner", agent="Tasker")).id)
@@ -212,6 +241,23 @@ async def test_call_ids_that_are_one_id_once_stored_are_both_run(lab: Lab) -> No
     (step, _) = await task_steps(lab.db, task.id)
     assert len({c["id"] for c in step.tool_calls}) == 2 and len(step.results) == 2
     assert LAB.calls["k1"] == LAB.calls["k2"] == 1
+
+
+async def test_numbers_json_cannot_hold_in_a_calls_arguments_are_stored_as_names(
+    lab: Lab,
+) -> None:
+    """Python's JSON reader takes NaN and Infinity, PostgreSQL's jsonb does not: the step is
+    stored with their names as text, the tool refuses them, and the task goes on."""
+    await openai_agent(lab, ECHO)
+    lab.stub.add_json(chat_completion(("n1", "echo", '{"text": NaN, "x": -Infinity}')))
+    lab.stub.add_reply("the end")
+    task = await start_task(lab.db, lab.bus, lab.owner_id, TaskSpec(agent="Oai", goal="nan"))
+    done = await lab.wait(task.id)
+    assert (done.status, done.result) == ("succeeded", "the end"), done.error
+    (step, _) = await task_steps(lab.db, task.id)
+    assert step.tool_calls[0]["arguments"] == {"text": "nan", "x": "-inf"}
+    (state,) = step.results.values()
+    assert state["status"] == "failed"
 
 
 async def test_a_tool_denied_while_a_task_runs_is_denied_at_its_next_step(lab: Lab) -> None:

@@ -346,7 +346,11 @@ async def test_decompose_refusals(api: httpx.AsyncClient, stub: LLMStubServer) -
     assert extra.status_code == 422, extra.text
 
     goal = await new_goal(api, "g", agent="Tasker")
-    for bad in ("I cannot do that", '[{"title": "a", "depends_on": [2]}, {"title": "b"}]'):
+    for bad in (
+        "I cannot do that",
+        '[{"title": "a", "depends_on": [2]}, {"title": "b"}]',
+        '[{"title": "\\u001c"}]',  # only white space, as Python strips it
+    ):
         stub.add_reply(bad)
         answer = await api.post(f"/goals/{goal['id']}/decompose")
         assert answer.status_code == 502, answer.text

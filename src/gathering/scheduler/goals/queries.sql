@@ -14,6 +14,9 @@ SELECT * FROM scheduler.goals WHERE id = $1
 -- name: lock_goal --
 SELECT * FROM scheduler.goals WHERE id = $1 FOR UPDATE
 
+-- name: lock_goal_if_free --
+SELECT * FROM scheduler.goals WHERE id = $1 FOR UPDATE SKIP LOCKED
+
 -- name: root_goals --
 -- Top-level goals, newest first, of owner $1 (every owner's when NULL).
 SELECT * FROM scheduler.goals
@@ -92,6 +95,10 @@ SELECT status FROM pipeline.runs WHERE id = $1
 -- the owner's lock key).
 SELECT pg_advisory_xact_lock($1)
 
+-- name: try_lock_dependencies --
+-- The same lock when it is free now (true), else nothing (false): the sweep does not wait.
+SELECT pg_try_advisory_xact_lock($1)
+
 -- name: lock_goals --
 -- Goals $1, locked in id order (every locker takes them in that order: no deadlock).
 SELECT id FROM scheduler.goals WHERE id = ANY($1) ORDER BY id FOR UPDATE
@@ -163,15 +170,18 @@ WITH due AS (
      OR (g.status = 'active' AND g.pipeline_run_id IS NOT NULL
             AND (r.id IS NULL OR r.status <> 'running'))
      OR (g.status = 'waiting' AND NOT EXISTS (
+            SELECT 1 FROM scheduler.goal_dependencies d JOIN scheduler.goals b ON b.id = d.blocked_by
+            WHERE d.goal_id = g.id AND b.status <> 'done')
+        AND (g.parent_id IS NULL OR NOT EXISTS (  -- then the goals above it, only if need be
             WITH RECURSIVE line AS (
-                SELECT g.id AS id, g.parent_id AS parent_id
+                SELECT a.id, a.parent_id FROM scheduler.goals a WHERE a.id = g.parent_id
                 UNION ALL
                 SELECT a.id, a.parent_id FROM scheduler.goals a JOIN line l ON a.id = l.parent_id
             )
             SELECT 1 FROM line l
             JOIN scheduler.goal_dependencies d ON d.goal_id = l.id
             JOIN scheduler.goals b ON b.id = d.blocked_by
-            WHERE b.status <> 'done'))
+            WHERE b.status <> 'done')))
      OR (g.task_id IS NULL AND g.pipeline_run_id IS NULL AND g.status = 'active'
             AND NOT EXISTS (SELECT 1 FROM scheduler.goals c WHERE c.parent_id = g.id
                             AND c.status IN ('open', 'waiting', 'active')))

@@ -248,6 +248,12 @@ async def lock_dependencies(queries: Queries, owner_id: int) -> None:
     )
 
 
+async def try_lock_dependencies(queries: Queries, owner_id: int) -> bool:
+    """`lock_dependencies` when nobody holds it now; False (and no lock) when somebody does."""
+    key = LockKey("goal-dependencies", str(owner_id)).value
+    return bool(await queries.fetch_val(_SQL["try_lock_dependencies"], key))
+
+
 async def add_dependency(queries: Queries, goal: GoalRecord, blocked_by: GoalRecord) -> None:
     """`goal` cannot start before `blocked_by` is done; `ConflictError` when that would make
     a cycle (through dependencies, or between a goal and one above it), `NotFoundError` when

@@ -41,10 +41,12 @@ from gathering.scheduler.goals.store import (
     get_goal,
     goal_tree,
     lock_dependencies,
+    try_lock_dependencies,
 )
 from gathering.scheduler.tasks.store import ENDED as TASK_ENDED
 from gathering.scheduler.tasks.store import (
     Ref,
+    Said,
     TaskSpec,
     cancel_task,
     get_task,
@@ -226,8 +228,11 @@ async def settle_goals(db: Database, bus: EventBus | None, limit: int = 100) -> 
     for row in rows:
         try:
             async with db.transaction() as tx:
-                await lock_dependencies(tx, int(row["owner_id"]))  # none added meanwhile
-                locked = await tx.fetch_one(_SQL["lock_goal"], row["id"])
+                # No dependency added meanwhile; a goal whose owner is busy changing theirs,
+                # or that a start or cancel holds, waits for the next sweep (nobody waits).
+                if not await try_lock_dependencies(tx, int(row["owner_id"])):
+                    continue
+                locked = await tx.fetch_one(_SQL["lock_goal_if_free"], row["id"])
                 if locked is None:
                     continue
                 events: list[Event] = []
@@ -334,7 +339,7 @@ def _walk(node: GoalNode) -> list[GoalNode]:
 class _Subgoal(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    title: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    title: Said = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=MAX_TEXT)
     success_criteria: str = Field(default="", max_length=MAX_TEXT)
     depends_on: list[int] = Field(default_factory=list, max_length=MAX_SUBGOALS)
@@ -361,8 +366,9 @@ async def decompose_goal(
             f"goal {goal_id} has no agent: name one to decompose it",
             hint='POST /goals/{id}/decompose with {"agent": NAME}',
         )
+    agent_id = await owned_id(db, "agent_of_owner", goal.owner_id, reference, "agent")
     store = PostgresAgentStore(db)
-    worker = Agent.from_record(await store.load_agent(reference, owner_id=goal.owner_id))
+    worker = Agent.from_record(await store.load_agent(agent_id, owner_id=goal.owner_id))
     text = "\n\n".join(
         part
         for part in (

@@ -184,15 +184,32 @@ class TaskRunner:
             ) from None
         except asyncio.CancelledError:  # paused, cancelled, or the worker stops
             spent = round((time.monotonic() - started) * 1000)
-            await asyncio.shield(self._bill_model_call(task.id, spent, None))
+            await asyncio.shield(self._bill_model_call(task.id, spent, completion))
             raise
         assert completion is not None
         elapsed = round((time.monotonic() - started) * 1000)
         calls = _unique_ids(completion.tool_calls, steps)
-        tokens_in, tokens_out = (
-            _count(completion.usage.input_tokens),
-            _count(completion.usage.output_tokens),
-        )
+        try:
+            step = await self._store_step(task, lease, agent, completion, calls, elapsed)
+        except GatheringError:  # the step could not be stored: the call still counts
+            await asyncio.shield(self._bill_model_call(task.id, elapsed, completion))
+            raise
+        if step is None:  # the task was taken from this run: the call still counts
+            await asyncio.shield(self._bill_model_call(task.id, elapsed, completion))
+            raise _Replaced
+        return step
+
+    async def _store_step(
+        self,
+        task: TaskRecord,
+        lease: UUID,
+        agent: Agent,
+        completion: Completion,
+        calls: list[ToolCall],
+        elapsed: int,
+    ) -> TaskStep | None:
+        """The model's reply stored as the task's next step; None when the run holding
+        `lease` no longer holds the task."""
         async with self.db.transaction() as tx:
             row = await tx.fetch_one(
                 _SQL["insert_step"],
@@ -202,18 +219,17 @@ class TaskRunner:
                 storable_text(completion.text),
                 Jsonb(storable_value([call.to_dict() for call in calls])),
                 storable_text(completion.model or agent.model),
-                tokens_in,
-                tokens_out,
+                _count(completion.usage.input_tokens),
+                _count(completion.usage.output_tokens),
                 _cost(completion.cost_usd),
                 elapsed,
                 "acting" if calls else "done",
             )
-            if row is not None:
-                step = TaskStep.from_row(row)
-                await self._step_event(tx, task, step)
-                return step
-        await self._bill_model_call(task.id, elapsed, completion)  # its step was not stored
-        raise _Replaced
+            if row is None:
+                return None
+            step = TaskStep.from_row(row)
+            await self._step_event(tx, task, step)
+        return step
 
     # --- act ------------------------------------------------------------------------------
 

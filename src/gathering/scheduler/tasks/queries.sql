@@ -129,7 +129,7 @@ WITH step AS (
     SET results = jsonb_set(results, ARRAY[$3::text, 'charged'], 'true'),
         duration_ms = duration_ms + $5
     WHERE task_id = $1 AND n = $2 AND results -> $3::text ->> 'status' = 'running'
-      AND results -> $3::text ->> 'attempt' = $4
+      AND results -> $3::text ->> 'attempt' IS NOT DISTINCT FROM $4
       AND NOT coalesce((results -> $3::text ->> 'charged')::boolean, false)
     RETURNING task_id
 )
