@@ -243,11 +243,10 @@ async def test_call_ids_that_are_one_id_once_stored_are_both_run(lab: Lab) -> No
     assert LAB.calls["k1"] == LAB.calls["k2"] == 1
 
 
-async def test_numbers_json_cannot_hold_in_a_calls_arguments_are_stored_as_names(
-    lab: Lab,
-) -> None:
+async def test_numbers_json_has_not_in_a_calls_arguments_make_them_invalid(lab: Lab) -> None:
     """Python's JSON reader takes NaN and Infinity, PostgreSQL's jsonb does not: the step is
-    stored with their names as text, the tool refuses them, and the task goes on."""
+    stored with the arguments as invalid (their text kept), the call fails without running,
+    and the task goes on."""
     await openai_agent(lab, ECHO)
     lab.stub.add_json(chat_completion(("n1", "echo", '{"text": NaN, "x": -Infinity}')))
     lab.stub.add_reply("the end")
@@ -255,7 +254,9 @@ async def test_numbers_json_cannot_hold_in_a_calls_arguments_are_stored_as_names
     done = await lab.wait(task.id)
     assert (done.status, done.result) == ("succeeded", "the end"), done.error
     (step, _) = await task_steps(lab.db, task.id)
-    assert step.tool_calls[0]["arguments"] == {"text": "nan", "x": "-inf"}
+    assert step.tool_calls[0]["arguments"] == {}
+    assert step.tool_calls[0]["invalid_arguments"] == '{"text": NaN, "x": -Infinity}'
+    assert LAB.calls["nan"] == 0
     (state,) = step.results.values()
     assert state["status"] == "failed"
 

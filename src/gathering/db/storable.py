@@ -1,11 +1,8 @@
 """Text as PostgreSQL can store it: `text` and `jsonb` refuse NUL characters, and JSON refuses
-lone surrogates, which a model, a tool or a client may produce. Both become U+FFFD. In JSON
-values, numbers JSON cannot hold (NaN, Infinity, which Python's JSON reader accepts) become
-their names as text."""
+lone surrogates, which a model, a tool or a client may produce. Both become U+FFFD."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 
@@ -29,6 +26,4 @@ def storable_value(value: Any) -> Any:
         return [storable_value(item) for item in value]
     if isinstance(value, dict):
         return {storable_text(str(k)): storable_value(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf", "-inf"
     return value

@@ -22,6 +22,7 @@ twice (its worker thought dead but still running), stores nothing more.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -373,9 +374,10 @@ class TaskRunner:
     async def _bill_model_call(
         self, task_id: int, elapsed_ms: int, completion: Completion | None
     ) -> None:
-        """Count a model call whose step was not stored (the task was taken from this job as
-        it ran): its time, and its tokens and cost when it ended (a call cut mid-way is
-        priced by the provider, but its usage never reaches us)."""
+        """Count a model call whose step was not stored (cut by a pause, a cancel or a
+        stopping worker; answered after the task was taken from this run; or refused by the
+        database): its time, and its tokens and cost when its answer came (a call cut mid-way
+        is priced by the provider, but its usage never reaches us)."""
         usage = completion.usage if completion is not None else None
         try:
             await self.db.execute(
@@ -556,12 +558,20 @@ def _entries(goal: str, steps: Sequence[TaskStep]) -> list[HistoryEntry]:
 
 def _unique_ids(calls: Sequence[ToolCall], steps: Sequence[TaskStep]) -> list[ToolCall]:
     """`calls` with fresh ids where one is empty or was used before in the task, as stored
-    (two ids that differ only by a NUL or a lone surrogate are one id once stored)."""
+    (two ids that differ only by a NUL or a lone surrogate are one id once stored), and
+    arguments holding numbers JSON has not (NaN, Infinity: Python's JSON reader takes them,
+    PostgreSQL does not) kept as invalid arguments, which the tool refuses."""
     seen = {call["id"] for step in steps for call in step.tool_calls}
     unique = []
     for call in calls:
-        if not call.id or storable_text(call.id) != call.id or call.id in seen:
-            call = ToolCall(new_call_id(), call.name, call.arguments, call.invalid_arguments)
+        call_id, arguments, invalid = call.id, call.arguments, call.invalid_arguments
+        if not call_id or storable_text(call_id) != call_id or call_id in seen:
+            call_id = new_call_id()
+        try:
+            json.dumps(arguments, allow_nan=False)
+        except ValueError:
+            arguments, invalid = {}, json.dumps(arguments)
+        call = ToolCall(call_id, call.name, arguments, invalid)
         seen.add(call.id)
         unique.append(call)
     return unique
