@@ -1090,6 +1090,13 @@ _STATUS_STYLE = {
     "done": "green",
     "active": "cyan",
     "skipped": "dim",
+    "completed": "green",
+    "in_progress": "cyan",
+    "offered": "blue",
+    "in_review": "magenta",
+    "changes_requested": "yellow",
+    "blocked": "dim",
+    "archived": "dim",
 }
 
 
@@ -1430,6 +1437,7 @@ def worker(
     within the shutdown timeout. Run as many as you like, on any machine, on one database."""
     import signal
 
+    from gathering.circles.jobs import offers_duty
     from gathering.jobs.process import run_worker_process
     from gathering.pipelines.jobs import deadlines_duty
     from gathering.scheduler.jobs import scheduler_duty
@@ -1453,7 +1461,7 @@ def worker(
             concurrency=workers,
             queues=queues or None,
             on_ready=ready,
-            duties=[deadlines_duty, scheduler_duty],
+            duties=[deadlines_duty, scheduler_duty, offers_duty],
         )
 
     run_async(work)
@@ -2135,6 +2143,373 @@ def goals_activities(goal_id: GoalIdArgument) -> None:
     for row in rows:
         body = json.dumps(row["body"], ensure_ascii=False)[:160]
         console.print(f"{_when(row['created_at'])} [bold]{row['kind']}[/] {escape(body)}")
+
+
+circles_app = typer.Typer(
+    help="Circles: teams of agents that take tasks, route them, review each other.",
+    no_args_is_help=True,
+)
+app.add_typer(circles_app, name="circles")
+CircleArgument = Annotated[str, typer.Argument(help="The circle's name")]
+CircleTaskArgument = Annotated[int, typer.Argument(help="The task's id")]
+
+
+def _pairs(values: list[str], option: str) -> dict[str, int]:
+    """`["python=4", "review=3"]` as `{"python": 4, "review": 3}`."""
+    found: dict[str, int] = {}
+    for value in values:
+        tag, _, level = value.partition("=")
+        if not level.isdigit():
+            raise InvalidInputError(
+                f"{option} {value!r}: give TAG=LEVEL", hint=f"e.g. {option} python=4 (1 to 5)"
+            )
+        found[tag.strip()] = int(level)
+    return found
+
+
+def _flow(db: Database) -> Any:
+    """The circles' task flow, its events written to the outbox for every instance."""
+    from gathering.circles import TaskFlow
+    from gathering.events import EventBus
+
+    return TaskFlow(db, EventBus(db))
+
+
+def _on_circle(name: str, act: Callable[[Database, Any], Awaitable[T]]) -> T:
+    """Run `act(db, circle)` on the circle named `name`."""
+    from gathering.circles import circle_named
+
+    async def work(db: Database) -> T:
+        return await act(db, await circle_named(db, name))
+
+    with reported_errors():
+        return _on_goals(work)
+
+
+@circles_app.command("list")
+def circles_list(owner: PipelineOwnerOption = None) -> None:
+    """List circles (every owner's, or one owner's with --owner)."""
+    from gathering.circles import list_circles, list_members
+
+    settings = settings_or_exit()
+
+    async def work() -> list[tuple[Any, int]]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner) if owner else None
+            circles = await list_circles(store.db, owner_id, limit=1_000)
+            return [(c, len(await list_members(store.db, c.id))) for c in circles]
+
+    found = run_async(work)
+    table = Table(title=f"{len(found)} circle(s)")
+    for column in ("id", "name", "status", "members", "routing", "review"):
+        table.add_column(column)
+    for circle, members in found:
+        table.add_row(
+            str(circle.id),
+            escape(circle.name),
+            _styled(circle.status),
+            str(members),
+            circle.settings.routing,
+            "yes" if circle.settings.review_required else "no",
+        )
+    console.print(table)
+
+
+@circles_app.command("create")
+def circles_create(
+    name: CircleArgument,
+    description: Annotated[str, typer.Option(help="What the circle is for")] = "",
+    review: Annotated[bool, typer.Option(help="Review work before it completes")] = True,
+    reviewers: Annotated[int, typer.Option(min=1, max=3, help="Reviewers per attempt")] = 1,
+    owner: PipelineOwnerOption = None,
+) -> None:
+    """Create a circle (then add members and activate it)."""
+    from gathering.circles import CircleIn, CircleSettings, create_circle
+
+    settings = settings_or_exit()
+    with reported_errors():
+        spec = CircleIn(
+            name=name,
+            description=description,
+            settings=CircleSettings(review_required=review, reviewers_per_task=reviewers),
+        )
+
+    async def work() -> Any:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            async with store.db.transaction() as tx:
+                return await create_circle(tx, owner_id, spec)
+
+    circle = run_async(work)
+    console.print(
+        f"circle [bold]{escape(circle.name)}[/] created: add members with "
+        f"`gathering circles add {circle.name} AGENT`, then `gathering circles activate "
+        f"{circle.name}`"
+    )
+
+
+@circles_app.command("add")
+def circles_add(
+    name: CircleArgument,
+    agent: Annotated[str, typer.Argument(help="The agent's name or id (the circle owner's)")],
+    role: Annotated[str, typer.Option(help="lead, member or reviewer")] = "member",
+    skill: Annotated[
+        list[str] | None, typer.Option(help="A competency TAG=LEVEL (1-5); repeat it")
+    ] = None,
+) -> None:
+    """Add one of the owner's agents to the circle."""
+    from gathering.circles import MemberIn, add_member
+
+    with reported_errors():
+        spec = MemberIn.model_validate(
+            {"agent": agent, "role": role, "competencies": _pairs(skill or [], "--skill")}
+        )
+
+    async def act(db: Database, circle: Any) -> Any:
+        async with db.transaction() as tx:
+            member = await add_member(tx, circle, spec)
+        await _flow(db).route_pending(circle.id)
+        return member
+
+    member = _on_circle(name, act)
+    console.print(f"member [bold]{member.id}[/] {escape(member.name)} joined as {member.role}")
+
+
+def _set_status(name: str, status: str) -> None:
+    from gathering.circles import set_circle_status
+
+    async def act(db: Database, circle: Any) -> Any:
+        async with db.transaction() as tx:
+            changed = await set_circle_status(tx, circle.id, status)
+        flow = _flow(db)
+        if status == "active":
+            await flow.route_pending(circle.id)
+        else:
+            await flow.cancel_open(circle.id, "the circle was archived")
+        return changed
+
+    circle = _on_circle(name, act)
+    console.print(f"circle [bold]{escape(circle.name)}[/]: {_styled(circle.status)}")
+
+
+@circles_app.command("activate")
+def circles_activate(name: CircleArgument) -> None:
+    """Activate the circle: its pending tasks are offered to its members."""
+    _set_status(name, "active")
+
+
+@circles_app.command("archive")
+def circles_archive(name: CircleArgument) -> None:
+    """Archive the circle: its open tasks are cancelled."""
+    _set_status(name, "archived")
+
+
+@circles_app.command("members")
+def circles_members(name: CircleArgument) -> None:
+    """The members with their roles, competencies, load and metrics."""
+    from gathering.circles import list_members
+
+    members = _on_circle(name, lambda db, circle: list_members(db, circle.id))
+    table = Table(title=f"{len(members)} member(s)")
+    for column in ("id", "name", "role", "competencies", "load", "done", "failed", "approval"):
+        table.add_column(column, overflow="fold")
+    for m in members:
+        rate = "-" if m.approval_rate is None else f"{m.approval_rate:.0%}"
+        skills = ", ".join(f"{tag} {level}" for tag, level in m.competencies.items())
+        table.add_row(
+            str(m.id),
+            escape(m.name) + ("" if m.active else " [dim](inactive)[/]"),
+            m.role,
+            escape(skills),
+            str(m.load),
+            str(m.completed),
+            str(m.failed),
+            rate,
+        )
+    console.print(table)
+
+
+@circles_app.command("task")
+def circles_task(
+    name: CircleArgument,
+    title: Annotated[str, typer.Argument(help="What is to be done")],
+    description: Annotated[str, typer.Option(help="Details")] = "",
+    needs: Annotated[
+        list[str] | None, typer.Option(help="A competency it needs, TAG=LEVEL; repeat it")
+    ] = None,
+    task_type: Annotated[str, typer.Option("--type", help="Its kind of work")] = "general",
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Show its moves until it ends")
+    ] = False,
+) -> None:
+    """Give the circle a task; --follow shows each move (offer, claim, review) live."""
+    from gathering.circles import TaskIn
+
+    settings = settings_or_exit()
+    with reported_errors():
+        spec = TaskIn.model_validate(
+            {
+                "title": title,
+                "description": description,
+                "task_type": task_type,
+                "requirements": _pairs(needs or [], "--needs"),
+            }
+        )
+
+    async def act(db: Database, circle: Any) -> Any:
+        worker = await _with_a_worker(settings, db, follow)
+        try:
+            task = await _flow(db).create(circle.id, spec, circle.owner_id)
+            console.print(f"task [bold]{task.id}[/] {_styled(task.status)}")
+            return await _follow_circle_task(db, task.id) if follow else task
+        finally:
+            await _stop_worker(worker)
+
+    task = _on_circle(name, act)
+    if follow and task.status != "completed":
+        raise typer.Exit(code=1)
+
+
+async def _follow_circle_task(db: Database, task_id: int) -> Any:
+    """Print the moves of circle task `task_id` as they are stored, until it ends or waits
+    for a person."""
+    from gathering.circles import get_circle_task, task_history
+
+    seen = 0
+    while True:
+        task = await get_circle_task(db, task_id)
+        for row in await task_history(db, task_id):
+            if row["id"] > seen:
+                seen = row["id"]
+                who = f" by member {row['member_id']}" if row["member_id"] else ""
+                console.print(
+                    f"{_when(row['at'])} {_styled(row['to_status'])}{who} "
+                    f"[dim]{escape(row['reason'][:160])}[/]"
+                )
+        if task.status in ("completed", "failed", "cancelled"):
+            return task
+        if task.status in ("pending", "blocked"):
+            console.print("[yellow]it waits[/]: see `gathering circles show` for why")
+            return task
+        await asyncio.sleep(0.5)
+
+
+@circles_app.command("tasks")
+def circles_tasks(
+    name: CircleArgument,
+    status: Annotated[str | None, typer.Option(help="Only tasks of this status")] = None,
+) -> None:
+    """The circle's tasks, newest first."""
+    from gathering.circles import list_circle_tasks
+
+    tasks = _on_circle(
+        name, lambda db, circle: list_circle_tasks(db, circle.id, status=status, limit=1_000)
+    )
+    table = Table(title=f"{len(tasks)} task(s)")
+    for column in ("id", "status", "attempt", "assignee", "title"):
+        table.add_column(column, overflow="fold")
+    for task in tasks:
+        table.add_row(
+            str(task.id),
+            _styled(task.status),
+            str(task.iteration),
+            str(task.assignee_id or "-"),
+            escape(task.title),
+        )
+    console.print(table)
+
+
+@circles_app.command("show")
+def circles_show(name: CircleArgument, task_id: CircleTaskArgument) -> None:
+    """A task: its moves, routing decisions with their reasons, reviews and result."""
+    from gathering.circles import get_circle_task, task_decisions, task_history, task_reviews
+
+    async def act(db: Database, circle: Any) -> Any:
+        task = await get_circle_task(db, task_id)
+        if task.circle_id != circle.id:
+            raise NotFoundError(f"no task {task_id} in circle {circle.name!r}")
+        return (
+            task,
+            await task_history(db, task_id),
+            await task_decisions(db, task_id),
+            await task_reviews(db, task_id),
+        )
+
+    task, history, decisions, reviews = _on_circle(name, act)
+    console.print(f"[bold]{task.id}[/] {escape(task.title)}: {_styled(task.status)}")
+    for row in history:
+        console.print(
+            f"  {_when(row['at'])} {row['from_status'] or '-'} → {_styled(row['to_status'])} "
+            f"[dim]{escape(row['reason'][:160])}[/]"
+        )
+    for row in decisions:
+        who = f"member {row['member_id']}" if row["member_id"] else "nobody"
+        console.print(f"  [bold]{row['kind']}[/] {who}: [dim]{escape(row['reason'][:200])}[/]")
+    for row in reviews:
+        console.print(
+            f"  review of attempt {row['iteration']}: {_styled(row['verdict'])} "
+            f"{escape(row['feedback'][:200])}"
+        )
+    if task.result:
+        console.print(escape(str(task.result.get("text", ""))[:2_000]))
+
+
+def _decide_task(name: str, task_id: int, verdict: str, feedback: str) -> None:
+    from gathering.circles import Actor, ReviewIn, get_circle_task
+
+    with reported_errors():
+        review = ReviewIn.model_validate({"verdict": verdict, "feedback": feedback})
+
+    async def act(db: Database, circle: Any) -> Any:
+        if (await get_circle_task(db, task_id)).circle_id != circle.id:
+            raise NotFoundError(f"no task {task_id} in circle {circle.name!r}")
+        return await _flow(db).review(task_id, Actor(user_id=circle.owner_id), review)
+
+    task = _on_circle(name, act)
+    console.print(f"task [bold]{task.id}[/]: {_styled(task.status)}")
+
+
+FeedbackOption = Annotated[str, typer.Option(help="What to say to the author")]
+
+
+@circles_app.command("approve")
+def circles_approve(
+    name: CircleArgument, task_id: CircleTaskArgument, feedback: FeedbackOption = ""
+) -> None:
+    """Approve the task's current attempt as its owner: it completes."""
+    _decide_task(name, task_id, "approved", feedback)
+
+
+@circles_app.command("reject")
+def circles_reject(
+    name: CircleArgument, task_id: CircleTaskArgument, feedback: FeedbackOption = ""
+) -> None:
+    """Reject the task's current attempt as its owner: it fails."""
+    _decide_task(name, task_id, "rejected", feedback)
+
+
+@circles_app.command("changes")
+def circles_changes(
+    name: CircleArgument,
+    task_id: CircleTaskArgument,
+    feedback: Annotated[str, typer.Argument(help="The changes to make")],
+) -> None:
+    """Send the task back to its author with the changes to make."""
+    _decide_task(name, task_id, "changes_requested", feedback)
+
+
+@circles_app.command("cancel")
+def circles_cancel(name: CircleArgument, task_id: CircleTaskArgument) -> None:
+    """Cancel a task that has not ended (the tasks waiting for it fail)."""
+    from gathering.circles import Actor, get_circle_task
+
+    async def act(db: Database, circle: Any) -> Any:
+        if (await get_circle_task(db, task_id)).circle_id != circle.id:
+            raise NotFoundError(f"no task {task_id} in circle {circle.name!r}")
+        return await _flow(db).cancel(task_id, Actor(user_id=circle.owner_id))
+
+    task = _on_circle(name, act)
+    console.print(f"task [bold]{task.id}[/]: {_styled(task.status)}")
 
 
 @app.command()

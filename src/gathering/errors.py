@@ -380,3 +380,19 @@ class BudgetExhaustedError(GatheringError):
 
     code = "budget_exhausted"
     http_status = 409
+
+
+# --- circles ----------------------------------------------------------------------------------
+
+
+class IllegalTransitionError(ConflictError):
+    """A circle's task cannot move to that status from the one it is in; `details["allowed"]`
+    lists the statuses that may follow."""
+
+    code = "illegal_transition"
+
+
+class FileLockedError(ConflictError):
+    """A file of a circle's workspace is held by another task of the circle."""
+
+    code = "file_locked"

@@ -21,6 +21,7 @@ from gathering.api.routers import (
     approvals,
     audit,
     auth,
+    circles,
     debug,
     goals,
     health,
@@ -114,6 +115,7 @@ def create_app(
     app.include_router(schedules.router)
     app.include_router(tasks.router)
     app.include_router(goals.router)
+    app.include_router(circles.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

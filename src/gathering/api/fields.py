@@ -70,7 +70,10 @@ def _no_bool_or_text(value: Any) -> Any:
 
 
 def _integral_text(value: Any) -> Any:
-    """ "19.0" as 19: the schema's integers may come written as a whole decimal."""
+    """ "19.0" as 19: the schema's integers may come written as a whole decimal; `true` is
+    not one (pydantic alone would take it as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("give a whole number")
     if isinstance(value, str) and (whole := _WHOLE_DECIMAL.fullmatch(value)):
         return int(whole.group(1))
     return value
@@ -90,5 +93,5 @@ TINY = 1e-30
 Integer = Annotated[int, BeforeValidator(_no_bool_or_text)]
 Number = Annotated[float, Strict(), AllowInfNan(False), AfterValidator(_flush_tiny)]
 Flag = Annotated[bool, Strict()]
-# An integer in a path or query string, where "19.0" is the same whole number as "19".
+# An integer in a path, a query string or a body, where "19.0" is the same whole number as "19".
 WholeNumber = Annotated[int, BeforeValidator(_integral_text)]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from gathering.circles.jobs import offers_duty
 from gathering.db.locks import SingletonDuty
 from gathering.db.supervisor import EmbeddedSupervisor
 from gathering.errors import GatheringError
@@ -307,6 +308,7 @@ class JobsComponent(Component):
             ),
             deadlines_duty(services),
             scheduler_duty(services),
+            offers_duty(services),
         ]
         for duty in self.duties:
             await duty.start()

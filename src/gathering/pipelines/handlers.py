@@ -195,7 +195,7 @@ async def _agent_turn(call: NodeCall) -> Any:
     if config.output == "text":
         return result.text
     try:
-        value = json.loads(_json_part(result.text))
+        value = json.loads(json_part(result.text))
     except ValueError:
         raise NodeFailedError(
             f"node {call.node.id}: the agent's reply is not JSON: {result.text[:200]!r}",
@@ -216,7 +216,7 @@ async def _agent_turn(call: NodeCall) -> Any:
     return value
 
 
-def _json_part(text: str) -> str:
+def json_part(text: str) -> str:
     """The JSON in a reply that may wrap it in a Markdown code fence."""
     stripped = text.strip()
     if stripped.startswith("```"):

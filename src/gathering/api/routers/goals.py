@@ -21,6 +21,7 @@ from gathering.api.fields import Integer, WholeNumber
 from gathering.api.security import ensure_owner, not_found, rate_limit, require_scope
 from gathering.auth.principal import Principal
 from gathering.db import Database
+from gathering.db.fields import Ref
 from gathering.errors import NotFoundError
 from gathering.scheduler.goals import (
     GoalChange,
@@ -41,7 +42,6 @@ from gathering.scheduler.goals import (
     remove_dependency,
     start_goal,
 )
-from gathering.scheduler.tasks.store import Ref
 
 router = APIRouter(prefix="/goals", tags=["goals"])
 GoalsReader = Annotated[Principal, Depends(require_scope("goals:read"))]

@@ -39,9 +39,9 @@ Authorization follows the account: the credentials are checked again on every su
 with every heartbeat and at most RECHECK_SECONDS before each event. When that check finds the
 caller may no longer see what the socket is subscribed to (an administrator demoted while
 subscribed to every event, to another user's subject, to an agent they do not own or to a
-circle), the socket closes with 4403 ("subscription no longer allowed") at that check instead
-of sending the event it preceded; it is not narrowed silently. Reconnect and subscribe to what
-the account may see now.
+circle they neither own nor belong to any more), the socket closes with 4403 ("subscription
+no longer allowed") at that check instead of sending the event it preceded; it is not
+narrowed silently. Reconnect and subscribe to what the account may see now.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from gathering.api.security import Principal, authenticate_socket, public_route
 from gathering.api.security.dependencies import recheck_socket, security_state
 from gathering.api.security.origin import client_ip
 from gathering.api.security.ws_limits import SocketLease, TokenBucket
+from gathering.circles import circle_named, member_of_user
 from gathering.db import Database
 from gathering.errors import (
     AuthenticationError,
@@ -145,6 +146,16 @@ async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> 
         store = PostgresAgentStore(await app_state(websocket).database())
         owner = await store.owner_of(agent_id)
         return None if owner == principal.user_id else f"no agent {ident}"
+    if kind == "circle":
+        db = await app_state(websocket).database()
+        try:
+            circle = await circle_named(db, ident)
+        except NotFoundError:
+            return f"no circle {ident!r}"
+        if circle.owner_id == principal.user_id:
+            return None
+        member = await member_of_user(db, circle.id, principal.user_id)
+        return None if member is not None else f"no circle {ident!r}"
     owned = _OWNED.get(kind)
     if owned is not None and _ID.fullmatch(ident):  # a pipeline's, schedule's or task's
         found_id = int(ident)

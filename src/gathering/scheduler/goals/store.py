@@ -13,11 +13,12 @@ from psycopg.types.json import Jsonb
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from gathering.db.database import Queries
+from gathering.db.fields import MAX_ID, Ref, Said, as_number
 from gathering.db.locks import LockKey
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text, storable_value
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
-from gathering.scheduler.tasks.store import MAX_ID, Ref, Said, as_number, owned_id
+from gathering.scheduler.tasks.store import owned_id
 
 _SQL = queries_of("gathering.scheduler.goals")
 STATUSES = ("open", "waiting", "active", "done", "failed", "cancelled")

@@ -17,6 +17,7 @@ from gathering.agents.agent import Agent
 from gathering.agents.agent_store import PostgresAgentStore
 from gathering.config import get_settings
 from gathering.db.database import Database, Queries
+from gathering.db.fields import Ref, Said
 from gathering.db.named_queries import queries_of
 from gathering.errors import (
     ConflictError,
@@ -45,8 +46,6 @@ from gathering.scheduler.goals.store import (
 )
 from gathering.scheduler.tasks.store import ENDED as TASK_ENDED
 from gathering.scheduler.tasks.store import (
-    Ref,
-    Said,
     TaskSpec,
     cancel_task,
     get_task,

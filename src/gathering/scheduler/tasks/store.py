@@ -11,9 +11,10 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from gathering.db.database import Database, Queries
+from gathering.db.fields import Real, Ref, Said, Whole, as_number
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text
 from gathering.errors import ConflictError, NotFoundError
@@ -27,53 +28,6 @@ STATUSES = ("queued", "running", "paused", "waiting_approval", "succeeded", "fai
 ENDED = ("succeeded", "failed", "cancelled")
 MAX_GOAL_CHARS = 20_000
 STRANDED_GRACE = 5.0  # seconds a task's job may have ended before the sweep settles the task
-
-
-MAX_ID = 2**63 - 1
-
-
-def _id_or_name(value: Any) -> Any:
-    """An id given as digits ("42") or a whole number (42.0) is that id; other text a name."""
-    if isinstance(value, bool):
-        raise ValueError("give an id or a name")
-    if isinstance(value, str) and value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_ID:
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def as_number(value: Any) -> Any:
-    """`value` unless it is text or a boolean (pydantic alone would read "5" and true as
-    numbers); limits go before it in `Annotated`, so that the schema shows them."""
-    if isinstance(value, bool | str):
-        raise ValueError("give a number")
-    return value
-
-
-Whole = Annotated[int, BeforeValidator(as_number)]
-"""An integer as JSON Schema has it: 5 or 5.0, never "5" or true."""
-Real = Annotated[float, BeforeValidator(as_number)]
-"""A number: never "5" or true."""
-
-
-def _said(value: str) -> str:
-    """`value`, unless it is only white space (as Python's `str.strip` has it, which counts
-    more characters as space than a regex's \\s: "\\x1c" is refused)."""
-    if not value.strip():
-        raise ValueError("only white space: say something")
-    return value
-
-
-Said = Annotated[str, AfterValidator(_said)]
-"""Text that is not only white space."""
-
-Ref = Annotated[
-    Annotated[int, Field(ge=1, le=MAX_ID)]
-    | Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")],
-    BeforeValidator(_id_or_name),
-]
-"""Something of the owner's by id or by name (an agent, a pipeline)."""
 
 
 class TaskSpec(BaseModel):
