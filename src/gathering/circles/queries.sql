@@ -50,16 +50,9 @@ VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT DO NOTHING
 RETURNING id
 
--- name: member --
--- Member $1 with the name of its agent or person.
-SELECT m.*, coalesce(a.name, u.email) AS name
-FROM circle.members m
-LEFT JOIN agent.agents a ON a.id = m.agent_id
-LEFT JOIN auth.users u ON u.id = m.user_id
-WHERE m.id = $1
-
 -- name: members --
--- The members of circle $1 with their names and the tasks in their hands (`load`).
+-- The members of circle $1 (member $2 only, when given) with their names and the tasks in
+-- their hands (`load`).
 SELECT m.*, coalesce(a.name, u.email) AS name,
        (SELECT count(*) FROM circle.tasks t
         WHERE t.circle_id = m.circle_id
@@ -69,7 +62,7 @@ SELECT m.*, coalesce(a.name, u.email) AS name,
 FROM circle.members m
 LEFT JOIN agent.agents a ON a.id = m.agent_id
 LEFT JOIN auth.users u ON u.id = m.user_id
-WHERE m.circle_id = $1
+WHERE m.circle_id = $1 AND ($2::bigint IS NULL OR m.id = $2)
 ORDER BY m.id
 
 -- name: update_member --

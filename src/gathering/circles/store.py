@@ -231,15 +231,15 @@ async def add_member(tx: Queries, circle: CircleRecord, spec: MemberIn) -> Membe
 
 
 async def get_member(db: Queries, circle_id: int, member_id: int) -> MemberRecord:
-    row = await db.fetch_one(SQL["member"], member_id)
-    if row is None or row["circle_id"] != circle_id:
+    row = await db.fetch_one(SQL["members"], circle_id, member_id)
+    if row is None:
         raise NotFoundError(f"no member {member_id} in circle {circle_id}")
     return MemberRecord.from_row(row)
 
 
 async def list_members(db: Queries, circle_id: int) -> list[MemberRecord]:
     """The members of a circle (active or not), each with their load."""
-    return [MemberRecord.from_row(row) for row in await db.fetch_all(SQL["members"], circle_id)]
+    return [MemberRecord.from_row(row) for row in await db.fetch_all(SQL["members"], circle_id, None)]
 
 
 async def member_of_user(db: Queries, circle_id: int, user_id: int) -> int | None:

@@ -1,7 +1,8 @@
 """The agents of a circle act: an agent offered a task claims it, works it with its tools
 and submits the reply; an agent asked to review reads the work and gives a verdict with the
 model. Each runs as a job (`circles:work`, `circles:review`) on any instance; a job run again
-after a crash finds the turn it began by its idempotency key instead of starting another."""
+after a crash replays the turn it finished (found by its idempotency key), or runs again a
+turn that was cut short."""
 
 from __future__ import annotations
 
@@ -18,12 +19,18 @@ from gathering.circles.definition import ReviewIn, Submission
 from gathering.circles.store import SQL, CircleRecord, MemberRecord, get_circle, get_member
 from gathering.circles.tasks import Actor, CircleTask, TaskFlow, get_circle_task
 from gathering.db.database import Database
-from gathering.errors import ConflictError, GatheringError, PermissionDeniedError
+from gathering.errors import (
+    ConflictError,
+    GatheringError,
+    PermissionDeniedError,
+    TurnFailedError,
+)
 from gathering.events import EventBus
 from gathering.pipelines.handlers import json_part
 
 log = structlog.get_logger(__name__)
 MAX_SUMMARY = 300
+MAX_RERUNS = 5  # turns of one attempt cut short by a crash, run again at most
 _VERDICTS = {
     "approved": "approved",
     "approve": "approved",
@@ -112,7 +119,17 @@ class CircleWorker:
     async def _turn(self, member: MemberRecord, prompt: str, key: str) -> TurnResult:
         agent = await self._agent(member)
         started = time.monotonic()
-        result = await agent.run(prompt, idempotency_key=key, new_session=True)
+        for run in range(MAX_RERUNS + 1):
+            # A turn cut short (its process died) answers its key with TurnFailedError: the
+            # next key runs it again; a finished one is replayed, not made twice.
+            try:
+                result = await agent.run(
+                    prompt, idempotency_key=key if run == 0 else f"{key}:{run}", new_session=True
+                )
+                break
+            except TurnFailedError:
+                if run == MAX_RERUNS:
+                    raise
         if not result.replayed:
             tokens = result.usage.input_tokens + result.usage.output_tokens
             await self.db.execute(SQL["count_work"], member.id, tokens, time.monotonic() - started)

@@ -1,0 +1,132 @@
+"""Agents of a circle act, through jobs on a real worker, with the model faked at the HTTP
+wire (the LLM stub, Ollama's format): the offered agent claims and works the task, an agent
+reviewer asks for changes with feedback that reaches the author's next attempt, then
+approves; an answer that is no verdict goes to the lead; a turn that fails fails the
+attempt; a job for an attempt that is over does nothing."""
+
+from __future__ import annotations
+
+import pytest
+from circle_lab import CircleLab, circle_lab
+
+from gathering.circles import get_member, list_members, task_decisions, task_history, task_reviews
+from gathering.circles.work import CircleWorker, parse_verdict
+from gathering.testing.wire_requests import last_user_text
+
+pytestmark = pytest.mark.integration
+lab = circle_lab  # the fixture, by the name these tests use
+
+CHANGES = '{"verdict": "changes_requested", "feedback": "cover the empty input"}'
+APPROVED = '```json\n{"verdict": "approved", "feedback": "good"}\n```'
+
+
+def _prompts(lab: CircleLab) -> list[str]:
+    return [
+        last_user_text((request.json or {}).get("messages") or [])
+        for request in lab.stub.requests
+        if request.path.endswith("/api/chat")
+    ]
+
+
+async def test_agents_work_review_and_rework_until_approved(lab: CircleLab) -> None:
+    await lab.start_worker()
+    circle = await lab.circle()
+    author = await lab.member(circle, "coder", python=4)
+    reviewer = await lab.member(circle, "critic", "reviewer", general=4)
+    lab.stub.add_reply("draft one", CHANGES, "draft two, empty input covered", APPROVED)
+    task = await lab.task(circle, "parse the file", description="CSV in, rows out")
+    task = await lab.wait(task.id)
+    assert task.status == "completed", task
+    assert task.result is not None and task.result["text"] == "draft two, empty input covered"
+    statuses = [row["to_status"] for row in await task_history(lab.db, task.id)]
+    assert statuses == [
+        "pending",
+        "offered",
+        "in_progress",
+        "in_review",
+        "changes_requested",
+        "in_progress",
+        "in_review",
+        "completed",
+    ]
+    movers = [row["member_id"] for row in await task_history(lab.db, task.id)]
+    assert movers[2:5] == [author.id, author.id, reviewer.id]
+    prompts = _prompts(lab)
+    assert len(prompts) == 4
+    assert "parse the file" in prompts[0] and "CSV in, rows out" in prompts[0]
+    assert "draft one" in prompts[1] and '"verdict"' in prompts[1]
+    assert "cover the empty input" in prompts[2] and "draft one" in prompts[2]
+    assert "draft two" in prompts[3]
+    reviews = [
+        (r["iteration"], r["reviewer_id"], r["verdict"])
+        for r in await task_reviews(lab.db, task.id)
+    ]
+    assert reviews == [(1, reviewer.id, "changes_requested"), (2, reviewer.id, "approved")]
+    members = {m.id: m for m in await list_members(lab.db, circle.id)}
+    assert (members[author.id].completed, members[author.id].approval_rate) == (1, 0.5)
+    assert members[author.id].tokens > 0 and members[author.id].work_seconds > 0
+    assert members[reviewer.id].reviews_given == 2
+    kinds = lab.kinds(task.id)
+    for kind in ("circle.task.offered", "circle.review.requested", "circle.review.submitted"):
+        assert kind in kinds
+
+
+async def test_an_answer_that_is_no_verdict_goes_to_the_lead(lab: CircleLab) -> None:
+    await lab.start_worker()
+    circle = await lab.circle()
+    await lab.member(circle, "coder", python=4)
+    critic = await lab.member(circle, "critic", "reviewer")
+    lead = await lab.member(circle, "boss", "lead", python=1)
+    lab.stub.add_reply("the work", "looks fine to me", '{"verdict": "approve"}')
+    task = await lab.task(circle, requirements={"python": 3})
+    task = await lab.wait(task.id)
+    assert task.status == "completed", task
+    [escalation] = [d for d in await task_decisions(lab.db, task.id) if d["kind"] == "escalation"]
+    assert escalation["member_id"] == lead.id
+    assert f"member {critic.id}'s answer was not a verdict" in escalation["reason"]
+    [review] = await task_reviews(lab.db, task.id)
+    assert (review["reviewer_id"], review["verdict"]) == (lead.id, "approved")
+
+
+async def test_a_turn_that_fails_fails_the_attempt(lab: CircleLab) -> None:
+    await lab.start_worker()
+    circle = await lab.circle()
+    await lab.member(circle, "coder")
+    lab.stub.add_json({"error": "unauthorized"}, status=401)
+    task = await lab.wait((await lab.task(circle)).id)
+    assert task.status == "failed"
+    assert (task.error or "").startswith("the agent's turn failed")
+    [member] = await list_members(lab.db, circle.id)
+    assert member.failed == 1
+
+
+async def test_a_job_of_an_attempt_that_is_over_does_nothing(lab: CircleLab) -> None:
+    circle = await lab.circle()
+    coder = await lab.member(circle, "coder")
+    task = await lab.task(circle)  # offered; no worker runs the job
+    worker = CircleWorker(lab.db, lab.bus)
+    await worker.work(task.id, iteration=2, member_id=coder.id)  # not this attempt
+    await worker.work(task.id, iteration=1, member_id=coder.id + 1)  # not this member
+    await worker.review(task.id, iteration=1, member_id=coder.id)  # not in review
+    assert lab.stub.requests == []
+    lab.stub.add_reply("the work")
+    await worker.work(task.id, iteration=1, member_id=coder.id)
+    assert len(lab.stub.requests) == 1
+    await worker.work(task.id, iteration=1, member_id=coder.id)  # in review now: nothing
+    assert len(lab.stub.requests) == 1
+    assert (await get_member(lab.db, circle.id, coder.id)).load == 1
+
+
+def test_a_verdict_is_read_from_the_reply_or_not_at_all() -> None:
+    assert parse_verdict(APPROVED) is not None
+    found = parse_verdict('{"verdict": "Request_Changes", "feedback": "more"}')
+    assert found is not None and found.verdict == "changes_requested"
+    for reply in (
+        "approved",
+        "[]",
+        '{"verdict": 1}',
+        '{"verdict": "maybe"}',
+        '{"verdict": "approved", "feedback": 3}',
+        '{"verdict": "changes_requested", "feedback": " "}',
+    ):
+        assert parse_verdict(reply) is None, reply
