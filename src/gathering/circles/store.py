@@ -239,7 +239,8 @@ async def get_member(db: Queries, circle_id: int, member_id: int) -> MemberRecor
 
 async def list_members(db: Queries, circle_id: int) -> list[MemberRecord]:
     """The members of a circle (active or not), each with their load."""
-    return [MemberRecord.from_row(row) for row in await db.fetch_all(SQL["members"], circle_id, None)]
+    rows = await db.fetch_all(SQL["members"], circle_id, None)
+    return [MemberRecord.from_row(row) for row in rows]
 
 
 async def member_of_user(db: Queries, circle_id: int, user_id: int) -> int | None:
