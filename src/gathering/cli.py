@@ -2370,28 +2370,58 @@ def circles_task(
         raise typer.Exit(code=1)
 
 
-async def _follow_circle_task(db: Database, task_id: int) -> Any:
-    """Print the moves of circle task `task_id` as they are stored, until it ends or waits
-    for a person."""
-    from gathering.circles import get_circle_task, task_history
+async def _follow_circle_task(db: Database, task_id: int, decide_for: int | None = None) -> Any:
+    """Print the moves of circle task `task_id` as they are stored, until it ends (or waits:
+    pending, blocked, or for a person's verdict, which `decide_for` gives as an approval)."""
+    from gathering.circles import (
+        Actor,
+        ReviewIn,
+        get_circle_task,
+        list_members,
+        task_decisions,
+        task_history,
+    )
 
     seen = 0
-    while True:
-        task = await get_circle_task(db, task_id)
-        for row in await task_history(db, task_id):
-            if row["id"] > seen:
-                seen = row["id"]
-                who = f" by member {row['member_id']}" if row["member_id"] else ""
+    with console.status("the circle is at work") as spinner:
+        while True:
+            task = await get_circle_task(db, task_id)
+            names = {m.id: m.name for m in await list_members(db, task.circle_id)}
+            for row in await task_history(db, task_id):
+                if row["id"] > seen:
+                    seen = row["id"]
+                    member = row["member_id"]
+                    who = f" by {escape(names.get(member, str(member)))}" if member else ""
+                    console.print(
+                        f"{_when(row['at'])} {_styled(row['to_status'])}{who} "
+                        f"[dim]{escape(row['reason'][:160])}[/]"
+                    )
+            spinner.update(f"task {task_id}: {task.status}")
+            if task.status in ("completed", "failed", "cancelled"):
+                return task
+            if task.status in ("pending", "blocked"):
+                console.print("[yellow]it waits[/]: `gathering circles show` says why")
+                return task
+            decisions = [
+                d for d in await task_decisions(db, task_id) if d["iteration"] == task.iteration
+            ]
+            if (
+                task.status == "in_review"
+                and decisions
+                and decisions[-1]["kind"] == "escalation"
+                and decisions[-1]["member_id"] is None
+            ):
+                if decide_for is None:
+                    console.print("[magenta]it waits for a person[/]: approve or reject it")
+                    return task
                 console.print(
-                    f"{_when(row['at'])} {_styled(row['to_status'])}{who} "
-                    f"[dim]{escape(row['reason'][:160])}[/]"
+                    "[magenta]no agent gave a usable verdict[/]: the demo approves it for you"
                 )
-        if task.status in ("completed", "failed", "cancelled"):
-            return task
-        if task.status in ("pending", "blocked"):
-            console.print("[yellow]it waits[/]: see `gathering circles show` for why")
-            return task
-        await asyncio.sleep(0.5)
+                await _flow(db).review(
+                    task_id, Actor(user_id=decide_for), ReviewIn(verdict="approved")
+                )
+                continue
+            await asyncio.sleep(0.5)
 
 
 @circles_app.command("tasks")
@@ -2510,6 +2540,233 @@ def circles_cancel(name: CircleArgument, task_id: CircleTaskArgument) -> None:
 
     task = _on_circle(name, act)
     console.print(f"task [bold]{task.id}[/]: {_styled(task.status)}")
+
+
+@app.command()
+def converse(
+    circle: CircleArgument,
+    topic: Annotated[str, typer.Argument(help="What the circle talks about")],
+    strategy: Annotated[
+        str, typer.Option(help="Who speaks next: round_robin, mention, facilitator or free")
+    ] = "round_robin",
+    turns: Annotated[int, typer.Option(min=1, max=500, help="Agents' turns at most")] = 6,
+    speakers: Annotated[
+        list[str] | None,
+        typer.Option("--with", help="An agent member who speaks (repeat it; default: all)"),
+    ] = None,
+    stop: Annotated[str | None, typer.Option(help="A phrase that ends it when said")] = None,
+    consensus: Annotated[
+        bool, typer.Option(help="End when every speaker's last turn says AGREED")
+    ] = False,
+    seed: Annotated[int, typer.Option(min=0, help="The free strategy's draw")] = 0,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Show it live, token by token")
+    ] = False,
+) -> None:
+    """Start a conversation of the circle's agents on TOPIC; --follow shows it as it is said."""
+    from gathering.circles import ConversationIn, Conversations, create_conversation, list_members
+
+    settings = settings_or_exit()
+
+    async def act(db: Database, found: Any) -> Any:
+        members = await list_members(db, found.id)
+        by_name = {m.name.lower(): m.id for m in members}
+        chosen = None
+        if speakers:
+            missing = [name for name in speakers if name.lower() not in by_name]
+            if missing:
+                raise NotFoundError(
+                    f"no member {', '.join(missing)} in circle {found.name!r}",
+                    hint=f"`gathering circles members {found.name}` lists them",
+                )
+            chosen = [by_name[name.lower()] for name in speakers]
+        spec = ConversationIn.model_validate(
+            {
+                "topic": topic,
+                "strategy": strategy,
+                "max_turns": turns,
+                "participants": chosen,
+                "stop_phrase": stop,
+                "consensus": consensus,
+                "seed": seed,
+            }
+        )
+        async with db.transaction() as tx:
+            conversation = await create_conversation(tx, found, spec, found.owner_id)
+        worker = await _with_a_worker(settings, db, follow)
+        try:
+            from gathering.events import EventBus
+
+            await Conversations(db, EventBus(db)).start(conversation.id)
+            console.print(
+                f"conversation [bold]{conversation.id}[/] of {escape(found.name)} started "
+                f"({spec.strategy}, at most {spec.max_turns} turns)"
+            )
+            if follow:
+                return await _follow_conversation(db, found, conversation.id)
+            return conversation
+        finally:
+            await _stop_worker(worker)
+
+    conversation = _on_circle(circle, act)
+    if not follow:
+        console.print(
+            f"watch it on /ws/circles/{circle}, or read it with "
+            f"GET /circles/{conversation.circle_id}/conversations/{conversation.id}/transcript"
+        )
+    elif conversation.status != "finished":
+        raise typer.Exit(code=1)
+
+
+async def _follow_conversation(db: Database, circle: Any, conversation_id: int) -> Any:
+    """Print conversation `conversation_id` as it is said, until it ends."""
+    from gathering.circles import get_conversation
+    from gathering.events import Event, EventBus
+
+    arrived: asyncio.Queue[Event] = asyncio.Queue()
+    bus = EventBus(db, poll_interval=0.5)
+    await bus.start()
+    subscription = bus.subscribe(
+        "conversation.*",
+        lambda event: (
+            arrived.put_nowait(event)
+            if event.data.get("conversation_id") == conversation_id
+            else None
+        ),
+        subjects=[circle.subject],
+    )
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(arrived.get(), timeout=2.0)
+            except TimeoutError:
+                found = await get_conversation(db, conversation_id)
+                if found.status in ("finished", "cancelled", "failed", "paused"):
+                    return found
+                continue
+            data = event.data
+            if event.type == "conversation.turn_started":
+                console.print(f"\n[bold cyan]{escape(data['speaker'])}[/] [dim]({data['why']})[/]")
+            elif event.type == "conversation.delta":
+                console.print(escape(data["text"]), end="")
+            elif event.type == "conversation.injected":
+                console.print(
+                    f"\n[bold magenta]{escape(data['speaker'])}[/]: {escape(data['content'])}"
+                )
+            elif event.type == "conversation.finished":
+                console.print(f"\n\n[green]finished[/]: {data['reason']}")
+                if data.get("summary"):
+                    console.print(f"[bold]summary[/]\n{escape(data['summary'])}")
+                return await get_conversation(db, conversation_id)
+    finally:
+        subscription.unsubscribe()
+        await bus.close(grace=1)
+
+
+DEMO_TASK = (
+    "Write a Python function is_palindrome(text) that ignores case, spaces and punctuation, "
+    "with two examples of its use."
+)
+DEMO_TEAM = (
+    ("architect", "software architect who leads the team", "lead", {"design": 4, "python": 3}),
+    ("developer", "Python developer", "member", {"python": 4}),
+    ("reviewer", "careful code reviewer", "reviewer", {"code": 4, "python": 3}),
+)
+
+
+@app.command()
+def demo(
+    task: Annotated[str, typer.Option(help="What the circle is to do")] = DEMO_TASK,
+    talk: Annotated[
+        bool, typer.Option(help="Then let the three talk it over, live, token by token")
+    ] = True,
+    owner: PipelineOwnerOption = None,
+) -> None:
+    """A circle of three agents (architect, developer, reviewer), on the local model unless
+    an API key is set, works a small task live: offer, work, review, then a conversation."""
+    from gathering.circles import (
+        CircleIn,
+        CircleSettings,
+        ConversationIn,
+        Conversations,
+        MemberIn,
+        TaskIn,
+        add_member,
+        circle_named,
+        create_circle,
+        create_conversation,
+        set_circle_status,
+    )
+
+    settings = settings_or_exit()
+    with reported_errors():
+        spec = TaskIn(title=task[:200], description=task, requirements={"python": 3})
+
+    async def team(store: PostgresAgentStore, owner_id: int) -> Any:
+        provider = default_provider_name()
+        for name, role, _, _ in DEMO_TEAM:
+            try:
+                await store.load_agent(name, owner_id=owner_id)
+            except NotFoundError:
+                agent = Agent(name, provider, None, persona={"role": role})
+                agent.owner_id = owner_id
+                await store.create_agent(agent.record())
+                console.print(f"agent [bold]{name}[/] ({provider}) created")
+        try:
+            return await circle_named(store.db, "demo")
+        except NotFoundError:
+            pass
+        settings_ = CircleSettings(review_types=["code"], max_attempts=2)
+        async with store.db.transaction() as tx:
+            circle = await create_circle(
+                tx,
+                owner_id,
+                CircleIn(name="demo", description="gathering demo", settings=settings_),
+            )
+            for name, _, role, skills in DEMO_TEAM:
+                member = MemberIn.model_validate(
+                    {"agent": name, "role": role, "competencies": skills}
+                )
+                await add_member(tx, circle, member)
+            circle = await set_circle_status(tx, circle.id, "active")
+        console.print("circle [bold]demo[/]: architect (lead), developer, reviewer")
+        return circle
+
+    async def work() -> Any:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner)
+            circle = await team(store, owner_id)
+            if circle.owner_id != owner_id or circle.status != "active":
+                raise InvalidInputError(
+                    f"the circle 'demo' is {circle.status} or someone else's",
+                    hint="delete it (DELETE /circles/{id}) to start the demo afresh",
+                )
+            worker = await _with_a_worker(settings, store.db, True)
+            try:
+                made = await _flow(store.db).create(circle.id, spec, owner_id)
+                console.print(f"\ntask [bold]{made.id}[/]: {escape(made.title)}")
+                done = await _follow_circle_task(store.db, made.id, decide_for=owner_id)
+                if done.result:
+                    console.print(f"\n[bold]result[/]\n{escape(str(done.result['text']))}")
+                if talk:
+                    topic = f"How should we test this? The task was: {task}"
+                    chat = ConversationIn(topic=topic, max_turns=3)
+                    async with store.db.transaction() as tx:
+                        found = await create_conversation(tx, circle, chat, owner_id)
+                    from gathering.events import EventBus
+
+                    await Conversations(store.db, EventBus(store.db)).start(found.id)
+                    console.print(f"\nconversation [bold]{found.id}[/]: {escape(topic)}")
+                    await _follow_conversation(store.db, circle, found.id)
+                return done
+            finally:
+                await _stop_worker(worker)
+
+    done = run_async(work)
+    console.print(
+        f"\ntask {done.id} {_styled(done.status)}: `gathering circles show demo {done.id}` "
+        "tells its story; the API is at /docs (`make run`)"
+    )
 
 
 @app.command()

@@ -120,7 +120,7 @@ async def circle_lab(
     bus = EventBus(db, poll_interval=0.1)
     await bus.start()
     events: list[Event] = []
-    subscription = bus.subscribe(["circle.*"], events.append)
+    subscription = bus.subscribe(["circle.*", "conversation.*"], events.append)
     lab = CircleLab(db, bus, TaskFlow(db, bus), await local_owner_id(db), llm_stub_env, events)
     try:
         yield lab

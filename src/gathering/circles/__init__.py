@@ -1,6 +1,16 @@
 """Circles: teams of agents (and people) that take tasks, route each to the member who fits
-best, review each other's work and keep every step (docs/circles.md)."""
+best, review each other's work and keep every step, and hold conversations with a turn
+strategy (docs/circles.md)."""
 
+from gathering.circles.conversations import (
+    ConversationIn,
+    ConversationRecord,
+    Conversations,
+    create_conversation,
+    get_conversation,
+    list_conversations,
+    transcript,
+)
 from gathering.circles.definition import (
     CircleChange,
     CircleIn,
@@ -51,6 +61,9 @@ __all__ = [
     "CircleRecord",
     "CircleSettings",
     "CircleTask",
+    "ConversationIn",
+    "ConversationRecord",
+    "Conversations",
     "MemberChange",
     "MemberIn",
     "MemberRecord",
@@ -65,13 +78,16 @@ __all__ = [
     "circle_named",
     "circles_joined",
     "create_circle",
+    "create_conversation",
     "delete_circle",
     "find_circle",
     "get_circle",
     "get_circle_task",
+    "get_conversation",
     "get_member",
     "list_circle_tasks",
     "list_circles",
+    "list_conversations",
     "list_members",
     "member_of_user",
     "set_circle_status",
@@ -79,4 +95,5 @@ __all__ = [
     "task_dependencies",
     "task_history",
     "task_reviews",
+    "transcript",
 ]

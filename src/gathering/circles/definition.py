@@ -46,6 +46,12 @@ class CircleSettings(BaseModel):
     reviewers_per_task: Whole = Field(
         default=1, ge=1, le=3, description="Distinct reviewers each attempt needs"
     )
+    max_attempts: Whole = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Attempts a task gets; changes asked after the last fail it",
+    )
     max_parallel_tasks: Whole = Field(
         default=3, ge=1, le=100, description="Tasks one member works at once, at most"
     )

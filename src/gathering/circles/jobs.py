@@ -1,11 +1,13 @@
-"""The circles' jobs, `circles:work` (an agent works an attempt of a task) and
-`circles:review` (an agent reviews one), registered through the `gathering.jobs` entry point;
-and the duty that sends offers nobody answered in time to the next member."""
+"""The circles' jobs, registered through the `gathering.jobs` entry point: `circles:work` (an
+agent works an attempt of a task), `circles:review` (an agent reviews one), `circles:converse`
+(a conversation takes its turns) and `circles:summarize`; and the duty that sends offers
+nobody answered in time to the next member."""
 
 from __future__ import annotations
 
 import procrastinate
 
+from gathering.circles.conversations import Conversations
 from gathering.circles.tasks import QUEUE, TaskFlow
 from gathering.circles.work import CircleWorker
 from gathering.db.locks import LockKey, SingletonDuty
@@ -31,6 +33,20 @@ async def review(
     """Agent member `member_id` reviews attempt `iteration` of circle task `task_id`."""
     services = services_of(context)
     await CircleWorker(services.db, services.bus).review(task_id, iteration, member_id)
+
+
+@blueprint.task(name="converse", pass_context=True, retry=ON_SHUTDOWN, queue=QUEUE)
+async def converse(context: procrastinate.JobContext, conversation_id: int) -> None:
+    """Conversation `conversation_id` takes its turns until it ends, pauses or is cancelled."""
+    services = services_of(context)
+    await Conversations(services.db, services.bus).run(conversation_id)
+
+
+@blueprint.task(name="summarize", pass_context=True, retry=ON_SHUTDOWN, queue=QUEUE)
+async def summarize(context: procrastinate.JobContext, conversation_id: int) -> None:
+    """A summary of conversation `conversation_id`'s transcript so far."""
+    services = services_of(context)
+    await Conversations(services.db, services.bus).summarize(conversation_id)
 
 
 def offers_duty(services: JobServices, *, interval: float = 1.0) -> SingletonDuty:

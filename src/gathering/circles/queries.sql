@@ -249,3 +249,53 @@ FOR UPDATE SKIP LOCKED
 
 -- name: last_decision --
 SELECT kind FROM circle.decisions WHERE task_id = $1 AND iteration = $2 ORDER BY id DESC LIMIT 1
+
+-- name: insert_conversation --
+INSERT INTO circle.conversations (circle_id, topic, strategy, participants, facilitator_id,
+                                  max_turns, token_budget, stop_phrase, consensus, seed,
+                                  created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+RETURNING *
+
+-- name: conversation_by_id --
+SELECT * FROM circle.conversations WHERE id = $1
+
+-- name: lock_conversation --
+SELECT * FROM circle.conversations WHERE id = $1 FOR UPDATE
+
+-- name: conversations --
+SELECT * FROM circle.conversations WHERE circle_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3
+
+-- name: set_conversation --
+-- Conversation $1's status, finish reason, error and summary.
+UPDATE circle.conversations
+SET status = $2, finish_reason = $3, error = $4, summary = coalesce($5, summary),
+    updated_at = now(),
+    finished_at = CASE WHEN $2 IN ('finished', 'cancelled', 'failed') THEN now() END
+WHERE id = $1
+RETURNING *
+
+-- name: set_summary --
+UPDATE circle.conversations SET summary = $2, updated_at = now() WHERE id = $1
+
+-- name: insert_message --
+-- The next message of conversation $1 (its number follows the last); nothing when agent
+-- turn $2 is stored already.
+INSERT INTO circle.conversation_messages (conversation_id, n, turn, member_id, user_id,
+                                          speaker, content, tokens)
+SELECT $1, coalesce(max(n), 0) + 1, $2, $3, $4, $5, $6, $7
+FROM circle.conversation_messages WHERE conversation_id = $1
+ON CONFLICT DO NOTHING
+RETURNING *
+
+-- name: count_turn --
+UPDATE circle.conversations SET turns = turns + 1, tokens = tokens + $2, updated_at = now()
+WHERE id = $1
+RETURNING *
+
+-- name: messages --
+-- Messages of conversation $1 after number $2, oldest first.
+SELECT * FROM circle.conversation_messages
+WHERE conversation_id = $1 AND n > $2
+ORDER BY n
+LIMIT $3

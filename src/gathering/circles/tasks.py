@@ -824,6 +824,12 @@ async def _apply_verdict(
         )
         await _ended(step, task)
         return task
+    attempts = step.circle.settings.max_attempts
+    if task.iteration >= attempts:
+        error = f"changes were still asked after {attempts} attempts: {verdict.feedback}"
+        task = await _move(step, task, "failed", actor, "out of attempts", error=error)
+        await _ended(step, task)
+        return task
     task = await _move(
         step,
         task,

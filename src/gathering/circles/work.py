@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -26,6 +27,7 @@ from gathering.errors import (
     TurnFailedError,
 )
 from gathering.events import EventBus
+from gathering.llm import TextDelta
 from gathering.pipelines.handlers import json_part
 
 log = structlog.get_logger(__name__)
@@ -101,6 +103,34 @@ def parse_verdict(text: str) -> ReviewIn | None:
         return None
 
 
+async def run_agent_turn(
+    agent: Agent,
+    prompt: str,
+    key: str,
+    on_delta: Callable[[str], Awaitable[None]] | None = None,
+) -> TurnResult:
+    """`agent`'s turn on `prompt` in a new session under idempotency key `key`: a finished
+    turn of that key is replayed, not made twice; a turn cut short (its process died) answers
+    its key with TurnFailedError, and runs again under the next key (`key:1`, ...). Each piece
+    of the reply's text goes to `on_delta` as it comes."""
+    for run in range(MAX_RERUNS + 1):
+        try:
+            result: TurnResult | None = None
+            async for event in agent.stream(
+                prompt, idempotency_key=key if run == 0 else f"{key}:{run}", new_session=True
+            ):
+                if isinstance(event, TextDelta) and on_delta is not None:
+                    await on_delta(event.text)
+                elif isinstance(event, TurnResult):
+                    result = event
+            assert result is not None
+            return result
+        except TurnFailedError:
+            if run == MAX_RERUNS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class CircleWorker:
     """Runs the agents' side of circles' tasks."""
 
@@ -117,19 +147,8 @@ class CircleWorker:
         return agent
 
     async def _turn(self, member: MemberRecord, prompt: str, key: str) -> TurnResult:
-        agent = await self._agent(member)
         started = time.monotonic()
-        for run in range(MAX_RERUNS + 1):
-            # A turn cut short (its process died) answers its key with TurnFailedError: the
-            # next key runs it again; a finished one is replayed, not made twice.
-            try:
-                result = await agent.run(
-                    prompt, idempotency_key=key if run == 0 else f"{key}:{run}", new_session=True
-                )
-                break
-            except TurnFailedError:
-                if run == MAX_RERUNS:
-                    raise
+        result = await run_agent_turn(await self._agent(member), prompt, key)
         if not result.replayed:
             tokens = result.usage.input_tokens + result.usage.output_tokens
             await self.db.execute(SQL["count_work"], member.id, tokens, time.monotonic() - started)

@@ -31,6 +31,9 @@ from gathering.circles import (
     CircleRecord,
     CircleSettings,
     CircleTask,
+    ConversationIn,
+    ConversationRecord,
+    Conversations,
     MemberChange,
     MemberIn,
     MemberRecord,
@@ -43,12 +46,15 @@ from gathering.circles import (
     change_member,
     circles_joined,
     create_circle,
+    create_conversation,
     delete_circle,
     get_circle,
     get_circle_task,
+    get_conversation,
     get_member,
     list_circle_tasks,
     list_circles,
+    list_conversations,
     list_members,
     member_of_user,
     set_circle_status,
@@ -56,6 +62,7 @@ from gathering.circles import (
     task_dependencies,
     task_history,
     task_reviews,
+    transcript,
 )
 from gathering.circles.store import SQL
 from gathering.db import Database
@@ -735,3 +742,287 @@ async def task_dependency_add(
     other = await _task(db, access, body.blocked_by)
     actor = Actor(user_id=principal.user_id)
     return _task_out(await TaskFlow(db, bus).add_dependency(task.id, other.id, actor))
+
+
+# --- conversations ------------------------------------------------------------------------------
+
+ConversationId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The conversation's id")]
+
+
+class ConversationOut(BaseModel):
+    id: int
+    circle_id: int
+    topic: str
+    strategy: str = Field(description="round_robin, mention, facilitator or free")
+    participants: list[int] = Field(description="The members who speak")
+    facilitator_id: int | None
+    max_turns: int
+    token_budget: int
+    stop_phrase: str | None
+    consensus: bool
+    seed: int
+    status: str = Field(description="created, running, paused, finished, cancelled or failed")
+    turns: int = Field(description="Agents' turns taken")
+    tokens: int
+    finish_reason: str | None = Field(
+        description="max_turns, token_budget, stop_phrase, consensus, cancelled, error, ..."
+    )
+    summary: str | None
+    error: str | None
+    created_by: int | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class MessageOut(BaseModel):
+    n: int = Field(description="Its place in the transcript, from 1")
+    turn: int | None = Field(description="The agent turn it is (null: a person's message)")
+    member_id: int | None
+    user_id: int | None
+    speaker: str
+    content: str
+    tokens: int
+    at: datetime
+
+
+class InjectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=20_000, pattern=r"\S")
+
+
+def _conversation_out(conversation: ConversationRecord) -> ConversationOut:
+    return ConversationOut(
+        **{name: getattr(conversation, name) for name in ConversationOut.model_fields}
+    )
+
+
+async def _conversation(db: Database, access: _Access, conversation_id: int) -> ConversationRecord:
+    try:
+        found = await get_conversation(db, conversation_id)
+    except NotFoundError:
+        raise not_found("conversation", conversation_id) from None
+    if found.circle_id != access.circle.id:
+        raise not_found("conversation", conversation_id)
+    return found
+
+
+@router.post(
+    "/{circle_id:id}/conversations",
+    summary="Create a conversation (start it to run it)",
+    status_code=status.HTTP_201_CREATED,
+)
+async def conversation_create(
+    circle_id: CircleId,
+    body: ConversationIn,
+    request: Request,
+    principal: CirclesWriter,
+    db: DbDep,
+) -> ConversationOut:
+    """Its speakers are agent members (default: every active one); a person joins in with
+    `inject`. The strategy picks each speaker: round_robin, mention (@name), facilitator (a
+    lead agent picks) or free (seeded)."""
+    access = await _access(request, principal, db, circle_id)
+    access.manage()
+    async with db.transaction() as tx:
+        return _conversation_out(
+            await create_conversation(tx, access.circle, body, principal.user_id)
+        )
+
+
+@router.get(
+    "/{circle_id:id}/conversations",
+    summary="A circle's conversations, newest first",
+    dependencies=[rate_limit("relaxed")],
+)
+async def conversations_list(
+    circle_id: CircleId,
+    request: Request,
+    principal: CirclesReader,
+    db: DbDep,
+    limit: Annotated[WholeNumber, Query(ge=1, le=1_000)] = 100,
+    offset: Annotated[WholeNumber, Query(ge=0, le=1_000_000)] = 0,
+) -> list[ConversationOut]:
+    await _access(request, principal, db, circle_id)
+    found = await list_conversations(db, circle_id, limit=limit, offset=offset)
+    return [_conversation_out(c) for c in found]
+
+
+@router.get(
+    "/{circle_id:id}/conversations/{conversation_id:id}",
+    summary="One conversation",
+    dependencies=[rate_limit("relaxed")],
+)
+async def conversation_get(
+    circle_id: CircleId,
+    conversation_id: ConversationId,
+    request: Request,
+    principal: CirclesReader,
+    db: DbDep,
+) -> ConversationOut:
+    access = await _access(request, principal, db, circle_id)
+    return _conversation_out(await _conversation(db, access, conversation_id))
+
+
+@router.get(
+    "/{circle_id:id}/conversations/{conversation_id:id}/transcript",
+    summary="What was said, oldest first",
+    dependencies=[rate_limit("relaxed")],
+)
+async def conversation_transcript(
+    circle_id: CircleId,
+    conversation_id: ConversationId,
+    request: Request,
+    principal: CirclesReader,
+    db: DbDep,
+    after: Annotated[WholeNumber, Query(ge=0, le=2**31 - 1, description="The last n seen")] = 0,
+    limit: Annotated[WholeNumber, Query(ge=1, le=1_000)] = 500,
+) -> list[MessageOut]:
+    """The next page starts after the last `n` of this one."""
+    access = await _access(request, principal, db, circle_id)
+    found = await _conversation(db, access, conversation_id)
+    rows = await transcript(db, found.id, after=after, limit=limit)
+    return [MessageOut(**{name: row[name] for name in MessageOut.model_fields}) for row in rows]
+
+
+_CONTROL: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The conversation's status does not allow it"}
+}
+
+
+async def _control(
+    circle_id: int,
+    conversation_id: int,
+    action: str,
+    request: Request,
+    principal: Principal,
+    db: Database,
+    bus: Any,
+) -> ConversationOut:
+    access = await _access(request, principal, db, circle_id)
+    access.manage()
+    found = await _conversation(db, access, conversation_id)
+    conversations = Conversations(db, bus)
+    act = {
+        "start": conversations.start,
+        "pause": conversations.pause,
+        "resume": conversations.resume,
+        "cancel": conversations.cancel,
+    }[action]
+    return _conversation_out(await act(found.id))
+
+
+@router.post(
+    "/{circle_id:id}/conversations/{conversation_id:id}/start",
+    summary="Start a conversation: its turns run as a job",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=_CONTROL,
+)
+async def conversation_start(
+    circle_id: CircleId,
+    conversation_id: ConversationId,
+    request: Request,
+    principal: CirclesWriter,
+    db: DbDep,
+    bus: BusDep,
+) -> ConversationOut:
+    """Each turn streams on `/ws/circles/{name}`: conversation.turn_started, .delta,
+    .turn_finished, then conversation.finished."""
+    return await _control(circle_id, conversation_id, "start", request, principal, db, bus)
+
+
+@router.post(
+    "/{circle_id:id}/conversations/{conversation_id:id}/pause",
+    summary="Pause a conversation after the turn being said",
+    responses=_CONTROL,
+)
+async def conversation_pause(
+    circle_id: CircleId,
+    conversation_id: ConversationId,
+    request: Request,
+    principal: CirclesWriter,
+    db: DbDep,
+    bus: BusDep,
+) -> ConversationOut:
+    return await _control(circle_id, conversation_id, "pause", request, principal, db, bus)
+
+
+@router.post(
+    "/{circle_id:id}/conversations/{conversation_id:id}/resume",
+    summary="Resume a paused conversation",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=_CONTROL,
+)
+async def conversation_resume(
+    circle_id: CircleId,
+    conversation_id: ConversationId,
+    request: Request,
+    principal: CirclesWriter,
+    db: DbDep,
+    bus: BusDep,
+) -> ConversationOut:
+    return await _control(circle_id, conversation_id, "resume", request, principal, db, bus)
+
+
+@router.post(
+    "/{circle_id:id}/conversations/{conversation_id:id}/cancel",
+    summary="Cancel a conversation (the turn being said ends first)",
+    responses=_CONTROL,
+)
+async def conversation_cancel(
+    circle_id: CircleId,
+    conversation_id: ConversationId,
+    request: Request,
+    principal: CirclesWriter,
+    db: DbDep,
+    bus: BusDep,
+) -> ConversationOut:
+    return await _control(circle_id, conversation_id, "cancel", request, principal, db, bus)
+
+
+@router.post(
+    "/{circle_id:id}/conversations/{conversation_id:id}/inject",
+    summary="Say something in a conversation, as a person",
+    status_code=status.HTTP_201_CREATED,
+    responses=_CONTROL,
+)
+async def conversation_inject(
+    circle_id: CircleId,
+    conversation_id: ConversationId,
+    body: InjectIn,
+    request: Request,
+    principal: CirclesWriter,
+    db: DbDep,
+    bus: BusDep,
+) -> MessageOut:
+    """The owner or a person who is a member; the next speakers read it (with the mention
+    strategy, an @name in it picks the next speaker)."""
+    access = await _access(request, principal, db, circle_id)
+    found = await _conversation(db, access, conversation_id)
+    speaker = "owner"
+    if access.own_member is not None:
+        speaker = (await get_member(db, circle_id, access.own_member)).name
+    message = await Conversations(db, bus).inject(found.id, principal.user_id, speaker, body.text)
+    return MessageOut(**{name: message[name] for name in MessageOut.model_fields})
+
+
+@router.post(
+    "/{circle_id:id}/conversations/{conversation_id:id}/summary",
+    summary="Ask for a summary of the transcript so far (a job)",
+    status_code=status.HTTP_202_ACCEPTED,
+)
+async def conversation_summary(
+    circle_id: CircleId,
+    conversation_id: ConversationId,
+    request: Request,
+    principal: CirclesWriter,
+    db: DbDep,
+    bus: BusDep,
+) -> ConversationOut:
+    """The summary lands in the conversation's `summary`, with a conversation.summarized
+    event."""
+    access = await _access(request, principal, db, circle_id)
+    found = await _conversation(db, access, conversation_id)
+    await Conversations(db, bus).request_summary(found.id)
+    return _conversation_out(found)
