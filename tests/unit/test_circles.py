@@ -552,3 +552,19 @@ async def test_a_changed_flow_reads_its_settings_each_step(lab: CircleLab) -> No
     other = TaskFlow(lab.db, None)
     await other.claim(task.id, as_member(ann))
     assert (await lab.flow.submit(task.id, as_member(ann), WORK)).status == "completed"
+
+
+async def test_changes_asked_after_the_last_attempt_fail_the_task(lab: CircleLab) -> None:
+    circle = await lab.circle(max_attempts=2)
+    ann = await lab.member(circle, "ann")
+    rex = await lab.member(circle, "rex", "reviewer")
+    task = await lab.task(circle)
+    for attempt in (1, 2):
+        await lab.flow.claim(task.id, as_member(ann))
+        await lab.flow.submit(task.id, as_member(ann), WORK)
+        task = await lab.flow.review(task.id, as_member(rex), CHANGES)
+        assert task.iteration == min(attempt + 1, 2)
+    assert task.status == "failed"
+    assert (task.error or "").startswith("changes were still asked after 2 attempts")
+    [member] = [m for m in await list_members(lab.db, circle.id) if m.id == ann.id]
+    assert (member.failed, member.verdicts, member.approvals) == (1, 2, 0)
