@@ -568,3 +568,52 @@ async def test_changes_asked_after_the_last_attempt_fail_the_task(lab: CircleLab
     assert (task.error or "").startswith("changes were still asked after 2 attempts")
     [member] = [m for m in await list_members(lab.db, circle.id) if m.id == ann.id]
     assert (member.failed, member.verdicts, member.approvals) == (1, 2, 0)
+
+
+async def test_two_dependencies_that_close_a_cycle_at_once_cannot_both_land(
+    lab: CircleLab,
+) -> None:
+    circle = await lab.circle(active=False)
+    for _ in range(5):
+        a = await lab.task(circle, "a")
+        b = await lab.task(circle, "b")
+        owner = Actor(user_id=lab.owner_id)
+        results = await asyncio.gather(
+            lab.flow.add_dependency(a.id, b.id, owner),
+            lab.flow.add_dependency(b.id, a.id, owner),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, ConflictError)]
+        assert len(refused) == 1 and "cycle" in str(refused[0]), results
+        edges = await lab.db.fetch_all(
+            "SELECT task_id, blocked_by FROM circle.task_dependencies"
+            " WHERE task_id = ANY($1::bigint[])",
+            [a.id, b.id],
+        )
+        assert len(edges) == 1
+
+
+def test_a_submissions_files_are_workspace_paths_in_one_spelling() -> None:
+    found = Submission(text="x", files=["./src//app.py", "docs/../README.md", "a\\b.txt"])
+    assert found.files == ["src/app.py", "README.md", "a/b.txt"]
+    for outside in ("/etc/passwd", "../secret", "a/../../b", "C:/x", "./", "\\\\host\\share"):
+        with pytest.raises(ValueError):
+            Submission(text="x", files=[outside])
+    with pytest.raises(ValueError):
+        Submission(text="a\x00b")
+
+
+async def test_the_same_file_spelt_two_ways_is_one_lock(lab: CircleLab) -> None:
+    circle = await lab.circle()
+    ann = await lab.member(circle, "ann")
+    bob = await lab.member(circle, "bob")
+    one, two = await lab.task(circle, "one"), await lab.task(circle, "two")
+    await lab.flow.claim(one.id, as_member(ann if one.offered_to == ann.id else bob))
+    await lab.flow.claim(two.id, as_member(bob if one.offered_to == ann.id else ann))
+    first = ann if one.offered_to == ann.id else bob
+    second = bob if first is ann else ann
+    await lab.flow.submit(one.id, as_member(first), Submission(text="x", files=["src/app.py"]))
+    with pytest.raises(FileLockedError):
+        await lab.flow.submit(
+            two.id, as_member(second), Submission(text="y", files=["./src/../src//app.py"])
+        )

@@ -22,7 +22,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from gathering.agents import Agent, PostgresAgentStore
-from gathering.circles.definition import Id
+from gathering.circles.definition import SAID, Id
 from gathering.circles.store import SQL, CircleRecord, MemberRecord, get_circle, list_members
 from gathering.circles.strategies import (
     Speaker,
@@ -55,7 +55,7 @@ class ConversationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    topic: Said = Field(min_length=1, max_length=2_000)
+    topic: Said = Field(min_length=1, max_length=2_000, pattern=SAID)
     participants: list[Id] | None = Field(
         default=None,
         min_length=1,
@@ -69,7 +69,11 @@ class ConversationIn(BaseModel):
     max_turns: Annotated[Whole, Field(ge=1, le=500)] = 10
     token_budget: Annotated[Whole, Field(ge=1, le=100_000_000)] = 100_000
     stop_phrase: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Said by anyone, it ends"
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=SAID,
+        description="Said by anyone, it ends",
     )
     consensus: bool = Field(
         default=False, description=f"It ends when every speaker's last turn says {AGREED}"

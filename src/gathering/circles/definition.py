@@ -4,15 +4,18 @@ each step of a task."""
 
 from __future__ import annotations
 
+from pathlib import PureWindowsPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from gathering.db.fields import MAX_ID, Ref, Said, Whole
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9_.+#-]{0,49}$"
 MAX_TEXT = 20_000
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL's text holds no NUL
+SAID = r"^[^\x00]*[^\x00\s][^\x00]*$"  # and something other than space
 ROLES = ("lead", "member", "reviewer")
 
 Role = Literal["lead", "member", "reviewer"]
@@ -74,7 +77,7 @@ class CircleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN, description="Lower-case letters, digits, - and _")
-    description: str = Field(default="", max_length=MAX_TEXT)
+    description: str = Field(default="", max_length=MAX_TEXT, pattern=NO_NUL)
     settings: CircleSettings = Field(default_factory=CircleSettings)
 
 
@@ -83,7 +86,7 @@ class CircleChange(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    description: str | None = Field(default=None, max_length=MAX_TEXT)
+    description: str | None = Field(default=None, max_length=MAX_TEXT, pattern=NO_NUL)
     settings: CircleSettings | None = None
 
 
@@ -119,8 +122,8 @@ class TaskIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: Said = Field(min_length=1, max_length=200, pattern=r"\S")
-    description: str = Field(default="", max_length=MAX_TEXT)
+    title: Said = Field(min_length=1, max_length=200, pattern=SAID)
+    description: str = Field(default="", max_length=MAX_TEXT, pattern=NO_NUL)
     task_type: Tag = "general"
     requirements: Competencies = Field(
         default_factory=dict, description="Tag -> the least level a member needs"
@@ -134,15 +137,42 @@ class TaskIn(BaseModel):
     )
 
 
+def _workspace_path(value: str) -> str:
+    """`value` as one spelling of a path inside the workspace ("./a//b/" -> "a/b"); a path
+    outside it (absolute, or climbing out with "..") is refused."""
+    parts: list[str] = []
+    if value.startswith(("/", "\\")) or PureWindowsPath(value).drive:
+        raise ValueError(f"{value!r}: give a path inside the workspace, not an absolute one")
+    for part in value.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise ValueError(f"{value!r} climbs out of the workspace")
+            parts.pop()
+            continue
+        parts.append(part)
+    if not parts:
+        raise ValueError(f"{value!r} names no file")
+    return "/".join(parts)
+
+
+WorkspacePath = Annotated[
+    str,
+    Field(min_length=1, max_length=1_000, pattern=NO_NUL),
+    AfterValidator(_workspace_path),
+]
+
+
 class Submission(BaseModel):
     """What a member hands in for a task."""
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(max_length=200_000, description="The work, or a report of it")
-    summary: str = Field(default="", max_length=MAX_TEXT)
-    files: list[Annotated[str, Field(min_length=1, max_length=1_000, pattern=r"^[^\x00]*$")]] = (
-        Field(default_factory=list, max_length=500, description="Workspace paths it changed")
+    text: str = Field(max_length=200_000, pattern=NO_NUL, description="The work")
+    summary: str = Field(default="", max_length=MAX_TEXT, pattern=NO_NUL)
+    files: list[WorkspacePath] = Field(
+        default_factory=list, max_length=500, description="Workspace paths it changed"
     )
 
 
@@ -155,7 +185,7 @@ class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     verdict: Verdict
-    feedback: str = Field(default="", max_length=MAX_TEXT)
+    feedback: str = Field(default="", max_length=MAX_TEXT, pattern=NO_NUL)
 
     @model_validator(mode="after")
     def _feedback_for_changes(self) -> ReviewIn:

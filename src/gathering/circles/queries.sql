@@ -24,9 +24,10 @@ ORDER BY id
 LIMIT $2 OFFSET $3
 
 -- name: circles_of_member --
--- Circles where user $1 is a member, oldest first.
+-- Circles where user $1 is an active member, oldest first.
 SELECT c.* FROM circle.circles c
-WHERE EXISTS (SELECT 1 FROM circle.members m WHERE m.circle_id = c.id AND m.user_id = $1)
+WHERE EXISTS (SELECT 1 FROM circle.members m
+              WHERE m.circle_id = c.id AND m.user_id = $1 AND m.active)
 ORDER BY c.id
 
 -- name: update_circle --
@@ -69,8 +70,8 @@ ORDER BY m.id
 UPDATE circle.members SET role = $2, competencies = $3, active = $4 WHERE id = $1
 
 -- name: member_of_user --
--- The member of circle $1 that is person $2.
-SELECT id FROM circle.members WHERE circle_id = $1 AND user_id = $2
+-- The active member of circle $1 that is person $2.
+SELECT id FROM circle.members WHERE circle_id = $1 AND user_id = $2 AND active
 
 -- name: count_outcome --
 -- Member $1's metrics after a task of theirs ended: completed ($2) or failed ($3), with the

@@ -154,7 +154,7 @@ async def list_circles(
 
 
 async def circles_joined(db: Queries, user_id: int) -> list[CircleRecord]:
-    """Circles where person `user_id` is a member."""
+    """Circles where person `user_id` is an active member."""
     return [
         CircleRecord.from_row(row) for row in await db.fetch_all(SQL["circles_of_member"], user_id)
     ]
@@ -244,7 +244,7 @@ async def list_members(db: Queries, circle_id: int) -> list[MemberRecord]:
 
 
 async def member_of_user(db: Queries, circle_id: int, user_id: int) -> int | None:
-    """The member id of person `user_id` in the circle, when they are one."""
+    """The member id of person `user_id` in the circle, when they are an active one."""
     found = await db.fetch_val(SQL["member_of_user"], circle_id, user_id)
     return int(found) if found is not None else None
 

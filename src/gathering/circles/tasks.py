@@ -422,6 +422,10 @@ class TaskFlow:
         """Task `task_id` waits for `blocked_by` (of the same circle). A dependency that would
         close a cycle is refused, and kept as a resolved conflict."""
         async with self.db.transaction() as tx:
+            # One dependency change per circle at a time: two that each close half of a cycle
+            # would both see no cycle otherwise. The circle first, as `create` does: the new
+            # row's key locks on both tasks would otherwise wait on each other.
+            await lock_circle(tx, (await get_circle_task(tx, task_id)).circle_id)
             task, step = await _locked(tx, task_id)
             other = await _task_of(tx, task.circle_id, blocked_by)
             if task.status not in ("pending", "blocked"):

@@ -64,6 +64,7 @@ from gathering.circles import (
     task_reviews,
     transcript,
 )
+from gathering.circles.definition import NO_NUL, SAID
 from gathering.circles.store import SQL
 from gathering.db import Database
 from gathering.errors import InvalidInputError, NotFoundError, PermissionDeniedError
@@ -199,7 +200,7 @@ class AsMember(BaseModel):
 
 
 class RefuseIn(AsMember):
-    reason: str = Field(default="", max_length=2_000)
+    reason: str = Field(default="", max_length=2_000, pattern=NO_NUL)
 
 
 class SubmitIn(Submission, AsMember):
@@ -211,13 +212,13 @@ class ReviewBody(ReviewIn, AsMember):
 
 
 class DecideIn(AsMember):
-    feedback: str = Field(default="", max_length=20_000)
+    feedback: str = Field(default="", max_length=20_000, pattern=NO_NUL)
 
 
 class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(default="", max_length=2_000)
+    reason: str = Field(default="", max_length=2_000, pattern=NO_NUL)
 
 
 class DependencyIn(BaseModel):
@@ -789,7 +790,7 @@ class MessageOut(BaseModel):
 class InjectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, max_length=20_000, pattern=r"\S")
+    text: str = Field(min_length=1, max_length=20_000, pattern=SAID)
 
 
 def _conversation_out(conversation: ConversationRecord) -> ConversationOut:
