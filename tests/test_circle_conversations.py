@@ -20,7 +20,7 @@ from gathering.circles import (
     transcript,
 )
 from gathering.circles.strategies import Speaker, free, mention, named_in, pick_named
-from gathering.errors import ConflictError, InvalidInputError
+from gathering.errors import ConflictError
 from gathering.testing.wire_requests import last_user_text
 
 pytestmark = pytest.mark.integration
@@ -214,11 +214,11 @@ async def test_participants_must_be_active_agent_members(lab: CircleLab) -> None
     circle = await lab.circle()
     ann = await lab.member(circle, "ann")
     async with lab.db.transaction() as tx:
-        with pytest.raises(InvalidInputError, match="cannot speak"):
+        with pytest.raises(ConflictError, match="cannot speak"):
             await create_conversation(
                 tx, circle, ConversationIn(topic="x", participants=[ann.id + 99]), None
             )
-        with pytest.raises(InvalidInputError, match="facilitate"):
+        with pytest.raises(ConflictError, match="facilitate"):
             await create_conversation(
                 tx, circle, ConversationIn(topic="x", strategy="facilitator"), None
             )

@@ -122,8 +122,8 @@ async def test_bad_conversations_are_refused_clearly(api: httpx.AsyncClient) -> 
     circle_id, (ann,) = await _circle(api, ("ann",))
     base = f"/circles/{circle_id}/conversations"
     for body, status, words in (
-        ({"topic": "x", "participants": [ann + 100]}, 422, "cannot speak"),
-        ({"topic": "x", "strategy": "facilitator"}, 422, "facilitate"),
+        ({"topic": "x", "participants": [ann + 100]}, 409, "cannot speak"),
+        ({"topic": "x", "strategy": "facilitator"}, 409, "facilitate"),
         ({"topic": " "}, 422, ""),
         ({"topic": "x", "strategy": "loudest"}, 422, ""),
         ({"topic": "x", "max_turns": True}, 422, ""),

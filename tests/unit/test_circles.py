@@ -593,12 +593,9 @@ async def test_two_dependencies_that_close_a_cycle_at_once_cannot_both_land(
         assert len(edges) == 1
 
 
-def test_a_submissions_files_are_workspace_paths_in_one_spelling() -> None:
+def test_a_submissions_files_are_paths_in_one_spelling() -> None:
     found = Submission(text="x", files=["./src//app.py", "docs/../README.md", "a\\b.txt"])
     assert found.files == ["src/app.py", "README.md", "a/b.txt"]
-    for outside in ("/etc/passwd", "../secret", "a/../../b", "C:/x", "./", "\\\\host\\share"):
-        with pytest.raises(ValueError):
-            Submission(text="x", files=[outside])
     with pytest.raises(ValueError):
         Submission(text="a\x00b")
 

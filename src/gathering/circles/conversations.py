@@ -35,7 +35,7 @@ from gathering.circles.strategies import (
 from gathering.circles.work import run_agent_turn
 from gathering.db.database import Database, Queries
 from gathering.db.fields import Said, Whole
-from gathering.errors import ConflictError, GatheringError, InvalidInputError, NotFoundError
+from gathering.errors import ConflictError, GatheringError, NotFoundError
 from gathering.events import Event, EventBus
 from gathering.jobs import enqueue
 
@@ -150,12 +150,12 @@ async def create_conversation(
     for member_id in participants:
         member = members.get(member_id)
         if member is None or not member.active or member.agent_id is None:
-            raise InvalidInputError(
+            raise ConflictError(
                 f"member {member_id} cannot speak: participants are active agent members",
                 hint="people join in with inject",
             )
     if not participants:
-        raise InvalidInputError("the circle has no active agent member to speak")
+        raise ConflictError("the circle has no active agent member to speak")
     facilitator = spec.facilitator_id
     if spec.strategy == "facilitator":
         if facilitator is None:
@@ -163,7 +163,7 @@ async def create_conversation(
             facilitator = leads[0] if leads else None
         chosen = members.get(facilitator) if facilitator is not None else None
         if chosen is None or chosen.agent_id is None or not chosen.active:
-            raise InvalidInputError(
+            raise ConflictError(
                 "a facilitated conversation needs an active agent member to facilitate",
                 hint="give facilitator_id, or make an agent member a lead",
             )

@@ -13,7 +13,7 @@ WebSocket `/ws/circles/{name}` (subject `circle:<name>`). API keys need `circles
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,16 +64,28 @@ from gathering.circles import (
     task_reviews,
     transcript,
 )
-from gathering.circles.definition import NO_NUL, SAID
+from gathering.circles.definition import NO_NUL, SAID, Competencies, Role
 from gathering.circles.store import SQL
 from gathering.db import Database
-from gathering.errors import InvalidInputError, NotFoundError, PermissionDeniedError
+from gathering.db.fields import Ref
+from gathering.errors import NotFoundError, PermissionDeniedError
 
 router = APIRouter(prefix="/circles", tags=["circles"])
 CirclesReader = Annotated[Principal, Depends(require_scope("circles:read"))]
 CirclesWriter = Annotated[Principal, Depends(require_scope("circles:write"))]
 CircleId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The circle's id")]
 TaskId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The task's id")]
+TaskStatus = Literal[
+    "pending",
+    "blocked",
+    "offered",
+    "in_progress",
+    "in_review",
+    "changes_requested",
+    "completed",
+    "failed",
+    "cancelled",
+]
 MemberId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The member's id")]
 
 
@@ -207,8 +219,39 @@ class SubmitIn(Submission, AsMember):
     pass
 
 
-class ReviewBody(ReviewIn, AsMember):
-    pass
+class DecisionBody(AsMember):
+    verdict: Literal["approved", "rejected"]
+    feedback: str = Field(default="", max_length=20_000, pattern=NO_NUL)
+
+
+class ChangesBody(AsMember):
+    verdict: Literal["changes_requested"]
+    feedback: str = Field(
+        min_length=1, max_length=20_000, pattern=SAID, description="The changes to make"
+    )
+
+
+ReviewBody = Annotated[DecisionBody | ChangesBody, Field(discriminator="verdict")]
+
+
+class AgentMemberIn(BaseModel):
+    """One of the circle owner's agents joins."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: Ref = Field(description="The agent's id or name")
+    role: Role = "member"
+    competencies: Competencies = Field(default_factory=dict)
+
+
+class PersonMemberIn(BaseModel):
+    """A person joins (multi-user mode)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Integer = Field(ge=1, le=MAX_ID, description="Their account")
+    role: Role = "member"
+    competencies: Competencies = Field(default_factory=dict)
 
 
 class DecideIn(AsMember):
@@ -255,8 +298,8 @@ class _Access:
             member_id = self.own_member
         if member_id is None:
             if member_required:
-                raise InvalidInputError(
-                    "say which member takes this step: member_id",
+                raise PermissionDeniedError(
+                    "you are not a member of this circle: act as one of them with member_id",
                     hint="list them with GET /circles/{id}/members",
                 )
             return Actor(user_id=user_id)
@@ -292,7 +335,12 @@ async def _task(db: Database, access: _Access, task_id: int) -> CircleTask:
     return task
 
 
-@router.post("", summary="Create a circle", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    summary="Create a circle",
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "A circle of that name exists"}},
+)
 async def circle_create(body: CircleIn, principal: CirclesWriter, db: DbDep) -> CircleOut:
     """A new circle of the caller's, `created`: add members, then activate it to route
     tasks. Its name is unique on the server (409 otherwise)."""
@@ -398,7 +446,7 @@ async def members_list(
 )
 async def member_add(
     circle_id: CircleId,
-    body: MemberIn,
+    body: AgentMemberIn | PersonMemberIn,
     request: Request,
     principal: CirclesWriter,
     db: DbDep,
@@ -407,7 +455,7 @@ async def member_add(
     access = await _access(request, principal, db, circle_id)
     access.manage()
     async with db.transaction() as tx:
-        member = await add_member(tx, access.circle, body)
+        member = await add_member(tx, access.circle, MemberIn.model_validate(body.model_dump()))
     await TaskFlow(db, bus).route_pending(circle_id)
     return _member_out(member)
 
@@ -486,16 +534,12 @@ async def tasks_list(
     request: Request,
     principal: CirclesReader,
     db: DbDep,
-    task_status: Annotated[str | None, Query(alias="status", max_length=40)] = None,
+    task_status: Annotated[TaskStatus | None, Query(alias="status")] = None,
     limit: Annotated[WholeNumber, Query(ge=1, le=1_000)] = 100,
     offset: Annotated[WholeNumber, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[TaskOut]:
     """Newest first; `status` keeps one status."""
     await _access(request, principal, db, circle_id)
-    if task_status is not None and task_status not in STATUSES:
-        raise InvalidInputError(
-            f"no status {task_status!r}", hint=f"use one of: {', '.join(STATUSES)}"
-        )
     found = await list_circle_tasks(db, circle_id, status=task_status, limit=limit, offset=offset)
     return [_task_out(task) for task in found]
 
@@ -813,6 +857,9 @@ async def _conversation(db: Database, access: _Access, conversation_id: int) -> 
     "/{circle_id:id}/conversations",
     summary="Create a conversation (start it to run it)",
     status_code=status.HTTP_201_CREATED,
+    responses={
+        409: {"description": "The circle is archived, or has no such agent member to speak"}
+    },
 )
 async def conversation_create(
     circle_id: CircleId,
