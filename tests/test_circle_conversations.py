@@ -103,6 +103,17 @@ async def test_mention_hands_the_word_to_whoever_is_named(lab: CircleLab) -> Non
     assert await _speakers(lab, cid) == ["ann", "cat", "ann", "bob"]
     why = [e.data["why"] for e in lab.events if e.type == "conversation.turn_started"]
     assert why[1] == "@cat was named" and "next in order" in why[3]
+    await until("delivered", lambda: _mentioned(lab, 2))
+    mentioned = [
+        (e.data["n"], e.data["member"], e.data["by"])
+        for e in lab.events
+        if e.type == "conversation.mentioned"
+    ]
+    assert mentioned == [(1, "cat", "ann"), (2, "ann", "cat")]
+
+
+async def _mentioned(lab: CircleLab, count: int) -> bool:
+    return sum(e.type == "conversation.mentioned" for e in lab.events) >= count
 
 
 async def test_the_facilitator_picks_and_a_bad_pick_falls_back(lab: CircleLab) -> None:
@@ -189,14 +200,18 @@ async def test_pause_resume_inject_and_cancel(lab: CircleLab) -> None:
         await conversations.pause(cid)
     settled = (await get_conversation(lab.db, cid)).turns
     assert settled <= 2  # at most the turn being said when it paused
-    message = await conversations.inject(cid, lab.owner_id, "owner", "Consider the budget.")
+    message = await conversations.inject(cid, lab.owner_id, "owner", "Consider the budget, @bob.")
     assert message["turn"] is None
+    await until("mentioned", lambda: _mentioned(lab, 1))
+    [mention_event] = [e for e in lab.events if e.type == "conversation.mentioned"]
+    assert (mention_event.data["member"], mention_event.data["by"]) == ("bob", "owner")
     lab.stub.add_reply("b-after", "a-after", "b3")
     await conversations.resume(cid)
 
     async def read_the_person() -> bool:
         return any(
-            "owner: Consider the budget." in last_user_text((r.json or {}).get("messages") or [])
+            "owner: Consider the budget, @bob."
+            in last_user_text((r.json or {}).get("messages") or [])
             for r in lab.stub.requests
         )
 

@@ -29,6 +29,7 @@ from gathering.circles.strategies import (
     Strategy,
     free,
     mention,
+    named_in,
     pick_named,
     round_robin,
 )
@@ -299,7 +300,10 @@ class Conversations:
             assert message is not None
             circle = await get_circle(tx, found.circle_id)
             body = {"n": message["n"], "speaker": speaker, "content": text, "user_id": user_id}
-            await self._publish([_event(circle, "injected", found.id, body)], tx)
+            events = [_event(circle, "injected", found.id, body)]
+            members = await list_members(tx, circle.id)
+            events += _mentions(circle, found, members, message["n"], speaker, text)
+            await self._publish(events, tx)
         return dict(message)
 
     async def request_summary(self, conversation_id: int) -> None:
@@ -394,7 +398,11 @@ class Conversations:
             await tx.execute(SQL["count_turn"], conversation.id, tokens)
             await tx.execute(SQL["count_work"], member.id, tokens, 0.0)
             body = {**base, "n": stored["n"], "content": result.text, "tokens": tokens}
-            await self._publish([_event(circle, "turn_finished", conversation.id, body)], tx)
+            events = [_event(circle, "turn_finished", conversation.id, body)]
+            events += _mentions(
+                circle, conversation, list(members.values()), stored["n"], member.name, result.text
+            )
+            await self._publish(events, tx)
 
     async def _next(
         self,
@@ -517,6 +525,27 @@ class Conversations:
             )
             body = {"reason": "error", "error": error}
             await self._publish([_event(circle, "finished", conversation.id, body)], tx)
+
+
+def _mentions(
+    circle: CircleRecord,
+    conversation: ConversationRecord,
+    members: list[MemberRecord],
+    n: int,
+    speaker: str,
+    text: str,
+) -> list[Event]:
+    """A `conversation.mentioned` event for each member of the circle that `text` @names."""
+    named = named_in(text, [Speaker(m.id, m.name) for m in members], at_sign=True)
+    return [
+        _event(
+            circle,
+            "mentioned",
+            conversation.id,
+            {"n": n, "member_id": found.member_id, "member": found.name, "by": speaker},
+        )
+        for found in named
+    ]
 
 
 def _ended_by(
