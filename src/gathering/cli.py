@@ -962,8 +962,11 @@ def _print_problems(problems: list[Problem]) -> None:
         )
 
 
-async def _pipelines_owner(settings: Settings, store: PostgresAgentStore, owner: str | None) -> int:
-    """Whose pipelines: `--owner`'s, or the local owner's in single-user mode."""
+async def _pipelines_owner(
+    settings: Settings, store: PostgresAgentStore, owner: str | None, what: str = "pipelines"
+) -> int:
+    """Whose `what` (pipelines, circles, ...): `--owner`'s, or the local owner's in
+    single-user mode."""
     from gathering.agents.retrieval import local_owner_id
     from gathering.auth.users import UserStore
 
@@ -971,7 +974,7 @@ async def _pipelines_owner(settings: Settings, store: PostgresAgentStore, owner:
         return (await UserStore(store.db).require_by_email(owner)).id
     if settings.auth_required:
         raise InvalidInputError(
-            "multi-user mode: whose pipelines? Each user has their own",
+            f"multi-user mode: whose {what}? Each user has their own",
             hint="add --owner EMAIL (`gathering users list` shows them)",
         )
     return await local_owner_id(store.db)
@@ -2159,7 +2162,7 @@ def _pairs(values: list[str], option: str) -> dict[str, int]:
     found: dict[str, int] = {}
     for value in values:
         tag, _, level = value.partition("=")
-        if not level.isdigit():
+        if not (level.isascii() and level.isdigit()):
             raise InvalidInputError(
                 f"{option} {value!r}: give TAG=LEVEL", hint=f"e.g. {option} python=4 (1 to 5)"
             )
@@ -2195,7 +2198,7 @@ def circles_list(owner: PipelineOwnerOption = None) -> None:
 
     async def work() -> list[tuple[Any, int]]:
         async with _agent_store(settings) as store:
-            owner_id = await _pipelines_owner(settings, store, owner) if owner else None
+            owner_id = await _pipelines_owner(settings, store, owner, "circles") if owner else None
             circles = await list_circles(store.db, owner_id, limit=1_000)
             return [(c, len(await list_members(store.db, c.id))) for c in circles]
 
@@ -2236,7 +2239,7 @@ def circles_create(
 
     async def work() -> Any:
         async with _agent_store(settings) as store:
-            owner_id = await _pipelines_owner(settings, store, owner)
+            owner_id = await _pipelines_owner(settings, store, owner, "circles")
             async with store.db.transaction() as tx:
                 return await create_circle(tx, owner_id, spec)
 
@@ -2276,7 +2279,7 @@ def circles_add(
 
 
 def _set_status(name: str, status: str) -> None:
-    from gathering.circles import set_circle_status
+    from gathering.circles import Conversations, set_circle_status
 
     async def act(db: Database, circle: Any) -> Any:
         async with db.transaction() as tx:
@@ -2286,6 +2289,7 @@ def _set_status(name: str, status: str) -> None:
             await flow.route_pending(circle.id)
         else:
             await flow.cancel_open(circle.id, "the circle was archived")
+            await Conversations(db, flow.bus).cancel_open(circle.id)
         return changed
 
     circle = _on_circle(name, act)
@@ -2430,8 +2434,10 @@ def circles_tasks(
     status: Annotated[str | None, typer.Option(help="Only tasks of this status")] = None,
 ) -> None:
     """The circle's tasks, newest first."""
-    from gathering.circles import list_circle_tasks
+    from gathering.circles import STATUSES, list_circle_tasks
 
+    if status is not None and status not in STATUSES:
+        fail(InvalidInputError(f"no status {status!r}", hint=f"use one of: {', '.join(STATUSES)}"))
     tasks = _on_circle(
         name, lambda db, circle: list_circle_tasks(db, circle.id, status=status, limit=1_000)
     )
@@ -2734,7 +2740,7 @@ def demo(
 
     async def work() -> Any:
         async with _agent_store(settings) as store:
-            owner_id = await _pipelines_owner(settings, store, owner)
+            owner_id = await _pipelines_owner(settings, store, owner, "circles")
             circle = await team(store, owner_id)
             if circle.owner_id != owner_id or circle.status != "active":
                 raise InvalidInputError(

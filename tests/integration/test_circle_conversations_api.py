@@ -1,6 +1,6 @@
 """Circles' conversations over HTTP, on an app whose lifespan runs a worker, the model faked at
 its HTTP wire: create, start (202), the transcript paged with `after`, a person's message, the
-control routes and their 409s, the summary on demand, clear 422s for participants that cannot
+control routes and their 409s, the summary on demand, clear 409s for participants that cannot
 speak; in multi-user mode a stranger learns nothing and a member may read and inject."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import structlog
@@ -33,10 +33,10 @@ from gathering.circles.strategies import (
     pick_named,
     round_robin,
 )
-from gathering.circles.work import run_agent_turn
+from gathering.circles.work import BUSY_RETRY_SECONDS, run_agent_turn
 from gathering.db.database import Database, Queries
 from gathering.db.fields import Said, Whole
-from gathering.errors import ConflictError, GatheringError, NotFoundError
+from gathering.errors import AgentBusyError, ConflictError, GatheringError, NotFoundError
 from gathering.events import Event, EventBus
 from gathering.jobs import enqueue
 
@@ -158,16 +158,20 @@ async def create_conversation(
     if not participants:
         raise ConflictError("the circle has no active agent member to speak")
     facilitator = spec.facilitator_id
-    if spec.strategy == "facilitator":
+    if facilitator is None and spec.strategy == "facilitator":
+        leads = [m.id for m in members.values() if m.role == "lead" and m.agent_id and m.active]
+        facilitator = leads[0] if leads else None
         if facilitator is None:
-            leads = [m.id for m in members.values() if m.role == "lead" and m.agent_id]
-            facilitator = leads[0] if leads else None
-        chosen = members.get(facilitator) if facilitator is not None else None
-        if chosen is None or chosen.agent_id is None or not chosen.active:
             raise ConflictError(
                 "a facilitated conversation needs an active agent member to facilitate",
                 hint="give facilitator_id, or make an agent member a lead",
             )
+    chosen = members.get(facilitator) if facilitator is not None else None
+    if facilitator is not None and (chosen is None or chosen.agent_id is None or not chosen.active):
+        raise ConflictError(
+            f"member {facilitator} cannot facilitate: it must be an active agent member of "
+            "this circle"
+        )
     row = await tx.fetch_one(
         SQL["insert_conversation"],
         circle.id,
@@ -186,8 +190,19 @@ async def create_conversation(
     return ConversationRecord.from_row(row)
 
 
+async def _queue(tx: Queries, conversation_id: int, at: datetime | None = None) -> None:
+    """Queue the conversation's job (one runs at a time per conversation)."""
+    args = {"conversation_id": conversation_id}
+    await enqueue(tx, CONVERSE, args, queue=QUEUE, lock=f"conversation:{conversation_id}", at=at)
+
+
 def _event(circle: CircleRecord, kind: str, conversation_id: int, body: dict[str, Any]) -> Event:
-    data = {"circle": circle.name, "conversation_id": conversation_id, **body}
+    data = {
+        "circle_id": circle.id,
+        "circle": circle.name,
+        "conversation_id": conversation_id,
+        **body,
+    }
     return Event(f"conversation.{kind}", data, subject=circle.subject, source="circles")
 
 
@@ -264,24 +279,31 @@ class Conversations:
                     f"conversation {conversation_id} is {found.status}: it cannot be {kind}",
                     details={"status": found.status},
                 )
+            circle = await get_circle(tx, found.circle_id)
+            if to == "running" and circle.status == "archived":
+                raise ConflictError(f"circle {circle.name!r} is archived: it holds no conversation")
             reason = "cancelled" if to == "cancelled" else None
             changed = await tx.fetch_one(SQL["set_conversation"], found.id, to, reason, None, None)
             assert changed is not None
             conversation = ConversationRecord.from_row(changed)
             if to == "running":
-                await enqueue(
-                    tx,
-                    CONVERSE,
-                    {"conversation_id": found.id},
-                    queue=QUEUE,
-                    lock=f"conversation:{found.id}",
-                )
-            circle = await get_circle(tx, found.circle_id)
+                await _queue(tx, found.id)
             events = [_event(circle, kind, found.id, {"status": to})]
             if to == "cancelled":
                 events.append(_event(circle, "finished", found.id, {"reason": "cancelled"}))
             await self._publish(events, tx)
         return conversation
+
+    async def cancel_open(self, circle_id: int) -> int:
+        """Cancel every conversation of a circle that has not ended (it was archived)."""
+        cancelled = 0
+        for row in await self.db.fetch_all(SQL["open_conversations"], circle_id):
+            try:
+                await self.cancel(row["id"])
+                cancelled += 1
+            except ConflictError:  # it ended meanwhile
+                pass
+        return cancelled
 
     async def inject(
         self, conversation_id: int, user_id: int | None, speaker: str, text: str
@@ -338,6 +360,11 @@ class Conversations:
                 return
             try:
                 await self._take_turn(circle, conversation, members, speakers, messages)
+            except AgentBusyError:  # the speaker is in another turn: go on a little later
+                at = datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS)
+                async with self.db.transaction() as tx:
+                    await _queue(tx, conversation.id, at=at)
+                return
             except GatheringError as exc:
                 await self._fail(circle, conversation, f"turn {conversation.turns + 1}: {exc}")
                 return
@@ -502,29 +529,35 @@ class Conversations:
             log.warning(
                 "conversation summary failed", conversation_id=conversation.id, error=str(exc)
             )
-        async with self.db.transaction() as tx:
-            row = await tx.fetch_one(SQL["lock_conversation"], conversation.id)
-            if row is None or row["status"] != "running":
-                return
-            await tx.fetch_one(
-                SQL["set_conversation"], conversation.id, "finished", reason, None, summary
-            )
-            body["summary"] = summary
-            await self._publish([_event(circle, "finished", conversation.id, body)], tx)
+        body["summary"] = summary
+        await self._end(circle, conversation.id, "finished", body, summary=summary)
 
     async def _fail(
         self, circle: CircleRecord, conversation: ConversationRecord, error: str
     ) -> None:
         log.warning("conversation failed", conversation_id=conversation.id, error=error)
+        body = {"reason": "error", "error": error}
+        await self._end(circle, conversation.id, "failed", body, error=error)
+
+    async def _end(
+        self,
+        circle: CircleRecord,
+        conversation_id: int,
+        status: str,
+        body: dict[str, Any],
+        *,
+        summary: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """A running conversation ends with `status`; `conversation.finished` says why."""
         async with self.db.transaction() as tx:
-            row = await tx.fetch_one(SQL["lock_conversation"], conversation.id)
+            row = await tx.fetch_one(SQL["lock_conversation"], conversation_id)
             if row is None or row["status"] != "running":
-                return
+                return  # paused or cancelled meanwhile
             await tx.fetch_one(
-                SQL["set_conversation"], conversation.id, "failed", "error", error, None
+                SQL["set_conversation"], conversation_id, status, body["reason"], error, summary
             )
-            body = {"reason": "error", "error": error}
-            await self._publish([_event(circle, "finished", conversation.id, body)], tx)
+            await self._publish([_event(circle, "finished", conversation_id, body)], tx)
 
 
 def _mentions(
@@ -560,8 +593,8 @@ def _ended_by(
         return "token_budget"
     said = [m for m in messages if m["turn"] is not None]
     phrase = conversation.stop_phrase
-    if phrase and said and phrase.lower() in said[-1]["content"].lower():
-        return "stop_phrase"
+    if phrase and messages and phrase.lower() in messages[-1]["content"].lower():
+        return "stop_phrase"  # said by a speaker, or by a person who joined in
     if conversation.consensus and len(said) >= len(speakers):
         last_word = {}
         for message in said:

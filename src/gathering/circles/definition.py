@@ -139,9 +139,10 @@ class TaskIn(BaseModel):
 
 def _one_spelling(value: str) -> str:
     """`value` in one spelling, so that two spellings of one path are one lock: "./a//b/",
-    "a/c/../b" and "a\\b" are all "a/b". The paths are names a task gives for what it
-    changed; nothing here opens them."""
-    return posixpath.normpath(value.replace("\\", "/"))
+    "a/c/../b", "/a/b" (from the workspace's root) and "a\\b" are all "a/b". The paths are
+    names a task gives for what it changed; nothing here opens them."""
+    found = posixpath.normpath(value.replace("\\", "/")).lstrip("/")
+    return found or "."
 
 
 WorkspacePath = Annotated[

@@ -1,7 +1,7 @@
 """The circles' jobs, registered through the `gathering.jobs` entry point: `circles:work` (an
 agent works an attempt of a task), `circles:review` (an agent reviews one), `circles:converse`
 (a conversation takes its turns) and `circles:summarize`; and the duty that sends offers
-nobody answered in time to the next member."""
+nobody answered in time (or whose member is gone) to the next member."""
 
 from __future__ import annotations
 
@@ -50,10 +50,12 @@ async def summarize(context: procrastinate.JobContext, conversation_id: int) -> 
 
 
 def offers_duty(services: JobServices, *, interval: float = 1.0) -> SingletonDuty:
-    """Re-routes offers past their deadline, on one instance, every `interval` s."""
+    """Re-routes offers past their deadline, and the tasks of members who are gone, on one
+    instance, every `interval` s."""
     flow = TaskFlow(services.db, services.bus)
 
     async def round_() -> None:
         await flow.expire_offers()
+        await flow.sweep_orphans()
 
     return SingletonDuty(services.db, OFFERS_LOCK, round_, interval=interval)

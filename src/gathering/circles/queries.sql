@@ -14,21 +14,20 @@ SELECT * FROM circle.circles WHERE id = $1
 SELECT * FROM circle.circles WHERE name = $1
 
 -- name: lock_circle --
-SELECT * FROM circle.circles WHERE id = $1 FOR UPDATE
+-- NO KEY UPDATE: rows that reference the circle (their foreign-key checks take a key-share
+-- lock) are not held up by it, so no two steps wait on each other through them.
+SELECT * FROM circle.circles WHERE id = $1 FOR NO KEY UPDATE
 
 -- name: circles --
--- Circles of owner $1 (every owner's when NULL), oldest first.
-SELECT * FROM circle.circles
-WHERE ($1::bigint IS NULL OR owner_id = $1)
-ORDER BY id
-LIMIT $2 OFFSET $3
-
--- name: circles_of_member --
--- Circles where user $1 is an active member, oldest first.
+-- The circles user $1 owns or is an active member of (every circle when $1 is NULL), named
+-- $4 when given, oldest first.
 SELECT c.* FROM circle.circles c
-WHERE EXISTS (SELECT 1 FROM circle.members m
-              WHERE m.circle_id = c.id AND m.user_id = $1 AND m.active)
+WHERE ($1::bigint IS NULL OR c.owner_id = $1
+       OR EXISTS (SELECT 1 FROM circle.members m
+                  WHERE m.circle_id = c.id AND m.user_id = $1 AND m.active))
+  AND ($4::text IS NULL OR c.name = $4)
 ORDER BY c.id
+LIMIT $2 OFFSET $3
 
 -- name: update_circle --
 UPDATE circle.circles SET description = $2, settings = $3, status = $4, updated_at = now()
@@ -103,7 +102,15 @@ RETURNING *
 SELECT * FROM circle.tasks WHERE id = $1
 
 -- name: lock_task --
-SELECT * FROM circle.tasks WHERE id = $1 FOR UPDATE
+-- NO KEY UPDATE, as lock_circle.
+SELECT * FROM circle.tasks WHERE id = $1 FOR NO KEY UPDATE
+
+-- name: share_task --
+-- Task $1, once a step that changes it has committed (a blocker read for a dependency).
+SELECT * FROM circle.tasks WHERE id = $1 FOR SHARE
+
+-- name: has_dependency --
+SELECT 1 FROM circle.task_dependencies WHERE task_id = $1 AND blocked_by = $2
 
 -- name: tasks --
 -- Tasks of circle $1, with status $2 when given, newest first.
@@ -197,8 +204,9 @@ SELECT * FROM circle.reviews WHERE task_id = $1 AND iteration = $2 ORDER BY id
 
 -- name: lock_files --
 -- Locks paths $3 of circle $1 for task $2: the paths it got (those free or its own already).
+-- In path order: two tasks locking the same paths wait for each other in one order only.
 INSERT INTO circle.file_locks (circle_id, path, task_id)
-SELECT $1, p, $2 FROM unnest($3::text[]) AS p
+SELECT $1, p, $2 FROM unnest($3::text[]) AS p ORDER BY p
 ON CONFLICT (circle_id, path) DO UPDATE SET acquired_at = circle.file_locks.acquired_at
 WHERE circle.file_locks.task_id = excluded.task_id
 RETURNING path
@@ -233,20 +241,39 @@ ORDER BY id DESC
 LIMIT $3
 
 -- name: expired_offers --
--- Offers past their deadline, oldest first, each taken by one sweeper.
+-- Offers past their deadline, oldest first.
 SELECT id FROM circle.tasks
 WHERE status = 'offered' AND offer_deadline < now()
 ORDER BY offer_deadline
 LIMIT $1
-FOR UPDATE SKIP LOCKED
+
+-- name: orphaned_tasks --
+-- Tasks whose member is gone (its agent or account was deleted): offered to no one, or in
+-- the hands of no one; each taken by one sweeper.
+SELECT id FROM circle.tasks
+WHERE (status = 'offered' AND offered_to IS NULL)
+   OR (status IN ('in_progress', 'changes_requested') AND assignee_id IS NULL)
+ORDER BY id
+LIMIT $1
+FOR NO KEY UPDATE SKIP LOCKED
+
+-- name: offers_to --
+-- Tasks of circle $1 offered to member $2.
+SELECT id FROM circle.tasks WHERE circle_id = $1 AND status = 'offered' AND offered_to = $2
+ORDER BY id
+
+-- name: open_conversations --
+SELECT id FROM circle.conversations
+WHERE circle_id = $1 AND status IN ('created', 'running', 'paused')
+ORDER BY id
 
 -- name: waiting_to_route --
 -- Pending tasks of circle $1, most urgent first, that no other transaction holds.
 SELECT * FROM circle.tasks
 WHERE circle_id = $1 AND status = 'pending'
 ORDER BY priority DESC, id
-LIMIT 20
-FOR UPDATE SKIP LOCKED
+LIMIT 200
+FOR NO KEY UPDATE SKIP LOCKED
 
 -- name: last_decision --
 SELECT kind FROM circle.decisions WHERE task_id = $1 AND iteration = $2 ORDER BY id DESC LIMIT 1
@@ -262,7 +289,7 @@ RETURNING *
 SELECT * FROM circle.conversations WHERE id = $1
 
 -- name: lock_conversation --
-SELECT * FROM circle.conversations WHERE id = $1 FOR UPDATE
+SELECT * FROM circle.conversations WHERE id = $1 FOR NO KEY UPDATE
 
 -- name: conversations --
 SELECT * FROM circle.conversations WHERE circle_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3

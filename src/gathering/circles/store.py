@@ -146,18 +146,17 @@ async def lock_circle(tx: Queries, circle_id: int) -> CircleRecord:
 
 
 async def list_circles(
-    db: Queries, owner_id: int | None, *, limit: int = 100, offset: int = 0
+    db: Queries,
+    user_id: int | None,
+    *,
+    limit: int = 100,
+    offset: int = 0,
+    name: str | None = None,
 ) -> list[CircleRecord]:
-    """Circles of `owner_id` (every owner's when None), oldest first."""
-    rows = await db.fetch_all(SQL["circles"], owner_id, limit, offset)
+    """The circles `user_id` owns or is an active member of (every circle when None; the one
+    `name`d), oldest first."""
+    rows = await db.fetch_all(SQL["circles"], user_id, limit, offset, name)
     return [CircleRecord.from_row(row) for row in rows]
-
-
-async def circles_joined(db: Queries, user_id: int) -> list[CircleRecord]:
-    """Circles where person `user_id` is an active member."""
-    return [
-        CircleRecord.from_row(row) for row in await db.fetch_all(SQL["circles_of_member"], user_id)
-    ]
 
 
 async def change_circle(tx: Queries, circle_id: int, change: CircleChange) -> CircleRecord:

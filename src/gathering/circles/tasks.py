@@ -24,7 +24,6 @@ from gathering.circles.store import (
     CircleRecord,
     MemberRecord,
     circle_event,
-    get_circle,
     list_members,
     lock_circle,
 )
@@ -169,8 +168,10 @@ class TaskFlow:
                     hint=f"use one of: {', '.join(circle.settings.review_types)}",
                 )
             waits_for = []
-            for other_id in dict.fromkeys(spec.blocked_by):
-                other = await _task_of(tx, circle.id, other_id)
+            for other_id in sorted(set(spec.blocked_by)):
+                # Shared: a blocker that is completing is read once it has (else its
+                # completion, which cannot see this new task yet, would leave it blocked).
+                other = await _task_of(tx, circle.id, other_id, share=True)
                 if other.status in ("failed", "cancelled"):
                     raise ConflictError(f"task {other.id} is {other.status}: it never completes")
                 waits_for.append(other)
@@ -232,18 +233,19 @@ class TaskFlow:
 
     async def expire_offers(self, limit: int = 50) -> int:
         """Offers past their deadline go to the next best member; how many moved."""
-        async with self.db.transaction() as tx:
-            ids = [row["id"] for row in await tx.fetch_all(SQL["expired_offers"], limit)]
-            steps = []
-            for task_id in ids:
-                task, step = await _locked(tx, task_id)
-                reason = f"no answer by {task.offer_deadline}"
+        moved = 0
+        for row in await self.db.fetch_all(SQL["expired_offers"], limit):
+            async with self.db.transaction() as tx:
+                task, step = await _locked(tx, row["id"])
+                deadline = task.offer_deadline
+                if task.status != "offered" or deadline is None or deadline > datetime.now(UTC):
+                    continue  # answered meanwhile
+                reason = f"no answer by {deadline}"
                 await _decide(step, task, "expired", task.offered_to, reason)
                 await _route(step, task)
-                steps.append(step)
-            for step in steps:
                 await self._publish(step)
-        return len(ids)
+                moved += 1
+        return moved
 
     async def claim(self, task_id: int, actor: Actor) -> CircleTask:
         """The offered member (or a lead) takes the task; the author takes it back after
@@ -308,10 +310,23 @@ class TaskFlow:
                 for row in await tx.fetch_all(SQL["review_requests"], task.id, task.iteration)
             ]
             reviewer = members.get(actor.member_id) if actor.member_id else None
+            if actor.member_id is not None and (reviewer is None or not reviewer.active):
+                raise PermissionDeniedError(
+                    f"member {actor.member_id} is not an active member of this circle"
+                )
             if reviewer is not None and reviewer.id not in asked and reviewer.role != "lead":
                 raise PermissionDeniedError(
                     f"member {reviewer.id} was not asked to review task {task.id}",
                     hint="a lead, or a member the circle asked, reviews",
+                )
+            earlier = await tx.fetch_all(SQL["reviews_of_attempt"], task.id, task.iteration)
+            if actor.member_id is not None and any(
+                r["reviewer_id"] == actor.member_id for r in earlier
+            ):
+                raise ConflictError(
+                    f"member {actor.member_id} has reviewed attempt {task.iteration} of task "
+                    f"{task.id} already",
+                    hint="one verdict per reviewer and attempt; the others' are awaited",
                 )
             row = await tx.fetch_one(
                 SQL["insert_review"],
@@ -398,6 +413,41 @@ class TaskFlow:
                 await _ask_review(step, task, members, lead.member_id, "escalation", reason)
             await self._publish(step)
 
+    async def member_left(self, circle_id: int, member_id: int) -> int:
+        """A member was made inactive: the tasks offered to them go to the next member (the
+        ones in their hands stay theirs to finish); how many moved."""
+        moved = 0
+        for row in await self.db.fetch_all(SQL["offers_to"], circle_id, member_id):
+            async with self.db.transaction() as tx:
+                task, step = await _locked(tx, row["id"])
+                if task.status == "offered" and task.offered_to == member_id:
+                    await _decide(step, task, "refused", member_id, "left the circle")
+                    await _route(step, task)
+                    moved += 1
+                await self._publish(step)
+        return moved
+
+    async def sweep_orphans(self, limit: int = 50) -> int:
+        """Tasks whose member is gone (their agent or account was deleted): an offer goes to
+        the next member, work in no one's hands fails; how many moved."""
+        moved = 0
+        for row in await self.db.fetch_all(SQL["orphaned_tasks"], limit):
+            async with self.db.transaction() as tx:
+                task, step = await _locked(tx, row["id"])
+                if task.status == "offered" and task.offered_to is None:
+                    gone = "the member it was offered to is gone"
+                    await _decide(step, task, "expired", None, gone)
+                    await _route(step, task)
+                elif task.status in ("in_progress", "changes_requested") and not task.assignee_id:
+                    reason = "the member working it is gone (deleted)"
+                    task = await _move(step, task, "failed", SYSTEM, reason, error=reason)
+                    await _ended(step, task)
+                else:
+                    continue
+                await self._publish(step)
+                moved += 1
+        return moved
+
     async def fail(self, task_id: int, actor: Actor, error: str, *, iteration: int) -> CircleTask:
         """Attempt `iteration` could not be done (an agent's turn failed)."""
         async with self.db.transaction() as tx:
@@ -422,12 +472,12 @@ class TaskFlow:
         """Task `task_id` waits for `blocked_by` (of the same circle). A dependency that would
         close a cycle is refused, and kept as a resolved conflict."""
         async with self.db.transaction() as tx:
-            # One dependency change per circle at a time: two that each close half of a cycle
-            # would both see no cycle otherwise. The circle first, as `create` does: the new
-            # row's key locks on both tasks would otherwise wait on each other.
-            await lock_circle(tx, (await get_circle_task(tx, task_id)).circle_id)
+            # One step per circle at a time (`_locked`): two dependencies that each close half
+            # of a cycle cannot both see no cycle.
             task, step = await _locked(tx, task_id)
-            other = await _task_of(tx, task.circle_id, blocked_by)
+            if await tx.fetch_val(SQL["has_dependency"], task.id, blocked_by):
+                return task  # it waits for it already
+            other = await _task_of(tx, task.circle_id, blocked_by, share=task.id != blocked_by)
             if task.status not in ("pending", "blocked"):
                 raise ConflictError(
                     f"task {task.id} is {task.status}: only a pending or blocked task may wait"
@@ -494,15 +544,20 @@ class TaskFlow:
 
 
 async def _locked(tx: Queries, task_id: int) -> tuple[CircleTask, _Step]:
-    row = await tx.fetch_one(SQL["lock_task"], task_id)
-    if row is None:
+    """Task `task_id`, locked, with a step on its circle. The circle's row is locked first:
+    one step of a circle at a time, so that routing sees every offer made before it (no
+    member gets more than their share) and no two steps wait on each other's rows."""
+    found = await tx.fetch_one(SQL["task_by_id"], task_id)
+    if found is None:
         raise NotFoundError(f"no circle task {task_id}")
-    task = CircleTask.from_row(row)
-    return task, _Step(tx, await get_circle(tx, task.circle_id))
+    circle = await lock_circle(tx, found["circle_id"])
+    row = await tx.fetch_one(SQL["lock_task"], task_id)
+    assert row is not None  # tasks leave only with their circle, whose row this step holds
+    return CircleTask.from_row(row), _Step(tx, circle)
 
 
-async def _task_of(tx: Queries, circle_id: int, task_id: int) -> CircleTask:
-    row = await tx.fetch_one(SQL["task_by_id"], task_id)
+async def _task_of(tx: Queries, circle_id: int, task_id: int, *, share: bool = False) -> CircleTask:
+    row = await tx.fetch_one(SQL["share_task" if share else "task_by_id"], task_id)
     if row is None or row["circle_id"] != circle_id:
         raise NotFoundError(f"no task {task_id} in this circle")
     return CircleTask.from_row(row)
@@ -613,13 +668,26 @@ async def _route(step: _Step, task: CircleTask) -> CircleTask:
         },
     )
     if member.agent_id is not None:
-        await _work_job(step.tx, moved, member.id)
+        await _work_job(step.tx, moved, member)
     return moved
 
 
-async def _work_job(tx: Queries, task: CircleTask, member_id: int) -> None:
-    args = {"task_id": task.id, "iteration": task.iteration, "member_id": member_id}
-    await enqueue(tx, WORK, args, queue=QUEUE)
+async def _work_job(tx: Queries, task: CircleTask, member: MemberRecord) -> None:
+    await agent_job(tx, WORK, task.id, task.iteration, member)
+
+
+async def agent_job(
+    tx: Queries,
+    name: str,
+    task_id: int,
+    iteration: int,
+    member: MemberRecord,
+    at: datetime | None = None,
+) -> None:
+    """Queue job `name` (work or review) of agent member `member`; one agent's jobs run one
+    after another (an agent takes one turn at a time)."""
+    args = {"task_id": task_id, "iteration": iteration, "member_id": member.id}
+    await enqueue(tx, name, args, queue=QUEUE, lock=f"agent:{member.agent_id}", at=at)
 
 
 async def _claim(step: _Step, task: CircleTask, actor: Actor) -> CircleTask:
@@ -753,8 +821,7 @@ async def _ask_review(
         {**task.as_event(), "member_id": member_id, "member": member.name, "reason": reason},
     )
     if member.agent_id is not None:
-        args = {"task_id": task.id, "iteration": task.iteration, "member_id": member_id}
-        await enqueue(step.tx, REVIEW, args, queue=QUEUE)
+        await agent_job(step.tx, REVIEW, task.id, task.iteration, member)
 
 
 async def _tally(
@@ -847,7 +914,7 @@ async def _apply_verdict(
     if author is not None:
         members = {m.id: m for m in await list_members(step.tx, task.circle_id)}
         if members[author].agent_id is not None and members[author].active:
-            await _work_job(step.tx, task, author)
+            await _work_job(step.tx, task, members[author])
     return task
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -18,11 +19,21 @@ from gathering.agents import Agent, PostgresAgentStore
 from gathering.agents.turn_loop import TurnResult
 from gathering.circles.definition import ReviewIn, Submission
 from gathering.circles.store import SQL, CircleRecord, MemberRecord, get_circle, get_member
-from gathering.circles.tasks import Actor, CircleTask, TaskFlow, get_circle_task
+from gathering.circles.tasks import (
+    REVIEW,
+    WORK,
+    Actor,
+    CircleTask,
+    TaskFlow,
+    agent_job,
+    get_circle_task,
+)
 from gathering.db.database import Database
 from gathering.errors import (
+    AgentBusyError,
     ConflictError,
     GatheringError,
+    NotFoundError,
     PermissionDeniedError,
     TurnFailedError,
 )
@@ -32,6 +43,8 @@ from gathering.pipelines.handlers import json_part
 
 log = structlog.get_logger(__name__)
 MAX_SUMMARY = 300
+MAX_SUBMISSION = 200_000  # characters of a reply handed in (Submission.text's limit)
+BUSY_RETRY_SECONDS = 5.0  # an agent busy in another turn is asked again this much later
 MAX_RERUNS = 5  # turns of one attempt cut short by a crash, run again at most
 _VERDICTS = {
     "approved": "approved",
@@ -156,7 +169,34 @@ class CircleWorker:
 
     async def work(self, task_id: int, iteration: int, member_id: int) -> None:
         """Member `member_id` (an agent) works attempt `iteration` of task `task_id`, when it
-        is still theirs to do; a job of an attempt that is over does nothing."""
+        is still theirs to do; a job of an attempt that is over (or of a task, a member that
+        is gone) does nothing. An agent busy in another turn tries again a little later."""
+        try:
+            await self._work(task_id, iteration, member_id)
+        except NotFoundError as exc:
+            log.info("circle work not needed any more", task_id=task_id, reason=str(exc))
+        except AgentBusyError:
+            await self._later(WORK, task_id, iteration, member_id)
+
+    async def review(self, task_id: int, iteration: int, member_id: int) -> None:
+        """Member `member_id` (an agent) reviews attempt `iteration` of task `task_id`, when it
+        still waits for their verdict. An answer that is no verdict goes up to a lead."""
+        try:
+            await self._review(task_id, iteration, member_id)
+        except NotFoundError as exc:
+            log.info("circle review not needed any more", task_id=task_id, reason=str(exc))
+        except AgentBusyError:
+            await self._later(REVIEW, task_id, iteration, member_id)
+
+    async def _later(self, job: str, task_id: int, iteration: int, member_id: int) -> None:
+        member = await get_member(
+            self.db, (await get_circle_task(self.db, task_id)).circle_id, member_id
+        )
+        at = datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS)
+        async with self.db.transaction() as tx:
+            await agent_job(tx, job, task_id, iteration, member, at=at)
+
+    async def _work(self, task_id: int, iteration: int, member_id: int) -> None:
         task = await self.flow.start_attempt(task_id, member_id, iteration)
         if task is None:
             return
@@ -167,23 +207,22 @@ class CircleWorker:
             result = await self._turn(
                 member, work_prompt(circle, member, task), f"circle:{task.id}:{iteration}"
             )
+        except AgentBusyError:
+            raise
         except GatheringError as exc:
             log.warning("circle task attempt failed", task_id=task.id, error=str(exc))
-            await self.flow.fail(
-                task.id, actor, f"the agent's turn failed: {exc}", iteration=iteration
-            )
+            error = f"the agent's turn failed: {exc}"
+            await self.flow.fail(task.id, actor, error, iteration=iteration)
             return
         if result.outcome != "completed":
             error = f"the agent's turn ended {result.outcome}"
             await self.flow.fail(task.id, actor, error, iteration=iteration)
             return
-        first_line = result.text.strip().splitlines()[0] if result.text.strip() else ""
-        work = Submission(text=result.text, summary=first_line[:MAX_SUMMARY])
+        text = result.text.replace("\x00", "")[:MAX_SUBMISSION]
+        work = Submission(text=text, summary=text.strip().partition("\n")[0][:MAX_SUMMARY])
         await self.flow.submit(task.id, actor, work, iteration=iteration)
 
-    async def review(self, task_id: int, iteration: int, member_id: int) -> None:
-        """Member `member_id` (an agent) reviews attempt `iteration` of task `task_id`, when it
-        still waits for their verdict. An answer that is no verdict goes up to a lead."""
+    async def _review(self, task_id: int, iteration: int, member_id: int) -> None:
         task = await get_circle_task(self.db, task_id)
         if (task.status, task.iteration) != ("in_review", iteration):
             return
@@ -192,6 +231,8 @@ class CircleWorker:
         key = f"circle-review:{task.id}:{iteration}:{member_id}"
         try:
             result = await self._turn(member, review_prompt(circle, member, task), key)
+        except AgentBusyError:
+            raise
         except GatheringError as exc:
             await self.flow.escalate(task.id, member_id, iteration, f"the review failed: {exc}")
             return

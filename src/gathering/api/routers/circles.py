@@ -44,7 +44,6 @@ from gathering.circles import (
     add_member,
     change_circle,
     change_member,
-    circles_joined,
     create_circle,
     create_conversation,
     delete_circle,
@@ -291,21 +290,32 @@ class _Access:
         self.own_member = member_id
         self.manager = principal.owns(circle.owner_id)
 
-    def actor(self, member_id: int | None, *, member_required: bool = True) -> Actor:
-        """The actor of a step: `member_id` (the caller's own, or any for a manager)."""
+    async def actor(self, db: Database, member_id: int | None, *, person: bool = False) -> Actor:
+        """Who takes a step: member `member_id` of this circle (the caller's own, or any for
+        a manager), else the caller's own member; with `person`, a manager without
+        `member_id` acts as a person (the human in the loop). The caller's account is
+        always kept with it."""
         user_id = self.principal.user_id
-        if member_id is None:
-            member_id = self.own_member
-        if member_id is None:
-            if member_required:
-                raise PermissionDeniedError(
-                    "you are not a member of this circle: act as one of them with member_id",
-                    hint="list them with GET /circles/{id}/members",
-                )
+        if member_id is not None:
+            if member_id != self.own_member and not self.manager:
+                raise PermissionDeniedError(f"you act as your own member {self.own_member} only")
+            try:
+                await get_member(db, self.circle.id, member_id)
+            except NotFoundError:
+                raise not_found("member", member_id) from None
+            return Actor(member_id=member_id, user_id=user_id)
+        if person and self.manager:
             return Actor(user_id=user_id)
-        if member_id != self.own_member and not self.manager:
-            raise PermissionDeniedError(f"you act as your own member {self.own_member} only")
-        return Actor(member_id=member_id, user_id=user_id if member_id == self.own_member else None)
+        if self.own_member is not None:
+            return Actor(member_id=self.own_member, user_id=user_id)
+        if not self.manager:  # pragma: no cover - _access admits only managers and members
+            raise PermissionDeniedError("you are not a member of this circle")
+        if not person:
+            raise PermissionDeniedError(
+                "you are not a member of this circle: act as one of them with member_id",
+                hint="list them with GET /circles/{id}/members",
+            )
+        return Actor(user_id=user_id)
 
     def manage(self) -> None:
         if not self.manager:
@@ -357,14 +367,8 @@ async def circles_list(
     offset: Annotated[WholeNumber, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[CircleOut]:
     """The caller's circles and those they are a member of (admins: every one), oldest first."""
-    found = {
-        c.id: c for c in await list_circles(db, principal.owner_filter, limit=limit, offset=offset)
-    }
-    if principal.owner_filter is not None and offset == 0:
-        for circle in await circles_joined(db, principal.user_id):
-            found.setdefault(circle.id, circle)
-    circles = sorted(found.values(), key=lambda c: c.id)[:limit]
-    return [_circle_out(c) for c in circles if name is None or c.name == name]
+    found = await list_circles(db, principal.owner_filter, limit=limit, offset=offset, name=name)
+    return [_circle_out(c) for c in found]
 
 
 @router.get("/{circle_id:id}", summary="One circle", dependencies=[rate_limit("relaxed")])
@@ -405,7 +409,7 @@ async def circle_activate(
 
 @router.post(
     "/{circle_id:id}/archive",
-    summary="Archive a circle: its open tasks are cancelled",
+    summary="Archive a circle: its open tasks and conversations are cancelled",
     responses=_LIFECYCLE,
 )
 async def circle_archive(
@@ -415,6 +419,7 @@ async def circle_archive(
     async with db.transaction() as tx:
         circle = await set_circle_status(tx, circle_id, "archived")
     await TaskFlow(db, bus).cancel_open(circle_id, "the circle was archived")
+    await Conversations(db, bus).cancel_open(circle_id)
     return _circle_out(circle)
 
 
@@ -470,11 +475,15 @@ async def member_change(
     db: DbDep,
     bus: BusDep,
 ) -> MemberOut:
-    """Role, competencies, or `active: false` (no more offers; the history stays)."""
+    """Role, competencies, or `active: false`: no more offers (the ones they had go to the
+    next member), no more access for a person; the history stays."""
     (await _access(request, principal, db, circle_id)).manage()
     async with db.transaction() as tx:
         member = await change_member(tx, circle_id, member_id, body)
-    await TaskFlow(db, bus).route_pending(circle_id)
+    flow = TaskFlow(db, bus)
+    if not member.active:
+        await flow.member_left(circle_id, member.id)
+    await flow.route_pending(circle_id)
     return _member_out(await get_member(db, circle_id, member.id))
 
 
@@ -622,7 +631,7 @@ async def task_claim(
     """Also takes back a task whose review asked for changes (its author)."""
     access = await _access(request, principal, db, circle_id)
     task = await _task(db, access, task_id)
-    actor = access.actor(body.member_id if body else None)
+    actor = await access.actor(db, body.member_id if body else None)
     return _task_out(await TaskFlow(db, bus).claim(task.id, actor))
 
 
@@ -642,7 +651,7 @@ async def task_refuse(
 ) -> TaskOut:
     access = await _access(request, principal, db, circle_id)
     task = await _task(db, access, task_id)
-    actor = access.actor(body.member_id if body else None)
+    actor = await access.actor(db, body.member_id if body else None)
     reason = body.reason if body else ""
     return _task_out(await TaskFlow(db, bus).refuse(task.id, actor, reason))
 
@@ -669,7 +678,8 @@ async def task_submit(
     access = await _access(request, principal, db, circle_id)
     task = await _task(db, access, task_id)
     work = Submission(text=body.text, summary=body.summary, files=body.files)
-    return _task_out(await TaskFlow(db, bus).submit(task.id, access.actor(body.member_id), work))
+    actor = await access.actor(db, body.member_id)
+    return _task_out(await TaskFlow(db, bus).submit(task.id, actor, work))
 
 
 @router.post(
@@ -686,11 +696,12 @@ async def task_review(
     db: DbDep,
     bus: BusDep,
 ) -> TaskOut:
-    """A member asked to review, or a lead; without `member_id`, the owner decides as a
-    person. `changes_requested` sends it back to its author with the feedback."""
+    """A member asked to review, or a lead (`member_id`: the caller's own member by
+    default); the owner who is no member decides as a person. `changes_requested` sends it
+    back to its author with the feedback."""
     access = await _access(request, principal, db, circle_id)
     task = await _task(db, access, task_id)
-    actor = access.actor(body.member_id, member_required=False)
+    actor = await access.actor(db, body.member_id, person=access.own_member is None)
     verdict = ReviewIn(verdict=body.verdict, feedback=body.feedback)
     return _task_out(await TaskFlow(db, bus).review(task.id, actor, verdict))
 
@@ -707,7 +718,7 @@ async def _decide(
 ) -> TaskOut:
     access = await _access(request, principal, db, circle_id)
     task = await _task(db, access, task_id)
-    actor = access.actor(body.member_id if body else None, member_required=False)
+    actor = await access.actor(db, body.member_id if body else None, person=True)
     review = ReviewIn.model_validate(
         {"verdict": verdict, "feedback": body.feedback if body else ""}
     )
@@ -728,7 +739,8 @@ async def task_approve(
     bus: BusDep,
     body: DecideIn | None = None,
 ) -> TaskOut:
-    """The task completes."""
+    """As a person (the owner, an admin), unless `member_id` names a member: the task
+    completes."""
     return await _decide(circle_id, task_id, "approved", body, request, principal, db, bus)
 
 

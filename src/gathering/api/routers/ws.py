@@ -186,6 +186,19 @@ async def _may_keep(
     return None
 
 
+async def _circle_ids(websocket: WebSocket, subjects: list[str] | None) -> dict[str, int]:
+    """The circles that the `circle:<name>` subjects name now, by name."""
+    found: dict[str, int] = {}
+    for subject in subjects or []:
+        kind, _, name = subject.partition(":")
+        if kind == "circle":
+            try:
+                found[name] = (await circle_named(await app_state(websocket).database(), name)).id
+            except NotFoundError:
+                found[name] = 0  # none: no event is of it
+    return found
+
+
 def _string_field(message: dict[str, Any], key: str) -> str | None:
     value = message.get(key)
     return value if isinstance(value, str) else None
@@ -211,6 +224,7 @@ class SocketSession:
         # that was allowed it was an administrator (then a demotion checks it again).
         self.subjects: list[str] | None = None
         self.allowed_as_admin = False
+        self.circles: dict[str, int] = {}  # circle subjects' names -> the circles they named
         self.forwarder: asyncio.Task[None] | None = None
         # While a replay runs: the cursor it ends at (the bus's cursor when it began).
         self.replay_until: int | None = None
@@ -395,9 +409,11 @@ class SocketSession:
             raise _Closed(CLOSE_UNAUTHENTICATED, "credentials no longer valid") from None
         self.principal = principal
         # A subscription allowed to a member stays allowed while its user owns what it names
-        # (ownership does not change today); one allowed to an administrator is checked again
-        # as soon as the account is no longer one.
-        if self.stream is not None and self.allowed_as_admin and not principal.is_admin:
+        # (the ownership of agents, pipelines, schedules and tasks does not change); one
+        # allowed to an administrator is checked again as soon as the account is no longer
+        # one, and one to a circle every time (members leave; a name may pass to a new circle).
+        recheck = self.allowed_as_admin or bool(self.circles)
+        if self.stream is not None and recheck and not principal.is_admin:
             reason = await _may_keep(self.ws, principal, self.subjects)
             if reason is not None:
                 self._halt_delivery()
@@ -406,6 +422,18 @@ class SocketSession:
                 )
                 raise _Closed(CLOSE_FORBIDDEN, "subscription no longer allowed")
             self.allowed_as_admin = False
+            if self.circles != await _circle_ids(self.ws, self.subjects):
+                self._halt_delivery()
+                raise _Closed(CLOSE_FORBIDDEN, "subscription no longer allowed")
+
+    def _of_bound_circle(self, event: Event) -> bool:
+        """False for an event of a circle other than the one a `circle:<name>` subject named
+        when the socket subscribed (deleted since, its name now another circle's)."""
+        subject = event.subject or ""
+        if not subject.startswith("circle:"):
+            return True
+        bound = self.circles.get(subject.partition(":")[2])
+        return bound is None or event.data.get("circle_id") == bound
 
     def _halt_delivery(self) -> None:
         """Deliver nothing more from the current stream (the socket is about to close)."""
@@ -460,6 +488,7 @@ class SocketSession:
             return
         self.subjects = subjects
         self.allowed_as_admin = self.principal.is_admin
+        self.circles = await _circle_ids(self.ws, subjects)
         cursor = bus.cursor
         if request.since is not None and cursor is not None and request.since < cursor:
             self.replay_until = cursor
@@ -490,6 +519,8 @@ class SocketSession:
                 end = self.replay_until
                 if end is not None and (event.cursor is None or event.cursor >= end):
                     self.replay_until = None  # this event is the last of the replay, or live
+                if not self._of_bound_circle(event):
+                    continue
                 await self.send({"type": "event", "event": event.to_dict()})
         except EventStreamClosedError:
             return
@@ -508,7 +539,7 @@ class SocketSession:
 
     async def _stop_stream(self) -> None:
         self.replay_until = None
-        self.subjects, self.allowed_as_admin = None, False
+        self.subjects, self.allowed_as_admin, self.circles = None, False, {}
         if self.stream is not None:
             self.stream.close()
             self.stream = None

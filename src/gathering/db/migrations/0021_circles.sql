@@ -75,6 +75,12 @@ CREATE TABLE circle.tasks (
 );
 CREATE INDEX tasks_of_circle ON circle.tasks (circle_id, id);
 CREATE INDEX tasks_offered ON circle.tasks (offer_deadline) WHERE status = 'offered';
+-- Tasks whose member is gone (the sweep looks for them every second).
+CREATE INDEX tasks_orphaned ON circle.tasks (id)
+    WHERE (status = 'offered' AND offered_to IS NULL)
+       OR (status IN ('in_progress', 'changes_requested') AND assignee_id IS NULL);
+CREATE INDEX tasks_of_assignee ON circle.tasks (assignee_id) WHERE assignee_id IS NOT NULL;
+CREATE INDEX tasks_offered_to ON circle.tasks (offered_to) WHERE offered_to IS NOT NULL;
 
 CREATE TABLE circle.task_dependencies (
     task_id     bigint NOT NULL REFERENCES circle.tasks (id) ON DELETE CASCADE,
