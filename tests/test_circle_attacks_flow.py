@@ -8,6 +8,7 @@ import pytest
 from circle_lab import CircleLab, as_member, circle_lab
 
 import gathering.circles.tasks as tasks_module
+from gathering.auth.users import UserStore
 from gathering.circles import (
     Actor,
     MemberChange,
@@ -273,7 +274,6 @@ async def test_create_with_blocked_by_racing_a_submit_with_files_does_not_deadlo
 
 
 async def test_an_offer_to_a_person_who_is_deactivated_goes_to_someone_else(lab: CircleLab) -> None:
-    from gathering.auth.users import UserStore
     from gathering.circles import MemberIn, add_member
 
     circle = await lab.circle(offer_timeout_seconds=7 * 86_400)

@@ -62,6 +62,7 @@ MEMBER_FIELDS = {
     "active",
     "load",
     "joined_at",
+    "gone",
 }
 TASK_FIELDS = {
     "id",
@@ -509,7 +510,7 @@ async def test_a_review_type_the_circle_lacks_is_refused(api: httpx.AsyncClient)
     answer = await api.post(
         f"/circles/{circle['id']}/tasks", json={"title": "t", "review_type": "security"}
     )
-    body = refusal(answer, 422, "invalid_input")
+    body = refusal(answer, 409, "conflict")
     assert "'security'" in body["detail"] and "general" in body["hint"]
 
 

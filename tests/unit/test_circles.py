@@ -33,7 +33,6 @@ from gathering.errors import (
     ConflictError,
     FileLockedError,
     IllegalTransitionError,
-    InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -515,7 +514,7 @@ async def test_a_blocked_task_is_offered_once_what_it_waits_for_completes(lab: C
 
 async def test_a_review_type_must_be_the_circles(lab: CircleLab) -> None:
     circle = await lab.circle(review_types=["code", "docs"])
-    with pytest.raises(InvalidInputError, match="code, docs"):
+    with pytest.raises(ConflictError, match="code, docs"):
         await lab.task(circle, review_type="legal")
     assert (await lab.task(circle)).review_type == "code"
 

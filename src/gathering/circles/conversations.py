@@ -35,7 +35,7 @@ from gathering.circles.strategies import (
 )
 from gathering.circles.work import BUSY_RETRY_SECONDS, run_agent_turn
 from gathering.db.database import Database, Queries
-from gathering.db.fields import Said, Whole
+from gathering.db.fields import Flag, Said, Whole
 from gathering.errors import AgentBusyError, ConflictError, GatheringError, NotFoundError
 from gathering.events import Event, EventBus
 from gathering.jobs import enqueue
@@ -76,7 +76,7 @@ class ConversationIn(BaseModel):
         pattern=SAID,
         description="Said by anyone, it ends",
     )
-    consensus: bool = Field(
+    consensus: Flag = Field(
         default=False, description=f"It ends when every speaker's last turn says {AGREED}"
     )
     seed: Annotated[Whole, Field(ge=0, le=2**31 - 1)] = Field(
@@ -450,8 +450,8 @@ class Conversations:
             return free(
                 speakers, conversation.seed, turn, last_speaker
             ), f"seed {conversation.seed}"
-        if conversation.strategy == "facilitator" and conversation.facilitator_id in members:
-            facilitator = members[conversation.facilitator_id]
+        facilitator = members.get(conversation.facilitator_id or 0)
+        if conversation.strategy == "facilitator" and facilitator and facilitator.active:
             prompt = "\n".join(
                 [
                     f"You facilitate the circle {circle.name!r}'s conversation on: "
@@ -496,10 +496,14 @@ class Conversations:
         messages: list[dict[str, Any]],
         when: str,
     ) -> str:
-        writer_id = conversation.facilitator_id or conversation.participants[0]
-        writer = members.get(writer_id)
-        if writer is None or writer.agent_id is None:
+        able = [
+            members[m]
+            for m in [conversation.facilitator_id, *conversation.participants]
+            if m in members and members[m].active and members[m].agent_id is not None
+        ]
+        if not able:
             raise ConflictError("no agent member is left to write the summary")
+        writer = able[0]
         prompt = "\n".join(
             [
                 f"Summarize the circle {circle.name!r}'s conversation on: {conversation.topic}",
@@ -593,8 +597,8 @@ def _ended_by(
         return "token_budget"
     said = [m for m in messages if m["turn"] is not None]
     phrase = conversation.stop_phrase
-    if phrase and messages and phrase.lower() in messages[-1]["content"].lower():
-        return "stop_phrase"  # said by a speaker, or by a person who joined in
+    if phrase and any(phrase.lower() in m["content"].lower() for m in messages):
+        return "stop_phrase"  # said by a speaker, or by a person who joined in (even mid-turn)
     if conversation.consensus and len(said) >= len(speakers):
         last_word = {}
         for message in said:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from gathering.db.fields import MAX_ID, Ref, Said, Whole
+from gathering.db.fields import MAX_ID, Flag, Ref, Said, Whole
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 TAG_PATTERN = r"^[a-z0-9][a-z0-9_.+#-]{0,49}$"
@@ -34,8 +34,8 @@ class CircleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    review_required: bool = Field(default=True, description="Whether work is reviewed")
-    review_required_for: dict[Tag, bool] = Field(
+    review_required: Flag = Field(default=True, description="Whether work is reviewed")
+    review_required_for: dict[Tag, Flag] = Field(
         default_factory=dict,
         max_length=50,
         description="Per task type, overrides review_required",
@@ -114,7 +114,7 @@ class MemberChange(BaseModel):
 
     role: Role | None = None
     competencies: Competencies | None = None
-    active: bool | None = None
+    active: Flag | None = None
 
 
 class TaskIn(BaseModel):

@@ -53,7 +53,8 @@ RETURNING id
 -- name: members --
 -- The members of circle $1 (member $2 only, when given) with their names and the tasks in
 -- their hands (`load`).
-SELECT m.*, coalesce(a.name, u.email) AS name,
+SELECT m.*, coalesce(a.name, u.email, '(gone)') AS name,
+       (m.agent_id IS NULL AND m.user_id IS NULL) AS gone,
        (SELECT count(*) FROM circle.tasks t
         WHERE t.circle_id = m.circle_id
           AND ((t.status = 'offered' AND t.offered_to = m.id)
@@ -179,8 +180,8 @@ VALUES ($1, $2, $3, $4, $5, $6)
 SELECT * FROM circle.decisions WHERE task_id = $1 ORDER BY id
 
 -- name: passed_over --
--- The members who refused task $1's attempt $2 or let its offer expire.
-SELECT DISTINCT member_id FROM circle.decisions
+-- The members who refused task $1's attempt $2 or let its offer expire, with which.
+SELECT DISTINCT member_id, kind FROM circle.decisions
 WHERE task_id = $1 AND iteration = $2 AND kind IN ('refused', 'expired')
   AND member_id IS NOT NULL
 
@@ -248,19 +249,26 @@ ORDER BY offer_deadline
 LIMIT $1
 
 -- name: orphaned_tasks --
--- Tasks whose member is gone (its agent or account was deleted): offered to no one, or in
--- the hands of no one; each taken by one sweeper.
-SELECT id FROM circle.tasks
-WHERE (status = 'offered' AND offered_to IS NULL)
-   OR (status IN ('in_progress', 'changes_requested') AND assignee_id IS NULL)
-ORDER BY id
+-- Tasks offered to, or in the hands of, a member who is gone (their agent or account was
+-- deleted).
+SELECT t.id FROM circle.tasks t
+LEFT JOIN circle.members m
+       ON m.id = CASE WHEN t.status = 'offered' THEN t.offered_to ELSE t.assignee_id END
+WHERE t.status IN ('offered', 'in_progress', 'changes_requested')
+  AND (m.id IS NULL OR (m.agent_id IS NULL AND m.user_id IS NULL))
+ORDER BY t.id
 LIMIT $1
-FOR NO KEY UPDATE SKIP LOCKED
 
--- name: offers_to --
--- Tasks of circle $1 offered to member $2.
-SELECT id FROM circle.tasks WHERE circle_id = $1 AND status = 'offered' AND offered_to = $2
-ORDER BY id
+-- name: waiting_on_member --
+-- Tasks of circle $1 offered to member $2, or in review (maybe awaiting their verdict).
+SELECT t.id FROM circle.tasks t
+WHERE t.circle_id = $1
+  AND ((t.status = 'offered' AND t.offered_to = $2)
+       OR (t.status = 'in_review' AND EXISTS (
+               SELECT 1 FROM circle.decisions d
+               WHERE d.task_id = t.id AND d.iteration = t.iteration AND d.member_id = $2
+                 AND d.kind IN ('review', 'escalation'))))
+ORDER BY t.id
 
 -- name: open_conversations --
 SELECT id FROM circle.conversations

@@ -54,7 +54,8 @@ class CircleRecord:
 
 @dataclass(frozen=True)
 class MemberRecord:
-    """A member of a circle, with its metrics and (when read with it) its load."""
+    """A member of a circle, with its metrics and (when read with it) its load. A member
+    whose agent or account was deleted is `gone` (and never active again)."""
 
     id: int
     circle_id: int
@@ -74,10 +75,13 @@ class MemberRecord:
     work_seconds: float
     joined_at: datetime
     load: int = 0
+    gone: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> MemberRecord:
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__ if name in row})
+        values = {name: row[name] for name in cls.__dataclass_fields__ if name in row}
+        values["active"] = row["active"] and not row.get("gone", False)
+        return cls(**values)
 
     @property
     def approval_rate(self) -> float | None:

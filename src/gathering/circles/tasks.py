@@ -17,7 +17,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from gathering.circles.definition import ReviewIn, Submission, TaskIn
-from gathering.circles.routing import lead_fallback, rank_reviewers, rank_workers
+from gathering.circles.routing import Choice, lead_fallback, rank_reviewers, rank_workers
 from gathering.circles.states import ENDED, check_move
 from gathering.circles.store import (
     SQL,
@@ -32,7 +32,6 @@ from gathering.errors import (
     ConflictError,
     FileLockedError,
     GatheringError,
-    InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -163,7 +162,7 @@ class TaskFlow:
                 raise ConflictError(f"circle {circle.name!r} is archived: it takes no tasks")
             review_type = spec.review_type or circle.settings.review_types[0]
             if review_type not in circle.settings.review_types:
-                raise InvalidInputError(
+                raise ConflictError(
                     f"review type {review_type!r} is not one of the circle's",
                     hint=f"use one of: {', '.join(circle.settings.review_types)}",
                 )
@@ -391,38 +390,29 @@ class TaskFlow:
         return task
 
     async def escalate(self, task_id: int, member_id: int, iteration: int, reason: str) -> None:
-        """Member `member_id` could not review attempt `iteration`: a lead (or a person)
-        reviews instead."""
+        """Member `member_id` could not review attempt `iteration`: a lead who was not asked
+        yet reviews instead, or, when every lead was, a person."""
         async with self.db.transaction() as tx:
             task, step = await _locked(tx, task_id)
             if (task.status, task.iteration) != ("in_review", iteration):
                 return
-            members = [m for m in await list_members(tx, task.circle_id) if m.active]
-            lead = lead_fallback(
-                task.review_type,
-                [m.candidate() for m in members],
-                author_id=task.assignee_id,
-                excluded=frozenset({member_id}),
-            )
-            if lead is None:
-                await _decide(step, task, "escalation", None, reason + "; a person decides")
-                step.event(
-                    "review.requested", {**task.as_event(), "member_id": None, "reason": reason}
-                )
-            else:
-                await _ask_review(step, task, members, lead.member_id, "escalation", reason)
+            await _escalate(step, task, reason)
             await self._publish(step)
 
     async def member_left(self, circle_id: int, member_id: int) -> int:
-        """A member was made inactive: the tasks offered to them go to the next member (the
-        ones in their hands stay theirs to finish); how many moved."""
+        """A member was made inactive: the tasks offered to them go to the next member, the
+        reviews they were asked for and had not given go to another reviewer (the tasks in
+        their hands stay theirs to finish); how many tasks moved."""
         moved = 0
-        for row in await self.db.fetch_all(SQL["offers_to"], circle_id, member_id):
+        for row in await self.db.fetch_all(SQL["waiting_on_member"], circle_id, member_id):
             async with self.db.transaction() as tx:
                 task, step = await _locked(tx, row["id"])
                 if task.status == "offered" and task.offered_to == member_id:
                     await _decide(step, task, "refused", member_id, "left the circle")
                     await _route(step, task)
+                    moved += 1
+                elif task.status == "in_review" and await _awaits_review(step, task, member_id):
+                    await _escalate(step, task, f"member {member_id} left the circle")
                     moved += 1
                 await self._publish(step)
         return moved
@@ -434,11 +424,15 @@ class TaskFlow:
         for row in await self.db.fetch_all(SQL["orphaned_tasks"], limit):
             async with self.db.transaction() as tx:
                 task, step = await _locked(tx, row["id"])
-                if task.status == "offered" and task.offered_to is None:
-                    gone = "the member it was offered to is gone"
-                    await _decide(step, task, "expired", None, gone)
+                present = {m.id for m in await list_members(tx, task.circle_id) if not m.gone}
+                if task.status == "offered" and task.offered_to not in present:
+                    reason = "the member it was offered to is gone"
+                    await _decide(step, task, "expired", task.offered_to, reason)
                     await _route(step, task)
-                elif task.status in ("in_progress", "changes_requested") and not task.assignee_id:
+                elif (
+                    task.status in ("in_progress", "changes_requested")
+                    and task.assignee_id not in present
+                ):
                     reason = "the member working it is gone (deleted)"
                     task = await _move(step, task, "failed", SYSTEM, reason, error=reason)
                     await _ended(step, task)
@@ -628,17 +622,24 @@ async def _route(step: _Step, task: CircleTask) -> CircleTask:
     pending (with the reason kept) when no one may take it."""
     settings = step.circle.settings
     members = [m for m in await list_members(step.tx, task.circle_id) if m.active]
-    passed = frozenset(
-        row["member_id"]
-        for row in await step.tx.fetch_all(SQL["passed_over"], task.id, task.iteration)
-    )
-    ranked = rank_workers(
-        task.requirements,
-        [m.candidate() for m in members if m.id != task.offered_to or task.status != "offered"],
-        cap=settings.max_parallel_tasks,
-        strategy=settings.routing,
-        excluded=passed,
-    )
+    passed = await step.tx.fetch_all(SQL["passed_over"], task.id, task.iteration)
+    refused = frozenset(row["member_id"] for row in passed if row["kind"] == "refused")
+    candidates = [
+        m.candidate() for m in members if m.id != task.offered_to or task.status != "offered"
+    ]
+
+    def rank(excluded: frozenset[int]) -> list[Choice]:
+        return rank_workers(
+            task.requirements,
+            candidates,
+            cap=settings.max_parallel_tasks,
+            strategy=settings.routing,
+            excluded=excluded,
+        )
+
+    # Who let an offer expire is passed over while someone else can take it; who refused,
+    # for this attempt.
+    ranked = rank(refused | {row["member_id"] for row in passed}) or rank(refused)
     scores = [choice.as_json() for choice in ranked[:10]]
     if not ranked:
         reason = "no active member has the competencies and room for it"
@@ -697,12 +698,13 @@ async def _claim(step: _Step, task: CircleTask, actor: Actor) -> CircleTask:
         raise PermissionDeniedError(f"only an active member of the circle claims task {task.id}")
     check_move(task.id, task.status, "in_progress")
     if task.status == "changes_requested":
-        if member.id != task.assignee_id and member.role != "lead":
+        if member.id == task.assignee_id:
+            return await _move(step, task, "in_progress", actor, f"attempt {task.iteration}")
+        if member.role != "lead":
             raise PermissionDeniedError(
                 f"task {task.id} is back with its author (member {task.assignee_id})"
             )
-        return await _move(step, task, "in_progress", actor, f"attempt {task.iteration}")
-    if member.id != task.offered_to and member.role != "lead":
+    elif member.id != task.offered_to and member.role != "lead":
         raise PermissionDeniedError(
             f"task {task.id} is not offered to member {member.id}",
             hint="only the member it is offered to, or a lead, claims it",
@@ -722,8 +724,9 @@ async def _claim(step: _Step, task: CircleTask, actor: Actor) -> CircleTask:
     load = member.load - (1 if task.offered_to == member.id else 0)
     if load >= cap:
         raise ConflictError(f"member {member.id} has {load} tasks already (at most {cap})")
+    reason = "claimed" if task.status != "changes_requested" else "taken over by a lead"
     return await _move(
-        step, task, "in_progress", actor, "claimed", assignee_id=member.id, offered_to=None
+        step, task, "in_progress", actor, reason, assignee_id=member.id, offered_to=None
     )
 
 
@@ -824,6 +827,38 @@ async def _ask_review(
         await agent_job(step.tx, REVIEW, task.id, task.iteration, member)
 
 
+async def _escalate(step: _Step, task: CircleTask, reason: str) -> None:
+    """Ask a lead not asked yet for this attempt (nor its author) to review it, or, when
+    there is none, a person."""
+    members = [m for m in await list_members(step.tx, task.circle_id) if m.active]
+    asked = await _asked(step, task)
+    lead = lead_fallback(
+        task.review_type,
+        [m.candidate() for m in members],
+        author_id=task.assignee_id,
+        excluded=frozenset(asked),
+    )
+    if lead is None:
+        await _decide(step, task, "escalation", None, reason + "; a person decides")
+        step.event("review.requested", {**task.as_event(), "member_id": None, "reason": reason})
+    else:
+        await _ask_review(step, task, members, lead.member_id, "escalation", reason)
+
+
+async def _asked(step: _Step, task: CircleTask) -> list[int]:
+    """The members asked to review the current attempt, in order."""
+    rows = await step.tx.fetch_all(SQL["review_requests"], task.id, task.iteration)
+    return [row["member_id"] for row in rows]
+
+
+async def _awaits_review(step: _Step, task: CircleTask, member_id: int) -> bool:
+    """Whether member `member_id` was asked to review the current attempt and has not."""
+    if member_id not in await _asked(step, task):
+        return False
+    reviews = await step.tx.fetch_all(SQL["reviews_of_attempt"], task.id, task.iteration)
+    return all(r["reviewer_id"] != member_id for r in reviews)
+
+
 async def _tally(
     step: _Step,
     task: CircleTask,
@@ -831,11 +866,12 @@ async def _tally(
     asked: list[int],
     members: dict[int, MemberRecord],
 ) -> CircleTask:
-    """Decide when every reviewer asked has answered: their common verdict, or the lead's
-    when they disagree (kept as a conflict)."""
+    """Decide when every reviewer asked (and still active) has answered: their common
+    verdict, or the lead's when they disagree (kept as a conflict)."""
     reviews = await step.tx.fetch_all(SQL["reviews_of_attempt"], task.id, task.iteration)
     verdicts = {r["reviewer_id"]: r for r in reviews if r["reviewer_id"] in asked}
-    if len(verdicts) < len(set(asked)):
+    awaited = {m for m in asked if m in members and members[m].active} - set(verdicts)
+    if awaited:  # a reviewer who left is not waited for (they were replaced)
         return task
     kinds = {r["verdict"] for r in verdicts.values()}
     if len(kinds) == 1:

@@ -202,6 +202,8 @@ class CircleWorker:
             return
         circle = await get_circle(self.db, task.circle_id)
         member = await get_member(self.db, circle.id, member_id)
+        if member.agent_id is None:
+            return  # its agent was deleted: the offers duty moves the task on
         actor = Actor(member_id=member_id)
         try:
             result = await self._turn(
@@ -228,6 +230,9 @@ class CircleWorker:
             return
         circle = await get_circle(self.db, task.circle_id)
         member = await get_member(self.db, circle.id, member_id)
+        if member.agent_id is None:  # its agent was deleted: another reviews
+            await self.flow.escalate(task.id, member_id, iteration, "the reviewer is gone")
+            return
         key = f"circle-review:{task.id}:{iteration}:{member_id}"
         try:
             result = await self._turn(member, review_prompt(circle, member, task), key)

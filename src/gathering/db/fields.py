@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, Strict
 
 MAX_ID = 2**63 - 1  # ids are bigint
 
@@ -33,6 +33,10 @@ Whole = Annotated[int, BeforeValidator(as_number)]
 """An integer as JSON Schema has it: 5 or 5.0, never "5" or true."""
 Real = Annotated[float, BeforeValidator(as_number)]
 """A number: never "5" or true."""
+
+
+Flag = Annotated[bool, Strict()]
+"""A boolean as JSON has it: true or false, never 1 or "yes"."""
 
 
 def _said(value: str) -> str:

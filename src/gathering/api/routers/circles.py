@@ -104,10 +104,11 @@ class MemberOut(BaseModel):
     circle_id: int
     agent_id: int | None
     user_id: int | None
-    name: str = Field(description="The agent's name or the person's email")
+    name: str = Field(description="The agent's name or the person's email ('(gone)': deleted)")
     role: str = Field(description="lead, member or reviewer")
     competencies: dict[str, int]
     active: bool
+    gone: bool = Field(description="Their agent or account was deleted")
     load: int = Field(description="Tasks offered to them or in their hands")
     joined_at: datetime
 
@@ -557,7 +558,12 @@ async def tasks_list(
     "/{circle_id:id}/tasks",
     summary="Create a task (offered at once when the circle is active)",
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "The circle is archived, or a dependency never completes"}},
+    responses={
+        409: {
+            "description": "The circle is archived, takes no such review type, or a "
+            "dependency never completes"
+        }
+    },
 )
 async def task_create(
     circle_id: CircleId,

@@ -22,8 +22,11 @@ CREATE INDEX circles_of_owner ON circle.circles (owner_id, id);
 CREATE TABLE circle.members (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     circle_id       bigint      NOT NULL REFERENCES circle.circles (id) ON DELETE CASCADE,
-    agent_id        bigint      REFERENCES agent.agents (id) ON DELETE CASCADE,
-    user_id         bigint      REFERENCES auth.users (id) ON DELETE CASCADE,
+    -- A member whose agent or account is deleted stays, with neither (gone): its history
+    -- keeps it, and the offers duty moves its tasks on. (No cascade into the tasks: a delete
+    -- never waits on a step of a circle that holds them.)
+    agent_id        bigint      REFERENCES agent.agents (id) ON DELETE SET NULL,
+    user_id         bigint      REFERENCES auth.users (id) ON DELETE SET NULL,
     role            text        NOT NULL CHECK (role IN ('lead', 'member', 'reviewer')),
     -- The one competency model: tag -> level (1 to 5).
     competencies    jsonb       NOT NULL DEFAULT '{}',
@@ -38,7 +41,7 @@ CREATE TABLE circle.members (
     tokens          bigint      NOT NULL DEFAULT 0,
     work_seconds    double precision NOT NULL DEFAULT 0,
     joined_at       timestamptz NOT NULL DEFAULT now(),
-    CHECK ((agent_id IS NULL) <> (user_id IS NULL)),
+    CHECK (agent_id IS NULL OR user_id IS NULL),
     UNIQUE (circle_id, agent_id),
     UNIQUE (circle_id, user_id)
 );
@@ -76,9 +79,9 @@ CREATE TABLE circle.tasks (
 CREATE INDEX tasks_of_circle ON circle.tasks (circle_id, id);
 CREATE INDEX tasks_offered ON circle.tasks (offer_deadline) WHERE status = 'offered';
 -- Tasks whose member is gone (the sweep looks for them every second).
-CREATE INDEX tasks_orphaned ON circle.tasks (id)
-    WHERE (status = 'offered' AND offered_to IS NULL)
-       OR (status IN ('in_progress', 'changes_requested') AND assignee_id IS NULL);
+-- Tasks offered or in someone's hands (the sweep looks for those whose member is gone).
+CREATE INDEX tasks_held ON circle.tasks (id)
+    WHERE status IN ('offered', 'in_progress', 'changes_requested');
 CREATE INDEX tasks_of_assignee ON circle.tasks (assignee_id) WHERE assignee_id IS NOT NULL;
 CREATE INDEX tasks_offered_to ON circle.tasks (offered_to) WHERE offered_to IS NOT NULL;
 
