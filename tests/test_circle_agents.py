@@ -2,16 +2,30 @@
 wire (the LLM stub, Ollama's format): the offered agent claims and works the task, an agent
 reviewer asks for changes with feedback that reaches the author's next attempt, then
 approves; an answer that is no verdict goes to the lead; a turn that fails fails the
-attempt; a job for an attempt that is over does nothing."""
+attempt; a job for an attempt that is over does nothing; tools work in the circle's
+workspace."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from circle_lab import CircleLab, circle_lab
+from task_runtime import call
 
-from gathering.circles import get_member, list_members, task_decisions, task_history, task_reviews
+from gathering.agents import PostgresAgentStore
+from gathering.circles import (
+    delete_circle,
+    get_member,
+    list_members,
+    task_decisions,
+    task_history,
+    task_reviews,
+)
 from gathering.circles.work import CircleWorker, parse_verdict
 from gathering.testing.wire_requests import last_user_text
+from gathering.tools.agent_tools import agent_workspace, change_agent_tool
+from gathering.tools.registry import loaded_registry
 
 pytestmark = pytest.mark.integration
 lab = circle_lab  # the fixture, by the name these tests use
@@ -130,3 +144,26 @@ def test_a_verdict_is_read_from_the_reply_or_not_at_all() -> None:
         '{"verdict": "changes_requested", "feedback": " "}',
     ):
         assert parse_verdict(reply) is None, reply
+
+
+async def test_an_agent_works_in_the_circles_workspace(lab: CircleLab) -> None:
+    await lab.start_worker()
+    circle = await lab.circle(review_required=False)
+    coder = await lab.member(circle, "coder")
+    registry = await loaded_registry()
+    write = registry.get("write_file")
+    assert write is not None
+    await change_agent_tool(
+        lab.db, lab.agents["coder"], write, {"enabled": True, "policy": "allow"}
+    )
+    lab.stub.add_reply(call("write_file", path="notes.md", content="the plan"), "wrote the notes")
+    task = await lab.wait((await lab.task(circle)).id)
+    assert task.status == "completed", task
+    notes = circle.workspace / "notes.md"
+    assert await asyncio.to_thread(notes.read_text) == "the plan"
+    record = await PostgresAgentStore(lab.db).load_agent(lab.agents["coder"])
+    own = agent_workspace(record.id or 0, record.created_at) / "notes.md"
+    assert not await asyncio.to_thread(own.exists)
+    assert (await get_member(lab.db, circle.id, coder.id)).completed == 1
+    await delete_circle(lab.db, circle.id)  # its workspace goes with it
+    assert not await asyncio.to_thread(circle.workspace.exists)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -116,6 +117,8 @@ class Agent:
         self.model = model or (default_model(provider_name) if llm is None else "custom")
         self.persona = Persona.from_value(persona)
         self.tools = {tool.name: tool for tool in map(_as_tool, tools)}
+        # Where its tools work: its own workspace, unless a caller (a circle) gives another.
+        self.workspace: Path | None = None
         self.max_iterations = max_iterations
         self.history_window = history_window
         self.prompt_budget = prompt_budget
@@ -309,9 +312,12 @@ class Agent:
         return box.merged(self.tools)
 
     def tool_context(self, call_id: str | None = None) -> ToolContext:
-        """What a tool called by this agent is told: the agent, its owner, its workspace and
-        its database (when it is stored in PostgreSQL)."""
-        workspace = agent_workspace(self.id, self.created_at) if self.id is not None else None
+        """What a tool called by this agent is told: the agent, its owner, its workspace (its
+        own, or the one it was given: a circle's) and its database (when it is stored in
+        PostgreSQL)."""
+        workspace = self.workspace
+        if workspace is None and self.id is not None:
+            workspace = agent_workspace(self.id, self.created_at)
         db = self._store.db if isinstance(self._store, PostgresAgentStore) else None
         return ToolContext(self.id, self.owner_id, workspace, call_id, db=db)
 

@@ -21,7 +21,6 @@ from typing import Annotated, Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from gathering.agents import Agent, PostgresAgentStore
 from gathering.circles.definition import SAID, Id
 from gathering.circles.store import SQL, CircleRecord, MemberRecord, get_circle, list_members
 from gathering.circles.strategies import (
@@ -33,7 +32,7 @@ from gathering.circles.strategies import (
     pick_named,
     round_robin,
 )
-from gathering.circles.work import BUSY_RETRY_SECONDS, run_agent_turn
+from gathering.circles.work import BUSY_RETRY_SECONDS, circle_agent, run_agent_turn
 from gathering.db.database import Database, Queries
 from gathering.db.fields import Flag, Said, Whole
 from gathering.errors import AgentBusyError, ConflictError, GatheringError, NotFoundError
@@ -403,7 +402,7 @@ class Conversations:
             if time.monotonic() - last_sent >= DELTA_SECONDS:
                 await flush()
 
-        agent = await self._agent(member)
+        agent = await circle_agent(self.db, self.bus, circle, member)
         key = f"conversation:{conversation.id}:turn:{turn}"
         result = await run_agent_turn(agent, prompt, key, on_delta)
         await flush()
@@ -465,16 +464,11 @@ class Conversations:
                 ]
             )
             key = f"conversation:{conversation.id}:pick:{turn}"
-            answer = await run_agent_turn(await self._agent(facilitator), prompt, key)
+            answer = await run_agent_turn(
+                await circle_agent(self.db, self.bus, circle, facilitator), prompt, key
+            )
             return pick_named(answer.text, speakers, last_speaker)
         return round_robin(speakers, turn), "in order"
-
-    async def _agent(self, member: MemberRecord) -> Agent:
-        store = PostgresAgentStore(self.db)
-        assert member.agent_id is not None
-        agent = Agent.from_record(await store.load_agent(member.agent_id), store=store)
-        agent.event_bus = self.bus
-        return agent
 
     async def summarize(self, conversation_id: int) -> str:
         """A summary of the transcript by the model (the facilitator, or the first speaker),
@@ -514,7 +508,9 @@ class Conversations:
             ]
         )
         key = f"conversation:{conversation.id}:summary:{when}:{len(messages)}"
-        return (await run_agent_turn(await self._agent(writer), prompt, key)).text
+        return (
+            await run_agent_turn(await circle_agent(self.db, self.bus, circle, writer), prompt, key)
+        ).text
 
     async def _finish(
         self,

@@ -3,8 +3,11 @@ archived, settings, members with a role and competencies, and their metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -17,6 +20,7 @@ from gathering.circles.definition import (
     MemberIn,
 )
 from gathering.circles.routing import Candidate
+from gathering.config import get_settings
 from gathering.db.database import Queries
 from gathering.db.named_queries import queries_of
 from gathering.errors import ConflictError, NotFoundError
@@ -50,6 +54,13 @@ class CircleRecord:
     def subject(self) -> str:
         """The subject of its events (`/ws/circles/{name}`)."""
         return f"circle:{self.name}"
+
+    @property
+    def workspace(self) -> Path:
+        """The directory its agents work in, with their tools, on its tasks and in its
+        conversations (not created): `<data dir>/circles/<id>-<creation time in µs>`."""
+        stamp = round(self.created_at.timestamp() * 1_000_000)
+        return get_settings().data_dir / "circles" / f"{self.id}-{stamp}"
 
 
 @dataclass(frozen=True)
@@ -198,7 +209,10 @@ async def set_circle_status(tx: Queries, circle_id: int, status: str) -> CircleR
 
 
 async def delete_circle(db: Queries, circle_id: int) -> None:
+    """The circle with its members, tasks, conversations and workspace."""
+    circle = await get_circle(db, circle_id)
     await db.execute(SQL["delete_circle"], circle_id)
+    await asyncio.to_thread(shutil.rmtree, circle.workspace, True)
 
 
 async def add_member(tx: Queries, circle: CircleRecord, spec: MemberIn) -> MemberRecord:

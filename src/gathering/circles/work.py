@@ -144,6 +144,18 @@ async def run_agent_turn(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+async def circle_agent(
+    db: Database, bus: EventBus | None, circle: CircleRecord, member: MemberRecord
+) -> Agent:
+    """Agent member `member`, working in the circle's workspace."""
+    store = PostgresAgentStore(db)
+    assert member.agent_id is not None
+    agent = Agent.from_record(await store.load_agent(member.agent_id), store=store)
+    agent.event_bus = bus
+    agent.workspace = circle.workspace
+    return agent
+
+
 class CircleWorker:
     """Runs the agents' side of circles' tasks."""
 
@@ -152,16 +164,13 @@ class CircleWorker:
         self.bus = bus
         self.flow = TaskFlow(db, bus)
 
-    async def _agent(self, member: MemberRecord) -> Agent:
-        store = PostgresAgentStore(self.db)
-        assert member.agent_id is not None
-        agent = Agent.from_record(await store.load_agent(member.agent_id), store=store)
-        agent.event_bus = self.bus
-        return agent
-
-    async def _turn(self, member: MemberRecord, prompt: str, key: str) -> TurnResult:
+    async def _turn(
+        self, circle: CircleRecord, member: MemberRecord, prompt: str, key: str
+    ) -> TurnResult:
         started = time.monotonic()
-        result = await run_agent_turn(await self._agent(member), prompt, key)
+        result = await run_agent_turn(
+            await circle_agent(self.db, self.bus, circle, member), prompt, key
+        )
         if not result.replayed:
             tokens = result.usage.input_tokens + result.usage.output_tokens
             await self.db.execute(SQL["count_work"], member.id, tokens, time.monotonic() - started)
@@ -207,7 +216,7 @@ class CircleWorker:
         actor = Actor(member_id=member_id)
         try:
             result = await self._turn(
-                member, work_prompt(circle, member, task), f"circle:{task.id}:{iteration}"
+                circle, member, work_prompt(circle, member, task), f"circle:{task.id}:{iteration}"
             )
         except AgentBusyError:
             raise
@@ -235,7 +244,7 @@ class CircleWorker:
             return
         key = f"circle-review:{task.id}:{iteration}:{member_id}"
         try:
-            result = await self._turn(member, review_prompt(circle, member, task), key)
+            result = await self._turn(circle, member, review_prompt(circle, member, task), key)
         except AgentBusyError:
             raise
         except GatheringError as exc:
