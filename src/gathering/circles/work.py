@@ -43,7 +43,7 @@ from gathering.pipelines.handlers import json_part
 
 log = structlog.get_logger(__name__)
 MAX_SUMMARY = 300
-MAX_SUBMISSION = 200_000  # characters of a reply handed in (Submission.text's limit)
+MAX_SUBMISSION = 80_000  # characters of a reply handed in (Submission.text's limit)
 BUSY_RETRY_SECONDS = 5.0  # an agent busy in another turn is asked again this much later
 MAX_RERUNS = 5  # turns of one attempt cut short by a crash, run again at most
 _VERDICTS = {
