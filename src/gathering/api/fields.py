@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict, WithJsonSchema
 
+from gathering.db import fields as domain
+
 # Every character `str.isspace()` calls whitespace.
 _SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
@@ -63,12 +65,6 @@ IsoDatetime = Annotated[
 ]
 
 
-def _no_bool_or_text(value: Any) -> Any:
-    if isinstance(value, bool | str):
-        raise ValueError("give a number")
-    return value
-
-
 def _integral_text(value: Any) -> Any:
     """ "19.0" as 19: the schema's integers may come written as a whole decimal; `true` is
     not one (pydantic alone would take it as 1)."""
@@ -90,8 +86,8 @@ def _flush_tiny(value: float) -> float:
 TINY = 1e-30
 # JSON numbers and booleans as the schema types them: pydantic alone would also take `true`
 # for a number, `1` for a boolean, "3" for an integer and 1e400 (infinite) for a number.
-Integer = Annotated[int, BeforeValidator(_no_bool_or_text)]
+Integer = domain.Whole
 Number = Annotated[float, Strict(), AllowInfNan(False), AfterValidator(_flush_tiny)]
-Flag = Annotated[bool, Strict()]
+Flag = domain.Flag
 # An integer in a path, a query string or a body, where "19.0" is the same whole number as "19".
 WholeNumber = Annotated[int, BeforeValidator(_integral_text)]

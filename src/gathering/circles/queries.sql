@@ -106,10 +106,6 @@ SELECT * FROM circle.tasks WHERE id = $1
 -- NO KEY UPDATE, as lock_circle.
 SELECT * FROM circle.tasks WHERE id = $1 FOR NO KEY UPDATE
 
--- name: share_task --
--- Task $1, once a step that changes it has committed (a blocker read for a dependency).
-SELECT * FROM circle.tasks WHERE id = $1 FOR SHARE
-
 -- name: has_dependency --
 SELECT 1 FROM circle.task_dependencies WHERE task_id = $1 AND blocked_by = $2
 

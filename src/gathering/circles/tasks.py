@@ -1,6 +1,7 @@
-"""The life of a circle's task, each step one transaction that locks the task, checks the move
-(`states.check_move`), keeps it in the history with who and why, publishes its events on the
-circle's subject and queues the jobs it calls for (an agent's work, an agent's review).
+"""The life of a circle's task, each step one transaction that locks the circle, then the task
+(`_locked`: one step of a circle at a time), checks the move (`states.check_move`), keeps it
+in the history with who and why, publishes its events on the circle's subject and queues the
+jobs it calls for (an agent's work, an agent's review).
 
 pending -> offered -> in_progress -> in_review -> completed; in_review -> changes_requested ->
 in_progress (the next attempt, with the feedback); blocked while a dependency is not done;
@@ -168,9 +169,9 @@ class TaskFlow:
                 )
             waits_for = []
             for other_id in sorted(set(spec.blocked_by)):
-                # Shared: a blocker that is completing is read once it has (else its
-                # completion, which cannot see this new task yet, would leave it blocked).
-                other = await _task_of(tx, circle.id, other_id, share=True)
+                # Read under the circle's lock: a blocker's completion (a step of this circle)
+                # is either committed, or comes after this task and sees it.
+                other = await _task_of(tx, circle.id, other_id)
                 if other.status in ("failed", "cancelled"):
                     raise ConflictError(f"task {other.id} is {other.status}: it never completes")
                 waits_for.append(other)
@@ -304,10 +305,7 @@ class TaskFlow:
                 actor.user_id is not None and author is not None and author.user_id == actor.user_id
             ):
                 raise PermissionDeniedError(f"the author of task {task.id} cannot review it")
-            asked = [
-                row["member_id"]
-                for row in await tx.fetch_all(SQL["review_requests"], task.id, task.iteration)
-            ]
+            asked = await _asked(step, task)
             reviewer = members.get(actor.member_id) if actor.member_id else None
             if actor.member_id is not None and (reviewer is None or not reviewer.active):
                 raise PermissionDeniedError(
@@ -471,14 +469,14 @@ class TaskFlow:
             task, step = await _locked(tx, task_id)
             if await tx.fetch_val(SQL["has_dependency"], task.id, blocked_by):
                 return task  # it waits for it already
-            other = await _task_of(tx, task.circle_id, blocked_by, share=task.id != blocked_by)
+            other = await _task_of(tx, task.circle_id, blocked_by)
             if task.status not in ("pending", "blocked"):
                 raise ConflictError(
                     f"task {task.id} is {task.status}: only a pending or blocked task may wait"
                 )
             path = await tx.fetch_val(SQL["dependency_path"], other.id, task.id)
-            if path is not None or other.id == task.id:
-                cycle = [task.id, *path] if path else [task.id, task.id]  # a waits for ...
+            if path is not None:  # `other` waits for `task` (or is it): a cycle
+                cycle = [task.id, *path]  # each waits for the next
                 await _conflict(
                     step,
                     "cycle",
@@ -550,8 +548,8 @@ async def _locked(tx: Queries, task_id: int) -> tuple[CircleTask, _Step]:
     return CircleTask.from_row(row), _Step(tx, circle)
 
 
-async def _task_of(tx: Queries, circle_id: int, task_id: int, *, share: bool = False) -> CircleTask:
-    row = await tx.fetch_one(SQL["share_task" if share else "task_by_id"], task_id)
+async def _task_of(tx: Queries, circle_id: int, task_id: int) -> CircleTask:
+    row = await tx.fetch_one(SQL["task_by_id"], task_id)
     if row is None or row["circle_id"] != circle_id:
         raise NotFoundError(f"no task {task_id} in this circle")
     return CircleTask.from_row(row)
@@ -801,9 +799,7 @@ async def _route_reviews(step: _Step, task: CircleTask) -> None:
         fallback = lead_fallback(task.review_type, candidates, author_id=task.assignee_id)
         ranked = [fallback] if fallback is not None else []
     if not ranked:
-        reason = "no member may review it: a person approves or rejects it"
-        await _decide(step, task, "escalation", None, reason)
-        step.event("review.requested", {**task.as_event(), "member_id": None, "reason": reason})
+        await _ask_a_person(step, task, "no member may review it: a person approves or rejects it")
         return
     for choice in ranked:
         await _ask_review(step, task, members, choice.member_id, "review", choice.reason)
@@ -827,9 +823,11 @@ async def _ask_review(
         await agent_job(step.tx, REVIEW, task.id, task.iteration, member)
 
 
-async def _escalate(step: _Step, task: CircleTask, reason: str) -> None:
-    """Ask a lead not asked yet for this attempt (nor its author) to review it, or, when
-    there is none, a person."""
+async def _escalate(
+    step: _Step, task: CircleTask, reason: str, *, to_lead: str | None = None
+) -> None:
+    """Ask a lead not asked yet for this attempt (nor its author) to review it (saying
+    `to_lead`, else `reason`), or, when there is none, a person."""
     members = [m for m in await list_members(step.tx, task.circle_id) if m.active]
     asked = await _asked(step, task)
     lead = lead_fallback(
@@ -839,10 +837,16 @@ async def _escalate(step: _Step, task: CircleTask, reason: str) -> None:
         excluded=frozenset(asked),
     )
     if lead is None:
-        await _decide(step, task, "escalation", None, reason + "; a person decides")
-        step.event("review.requested", {**task.as_event(), "member_id": None, "reason": reason})
+        await _ask_a_person(step, task, reason + "; a person decides")
     else:
-        await _ask_review(step, task, members, lead.member_id, "escalation", reason)
+        said = reason if to_lead is None else to_lead
+        await _ask_review(step, task, members, lead.member_id, "escalation", said)
+
+
+async def _ask_a_person(step: _Step, task: CircleTask, reason: str) -> None:
+    """No member may review the attempt: a person (the owner, an admin) decides."""
+    await _decide(step, task, "escalation", None, reason)
+    step.event("review.requested", {**task.as_event(), "member_id": None, "reason": reason})
 
 
 async def _asked(step: _Step, task: CircleTask) -> list[int]:
@@ -884,27 +888,10 @@ async def _tally(
         "iteration": task.iteration,
     }
     await _conflict(step, "disagreement", task.id, None, detail)
-    lead = lead_fallback(
-        task.review_type,
-        [m.candidate() for m in members.values() if m.active],
-        author_id=task.assignee_id,
-        excluded=frozenset(asked),
-    )
     reason = "the reviewers disagree: " + ", ".join(
         f"member {member_id} {r['verdict']}" for member_id, r in verdicts.items()
     )
-    if lead is None:
-        await _decide(step, task, "escalation", None, reason + "; a person decides")
-        step.event("review.requested", {**task.as_event(), "member_id": None, "reason": reason})
-    else:
-        await _ask_review(
-            step,
-            task,
-            list(members.values()),
-            lead.member_id,
-            "escalation",
-            reason + "; the lead decides",
-        )
+    await _escalate(step, task, reason, to_lead=reason + "; the lead decides")
     return task
 
 
@@ -969,16 +956,19 @@ async def _completed(step: _Step, task: CircleTask) -> None:
 
 async def _ended(step: _Step, task: CircleTask) -> None:
     """A failed or cancelled task: it counts for its author, and the tasks that waited for it
-    fail too (they can never start)."""
+    fail too (they can never start); then the pending tasks may have a member with room."""
+    await _end(step, task)
+    await _route_waiting(step)
+
+
+async def _end(step: _Step, task: CircleTask) -> None:
     if task.status == "failed" and task.assignee_id is not None:
         await step.tx.execute(SQL["count_outcome"], task.assignee_id, 0, 1, 0, 0, 0.0)
     await _release(step, task)
     for row in await step.tx.fetch_all(SQL["dependents"], task.id):
         waiting, _ = await _locked(step.tx, row["id"])
         reason = f"task {task.id} it waits for is {task.status}"
-        waiting = await _move(step, waiting, "failed", SYSTEM, reason, error=reason)
-        await _ended(step, waiting)
-    await _route_waiting(step)
+        await _end(step, await _move(step, waiting, "failed", SYSTEM, reason, error=reason))
 
 
 async def _route_waiting(step: _Step) -> None:

@@ -36,7 +36,6 @@ from gathering.circles import (
     Conversations,
     MemberChange,
     MemberIn,
-    MemberRecord,
     ReviewIn,
     Submission,
     TaskFlow,
@@ -89,6 +88,8 @@ MemberId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The member'
 
 
 class CircleOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     owner_id: int
     name: str
@@ -100,6 +101,8 @@ class CircleOut(BaseModel):
 
 
 class MemberOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     circle_id: int
     agent_id: int | None
@@ -128,6 +131,8 @@ class MetricsOut(BaseModel):
 
 
 class TaskOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     circle_id: int
     title: str
@@ -270,18 +275,6 @@ class DependencyIn(BaseModel):
     blocked_by: Integer = Field(ge=1, le=MAX_ID, description="The task to wait for")
 
 
-def _circle_out(circle: CircleRecord) -> CircleOut:
-    return CircleOut(**{name: getattr(circle, name) for name in CircleOut.model_fields})
-
-
-def _member_out(member: MemberRecord) -> MemberOut:
-    return MemberOut(**{name: getattr(member, name) for name in MemberOut.model_fields})
-
-
-def _task_out(task: CircleTask) -> TaskOut:
-    return TaskOut(**{name: getattr(task, name) for name in TaskOut.model_fields})
-
-
 class _Access:
     """What the caller may do in a circle: manage it (owner, admin), or act as one member."""
 
@@ -356,7 +349,7 @@ async def circle_create(body: CircleIn, principal: CirclesWriter, db: DbDep) -> 
     """A new circle of the caller's, `created`: add members, then activate it to route
     tasks. Its name is unique on the server (409 otherwise)."""
     async with db.transaction() as tx:
-        return _circle_out(await create_circle(tx, principal.user_id, body))
+        return CircleOut.model_validate(await create_circle(tx, principal.user_id, body))
 
 
 @router.get("", summary="List circles", dependencies=[rate_limit("relaxed")])
@@ -369,14 +362,14 @@ async def circles_list(
 ) -> list[CircleOut]:
     """The caller's circles and those they are a member of (admins: every one), oldest first."""
     found = await list_circles(db, principal.owner_filter, limit=limit, offset=offset, name=name)
-    return [_circle_out(c) for c in found]
+    return [CircleOut.model_validate(c) for c in found]
 
 
 @router.get("/{circle_id:id}", summary="One circle", dependencies=[rate_limit("relaxed")])
 async def circle_get(
     circle_id: CircleId, request: Request, principal: CirclesReader, db: DbDep
 ) -> CircleOut:
-    return _circle_out((await _access(request, principal, db, circle_id)).circle)
+    return CircleOut.model_validate((await _access(request, principal, db, circle_id)).circle)
 
 
 @router.patch("/{circle_id:id}", summary="Change a circle's description or settings")
@@ -385,7 +378,7 @@ async def circle_change(
 ) -> CircleOut:
     (await _access(request, principal, db, circle_id)).manage()
     async with db.transaction() as tx:
-        return _circle_out(await change_circle(tx, circle_id, body))
+        return CircleOut.model_validate(await change_circle(tx, circle_id, body))
 
 
 _LIFECYCLE: dict[int | str, dict[str, Any]] = {
@@ -405,7 +398,7 @@ async def circle_activate(
     async with db.transaction() as tx:
         circle = await set_circle_status(tx, circle_id, "active")
     await TaskFlow(db, bus).route_pending(circle_id)
-    return _circle_out(circle)
+    return CircleOut.model_validate(circle)
 
 
 @router.post(
@@ -421,7 +414,7 @@ async def circle_archive(
         circle = await set_circle_status(tx, circle_id, "archived")
     await TaskFlow(db, bus).cancel_open(circle_id, "the circle was archived")
     await Conversations(db, bus).cancel_open(circle_id)
-    return _circle_out(circle)
+    return CircleOut.model_validate(circle)
 
 
 @router.delete("/{circle_id:id}", summary="Delete a circle", status_code=status.HTTP_204_NO_CONTENT)
@@ -441,7 +434,7 @@ async def members_list(
     circle_id: CircleId, request: Request, principal: CirclesReader, db: DbDep
 ) -> list[MemberOut]:
     await _access(request, principal, db, circle_id)
-    return [_member_out(m) for m in await list_members(db, circle_id)]
+    return [MemberOut.model_validate(m) for m in await list_members(db, circle_id)]
 
 
 @router.post(
@@ -463,7 +456,7 @@ async def member_add(
     async with db.transaction() as tx:
         member = await add_member(tx, access.circle, MemberIn.model_validate(body.model_dump()))
     await TaskFlow(db, bus).route_pending(circle_id)
-    return _member_out(member)
+    return MemberOut.model_validate(member)
 
 
 @router.patch("/{circle_id:id}/members/{member_id:id}", summary="Change a member")
@@ -485,7 +478,7 @@ async def member_change(
     if not member.active:
         await flow.member_left(circle_id, member.id)
     await flow.route_pending(circle_id)
-    return _member_out(await get_member(db, circle_id, member.id))
+    return MemberOut.model_validate(await get_member(db, circle_id, member.id))
 
 
 @router.get(
@@ -533,7 +526,7 @@ async def conflicts(
     """Newest first."""
     await _access(request, principal, db, circle_id)
     rows = await db.fetch_all(SQL["conflicts"], circle_id, open_only, limit)
-    return [ConflictOut(**{name: row[name] for name in ConflictOut.model_fields}) for row in rows]
+    return [ConflictOut.model_validate(row) for row in rows]
 
 
 @router.get(
@@ -551,7 +544,7 @@ async def tasks_list(
     """Newest first; `status` keeps one status."""
     await _access(request, principal, db, circle_id)
     found = await list_circle_tasks(db, circle_id, status=task_status, limit=limit, offset=offset)
-    return [_task_out(task) for task in found]
+    return [TaskOut.model_validate(task) for task in found]
 
 
 @router.post(
@@ -574,7 +567,9 @@ async def task_create(
     bus: BusDep,
 ) -> TaskOut:
     (await _access(request, principal, db, circle_id)).manage()
-    return _task_out(await TaskFlow(db, bus).create(circle_id, body, principal.user_id))
+    return TaskOut.model_validate(
+        await TaskFlow(db, bus).create(circle_id, body, principal.user_id)
+    )
 
 
 @router.get(
@@ -588,11 +583,11 @@ async def task_get(
     access = await _access(request, principal, db, circle_id)
     task = await _task(db, access, task_id)
     return TaskDetailOut(
-        **_task_out(task).model_dump(),
+        **TaskOut.model_validate(task).model_dump(),
         blocked_by=await task_dependencies(db, task.id),
         history=[TransitionOut.model_validate(row) for row in await task_history(db, task.id)],
-        decisions=[DecisionOut(**row) for row in await task_decisions(db, task.id)],
-        reviews=[ReviewOut(**row) for row in await task_reviews(db, task.id)],
+        decisions=[DecisionOut.model_validate(row) for row in await task_decisions(db, task.id)],
+        reviews=[ReviewOut.model_validate(row) for row in await task_reviews(db, task.id)],
     )
 
 
@@ -617,7 +612,9 @@ async def task_offer(
     access = await _access(request, principal, db, circle_id)
     access.manage()
     task = await _task(db, access, task_id)
-    return _task_out(await TaskFlow(db, bus).offer(task.id, Actor(user_id=principal.user_id)))
+    return TaskOut.model_validate(
+        await TaskFlow(db, bus).offer(task.id, Actor(user_id=principal.user_id))
+    )
 
 
 @router.post(
@@ -638,7 +635,7 @@ async def task_claim(
     access = await _access(request, principal, db, circle_id)
     task = await _task(db, access, task_id)
     actor = await access.actor(db, body.member_id if body else None)
-    return _task_out(await TaskFlow(db, bus).claim(task.id, actor))
+    return TaskOut.model_validate(await TaskFlow(db, bus).claim(task.id, actor))
 
 
 @router.post(
@@ -659,7 +656,7 @@ async def task_refuse(
     task = await _task(db, access, task_id)
     actor = await access.actor(db, body.member_id if body else None)
     reason = body.reason if body else ""
-    return _task_out(await TaskFlow(db, bus).refuse(task.id, actor, reason))
+    return TaskOut.model_validate(await TaskFlow(db, bus).refuse(task.id, actor, reason))
 
 
 @router.post(
@@ -685,7 +682,7 @@ async def task_submit(
     task = await _task(db, access, task_id)
     work = Submission(text=body.text, summary=body.summary, files=body.files)
     actor = await access.actor(db, body.member_id)
-    return _task_out(await TaskFlow(db, bus).submit(task.id, actor, work))
+    return TaskOut.model_validate(await TaskFlow(db, bus).submit(task.id, actor, work))
 
 
 @router.post(
@@ -709,7 +706,7 @@ async def task_review(
     task = await _task(db, access, task_id)
     actor = await access.actor(db, body.member_id, person=access.own_member is None)
     verdict = ReviewIn(verdict=body.verdict, feedback=body.feedback)
-    return _task_out(await TaskFlow(db, bus).review(task.id, actor, verdict))
+    return TaskOut.model_validate(await TaskFlow(db, bus).review(task.id, actor, verdict))
 
 
 async def _decide(
@@ -728,7 +725,7 @@ async def _decide(
     review = ReviewIn.model_validate(
         {"verdict": verdict, "feedback": body.feedback if body else ""}
     )
-    return _task_out(await TaskFlow(db, bus).review(task.id, actor, review))
+    return TaskOut.model_validate(await TaskFlow(db, bus).review(task.id, actor, review))
 
 
 @router.post(
@@ -782,7 +779,9 @@ async def task_cancel(
     access.manage()
     task = await _task(db, access, task_id)
     actor = Actor(user_id=principal.user_id)
-    return _task_out(await TaskFlow(db, bus).cancel(task.id, actor, body.reason if body else ""))
+    return TaskOut.model_validate(
+        await TaskFlow(db, bus).cancel(task.id, actor, body.reason if body else "")
+    )
 
 
 @router.post(
@@ -804,7 +803,7 @@ async def task_dependency_add(
     task = await _task(db, access, task_id)
     other = await _task(db, access, body.blocked_by)
     actor = Actor(user_id=principal.user_id)
-    return _task_out(await TaskFlow(db, bus).add_dependency(task.id, other.id, actor))
+    return TaskOut.model_validate(await TaskFlow(db, bus).add_dependency(task.id, other.id, actor))
 
 
 # --- conversations ------------------------------------------------------------------------------
@@ -813,6 +812,8 @@ ConversationId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The c
 
 
 class ConversationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     circle_id: int
     topic: str
@@ -855,12 +856,6 @@ class InjectIn(BaseModel):
     text: str = Field(min_length=1, max_length=20_000, pattern=SAID)
 
 
-def _conversation_out(conversation: ConversationRecord) -> ConversationOut:
-    return ConversationOut(
-        **{name: getattr(conversation, name) for name in ConversationOut.model_fields}
-    )
-
-
 async def _conversation(db: Database, access: _Access, conversation_id: int) -> ConversationRecord:
     try:
         found = await get_conversation(db, conversation_id)
@@ -892,7 +887,7 @@ async def conversation_create(
     access = await _access(request, principal, db, circle_id)
     access.manage()
     async with db.transaction() as tx:
-        return _conversation_out(
+        return ConversationOut.model_validate(
             await create_conversation(tx, access.circle, body, principal.user_id)
         )
 
@@ -912,7 +907,7 @@ async def conversations_list(
 ) -> list[ConversationOut]:
     await _access(request, principal, db, circle_id)
     found = await list_conversations(db, circle_id, limit=limit, offset=offset)
-    return [_conversation_out(c) for c in found]
+    return [ConversationOut.model_validate(c) for c in found]
 
 
 @router.get(
@@ -928,7 +923,7 @@ async def conversation_get(
     db: DbDep,
 ) -> ConversationOut:
     access = await _access(request, principal, db, circle_id)
-    return _conversation_out(await _conversation(db, access, conversation_id))
+    return ConversationOut.model_validate(await _conversation(db, access, conversation_id))
 
 
 @router.get(
@@ -949,7 +944,7 @@ async def conversation_transcript(
     access = await _access(request, principal, db, circle_id)
     found = await _conversation(db, access, conversation_id)
     rows = await transcript(db, found.id, after=after, limit=limit)
-    return [MessageOut(**{name: row[name] for name in MessageOut.model_fields}) for row in rows]
+    return [MessageOut.model_validate(row) for row in rows]
 
 
 _CONTROL: dict[int | str, dict[str, Any]] = {
@@ -976,7 +971,7 @@ async def _control(
         "resume": conversations.resume,
         "cancel": conversations.cancel,
     }[action]
-    return _conversation_out(await act(found.id))
+    return ConversationOut.model_validate(await act(found.id))
 
 
 @router.post(
@@ -1070,7 +1065,7 @@ async def conversation_inject(
     if access.own_member is not None:
         speaker = (await get_member(db, circle_id, access.own_member)).name
     message = await Conversations(db, bus).inject(found.id, principal.user_id, speaker, body.text)
-    return MessageOut(**{name: message[name] for name in MessageOut.model_fields})
+    return MessageOut.model_validate(message)
 
 
 @router.post(
@@ -1091,4 +1086,4 @@ async def conversation_summary(
     access = await _access(request, principal, db, circle_id)
     found = await _conversation(db, access, conversation_id)
     await Conversations(db, bus).request_summary(found.id)
-    return _conversation_out(found)
+    return ConversationOut.model_validate(found)
