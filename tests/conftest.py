@@ -38,6 +38,10 @@ atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)  # runs after the 
 os.environ["GATHERING_DATA_DIR"] = str(_DATA_DIR)
 os.environ.setdefault("GATHERING_LOG_LEVEL", "WARNING")
 os.environ.pop("DATABASE_URL", None)
+# The runner's terminal size (a CI shell exports COLUMNS=80) must not latch into the CLI's
+# module-level rich consoles at import: a CLI test sets the width it reads per invocation.
+for _size in ("COLUMNS", "LINES"):
+    os.environ.pop(_size, None)
 # Security: the seed's in-process clients (Host `test`, `testserver`) pass the Host check as
 # in-process calls; tests that exercise auth or rate limits build their own apps with settings.
 os.environ.pop("GATHERING_ALLOWED_HOSTS", None)

@@ -167,3 +167,80 @@ async def test_an_agent_works_in_the_circles_workspace(lab: CircleLab) -> None:
     assert (await get_member(lab.db, circle.id, coder.id)).completed == 1
     await delete_circle(lab.db, circle.id)  # its workspace goes with it
     assert not await asyncio.to_thread(circle.workspace.exists)
+
+
+async def test_work_a_budget_refuses_waits_in_hand_and_runs_once_it_is_raised(
+    lab: CircleLab,
+) -> None:
+    from gathering.circles import get_circle_task
+    from gathering.usage import Attribution, BudgetSpec, LedgerEntry, record, set_budget
+
+    circle = await lab.circle(review_required=False)
+    coder = await lab.member(circle, "coder")
+    tight = BudgetSpec("circle", circle.id, "day", limit_tokens=3000)
+    await set_budget(lab.db, tight, actor_id=None)
+    spent = LedgerEntry("model", Attribution(circle_id=circle.id), "ollama", "m", 2900, 0)
+    await record(lab.db, spent)  # 100 tokens of room left today: the call would fit in 3000
+    task = await lab.task(circle)  # offered; no worker runs its job: this test does
+    worker = CircleWorker(lab.db, lab.bus)
+
+    async def queued() -> dict:
+        return await lab.db.fetch_one(
+            "SELECT args, scheduled_at, lock FROM procrastinate_jobs"
+            " WHERE task_name = 'circles:work' AND status = 'todo' AND args ? 'budget_waits'"
+        )
+
+    await worker.work(task.id, iteration=1, member_id=coder.id)
+    waiting = await get_circle_task(lab.db, task.id)
+    assert (waiting.status, waiting.assignee_id) == ("in_progress", coder.id)  # not failed
+    assert lab.stub.requests == []  # refused before any call
+    for _ in range(200):  # the bus delivers after the commit
+        if "circle.task.waiting" in lab.kinds(task.id):
+            break
+        await asyncio.sleep(0.05)
+    [waited] = [e for e in lab.events if e.type == "circle.task.waiting"]
+    assert waited.data["error"]["code"] == "budget_exceeded" and waited.data["retry_at"]
+    job = await queued()
+    assert job["args"]["budget_waits"] == 1 and 100 < job["args"]["estimate"][1] < 3000
+    assert job["scheduled_at"] is not None  # at the budget's reset, or in a few minutes
+    assert job["lock"] is None  # the agent's other work is not held up meanwhile
+
+    # A second delivery of the first job, and a look while the budget is as it was: no
+    # turn, no second waiting job, no new event.
+    again = {k: job["args"][k] for k in ("budget_waits", "estimate")}
+    await worker.work(task.id, 1, coder.id)
+    await worker.work(task.id, 1, coder.id, **again)
+    assert lab.stub.requests == [] and (await queued())["args"] == job["args"]
+    count = await lab.db.fetch_val(
+        "SELECT count(*) FROM procrastinate_jobs WHERE args ? 'budget_waits'"
+    )
+    assert count == 1
+    await asyncio.sleep(0.2)
+    assert [e.type for e in lab.events].count("circle.task.waiting") == 1
+    assert (await get_circle_task(lab.db, task.id)).status == "in_progress"
+
+    raised = BudgetSpec("circle", circle.id, "day", limit_tokens=10**6)
+    await set_budget(lab.db, raised, actor_id=None)
+    lab.stub.add_reply("the work, done")
+    await worker.work(task.id, 1, coder.id, **again)
+    done = await get_circle_task(lab.db, task.id)
+    assert done.status == "completed", done
+    assert done.result is not None and done.result["text"] == "the work, done"
+    rows = await lab.db.fetch_all(
+        "SELECT circle_id, outcome FROM usage.ledger WHERE kind = 'model' AND model <> 'm'"
+    )
+    assert [(r["circle_id"], r["outcome"]) for r in rows] == [(circle.id, "ok")]
+
+
+async def test_work_whose_call_no_reset_can_fit_fails_at_once(lab: CircleLab) -> None:
+    from gathering.usage import BudgetSpec, set_budget
+
+    circle = await lab.circle(review_required=False)
+    coder = await lab.member(circle, "coder")
+    await set_budget(
+        lab.db, BudgetSpec("circle", circle.id, "total", limit_tokens=10), actor_id=None
+    )
+    task = await lab.task(circle)
+    await CircleWorker(lab.db, lab.bus).work(task.id, iteration=1, member_id=coder.id)
+    failed = await lab.wait(task.id)
+    assert failed.status == "failed" and "budget" in (failed.error or ""), failed

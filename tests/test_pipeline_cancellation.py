@@ -83,9 +83,15 @@ async def test_cancel_of_a_finished_run_is_refused(runtime: Runtime) -> None:
 
 
 async def test_pipeline_timeout_fails_the_run_at_its_deadline(runtime: Runtime) -> None:
-    document = linear(tool_node("slow", "blocked", key="forever"), timeout_seconds=0.5)
+    document = linear(tool_node("slow", "blocked", key="forever"), timeout_seconds=600)
     run = await runtime.start(document)
     assert run.deadline is not None
+    await asyncio.wait_for(LAB.started_event("forever").wait(), 20)
+    # the deadline comes while the node runs, however slow the machine was to start it
+    await runtime.db.execute(
+        "UPDATE pipeline.runs SET deadline = now() + interval '0.3 seconds' WHERE id = $1",
+        run.id,
+    )
     done = await runtime.wait(run.id, "failed", limit=20)
     assert done.error is not None and done.error["code"] == "run_timeout"
     assert "did not finish within its timeout" in done.error["message"]
@@ -95,6 +101,19 @@ async def test_pipeline_timeout_fails_the_run_at_its_deadline(runtime: Runtime) 
         await asyncio.sleep(0.05)
     assert (await get_run(runtime.db, run.id)).nodes["slow"].status == "cancelled"
     assert await open_jobs(runtime) == []
+
+
+async def test_pipeline_timeout_skips_the_nodes_that_never_started(
+    migrated_database_url: str,
+) -> None:
+    async with pipeline_runtime(migrated_database_url, workers=0) as runtime:
+        document = linear(tool_node("a", "echo", text="late"), timeout_seconds=0.3)
+        run = await runtime.start(document)
+        done = await runtime.wait(run.id, "failed", limit=20)
+        assert done.error is not None and done.error["code"] == "run_timeout"
+        assert {node.status for node in done.nodes.values()} == {"skipped"}
+        assert LAB.calls["late"] == 0
+        assert await open_jobs(runtime) == []
 
 
 async def test_a_node_timeout_is_an_attempt_that_failed_and_may_be_retried(

@@ -11,10 +11,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import pydantic
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -24,10 +26,11 @@ from gathering.agents import Agent, AgentRecord, PostgresAgentStore, ToolStarted
 from gathering.config import Settings, ensure_bind_allowed, get_settings, redact_credentials
 from gathering.db import Database, Migration, MigrationStatus, discover_migrations, redact_url
 from gathering.errors import GatheringError, InvalidInputError, NotFoundError, StartupError
-from gathering.llm import TextDelta, default_provider_name
+from gathering.llm import TextDelta
 from gathering.observability import configure_logging
 
 if TYPE_CHECKING:
+    from gathering.catalog.models import ModelRow
     from gathering.jobs import JobInfo, JobQueue, JobWorker
     from gathering.pipelines import Problem
     from gathering.pipelines.runs import RunRecord
@@ -415,14 +418,30 @@ def agents_create(
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model [default: the provider's]")] = None,
     role: Annotated[str, typer.Option(help="Persona role, e.g. 'code reviewer'")] = "",
+    persona: Annotated[
+        str | None,
+        typer.Option(
+            "--persona", help="Copy this persona of the library (`gathering personas list`)"
+        ),
+    ] = None,
     owner: OwnerOption = None,
 ) -> None:
-    """Create an agent."""
+    """Create an agent (its provider and model: the given ones, else the defaults, which
+    `gathering settings` can change)."""
     settings = settings_or_exit()
 
     async def work() -> AgentRecord:
-        agent = Agent(name, provider or default_provider_name(), model, persona={"role": role})
+        from gathering.catalog.personas import Persona, get_persona
+        from gathering.catalog.settings import default_model_of, default_provider
+
         async with _agent_store(settings) as store:
+            chosen = provider or await default_provider(store.db)
+            identity = (await get_persona(store.db, persona)).persona if persona else Persona()
+            if role:
+                identity = Persona.model_validate({**identity.model_dump(), "role": role})
+            agent = Agent(
+                name, chosen, model or await default_model_of(store.db, chosen), persona=identity
+            )
             agent.owner_id = await _owner_id(settings, store, owner, None)
             return await store.create_agent(agent.record())
 
@@ -456,6 +475,516 @@ def agents_delete(
 
     record = run_async(work)
     console.print(f"deleted agent [bold]{record.name}[/] (id {record.id})")
+
+
+providers_app = typer.Typer(
+    help="Model providers of the catalog (keys stored encrypted): list, add, remove, test.",
+    no_args_is_help=True,
+)
+app.add_typer(providers_app, name="providers")
+models_app = typer.Typer(
+    help="Models of the catalog: context windows, max output, prices (shipped and overridden).",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+@asynccontextmanager
+async def _catalog_db(settings: Settings) -> AsyncIterator[Database]:
+    async with Database(settings=settings, min_size=0, max_size=2) as db:
+        if settings.auto_migrate:
+            await db.run_migrations()
+        yield db
+
+
+@providers_app.command("list")
+def providers_list() -> None:
+    """List the configured providers (keys masked; the environment's key wins)."""
+    from gathering.catalog.providers import ProviderRecord, list_providers
+
+    settings = settings_or_exit()
+
+    async def work() -> list[ProviderRecord]:
+        async with _catalog_db(settings) as db:
+            return await list_providers(db)
+
+    records = run_async(work)
+    table = Table(title=f"{len(records)} provider(s)")
+    for column in ("id", "name", "kind", "base_url", "key", "key source"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(
+            str(record.id),
+            record.name,
+            record.kind,
+            escape(record.base_url or ""),
+            escape(record.key_mask or ""),
+            record.key_source or "",
+        )
+    console.print(table)
+
+
+@providers_app.command("add")
+def providers_add(
+    name: Annotated[str, typer.Argument(help="A unique name; agents naming it use this entry")],
+    kind: Annotated[
+        str, typer.Option(help="anthropic, openai, openai-compatible, ollama or local")
+    ],
+    base_url: Annotated[str | None, typer.Option(help="The server's address")] = None,
+    key_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--key-stdin",
+            help="Read the API key from standard input (never give it as an argument)",
+        ),
+    ] = False,
+) -> None:
+    """Add a provider; its key is stored encrypted with a key derived from the server's secret."""
+    from functools import partial
+
+    from gathering.auth.accounts import CLI_ACTOR
+    from gathering.catalog.providers import ProviderRecord, add_provider
+    from gathering.tools.egress import check_model_endpoint
+
+    settings = settings_or_exit()
+    key = sys.stdin.readline().strip() if key_stdin else None
+    if key_stdin and not key:
+        fail(InvalidInputError("--key-stdin: standard input held no key"))
+
+    async def work() -> ProviderRecord:
+        async with _catalog_db(settings) as db:
+            return await add_provider(
+                db,
+                CLI_ACTOR,
+                name,
+                kind,
+                base_url=base_url,
+                key=key,
+                check_address=partial(check_model_endpoint, resolve=False),
+            )
+
+    record = run_async(work)
+    shown = f", key {record.key_mask}" if record.key_mask else ""
+    console.print(f"added provider [bold]{record.name}[/] (id {record.id}, {record.kind}{shown})")
+
+
+@providers_app.command("remove")
+def providers_remove(
+    name: Annotated[str, typer.Argument(help="The provider's name")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Remove a provider and its stored key."""
+    from gathering.auth.accounts import CLI_ACTOR
+    from gathering.catalog.providers import ProviderRecord, provider_named, remove_provider
+
+    settings = settings_or_exit()
+    if not yes and not typer.confirm(f"Remove provider {name!r} and its key?"):
+        raise typer.Exit(code=1)
+
+    async def work() -> ProviderRecord:
+        async with _catalog_db(settings) as db:
+            record = await provider_named(db, name)
+            return await remove_provider(db, CLI_ACTOR, record.id)
+
+    record = run_async(work)
+    console.print(f"removed provider [bold]{record.name}[/] (id {record.id})")
+
+
+@providers_app.command("test")
+def providers_test(
+    name: Annotated[str, typer.Argument(help="The provider's name")],
+    model: Annotated[str | None, typer.Option(help="The model [default: the kind's]")] = None,
+) -> None:
+    """Make one minimal call to a provider: its latency, or the error (exit code 1)."""
+    from gathering.catalog.providers import ProviderTestResult, provider_named, run_provider_test
+    from gathering.tools.egress import check_model_endpoint
+
+    settings = settings_or_exit()
+
+    async def work() -> ProviderTestResult:
+        async with _catalog_db(settings) as db:
+            record = await provider_named(db, name)
+            return await run_provider_test(db, record.id, model, check_address=check_model_endpoint)
+
+    result = run_async(work)
+    if result.ok:
+        console.print(f"ok: {name} answered with {result.model} in {result.latency_ms:.0f} ms")
+        return
+    error = result.error or {}
+    err_console.print(
+        f"[bold red]failed:[/] {escape(str(error.get('message')))} ({error.get('code')})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if error.get("hint"):
+        err_console.print(f"[dim]hint:[/] {escape(str(error['hint']))}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+def _money(value: float | None) -> str:
+    """A price as given: 123456.789 stays whole, 0.1 + 0.2 reads 0.3."""
+    return "" if value is None else f"{value:.12g}"
+
+
+def _tokens(count: int | None) -> str:
+    """A token count, short: 200000 as "200k", 1000000 as "1M", 8192 as is."""
+    if not count:
+        return ""
+    for size, unit in ((1_000_000, "M"), (1000, "k")):
+        if count % size == 0:
+            return f"{count // size}{unit}"
+    return str(count)
+
+
+@models_app.command("list")
+def models_list(
+    provider: Annotated[
+        str | None, typer.Option(help="Only this provider kind or configured provider")
+    ] = None,
+) -> None:
+    """List the models, a table per provider: the shipped prices (genai-prices' dated data)
+    merged with admins' overrides."""
+    from gathering.catalog.models import list_models
+    from gathering.llm.pricing import PRICES_SOURCE
+
+    settings = settings_or_exit()
+
+    async def work() -> list[ModelRow]:
+        async with _catalog_db(settings) as db:
+            return await list_models(db, provider)
+
+    rows = run_async(work)
+    if not rows and provider is not None:
+        fail(
+            NotFoundError(
+                f"no models of provider {provider!r}",
+                hint="name a provider kind (anthropic, openai, ...) or a configured provider "
+                "(`gathering providers list`); `gathering models list` lists them all",
+            )
+        )
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    console.print(f"{len(rows)} model(s), USD per 1M tokens; shipped: {PRICES_SOURCE}, {now}")
+    for name in dict.fromkeys(row.provider for row in rows):  # one table per provider
+        console.print(_models_table(name, [row for row in rows if row.provider == name]))
+
+
+def _models_table(provider: str, rows: list[ModelRow]) -> Table:
+    """A provider's models: the names whole when they fit, the numbers never cut."""
+    table = Table(
+        title=f"{escape(provider)}: {len(rows)}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,  # no column rules, no edges: room for the names in 80 columns
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("model", overflow="fold")  # a name too long folds, whole
+    for column in ("context", "max out", "input", "output", "cached", "source"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(
+            escape(row.model),
+            _tokens(row.context_window),
+            _tokens(row.max_output),
+            _money(row.input_per_million),
+            _money(row.output_per_million),
+            _money(row.cached_input_per_million),
+            row.source,
+        )
+    return table
+
+
+@models_app.command("price")
+def models_price(
+    provider: Annotated[str, typer.Argument(help="A provider kind or a configured provider")],
+    model: Annotated[str, typer.Argument(help="The model")],
+    input_price: Annotated[
+        float | None, typer.Option("--input", help="Set: USD per million input tokens")
+    ] = None,
+    output_price: Annotated[
+        float | None, typer.Option("--output", help="Set: USD per million output tokens")
+    ] = None,
+    cached_price: Annotated[
+        float | None, typer.Option("--cached", help="Set: USD per million cached input tokens")
+    ] = None,
+    context_window: Annotated[int | None, typer.Option(help="Set: the context window")] = None,
+    max_output: Annotated[int | None, typer.Option(help="Set: most tokens of one reply")] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Delete the override: back to the shipped values")
+    ] = False,
+) -> None:
+    """Show the price and limits a model is charged and budgeted at; with --input/--output
+    (and --cached, --context-window, --max-output) store an override; --reset removes it."""
+    from gathering.auth.accounts import CLI_ACTOR
+    from gathering.catalog.models import (
+        ModelLimits,
+        ModelPrice,
+        ModelValues,
+        model_limits,
+        model_price,
+        remove_model_override,
+        set_model_override,
+    )
+
+    settings = settings_or_exit()
+    values = ModelValues(context_window, max_output, input_price, output_price, cached_price)
+    changing = values != ModelValues()
+    if reset and changing:
+        fail(InvalidInputError("--reset removes the override: give it alone"))
+
+    async def work() -> tuple[ModelPrice | None, ModelLimits | None]:
+        async with _catalog_db(settings) as db:
+            if reset:
+                await remove_model_override(db, CLI_ACTOR, provider, model)
+            elif changing:
+                await set_model_override(db, CLI_ACTOR, provider, model, values)
+            return await model_price(db, provider, model), await model_limits(db, provider, model)
+
+    price, limits = run_async(work)
+    if price is None:
+        console.print(f"{escape(provider)}/{escape(model)}: unpriced (no override, not shipped)")
+    else:
+        cached = _money(price.cached_input_per_million) or "as input"
+        console.print(
+            f"{escape(provider)}/{escape(model)}: input {_money(price.input_per_million)}, "
+            f"output {_money(price.output_per_million)}, cached input {cached} (USD per million "
+            "tokens)"
+        )
+    if limits is not None:
+        most = limits.max_output or "unknown"
+        console.print(
+            f"context window {limits.context_window} ({limits.source}), max output {most}"
+        )
+
+
+personas_app = typer.Typer(
+    help="The personas library: built-in and stored personas to make agents from.",
+    no_args_is_help=True,
+)
+app.add_typer(personas_app, name="personas")
+
+
+@personas_app.command("list")
+def personas_list() -> None:
+    """List the library: the built-in personas, then the stored ones."""
+    settings = settings_or_exit()
+
+    async def work() -> tuple[list[Any], dict[int, str]]:
+        from gathering.auth.users import UserStore
+        from gathering.catalog.personas import list_personas
+
+        async with _agent_store(settings) as store:
+            users = await UserStore(store.db).list_users()
+            return await list_personas(store.db), {u.id: u.email for u in users}
+
+    found, emails = run_async(work)
+    table = Table(title=f"{len(found)} persona(s)")
+    for column in ("name", "role", "owner", "description"):
+        table.add_column(column)
+    for entry in found:
+        owner = "built in" if entry.builtin else emails.get(entry.owner_id or 0, "you")
+        table.add_row(
+            escape(entry.name),
+            escape(entry.persona.role),
+            escape(owner if settings.auth_required or entry.builtin else "you"),
+            escape(entry.description),
+        )
+    console.print(table)
+
+
+@personas_app.command("show")
+def personas_show(name: Annotated[str, typer.Argument(help="The persona's name")]) -> None:
+    """Show one persona with its base prompt."""
+    settings = settings_or_exit()
+
+    async def work() -> Any:
+        from gathering.catalog.personas import get_persona
+
+        async with _agent_store(settings) as store:
+            return await get_persona(store.db, name)
+
+    entry = run_async(work)
+    persona = entry.persona
+    console.print(f"[bold]{escape(entry.name)}[/]" + (" (built in)" if entry.builtin else ""))
+    for label, value in (
+        ("description", entry.description),
+        ("role", persona.role),
+        ("traits", ", ".join(persona.traits)),
+        ("specializations", ", ".join(persona.specializations)),
+        ("style", persona.communication_style),
+        ("language", persona.language),
+    ):
+        if value:
+            console.print(f"{label}: {escape(value)}")
+    if persona.base_prompt:
+        console.print()
+        console.print(escape(persona.base_prompt), highlight=False)
+
+
+@personas_app.command("create")
+def personas_create(
+    name: Annotated[str, typer.Argument(help="The new persona's name (lower case)")],
+    base: Annotated[
+        str | None, typer.Option("--from", help="Start from a copy of this persona")
+    ] = None,
+    role: Annotated[str | None, typer.Option(help="Its role, e.g. 'code reviewer'")] = None,
+    description: Annotated[str | None, typer.Option(help="What it is for")] = None,
+    prompt_file: Annotated[
+        str | None, typer.Option("--prompt-file", help="A text file holding its base prompt")
+    ] = None,
+    owner: OwnerOption = None,
+) -> None:
+    """Store a persona in the library (owned by --owner in multi-user mode)."""
+    settings = settings_or_exit()
+    prompt = None
+    if prompt_file is not None:
+        try:
+            with open(prompt_file, encoding="utf-8") as file:
+                prompt = file.read(20_001)
+        except OSError as exc:
+            fail(InvalidInputError(f"cannot read {prompt_file}: {exc.strerror or exc}"))
+
+    async def work() -> Any:
+        from gathering.auth.users import UserStore
+        from gathering.catalog.personas import Persona, create_persona, get_persona
+
+        async with _agent_store(settings) as store:
+            fields: dict[str, Any] = {}
+            text = ""
+            if base is not None:
+                template = await get_persona(store.db, base)
+                fields, text = template.persona.model_dump(), template.description
+            fields.update({k: v for k, v in (("role", role), ("base_prompt", prompt)) if v})
+            users = UserStore(store.db)
+            if owner is not None:
+                owner_id = (await users.require_by_email(owner)).id
+            elif settings.auth_required:
+                raise InvalidInputError(
+                    "multi-user mode: whose persona is it?",
+                    hint="add --owner EMAIL (`gathering users list` shows them)",
+                )
+            else:
+                owner_id = (await users.local_owner()).id
+            persona = Persona.model_validate(fields)
+            return await create_persona(
+                store.db, owner_id, name, persona, text if description is None else description
+            )
+
+    entry = run_async(work)
+    console.print(f"created persona [bold]{escape(entry.name)}[/] (id {entry.id})")
+
+
+@personas_app.command("delete")
+def personas_delete(
+    name: Annotated[str, typer.Argument(help="The persona's name")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Delete a stored persona; agents made from it keep their copy."""
+    settings = settings_or_exit()
+    if not yes and not typer.confirm(f"Delete persona {name!r}?"):
+        raise typer.Exit(code=1)
+
+    async def work() -> Any:
+        from gathering.catalog.personas import Editor, delete_persona
+
+        async with _agent_store(settings) as store:
+            # The command line runs on the server, with its database: an administrator's.
+            return await delete_persona(store.db, name, Editor(0, is_admin=True))
+
+    entry = run_async(work)
+    console.print(f"deleted persona [bold]{escape(entry.name)}[/]")
+
+
+settings_app = typer.Typer(
+    help="Run-time settings stored in the database (environment variables win over them).",
+    no_args_is_help=True,
+)
+app.add_typer(settings_app, name="settings")
+
+
+def _setting_line(current: Any) -> str:
+    shown = "(unset)" if current.shown is None else json.dumps(current.shown)
+    fixed = "" if current.changeable else f" — set by {current.spec.env_var}"
+    return f"{current.spec.name} = {escape(shown)} [dim]({current.source}{fixed})[/]"
+
+
+@settings_app.command("list")
+def settings_list() -> None:
+    """List the settings: value (secrets masked), where it comes from, whether it can change."""
+    settings = settings_or_exit()
+
+    async def work() -> list[Any]:
+        from gathering.catalog.settings import list_settings
+
+        async with _agent_store(settings) as store:
+            return await list_settings(store.db)
+
+    found = run_async(work)
+    table = Table(title=f"{len(found)} setting(s)")
+    for column in ("name", "value", "source", "changeable", "description"):
+        table.add_column(column)
+    for current in found:
+        table.add_row(
+            current.spec.name,
+            escape("(unset)" if current.shown is None else json.dumps(current.shown)),
+            current.source,
+            "yes" if current.changeable else f"no ({current.spec.env_var})",
+            escape(current.spec.description),
+        )
+    console.print(table)
+
+
+@settings_app.command("get")
+def settings_get(name: Annotated[str, typer.Argument(help="The setting's name")]) -> None:
+    """Show one setting (a secret masked)."""
+    settings = settings_or_exit()
+
+    async def work() -> Any:
+        from gathering.catalog.settings import get_setting
+
+        async with _agent_store(settings) as store:
+            return await get_setting(store.db, name)
+
+    console.print(_setting_line(run_async(work)))
+
+
+@settings_app.command("set")
+def settings_set(
+    name: Annotated[str, typer.Argument(help="The setting's name")],
+    value: Annotated[
+        str, typer.Argument(help="Its new value; - reads it from standard input (for secrets)")
+    ],
+) -> None:
+    """Store a setting's value (validated and audited); every instance uses it from its next
+    read, without a restart."""
+    settings = settings_or_exit()
+    if value == "-":
+        value = sys.stdin.read(4096).strip()
+
+    async def work() -> Any:
+        from gathering.auth.accounts import Actor
+        from gathering.catalog.settings import store_setting
+
+        async with _agent_store(settings) as store:
+            editor = Actor(None, "cli", via="cli")
+            return await store_setting(store.db, name, value, editor, from_text=True)
+
+    console.print(_setting_line(run_async(work)))
+
+
+@settings_app.command("unset")
+def settings_unset(name: Annotated[str, typer.Argument(help="The setting's name")]) -> None:
+    """Drop a setting's stored value: back to its default (audited)."""
+    settings = settings_or_exit()
+
+    async def work() -> Any:
+        from gathering.auth.accounts import Actor
+        from gathering.catalog.settings import reset_setting
+
+        async with _agent_store(settings) as store:
+            return await reset_setting(store.db, name, Actor(None, "cli", via="cli"))
+
+    console.print(_setting_line(run_async(work)))
 
 
 @app.command()
@@ -1089,6 +1618,7 @@ _STATUS_STYLE = {
     "running": "cyan",
     "waiting": "magenta",
     "waiting_approval": "magenta",
+    "waiting_budget": "magenta",
     "paused": "yellow",
     "done": "green",
     "active": "cyan",
@@ -1363,6 +1893,29 @@ def pipelines_deny(run_id: RunIdArgument, node: NodeArgument, comment: AnswerCom
     """Deny a run's approval node: the node fails (approval_denied), and so does the run."""
     run = _answer_node(run_id, node, "deny", comment)
     console.print(f"node [bold]{escape(node)}[/] of run {run.id} denied: the run is {run.status}")
+
+
+class NodeAnswer(StrEnum):
+    """How a node that waits for a decision (not an approval) is answered."""
+
+    RETRY = "retry"
+    SKIP = "skip"
+
+
+@pipelines_app.command("resolve")
+def pipelines_resolve(
+    run_id: RunIdArgument,
+    node: NodeArgument,
+    action: Annotated[
+        NodeAnswer,
+        typer.Argument(help="retry: run the node again; skip: go on without its output"),
+    ],
+) -> None:
+    """Answer a node that waits for a decision: one a budget refused (raise the budget first:
+    `gathering budgets set`) or one whose outcome is unknown after an interruption."""
+    run = _answer_node(run_id, node, action.value, "")
+    done = "queued to run again" if action is NodeAnswer.RETRY else "skipped"
+    console.print(f"node [bold]{escape(node)}[/] of run {run.id} {done}: the run is {run.status}")
 
 
 @pipelines_app.command("retry")
@@ -1817,6 +2370,13 @@ def tasks_start(
             f"`gathering approvals approve {task.approval_id}` (or deny); a running server "
             "takes the task up again"
         )
+    elif task.status == "waiting_budget":
+        message = (task.error or {}).get("message", "")
+        err_console.print(
+            f"[magenta]task {task.id} waits for a budget:[/] {escape(str(message))}; once it is "
+            f"raised, `gathering tasks resume {task.id}` takes the task up again"
+        )
+        raise typer.Exit(code=1)
     elif task.status != "succeeded":
         message = (task.error or {}).get("message", "")
         err_console.print(f"[red]task {task.id} {task.status}:[/] {escape(str(message))}")
@@ -1937,7 +2497,7 @@ def _task_command(verb: str, summary: str) -> None:
 
 
 _task_command("pause", "Stop the task where it is, on whichever worker runs it.")
-_task_command("resume", "Queue a paused task again: it goes on from its last step.")
+_task_command("resume", "Queue a paused or budget-waiting task again, from its last step.")
 _task_command("cancel", "End the task as cancelled, stopping it wherever it runs.")
 
 
@@ -2146,6 +2706,328 @@ def goals_activities(goal_id: GoalIdArgument) -> None:
     for row in rows:
         body = json.dumps(row["body"], ensure_ascii=False)[:160]
         console.print(f"{_when(row['created_at'])} [bold]{row['kind']}[/] {escape(body)}")
+
+
+ByOption = Annotated[
+    Literal["user", "agent", "circle", "model", "provider", "kind"],
+    typer.Option("--by", help="What each row sums"),
+]
+
+
+def _since(text: str | None) -> datetime | None:
+    """`--since`: an ISO date or date-time (UTC unless it says), or `<n>d` for n days ago."""
+    if text is None:
+        return None
+    from datetime import timedelta
+
+    if text.endswith("d") and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(days=int(text[:-1]))
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"--since {text!r} is not a date", hint="give 2026-01-31, 2026-01-31T08:00 or 7d"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@app.command("usage")
+def usage_command(
+    by: ByOption = "agent",
+    period: Annotated[
+        Literal["day", "week", "month"], typer.Option(help="Sum per UTC day, week or month")
+    ] = "day",
+    since: Annotated[
+        str | None, typer.Option(help="From this date (ISO, UTC) or `7d` (days ago)")
+    ] = None,
+    user: Annotated[int | None, typer.Option(min=1, help="Only this user's usage")] = None,
+    agent: Annotated[int | None, typer.Option(min=1, help="Only this agent's usage")] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table")] = False,
+) -> None:
+    """Usage from the ledger, summed per period and group (everyone's, or --user's)."""
+    from gathering.usage import ReportFilter, csv_cell, report
+
+    settings = settings_or_exit()
+    with reported_errors():
+        where = ReportFilter(since=_since(since), user_id=user, agent_id=agent)
+
+    async def work() -> list[dict[str, Any]]:
+        async with _agent_store(settings) as store:
+            return await report(store.db, period, by, where)
+
+    rows = run_async(work)
+    columns = ("period_start", "key", "calls", "input_tokens", "output_tokens", "cost_usd")
+    if as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        for row in rows:
+            values = [row["period_start"].isoformat(), *(row[c] for c in columns[1:])]
+            writer.writerow([csv_cell(v) for v in values])
+        return
+    table = Table(title=f"usage per {period} (UTC) by {by}")
+    for column in (period, by, "calls", "input tokens", "output tokens", "USD"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["period_start"].date().isoformat(),
+            escape(str(row["key"] if row["key"] is not None else "-")),
+            str(row["calls"]),
+            str(row["input_tokens"]),
+            str(row["output_tokens"]),
+            f"{row['cost_usd']:.6f}",
+        )
+    console.print(table)
+
+
+budgets_app = typer.Typer(
+    help="Money and token budgets per user, agent, circle, pipeline or background task, over a "
+    "UTC day, a UTC month or in total; checked before every model call (docs/usage.md).",
+    no_args_is_help=True,
+)
+app.add_typer(budgets_app, name="budgets")
+
+
+@budgets_app.command("list")
+def budgets_list() -> None:
+    """List the budgets and where each stands in its current period."""
+    from gathering.usage import Budget, list_budgets
+
+    settings = settings_or_exit()
+
+    async def work() -> list[Budget]:
+        async with _agent_store(settings) as store:
+            return await list_budgets(store.db)
+
+    budgets = run_async(work)
+    table = Table(title=f"{len(budgets)} budget(s)")
+    for column in ("id", "scope", "target", "period", "USD", "tokens", "warn", "resets"):
+        table.add_column(column)
+    for b in budgets:
+        usd = f"{b.spent_usd + b.reserved_usd:.4f} / {_money(b.limit_usd)}" if b.limit_usd else "-"
+        tokens = (
+            f"{b.spent_tokens + b.reserved_tokens} / {b.limit_tokens}" if b.limit_tokens else "-"
+        )
+        resets = b.resets_at.isoformat(timespec="minutes") if b.resets_at else "never"
+        row = (b.scope, str(b.target_id), b.period, usd, tokens, f"{b.warn_percent}%", resets)
+        table.add_row(str(b.id), *row)
+    console.print(table)
+
+
+@budgets_app.command("set")
+def budgets_set(
+    scope: Annotated[
+        Literal["user", "agent", "circle", "pipeline", "task"],
+        typer.Argument(help="Whose budget"),
+    ],
+    target_id: Annotated[int, typer.Argument(min=1, help="The user's, agent's, ... id")],
+    period: Annotated[
+        Literal["day", "month", "total"], typer.Option(help="UTC day, UTC month, or total")
+    ] = "month",
+    usd: Annotated[float | None, typer.Option(min=0.000001, help="Limit in USD")] = None,
+    tokens: Annotated[int | None, typer.Option(min=1, help="Limit in tokens")] = None,
+    warn_percent: Annotated[int, typer.Option(min=1, max=100, help="Warn at this share")] = 80,
+) -> None:
+    """Set a budget (a new one, or new limits for that scope, target and period); audited."""
+    from gathering.usage import Budget, BudgetSpec, set_budget
+
+    settings = settings_or_exit()
+    spec = BudgetSpec(scope, target_id, period, usd, tokens, warn_percent)
+
+    async def work() -> Budget:
+        async with _agent_store(settings) as store:
+            return await set_budget(store.db, spec, actor_id=None)
+
+    budget = run_async(work)
+    console.print(f"budget [bold]{budget.id}[/]: {scope} {target_id}, per {period}")
+
+
+@budgets_app.command("remove")
+def budgets_remove(
+    budget_id: Annotated[int, typer.Argument(min=1, help="The budget's id")],
+) -> None:
+    """Remove a budget; audited."""
+    from gathering.usage import remove_budget
+
+    settings = settings_or_exit()
+
+    async def work() -> None:
+        async with _agent_store(settings) as store:
+            await remove_budget(store.db, budget_id, actor_id=None)
+
+    run_async(work)
+    console.print(f"budget {budget_id} removed")
+
+
+projects_app = typer.Typer(
+    help="Projects: a directory that agents and people work on together.",
+    no_args_is_help=True,
+)
+app.add_typer(projects_app, name="projects")
+ProjectArgument = Annotated[str, typer.Argument(help="The project's name or id")]
+
+
+def _on_project(ref: str, owner: str | None, act: Callable[[Database, Any], Awaitable[T]]) -> T:
+    """Run `act(db, project)` on the project `ref` (an id, or a name of the owner's)."""
+    from gathering.projects import get_project, project_named
+
+    settings = settings_or_exit()
+
+    async def work() -> T:
+        async with _agent_store(settings) as store:
+            if ref.isascii() and ref.isdigit():
+                project = await get_project(store.db, int(ref))
+            else:
+                owner_id = await _pipelines_owner(settings, store, owner, "projects")
+                project = await project_named(store.db, owner_id, ref)
+            return await act(store.db, project)
+
+    with reported_errors():
+        return run_async(work)
+
+
+@projects_app.command("list")
+def projects_list(owner: PipelineOwnerOption = None) -> None:
+    """List projects (every owner's, or one owner's with --owner)."""
+    from gathering.projects import list_projects
+
+    settings = settings_or_exit()
+
+    async def work() -> list[Any]:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner, "projects") if owner else None
+            return await list_projects(store.db, owner_id, limit=10_000)
+
+    found = run_async(work)
+    table = Table(title=f"{len(found)} project(s)")
+    for column in ("id", "name", "origin", "languages", "directory"):
+        table.add_column(column)
+    for project in found:
+        languages = ", ".join(entry["name"] for entry in project.stack.get("languages", [])[:3])
+        table.add_row(
+            str(project.id),
+            escape(project.name),
+            project.origin,
+            escape(languages),
+            escape(str(project.directory)),
+        )
+    console.print(table)
+
+
+@projects_app.command("create")
+def projects_create(
+    name: Annotated[str, typer.Argument(help="Lower-case letters, digits, - and _")],
+    description: Annotated[str, typer.Option(help="What the project is")] = "",
+    clone: Annotated[
+        str | None, typer.Option(help="Clone this git URL (on GATHERING_PROJECT_CLONE_ALLOWED)")
+    ] = None,
+    directory: Annotated[
+        str | None,
+        typer.Option(
+            help="Register this existing directory (under GATHERING_PROJECT_REGISTER_ROOTS)"
+        ),
+    ] = None,
+    owner: PipelineOwnerOption = None,
+) -> None:
+    """Create a project: an empty directory, a clone (--clone), or an existing one (--directory)."""
+    from gathering.projects import ProjectIn, create_project
+
+    settings = settings_or_exit()
+    with reported_errors():
+        spec = ProjectIn(name=name, description=description, clone_from=clone, directory=directory)
+
+    async def work() -> Any:
+        async with _agent_store(settings) as store:
+            owner_id = await _pipelines_owner(settings, store, owner, "projects")
+            # The command line is the operator's: it may register a directory, as an admin.
+            return await create_project(store.db, settings, owner_id, spec, is_admin=True)
+
+    with console.status(f"creating project {escape(name)}…"):
+        project = run_async(work)
+    console.print(
+        f"project [bold]{escape(project.name)}[/] ({project.id}) in "
+        f"{escape(str(project.directory))}: link agents with "
+        f"`gathering projects link {project.name} --agent NAME`"
+    )
+
+
+@projects_app.command("show")
+def projects_show(ref: ProjectArgument, owner: PipelineOwnerOption = None) -> None:
+    """A project: its settings, stack, linked agents and circles, members, context text."""
+    from gathering.projects import linked, list_members
+
+    async def act(db: Database, project: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
+        agents = await linked(db, project.id, "agent")
+        circles = await linked(db, project.id, "circle")
+        return project, agents, circles, await list_members(db, project.id)
+
+    project, agents, circles, members = _on_project(ref, owner, act)
+    stack = project.stack
+    console.print(f"[bold]{escape(project.name)}[/] ({project.id}), {project.origin}")
+    console.print(f"directory: {escape(str(project.directory))}")
+    if project.source:
+        console.print(f"cloned from: {escape(project.source)}")
+    languages = ", ".join(f"{e['name']} ({e['files']})" for e in stack.get("languages", []))
+    console.print(f"languages: {escape(languages or '-')}")
+    console.print(
+        f"package managers: {escape(', '.join(stack.get('package_managers', [])) or '-')}"
+    )
+    console.print(f"test command: {escape(stack.get('test_command') or '-')}")
+    console.print(f"agents: {escape(', '.join(a['name'] for a in agents) or '-')}")
+    console.print(f"circles: {escape(', '.join(c['name'] for c in circles) or '-')}")
+    for member in members:
+        console.print(f"member {escape(member.email)}: {', '.join(member.permissions)}")
+    console.print("\n[bold]context[/] (what linked agents are told):")
+    console.print(escape(project.context), highlight=False)
+
+
+@projects_app.command("link")
+def projects_link(
+    ref: ProjectArgument,
+    agent: Annotated[str | None, typer.Option(help="An agent of the project's owner")] = None,
+    circle: Annotated[str | None, typer.Option(help="A circle of the project's owner")] = None,
+    unlink: Annotated[bool, typer.Option("--unlink", help="Remove the link instead")] = False,
+    owner: PipelineOwnerOption = None,
+) -> None:
+    """Link an agent or a circle: the project's directory becomes its workspace."""
+    from gathering.projects import link, linkable_id
+    from gathering.projects import unlink as remove_link
+
+    if (agent is None) == (circle is None):
+        console.print("[red]give --agent or --circle (one of them)[/]")
+        raise typer.Exit(2)
+    what, given = ("agent", agent) if agent is not None else ("circle", circle)
+    assert given is not None
+
+    async def act(db: Database, project: Any) -> str:
+        thing_id = await linkable_id(db, what, _ref(given) or given, project.owner_id)
+        if unlink:
+            await remove_link(db, project, what, thing_id)
+            return f"{what} {given} unlinked from project {project.name}"
+        await link(db, project, what, thing_id)
+        return f"{what} {given} now works in project {project.name} ({project.directory})"
+
+    console.print(escape(_on_project(ref, owner, act)))
+
+
+@projects_app.command("delete")
+def projects_delete(
+    ref: ProjectArgument,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask")] = False,
+    owner: PipelineOwnerOption = None,
+) -> None:
+    """Delete a project and the directory it made (a registered directory is kept)."""
+    from gathering.projects import delete_project
+
+    if not yes and not typer.confirm(f"delete project {ref} and its files?"):
+        raise typer.Exit(1)
+
+    async def act(db: Database, project: Any) -> str:
+        await delete_project(db, project)
+        return str(project.name)
+
+    console.print(f"project {escape(_on_project(ref, owner, act))} deleted")
 
 
 circles_app = typer.Typer(
@@ -2709,7 +3591,9 @@ def demo(
         spec = TaskIn(title=task[:200], description=task, requirements={"python": 3})
 
     async def team(store: PostgresAgentStore, owner_id: int) -> Any:
-        provider = default_provider_name()
+        from gathering.catalog.settings import default_provider
+
+        provider = await default_provider(store.db)
         for name, role, _, _ in DEMO_TEAM:
             try:
                 await store.load_agent(name, owner_id=owner_id)
@@ -2787,3 +3671,252 @@ def main() -> None:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive
         sys.exit(130)
+
+
+# --- knowledge --------------------------------------------------------------------------------
+
+knowledge_app = typer.Typer(
+    help="The knowledge base: upload documents (indexed by jobs), list them, index them again.",
+    no_args_is_help=True,
+)
+app.add_typer(knowledge_app, name="knowledge")
+KnowledgeProjectOption = Annotated[
+    str | None,
+    typer.Option("--project", help="The project's name or id: the documents are the project's"),
+]
+KnowledgeWaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="Follow the indexing jobs to the end (running them here when no worker runs)",
+    ),
+]
+
+
+async def _knowledge_project(
+    settings: Settings, store: PostgresAgentStore, ref: str, owner: str | None
+) -> Any:
+    """The project `ref` (an id, or the name of one of the owner's projects)."""
+    from gathering.projects import get_project, project_named
+
+    if ref.isascii() and ref.isdigit():
+        return await get_project(store.db, int(ref))
+    owner_id = await _pipelines_owner(settings, store, owner, "projects")
+    return await project_named(store.db, owner_id, ref)
+
+
+async def _follow_documents(db: Database, ids: list[int], progress: Any, label: str) -> list[Any]:
+    """Show the chunks of documents `ids` embedded so far until every one is indexed (or
+    failed); the documents as they end."""
+    from gathering.agents.knowledge import KnowledgeBase
+
+    knowledge = KnowledgeBase(db)
+    task = progress.add_task(label, total=None)
+    while True:
+        documents = [await knowledge.get_document(i, include_content=False) for i in ids]
+        counted = [d.chunks_total for d in documents if d.status == "pending"]
+        done = sum(d.chunks_done if d.status == "pending" else d.chunk_count for d in documents)
+        known = None not in counted
+        total = sum(d.chunk_count for d in documents if d.status != "pending") + sum(
+            c or 0 for c in counted
+        )
+        progress.update(task, completed=done, total=total if known else None)
+        if all(d.status != "pending" for d in documents):
+            progress.update(task, completed=total, total=total)
+            return documents
+        await asyncio.sleep(0.2)
+
+
+def _document_results(documents: list[Any]) -> int:
+    """Print how each document ended; how many failed."""
+    failed = 0
+    for d in documents:
+        if d.status == "ready":
+            console.print(
+                f"[green]ready[/] {d.id} {escape(d.title)}: {d.chunk_count} chunk(s)"
+                + (f", {escape(d.embedding_model)}" if d.embedding_model else "")
+            )
+        else:
+            failed += 1
+            err_console.print(
+                f"[red]{d.status}[/] {d.id} {escape(d.title)}: {escape(d.error or '')}"
+            )
+    return failed
+
+
+_DOCUMENT_STYLE = {"ready": "green", "pending": "cyan", "failed": "red"}
+
+
+def _knowledge_progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+    )
+
+
+@knowledge_app.command("upload")
+def knowledge_upload(
+    files: Annotated[
+        list[str],
+        typer.Argument(help="Markdown, text, CSV, HTML or PDF files; each becomes a document"),
+    ],
+    project: KnowledgeProjectOption = None,
+    category: Annotated[str, typer.Option(help="The documents' category")] = "general",
+    owner: PipelineOwnerOption = None,
+    wait: KnowledgeWaitOption = True,
+) -> None:
+    """Add files to the knowledge base: each is stored, then cut and embedded by a job; the
+    bars show the files stored, then the chunks embedded."""
+    import pathlib
+
+    from gathering.projects.ingestion import Upload, extract_uploads, store_extracted
+
+    settings = settings_or_exit()
+
+    async def work() -> tuple[list[Any], int]:
+        async with _agent_store(settings) as store:
+            db = store.db
+            target = None
+            if project is not None:
+                target = await _knowledge_project(settings, store, project, owner)
+            if owner is None and target is not None:
+                owner_id = target.owner_id
+            else:
+                owner_id = await _pipelines_owner(settings, store, owner, "documents")
+            stored: list[Any] = []
+            refused = 0
+            with _knowledge_progress() as progress:
+                files_task = progress.add_task("files stored", total=len(files))
+                for name in files:
+                    try:
+                        data = await asyncio.to_thread(pathlib.Path(name).read_bytes)
+                        extracted = await extract_uploads([Upload(name, data)])
+                        stored += await store_extracted(
+                            db, extracted, owner_id=owner_id, category=category, project=target
+                        )
+                    except OSError as exc:
+                        refused += 1
+                        progress.console.print(
+                            f"[red]{escape(name)}:[/] {escape(exc.strerror or str(exc))}",
+                            soft_wrap=True,  # a long path stays whole, to copy
+                        )
+                    except GatheringError as exc:
+                        refused += 1
+                        progress.console.print(
+                            f"[red]{escape(name)}:[/] {escape(exc.message)}", soft_wrap=True
+                        )
+                    progress.advance(files_task)
+                if not wait or not stored:
+                    return stored, refused
+                worker = await _with_a_worker(settings, db, True)
+                try:
+                    ids = [document.id for document in stored]
+                    return await _follow_documents(db, ids, progress, "chunks embedded"), refused
+                finally:
+                    await _stop_worker(worker)
+
+    documents, refused = run_async(work)
+    if not wait:
+        for d in documents:
+            console.print(f"[yellow]pending[/] {d.id} {escape(d.title)}: a worker indexes it")
+        failed = 0
+    else:
+        failed = _document_results(documents)
+    if refused or failed:
+        raise typer.Exit(code=1)
+
+
+@knowledge_app.command("list")
+def knowledge_list(
+    project: KnowledgeProjectOption = None,
+    category: Annotated[str | None, typer.Option(help="Only this category")] = None,
+    status: Annotated[str | None, typer.Option(help="Only pending, ready or failed ones")] = None,
+    owner: PipelineOwnerOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many")] = 100,
+) -> None:
+    """List documents, newest first (every owner's, or one owner's with --owner)."""
+    from typing import cast
+
+    from gathering.agents.knowledge import KnowledgeBase
+    from gathering.agents.retrieval import ScopeRef
+
+    settings = settings_or_exit()
+
+    async def work() -> list[Any]:
+        async with _agent_store(settings) as store:
+            owner_id = (
+                await _pipelines_owner(settings, store, owner, "documents") if owner else None
+            )
+            scopes = None
+            if project is not None:
+                target = await _knowledge_project(settings, store, project, owner)
+                scopes = [ScopeRef("project", str(target.id))]
+            knowledge = KnowledgeBase(store.db, owner_id=owner_id)
+            return await knowledge.list_documents(
+                category=category, scopes=scopes, status=cast(Any, status), limit=limit
+            )
+
+    found = run_async(work)
+    table = Table(title=f"{len(found)} document(s)")
+    for column in ("id", "title", "category", "scope", "status", "chunks", "model", "chars"):
+        table.add_column(column, overflow="fold")
+    for d in found:
+        chunks = str(d.chunk_count)
+        if d.status == "pending":
+            chunks = f"{d.chunks_done}/{d.chunks_total if d.chunks_total is not None else '?'}"
+        scope = d.scope + (f":{d.scope_id}" if d.scope_id else "")
+        table.add_row(
+            str(d.id),
+            escape(d.title),
+            escape(d.category),
+            escape(scope),
+            f"[{_DOCUMENT_STYLE[d.status]}]{d.status}[/]",
+            chunks,
+            escape(d.embedding_model or "-"),
+            str(d.size_chars),
+        )
+    console.print(table)
+
+
+@knowledge_app.command("reembed")
+def knowledge_reembed(
+    owner: PipelineOwnerOption = None,
+    wait: KnowledgeWaitOption = True,
+) -> None:
+    """Index again, as jobs, the documents embedded with another model than the one now
+    configured (GATHERING_EMBEDDING_PROVIDER / _MODEL) or with none, and those that failed;
+    the bar follows them to the end."""
+    from gathering.agents.long_term_memory import embedder_from_settings
+    from gathering.projects.ingestion import current_model, queue_reindexing
+
+    settings = settings_or_exit()
+
+    async def work() -> tuple[list[int], list[Any]]:
+        async with _agent_store(settings) as store:
+            db = store.db
+            owner_id = (
+                await _pipelines_owner(settings, store, owner, "documents") if owner else None
+            )
+            model = current_model(embedder_from_settings(settings))
+            ids = await queue_reindexing(db, model, owner_id=owner_id)
+            named = escape(model) if model else "no model (full-text search only)"
+            if not ids:
+                console.print(f"nothing to index again (the embedding model: {named})")
+                return ids, []
+            console.print(f"{len(ids)} document(s) queued to be embedded with {named}")
+            if not wait:
+                return ids, []
+            worker = await _with_a_worker(settings, db, True)
+            try:
+                with _knowledge_progress() as progress:
+                    return ids, await _follow_documents(db, ids, progress, "chunks embedded")
+            finally:
+                await _stop_worker(worker)
+
+    ids, documents = run_async(work)
+    if ids and wait and _document_results(documents):
+        raise typer.Exit(code=1)

@@ -431,6 +431,8 @@ class Settings(BaseSettings):
         "egress_allowed_networks",
         "egress_allowed_ports",
         "git_allowed_remotes",
+        "project_clone_allowed",
+        "project_register_roots",
         mode="before",
     )
     @classmethod
@@ -680,6 +682,37 @@ class Settings(BaseSettings):
         description="Remotes the git_remote tool may push to and pull from: https:// URLs or "
         "absolute paths of local repositories (comma-separated); none by default.",
     )
+    projects_root: Path | None = Field(
+        default=None,
+        validation_alias=_env("projects_root"),
+        description="Where new projects' directories are created; unset: <data dir>/projects.",
+    )
+    project_clone_allowed: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("project_clone_allowed"),
+        description="Git URLs a project may be cloned from: https:// URL prefixes or absolute "
+        "paths of local repositories (comma-separated); none by default.",
+    )
+    project_register_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("project_register_roots"),
+        description="Folders under which an admin may register an existing directory as a "
+        "project (absolute paths, comma-separated); none by default.",
+    )
+    terminal_idle_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        le=24 * 3600.0,
+        validation_alias=_env("terminal_idle_seconds"),
+        description="A project terminal with no input for this long is closed (15 minutes).",
+    )
+    terminal_max_seconds: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        le=7 * 24 * 3600.0,
+        validation_alias=_env("terminal_max_seconds"),
+        description="A project terminal is closed after this long, in use or not (4 hours).",
+    )
     approval_timeout: float = Field(
         default=24 * 3600.0,
         gt=0,
@@ -735,6 +768,11 @@ class Settings(BaseSettings):
         except psycopg.ProgrammingError as exc:
             raise ValueError(f"is not a valid PostgreSQL URL: {exc}") from None
         return value
+
+    @property
+    def projects_directory(self) -> Path:
+        """Where new projects' directories are created."""
+        return self.projects_root or self.data_dir / "projects"
 
     @property
     def embedded_pgdata(self) -> Path:

@@ -193,6 +193,13 @@ class ProviderNotConfiguredError(LLMError):
     public_message = "the model provider is not configured on this server"
 
 
+class ProviderKeyUnreadableError(ProviderNotConfiguredError):
+    """A provider key stored in the catalog cannot be decrypted with this server's secret."""
+
+    code = "provider_key_unreadable"
+    public_message = "the model provider's stored key cannot be read on this server"
+
+
 class ProviderAuthenticationError(LLMError):
     """The provider rejected the credentials."""
 
@@ -382,6 +389,16 @@ class BudgetExhaustedError(GatheringError):
     http_status = 409
 
 
+class BudgetExceededError(GatheringError):
+    """A model call was refused before it was made: it would take a money or token budget
+    (of a user, agent, circle, pipeline or background task) over its limit. `details` names the
+    budget, its period and when the period resets. 402, not 429: waiting a few seconds does
+    not help (a day or a month may), and clients must not retry it on their own."""
+
+    code = "budget_exceeded"
+    http_status = 402
+
+
 # --- circles ----------------------------------------------------------------------------------
 
 
@@ -396,3 +413,28 @@ class FileLockedError(ConflictError):
     """A file of a circle's workspace is held by another task of the circle."""
 
     code = "file_locked"
+
+
+# --- projects ---------------------------------------------------------------------------------
+
+
+class StaleVersionError(GatheringError):
+    """A write named a version of a file that is no longer its current one (optimistic
+    concurrency); `details["current_version"]` is the version the file has now."""
+
+    code = "stale_version"
+    http_status = 412
+
+
+class VersionRequiredError(GatheringError):
+    """An overwrite did not say which version of the file it replaces (`If-Match`)."""
+
+    code = "version_required"
+    http_status = 428
+
+
+class UnsupportedDocumentError(InvalidInputError):
+    """A file of a type the knowledge base does not read (Markdown, text, CSV, HTML, PDF)."""
+
+    code = "unsupported_document"
+    http_status = 415

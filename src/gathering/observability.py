@@ -7,10 +7,14 @@ of any URL they quote (`gathering.config.redact_credentials`).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -28,6 +32,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from gathering.config import Settings, redact_credentials
 
@@ -78,9 +84,74 @@ def redact_query(text: str) -> str:
     return _QUERY_PAIR.sub(_redact_pair, text)
 
 
+# Provider keys in use (stored ones as decrypted, the environment's): masked in every log line,
+# whatever quotes them (a provider's error text, a traceback). The set is bounded so a process
+# cannot grow it without end: past the bound, the key least recently put to use leaves it. A
+# key is registered again each time it is decrypted for a call, so a key in use is always in.
+_MASKED_SECRETS: OrderedDict[str, None] = OrderedDict()
+# What masks a line: one pattern over every form of every key (longest first), and each form's
+# mask. Built when a line is next masked after the set changed (None until then), so putting
+# many keys to use costs one build, not one each.
+_MASKING: tuple[re.Pattern[str] | None, dict[str, str]] | None = (None, {})
+_MASKS_LOCK = threading.Lock()  # keys come from the event loop and from worker threads
+MAX_MASKED_SECRETS = 1000
+MIN_MASKED_CHARS = 8  # shorter values are too common to replace in every line
+MIN_HINTED_CHARS = 24  # a key at least this long keeps its first 3 and last 4 characters
+
+
+def _mask(secret: str) -> str:
+    if len(secret) < MIN_HINTED_CHARS:
+        return "****"
+    return f"{secret[:3]}...{secret[-4:]}"
+
+
+def _masking() -> tuple[re.Pattern[str] | None, dict[str, str]]:
+    global _MASKING
+    masking = _MASKING
+    if masking is not None:
+        return masking
+    with _MASKS_LOCK:
+        if _MASKING is None:
+            masks: dict[str, str] = {}
+            for secret in _MASKED_SECRETS:
+                mask = _mask(secret)
+                masks[secret] = mask
+                masks.setdefault(json.dumps(secret)[1:-1], mask)  # as a JSON line writes it
+            forms = sorted(masks, key=len, reverse=True)  # a key that begins another: after it
+            pattern = re.compile("|".join(map(re.escape, forms))) if forms else None
+            _MASKING = (pattern, masks)
+        return _MASKING
+
+
+def mask_in_logs(secret: str) -> None:
+    """Mask `secret` (a provider key this process is about to use) in every log line."""
+    global _MASKING
+    secret = secret.strip()
+    if len(secret) < MIN_MASKED_CHARS:
+        return
+    with _MASKS_LOCK:
+        known = secret in _MASKED_SECRETS
+        _MASKED_SECRETS[secret] = None
+        _MASKED_SECRETS.move_to_end(secret)
+        while len(_MASKED_SECRETS) > MAX_MASKED_SECRETS:
+            _MASKED_SECRETS.popitem(last=False)
+            known = False
+        if not known:
+            _MASKING = None
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with every secret given to `mask_in_logs` replaced by its mask ("sk-...abcd",
+    or "****" for a short one), also where a JSON line escaped it."""
+    pattern, masks = _masking()
+    if pattern is None:
+        return text
+    return pattern.sub(lambda found: masks[found.group()], text)
+
+
 def redact_log_text(text: str) -> str:
-    """`text` without query-string credentials and without URL passwords."""
-    return redact_credentials(redact_query(text))
+    """`text` without query-string credentials, URL passwords and keys in use."""
+    return mask_secrets(redact_credentials(redact_query(text)))
 
 
 def _redact_log_arg(arg: object) -> object:
@@ -115,16 +186,81 @@ URL_LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn.asgi", "httpx", "http
 def redact_event(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: blank query-string credentials and URL passwords in every string
-    value of the event."""
+    """structlog processor: blank query-string credentials, URL passwords and the keys in use
+    (`mask_in_logs`) in every string value of the event."""
     for key, value in event_dict.items():
         if isinstance(value, str):
             event_dict[key] = redact_log_text(value)
     return event_dict
 
 
+def _masked_line(logger: Any, method_name: str, line: Any) -> Any:
+    """The rendered line with the keys in use masked (a last processor, after the renderer)."""
+    return mask_secrets(line) if isinstance(line, str) else line
+
+
+_previous_thread_hook: Callable[[threading.ExceptHookArgs], Any] | None = None
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception no thread caught, logged (keys masked) instead of printed as it is; a
+    hook installed before ours (an error tracker's, a test runner's) still sees it."""
+    if args.exc_type is not SystemExit and args.exc_value is not None:
+        thread = args.thread.name if args.thread is not None else "?"
+        logging.getLogger("gathering.threads").error(
+            "uncaught exception in thread %s",
+            thread,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+    if _previous_thread_hook is not None:
+        _previous_thread_hook(args)
+
+
+def _install_thread_hook() -> None:
+    """Ours as `threading.excepthook`, chained to the one there unless that is Python's
+    default (which would print the exception again, keys and all)."""
+    global _previous_thread_hook
+    current = threading.excepthook
+    if current is not _log_thread_exception:
+        _previous_thread_hook = None if current is threading.__excepthook__ else current
+        threading.excepthook = _log_thread_exception
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to `sys.stderr` as it is at each line (a command run in-process, by a test
+    runner, has its own stderr that it closes when done), and reports its own failures (a
+    message that does not format) without a key in use: the stdlib handler prints the
+    traceback of the exception being handled as it is, and that may quote a provider's key."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # no stream of its own, unless `setStream` gives one
+        self._given: Any = None
+
+    @property
+    def stream(self) -> Any:
+        """The stream `setStream` gave, else the process's stderr of the moment."""
+        return sys.stderr if self._given is None else self._given
+
+    @stream.setter
+    def stream(self, stream: Any) -> None:
+        self._given = stream
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Report the failure to emit `record` on stderr, keys masked."""
+        if not logging.raiseExceptions or sys.stderr is None:
+            return
+        text = "".join(traceback.format_exception(*sys.exc_info()))
+        try:
+            sys.stderr.write(f"--- Logging error ---\n{redact_log_text(text)}")
+        except OSError:  # stderr itself is gone: nothing left to tell
+            pass
+
+
 def configure_logging(settings: Settings) -> None:
     """Route stdlib and structlog logging through one structlog pipeline."""
+    for configured in (settings.anthropic_api_key, settings.openai_api_key):
+        if configured is not None:
+            mask_in_logs(configured.get_secret_value())
     fmt = settings.log_format
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -144,7 +280,7 @@ def configure_logging(settings: Settings) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -153,11 +289,13 @@ def configure_logging(settings: Settings) -> None:
                 structlog.processors.format_exc_info,
                 redact_event,  # again, for the traceback text just formatted
                 renderer,
+                _masked_line,  # what no field held as a string: a dict, a list, an object
             ],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    _install_thread_hook()
     root.setLevel(settings.log_level)
     for noisy in ("pgserver", "psycopg.pool", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
@@ -177,9 +315,6 @@ HTTP_REQUEST_SECONDS = Histogram(
 LLM_TOKENS = Counter(
     "gathering_llm_tokens_total", "LLM tokens used", ["provider", "model", "direction"]
 )
-LLM_COST = Counter(
-    "gathering_llm_cost_usd_total", "Estimated LLM cost in USD", ["provider", "model"]
-)
 JOBS = Counter("gathering_jobs_total", "Background jobs finished", ["task", "outcome"])
 TURNS = Counter("gathering_turns_total", "Agent turns finished", ["outcome"])
 DUTY_FAILURES = Counter(
@@ -193,12 +328,55 @@ DB_POOL = Gauge("gathering_db_pool_connections", "Database pool connections", ["
 def record_llm_usage(
     provider: str, model: str, input_tokens: int, output_tokens: int, cost_usd: float | None
 ) -> None:
-    """Count one LLM call's tokens (and estimated cost) in the metrics (a negative count a
-    provider reports counts as none: a counter only goes up)."""
+    """Count one LLM call's tokens in this process's metrics (a negative count a provider
+    reports counts as none: a counter only goes up). Spending is not counted here: it is
+    exported from the usage ledger (see `SpendingCollector`)."""
+    del cost_usd
     LLM_TOKENS.labels(provider, model, "input").inc(max(0, input_tokens))
     LLM_TOKENS.labels(provider, model, "output").inc(max(0, output_tokens))
-    if cost_usd is not None and cost_usd > 0:
-        LLM_COST.labels(provider, model).inc(cost_usd)
+
+
+class SpendingCollector(Collector):
+    """Spending read from the usage ledger (in PostgreSQL), not counted in this process: it
+    survives restarts and every instance exports the same totals. The metrics route hands it
+    the ledger's sums (`set_totals`) just before each exposition."""
+
+    def __init__(self) -> None:
+        self._rows: list[Mapping[str, Any]] = []
+
+    def set_totals(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """The ledger's sums per kind, provider and model, as the next scrape shows them."""
+        self._rows = list(rows)
+
+    def collect(self) -> Any:
+        cost = CounterMetricFamily(
+            "gathering_llm_cost_usd",
+            "Cost in USD of model and embedding calls, from the usage ledger",
+            labels=["kind", "provider", "model"],
+        )
+        tokens = CounterMetricFamily(
+            "gathering_usage_tokens",
+            "Tokens of model and embedding calls, from the usage ledger",
+            labels=["kind", "provider", "model", "direction"],
+        )
+        calls = CounterMetricFamily(
+            "gathering_usage_calls",
+            "Model, embedding and tool calls, from the usage ledger (model: the tool's name)",
+            labels=["kind", "provider", "model"],
+        )
+        for row in self._rows:
+            labels = [str(row["kind"]), str(row["provider"]), str(row["model"])]
+            calls.add_metric(labels, float(row["calls"]))
+            if row["kind"] == "tool":
+                continue
+            cost.add_metric(labels, float(row["cost_usd"]))
+            tokens.add_metric([*labels, "input"], float(row["input_tokens"]))
+            tokens.add_metric([*labels, "output"], float(row["output_tokens"]))
+        return iter((cost, tokens, calls))
+
+
+SPENDING = SpendingCollector()
+REGISTRY.register(SPENDING)
 
 
 def record_turn(outcome: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from git_env import person_git_env
 
 from gathering.errors import (
     InvalidInputError,
@@ -32,16 +33,7 @@ REFUSED = (InvalidInputError, PermissionDeniedError)  # PathTraversalError is an
 
 def plain_git(cwd: Path, *args: str) -> str:
     """git as a user would run it (no global config, an identity), for setting up and controls."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(cwd),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_AUTHOR_NAME": "Tester",
-        "GIT_AUTHOR_EMAIL": "tester@example.com",
-        "GIT_COMMITTER_NAME": "Tester",
-        "GIT_COMMITTER_EMAIL": "tester@example.com",
-    }
+    env = person_git_env(cwd)
     done = subprocess.run(
         ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
     )
@@ -258,7 +250,11 @@ async def test_the_repository_may_be_owned_by_another_user(workspace: Path, repo
                     os.lchown(name, 54321, 54321)
 
         await asyncio.to_thread(give_away)
-        assert "dubious ownership" in await asyncio.to_thread(plain_git, repo, "status")
+        strict = {**person_git_env(repo), "GIT_CONFIG_COUNT": "0"}  # no safe.directory
+        control = await asyncio.to_thread(
+            subprocess.run, ["git", "status"], cwd=repo, env=strict, capture_output=True, text=True
+        )
+        assert "dubious ownership" in control.stderr
     status = await run(workspace, "status")
     assert status["exit_code"] == 0, status
 
@@ -750,14 +746,14 @@ async def test_an_untracked_nested_repository_is_not_entered(
         await run(workspace, "status")
 
 
-async def test_overrides_hold_even_without_the_config_check(
-    workspace: Path, repo: Path, evil: Path, marker: Path
-) -> None:
+async def test_overrides_hold_even_without_the_config_check(workspace: Path, repo: Path) -> None:
     """Defence in depth: the command line and environment alone neutralise the single-valued
-    keys (as if .git/config changed between the check and the run)."""
+    keys (as if .git/config changed between the check and the run). The program they name is
+    in the workspace, where git (in the sandbox) could run it."""
     repository = await asyncio.to_thread(git_module._open_repository, workspace, "proj")
-    home = str(repo.parent.parent / "home")
-    await asyncio.to_thread(os.mkdir, home)
+    script = "#!/bin/sh\ntouch /workspace/pwned\ncat >/dev/null 2>&1\nexit 0\n"
+    await asyncio.to_thread(write, workspace / "evil.sh", script, 0o755)
+    evil = "/workspace/evil.sh"  # where git sees it
     await asyncio.to_thread(write, repo / "hooks" / "pre-commit", f"#!/bin/sh\n{evil}\n", 0o755)
     await asyncio.to_thread(write, repo / "hooks" / "post-commit", f"#!/bin/sh\n{evil}\n", 0o755)
     await asyncio.to_thread(
@@ -770,19 +766,20 @@ async def test_overrides_hold_even_without_the_config_check(
     )
     await asyncio.to_thread(write, repo / "README.md", "changed\n")
     execute = git_module._execute
-    await execute(repository, ["status"], home=home)
-    await execute(repository, ["diff"], home=home)  # without --no-ext-diff
-    await execute(repository, ["log", "-p"], home=home)
+    await execute(repository, ["status"])
+    await execute(repository, ["diff"])  # without --no-ext-diff
+    await execute(repository, ["log", "-p"])
     identity = ["user.name=Tester", "user.email=tester@example.com"]
-    committed = await execute(repository, ["commit", "-a", "-m", "m"], home=home, config=identity)
+    committed = await execute(repository, ["commit", "-a", "-m", "m"], config=identity)
     assert committed["exit_code"] == 0, committed  # without --no-verify, yet no hook ran
-    await execute(repository, ["commit", "--allow-empty"], home=home)  # would open an editor
-    pushed = await execute(repository, ["push", "ssh://example.invalid/x", "HEAD"], home=home)
+    await execute(repository, ["commit", "--allow-empty"])  # would open an editor
+    pushed = await execute(repository, ["push", "ssh://example.invalid/x", "HEAD"])
     assert "not allowed" in pushed["stderr"]
     pushed = await execute(
-        repository, ["push", "ssh://example.invalid/x", "HEAD"], home=home, transports=["ssh"]
+        repository, ["push", "ssh://example.invalid/x", "HEAD"], transports=["ssh"]
     )
     assert pushed["exit_code"] != 0
+    assert not await asyncio.to_thread((workspace / "pwned").exists), "a planted program ran"
 
 
 # --- timeouts ----------------------------------------------------------------------------------
@@ -886,7 +883,7 @@ async def test_the_registry_git_tools_work_in_an_agents_workspace(
 
 async def _run_git(cwd, *args: str) -> None:
     process = await asyncio.create_subprocess_exec(
-        "git", *args, cwd=str(cwd), stdout=asyncio.subprocess.DEVNULL
+        "git", *args, cwd=str(cwd), env=person_git_env(cwd), stdout=asyncio.subprocess.DEVNULL
     )
     assert await process.wait() == 0
 

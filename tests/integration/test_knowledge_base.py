@@ -119,10 +119,10 @@ def test_long_paragraphs_are_split_by_sentences_then_words():
     assert " ".join(c.content for c in chunks[3:]).split() == ["word"] * 12
 
 
-def test_an_unsplittable_word_makes_a_longer_chunk():
-    word = "x" * 50
+def test_a_word_longer_than_the_target_is_cut_into_pieces():
+    word = "x" * 45
     chunks = chunk_text(f"short {word} tail", target_chars=10, overlap_chars=2)
-    assert [c.content for c in chunks] == ["short", word, "tail"]
+    assert [c.content for c in chunks] == ["short", *["x" * 10] * 4, "xxxxx tail"]
 
 
 def test_chunks_overlap_by_whole_sentences():
@@ -174,8 +174,7 @@ def test_chunking_properties(text, target, data):
         assert chunk.seq == seq
         assert chunk.content == text[chunk.start : chunk.end]
         assert chunk.content == chunk.content.strip() and chunk.content
-        # Longer than the target only when the chunk is a single unsplittable word.
-        assert len(chunk.content) <= target or not any(c.isspace() for c in chunk.content)
+        assert len(chunk.content) <= target  # even a word longer than that is cut
         covered.update(range(chunk.start, chunk.end))
     # Every non-blank character is in some chunk.
     assert all(i in covered for i, c in enumerate(text) if not c.isspace())

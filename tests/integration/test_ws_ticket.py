@@ -197,3 +197,24 @@ async def test_an_admin_token_ticket_keeps_admin_rights(multi):
     async with ASGIWebSocket(multi, "/ws", query=f"ticket={ticket}") as ws:
         await ws.send_json({"type": "subscribe", "subjects": ["circle:any"]})
         assert (await ws.receive_json())["type"] == "subscribed"
+
+
+async def test_a_project_subject_takes_the_keys_projects_read_scope(app_for, tmp_path):
+    """A project's events carry its file names and activity: a key needs `projects:read`."""
+    application = app_for(auth="required", secret_key=KEY, projects_root=tmp_path / "projects")
+    user_id, token = await new_user(application)
+    async with client_for(application) as client:
+        made = await client.post("/projects", headers=bearer(token), json={"name": "quay"})
+    assert made.status_code == 201, made.text
+    subject = f"project:{made.json()['id']}"
+    keys = ApiKeyStore(await application.state.security.db())
+    events_only = await keys.create(user_id, "events", ["events:read"])
+    with_projects = await keys.create(user_id, "both", ["events:read", "projects:read"])
+    answers = []
+    for key in (events_only, with_projects):
+        ticket = await ticket_for(application, {"X-API-Key": key.secret})
+        async with ASGIWebSocket(application, "/ws", query=f"ticket={ticket}") as ws:
+            await ws.send_json({"type": "subscribe", "subjects": [subject]})
+            answers.append(await ws.receive_json())
+    assert answers[0]["type"] == "error" and "projects:read" in answers[0]["message"], answers
+    assert answers[1]["type"] == "subscribed", answers

@@ -29,10 +29,10 @@ from gathering.agents.knowledge import (
 )
 from gathering.agents.long_term_memory import LongTermMemory, Memory, RecalledMemory
 from gathering.agents.model_adapter import as_completion
-from gathering.agents.persona import Persona
 from gathering.agents.system_prompt import PromptBuilder
 from gathering.agents.tool_calls import ToolFinished, ToolStarted
 from gathering.agents.turn_loop import AgentEvent, TurnResult, resume_turn, run_turn
+from gathering.catalog.personas import Persona
 from gathering.llm import Completion, LLMProvider, Message, ToolSpec
 
 

@@ -19,16 +19,25 @@ from gathering.agents.agent_store import (
 from gathering.agents.conversation_store import HistoryEntry
 from gathering.agents.knowledge import KnowledgeScope
 from gathering.agents.model_adapter import ClientProvider, is_provider
-from gathering.agents.persona import Persona
 from gathering.agents.sync import maybe_sync
 from gathering.agents.system_prompt import PromptBuilder
 from gathering.agents.turn_lock import local_turn_lock
 from gathering.agents.turn_loop import AgentEvent, TurnLimits, TurnResult, run_turn
+from gathering.catalog.models import model_limits
+from gathering.catalog.personas import Persona
+from gathering.catalog.providers import agent_provider_config
 from gathering.db.database import Queries
 from gathering.errors import InvalidInputError
 from gathering.llm import LLMProvider, ToolSpec, default_model, get_provider, known_providers
-from gathering.tools.agent_tools import ToolBox, agent_workspace, enabled_tools
+from gathering.tools.agent_tools import (
+    LinkedProject,
+    ToolBox,
+    agent_workspace,
+    enabled_tools,
+    linked_project,
+)
 from gathering.tools.context import ToolContext
+from gathering.tools.egress import check_model_endpoint
 from gathering.tools.function import FunctionTool
 from gathering.tools.mcp import mcp_hub
 from gathering.tools.registry import loaded_registry, named_tool
@@ -117,8 +126,10 @@ class Agent:
         self.model = model or (default_model(provider_name) if llm is None else "custom")
         self.persona = Persona.from_value(persona)
         self.tools = {tool.name: tool for tool in map(_as_tool, tools)}
-        # Where its tools work: its own workspace, unless a caller (a circle) gives another.
+        # Where its tools work: the workspace a caller (a circle) gives, else its linked
+        # project's directory, else its own workspace.
         self.workspace: Path | None = None
+        self.linked_project: LinkedProject | None = None
         self.max_iterations = max_iterations
         self.history_window = history_window
         self.prompt_budget = prompt_budget
@@ -133,6 +144,7 @@ class Agent:
         self.resume_note: str | None = None
         self._llm = llm
         self._provider_config = provider_config
+        self._catalog_config: dict[str, Any] = {}  # from the catalog, as its last turn read it
         self._provider: LLMProvider | None = None
         self._store = store
         self._history: list[HistoryEntry] = []
@@ -229,24 +241,47 @@ class Agent:
         if self._llm is not None:
             return self._llm
         if self._provider is None:
-            self._provider = get_provider(self.provider, self.model, **self._provider_config)
+            config = {**self._catalog_config, **self._provider_config}
+            self._provider = get_provider(self.provider, self.model, **config)
         return self._provider
 
-    def model_provider(self) -> LLMProvider:
+    async def model_provider(self, queries: Queries | None = None) -> LLMProvider:
         """What the turn loop calls: a provider, with any other `llm=` object or a replaced
-        `gathering.agents.llm_client` wrapped into one (see `model_adapter`)."""
+        `gathering.agents.llm_client` wrapped into one (see `model_adapter`).
+
+        With `queries`, the catalog is read first (`catalog_config`): a change made there on
+        any instance applies from the next turn on."""
         from gathering import agents as package  # looked up per turn: tests patch it
 
         if self._llm is not None:
             if is_provider(self._llm):
                 return self._llm  # type: ignore[no-any-return]
             return ClientProvider(self._llm, name=self.provider, model=self.model)
+        if queries is not None:
+            config = await self.catalog_config(queries)
+            if config != self._catalog_config:
+                self._catalog_config, self._provider = config, None  # built again below
         provider: LLMProvider = self.llm_provider
         if package.llm_client is not package.DEFAULT_CLIENT:
             return ClientProvider(
                 package.llm_client, name=self.provider, model=self.model, provider=provider
             )
         return provider
+
+    async def catalog_config(self, queries: Queries) -> dict[str, Any]:
+        """What the catalog gives this agent's provider: the address and key of the catalog
+        provider it names (environment variables win, see `gathering.catalog.providers`), and
+        the context window an admin set for its model. Arguments given to the agent win. The
+        stored address is checked against the egress rules of model endpoints first (never a
+        cloud metadata address); the key is decrypted with its store's server secret."""
+        settings = self._store.db.settings if isinstance(self._store, PostgresAgentStore) else None
+        config = await agent_provider_config(
+            queries, self.provider, check_address=check_model_endpoint, settings=settings
+        )
+        limits = await model_limits(queries, self.provider, self.model)
+        if limits is not None and limits.source == "catalog":
+            config["context_window"] = limits.context_window
+        return config
 
     async def store(self) -> AgentStore:
         """The store this agent writes to (the configured database unless one was given)."""
@@ -306,16 +341,19 @@ class Agent:
         own, which win a name clash and always run."""
         box = ToolBox({})
         if queries is not None and self.id is not None:
+            self.linked_project = await linked_project(queries, self.id)
             # MCP servers' tools are looked up only when the agent has one enabled.
             mcp_tools = functools.partial(mcp_hub().tools_for, queries, self.owner_id, self.id)
             box = await enabled_tools(queries, self.id, await loaded_registry(), more=mcp_tools)
         return box.merged(self.tools)
 
     def tool_context(self, call_id: str | None = None) -> ToolContext:
-        """What a tool called by this agent is told: the agent, its owner, its workspace (its
-        own, or the one it was given: a circle's) and its database (when it is stored in
-        PostgreSQL)."""
+        """What a tool called by this agent is told: the agent, its owner, its workspace (the
+        one it was given: a circle's; else its linked project's directory, as its last
+        `turn_tools` read it; else its own) and its database (when it is stored in PostgreSQL)."""
         workspace = self.workspace
+        if workspace is None and self.linked_project is not None:
+            workspace = self.linked_project.directory
         if workspace is None and self.id is not None:
             workspace = agent_workspace(self.id, self.created_at)
         db = self._store.db if isinstance(self._store, PostgresAgentStore) else None
@@ -367,12 +405,16 @@ class Agent:
     async def system_prompt(
         self, query: str | None = None, using: Queries | None = None, *, recall: bool = True
     ) -> str:
-        """The system prompt for the next call: persona, project, task, memories, knowledge
-        passages (with `knowledge`) and the resume note. `using`: the connection to recall on;
+        """The system prompt for the next call: persona, project (its own text, else its
+        linked project's context, read on `using`), task, memories, knowledge passages (with
+        `knowledge`) and the resume note. `using`: the connection to recall on;
         `recall=False` skips memory recall (the owner has no memories)."""
         builder = PromptBuilder(self.prompt_budget)
         builder.set("persona", self.persona.render(self.name))
-        builder.set("project", self.project)
+        if using is not None and self.id is not None:
+            self.linked_project = await linked_project(using, self.id)
+        linked = self.linked_project.context if self.linked_project is not None else None
+        builder.set("project", self.project or linked)
         builder.set("task", self.task)
         if query:
             if recall:

@@ -247,7 +247,9 @@ class PostgresAgentStore:
                         raise busy(agent_id, wait)
                     begun = await queries.fetch_one(_SQL["begin_turn"], agent_id, None, begin)
                 assert begun is not None
-                conversation = PostgresConversation(queries, agent_id, key.value, _cache(self.db))
+                conversation = PostgresConversation(
+                    queries, agent_id, key.value, _cache(self.db), pool=self.db
+                )
                 yield conversation.open(begun, turn)
             finally:
                 if conversation is None or not conversation.released:

@@ -25,7 +25,7 @@ from gathering.config import get_settings
 from gathering.db import Database
 from gathering.errors import AgentBusyError, GatheringError, NotFoundError, RateLimitedError
 from gathering.events import Event, EventBus
-from gathering.tools.agent_tools import agent_workspace, run_approved_invocation
+from gathering.tools.agent_tools import run_approved_invocation, workspace_of
 from gathering.tools.approvals import (
     Approval,
     agents_with_orphaned_resumes,
@@ -65,7 +65,7 @@ async def resume_answered(db: Database, bus: EventBus | None, approval: Approval
     if approval.turn_id is None:
         if not await mark_resumed(db, approval.id):
             return  # picked up by another instance
-        workspace = agent_workspace(approval.agent_id, record.created_at)
+        workspace = await workspace_of(db, approval.agent_id, record.created_at)
         tools = await registry_for(db, record.owner_id, approval.agent_id)
         call = await run_approved_invocation(db, tools, approval, workspace)
         if bus is not None:

@@ -9,19 +9,23 @@ current.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+import structlog
 from psycopg.types.json import Jsonb
 
 from gathering.db.database import OnConnection, Queries, Row
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text, storable_value
-from gathering.errors import NotFoundError
+from gathering.errors import GatheringError, NotFoundError
 from gathering.llm import Message, ToolResult, Usage
+from gathering.usage import LedgerEntry
+from gathering.usage import record as record_usage
 
 TurnStatus = Literal["running", "waiting", "completed", "failed", "interrupted"]
 CACHED_AGENTS = 1024  # sessions whose tail one process keeps in memory (least recent leave)
@@ -32,7 +36,8 @@ class HistoryEntry:
     """One stored message, with what it cost when it came from a model.
 
     An `error` entry records why a turn failed: it is shown in the history and never sent to
-    a model (its `message` is an empty assistant message).
+    a model (its `message` is an empty assistant message). `charge` is the usage ledger row
+    of the model call that produced the message, written in the same transaction.
     """
 
     message: Message
@@ -43,6 +48,7 @@ class HistoryEntry:
     seq: int | None = None
     turn_id: str | None = None
     error: str | None = None
+    charge: LedgerEntry | None = None
 
     @property
     def role(self) -> str:
@@ -202,6 +208,7 @@ class WindowCache:
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 _SQL = queries_of("gathering.agents")
+log = structlog.get_logger(__name__)
 
 
 def storable_message(message: Message) -> Message:
@@ -268,9 +275,16 @@ class PostgresConversation:
     """A `Conversation` on the connection that holds the agent's turn lock."""
 
     def __init__(
-        self, queries: OnConnection, agent_id: int, lock_key: int, cache: WindowCache
+        self,
+        queries: OnConnection,
+        agent_id: int,
+        lock_key: int,
+        cache: WindowCache,
+        pool: Queries | None = None,
     ) -> None:
         self.queries = queries
+        # Where a model call's ledger row goes when the turn's connection cannot take it.
+        self.pool = pool
         self.agent_id = agent_id
         self.lock_key = lock_key
         self.released = False  # by the turn's last statement
@@ -406,9 +420,9 @@ class PostgresConversation:
         outcome_data: Jsonb | None = None,
         lock_key: int | None = None,
     ) -> Row | None:
-        """Store `entries` (storable already) of a running turn; see `append_messages`."""
-        return await self.queries.fetch_one(
-            _SQL["append_messages"],
+        """Store `entries` (storable already) of a running turn; see `append_messages`. The
+        ledger rows of the model calls that produced them are written in the same transaction."""
+        args = (
             self.session_id,
             Jsonb([entry_to_json(e) for e in entries]),
             turn_id,
@@ -417,6 +431,29 @@ class PostgresConversation:
             outcome_data,
             lock_key,
         )
+        charges = [e.charge for e in entries if e.charge is not None]
+        if not charges:
+            return await self.queries.fetch_one(_SQL["append_messages"], *args)
+        try:
+            async with self.queries.connection.transaction():
+                for charge in charges:
+                    await record_usage(self.queries, charge)
+                return await self.queries.fetch_one(_SQL["append_messages"], *args)
+        except BaseException:
+            # The calls were made (and billed): their rows are written apart, once each (by
+            # call id), when the turn's connection could not store them.
+            if self.pool is not None:
+                await asyncio.shield(self._charge_apart(charges))
+            raise
+
+    async def _charge_apart(self, charges: Sequence[LedgerEntry]) -> None:
+        """Write `charges` on the pool; a row the database refuses is logged."""
+        assert self.pool is not None
+        for charge in charges:
+            try:
+                await record_usage(self.pool, charge)
+            except GatheringError as exc:
+                log.warning("model call not written to the usage ledger", error=exc.message)
 
     async def _last_statement(
         self,

@@ -27,15 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeAlias, cast
+from typing import Any, Literal, TypeAlias, cast
 
 from psycopg import sql
 
+# Chunking was part of this module: its names stay importable from here.
+from gathering.agents.chunking import DEFAULT_OVERLAP_CHARS as DEFAULT_OVERLAP_CHARS
+from gathering.agents.chunking import DEFAULT_TARGET_CHARS as DEFAULT_TARGET_CHARS
+from gathering.agents.chunking import TextChunk as TextChunk
+from gathering.agents.chunking import chunk_text as chunk_text
+from gathering.agents.knowledge_index import EmbeddedChunks, embed_chunks, replace_chunks
 from gathering.agents.retrieval import (
     DEFAULT_EMBED_TIMEOUT,
     MAX_QUERY_CHARS,
@@ -52,8 +57,6 @@ from gathering.agents.retrieval import (
     check_limit,
     check_text,
     embed_query,
-    embed_texts,
-    embedding_model_name,
     ensure_language,
     local_owner_id,
     require_vectors,
@@ -61,16 +64,13 @@ from gathering.agents.retrieval import (
     scope_refs,
     scope_target,
     score_candidates,
-    vector_literal,
 )
 from gathering.agents.system_prompt import format_knowledge_for_prompt
 from gathering.db.database import Database, Queries, Row
 from gathering.db.named_queries import queries_of
-from gathering.errors import InvalidInputError, NotFoundError
+from gathering.errors import ConflictError, DatabaseError, InvalidInputError, NotFoundError
 from gathering.llm.embeddings import EmbeddingProvider
 
-DEFAULT_TARGET_CHARS = 1_200
-DEFAULT_OVERLAP_CHARS = 200
 MAX_DOCUMENT_CHARS = 2_000_000
 MAX_TITLE_CHARS = 500
 MAX_CATEGORY_CHARS = 100
@@ -83,119 +83,21 @@ _SQL = queries_of("gathering.agents")
 # Knowledge does not go stale the way memories do, and documents carry no importance.
 DEFAULT_KNOWLEDGE_WEIGHTS = RankingWeights(relevance=1.0, importance=0.0, recency=0.0)
 
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
-# Whitespace after . ! ? or an ellipsis, and after up to two closing quotes or brackets there
-# (which stay with their sentence). Lookbehinds need a fixed width: one alternative per width.
-_END = "[.!?\u2026]"
-_CLOSE = "[\"'\u201d\u2019)\\]]"
-_SENTENCE_BREAK = re.compile(
-    f"(?<={_END})\\s+|(?<={_END}{_CLOSE})\\s+|(?<={_END}{_CLOSE}{_CLOSE})\\s+"
-)
-_WORD = re.compile(r"\S+")
-
-
-# --- chunking -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TextChunk:
-    """A piece of a text: `text[start:end] == content`."""
-
-    seq: int
-    start: int
-    end: int
-    content: str
-
-
-def _pieces(text: str, start: int, end: int, separator: re.Pattern[str]) -> Iterator[range]:
-    """The non-blank stretches of `text[start:end]` between matches of `separator`, trimmed."""
-    position = start
-    for match in separator.finditer(text, start, end):
-        yield from _trimmed(text, position, match.start())
-        position = match.end()
-    yield from _trimmed(text, position, end)
-
-
-def _trimmed(text: str, start: int, end: int) -> Iterator[range]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    if start < end:
-        yield range(start, end)
-
-
-def _units(text: str, target: int) -> list[range]:
-    """Paragraphs that fit in `target`; longer ones as sentences; longer sentences as words."""
-    units: list[range] = []
-    for paragraph in _pieces(text, 0, len(text), _PARAGRAPH_BREAK):
-        if len(paragraph) <= target:
-            units.append(paragraph)
-            continue
-        for sentence in _pieces(text, paragraph.start, paragraph.stop, _SENTENCE_BREAK):
-            if len(sentence) <= target:
-                units.append(sentence)
-            else:
-                units.extend(
-                    range(m.start(), m.end())
-                    for m in _WORD.finditer(text, sentence.start, sentence.stop)
-                )
-    return units
-
-
-def chunk_text(
-    text: str,
-    target_chars: int = DEFAULT_TARGET_CHARS,
-    overlap_chars: int = DEFAULT_OVERLAP_CHARS,
-) -> list[TextChunk]:
-    """Cut `text` into chunks of at most `target_chars`, each a slice of the text.
-
-    Chunks end on paragraph boundaries where they can, else on sentence boundaries, else
-    between words; only a single word longer than `target_chars` makes a longer chunk. A chunk
-    repeats up to `overlap_chars` of the end of the previous one, in whole pieces (the
-    paragraphs, sentences or words the text was cut into), so that a passage cut in two can
-    still be found; a chunk that ends a long paragraph is not repeated. Whitespace-only text
-    gives no chunks.
-    """
-    if isinstance(target_chars, bool) or not isinstance(target_chars, int) or target_chars < 1:
-        raise InvalidInputError("target_chars must be an integer >= 1")
-    if (
-        isinstance(overlap_chars, bool)
-        or not isinstance(overlap_chars, int)
-        or not 0 <= overlap_chars < target_chars
-    ):
-        raise InvalidInputError("overlap_chars must be an integer from 0 to target_chars - 1")
-    units = _units(text, target_chars)
-    chunks: list[TextChunk] = []
-    first = 0
-    while first < len(units):
-        last = first  # the chunk is units[first..last]
-        while last + 1 < len(units) and units[last + 1].stop - units[first].start <= target_chars:
-            last += 1
-        start, end = units[first].start, units[last].stop
-        chunks.append(TextChunk(len(chunks), start, end, text[start:end]))
-        following = last + 1
-        if following >= len(units):
-            break
-        # The next chunk starts at the earliest unit of this one's tail that keeps the overlap
-        # within bounds and still leaves room for the first unit not yet covered.
-        next_first = following
-        while (
-            next_first - 1 > first
-            and end - units[next_first - 1].start <= overlap_chars
-            and units[following].stop - units[next_first - 1].start <= target_chars
-        ):
-            next_first -= 1
-        first = next_first
-    return chunks
-
-
 # --- documents ------------------------------------------------------------------------------
+
+
+DocumentStatus: TypeAlias = Literal["pending", "ready", "failed"]
+DOCUMENT_STATUSES: tuple[DocumentStatus, ...] = ("pending", "ready", "failed")
 
 
 @dataclass(frozen=True)
 class Document:
-    """A document of the knowledge base (`content` only from `get_document`)."""
+    """A document of the knowledge base (`content` only from `get_document`).
+
+    `status` is `ready` once its chunks are indexed; `pending` while a job indexes it
+    (`chunks_done` of `chunks_total` embedded so far; the chunks it had stay searchable until
+    then); `failed` when that job could not (`error` says why).
+    """
 
     id: int
     owner_id: int
@@ -210,6 +112,11 @@ class Document:
     embedding_model: str | None
     created_at: datetime
     content: str | None = None
+    status: DocumentStatus = "ready"
+    error: str | None = None
+    chunks_done: int = 0
+    chunks_total: int | None = None
+    updated_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Document:
@@ -227,6 +134,11 @@ class Document:
             embedding_model=row["embedding_model"],
             created_at=row["created_at"],
             content=row.get("content"),
+            status=row["status"],
+            error=row["error"],
+            chunks_done=int(row["chunks_done"]),
+            chunks_total=row["chunks_total"],
+            updated_at=row["updated_at"],
         )
 
 
@@ -251,13 +163,22 @@ class KnowledgeHit:
 
 _DOCUMENT_COLUMNS = sql.SQL(
     "d.id, d.owner_id, d.title, d.category, d.scope, d.scope_id, d.source, d.metadata,"
-    " length(d.content) AS size_chars, d.embedding_model, d.created_at,"
+    " length(d.content) AS size_chars, d.embedding_model, d.created_at, d.status, d.error,"
+    " d.chunks_done, d.chunks_total, d.updated_at,"
     " (SELECT count(*) FROM agent.chunks c WHERE c.document_id = d.id) AS chunk_count"
 )
 _HIT_COLUMNS = sql.SQL(
     "t.id, t.document_id, t.seq, t.start_char, t.end_char, t.content, d.title, d.category,"
     " d.scope, d.scope_id, d.source, d.created_at"
 )
+
+
+def _check_title(title: str) -> str:
+    return " ".join(check_text(title, "the title", max_chars=MAX_TITLE_CHARS).split())
+
+
+def _check_content(content: str) -> None:
+    check_text(content, "the document content", max_chars=MAX_DOCUMENT_CHARS)
 
 
 def _check_category(category: str) -> str:
@@ -451,14 +372,21 @@ class KnowledgeBase:
         scope_id: str | None = None,
         source: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        *,
+        index: bool = True,
     ) -> Document:
-        """Store a document and its chunks (with their vectors, when there is an embedder)."""
-        title = " ".join(check_text(title, "the title", max_chars=MAX_TITLE_CHARS).split())
-        check_text(content, "the document content", max_chars=MAX_DOCUMENT_CHARS)
+        """Store a document and its chunks (with their vectors, when there is an embedder).
+
+        With `index=False` it is stored `pending`, without chunks, for a job to index (see
+        `gathering.agents.knowledge_index`)."""
+        title = _check_title(title)
+        _check_content(content)
         category = _check_category(category)
         target_scope, target_id, agent_id = scope_target(
             scope, scope_id, default_agent_id=self.agent_id
         )
+        if target_scope == "project" and target_id and target_id.isascii() and target_id.isdigit():
+            target_id = str(int(target_id))  # a project's id has one spelling: "7", not "007"
         if self.agent_id is not None and target_scope == "agent" and agent_id != self.agent_id:
             raise InvalidInputError(
                 f"this knowledge base belongs to agent {self.agent_id}, not agent {agent_id}"
@@ -475,16 +403,8 @@ class KnowledgeBase:
             owner = int(agent_owner)
         if owner is None:
             owner = await local_owner_id(self.db)
-        chunks = await asyncio.to_thread(chunk_text, content, self.target_chars, self.overlap_chars)
-        vectors: list[str | None] = [None] * len(chunks)
-        model = None
-        if embedder is not None:
-            embedded = await embed_texts(
-                embedder, [f"{title}\n\n{chunk.content}" for chunk in chunks]
-            )
-            vectors = [vector_literal(vector) for vector in embedded]
-            model = embedding_model_name(embedder)
-        async with self._atomic() as tx:
+        embedded = await self._embedded(title, content, embedder) if index else None
+        async with self._within_limits(), self._atomic() as tx:
             document = await tx.fetch_one(
                 _SQL["insert_document"],
                 owner,
@@ -497,35 +417,92 @@ class KnowledgeBase:
                 encoded_metadata,
                 content,
                 self.language,
-                model,
+                None,
+                "pending" if embedded is None else "ready",
             )
             assert document is not None
-            with_vectors = model is not None
-            insert = sql.SQL(
-                "INSERT INTO agent.chunks (document_id, seq, start_char, end_char, content,"
-                " tsv, embedding_model{embedding_column})"
-                " SELECT $1, c.seq, c.start_char, c.end_char, c.content,"
-                " setweight(to_tsvector($2::regconfig, $3), 'A')"
-                " || to_tsvector($2::regconfig, c.content), $4{embedding_value}"
-                " FROM unnest($5::int[], $6::int[], $7::int[], $8::text[], $9::text[])"
-                " AS c(seq, start_char, end_char, content, embedding)"
-            ).format(
-                embedding_column=sql.SQL(", embedding" if with_vectors else ""),
-                embedding_value=sql.SQL(", c.embedding::vector" if with_vectors else ""),
-            )
-            await tx.execute(
-                insert.as_string(),
-                document["id"],
-                self.language,
-                title,
-                model,
-                [chunk.seq for chunk in chunks],
-                [chunk.start for chunk in chunks],
-                [chunk.end for chunk in chunks],
-                [chunk.content for chunk in chunks],
-                vectors,
-            )
+            if embedded is not None:
+                await replace_chunks(
+                    tx, document["id"], language=self.language, title=title, embedded=embedded
+                )
         return await self.get_document(int(document["id"]), include_content=False)
+
+    async def _embedded(
+        self, title: str, content: str, embedder: EmbeddingProvider | None
+    ) -> EmbeddedChunks:
+        chunks = await asyncio.to_thread(chunk_text, content, self.target_chars, self.overlap_chars)
+        return await embed_chunks(embedder, title, chunks, ledger=self.db)
+
+    async def update_document(
+        self,
+        document_id: int,
+        *,
+        title: str | None = None,
+        content: str | None = None,
+        category: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Document:
+        """Change a document (what is None stays). A new title or content cuts and embeds it
+        again, and its new chunks replace the old ones at once: it is `ready` after, and a job
+        still indexing it finds its work outdated. `NotFoundError` when this cannot see it;
+        `ConflictError` when it changed while its new chunks were being made."""
+        title = None if title is None else _check_title(title)
+        if content is not None:
+            _check_content(content)
+        category = None if category is None else _check_category(category)
+        encoded_metadata = None if metadata is None else _check_metadata(metadata)
+        current = await self.get_document(document_id)
+        assert current.content is not None
+        new_title = current.title if title is None else title
+        new_content = current.content if content is None else content
+        reindex = new_title != current.title or new_content != current.content
+        embedded = None
+        if reindex:
+            embedded = await self._embedded(new_title, new_content, await self._prepare())
+        async with self._within_limits(), self._atomic() as tx:
+            row = await tx.fetch_one(_SQL["lock_document"], document_id)
+            if row is None:
+                raise NotFoundError(f"document {document_id} not found")
+            # What is not given is kept as it is now (the locked row), not as it was read
+            # before the lock: an edit that raced this one is not undone. The chunks after
+            # this are the new ones (made from what was read) or the row's: the title and
+            # content written must be the ones they were made from.
+            locked_title = row["title"] if title is None else title
+            locked_content = row["content"] if content is None else content
+            indexed = (new_title, new_content) if reindex else (row["title"], row["content"])
+            if (locked_title, locked_content) != indexed:
+                raise ConflictError(
+                    f"document {document_id} changed while this change was being made",
+                    hint="read it again and repeat your change",
+                )
+            await tx.execute(
+                _SQL["update_document"],
+                document_id,
+                locked_title,
+                row["category"] if category is None else category,
+                json.dumps(row["metadata"]) if encoded_metadata is None else encoded_metadata,
+                locked_content,
+            )
+            if embedded is not None:
+                await replace_chunks(
+                    tx, document_id, language=row["language"], title=new_title, embedded=embedded
+                )
+        return await self.get_document(document_id, include_content=False)
+
+    @staticmethod
+    @asynccontextmanager
+    async def _within_limits() -> AsyncIterator[None]:
+        """PostgreSQL's program limits (SQLSTATE class 54, e.g. a text too rich for a
+        tsvector) hit by a document: `InvalidInputError` (422), not a server fault."""
+        try:
+            yield
+        except DatabaseError as error:
+            if not str(error.details.get("sqlstate", "")).startswith("54"):
+                raise
+            raise InvalidInputError(
+                f"the document is beyond what the database can index: {error.message}"[:500],
+                hint="split it into smaller documents",
+            ) from error
 
     @asynccontextmanager
     async def _atomic(self) -> AsyncIterator[Queries]:
@@ -566,10 +543,11 @@ class KnowledgeBase:
         *,
         category: str | None = None,
         scopes: Iterable[ScopeLike] | None = None,
+        status: DocumentStatus | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[Document]:
-        """Documents (without their content), newest first."""
+        """Documents (without their content), newest first; only those in `status` with it."""
         limit = check_limit(limit, maximum=500)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidInputError("offset must be an integer >= 0")
@@ -579,7 +557,9 @@ class KnowledgeBase:
             " ORDER BY d.created_at DESC, d.id DESC LIMIT {limit} OFFSET {offset}"
         ).format(
             columns=_DOCUMENT_COLUMNS,
-            where=self._where(params, await self._reader_owner(), category=category, scopes=scopes),
+            where=self._where(
+                params, await self._reader_owner(), category=category, scopes=scopes, status=status
+            ),
             limit=params(limit),
             offset=params(offset),
         )
@@ -595,6 +575,7 @@ class KnowledgeBase:
         scopes: Iterable[ScopeLike] | None = None,
         categories: tuple[str, ...] | None = None,
         document_ids: tuple[int, ...] | None = None,
+        status: DocumentStatus | None = None,
     ) -> sql.Composed:
         """Conditions on the documents `d` this sees, of `owner` (None: anyone's), in
         `category` and `scopes`, and in one of `categories` or among `document_ids`."""
@@ -620,6 +601,12 @@ class KnowledgeBase:
                     category=params(_check_category(category))
                 )
             )
+        if status is not None:
+            if status not in DOCUMENT_STATUSES:
+                raise InvalidInputError(
+                    f"unknown status {status!r}", hint=f"one of {', '.join(DOCUMENT_STATUSES)}"
+                )
+            conditions.append(sql.SQL("d.status = {status}").format(status=params(status)))
         if scopes is not None:
             # A single scope name is taken as that one scope, not as its letters.
             refs = scope_refs([cast(Scope, scopes)] if isinstance(scopes, str) else scopes)
@@ -665,6 +652,7 @@ class KnowledgeBase:
                 time_limit=self.embed_timeout,
                 on_degraded=self.on_degraded,
                 fallback="full-text search only",
+                ledger=self.db,
             )
         params = QueryParams()
         where = self._where(

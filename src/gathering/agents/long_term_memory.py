@@ -312,7 +312,7 @@ class LongTermMemory:
                 " RETURNING {columns}"
             )
         else:
-            (vector,) = await embed_texts(embedder, [content])
+            (vector,) = await embed_texts(embedder, [content], ledger=self.db)
             params += [vector_literal(vector), embedding_model_name(embedder)]
             insert = sql.SQL(
                 "INSERT INTO agent.memories AS t (owner_id, agent_id, source_agent_id, scope,"
@@ -364,7 +364,7 @@ class LongTermMemory:
             rows = await self.db.fetch_all(select.as_string(), *params.values)
             if not rows:
                 return updated
-            vectors = await embed_texts(embedder, [row["content"] for row in rows])
+            vectors = await embed_texts(embedder, [row["content"] for row in rows], ledger=self.db)
             await self.db.execute(
                 _SQL["set_memory_embeddings"],
                 [row["id"] for row in rows],
@@ -414,6 +414,7 @@ class LongTermMemory:
                 time_limit=self.embed_timeout,
                 on_degraded=self.on_degraded,
                 fallback="full-text recall only",
+                ledger=self.db,
             )
         params = QueryParams()
         where = sql.SQL("t.owner_id = {owner} AND {visible} AND {filters}").format(

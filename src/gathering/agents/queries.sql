@@ -185,8 +185,70 @@ RETURNING id, last_accessed_at, access_count
 DELETE FROM agent.memories WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2) RETURNING id
 
 -- name: insert_document --
--- A document's row (its chunks are inserted after it, in the same transaction).
+-- A document's row (its chunks are inserted after it, in the same transaction), `ready`; or
+-- `pending` ($12), for a job to index.
 INSERT INTO agent.documents AS d (owner_id, agent_id, title, category, scope, scope_id, source,
-                                  metadata, content, language, embedding_model)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::regconfig, $11)
+                                  metadata, content, language, embedding_model, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::regconfig, $11, $12)
 RETURNING d.id, d.created_at
+
+-- name: lock_document --
+-- Document $1, locked for an edit, with what the edit compares and keeps.
+SELECT id, title, category, metadata, content, language::text AS language, updated_at
+FROM agent.documents WHERE id = $1 FOR UPDATE
+
+-- name: update_document --
+UPDATE agent.documents
+SET title = $2, category = $3, metadata = $4::jsonb, content = $5, updated_at = now()
+WHERE id = $1
+
+-- name: delete_chunks --
+DELETE FROM agent.chunks WHERE document_id = $1
+
+-- name: document_indexed --
+-- Document $1 has its chunks now, embedded with model $2 (none: NULL), $3 of them.
+UPDATE agent.documents
+SET status = 'ready', error = NULL, job_id = NULL, embedding_model = $2, chunks_done = $3,
+    chunks_total = $3, updated_at = now()
+WHERE id = $1
+
+-- name: set_indexing_job --
+-- Document $1 waits for job $2 to index it.
+UPDATE agent.documents
+SET status = 'pending', job_id = $2, error = NULL, chunks_done = 0, chunks_total = NULL,
+    updated_at = now()
+WHERE id = $1
+
+-- name: document_to_index --
+SELECT id, title, content, language::text AS language, status, job_id
+FROM agent.documents WHERE id = $1
+
+-- name: index_progress --
+-- Job $2 has embedded $3 of the $4 chunks of document $1.
+UPDATE agent.documents SET chunks_done = $3, chunks_total = $4, updated_at = now()
+WHERE id = $1 AND job_id = $2 AND status = 'pending'
+
+-- name: lock_indexing_document --
+-- Document $1, locked, while job $2 may still make it ready.
+SELECT id FROM agent.documents WHERE id = $1 AND job_id = $2 AND status = 'pending' FOR UPDATE
+
+-- name: document_index_failed --
+UPDATE agent.documents SET status = 'failed', error = $3, job_id = NULL, updated_at = now()
+WHERE id = $1 AND job_id = $2 AND status = 'pending'
+RETURNING id
+
+-- name: documents_to_reindex --
+-- What to index again (of owner $2; everyone's when NULL), at most $3, locked; those another
+-- transaction holds are skipped: failed documents, pending ones whose job no longer runs,
+-- and, with model $1, ready ones embedded with another model or none.
+SELECT d.id
+FROM agent.documents d
+LEFT JOIN procrastinate_jobs j ON j.id = d.job_id
+WHERE ($2::bigint IS NULL OR d.owner_id = $2)
+  AND (d.status = 'failed'
+       OR (d.status = 'pending' AND (j.id IS NULL OR j.status::text NOT IN ('todo', 'doing')))
+       OR (d.status = 'ready' AND $1::text IS NOT NULL
+           AND d.embedding_model IS DISTINCT FROM $1::text))
+ORDER BY d.id
+LIMIT $3
+FOR UPDATE OF d SKIP LOCKED

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, get_args
@@ -28,6 +29,8 @@ from gathering.db.database import Queries, Row
 from gathering.db.named_queries import queries_of
 from gathering.errors import FeatureUnavailableError, InvalidInputError, LLMError
 from gathering.llm.embeddings import BaseEmbeddingProvider, EmbeddingProvider
+from gathering.llm.token_estimate import estimate_tokens
+from gathering.usage.ledger import record_embedding
 
 Scope: TypeAlias = Literal["agent", "circle", "project", "global"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -435,16 +438,22 @@ async def embed_texts(
     *,
     batch_size: int = EMBEDDING_BATCH_SIZE,
     retry: bool = True,
+    ledger: Queries | None = None,
 ) -> list[list[float]]:
     """Vectors for `texts`, asked for in batches; every vector checked to be finite and of one
-    length. `retry=False` makes one attempt (for providers that support it, ours do)."""
+    length. `retry=False` makes one attempt (for providers that support it, ours do). With
+    `ledger`, each batch is written to the usage ledger (its tokens estimated)."""
     vectors: list[list[float]] = []
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
+        started = time.monotonic()
         if retry or not isinstance(embedder, BaseEmbeddingProvider):
             vectors.extend(await embedder.embed(batch))
         else:
             vectors.extend(await embedder.embed(batch, retry=False))
+        spent = round((time.monotonic() - started) * 1000)
+        tokens = sum(estimate_tokens(text) for text in batch)
+        await record_embedding(ledger, embedder.name, embedder.model, tokens, spent)
     if len(vectors) != len(texts):
         raise LLMError(f"{embedder.name} returned {len(vectors)} vectors for {len(texts)} texts")
     lengths = {len(vector) for vector in vectors}
@@ -474,6 +483,7 @@ async def embed_query(
     time_limit: float,
     on_degraded: DegradedCallback | None,
     fallback: str,
+    ledger: Queries | None = None,
 ) -> SemanticQuery | None:
     """The query's vector, or None when the provider fails (`LLMError`) or takes longer than
     `time_limit` seconds (its retries included): the search then runs on full text alone.
@@ -484,7 +494,7 @@ async def embed_query(
     """
     try:
         async with asyncio.timeout(time_limit):
-            (vector,) = await embed_texts(embedder, [query], retry=False)
+            (vector,) = await embed_texts(embedder, [query], retry=False, ledger=ledger)
     except LLMError as error:
         code = error.code
     except TimeoutError:

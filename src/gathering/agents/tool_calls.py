@@ -22,7 +22,8 @@ from gathering.tools.agent_tools import ToolBox, refuse_or_ask
 from gathering.tools.approvals import Approval, request_approval
 from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool, ToolRetry
-from gathering.tools.registry import tool_seconds
+from gathering.tools.registry import keep_project_activity, tool_seconds
+from gathering.usage.ledger import record_tool_call as charge_tool_call
 
 if TYPE_CHECKING:
     from gathering.agents.agent import Agent
@@ -215,7 +216,26 @@ async def run_tool(
     """Run one tool call within its timeout and the `left` seconds of the turn. What the model
     can act on comes back as its message (a `ToolRetry`, arguments the schema refuses, a
     refused path); a timeout or any other exception is a failure (logged with its traceback);
-    cancellation propagates."""
+    cancellation propagates. A call of a known tool is written to the usage ledger."""
+    started = time.monotonic()
+    result = await _run_tool(tools, call, left, context)
+    if call.name in tools:
+        spent = round((time.monotonic() - started) * 1000)
+        outcome = "error" if result.is_error else "ok"
+        await charge_tool_call(
+            context.db,
+            call.name,
+            outcome,
+            spent,
+            agent_id=context.agent_id,
+            owner_id=context.owner_id,
+        )
+    return result
+
+
+async def _run_tool(
+    tools: Mapping[str, FunctionTool], call: ToolCall, left: float, context: ToolContext
+) -> ToolResult:
     tool = tools.get(call.name)
     if tool is None:
         known = ", ".join(sorted(tools)) or "none"
@@ -261,6 +281,7 @@ async def run_tool(
     except Exception as exc:
         return _tool_failed(call, exc)
     record_tool_call(call.name, "ok")
+    await keep_project_activity(tool, call.arguments, context)
     return ToolResult(call.id, output, name=call.name)
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
+from uuid import UUID, uuid4
 
 import structlog
 
@@ -38,6 +39,7 @@ from gathering.agents.tool_calls import (
 )
 from gathering.agents.turn_events import EVENT_PREVIEW_CHARS, TurnEvents
 from gathering.config import get_settings
+from gathering.db.database import Queries
 from gathering.db.storable import storable_text
 from gathering.errors import (
     AgentBusyError,
@@ -62,9 +64,23 @@ from gathering.llm import (
     ToolSpec,
     Usage,
 )
+from gathering.llm.base import DEFAULT_MAX_TOKENS
 from gathering.llm.types import new_call_id
 from gathering.observability import record_turn
 from gathering.tools.approvals import approvals_of_turn
+from gathering.usage import (
+    Attribution,
+    LedgerEntry,
+    attributed,
+    current_attribution,
+    estimated_input_tokens,
+    model_call_entry,
+    record_failed_call,
+    reserve_model_call,
+)
+from gathering.usage import (
+    record as record_usage,
+)
 
 if TYPE_CHECKING:
     from gathering.agents.agent import Agent
@@ -400,8 +416,11 @@ async def _exchange(
 ) -> AsyncIterator[AgentEvent | _Finished | _Waiting]:
     loop = asyncio.get_running_loop()
     until = loop.time() + limits.turn_deadline
-    provider = agent.model_provider()
-    system = await agent.system_prompt(text, conversation.queries, recall=conversation.has_memories)
+    provider = await agent.model_provider(conversation.queries)
+    with attributed(**charged_to(agent).as_dict()):  # the recall's embedding, too
+        system = await agent.system_prompt(
+            text, conversation.queries, recall=conversation.has_memories
+        )
     box = await agent.turn_tools(conversation.queries)
     specs = [tool.spec for tool in box.tools.values()]
     run = _Run()
@@ -433,22 +452,72 @@ async def _exchange(
                 hint="create the agent again to talk to it",
             )
         completion: Completion | None = None
+        charged = charged_to(agent)
+        tokens = estimated_input_tokens(system, [e.message for e in entries], specs)
+        reservation = await _reserve(agent, conversation, provider, tokens)
+        call_id = reservation or uuid4()  # the ledger row's: written once
         call_until = min(until, loop.time() + limits.model_call_timeout)
         calling = call_model(provider, system, entries, specs, agent.options, streaming)
-        async for event in _bounded(calling, call_until, until, limits):
-            if isinstance(event, Completion):
-                completion = event
-            else:
-                await events.delta(event.text)
-                yield event
+        started = loop.time()
+        try:
+            async for event in _bounded(calling, call_until, until, limits):
+                if isinstance(event, Completion):
+                    completion = event
+                else:
+                    await events.delta(event.text)
+                    yield event
+        except BaseException as exc:
+            # Any end of the call without its answer (an error, a cancelled turn, a closed
+            # stream) still gets its row, which gives the reservation back.
+            ledger = ledger_queries(conversation)
+            if ledger is not None and completion is None:
+                failed = record_failed_call(
+                    ledger,
+                    charged,
+                    provider.name,
+                    provider.model or agent.model,
+                    exc,
+                    round((loop.time() - started) * 1000),
+                    reservation,
+                    call_id=call_id,
+                )
+                await _shielded(failed)
+            elif ledger is not None and completion is not None:  # answered, then cut
+                answered = model_call_entry(
+                    ledger,
+                    charged,
+                    completion,
+                    provider.name,
+                    completion.model or agent.model,
+                    reservation,
+                    estimated_input=tokens,
+                    call_id=call_id,
+                )
+                await _shielded(_record_entry(ledger, answered))
+            raise
         await events.flush()
         assert completion is not None
         completion = _unique_call_ids(completion, entries)
-        run.usage = run.usage + completion.usage
-        if completion.cost_usd is not None:
-            run.cost = (run.cost or 0.0) + completion.cost_usd
         model = completion.model or agent.model
-        entry = HistoryEntry(completion.message, model, completion.usage, completion.cost_usd)
+        charge = None
+        cost = completion.cost_usd
+        if conversation.queries is not None:
+            charge = await _priced_entry(
+                conversation,
+                charged,
+                completion,
+                provider.name,
+                model,
+                reservation,
+                tokens,
+                call_id,
+            )
+            cost = charge.cost_usd  # the catalog's price now, as the ledger has it
+        completion = _storable_usage(completion)
+        run.usage = run.usage + completion.usage
+        if cost is not None:
+            run.cost = (run.cost or 0.0) + cost
+        entry = HistoryEntry(completion.message, model, completion.usage, cost, charge=charge)
         if not completion.tool_calls:
             reply = run.result(completion.text, "completed", iteration, conversation, turn_id)
             yield _Finished(reply, [entry])
@@ -469,6 +538,98 @@ async def _exchange(
     log.warning("agent reached max iterations", agent=agent.name, limit=agent.max_iterations)
     stopped = run.result(note, "max_iterations", agent.max_iterations, conversation, turn_id)
     yield _Finished(stopped, [])
+
+
+def charged_to(agent: Agent) -> Attribution:
+    """Who and what `agent`'s model calls are charged to: the caller's attribution, the
+    agent, and (when no caller named a user) the agent's owner."""
+    attribution = current_attribution().merged(agent_id=agent.id)
+    if attribution.user_id is None:
+        attribution = attribution.merged(user_id=agent.owner_id)
+    return attribution
+
+
+def ledger_queries(conversation: Conversation) -> Queries | None:
+    """Where a model call's row is written apart from the turn's own statements: the pool
+    (the turn's connection may be the reason the call ended), else the turn's connection."""
+    pool: Queries | None = getattr(conversation, "pool", None)
+    return pool or conversation.queries
+
+
+async def _shielded(write: Coroutine[Any, Any, None]) -> None:
+    """Run `write` to its end even when the turn is being cancelled."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.shield(task)  # cancelled again: the row is still written
+    except Exception as exc:
+        log.warning("model call not written to the usage ledger", error=str(exc))
+
+
+async def _record_entry(q: Queries, entry: Awaitable[LedgerEntry]) -> None:
+    """Write the ledger row of `entry` (a call answered, whose turn then ended)."""
+    await record_usage(q, await entry)
+
+
+async def _priced_entry(
+    conversation: Conversation,
+    charged: Attribution,
+    completion: Completion,
+    provider: str,
+    model: str,
+    reservation: UUID | None,
+    estimated_input: int,
+    call_id: UUID,
+) -> LedgerEntry:
+    """The ledger entry of an answered call, priced on the turn's connection, else (when it
+    died during the call) on the pool's."""
+    turn, apart = conversation.queries, ledger_queries(conversation)
+    assert turn is not None and apart is not None
+    args = (charged, completion, provider, model, reservation)
+    try:
+        return await model_call_entry(turn, *args, estimated_input=estimated_input, call_id=call_id)
+    except DatabaseError:
+        if apart is turn:
+            raise
+    return await model_call_entry(apart, *args, estimated_input=estimated_input, call_id=call_id)
+
+
+_MAX_STORED_TOKENS = 2**31 - 1
+
+
+def _storable_usage(completion: Completion) -> Completion:
+    """`completion` with its reported usage clamped to what a message row stores (a provider
+    may report anything; the ledger keeps the reported value)."""
+    usage = completion.usage
+    if max(usage.input_tokens, usage.output_tokens) <= _MAX_STORED_TOKENS:
+        return completion
+    clamped = Usage(
+        min(usage.input_tokens, _MAX_STORED_TOKENS), min(usage.output_tokens, _MAX_STORED_TOKENS)
+    )
+    return replace(completion, usage=clamped)
+
+
+async def _reserve(
+    agent: Agent, conversation: Conversation, provider: LLMProvider, tokens: int
+) -> UUID | None:
+    """The budget reservation of the next model call, of `tokens` estimated input tokens
+    (None: no database, or no budget)."""
+    if conversation.queries is None:
+        return None
+    max_tokens = agent.options.get("max_tokens")
+    if not isinstance(max_tokens, int):
+        defaults = getattr(provider, "defaults", None)
+        max_tokens = getattr(defaults, "max_tokens", None) or DEFAULT_MAX_TOKENS
+    return await reserve_model_call(
+        conversation.queries,
+        charged_to(agent),
+        provider.name,
+        provider.model or agent.model,
+        tokens,
+        max_tokens,
+        TurnLimits.from_settings().model_call_timeout,
+    )
 
 
 async def _batch(

@@ -26,17 +26,28 @@ from gathering.api.routers import (
     goals,
     health,
     home,
+    knowledge,
     mcp,
     memories,
     metrics,
     pipeline_runs,
     pipelines,
+    project_files,
+    project_git,
+    project_terminal,
+    projects,
     schedules,
     tasks,
     tools,
     users,
     ws,
 )
+from gathering.api.routers import budgets as budgets_routes
+from gathering.api.routers import models as models_routes
+from gathering.api.routers import personas as personas_routes
+from gathering.api.routers import providers as providers_routes
+from gathering.api.routers import settings as settings_routes
+from gathering.api.routers import usage as usage_routes
 from gathering.api.security import install_security
 from gathering.api.security.audit_retention import AuditRetentionComponent
 from gathering.api.state import AppState
@@ -106,7 +117,13 @@ def create_app(
     app.include_router(audit.router)
     app.include_router(users.router)
     app.include_router(agents.router)
+    app.include_router(providers_routes.router)
+    app.include_router(models_routes.router)
+    app.include_router(personas_routes.router)
+    app.include_router(settings_routes.router)
     app.include_router(memories.router)
+    app.include_router(knowledge.router)
+    app.include_router(knowledge.deprecated_router)
     app.include_router(tools.router)
     app.include_router(approvals.router)
     app.include_router(mcp.router)
@@ -116,6 +133,12 @@ def create_app(
     app.include_router(tasks.router)
     app.include_router(goals.router)
     app.include_router(circles.router)
+    app.include_router(projects.router)
+    app.include_router(usage_routes.router)
+    app.include_router(budgets_routes.router)
+    app.include_router(project_git.router)
+    app.include_router(project_files.router)
+    app.include_router(project_terminal.router)
     app.include_router(ws.router)
     if settings.debug_endpoints:
         app.include_router(debug.router)

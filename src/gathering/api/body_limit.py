@@ -38,13 +38,18 @@ KIB = 1024
 MIB = 1024 * KIB
 
 # Paths (each with everything under it) whose bodies may reach GATHERING_MAX_UPLOAD_BYTES
-# instead of GATHERING_MAX_BODY_BYTES. There is no multipart upload route yet; the one route
-# that takes large bodies is knowledge-base ingestion, `POST /memories/knowledge` (a document
-# of up to 2,000,000 characters is up to 8 MB of UTF-8, more once JSON-escaped). Its
-# neighbours (`/memories/knowledge/search`, `/memories/knowledge/{id}`) share the prefix.
-# Pipeline definitions are documents too: up to 1,000 nodes and 5,000 edges, each with texts
-# of up to 20,000 characters, exceed 1 MiB long before the definition's own limits.
-UPLOAD_PATH_PREFIXES: tuple[str, ...] = ("/memories/knowledge", "/pipelines")
+# instead of GATHERING_MAX_BODY_BYTES: the knowledge base, `/knowledge` (files uploaded as
+# multipart to `/knowledge/upload`; a JSON document of up to 2,000,000 characters is up to 8 MB
+# of UTF-8, more once JSON-escaped; its neighbours share the prefix) and its deprecated paths
+# `/memories/knowledge`. Pipeline definitions are documents too: up to 1,000 nodes and 5,000
+# edges, each with texts of up to 20,000 characters, exceed 1 MiB long before the definition's
+# own limits. A project's file is written with its whole text (up to 1 MiB characters).
+UPLOAD_PATH_PREFIXES: tuple[str, ...] = (
+    "/knowledge",
+    "/memories/knowledge",
+    "/pipelines",
+    "/projects",  # a file's whole text
+)
 
 _DIGITS = re.compile(rb"[0-9]+")
 # A Content-Length of more digits than this is larger than any limit we accept.

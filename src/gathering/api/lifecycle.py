@@ -17,6 +17,7 @@ from gathering.jobs import JobServices, JobWorker, stalled_jobs_duty
 from gathering.llm.local_models import preload_default_model
 from gathering.llm.registry import default_provider_name
 from gathering.pipelines.jobs import deadlines_duty
+from gathering.projects.watch import ProjectFilesWatcher
 from gathering.scheduler.jobs import scheduler_duty
 from gathering.tools.mcp import close_mcp_hub, mcp_hub
 from gathering.tools.mcp.servers import config_servers
@@ -282,10 +283,10 @@ class DutyComponent(Component):
 
 
 class JobsComponent(Component):
-    """The job queue (always: requests queue jobs), the stalled-jobs, pipeline-deadlines and
-    scheduler duties, and, unless `GATHERING_WORKER=off`, a worker in this process. On stop the
-    worker takes no new job and its running jobs get the shutdown timeout to finish; those left
-    go back to the queue."""
+    """The job queue (always: requests queue jobs), the stalled-jobs, pipeline-deadlines,
+    scheduler and project-files watch duties, and, unless `GATHERING_WORKER=off`, a worker in
+    this process. On stop the worker takes no new job and its running jobs get the shutdown
+    timeout to finish; those left go back to the queue."""
 
     name = "jobs"
 
@@ -309,6 +310,7 @@ class JobsComponent(Component):
             deadlines_duty(services),
             scheduler_duty(services),
             offers_duty(services),
+            ProjectFilesWatcher(services.db, await self.state.event_bus()),
         ]
         for duty in self.duties:
             await duty.start()

@@ -141,6 +141,8 @@ LINKS = {
     "ScheduleOut": Link("schedule_id"),
     "TaskOut": Link("task_id", status="202"),
     "GoalOut": Link("goal_id"),
+    "ProjectDetailOut": Link("project_id"),
+    "ProviderOut": Link("provider_id"),
     # `name` is also a tool's path parameter: only /mcp/servers/{name} is this server.
     "McpServerOut": Link("name", "name", same_path=True),
     # A call that waits for a person (202) names its approval.
@@ -201,7 +203,7 @@ def _exact_rules(node: Any) -> None:
     schema model keeps them as floats, and 2**63 - 1 (the largest id) would come out as 2**63,
     an id the server refuses. A map's key rule as `propertyNames`: pydantic writes the key
     pattern as `patternProperties`, which lets a key that does not match through."""
-    if isinstance(node, dict) and node.get("type") == "integer":
+    if isinstance(node, dict) and node.get("type") in ("integer", "number"):
         for ours, theirs in _BOUNDS.items():
             if ours in node:
                 node[theirs] = node.pop(ours)

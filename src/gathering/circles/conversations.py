@@ -38,6 +38,7 @@ from gathering.db.fields import Flag, Said, Whole
 from gathering.errors import AgentBusyError, ConflictError, GatheringError, NotFoundError
 from gathering.events import Event, EventBus
 from gathering.jobs import enqueue
+from gathering.usage import attributed
 
 log = structlog.get_logger(__name__)
 CONVERSE = "circles:converse"
@@ -404,7 +405,8 @@ class Conversations:
 
         agent = await circle_agent(self.db, self.bus, circle, member)
         key = f"conversation:{conversation.id}:turn:{turn}"
-        result = await run_agent_turn(agent, prompt, key, on_delta)
+        with attributed(circle_id=circle.id):  # its calls are charged to the circle too
+            result = await run_agent_turn(agent, prompt, key, on_delta)
         await flush()
         tokens = result.usage.input_tokens + result.usage.output_tokens
         async with self.db.transaction() as tx:
@@ -464,9 +466,9 @@ class Conversations:
                 ]
             )
             key = f"conversation:{conversation.id}:pick:{turn}"
-            answer = await run_agent_turn(
-                await circle_agent(self.db, self.bus, circle, facilitator), prompt, key
-            )
+            agent = await circle_agent(self.db, self.bus, circle, facilitator)
+            with attributed(circle_id=circle.id):
+                answer = await run_agent_turn(agent, prompt, key)
             return pick_named(answer.text, speakers, last_speaker)
         return round_robin(speakers, turn), "in order"
 
@@ -508,9 +510,9 @@ class Conversations:
             ]
         )
         key = f"conversation:{conversation.id}:summary:{when}:{len(messages)}"
-        return (
-            await run_agent_turn(await circle_agent(self.db, self.bus, circle, writer), prompt, key)
-        ).text
+        agent = await circle_agent(self.db, self.bus, circle, writer)
+        with attributed(circle_id=circle.id):
+            return (await run_agent_turn(agent, prompt, key)).text
 
     async def _finish(
         self,

@@ -19,11 +19,18 @@ OFFERS_LOCK = LockKey("circles", "offers")
 
 @blueprint.task(name="work", pass_context=True, retry=ON_SHUTDOWN, queue=QUEUE)
 async def work(
-    context: procrastinate.JobContext, task_id: int, iteration: int, member_id: int
+    context: procrastinate.JobContext,
+    task_id: int,
+    iteration: int,
+    member_id: int,
+    budget_waits: int = 0,
+    estimate: list[float] | None = None,
 ) -> None:
-    """Agent member `member_id` works attempt `iteration` of circle task `task_id`."""
+    """Agent member `member_id` works attempt `iteration` of circle task `task_id` (again,
+    after `budget_waits` refusals of a budget, once it can take `estimate`)."""
     services = services_of(context)
-    await CircleWorker(services.db, services.bus).work(task_id, iteration, member_id)
+    worker = CircleWorker(services.db, services.bus)
+    await worker.work(task_id, iteration, member_id, budget_waits, estimate)
 
 
 @blueprint.task(name="review", pass_context=True, retry=ON_SHUTDOWN, queue=QUEUE)

@@ -30,6 +30,7 @@ from gathering.circles.store import (
 )
 from gathering.db.database import Database, Queries
 from gathering.errors import (
+    BudgetExceededError,
     ConflictError,
     FileLockedError,
     GatheringError,
@@ -37,7 +38,7 @@ from gathering.errors import (
     PermissionDeniedError,
 )
 from gathering.events import Event, EventBus
-from gathering.jobs import enqueue
+from gathering.jobs import enqueue, queued_with
 
 QUEUE = "circles"
 WORK = "circles:work"
@@ -451,6 +452,47 @@ class TaskFlow:
             await self._publish(step)
         return task
 
+    async def wait_for_budget(
+        self,
+        task_id: int,
+        member: MemberRecord,
+        iteration: int,
+        refusal: BudgetExceededError,
+        waits: int,
+        at: datetime,
+        *,
+        announce: bool,
+    ) -> None:
+        """A budget refused the model call of attempt `iteration`: the task stays in the
+        member's hands (not failed), `circle.task.waiting` says why and until when (when
+        `announce`: at a turn's refusal, not at each look), and the work is asked again at
+        `at` (it runs once the budget can take the call). One such job per attempt (a second
+        delivery of a job does not start a second chain), holding no agent lock while it
+        waits (the agent's other work goes on; its turns take one at a time anyway)."""
+        waiting = f"circle-budget:{task_id}:{iteration}"
+        async with self.db.transaction() as tx:
+            task, step = await _locked(tx, task_id)
+            if (task.iteration, task.status, task.assignee_id) != (
+                iteration,
+                "in_progress",
+                member.id,
+            ):
+                return
+            if await queued_with(tx, waiting):
+                return  # another delivery asked for it already
+            if announce:
+                error = {"code": refusal.code, "message": refusal.message}
+                body = {**task.as_event(), "error": error | {"details": refusal.details}}
+                step.event("task.waiting", body | {"retry_at": at.isoformat()})
+            estimate = [
+                refusal.details.get("call_estimate_usd", 0.0),
+                refusal.details.get("call_estimate_tokens", 0),
+            ]
+            args: dict[str, Any] = {"task_id": task.id, "iteration": iteration}
+            args |= {"member_id": member.id, "budget_waits": waits, "estimate": estimate}
+            await enqueue(tx, WORK, args, queue=QUEUE, at=at, queueing_lock=waiting)
+            await self._publish(step)
+
     async def cancel(self, task_id: int, actor: Actor, reason: str = "") -> CircleTask:
         """Any task that has not ended; the tasks that wait for it fail."""
         async with self.db.transaction() as tx:
@@ -682,10 +724,11 @@ async def agent_job(
     iteration: int,
     member: MemberRecord,
     at: datetime | None = None,
+    **extra: Any,
 ) -> None:
-    """Queue job `name` (work or review) of agent member `member`; one agent's jobs run one
-    after another (an agent takes one turn at a time)."""
-    args = {"task_id": task_id, "iteration": iteration, "member_id": member.id}
+    """Queue job `name` (work or review) of agent member `member` (`extra`: more arguments of
+    the job); one agent's jobs run one after another (an agent takes one turn at a time)."""
+    args = {"task_id": task_id, "iteration": iteration, "member_id": member.id, **extra}
     await enqueue(tx, name, args, queue=QUEUE, lock=f"agent:{member.agent_id}", at=at)
 
 

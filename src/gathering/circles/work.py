@@ -31,6 +31,7 @@ from gathering.circles.tasks import (
 from gathering.db.database import Database
 from gathering.errors import (
     AgentBusyError,
+    BudgetExceededError,
     ConflictError,
     GatheringError,
     NotFoundError,
@@ -40,12 +41,19 @@ from gathering.errors import (
 from gathering.events import EventBus
 from gathering.llm import TextDelta
 from gathering.pipelines.handlers import json_part
+from gathering.projects import project_of_circle
+from gathering.usage import attributed, current_attribution
+from gathering.usage.budgets import larger_than_its_budget, refusal_of, reset_of
 
 log = structlog.get_logger(__name__)
 MAX_SUMMARY = 300
 MAX_SUBMISSION = 80_000  # characters of a reply handed in (Submission.text's limit)
 BUSY_RETRY_SECONDS = 5.0  # an agent busy in another turn is asked again this much later
 MAX_RERUNS = 5  # turns of one attempt cut short by a crash, run again at most
+BUDGET_RECHECK_SECONDS = 300.0  # work a budget refused looks again this often (or at reset)
+MAX_BUDGET_REFUSALS = 3
+"""Turns of one attempt a budget may refuse: past that (the look said the call fits, but the
+turn's earlier calls use the room up again each time), the attempt fails."""
 _VERDICTS = {
     "approved": "approved",
     "approve": "approved",
@@ -147,12 +155,14 @@ async def run_agent_turn(
 async def circle_agent(
     db: Database, bus: EventBus | None, circle: CircleRecord, member: MemberRecord
 ) -> Agent:
-    """Agent member `member`, working in the circle's workspace."""
+    """Agent member `member`, working in the circle's workspace: the directory of the project
+    the circle is linked to, else the circle's own."""
     store = PostgresAgentStore(db)
     assert member.agent_id is not None
     agent = Agent.from_record(await store.load_agent(member.agent_id), store=store)
     agent.event_bus = bus
-    agent.workspace = circle.workspace
+    project = await project_of_circle(db, circle.id)
+    agent.workspace = project.directory if project is not None else circle.workspace
     return agent
 
 
@@ -168,24 +178,34 @@ class CircleWorker:
         self, circle: CircleRecord, member: MemberRecord, prompt: str, key: str
     ) -> TurnResult:
         started = time.monotonic()
-        result = await run_agent_turn(
-            await circle_agent(self.db, self.bus, circle, member), prompt, key
-        )
+        agent = await circle_agent(self.db, self.bus, circle, member)
+        with attributed(circle_id=circle.id):  # its calls are charged to the circle too
+            result = await run_agent_turn(agent, prompt, key)
         if not result.replayed:
             tokens = result.usage.input_tokens + result.usage.output_tokens
             await self.db.execute(SQL["count_work"], member.id, tokens, time.monotonic() - started)
         return result
 
-    async def work(self, task_id: int, iteration: int, member_id: int) -> None:
+    async def work(
+        self,
+        task_id: int,
+        iteration: int,
+        member_id: int,
+        budget_waits: int = 0,
+        estimate: list[float] | None = None,
+    ) -> None:
         """Member `member_id` (an agent) works attempt `iteration` of task `task_id`, when it
         is still theirs to do; a job of an attempt that is over (or of a task, a member that
-        is gone) does nothing. An agent busy in another turn tries again a little later."""
+        is gone) does nothing. An agent busy in another turn tries again a little later.
+        Work a budget refused (`budget_waits` times so far) waits in the member's hands: it
+        runs again once the budget can take the refused call's `estimate` (USD, tokens)."""
         try:
-            await self._work(task_id, iteration, member_id)
+            await self._work(task_id, iteration, member_id, budget_waits, estimate)
         except NotFoundError as exc:
             log.info("circle work not needed any more", task_id=task_id, reason=str(exc))
         except AgentBusyError:
-            await self._later(WORK, task_id, iteration, member_id)
+            waiting = {"budget_waits": budget_waits, "estimate": estimate} if estimate else {}
+            await self._later(WORK, task_id, iteration, member_id, **waiting)
 
     async def review(self, task_id: int, iteration: int, member_id: int) -> None:
         """Member `member_id` (an agent) reviews attempt `iteration` of task `task_id`, when it
@@ -197,15 +217,24 @@ class CircleWorker:
         except AgentBusyError:
             await self._later(REVIEW, task_id, iteration, member_id)
 
-    async def _later(self, job: str, task_id: int, iteration: int, member_id: int) -> None:
+    async def _later(
+        self, job: str, task_id: int, iteration: int, member_id: int, **extra: Any
+    ) -> None:
         member = await get_member(
             self.db, (await get_circle_task(self.db, task_id)).circle_id, member_id
         )
         at = datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS)
         async with self.db.transaction() as tx:
-            await agent_job(tx, job, task_id, iteration, member, at=at)
+            await agent_job(tx, job, task_id, iteration, member, at=at, **extra)
 
-    async def _work(self, task_id: int, iteration: int, member_id: int) -> None:
+    async def _work(
+        self,
+        task_id: int,
+        iteration: int,
+        member_id: int,
+        budget_waits: int,
+        estimate: list[float] | None,
+    ) -> None:
         task = await self.flow.start_attempt(task_id, member_id, iteration)
         if task is None:
             return
@@ -214,12 +243,25 @@ class CircleWorker:
         if member.agent_id is None:
             return  # its agent was deleted: the offers duty moves the task on
         actor = Actor(member_id=member_id)
+        if estimate is not None and (
+            refused := await self._budget_refusal(circle, member, estimate)
+        ):
+            # Still refused: no turn (it would only be refused again), and no new event.
+            await self._wait_for_budget(task.id, member, iteration, refused, budget_waits, False)
+            return
+        # A new key after each refusal: the refused turn is stored, failed, under the last.
+        key = f"circle:{task.id}:{iteration}" + (f":budget{budget_waits}" if budget_waits else "")
         try:
-            result = await self._turn(
-                circle, member, work_prompt(circle, member, task), f"circle:{task.id}:{iteration}"
-            )
+            result = await self._turn(circle, member, work_prompt(circle, member, task), key)
         except AgentBusyError:
             raise
+        except BudgetExceededError as exc:  # not a failure: it waits for a raised budget
+            if budget_waits + 1 < MAX_BUDGET_REFUSALS and not larger_than_its_budget(exc):
+                await self._wait_for_budget(task.id, member, iteration, exc, budget_waits + 1, True)
+                return
+            error = f"the agent's turn failed: {exc}"  # waiting would not help
+            await self.flow.fail(task.id, actor, error, iteration=iteration)
+            return
         except GatheringError as exc:
             log.warning("circle task attempt failed", task_id=task.id, error=str(exc))
             error = f"the agent's turn failed: {exc}"
@@ -232,6 +274,37 @@ class CircleWorker:
         text = result.text.replace("\x00", "")[:MAX_SUBMISSION]
         work = Submission(text=text, summary=text.strip().partition("\n")[0][:MAX_SUMMARY])
         await self.flow.submit(task.id, actor, work, iteration=iteration)
+
+    async def _budget_refusal(
+        self, circle: CircleRecord, member: MemberRecord, estimate: list[float]
+    ) -> BudgetExceededError | None:
+        """What the budgets of the member's turn answer the refused call now (a look)."""
+        assert member.agent_id is not None
+        agent = await PostgresAgentStore(self.db).load_agent(member.agent_id)
+        charged = current_attribution().merged(
+            user_id=agent.owner_id, agent_id=member.agent_id, circle_id=circle.id
+        )
+        usd, tokens = (float(estimate[0]), int(estimate[1])) if len(estimate) == 2 else (0, 0)
+        return await refusal_of(self.db, charged, usd, tokens)
+
+    async def _wait_for_budget(
+        self,
+        task_id: int,
+        member: MemberRecord,
+        iteration: int,
+        refusal: BudgetExceededError,
+        waits: int,
+        announce: bool,
+    ) -> None:
+        """Ask again at the budget's reset, or in `BUDGET_RECHECK_SECONDS` (a raised budget)."""
+        at = datetime.now(UTC) + timedelta(seconds=BUDGET_RECHECK_SECONDS)
+        resets = reset_of(refusal)
+        if resets is not None:
+            at = min(at, resets)
+        log.info("circle task waits for a budget", task_id=task_id, retry_at=at.isoformat())
+        await self.flow.wait_for_budget(
+            task_id, member, iteration, refusal, waits, at, announce=announce
+        )
 
     async def _review(self, task_id: int, iteration: int, member_id: int) -> None:
         task = await get_circle_task(self.db, task_id)

@@ -8,6 +8,7 @@ from gathering.jobs.queue import (
     JobServices,
     draining,
     enqueue,
+    queued_with,
     services_of,
     task_blueprints,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "JobWorker",
     "draining",
     "enqueue",
+    "queued_with",
     "retry_stalled",
     "services_of",
     "stalled_jobs_duty",

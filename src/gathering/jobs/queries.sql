@@ -8,6 +8,12 @@ INSERT INTO procrastinate_jobs (queue_name, task_name, lock, queueing_lock, args
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id
 
+-- name: waiting_with_queueing_lock --
+-- Whether a job not started yet holds queueing lock $1.
+SELECT EXISTS (
+    SELECT 1 FROM procrastinate_jobs WHERE queueing_lock = $1 AND status = 'todo'
+)
+
 -- name: list_jobs --
 SELECT j.id, j.queue_name, j.task_name, j.status::text AS status, j.attempts, j.args,
        j.scheduled_at, j.worker_id, j.abort_requested,

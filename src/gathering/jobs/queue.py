@@ -254,6 +254,12 @@ class JobQueue:
         return {row["status"]: int(row["jobs"]) for row in rows}
 
 
+async def queued_with(db: Queries, queueing_lock: str) -> bool:
+    """Whether a job that has not started yet holds `queueing_lock` (enqueueing another with
+    it would fail, and abort the caller's transaction)."""
+    return bool(await db.fetch_val(_SQL["waiting_with_queueing_lock"], queueing_lock))
+
+
 async def enqueue(
     db: Queries,
     task: str,

@@ -26,7 +26,7 @@ from gathering.llm.ollama import OllamaProvider
 from gathering.llm.ollama import create_ollama_client as ollama_client
 from gathering.llm.openai import OpenAIProvider
 from gathering.llm.openai import create_openai_client as openai_client
-from gathering.llm.pricing import PRICES, UsageLedger, estimate_cost
+from gathering.llm.pricing import UsageLedger, estimate_cost, price_for
 from gathering.llm.registry import (
     default_model,
     default_provider_name,
@@ -53,7 +53,6 @@ from gathering.llm.types import (
 )
 
 __all__ = [
-    "PRICES",
     "AnthropicProvider",
     "BaseProvider",
     "Completion",
@@ -93,6 +92,7 @@ __all__ = [
     "local_model_available",
     "ollama_client",
     "openai_client",
+    "price_for",
     "register_provider",
     "tool_call",
 ]

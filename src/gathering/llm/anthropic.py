@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
 ENV_VAR = "ANTHROPIC_API_KEY"
+KEY_SETTING = "anthropic_api_key"  # the setting (and variable) its key comes from
 ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"
 
@@ -142,6 +143,7 @@ class AnthropicProvider(BaseProvider):
     unless given `client=`: an `anthropic.AsyncAnthropic` built by the caller, used as-is."""
 
     provider_name = "anthropic"
+    _key_setting = KEY_SETTING
 
     def __init__(
         self,
@@ -171,7 +173,7 @@ class AnthropicProvider(BaseProvider):
         return self._base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_URL
 
     def _build_client(self) -> AsyncAnthropic:
-        api_key = self._api_key or configured_secret("anthropic_api_key")
+        api_key = self._api_key or configured_secret(KEY_SETTING)
         if not api_key:
             raise missing_key_error(self.provider_name, ENV_VAR)
         from gathering import llm
@@ -280,7 +282,7 @@ class AnthropicProvider(BaseProvider):
                 self.provider_name,
                 status,
                 str(message or exc.message),
-                env_var=ENV_VAR,
+                env_var=ENV_VAR if self._api_key is None else None,  # else: the key given
                 headers=exc.response.headers,
                 code=error_type,
                 model=self.model,

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
 import structlog
 
 from gathering.errors import InvalidInputError, LLMError
-from gathering.llm.common import ensure_model_requests_allowed
+from gathering.llm.common import configured_secret, ensure_model_requests_allowed
 from gathering.llm.context_windows import default_context_window
 from gathering.llm.pricing import Price, price_for
 from gathering.llm.retry import RetryPolicy, retry_async
@@ -33,7 +33,12 @@ from gathering.llm.types import (
     UsageEvent,
     parse_tool_arguments,
 )
-from gathering.observability import end_llm_span, record_llm_usage, start_llm_span
+from gathering.observability import (
+    end_llm_span,
+    mask_in_logs,
+    record_llm_usage,
+    start_llm_span,
+)
 
 T = TypeVar("T")
 
@@ -238,6 +243,10 @@ class StreamAssembler:
         )
 
 
+MAX_REPORTED_MODEL = 200
+"""The longest model name a reply may report (`gathering.catalog.models.MAX_MODEL_CHARS`)."""
+
+
 class BaseProvider(ABC):
     """Shared behaviour of the providers; a subclass only speaks its wire format.
 
@@ -248,6 +257,8 @@ class BaseProvider(ABC):
     """
 
     provider_name: ClassVar[str]
+    _api_key: str | None = None  # a key given to a wire provider, masked again at each failure
+    _key_setting: ClassVar[str | None] = None  # else the setting it reads its key from
 
     def __init__(
         self,
@@ -275,8 +286,6 @@ class BaseProvider(ABC):
         self.timeout = timeout
         self.defaults = GenerationOptions(max_tokens=max_tokens, temperature=temperature)
         self.defaults.check()
-        self._price = price_for(self.provider_name, model)
-        self._reported_prices: dict[str, Price | None] = {}
         self._context_window = context_window
         self._sdk_client: Any = None
         self._sdk_client_loop: asyncio.AbstractEventLoop | None = None
@@ -369,7 +378,7 @@ class BaseProvider(ABC):
                         yielded = True
                         yield event
             except Exception as exc:
-                error = exc if isinstance(exc, LLMError) else self._translate_error(exc)
+                error = exc if isinstance(exc, LLMError) else self._mapped(exc)
                 if error is None:
                     raise
                 delay = None if yielded else self.retry.delay_before_retry(attempt, error)
@@ -401,8 +410,12 @@ class BaseProvider(ABC):
         return Request(checked_messages, checked_tools, self.defaults.merged(options))
 
     def _finish(self, completion: Completion, started: float) -> Completion:
-        model = completion.model or self._model
-        price = self._price if model == self._model else self._price_of(model)
+        reported = completion.model
+        # What the server says answered, when it is a plausible name (a buggy or hostile
+        # OpenAI-compatible server may send a number, an object, a megabyte).
+        plausible = isinstance(reported, str) and 0 < len(reported) <= MAX_REPORTED_MODEL
+        model = reported if plausible else self._model
+        price = self._price_of(model)
         finished = replace(
             completion,
             provider=self._name,
@@ -412,7 +425,9 @@ class BaseProvider(ABC):
         )
         record_llm_usage(
             self._name,
-            model,
+            # A metric label per name a server reports would grow without end: a name the
+            # price data does not know is counted under the model asked for.
+            model if model == self._model or price_for(self.provider_name, model) else self._model,
             finished.usage.input_tokens,
             finished.usage.output_tokens,
             finished.cost_usd,
@@ -420,12 +435,12 @@ class BaseProvider(ABC):
         return finished
 
     def _price_of(self, reported_model: str) -> Price | None:
-        """The price of the model the provider says answered, else of the one asked for."""
-        if reported_model not in self._reported_prices:
-            self._reported_prices[reported_model] = (
-                price_for(self.provider_name, reported_model) or self._price
-            )
-        return self._reported_prices[reported_model]
+        """The price now of the model the provider says answered, else of the one asked for
+        (looked up at each call: prices change on their day, some by the hour)."""
+        price = price_for(self.provider_name, reported_model)
+        if price is None and reported_model != self._model:
+            price = price_for(self.provider_name, self._model)
+        return price
 
     async def _translated(self, call: Awaitable[T]) -> T:
         try:
@@ -433,10 +448,20 @@ class BaseProvider(ABC):
         except LLMError:
             raise
         except Exception as exc:
-            error = self._translate_error(exc)
+            error = self._mapped(exc)
             if error is None:
                 raise
             raise error from exc
+
+    def _mapped(self, exc: Exception) -> LLMError | None:
+        """`_translate_error(exc)`, the key given to this provider masked in the log lines that
+        may quote it (a provider's error text can: a traceback logged later)."""
+        key = self._api_key
+        if key is None and self._key_setting is not None:
+            key = configured_secret(self._key_setting)  # the environment's key
+        if key:
+            mask_in_logs(key)
+        return self._translate_error(exc)
 
     def _inject_client(self, client: object | None) -> None:
         """Use `client` (an SDK client built by the caller) as-is for every call."""

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from gathering.config import get_settings, is_loopback
 from gathering.errors import ConfigurationError
 from gathering.llm.retry import RetryPolicy
+from gathering.observability import mask_in_logs
 
 
 class ProviderOptions(TypedDict, total=False):
@@ -27,6 +28,8 @@ def configured_secret(field: str) -> str | None:
     if secret is None:
         return None
     value = secret.get_secret_value().strip()
+    if value:
+        mask_in_logs(value)  # a key: never in a log line, whatever quotes it
     return value or None
 
 

@@ -15,6 +15,7 @@ from gathering.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
+from gathering.observability import mask_secrets
 
 LOCAL_HINT = 'or use provider="local" to run the bundled model without any key'
 
@@ -82,9 +83,14 @@ def error_from_status(
 ) -> LLMError:
     """Map an HTTP error status (plus the provider's message and code) to an `LLMError`."""
     details = {"provider": provider, "status": status}
-    text = f"{provider} returned HTTP {status}: {message}"
+    text = f"{provider} returned HTTP {status}: {mask_secrets(message)}"  # it may quote the key
     if status in (401, 403):
-        hint = f"check {env_var}" if env_var else "check the provider's credentials"
+        hint = (
+            f"check {env_var}"
+            if env_var
+            else "check the key this provider was given (a catalog provider's stored key: "
+            "PATCH /providers/{id} with a new one)"
+        )
         return ProviderAuthenticationError(text, hint=hint, details=details)
     if status == 429:
         if code == "insufficient_quota":

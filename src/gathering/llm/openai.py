@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
 ENV_VAR = "OPENAI_API_KEY"
+KEY_SETTING = "openai_api_key"  # the setting (and variable) its key comes from
 DEFAULT_MODEL = "gpt-6-luna"
 # Sent as the bearer token to OpenAI-compatible servers that need none.
 NO_KEY = "not-needed"
@@ -114,6 +115,7 @@ class OpenAIProvider(BaseProvider):
     """
 
     provider_name = "openai"
+    _key_setting = KEY_SETTING
 
     def __init__(
         self,
@@ -153,7 +155,7 @@ class OpenAIProvider(BaseProvider):
 
     def _build_client(self) -> AsyncOpenAI:
         base_url = self.base_url
-        api_key = self._api_key or configured_secret("openai_api_key")
+        api_key = self._api_key or configured_secret(KEY_SETTING)
         if not api_key:
             if base_url is None:
                 raise missing_key_error(self.provider_name, ENV_VAR)
@@ -262,7 +264,7 @@ class OpenAIProvider(BaseProvider):
                 self.provider_name,
                 exc.status_code,
                 str(message or exc.message),
-                env_var=ENV_VAR,
+                env_var=ENV_VAR if self._api_key is None else None,  # else: the key given
                 headers=exc.response.headers,
                 code=str(code) if code else None,
                 model=self.model,

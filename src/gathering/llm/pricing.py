@@ -1,7 +1,15 @@
-"""The one price table, cost estimates, and running usage totals.
+"""The shipped prices (genai-prices' dated data, kept by the pydantic team), cost estimates,
+and running usage totals.
 
-Prices are list prices in US dollars per million tokens. They change: this table is the one
-place to update. Models that run on your own hardware (Ollama, local, scripted) cost nothing.
+Prices are list prices in US dollars per million tokens, as genai-prices' bundled data has
+them (`PRICES_SOURCE`): the standard tier (no batch, priority or flex variant), below any
+long-context tier, in force at the time of the call (the data's dated changes and
+time-of-day windows, such as DeepSeek's peak hours, applied), with the price of cached input
+(tokens read from the provider's prompt cache) where the provider has one. The
+snapshot is the one installed: nothing is fetched at run time (a newer genai-prices brings
+newer prices), and admins override them per model in the catalog
+(`gathering.catalog.models`). Models that run on your own hardware (Ollama, local,
+scripted) cost nothing.
 """
 
 from __future__ import annotations
@@ -9,17 +17,26 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import lru_cache
+from importlib.metadata import version
 from types import MappingProxyType
+
+from genai_prices import types as prices
+from genai_prices.data import providers as _BUNDLED
 
 from gathering.llm.types import Completion, Usage
 
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million input and output tokens."""
+    """USD per million input and output tokens, and per million cached input tokens (None:
+    the provider has no cached-input price for the model)."""
 
     input_per_million: float
     output_per_million: float
+    cached_input_per_million: float | None = None
 
     def cost(self, usage: Usage) -> float:
         """The cost of `usage` at this price."""
@@ -29,68 +46,94 @@ class Price:
         ) / 1_000_000
 
 
-FREE = Price(0.0, 0.0)
+FREE = Price(0.0, 0.0, 0.0)
 
-# Keys are model names. A dated snapshot ("claude-sonnet-4-20250514", "gpt-4o-2024-08-06")
-# is priced as its base name; any other name missing here is unpriced (cost None).
-PRICES: Mapping[str, Price] = MappingProxyType(
-    {
-        # Anthropic
-        "claude-fable-5-1": Price(10.0, 50.0),
-        "claude-opus-5-5": Price(4.0, 20.0),
-        "claude-opus-5": Price(5.0, 25.0),
-        "claude-opus-4-5": Price(5.0, 25.0),
-        "claude-opus-4-1": Price(15.0, 75.0),
-        "claude-opus-4": Price(15.0, 75.0),
-        "claude-sonnet-5-5": Price(2.0, 10.0),
-        "claude-sonnet-5": Price(2.0, 10.0),
-        "claude-sonnet-4-6": Price(3.0, 15.0),
-        "claude-sonnet-4-5": Price(3.0, 15.0),
-        "claude-sonnet-4": Price(3.0, 15.0),
-        "claude-3-7-sonnet": Price(3.0, 15.0),
-        "claude-haiku-4-5": Price(1.0, 5.0),
-        "claude-3-5-haiku": Price(0.8, 4.0),
-        # OpenAI
-        "gpt-6-astra": Price(10.0, 50.0),
-        "gpt-6-sol": Price(2.0, 10.0),
-        "gpt-6-luna": Price(0.10, 0.50),
-        "gpt-5.6-terra": Price(2.0, 12.0),
-        "gpt-5.6-luna": Price(0.20, 1.20),
-        "gpt-5.5": Price(5.0, 30.0),
-        "gpt-5.4": Price(2.50, 15.0),
-        "gpt-5.4-mini": Price(0.75, 4.50),
-        "gpt-5": Price(1.25, 10.0),
-        "gpt-5-mini": Price(0.25, 2.0),
-        "gpt-5-nano": Price(0.05, 0.40),
-        "gpt-4.1": Price(2.0, 8.0),
-        "gpt-4.1-mini": Price(0.40, 1.60),
-        "gpt-4.1-nano": Price(0.10, 0.40),
-        "gpt-4o": Price(2.50, 10.0),
-        "gpt-4o-mini": Price(0.15, 0.60),
-        "o4-mini": Price(1.10, 4.40),
-        "o3": Price(2.0, 8.0),
-        "text-embedding-3-small": Price(0.02, 0.0),
-        "text-embedding-3-large": Price(0.13, 0.0),
-        "text-embedding-ada-002": Price(0.10, 0.0),
-        # OpenAI-compatible hosted APIs
-        "deepseek-chat": Price(0.27, 1.10),
-        "deepseek-reasoner": Price(0.55, 2.19),
-    }
+# The data bundled with the installed genai-prices: never an update fetched at run time.
+_PROVIDERS: tuple[prices.Provider, ...] = tuple(_BUNDLED)
+PRICES_SOURCE = f"genai-prices {version('genai-prices')}"
+"""Where the shipped prices come from: the installed genai-prices and its bundled data."""
+
+LISTED: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"anthropic": ("anthropic",), "openai": ("openai",), "openai-compatible": ("deepseek",)}
 )
+"""The genai-prices providers whose models each catalog kind lists (an OpenAI-compatible
+server: DeepSeek's hosted API)."""
+_HOMES = ("openai", "anthropic")  # where a model named by another kind is looked up next
 
 _SNAPSHOT_SUFFIX = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
+_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*[a-z0-9]")  # not "ft:gpt-4o", "gpt-4o:extended"
+MAX_PRICED_NAME = 200  # longer is no model name (`gathering.catalog.models.MAX_MODEL_CHARS`)
 
 SELF_HOSTED_PROVIDERS = frozenset({"ollama", "local", "scripted"})
 
 
-def price_for(provider: str, model: str) -> Price | None:
-    """The price of `model` on `provider`, or None when the table does not know it."""
+def base_model_name(model: str) -> str:
+    """`model` without a dated-snapshot suffix: "gpt-4o-2024-08-06" -> "gpt-4o"."""
+    return _SNAPSHOT_SUFFIX.sub("", model)
+
+
+def _per_million(value: Decimal | prices.TieredPrices | None) -> float | None:
+    if isinstance(value, prices.TieredPrices):
+        return float(value.base)  # below the long-context tier
+    return None if value is None else float(value)
+
+
+def _price_of(model: prices.ModelInfo, at: datetime) -> Price | None:
+    """`model`'s standard price in force at `at` (its dated changes and time-of-day windows
+    applied); None when it is not priced per token."""
+    found = model.get_prices(at)
+    input_price = _per_million(found.input_mtok)
+    if input_price is None:
+        return None  # priced per image, per second of audio, ...
+    output_price = _per_million(found.output_mtok) or 0.0  # embeddings: input only
+    return Price(input_price, output_price, _per_million(found.cache_read_mtok))
+
+
+def _provider(provider_id: str) -> prices.Provider:
+    return next(p for p in _PROVIDERS if p.id == provider_id)
+
+
+def _search_order(kind: str) -> tuple[prices.Provider, ...]:
+    return tuple(_provider(pid) for pid in dict.fromkeys([*LISTED.get(kind, ()), *_HOMES]))
+
+
+@lru_cache(maxsize=4096)
+def _model_info(kind: str, name: str) -> prices.ModelInfo | None:
+    """The genai-prices model `name` is, for a provider of `kind`: the kind's own providers
+    first, then OpenAI's and Anthropic's. Not any other host's: a model an OpenAI-compatible
+    server of one's own runs ("meta-llama/Llama-3.1-8B-Instruct") costs what that server
+    costs, not what some cloud charges for it (an admin prices it in the catalog). Our own
+    bounded cache: genai-prices' lookup helpers keep every name they were asked."""
+    for provider in _search_order(kind):
+        info = provider.find_model(name, all_providers=list(_PROVIDERS))
+        if info is not None:
+            return info
+    return None
+
+
+def price_for(provider: str, model: str, *, at: datetime | None = None) -> Price | None:
+    """The price of `model` on `provider` (a kind) in force at `at` (default: now), or None
+    when genai-prices does not know the model or does not price it per token."""
     if provider in SELF_HOSTED_PROVIDERS:
         return FREE
-    price = PRICES.get(model)
-    if price is None:
-        price = PRICES.get(_SNAPSHOT_SUFFIX.sub("", model))
-    return price
+    name = model.strip().lower()
+    if not name or len(name) > MAX_PRICED_NAME:
+        return None
+    info = _model_info(provider, name)
+    return None if info is None else _price_of(info, at or datetime.now(UTC))
+
+
+def shipped_model_names(kind: str) -> list[str]:
+    """The models the shipped data lists for catalog kind `kind` (priced per token, named
+    plainly), in the data's order."""
+    names: list[str] = []
+    for provider_id in LISTED.get(kind, ()):
+        for model in _provider(provider_id).models:
+            if model.deprecated or not _PLAIN_NAME.fullmatch(model.id):
+                continue
+            if price_for(kind, model.id) is not None and model.id not in names:
+                names.append(model.id)
+    return names
 
 
 def estimate_cost(provider: str, model: str, usage: Usage) -> float | None:

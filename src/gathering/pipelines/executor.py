@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from psycopg.types.json import Jsonb
 
-from gathering.config import get_settings
+from gathering.catalog.settings import setting_value
 from gathering.db.named_queries import queries_of
 from gathering.errors import (
+    BudgetExceededError,
     CircuitOpenError,
     ConflictError,
     DatabaseError,
@@ -296,7 +297,7 @@ class Executor:
                 f"{errors[0].message}",
                 details={"path": where},
             )
-        cap = get_settings().pipeline_max_running_runs
+        cap = await setting_value(self.db, "pipeline_max_running_runs")  # read at use
         if await self.db.fetch_val(_SQL["running_runs_of"], owner_id) >= cap:
             raise RateLimitedError(
                 f"you have {cap} pipeline runs running, as many as you may",
@@ -386,6 +387,9 @@ class Executor:
                 tracked = await check_breaker(self.db, target, self.breaker)
             async with asyncio.timeout(node.timeout_seconds):
                 output = await execute(call)
+        except BudgetExceededError as exc:  # not a failure: it waits for a raised budget
+            await _to_the_end(self._wait_for_budget(run.id, node, claim, exc))
+            return None
         except asyncio.CancelledError:
             if not shutting_down():  # a cancel: the run's, or this job's
                 await _to_the_end(self._cancelled(run.id, node.id, claim))
@@ -703,6 +707,20 @@ class Executor:
             assert node_run is not None
             await self._fail_attempt(tx, run, node, node_run, error)
 
+    async def _wait_for_budget(
+        self, run_id: int, node: Node, claim: Claim, exc: BudgetExceededError
+    ) -> None:
+        """A node whose model call a budget refused waits (it does not fail): once an admin
+        raises the budget, answering it `retry` runs it again (or `skip` goes on without it)."""
+        async with self.db.transaction() as tx:
+            run, node_run = await self._locked(tx, run_id, node.id)
+            if not claim.holds(node_run):
+                return
+            events: list[Event] = []
+            error = _error(exc) | {"details": exc.details}
+            await self._set(tx, run, node.id, "waiting", events, error=error)
+            await self._publish(tx, events)
+
     async def _fail_attempt(
         self,
         tx: Queries,
@@ -849,7 +867,10 @@ class Executor:
                 raise NotFoundError(f"run {run_id} has no node {node_id!r}")
             node = graph.nodes[node_id]
             allowed = ("approve", "deny") if node.type == "approval" else ("retry", "skip")
-            unknown = node_run.error is not None and node_run.error.get("code") == "outcome_unknown"
+            unknown = node_run.error is not None and node_run.error.get("code") in (
+                "outcome_unknown",
+                "budget_exceeded",
+            )
             if (
                 run.status != "running"
                 or node_run.status != "waiting"
@@ -857,7 +878,8 @@ class Executor:
             ):
                 raise ConflictError(
                     f"node {node_id} of run {run_id} is not waiting for a decision",
-                    hint="approval nodes, and nodes whose outcome is unknown, wait for one",
+                    hint="approval nodes, nodes whose outcome is unknown and nodes a budget "
+                    "refused wait for one",
                 )
             if action not in allowed:
                 raise InvalidInputError(

@@ -34,6 +34,7 @@ from gathering.tools.function import FunctionTool
 from gathering.tools.mcp import registry_for
 from gathering.tools.registry import invoke, loaded_registry
 from gathering.tools.validation import schema_validator
+from gathering.usage import attributed
 
 if TYPE_CHECKING:
     from gathering.db import Database
@@ -161,7 +162,15 @@ def fixed_target(node: Node, owner_id: int) -> str | None:
 
 
 async def execute(call: NodeCall) -> Any:
-    """The output of one attempt of `call.node` (JSON-ready); a `GatheringError` on failure."""
+    """The output of one attempt of `call.node` (JSON-ready); a `GatheringError` on failure.
+    Its model and tool calls are charged to the run, its pipeline and the pipeline's owner."""
+    with attributed(
+        user_id=call.owner_id, pipeline_id=call.pipeline_id, pipeline_run_id=call.run_id
+    ):
+        return await _execute(call)
+
+
+async def _execute(call: NodeCall) -> Any:
     node_type = call.node.type
     if node_type == "trigger":
         return call.input

@@ -132,6 +132,32 @@ def agent_workspace(agent_id: int, created_at: datetime | None) -> Path:
     return get_settings().data_dir / "workspaces" / name
 
 
+@dataclass(frozen=True)
+class LinkedProject:
+    """The project an agent is linked to: its directory is the agent's workspace, its context
+    text part of the agent's prompt."""
+
+    id: int
+    directory: Path
+    context: str
+
+
+async def linked_project(queries: Queries, agent_id: int) -> LinkedProject | None:
+    """The project agent `agent_id` is linked to, read now (a link made on any instance
+    applies to the agent's next turn)."""
+    row = await queries.fetch_one(_SQL["linked_project"], agent_id)
+    if row is None:
+        return None
+    return LinkedProject(row["id"], Path(row["directory"]), row["context"])
+
+
+async def workspace_of(queries: Queries, agent_id: int, created_at: datetime | None) -> Path:
+    """Where agent `agent_id`'s tools work: its linked project's directory, else its own
+    workspace."""
+    project = await linked_project(queries, agent_id)
+    return project.directory if project is not None else agent_workspace(agent_id, created_at)
+
+
 async def remove_workspace(agent_id: int, created_at: datetime | None) -> None:
     """Delete a deleted agent's workspace and everything in it (off the event loop)."""
     await asyncio.to_thread(shutil.rmtree, agent_workspace(agent_id, created_at), True)
@@ -196,9 +222,8 @@ async def invoke_for_agent(
             '{"enabled": true}, or `gathering tools enable ' + f"{name} --agent {agent_id}`",
         )
     call_id = new_call_id()
-    context = ToolContext(
-        agent_id, owner_id, agent_workspace(agent_id, created_at), call_id, db=queries
-    )
+    workspace = await workspace_of(queries, agent_id, created_at)
+    context = ToolContext(agent_id, owner_id, workspace, call_id, db=queries)
     policy = box.policy(name)
     try:
         tool.arguments_for(arguments, context)  # a call a person is asked about is valid

@@ -167,7 +167,9 @@ Name = Annotated[str, Field(min_length=1, max_length=255)]
 
 async def git(
     ctx: ToolContext,
-    command: Literal["status", "diff", "log", "show", "add", "commit", "branch", "checkout"],
+    command: Literal[
+        "status", "diff", "log", "show", "add", "unstage", "commit", "branch", "checkout"
+    ],
     repo: WorkspacePath = ".",
     paths: Annotated[list[WorkspacePath], Field(max_length=1000)] | None = None,
     ref: Ref | None = None,
@@ -184,9 +186,11 @@ async def git(
     repository settings that run programs are refused).
 
     Args:
-        command: status, diff, log, show, add, commit, branch or checkout.
+        command: status, diff, log, show, add, unstage (take paths out of the index, keeping
+            the files), commit, branch or checkout.
         repo: The repository's folder in the workspace.
-        paths: Files to limit the command to (status, diff, log, show, add, commit, checkout).
+        paths: Files to limit the command to (status, diff, log, show, add, unstage, commit,
+            checkout).
         ref: A revision (diff and log also take a range a..b); checkout: what to switch to.
         branch: branch: the branch to create or delete; checkout: the branch to switch to.
         message: commit: the message.
@@ -241,6 +245,7 @@ async def git_remote(
         remote=remote,
         branch=branch,
         allowed_remotes=settings.git_allowed_remotes,
+        forbidden=[settings.data_dir, settings.projects_directory],  # others' repositories
         timeout=settings.tool_timeout,
     )
 

@@ -428,6 +428,42 @@ async def check_url(
     )
 
 
+MODEL_ENDPOINTS: Final = EgressPolicy(
+    allowed_hosts=frozenset({"localhost", "*.localhost"}),
+    allowed_networks=("0.0.0.0/0", "::/0"),
+    allowed_ports=None,
+)
+"""Where a model provider may be called: any host and port (self-hosted servers live on private
+networks), never a cloud metadata address, a metadata name or a non-canonical numeric host."""
+
+
+async def _no_lookup(host: str, port: int) -> list[str]:
+    return ["192.0.2.1"]  # TEST-NET-1: stands for "some address" when names are not resolved
+
+
+async def check_model_endpoint(url: str, *, resolve: bool = True) -> None:
+    """Raise `InvalidInputError` unless `url` may be a model provider's address under
+    `MODEL_ENDPOINTS`; with `resolve`, every address its host resolves to is checked too (a
+    name that does not resolve passes: the call itself then reports it unreachable)."""
+    try:
+        await check_url(url, MODEL_ENDPOINTS, None if resolve else _no_lookup)
+    except PermissionDeniedError as exc:
+        raise InvalidInputError(
+            f"the provider address {safe_url(url)} is refused: {exc.message.rpartition(': ')[2]}",
+            hint="model providers are never called at cloud metadata addresses",
+        ) from None
+    except InvalidInputError as exc:
+        if "does not resolve" in exc.message or "has no address" in exc.message:
+            return
+        raise InvalidInputError(
+            f"the provider address {safe_url(url)} is refused: "
+            f"{exc.message.removeprefix('the URL is refused: ')}",
+            hint=exc.hint,
+        ) from None
+    except ToolTimeoutError:
+        return  # a slow name server: the call itself reports what happens
+
+
 def _parse(url: str | httpx.URL, policy: EgressPolicy) -> tuple[httpx.URL, str, IPAddress | None]:
     """The parsed URL, its normalized host, and the host as an address if it is a literal."""
     text = str(url)

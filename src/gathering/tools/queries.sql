@@ -117,3 +117,16 @@ SELECT id FROM tool.mcp_servers WHERE owner_id = $1 AND name = $2
 
 -- name: remove_mcp_server --
 DELETE FROM tool.mcp_servers WHERE owner_id = $1 AND name = $2 RETURNING *
+
+-- name: linked_project --
+-- The project agent $1 is linked to (migration 0023), if any: its directory is the agent's
+-- workspace and its context text goes into the agent's prompt.
+SELECT p.id, p.directory, p.context FROM project.agent_links l
+JOIN project.projects p ON p.id = l.project_id
+WHERE l.agent_id = $1
+
+-- name: project_tool_activity --
+-- An agent's tool changed something in workspace $1: when it is a project's directory
+-- (migration 0023), that goes into the project's activity (nothing otherwise).
+INSERT INTO project.activity (project_id, agent_id, action, path, detail)
+SELECT p.id, $2, 'agent.tool', $3, $4 FROM project.projects p WHERE p.directory = $1

@@ -18,8 +18,10 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import structlog
+from psycopg.types.json import Jsonb
 
 from gathering.config import get_settings
+from gathering.db.named_queries import queries_of
 from gathering.errors import (
     ConflictError,
     GatheringError,
@@ -32,6 +34,9 @@ from gathering.observability import record_tool_call
 from gathering.tools.builtin_tools import builtin_tools
 from gathering.tools.context import ToolContext
 from gathering.tools.function import FunctionTool, ToolRetry
+from gathering.usage.ledger import record_tool_call as charge_tool_call
+
+_SQL = queries_of("gathering.tools")
 
 log = structlog.get_logger(__name__)
 
@@ -147,7 +152,9 @@ async def invoke(
     seconds: float | None = None,
 ) -> str:
     """Run `tool` once with its limits, its failures as typed errors (see `execute`); the
-    call is counted in `gathering_tool_calls_total` by outcome."""
+    call is counted in `gathering_tool_calls_total` by outcome, and written to the usage
+    ledger when the context has a database."""
+    started = time.monotonic()
     seconds = tool_seconds(tool, seconds)
     timer = asyncio.timeout(seconds)
     context = replace(context or ToolContext(), deadline=time.monotonic() + seconds)
@@ -156,6 +163,7 @@ async def invoke(
         async with timer:
             output = await tool.run(arguments, context)
         outcome = "ok"
+        await keep_project_activity(tool, arguments, context)
         return output
     except InvalidInputError:
         outcome = "retry"  # arguments or paths the tool refused
@@ -178,6 +186,38 @@ async def invoke(
         raise _failed(tool, exc) from exc
     finally:
         record_tool_call(tool.name, outcome)
+        spent = round((time.monotonic() - started) * 1000)
+        await charge_tool_call(
+            context.db,
+            tool.name,
+            outcome,
+            spent,
+            agent_id=context.agent_id,
+            owner_id=context.owner_id,
+        )
+
+
+async def keep_project_activity(
+    tool: FunctionTool, arguments: Mapping[str, Any], context: ToolContext
+) -> None:
+    """An agent's call that may have changed its workspace, kept in the activity of the
+    project whose directory that is (if any). Never the call's failure: it ran."""
+    if tool.effect == "read" or context.db is None or context.workspace is None:
+        return
+    if context.agent_id is None:
+        return
+    path = arguments.get("path")
+    detail = Jsonb({"tool": tool.name, "call_id": context.call_id})
+    try:
+        await context.db.execute(
+            _SQL["project_tool_activity"],
+            str(context.workspace),
+            context.agent_id,
+            path if isinstance(path, str) and "\x00" not in path else None,
+            detail,
+        )
+    except Exception:  # the call's answer matters more than its log line
+        log.warning("project activity not kept", tool=tool.name, exc_info=True)
 
 
 def _failed(tool: FunctionTool, exc: Exception) -> ToolFailedError:

@@ -38,6 +38,13 @@ As root, three util-linux programs help: `setpriv` (the drop to uid 65534 inside
 `nsenter` with coreutils' `tee` (nested user namespaces forbidden, which bubblewrap's own
 `--disable-userns` cannot do once we write the uid map ourselves).
 
+`prepare_sandbox(argv, workspace, network=..., terminal=...)` gives the same sandbox to a
+caller that starts bubblewrap itself (a project's terminal runs it on a PTY): with `network`
+it shares the host's network (and reads its resolver and certificate files), with `terminal`
+it keeps its controlling terminal (no `--new-session`), which must be a PTY of its own; the
+server's git adds host folders bound at their own path (`outside`: a local remote) and, as
+root, CAP_DAC_OVERRIDE (`override_permissions`) to write the server's files in the workspace.
+
 `check_sandbox()` (async) and `sandbox_available()` say whether a sandbox can start here;
 without bubblewrap, or where user namespaces are not allowed, every entry point raises
 `FeatureUnavailableError` with the command that fixes it.
@@ -55,7 +62,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +87,7 @@ SANDBOX_ENV: Final = {
     "LANG": "C.UTF-8",
 }
 OUTPUT_CUT_MARKER: Final = "\n[output cut: more than {limit} bytes; the command was stopped]"
+MAX_FILE_DATA: Final = 60 * 1024  # of a file added to the sandbox (`files`): a pipe's worth
 MAX_ARGUMENT_BYTES: Final = 128 * 1024 - 1  # Linux refuses a longer single argument (E2BIG)
 SETUP_SECONDS: Final = 10.0  # bubblewrap's own namespace set-up, before the command starts
 DRAIN_SECONDS: Final = 2.0  # reading what is left in the pipes once the sandbox is gone
@@ -98,6 +106,19 @@ _PASSWD: Final = (
 )
 _GROUP: Final = f"root:x:0:\nsandbox:x:{SANDBOX_GID}:\n"
 _HOSTS: Final = "127.0.0.1\tlocalhost\n::1\tlocalhost\n"
+_GENERATED_ETC: Final = frozenset({"/etc/passwd", "/etc/group", "/etc/hosts"})
+# The top folders of the sandbox's own layout, where no host folder may be bound.
+_SANDBOX_TOPS: Final = frozenset(
+    {"", "usr", "bin", "sbin", "lib", "lib64", "etc", "proc", "dev", WORKSPACE_MOUNT.strip("/")}
+)
+# With the network on: name resolution and the certificate authorities, read-only.
+_NETWORK_ETC: Final = (
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+)
 
 
 @dataclass(frozen=True)
@@ -249,12 +270,16 @@ def _workspace_folder(workspace: Path, owner: tuple[int, int] | None) -> str:
     return path
 
 
-def _data_pipe(text: str) -> int:
-    """The read end of a pipe holding `text` (bubblewrap copies it into a file)."""
+def _data_pipe(text: str | bytes) -> int:
+    """The read end of a pipe holding `text` (bubblewrap copies it into a file); at most
+    `MAX_FILE_DATA` bytes, which an empty pipe takes at once."""
+    data = text.encode() if isinstance(text, str) else text
+    if len(data) > MAX_FILE_DATA:
+        raise InvalidInputError(f"a file given to the sandbox is over {MAX_FILE_DATA} bytes")
     read_end, write_end = os.pipe()
     try:
-        os.set_blocking(write_end, False)  # a few hundred bytes: an empty pipe takes them
-        os.write(write_end, text.encode())
+        os.set_blocking(write_end, False)
+        os.write(write_end, data)
     finally:
         os.close(write_end)
     return read_end
@@ -308,6 +333,72 @@ def _set_rlimits(pid: int, limits: SandboxLimits) -> None:
         resource.prlimit(pid, kind, (value, value))
 
 
+def _read_only_folders(
+    workspace: str, names: Sequence[str], descriptors: _Descriptors
+) -> list[tuple[str, int]]:
+    """Each of `names` (folders at the top of the workspace) that is a real folder, opened
+    without following a symlink: bubblewrap binds what the descriptor holds, so a symlink
+    swapped in after this look is never what it mounts."""
+    found: list[tuple[str, int]] = []
+    if not names:
+        return found
+    root = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names:
+            if not name or "/" in name or name in (".", ".."):
+                raise InvalidInputError(f"{name!r} is not a folder name of the workspace")
+            try:
+                flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                descriptor = os.open(name, flags, dir_fd=root)
+            except OSError:  # missing, a file, or a symlink: nothing to protect there
+                continue
+            descriptors.passed.append(descriptor)
+            found.append((name, descriptor))
+    finally:
+        os.close(root)
+    return found
+
+
+@dataclass(frozen=True)
+class SharedFolder:
+    """A host folder the sandbox sees at `path` (absolute): the folder `descriptor` holds (an
+    open O_PATH descriptor, the caller's to close), else the one at `path` when the sandbox is
+    prepared; read-only unless `writable`."""
+
+    path: str
+    writable: bool = False
+    descriptor: int | None = None
+
+
+def _outside_folders(
+    folders: Sequence[SharedFolder], descriptors: _Descriptors
+) -> list[tuple[int, str, bool]]:
+    """Each of `folders` opened (or its descriptor copied): the sandbox binds what the
+    descriptor holds, never a path looked up again later."""
+    found: list[tuple[int, str, bool]] = []
+    for folder in folders:
+        path = folder.path
+        if not os.path.isabs(path) or ".." in path.split("/") or "\x00" in path:
+            raise InvalidInputError(f"{path!r} is not an absolute folder path to share")
+        target = "/" + os.path.normpath(path).lstrip("/")  # "//tmp" is "/tmp"
+        top = target.split("/")[1]
+        if top in _SANDBOX_TOPS or target == SANDBOX_TMP:
+            raise InvalidInputError(
+                f"{path!r} cannot be shared with the sandbox: it is where the sandbox has {top}",
+                hint="move it to a folder outside /usr, /etc, /proc, /dev and /workspace",
+            )
+        try:
+            if folder.descriptor is not None:
+                descriptor = os.dup(folder.descriptor)
+            else:
+                descriptor = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NotFoundError(f"the folder {path!r} cannot be shared: {exc.strerror}") from None
+        descriptors.passed.append(descriptor)
+        found.append((descriptor, target, folder.writable))
+    return found
+
+
 def _bubblewrap_argv(
     program: str,
     workspace: str,
@@ -316,13 +407,27 @@ def _bubblewrap_argv(
     descriptors: _Descriptors,
     *,
     as_root: bool,
+    network: bool = False,
+    terminal: bool = False,
+    env: Mapping[str, str] | None = None,
+    read_only: Sequence[str] = (),
+    outside: Sequence[tuple[int, str, bool]] = (),
+    override_permissions: bool = False,
+    files: Mapping[str, str | bytes] | None = None,
 ) -> list[str]:
     """The whole command line: bubblewrap's options, then (when the server is root) setpriv,
     which drops to the sandbox uid, then the command."""
     descriptors.status, status = _pipe_to_bubblewrap(descriptors, bubblewrap_reads=False)
     descriptors.info, info = _pipe_to_bubblewrap(descriptors, bubblewrap_reads=False)
     descriptors.start, start = _pipe_to_bubblewrap(descriptors, bubblewrap_reads=True)
-    argv = [program, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]
+    argv = [program, "--unshare-all", "--unshare-user", "--die-with-parent"]
+    if network:
+        argv.append("--share-net")
+    if not terminal:
+        # A session of its own, without a controlling terminal: nothing inside can push
+        # keystrokes (TIOCSTI) into a terminal of the server's. A terminal sandbox keeps the
+        # PTY it was started on (its own, never the server's) for job control and Ctrl-C.
+        argv.append("--new-session")
     argv += ["--hostname", "sandbox", "--json-status-fd", str(status)]
     argv += ["--info-fd", str(info), "--block-fd", str(start)]
     if as_root:
@@ -335,30 +440,73 @@ def _bubblewrap_argv(
         argv += ["--uid", "0", "--gid", "0", "--cap-drop", "ALL"]
         for capability in ("SETUID", "SETGID", "SETPCAP", "DAC_READ_SEARCH"):  # setpriv's
             argv += ["--cap-add", f"CAP_{capability}"]
+        if override_permissions:
+            argv += ["--cap-add", "CAP_DAC_OVERRIDE"]
     else:
         argv += ["--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)]
     argv += ["--ro-bind", "/usr", "/usr"]
     for link in ("bin", "sbin", "lib", "lib64"):
         argv += ["--symlink", f"usr/{link}", f"/{link}"]
     argv += ["--dir", "/etc"]
-    for system_file in ("/etc/alternatives", "/etc/ld.so.cache"):
+    for system_file in (
+        "/etc/alternatives",
+        "/etc/ld.so.cache",
+        *(_NETWORK_ETC if network else ()),
+    ):
         argv += ["--ro-bind-try", system_file, system_file]
-    for text, target in ((_PASSWD, "/etc/passwd"), (_GROUP, "/etc/group"), (_HOSTS, "/etc/hosts")):
-        data = _data_pipe(text)
-        descriptors.passed.append(data)
-        argv += ["--perms", "0444", "--ro-bind-data", str(data), target]
-    argv += ["--proc", "/proc", "--dev", "/dev"]
+    generated: dict[str, str | bytes] = {
+        "/etc/passwd": _PASSWD,
+        "/etc/group": _GROUP,
+        "/etc/hosts": _HOSTS,
+    }
+    generated.update(files or {})
+    for target, text in generated.items():
+        if target.startswith("/etc/"):
+            argv += _data_file(text, target, descriptors)
+    if not override_permissions:
+        # With the capability, the root-only files of a /proc (kernel memory maps, slab
+        # details) would open to the command: it gets no /proc at all.
+        argv += ["--proc", "/proc"]
+    argv += ["--dev", "/dev"]
     for memory_folder in (SANDBOX_TMP, SANDBOX_SHM):
         argv += ["--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", memory_folder]
-    argv += ["--bind", workspace, WORKSPACE_MOUNT, "--chdir", WORKSPACE_MOUNT]
+    argv += ["--bind", workspace, WORKSPACE_MOUNT]
+    for name, descriptor in _read_only_folders(workspace, read_only, descriptors):
+        argv += ["--ro-bind-fd", str(descriptor), f"{WORKSPACE_MOUNT}/{name}"]
+    made = {"/", SANDBOX_TMP}
+    for descriptor, target, writable in outside:
+        # Folders bubblewrap makes for a mount point are 0700 root's: open them to the command
+        # (git's access(2) checks go without its capability).
+        for parent in reversed(Path(target).parents):
+            if str(parent) not in made:
+                made.add(str(parent))
+                argv += ["--perms", "0755", "--dir", str(parent)]
+        argv += ["--bind-fd" if writable else "--ro-bind-fd", str(descriptor), target]
+    for target, text in generated.items():
+        if target.startswith(WORKSPACE_MOUNT + "/"):  # over a file of the workspace
+            argv += _data_file(text, target, descriptors)
+    argv += ["--chdir", WORKSPACE_MOUNT]
     argv += ["--remount-ro", "/", "--clearenv"]
-    for name, value in SANDBOX_ENV.items():
+    for name, value in {**SANDBOX_ENV, **(env or {})}.items():
         argv += ["--setenv", name, value]
     argv.append("--")
     if as_root:
         argv += [SETPRIV, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups"]
-        argv += ["--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--"]
+        kept = ",+dac_override" if override_permissions else ""
+        argv += [f"--bounding-set=-all{kept}", f"--inh-caps=-all{kept}"]
+        if override_permissions:
+            # access(2) drops the effective capabilities of a process that is not uid 0,
+            # unless this bit is set: git checks folders with it before it opens them.
+            argv.append("--securebits=+no_setuid_fixup")
+        argv += [f"--ambient-caps=-all{kept}", "--"]
     return [*argv, *command]
+
+
+def _data_file(text: str | bytes, target: str, descriptors: _Descriptors) -> list[str]:
+    """bubblewrap's options that put a read-only file holding `text` at `target`."""
+    data = _data_pipe(text)
+    descriptors.passed.append(data)
+    return ["--perms", "0444", "--ro-bind-data", str(data), target]
 
 
 def _checked_command(argv: Sequence[str]) -> list[str]:
@@ -526,40 +674,143 @@ async def run_sandboxed(
             "does not reach inside it",
             hint="run the command without network, or use the web tools for HTTP requests",
         )
-    command = _checked_command(argv)
-    if host_uid < 1 or host_gid < 1:
-        raise InvalidInputError("the sandbox's host uid and gid must not be root's (0)")
     stdin_data = stdin.encode("utf-8", "replace") if stdin is not None else None
-    found = await _bubblewrap(bwrap)
-    as_root = os.geteuid() == 0
-    host_ids = (host_uid, host_gid) if as_root else None
-    folder = await asyncio.to_thread(_workspace_folder, Path(workspace), host_ids)
-    descriptors = _Descriptors()
+    launch = await prepare_sandbox(
+        argv, workspace, limits=limits, bwrap=bwrap, host_uid=host_uid, host_gid=host_gid
+    )
+    descriptors = launch.descriptors
     try:
-        full_argv = _bubblewrap_argv(
-            found.path, folder, command, limits, descriptors, as_root=as_root
-        )
         started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
-            *full_argv,
+            *launch.argv,
             stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=_HOST_ENV,
+            env=launch.env,
             cwd="/",
-            pass_fds=descriptors.passed,
+            pass_fds=launch.pass_fds,
             start_new_session=True,
         )
     except BaseException:
-        descriptors.close()
+        launch.close()
         raise
-    descriptors.close_passed()
+    launch.close_passed()
     try:
-        return await _supervise(process, descriptors, limits, stdin_data, started, host_ids)
+        return await _supervise(process, descriptors, limits, stdin_data, started, launch.host_ids)
     finally:
         _kill(process)
         await process.wait()
+        launch.close()
+
+
+@dataclass
+class SandboxLaunch:
+    """A sandbox ready to start, for a caller that starts bubblewrap itself (on a PTY, say).
+
+    Run `argv` on the host with the environment `env`, from `/`, as the leader of a new
+    session, letting it inherit the descriptors `pass_fds` (made inheritable); then call
+    `close_passed()`, and `await start(pid)` with the pid of that process: it sets the
+    sandbox's rlimits and lets the command run (False when bubblewrap ended first: `failure`
+    turns its stderr into the error). Bubblewrap's exit status is the command's (128 + N for
+    a signal N). `close()` closes every descriptor, once the process has ended; it is
+    idempotent. Killing the process group of `pid` kills the whole sandbox.
+    """
+
+    argv: list[str]
+    env: dict[str, str]
+    limits: SandboxLimits
+    host_ids: tuple[int, int] | None
+    descriptors: _Descriptors
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return tuple(self.descriptors.passed)
+
+    def close_passed(self) -> None:
+        self.descriptors.close_passed()
+
+    async def start(self, pid: int) -> bool:
+        return await _start_command(self.descriptors, pid, self.limits, self.host_ids)
+
+    def failure(self, said: bytes) -> FeatureUnavailableError:
+        """The error for a sandbox that ended before its command started, from what
+        bubblewrap said (its stderr)."""
+        return _sandbox_failed(said)
+
+    def close(self) -> None:
+        self.descriptors.close()
+
+
+async def prepare_sandbox(
+    argv: Sequence[str],
+    workspace: Path,
+    *,
+    limits: SandboxLimits = SandboxLimits(),
+    network: bool = False,
+    terminal: bool = False,
+    env: Mapping[str, str] | None = None,
+    bwrap: str = "bwrap",
+    host_uid: int = SANDBOX_UID,
+    host_gid: int = SANDBOX_GID,
+    read_only: Sequence[str] = (),
+    outside: Sequence[SharedFolder] = (),
+    override_permissions: bool = False,
+    files: Mapping[str, str | bytes] | None = None,
+) -> SandboxLaunch:
+    """The command line and descriptors that run `argv` in the sandbox, with `workspace`
+    read-write at /workspace (`run_sandboxed` runs it; see `SandboxLaunch` to run it yourself).
+
+    `network=True` shares the host's network (no egress policy applies: the caller decides);
+    `terminal=True` keeps the controlling terminal the sandbox is started on, which must be a
+    PTY of its own (job control, Ctrl-C); `env` adds variables to `SANDBOX_ENV`;
+    `read_only` names folders at the top of the workspace mounted read-only (those that are
+    real folders when the sandbox is prepared); `outside` lists host folders (`SharedFolder`)
+    bound at their own path; `files` adds read-only files (a path in `/etc`, or in
+    /workspace over a file there -> its text). `override_permissions` (the server runs as
+    root) lets the command keep one capability, CAP_DAC_OVERRIDE, so that it can write the
+    files the server wrote as root in the workspace (the server's own git does); such a
+    command gets no /proc, and its workspace folder keeps its owner. `limits`' `wall_seconds`
+    and `max_output_bytes` are the caller's to apply. Raises as `run_sandboxed`.
+    """
+    command = _checked_command(argv)
+    if host_uid < 1 or host_gid < 1:
+        raise InvalidInputError("the sandbox's host uid and gid must not be root's (0)")
+    for name, value in (env or {}).items():
+        if not name or "=" in name or "\x00" in name or "\x00" in value:
+            raise InvalidInputError(f"the sandbox variable {name!r} is not a valid one")
+    for path in files or {}:
+        in_etc = re.fullmatch(r"/etc/[A-Za-z0-9._-]+", path) and path not in _GENERATED_ETC
+        in_workspace = path.startswith(WORKSPACE_MOUNT + "/") and ".." not in path.split("/")
+        if not (in_etc or in_workspace) or "\x00" in path:
+            raise InvalidInputError(f"{path!r} is not a file the sandbox may add")
+    found = await _bubblewrap(bwrap)
+    as_root = os.geteuid() == 0
+    host_ids = (host_uid, host_gid) if as_root else None
+    give_away = None if override_permissions else host_ids  # the capability writes anyway
+    folder = await asyncio.to_thread(_workspace_folder, Path(workspace), give_away)
+    descriptors = _Descriptors()
+    try:
+        full_argv = _bubblewrap_argv(
+            found.path,
+            folder,
+            command,
+            limits,
+            descriptors,
+            as_root=as_root,
+            network=network,
+            terminal=terminal,
+            env=env,
+            read_only=read_only,
+            outside=await asyncio.to_thread(_outside_folders, outside, descriptors),
+            override_permissions=override_permissions,
+            files=files,
+        )
+        for descriptor in descriptors.passed:
+            os.set_inheritable(descriptor, True)
+    except BaseException:
         descriptors.close()
+        raise
+    return SandboxLaunch(full_argv, dict(_HOST_ENV), limits, host_ids, descriptors)
 
 
 async def _supervise(
@@ -651,17 +902,17 @@ async def _start_command(
         namespace = await asyncio.to_thread(_adopt, pid, monitor, host_ids)
     except OSError:  # bubblewrap's child ended meanwhile: its stderr says why
         return False
-    if namespace is not None:
-        try:
-            _release(descriptors, "block")
-            await _forbid_nested_user_namespaces(namespace)
-        finally:
-            os.close(namespace)
     try:
+        if namespace is not None:
+            try:
+                _release(descriptors, "block")
+                await _forbid_nested_user_namespaces(namespace)
+            finally:
+                os.close(namespace)
         _set_rlimits(pid, limits)
-    except ProcessLookupError:
+        _release(descriptors, "start")
+    except (ProcessLookupError, BrokenPipeError):  # bubblewrap ended meanwhile (a mount failed)
         return False
-    _release(descriptors, "start")
     return True
 
 

@@ -199,7 +199,8 @@ async def test_authentication_error_is_not_retried(stub):
         await make(stub).generate([Message.user("Hi")])
 
     assert "invalid x-api-key" in caught.value.message
-    assert "ANTHROPIC_API_KEY" in caught.value.hint
+    # The key was given (api_key=): the hint does not send the user to ANTHROPIC_API_KEY.
+    assert "the key this provider was given" in caught.value.hint
     assert len(stub.requests) == 1
 
 

@@ -218,7 +218,8 @@ async def test_authentication_error(stub):
     with pytest.raises(ProviderAuthenticationError) as caught:
         await make(stub).generate([Message.user("Hi")])
 
-    assert "OPENAI_API_KEY" in caught.value.hint
+    # The key was given (api_key=): the hint does not send the user to OPENAI_API_KEY.
+    assert "the key this provider was given" in caught.value.hint
     assert len(stub.requests) == 1
 
 
@@ -341,3 +342,107 @@ async def test_one_provider_serves_several_event_loops(stub, recorded):
     second = await asyncio.to_thread(in_a_new_loop)
 
     assert first.text == second.text == "Hello! How can I assist you today?"
+
+
+async def test_a_given_key_quoted_by_a_failure_is_masked_in_logs_however_many_keys_came_since(
+    stub, capsys
+):
+    import logging
+
+    from gathering import observability
+    from gathering.config import load_settings
+
+    key = "sk-given-0123456789abcdefQRST"
+    provider = make(stub, api_key=key, retry=RetryPolicy(max_attempts=1))
+    observability.mask_in_logs(key)
+    for n in range(observability.MAX_MASKED_SECRETS + 5):  # a long-lived process's other keys
+        observability.mask_in_logs(f"sk-other-key-{n:06d}")
+    assert observability.mask_secrets(key) == key  # bounded: the oldest key left the set
+    assert len(observability._MASKED_SECRETS) == observability.MAX_MASKED_SECRETS
+    stub.add_json(error_body(f"Incorrect API key provided: {key}.", "x"), status=401)
+
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    observability.configure_logging(load_settings(log_format="console"))
+    try:
+        with pytest.raises(ProviderAuthenticationError) as caught:
+            await provider.generate([Message.user("Hi")])
+        logging.getLogger("gathering.turns").error("turn failed", exc_info=caught.value)
+    finally:
+        root.handlers[:] = handlers
+    printed = capsys.readouterr()
+    assert "Incorrect API key provided: sk-...QRST" in printed.err  # the traceback, masked
+    assert key not in printed.out + printed.err
+
+
+async def test_a_log_handler_that_fails_reports_it_without_the_key(stub, capsys):
+    import logging
+
+    from gathering import observability
+    from gathering.config import load_settings
+
+    key = "sk-given-handler-0123456789UVWX"
+    stub.add_json(error_body(f"Incorrect API key provided: {key}.", "x"), status=401)
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    observability.configure_logging(load_settings(log_format="console"))
+    try:
+        with pytest.raises(ProviderAuthenticationError):
+            try:
+                await make(stub, api_key=key, retry=RetryPolicy(max_attempts=1)).generate(
+                    [Message.user("Hi")]
+                )
+            finally:  # a message that does not format: the handler fails, mid-exception
+                logging.getLogger("gathering.turns").error("turn %s failed: %s", "t1")
+    finally:
+        root.handlers[:] = handlers
+    printed = capsys.readouterr().err
+    assert "--- Logging error ---" in printed and "not enough arguments" in printed
+    assert "Incorrect API key provided: sk-...UVWX" in printed  # the exception being handled
+    assert key not in printed
+
+
+async def test_the_environments_key_is_masked_again_when_the_provider_fails(
+    stub, capsys, monkeypatch
+):
+    from gathering import observability
+    from gathering.config import get_settings
+
+    key = "sk-environment-0123456789abcdYZAB"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    get_settings.cache_clear()
+    try:
+        provider = make(stub, api_key=None, retry=RetryPolicy(max_attempts=1))
+        for n in range(observability.MAX_MASKED_SECRETS + 5):  # the key leaves the set
+            observability.mask_in_logs(f"sk-other-key-{n:06d}")
+        stub.add_json(error_body(f"Incorrect API key provided: {key}.", "x"), status=401)
+        with pytest.raises(ProviderAuthenticationError):
+            await provider.generate([Message.user("Hi")])
+        assert observability.mask_secrets(key) == "sk-...YZAB"
+    finally:
+        get_settings.cache_clear()
+
+
+async def test_a_reported_model_that_is_no_name_is_not_taken_nor_made_a_metric_label(
+    stub, recorded
+):
+    from gathering.observability import LLM_TOKENS
+
+    def labels() -> set[str]:
+        return {
+            sample.labels["model"]
+            for metric in LLM_TOKENS.collect()
+            for sample in metric.samples
+            if sample.labels.get("provider") == "openai"
+        }
+
+    for odd in (123, ["a"], {"x": 1}, "m" * 201):
+        reply = recorded.json("openai_chat.json") | {"model": odd}
+        stub.add_json(reply)
+        completion = await make(stub).generate([Message.user("Hi")])
+        assert completion.model == "gpt-4o" and completion.cost_usd is not None
+    stub.add_json(recorded.json("openai_chat.json") | {"model": "made-up-model-7781"})
+    completion = await make(stub).generate([Message.user("Hi")])
+    assert completion.model == "made-up-model-7781"  # what answered, priced as gpt-4o
+    assert completion.cost_usd is not None
+    assert "made-up-model-7781" not in labels()

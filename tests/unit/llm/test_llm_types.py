@@ -18,7 +18,13 @@ from gathering.errors import (
 )
 from gathering.llm import Completion, Message, ToolCall, ToolResult, ToolSpec, Usage, UsageLedger
 from gathering.llm.error_mapping import error_from_status, parse_retry_after
-from gathering.llm.pricing import estimate_cost, price_for
+from gathering.llm.pricing import (
+    LISTED,
+    Price,
+    estimate_cost,
+    price_for,
+    shipped_model_names,
+)
 from gathering.llm.retry import RetryPolicy
 from gathering.llm.types import parse_tool_arguments
 
@@ -115,6 +121,46 @@ class TestPricing:
         assert price_for("openai", "my-finetune") is None
         assert estimate_cost("openai", "my-finetune", Usage(10, 10)) is None
         assert estimate_cost("ollama", "llama3.2", Usage(10**6, 10**6)) == 0.0
+
+    def test_prices_are_genai_prices_data_in_force_at_the_call(self):
+        from datetime import UTC, datetime
+
+        def at(day: str, hour: int = 12) -> datetime:
+            return datetime.fromisoformat(day).replace(hour=hour, tzinfo=UTC)
+
+        # OpenAI cut o3's price on 2025-06-10: a call is priced as at its time.
+        assert price_for("openai", "o3", at=at("2025-06-09")) == Price(10.0, 40.0, 0.5)
+        assert price_for("openai", "o3", at=at("2025-06-10")) == Price(2.0, 8.0, 0.5)
+        # DeepSeek V4 costs twice as much in its peak hours (01-04 and 06-10 UTC).
+        peak = price_for("openai-compatible", "deepseek-v4-pro", at=at("2026-11-30", 2))
+        calm = price_for("openai-compatible", "deepseek-v4-pro", at=at("2026-11-30", 12))
+        assert peak is not None and calm is not None
+        assert peak.input_per_million == 2 * calm.input_per_million
+        # A model of a known family called through another kind is priced by its name.
+        assert price_for("openai-compatible", "gpt-4o") == price_for("openai", "gpt-4o")
+        assert price_for("openai-compatible", "text-embedding-3-small") == Price(0.02, 0.0)
+        # Not another host's price for a model one's own server runs.
+        assert price_for("openai-compatible", "meta-llama/Llama-3.1-8B-Instruct") is None
+        # Embeddings have an input price only; per-image or per-second models are unpriced.
+        assert price_for("openai", "text-embedding-3-small") == Price(0.02, 0.0)
+        assert price_for("openai", "whisper-1") is None
+        assert price_for("openai", "x" * 201) is None
+
+    def test_looking_up_unknown_names_keeps_a_bounded_cache(self):
+        from gathering.llm import pricing
+
+        for n in range(pricing._model_info.cache_info().maxsize + 50):
+            assert price_for("openai-compatible", f"no-such-model-{n}") is None
+        assert pricing._model_info.cache_info().currsize <= 4096
+
+    def test_the_listed_models_are_priced_plain_names(self):
+        for kind in LISTED:
+            names = shipped_model_names(kind)
+            assert names, kind
+            assert all(price_for(kind, name) is not None for name in names)
+            assert not [name for name in names if ":" in name or name.endswith(("-", "."))]
+        assert "claude-sonnet-4-5" in shipped_model_names("anthropic")
+        assert "deepseek-chat" in shipped_model_names("openai-compatible")
 
     def test_estimate(self):
         assert estimate_cost("openai", "gpt-4o", Usage(1_000_000, 100_000)) == pytest.approx(3.5)

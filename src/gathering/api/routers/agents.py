@@ -50,13 +50,16 @@ from gathering.api.security import (
     Principal,
     rate_limit,
 )
-from gathering.api.security.dependencies import security_state
+from gathering.api.security.dependencies import audit_denial, security_state
+from gathering.catalog.personas import PERSONA_NAME_PATTERN, get_persona
+from gathering.catalog.settings import default_model_of, default_provider
 from gathering.db import Database
-from gathering.errors import GatheringError, InvalidInputError
+from gathering.errors import GatheringError, InvalidInputError, PermissionDeniedError
 from gathering.events import Event
-from gathering.llm import TextDelta, default_model, default_provider_name, known_providers
+from gathering.llm import TextDelta, known_providers
 from gathering.llm.registry import TEST_PROVIDERS
 from gathering.tools.agent_tools import remove_workspace
+from gathering.usage import attributed, charge_task_to
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -143,13 +146,36 @@ def _knowledge(value: KnowledgeField) -> KnowledgeScope | None:
 class AgentCreate(_ProviderChecked):
     """A new agent. Without a provider, the default one is used (`local` when no key is set)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={  # a persona, or the name of one of the library: not both
+            "not": {
+                "required": ["persona", "persona_name"],
+                "properties": {"persona_name": {"type": "string"}},
+            }
+        }
+    )
+
     name: str = line(100)
     provider: ProviderName | None = ProviderField
     model: str | None = line(200, default=None)
     persona: Persona = Field(default_factory=Persona)
+    persona_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=PERSONA_NAME_PATTERN,
+        description="A persona of the library (GET /personas) to copy into the agent, "
+        "instead of `persona`",
+    )
     project: str | None = Field(default=None, max_length=4000, pattern=NO_NUL_PATTERN)
     max_iterations: Integer = Field(default=8, ge=1, le=50)
     knowledge: KnowledgeField = Field(default=None, description=KNOWLEDGE_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _one_persona(self) -> AgentCreate:
+        if self.persona_name is not None and "persona" in self.model_fields_set:
+            raise ValueError("give either persona or persona_name, not both")
+        return self
 
 
 class AgentUpdate(_ProviderChecked):
@@ -328,7 +354,14 @@ _NAME_TAKEN: dict[int | str, dict[str, Any]] = {
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, summary="Create an agent", responses=_NAME_TAKEN
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an agent",
+    responses={
+        **_NAME_TAKEN,
+        403: {"description": "persona_name without the scope personas:read"},
+        404: {"description": "No library persona named persona_name"},
+    },
 )
 async def create_agent(
     request: Request,
@@ -337,13 +370,21 @@ async def create_agent(
     db: DbDep,
     bus: BusDep,
 ) -> AgentOut:
-    provider = body.provider or default_provider_name()
+    provider = body.provider or await default_provider(db)
     _check_test_provider(request, provider)
+    persona = body.persona
+    if body.persona_name is not None:  # a copy: later changes of the persona leave it be
+        if not principal.has_scope("personas:read"):  # the copy shows the persona
+            await audit_denial(request, principal, "scope missing", scope="personas:read")
+            raise PermissionDeniedError(
+                "this API key lacks the scope 'personas:read' (persona_name copies a persona)"
+            )
+        persona = (await get_persona(db, body.persona_name)).persona
     agent = Agent(
         body.name,
         provider,
-        body.model,
-        persona=body.persona,
+        body.model or await default_model_of(db, provider),
+        persona=persona,
         project=body.project,
         max_iterations=body.max_iterations,
         knowledge=_knowledge(body.knowledge),
@@ -382,7 +423,7 @@ async def update_agent(
         agent.name = changes["name"].strip()
     if "provider" in changes and changes["provider"] != agent.provider:
         agent.provider = changes["provider"]
-        agent.model = changes.get("model") or default_model(agent.provider)
+        agent.model = changes.get("model") or await default_model_of(db, agent.provider)
     elif "model" in changes:
         agent.model = changes["model"]
     if "persona" in changes:
@@ -441,6 +482,7 @@ def _chat_response(result: TurnResult) -> ChatResponse:
 
 
 _CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
+    402: {"description": "budget_exceeded: a budget cannot take the next model call"},
     409: {"description": "agent_busy (with Retry-After), or a reused idempotency key"},
     429: {"description": "the chat rate tier, or too many of your turns running at once"},
     502: {"description": "the model provider failed or refused the request"},
@@ -464,7 +506,10 @@ async def chat(
     idempotency_key: IdempotencyKey = None,
 ) -> ChatResponse:
     agent = await _chatting(request, principal, db, agent_id)
-    with security_state(request).turn_admission.admit(principal):
+    with (
+        security_state(request).turn_admission.admit(principal),
+        attributed(user_id=principal.user_id),
+    ):
         result = await agent.run(
             body.message, idempotency_key=idempotency_key, new_session=body.new_session
         )
@@ -505,6 +550,7 @@ async def chat_stream(
 
     async def turn() -> None:
         try:
+            charge_task_to(user_id=principal.user_id)  # this task's turn, for the caller
             async for event in agent.stream(
                 body.message, idempotency_key=idempotency_key, new_session=body.new_session
             ):

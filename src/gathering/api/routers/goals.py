@@ -288,6 +288,7 @@ async def goal_cancel(
     status_code=status.HTTP_201_CREATED,
     responses={
         **_CONFLICT,
+        402: {"description": "budget_exceeded: a budget cannot take the agent's model call"},
         502: {"description": "The agent's answer was not a usable list of subgoals"},
     },
 )

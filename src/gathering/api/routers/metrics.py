@@ -1,18 +1,33 @@
 """Prometheus metrics at /metrics: for admins and a scraper's token, or anyone when
-`GATHERING_METRICS_ACCESS=public`."""
+`GATHERING_METRICS_ACCESS=public`. Spending (cost, tokens, calls) comes from the usage ledger
+in PostgreSQL, read at scrape time (cached a few seconds): the same on every instance, and kept
+across restarts."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import weakref
 
+import structlog
 from fastapi import APIRouter, Depends, Request, Response
 
-from gathering.api.deps import app_state
+from gathering.api.deps import app_state, get_db
 from gathering.api.security import current_principal, require_admin
-from gathering.observability import metrics_payload, record_event_stats, record_pool_stats
+from gathering.catalog.settings import secret_matches
+from gathering.db import Database
+from gathering.errors import DatabaseError
+from gathering.observability import (
+    SPENDING,
+    metrics_payload,
+    record_event_stats,
+    record_pool_stats,
+)
+from gathering.usage.spending_metrics import SpendingTotals
 
+log = structlog.get_logger(__name__)
 router = APIRouter(tags=["operations"])
+_SPENDING: weakref.WeakKeyDictionary[Database, SpendingTotals] = weakref.WeakKeyDictionary()
 
 
 def _presents_metrics_token(request: Request) -> bool:
@@ -25,6 +40,16 @@ def _presents_metrics_token(request: Request) -> bool:
     return hmac.compare_digest(presented.strip().encode(), expected)
 
 
+async def _presents_stored_metrics_token(request: Request) -> bool:
+    """Whether the request carries the token an admin stored (`PUT /settings/metrics_token`),
+    read from the database now, so a new token works on every instance at once."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return False
+    db = await get_db(request)
+    return await secret_matches(db, "metrics_token", presented.strip(), app_state(request).settings)
+
+
 async def metrics_reader(request: Request) -> None:
     """Dependency: anyone with `GATHERING_METRICS_ACCESS=public` or in single-user mode (every
     caller is the local owner, an admin); else the scrape token or an admin (401 without
@@ -33,6 +58,8 @@ async def metrics_reader(request: Request) -> None:
     if settings.metrics_access == "public" or not settings.auth_required:
         return
     if _presents_metrics_token(request):
+        return
+    if settings.metrics_token is None and await _presents_stored_metrics_token(request):
         return
     await require_admin(request, await current_principal(request))
 
@@ -55,6 +82,11 @@ async def metrics(request: Request) -> Response:
     database = app_state(request).connected_database()
     if database is not None:
         record_pool_stats(database.pool_stats())
+        totals = _SPENDING.setdefault(database, SpendingTotals())
+        try:
+            SPENDING.set_totals(await totals.read(database))
+        except DatabaseError as exc:  # the other metrics still answer; spending stays as read
+            log.warning("spending metrics not read from the ledger", error=exc.message)
     bus = app_state(request).running_event_bus()
     if bus is not None:
         record_event_stats(bus.stats())

@@ -270,7 +270,8 @@ async def node_resolve(
     bus: BusDep,
 ) -> RunOut:
     """An approval node is approved (the run goes on) or denied (the node fails); a node
-    interrupted during an external call is run again (`retry`) or taken as done (`skip`). 409
+    interrupted during an external call, or one a budget refused (`budget_exceeded`: raise the
+    budget first), is run again (`retry`) or taken as done (`skip`). 409
     when the node is not waiting for an answer; 422 for an answer that does not fit it."""
     await _visible_run(request, principal, db, run_id)
     executor = _executor(db, bus)

@@ -39,7 +39,14 @@ TasksReader = Annotated[Principal, Depends(require_scope("tasks:read"))]
 TasksWriter = Annotated[Principal, Depends(require_scope("tasks:write"))]
 TaskId = Annotated[WholeNumber, Path(ge=1, le=MAX_ID, description="The task's id")]
 TaskStatus = Literal[
-    "queued", "running", "paused", "waiting_approval", "succeeded", "failed", "cancelled"
+    "queued",
+    "running",
+    "paused",
+    "waiting_approval",
+    "waiting_budget",
+    "succeeded",
+    "failed",
+    "cancelled",
 ]
 
 
@@ -197,7 +204,11 @@ async def task_pause(
     return _out(await pause_task(db, bus, task_id))
 
 
-@router.post("/{task_id:id}/resume", summary="Resume a paused task", responses=_CONFLICT)
+@router.post(
+    "/{task_id:id}/resume",
+    summary="Resume a paused task, or one waiting for a budget",
+    responses=_CONFLICT,
+)
 async def task_resume(
     task_id: TaskId, request: Request, principal: TasksWriter, db: DbDep, bus: BusDep
 ) -> TaskOut:

@@ -38,9 +38,9 @@ socket stays open; a fault outside the handling of a frame closes it with 1011.
 Authorization follows the account: the credentials are checked again on every subscribe,
 with every heartbeat and at most RECHECK_SECONDS before each event. When that check finds the
 caller may no longer see what the socket is subscribed to (an administrator demoted while
-subscribed to every event, to another user's subject, to an agent they do not own or to a
-circle they neither own nor belong to any more), the socket closes with 4403 ("subscription
-no longer allowed") at that check instead of sending the event it preceded; it is not
+subscribed to every event, to another user's subject, to an agent they do not own, or to a
+circle or a project they neither own nor belong to any more), the socket closes with 4403
+("subscription no longer allowed") at that check instead of sending the event it preceded; it is not
 narrowed silently. Reconnect and subscribe to what the account may see now.
 """
 
@@ -75,6 +75,7 @@ from gathering.errors import (
 )
 from gathering.events import Event, EventStream
 from gathering.pipelines import get_pipeline
+from gathering.projects import get_project, permissions_of
 from gathering.scheduler import get_schedule
 from gathering.scheduler.tasks import get_task
 
@@ -134,9 +135,11 @@ _OWNED: dict[str, Callable[[Database, int], Awaitable[Any]]] = {
 
 async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> str | None:
     """None when `principal` may see events about `subject`, else the reason it may not."""
+    kind, _, ident = subject.partition(":")
+    if kind == "project" and not principal.has_scope("projects:read"):
+        return "this API key lacks the scope 'projects:read'"  # file names, activity
     if principal.is_admin:
         return None
-    kind, _, ident = subject.partition(":")
     if kind == "user" and ident == str(principal.user_id):
         return None
     if kind == "agent" and _ID.fullmatch(ident):
@@ -156,6 +159,15 @@ async def _may_see(websocket: WebSocket, principal: Principal, subject: str) -> 
             return None
         member = await member_of_user(db, circle.id, principal.user_id)
         return None if member is not None else f"no circle {ident!r}"
+    if kind == "project" and _ID.fullmatch(ident):
+        db = await app_state(websocket).database()
+        try:
+            project = await get_project(db, int(ident)) if int(ident) <= _MAX_ID else None
+        except NotFoundError:
+            project = None
+        if project is not None and "read" in await permissions_of(db, project, principal.user_id):
+            return None
+        return f"no project {ident}"
     owned = _OWNED.get(kind)
     if owned is not None and _ID.fullmatch(ident):  # a pipeline's, schedule's or task's
         found_id = int(ident)
@@ -309,7 +321,7 @@ class SocketSession:
                 {
                     "type": "error",
                     "code": "rate_limited",
-                    "message": f"more than {self.settings.ws_message_rate:g} messages a second",
+                    "message": f"more than {self.bucket.rate:g} messages a second",
                     "hint": "send fewer messages; reconnect after a pause",
                 }
             )
@@ -411,8 +423,10 @@ class SocketSession:
         # A subscription allowed to a member stays allowed while its user owns what it names
         # (the ownership of agents, pipelines, schedules and tasks does not change); one
         # allowed to an administrator is checked again as soon as the account is no longer
-        # one, and one to a circle every time (members leave; a name may pass to a new circle).
-        recheck = self.allowed_as_admin or bool(self.circles)
+        # one, and one to a circle or a project every time (members leave; a circle's name may
+        # pass to a new circle).
+        projects = any(subject.startswith("project:") for subject in self.subjects or ())
+        recheck = self.allowed_as_admin or bool(self.circles) or projects
         if self.stream is not None and recheck and not principal.is_admin:
             reason = await _may_keep(self.ws, principal, self.subjects)
             if reason is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import structlog
@@ -29,6 +30,7 @@ from gathering.errors import (
 )
 from gathering.events import Event, EventBus
 from gathering.llm import Message
+from gathering.llm.base import DEFAULT_MAX_TOKENS
 from gathering.pipelines.executor import Executor
 from gathering.scheduler.goals.store import (
     ENDED,
@@ -52,6 +54,14 @@ from gathering.scheduler.tasks.store import (
     owned_id,
     start_task,
 )
+from gathering.usage import (
+    current_attribution,
+    estimated_input_tokens,
+    model_call_entry,
+    record_failed_call,
+    reserve_model_call,
+)
+from gathering.usage import record as record_usage
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.scheduler.goals")
@@ -378,16 +388,40 @@ async def decompose_goal(
         if part
     )
     messages = [Message.system(DECOMPOSE_BRIEF.format(most=MAX_SUBGOALS)), Message.user(text)]
-    provider = worker.model_provider()
+    provider = await worker.model_provider(db)
     seconds = get_settings().model_call_timeout
+    # Like every model call: reserved on its budgets first, then written to the usage ledger.
+    who = current_attribution().merged(user_id=goal.owner_id, agent_id=worker.id)
+    model = provider.model or worker.model
+    max_tokens = worker.options.get("max_tokens")
+    estimate = estimated_input_tokens("", messages)
+    reservation = await reserve_model_call(
+        db,
+        who,
+        provider.name,
+        model,
+        estimate,
+        max_tokens if isinstance(max_tokens, int) else DEFAULT_MAX_TOKENS,
+        seconds,
+    )
+    started = time.monotonic()
     try:
-        async with asyncio.timeout(seconds):
-            completion = await provider.generate(messages, None, **worker.options)
-    except TimeoutError:
-        raise ProviderTimeoutError(
-            f"the agent did not answer within {seconds:g}s",
-            hint="try again, or raise GATHERING_MODEL_CALL_TIMEOUT",
-        ) from None
+        try:
+            async with asyncio.timeout(seconds):
+                completion = await provider.generate(messages, None, **worker.options)
+        except TimeoutError:
+            raise ProviderTimeoutError(
+                f"the agent did not answer within {seconds:g}s",
+                hint="try again, or raise GATHERING_MODEL_CALL_TIMEOUT",
+            ) from None
+    except GatheringError as exc:
+        spent = round((time.monotonic() - started) * 1000)
+        await record_failed_call(db, who, provider.name, model, exc, spent, reservation)
+        raise
+    charge = await model_call_entry(
+        db, who, completion, provider.name, model, reservation, estimated_input=estimate
+    )
+    await record_usage(db, charge)
     subgoals = _parsed(completion.text)
     async with db.transaction() as tx:
         await lock_dependencies(tx, goal.owner_id)  # before any goal: add_dependency's order

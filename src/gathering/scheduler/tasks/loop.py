@@ -13,10 +13,12 @@ next model call. Each step is stored before the next starts, so a job that start
 - a call whose policy is `ask` stores a pending approval and the task waits
   (`waiting_approval`, no job) until a person answers it (`resume_after_approval`).
 
-Budgets are checked before each model call; the model call and each tool get at most what is
-left of the task's seconds. Every write is fenced by the lease the job took when it started
-the task: a job whose task was paused, cancelled or resumed meanwhile, or a job delivered
-twice (its worker thought dead but still running), stores nothing more.
+The task's limits are checked before each model call; the model call and each tool get at
+most what is left of the task's seconds. A call a money or token budget refuses makes the task
+wait (`waiting_budget`) for the budget's reset or a resume. Every write is fenced by the lease
+the job took when it started the task: a job whose task was paused, cancelled or resumed
+meanwhile, or a job delivered twice (its worker thought dead but still running), stores
+nothing more.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -44,14 +47,41 @@ from gathering.config import get_settings
 from gathering.db.database import Database, Queries
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text, storable_value
-from gathering.errors import BudgetExhaustedError, GatheringError, ProviderTimeoutError
+from gathering.errors import (
+    BudgetExceededError,
+    BudgetExhaustedError,
+    GatheringError,
+    ProviderTimeoutError,
+)
 from gathering.events import EventBus
+from gathering.jobs import enqueue
 from gathering.llm import Completion, LLMProvider, Message, ToolCall, ToolResult, ToolSpec
+from gathering.llm.base import DEFAULT_MAX_TOKENS
 from gathering.llm.types import new_call_id
-from gathering.scheduler.tasks.store import TaskRecord, TaskStep, get_task, queue_task, task_event
+from gathering.scheduler.tasks.store import (
+    QUEUE,
+    RUN_TASK,
+    TaskRecord,
+    TaskStep,
+    get_task,
+    queue_task,
+    task_event,
+)
 from gathering.tools.agent_tools import ToolBox
 from gathering.tools.approvals import Approval, request_approval
 from gathering.tools.registry import tool_seconds
+from gathering.usage import (
+    Attribution,
+    LedgerEntry,
+    attributed,
+    current_attribution,
+    estimated_input_tokens,
+    model_call_entry,
+    record_failed_call,
+    reserve_model_call,
+)
+from gathering.usage import record as record_usage
+from gathering.usage.budgets import larger_than_its_budget, reset_of
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.scheduler.tasks")
@@ -72,6 +102,30 @@ INTERRUPTED = (
 
 class _Replaced(Exception):
     """The task's job no longer holds it (paused, cancelled, resumed under a new job)."""
+
+
+@dataclass(frozen=True)
+class _Charge:
+    """Who a model call of the task is charged to, and its budget reservation."""
+
+    who: Attribution
+    provider: str
+    model: str
+    reservation: UUID | None
+    estimated_input: int = 0  # the prompt's tokens, charged when the provider reports none
+
+    async def entry(self, q: Queries, completion: Completion) -> LedgerEntry:
+        """The ledger entry of the finished call."""
+        model = completion.model or self.model
+        return await model_call_entry(
+            q,
+            self.who,
+            completion,
+            self.provider,
+            model,
+            self.reservation,
+            estimated_input=self.estimated_input,
+        )
 
 
 class TaskRunner:
@@ -97,7 +151,8 @@ class TaskRunner:
         assert lease is not None
         beating = asyncio.create_task(self._beat(task.id, lease), name=f"task-{task.id}-alive")
         try:
-            await self._work(task, lease, draining)
+            with attributed(user_id=task.owner_id, task_id=task.id):  # its tool calls too
+                await self._work(task, lease, draining)
         except _Replaced:
             return
         except GatheringError as exc:
@@ -123,7 +178,7 @@ class TaskRunner:
         store = PostgresAgentStore(self.db)
         agent = Agent.from_record(await store.load_agent(task.agent_id), store=store)
         agent.task = TASK_BRIEF
-        provider = agent.model_provider()
+        provider = await agent.model_provider(self.db)
         system = await agent.system_prompt(task.goal, self.db, recall=False)
         rows = await self.db.fetch_all(_SQL["all_steps"], task.id)
         steps = [TaskStep.from_row(row) for row in rows]
@@ -161,44 +216,111 @@ class TaskRunner:
         specs: list[ToolSpec],
         steps: Sequence[TaskStep],
     ) -> TaskStep:
-        """One model call on the goal and the steps so far, stored as the next step."""
+        """One model call on the goal and the steps so far, stored as the next step. The
+        call is reserved on the budgets of the task, its agent and its owner first: one a
+        budget cannot take pauses the task (`_wait_for_budget`)."""
         left = task.max_seconds - task.active_seconds
         seconds = min(get_settings().model_call_timeout, left)
+        entries = _entries(task.goal, steps)
+        charge = await self._reserve(task, lease, agent, provider, system, entries, specs, seconds)
         started = time.monotonic()
         completion: Completion | None = None
         timer = asyncio.timeout(seconds)
         try:
-            async with timer:
-                entries = _entries(task.goal, steps)
-                calling = call_model(provider, system, entries, specs, agent.options, False)
-                async for event in calling:
-                    if isinstance(event, Completion):
-                        completion = event
-        except TimeoutError:
-            if not timer.expired():
-                raise
-            if seconds >= left:
-                raise _out_of_time(task) from None
-            raise ProviderTimeoutError(
-                f"the model call took longer than {seconds:g}s",
-                hint="raise GATHERING_MODEL_CALL_TIMEOUT or check the provider",
-            ) from None
+            try:
+                async with timer:
+                    calling = call_model(provider, system, entries, specs, agent.options, False)
+                    async for event in calling:
+                        if isinstance(event, Completion):
+                            completion = event
+            except TimeoutError:
+                if not timer.expired():
+                    raise
+                if seconds >= left:
+                    raise _out_of_time(task) from None
+                raise ProviderTimeoutError(
+                    f"the model call took longer than {seconds:g}s",
+                    hint="raise GATHERING_MODEL_CALL_TIMEOUT or check the provider",
+                ) from None
         except asyncio.CancelledError:  # paused, cancelled, or the worker stops
             spent = round((time.monotonic() - started) * 1000)
-            await asyncio.shield(self._bill_model_call(task.id, spent, completion))
+            await asyncio.shield(self._bill_model_call(task.id, spent, completion, charge))
+            raise
+        except GatheringError as exc:  # the failed call is in the ledger too
+            spent = round((time.monotonic() - started) * 1000)
+            await record_failed_call(
+                self.db, charge.who, charge.provider, charge.model, exc, spent, charge.reservation
+            )
             raise
         assert completion is not None
         elapsed = round((time.monotonic() - started) * 1000)
         calls = _unique_ids(completion.tool_calls, steps)
         try:
-            step = await self._store_step(task, lease, agent, completion, calls, elapsed)
+            step = await self._store_step(task, lease, agent, completion, calls, elapsed, charge)
         except GatheringError:  # the step could not be stored: the call still counts
-            await asyncio.shield(self._bill_model_call(task.id, elapsed, completion))
+            await asyncio.shield(self._bill_model_call(task.id, elapsed, completion, charge))
             raise
         if step is None:  # the task was taken from this run: the call still counts
-            await asyncio.shield(self._bill_model_call(task.id, elapsed, completion))
+            await asyncio.shield(self._bill_model_call(task.id, elapsed, completion, charge))
             raise _Replaced
         return step
+
+    async def _reserve(
+        self,
+        task: TaskRecord,
+        lease: UUID,
+        agent: Agent,
+        provider: LLMProvider,
+        system: str,
+        entries: list[HistoryEntry],
+        specs: list[ToolSpec],
+        seconds: float,
+    ) -> _Charge:
+        """The next model call reserved on its budgets (see `gathering.usage.budgets`)."""
+        who = current_attribution().merged(
+            user_id=task.owner_id, agent_id=task.agent_id, task_id=task.id
+        )
+        model = provider.model or agent.model
+        max_tokens = agent.options.get("max_tokens")
+        if not isinstance(max_tokens, int):
+            max_tokens = getattr(getattr(provider, "defaults", None), "max_tokens", None)
+        tokens = estimated_input_tokens(system, [e.message for e in entries], specs)
+        try:
+            reservation = await reserve_model_call(
+                self.db,
+                who,
+                provider.name,
+                model,
+                tokens,
+                max_tokens or DEFAULT_MAX_TOKENS,
+                seconds,
+            )
+        except BudgetExceededError as exc:
+            await self._wait_for_budget(task.id, lease, exc)
+            raise _Replaced from None
+        return _Charge(who, provider.name, model, reservation, tokens)
+
+    async def _wait_for_budget(self, task_id: int, lease: UUID, exc: BudgetExceededError) -> None:
+        """The task waits (it does not fail), with the budget's refusal as its error: a job
+        deferred to the budget's reset takes it up again then (none for a `total` budget or a
+        call larger than the whole limit), and `resume_task` at once, once an admin has
+        raised the budget."""
+        resets = None if larger_than_its_budget(exc) else reset_of(exc)
+        async with self.db.transaction() as tx:
+            locked = await tx.fetch_one(_SQL["lock_task"], task_id)
+            if locked is None or locked["lease"] != lease:
+                return  # taken from this run meanwhile
+            job_id = None
+            if resets is not None:
+                args = {"task_id": task_id}
+                job_id = await enqueue(tx, RUN_TASK, args, queue=QUEUE, at=resets)
+            error = failure_body(exc) | {"details": exc.details}  # the budget, its reset
+            row = await tx.fetch_one(_SQL["wait_for_budget"], task_id, lease, job_id, Jsonb(error))
+            assert row is not None
+            waiting = TaskRecord.from_row(row)
+            retry_at = resets.isoformat() if resets is not None else None
+            events = task_event("waiting", waiting, reason="budget", error=error, retry_at=retry_at)
+            await self.bus.publish_many(events, tx=tx)
 
     async def _store_step(
         self,
@@ -208,9 +330,11 @@ class TaskRunner:
         completion: Completion,
         calls: list[ToolCall],
         elapsed: int,
+        charge: _Charge,
     ) -> TaskStep | None:
-        """The model's reply stored as the task's next step; None when the run holding
-        `lease` no longer holds the task."""
+        """The model's reply stored as the task's next step, with the call's ledger row (which
+        settles its budget reservation); None when the run holding `lease` no longer holds
+        the task."""
         async with self.db.transaction() as tx:
             row = await tx.fetch_one(
                 _SQL["insert_step"],
@@ -229,6 +353,7 @@ class TaskRunner:
             if row is None:
                 return None
             step = TaskStep.from_row(row)
+            await record_usage(tx, await charge.entry(tx, completion))
             await self._step_event(tx, task, step)
         return step
 
@@ -372,13 +497,30 @@ class TaskRunner:
         return 0.0
 
     async def _bill_model_call(
-        self, task_id: int, elapsed_ms: int, completion: Completion | None
+        self, task_id: int, elapsed_ms: int, completion: Completion | None, charge: _Charge
     ) -> None:
         """Count a model call whose step was not stored (cut by a pause, a cancel or a
         stopping worker; answered after the task was taken from this run; or refused by the
         database): its time, and its tokens and cost when its answer came (a call cut mid-way
-        is priced by the provider, but its usage never reaches us)."""
+        is priced by the provider, but its usage never reaches us); in the usage ledger too."""
         usage = completion.usage if completion is not None else None
+        try:
+            if completion is not None:
+                await record_usage(self.db, await charge.entry(self.db, completion))
+            else:
+                cut = LedgerEntry(
+                    "model",
+                    charge.who,
+                    charge.provider,
+                    charge.model,
+                    latency_ms=elapsed_ms,
+                    outcome="cancelled",
+                    cost_usd=0.0,
+                    reservation=charge.reservation,
+                )
+                await record_usage(self.db, cut)
+        except GatheringError:
+            log.warning("could not write a cut model call to the usage ledger", task_id=task_id)
         try:
             await self.db.execute(
                 _SQL["bill_cut_model_call"],
@@ -441,7 +583,7 @@ class TaskRunner:
             if row is None:
                 raise _Replaced
             waiting = TaskRecord.from_row(row)
-            events = task_event("waiting", waiting, approval_id=approval.id)
+            events = task_event("waiting", waiting, reason="approval", approval_id=approval.id)
             await self.bus.publish_many(events, tx=tx)
         return True
 

@@ -47,12 +47,20 @@ WHERE id = $1
 RETURNING *
 
 -- name: start_task --
--- Job $2 takes up task $1 (queued, or running: its worker died) under a new lease, which
--- fences every write after this one.
+-- Job $2 takes up task $1 (queued; running: its worker died; waiting for a budget: the job
+-- deferred to its reset) under a new lease, which fences every write after this one.
 UPDATE scheduler.tasks
 SET status = 'running', lease = gen_random_uuid(), started_at = coalesce(started_at, now()),
     updated_at = now(), alive_at = now()
-WHERE id = $1 AND job_id = $2 AND status IN ('queued', 'running')
+WHERE id = $1 AND job_id = $2 AND status IN ('queued', 'running', 'waiting_budget')
+RETURNING *
+
+-- name: wait_for_budget --
+-- Task $1 (under lease $2) waits for a budget that refused its model call (error $4), taken
+-- up by job $3 (deferred to the budget's reset), or by a resume when $3 is NULL.
+UPDATE scheduler.tasks
+SET status = 'waiting_budget', job_id = $3, lease = NULL, error = $4, updated_at = now()
+WHERE id = $1 AND lease = $2 AND status = 'running'
 RETURNING *
 
 -- name: wait_for_approval --
@@ -189,13 +197,14 @@ RETURNING id
 SELECT status::text FROM procrastinate_jobs WHERE id = $1
 
 -- name: stranded_tasks --
--- Tasks queued or running whose job ended without ending them, and that nobody has said is
--- alive for $2 s or more (a job cancelled by hand, one that failed on an unexpected error;
--- not a job delivered twice whose first delivery ended while the second works).
+-- Tasks queued, running or waiting for a budget whose job ended without ending them, and
+-- that nobody has said is alive for $2 s or more (a job cancelled by hand, one that failed on
+-- an unexpected error; not a job delivered twice whose first delivery ended while the second
+-- works).
 SELECT t.id, j.status::text AS job_status
 FROM scheduler.tasks t
 JOIN procrastinate_jobs j ON j.id = t.job_id
-WHERE t.status IN ('queued', 'running')
+WHERE t.status IN ('queued', 'running', 'waiting_budget')
   AND j.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
   AND greatest(t.updated_at, t.alive_at) < now() - make_interval(secs => $2::float8)
 LIMIT $1

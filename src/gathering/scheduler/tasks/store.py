@@ -24,7 +24,17 @@ from gathering.jobs import enqueue
 _SQL = queries_of("gathering.scheduler.tasks")
 RUN_TASK = "scheduler:run_task"
 QUEUE = "tasks"
-STATUSES = ("queued", "running", "paused", "waiting_approval", "succeeded", "failed", "cancelled")
+STATUSES = (
+    "queued",
+    "running",
+    "paused",
+    "waiting_approval",
+    "waiting_budget",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+WAITING = ("waiting_approval", "waiting_budget")  # for a person's answer, for a budget
 ENDED = ("succeeded", "failed", "cancelled")
 MAX_GOAL_CHARS = 20_000
 STRANDED_GRACE = 5.0  # seconds a task's job may have ended before the sweep settles the task
@@ -203,27 +213,31 @@ async def task_steps(
 async def pause_task(db: Database, bus: EventBus | None, task_id: int) -> TaskRecord:
     """Stop a queued, running or waiting task where it is (a running step's call that was
     cut short is reported to the model as interrupted); `resume_task` takes it up again."""
-    return await _control(db, bus, task_id, "paused", ("queued", "running", "waiting_approval"))
+    return await _control(db, bus, task_id, "paused", ("queued", "running", *WAITING))
 
 
 async def cancel_task(db: Database, bus: EventBus | None, task_id: int) -> TaskRecord:
     """End a task that has not ended, as cancelled (its running job is stopped)."""
     error = {"code": "cancelled", "message": "cancelled by request"}
     return await _control(
-        db, bus, task_id, "cancelled", ("queued", "running", "paused", "waiting_approval"), error
+        db, bus, task_id, "cancelled", ("queued", "running", "paused", *WAITING), error
     )
 
 
 async def resume_task(db: Database, bus: EventBus | None, task_id: int) -> TaskRecord:
-    """Queue a paused task again: it goes on from its last stored step."""
+    """Queue a paused task, or one waiting for a budget (raised meanwhile), again now: it
+    goes on from its last stored step."""
     bus = bus if bus is not None else EventBus(db)
     async with db.transaction() as tx:
         task = await _locked(tx, task_id)
-        if task.status != "paused":
+        if task.status not in ("paused", "waiting_budget"):
             raise ConflictError(
-                f"task {task_id} is {task.status}: only a paused task is resumed",
+                f"task {task_id} is {task.status}: only a paused task, or one waiting for a "
+                "budget, is resumed",
                 hint="pause it first" if task.status not in ENDED else "start a new task",
             )
+        if task.job_id is not None:  # the job deferred to the budget's reset
+            await tx.fetch_one(_SQL["cancel_task_job"], task.job_id)
         task = await queue_task(tx, task_id)
         await bus.publish_many(task_event("resumed", task), tx=tx)
     return task
@@ -300,7 +314,7 @@ async def settle_stranded_tasks(db: Database, bus: EventBus | None, limit: int =
             if locked is None:
                 continue  # deleted meanwhile
             task = TaskRecord.from_row(locked)
-            if task.status not in ("queued", "running") or task.job_id is None:
+            if task.status not in ("queued", "running", "waiting_budget") or task.job_id is None:
                 continue
             job = await tx.fetch_val(_SQL["job_status"], task.job_id)
             if job in ("cancelled", "aborted"):
