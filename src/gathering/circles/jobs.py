@@ -1,7 +1,8 @@
 """The circles' jobs, registered through the `gathering.jobs` entry point: `circles:work` (an
 agent works an attempt of a task), `circles:review` (an agent reviews one), `circles:converse`
 (a conversation takes its turns) and `circles:summarize`; and the duty that sends offers
-nobody answered in time (or whose member is gone) to the next member."""
+nobody answered in time (or whose member is gone) to the next member, and moves on the agents'
+work whose job ended without an outcome."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gathering.jobs import ON_SHUTDOWN, JobServices, services_of
 
 blueprint = procrastinate.Blueprint()
 OFFERS_LOCK = LockKey("circles", "offers")
+STRANDED_EVERY = 10  # rounds: agents' work whose job ended without an outcome, every 10 s
 
 
 @blueprint.task(name="work", pass_context=True, retry=ON_SHUTDOWN, queue=QUEUE)
@@ -58,11 +60,17 @@ async def summarize(context: procrastinate.JobContext, conversation_id: int) -> 
 
 def offers_duty(services: JobServices, *, interval: float = 1.0) -> SingletonDuty:
     """Re-routes offers past their deadline, and the tasks of members who are gone, on one
-    instance, every `interval` s."""
+    instance, every `interval` s; every `STRANDED_EVERY` rounds, moves on the agents' work
+    whose job ended without an outcome (`TaskFlow.sweep_stranded`)."""
     flow = TaskFlow(services.db, services.bus)
+    rounds = 0
 
     async def round_() -> None:
+        nonlocal rounds
         await flow.expire_offers()
         await flow.sweep_orphans()
+        if rounds % STRANDED_EVERY == 0:
+            await flow.sweep_stranded()
+        rounds += 1
 
     return SingletonDuty(services.db, OFFERS_LOCK, round_, interval=interval)

@@ -331,3 +331,51 @@ SELECT * FROM circle.conversation_messages
 WHERE conversation_id = $1 AND n > $2
 ORDER BY n
 LIMIT $3
+
+-- name: stranded_work --
+-- Tasks in the hands of an agent member (working, or sent back to them) whose last work job
+-- for the current attempt ended without an outcome: it failed on an unexpected error, or was
+-- cancelled or aborted by hand. (A job asked again later, or waiting for a budget, is a newer
+-- job; a job retried after a shutdown is queued again, not failed.)
+SELECT t.id, t.iteration, last.id AS job_id, last.status::text AS job_status
+FROM circle.tasks t
+JOIN circle.members m ON m.id = t.assignee_id AND m.agent_id IS NOT NULL
+CROSS JOIN LATERAL (
+    SELECT j.id, j.status FROM procrastinate_jobs j
+    WHERE j.task_name IN ('circles:work', 'circles:review')
+      AND j.args->>'task_id' = t.id::text
+      AND j.task_name = 'circles:work'
+      AND j.args->>'iteration' = t.iteration::text
+    ORDER BY j.id DESC
+    LIMIT 1
+) last
+WHERE t.status IN ('in_progress', 'changes_requested')
+  AND last.status IN ('failed', 'cancelled', 'aborted')
+ORDER BY t.id
+LIMIT $1
+
+-- name: stranded_reviews --
+-- Reviews asked of agent members for the current attempt of a task in review whose member's
+-- last review job for it ended without an outcome (failed, cancelled or aborted), and that
+-- the sweep has not handed on yet.
+SELECT t.id, t.iteration, last.member_id, last.id AS job_id, last.status::text AS job_status
+FROM circle.tasks t
+CROSS JOIN LATERAL (
+    SELECT DISTINCT ON (j.args->>'member_id')
+           (j.args->>'member_id')::bigint AS member_id, j.id, j.status
+    FROM procrastinate_jobs j
+    WHERE j.task_name IN ('circles:work', 'circles:review')
+      AND j.args->>'task_id' = t.id::text
+      AND j.task_name = 'circles:review'
+      AND j.args->>'iteration' = t.iteration::text
+    ORDER BY j.args->>'member_id', j.id DESC
+) last
+WHERE t.status = 'in_review'
+  AND last.status IN ('failed', 'cancelled', 'aborted')
+  AND NOT EXISTS (SELECT 1 FROM circle.ended_review_jobs e WHERE e.job_id = last.id)
+ORDER BY t.id
+LIMIT $1
+
+-- name: review_job_handled --
+-- The sweep handed on the review of job $1 (of task $2): not again.
+INSERT INTO circle.ended_review_jobs (job_id, task_id) VALUES ($1, $2) ON CONFLICT DO NOTHING

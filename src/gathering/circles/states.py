@@ -15,7 +15,7 @@ NEXT: Final[dict[str, tuple[str, ...]]] = {
     "offered": ("in_progress", "pending", "offered", "cancelled"),
     "in_progress": ("in_review", "completed", "failed", "cancelled"),
     "in_review": ("completed", "changes_requested", "failed", "cancelled"),
-    "changes_requested": ("in_progress", "cancelled"),
+    "changes_requested": ("in_progress", "failed", "cancelled"),
     "completed": (),
     "failed": (),
     "cancelled": (),

@@ -441,6 +441,38 @@ class TaskFlow:
                 moved += 1
         return moved
 
+    async def sweep_stranded(self, limit: int = 50) -> int:
+        """Agents' work whose job ended without an outcome (it failed on an unexpected error,
+        or a person cancelled the job itself): the attempt fails, and a review goes to a lead
+        (or a person); how many moved. Nothing else would ever move such a task on."""
+        moved = 0
+        for row in await self.db.fetch_all(SQL["stranded_work"], limit):
+            reason = _job_ended(row, "the agent's work")
+            async with self.db.transaction() as tx:
+                task, step = await _locked(tx, row["id"])
+                if task.iteration != row["iteration"] or task.status not in (
+                    "in_progress",
+                    "changes_requested",
+                ):
+                    continue  # moved on meanwhile
+                task = await _move(step, task, "failed", SYSTEM, reason, error=reason)
+                await _ended(step, task)
+                await self._publish(step)
+                moved += 1
+        for row in await self.db.fetch_all(SQL["stranded_reviews"], limit):
+            async with self.db.transaction() as tx:
+                task, step = await _locked(tx, row["id"])
+                await tx.execute(SQL["review_job_handled"], row["job_id"], task.id)
+                if (task.status, task.iteration) != ("in_review", row["iteration"]):
+                    continue
+                if not await _awaits_review(step, task, row["member_id"]):
+                    continue  # answered meanwhile
+                why = _job_ended(row, f"member {row['member_id']}'s review")
+                await _escalate(step, task, why)
+                await self._publish(step)
+                moved += 1
+        return moved
+
     async def fail(self, task_id: int, actor: Actor, error: str, *, iteration: int) -> CircleTask:
         """Attempt `iteration` could not be done (an agent's turn failed)."""
         async with self.db.transaction() as tx:
@@ -575,6 +607,14 @@ class TaskFlow:
 
 
 # --- inside one step's transaction ------------------------------------------------------------
+
+
+def _job_ended(row: dict[str, Any], what: str) -> str:
+    """Why `what` (an agent's work or review) stopped: its job (`row`'s) ended without an
+    outcome."""
+    how = {"failed": "failed on an unexpected error (see the worker's log)"}
+    ended = how.get(row["job_status"], f"was {row['job_status']}")
+    return f"{what} stopped: its job {row['job_id']} {ended}"
 
 
 async def _locked(tx: Queries, task_id: int) -> tuple[CircleTask, _Step]:

@@ -1,0 +1,151 @@
+"""Agents' work whose job ended without an outcome: a job that failed on an unexpected error
+(here: arguments an older worker does not take, as in a rolling deploy) or that a person
+cancelled leaves the task in the agent's hands with nothing running for it. The offers duty's
+sweep fails the attempt, or hands the review on; work that is still queued, or a task a
+person took for an agent by hand, is left alone. The database and the worker are real."""
+
+from __future__ import annotations
+
+import pytest
+from circle_lab import CircleLab, circle_lab
+from task_runtime import until
+
+from gathering.circles import CircleTask, Submission, get_circle_task
+from gathering.circles.jobs import offers_duty
+from gathering.circles.tasks import WORK, Actor, agent_job, task_decisions, task_history
+from gathering.jobs import JobServices
+
+pytestmark = pytest.mark.integration
+lab = circle_lab
+
+
+async def jobs_of(lab: CircleLab, task_id: int, name: str) -> list[dict]:
+    return await lab.db.fetch_all(
+        "SELECT id, status::text AS status, args FROM procrastinate_jobs "
+        "WHERE task_name = $1 AND args->>'task_id' = $2 ORDER BY id",
+        name,
+        str(task_id),
+    )
+
+
+async def cancel(lab: CircleLab, job_id: int) -> None:
+    """What `gathering jobs cancel` does."""
+    await lab.db.fetch_one("SELECT procrastinate_cancel_job_v1($1, false, false)", job_id)
+
+
+async def taken_by_ann(lab: CircleLab) -> tuple[int, int]:
+    """A task offered to agent member ann, taken up as her work job would (job not run)."""
+    circle = await lab.circle(review_required=False)
+    ann = await lab.member(circle, "ann")
+    task = await lab.task(circle, "parse it")
+    assert task.offered_to == ann.id
+    assert await lab.flow.start_attempt(task.id, ann.id, 1) is not None
+    return task.id, ann.id
+
+
+async def in_review(lab: CircleLab) -> tuple[CircleTask, int]:
+    """A task agent member ann worked and handed in, and the agent member asked to review it
+    (its review job not run)."""
+    circle = await lab.circle()
+    ann = await lab.member(circle, "ann", python=4)
+    critic = await lab.member(circle, "critic", "reviewer")
+    task = await lab.task(circle, "parse it", requirements={"python": 3})
+    assert task.offered_to == ann.id
+    await lab.flow.start_attempt(task.id, ann.id, 1)
+    work = Submission(text="done", summary="done")
+    task = await lab.flow.submit(task.id, Actor(member_id=ann.id), work, iteration=1)
+    assert task.status == "in_review"
+    return task, critic.id
+
+
+async def test_work_whose_job_a_person_cancelled_fails_instead_of_hanging(lab: CircleLab):
+    task_id, _ = await taken_by_ann(lab)
+    [job] = await jobs_of(lab, task_id, "circles:work")
+    assert await lab.flow.sweep_stranded() == 0  # its job is queued: nothing to do
+    await cancel(lab, job["id"])
+    assert await lab.flow.sweep_stranded() == 1
+    task = await get_circle_task(lab.db, task_id)
+    assert task.status == "failed"
+    assert task.error == f"the agent's work stopped: its job {job['id']} was cancelled"
+    assert await lab.flow.sweep_stranded() == 0  # once
+
+
+async def test_work_whose_job_failed_unexpectedly_fails_through_the_duty(lab: CircleLab):
+    task_id, ann_id = await taken_by_ann(lab)
+    [first] = await jobs_of(lab, task_id, "circles:work")
+    await cancel(lab, first["id"])
+    task = await get_circle_task(lab.db, task_id)
+    member = next(m for m in await _members(lab, task.circle_id) if m.id == ann_id)
+    async with lab.db.transaction() as tx:  # a job a newer release queued, this one cannot run
+        await agent_job(tx, WORK, task_id, 1, member, from_a_newer_release=True)
+    await lab.start_worker()
+
+    async def failed() -> bool:
+        return (await jobs_of(lab, task_id, "circles:work"))[-1]["status"] == "failed"
+
+    await until("the job failed", failed)
+    assert lab.worker is not None
+    duty = offers_duty(JobServices(lab.db, lab.bus), interval=0.05)
+    await duty.start()
+    try:
+        task = await lab.wait(task_id, "failed")
+    finally:
+        await duty.stop()
+    assert task.error is not None
+    assert "its job" in task.error and "failed on an unexpected error" in task.error
+    moves = [(h["from_status"], h["to_status"]) for h in await task_history(lab.db, task_id)]
+    assert moves[-1] == ("in_progress", "failed")
+
+
+async def test_work_sent_back_whose_job_failed_fails_too(lab: CircleLab):
+    task, reviewer = await in_review(lab)
+    verdict = {"verdict": "changes_requested", "feedback": "handle the empty file"}
+    task = await lab.flow.review(task.id, Actor(member_id=reviewer), _review(verdict))
+    assert task.status == "changes_requested" and task.iteration == 2
+    rework = (await jobs_of(lab, task.id, "circles:work"))[-1]
+    assert rework["args"]["iteration"] == 2
+    await cancel(lab, rework["id"])
+    assert await lab.flow.sweep_stranded() == 1
+    task = await get_circle_task(lab.db, task.id)
+    assert task.status == "failed" and f"its job {rework['id']} was cancelled" in (task.error or "")
+
+
+async def test_a_review_whose_job_ended_goes_to_a_person_when_no_lead_is_left(lab: CircleLab):
+    task, reviewer = await in_review(lab)
+    [review] = await jobs_of(lab, task.id, "circles:review")
+    assert review["args"]["member_id"] == reviewer
+    assert await lab.flow.sweep_stranded() == 0  # queued: it will run
+    await cancel(lab, review["id"])
+    assert await lab.flow.sweep_stranded() == 1
+    decisions = await task_decisions(lab.db, task.id)
+    assert decisions[-1]["kind"] == "escalation" and decisions[-1]["member_id"] is None
+    assert decisions[-1]["reason"] == (
+        f"member {reviewer}'s review stopped: its job {review['id']} was "
+        "cancelled; a person decides"
+    )
+    assert (await get_circle_task(lab.db, task.id)).status == "in_review"
+    assert await lab.flow.sweep_stranded() == 0  # handed on once
+
+
+async def test_a_task_taken_for_an_agent_by_hand_is_left_alone(lab: CircleLab):
+    """No job was ever queued for it (a lead took it as the agent): nothing ended, so the
+    sweep does not fail it."""
+    circle = await lab.circle(active=False, review_required=False)
+    ann = await lab.member(circle, "ann", "lead")
+    task = await lab.task(circle, "by hand")
+    await lab.flow.claim(task.id, Actor(member_id=ann.id))
+    assert await jobs_of(lab, task.id, "circles:work") == []
+    assert await lab.flow.sweep_stranded() == 0
+    assert (await get_circle_task(lab.db, task.id)).status == "in_progress"
+
+
+async def _members(lab: CircleLab, circle_id: int):  # type: ignore[no-untyped-def]
+    from gathering.circles.store import list_members
+
+    return await list_members(lab.db, circle_id)
+
+
+def _review(verdict: dict):  # type: ignore[no-untyped-def]
+    from gathering.circles import ReviewIn
+
+    return ReviewIn.model_validate(verdict)
