@@ -647,7 +647,7 @@ async def test_a_person_reworks_after_an_agent_reviewer_asks_for_changes(
     assert sent_back["feedback"] == "handle empty input"
     assert sent_back["assignee_id"] == author["id"]
     not_yet = refusal(await act(api, task, "submit", {"text": "x"}), 409, "illegal_transition")
-    assert not_yet["details"]["allowed"] == ["in_progress", "cancelled"]
+    assert not_yet["details"]["allowed"] == ["in_progress", "failed", "cancelled"]
     others = refusal(
         await act(api, task, "claim", {"member_id": critic["id"]}), 403, "permission_denied"
     )
