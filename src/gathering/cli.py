@@ -597,14 +597,20 @@ def providers_test(
 ) -> None:
     """Make one minimal call to a provider: its latency, or the error (exit code 1)."""
     from gathering.catalog.providers import ProviderTestResult, provider_named, run_provider_test
-    from gathering.tools.egress import check_model_endpoint
+    from gathering.tools.egress import check_model_endpoint, model_endpoint_addresses
 
     settings = settings_or_exit()
 
     async def work() -> ProviderTestResult:
         async with _catalog_db(settings) as db:
             record = await provider_named(db, name)
-            return await run_provider_test(db, record.id, model, check_address=check_model_endpoint)
+            return await run_provider_test(
+                db,
+                record.id,
+                model,
+                check_address=check_model_endpoint,
+                pin=model_endpoint_addresses,
+            )
 
     result = run_async(work)
     if result.ok:

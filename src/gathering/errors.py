@@ -193,6 +193,15 @@ class ProviderNotConfiguredError(LLMError):
     public_message = "the model provider is not configured on this server"
 
 
+class ProviderAddressRefusedError(LLMError):
+    """A provider's host resolved, just before a request, to an address model providers are
+    never called at (a cloud metadata address): the request was not sent."""
+
+    code = "provider_address_refused"
+    http_status = 502
+    public_message = "the model provider's address was refused by the egress rules"
+
+
 class ProviderKeyUnreadableError(ProviderNotConfiguredError):
     """A provider key stored in the catalog cannot be decrypted with this server's secret."""
 

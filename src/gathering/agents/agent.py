@@ -37,7 +37,7 @@ from gathering.tools.agent_tools import (
     linked_project,
 )
 from gathering.tools.context import ToolContext
-from gathering.tools.egress import check_model_endpoint
+from gathering.tools.egress import check_model_endpoint, model_endpoint_addresses
 from gathering.tools.function import FunctionTool
 from gathering.tools.mcp import mcp_hub
 from gathering.tools.registry import loaded_registry, named_tool
@@ -273,10 +273,15 @@ class Agent:
         provider it names (environment variables win, see `gathering.catalog.providers`), and
         the context window an admin set for its model. Arguments given to the agent win. The
         stored address is checked against the egress rules of model endpoints first (never a
-        cloud metadata address); the key is decrypted with its store's server secret."""
+        cloud metadata address), and again, pinned, as each request is sent; the key is
+        decrypted with its store's server secret."""
         settings = self._store.db.settings if isinstance(self._store, PostgresAgentStore) else None
         config = await agent_provider_config(
-            queries, self.provider, check_address=check_model_endpoint, settings=settings
+            queries,
+            self.provider,
+            check_address=check_model_endpoint,
+            pin=model_endpoint_addresses,
+            settings=settings,
         )
         limits = await model_limits(queries, self.provider, self.model)
         if limits is not None and limits.source == "catalog":

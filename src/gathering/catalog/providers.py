@@ -51,7 +51,7 @@ from gathering.errors import (
     ProviderAuthenticationError,
 )
 from gathering.llm import Message, get_provider
-from gathering.llm.common import configured_secret, configured_value
+from gathering.llm.common import AddressPin, configured_secret, configured_value
 from gathering.llm.openai import NO_KEY
 from gathering.llm.registry import default_model
 from gathering.observability import mask_in_logs
@@ -454,11 +454,15 @@ class Connection:
         return [key for key in found if key != NO_KEY]
 
 
-async def _connection(row: Mapping[str, Any], settings: Settings | None) -> Connection:
+async def _connection(
+    row: Mapping[str, Any], settings: Settings | None, pin: AddressPin | None = None
+) -> Connection:
     kind, name = row["kind"], row["name"]
     config: dict[str, Any] = {}
     if row["base_url"] and not _env_sets_address(kind):
         config["host" if kind == "ollama" else "base_url"] = row["base_url"]
+        if pin is not None:
+            config["pin"] = pin  # an admin's address: each request checked as it is sent
     stored = row["key_ciphertext"]
     source: KeySource | None = None
     if _env_key_for(kind, row["base_url"]):
@@ -486,16 +490,18 @@ async def agent_provider_config(
     provider: str,
     *,
     check_address: AddressCheck | None = None,
+    pin: AddressPin | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """The constructor arguments (address, key) the catalog gives an agent whose provider is
     `provider` (`provider_for_agent`); empty when the catalog has none (the environment then
-    decides, as before). `check_address` checks the stored address before it is used;
+    decides, as before). `check_address` checks the stored address before it is used, and
+    `pin` each request's addresses just before it is sent (`gathering.llm.pinning`);
     `settings` hold the server secret the key is decrypted with (default: the process's)."""
     row = await provider_for_agent(q, provider)
     if row is None:
         return {}
-    connection = await _connection(row, settings)
+    connection = await _connection(row, settings, pin)
     if connection.address is not None and check_address is not None:
         await check_address(connection.address)
     return connection.config
@@ -540,16 +546,17 @@ async def run_provider_test(
     model: str | None = None,
     *,
     check_address: AddressCheck | None = None,
+    pin: AddressPin | None = None,
 ) -> ProviderTestResult:
     """Make one minimal call (a few output tokens, no retry) to the provider `provider_id` with
     `model` (default: its kind's default model); report the latency, or the error as
     `gathering.llm` maps it (the provider's status, not its body), with any key in it masked.
-    `check_address` checks the stored address first; the local kind takes model names only,
-    no file paths."""
+    `check_address` checks the stored address first, `pin` each request's addresses; the
+    local kind takes model names only, no file paths."""
     row = await db.fetch_one(SQL["catalog_provider_with_key"], provider_id)
     if row is None:
         raise _missing(provider_id)
-    connection = await _connection(row, db.settings)
+    connection = await _connection(row, db.settings, pin)
     model = model or default_model(connection.factory)
     secrets = [*connection.secrets(), *filter(None, [_env_key(row["kind"])])]
     started = time.perf_counter()

@@ -25,6 +25,7 @@ from gathering.llm.types import (
 )
 
 if TYPE_CHECKING:
+    import httpx2
     from anthropic import AsyncAnthropic
 
 ENV_VAR = "ANTHROPIC_API_KEY"
@@ -55,12 +56,19 @@ _ERROR_TYPE_STATUS = {
 
 
 def create_anthropic_client(
-    *, api_key: str, base_url: str | None, timeout: float
+    *,
+    api_key: str,
+    base_url: str | None,
+    timeout: float,
+    http_client: httpx2.AsyncClient | None = None,
 ) -> AsyncAnthropic:
-    """The SDK client `AnthropicProvider` uses; its own retries are off (we retry)."""
+    """The SDK client `AnthropicProvider` uses; its own retries are off (we retry). With
+    `http_client`, its requests go through that client (pinned addresses)."""
     from anthropic import AsyncAnthropic
 
-    return AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+    return AsyncAnthropic(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0, http_client=http_client
+    )
 
 
 def anthropic_messages(
@@ -178,7 +186,11 @@ class AnthropicProvider(BaseProvider):
             raise missing_key_error(self.provider_name, ENV_VAR)
         from gathering import llm
 
-        return llm.anthropic_client(api_key=api_key, base_url=self._base_url, timeout=self.timeout)
+        pinned = self._http_client()
+        extra = {} if pinned is None else {"http_client": pinned}
+        return llm.anthropic_client(
+            api_key=api_key, base_url=self._base_url, timeout=self.timeout, **extra
+        )
 
     def _params(self, request: Request) -> dict[str, Any]:
         system, turns = anthropic_messages(request.messages, with_tools=bool(request.tools))

@@ -9,12 +9,12 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
 
 import structlog
 
-from gathering.errors import InvalidInputError, LLMError
-from gathering.llm.common import configured_secret, ensure_model_requests_allowed
+from gathering.errors import InvalidInputError, LLMError, ProviderAddressRefusedError
+from gathering.llm.common import AddressPin, configured_secret, ensure_model_requests_allowed
 from gathering.llm.context_windows import default_context_window
 from gathering.llm.pricing import Price, price_for
 from gathering.llm.retry import RetryPolicy, retry_async
@@ -39,6 +39,9 @@ from gathering.observability import (
     record_llm_usage,
     start_llm_span,
 )
+
+if TYPE_CHECKING:
+    import httpx2
 
 T = TypeVar("T")
 
@@ -269,6 +272,7 @@ class BaseProvider(ABC):
         max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float | None = None,
         context_window: int | None = None,
+        pin: AddressPin | None = None,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InvalidInputError(f"{self.provider_name}: model must be a non-empty string")
@@ -290,6 +294,7 @@ class BaseProvider(ABC):
         self._sdk_client: Any = None
         self._sdk_client_loop: asyncio.AbstractEventLoop | None = None
         self._injected_client: Any = None
+        self._pin = pin  # each request's host resolved and checked just before it is sent
 
     @property
     def name(self) -> str:
@@ -455,13 +460,28 @@ class BaseProvider(ABC):
 
     def _mapped(self, exc: Exception) -> LLMError | None:
         """`_translate_error(exc)`, the key given to this provider masked in the log lines that
-        may quote it (a provider's error text can: a traceback logged later)."""
+        may quote it (a provider's error text can: a traceback logged later). An address the
+        pinned transport refused is that refusal (the SDK wraps it as a connection error)."""
         key = self._api_key
         if key is None and self._key_setting is not None:
             key = configured_secret(self._key_setting)  # the environment's key
         if key:
             mask_in_logs(key)
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ProviderAddressRefusedError):
+                return cause
+            cause = cause.__cause__ or cause.__context__
         return self._translate_error(exc)
+
+    def _http_client(self) -> httpx2.AsyncClient | None:
+        """The httpx client an SDK client is built with when requests are pinned (`pin`);
+        None: the SDK's own."""
+        if self._pin is None:
+            return None
+        from gathering.llm.pinning import pinned_http_client
+
+        return pinned_http_client(self._pin, self.timeout)
 
     def _inject_client(self, client: object | None) -> None:
         """Use `client` (an SDK client built by the caller) as-is for every call."""

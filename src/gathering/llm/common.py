@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
@@ -10,6 +10,11 @@ from gathering.config import get_settings, is_loopback
 from gathering.errors import ConfigurationError
 from gathering.llm.retry import RetryPolicy
 from gathering.observability import mask_in_logs
+
+AddressPin = Callable[[str, int], Awaitable[Sequence[str]]]
+"""`pin(host, port)`: the checked addresses a request to `host` connects to (see
+`gathering.llm.pinning`). It raises `ProviderAddressRefusedError` to refuse them, an
+`httpx.ConnectError` when the name has none."""
 
 
 class ProviderOptions(TypedDict, total=False):
@@ -20,6 +25,7 @@ class ProviderOptions(TypedDict, total=False):
     max_tokens: int
     temperature: float | None
     context_window: int | None
+    pin: AddressPin | None
 
 
 def configured_secret(field: str) -> str | None:

@@ -29,6 +29,7 @@ from gathering.llm.types import (
 )
 
 if TYPE_CHECKING:
+    import httpx
     from ollama import AsyncClient
 
 DEFAULT_MODEL = "llama3.2"
@@ -37,11 +38,16 @@ DEFAULT_HOST = "http://127.0.0.1:11434"
 _REQUEST_FIELDS = frozenset({"format", "keep_alive", "think"})
 
 
-def create_ollama_client(*, host: str, timeout: float) -> AsyncClient:
-    """The SDK client `OllamaProvider` uses."""
+def create_ollama_client(
+    *, host: str, timeout: float, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncClient:
+    """The SDK client `OllamaProvider` uses; with `transport`, its requests go through it
+    (pinned addresses)."""
     from ollama import AsyncClient
 
-    return AsyncClient(host=host, timeout=timeout)
+    if transport is None:
+        return AsyncClient(host=host, timeout=timeout)
+    return AsyncClient(host=host, timeout=timeout, transport=transport, trust_env=False)
 
 
 def ollama_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -154,7 +160,12 @@ class OllamaProvider(BaseProvider):
     def _build_client(self) -> AsyncClient:
         from gathering import llm
 
-        return llm.ollama_client(host=self.host, timeout=self.timeout)
+        if self._pin is None:
+            return llm.ollama_client(host=self.host, timeout=self.timeout)
+        from gathering.llm.pinning import PinnedTransport
+
+        transport = PinnedTransport(self._pin)
+        return llm.ollama_client(host=self.host, timeout=self.timeout, transport=transport)
 
     def _params(self, request: Request) -> dict[str, Any]:
         options = request.options

@@ -28,6 +28,7 @@ from gathering.llm.types import (
 )
 
 if TYPE_CHECKING:
+    import httpx2
     from openai import AsyncOpenAI
 
 ENV_VAR = "OPENAI_API_KEY"
@@ -46,11 +47,20 @@ _STOP_REASONS: dict[str | None, StopReason] = {
 }
 
 
-def create_openai_client(*, api_key: str, base_url: str | None, timeout: float) -> AsyncOpenAI:
-    """The SDK client `OpenAIProvider` uses; its own retries are off (we retry)."""
+def create_openai_client(
+    *,
+    api_key: str,
+    base_url: str | None,
+    timeout: float,
+    http_client: httpx2.AsyncClient | None = None,
+) -> AsyncOpenAI:
+    """The SDK client `OpenAIProvider` uses; its own retries are off (we retry). With
+    `http_client`, its requests go through that client (pinned addresses)."""
     from openai import AsyncOpenAI
 
-    return AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+    return AsyncOpenAI(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0, http_client=http_client
+    )
 
 
 def openai_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -162,7 +172,9 @@ class OpenAIProvider(BaseProvider):
             api_key = NO_KEY
         from gathering import llm
 
-        return llm.openai_client(api_key=api_key, base_url=base_url, timeout=self.timeout)
+        pinned = self._http_client()
+        extra = {} if pinned is None else {"http_client": pinned}
+        return llm.openai_client(api_key=api_key, base_url=base_url, timeout=self.timeout, **extra)
 
     def _params(self, request: Request) -> dict[str, Any]:
         options = request.options

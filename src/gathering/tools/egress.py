@@ -76,6 +76,7 @@ from gathering.config import get_settings
 from gathering.errors import (
     InvalidInputError,
     PermissionDeniedError,
+    ProviderAddressRefusedError,
     ToolFailedError,
     ToolTimeoutError,
 )
@@ -462,6 +463,31 @@ async def check_model_endpoint(url: str, *, resolve: bool = True) -> None:
         ) from None
     except ToolTimeoutError:
         return  # a slow name server: the call itself reports what happens
+
+
+async def model_endpoint_addresses(
+    host: str, port: int, *, resolver: Resolver | None = None
+) -> list[str]:
+    """The addresses a model provider's request to `host`:`port` connects to, resolved now
+    (with `resolver`, default the system's) and checked as `check_model_endpoint` checks a
+    stored address (never a cloud metadata address): the `pin` of `gathering.llm.pinning`.
+    `ProviderAddressRefusedError` when one is refused; `httpx.ConnectError` when the name
+    does not resolve in time or at all (the call then reports the provider unreachable)."""
+    url = httpx.URL(scheme="http", host=host, port=port, path="/")
+    try:
+        target = await check_url(url, MODEL_ENDPOINTS, resolver)
+    except (PermissionDeniedError, InvalidInputError) as exc:
+        if "does not resolve" in exc.message or "has no address" in exc.message:
+            raise httpx.ConnectError(f"{host} does not resolve") from None
+        raise ProviderAddressRefusedError(
+            f"the provider address {host}:{port} is refused: {exc.message.rpartition(': ')[2]}",
+            hint="model providers are never called at cloud metadata addresses; "
+            "check the provider's base_url and its DNS",
+            details={"host": host, "port": port},
+        ) from None
+    except ToolTimeoutError:
+        raise httpx.ConnectError(f"{host} did not resolve in time") from None
+    return [str(address) for address in target.addresses]
 
 
 def _parse(url: str | httpx.URL, policy: EgressPolicy) -> tuple[httpx.URL, str, IPAddress | None]:

@@ -40,7 +40,7 @@ from gathering.catalog.providers import (
     remove_provider,
     run_provider_test,
 )
-from gathering.tools.egress import check_model_endpoint
+from gathering.tools.egress import check_model_endpoint, model_endpoint_addresses
 
 router = APIRouter(prefix="/providers", tags=["providers"])
 ProvidersReader = Annotated[Principal, Depends(require_scope("providers:read"))]
@@ -334,7 +334,11 @@ async def test(
     body: Annotated[ProviderTestIn | None, Body()] = None,
 ) -> ProviderTestOut:
     result = await run_provider_test(
-        db, provider_id, body.model if body else None, check_address=check_model_endpoint
+        db,
+        provider_id,
+        body.model if body else None,
+        check_address=check_model_endpoint,
+        pin=model_endpoint_addresses,
     )
     error = ProviderError.model_validate(result.error) if result.error else None
     return ProviderTestOut(

@@ -1,0 +1,101 @@
+"""Requests to a provider's address pinned to the addresses checked for them.
+
+A provider whose address an admin stored is called through a pinned transport: just before
+each request, `pin(host, port)` resolves the host and checks every address (the egress rules
+of model endpoints, given by the layers above: never a cloud metadata address). The
+connection goes to a checked address, with the `Host` header and the TLS name (SNI and the
+certificate check) of the host: the name is never resolved again, so it cannot rebind to
+another address between the check and the connection. The next address is tried only when
+connecting to one fails, before anything is sent. No HTTP proxy of the environment is used.
+
+The OpenAI and Anthropic SDKs send through `httpx2` (`pinned_http_client`), Ollama's through
+`httpx` (`PinnedTransport`): the same logic, over either library.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import httpx
+import httpx2
+
+from gathering.llm.common import AddressPin
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _send_pinned(pin: AddressPin, inner: Any, request: Any, library: Any) -> Any:
+    """`request` (of `library`: httpx or httpx2) sent by `inner` to a checked address."""
+    url = request.url
+    host = url.host
+    addresses = await pin(host, url.port or _DEFAULT_PORTS.get(url.scheme, 80))
+    if not addresses:
+        raise library.ConnectError(f"{host} has no address", request=request)
+    extensions = dict(request.extensions)
+    if url.scheme == "https" and not _is_literal(host):
+        extensions["sni_hostname"] = host  # and the certificate is checked for it
+    failure: Exception | None = None
+    for address in addresses:
+        pinned = library.Request(
+            request.method,
+            url.copy_with(host=address),
+            headers=request.headers,  # its Host header names the host, not the address
+            stream=request.stream,
+            extensions=extensions,
+        )
+        try:
+            return await inner.handle_async_request(pinned)
+        except library.ConnectError as exc:  # nothing was sent: the next address
+            failure = exc
+    assert failure is not None
+    raise failure
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that connects each request to the addresses `pin` checked for its
+    host (see the module docstring)."""
+
+    def __init__(self, pin: AddressPin) -> None:
+        self._pin = pin
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` to a checked address of its host."""
+        response: httpx.Response = await _send_pinned(self._pin, self._inner, request, httpx)
+        return response
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._inner.aclose()
+
+
+class PinnedTransport2(httpx2.AsyncBaseTransport):
+    """`PinnedTransport` over httpx2 (the OpenAI and Anthropic SDKs' HTTP library)."""
+
+    def __init__(self, pin: AddressPin) -> None:
+        self._pin = pin
+        self._inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Send `request` to a checked address of its host."""
+        response: httpx2.Response = await _send_pinned(self._pin, self._inner, request, httpx2)
+        return response
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._inner.aclose()
+
+
+def pinned_http_client(pin: AddressPin, timeout: float) -> httpx2.AsyncClient:
+    """An httpx2 client whose every request goes through `PinnedTransport2(pin)`, for an SDK
+    client (`http_client=`)."""
+    return httpx2.AsyncClient(transport=PinnedTransport2(pin), timeout=timeout, trust_env=False)
