@@ -150,7 +150,9 @@ async def test_pause_resume_and_cancel_a_task_held_in_a_tool(
     assert (await api.get(where)).json()["status"] == "running"
     not_paused = await api.post(f"{where}/resume")
     assert not_paused.status_code == 409, not_paused.text
-    assert "only a paused task is resumed" in not_paused.json()["detail"]
+    assert (
+        "only a paused task, or one waiting for a budget, is resumed" in not_paused.json()["detail"]
+    )
 
     paused = await api.post(f"{where}/pause")
     assert paused.status_code == 200, paused.text

@@ -120,12 +120,16 @@ def test_the_controls_and_their_refusals(tasker: str) -> None:
     assert "0 task(s)" in invoke("tasks", "list", "--status", "succeeded")
 
     ident = str(task_id)
-    assert "only a paused task is resumed" in refused("tasks", "resume", ident)
+    assert "only a paused task, or one waiting for a budget, is resumed" in refused(
+        "tasks", "resume", ident
+    )
     assert ": queued;" in invoke("tasks", "show", ident)  # the refusal changed nothing
     assert f"task {task_id}: paused" in invoke("tasks", "pause", ident)
     assert f"task {task_id} is paused: it cannot be paused" in refused("tasks", "pause", ident)
     assert f"task {task_id}: queued" in invoke("tasks", "resume", ident)
-    assert "only a paused task is resumed" in refused("tasks", "resume", ident)
+    assert "only a paused task, or one waiting for a budget, is resumed" in refused(
+        "tasks", "resume", ident
+    )
     assert f"task {task_id}: cancelled" in invoke("tasks", "cancel", ident)
     for verb in ("pause", "resume", "cancel"):
         assert f"task {task_id} is cancelled" in refused("tasks", verb, ident), verb
