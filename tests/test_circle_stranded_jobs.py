@@ -6,13 +6,18 @@ person took for an agent by hand, is left alone. The database and the worker are
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 from circle_lab import CircleLab, circle_lab
 from task_runtime import until
 
 from gathering.circles import CircleTask, Submission, get_circle_task
 from gathering.circles.jobs import offers_duty
+from gathering.circles.store import SQL
 from gathering.circles.tasks import WORK, Actor, agent_job, task_decisions, task_history
+from gathering.errors import NotFoundError
 from gathering.jobs import JobServices
 
 pytestmark = pytest.mark.integration
@@ -149,3 +154,72 @@ def _review(verdict: dict):  # type: ignore[no-untyped-def]
     from gathering.circles import ReviewIn
 
     return ReviewIn.model_validate(verdict)
+
+
+async def test_a_lead_who_took_an_offered_task_is_not_failed_for_the_other_agents_job(
+    lab: CircleLab,
+):
+    """The offer's job was another member's: it ending says nothing of the lead's work."""
+    circle = await lab.circle(review_required=False)
+    ann = await lab.member(circle, "ann", python=5)
+    boss = await lab.member(circle, "boss", "lead", python=3)
+    task = await lab.task(circle, "parse it", requirements={"python": 3})
+    assert task.offered_to == ann.id
+    await lab.flow.claim(task.id, Actor(member_id=boss.id))
+    [job] = await jobs_of(lab, task.id, "circles:work")
+    await cancel(lab, job["id"])  # ann's job, pointless now
+    assert await lab.flow.sweep_stranded() == 0
+    task = await get_circle_task(lab.db, task.id)
+    assert (task.status, task.assignee_id) == ("in_progress", boss.id)
+
+
+async def test_two_sweeps_at_once_hand_a_review_on_once(lab: CircleLab):
+    task, _ = await in_review(lab)
+    [review] = await jobs_of(lab, task.id, "circles:review")
+    await cancel(lab, review["id"])
+    moved = await asyncio.gather(lab.flow.sweep_stranded(), lab.flow.sweep_stranded())
+    assert sorted(moved) == [0, 1]
+    escalations = [d for d in await task_decisions(lab.db, task.id) if d["kind"] == "escalation"]
+    assert len(escalations) == 1
+
+
+async def test_a_review_already_handed_on_when_its_member_left_is_not_handed_on_again(
+    lab: CircleLab,
+):
+    task, critic = await in_review(lab)
+    await lab.member(task_circle := await _circle_of(lab, task), "boss", "lead")
+    await lab.db.execute("UPDATE circle.members SET active = false WHERE id = $1", critic)
+    assert await lab.flow.member_left(task_circle.id, critic) == 1  # to the lead
+    jobs = await jobs_of(lab, task.id, "circles:review")
+    [review] = [job for job in jobs if job["args"]["member_id"] == critic]
+    await cancel(lab, review["id"])  # the critic's, who left
+    assert await lab.flow.sweep_stranded() == 0
+    escalations = [d for d in await task_decisions(lab.db, task.id) if d["kind"] == "escalation"]
+    assert len(escalations) == 1 and escalations[0]["member_id"] is not None
+
+
+async def test_a_circle_deleted_mid_sweep_does_not_stop_the_sweep(lab: CircleLab):
+    first, _ = await taken_by_ann(lab)
+    [job] = await jobs_of(lab, first, "circles:work")
+    await cancel(lab, job["id"])
+    other = await lab.circle("other", review_required=False)
+    bob = await lab.member(other, "bob")
+    second = await lab.task(other, "also")
+    await lab.flow.start_attempt(second.id, bob.id, 1)
+    [job] = await jobs_of(lab, second.id, "circles:work")
+    await cancel(lab, job["id"])
+    gone = await get_circle_task(lab.db, first)
+    stranded = await lab.db.fetch_all(SQL["stranded_work"], 50)
+    assert [row["id"] for row in stranded] == [first, second.id]
+    await lab.db.execute("DELETE FROM circle.circles WHERE id = $1", gone.circle_id)
+    for row in stranded:  # the rows read before the delete, as a sweep holds them
+        with contextlib.suppress(NotFoundError):
+            await lab.flow._fail_stranded(row)
+    assert (await get_circle_task(lab.db, second.id)).status == "failed"
+    assert await lab.flow.sweep_stranded() == 0
+
+
+async def _circle_of(lab: CircleLab, task: CircleTask):  # type: ignore[no-untyped-def]
+    from gathering.circles import get_circle
+
+    return await get_circle(lab.db, task.circle_id)

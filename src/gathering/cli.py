@@ -2493,7 +2493,10 @@ def _task_command(verb: str, summary: str) -> None:
 
         async def work() -> Any:
             async with _agent_store(settings) as store:
-                return await act(store.db, None, task_id)
+                task = await act(store.db, None, task_id)
+                if verb == "resume":  # it waits for a worker: say so when none is alive
+                    await _stop_worker(await _with_a_worker(settings, store.db, follow=False))
+                return task
 
         task = run_async(work)
         console.print(f"task [bold]{task.id}[/]: {_styled(task.status)}")

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from gathering.agents import Agent, PostgresAgentStore
 from gathering.cli import app
 from gathering.config import get_settings
-from gathering.scheduler.tasks import cancel_task, pause_task, resume_task
-from gathering.usage import Attribution, BudgetSpec, LedgerEntry, record, remove_budget, set_budget
+from gathering.scheduler.tasks import cancel_task, get_task, pause_task, resume_task
+from gathering.usage import Attribution, BudgetSpec, LedgerEntry, record, set_budget
 
 runner = CliRunner()
 
@@ -97,11 +97,12 @@ async def test_a_task_refused_by_a_used_up_budget_waits_for_its_reset_or_a_resum
     assert task.error is not None and task.error["code"] == "budget_exceeded"
     assert task.error["details"]["budget_id"] == budget.id
     resets_at = datetime.fromisoformat(task.error["details"]["resets_at"])
-    job = await job_of(lab, task.job_id)  # deferred to the reset, no worker held meanwhile
-    assert job is not None and (job["status"], job["scheduled_at"]) == ("todo", resets_at)
     waiting = [e for e in lab.events if e.type == "task.waiting" and e.data["task_id"] == task.id]
     assert waiting and waiting[0].data["reason"] == "budget"
-    assert waiting[0].data["retry_at"] == resets_at.isoformat()
+    retry_at = datetime.fromisoformat(waiting[0].data["retry_at"])  # the reset, or 5 min
+    assert retry_at <= resets_at and (retry_at - task.updated_at).total_seconds() <= 301
+    job = await job_of(lab, task.job_id)  # deferred to it, no worker held meanwhile
+    assert job is not None and (job["status"], job["scheduled_at"]) == ("todo", retry_at)
     assert waiting[0].data["error"]["code"] == "budget_exceeded"
     assert (
         await lab.db.fetch_val("SELECT count(*) FROM usage.ledger WHERE task_id IS NOT NULL") == 0
@@ -138,29 +139,82 @@ async def test_the_job_deferred_to_the_reset_takes_the_task_up(lab: Lab) -> None
     assert "task.started" in lab.kinds(task.id)
 
 
-async def test_no_reset_makes_room_so_no_job_waits_for_one(lab: Lab) -> None:
-    # A `total` budget never resets; a call larger than a day budget's whole limit never fits.
-    for spec in (
-        BudgetSpec("agent", lab.agent_id, "total", limit_tokens=100_000),
-        BudgetSpec("agent", lab.agent_id, "day", limit_tokens=10),
-    ):
-        budget = await set_budget(lab.db, spec, actor_id=None)
-        if spec.period == "total":
-            await spend(lab, 99_990)
-        task = await lab.start("report")
-        task = await lab.wait(task.id, "waiting_budget", "failed", "succeeded")
-        assert task.status == "waiting_budget" and task.job_id is None, task
-        events = [
-            e for e in lab.events if e.type == "task.waiting" and e.data["task_id"] == task.id
-        ]
-        assert events[0].data["retry_at"] is None
-        # waiting, it can be paused, resumed (refused again: it waits again) and cancelled
-        assert (await pause_task(lab.db, lab.bus, task.id)).status == "paused"
-        await resume_task(lab.db, lab.bus, task.id)
-        again = await lab.wait(task.id, "waiting_budget", "failed", "succeeded", limit=30)
-        assert again.status == "waiting_budget" and again.updated_at > task.updated_at
-        assert (await cancel_task(lab.db, lab.bus, task.id)).status == "cancelled"
-        await remove_budget(lab.db, budget.id, actor_id=None)
+async def test_a_call_larger_than_the_whole_limit_waits_for_a_person_only(lab: Lab) -> None:
+    """No reset and no look makes room for it: no job waits, a raised budget and a resume
+    do. Waiting, it can be paused, resumed (refused again: it waits again) and cancelled."""
+    spec = BudgetSpec("agent", lab.agent_id, "day", limit_tokens=10)
+    await set_budget(lab.db, spec, actor_id=None)
+    task = await lab.start("report")
+    task = await lab.wait(task.id, "waiting_budget", "failed", "succeeded")
+    assert task.status == "waiting_budget" and task.job_id is None, task
+    events = [e for e in lab.events if e.type == "task.waiting" and e.data["task_id"] == task.id]
+    assert events[0].data["retry_at"] is None
+    assert (await pause_task(lab.db, lab.bus, task.id)).status == "paused"
+    assert (await resume_task(lab.db, lab.bus, task.id)).error is None  # the refusal is over
+    again = await lab.wait(task.id, "waiting_budget", "failed", "succeeded", limit=30)
+    assert again.status == "waiting_budget" and again.updated_at > task.updated_at
+    assert (await cancel_task(lab.db, lab.bus, task.id)).status == "cancelled"
+
+
+async def test_a_waiting_task_looks_again_without_taking_a_step_while_still_refused(lab: Lab):
+    """A `total` budget never resets: the task looks again every 5 minutes (a reservation
+    released, a budget raised). A look the budgets still refuse takes no step and sends no
+    event: the wait goes on under a new job; once the call fits, the next look runs it."""
+    spec = BudgetSpec("agent", lab.agent_id, "total", limit_tokens=100_000)
+    await set_budget(lab.db, spec, actor_id=None)
+    await spend(lab, 99_990)
+    task = await lab.start("report")
+    task = await lab.wait(task.id, "waiting_budget", "failed", "succeeded")
+    first = await job_of(lab, task.job_id)
+    assert first is not None and first["status"] == "todo"
+    wait = (first["scheduled_at"] - task.updated_at).total_seconds()
+    assert 290 < wait < 310, wait  # no reset: the next look
+    kinds = lab.kinds(task.id)
+
+    async def look_now(job_id: int | None) -> None:
+        await lab.db.execute(
+            "UPDATE procrastinate_jobs SET scheduled_at = now() WHERE id = $1", job_id
+        )
+
+    await look_now(task.job_id)
+    deadline = asyncio.get_running_loop().time() + 30
+    while (await get_task(lab.db, task.id)).job_id == task.job_id:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    looked = await get_task(lab.db, task.id)
+    assert looked.status == "waiting_budget" and looked.steps == 0
+    assert (await job_of(lab, task.job_id))["status"] == "succeeded"  # the look, done
+    assert (await job_of(lab, looked.job_id))["status"] == "todo"  # the next one
+    assert lab.kinds(task.id) == kinds  # no task.started, no second task.waiting
+    assert looked.error is not None and looked.error["code"] == "budget_exceeded"
+
+    await set_budget(
+        lab.db, BudgetSpec("agent", lab.agent_id, "total", limit_tokens=10**6), actor_id=None
+    )
+    await look_now(looked.job_id)
+    done = await lab.wait(task.id)
+    assert done.status == "succeeded" and done.error is None, done
+
+
+async def test_a_task_refused_only_for_a_reservation_runs_once_it_is_released(lab: Lab):
+    """The refusal counted a call in flight (its reservation), not spending: the next look,
+    once that call is over, finds room."""
+    spec = BudgetSpec("agent", lab.agent_id, "total", limit_tokens=100_000)
+    budget = await set_budget(lab.db, spec, actor_id=None)
+    await lab.db.execute(
+        "INSERT INTO usage.reservations (budget_id, call_id, tokens, expires_at) "
+        "VALUES ($1, gen_random_uuid(), 99990, now() + interval '1 hour')",
+        budget.id,
+    )
+    task = await lab.start("report")
+    task = await lab.wait(task.id, "waiting_budget", "failed", "succeeded")
+    assert task.status == "waiting_budget" and task.job_id is not None
+    assert task.error["details"]["spent_tokens"] == 0  # refused for what was held only
+    await lab.db.execute("DELETE FROM usage.reservations")  # the call in flight ended
+    await lab.db.execute(
+        "UPDATE procrastinate_jobs SET scheduled_at = now() WHERE id = $1", task.job_id
+    )
+    assert (await lab.wait(task.id)).status == "succeeded"
 
 
 async def test_a_waiting_task_is_resumed_only_once(lab: Lab) -> None:

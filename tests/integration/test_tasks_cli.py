@@ -126,7 +126,9 @@ def test_the_controls_and_their_refusals(tasker: str) -> None:
     assert ": queued;" in invoke("tasks", "show", ident)  # the refusal changed nothing
     assert f"task {task_id}: paused" in invoke("tasks", "pause", ident)
     assert f"task {task_id} is paused: it cannot be paused" in refused("tasks", "pause", ident)
-    assert f"task {task_id}: queued" in invoke("tasks", "resume", ident)
+    resumed = invoke("tasks", "resume", ident)
+    assert f"task {task_id}: queued" in resumed
+    assert "no worker is running" in resumed  # it waits for one: said, not left silent
     assert "only a paused task, or one waiting for a budget, is resumed" in refused(
         "tasks", "resume", ident
     )

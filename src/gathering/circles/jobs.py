@@ -67,10 +67,10 @@ def offers_duty(services: JobServices, *, interval: float = 1.0) -> SingletonDut
 
     async def round_() -> None:
         nonlocal rounds
+        rounds += 1  # first: a round that fails does not sweep again at once
         await flow.expire_offers()
         await flow.sweep_orphans()
-        if rounds % STRANDED_EVERY == 0:
+        if rounds % STRANDED_EVERY == 1:
             await flow.sweep_stranded()
-        rounds += 1
 
     return SingletonDuty(services.db, OFFERS_LOCK, round_, interval=interval)

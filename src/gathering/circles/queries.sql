@@ -334,8 +334,9 @@ LIMIT $3
 
 -- name: stranded_work --
 -- Tasks in the hands of an agent member (working, or sent back to them) whose last work job
--- for the current attempt ended without an outcome: it failed on an unexpected error, or was
--- cancelled or aborted by hand. (A job asked again later, or waiting for a budget, is a newer
+-- of theirs for the current attempt ended without an outcome: it failed on an unexpected
+-- error, or was cancelled or aborted by hand (another member's job, of an offer a lead took
+-- by hand, says nothing about the assignee's work). (A job asked again later, or waiting for a budget, is a newer
 -- job; a job retried after a shutdown is queued again, not failed.)
 SELECT t.id, t.iteration, last.id AS job_id, last.status::text AS job_status
 FROM circle.tasks t
@@ -346,6 +347,7 @@ CROSS JOIN LATERAL (
       AND j.args->>'task_id' = t.id::text
       AND j.task_name = 'circles:work'
       AND j.args->>'iteration' = t.iteration::text
+      AND j.args->>'member_id' = t.assignee_id::text
     ORDER BY j.id DESC
     LIMIT 1
 ) last
@@ -377,5 +379,6 @@ ORDER BY t.id
 LIMIT $1
 
 -- name: review_job_handled --
--- The sweep handed on the review of job $1 (of task $2): not again.
+-- The sweep hands on the review of job $1 (of task $2): not again. No row: another sweep did.
 INSERT INTO circle.ended_review_jobs (job_id, task_id) VALUES ($1, $2) ON CONFLICT DO NOTHING
+RETURNING job_id

@@ -11,6 +11,7 @@ in `circles.work`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -444,34 +445,47 @@ class TaskFlow:
     async def sweep_stranded(self, limit: int = 50) -> int:
         """Agents' work whose job ended without an outcome (it failed on an unexpected error,
         or a person cancelled the job itself): the attempt fails, and a review goes to a lead
-        (or a person); how many moved. Nothing else would ever move such a task on."""
+        (or a person); how many moved. Nothing else would ever move such a task on. A task
+        or circle deleted meanwhile is passed over."""
         moved = 0
         for row in await self.db.fetch_all(SQL["stranded_work"], limit):
-            reason = _job_ended(row, "the agent's work")
-            async with self.db.transaction() as tx:
-                task, step = await _locked(tx, row["id"])
-                if task.iteration != row["iteration"] or task.status not in (
-                    "in_progress",
-                    "changes_requested",
-                ):
-                    continue  # moved on meanwhile
-                task = await _move(step, task, "failed", SYSTEM, reason, error=reason)
-                await _ended(step, task)
-                await self._publish(step)
-                moved += 1
+            with contextlib.suppress(NotFoundError):
+                moved += await self._fail_stranded(row)
         for row in await self.db.fetch_all(SQL["stranded_reviews"], limit):
-            async with self.db.transaction() as tx:
-                task, step = await _locked(tx, row["id"])
-                await tx.execute(SQL["review_job_handled"], row["job_id"], task.id)
-                if (task.status, task.iteration) != ("in_review", row["iteration"]):
-                    continue
-                if not await _awaits_review(step, task, row["member_id"]):
-                    continue  # answered meanwhile
-                why = _job_ended(row, f"member {row['member_id']}'s review")
-                await _escalate(step, task, why)
-                await self._publish(step)
-                moved += 1
+            with contextlib.suppress(NotFoundError):
+                moved += await self._hand_on_review(row)
         return moved
+
+    async def _fail_stranded(self, row: dict[str, Any]) -> int:
+        reason = _job_ended(row, "the agent's work")
+        async with self.db.transaction() as tx:
+            task, step = await _locked(tx, row["id"])
+            if task.iteration != row["iteration"] or task.status not in (
+                "in_progress",
+                "changes_requested",
+            ):
+                return 0  # moved on meanwhile
+            task = await _move(step, task, "failed", SYSTEM, reason, error=reason)
+            await _ended(step, task)
+            await self._publish(step)
+        return 1
+
+    async def _hand_on_review(self, row: dict[str, Any]) -> int:
+        async with self.db.transaction() as tx:
+            task, step = await _locked(tx, row["id"])
+            if await tx.fetch_one(SQL["review_job_handled"], row["job_id"], task.id) is None:
+                return 0  # another sweep handed it on
+            if (task.status, task.iteration) != ("in_review", row["iteration"]):
+                return 0
+            members = {m.id: m for m in await list_members(tx, task.circle_id)}
+            member = members.get(row["member_id"])
+            if member is None or not member.active:
+                return 0  # left or gone: that handed the review on already
+            if not await _awaits_review(step, task, member.id):
+                return 0  # answered meanwhile
+            await _escalate(step, task, _job_ended(row, f"member {member.id}'s review"))
+            await self._publish(step)
+        return 1
 
     async def fail(self, task_id: int, actor: Actor, error: str, *, iteration: int) -> CircleTask:
         """Attempt `iteration` could not be done (an agent's turn failed)."""

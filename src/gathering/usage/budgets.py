@@ -372,9 +372,9 @@ def _event(budget: Budget, kind: str, cost_usd: float, tokens: int) -> Event:
 def exceeded_error(budget: Budget, cost_usd: float, tokens: int) -> BudgetExceededError:
     """The refusal of a call that `budget` cannot take."""
     when = f"it resets at {budget.resets_at:%Y-%m-%d %H:%M} UTC" if budget.resets_at else ""
-    period = {"day": "today (UTC)", "month": "this month (UTC)", "total": "in total"}
+    period = {"day": "for today (UTC)", "month": "for this month (UTC)", "total": "in total"}
     return BudgetExceededError(
-        f"the {budget.scope} {budget.target_id} budget ({budget.id}) for {period[budget.period]} "
+        f"the {budget.scope} {budget.target_id} budget ({budget.id}) {period[budget.period]} "
         f"cannot take this model call{': ' + when if when else ''}",
         hint="an admin can raise it (`gathering budgets set` or PUT /budgets), then resume or "
         "send the message again" + ("; or wait for the reset" if budget.resets_at else ""),

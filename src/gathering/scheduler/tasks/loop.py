@@ -15,10 +15,10 @@ next model call. Each step is stored before the next starts, so a job that start
 
 The task's limits are checked before each model call; the model call and each tool get at
 most what is left of the task's seconds. A call a money or token budget refuses makes the task
-wait (`waiting_budget`) for the budget's reset or a resume. Every write is fenced by the lease
-the job took when it started the task: a job whose task was paused, cancelled or resumed
-meanwhile, or a job delivered twice (its worker thought dead but still running), stores
-nothing more.
+wait (`waiting_budget`) for a look at the budget's reset or within 5 minutes, or a resume.
+Every write is fenced by the lease the job took when it started the task: a job whose task was
+paused, cancelled or resumed meanwhile, or a job delivered twice (its worker thought dead but
+still running), stores nothing more.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -82,6 +83,7 @@ from gathering.usage import (
 )
 from gathering.usage import record as record_usage
 from gathering.usage.budgets import larger_than_its_budget, reset_of
+from gathering.usage.budgets import refusal_of as budget_refusal_of
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.scheduler.tasks")
@@ -93,6 +95,9 @@ TASK_BRIEF = (
 )
 ENDED_CALLS = ("finished", "failed", "interrupted", "not_run")
 ALIVE_SECONDS = 2.0
+# A task waiting for a budget looks again this often (a reservation released, a budget
+# raised), else at the budget's reset when that comes first.
+BUDGET_RECHECK_SECONDS = 300.0
 NO_TIME_LEFT = "error: not run: the task's time budget (max_seconds) is spent"
 INTERRUPTED = (
     "error: interrupted: the task stopped while this call ran (its worker stopped, or the task "
@@ -128,6 +133,17 @@ class _Charge:
         )
 
 
+def _budget_retry_at(refusal: BudgetExceededError) -> datetime | None:
+    """When a task a budget refused looks again: the budget's reset, or in
+    `BUDGET_RECHECK_SECONDS` when that comes first; None for a call larger than the
+    budget's whole limit (only a raised budget and a resume help)."""
+    if larger_than_its_budget(refusal):
+        return None
+    at = datetime.now(UTC) + timedelta(seconds=BUDGET_RECHECK_SECONDS)
+    resets = reset_of(refusal)
+    return at if resets is None else min(at, resets)
+
+
 class TaskRunner:
     """Runs tasks on `db`, publishing `task.*` events (subjects `task:<id>` and the owner's)."""
 
@@ -141,6 +157,8 @@ class TaskRunner:
         """The job `job_id` of task `task_id`: steps until the task ends, waits for a person,
         or is taken from it. `draining`: the worker is stopping, so the task is handed to
         another job at the next step."""
+        if await self._budget_still_refuses(task_id, job_id):
+            return
         async with self.db.transaction() as tx:
             row = await tx.fetch_one(_SQL["start_task"], task_id, job_id)
             if row is None:
@@ -302,25 +320,57 @@ class TaskRunner:
 
     async def _wait_for_budget(self, task_id: int, lease: UUID, exc: BudgetExceededError) -> None:
         """The task waits (it does not fail), with the budget's refusal as its error: a job
-        deferred to the budget's reset takes it up again then (none for a `total` budget or a
-        call larger than the whole limit), and `resume_task` at once, once an admin has
-        raised the budget."""
-        resets = None if larger_than_its_budget(exc) else reset_of(exc)
+        deferred to the budget's reset, or to the next look (`BUDGET_RECHECK_SECONDS`: a
+        reservation released, a budget raised), takes it up again (none for a call larger
+        than the budget's whole limit); `resume_task` does at once."""
+        retry_at = _budget_retry_at(exc)
         async with self.db.transaction() as tx:
             locked = await tx.fetch_one(_SQL["lock_task"], task_id)
             if locked is None or locked["lease"] != lease:
                 return  # taken from this run meanwhile
             job_id = None
-            if resets is not None:
+            if retry_at is not None:
                 args = {"task_id": task_id}
-                job_id = await enqueue(tx, RUN_TASK, args, queue=QUEUE, at=resets)
+                job_id = await enqueue(tx, RUN_TASK, args, queue=QUEUE, at=retry_at)
             error = failure_body(exc) | {"details": exc.details}  # the budget, its reset
             row = await tx.fetch_one(_SQL["wait_for_budget"], task_id, lease, job_id, Jsonb(error))
             assert row is not None
             waiting = TaskRecord.from_row(row)
-            retry_at = resets.isoformat() if resets is not None else None
-            events = task_event("waiting", waiting, reason="budget", error=error, retry_at=retry_at)
+            at = retry_at.isoformat() if retry_at is not None else None
+            events = task_event("waiting", waiting, reason="budget", error=error, retry_at=at)
             await self.bus.publish_many(events, tx=tx)
+
+    async def _budget_still_refuses(self, task_id: int, job_id: int) -> bool:
+        """For the job a budget wait deferred: whether the budgets still refuse the refused
+        call (a look: nothing reserved). Then the wait goes on under a new job, with the new
+        refusal as the error and no event, and no step is taken (it would be refused)."""
+        row = await self.db.fetch_one(_SQL["task_by_id"], task_id)
+        if row is None or row["status"] != "waiting_budget" or row["job_id"] != job_id:
+            return False  # not a budget wait's job: start_task decides
+        task = TaskRecord.from_row(row)
+        details = (task.error or {}).get("details") or {}
+        usd, tokens = details.get("call_estimate_usd"), details.get("call_estimate_tokens")
+        if not isinstance(usd, int | float) or not isinstance(tokens, int):
+            return False  # no estimate to look with: the step itself asks
+        who = current_attribution().merged(
+            user_id=task.owner_id, agent_id=task.agent_id, task_id=task.id
+        )
+        refusal = await budget_refusal_of(self.db, who, float(usd), tokens)
+        if refusal is None:
+            return False
+        retry_at = _budget_retry_at(refusal)
+        async with self.db.transaction() as tx:
+            locked = await tx.fetch_one(_SQL["lock_task"], task_id)
+            if locked is None or (locked["status"], locked["job_id"]) != ("waiting_budget", job_id):
+                return True  # resumed, paused or cancelled meanwhile: that decides
+            new_job = None
+            if retry_at is not None:
+                args = {"task_id": task_id}
+                new_job = await enqueue(tx, RUN_TASK, args, queue=QUEUE, at=retry_at)
+            error = failure_body(refusal) | {"details": refusal.details}
+            await tx.execute(_SQL["defer_budget_wait"], task_id, new_job, Jsonb(error))
+        log.info("task still waits for a budget", task_id=task_id, retry_at=retry_at)
+        return True
 
     async def _store_step(
         self,

@@ -33,7 +33,8 @@ LIMIT $3 OFFSET $4
 -- name: queue_task --
 -- Task $1 waits for its job $2 (a new task, or one resumed or answered).
 UPDATE scheduler.tasks
-SET status = 'queued', job_id = $2, lease = NULL, approval_id = NULL, updated_at = now()
+SET status = 'queued', job_id = $2, lease = NULL, approval_id = NULL, error = NULL,
+    updated_at = now()
 WHERE id = $1
 RETURNING *
 
@@ -48,12 +49,18 @@ RETURNING *
 
 -- name: start_task --
 -- Job $2 takes up task $1 (queued; running: its worker died; waiting for a budget: the job
--- deferred to its reset) under a new lease, which fences every write after this one.
+-- deferred to look again) under a new lease, which fences every write after this one. A
+-- running task has no error (a budget's refusal it waited for is over).
 UPDATE scheduler.tasks
 SET status = 'running', lease = gen_random_uuid(), started_at = coalesce(started_at, now()),
-    updated_at = now(), alive_at = now()
+    updated_at = now(), alive_at = now(), error = NULL
 WHERE id = $1 AND job_id = $2 AND status IN ('queued', 'running', 'waiting_budget')
 RETURNING *
+
+-- name: defer_budget_wait --
+-- Task $1, waiting for a budget, waits on under job $2 (or for a resume when NULL), its
+-- error the latest refusal $3.
+UPDATE scheduler.tasks SET job_id = $2, error = $3, updated_at = now() WHERE id = $1
 
 -- name: wait_for_budget --
 -- Task $1 (under lease $2) waits for a budget that refused its model call (error $4), taken
