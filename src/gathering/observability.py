@@ -91,9 +91,13 @@ def redact_query(text: str) -> str:
 _MASKED_SECRETS: OrderedDict[str, None] = OrderedDict()
 # What masks a line: one pattern over every form of every key (longest first), and each form's
 # mask. Built when a line is next masked after the set changed (None until then), so putting
-# many keys to use costs one build, not one each.
+# many keys to use costs one build, not one each; `_MASKS_VERSION` counts the changes.
 _MASKING: tuple[re.Pattern[str] | None, dict[str, str]] | None = (None, {})
-_MASKS_LOCK = threading.Lock()  # keys come from the event loop and from worker threads
+_MASKS_VERSION = 0
+# Keys come from the event loop and from worker threads. Reentrant, and never held while the
+# pattern is built: a finalizer the garbage collector runs meanwhile may log (asyncio's "Task
+# was destroyed"), and that line is masked on the same thread.
+_MASKS_LOCK = threading.RLock()
 MAX_MASKED_SECRETS = 1000
 MIN_MASKED_CHARS = 8  # shorter values are too common to replace in every line
 MIN_HINTED_CHARS = 24  # a key at least this long keeps its first 3 and last 4 characters
@@ -111,21 +115,23 @@ def _masking() -> tuple[re.Pattern[str] | None, dict[str, str]]:
     if masking is not None:
         return masking
     with _MASKS_LOCK:
-        if _MASKING is None:
-            masks: dict[str, str] = {}
-            for secret in _MASKED_SECRETS:
-                mask = _mask(secret)
-                masks[secret] = mask
-                masks.setdefault(json.dumps(secret)[1:-1], mask)  # as a JSON line writes it
-            forms = sorted(masks, key=len, reverse=True)  # a key that begins another: after it
-            pattern = re.compile("|".join(map(re.escape, forms))) if forms else None
-            _MASKING = (pattern, masks)
-        return _MASKING
+        secrets, version = tuple(_MASKED_SECRETS), _MASKS_VERSION
+    masks: dict[str, str] = {}
+    for secret in secrets:
+        mask = _mask(secret)
+        masks[secret] = mask
+        masks.setdefault(json.dumps(secret)[1:-1], mask)  # as a JSON line writes it
+    forms = sorted(masks, key=len, reverse=True)  # a key that begins another: after it
+    built = (re.compile("|".join(map(re.escape, forms))) if forms else None, masks)
+    with _MASKS_LOCK:
+        if _MASKS_VERSION == version:  # no key came meanwhile: the next line uses it too
+            _MASKING = built
+    return built
 
 
 def mask_in_logs(secret: str) -> None:
     """Mask `secret` (a provider key this process is about to use) in every log line."""
-    global _MASKING
+    global _MASKING, _MASKS_VERSION
     secret = secret.strip()
     if len(secret) < MIN_MASKED_CHARS:
         return
@@ -137,6 +143,7 @@ def mask_in_logs(secret: str) -> None:
             _MASKED_SECRETS.popitem(last=False)
             known = False
         if not known:
+            _MASKS_VERSION += 1
             _MASKING = None
 
 

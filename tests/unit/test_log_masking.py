@@ -83,3 +83,45 @@ def test_a_key_escaped_by_a_json_line_is_masked_too(console_logging, capsys) -> 
     printed = capsys.readouterr().err
     assert "bad call" in printed and "sk-...WXYZ" in printed
     assert "0123456789" not in printed
+
+
+def test_a_line_masked_while_the_masks_change_on_the_same_thread_does_not_hang() -> None:
+    """A finalizer the garbage collector runs while this thread registers a key (or builds
+    the pattern) may log a line (asyncio's "Task was destroyed but it is pending!"): masking
+    it on the same thread must not wait for a lock that thread holds."""
+    key = "sk-reentrant-0123456789abcdefWXYZ"
+    outcome: list[str] = []
+
+    def finalizer_logs_meanwhile() -> None:
+        with observability._MASKS_LOCK:  # as mask_in_logs holds it, or the pattern's build
+            mask_in_logs(key)
+            outcome.append(mask_secrets(f"Task was destroyed: {key}"))
+
+    thread = threading.Thread(target=finalizer_logs_meanwhile, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "masking a line hung on the masks' lock"
+    assert outcome == ["Task was destroyed: sk-...WXYZ"]
+
+
+def test_a_key_registered_while_the_pattern_is_built_is_masked_in_the_next_line() -> None:
+    """The pattern is built outside the lock from a snapshot: a build that began before a key
+    came does not stand for the lines after it."""
+    first, second = "sk-before-the-build-0123456789AAAA", "sk-during-the-build-0123456789BBBB"
+    mask_in_logs(first)
+    real_compile = observability.re.compile
+    calls = 0
+
+    def compile_while_a_key_comes(pattern: str, *args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            mask_in_logs(second)  # another thread's key, mid-build
+        return real_compile(pattern, *args)
+
+    observability.re.compile = compile_while_a_key_comes  # type: ignore[assignment]
+    try:
+        assert mask_secrets(first) == "sk-...AAAA"
+    finally:
+        observability.re.compile = real_compile
+    assert mask_secrets(f"{first} {second}") == "sk-...AAAA sk-...BBBB"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast, runtim
 
 import structlog
 
-from gathering.errors import InvalidInputError, LLMError, ProviderAddressRefusedError
+from gathering.errors import InvalidInputError, LLMError
 from gathering.llm.common import AddressPin, configured_secret, ensure_model_requests_allowed
 from gathering.llm.context_windows import default_context_window
 from gathering.llm.pricing import Price, price_for
@@ -39,6 +39,26 @@ from gathering.observability import (
     record_llm_usage,
     start_llm_span,
 )
+
+
+def _our_error_within(exc: BaseException) -> LLMError | None:
+    """An `LLMError` of ours that `exc` (an SDK's error) was raised from, if any (only the
+    explicit causes: an error raised while another was handled is not wrapping it)."""
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, LLMError):
+            return cause
+        cause = cause.__cause__
+    return None
+
+
+def _cause(error: LLMError, exc: BaseException) -> BaseException | None:
+    """What `error` is raised from: `exc`, unless `exc` wraps `error` itself (raising it from
+    its wrapper would make the chain a loop)."""
+    return None if _our_error_within(exc) is error else exc
+
 
 if TYPE_CHECKING:
     import httpx2
@@ -390,7 +410,7 @@ class BaseProvider(ABC):
                 if delay is None:
                     if error is exc:
                         raise
-                    raise error from exc
+                    raise error from _cause(error, exc)
                 log.warning(
                     "llm_retry",
                     what=f"{self._name} stream",
@@ -456,23 +476,20 @@ class BaseProvider(ABC):
             error = self._mapped(exc)
             if error is None:
                 raise
-            raise error from exc
+            raise error from _cause(error, exc)
 
     def _mapped(self, exc: Exception) -> LLMError | None:
         """`_translate_error(exc)`, the key given to this provider masked in the log lines that
-        may quote it (a provider's error text can: a traceback logged later). An address the
-        pinned transport refused is that refusal (the SDK wraps it as a connection error)."""
+        may quote it (a provider's error text can: a traceback logged later). Our own error
+        raised inside the SDK (the pinned transport's: an address refused, a name that does not
+        resolve) is that error, which the SDK wrapped as a connection error."""
         key = self._api_key
         if key is None and self._key_setting is not None:
             key = configured_secret(self._key_setting)  # the environment's key
         if key:
             mask_in_logs(key)
-        cause: BaseException | None = exc
-        while cause is not None:
-            if isinstance(cause, ProviderAddressRefusedError):
-                return cause
-            cause = cause.__cause__ or cause.__context__
-        return self._translate_error(exc)
+        ours = _our_error_within(exc)
+        return ours if ours is not None else self._translate_error(exc)
 
     def _http_client(self) -> httpx2.AsyncClient | None:
         """The httpx client an SDK client is built with when requests are pinned (`pin`);

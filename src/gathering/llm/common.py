@@ -13,8 +13,8 @@ from gathering.observability import mask_in_logs
 
 AddressPin = Callable[[str, int], Awaitable[Sequence[str]]]
 """`pin(host, port)`: the checked addresses a request to `host` connects to (see
-`gathering.llm.pinning`). It raises `ProviderAddressRefusedError` to refuse them, an
-`httpx.ConnectError` when the name has none."""
+`gathering.llm.pinning`). It raises `ProviderAddressRefusedError` to refuse them, and another
+`LLMError` (`ProviderUnavailableError`, `ProviderTimeoutError`) when the name has none."""
 
 
 class ProviderOptions(TypedDict, total=False):

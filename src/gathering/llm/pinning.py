@@ -6,7 +6,10 @@ of model endpoints, given by the layers above: never a cloud metadata address). 
 connection goes to a checked address, with the `Host` header and the TLS name (SNI and the
 certificate check) of the host: the name is never resolved again, so it cannot rebind to
 another address between the check and the connection. The next address is tried only when
-connecting to one fails, before anything is sent. No HTTP proxy of the environment is used.
+connecting to one fails or times out, before anything is sent. Connections are pooled per host
+name (never one host's TLS connection for another name on the same address). Redirects are
+followed as the SDKs' own clients do, each hop resolved and checked again. No HTTP proxy of the
+environment is used.
 
 The OpenAI and Anthropic SDKs send through `httpx2` (`pinned_http_client`), Ollama's through
 `httpx` (`PinnedTransport`): the same logic, over either library.
@@ -15,6 +18,7 @@ The OpenAI and Anthropic SDKs send through `httpx2` (`pinned_http_client`), Olla
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from typing import Any
 
 import httpx
@@ -33,11 +37,20 @@ def _is_literal(host: str) -> bool:
     return True
 
 
-async def _send_pinned(pin: AddressPin, inner: Any, request: Any, library: Any) -> Any:
-    """`request` (of `library`: httpx or httpx2) sent by `inner` to a checked address."""
+async def _send_pinned(
+    pin: AddressPin, pools: dict[Any, Any], tls: ssl.SSLContext, request: Any, library: Any
+) -> Any:
+    """`request` (of `library`: httpx or httpx2) sent to a checked address of its host, on the
+    pool of its scheme, host and port in `pools` (made at first use, with the `tls` context
+    made once: loading certificates reads files, which the event loop must not wait for)."""
     url = request.url
     host = url.host
-    addresses = await pin(host, url.port or _DEFAULT_PORTS.get(url.scheme, 80))
+    port = url.port or _DEFAULT_PORTS.get(url.scheme, 80)
+    addresses = await pin(host, port)
+    key = (url.scheme, host, port)
+    inner = pools.get(key)
+    if inner is None:
+        inner = pools[key] = library.AsyncHTTPTransport(verify=tls, trust_env=False)
     if not addresses:
         raise library.ConnectError(f"{host} has no address", request=request)
     extensions = dict(request.extensions)
@@ -54,8 +67,8 @@ async def _send_pinned(pin: AddressPin, inner: Any, request: Any, library: Any) 
         )
         try:
             return await inner.handle_async_request(pinned)
-        except library.ConnectError as exc:  # nothing was sent: the next address
-            failure = exc
+        except (library.ConnectError, library.ConnectTimeout) as exc:  # nothing was sent
+            failure = exc  # the next address
     assert failure is not None
     raise failure
 
@@ -66,16 +79,20 @@ class PinnedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, pin: AddressPin) -> None:
         self._pin = pin
-        self._inner = httpx.AsyncHTTPTransport()
+        self._pools: dict[tuple[str, str, int], httpx.AsyncHTTPTransport] = {}
+        self._tls = httpx.create_ssl_context()  # SSL_CERT_FILE honoured; built off the loop
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` to a checked address of its host."""
-        response: httpx.Response = await _send_pinned(self._pin, self._inner, request, httpx)
+        response: httpx.Response = await _send_pinned(
+            self._pin, self._pools, self._tls, request, httpx
+        )
         return response
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        await self._inner.aclose()
+        for pool in self._pools.values():
+            await pool.aclose()
 
 
 class PinnedTransport2(httpx2.AsyncBaseTransport):
@@ -83,19 +100,25 @@ class PinnedTransport2(httpx2.AsyncBaseTransport):
 
     def __init__(self, pin: AddressPin) -> None:
         self._pin = pin
-        self._inner = httpx2.AsyncHTTPTransport()
+        self._pools: dict[tuple[str, str, int], httpx2.AsyncHTTPTransport] = {}
+        self._tls = httpx2.create_ssl_context()  # SSL_CERT_FILE honoured; built off the loop
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send `request` to a checked address of its host."""
-        response: httpx2.Response = await _send_pinned(self._pin, self._inner, request, httpx2)
+        response: httpx2.Response = await _send_pinned(
+            self._pin, self._pools, self._tls, request, httpx2
+        )
         return response
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        await self._inner.aclose()
+        for pool in self._pools.values():
+            await pool.aclose()
 
 
 def pinned_http_client(pin: AddressPin, timeout: float) -> httpx2.AsyncClient:
     """An httpx2 client whose every request goes through `PinnedTransport2(pin)`, for an SDK
-    client (`http_client=`)."""
-    return httpx2.AsyncClient(transport=PinnedTransport2(pin), timeout=timeout, trust_env=False)
+    client (`http_client=`); it follows redirects, as the SDKs' own clients do."""
+    return httpx2.AsyncClient(
+        transport=PinnedTransport2(pin), timeout=timeout, trust_env=False, follow_redirects=True
+    )

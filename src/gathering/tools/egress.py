@@ -74,9 +74,12 @@ import structlog
 from gathering import __version__
 from gathering.config import get_settings
 from gathering.errors import (
+    GatheringError,
     InvalidInputError,
     PermissionDeniedError,
     ProviderAddressRefusedError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
     ToolFailedError,
     ToolTimeoutError,
 )
@@ -471,22 +474,28 @@ async def model_endpoint_addresses(
     """The addresses a model provider's request to `host`:`port` connects to, resolved now
     (with `resolver`, default the system's) and checked as `check_model_endpoint` checks a
     stored address (never a cloud metadata address): the `pin` of `gathering.llm.pinning`.
-    `ProviderAddressRefusedError` when one is refused; `httpx.ConnectError` when the name
-    does not resolve in time or at all (the call then reports the provider unreachable)."""
+    `ProviderAddressRefusedError` when one is refused; `ProviderUnavailableError` when the
+    name does not resolve (or the answer is no address), `ProviderTimeoutError` when it
+    does not in time."""
     url = httpx.URL(scheme="http", host=host, port=port, path="/")
     try:
         target = await check_url(url, MODEL_ENDPOINTS, resolver)
-    except (PermissionDeniedError, InvalidInputError) as exc:
-        if "does not resolve" in exc.message or "has no address" in exc.message:
-            raise httpx.ConnectError(f"{host} does not resolve") from None
+    except ToolTimeoutError:
+        raise ProviderTimeoutError(
+            f"the provider's host {host} did not resolve in time", hint="try again later"
+        ) from None
+    except PermissionDeniedError as exc:
         raise ProviderAddressRefusedError(
             f"the provider address {host}:{port} is refused: {exc.message.rpartition(': ')[2]}",
             hint="model providers are never called at cloud metadata addresses; "
             "check the provider's base_url and its DNS",
             details={"host": host, "port": port},
         ) from None
-    except ToolTimeoutError:
-        raise httpx.ConnectError(f"{host} did not resolve in time") from None
+    except GatheringError as exc:  # does not resolve, no address, an answer that is none
+        raise ProviderUnavailableError(
+            f"cannot reach the provider at {host}:{port}: {exc.message}",
+            hint="check the provider's base_url and its DNS",
+        ) from None
     return [str(address) for address in target.addresses]
 
 

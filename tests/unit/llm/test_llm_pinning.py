@@ -130,3 +130,45 @@ async def test_a_private_address_is_allowed(stub, recorded):
     dns = NameServer(["127.0.0.1"])
     stub.add_json(recorded.json("openai_chat.json"))
     assert (await openai(stub, dns).generate([Message.user("Hi")])).text
+
+
+@pytest.mark.parametrize(("make", "reply"), KINDS, ids=["openai", "anthropic", "ollama"])
+async def test_redirects_are_followed_and_each_hop_is_checked(stub, recorded, make, reply):
+    """As the SDKs' own clients do, a redirect is followed; its target is resolved and checked
+    like the first request, so a redirect to a metadata address is refused unsent."""
+    dns = NameServer(["127.0.0.1"])
+    provider = make(stub, dns)
+    path = stub_path(reply)
+    stub.add_json({}, status=307, headers={"location": f"http://{HOST}:{port(stub)}{path}"})
+    stub.add_json(recorded.json(reply))
+    await provider.generate([Message.user("Hi")])
+    assert [r.path for r in stub.requests[-2:]] == [path, path]
+    sent = len(stub.requests)
+    stub.add_json({}, status=307, headers={"location": "http://169.254.169.254/latest/meta-data/"})
+    with pytest.raises(ProviderAddressRefusedError) as refused:
+        await provider.generate([Message.user("Hi")])
+    assert len(stub.requests) == sent + 1  # the redirect only
+    chain, cause = [], refused.value.__cause__
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__
+    assert cause is None and refused.value not in chain  # a chain, not a loop
+
+
+@pytest.mark.parametrize(("make", "reply"), KINDS, ids=["openai", "anthropic", "ollama"])
+async def test_a_name_server_answer_that_is_no_address_is_an_unreachable_provider(
+    stub, make, reply
+):
+    dns = NameServer(["not-an-address"])
+    with pytest.raises(ProviderUnavailableError) as unreachable:
+        await make(stub, dns).generate([Message.user("Hi")])
+    assert HOST not in (unreachable.value.public_message or "")
+    assert stub.requests == []
+
+
+def stub_path(reply: str) -> str:
+    return {
+        "openai_chat.json": "/v1/chat/completions",
+        "anthropic_message.json": "/v1/messages",
+        "ollama_chat.json": "/api/chat",
+    }[reply]
