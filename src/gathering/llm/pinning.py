@@ -8,8 +8,9 @@ certificate check) of the host: the name is never resolved again, so it cannot r
 another address between the check and the connection. The next address is tried only when
 connecting to one fails or times out, before anything is sent. Connections are pooled per host
 name (never one host's TLS connection for another name on the same address). Redirects are
-followed as the SDKs' own clients do, each hop resolved and checked again. No HTTP proxy of the
-environment is used.
+followed as the SDKs' own clients do, each hop resolved and checked again; the OpenAI and
+Anthropic clients follow none to another origin (their key would go with it). No HTTP proxy
+of the environment is used.
 
 The OpenAI and Anthropic SDKs send through `httpx2` (`pinned_http_client`), Ollama's through
 `httpx` (`PinnedTransport`): the same logic, over either library.
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 import httpx2
 
+from gathering.errors import LLMError
 from gathering.llm.common import AddressPin
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -116,9 +118,29 @@ class PinnedTransport2(httpx2.AsyncBaseTransport):
             await pool.aclose()
 
 
+async def _same_origin_redirects_only(response: httpx2.Response) -> None:
+    """Refuse to follow a redirect to another origin: the SDKs' key headers (`x-api-key`,
+    `Authorization`) would go with it (httpx drops only `Authorization`)."""
+    if not response.has_redirect_location:
+        return
+    here = response.request.url
+    there = here.join(response.headers["location"])
+    if (there.scheme, there.host, there.port) != (here.scheme, here.host, here.port):
+        raise LLMError(
+            f"the provider at {here.host} redirected to another origin ({there.scheme}://"
+            f"{there.host}): not followed, the provider's key would go there",
+            hint="check the provider's base_url: it should name the server itself",
+        )
+
+
 def pinned_http_client(pin: AddressPin, timeout: float) -> httpx2.AsyncClient:
     """An httpx2 client whose every request goes through `PinnedTransport2(pin)`, for an SDK
-    client (`http_client=`); it follows redirects, as the SDKs' own clients do."""
+    client (`http_client=`); it follows redirects within the provider's origin, as the SDKs'
+    own clients do."""
     return httpx2.AsyncClient(
-        transport=PinnedTransport2(pin), timeout=timeout, trust_env=False, follow_redirects=True
+        transport=PinnedTransport2(pin),
+        timeout=timeout,
+        trust_env=False,
+        follow_redirects=True,
+        event_hooks={"response": [_same_origin_redirects_only]},
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gathering.errors import ProviderAddressRefusedError, ProviderUnavailableError
+from gathering.errors import LLMError, ProviderAddressRefusedError, ProviderUnavailableError
 from gathering.llm import AnthropicProvider, Message, OllamaProvider, OpenAIProvider, RetryPolicy
 from gathering.llm.base import BaseProvider
 from gathering.testing import LLMStubServer
@@ -145,7 +145,7 @@ async def test_redirects_are_followed_and_each_hop_is_checked(stub, recorded, ma
     assert [r.path for r in stub.requests[-2:]] == [path, path]
     sent = len(stub.requests)
     stub.add_json({}, status=307, headers={"location": "http://169.254.169.254/latest/meta-data/"})
-    with pytest.raises(ProviderAddressRefusedError) as refused:
+    with pytest.raises(LLMError) as refused:  # another origin (SDKs with keys), or refused
         await provider.generate([Message.user("Hi")])
     assert len(stub.requests) == sent + 1  # the redirect only
     chain, cause = [], refused.value.__cause__
@@ -172,3 +172,20 @@ def stub_path(reply: str) -> str:
         "anthropic_message.json": "/v1/messages",
         "ollama_chat.json": "/api/chat",
     }[reply]
+
+
+@pytest.mark.parametrize(("make", "reply"), KINDS[:2], ids=["openai", "anthropic"])
+async def test_a_redirect_to_another_origin_is_not_followed_with_the_key(
+    stub, recorded, make, reply
+):
+    """httpx drops `Authorization` on such a redirect, not Anthropic's `x-api-key`: the
+    clients that carry a key follow no redirect to another origin at all."""
+    dns = NameServer(["127.0.0.1"])  # the other name leads to the same stub: it would see it
+    provider = make(stub, dns)
+    other = f"http://collector.example:{port(stub)}{stub_path(reply)}"
+    stub.add_json({}, status=307, headers={"location": other})
+    stub.add_json(recorded.json(reply))
+    with pytest.raises(LLMError) as refused:
+        await provider.generate([Message.user("Hi")])
+    assert "redirected to another origin" in refused.value.message
+    assert [r.headers["host"] for r in stub.requests] == [f"{HOST}:{port(stub)}"]
