@@ -223,3 +223,34 @@ async def _circle_of(lab: CircleLab, task: CircleTask):  # type: ignore[no-untyp
     from gathering.circles import get_circle
 
     return await get_circle(lab.db, task.circle_id)
+
+
+async def test_a_review_of_a_reviewer_whose_agent_was_deleted_is_handed_on(lab: CircleLab):
+    """Nothing else hands a gone member's review on (only a member who *left* was handed on
+    when they left)."""
+    task, critic = await in_review(lab)
+    [review] = await jobs_of(lab, task.id, "circles:review")
+    await cancel(lab, review["id"])
+    await lab.db.execute(
+        "DELETE FROM agent.agents WHERE id = (SELECT agent_id FROM circle.members WHERE id = $1)",
+        critic,
+    )
+    assert await lab.flow.sweep_stranded() == 1
+    decisions = await task_decisions(lab.db, task.id)
+    assert decisions[-1]["kind"] == "escalation"
+
+
+async def test_a_lead_who_took_over_after_the_sweep_read_its_rows_is_not_failed(lab: CircleLab):
+    """The rows are read first, each task locked after: what changed between (a lead took the
+    task over, the job was retried) is looked at again under the lock."""
+    task, reviewer = await in_review(lab)
+    boss = await lab.member(await _circle_of(lab, task), "boss", "lead", python=3)
+    verdict = {"verdict": "changes_requested", "feedback": "again"}
+    task = await lab.flow.review(task.id, Actor(member_id=reviewer), _review(verdict))
+    rework = (await jobs_of(lab, task.id, "circles:work"))[-1]
+    await cancel(lab, rework["id"])
+    [row] = await lab.db.fetch_all(SQL["stranded_work"], 50)  # the sweep reads
+    await lab.flow.claim(task.id, Actor(member_id=boss.id))  # the lead takes it over
+    assert await lab.flow._fail_stranded(row) == 0  # the sweep locks: not the lead's job
+    task = await get_circle_task(lab.db, task.id)
+    assert (task.status, task.assignee_id) == ("in_progress", boss.id)

@@ -338,7 +338,8 @@ LIMIT $3
 -- error, or was cancelled or aborted by hand (another member's job, of an offer a lead took
 -- by hand, says nothing about the assignee's work). (A job asked again later, or waiting for a budget, is a newer
 -- job; a job retried after a shutdown is queued again, not failed.)
-SELECT t.id, t.iteration, last.id AS job_id, last.status::text AS job_status
+SELECT t.id, t.iteration, t.assignee_id AS member_id, last.id AS job_id,
+       last.status::text AS job_status
 FROM circle.tasks t
 JOIN circle.members m ON m.id = t.assignee_id AND m.agent_id IS NOT NULL
 CROSS JOIN LATERAL (
@@ -382,3 +383,7 @@ LIMIT $1
 -- The sweep hands on the review of job $1 (of task $2): not again. No row: another sweep did.
 INSERT INTO circle.ended_review_jobs (job_id, task_id) VALUES ($1, $2) ON CONFLICT DO NOTHING
 RETURNING job_id
+
+-- name: job_status --
+-- The status of job $1 (no row: gone).
+SELECT status::text AS status FROM procrastinate_jobs WHERE id = $1

@@ -460,11 +460,12 @@ class TaskFlow:
         reason = _job_ended(row, "the agent's work")
         async with self.db.transaction() as tx:
             task, step = await _locked(tx, row["id"])
-            if task.iteration != row["iteration"] or task.status not in (
-                "in_progress",
-                "changes_requested",
+            if (
+                (task.iteration, task.assignee_id) != (row["iteration"], row["member_id"])
+                or task.status not in ("in_progress", "changes_requested")
+                or not await _still_ended(tx, row["job_id"])
             ):
-                return 0  # moved on meanwhile
+                return 0  # moved on (another hand, a retried job) since the rows were read
             task = await _move(step, task, "failed", SYSTEM, reason, error=reason)
             await _ended(step, task)
             await self._publish(step)
@@ -477,10 +478,12 @@ class TaskFlow:
                 return 0  # another sweep handed it on
             if (task.status, task.iteration) != ("in_review", row["iteration"]):
                 return 0
+            if not await _still_ended(tx, row["job_id"]):
+                return 0  # retried since the rows were read
             members = {m.id: m for m in await list_members(tx, task.circle_id)}
             member = members.get(row["member_id"])
-            if member is None or not member.active:
-                return 0  # left or gone: that handed the review on already
+            if member is None or (not member.active and not member.gone):
+                return 0  # left: that handed the review on already
             if not await _awaits_review(step, task, member.id):
                 return 0  # answered meanwhile
             await _escalate(step, task, _job_ended(row, f"member {member.id}'s review"))
@@ -621,6 +624,12 @@ class TaskFlow:
 
 
 # --- inside one step's transaction ------------------------------------------------------------
+
+
+async def _still_ended(tx: Queries, job_id: int) -> bool:
+    """Whether job `job_id` still stands as ended without an outcome (not retried)."""
+    status = await tx.fetch_val(SQL["job_status"], job_id)
+    return status in ("failed", "cancelled", "aborted")
 
 
 def _job_ended(row: dict[str, Any], what: str) -> str:

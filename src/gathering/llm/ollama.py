@@ -42,12 +42,17 @@ def create_ollama_client(
     *, host: str, timeout: float, transport: httpx.AsyncBaseTransport | None = None
 ) -> AsyncClient:
     """The SDK client `OllamaProvider` uses; with `transport`, its requests go through it
-    (pinned addresses)."""
+    (pinned addresses), following no redirect to another origin."""
     from ollama import AsyncClient
 
     if transport is None:
         return AsyncClient(host=host, timeout=timeout)
-    return AsyncClient(host=host, timeout=timeout, transport=transport, trust_env=False)
+    from gathering.llm.pinning import same_origin_redirects_only
+
+    hooks = {"response": [same_origin_redirects_only]}
+    return AsyncClient(
+        host=host, timeout=timeout, transport=transport, trust_env=False, event_hooks=hooks
+    )
 
 
 def ollama_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:

@@ -8,9 +8,8 @@ certificate check) of the host: the name is never resolved again, so it cannot r
 another address between the check and the connection. The next address is tried only when
 connecting to one fails or times out, before anything is sent. Connections are pooled per host
 name (never one host's TLS connection for another name on the same address). Redirects are
-followed as the SDKs' own clients do, each hop resolved and checked again; the OpenAI and
-Anthropic clients follow none to another origin (their key would go with it). No HTTP proxy
-of the environment is used.
+followed as the SDKs' own clients do, each hop resolved and checked again, but none to another
+origin (a key would go with it). No HTTP proxy of the environment is used.
 
 The OpenAI and Anthropic SDKs send through `httpx2` (`pinned_http_client`), Ollama's through
 `httpx` (`PinnedTransport`): the same logic, over either library.
@@ -118,9 +117,10 @@ class PinnedTransport2(httpx2.AsyncBaseTransport):
             await pool.aclose()
 
 
-async def _same_origin_redirects_only(response: httpx2.Response) -> None:
-    """Refuse to follow a redirect to another origin: the SDKs' key headers (`x-api-key`,
-    `Authorization`) would go with it (httpx drops only `Authorization`)."""
+async def same_origin_redirects_only(response: httpx.Response | httpx2.Response) -> None:
+    """A response hook that refuses to follow a redirect to another origin: the SDKs' key
+    headers (`x-api-key`, `Authorization`) would go with it (httpx drops only
+    `Authorization`), and each new host would keep a pool of its own."""
     if not response.has_redirect_location:
         return
     here = response.request.url
@@ -142,5 +142,5 @@ def pinned_http_client(pin: AddressPin, timeout: float) -> httpx2.AsyncClient:
         timeout=timeout,
         trust_env=False,
         follow_redirects=True,
-        event_hooks={"response": [_same_origin_redirects_only]},
+        event_hooks={"response": [same_origin_redirects_only]},
     )

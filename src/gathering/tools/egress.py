@@ -491,7 +491,18 @@ async def model_endpoint_addresses(
             "check the provider's base_url and its DNS",
             details={"host": host, "port": port},
         ) from None
-    except GatheringError as exc:  # does not resolve, no address, an answer that is none
+    except InvalidInputError as exc:
+        if "does not resolve" not in exc.message and "has no address" not in exc.message:
+            raise ProviderAddressRefusedError(  # a host form no provider has (2130706433)
+                f"the provider address {host}:{port} is refused: {exc.message}",
+                hint="check the provider's base_url",
+                details={"host": host, "port": port},
+            ) from None
+        raise ProviderUnavailableError(
+            f"cannot reach the provider at {host}:{port}: {exc.message}",
+            hint="check the provider's base_url and its DNS",
+        ) from None
+    except GatheringError as exc:  # a name server's answer that is no address
         raise ProviderUnavailableError(
             f"cannot reach the provider at {host}:{port}: {exc.message}",
             hint="check the provider's base_url and its DNS",

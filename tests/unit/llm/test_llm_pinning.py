@@ -174,12 +174,13 @@ def stub_path(reply: str) -> str:
     }[reply]
 
 
-@pytest.mark.parametrize(("make", "reply"), KINDS[:2], ids=["openai", "anthropic"])
+@pytest.mark.parametrize(("make", "reply"), KINDS, ids=["openai", "anthropic", "ollama"])
 async def test_a_redirect_to_another_origin_is_not_followed_with_the_key(
     stub, recorded, make, reply
 ):
-    """httpx drops `Authorization` on such a redirect, not Anthropic's `x-api-key`: the
-    clients that carry a key follow no redirect to another origin at all."""
+    """httpx drops `Authorization` on such a redirect, not a key in another header (older
+    Anthropic SDKs send `x-api-key`): no pinned client follows a redirect to another origin
+    (nor keeps a pool for each host a redirect names)."""
     dns = NameServer(["127.0.0.1"])  # the other name leads to the same stub: it would see it
     provider = make(stub, dns)
     other = f"http://collector.example:{port(stub)}{stub_path(reply)}"
@@ -189,3 +190,11 @@ async def test_a_redirect_to_another_origin_is_not_followed_with_the_key(
         await provider.generate([Message.user("Hi")])
     assert "redirected to another origin" in refused.value.message
     assert [r.headers["host"] for r in stub.requests] == [f"{HOST}:{port(stub)}"]
+
+
+async def test_a_host_form_no_provider_has_is_refused_not_retried() -> None:
+    """A numeric host that is no canonical address (what inet_aton reads as 127.0.0.1) is a
+    refusal, which is not retried, not an unreachable provider."""
+    for host in ("2130706433", "0x7f.1", "127.1"):
+        with pytest.raises(ProviderAddressRefusedError):
+            await model_endpoint_addresses(host, 80)
