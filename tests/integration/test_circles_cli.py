@@ -240,7 +240,7 @@ def test_the_owner_approves_rejects_or_asks_for_changes(
     assert f"task {approve} is completed: it cannot become completed" in again
     assert "from completed it may become: nothing (it ended)" in again
     early = one_line(refused("circles", "reject", "reviewed", change))
-    assert "from changes_requested it may become: in_progress, cancelled" in early
+    assert "from changes_requested it may become: in_progress, failed, cancelled" in early
     assert "feedback" in refused("circles", "changes", "reviewed", change, " ")
 
     assert f"task {change}: cancelled" in invoke("circles", "cancel", "reviewed", change)
