@@ -190,10 +190,14 @@ class _Session:
         return self.thread is not None and self.thread.is_alive()
 
     async def close(self) -> None:
+        """Stop the notifier and wait (at most `STOP_SECONDS`) for its thread to be gone: its
+        last hand-over comes just before the thread ends, not after."""
         self.stop.set()
         if self.finished is not None and self.alive:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.finished), STOP_SECONDS)
+        if self.thread is not None and self.thread.is_alive():
+            await asyncio.to_thread(self.thread.join, STOP_SECONDS)
 
 
 def _settle(future: asyncio.Future[None]) -> None:
