@@ -81,6 +81,17 @@ async def job_of(lab: Lab, job_id: int | None) -> dict | None:
     )
 
 
+async def waiting_events(lab: Lab, task_id: int) -> list:
+    """The task's `task.waiting` events, once the bus has delivered one (it polls: the status
+    is stored before the event reaches a subscriber)."""
+    for _ in range(200):
+        found = [e for e in lab.events if e.type == "task.waiting" and e.data["task_id"] == task_id]
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no task.waiting event for task {task_id}")
+
+
 async def spend(lab: Lab, tokens: int) -> None:
     """A model call of the lab's agent today, as the ledger has it."""
     who = Attribution(user_id=lab.owner_id, agent_id=lab.agent_id)
@@ -97,7 +108,7 @@ async def test_a_task_refused_by_a_used_up_budget_waits_for_its_reset_or_a_resum
     assert task.error is not None and task.error["code"] == "budget_exceeded"
     assert task.error["details"]["budget_id"] == budget.id
     resets_at = datetime.fromisoformat(task.error["details"]["resets_at"])
-    waiting = [e for e in lab.events if e.type == "task.waiting" and e.data["task_id"] == task.id]
+    waiting = await waiting_events(lab, task.id)
     assert waiting and waiting[0].data["reason"] == "budget"
     retry_at = datetime.fromisoformat(waiting[0].data["retry_at"])  # the reset, or 5 min
     assert retry_at <= resets_at and (retry_at - task.updated_at).total_seconds() <= 301
@@ -147,7 +158,7 @@ async def test_a_call_larger_than_the_whole_limit_waits_for_a_person_only(lab: L
     task = await lab.start("report")
     task = await lab.wait(task.id, "waiting_budget", "failed", "succeeded")
     assert task.status == "waiting_budget" and task.job_id is None, task
-    events = [e for e in lab.events if e.type == "task.waiting" and e.data["task_id"] == task.id]
+    events = await waiting_events(lab, task.id)
     assert events[0].data["retry_at"] is None
     assert (await pause_task(lab.db, lab.bus, task.id)).status == "paused"
     assert (await resume_task(lab.db, lab.bus, task.id)).error is None  # the refusal is over
@@ -169,6 +180,7 @@ async def test_a_waiting_task_looks_again_without_taking_a_step_while_still_refu
     assert first is not None and first["status"] == "todo"
     wait = (first["scheduled_at"] - task.updated_at).total_seconds()
     assert 290 < wait < 310, wait  # no reset: the next look
+    await waiting_events(lab, task.id)  # delivered: what came before the look is all here
     kinds = lab.kinds(task.id)
 
     async def look_now(job_id: int | None) -> None:
