@@ -195,6 +195,9 @@ async def test_a_waiting_task_looks_again_without_taking_a_step_while_still_refu
         await asyncio.sleep(0.05)
     looked = await get_task(lab.db, task.id)
     assert looked.status == "waiting_budget" and looked.steps == 0
+    while (await job_of(lab, task.job_id))["status"] == "doing":  # the look, ending
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
     assert (await job_of(lab, task.job_id))["status"] == "succeeded"  # the look, done
     assert (await job_of(lab, looked.job_id))["status"] == "todo"  # the next one
     assert lab.kinds(task.id) == kinds  # no task.started, no second task.waiting
