@@ -18,12 +18,12 @@ define announce_install
 	fi
 endef
 
-.PHONY: run test lint pytest install clean system-deps
+.PHONY: run test lint pytest install clean system-deps test-system-deps dashboard dashboard-client dashboard-test
 
-run: system-deps $(VENV)/.installed-run
+run: system-deps $(VENV)/.installed-run dashboard
 	$(BIN)/gathering serve
 
-test: system-deps lint pytest
+test: system-deps test-system-deps lint dashboard-test pytest
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
@@ -34,7 +34,7 @@ lint: $(VENV)/.installed-dev
 # mismatch" (CPython gh-106905), which hypothesis reports as a flaky test.
 # The suite runs on up to 4 processes (pytest-xdist; each has its own embedded PostgreSQL):
 # on 2 cores it takes 58 % of the time of one process (docs/development.md).
-pytest: $(VENV)/.installed-dev
+pytest: $(VENV)/.installed-dev dashboard
 	$(BIN)/pytest -n auto --maxprocesses=4 --cov=gathering --cov-report= --durations=10 \
 		--ignore=tests/test_api_fuzz.py
 	$(BIN)/pytest --cov=gathering --cov-append --cov-report=term-missing:skip-covered \
@@ -42,27 +42,65 @@ pytest: $(VENV)/.installed-dev
 
 install: system-deps $(VENV)/.installed-run $(VENV)/.installed-dev
 
-# Debian packages (command:package) that the sandbox of the shell and python tools needs. When
+# Debian packages (command:package) that are needed: the sandbox of the shell and python tools
+# (bubblewrap, util-linux), node and npm to build the dashboard, and for the tests the browser
+# the dashboard's end-to-end tests drive (Debian's chromium; nothing downloads a browser). When
 # one is missing: installed if we are root, else the command to run is printed and the build
-# goes on (the sandbox's tests then fail with the same hint). Silent when nothing is missing.
-SYSTEM_DEPS := bwrap:bubblewrap setpriv:util-linux nsenter:util-linux
+# goes on (the tests that need it then fail with the same hint). Silent when nothing is missing.
+SYSTEM_DEPS := bwrap:bubblewrap setpriv:util-linux nsenter:util-linux node:nodejs npm:npm
+TEST_SYSTEM_DEPS := chromium:chromium
 
-system-deps:
+define install_debian
 	@missing=""; \
-	for dep in $(SYSTEM_DEPS); do \
+	for dep in $(1); do \
 		command -v $${dep%%:*} >/dev/null 2>&1 || case " $$missing " in \
 			*" $${dep##*:} "*) ;; *) missing="$$missing $${dep##*:}" ;; esac; \
 	done; \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "==> installing Debian packages for the sandbox:$$missing"; \
+		echo "==> installing Debian packages ($(2)):$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get install -y -qq $$missing >/dev/null 2>&1 \
 			|| { apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } \
 			|| echo "==> could not install them; run: apt-get update && apt-get install -y$$missing"; \
 	else \
-		echo "==> the sandbox needs Debian packages that are missing; run: sudo apt-get install -y$$missing"; \
+		echo "==> Debian packages are missing for $(2); run: sudo apt-get install -y$$missing"; \
 	fi
+endef
+
+system-deps:
+	$(call install_debian,$(SYSTEM_DEPS),the sandbox and the dashboard's build)
+
+test-system-deps:
+	$(call install_debian,$(TEST_SYSTEM_DEPS),the dashboard's browser tests)
+
+# The dashboard (dashboard/, React + Vite): npm packages from its lock file, built into the
+# Python package (src/gathering/api/dashboard_build), which serves it at / and ships it in the
+# wheel. Rebuilt only when its sources changed.
+DASHBOARD_NPM   := dashboard/node_modules/.installed
+DASHBOARD_BUILD := src/gathering/api/dashboard_build/index.html
+DASHBOARD_SRC   := $(shell find dashboard/src dashboard/index.html dashboard/vite.config.ts \
+	dashboard/tsconfig.json dashboard/package.json -type f 2>/dev/null)
+
+$(DASHBOARD_NPM): dashboard/package-lock.json
+	@echo "==> installing the dashboard's npm packages (dashboard/node_modules)"
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(DASHBOARD_BUILD): $(DASHBOARD_NPM) $(DASHBOARD_SRC)
+	@echo "==> building the dashboard"
+	cd dashboard && npm run --silent build
+
+dashboard: $(DASHBOARD_BUILD)
+
+# The dashboard's typed client, from the server's OpenAPI schema; tests/test_dashboard_client.py
+# fails when the checked-in one is stale.
+dashboard-client: $(VENV)/.installed-run $(DASHBOARD_NPM)
+	env -u GATHERING_AUTH $(BIN)/gathering openapi --output dashboard/openapi.json
+	cd dashboard && npm run --silent client
+
+dashboard-test: $(DASHBOARD_NPM)
+	cd dashboard && npm run --silent typecheck && npm test --silent
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,4 +116,5 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@
 
 clean:
-	rm -rf $(VENV) .coverage htmlcov .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .coverage htmlcov .pytest_cache .mypy_cache .ruff_cache \
+		dashboard/node_modules src/gathering/api/dashboard_build

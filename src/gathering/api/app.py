@@ -9,8 +9,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from gathering import __version__
+from gathering.api import dashboard
 from gathering.api.approval_duty import ApprovalDutyComponent
 from gathering.api.body_limit import BodyLimitMiddleware
+from gathering.api.dashboard import DashboardNavigationMiddleware
 from gathering.api.errors import install_error_handlers
 from gathering.api.middleware import RequestContextMiddleware
 from gathering.api.openapi import install_openapi
@@ -99,6 +101,8 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
     )
+    # A browser's navigation gets the dashboard's page; inside the security headers' middleware.
+    app.add_middleware(DashboardNavigationMiddleware)
     install_security(app, settings)  # before any include_router: routes get its gate
     state.lifecycle.add(AuditRetentionComponent(app.state.security))
     admission = app.state.security.turn_admission
@@ -140,6 +144,8 @@ def create_app(
     app.include_router(project_files.router)
     app.include_router(project_terminal.router)
     app.include_router(ws.router)
+    if dashboard.built():
+        app.mount(dashboard.ASSETS_PATH, dashboard.assets(), name="dashboard-assets")
     if settings.debug_endpoints:
         app.include_router(debug.router)
     install_openapi(app, settings)

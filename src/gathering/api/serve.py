@@ -1,15 +1,18 @@
-"""`gathering serve`: the API server under uvicorn, with a draining shutdown.
+"""`gathering serve`: the API server under uvicorn, with a draining shutdown; and `gathering
+openapi`, its schema.
 
-The command builds the app, so it lives with the API; `gathering.cli` holds the rest of the
+The commands build the app, so it lives with the API; `gathering.cli` holds the rest of the
 command line and stays below this layer. `main` is the `gathering` script and
 `python -m gathering`: the whole command line, `serve` included.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -50,6 +53,24 @@ def serve(
     application = create_app(settings=settings)
     config = uvicorn.Config(application, **_server_options(settings, host, port))
     DrainingServer(config, application.state.gathering.drain, settings.shutdown_timeout).run()
+
+
+@app.command()
+def openapi(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it to this file, not stdout")
+    ] = None,
+) -> None:
+    """Print the server's OpenAPI schema (JSON), as `GET /openapi.json` serves it; the
+    dashboard's typed client is generated from it (`make dashboard-client`)."""
+    settings = cli.settings_or_exit()
+    from gathering.api.app import create_app
+
+    document = json.dumps(create_app(settings=settings).openapi(), indent=2, ensure_ascii=False)
+    if output is None:
+        typer.echo(document)
+    else:
+        output.write_text(document + "\n", encoding="utf-8")
 
 
 def _server_options(settings: Settings, host: str, port: int) -> dict[str, Any]:

@@ -1,0 +1,12 @@
+import { asProblem } from "../api/problem";
+
+/** An error as the server put it: what happened (`detail`) and what to do (`hint`). */
+export function ProblemView({ error }: { error: unknown }) {
+  const problem = asProblem(error);
+  return (
+    <div className="problem" role="alert">
+      <strong>{problem.detail}</strong>
+      {problem.hint ? <p>{problem.hint}</p> : null}
+    </div>
+  );
+}

@@ -1,0 +1,74 @@
+"""The dashboard's build, served at `/`: hashed assets cached for good, and the page itself for
+every address a browser navigates to (the dashboard routes in the browser).
+
+`make run` builds it from `dashboard/` into `dashboard_build/` beside this module, which the
+wheel ships. A browser's navigation (`Sec-Fetch-Mode: navigate`) to an address the API also
+serves (`/agents`) gets the page; the same address fetched by a script gets the API's JSON.
+Without a build, `/` says how to make one and the API works as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.datastructures import Headers
+from starlette.responses import FileResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+BUILD = Path(__file__).with_name("dashboard_build")
+ASSETS_PATH = "/assets"
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Addresses that stay the API's own even when a browser navigates to them.
+API_PAGES = ("/docs", "/redoc", "/openapi.json", "/health", "/metrics", "/ws", ASSETS_PATH)
+
+
+def built(build: Path = BUILD) -> bool:
+    """Whether a dashboard build is there to serve."""
+    return (build / "index.html").is_file()
+
+
+class _Assets(StaticFiles):
+    """Vite's hashed files: a name changes with its content, so a browser keeps it for good."""
+
+    def file_response(self, *args: object, **kwargs: object) -> Response:
+        response = super().file_response(*args, **kwargs)  # type: ignore[arg-type]
+        response.headers["Cache-Control"] = IMMUTABLE
+        return response
+
+
+def assets(build: Path = BUILD) -> ASGIApp:
+    """The app serving `/assets/*` of the build."""
+    return _Assets(directory=build / "assets")
+
+
+def page(build: Path = BUILD) -> Response:
+    """The dashboard's page, never cached (it names the current assets)."""
+    return FileResponse(build / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def _navigation(scope: Scope) -> bool:
+    if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+        return False
+    path: str = scope["path"]
+    if path == "/" or any(path == p or path.startswith(p + "/") for p in API_PAGES):
+        return False
+    headers = Headers(scope=scope)
+    return headers.get("sec-fetch-mode") == "navigate" and headers.get("sec-fetch-dest") in (
+        "document",
+        None,
+    )
+
+
+class DashboardNavigationMiddleware:
+    """Answer a browser's navigation to a dashboard address with the dashboard's page."""
+
+    def __init__(self, app: ASGIApp, build: Path = BUILD) -> None:
+        self.app = app
+        self.build = build
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _navigation(scope) and built(self.build):
+            await page(self.build)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

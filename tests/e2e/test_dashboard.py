@@ -1,0 +1,131 @@
+"""The dashboard in a real browser (Debian's chromium) against a real `gathering serve` on a
+migrated database, the model faked at its HTTP wire: sign in, create an agent, chat with the
+reply streaming in, decide an approval. Each page is checked with axe-core and photographed
+(test-artifacts/dashboard/)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from browser import check_page, chromium
+from job_processes import ScratchDatabase, scratch_database, worker_env
+from live_server import LiveServer, environment
+from playwright.async_api import Page, expect
+
+from gathering.testing import LLMStubServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+ADMIN = ("ada@example.com", "a long enough passphrase")
+
+
+@pytest.fixture
+def database(test_server_url: str) -> Iterator[ScratchDatabase]:
+    with scratch_database(test_server_url) as db:
+        yield db
+
+
+@pytest.fixture
+def stub(llm_stub: LLMStubServer) -> Iterator[LLMStubServer]:
+    llm_stub.reset()
+    try:
+        yield llm_stub
+    finally:
+        llm_stub.reset()
+
+
+def _multi_user_server(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
+    env = worker_env(
+        database,
+        GATHERING_AUTH="required",
+        GATHERING_SECRET_KEY="dashboard-test-secret-" + "0123456789abcdef" * 4,
+        GATHERING_DEFAULT_PROVIDER="anthropic",
+        **stub.environment(),
+    )
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gathering",
+            "users",
+            "create",
+            ADMIN[0],
+            "--admin",
+            "--password",
+            ADMIN[1],
+        ],
+        env=environment(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    server = LiveServer(**env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def multi_user(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
+    yield from _multi_user_server(database, stub)
+
+
+async def _sign_in(page: Page, base: str) -> None:
+    await page.goto(base + "/")
+    await expect(page.get_by_role("form", name="Sign in")).to_be_visible()
+    await check_page(page, "login")
+    await page.get_by_label("Email").fill(ADMIN[0])
+    await page.get_by_label("Password").fill(ADMIN[1])
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
+async def test_sign_in_create_an_agent_and_chat_with_the_reply_streaming(
+    multi_user: LiveServer, stub: LLMStubServer
+) -> None:
+    stub.add_reply("Hello from the stub model, streamed.")
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await _sign_in(page, multi_user.base)
+        await expect(page.get_by_text("Live")).to_be_visible()
+        await check_page(page, "overview")
+
+        await page.get_by_role("link", name="Agents").click()
+        await page.get_by_role("button", name="New agent").click()
+        await page.get_by_label("Name").fill("Ada")
+        await page.get_by_role("button", name="Create").click()
+        await expect(page.get_by_role("heading", name="Ada")).to_be_visible()
+
+        await page.get_by_label("Message").fill("Say hello")
+        await page.get_by_role("button", name="Send").click()
+        reply = page.get_by_role("article", name="assistant")
+        await expect(reply).to_contain_text("Hello from the stub model, streamed.")
+        await expect(reply).to_contain_text("tokens")
+        await check_page(page, "agent-chat")
+
+        # A reload keeps the session and the conversation (the page is served at its address).
+        await page.reload()
+        await expect(page.get_by_role("article", name="assistant")).to_contain_text(
+            "Hello from the stub model"
+        )
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.get_by_role("form", name="Sign in")).to_be_visible()
+
+
+def test_a_script_still_gets_json_where_a_browser_gets_the_page(multi_user: LiveServer) -> None:
+    navigate = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    page = httpx.get(f"{multi_user.base}/agents", headers=navigate)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["cache-control"] == "no-cache"
+    api = httpx.get(f"{multi_user.base}/agents")
+    assert api.status_code == 401 and api.headers["content-type"] == "application/problem+json"
+    asset = page.text.split('src="', 1)[1].split('"', 1)[0]
+    cached = httpx.get(multi_user.base + asset)
+    assert cached.status_code == 200
+    assert cached.headers["cache-control"] == "public, max-age=31536000, immutable"
