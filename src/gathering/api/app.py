@@ -144,7 +144,7 @@ def create_app(
     app.include_router(project_files.router)
     app.include_router(project_terminal.router)
     app.include_router(ws.router)
-    if dashboard.built():
+    if dashboard.BUILT:
         app.mount(dashboard.ASSETS_PATH, dashboard.assets(), name="dashboard-assets")
     if settings.debug_endpoints:
         app.include_router(debug.router)

@@ -23,9 +23,9 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 API_PAGES = ("/docs", "/redoc", "/openapi.json", "/health", "/metrics", "/ws", ASSETS_PATH)
 
 
-def built(build: Path = BUILD) -> bool:
-    """Whether a dashboard build is there to serve."""
-    return (build / "index.html").is_file()
+# Looked at once, on import (a file check inside a running event loop would block it): a
+# server started before `make dashboard` serves the build after a restart.
+BUILT = (BUILD / "index.html").is_file()
 
 
 class _Assets(StaticFiles):
@@ -37,14 +37,14 @@ class _Assets(StaticFiles):
         return response
 
 
-def assets(build: Path = BUILD) -> ASGIApp:
+def assets() -> ASGIApp:
     """The app serving `/assets/*` of the build."""
-    return _Assets(directory=build / "assets")
+    return _Assets(directory=BUILD / "assets", check_dir=False)
 
 
-def page(build: Path = BUILD) -> Response:
+def page() -> Response:
     """The dashboard's page, never cached (it names the current assets)."""
-    return FileResponse(build / "index.html", headers={"Cache-Control": "no-cache"})
+    return FileResponse(BUILD / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 def _navigation(scope: Scope) -> bool:
@@ -63,12 +63,11 @@ def _navigation(scope: Scope) -> bool:
 class DashboardNavigationMiddleware:
     """Answer a browser's navigation to a dashboard address with the dashboard's page."""
 
-    def __init__(self, app: ASGIApp, build: Path = BUILD) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.build = build
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _navigation(scope) and built(self.build):
-            await page(self.build)(scope, receive, send)
+        if BUILT and _navigation(scope):
+            await page()(scope, receive, send)
             return
         await self.app(scope, receive, send)

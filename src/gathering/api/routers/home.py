@@ -31,4 +31,4 @@ from the source checkout; the Python wheel ships it built.</p>
 
 @router.get("/")
 async def home() -> Response:
-    return dashboard.page() if dashboard.built() else HTMLResponse(_PAGE)
+    return dashboard.page() if dashboard.BUILT else HTMLResponse(_PAGE)
