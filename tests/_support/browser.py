@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "dashboard" / "node_modules" / "axe-core" / "axe.min.js"
@@ -50,6 +50,29 @@ async def chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
+_errors: dict[int, list[str]] = {}
+
+
+async def new_page(browser: Browser) -> Page:
+    """A page whose console errors and uncaught exceptions (a CSP refusal among them) are kept:
+    `check_page` fails on any."""
+    page = await browser.new_page()
+    errors = _errors.setdefault(id(page), [])
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(f"console: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    return page
+
+
+def page_errors(page: Page) -> list[str]:
+    """What went wrong in `page` so far (console errors, uncaught exceptions)."""
+    return list(_errors.get(id(page), []))
+
+
 async def accessibility_violations(page: Page) -> list[dict[str, Any]]:
     """axe-core's serious and critical violations on the page as it is now."""
     # Evaluated through the devtools protocol: the page's CSP (rightly) refuses inline scripts.
@@ -64,9 +87,14 @@ async def accessibility_violations(page: Page) -> list[dict[str, Any]]:
     ]
 
 
-async def check_page(page: Page, name: str) -> None:
-    """Save a screenshot of the page as `name`.png, then fail on accessibility violations."""
+async def check_page(page: Page, name: str, *, expected_errors: int = 0) -> None:
+    """Save a screenshot of the page as `name`.png, then fail on accessibility violations and
+    on console errors since the last check (pages made by `new_page`; `expected_errors` for a
+    page that makes a request fail on purpose, which the browser logs)."""
     await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     violations = await accessibility_violations(page)
     assert not violations, f"{name}: {json.dumps(violations, indent=1)}"
+    errors = page_errors(page)
+    _errors.get(id(page), []).clear()  # the next check counts from here
+    assert len(errors) == expected_errors, f"{name}: {errors}"

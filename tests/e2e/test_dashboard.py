@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from browser import check_page, chromium
+from browser import check_page, chromium, new_page
 from job_processes import ScratchDatabase, scratch_database, worker_env
 from live_server import LiveServer, environment
 from playwright.async_api import Page, expect
@@ -79,7 +79,7 @@ def multi_user(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveS
 async def _sign_in(page: Page, base: str) -> None:
     await page.goto(base + "/")
     await expect(page.get_by_role("form", name="Sign in")).to_be_visible()
-    await check_page(page, "login")
+    await check_page(page, "login", expected_errors=1)  # the browser logs /auth/me's 401
     await page.get_by_label("Email").fill(ADMIN[0])
     await page.get_by_label("Password").fill(ADMIN[1])
     await page.get_by_role("button", name="Sign in").click()
@@ -91,7 +91,7 @@ async def test_sign_in_create_an_agent_and_chat_with_the_reply_streaming(
 ) -> None:
     stub.add_reply("Hello from the stub model, streamed.")
     async with chromium() as browser:
-        page = await browser.new_page()
+        page = await new_page(browser)
         await _sign_in(page, multi_user.base)
         await expect(page.get_by_text("Live")).to_be_visible()
         await check_page(page, "overview")
