@@ -2709,9 +2709,13 @@ def goals_delete(goal_id: GoalIdArgument) -> None:
 @goals_app.command("activities")
 def goals_activities(goal_id: GoalIdArgument) -> None:
     """What was done about a goal, oldest first."""
-    from gathering.scheduler.goals import activities
+    from gathering.scheduler.goals import activities, get_goal
 
-    rows = _on_goals(lambda db: activities(db, goal_id, limit=500))
+    async def read(db: Database) -> list[dict[str, Any]]:
+        await get_goal(db, goal_id)  # a goal that is not there is said so, as the API does
+        return await activities(db, goal_id, limit=500)
+
+    rows = _on_goals(read)
     for row in rows:
         body = json.dumps(row["body"], ensure_ascii=False)[:160]
         console.print(f"{_when(row['created_at'])} [bold]{row['kind']}[/] {escape(body)}")
