@@ -1033,3 +1033,58 @@ async def test_expiring_schedules_skip_no_other_in_the_same_claim(
     await publish(lab, "custom.x")
     await lab.scheduler.claim_due()
     assert [len(await lab.runs(s)) for s in schedules] == [1] * 5
+
+
+async def _waiting_for_attempt(
+    lab: Lab, schedule: ScheduleRecord, attempt: int, limit: float = 20
+) -> dict[str, Any]:
+    """The run of `schedule` once its attempt `attempt` failed and it waits for the next
+    one, with its retry job's `scheduled_at` (as `retry_at`) and status (as `job_status`)."""
+    deadline = time.monotonic() + limit
+    while True:
+        row = await lab.db.fetch_one(
+            "SELECT r.*, j.scheduled_at AS retry_at, j.status::text AS job_status"
+            " FROM scheduler.runs r LEFT JOIN procrastinate_jobs j ON j.id = r.job_id"
+            " WHERE r.schedule_id = $1",
+            schedule.id,
+        )
+        if row is not None and (row["status"], row["attempt"]) == ("queued", attempt):
+            return dict(row)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"attempt {attempt} did not fail and wait for a retry: {row}")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_retry_waits_its_backoff_doubled_at_each_attempt(lab: Lab, api: Any) -> None:
+    """docs/scheduler.md: a failed run is tried again after `retry_backoff_seconds`, doubled
+    each time. The retry's job is scheduled that long after the failed attempt (which began
+    at the run's `started_at` and ended within seconds: the call answers at once); time is
+    moved by bringing the retry job's `scheduled_at` to now."""
+    url, statuses = api
+    statuses += [503, 503, 503]
+    backoff = 60
+    schedule = await lab.schedule(
+        kind="interval",
+        every_seconds=3600,
+        action="call_api",
+        config={"url": url},
+        max_retries=2,
+        retry_backoff_seconds=backoff,
+    )
+    await lab.due_since(schedule, 1)
+    await lab.scheduler.claim_due()
+    jobs: list[int] = []
+    for attempt, wait in ((1, backoff), (2, 2 * backoff)):
+        run = await _waiting_for_attempt(lab, schedule, attempt)
+        assert run["error"]["code"] == "http_503", run  # the failed attempt's error, kept
+        assert run["job_status"] == "todo" and run["job_id"] not in jobs, run
+        jobs.append(run["job_id"])
+        waited = run["retry_at"] - run["started_at"]
+        assert timedelta(seconds=wait) <= waited < timedelta(seconds=wait + 10), (attempt, run)
+        await lab.db.execute(
+            "UPDATE procrastinate_jobs SET scheduled_at = now() WHERE id = $1", run["job_id"]
+        )
+    [run] = await lab.settled(schedule, 1)
+    assert (run["status"], run["attempt"]) == ("failed", 3)  # max_retries 2: three attempts
+    assert run["error"]["code"] == "http_503"
+    assert statuses == []  # each attempt made its call once
