@@ -109,6 +109,33 @@ async def test_an_event_schedule_has_no_preview(api: httpx.AsyncClient) -> None:
     assert "x.done event" in refused.json()["detail"]
 
 
+async def test_a_draft_is_previewed_as_the_server_plans_it_and_nothing_is_stored(
+    api: httpx.AsyncClient,
+) -> None:
+    """The form's preview: a definition not saved yet, its cron read in its time zone (DST
+    included), an interval counted from its start, a bad cron or zone refused as on save."""
+    draft = {"kind": "cron", "cron": "0 9 * * *", "timezone": "Europe/Paris", **NOTE}
+    fires = await api.post("/schedules/preview", json=draft, params={"count": 4})
+    assert fires.status_code == 200, fires.text
+    instants = [datetime.fromisoformat(t) for t in fires.json()]
+    assert len(instants) == 4 and instants == sorted(instants)
+    assert all(t.astimezone(UTC).hour in (7, 8) for t in instants)  # 09:00 Paris: UTC+1 or +2
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    every = {"kind": "interval", "every_seconds": 90, "start_at": start.isoformat(), **NOTE}
+    fires = await api.post("/schedules/preview", json=every, params={"count": 2})
+    assert [datetime.fromisoformat(t) for t in fires.json()] == [  # from its start, on
+        start,
+        start + timedelta(seconds=90),
+    ]
+    bad = await api.post("/schedules/preview", json={**draft, "cron": "61 * * * *"})
+    assert bad.status_code == 422 and "invalid cron" in bad.text
+    zone = await api.post("/schedules/preview", json={**draft, "timezone": "Mars/Olympus"})
+    assert zone.status_code == 422 and "time zone" in zone.json()["detail"]
+    event = {"kind": "event", "event_type": "x.done", **NOTE}
+    assert (await api.post("/schedules/preview", json=event)).status_code == 409
+    assert (await api.get("/schedules")).json() == []
+
+
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [

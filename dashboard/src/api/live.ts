@@ -22,8 +22,6 @@ export type LiveState = "connecting" | "live" | "reconnecting" | "refused";
 export interface LiveOptions {
   patterns: string[];
   subjects?: string[];
-  /** The WebSocket path: `/ws`, or `/ws/circles/{name}` (which subscribes by itself). */
-  path?: string;
   onEvent: (event: LiveEvent) => void;
   onState?: (state: LiveState, why?: string) => void;
 }
@@ -51,7 +49,7 @@ export class LiveSocket {
 
   private connect(): void {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const socket = new WebSocket(`${scheme}//${location.host}${this.options.path ?? "/ws"}`);
+    const socket = new WebSocket(`${scheme}//${location.host}/ws`);
     this.socket = socket;
     socket.onopen = () => {
       const tokens = readTokens();
@@ -63,10 +61,6 @@ export class LiveSocket {
   }
 
   private subscribe(socket: WebSocket): void {
-    if (this.options.path && this.options.path !== "/ws") {
-      this.options.onState?.("live");
-      return; // a circle's socket is subscribed by its address
-    }
     const frame: Record<string, unknown> = { type: "subscribe", patterns: this.options.patterns };
     if (this.options.subjects?.length) frame.subjects = this.options.subjects;
     if (this.cursor !== null) frame.since = this.cursor;
@@ -128,7 +122,7 @@ export function useLive(options: LiveOptions): LiveState {
   const [state, setState] = useState<LiveState>("connecting");
   const latest = useRef(options);
   latest.current = options;
-  const key = JSON.stringify([options.path, options.patterns, options.subjects]);
+  const key = JSON.stringify([options.patterns, options.subjects]);
   useEffect(() => {
     const socket = new LiveSocket({
       ...latest.current,

@@ -19,6 +19,19 @@ describe("toProblem", () => {
   });
 });
 
+describe("a refused body", () => {
+  it("lists its mistakes, where each is", () => {
+    const problem = toProblem(422, {
+      detail: "the request is invalid; see `errors`",
+      errors: [
+        { loc: ["body"], msg: "Value error, invalid cron expression '61 * * * *': Bad minute" },
+        { loc: ["body", "config", "title"], msg: "Field required" },
+      ],
+    });
+    expect(problem.errors).toEqual(["invalid cron expression '61 * * * *': Bad minute", "config.title: Field required"]);
+  });
+});
+
 describe("asProblem", () => {
   it("passes a ProblemError's problem through", () => {
     const problem = toProblem(404, { detail: "no agent 3" });

@@ -6,6 +6,8 @@ export interface Problem {
   detail: string;
   hint?: string;
   code?: string;
+  /** A refused body's mistakes, one line each ("body.cron: invalid cron expression ..."). */
+  errors?: string[];
 }
 
 export class ProblemError extends Error {
@@ -22,6 +24,13 @@ function text(value: unknown): string | undefined {
   return typeof value === "string" && value ? value : undefined;
 }
 
+function errorLine(error: unknown): string {
+  const fields = (typeof error === "object" && error !== null ? error : {}) as Record<string, unknown>;
+  const where = Array.isArray(fields.loc) ? fields.loc.filter((part) => part !== "body").join(".") : "";
+  const message = (text(fields.msg) ?? "invalid").replace(/^Value error, /, "");
+  return where ? `${where}: ${message}` : message;
+}
+
 /** The problem a failed response carries (any shape the server or a proxy sends). */
 export function toProblem(status: number, body: unknown): Problem {
   const fields = (typeof body === "object" && body !== null ? body : {}) as Record<string, unknown>;
@@ -35,6 +44,8 @@ export function toProblem(status: number, body: unknown): Problem {
   const code = text(fields.code);
   if (hint) problem.hint = hint;
   if (code) problem.code = code;
+  const errors = Array.isArray(fields.errors) ? fields.errors.slice(0, 5).map(errorLine) : [];
+  if (errors.length) problem.errors = errors;
   return problem;
 }
 

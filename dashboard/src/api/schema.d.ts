@@ -1395,6 +1395,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/schedules/preview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The next instants a schedule not saved yet would fire
+         * @description For a form being filled in: the timing of the definition as the server reads it (an
+         *     interval counts from its start_at, else from now); nothing is stored and the action's
+         *     settings are not checked.
+         */
+        post: operations["schedules-schedule_draft_preview"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/schedules/{schedule_id}": {
         parameters: {
             query?: never;
@@ -6666,6 +6688,103 @@ export interface components {
             started_at?: string | null;
             /** Finished At */
             finished_at?: string | null;
+        };
+        /**
+         * ScheduleSpec
+         * @description A schedule's definition (see the module's docstring).
+         */
+        ScheduleSpec: {
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "cron" | "interval" | "once" | "event";
+            /**
+             * Cron
+             * @description For kind cron
+             */
+            cron?: string | null;
+            /**
+             * Timezone
+             * @description The cron's time zone
+             * @default UTC
+             */
+            timezone?: string;
+            /**
+             * Every Seconds
+             * @description For kind interval
+             */
+            every_seconds?: number | null;
+            /**
+             * At
+             * @description For kind once
+             */
+            at?: string | null;
+            /**
+             * Event Type
+             * @description For kind event: an event type, or a pattern such as pipeline_run.*
+             */
+            event_type?: string | null;
+            /**
+             * Match
+             * @description For kind event: values the event's data must hold
+             */
+            match?: {
+                [key: string]: string | number | boolean | null;
+            } | null;
+            /**
+             * Action
+             * @enum {string}
+             */
+            action: "run_task" | "execute_pipeline" | "send_notification" | "call_api";
+            /**
+             * Config
+             * @description The action's settings
+             */
+            config?: {
+                [key: string]: unknown;
+            };
+            /**
+             * Misfire
+             * @description Slots found late (the scheduler was down): skip them, run the latest once, or run up to catch_up_max of them
+             * @default run_once
+             * @enum {string}
+             */
+            misfire?: "skip" | "run_once" | "catch_up";
+            /**
+             * Catch Up Max
+             * @default 10
+             */
+            catch_up_max?: number;
+            /**
+             * Misfire Grace Seconds
+             * @description How late a slot may run and be on time
+             * @default 60
+             */
+            misfire_grace_seconds?: number;
+            /**
+             * Concurrency
+             * @description When a run is still going at the next slot: run both, skip the new one, or cancel the old one
+             * @default allow
+             * @enum {string}
+             */
+            concurrency?: "allow" | "forbid" | "replace";
+            /** Max Executions */
+            max_executions?: number | null;
+            /** Start At */
+            start_at?: string | null;
+            /** End At */
+            end_at?: string | null;
+            /**
+             * Max Retries
+             * @default 0
+             */
+            max_retries?: number;
+            /**
+             * Retry Backoff Seconds
+             * @default 10
+             */
+            retry_backoff_seconds?: number;
         };
         /** ScheduleTriggerIn */
         ScheduleTriggerIn: {
@@ -17615,6 +17734,105 @@ export interface operations {
                 };
             };
             /** @description The definition is wrong: the message names where */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited: wait for Retry-After seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; it has been logged */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable (draining, or the database is): retry after Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "schedules-schedule_draft_preview": {
+        parameters: {
+            query?: {
+                count?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ScheduleSpec"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": string[];
+                };
+            };
+            /** @description Malformed request: a Host that is not served, a NUL in the URL, a bad Content-Length (HTTP the server cannot parse is answered in text/plain, before the app sees it) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                    "text/plain": string;
+                };
+            };
+            /** @description Refused: a cross-origin request, or the caller lacks the role or scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An event schedule: it fires on events, not at set times */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than the server accepts (checked for every request) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid input: `errors` names each refused field */
             422: {
                 headers: {
                     [name: string]: unknown;

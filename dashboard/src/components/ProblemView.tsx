@@ -6,6 +6,13 @@ export function ProblemView({ error }: { error: unknown }) {
   return (
     <div className="problem" role="alert">
       <strong>{problem.detail}</strong>
+      {problem.errors ? (
+        <ul>
+          {problem.errors.map((line) => (
+            <li key={line}>{line}</li>
+          ))}
+        </ul>
+      ) : null}
       {problem.hint ? <p>{problem.hint}</p> : null}
     </div>
   );

@@ -138,6 +138,25 @@ async def schedule_create(body: ScheduleIn, principal: SchedulesWriter, db: DbDe
     return _out(await create_schedule(db, principal.user_id, body.name, _document(body)))
 
 
+@router.post(
+    "/preview",
+    summary="The next instants a schedule not saved yet would fire",
+    dependencies=[rate_limit("relaxed")],
+    responses={409: {"description": "An event schedule: it fires on events, not at set times"}},
+)
+async def schedule_draft_preview(
+    body: ScheduleSpec,
+    principal: SchedulesReader,
+    count: Annotated[WholeNumber, Query(ge=1, le=100)] = 5,
+) -> list[datetime]:
+    """For a form being filled in: the timing of the definition as the server reads it (an
+    interval counts from its start_at, else from now); nothing is stored and the action's
+    settings are not checked."""
+    await load_zone(body.timezone)
+    now = datetime.now(UTC)
+    return await asyncio.to_thread(preview, body, body.start_at or now, now, count)
+
+
 @router.get("/{schedule_id:id}", summary="One schedule", dependencies=[rate_limit("relaxed")])
 async def schedule_get(
     schedule_id: ScheduleId, request: Request, principal: SchedulesReader, db: DbDep
