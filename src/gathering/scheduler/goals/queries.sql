@@ -82,7 +82,7 @@ WHERE id = $1 AND status IN ('open', 'waiting')
 RETURNING *
 
 -- name: delete_goal --
-DELETE FROM scheduler.goals WHERE id = $1 RETURNING id
+DELETE FROM scheduler.goals WHERE id = $1 RETURNING id, owner_id, parent_id
 
 -- name: pipeline_version --
 SELECT current_version FROM pipeline.pipelines WHERE id = $1
@@ -156,11 +156,20 @@ SELECT * FROM scheduler.goal_activities WHERE goal_id = $1 AND id > $2 ORDER BY 
 -- (or is gone), waiting ones none of whose dependencies, or those of a goal above them, is
 -- still to be done, and active ones with no work of their own none of whose subgoals is still
 -- to end (a parent, or a goal whose work was deleted).
-WITH due AS (
+-- The duty runs this every half second: the goals it looks at are only the started ones
+-- (goals_in_progress) and the open children of an active goal with no work of its own
+-- (goals_children), never the open goals not started (whole trees may wait so) nor the ended.
+WITH candidate AS (
+    SELECT id FROM scheduler.goals WHERE status IN ('waiting', 'active')
+    UNION ALL
+    SELECT c.id FROM scheduler.goals p
+    JOIN scheduler.goals c ON c.parent_id = p.id AND c.status = 'open'
+    WHERE p.status = 'active' AND p.task_id IS NULL AND p.pipeline_run_id IS NULL
+), due AS (
     SELECT g.id FROM scheduler.goals g
     LEFT JOIN scheduler.tasks t ON t.id = g.task_id
     LEFT JOIN pipeline.runs r ON r.id = g.pipeline_run_id
-    WHERE g.status IN ('open', 'waiting', 'active') AND (
+    WHERE g.id IN (SELECT id FROM candidate) AND g.status IN ('open', 'waiting', 'active') AND (
         (g.status = 'open' AND EXISTS (
             SELECT 1 FROM scheduler.goals p WHERE p.id = g.parent_id AND p.status = 'active'
             AND p.task_id IS NULL AND p.pipeline_run_id IS NULL))

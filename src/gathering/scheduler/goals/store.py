@@ -18,6 +18,7 @@ from gathering.db.locks import LockKey
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text, storable_value
 from gathering.errors import ConflictError, InvalidInputError, NotFoundError
+from gathering.events import Event, outbox
 from gathering.scheduler.tasks.store import owned_id
 
 _SQL = queries_of("gathering.scheduler.goals")
@@ -125,6 +126,17 @@ async def add_activity(queries: Queries, goal_id: int, kind: str, **body: Any) -
     await queries.execute(_SQL["add_activity"], goal_id, kind, Jsonb(storable_value(body)))
 
 
+def goal_changed(goal: GoalRecord, **extra: Any) -> Event:
+    """The `goal.changed` event of `goal` as it is now, on its owner's subject."""
+    body = {"goal_id": goal.id, "status": goal.status, "parent_id": goal.parent_id, **extra}
+    return Event("goal.changed", body, subject=f"user:{goal.owner_id}", source="scheduler")
+
+
+async def _tell(queries: Queries, event: Event) -> None:
+    """Write `event` to the outbox in the caller's transaction: it goes out if it commits."""
+    await outbox.write(queries, [event])
+
+
 async def create_goal(queries: Queries, owner_id: int, spec: GoalIn) -> GoalRecord:
     """Store a goal of `owner_id` (a subgoal when `parent_id` names one of theirs, which is
     locked meanwhile: call it inside a transaction)."""
@@ -166,6 +178,7 @@ async def create_goal(queries: Queries, owner_id: int, spec: GoalIn) -> GoalReco
     assert row is not None
     goal = GoalRecord.from_row(row)
     await add_activity(queries, goal.id, "created", title=goal.title)
+    await _tell(queries, goal_changed(goal, change="created"))
     return goal
 
 
@@ -232,13 +245,21 @@ async def change_goal(queries: Queries, goal: GoalRecord, change: GoalChange) ->
     if row is None:
         raise NotFoundError(f"no goal {goal.id}")
     await add_activity(queries, goal.id, "changed", fields=sorted(columns))
-    return GoalRecord.from_row(row)
+    changed = GoalRecord.from_row(row)
+    await _tell(queries, goal_changed(changed, change="changed", fields=sorted(columns)))
+    return changed
 
 
 async def delete_goal(queries: Queries, goal_id: int) -> None:
     """Delete a goal with its subgoals (the tasks and runs they started are kept)."""
-    if await queries.fetch_one(_SQL["delete_goal"], goal_id) is None:
+    row = await queries.fetch_one(_SQL["delete_goal"], goal_id)
+    if row is None:
         raise NotFoundError(f"no goal {goal_id}")
+    body = {"goal_id": goal_id, "status": "deleted", "parent_id": row["parent_id"]}
+    await _tell(
+        queries,
+        Event("goal.changed", body, subject=f"user:{row['owner_id']}", source="scheduler"),
+    )
 
 
 async def lock_dependencies(queries: Queries, owner_id: int) -> None:
@@ -290,6 +311,8 @@ async def add_dependency(queries: Queries, goal: GoalRecord, blocked_by: GoalRec
         )
     if await queries.fetch_one(_SQL["add_dependency"], goal.id, blocked_by.id) is not None:
         await add_activity(queries, goal.id, "dependency_added", blocked_by=blocked_by.id)
+        event = goal_changed(goal, change="dependency_added", blocked_by=blocked_by.id)
+        await _tell(queries, event)
 
 
 async def _would_wait_forever(queries: Queries, goal: GoalRecord, blocked_by: int) -> bool:
@@ -346,6 +369,8 @@ async def remove_dependency(queries: Queries, goal_id: int, blocked_by: int) -> 
     """Goal `goal_id` no longer waits for `blocked_by`."""
     if await queries.fetch_one(_SQL["remove_dependency"], goal_id, blocked_by) is None:
         raise NotFoundError(f"goal {goal_id} does not wait for goal {blocked_by}")
+    goal = await get_goal(queries, goal_id)
+    await _tell(queries, goal_changed(goal, change="dependency_removed", blocked_by=blocked_by))
     await add_activity(queries, goal_id, "dependency_removed", blocked_by=blocked_by)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +41,7 @@ from gathering.scheduler.goals.store import (
     add_dependency,
     create_goal,
     get_goal,
+    goal_changed,
     goal_tree,
     lock_dependencies,
     try_lock_dependencies,
@@ -73,11 +73,6 @@ DECOMPOSE_BRIEF = (
     '{{"title": "...", "description": "...", "success_criteria": "...", '
     '"depends_on": [numbers of earlier items, from 1, that must be done first]}}.'
 )
-
-
-def _event(goal: GoalRecord, **extra: Any) -> Event:
-    body = {"goal_id": goal.id, "status": goal.status, "parent_id": goal.parent_id, **extra}
-    return Event("goal.changed", body, subject=f"user:{goal.owner_id}", source="scheduler")
 
 
 async def start_goal(
@@ -154,7 +149,7 @@ async def _start(
             row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "waiting")
             assert row is not None
             await add_activity(tx, goal.id, "waiting", blocked_by=blocked)
-            events.append(_event(GoalRecord.from_row(row), blocked_by=blocked))
+            events.append(goal_changed(GoalRecord.from_row(row), blocked_by=blocked))
         return
     if not node.children:
         await _launch(db, bus, tx, goal, events)
@@ -162,7 +157,7 @@ async def _start(
     row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "active")
     assert row is not None
     await add_activity(tx, goal.id, "started", subgoals=len(node.children))
-    events.append(_event(GoalRecord.from_row(row)))
+    events.append(goal_changed(GoalRecord.from_row(row)))
     for child in node.children:
         await _start(db, bus, tx, child, events)
 
@@ -212,7 +207,7 @@ async def _launch(
     row = await tx.fetch_one(_SQL["goal_launched"], goal.id, task_id, run_id)
     if row is None:
         raise ConflictError(f"goal {goal.id} was started meanwhile")
-    events.append(_event(GoalRecord.from_row(row), task_id=task_id, pipeline_run_id=run_id))
+    events.append(goal_changed(GoalRecord.from_row(row), task_id=task_id, pipeline_run_id=run_id))
 
 
 async def _brief(tx: Queries, goal: GoalRecord) -> str:
@@ -267,7 +262,7 @@ async def _fail_goal(db: Database, bus: EventBus, goal_id: int, exc: GatheringEr
         if row is None:
             return  # deleted, ended or cancelled meanwhile
         await add_activity(tx, goal_id, "failed", error={"code": exc.code, "message": exc.message})
-        await bus.publish_many([_event(GoalRecord.from_row(row))], tx=tx)
+        await bus.publish_many([goal_changed(GoalRecord.from_row(row))], tx=tx)
 
 
 async def _settle(
@@ -308,7 +303,7 @@ async def _settle(
             await add_activity(tx, goal.id, "work_gone")
     row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, to)
     assert row is not None
-    events.append(_event(GoalRecord.from_row(row)))
+    events.append(goal_changed(GoalRecord.from_row(row)))
 
 
 async def cancel_goal(db: Database, bus: EventBus | None, goal_id: int) -> GoalRecord:
@@ -335,7 +330,7 @@ async def cancel_goal(db: Database, bus: EventBus | None, goal_id: int) -> GoalR
             row = await tx.fetch_one(_SQL["set_goal_status"], goal.id, "cancelled")
             assert row is not None
             await add_activity(tx, goal.id, "cancelled", by_goal=goal_id)
-            events.append(_event(GoalRecord.from_row(row)))
+            events.append(goal_changed(GoalRecord.from_row(row)))
         await bus.publish_many(events, tx=tx)
         return await get_goal(tx, goal_id)
 
