@@ -151,6 +151,14 @@ class Settings(BaseSettings):
         description="Runs one owner may have running at once (sub-pipeline runs included);"
         " a run past it is refused (429), a sub-pipeline call past it fails its node.",
     )
+    task_max_running_per_owner: int = Field(
+        default=2,
+        ge=1,
+        le=100_000,
+        validation_alias=_env("task_max_running_per_owner"),
+        description="Background tasks one owner may have running at once, across all"
+        " workers; a task past it stays queued until one of them stops running.",
+    )
     breaker_failures: int = Field(
         default=5,
         ge=1,

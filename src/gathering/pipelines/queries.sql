@@ -65,6 +65,21 @@ SELECT p.*, v.definition FROM p JOIN v ON v.pipeline_id = p.id
 -- name: delete_pipeline --
 DELETE FROM pipeline.pipelines WHERE id = $1 RETURNING id
 
+-- name: pipelines_changed --
+-- What changes when a pipeline is saved or deleted, or a trigger schedule made or deleted
+-- (the scheduler's pipeline_triggers.py looks every half second, so nothing here scans every
+-- pipeline): the latest save (pipelines_by_update), the trigger schedules, and those of them
+-- whose pipeline is gone (each looked up by the id in its name `pipeline:<id>:<node>`). A
+-- deleted pipeline with no trigger schedule changes nothing the triggers follow.
+SELECT (SELECT max(updated_at) FROM pipeline.pipelines) AS latest,
+       count(*) AS triggers,
+       count(*) FILTER (WHERE NOT EXISTS (
+           SELECT 1 FROM pipeline.pipelines p
+           WHERE p.id = CASE WHEN split_part(s.name, ':', 2) ~ '^[0-9]{1,18}$'
+                             THEN split_part(s.name, ':', 2)::bigint END)) AS orphans
+FROM scheduler.schedules s
+WHERE starts_with(s.name, 'pipeline:')
+
 -- name: list_versions --
 -- Every version of pipeline $1, newest first (without the definitions: their names).
 SELECT pipeline_id, version, definition ->> 'name' AS name, created_at, created_by

@@ -24,6 +24,7 @@ from gathering.scheduler.store import (
 
 log = structlog.get_logger(__name__)
 _SQL = queries_of("gathering.scheduler")
+_PIPELINES_SQL = queries_of("gathering.pipelines")
 
 
 def trigger_schedules(pipeline_id: int, definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -45,7 +46,9 @@ def trigger_schedules(pipeline_id: int, definition: dict[str, Any]) -> dict[str,
 
 class PipelineTriggers:
     """Keeps the trigger schedules in line with the pipelines (`sync`), doing the work only
-    when a pipeline was saved or deleted since the last time."""
+    when, since the last time, a pipeline was saved, a trigger schedule made or deleted, or a
+    pipeline deleted that has one (deleting a pipeline without one changes nothing here). The
+    look is a few index reads (`pipelines_changed`), made every half second."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -53,7 +56,7 @@ class PipelineTriggers:
 
     async def sync(self) -> int:
         """Make, change and delete trigger schedules as the pipelines say; how many changed."""
-        mark = tuple((await self.db.fetch_one(_SQL["pipelines_changed"]) or {}).values())
+        mark = tuple((await self.db.fetch_one(_PIPELINES_SQL["pipelines_changed"]) or {}).values())
         if mark == self._seen:
             return 0
         wanted: dict[str, tuple[int, dict[str, Any]]] = {}

@@ -170,13 +170,6 @@ SELECT * FROM scheduler.schedules WHERE owner_id = $1 AND name = $2
 
 -- pipelines' trigger schedules (pipeline_triggers.py) --------------------------------------
 
--- name: pipelines_changed --
--- What changes when a pipeline is saved or deleted, or a trigger schedule deleted by hand.
-SELECT count(*) AS pipelines, max(updated_at) AS latest,
-       (SELECT count(*) FROM scheduler.schedules WHERE starts_with(name, 'pipeline:'))
-           AS triggers
-FROM pipeline.pipelines
-
 -- name: pipelines_with_triggers --
 -- The current definition of every pipeline with a schedule or event trigger.
 SELECT p.id, p.owner_id, v.definition

@@ -18,7 +18,9 @@ most what is left of the task's seconds. A call a money or token budget refuses 
 wait (`waiting_budget`) for a look at the budget's reset or within 5 minutes, or a resume.
 Every write is fenced by the lease the job took when it started the task: a job whose task was
 paused, cancelled or resumed meanwhile, or a job delivered twice (its worker thought dead but
-still running), stores nothing more.
+still running), stores nothing more. A job starts its task only while the owner has fewer than
+`task_max_running_per_owner` tasks running (else the task waits, queued, for one of them to
+stop: `_start`), so one owner's tasks never hold every worker.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ from gathering.scheduler.tasks.store import (
     TaskRecord,
     TaskStep,
     get_task,
+    lock_tasks_of_owner,
     queue_task,
+    stopped_running,
     task_event,
 )
 from gathering.tools.agent_tools import ToolBox
@@ -98,6 +102,10 @@ ALIVE_SECONDS = 2.0
 # A task waiting for a budget looks again this often (a reservation released, a budget
 # raised), else at the budget's reset when that comes first.
 BUDGET_RECHECK_SECONDS = 300.0
+# A task waiting for room (its owner runs as many tasks as allowed) is woken when one of them
+# stops running; its deferred job looks again after this long in any case.
+OWNER_ROOM_RECHECK_SECONDS = 30.0
+STARTABLE = ("queued", "running", "waiting_budget")  # running: its worker died
 NO_TIME_LEFT = "error: not run: the task's time budget (max_seconds) is spent"
 INTERRUPTED = (
     "error: interrupted: the task stopped while this call ran (its worker stopped, or the task "
@@ -159,12 +167,9 @@ class TaskRunner:
         another job at the next step."""
         if await self._budget_still_refuses(task_id, job_id):
             return
-        async with self.db.transaction() as tx:
-            row = await tx.fetch_one(_SQL["start_task"], task_id, job_id)
-            if row is None:
-                return  # paused, cancelled or resumed under another job meanwhile
-            task = TaskRecord.from_row(row)
-            await self.bus.publish_many(task_event("started", task), tx=tx)
+        task = await self._start(task_id, job_id)
+        if task is None:
+            return
         lease = task.lease  # new at each start: a job delivered twice writes once
         assert lease is not None
         beating = asyncio.create_task(self._beat(task.id, lease), name=f"task-{task.id}-alive")
@@ -174,12 +179,55 @@ class TaskRunner:
         except _Replaced:
             return
         except GatheringError as exc:
-            await self._end(task.id, lease, "failed", None, failure_body(exc))
+            await self._end(task, lease, "failed", None, failure_body(exc))
         except Exception as exc:
             log.error("task failed", task_id=task.id, exc_info=exc)
-            await self._end(task.id, lease, "failed", None, failure_body(exc))
+            await self._end(task, lease, "failed", None, failure_body(exc))
         finally:
             await cancel_and_wait(beating)
+
+    async def _start(self, task_id: int, job_id: int) -> TaskRecord | None:
+        """Task `task_id` taken up by job `job_id` under a new lease; None when the task is
+        no longer that job's (paused, cancelled or resumed under another job meanwhile), or
+        when its owner has `task_max_running_per_owner` tasks running already: it then
+        waits, queued (`_wait_for_room`). The count and the start are one step for every
+        worker of every instance: both happen under the owner's lock."""
+        owner_id = await self.db.fetch_val(_SQL["task_owner"], task_id)
+        if owner_id is None:
+            return None  # deleted meanwhile
+        async with self.db.transaction() as tx:
+            await lock_tasks_of_owner(tx, owner_id)
+            locked = await tx.fetch_one(_SQL["lock_task"], task_id)
+            if locked is None or locked["job_id"] != job_id or locked["status"] not in STARTABLE:
+                return None
+            cap = get_settings().task_max_running_per_owner
+            running = int(await tx.fetch_val(_SQL["running_tasks_of_owner"], owner_id, task_id))
+            if running >= cap:
+                await self._wait_for_room(tx, TaskRecord.from_row(locked), job_id, running)
+                return None
+            row = await tx.fetch_one(_SQL["start_task"], task_id, job_id)
+            assert row is not None  # its row is locked
+            task = TaskRecord.from_row(row)
+            await self.bus.publish_many(task_event("started", task), tx=tx)
+        return task
+
+    async def _wait_for_room(
+        self, tx: Queries, task: TaskRecord, job_id: int, running: int
+    ) -> None:
+        """`task` waits, queued (it does not fail), for one of its owner's `running` tasks
+        to stop running (`stopped_running` wakes it), under a job deferred to look again in
+        `OWNER_ROOM_RECHECK_SECONDS` in any case. A task that was running (its worker died)
+        or waiting for a budget is queued again, with a `task.queued` event saying why; a
+        queued one stays so, quietly."""
+        at = datetime.now(UTC) + timedelta(seconds=OWNER_ROOM_RECHECK_SECONDS)
+        waiting_job = await enqueue(tx, RUN_TASK, {"task_id": task.id}, queue=QUEUE, at=at)
+        row = await tx.fetch_one(_SQL["wait_for_owner_room"], task.id, job_id, waiting_job)
+        assert row is not None  # its row is locked
+        if task.status != "queued":
+            queued = TaskRecord.from_row(row)
+            events = task_event("queued", queued, reason="owner_limit", running=running)
+            await self.bus.publish_many(events, tx=tx)
+        log.debug("task waits for room", task_id=task.id, owner_id=task.owner_id, running=running)
 
     async def _beat(self, task_id: int, lease: UUID) -> None:
         """Say the task is being worked on, every `ALIVE_SECONDS`, while this run holds it
@@ -213,7 +261,7 @@ class TaskRunner:
                 steps[-1] = acted
                 continue
             if last is not None and not last.tool_calls:
-                await self._end(task.id, lease, "succeeded", last.thought, None)
+                await self._end(task, lease, "succeeded", last.thought, None)
                 return
             _check_budgets(task)
             if draining():
@@ -314,17 +362,20 @@ class TaskRunner:
                 seconds,
             )
         except BudgetExceededError as exc:
-            await self._wait_for_budget(task.id, lease, exc)
+            await self._wait_for_budget(task.id, task.owner_id, lease, exc)
             raise _Replaced from None
         return _Charge(who, provider.name, model, reservation, tokens)
 
-    async def _wait_for_budget(self, task_id: int, lease: UUID, exc: BudgetExceededError) -> None:
+    async def _wait_for_budget(
+        self, task_id: int, owner_id: int, lease: UUID, exc: BudgetExceededError
+    ) -> None:
         """The task waits (it does not fail), with the budget's refusal as its error: a job
         deferred to the budget's reset, or to the next look (`BUDGET_RECHECK_SECONDS`: a
         reservation released, a budget raised), takes it up again (none for a call larger
         than the budget's whole limit); `resume_task` does at once."""
         retry_at = _budget_retry_at(exc)
         async with self.db.transaction() as tx:
+            await lock_tasks_of_owner(tx, owner_id)
             locked = await tx.fetch_one(_SQL["lock_task"], task_id)
             if locked is None or locked["lease"] != lease:
                 return  # taken from this run meanwhile
@@ -335,6 +386,7 @@ class TaskRunner:
             error = failure_body(exc) | {"details": exc.details}  # the budget, its reset
             row = await tx.fetch_one(_SQL["wait_for_budget"], task_id, lease, job_id, Jsonb(error))
             assert row is not None
+            await stopped_running(tx, owner_id)
             waiting = TaskRecord.from_row(row)
             at = retry_at.isoformat() if retry_at is not None else None
             events = task_event("waiting", waiting, reason="budget", error=error, retry_at=at)
@@ -600,6 +652,7 @@ class TaskRunner:
         one transaction."""
         assert agent.id is not None
         async with self.db.transaction() as tx:
+            await lock_tasks_of_owner(tx, task.owner_id)  # before the task's row (set_call)
             approval = await request_approval(
                 tx,
                 agent_id=agent.id,
@@ -625,6 +678,7 @@ class TaskRunner:
         task's row, then the approval's, are locked first (the order every locker of both
         takes): an answer that comes later is taken up by the sweep once the task waits."""
         async with self.db.transaction() as tx:
+            await lock_tasks_of_owner(tx, task.owner_id)
             if await tx.fetch_one(_SQL["lock_held_task"], task.id, lease) is None:
                 raise _Replaced
             if await tx.fetch_val(_SQL["lock_approval"], approval.id) != "pending":
@@ -632,6 +686,7 @@ class TaskRunner:
             row = await tx.fetch_one(_SQL["wait_for_approval"], task.id, lease, approval.id)
             if row is None:
                 raise _Replaced
+            await stopped_running(tx, task.owner_id)
             waiting = TaskRecord.from_row(row)
             events = task_event("waiting", waiting, reason="approval", approval_id=approval.id)
             await self.bus.publish_many(events, tx=tx)
@@ -641,16 +696,17 @@ class TaskRunner:
 
     async def _end(
         self,
-        task_id: int,
+        task: TaskRecord,
         lease: UUID,
         status: str,
         result: str | None,
         error: dict[str, Any] | None,
     ) -> None:
         async with self.db.transaction() as tx:
+            await lock_tasks_of_owner(tx, task.owner_id)
             row = await tx.fetch_one(
                 _SQL["end_task"],
-                task_id,
+                task.id,
                 lease,
                 status,
                 result,
@@ -658,6 +714,7 @@ class TaskRunner:
             )
             if row is None:
                 return  # taken from this job meanwhile: what took it decides
+            await stopped_running(tx, task.owner_id)
             ended = TaskRecord.from_row(row)
             await self.bus.publish_many(task_event("finished", ended), tx=tx)
 

@@ -57,6 +57,45 @@ SET status = 'running', lease = gen_random_uuid(), started_at = coalesce(started
 WHERE id = $1 AND job_id = $2 AND status IN ('queued', 'running', 'waiting_budget')
 RETURNING *
 
+-- name: task_owner --
+-- The owner of task $1 (it never changes: read before the owner's lock is taken).
+SELECT owner_id FROM scheduler.tasks WHERE id = $1
+
+-- name: lock_tasks_of_owner --
+-- Until the end of the transaction, no task of the owner ($1 is the owner's lock key) starts
+-- running in another one, nor stops to make room (an end, a wait, a pause, a cancel). Taken
+-- before any task's row is locked.
+SELECT pg_advisory_xact_lock($1)
+
+-- name: running_tasks_of_owner --
+-- How many tasks of owner $1 besides task $2 are running (held by a job, or by one whose
+-- worker died and that is about to run again), under the owner's lock.
+SELECT count(*) FROM scheduler.tasks WHERE owner_id = $1 AND status = 'running' AND id <> $2
+
+-- name: wait_for_owner_room --
+-- Task $1, that job $2 was about to start while its owner has as many tasks running as
+-- allowed, waits queued for job $3 (deferred; woken when a task of the owner stops running):
+-- no lease (a run that held it writes nothing more), no error (a budget wait is over).
+UPDATE scheduler.tasks
+SET status = 'queued', job_id = $3, lease = NULL, error = NULL, updated_at = now()
+WHERE id = $1 AND job_id = $2 AND status IN ('queued', 'running', 'waiting_budget')
+RETURNING *
+
+-- name: wake_task_waiting_for_room --
+-- A task of owner $1 stopped running (under the owner's lock): the job of the owner's oldest
+-- task waiting for room (queued, its job deferred) runs now; its id, none when none waits.
+WITH next AS (
+    SELECT j.id FROM scheduler.tasks t
+    JOIN procrastinate_jobs j ON j.id = t.job_id
+    WHERE t.owner_id = $1 AND t.status = 'queued' AND j.status = 'todo'
+      AND j.scheduled_at > statement_timestamp()
+    ORDER BY t.id
+    LIMIT 1
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE procrastinate_jobs j SET scheduled_at = now() FROM next WHERE j.id = next.id
+RETURNING j.id
+
 -- name: defer_budget_wait --
 -- Task $1, waiting for a budget, waits on under job $2 (or for a resume when NULL), its
 -- error the latest refusal $3.
@@ -208,7 +247,7 @@ SELECT status::text FROM procrastinate_jobs WHERE id = $1
 -- that nobody has said is alive for $2 s or more (a job cancelled by hand, one that failed on
 -- an unexpected error; not a job delivered twice whose first delivery ended while the second
 -- works).
-SELECT t.id, j.status::text AS job_status
+SELECT t.id, t.owner_id, j.status::text AS job_status
 FROM scheduler.tasks t
 JOIN procrastinate_jobs j ON j.id = t.job_id
 WHERE t.status IN ('queued', 'running', 'waiting_budget')

@@ -1,7 +1,9 @@
 """Background agent tasks as stored (migration 0018): start, read, list, their step log, and
 the controls (pause, resume, cancel). Each control changes the task's row and its job in one
 transaction: a running job is asked to abort (procrastinate's NOTIFY, so it stops within a
-second on whichever instance runs it), and the lease it held no longer lets it write."""
+second on whichever instance runs it), and the lease it held no longer lets it write. A task
+starts running, and stops to make room for another, under its owner's lock
+(`lock_tasks_of_owner`): the owner's cap on running tasks holds across instances."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from gathering.db.database import Database, Queries
 from gathering.db.fields import Real, Ref, Said, Whole, as_number
+from gathering.db.locks import LockKey
 from gathering.db.named_queries import queries_of
 from gathering.db.storable import storable_text
 from gathering.errors import ConflictError, NotFoundError
@@ -181,6 +184,23 @@ async def queue_task(queries: Queries, task_id: int) -> TaskRecord:
     return TaskRecord.from_row(row)
 
 
+async def lock_tasks_of_owner(queries: Queries, owner_id: int) -> None:
+    """Until the end of the caller's transaction, no task of `owner_id` starts running in
+    another transaction, on any instance (a count of their running tasks holds until then),
+    nor stops running in a way that makes room for another (an end, a wait, a pause, a
+    cancel: `stopped_running`). Take it before locking any task's row (as every caller
+    does)."""
+    await queries.execute(
+        _SQL["lock_tasks_of_owner"], LockKey("tasks-of-owner", str(owner_id)).value
+    )
+
+
+async def stopped_running(queries: Queries, owner_id: int) -> None:
+    """A task of `owner_id` stopped running, in the caller's transaction (which holds
+    `lock_tasks_of_owner`): the oldest of their tasks waiting for room to run goes now."""
+    await queries.fetch_all(_SQL["wake_task_waiting_for_room"], owner_id)
+
+
 async def get_task(db: Queries, task_id: int) -> TaskRecord:
     """Task `task_id`; `NotFoundError` when there is none."""
     row = await db.fetch_one(_SQL["task_by_id"], task_id)
@@ -275,6 +295,9 @@ async def _control(
 ) -> TaskRecord:
     bus = bus if bus is not None else EventBus(db)
     async with db.transaction() as tx:
+        owner_id = await tx.fetch_val(_SQL["task_owner"], task_id)
+        if owner_id is not None:  # else _locked says there is no such task
+            await lock_tasks_of_owner(tx, owner_id)
         task = await _locked(tx, task_id)
         if task.status not in allowed:
             raise ConflictError(
@@ -289,6 +312,8 @@ async def _control(
             _SQL["set_task_status"], task_id, to, Jsonb(error) if error else None
         )
         assert row is not None
+        if task.status == "running":
+            await stopped_running(tx, task.owner_id)
         task = TaskRecord.from_row(row)
         kind = "finished" if to in ENDED else to
         await bus.publish_many(task_event(kind, task), tx=tx)
@@ -310,6 +335,7 @@ async def settle_stranded_tasks(db: Database, bus: EventBus | None, limit: int =
     rows = await db.fetch_all(_SQL["stranded_tasks"], limit, STRANDED_GRACE)
     for row in rows:
         async with db.transaction() as tx:
+            await lock_tasks_of_owner(tx, row["owner_id"])
             locked = await tx.fetch_one(_SQL["lock_task"], row["id"])
             if locked is None:
                 continue  # deleted meanwhile
@@ -325,5 +351,7 @@ async def settle_stranded_tasks(db: Database, bus: EventBus | None, limit: int =
                 continue  # queued again meanwhile
             ended = await tx.fetch_one(_SQL["set_task_status"], task.id, to, Jsonb(error))
             assert ended is not None
+            if task.status == "running":
+                await stopped_running(tx, task.owner_id)
             await bus.publish_many(task_event("finished", TaskRecord.from_row(ended)), tx=tx)
     return len(rows)
