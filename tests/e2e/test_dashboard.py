@@ -5,6 +5,8 @@ reply streaming in, decide an approval. Each page is checked with axe-core and p
 
 from __future__ import annotations
 
+import asyncio
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from job_processes import ScratchDatabase, scratch_database, worker_env
 from live_server import LiveServer, environment
 from playwright.async_api import Page, expect
 
+from gathering.llm.types import ToolCall
 from gathering.testing import LLMStubServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -72,6 +75,16 @@ def _multi_user_server(database: ScratchDatabase, stub: LLMStubServer) -> Iterat
 
 
 @pytest.fixture
+def single_user(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
+    server = LiveServer(**worker_env(database, **stub.environment()))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def multi_user(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
     yield from _multi_user_server(database, stub)
 
@@ -116,6 +129,42 @@ async def test_sign_in_create_an_agent_and_chat_with_the_reply_streaming(
         )
         await page.get_by_role("button", name="Sign out").click()
         await expect(page.get_by_role("form", name="Sign in")).to_be_visible()
+
+
+async def test_a_tool_call_approved_in_the_inbox_while_the_chat_waits(
+    single_user: LiveServer, stub: LLMStubServer
+) -> None:
+    base = single_user.base
+    body = {"name": "Counter", "provider": "ollama", "model": "llama3.2"}
+    made = await asyncio.to_thread(httpx.post, f"{base}/agents", json=body, timeout=10)
+    agent_id = made.json()["id"]
+    tool = {"enabled": True, "policy": "ask"}
+    url = f"{base}/agents/{agent_id}/tools/calculator"
+    assert (await asyncio.to_thread(httpx.put, url, json=tool, timeout=10)).status_code == 200
+    stub.add_reply(ToolCall("", "calculator", {"expression": "6*7"}), "The answer is 42.")
+    async with chromium() as browser:
+        chat = await new_page(browser)
+        await chat.goto(f"{base}/agents/{agent_id}")  # no login: single-user mode
+        await chat.get_by_label("Message", exact=True).fill("What is 6*7?")
+        await chat.get_by_role("button", name="Send").click()
+        await expect(chat.get_by_role("status")).to_contain_text("waits for a decision")
+        await check_page(chat, "agent-chat-waiting")
+
+        inbox = await new_page(browser)
+        await inbox.goto(f"{base}/approvals")
+        card = inbox.get_by_role("article", name=re.compile("Approval"))
+        await expect(card).to_contain_text("calculator")
+        await expect(card).to_contain_text('"expression": "6*7"')
+        await check_page(inbox, "approvals")
+        await card.get_by_label("Comment (optional)").fill("fine")
+        await card.get_by_role("button", name="Approve").click()
+        await expect(inbox.get_by_text("None.")).to_be_visible()  # the pending list empties
+
+        # The chat, left open, hears the turn go on and shows the reply.
+        answer = chat.get_by_role("article", name="assistant").last
+        await expect(answer).to_contain_text("The answer is 42.")
+        await expect(chat.get_by_role("status")).to_have_count(0)
+        await check_page(chat, "agent-chat-approved")
 
 
 def test_a_script_still_gets_json_where_a_browser_gets_the_page(multi_user: LiveServer) -> None:

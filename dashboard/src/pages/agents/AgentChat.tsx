@@ -3,6 +3,7 @@ import { useRef, useState, type FormEvent } from "react";
 import { Link, useParams } from "react-router-dom";
 
 import { api, must } from "../../api/client";
+import { useLive } from "../../api/live";
 import { ProblemError, toProblem } from "../../api/problem";
 import { postStream } from "../../api/stream";
 import { ProblemView } from "../../components/ProblemView";
@@ -96,9 +97,29 @@ export default function AgentChat() {
   const [busy, setBusy] = useState(false);
   const [fresh, setFresh] = useState(false);
   const abort = useRef<AbortController | null>(null);
+  const streaming = useRef(false);
+  const [waiting, setWaiting] = useState<number | null>(null);
+
+  /** The stored conversation again, in place of what this page streamed. */
+  async function reload() {
+    await client.invalidateQueries({ queryKey: ["agents", agentId, "history"] });
+    setLive([]);
+  }
+
+  // A turn that waited for an approval goes on elsewhere (the approvals duty, another tab):
+  // its reply comes as events on the agent's subject.
+  useLive({
+    patterns: ["turn.resumed", "turn.finished"],
+    subjects: [`agent:${agentId}`],
+    onEvent: (event) => {
+      if (event.type === "turn.finished") setWaiting(null);
+      if (!streaming.current) void reload();
+    },
+  });
 
   async function send(message: string, newSession: boolean) {
     setBusy(true);
+    streaming.current = true;
     setError(null);
     const reply: Entry = { role: "assistant", text: "", tools: [] };
     setLive((before) => [...before, { role: "user", text: message, tools: [] }, reply]);
@@ -124,13 +145,10 @@ export default function AgentChat() {
         } else if (event === "done") {
           const usage = body.usage as { input_tokens: number; output_tokens: number };
           reply.text = String(body.reply ?? reply.text);
-          reply.meta = [
-            `${usage.input_tokens + usage.output_tokens} tokens`,
-            money(body.cost_usd as number | null),
-            body.outcome === "waiting_approval" ? "waiting for an approval" : null,
-          ]
+          reply.meta = [`${usage.input_tokens + usage.output_tokens} tokens`, money(body.cost_usd as number | null)]
             .filter(Boolean)
             .join(" · ");
+          if (body.outcome === "waiting_approval") setWaiting(Number(body.approval_id));
         } else if (event === "error") {
           setError(new ProblemError(toProblem(0, { ...body, detail: body.detail ?? body.message })));
         }
@@ -139,6 +157,7 @@ export default function AgentChat() {
     } catch (caught) {
       if (!(caught instanceof DOMException && caught.name === "AbortError")) setError(caught);
     } finally {
+      streaming.current = false;
       setBusy(false);
       abort.current = null;
     }
@@ -185,6 +204,12 @@ export default function AgentChat() {
           ))}
           {fresh && !live.length ? <p className="muted">A new session starts with your next message.</p> : null}
         </div>
+        {waiting !== null ? (
+          <p className="warn" role="status">
+            A tool call waits for a decision: <Link to="/approvals">approval {waiting}</Link>. The reply comes here once it is
+            decided.
+          </p>
+        ) : null}
         {error ? <ProblemView error={error} /> : null}
       </div>
       <form className="composer" onSubmit={submit} aria-label="Compose">
