@@ -98,6 +98,7 @@ export default function AgentChat() {
   const [fresh, setFresh] = useState(false);
   const abort = useRef<AbortController | null>(null);
   const streaming = useRef(false);
+  const streamed = useRef(new Set<string>()); // turns this page streamed to their end
   const [waiting, setWaiting] = useState<number | null>(null);
 
   /** The stored conversation again, in place of what this page streamed. */
@@ -112,8 +113,10 @@ export default function AgentChat() {
     patterns: ["turn.resumed", "turn.finished"],
     subjects: [`agent:${agentId}`],
     onEvent: (event) => {
+      const turn = String(event.data.turn_id ?? "");
+      if (streaming.current || streamed.current.has(turn)) return; // this page has it already
       if (event.type === "turn.finished") setWaiting(null);
-      if (!streaming.current) void reload();
+      void reload();
     },
   });
 
@@ -149,6 +152,7 @@ export default function AgentChat() {
             .filter(Boolean)
             .join(" · ");
           if (body.outcome === "waiting_approval") setWaiting(Number(body.approval_id));
+          else if (body.turn_id) streamed.current.add(String(body.turn_id));
         } else if (event === "error") {
           setError(new ProblemError(toProblem(0, { ...body, detail: body.detail ?? body.message })));
         }
