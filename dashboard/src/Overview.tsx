@@ -85,10 +85,26 @@ function PendingApprovals() {
   );
 }
 
+/** The last events (a REST backfill), then the live ones from the socket, which starts right
+ * after the newest event of the backfill: nothing missed, nothing twice. */
 function Activity() {
-  const [events, setEvents] = useState<LiveEvent[]>([]);
+  const backfill = useQuery({
+    queryKey: ["events", "latest"],
+    queryFn: () => must(api.GET("/events", { params: { query: { limit: FEED_SIZE } } })),
+    gcTime: 0, // read again at each visit: the socket goes on from this read's newest event
+    refetchOnWindowFocus: false,
+  });
+  if (backfill.isPending) return <p aria-busy="true">…</p>;
+  if (backfill.error) return <ProblemView error={backfill.error} />;
+  return <Feed key={backfill.dataUpdatedAt} initial={backfill.data as LiveEvent[]} />;
+}
+
+function Feed({ initial }: { initial: LiveEvent[] }) {
+  const [events, setEvents] = useState<LiveEvent[]>(initial);
+  const since = initial[0]?.cursor ?? undefined;
   const state = useLive({
     patterns: ["*"],
+    ...(since !== undefined && since !== null ? { since } : {}),
     onEvent: (event) => {
       if (event.type.endsWith(".delta")) return; // token streams belong to their own views
       setEvents((before) => [event, ...before].slice(0, FEED_SIZE));

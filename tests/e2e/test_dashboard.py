@@ -122,6 +122,13 @@ async def test_sign_in_create_an_agent_and_chat_with_the_reply_streaming(
         await expect(reply).to_contain_text("tokens")
         await check_page(page, "agent-chat")
 
+        # The overview's activity: the turn's events, read back (GET /events), then live.
+        await page.get_by_role("link", name="Overview").click()
+        feed = page.get_by_role("list", name="Activity")
+        await expect(feed).to_contain_text("turn.finished")
+        await expect(feed).to_contain_text("agent.created")
+        await page.go_back()
+
         # A reload keeps the session and the conversation (the page is served at its address).
         await page.reload()
         await expect(page.get_by_role("article", name="assistant")).to_contain_text(

@@ -22,6 +22,8 @@ export type LiveState = "connecting" | "live" | "reconnecting" | "refused";
 export interface LiveOptions {
   patterns: string[];
   subjects?: string[];
+  /** Replay the kept events after this cursor first (e.g. the newest of a REST backfill). */
+  since?: number;
   onEvent: (event: LiveEvent) => void;
   onState?: (state: LiveState, why?: string) => void;
 }
@@ -38,6 +40,7 @@ export class LiveSocket {
   private timer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly options: LiveOptions) {
+    this.cursor = options.since ?? null;
     this.connect();
   }
 

@@ -45,6 +45,7 @@ from gathering.api.routers import (
     ws,
 )
 from gathering.api.routers import budgets as budgets_routes
+from gathering.api.routers import events as events_routes
 from gathering.api.routers import models as models_routes
 from gathering.api.routers import personas as personas_routes
 from gathering.api.routers import providers as providers_routes
@@ -143,6 +144,7 @@ def create_app(
     app.include_router(project_git.router)
     app.include_router(project_files.router)
     app.include_router(project_terminal.router)
+    app.include_router(events_routes.router)
     app.include_router(ws.router)
     if dashboard.BUILT:
         app.mount(dashboard.ASSETS_PATH, dashboard.assets(), name="dashboard-assets")

@@ -105,6 +105,22 @@ async def read_since(
     return [Event.from_row(r) for r in await queries.fetch_all(query, *args)]
 
 
+async def read_latest(
+    queries: Queries,
+    *,
+    before: int | None = None,
+    limit: int = 50,
+    subjects: Sequence[str] | None = None,
+) -> list[Event]:
+    """The newest durable events (before cursor `before`, when given), newest first; about
+    `subjects` only when given. For a feed's backfill: page back with the last one's cursor."""
+    if limit < 1:
+        raise InvalidInputError(f"limit must be at least 1, got {limit}")
+    subject_list = None if subjects is None else list(subjects)
+    rows = await queries.fetch_all(_SQL["latest_events"], before, limit, subject_list)
+    return [Event.from_row(r) for r in rows]
+
+
 async def read_since_on(
     conn: psycopg.AsyncConnection[Row], since_cursor: int, *, limit: int
 ) -> list[Event]:

@@ -24,6 +24,16 @@ WHERE cursor > $1
 ORDER BY cursor
 LIMIT $2
 
+-- name: latest_events --
+-- At most $2 events before cursor $1 (NULL: the newest), newest first, about one of the
+-- subjects $3 (NULL: any).
+SELECT cursor, id, type, subject, data, occurred_at, source, correlation_id
+FROM events.outbox
+WHERE ($1::bigint IS NULL OR cursor < $1)
+  AND ($3::text[] IS NULL OR subject = ANY($3::text[]))
+ORDER BY cursor DESC
+LIMIT $2
+
 -- name: latest_cursor --
 SELECT coalesce(max(cursor), 0) AS cursor FROM events.outbox
 
