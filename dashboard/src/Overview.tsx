@@ -1,4 +1,4 @@
-import { useQuery } from "@tanstack/react-query";
+import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
 import { Link } from "react-router-dom";
 
@@ -67,6 +67,26 @@ function RunningTasks() {
   );
 }
 
+function RunningRuns() {
+  const runs = useQuery({
+    queryKey: ["pipeline-runs", "running"],
+    queryFn: () => must(api.GET("/pipelines/runs", { params: { query: { status: "running", limit: 10 } } })),
+  });
+  if (runs.isPending) return <p aria-busy="true">…</p>;
+  if (runs.error) return <ProblemView error={runs.error} />;
+  if (!runs.data.length) return <p className="muted">No pipeline is running.</p>;
+  return (
+    <ul>
+      {runs.data.map((run) => (
+        <li key={run.id}>
+          <Link to={`/pipelines/${run.pipeline_id}/runs/${run.id}`}>Run {run.id}</Link>{" "}
+          <span className="muted">since {when(run.created_at)}</span>
+        </li>
+      ))}
+    </ul>
+  );
+}
+
 function PendingApprovals() {
   const pending = useQuery({
     queryKey: ["approvals", "pending"],
@@ -99,7 +119,16 @@ function Activity() {
   return <Feed key={backfill.dataUpdatedAt} initial={backfill.data as LiveEvent[]} />;
 }
 
+// What each kind of event may change on this page (the feed's one socket serves them all).
+const REFRESHES: [string, string[]][] = [
+  ["pipeline_run.", ["pipeline-runs"]],
+  ["task.", ["tasks"]],
+  ["approval.", ["approvals"]],
+  ["turn.finished", ["usage-summary"]],
+];
+
 function Feed({ initial }: { initial: LiveEvent[] }) {
+  const client = useQueryClient();
   const [events, setEvents] = useState<LiveEvent[]>(initial);
   const since = initial[0]?.cursor ?? undefined;
   const state = useLive({
@@ -108,6 +137,9 @@ function Feed({ initial }: { initial: LiveEvent[] }) {
     onEvent: (event) => {
       if (event.type.endsWith(".delta")) return; // token streams belong to their own views
       setEvents((before) => [event, ...before].slice(0, FEED_SIZE));
+      for (const [prefix, keys] of REFRESHES) {
+        if (event.type.startsWith(prefix)) void client.invalidateQueries({ queryKey: keys });
+      }
     },
   });
   return (
@@ -149,6 +181,10 @@ export function Overview() {
         <div className="card">
           <h2>Running tasks</h2>
           <RunningTasks />
+        </div>
+        <div className="card">
+          <h2>Running pipelines</h2>
+          <RunningRuns />
         </div>
         <div className="card">
           <h2>Approvals</h2>

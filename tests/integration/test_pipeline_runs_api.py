@@ -86,6 +86,25 @@ async def test_cancel_over_http(api: httpx.AsyncClient) -> None:
     assert again.status_code == 409
 
 
+async def test_the_runs_of_every_pipeline_are_listed_and_filtered_by_status(
+    api: httpx.AsyncClient,
+) -> None:
+    quick = await stored(api, linear(tool_node("a", "echo", text="x")))
+    slow = await stored(api, {**linear(tool_node("s", "blocked", key="list-slow")), "name": "s"})
+    done = (await api.post(f"/pipelines/{quick}/runs", json={})).json()["id"]
+    assert (await finished(api, done))["status"] == "succeeded"
+    going = (await api.post(f"/pipelines/{slow}/runs", json={})).json()["id"]
+    await asyncio.wait_for(LAB.started_event("list-slow").wait(), 20)
+    every = (await api.get("/pipelines/runs")).json()
+    assert [(r["id"], r["pipeline_id"]) for r in every] == [(going, slow), (done, quick)]
+    running = (await api.get("/pipelines/runs", params={"status": "running"})).json()
+    assert [r["id"] for r in running] == [going]
+    paged = (await api.get("/pipelines/runs", params={"limit": 1, "offset": 1})).json()
+    assert [r["id"] for r in paged] == [done]
+    assert (await api.get("/pipelines/runs", params={"status": "pending"})).status_code == 422
+    LAB.gates["list-slow"].set()
+
+
 async def test_retry_goes_on_from_the_failed_node_and_keeps_the_original(
     api: httpx.AsyncClient,
 ) -> None:

@@ -172,6 +172,12 @@ SELECT * FROM pipeline.runs WHERE id = $1
 -- Run $1, locked until the transaction ends: node transitions of one run take turns.
 SELECT * FROM pipeline.runs WHERE id = $1 FOR UPDATE
 
+-- name: runs_of_owner --
+-- Runs of owner $1's pipelines (NULL: everyone's) in status $2 (NULL: any), newest first.
+SELECT * FROM pipeline.runs
+WHERE ($1::bigint IS NULL OR owner_id = $1) AND ($2::text IS NULL OR status = $2)
+ORDER BY id DESC LIMIT $3 OFFSET $4
+
 -- name: runs_of_pipeline --
 SELECT * FROM pipeline.runs WHERE pipeline_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3
 

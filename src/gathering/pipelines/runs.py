@@ -125,6 +125,20 @@ async def get_run(db: Queries, run_id: int) -> RunRecord:
     return RunRecord.from_row(row, nodes)
 
 
+async def list_owner_runs(
+    db: Queries,
+    owner_id: int | None,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[RunRecord]:
+    """Runs of `owner_id`'s pipelines (every owner's when None), `status` ones only when
+    given, newest first (without their nodes)."""
+    rows = await db.fetch_all(_SQL["runs_of_owner"], owner_id, status, limit, offset)
+    return [RunRecord.from_row(row) for row in rows]
+
+
 async def list_runs(
     db: Queries, pipeline_id: int, *, limit: int = 50, offset: int = 0
 ) -> list[RunRecord]:

@@ -35,7 +35,7 @@ from gathering.events import EventBus
 from gathering.pipelines import get_pipeline
 from gathering.pipelines.breaker import BreakerPolicy, list_breakers
 from gathering.pipelines.executor import Executor
-from gathering.pipelines.runs import RunRecord, get_run, list_runs
+from gathering.pipelines.runs import RunRecord, get_run, list_owner_runs, list_runs
 from gathering.pipelines.webhooks import SECRET_HEADER, check_webhook_secret, new_webhook_secret
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
@@ -182,6 +182,29 @@ async def run_start(
     version = body.version or record.version
     run = await _executor(db, bus).start_run(pipeline_id, version, record.owner_id, body.input)
     return _out(run)
+
+
+@router.get(
+    "/runs",
+    summary="Runs of every pipeline you may see, newest first",
+    dependencies=[rate_limit("relaxed")],
+)
+async def all_runs_list(
+    principal: PipelinesReader,
+    db: DbDep,
+    run_status: Annotated[
+        Literal["running", "succeeded", "failed", "cancelled"] | None,
+        Query(alias="status", description="Only the runs in this status"),
+    ] = None,
+    limit: Annotated[WholeNumber, Query(ge=1, le=1_000)] = 50,
+    offset: Annotated[WholeNumber, Query(ge=0, le=1_000_000)] = 0,
+) -> list[RunOut]:
+    """Your own runs (an administrator's: everyone's), without their nodes; e.g. the runs
+    going on now with `status=running`."""
+    runs = await list_owner_runs(
+        db, principal.owner_filter, status=run_status, limit=limit, offset=offset
+    )
+    return [_out(run) for run in runs]
 
 
 @router.get(
