@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "dashboard" / "node_modules" / "axe-core" / "axe.min.js"
 BUILD = ROOT / "src" / "gathering" / "api" / "dashboard_build" / "index.html"
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
+ADMIN = ("ada@example.com", "a long enough passphrase")  # the multi_user fixture's administrator
 # Without the background-networking flags chromium tries to reach Google at every start.
 FLAGS = [
     "--no-sandbox",

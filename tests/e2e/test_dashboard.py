@@ -7,86 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from browser import check_page, chromium, new_page
-from job_processes import ScratchDatabase, scratch_database, worker_env
-from live_server import LiveServer, environment
+from browser import ADMIN, check_page, chromium, new_page
+from live_server import LiveServer
 from playwright.async_api import Page, expect
 
 from gathering.llm.types import ToolCall
 from gathering.testing import LLMStubServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-ADMIN = ("ada@example.com", "a long enough passphrase")
-
-
-@pytest.fixture
-def database(test_server_url: str) -> Iterator[ScratchDatabase]:
-    with scratch_database(test_server_url) as db:
-        yield db
-
-
-@pytest.fixture
-def stub(llm_stub: LLMStubServer) -> Iterator[LLMStubServer]:
-    llm_stub.reset()
-    try:
-        yield llm_stub
-    finally:
-        llm_stub.reset()
-
-
-def _multi_user_server(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
-    env = worker_env(
-        database,
-        GATHERING_AUTH="required",
-        GATHERING_SECRET_KEY="dashboard-test-secret-" + "0123456789abcdef" * 4,
-        GATHERING_DEFAULT_PROVIDER="anthropic",
-        **stub.environment(),
-    )
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gathering",
-            "users",
-            "create",
-            ADMIN[0],
-            "--admin",
-            "--password",
-            ADMIN[1],
-        ],
-        env=environment(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    server = LiveServer(**env)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def single_user(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
-    server = LiveServer(**worker_env(database, **stub.environment()))
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def multi_user(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
-    yield from _multi_user_server(database, stub)
 
 
 async def _sign_in(page: Page, base: str) -> None:
@@ -139,9 +70,9 @@ async def test_sign_in_create_an_agent_and_chat_with_the_reply_streaming(
 
 
 async def test_a_tool_call_approved_in_the_inbox_while_the_chat_waits(
-    single_user: LiveServer, stub: LLMStubServer
+    server: LiveServer, stub: LLMStubServer
 ) -> None:
-    base = single_user.base
+    base = server.base
     body = {"name": "Counter", "provider": "ollama", "model": "llama3.2"}
     made = await asyncio.to_thread(httpx.post, f"{base}/agents", json=body, timeout=10)
     agent_id = made.json()["id"]

@@ -9,64 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from browser import check_page, chromium, new_page
-from job_processes import ScratchDatabase, scratch_database, worker_env
-from live_server import LiveServer, environment
+from browser import ADMIN, check_page, chromium, new_page
+from job_processes import ScratchDatabase, worker_env
+from live_server import LiveServer
 from playwright.async_api import Dialog, Page, expect
 
 from gathering.testing import LLMStubServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-ADMIN = ("ada@example.com", "a long enough passphrase")
 PROVIDER_KEY = "sk-provider-secret-0123456789"
-
-
-@pytest.fixture
-def database(test_server_url: str) -> Iterator[ScratchDatabase]:
-    with scratch_database(test_server_url) as db:
-        yield db
-
-
-@pytest.fixture
-def stub(llm_stub: LLMStubServer) -> Iterator[LLMStubServer]:
-    llm_stub.reset()
-    try:
-        yield llm_stub
-    finally:
-        llm_stub.reset()
-
-
-@pytest.fixture
-def multi_user(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
-    env = worker_env(
-        database,
-        GATHERING_AUTH="required",
-        GATHERING_SECRET_KEY="dashboard-admin-secret-" + "0123456789abcdef" * 4,
-        GATHERING_DEFAULT_PROVIDER="anthropic",
-        **stub.environment(),
-    )
-    command = ["users", "create", ADMIN[0], "--admin", "--password", ADMIN[1]]
-    made = subprocess.run(
-        [sys.executable, "-m", "gathering", *command],
-        env=environment(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    server = LiveServer(**env)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
 
 
 def _money(usd: float) -> str:

@@ -9,14 +9,12 @@ photographed (test-artifacts/dashboard/)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from browser import check_page, chromium, new_page
-from job_processes import ScratchDatabase, scratch_database, worker_env
 from live_server import LiveServer
 from playwright.async_api import Dialog, Page, expect
 
@@ -27,31 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 CHANGES = '{"verdict": "changes_requested", "feedback": "handle the empty file"}'
 APPROVED = '{"verdict": "approved", "feedback": "good"}'
 SLOW = 30_000  # ms: an agent's turn goes through a job
-
-
-@pytest.fixture
-def database(test_server_url: str) -> Iterator[ScratchDatabase]:
-    with scratch_database(test_server_url) as db:
-        yield db
-
-
-@pytest.fixture
-def stub(llm_stub: LLMStubServer) -> Iterator[LLMStubServer]:
-    llm_stub.reset()
-    try:
-        yield llm_stub
-    finally:
-        llm_stub.reset()
-
-
-@pytest.fixture
-def server(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
-    live = LiveServer(**worker_env(database, **stub.environment()))
-    try:
-        live.wait_ready()
-        yield live
-    finally:
-        live.stop()
 
 
 async def _post(

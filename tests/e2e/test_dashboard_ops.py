@@ -8,12 +8,10 @@ axe-core and photographed (test-artifacts/dashboard/)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from browser import check_page, chromium, new_page
-from job_processes import ScratchDatabase, scratch_database, worker_env
 from live_server import LiveServer
 from playwright.async_api import Dialog, Page, expect
 
@@ -22,31 +20,6 @@ from gathering.testing import LLMStubServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 LIVE = 30_000  # ms: how long a live change may take to show
-
-
-@pytest.fixture
-def database(test_server_url: str) -> Iterator[ScratchDatabase]:
-    with scratch_database(test_server_url) as db:
-        yield db
-
-
-@pytest.fixture
-def stub(llm_stub: LLMStubServer) -> Iterator[LLMStubServer]:
-    llm_stub.reset()
-    try:
-        yield llm_stub
-    finally:
-        llm_stub.reset()
-
-
-@pytest.fixture
-def server(database: ScratchDatabase, stub: LLMStubServer) -> Iterator[LiveServer]:
-    live = LiveServer(**worker_env(database, **stub.environment()))
-    try:
-        live.wait_ready()
-        yield live
-    finally:
-        live.stop()
 
 
 def _agent(server: LiveServer, name: str, *tools: str) -> int:

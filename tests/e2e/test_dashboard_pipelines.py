@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from browser import check_page, chromium, new_page
-from job_processes import ScratchDatabase, scratch_database, worker_env
+from job_processes import ScratchDatabase, worker_env
 from live_server import LiveServer
 from playwright.async_api import Locator, Page, expect
 
@@ -35,21 +35,6 @@ nodes:
 edges:
   - {from: start, to: pause}
 """
-
-
-@pytest.fixture
-def database(test_server_url: str) -> Iterator[ScratchDatabase]:
-    with scratch_database(test_server_url) as db:
-        yield db
-
-
-@pytest.fixture
-def stub(llm_stub: LLMStubServer) -> Iterator[LLMStubServer]:
-    llm_stub.reset()
-    try:
-        yield llm_stub
-    finally:
-        llm_stub.reset()
 
 
 @pytest.fixture
