@@ -194,6 +194,7 @@ export default function AgentChat() {
           <button type="button" onClick={newSession} disabled={busy}>
             New session
           </button>
+          <Link to={`/agents/${agentId}/settings`}>Agent settings</Link>
           <Link to="/agents">All agents</Link>
         </div>
         {agent.error ? <ProblemView error={agent.error} /> : null}

@@ -100,7 +100,10 @@ export default function AgentsPage() {
                   {agent.provider} / {agent.model}
                 </td>
                 <td>{when(agent.created_at)}</td>
-                <td>
+                <td className="row">
+                  <Link to={`/agents/${agent.id}/settings`} aria-label={`Settings of ${agent.name}`}>
+                    Settings
+                  </Link>
                   <button
                     type="button"
                     aria-label={`Delete ${agent.name}`}

@@ -8,5 +8,6 @@ export const section: Section = {
   routes: [
     { path: "agents", element: lazyPage(() => import("./AgentsPage")) },
     { path: "agents/:agentId", element: lazyPage(() => import("./AgentChat")) },
+    { path: "agents/:agentId/settings", element: lazyPage(() => import("./AgentSettingsPage")) },
   ],
 };
