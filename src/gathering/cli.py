@@ -2702,7 +2702,11 @@ def goals_delete(goal_id: GoalIdArgument) -> None:
     """Delete the goal and its subgoals (the tasks and runs they started are kept)."""
     from gathering.scheduler.goals import delete_goal
 
-    _on_goals(lambda db: delete_goal(db, goal_id))
+    async def delete(db: Database) -> None:
+        async with db.transaction() as tx:
+            await delete_goal(tx, goal_id)
+
+    _on_goals(delete)
     console.print(f"goal {goal_id} deleted")
 
 

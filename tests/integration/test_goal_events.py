@@ -25,7 +25,9 @@ from task_api import (
     tools_fixture,  # noqa: F401 - the fixture "tools"
 )
 
+from gathering.agents.retrieval import local_owner_id
 from gathering.db import Database
+from gathering.scheduler.goals import GoalIn, add_dependency, create_goal, delete_goal
 from gathering.testing import LLMStubServer
 
 pytestmark = pytest.mark.integration
@@ -179,3 +181,26 @@ async def test_progress_set_on_a_subgoal_is_a_goal_changed_event(
     assert len(events) == before + 1, events
     # The event names the parent, whose rolled-up progress changed with it.
     assert events[-1]["data"]["parent_id"] == root["id"]
+
+
+async def test_deleting_a_parent_tells_of_each_goal_gone_and_each_dependency_freed(
+    db: Database,
+) -> None:
+    owner = await local_owner_id(db)
+    async with db.transaction() as tx:
+        parent = await create_goal(tx, owner, GoalIn(title="parent"))
+        child = await create_goal(tx, owner, GoalIn(title="child", parent_id=parent.id))
+        other = await create_goal(tx, owner, GoalIn(title="other"))
+        await add_dependency(tx, other, child)  # other waits for the child
+    async with db.transaction() as tx:
+        await delete_goal(tx, parent.id)
+    told = [
+        (event["data"]["goal_id"], event["data"].get("change"), event["data"]["status"])
+        for goal in (parent, child, other)
+        for event in await goal_events(db, goal.id)
+    ]
+    assert (parent.id, None, "deleted") in told and (child.id, None, "deleted") in told
+    assert (other.id, "dependency_removed", "open") in told
+    freed = [e for e in await goal_events(db, other.id) if e["data"].get("change")]
+    assert freed[-1]["data"]["blocked_by"] == child.id
+    assert freed[-1]["subject"] == f"user:{owner}"

@@ -74,3 +74,23 @@ async def test_a_save_and_a_trigger_deleted_by_hand_are_followed(db: Database) -
     assert await triggers.sync() == 1
     assert name in await trigger_names(db)
     assert await triggers.sync() == 0
+
+
+async def test_a_pipeline_committed_after_a_later_save_is_synced(
+    db: Database, migrated_database_url: str
+) -> None:
+    """A save's updated_at is its transaction's start: a pipeline whose transaction began
+    before another save and committed after the duty looked still gets its trigger."""
+    owner = await local_owner_id(db)
+    triggers = PipelineTriggers(db)
+    await triggers.sync()
+    async with Database(migrated_database_url, min_size=1, max_size=1) as slow:
+        async with slow.transaction() as tx:
+            await tx.fetch_val("SELECT 1")  # the transaction (and its now()) begins
+            await create_pipeline(db, timed("quick"), owner_id=owner)  # commits first
+            assert await triggers.sync() == 1
+            assert await triggers.sync() == 0
+            made = await create_pipeline(tx, timed("slow"), owner_id=owner)
+    assert await triggers.sync() == 1
+    names = [r["name"] for r in await db.fetch_all("SELECT name FROM scheduler.schedules")]
+    assert f"pipeline:{made.id}:start" in names

@@ -179,6 +179,25 @@ async def test_a_task_that_stops_running_wakes_the_oldest_waiting_one(
     assert (await get_task(lab.db, first.id)).status == "paused"
 
 
+async def test_a_woken_task_paused_before_its_job_runs_passes_its_turn_on(
+    lab: Lab, cap_of_one: None
+) -> None:
+    """The first task's pause wakes the second; the second is paused before its job runs:
+    the room it was given goes to the third at once, not after the fallback look."""
+    await lab.enable(HOLD_WRITE)
+    first = await lab.start(holding("first-paused"))
+    await asyncio.wait_for(LAB.started_event("first-paused").wait(), 10)
+    second = await lab.start("second")
+    await until("the second task waiting", lambda: deferred_job(lab, second.id))
+    third = await lab.start("third")
+    await until("the third task waiting", lambda: deferred_job(lab, third.id))
+
+    await pause_task(lab.db, lab.bus, first.id)  # wakes the second
+    await pause_task(lab.db, lab.bus, second.id)  # (mostly) before its woken job runs
+    assert (await lab.wait(third.id, limit=15)).status == "succeeded"
+    assert (await get_task(lab.db, second.id)).status == "paused"
+
+
 def test_the_cap_is_a_setting_of_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CAP, raising=False)
     assert load_settings().task_max_running_per_owner == 2

@@ -67,11 +67,12 @@ DELETE FROM pipeline.pipelines WHERE id = $1 RETURNING id
 
 -- name: pipelines_changed --
 -- What changes when a pipeline is saved or deleted, or a trigger schedule made or deleted
--- (the scheduler's pipeline_triggers.py looks every half second, so nothing here scans every
--- pipeline): the latest save (pipelines_by_update), the trigger schedules, and those of them
--- whose pipeline is gone (each looked up by the id in its name `pipeline:<id>:<node>`). A
--- deleted pipeline with no trigger schedule changes nothing the triggers follow.
-SELECT (SELECT max(updated_at) FROM pipeline.pipelines) AS latest,
+-- (the scheduler's pipeline_triggers.py looks every half second): how many pipelines there are
+-- and the latest save (a pipeline committed after a later save still changes the count: a
+-- save's updated_at is its transaction's start, not its commit), the trigger schedules, and
+-- those of them whose pipeline is gone (each looked up by the id in its name).
+SELECT (SELECT count(*) FROM pipeline.pipelines) AS pipelines,
+       (SELECT max(updated_at) FROM pipeline.pipelines) AS latest,
        count(*) AS triggers,
        count(*) FILTER (WHERE NOT EXISTS (
            SELECT 1 FROM pipeline.pipelines p

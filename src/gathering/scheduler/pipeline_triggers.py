@@ -47,8 +47,9 @@ def trigger_schedules(pipeline_id: int, definition: dict[str, Any]) -> dict[str,
 class PipelineTriggers:
     """Keeps the trigger schedules in line with the pipelines (`sync`), doing the work only
     when, since the last time, a pipeline was saved, a trigger schedule made or deleted, or a
-    pipeline deleted that has one (deleting a pipeline without one changes nothing here). The
-    look is a few index reads (`pipelines_changed`), made every half second."""
+    pipeline deleted. The look (`pipelines_changed`: a count of the pipelines and index reads) is
+    made every half second. An update committed long after it began, behind a later save, is
+    seen at the next change."""
 
     def __init__(self, db: Database) -> None:
         self.db = db

@@ -201,7 +201,8 @@ async def goal_delete(
 ) -> Response:
     """With its subgoals (the tasks and pipeline runs they started are kept)."""
     await _visible(request, principal, db, goal_id)
-    await delete_goal(db, goal_id)
+    async with db.transaction() as tx:
+        await delete_goal(tx, goal_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

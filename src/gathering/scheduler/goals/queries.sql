@@ -82,7 +82,24 @@ WHERE id = $1 AND status IN ('open', 'waiting')
 RETURNING *
 
 -- name: delete_goal --
-DELETE FROM scheduler.goals WHERE id = $1 RETURNING id, owner_id, parent_id
+-- Goal $1 deleted with its subgoals (the cascade): each goal deleted (`deleted`), and each goal
+-- outside them that waited for one of them (`blocked_by`: the dependency the cascade removed),
+-- as they were before the delete. No row: there was no goal $1.
+WITH RECURSIVE tree AS (
+    SELECT id FROM scheduler.goals WHERE id = $1
+    UNION ALL
+    SELECT g.id FROM scheduler.goals g JOIN tree ON g.parent_id = tree.id
+), gone AS (
+    DELETE FROM scheduler.goals WHERE id = $1 RETURNING id
+)
+SELECT g.id, g.owner_id, g.parent_id, g.status, NULL::bigint AS blocked_by, true AS deleted
+FROM scheduler.goals g JOIN tree USING (id)
+WHERE EXISTS (SELECT 1 FROM gone)
+UNION ALL
+SELECT g.id, g.owner_id, g.parent_id, g.status, d.blocked_by, false AS deleted
+FROM scheduler.goal_dependencies d JOIN scheduler.goals g ON g.id = d.goal_id
+WHERE d.blocked_by IN (SELECT id FROM tree) AND d.goal_id NOT IN (SELECT id FROM tree)
+  AND EXISTS (SELECT 1 FROM gone)
 
 -- name: pipeline_version --
 SELECT current_version FROM pipeline.pipelines WHERE id = $1

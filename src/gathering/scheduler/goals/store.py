@@ -251,15 +251,23 @@ async def change_goal(queries: Queries, goal: GoalRecord, change: GoalChange) ->
 
 
 async def delete_goal(queries: Queries, goal_id: int) -> None:
-    """Delete a goal with its subgoals (the tasks and runs they started are kept)."""
-    row = await queries.fetch_one(_SQL["delete_goal"], goal_id)
-    if row is None:
+    """Delete a goal with its subgoals (the tasks and runs they started are kept), telling
+    each: a `goal.changed` with status `deleted` per goal, and `dependency_removed` to each goal
+    that waited for one of them. Call it inside a transaction: the events go with the delete."""
+    rows = await queries.fetch_all(_SQL["delete_goal"], goal_id)
+    if not rows:
         raise NotFoundError(f"no goal {goal_id}")
-    body = {"goal_id": goal_id, "status": "deleted", "parent_id": row["parent_id"]}
-    await _tell(
-        queries,
-        Event("goal.changed", body, subject=f"user:{row['owner_id']}", source="scheduler"),
-    )
+    events = []
+    for row in rows:
+        body: dict[str, Any] = {"goal_id": row["id"], "parent_id": row["parent_id"]}
+        if row["deleted"]:
+            body["status"] = "deleted"
+        else:
+            body |= {"status": row["status"], "change": "dependency_removed"}
+            body["blocked_by"] = row["blocked_by"]
+        subject = f"user:{row['owner_id']}"
+        events.append(Event("goal.changed", body, subject=subject, source="scheduler"))
+    await outbox.write(queries, events)
 
 
 async def lock_dependencies(queries: Queries, owner_id: int) -> None:

@@ -104,7 +104,7 @@ ALIVE_SECONDS = 2.0
 BUDGET_RECHECK_SECONDS = 300.0
 # A task waiting for room (its owner runs as many tasks as allowed) is woken when one of them
 # stops running; its deferred job looks again after this long in any case.
-OWNER_ROOM_RECHECK_SECONDS = 30.0
+OWNER_ROOM_RECHECK_SECONDS = 300.0
 STARTABLE = ("queued", "running", "waiting_budget")  # running: its worker died
 NO_TIME_LEFT = "error: not run: the task's time budget (max_seconds) is spent"
 INTERRUPTED = (

@@ -312,7 +312,7 @@ async def _control(
             _SQL["set_task_status"], task_id, to, Jsonb(error) if error else None
         )
         assert row is not None
-        if task.status == "running":
+        if task.status in ("running", "queued"):  # a queued one may hold a wake: pass it on
             await stopped_running(tx, task.owner_id)
         task = TaskRecord.from_row(row)
         kind = "finished" if to in ENDED else to
