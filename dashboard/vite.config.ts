@@ -11,7 +11,9 @@ export default defineConfig({
     outDir: "../src/gathering/api/dashboard_build",
     emptyOutDir: true,
     reportCompressedSize: true,
-    chunkSizeWarningLimit: 250,
+    // The first load is held to 250 KB gzipped by tests/test_dashboard_build.py; the pages' own
+    // chunks (Monaco and its language workers above all) load when they are opened.
+    chunkSizeWarningLimit: 8000,
   },
   server: {
     // `npm run dev` talks to a running `gathering serve` (GATHERING_URL, default :8000).

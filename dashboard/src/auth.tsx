@@ -43,12 +43,18 @@ export async function signIn(email: string, password: string): Promise<void> {
 export function Authenticated({ children, login }: { children: ReactNode; login: ReactNode }) {
   const client = useQueryClient();
   const me = useMe();
-  useEffect(() => onTokens(() => void client.invalidateQueries()), [client]);
+  // Signing in or out changes who asks: `me` again (a refresh keeps who it is: nothing to do).
+  useEffect(
+    () =>
+      onTokens((tokens) => {
+        if (!tokens) void client.resetQueries();
+        else void client.invalidateQueries({ queryKey: ["me"] });
+      }),
+    [client],
+  );
   if (me.isPending) return <p aria-busy="true">Connecting…</p>;
-  if (me.error) {
-    if (me.error instanceof ProblemError && me.error.problem.status === 401) return <>{login}</>;
-    throw me.error;
-  }
+  if (me.error instanceof ProblemError && me.error.problem.status === 401) return <>{login}</>;
+  if (me.error && !me.data) throw me.error; // a passing failure keeps the page as it is
   const state: AuthState = {
     me: me.data,
     singleUser: me.data.auth_method === "local",

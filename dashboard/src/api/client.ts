@@ -10,28 +10,44 @@ import { readTokens, saveTokens, type Tokens } from "./session";
 
 let refreshing: Promise<boolean> | null = null;
 
-/** Spend the refresh token for a new pair; false (and signed out) when that fails. */
+/** Spend the refresh token for a new pair; false when there is none or the server refused it
+ * (401: signed out), true when another tab already did. A 429, a 5xx or a network failure keeps
+ * the session (false: the caller's request fails, the next one tries again). Tabs share the
+ * tokens, so they take turns (a Web Lock): a refresh token works once. */
 export function refreshTokens(): Promise<boolean> {
   refreshing ??= (async () => {
-    const tokens = readTokens();
-    if (!tokens) return false;
     try {
-      const response = await fetch("/auth/refresh", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ refresh_token: tokens.refresh_token }),
-      });
-      if (!response.ok) {
-        saveTokens(null);
-        return false;
-      }
-      saveTokens((await response.json()) as Tokens);
-      return true;
+      const before = readTokens()?.refresh_token;
+      const spend = () => spendRefreshToken(before);
+      return await (navigator.locks ? navigator.locks.request("gathering.refresh", spend) : spend());
     } finally {
       refreshing = null;
     }
   })();
   return refreshing;
+}
+
+async function spendRefreshToken(seen: string | undefined): Promise<boolean> {
+  const tokens = readTokens();
+  if (!tokens) return false;
+  if (seen !== undefined && tokens.refresh_token !== seen) return true; // another tab did it
+  let response: Response;
+  try {
+    response = await fetch("/auth/refresh", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ refresh_token: tokens.refresh_token }),
+    });
+  } catch {
+    return false; // the network: the session stays
+  }
+  if (response.status === 401 || response.status === 400 || response.status === 422) {
+    saveTokens(null); // spent, expired or revoked: sign in again
+    return false;
+  }
+  if (!response.ok) return false;
+  saveTokens((await response.json()) as Tokens);
+  return true;
 }
 
 /** Headers that carry the current access token, for requests made without the client. */

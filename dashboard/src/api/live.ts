@@ -83,12 +83,14 @@ export class LiveSocket {
         this.subscribe(socket);
         break;
       case "subscribed":
+        // With `since`, the replay follows and events move the cursor: the bus's head that
+        // `subscribed` names would skip what a cut replay had not sent yet.
+        if (this.cursor === null && typeof frame.cursor === "number") this.cursor = frame.cursor;
+        this.delay = 500;
+        this.options.onState?.("live");
+        break;
       case "heartbeat":
         if (typeof frame.cursor === "number") this.cursor = Math.max(this.cursor ?? 0, frame.cursor);
-        if (frame.type === "subscribed") {
-          this.delay = 500;
-          this.options.onState?.("live");
-        }
         break;
       case "event": {
         const event = frame.event as LiveEvent;

@@ -9,16 +9,20 @@ Without a build, `/` says how to make one and the API works as before.
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BUILD = Path(__file__).with_name("dashboard_build")
 ASSETS_PATH = "/assets"
 IMMUTABLE = "public, max-age=31536000, immutable"
+# One address answers a browser's navigation with the page and a script with JSON: caches (the
+# back button's too) keep them apart by these headers.
+VARY = "Sec-Fetch-Mode, Sec-Fetch-Dest"
 # Addresses that stay the API's own even when a browser navigates to them.
 API_PAGES = ("/docs", "/redoc", "/openapi.json", "/health", "/metrics", "/ws", ASSETS_PATH)
 
@@ -26,6 +30,9 @@ API_PAGES = ("/docs", "/redoc", "/openapi.json", "/health", "/metrics", "/ws", A
 # Looked at once, on import (a file check inside a running event loop would block it): a
 # server started before `make dashboard` serves the build after a restart.
 BUILT = (BUILD / "index.html").is_file()
+# Starlette guesses each file's type; the first guess reads the system's type tables, a file
+# read that would block the event loop: read them now.
+mimetypes.init()
 
 
 class _Assets(StaticFiles):
@@ -44,7 +51,11 @@ def assets() -> ASGIApp:
 
 def page() -> Response:
     """The dashboard's page, never cached (it names the current assets)."""
-    return FileResponse(BUILD / "index.html", headers={"Cache-Control": "no-cache"})
+    return FileResponse(
+        BUILD / "index.html",
+        media_type="text/html",
+        headers={"Cache-Control": "no-cache", "Vary": VARY},
+    )
 
 
 def _navigation(scope: Scope) -> bool:
@@ -67,7 +78,16 @@ class DashboardNavigationMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if BUILT and _navigation(scope):
+        if not BUILT or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if _navigation(scope):
             await page()(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+
+        async def send_varying(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("Vary", VARY)
+            await send(message)
+
+        await self.app(scope, receive, send_varying)

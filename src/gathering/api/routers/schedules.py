@@ -141,13 +141,12 @@ async def schedule_create(body: ScheduleIn, principal: SchedulesWriter, db: DbDe
 @router.post(
     "/preview",
     summary="The next instants a schedule not saved yet would fire",
-    dependencies=[rate_limit("relaxed")],
     responses={409: {"description": "An event schedule: it fires on events, not at set times"}},
 )
 async def schedule_draft_preview(
     body: ScheduleSpec,
     principal: SchedulesReader,
-    count: Annotated[WholeNumber, Query(ge=1, le=100)] = 5,
+    count: Annotated[WholeNumber, Query(ge=1, le=20)] = 5,
 ) -> list[datetime]:
     """For a form being filled in: the timing of the definition as the server reads it (an
     interval counts from its start_at, else from now); nothing is stored and the action's

@@ -50,7 +50,8 @@ class SecurityHeadersMiddleware:
                 headers = MutableHeaders(scope=message)
                 for name, value in BASE_HEADERS.items():
                     headers.setdefault(name, value)
-                csp = DOCS_CSP if path.startswith(DOCS_PATHS) else STRICT_CSP
+                docs = any(path == p or path.startswith(p + "/") for p in DOCS_PATHS)
+                csp = DOCS_CSP if docs else STRICT_CSP
                 headers.setdefault("Content-Security-Policy", csp)
                 if scope.get("scheme") == "https":
                     headers.setdefault("Strict-Transport-Security", "max-age=31536000")
