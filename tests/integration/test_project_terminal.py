@@ -555,6 +555,31 @@ async def test_a_member_whose_permission_is_withdrawn_loses_the_terminal(app_for
     await assert_gone(monitor, namespace)
 
 
+@pytest.mark.slow
+async def test_a_refreshed_token_keeps_the_terminal_open_past_the_first_one(app_for, data_dir):
+    """Credentials expire with their access token (30 s here): the dashboard sends the token
+    a refresh gave it, and the shell lives on; another user's token is refused."""
+    application = multi_user(app_for, data_dir, access_token_ttl=30, ws_heartbeat=0.5)
+    owner_id, token = await new_user(application)
+    _, stranger = await new_user(application)
+    project = await new_project(application, owner_id)
+    sessions = (await application.state.security.services()).sessions
+    async with terminal(application, project, query=f"access_token={token}") as shell:
+        await shell.run("export KEPT=yes")
+        await shell.ws.send_json({"type": "auth", "token": stranger})
+        refused = await shell.reply()
+        assert refused["type"] == "error" and "another user" in refused["message"]
+        await asyncio.sleep(20)
+        fresh = await sessions.start(owner_id)
+        await shell.ws.send_json({"type": "auth", "token": fresh.access.token})
+        assert (await shell.reply())["type"] == "authenticated"
+        await asyncio.sleep(15)  # the first token has expired
+        assert "yes" in await shell.run("echo $KEPT")
+        # without a renewal the socket closes with 4401 when its token expires
+        _, code = await shell.final()
+    assert code == 4401
+
+
 async def test_an_unauthenticated_socket_closes_after_the_grace(app_for, data_dir: Path):
     application = multi_user(app_for, data_dir, ws_auth_grace=0.3)
     owner_id, _ = await new_user(application)

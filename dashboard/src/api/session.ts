@@ -36,3 +36,14 @@ export function onTokens(listener: Listener): () => void {
   listeners.add(listener);
   return () => listeners.delete(listener);
 }
+
+/** Seconds until `token` (a JWT) expires, from its `exp` claim; null when it has none. */
+export function secondsLeft(token: string, now: number = Date.now()): number | null {
+  try {
+    const part = token.split(".")[1] ?? "";
+    const claims = JSON.parse(atob(part.replace(/-/g, "+").replace(/_/g, "/"))) as { exp?: unknown };
+    return typeof claims.exp === "number" ? claims.exp - now / 1000 : null;
+  } catch {
+    return null;
+  }
+}

@@ -3,11 +3,14 @@ import { Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
 import { useEffect, useRef, useState } from "react";
 
-import { readTokens } from "../../api/session";
+import { refreshTokens } from "../../api/client";
+import { onTokens, readTokens, secondsLeft } from "../../api/session";
 
 type State = { kind: "closed" } | { kind: "connecting" } | { kind: "open"; network: boolean } | { kind: "ended"; why: string; hint?: string };
 
 const FRAME_LIMIT = 60_000; // a frame is at most 64 KiB: longer pastes go in pieces
+const RENEW_BEFORE = 120; // seconds: a token closer to its end is refreshed
+const RENEW_EVERY_MS = 30_000;
 
 /** The project's shell (in the server's sandbox) in xterm.js, over its WebSocket. */
 export function TerminalPanel({ projectId, visible }: { projectId: number; visible: boolean }) {
@@ -32,11 +35,24 @@ export function TerminalPanel({ projectId, visible }: { projectId: number; visib
     const sendSize = () => send({ type: "resize", cols: term.cols, rows: term.rows });
     setState({ kind: "connecting" });
 
-    socket.onopen = () => {
-      // Multi-user: the first frame authenticates (single-user sockets are the owner's at once).
+    // Multi-user: the first frame authenticates (single-user sockets are the owner's at once).
+    // The socket's credentials expire with the access token: a token about to expire is
+    // refreshed first, and every refreshed one is sent on, so the shell outlives them.
+    const fresh = async () => {
       const tokens = readTokens();
-      if (tokens) send({ type: "auth", token: tokens.access_token });
+      const left = tokens ? secondsLeft(tokens.access_token) : null;
+      if (tokens && left !== null && left < RENEW_BEFORE) await refreshTokens();
     };
+    socket.onopen = () => {
+      void fresh().then(() => {
+        const tokens = readTokens();
+        if (tokens) send({ type: "auth", token: tokens.access_token });
+      });
+    };
+    const renewed = onTokens((tokens) => {
+      if (tokens) send({ type: "auth", token: tokens.access_token });
+    });
+    const renewal = setInterval(() => void fresh(), RENEW_EVERY_MS);
     socket.onmessage = (message) => {
       if (typeof message.data !== "string") return;
       const frame = JSON.parse(message.data) as Record<string, unknown>;
@@ -85,6 +101,8 @@ export function TerminalPanel({ projectId, visible }: { projectId: number; visib
     });
     observer.observe(host.current);
     return () => {
+      renewed();
+      clearInterval(renewal);
       observer.disconnect();
       input.dispose();
       resized.dispose();

@@ -4,6 +4,8 @@ Protocol (JSON text frames; see docs/projects.md):
   client {"type": "ping"}                          -> {"type": "pong"}   (even before auth)
   client {"type": "auth", "token": ".."} or {"type": "auth", "ticket": ".."}
                                                    -> {"type": "authenticated", "user_id": ..}
+                                                   (again later, with a refreshed token of the
+                                                   same user: the terminal outlives the first)
   server {"type": "ready", "cols": 80, "rows": 24, "network": false,
           "idle_seconds": .., "max_seconds": ..}   once the shell runs
   client {"type": "input", "data": "ls\\n"}        typed into the terminal (keys, pastes)
@@ -54,8 +56,15 @@ from gathering.api.routers.ws import (
     _Closed,
 )
 from gathering.api.security import not_found, public_route
+from gathering.api.security.dependencies import authenticate_socket
 from gathering.api.security.ws_limits import SocketLease, SocketSlots, TokenBucket
-from gathering.errors import GatheringError, InvalidInputError, NotFoundError, PermissionDeniedError
+from gathering.errors import (
+    AuthenticationError,
+    GatheringError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from gathering.projects import Actor, ProjectRecord, record_activity
 from gathering.projects.terminal import (
     DEFAULT_COLS,
@@ -135,17 +144,33 @@ class TerminalSession(SocketSession):
         self, token: str | None, ticket: str | None, *, answer: bool = False
     ) -> None:
         if self.principal is not None:  # the terminal belongs to whom it was opened for
+            await self._renew(token, ticket)
+            return
+        await super()._authenticate(token, ticket, answer=answer)
+        await self._open()
+
+    async def _renew(self, token: str | None, ticket: str | None) -> None:
+        """Fresh credentials of the same user (a refreshed access token) keep the terminal
+        open past the first one's expiry; anyone else's are refused, and credentials that do
+        not hold close it as they would at the start."""
+        assert self.principal is not None
+        try:
+            renewed = await authenticate_socket(self.ws, token, ticket=ticket)
+        except AuthenticationError as exc:
+            await self.send({"type": "error", "code": exc.code, "message": exc.message})
+            raise _Closed(CLOSE_UNAUTHENTICATED, "authentication failed") from None
+        if renewed.user_id != self.principal.user_id:
             await self.send(
                 {
                     "type": "error",
                     "code": "invalid_message",
-                    "message": "this socket is already authenticated",
+                    "message": "this socket is already authenticated as another user",
                     "hint": "open another socket to act as someone else",
                 }
             )
             return
-        await super()._authenticate(token, ticket, answer=answer)
-        await self._open()
+        self.principal = renewed
+        await self.send({"type": "authenticated", "user_id": renewed.user_id})
 
     async def _refuse(self, exc: GatheringError, code: int, reason: str) -> NoReturn:
         await self.send({"type": "error", **public_error(exc)})
