@@ -569,6 +569,8 @@ async def test_a_refreshed_token_keeps_the_terminal_open_past_the_first_one(app_
         await shell.ws.send_json({"type": "auth", "token": stranger})
         refused = await shell.reply()
         assert refused["type"] == "error" and "another user" in refused["message"]
+        await shell.ws.send_json({"type": "auth", "token": "forged"})
+        assert (await shell.reply())["type"] == "error"  # the terminal keeps its credentials
         await asyncio.sleep(20)
         fresh = await sessions.start(owner_id)
         await shell.ws.send_json({"type": "auth", "token": fresh.access.token})

@@ -151,23 +151,25 @@ class TerminalSession(SocketSession):
 
     async def _renew(self, token: str | None, ticket: str | None) -> None:
         """Fresh credentials of the same user (a refreshed access token) keep the terminal
-        open past the first one's expiry; anyone else's are refused, and credentials that do
-        not hold close it as they would at the start."""
+        open past the first one's expiry. Anyone else's, or credentials that do not hold, are
+        refused with an error: the terminal stays on the ones it has (until they expire)."""
         assert self.principal is not None
+        refused = {
+            "type": "error",
+            "code": "invalid_message",
+            "message": "this socket is already authenticated",
+            "hint": "renew it with a fresh token of the same user, or open another socket",
+        }
+        if not self.settings.auth_required:
+            await self.send(refused)  # single-user mode: the local owner's, nothing to renew
+            return
         try:
             renewed = await authenticate_socket(self.ws, token, ticket=ticket)
         except AuthenticationError as exc:
             await self.send({"type": "error", "code": exc.code, "message": exc.message})
-            raise _Closed(CLOSE_UNAUTHENTICATED, "authentication failed") from None
+            return
         if renewed.user_id != self.principal.user_id:
-            await self.send(
-                {
-                    "type": "error",
-                    "code": "invalid_message",
-                    "message": "this socket is already authenticated as another user",
-                    "hint": "open another socket to act as someone else",
-                }
-            )
+            await self.send(refused | {"message": "this socket is authenticated as another user"})
             return
         self.principal = renewed
         await self.send({"type": "authenticated", "user_id": renewed.user_id})
