@@ -35,7 +35,7 @@ export async function* postStream(path: string, body: unknown, signal?: AbortSig
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
-    buffer += value;
+    buffer += value.replace(/\r\n?/g, "\n"); // SSE allows CRLF and CR line ends
     let end: number;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, end);
@@ -46,7 +46,8 @@ export async function* postStream(path: string, body: unknown, signal?: AbortSig
         if (line.startsWith("event:")) event = line.slice(6).trim();
         else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
       }
-      yield { event, data: data.length ? JSON.parse(data.join("\n")) : null };
+      if (!data.length) continue; // a comment or a keep-alive: no event
+      yield { event, data: JSON.parse(data.join("\n")) };
     }
   }
 }
