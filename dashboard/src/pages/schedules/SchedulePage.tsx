@@ -20,10 +20,11 @@ const PAGE = 50;
 /** The next instants as the server plans them for the saved schedule. */
 function ServerPreview({ schedule }: { schedule: Schedule }) {
   const preview = useQuery({
-    queryKey: ["schedules", schedule.id, "preview", schedule.updated_at, schedule.next_run_at],
+    queryKey: ["schedules", schedule.id, "preview", schedule.updated_at],
     queryFn: () =>
       must(api.GET("/schedules/{schedule_id}/preview", { params: { path: { schedule_id: schedule.id }, query: { count: 5 } } })),
     enabled: schedule.spec.kind !== "event",
+    refetchInterval: 60_000, // counted from now: it moves on as time does, not at each run
   });
   if (schedule.spec.kind === "event") {
     return <p className="muted">It fires on each {String(schedule.spec.event_type)} event: no time is known beforehand.</p>;
@@ -59,7 +60,11 @@ function RunHistory({ schedule }: { schedule: Schedule }) {
   const live = useLive({
     patterns: ["schedule_run.*"],
     subjects: [`schedule:${schedule.id}`],
-    onEvent: () => void client.invalidateQueries({ queryKey: ["schedules"] }),
+    // A run's events change its runs and the schedule's own counts, nothing else on the page.
+    onEvent: () => {
+      void client.invalidateQueries({ queryKey: ["schedules", schedule.id, "runs"] });
+      void client.invalidateQueries({ queryKey: ["schedules", schedule.id], exact: true });
+    },
   });
   const runs = useQuery({
     queryKey: ["schedules", schedule.id, "runs", limit],
