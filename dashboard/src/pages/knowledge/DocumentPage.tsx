@@ -1,5 +1,5 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
-import { useState, type FormEvent } from "react";
+import { useRef, useState, type FormEvent } from "react";
 import { Link, useNavigate, useParams } from "react-router-dom";
 
 import { api, must } from "../../api/client";
@@ -118,19 +118,29 @@ export default function DocumentPage() {
     queryKey: ["knowledge", documentId],
     queryFn: () => must(api.GET("/knowledge/{document_id}", { params: { path: { document_id: documentId } } })) as Promise<Full>,
   });
+  // Once its deletion is asked for, the document's own events (a re-index of an edit ending)
+  // no longer read it again: that read would be a 404.
+  const deleting = useRef(false);
   const remove = useMutation({
-    mutationFn: () => must(api.DELETE("/knowledge/{document_id}", { params: { path: { document_id: documentId } } })),
+    mutationFn: () => {
+      deleting.current = true;
+      return must(api.DELETE("/knowledge/{document_id}", { params: { path: { document_id: documentId } } }));
+    },
+    onError: () => {
+      deleting.current = false;
+    },
     onSuccess: () => {
-      // Leave first: the page's own query would ask for the deleted document again.
+      // Leave, and leave the document's query alone: removing it while this page is still
+      // mounted would read the deleted document again (a 404); unused, it is dropped later.
       navigate("/knowledge");
-      client.removeQueries({ queryKey: ["knowledge", documentId], exact: true });
       void client.invalidateQueries({ queryKey: ["knowledge", "list"] });
     },
   });
   useLive({
     patterns: ["knowledge.document.*"],
     onEvent: (event) => {
-      if (Number(event.data.document_id) === documentId) void client.invalidateQueries({ queryKey: ["knowledge", documentId] });
+      if (deleting.current || Number(event.data.document_id) !== documentId) return;
+      void client.invalidateQueries({ queryKey: ["knowledge", documentId] });
     },
   });
 
