@@ -128,8 +128,14 @@ async def add_activity(queries: Queries, goal_id: int, kind: str, **body: Any) -
 
 def goal_changed(goal: GoalRecord, **extra: Any) -> Event:
     """The `goal.changed` event of `goal` as it is now, on its owner's subject."""
-    body = {"goal_id": goal.id, "status": goal.status, "parent_id": goal.parent_id, **extra}
-    return Event("goal.changed", body, subject=f"user:{goal.owner_id}", source="scheduler")
+    return _goal_event(goal.owner_id, goal.id, goal.parent_id, goal.status, **extra)
+
+
+def _goal_event(
+    owner_id: int, goal_id: int, parent_id: int | None, status: str, **extra: Any
+) -> Event:
+    body = {"goal_id": goal_id, "status": status, "parent_id": parent_id, **extra}
+    return Event("goal.changed", body, subject=f"user:{owner_id}", source="scheduler")
 
 
 async def _tell(queries: Queries, event: Event) -> None:
@@ -257,16 +263,19 @@ async def delete_goal(queries: Queries, goal_id: int) -> None:
     rows = await queries.fetch_all(_SQL["delete_goal"], goal_id)
     if not rows:
         raise NotFoundError(f"no goal {goal_id}")
-    events = []
-    for row in rows:
-        body: dict[str, Any] = {"goal_id": row["id"], "parent_id": row["parent_id"]}
-        if row["deleted"]:
-            body["status"] = "deleted"
-        else:
-            body |= {"status": row["status"], "change": "dependency_removed"}
-            body["blocked_by"] = row["blocked_by"]
-        subject = f"user:{row['owner_id']}"
-        events.append(Event("goal.changed", body, subject=subject, source="scheduler"))
+    events = [
+        _goal_event(row["owner_id"], row["id"], row["parent_id"], "deleted")
+        if row["deleted"]
+        else _goal_event(
+            row["owner_id"],
+            row["id"],
+            row["parent_id"],
+            row["status"],
+            change="dependency_removed",
+            blocked_by=row["blocked_by"],
+        )
+        for row in rows
+    ]
     await outbox.write(queries, events)
 
 
